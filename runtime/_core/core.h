@@ -1,0 +1,142 @@
+/*
+ * Shared declarations of the compiled core (runtime._core).
+ *
+ * The core holds the hot paths of the library: the robust process-shared
+ * mutex, COBS framing, Smart Device message encoding/decoding, and the
+ * buffer accessor that moves parameter values between messages and shared
+ * memory.  The Python modules runtime.sync, runtime.messaging and
+ * runtime.buffer wrap it with a typed API.
+ */
+#ifndef RUNTIME_CORE_H
+#define RUNTIME_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdint.h>
+
+/* ---- protocol constants (smart-device-protocol.md) ---------------------- */
+#define RT_MAX_PARAMS 16
+#define RT_MAX_PAYLOAD 255
+#define RT_MAX_MESSAGE (3 + RT_MAX_PAYLOAD)      /* type, length, payload, checksum */
+#define RT_MAX_ENCODING (RT_MAX_MESSAGE + 2)     /* plus COBS overhead */
+#define RT_ALL_PARAMS 0xFFFF
+
+enum rt_message_type {
+    RT_PING = 0x10,
+    RT_SUB_REQ = 0x11,
+    RT_SUB_RES = 0x12,
+    RT_DEV_READ = 0x13,
+    RT_DEV_WRITE = 0x14,
+    RT_DEV_DATA = 0x15,
+    RT_DEV_DISABLE = 0x16,
+    RT_HB_REQ = 0x17,
+    RT_HB_RES = 0x18,
+    RT_ERROR = 0xFF,
+};
+
+enum rt_error_code {
+    RT_OK = 0x00,
+    RT_BACKOFF = 0xFA,
+    RT_INVALID_TYPE = 0xFB,
+    RT_BUFFER_OVERFLOW = 0xFC,
+    RT_UNEXPECTED_DELIMITER = 0xFD,
+    RT_BAD_CHECKSUM = 0xFE,
+    RT_GENERIC_ERROR = 0xFF,
+};
+
+/* ---- errors registered by the Python layer ------------------------------ */
+/* Each Python module registers its exception class at import time (see
+ * module.c: _register); until then the core falls back to RuntimeError. */
+extern PyObject *rt_SyncError;
+extern PyObject *rt_MessageError;
+extern PyObject *rt_DeviceBufferError;
+extern PyObject *rt_message_types[256];  /* MessageType members by value */
+extern PyObject *rt_error_codes[256];    /* ErrorCode members by value */
+
+/* Raise `cls(message, **context)`; `context` is a NULL-terminated list of
+ * (const char *key, PyObject *value) pairs; values are borrowed. */
+PyObject *rt_raise(PyObject *cls, const char *message, ...);
+/* MessageError with context error_code=<ErrorCode member> plus extras. */
+PyObject *rt_raise_message_error(int error_code, const char *message, ...);
+
+/* ---- COBS (cobs.c) ----------------------------------------------------- */
+/* Encode `n` bytes; `out` must hold n + n / 254 + 1 bytes. Returns length. */
+Py_ssize_t rt_cobs_encode(const uint8_t *in, Py_ssize_t n, uint8_t *out);
+/* Decode into `out` (capacity `cap`); returns length or -1 when malformed,
+ * -2 when the output would exceed `cap`. Never reads past `n`. */
+Py_ssize_t rt_cobs_decode(const uint8_t *in, Py_ssize_t n, uint8_t *out, Py_ssize_t cap);
+
+/* ---- mutex (mutex.c) ---------------------------------------------------- */
+#define RT_MUTEX_MAGIC 0x52544d58u  /* "RTMX": set once initialized */
+
+typedef struct {
+    pthread_mutex_t mutex;
+    uint32_t magic;
+    uint32_t flags;
+} rt_mutex_inner;
+
+/* One cache line, so neighbouring data does not share it. */
+typedef union {
+    rt_mutex_inner m;
+    uint8_t pad[64];
+} rt_mutex_t;
+
+#define RT_MUTEX_SIZE ((Py_ssize_t)sizeof(rt_mutex_t))
+
+/* Returns 0 or an errno value. */
+int rt_mutex_init(rt_mutex_t *m, int shared, int recursive);
+int rt_mutex_destroy(rt_mutex_t *m);
+/* Acquire with `timeout` seconds (< 0 blocks, 0 tries once). Returns 0 on
+ * success, or an errno value (ETIMEDOUT, EBUSY, EINVAL, EDEADLK, ...).
+ * `*recovered` is set to 1 when the previous owner died holding the lock
+ * (the mutex is made consistent again and is held by the caller).
+ * The uncontended path neither reads the clock nor releases the GIL. */
+int rt_mutex_lock(rt_mutex_t *m, double timeout, int *recovered);
+int rt_mutex_unlock(rt_mutex_t *m);
+/* Raise SyncError for an errno returned by the functions above. */
+PyObject *rt_raise_sync_error(int err, const char *action);
+
+extern PyTypeObject rt_MutexType;
+
+/* ---- messages (message.c) ----------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    uint8_t type;
+    uint8_t length;
+    uint8_t payload[RT_MAX_PAYLOAD];
+} rt_Message;
+
+extern PyTypeObject rt_MessageType;
+extern PyTypeObject rt_ParamLayoutType;
+
+/* Where each parameter's value lives relative to a block of memory and how
+ * wide it is on the wire; width 0 means "no such parameter". */
+typedef struct {
+    int count;
+    Py_ssize_t offsets[RT_MAX_PARAMS];
+    Py_ssize_t widths[RT_MAX_PARAMS];
+    Py_ssize_t span;  /* bytes of memory the layout touches */
+} rt_layout;
+
+typedef struct {
+    PyObject_HEAD
+    rt_layout layout;
+} rt_ParamLayout;
+
+rt_Message *rt_message_new(uint8_t type, uint8_t length);
+/* Payload bytes for `params` under `layout`, or -1 with MessageError set. */
+Py_ssize_t rt_values_size(const rt_layout *layout, uint16_t params);
+/* Build DEV_DATA/DEV_WRITE from memory; MessageError if it does not fit. */
+rt_Message *rt_make_values(uint8_t type, uint16_t params, const rt_layout *layout, const uint8_t *base);
+/* Check a DEV_DATA/DEV_WRITE payload against `layout`; returns the params
+ * bitmap, or -1 with MessageError set. Nothing is copied. */
+int rt_check_values(const rt_Message *msg, const rt_layout *layout);
+/* Copy the values of an already checked message into memory. */
+void rt_copy_values(const rt_Message *msg, const rt_layout *layout, uint8_t *base);
+
+int rt_message_module_init(PyObject *module);
+int rt_mutex_module_init(PyObject *module);
+int rt_buffer_module_init(PyObject *module);
+
+#endif

@@ -1,0 +1,191 @@
+"""The Smart Device wire protocol, byte for byte.
+
+A :class:`Message` is a type, a payload of up to 255 bytes and a checksum; on
+the serial link each message travels COBS-encoded and frames are separated by
+one ``0x00``. Encoding, decoding and the value copies of DEV_DATA / DEV_WRITE
+run in the compiled core.
+
+Parameter values are never converted one by one in Python: a
+:class:`ParamLayout` says where each parameter's bytes live in a block of
+memory (``(offset, width)`` per parameter ID), and :func:`make_dev_data` /
+:meth:`Message.read_dev_data` copy the flagged values between the message and
+that memory in one call.
+
+>>> msg = make_dev_read(0b110)
+>>> msg.encode().hex(' ')
+'04 13 02 06 02 17'
+>>> Message.decode(bytes.fromhex('04 13 02 06 02 17')).read_dev_read()
+6
+"""
+
+import enum
+from collections.abc import Iterator
+
+from . import _core
+from .exception import RuntimeBaseException
+
+__all__ = [
+    "ALL_PARAMS",
+    "DELIM",
+    "MAX_ENCODING_SIZE",
+    "MAX_PARAMS",
+    "MAX_PAYLOAD",
+    "NO_PARAMS",
+    "ErrorCode",
+    "FrameSplitter",
+    "Message",
+    "MessageError",
+    "MessageType",
+    "ParamLayout",
+    "make_dev_data",
+    "make_dev_disable",
+    "make_dev_read",
+    "make_dev_write",
+    "make_error",
+    "make_hb_req",
+    "make_hb_res",
+    "make_ping",
+    "make_sub_req",
+    "make_sub_res",
+    "make_unsubscribe",
+]
+
+MAX_PARAMS: int = _core.MAX_PARAMS
+"""Parameters a Smart Device type may have (IDs 0..15)."""
+MAX_PAYLOAD: int = _core.MAX_PAYLOAD
+"""Largest payload of one message, in bytes."""
+MAX_ENCODING_SIZE: int = _core.MAX_ENCODING_SIZE
+"""Largest COBS-encoded message, in bytes, without the delimiter."""
+DELIM = b"\x00"
+"""The frame delimiter on the serial stream."""
+NO_PARAMS = 0
+"""The empty parameter bitmap."""
+ALL_PARAMS = 0xFFFF
+"""The bitmap with every parameter ID set."""
+
+
+class MessageType(enum.IntEnum):
+    """The first byte of every message."""
+
+    PING = 0x10
+    SUB_REQ = 0x11
+    SUB_RES = 0x12
+    DEV_READ = 0x13
+    DEV_WRITE = 0x14
+    DEV_DATA = 0x15
+    DEV_DISABLE = 0x16
+    HB_REQ = 0x17
+    HB_RES = 0x18
+    ERROR = 0xFF
+
+
+class ErrorCode(enum.IntEnum):
+    """The payload of an ERROR message, and the code a decoding failure maps to."""
+
+    OK = 0x00
+    BACKOFF = 0xFA
+    INVALID_TYPE = 0xFB
+    BUFFER_OVERFLOW = 0xFC
+    UNEXPECTED_DELIMITER = 0xFD
+    BAD_CHECKSUM = 0xFE
+    GENERIC_ERROR = 0xFF
+
+
+class MessageError(RuntimeBaseException):
+    """A message could not be decoded, built or read.
+
+    ``context['error_code']`` holds the :class:`ErrorCode` to answer the peer
+    with, where the failure has one (a bad checksum, an undecodable frame).
+    """
+
+    @property
+    def error_code(self) -> ErrorCode:
+        """The protocol error code of this failure (GENERIC_ERROR when none)."""
+        code = self.context.get("error_code", ErrorCode.GENERIC_ERROR)
+        return ErrorCode(code)
+
+
+_core._register("MessageError", MessageError)
+_core._register("MessageType", MessageType)
+_core._register("ErrorCode", ErrorCode)
+
+Message = _core.Message
+ParamLayout = _core.ParamLayout
+
+make_ping = Message.make_ping
+make_sub_req = Message.make_sub_req
+make_sub_res = Message.make_sub_res
+make_dev_read = Message.make_dev_read
+make_dev_write = Message.make_dev_write
+make_dev_data = Message.make_dev_data
+make_dev_disable = Message.make_dev_disable
+make_hb_req = Message.make_hb_req
+make_hb_res = Message.make_hb_res
+make_error = Message.make_error
+make_unsubscribe = Message.make_unsubscribe
+
+
+class FrameSplitter:
+    """Cut a serial byte stream into frames at each ``0x00`` delimiter.
+
+    Feed it chunks as they arrive; it returns the complete frames (without
+    delimiters, empty frames skipped) and keeps the unfinished tail. A tail that
+    grows past ``max_frame`` bytes cannot be a valid frame: it is dropped, and
+    counted in :attr:`overflows`, until the next delimiter resynchronises the
+    stream, so memory stays bounded on a stream that never sends one.
+
+    >>> splitter = FrameSplitter()
+    >>> splitter.feed(b'\\x01\\x02\\x00\\x03')
+    [b'\\x01\\x02']
+    >>> splitter.feed(b'\\x04\\x00')
+    [b'\\x03\\x04']
+    """
+
+    def __init__(self, max_frame: int = MAX_ENCODING_SIZE) -> None:
+        self.max_frame = max_frame
+        self.overflows = 0
+        """Frames dropped for being longer than ``max_frame``."""
+        self._tail = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add received bytes; return the frames they complete."""
+        pieces = bytes(data).split(DELIM)
+        frames: list[bytes] = []
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            if self._discarding:
+                if not last:
+                    self._discarding = False  # the delimiter ends the oversize frame
+                continue
+            if len(self._tail) + len(piece) > self.max_frame:
+                self._tail.clear()
+                self.overflows += 1
+                self._discarding = last
+                continue
+            if last:
+                self._tail += piece
+            elif self._tail:
+                self._tail += piece
+                frames.append(bytes(self._tail))
+                self._tail.clear()
+            elif piece:
+                frames.append(piece)
+        return frames
+
+    def reset(self) -> None:
+        """Forget any partial frame (after a reconnect, say)."""
+        self._tail.clear()
+        self._discarding = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame that is not complete yet."""
+        return len(self._tail)
+
+
+def iter_params(params: int) -> Iterator[int]:
+    """Yield the parameter IDs set in a bitmap, in ascending order."""
+    for index in range(MAX_PARAMS):
+        if params & (1 << index):
+            yield index
