@@ -1,10 +1,1472 @@
 /*
- * Buffer accessor: placeholder until runtime.buffer lands.
+ * The buffer accessor: every runtime.buffer operation that touches shared
+ * memory, as one C call per operation.
+ *
+ * A segment holds, in order: a 64-byte header (runtime/buffer.py describes it
+ * with ctypes; the core only needs its `valid` word), the robust mutex, and the
+ * buffer's ctypes structure: an update block and a write block with one field
+ * per parameter (same layout in both), then the metadata block `rt_meta`.
+ *
+ * BufferSpec is computed once per buffer type: where each parameter lives,
+ * how to convert it, and the bitmaps of readable/writeable/subscribed IDs.
+ * BufferAccess binds a spec to one segment's memory and is what the Buffer
+ * methods call.
  */
 #include "core.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+
+#define RT_MAX_BUFFER_PARAMS 64
+#define RT_HEADER_SIZE 64
+#define RT_VALID_OFFSET 24
+#define RT_STATE_OFFSET 12
+#define RT_MUTEX_OFFSET RT_HEADER_SIZE
+#define RT_DATA_OFFSET (RT_MUTEX_OFFSET + 64)
+#define RT_MIN_INTERVAL_MS 40
+#define RT_MAX_INTERVAL_MS 250
+
+/* Mirrors runtime.buffer's ctypes `_Meta` (checked at import time). */
+typedef struct {
+    double last_update;
+    double last_write;
+    uint64_t updated;       /* IDs changed in the update block since get_update/emit_dev_data */
+    uint64_t read;          /* IDs requested with read(), pending emit_dev_rw/get_read */
+    uint64_t written;       /* IDs written, pending emit_dev_rw/get_write */
+    uint16_t subscription;  /* subscribed IDs */
+    uint16_t interval_ms;   /* subscription interval */
+    uint32_t reserved;
+    uint16_t device_id;     /* DeviceUID */
+    uint8_t year;
+    uint8_t uid_pad[5];
+    uint64_t random;
+} rt_meta;
+
+enum rt_kind { K_BOOL, K_I8, K_U8, K_I16, K_U16, K_I32, K_U32, K_I64, K_U64, K_F32, K_F64, K_RAW };
+
+static const char *const kind_names[] = {"bool", "int8", "uint8", "int16", "uint16", "int32",
+                                         "uint32", "int64", "uint64", "float32", "float64", "raw"};
+
+typedef struct {
+    PyObject *name;
+    PyObject *to_python;    /* K_RAW: bytes -> value */
+    PyObject *from_python;  /* K_RAW: value -> bytes of exactly `size` */
+    int id;
+    int kind;
+    Py_ssize_t offset;
+    Py_ssize_t size;
+    double lower;
+    double upper;
+} rt_param;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *index;        /* dict: name -> position in params */
+    int count;
+    int is_device;
+    int by_id[RT_MAX_BUFFER_PARAMS];
+    rt_param params[RT_MAX_BUFFER_PARAMS];
+    rt_layout layout;       /* by ID, for messages (device types) */
+    uint64_t readable;
+    uint64_t writeable;
+    uint64_t subscribed;
+    Py_ssize_t update_offset, write_offset, meta_offset, block_size, struct_size;
+} rt_BufferSpec;
+
+typedef struct {
+    PyObject_HEAD
+    rt_BufferSpec *spec;
+    Py_buffer view;
+    int has_view;
+    int closed;
+    rt_mutex_t *mutex;
+    volatile uint32_t *valid;
+    uint8_t *update;
+    uint8_t *write;
+    rt_meta *meta;
+    PyObject *name;
+    PyObject *on_recover;
+    double timeout;
+} rt_BufferAccess;
+
+static PyTypeObject rt_BufferSpecType;
+static PyTypeObject rt_BufferAccessType;
+
+static double
+wall_clock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+static PyObject *
+buffer_error(rt_BufferAccess *acc, const char *message, PyObject *param)
+{
+    if (param != NULL) {
+        return rt_raise(rt_DeviceBufferError, message, "buffer", acc->name, "param", param, NULL);
+    }
+    return rt_raise(rt_DeviceBufferError, message, "buffer", acc->name, NULL);
+}
+
+/* ---- locking ------------------------------------------------------------ */
+
+static int
+recover(rt_BufferAccess *acc)
+{
+    if (acc->on_recover != NULL && acc->on_recover != Py_None) {
+        PyObject *result = PyObject_CallNoArgs(acc->on_recover);
+        if (result == NULL) {
+            PyErr_WriteUnraisable(acc->on_recover);
+        }
+        Py_XDECREF(result);
+    }
+    return 0;
+}
+
+static int
+lock_error(rt_BufferAccess *acc, int rc)
+{
+    if (rc == ETIMEDOUT || rc == EBUSY) {
+        PyObject *timeout = PyFloat_FromDouble(acc->timeout);
+        PyObject *err = PyLong_FromLong(rc);
+        rt_raise(rt_DeviceBufferError, "timed out waiting for the buffer's lock", "buffer", acc->name, "timeout",
+                 timeout, "errno", err, NULL);
+        Py_XDECREF(timeout);
+        Py_XDECREF(err);
+        return -1;
+    }
+    rt_raise_sync_error(rc, "cannot lock buffer");
+    return -1;
+}
+
+/* Lock the buffer, recover it if its last owner died, and check it is open
+ * and valid. On failure the lock is not held and an exception is set. */
+static inline int
+acquire(rt_BufferAccess *acc, int need_valid)
+{
+    if (acc->closed) {
+        buffer_error(acc, "buffer is closed", NULL);
+        return -1;
+    }
+    int recovered;
+    int rc = rt_mutex_lock(acc->mutex, acc->timeout, &recovered);
+    if (rc != 0) {
+        return lock_error(acc, rc);
+    }
+    if (recovered) {
+        recover(acc);
+    }
+    if (need_valid && !*acc->valid) {
+        rt_mutex_unlock(acc->mutex);
+        buffer_error(acc, "buffer is not valid (its device is not connected)", NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static inline void
+release(rt_BufferAccess *acc)
+{
+    rt_mutex_unlock(acc->mutex);
+}
+
+/* ---- parameter lookup and conversion ------------------------------------ */
+
+static rt_param *
+lookup(rt_BufferAccess *acc, PyObject *name)
+{
+    PyObject *position = PyDict_GetItemWithError(acc->spec->index, name);
+    if (position == NULL) {
+        if (!PyErr_Occurred()) {
+            buffer_error(acc, "no such parameter", name);
+        }
+        return NULL;
+    }
+    return &acc->spec->params[PyLong_AsLong(position)];
+}
+
+static PyObject *
+to_python(const rt_param *p, const uint8_t *src)
+{
+    switch (p->kind) {
+    case K_BOOL:
+        return PyBool_FromLong(*src != 0);
+    case K_I8:
+        return PyLong_FromLong(*(const int8_t *)src);
+    case K_U8:
+        return PyLong_FromLong(*src);
+    case K_I16: {
+        int16_t v;
+        memcpy(&v, src, 2);
+        return PyLong_FromLong(v);
+    }
+    case K_U16: {
+        uint16_t v;
+        memcpy(&v, src, 2);
+        return PyLong_FromLong(v);
+    }
+    case K_I32: {
+        int32_t v;
+        memcpy(&v, src, 4);
+        return PyLong_FromLong(v);
+    }
+    case K_U32: {
+        uint32_t v;
+        memcpy(&v, src, 4);
+        return PyLong_FromUnsignedLong(v);
+    }
+    case K_I64: {
+        int64_t v;
+        memcpy(&v, src, 8);
+        return PyLong_FromLongLong(v);
+    }
+    case K_U64: {
+        uint64_t v;
+        memcpy(&v, src, 8);
+        return PyLong_FromUnsignedLongLong(v);
+    }
+    case K_F32: {
+        float v;
+        memcpy(&v, src, 4);
+        return PyFloat_FromDouble(v);
+    }
+    case K_F64: {
+        double v;
+        memcpy(&v, src, 8);
+        return PyFloat_FromDouble(v);
+    }
+    default: {
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)src, p->size);
+        if (raw == NULL) {
+            return NULL;
+        }
+        PyObject *value = PyObject_CallOneArg(p->to_python, raw);
+        Py_DECREF(raw);
+        return value;
+    }
+    }
+}
+
+static int
+warn_clamped(const rt_param *p, PyObject *value, double lo, double hi, double bound)
+{
+    PyObject *lower = PyFloat_FromDouble(lo);
+    PyObject *upper = PyFloat_FromDouble(hi);
+    PyObject *clamped = PyFloat_FromDouble(bound);
+    int rc = -1;
+    if (lower && upper && clamped) {
+        rc = PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "parameter %U: %R is out of bounds [%R, %R]; clamped to %R",
+                              p->name, value, lower, upper, clamped);
+    }
+    Py_XDECREF(lower);
+    Py_XDECREF(upper);
+    Py_XDECREF(clamped);
+    return rc;
+}
+
+static const struct {
+    double lo, hi;
+} int_ranges[] = {
+    [K_I8] = {-128.0, 127.0},
+    [K_U8] = {0.0, 255.0},
+    [K_I16] = {-32768.0, 32767.0},
+    [K_U16] = {0.0, 65535.0},
+    [K_I32] = {-2147483648.0, 2147483647.0},
+    [K_U32] = {0.0, 4294967295.0},
+};
+
+/* Convert `value` for parameter `p` into `out` (p->size bytes), clamping to
+ * the bounds with a warning. Runs before the lock is taken. */
+static int
+from_python(const rt_param *p, PyObject *value, uint8_t *out, PyObject **raw_holder)
+{
+    if (p->kind == K_F32 || p->kind == K_F64) {
+        if (!PyFloat_Check(value) && !PyLong_Check(value)) {
+            if (PyUnicode_Check(value) || PyBytes_Check(value) || !Py_TYPE(value)->tp_as_number
+                || !Py_TYPE(value)->tp_as_number->nb_float) {
+                PyErr_Format(PyExc_TypeError, "parameter %U takes a real number, not %.100s", p->name,
+                             Py_TYPE(value)->tp_name);
+                return -1;
+            }
+        }
+        double v = PyFloat_AsDouble(value);
+        if (v == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (v < p->lower || v > p->upper) {
+            double bound = v < p->lower ? p->lower : p->upper;
+            if (warn_clamped(p, value, p->lower, p->upper, bound) < 0) {
+                return -1;
+            }
+            v = bound;
+        }
+        if (p->kind == K_F32) {
+            float f = (float)v;
+            memcpy(out, &f, 4);
+        }
+        else {
+            memcpy(out, &v, 8);
+        }
+        return 0;
+    }
+    if (p->kind == K_BOOL) {
+        if (!PyBool_Check(value) && !PyLong_Check(value)) {
+            PyErr_Format(PyExc_TypeError, "parameter %U takes a bool, not %.100s", p->name, Py_TYPE(value)->tp_name);
+            return -1;
+        }
+        int truth = PyObject_IsTrue(value);
+        if (truth < 0) {
+            return -1;
+        }
+        *out = (uint8_t)truth;
+        return 0;
+    }
+    if (p->kind == K_RAW) {
+        PyObject *raw = PyObject_CallOneArg(p->from_python, value);
+        if (raw == NULL) {
+            return -1;
+        }
+        if (!PyBytes_Check(raw) || PyBytes_GET_SIZE(raw) != p->size) {
+            Py_DECREF(raw);
+            PyErr_Format(PyExc_TypeError, "parameter %U: converter returned the wrong size", p->name);
+            return -1;
+        }
+        *raw_holder = raw;  /* copied from the bytes object under the lock */
+        return 0;
+    }
+    /* integers */
+    if (!PyLong_Check(value)) {
+        if (PyFloat_Check(value) || !Py_TYPE(value)->tp_as_number || !Py_TYPE(value)->tp_as_number->nb_index) {
+            PyErr_Format(PyExc_TypeError, "parameter %U takes an integer, not %.100s", p->name,
+                         Py_TYPE(value)->tp_name);
+            return -1;
+        }
+    }
+    PyObject *index = PyNumber_Index(value);
+    if (index == NULL) {
+        return -1;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(index, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        Py_DECREF(index);
+        return -1;
+    }
+    if (p->kind == K_U64 && overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(index);
+        Py_DECREF(index);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            u = UINT64_MAX;
+            if (warn_clamped(p, value, 0.0, (double)u, (double)u) < 0) {
+                return -1;
+            }
+        }
+        memcpy(out, &u, 8);
+        return 0;
+    }
+    Py_DECREF(index);
+    double lo = p->lower, hi = p->upper;
+    if (p->kind <= K_U32) {
+        lo = fmax(lo, int_ranges[p->kind].lo);
+        hi = fmin(hi, int_ranges[p->kind].hi);
+    }
+    else if (p->kind == K_U64) {
+        lo = fmax(lo, 0.0);
+    }
+    if (overflow != 0 || (double)v < lo || (double)v > hi) {
+        double bound = (overflow < 0 || (overflow == 0 && (double)v < lo)) ? lo : hi;
+        if (warn_clamped(p, value, lo, hi, bound) < 0) {
+            return -1;
+        }
+        v = (bound >= 9.2233720368547758e18) ? INT64_MAX : (bound <= -9.2233720368547758e18) ? INT64_MIN : (long long)bound;
+    }
+    switch (p->kind) {
+    case K_I8:
+    case K_U8:
+        *out = (uint8_t)v;
+        break;
+    case K_I16:
+    case K_U16: {
+        uint16_t x = (uint16_t)v;
+        memcpy(out, &x, 2);
+        break;
+    }
+    case K_I32:
+    case K_U32: {
+        uint32_t x = (uint32_t)v;
+        memcpy(out, &x, 4);
+        break;
+    }
+    default: {
+        int64_t x = (int64_t)v;
+        memcpy(out, &x, 8);
+    }
+    }
+    return 0;
+}
+
+/* ---- BufferSpec ---------------------------------------------------------- */
+
+static int
+kind_from_name(const char *name)
+{
+    for (int k = 0; k <= K_RAW; k++) {
+        if (strcmp(kind_names[k], name) == 0) {
+            return k;
+        }
+    }
+    return -1;
+}
+
+static int
+BufferSpec_init(rt_BufferSpec *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"params", "update_offset", "write_offset", "meta_offset", "block_size",
+                             "struct_size", "is_device", NULL};
+    PyObject *params;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onnnnnp:BufferSpec", kwlist, &params, &self->update_offset,
+                                     &self->write_offset, &self->meta_offset, &self->block_size,
+                                     &self->struct_size, &self->is_device)) {
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(params, "params must be a sequence");
+    if (seq == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int max_id = self->is_device ? RT_MAX_PARAMS : RT_MAX_BUFFER_PARAMS;
+    if (n > max_id) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "too many parameters: %zd (at most %d)", n, max_id);
+        return -1;
+    }
+    Py_XSETREF(self->index, PyDict_New());
+    if (self->index == NULL) {
+        Py_DECREF(seq);
+        return -1;
+    }
+    for (int i = 0; i < RT_MAX_BUFFER_PARAMS; i++) {
+        self->by_id[i] = -1;
+    }
+    memset(&self->layout, 0, sizeof(self->layout));
+    self->readable = self->writeable = self->subscribed = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        rt_param *p = &self->params[i];
+        const char *kind;
+        int readable, writeable, subscribed;
+        PyObject *name, *to_py = NULL, *from_py = NULL;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Uisnnddppp|OO:BufferSpec param", &name, &p->id,
+                              &kind, &p->offset, &p->size, &p->lower, &p->upper, &readable, &writeable,
+                              &subscribed, &to_py, &from_py)) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        p->kind = kind_from_name(kind);
+        if (p->kind < 0 || p->id < 0 || p->id >= max_id || self->by_id[p->id] >= 0 || p->offset < 0
+            || p->size <= 0 || p->offset + p->size > self->block_size) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "bad parameter description for %R", name);
+            return -1;
+        }
+        if (p->kind == K_RAW && (to_py == NULL || from_py == NULL)) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "raw parameter %R needs converters", name);
+            return -1;
+        }
+        Py_INCREF(name);
+        p->name = name;
+        p->to_python = p->kind == K_RAW ? (Py_INCREF(to_py), to_py) : NULL;
+        p->from_python = p->kind == K_RAW ? (Py_INCREF(from_py), from_py) : NULL;
+        self->count = (int)i + 1;
+        self->by_id[p->id] = (int)i;
+        uint64_t bit = 1ULL << p->id;
+        self->readable |= readable ? bit : 0;
+        self->writeable |= writeable ? bit : 0;
+        self->subscribed |= subscribed ? bit : 0;
+        if (self->is_device) {
+            self->layout.offsets[p->id] = p->offset;
+            self->layout.widths[p->id] = p->size;
+            if (p->id + 1 > self->layout.count) {
+                self->layout.count = p->id + 1;
+            }
+            if (p->offset + p->size > self->layout.span) {
+                self->layout.span = p->offset + p->size;
+            }
+        }
+        PyObject *position = PyLong_FromSsize_t(i);
+        if (position == NULL || PyDict_SetItem(self->index, name, position) < 0) {
+            Py_XDECREF(position);
+            Py_DECREF(seq);
+            return -1;
+        }
+        Py_DECREF(position);
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static int
+BufferSpec_traverse(rt_BufferSpec *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->index);
+    for (int i = 0; i < self->count; i++) {
+        Py_VISIT(self->params[i].to_python);
+        Py_VISIT(self->params[i].from_python);
+    }
+    return 0;
+}
+
+static int
+BufferSpec_clear(rt_BufferSpec *self)
+{
+    Py_CLEAR(self->index);
+    for (int i = 0; i < self->count; i++) {
+        Py_CLEAR(self->params[i].name);
+        Py_CLEAR(self->params[i].to_python);
+        Py_CLEAR(self->params[i].from_python);
+    }
+    self->count = 0;
+    return 0;
+}
+
+static void
+BufferSpec_dealloc(rt_BufferSpec *self)
+{
+    PyObject_GC_UnTrack(self);
+    BufferSpec_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+BufferSpec_get_masks(rt_BufferSpec *self, void *closure)
+{
+    return Py_BuildValue("(KKK)", (unsigned long long)self->readable, (unsigned long long)self->writeable,
+                         (unsigned long long)self->subscribed);
+}
+
+static PyGetSetDef BufferSpec_getset[] = {
+    {"masks", (getter)BufferSpec_get_masks, NULL, "(readable, writeable, subscribed) ID bitmaps.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject rt_BufferSpecType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._core.BufferSpec",
+    .tp_basicsize = sizeof(rt_BufferSpec),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "How one buffer type's parameters are laid out and converted (computed once per type).",
+    .tp_traverse = (traverseproc)BufferSpec_traverse,
+    .tp_clear = (inquiry)BufferSpec_clear,
+    .tp_dealloc = (destructor)BufferSpec_dealloc,
+    .tp_getset = BufferSpec_getset,
+    .tp_init = (initproc)BufferSpec_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- BufferAccess: life cycle -------------------------------------------- */
+
+static int
+BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"spec", "memory", "name", "on_recover", "timeout", NULL};
+    PyObject *spec, *memory, *name, *on_recover = Py_None;
+    double timeout = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OU|Od:BufferAccess", kwlist, &rt_BufferSpecType, &spec,
+                                     &memory, &name, &on_recover, &timeout)) {
+        return -1;
+    }
+    if (self->has_view) {
+        PyErr_SetString(PyExc_RuntimeError, "BufferAccess is already initialized");
+        return -1;
+    }
+    if (PyObject_GetBuffer(memory, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        return -1;
+    }
+    self->has_view = 1;
+    rt_BufferSpec *s = (rt_BufferSpec *)spec;
+    if (self->view.len < RT_DATA_OFFSET + s->struct_size || ((uintptr_t)self->view.buf) % 64 != 0) {
+        PyErr_Format(PyExc_ValueError, "memory must be 64-byte aligned and hold %zd bytes",
+                     (Py_ssize_t)(RT_DATA_OFFSET + s->struct_size));
+        return -1;
+    }
+    uint8_t *base = (uint8_t *)self->view.buf;
+    Py_INCREF(spec);
+    self->spec = s;
+    self->mutex = (rt_mutex_t *)(base + RT_MUTEX_OFFSET);
+    self->valid = (volatile uint32_t *)(base + RT_VALID_OFFSET);
+    self->update = base + RT_DATA_OFFSET + s->update_offset;
+    self->write = base + RT_DATA_OFFSET + s->write_offset;
+    self->meta = (rt_meta *)(base + RT_DATA_OFFSET + s->meta_offset);
+    Py_INCREF(name);
+    self->name = name;
+    Py_INCREF(on_recover);
+    self->on_recover = on_recover;
+    self->timeout = timeout;
+    return 0;
+}
+
+static PyObject *
+BufferAccess_close(rt_BufferAccess *self, PyObject *unused)
+{
+    if (!self->closed && self->has_view) {
+        self->closed = 1;
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+    }
+    self->closed = 1;
+    Py_RETURN_NONE;
+}
+
+static int
+BufferAccess_traverse(rt_BufferAccess *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->spec);
+    Py_VISIT(self->on_recover);
+    return 0;
+}
+
+static int
+BufferAccess_clear(rt_BufferAccess *self)
+{
+    Py_CLEAR(self->spec);
+    Py_CLEAR(self->on_recover);
+    return 0;
+}
+
+static void
+BufferAccess_dealloc(rt_BufferAccess *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+    }
+    BufferAccess_clear(self);
+    Py_CLEAR(self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ---- BufferAccess: get / set / write ------------------------------------- */
+
+static PyObject *
+BufferAccess_get(rt_BufferAccess *self, PyObject *name)
+{
+    rt_param *p = lookup(self, name);
+    if (p == NULL) {
+        return NULL;
+    }
+    if (!(self->spec->readable & (1ULL << p->id))) {
+        return buffer_error(self, "parameter is not readable", name);
+    }
+    if (p->kind == K_RAW) {
+        PyObject *raw = PyBytes_FromStringAndSize(NULL, p->size);
+        if (raw == NULL || acquire(self, 1) < 0) {
+            Py_XDECREF(raw);
+            return NULL;
+        }
+        memcpy(PyBytes_AS_STRING(raw), self->update + p->offset, (size_t)p->size);
+        release(self);
+        PyObject *value = PyObject_CallOneArg(p->to_python, raw);
+        Py_DECREF(raw);
+        return value;
+    }
+    uint8_t value[8];
+    if (acquire(self, 1) < 0) {
+        return NULL;
+    }
+    memcpy(value, self->update + p->offset, (size_t)p->size);
+    release(self);
+    return to_python(p, value);
+}
+
+static PyObject *
+store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_write_block)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (param, value)");
+        return NULL;
+    }
+    rt_param *p = lookup(self, args[0]);
+    if (p == NULL) {
+        return NULL;
+    }
+    if (to_write_block && !(self->spec->writeable & (1ULL << p->id))) {
+        return buffer_error(self, "parameter is not writeable", args[0]);
+    }
+    uint8_t value[8];
+    PyObject *raw = NULL;
+    if (from_python(p, args[1], value, &raw) < 0) {
+        return NULL;
+    }
+    if (acquire(self, 1) < 0) {
+        Py_XDECREF(raw);
+        return NULL;
+    }
+    const uint8_t *src = raw ? (const uint8_t *)PyBytes_AS_STRING(raw) : value;
+    if (to_write_block) {
+        memcpy(self->write + p->offset, src, (size_t)p->size);
+        self->meta->written |= 1ULL << p->id;
+    }
+    else {
+        memcpy(self->update + p->offset, src, (size_t)p->size);
+        self->meta->updated |= 1ULL << p->id;
+    }
+    release(self);
+    Py_XDECREF(raw);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+BufferAccess_set(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return store(self, args, nargs, 0);
+}
+
+static PyObject *
+BufferAccess_write(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return store(self, args, nargs, 1);
+}
+
+/* ---- BufferAccess: transactions ----------------------------------------- */
+
+static PyObject *
+BufferAccess_enter(rt_BufferAccess *self, PyObject *unused)
+{
+    if (acquire(self, 1) < 0) {
+        return NULL;
+    }
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+BufferAccess_exit(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!self->closed) {
+        release(self);
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+BufferAccess_transaction(rt_BufferAccess *self, PyObject *unused)
+{
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+/* ---- BufferAccess: bulk reads ------------------------------------------- */
+
+/* Copy a block under the lock, then convert the flagged values to a dict
+ * outside it (converters may run Python code). */
+static PyObject *
+values_from_copy(rt_BufferAccess *self, const uint8_t *copy, uint64_t mask)
+{
+    PyObject *result = PyDict_New();
+    if (result == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < self->spec->count; i++) {
+        rt_param *p = &self->spec->params[i];
+        if (!(mask & (1ULL << p->id))) {
+            continue;
+        }
+        PyObject *value = to_python(p, copy + p->offset);
+        if (value == NULL || PyDict_SetItem(result, p->name, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return result;
+}
+
+enum { TAKE_UPDATED = 1, TAKE_WRITTEN = 2, TAKE_READABLE = 3 };
+
+static PyObject *
+take_values(rt_BufferAccess *self, int what)
+{
+    Py_ssize_t size = self->spec->block_size;
+    uint8_t small[512];
+    uint8_t *copy = size <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)size);
+    if (copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    if (acquire(self, 1) < 0) {
+        if (copy != small) {
+            PyMem_Free(copy);
+        }
+        return NULL;
+    }
+    uint64_t mask;
+    if (what == TAKE_UPDATED) {
+        mask = self->meta->updated;
+        self->meta->updated = 0;
+        memcpy(copy, self->update, (size_t)size);
+    }
+    else if (what == TAKE_WRITTEN) {
+        mask = self->meta->written;
+        self->meta->written = 0;
+        memcpy(copy, self->write, (size_t)size);
+    }
+    else {
+        mask = self->spec->readable;
+        memcpy(copy, self->update, (size_t)size);
+    }
+    release(self);
+    PyObject *result = values_from_copy(self, copy, mask);
+    if (copy != small) {
+        PyMem_Free(copy);
+    }
+    return result;
+}
+
+static PyObject *
+BufferAccess_snapshot(rt_BufferAccess *self, PyObject *unused)
+{
+    return take_values(self, TAKE_READABLE);
+}
+
+static PyObject *
+BufferAccess_get_update(rt_BufferAccess *self, PyObject *unused)
+{
+    return take_values(self, TAKE_UPDATED);
+}
+
+static PyObject *
+BufferAccess_get_write(rt_BufferAccess *self, PyObject *unused)
+{
+    return take_values(self, TAKE_WRITTEN);
+}
+
+static PyObject *
+names_of(rt_BufferAccess *self, uint64_t mask)
+{
+    PyObject *result = PySet_New(NULL);
+    for (int i = 0; result != NULL && i < self->spec->count; i++) {
+        rt_param *p = &self->spec->params[i];
+        if ((mask & (1ULL << p->id)) && PySet_Add(result, p->name) < 0) {
+            Py_CLEAR(result);
+        }
+    }
+    return result;
+}
+
+static PyObject *
+BufferAccess_get_read(rt_BufferAccess *self, PyObject *unused)
+{
+    if (acquire(self, 1) < 0) {
+        return NULL;
+    }
+    uint64_t mask = self->meta->read;
+    self->meta->read = 0;
+    release(self);
+    return names_of(self, mask);
+}
+
+/* ---- BufferAccess: marking parameters ----------------------------------- */
+
+/* Bitmap of the named parameters; each must have every flag in `required`
+ * (1 = readable, 2 = writeable). None means every parameter with them. */
+static int
+mask_of(rt_BufferAccess *self, PyObject *names, int required, uint64_t *mask)
+{
+    uint64_t allowed = ~0ULL;
+    if (required & 1) {
+        allowed &= self->spec->readable;
+    }
+    if (required & 2) {
+        allowed &= self->spec->writeable;
+    }
+    if (names == Py_None) {
+        uint64_t all = 0;
+        for (int i = 0; i < self->spec->count; i++) {
+            all |= 1ULL << self->spec->params[i].id;
+        }
+        *mask = all & allowed;
+        return 0;
+    }
+    if (PyUnicode_Check(names)) {
+        PyErr_SetString(PyExc_TypeError, "expected a collection of parameter names, not a str");
+        return -1;
+    }
+    PyObject *iter = PyObject_GetIter(names);
+    if (iter == NULL) {
+        return -1;
+    }
+    uint64_t result = 0;
+    PyObject *name;
+    while ((name = PyIter_Next(iter)) != NULL) {
+        rt_param *p = lookup(self, name);
+        if (p == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(iter);
+            return -1;
+        }
+        if (!(allowed & (1ULL << p->id))) {
+            buffer_error(self, (required & 1) ? "parameter is not readable" : "parameter is not writeable", name);
+            Py_DECREF(name);
+            Py_DECREF(iter);
+            return -1;
+        }
+        result |= 1ULL << p->id;
+        Py_DECREF(name);
+    }
+    Py_DECREF(iter);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    *mask = result;
+    return 0;
+}
+
+static PyObject *
+BufferAccess_read(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t mask;
+    if (mask_of(self, nargs > 0 ? args[0] : Py_None, 1, &mask) < 0 || acquire(self, 1) < 0) {
+        return NULL;
+    }
+    self->meta->read |= mask;
+    release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+BufferAccess_mask(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "mask(names, required) takes 2 arguments");
+        return NULL;
+    }
+    long required = PyLong_AsLong(args[1]);
+    uint64_t mask;
+    if ((required == -1 && PyErr_Occurred()) || mask_of(self, args[0], (int)required, &mask) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(mask);
+}
+
+static PyObject *
+BufferAccess_names(rt_BufferAccess *self, PyObject *arg)
+{
+    unsigned long long mask = PyLong_AsUnsignedLongLong(arg);
+    if (mask == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return names_of(self, mask);
+}
+
+/* ---- BufferAccess: messages --------------------------------------------- */
+
+static inline uint16_t
+payload_u16(const rt_Message *msg, int at)
+{
+    return (uint16_t)(msg->payload[at] | (msg->payload[at + 1] << 8));
+}
+
+static int
+require_device(rt_BufferAccess *self)
+{
+    if (!self->spec->is_device) {
+        buffer_error(self, "not a Smart Device buffer", NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &rt_MessageType)) {
+        PyErr_Format(PyExc_TypeError, "update() takes a Message, not %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    if (require_device(self) < 0) {
+        return NULL;
+    }
+    rt_Message *msg = (rt_Message *)arg;
+    const rt_layout *layout = &self->spec->layout;
+    int params = 0;
+    /* Validate everything before the lock: a bad message changes nothing. */
+    switch (msg->type) {
+    case RT_DEV_DATA:
+    case RT_DEV_WRITE:
+        if ((params = rt_check_values(msg, layout)) < 0) {
+            return NULL;
+        }
+        break;
+    case RT_DEV_READ:
+        if (msg->length != 2) {
+            return rt_raise_message_error(RT_GENERIC_ERROR, "DEV_READ payload must be 2 bytes", NULL);
+        }
+        break;
+    case RT_SUB_REQ:
+        if (msg->length != 4) {
+            return rt_raise_message_error(RT_GENERIC_ERROR, "SUB_REQ payload must be 4 bytes", NULL);
+        }
+        break;
+    case RT_SUB_RES:
+        if (msg->length != 15) {
+            return rt_raise_message_error(RT_GENERIC_ERROR, "SUB_RES payload must be 15 bytes", NULL);
+        }
+        break;
+    default:
+        Py_RETURN_NONE;
+    }
+    double now = (msg->type == RT_DEV_DATA || msg->type == RT_DEV_WRITE) ? wall_clock() : 0.0;
+    if (acquire(self, 1) < 0) {
+        return NULL;
+    }
+    rt_meta *meta = self->meta;
+    switch (msg->type) {
+    case RT_DEV_DATA:
+        rt_copy_values(msg, layout, self->update);
+        meta->updated |= (uint64_t)params;
+        meta->last_update = now;
+        break;
+    case RT_DEV_WRITE:
+        rt_copy_values(msg, layout, self->write);
+        meta->written |= (uint64_t)params;
+        meta->last_write = now;
+        break;
+    case RT_DEV_READ:
+        meta->read |= payload_u16(msg, 0) & self->spec->readable;
+        break;
+    case RT_SUB_REQ: {
+        uint16_t interval = payload_u16(msg, 2);
+        if (interval != 0) {
+            interval = interval < RT_MIN_INTERVAL_MS ? RT_MIN_INTERVAL_MS
+                       : interval > RT_MAX_INTERVAL_MS ? RT_MAX_INTERVAL_MS : interval;
+        }
+        meta->subscription = (uint16_t)(payload_u16(msg, 0) & self->spec->readable);
+        meta->interval_ms = interval;
+        break;
+    }
+    case RT_SUB_RES: {
+        meta->subscription = (uint16_t)(payload_u16(msg, 0) & self->spec->readable);
+        meta->interval_ms = payload_u16(msg, 2);
+        meta->device_id = payload_u16(msg, 4);
+        meta->year = msg->payload[6];
+        uint64_t random = 0;
+        for (int i = 7; i >= 0; i--) {
+            random = (random << 8) | msg->payload[7 + i];
+        }
+        meta->random = random;
+        break;
+    }
+    }
+    release(self);
+    Py_RETURN_NONE;
+}
+
+/* Split `params` into as few DEV_DATA/DEV_WRITE messages as possible
+ * (first-fit decreasing by width) and append them to `out`. The lock is held. */
+static int
+append_values(rt_BufferAccess *self, PyObject *out, uint8_t type, uint16_t params, const uint8_t *block)
+{
+    const rt_layout *layout = &self->spec->layout;
+    if (params == 0) {
+        return 0;
+    }
+    Py_ssize_t total = 2;
+    for (int id = 0; id < layout->count; id++) {
+        if (params & (1u << id)) {
+            total += layout->widths[id];
+        }
+    }
+    uint16_t bins[RT_MAX_PARAMS];
+    Py_ssize_t room[RT_MAX_PARAMS];
+    int nbins = 0;
+    if (total <= RT_MAX_PAYLOAD) {
+        bins[nbins++] = params;
+    }
+    else {
+        int order[RT_MAX_PARAMS], n = 0;
+        for (int id = 0; id < layout->count; id++) {
+            if (params & (1u << id)) {
+                int j = n++;
+                while (j > 0 && layout->widths[order[j - 1]] < layout->widths[id]) {
+                    order[j] = order[j - 1];
+                    j--;
+                }
+                order[j] = id;
+            }
+        }
+        for (int k = 0; k < n; k++) {
+            int id = order[k], b = 0;
+            while (b < nbins && room[b] < layout->widths[id]) {
+                b++;
+            }
+            if (b == nbins) {
+                bins[nbins] = 0;
+                room[nbins++] = RT_MAX_PAYLOAD - 2;
+            }
+            bins[b] |= (uint16_t)(1u << id);
+            room[b] -= layout->widths[id];
+        }
+    }
+    for (int b = 0; b < nbins; b++) {
+        rt_Message *msg = rt_make_values(type, bins[b], layout, block);
+        if (msg == NULL || PyList_Append(out, (PyObject *)msg) < 0) {
+            Py_XDECREF(msg);
+            return -1;
+        }
+        Py_DECREF(msg);
+    }
+    return 0;
+}
+
+static PyObject *
+BufferAccess_emit_dev_rw(rt_BufferAccess *self, PyObject *unused)
+{
+    if (require_device(self) < 0) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL || acquire(self, 1) < 0) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    uint16_t read = (uint16_t)self->meta->read, written = (uint16_t)self->meta->written;
+    int rc = 0;
+    if (read) {
+        rt_Message *msg = rt_message_new(RT_DEV_READ, 2);
+        if (msg == NULL || PyList_Append(out, (PyObject *)msg) < 0) {
+            rc = -1;
+        }
+        else {
+            msg->payload[0] = (uint8_t)read;
+            msg->payload[1] = (uint8_t)(read >> 8);
+        }
+        Py_XDECREF(msg);
+    }
+    if (rc == 0) {
+        rc = append_values(self, out, RT_DEV_WRITE, written, self->write);
+    }
+    if (rc == 0) {
+        self->meta->read = 0;
+        self->meta->written = 0;
+    }
+    release(self);
+    if (rc < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *
+emit_data(rt_BufferAccess *self, int updated_only)
+{
+    if (require_device(self) < 0) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL || acquire(self, 1) < 0) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    uint16_t params = updated_only ? (uint16_t)self->meta->updated : self->meta->subscription;
+    int rc = append_values(self, out, RT_DEV_DATA, params & (uint16_t)self->spec->readable, self->update);
+    if (rc == 0 && updated_only) {
+        self->meta->updated = 0;
+    }
+    release(self);
+    if (rc < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *
+BufferAccess_emit_dev_data(rt_BufferAccess *self, PyObject *unused)
+{
+    return emit_data(self, 1);
+}
+
+static PyObject *
+BufferAccess_emit_subscription(rt_BufferAccess *self, PyObject *unused)
+{
+    return emit_data(self, 0);
+}
+
+static PyObject *
+BufferAccess_make_sub_res(rt_BufferAccess *self, PyObject *unused)
+{
+    if (require_device(self) < 0 || acquire(self, 1) < 0) {
+        return NULL;
+    }
+    rt_meta m = *self->meta;
+    release(self);
+    rt_Message *msg = rt_message_new(RT_SUB_RES, 15);
+    if (msg == NULL) {
+        return NULL;
+    }
+    uint8_t *p = msg->payload;
+    p[0] = (uint8_t)m.subscription;
+    p[1] = (uint8_t)(m.subscription >> 8);
+    p[2] = (uint8_t)m.interval_ms;
+    p[3] = (uint8_t)(m.interval_ms >> 8);
+    p[4] = (uint8_t)m.device_id;
+    p[5] = (uint8_t)(m.device_id >> 8);
+    p[6] = m.year;
+    for (int i = 0; i < 8; i++) {
+        p[7 + i] = (uint8_t)(m.random >> (8 * i));
+    }
+    return (PyObject *)msg;
+}
+
+/* ---- BufferAccess: metadata --------------------------------------------- */
+
+static PyObject *
+BufferAccess_get_meta(rt_BufferAccess *self, PyObject *unused)
+{
+    if (acquire(self, 1) < 0) {
+        return NULL;
+    }
+    rt_meta m = *self->meta;
+    release(self);
+    return Py_BuildValue("{s:d,s:d,s:H,s:H,s:(HBK)}", "last_update", m.last_update, "last_write", m.last_write,
+                         "subscription", m.subscription, "interval_ms", m.interval_ms, "uid", m.device_id, m.year,
+                         (unsigned long long)m.random);
+}
+
+static PyObject *
+BufferAccess_set_meta(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"subscription", "interval_ms", "uid", NULL};
+    PyObject *subscription = Py_None, *interval = Py_None, *uid = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOO:set_meta", kwlist, &subscription, &interval, &uid)) {
+        return NULL;
+    }
+    unsigned long sub = 0, ivl = 0;
+    unsigned short device_id = 0;
+    unsigned char year = 0;
+    unsigned long long random = 0;
+    if ((subscription != Py_None && (sub = PyLong_AsUnsignedLong(subscription)) == (unsigned long)-1
+         && PyErr_Occurred())
+        || (interval != Py_None && (ivl = PyLong_AsUnsignedLong(interval)) == (unsigned long)-1 && PyErr_Occurred())
+        || (uid != Py_None && !PyArg_ParseTuple(uid, "HbK", &device_id, &year, &random))) {
+        return NULL;
+    }
+    if (sub > 0xFFFF || ivl > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "subscription and interval must fit in 16 bits");
+        return NULL;
+    }
+    if (acquire(self, 1) < 0) {
+        return NULL;
+    }
+    if (subscription != Py_None) {
+        self->meta->subscription = (uint16_t)sub;
+    }
+    if (interval != Py_None) {
+        self->meta->interval_ms = (uint16_t)ivl;
+    }
+    if (uid != Py_None) {
+        self->meta->device_id = device_id;
+        self->meta->year = year;
+        self->meta->random = random;
+    }
+    release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+BufferAccess_get_valid(rt_BufferAccess *self, void *closure)
+{
+    if (self->closed) {
+        Py_RETURN_FALSE;
+    }
+    return PyBool_FromLong(__atomic_load_n(self->valid, __ATOMIC_ACQUIRE) != 0);
+}
+
+static int
+BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
+{
+    int truth = value ? PyObject_IsTrue(value) : 0;
+    if (truth < 0) {
+        return -1;
+    }
+    if (acquire(self, 0) < 0) {
+        return -1;
+    }
+    __atomic_store_n(self->valid, (uint32_t)truth, __ATOMIC_RELEASE);
+    release(self);
+    return 0;
+}
+
+static PyObject *
+BufferAccess_get_closed(rt_BufferAccess *self, void *closure)
+{
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *
+BufferAccess_get_timeout(rt_BufferAccess *self, void *closure)
+{
+    return PyFloat_FromDouble(self->timeout);
+}
+
+static int
+BufferAccess_set_timeout(rt_BufferAccess *self, PyObject *value, void *closure)
+{
+    double timeout = value ? PyFloat_AsDouble(value) : -1.0;
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!(timeout >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a nonnegative number of seconds");
+        return -1;
+    }
+    self->timeout = timeout;
+    return 0;
+}
+
+static PyMethodDef BufferAccess_methods[] = {
+    {"get", (PyCFunction)BufferAccess_get, METH_O, "get(param) -> value from the update block."},
+    {"set", (PyCFunction)(void (*)(void))BufferAccess_set, METH_FASTCALL, "set(param, value) in the update block."},
+    {"write", (PyCFunction)(void (*)(void))BufferAccess_write, METH_FASTCALL,
+     "write(param, value) in the write block, pending for the device."},
+    {"read", (PyCFunction)(void (*)(void))BufferAccess_read, METH_FASTCALL,
+     "read(params=None): request reading these (readable) parameters."},
+    {"transaction", (PyCFunction)BufferAccess_transaction, METH_NOARGS, "The reentrant lock context manager."},
+    {"__enter__", (PyCFunction)BufferAccess_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))BufferAccess_exit, METH_FASTCALL, NULL},
+    {"snapshot", (PyCFunction)BufferAccess_snapshot, METH_NOARGS, "Every readable value, in one lock."},
+    {"get_update", (PyCFunction)BufferAccess_get_update, METH_NOARGS, "Updated values; clears the set."},
+    {"get_write", (PyCFunction)BufferAccess_get_write, METH_NOARGS, "Written values; clears the set."},
+    {"get_read", (PyCFunction)BufferAccess_get_read, METH_NOARGS, "Names requested for reading; clears the set."},
+    {"update", (PyCFunction)BufferAccess_update, METH_O, "Digest a Smart Device message."},
+    {"emit_dev_rw", (PyCFunction)BufferAccess_emit_dev_rw, METH_NOARGS, "DEV_READ/DEV_WRITE for pending requests."},
+    {"emit_dev_data", (PyCFunction)BufferAccess_emit_dev_data, METH_NOARGS, "DEV_DATA for updated values."},
+    {"emit_subscription", (PyCFunction)BufferAccess_emit_subscription, METH_NOARGS,
+     "DEV_DATA for subscribed values."},
+    {"make_sub_res", (PyCFunction)BufferAccess_make_sub_res, METH_NOARGS, "SUB_RES from the recorded state."},
+    {"get_meta", (PyCFunction)BufferAccess_get_meta, METH_NOARGS, "Timestamps, subscription, interval and UID."},
+    {"set_meta", (PyCFunction)(void (*)(void))BufferAccess_set_meta, METH_VARARGS | METH_KEYWORDS,
+     "set_meta(*, subscription=None, interval_ms=None, uid=None)"},
+    {"mask", (PyCFunction)(void (*)(void))BufferAccess_mask, METH_FASTCALL,
+     "mask(names, required) -> bitmap of the named parameters (required: 1 readable, 2 writeable)."},
+    {"names", (PyCFunction)BufferAccess_names, METH_O, "names(bitmap) -> set of parameter names."},
+    {"close", (PyCFunction)BufferAccess_close, METH_NOARGS, "Stop using the memory; later calls raise."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef BufferAccess_getset[] = {
+    {"valid", (getter)BufferAccess_get_valid, (setter)BufferAccess_set_valid, "The segment's valid bit.", NULL},
+    {"closed", (getter)BufferAccess_get_closed, NULL, "Whether close() was called.", NULL},
+    {"timeout", (getter)BufferAccess_get_timeout, (setter)BufferAccess_set_timeout, "Lock timeout in seconds.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject rt_BufferAccessType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._core.BufferAccess",
+    .tp_basicsize = sizeof(rt_BufferAccess),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "BufferAccess(spec, memory, name, on_recover=None, timeout=1.0)\n\n"
+              "Locked access to one buffer segment (header, mutex, structure) in `memory`.",
+    .tp_traverse = (traverseproc)BufferAccess_traverse,
+    .tp_clear = (inquiry)BufferAccess_clear,
+    .tp_dealloc = (destructor)BufferAccess_dealloc,
+    .tp_methods = BufferAccess_methods,
+    .tp_getset = BufferAccess_getset,
+    .tp_init = (initproc)BufferAccess_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- module-level helpers for the segment header ------------------------ */
+
+static PyObject *
+core_store_release(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t offset;
+    unsigned int value;
+    if (!PyArg_ParseTuple(args, "w*nI:store_release", &view, &offset, &value)) {
+        return NULL;
+    }
+    if (offset < 0 || offset + 4 > view.len || offset % 4) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "bad offset");
+        return NULL;
+    }
+    __atomic_store_n((uint32_t *)((uint8_t *)view.buf + offset), (uint32_t)value, __ATOMIC_RELEASE);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_load_acquire(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t offset;
+    if (!PyArg_ParseTuple(args, "y*n:load_acquire", &view, &offset)) {
+        return NULL;
+    }
+    if (offset < 0 || offset + 4 > view.len || offset % 4) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "bad offset");
+        return NULL;
+    }
+    uint32_t value = __atomic_load_n((uint32_t *)((uint8_t *)view.buf + offset), __ATOMIC_ACQUIRE);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(value);
+}
+
+static PyMethodDef buffer_functions[] = {
+    {"store_release", core_store_release, METH_VARARGS, "store_release(memory, offset, u32): publish a word."},
+    {"load_acquire", core_load_acquire, METH_VARARGS, "load_acquire(memory, offset) -> u32."},
+    {NULL, NULL, 0, NULL},
+};
 
 int
 rt_buffer_module_init(PyObject *module)
 {
+    if (PyType_Ready(&rt_BufferSpecType) < 0 || PyType_Ready(&rt_BufferAccessType) < 0) {
+        return -1;
+    }
+    Py_INCREF(&rt_BufferSpecType);
+    if (PyModule_AddObject(module, "BufferSpec", (PyObject *)&rt_BufferSpecType) < 0) {
+        return -1;
+    }
+    Py_INCREF(&rt_BufferAccessType);
+    if (PyModule_AddObject(module, "BufferAccess", (PyObject *)&rt_BufferAccessType) < 0) {
+        return -1;
+    }
+    if (PyModule_AddFunctions(module, buffer_functions) < 0) {
+        return -1;
+    }
+    PyObject *meta = Py_BuildValue(
+        "{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "last_update", (Py_ssize_t)offsetof(rt_meta, last_update),
+        "last_write", (Py_ssize_t)offsetof(rt_meta, last_write), "updated", (Py_ssize_t)offsetof(rt_meta, updated),
+        "read", (Py_ssize_t)offsetof(rt_meta, read), "written", (Py_ssize_t)offsetof(rt_meta, written),
+        "subscription", (Py_ssize_t)offsetof(rt_meta, subscription), "interval_ms",
+        (Py_ssize_t)offsetof(rt_meta, interval_ms), "uid", (Py_ssize_t)offsetof(rt_meta, device_id), "size",
+        (Py_ssize_t)sizeof(rt_meta));
+    if (meta == NULL || PyModule_AddObject(module, "META_LAYOUT", meta) < 0) {
+        Py_XDECREF(meta);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "HEADER_SIZE", RT_HEADER_SIZE) < 0
+        || PyModule_AddIntConstant(module, "VALID_OFFSET", RT_VALID_OFFSET) < 0
+        || PyModule_AddIntConstant(module, "STATE_OFFSET", RT_STATE_OFFSET) < 0
+        || PyModule_AddIntConstant(module, "MUTEX_OFFSET", RT_MUTEX_OFFSET) < 0
+        || PyModule_AddIntConstant(module, "DATA_OFFSET", RT_DATA_OFFSET) < 0
+        || PyModule_AddIntConstant(module, "MIN_INTERVAL_MS", RT_MIN_INTERVAL_MS) < 0
+        || PyModule_AddIntConstant(module, "MAX_INTERVAL_MS", RT_MAX_INTERVAL_MS) < 0) {
+        return -1;
+    }
     return 0;
 }

@@ -1,0 +1,32 @@
+# Set-up and everyday commands. Each target creates .venv when missing and
+# installs the package (building its compiled core) into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SOURCES := pyproject.toml setup.py $(wildcard runtime/_core/*.c runtime/_core/*.h)
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[test,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m runtime demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check runtime tests bench
+	$(BIN)/ruff format --check runtime tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf build *.egg-info runtime/*.so $(VENV)

@@ -1,0 +1,1066 @@
+"""Peripheral data storage and sharing.
+
+Buffers are how the processes of the robot software share peripheral data.
+Each buffer is a ctypes structure for one Smart Device or other peripheral,
+usually backed by a POSIX shared-memory segment and guarded by a robust,
+process-shared mutex. Nothing here knows any particular device: buffer types
+are generated from a catalog (see :meth:`BufferStore.make_catalog` and
+:mod:`runtime.catalog`).
+
+A segment holds a 64-byte header (magic, format version, layout fingerprint,
+valid bit), the mutex, then the structure: an update block (values as read from
+the peripheral), a write block (values to write to it), both with one field per
+parameter, and a metadata block (timestamps, pending bitmaps, subscription,
+UID). Every operation that touches shared memory is one call into the compiled
+core, which takes the lock, checks the valid bit, copies and releases.
+
+Consumers poll buffers; there are no notifications. Operations block on the
+mutex (briefly), so asyncio code should run them in an executor.
+
+>>> import ctypes
+>>> Motor = DeviceBuffer.make_type('motor', [
+...     Parameter('duty_cycle', ctypes.c_float, 0, lower=-1, upper=1, writeable=True),
+...     Parameter('enc_pos', ctypes.c_int32, 1),
+... ], device_id=100)
+>>> with Motor.open('doctest-motor', shared=False) as motor:
+...     motor.set('enc_pos', 42)
+...     motor.write('duty_cycle', 0.5)
+...     motor.get('enc_pos'), motor.get_write()
+(42, {'duty_cycle': 0.5})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import functools
+import hashlib
+import logging
+import math
+import mmap
+import os
+import re
+import sys
+import time
+import types
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, ClassVar, NamedTuple, TypeVar, overload
+
+from . import _core
+from .exception import RuntimeBaseException
+from .messaging import Message
+
+__all__ = [
+    "BaseStructure",
+    "Buffer",
+    "BufferStore",
+    "DeviceBuffer",
+    "DeviceBufferError",
+    "DeviceUID",
+    "NullDevice",
+    "Parameter",
+]
+
+logger = logging.getLogger(__name__)
+
+if sys.byteorder != "little":  # pragma: no cover - every supported robot is little-endian
+    raise ImportError("runtime.buffer copies values to the wire as-is and needs a little-endian host")
+
+FORMAT_VERSION = 1
+"""Bumped whenever the segment format changes; part of every layout fingerprint."""
+MAGIC = b"RTBUFFER"
+"""First bytes of every segment this library creates."""
+NAMESPACE_ENV = "RUNTIME_BUFFER_NAMESPACE"
+"""Environment variable prefixing the segment names a :class:`BufferStore` uses."""
+SHM_DIR = "/dev/shm"
+_READY = 1
+_NAME_MAX = 255
+
+BufferT = TypeVar("BufferT", bound="Buffer")
+
+
+class DeviceBufferError(RuntimeBaseException):
+    """Error when interfacing with a buffer (``context`` names the buffer and parameter)."""
+
+
+_core._register("DeviceBufferError", DeviceBufferError)
+
+
+class BaseStructure(ctypes.Structure):
+    """A ctypes structure with a readable ``repr``."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{field[0]}={getattr(self, field[0])!r}" for field in self._fields_)
+        return f"{type(self).__name__}({fields})"
+
+
+class DeviceUID(BaseStructure):
+    """A unique device identifier: 88 bits of type, season and random number.
+
+    Attributes:
+        device_id: The device type (see the catalog's ``device_id``).
+        year: The year in which the device was created. ``0x00`` corresponds to
+            the spring 2016 season, and increments for each season afterwards.
+        random: A random 64-bit number.
+
+    Examples:
+        >>> uid = DeviceUID(0xffff, 0xee, 0xc0debeef_deadbeef)
+        >>> assert int(uid) == 0xffff_ee_c0debeef_deadbeef
+        >>> uid = DeviceUID.from_int(0xffff_ee_c0debeef_deadbeef)
+        >>> hex(uid.device_id)
+        '0xffff'
+        >>> hex(uid.year)
+        '0xee'
+        >>> hex(uid.random)
+        '0xc0debeefdeadbeef'
+    """
+
+    _fields_ = [("device_id", ctypes.c_uint16), ("year", ctypes.c_uint8), ("random", ctypes.c_uint64)]
+
+    device_id: int
+    year: int
+    random: int
+
+    def __int__(self) -> int:
+        return self.device_id << 72 | self.year << 64 | self.random
+
+    def __index__(self) -> int:
+        return int(self)
+
+    @classmethod
+    def from_int(cls, uid: int, /) -> DeviceUID:
+        """Split an 88-bit integer UID into its fields."""
+        if not 0 <= uid < 1 << 88:
+            raise ValueError(f"a UID is an 88-bit nonnegative integer, not {uid!r}")
+        return cls(uid >> 72, (uid >> 64) & 0xFF, uid & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+class _Meta(BaseStructure):
+    """Per-buffer bookkeeping; mirrors ``rt_meta`` in the compiled core."""
+
+    _fields_ = [
+        ("last_update", ctypes.c_double),
+        ("last_write", ctypes.c_double),
+        ("updated", ctypes.c_uint64),
+        ("read", ctypes.c_uint64),
+        ("written", ctypes.c_uint64),
+        ("subscription", ctypes.c_uint16),
+        ("interval_ms", ctypes.c_uint16),
+        ("reserved", ctypes.c_uint32),
+        ("uid", DeviceUID),
+    ]
+
+
+class _SegmentHeader(ctypes.Structure):
+    """The first 64 bytes of a segment."""
+
+    _fields_ = [
+        ("magic", ctypes.c_char * 8),
+        ("version", ctypes.c_uint32),
+        ("state", ctypes.c_uint32),
+        ("size", ctypes.c_uint64),
+        ("valid", ctypes.c_uint32),
+        ("creator_pid", ctypes.c_uint32),
+        ("fingerprint", ctypes.c_uint8 * 32),
+    ]
+
+
+def _check_core_layout() -> None:
+    meta = _core.META_LAYOUT
+    assert ctypes.sizeof(_Meta) == meta["size"], "metadata block differs from the compiled core"
+    for field in ("last_update", "last_write", "updated", "read", "written", "subscription", "interval_ms", "uid"):
+        assert getattr(_Meta, field).offset == meta[field], f"metadata field {field} differs from the core"
+    assert ctypes.sizeof(_SegmentHeader) == _core.HEADER_SIZE
+    assert _SegmentHeader.valid.offset == _core.VALID_OFFSET
+    assert _SegmentHeader.state.offset == _core.STATE_OFFSET
+
+
+_check_core_layout()
+
+
+# ---- parameters ---------------------------------------------------------------------------------
+
+_TYPE_PATTERN = re.compile(r"\s*([A-Za-z_]\w*)\s*((?:\[\s*\d+\s*\]\s*)*)")
+_POINTER_TYPES = {"char_p", "wchar_p", "void_p"}
+_KINDS = {"?": "bool", "f": "float32", "d": "float64"}
+_INT_KINDS = {
+    (1, True): "int8",
+    (1, False): "uint8",
+    (2, True): "int16",
+    (2, False): "uint16",
+    (4, True): "int32",
+    (4, False): "uint32",
+    (8, True): "int64",
+    (8, False): "uint64",
+}
+
+
+def _platform_type(ctype: type) -> type:
+    if ctype is ctypes.c_double:
+        return ctypes.c_float
+    if issubclass(ctype, ctypes.Array):
+        element = _platform_type(ctype._type_)
+        return ctype if element is ctype._type_ else element * ctype._length_
+    return ctype
+
+
+class Parameter(NamedTuple):
+    """A parameter descriptor.
+
+    Args:
+        name: The parameter name.
+        ctype: The ctypes type of its values.
+        id: The parameter ID, a nonnegative integer (its bit in bitmaps).
+        lower: This parameter's minimum valid value. For numeric parameters only.
+        upper: This parameter's maximum valid value. For numeric parameters only.
+        readable: Whether this parameter should be readable with :meth:`Buffer.get`.
+        writeable: Whether this parameter should be writeable with :meth:`Buffer.write`.
+        subscribed: Whether this parameter should be subscribed to, by default.
+            Only applicable for Smart Devices.
+    """
+
+    name: str
+    ctype: type
+    id: int
+    lower: float = -math.inf
+    upper: float = math.inf
+    readable: bool = True
+    writeable: bool = False
+    subscribed: bool = True
+
+    def clamp(self, value: float, /) -> float:
+        """Ensure a real value is between this parameter's lower and upper limits.
+
+        A value outside the bounds is clipped to the nearer one, with a warning.
+
+        Example:
+            >>> param = Parameter('param', ctypes.c_double, 0, lower=-1, upper=1)
+            >>> param.clamp(-1.1)
+            -1
+            >>> param.clamp(1.1)
+            1
+            >>> param.clamp(0)
+            0
+        """
+        if value < self.lower:
+            warnings.warn(f"parameter {self.name}: {value!r} is below {self.lower!r}; clamped", stacklevel=2)
+            return self.lower
+        if value > self.upper:
+            warnings.warn(f"parameter {self.name}: {value!r} is above {self.upper!r}; clamped", stacklevel=2)
+            return self.upper
+        return value
+
+    @staticmethod
+    def parse_ctype(type_specifier: str) -> type:
+        """Parse a type specifier into the corresponding C type.
+
+        The specifier is the name of a simple ctypes type without the ``c_``
+        prefix, optionally followed by ``[n]`` suffixes for (nested) arrays.
+        Pointer types are not supported.
+
+        Example:
+            >>> assert Parameter.parse_ctype('bool') is ctypes.c_bool
+            >>> assert Parameter.parse_ctype('int32[64]') is ctypes.c_int32 * 64
+            >>> assert Parameter.parse_ctype('uint64[8][8]') is ctypes.c_uint64 * 8 * 8
+        """
+        match = _TYPE_PATTERN.fullmatch(type_specifier) if isinstance(type_specifier, str) else None
+        base = match and match.group(1)
+        ctype = getattr(ctypes, f"c_{base}", None) if base and base not in _POINTER_TYPES else None
+        if not (isinstance(ctype, type) and issubclass(ctype, ctypes._SimpleCData)):
+            raise DeviceBufferError("unknown parameter type", type=type_specifier)
+        assert match is not None
+        result: type = ctype
+        for length in re.findall(r"\d+", match.group(2)):
+            if int(length) == 0:
+                raise DeviceBufferError("array length must be positive", type=type_specifier)
+            result = result * int(length)
+        return result
+
+    @property
+    def default(self) -> Any:
+        """The default value of :attr:`platform_type` (vectors have none).
+
+        Example:
+            >>> Parameter('param', ctypes.c_double, 0).default
+            0.0
+            >>> Parameter('param', ctypes.c_int8, 0).default
+            0
+            >>> Parameter('param', ctypes.c_bool, 0).default
+            False
+            >>> Parameter('param', ctypes.c_bool * 3, 0).default
+            Traceback (most recent call last):
+              ...
+            runtime.buffer.DeviceBufferError: vector parameters have no default
+        """
+        if issubclass(self.platform_type, ctypes.Array):
+            raise DeviceBufferError("vector parameters have no default")
+        return self.platform_type().value
+
+    @property
+    def platform_type(self) -> type:
+        """A C type exactly as wide as the values the peripheral sends.
+
+        Smart Devices have no 8-byte double: a ``double`` parameter travels and
+        is stored as a 4-byte float.
+        """
+        return _platform_type(self.ctype)
+
+    @property
+    def numeric(self) -> bool:
+        """Whether bounds apply: a scalar number (not bool, char or array)."""
+        ctype = self.platform_type
+        return not issubclass(ctype, ctypes.Array) and getattr(ctype, "_type_", "") not in ("?", "c", "u")
+
+
+def _kind(param: Parameter) -> str:
+    """The compiled core's conversion kind for a parameter."""
+    ctype = param.platform_type
+    if issubclass(ctype, ctypes.Array):
+        return "raw"
+    code = ctype._type_
+    if code in _KINDS:
+        return _KINDS[code]
+    if code in "bBhHiIlLqQ":
+        return _INT_KINDS[(ctypes.sizeof(ctype), code.islower())]
+    return "raw"
+
+
+def _raw_converters(param: Parameter) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
+    """Python-side conversions for arrays and unusual scalars (the slow path)."""
+    ctype: Any = param.platform_type
+    size = ctypes.sizeof(ctype)
+    is_array = issubclass(ctype, ctypes.Array)
+    is_text = is_array and ctype._type_ is ctypes.c_char
+
+    def to_python(raw: bytes) -> Any:
+        value = ctype.from_buffer_copy(raw)
+        return value.value if is_text or not is_array else value
+
+    def from_python(value: Any) -> bytes:
+        if isinstance(value, ctype):
+            return bytes(value)
+        try:
+            if is_array and isinstance(value, (bytes, bytearray, memoryview)):
+                data = bytes(value)
+                if ctypes.sizeof(ctype._type_) == 1 and len(data) <= size:
+                    return data.ljust(size, b"\0")
+                raise ValueError(f"{len(data)} bytes do not fit {size}")
+            converted = ctype(*value) if is_array else ctype(value)
+        except (TypeError, ValueError, IndexError, OverflowError) as exc:
+            raise TypeError(f"parameter {param.name}: cannot store {value!r} as {ctype.__name__}: {exc}") from None
+        return bytes(converted)
+
+    return to_python, from_python
+
+
+# ---- buffers ------------------------------------------------------------------------------------
+
+
+def _describe_layout(ctype: Any) -> Any:
+    """A canonical description of a ctypes type's memory layout."""
+    if isinstance(ctype, type) and issubclass(ctype, ctypes.Structure):
+        return [
+            (name, getattr(ctype, name).offset, getattr(ctype, name).size, _describe_layout(field_type))
+            for name, field_type, *_ in ctype._fields_
+        ]
+    if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
+        return ("array", ctype._length_, _describe_layout(ctype._type_))
+    return (ctype._type_, ctypes.sizeof(ctype))
+
+
+def _validate_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise DeviceBufferError("buffer name must be a nonempty string", name=name)
+    if "/" in name or "\0" in name:
+        raise DeviceBufferError("buffer name must not contain '/' or NUL", name=name)
+    if len(name.encode()) > _NAME_MAX - 1:
+        raise DeviceBufferError("buffer name is too long for the OS", name=name, limit=_NAME_MAX - 1)
+
+
+def _log_recovery(name: str) -> None:
+    logger.warning("buffer %r: the previous lock owner died; lock recovered", name)
+
+
+def _map_segment(name: str, size: int, create: bool) -> tuple[mmap.mmap, bool]:
+    """Map the named segment, creating it (exclusively) if asked and missing."""
+    shm_name = "/" + name
+    created = False
+    try:
+        if create:
+            try:
+                fd = _core.shm_open(shm_name, True, size)
+                created = True
+            except FileExistsError:
+                fd = _core.shm_open(shm_name, False, 0)
+        else:
+            fd = _core.shm_open(shm_name, False, 0)
+    except FileNotFoundError:
+        raise DeviceBufferError("buffer does not exist", name=name) from None
+    except OSError as exc:
+        raise DeviceBufferError(f"cannot open buffer: {exc.strerror}", name=name) from exc
+    try:
+        actual = os.fstat(fd).st_size
+        deadline = time.monotonic() + 1.0
+        while actual == 0 and time.monotonic() < deadline:  # the creator has not sized it yet
+            time.sleep(0.001)
+            actual = os.fstat(fd).st_size
+        if actual != size:
+            raise DeviceBufferError(
+                "buffer layout does not match: segment size differs", name=name, expected=size, actual=actual
+            )
+        return mmap.mmap(fd, size), created
+    finally:
+        os.close(fd)
+
+
+class Buffer(BaseStructure):
+    """A structure for storing peripheral data.
+
+    A buffer consists of two substructures: an update block for storing current
+    parameter values (as read from the peripheral), and a write block for
+    parameter values to be written to the peripheral.
+
+    Attributes:
+        params: Maps param names to their descriptors.
+    """
+
+    params: ClassVar[Mapping[str, Parameter]] = types.MappingProxyType({})
+    type_name: ClassVar[str] = "buffer"
+    lock_timeout: ClassVar[float] = 1.0
+    """Seconds an operation waits for the lock before raising."""
+    _max_params: ClassVar[int] = 64
+    _spec: ClassVar[Any] = None
+    _fingerprint: ClassVar[bytes] = b""
+    _fast_methods: ClassVar[tuple[str, ...]] = ("get", "set", "write", "transaction", "snapshot")
+
+    _access: Any
+    _name: str
+    _created: bool
+
+    @classmethod
+    def make_type(
+        cls: type[BufferT], name: str, params: Iterable[Parameter], *extra_fields: Any, **attrs: Any
+    ) -> type[BufferT]:
+        """Create a new buffer type (subclass).
+
+        Args:
+            name: The type name (as in the catalog).
+            params: The parameter descriptors.
+            extra_fields: More ``(name, ctype)`` fields to append to the structure.
+            attrs: Class attributes of the new type (``device_id``, intervals, ...).
+
+        Raises:
+            DeviceBufferError: A parameter is malformed (duplicate name or ID, bad bounds).
+            ValueError: Too many parameters for this kind of buffer.
+        """
+        params = list(params)
+        if len(params) > cls._max_params:
+            raise ValueError(f"{name}: {len(params)} parameters, but a {cls.__name__} has at most {cls._max_params}")
+        _check_params(name, params, cls._max_params)
+        params.sort(key=lambda param: param.id)
+        values = type(
+            f"{name}.values", (BaseStructure,), {"_fields_": [(p.name, p.platform_type) for p in params]}
+        )
+        fields = [("_update", values), ("_write", values), ("_meta", _Meta), *extra_fields]
+        namespace = {
+            "_fields_": fields,
+            "params": types.MappingProxyType({param.name: param for param in params}),
+            "type_name": name,
+            **attrs,
+        }
+        buffer_type = type(name, (cls,), namespace)
+        buffer_type._spec = _core.BufferSpec(
+            [_spec_entry(param, getattr(values, param.name).offset) for param in params],
+            update_offset=buffer_type._update.offset,
+            write_offset=buffer_type._write.offset,
+            meta_offset=buffer_type._meta.offset,
+            block_size=ctypes.sizeof(values),
+            struct_size=ctypes.sizeof(buffer_type),
+            is_device=issubclass(cls, DeviceBuffer),
+        )
+        description = repr((FORMAT_VERSION, ctypes.sizeof(buffer_type), _describe_layout(buffer_type)))
+        buffer_type._fingerprint = hashlib.sha256(description.encode()).digest()
+        return buffer_type
+
+    @classmethod
+    def segment_size(cls) -> int:
+        """Bytes of a segment of this type: header, mutex and structure."""
+        return int(_core.DATA_OFFSET) + ctypes.sizeof(cls)
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls: type[BufferT], name: str, /, *, create: bool = True, shared: bool = True) -> Iterator[BufferT]:
+        """Open a new buffer backed by shared memory.
+
+        Args:
+            name: The shared memory object's name (no '/').
+            create: Whether to create the object if it does not exist. The
+                process that creates it marks it valid, and invalid when it closes.
+            shared: False gives a process-local buffer with the same behaviour
+                (nothing is created in shared memory).
+
+        Returns:
+            A context manager that automatically closes the shared memory object
+            when the exit handler runs. The object is not unlinked, meaning
+            other processes may still access the object. To finally destroy
+            the object, you must call :meth:`Buffer.unlink` on this object's name.
+
+        Raises:
+            DeviceBufferError: If ``create=False`` but the object does not exist,
+                or the segment was made for a different layout.
+        """
+        buffer = cls.attach(name, create=create, shared=shared)
+        try:
+            yield buffer
+        finally:
+            buffer.close()
+
+    @classmethod
+    def attach(cls: type[BufferT], name: str, /, *, create: bool = True, shared: bool = True) -> BufferT:
+        """Like :meth:`open`, without the context manager: call :meth:`close` yourself."""
+        if cls._spec is None:
+            raise DeviceBufferError("buffer type has no layout; make one with make_type()", type=cls.__name__)
+        _validate_name(name)
+        size = cls.segment_size()
+        if shared:
+            memory, created = _map_segment(name, size, create)
+        else:
+            memory, created = mmap.mmap(-1, size), True
+        try:
+            if created:
+                cls._initialize_segment(memory, shared)
+            else:
+                cls._check_segment(memory, name)
+        except BaseException:
+            memory.close()
+            raise
+        buffer = cls.from_buffer(memory, _core.DATA_OFFSET)
+        access = _core.BufferAccess(
+            cls._spec, memory, name, on_recover=functools.partial(_log_recovery, name), timeout=cls.lock_timeout
+        )
+        state = buffer.__dict__
+        state.update(_access=access, _name=name, _created=created)
+        for method in cls._fast_methods:  # one C call per operation: skip the Python method frame
+            state[method] = getattr(access, method)
+        if created:
+            access.valid = True
+        return buffer
+
+    @classmethod
+    def _initialize_segment(cls, memory: mmap.mmap, shared: bool) -> None:
+        header = _SegmentHeader.from_buffer(memory)
+        header.magic = MAGIC
+        header.version = FORMAT_VERSION
+        header.size = ctypes.sizeof(cls)
+        header.creator_pid = os.getpid()
+        ctypes.memmove(header.fingerprint, cls._fingerprint, len(cls._fingerprint))
+        del header
+        from .sync import Mutex
+
+        view = memoryview(memory)
+        try:
+            Mutex(view[_core.MUTEX_OFFSET : _core.DATA_OFFSET], shared=shared).initialize()
+        finally:
+            view.release()
+        _core.store_release(memory, _core.STATE_OFFSET, _READY)
+
+    @classmethod
+    def _check_segment(cls, memory: mmap.mmap, name: str) -> None:
+        deadline = time.monotonic() + 1.0
+        while _core.load_acquire(memory, _core.STATE_OFFSET) != _READY:
+            if time.monotonic() > deadline:
+                raise DeviceBufferError("buffer was never initialized by its creator; unlink it", name=name)
+            time.sleep(0.001)
+        header = _SegmentHeader.from_buffer_copy(memory)
+        if header.magic != MAGIC or header.version != FORMAT_VERSION:
+            raise DeviceBufferError(
+                "segment is not a buffer of this format", name=name, magic=header.magic, version=header.version
+            )
+        if bytes(header.fingerprint) != cls._fingerprint or header.size != ctypes.sizeof(cls):
+            raise DeviceBufferError(
+                "buffer layout does not match this type (the segment was made by a different catalog)",
+                name=name,
+                type=cls.type_name,
+            )
+
+    def close(self) -> None:
+        """Stop using this buffer; marks it invalid if this process created it.
+
+        The memory stays mapped until the object is garbage collected (ctypes
+        holds a view of it) but every operation raises from now on.
+        """
+        access = self.__dict__.get("_access")
+        if access is None or access.closed:
+            return
+        if self._created:
+            with contextlib.suppress(RuntimeBaseException):
+                access.valid = False
+        access.close()
+        for method in self._fast_methods:
+            self.__dict__.pop(method, None)
+
+    @classmethod
+    def unlink(cls, name: str) -> None:
+        """Destroy a shared memory object.
+
+        Processes that have it open keep their mapping until they close it.
+
+        Raises:
+            DeviceBufferError: If there is no such object.
+        """
+        _validate_name(name)
+        try:
+            _core.shm_unlink("/" + name)
+        except FileNotFoundError:
+            raise DeviceBufferError("buffer does not exist", name=name) from None
+
+    @property
+    def name(self) -> str:
+        """The buffer's (shared memory object's) name."""
+        return self._name
+
+    @property
+    def valid(self) -> bool:
+        """Whether the peripheral is connected; operations on an invalid buffer raise."""
+        return bool(self._access.valid)
+
+    @valid.setter
+    def valid(self, value: bool) -> None:
+        self._access.valid = value
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        access = self.__dict__.get("_access")
+        return access is None or bool(access.closed)
+
+    def get(self, param: str, /) -> Any:
+        """Read a parameter from the update block.
+
+        Raises:
+            DeviceBufferError: If the parameter does not exist or is not readable.
+        """
+        return self._access.get(param)
+
+    def set(self, param: str, value: Any, /) -> None:
+        """Set a parameter value in the update block.
+
+        Numeric values outside the parameter's bounds are clamped, with a warning.
+
+        Raises:
+            DeviceBufferError: If the parameter does not exist.
+            TypeError: If the value is not the correct type.
+        """
+        self._access.set(param, value)
+
+    def write(self, param: str, value: Any, /) -> None:
+        """Request writing a parameter to the device.
+
+        Because the buffer is polled and the writes are batched during each
+        cycle, a pending write may be overwritten by a newer one; this is a
+        feature that reduces excessive writes.
+
+        Raises:
+            DeviceBufferError: If the parameter does not exist or is not writeable.
+            TypeError: If the value is not the correct type.
+        """
+        self._access.write(param, value)
+
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """Acquire the buffer's mutex and check its valid bit.
+
+        Every method already locks, but a ``with buffer.transaction():`` block
+        groups several operations into one atomic transaction across processes
+        (and avoids locking repeatedly). It is reentrant.
+        """
+        return self._access.transaction()  # type: ignore[no-any-return]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every readable parameter's value, read under one lock (for telemetry)."""
+        return self._access.snapshot()  # type: ignore[no-any-return]
+
+
+def _check_params(type_name: str, params: list[Parameter], max_params: int) -> None:
+    names: set[str] = set()
+    ids: set[int] = set()
+    for param in params:
+        context = {"device": type_name, "param": getattr(param, "name", None)}
+        if not isinstance(param, Parameter):
+            raise DeviceBufferError("expected a Parameter", **context)
+        if not isinstance(param.name, str) or not param.name.isidentifier() or param.name.startswith("_"):
+            raise DeviceBufferError("parameter name must be an identifier not starting with '_'", **context)
+        if param.name in names:
+            raise DeviceBufferError("duplicate parameter name", **context)
+        if not isinstance(param.id, int) or not 0 <= param.id < max_params:
+            raise DeviceBufferError(f"parameter id must be an integer in 0..{max_params - 1}", id=param.id, **context)
+        if param.id in ids:
+            raise DeviceBufferError("duplicate parameter id", id=param.id, **context)
+        if not (isinstance(param.ctype, type) and issubclass(param.ctype, (ctypes._SimpleCData, ctypes.Array))):
+            raise DeviceBufferError("parameter ctype must be a simple ctypes type or array", **context)
+        try:
+            lower, upper = float(param.lower), float(param.upper)
+        except (TypeError, ValueError):
+            raise DeviceBufferError("bounds must be numbers", lower=param.lower, upper=param.upper, **context) from None
+        if math.isnan(lower) or math.isnan(upper) or lower > upper:
+            raise DeviceBufferError("bad bounds: need lower <= upper", lower=lower, upper=upper, **context)
+        if not param.numeric and (lower, upper) != (-math.inf, math.inf):
+            raise DeviceBufferError("bounds apply to numeric parameters only", **context)
+        if max_params <= 16 and ctypes.sizeof(param.platform_type) > _core.MAX_PAYLOAD - 2:
+            raise DeviceBufferError("parameter is too wide for one message", **context)
+        names.add(param.name)
+        ids.add(param.id)
+
+
+def _spec_entry(param: Parameter, offset: int) -> tuple[Any, ...]:
+    kind = _kind(param)
+    entry: tuple[Any, ...] = (
+        param.name,
+        param.id,
+        kind,
+        offset,
+        ctypes.sizeof(param.platform_type),
+        float(param.lower),
+        float(param.upper),
+        bool(param.readable),
+        bool(param.writeable),
+        bool(param.subscribed),
+    )
+    return entry + _raw_converters(param) if kind == "raw" else entry
+
+
+class DeviceBuffer(Buffer):
+    """A special buffer representing a Smart Device.
+
+    Class attributes (set per type by the catalog): ``device_id``, and the
+    intervals in seconds ``sub_interval``, ``write_interval``, ``heartbeat_interval``.
+    """
+
+    device_id: ClassVar[int]
+    sub_interval: ClassVar[float] = 0.04
+    write_interval: ClassVar[float] = 0.04
+    heartbeat_interval: ClassVar[float] = 1.0
+    _max_params: ClassVar[int] = _core.MAX_PARAMS
+    _fast_methods = (
+        *Buffer._fast_methods,
+        "read",
+        "update",
+        "emit_dev_rw",
+        "emit_dev_data",
+        "emit_subscription",
+        "make_sub_res",
+        "get_read",
+        "get_update",
+        "get_write",
+    )
+
+    @classmethod
+    def make_type(
+        cls: type[BufferT], name: str, params: Iterable[Parameter], *extra_fields: Any, **attrs: Any
+    ) -> type[BufferT]:
+        """Create a Smart Device buffer type; at most 16 parameters (``ValueError``)."""
+        for key in ("sub_interval", "write_interval", "heartbeat_interval"):
+            value = attrs.get(key, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise DeviceBufferError(f"{key} must be a positive number of seconds", device=name, value=value)
+        device_id = attrs.get("device_id", 0)
+        if isinstance(device_id, bool) or not isinstance(device_id, int) or not 0 <= device_id <= 0xFFFF:
+            raise DeviceBufferError("device_id must be an integer in 0..65535", device=name, device_id=device_id)
+        return super().make_type(name, params, *extra_fields, **attrs)  # type: ignore[misc]
+
+    def read(self, params: Iterable[str] | None = None) -> None:
+        """Request reading parameters from the device (all readable ones by default)."""
+        self._access.read(params)
+
+    def update(self, message: Message, /) -> None:
+        """Digest a Smart Device message and update this buffer's state accordingly.
+
+        DEV_DATA and DEV_WRITE values are copied into the update or write block
+        (a payload that does not match this type's layout raises
+        :class:`~runtime.messaging.MessageError` and changes nothing); DEV_READ,
+        SUB_REQ and SUB_RES record what was asked; other types change nothing.
+        """
+        self._access.update(message)
+
+    def emit_dev_rw(self) -> Iterator[Message]:
+        """Make messages for reading and writing parameters; clears the pending sets.
+
+        Yields a DEV_READ for parameters requested with :meth:`read`, then as
+        few DEV_WRITE messages as hold the pending writes.
+        """
+        return iter(self._access.emit_dev_rw())
+
+    def emit_dev_data(self) -> Iterator[Message]:
+        """Make DEV_DATA messages for recently updated parameters, and clear that set."""
+        return iter(self._access.emit_dev_data())
+
+    def emit_subscription(self) -> Iterator[Message]:
+        """Make DEV_DATA messages for the subscribed parameters."""
+        return iter(self._access.emit_subscription())
+
+    def make_sub_req(self, params: Iterable[str] | None = None, interval: float | None = None) -> Message:
+        """Make a subscription request.
+
+        Args:
+            params: Parameter names (default: those flagged ``subscribed``).
+            interval: Seconds between updates (default: the type's ``sub_interval``).
+        """
+        if params is None:
+            params = [param.name for param in self.params.values() if param.subscribed and param.readable]
+        mask = self._access.mask(params, 1)
+        seconds = self.sub_interval if interval is None else interval
+        if not 0 <= seconds <= 65.535:
+            raise ValueError(f"interval must be in 0..65.535 seconds, not {seconds!r}")
+        with self.transaction():  # refuse on an invalid buffer
+            return Message.make_sub_req(mask, round(seconds * 1000))
+
+    def make_sub_res(self) -> Message:
+        """Make a subscription response for the parameters subscribed to."""
+        return self._access.make_sub_res()  # type: ignore[no-any-return]
+
+    def get_read(self) -> set[str]:
+        """The parameters requested for reading; clears the pending read set."""
+        return self._access.get_read()  # type: ignore[no-any-return]
+
+    def get_update(self) -> dict[str, Any]:
+        """The parameters updated since the last call, with their values; clears that set."""
+        return self._access.get_update()  # type: ignore[no-any-return]
+
+    def get_write(self) -> dict[str, Any]:
+        """The parameters written since the last call, with their values; clears that set."""
+        return self._access.get_write()  # type: ignore[no-any-return]
+
+    @property
+    def uid(self) -> int:
+        """The device's 88-bit UID (see :class:`DeviceUID`)."""
+        return int(DeviceUID(*self._access.get_meta()["uid"]))
+
+    @uid.setter
+    def uid(self, uid: int) -> None:
+        parts = DeviceUID.from_int(int(uid))
+        self._access.set_meta(uid=(parts.device_id, parts.year, parts.random))
+
+    @property
+    def subscription(self) -> frozenset[str]:
+        """Names of the parameters currently subscribed to."""
+        return frozenset(self._access.names(self._access.get_meta()["subscription"]))
+
+    @property
+    def interval(self) -> float:
+        """The subscription interval in seconds (0 when unsubscribed)."""
+        return float(self._access.get_meta()["interval_ms"]) / 1000
+
+    @property
+    def last_update(self) -> float:
+        """The timestamp given by :func:`time.time` of the last update."""
+        return float(self._access.get_meta()["last_update"])
+
+    @property
+    def last_write(self) -> float:
+        """The timestamp given by :func:`time.time` of the last write."""
+        return float(self._access.get_meta()["last_write"])
+
+
+NullDevice = DeviceBuffer.make_type("NullDevice", [])
+NullDevice.__doc__ = """A buffer type with no parameters.
+
+Useful for creating a non-null placeholder where a buffer is required.
+"""
+
+
+# ---- the store ----------------------------------------------------------------------------------
+
+BufferKey = int | tuple[str, int]
+
+
+@dataclasses.dataclass(eq=False)
+class BufferStore(Mapping[BufferKey, Buffer]):
+    """Manage the lifecycle of a collection of buffers.
+
+    Every device type has a unique name and every device an integer UID unique
+    among its type; a ``(type name, UID)`` pair identifies a device globally.
+    For Smart Devices the UID encodes the type, so the UID alone is a key.
+    The store maps keys to the buffers it opened, and closes them all when used
+    as a context manager.
+
+    Args:
+        catalog: Maps unique type names to buffer types (see :meth:`make_catalog`).
+        buffers: Maps ``(type name, UID)`` pairs to open buffers.
+        stack: Closes the buffers.
+        shared: Whether buffers live in shared memory (False: process-local).
+    """
+
+    catalog: Mapping[str, type[Buffer]]
+    buffers: MutableMapping[tuple[str, int], Buffer] = dataclasses.field(default_factory=dict)
+    stack: contextlib.ExitStack[Any] = dataclasses.field(default_factory=contextlib.ExitStack)
+    shared: bool = True
+
+    @functools.cached_property
+    def device_types(self) -> Mapping[int, str]:
+        """Maps each Smart Device ``device_id`` to its type name."""
+        result: dict[int, str] = {}
+        for type_name, buffer_type in self.catalog.items():
+            if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id"):
+                other = result.setdefault(buffer_type.device_id, type_name)
+                if other != type_name:
+                    raise DeviceBufferError(
+                        "two device types share a device_id", device_id=buffer_type.device_id, types=(other, type_name)
+                    )
+        return types.MappingProxyType(result)
+
+    def normalize_key(self, key: BufferKey, /) -> tuple[str, int]:
+        """The ``(type name, UID)`` pair for a key; ``KeyError`` for unknown types."""
+        if isinstance(key, tuple):
+            type_name, uid = key
+            if type_name not in self.catalog:
+                raise KeyError(type_name)
+        else:
+            uid = key
+            if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 1 << 88:
+                raise KeyError(key)
+            device_id = uid >> 72
+            if device_id not in self.device_types:
+                raise KeyError(key)
+            type_name = self.device_types[device_id]
+        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+            raise KeyError(key)
+        return type_name, uid
+
+    def __getitem__(self, key: BufferKey, /) -> Buffer:
+        return self.buffers[self.normalize_key(key)]
+
+    def __iter__(self) -> Iterator[BufferKey]:
+        return iter(self.buffers)
+
+    def __len__(self) -> int:
+        return len(self.buffers)
+
+    def __enter__(self) -> BufferStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every buffer this store opened (segments stay; see :meth:`unlink_all`)."""
+        self.stack.close()
+        self.buffers.clear()
+
+    @staticmethod
+    def namespace() -> str:
+        """The prefix of this project's segment names (``$RUNTIME_BUFFER_NAMESPACE``, default ``rt``)."""
+        return os.environ.get(NAMESPACE_ENV) or "rt"
+
+    @classmethod
+    def segment_name(cls, type_name: str, uid: int) -> str:
+        """The shared memory object name of a device's buffer."""
+        return f"{cls.namespace()}-{type_name}-{uid:x}"
+
+    @overload
+    def get_or_open(self, key: int, /, *, create: bool = True) -> DeviceBuffer: ...
+
+    @overload
+    def get_or_open(self, key: tuple[str, int], /, *, create: bool = True) -> Buffer: ...
+
+    def get_or_open(self, key: BufferKey, /, *, create: bool = True) -> Buffer:
+        """Get a buffer, opening a new one if necessary.
+
+        Raises:
+            KeyError: The device ID or type name does not exist.
+            DeviceBufferError: If ``create=False``, but the buffer does not exist.
+        """
+        type_name, uid = self.normalize_key(key)
+        try:
+            return self.buffers[type_name, uid]
+        except KeyError:
+            pass
+        buffer_type = self.catalog[type_name]
+        name = self.segment_name(type_name, uid)
+        buffer = self.stack.enter_context(buffer_type.open(name, create=create, shared=self.shared))
+        if isinstance(buffer, DeviceBuffer) and buffer._created and uid < 1 << 88:
+            buffer.uid = uid
+        self.buffers[type_name, uid] = buffer
+        return buffer
+
+    def unlink_all(self) -> list[str]:
+        """Unlink every segment of this project's namespace; return their names.
+
+        Only segments named with :meth:`namespace` whose header carries this
+        library's magic are touched: nothing else on the machine.
+        """
+        prefix = self.namespace() + "-"
+        removed = []
+        try:
+            entries = sorted(os.listdir(SHM_DIR))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if not entry.startswith(prefix) or not _has_magic(os.path.join(SHM_DIR, entry)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                _core.shm_unlink("/" + entry)
+                removed.append(entry)
+        return removed
+
+    @classmethod
+    def make_catalog(cls, catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buffer]]:
+        """Generate buffer types from the raw peripheral specification.
+
+        The raw peripheral specification maps each type name to::
+
+            {
+                "device_id": <int>,            # For Smart Devices only
+                "sub_interval": <float>,       # Optional
+                "write_interval": <float>,     # Optional
+                "heartbeat_interval": <float>, # Optional
+                "params": [                    # Keyword arguments of ``Parameter``
+                    {"name": <str>, "type": <str>}
+                ]
+            }
+
+        The input is not modified.
+
+        Raises:
+            DeviceBufferError: A type or parameter is malformed (names them).
+            ValueError: A Smart Device has more than 16 parameters.
+        """
+        result: dict[str, type[Buffer]] = {}
+        for type_name, spec in catalog.items():
+            if not isinstance(spec, Mapping):
+                raise DeviceBufferError("device type must be a mapping", device=type_name)
+            attrs = {key: value for key, value in spec.items() if key != "params"}
+            params = [_make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])]
+            base = DeviceBuffer if "device_id" in attrs else Buffer
+            result[type_name] = base.make_type(type_name, params, **attrs)
+        store = cls(result)
+        store.device_types  # noqa: B018 - refuse duplicate device ids now
+        return result
+
+
+def _make_param(type_name: str, index: int, raw: Any) -> Parameter:
+    if not isinstance(raw, Mapping):
+        raise DeviceBufferError("parameter must be a mapping", device=type_name, index=index)
+    options = dict(raw)
+    name = options.pop("name", None)
+    if name is None:
+        raise DeviceBufferError("parameter has no name", device=type_name, index=index)
+    if "type" not in options:
+        raise DeviceBufferError("parameter has no type", device=type_name, param=name)
+    try:
+        ctype = Parameter.parse_ctype(options.pop("type"))
+    except DeviceBufferError as exc:
+        raise DeviceBufferError(exc.message, device=type_name, param=name, **exc.context) from None
+    param_id = options.pop("id", index)
+    try:
+        return Parameter(name, ctype, param_id, **options)
+    except TypeError as exc:
+        raise DeviceBufferError(f"bad parameter options: {exc}", device=type_name, param=name) from None
+
+
+def _has_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as segment:
+            return segment.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
