@@ -170,7 +170,16 @@ class _SegmentHeader(ctypes.Structure):
 def _check_core_layout() -> None:
     meta = _core.META_LAYOUT
     assert ctypes.sizeof(_Meta) == meta["size"], "metadata block differs from the compiled core"
-    for field in ("last_update", "last_write", "updated", "read", "written", "subscription", "interval_ms", "uid"):
+    for field in (
+        "last_update",
+        "last_write",
+        "updated",
+        "read",
+        "written",
+        "subscription",
+        "interval_ms",
+        "uid",
+    ):
         assert getattr(_Meta, field).offset == meta[field], f"metadata field {field} differs from the core"
     assert ctypes.sizeof(_SegmentHeader) == _core.HEADER_SIZE
     assert _SegmentHeader.valid.offset == _core.VALID_OFFSET
@@ -197,7 +206,7 @@ _INT_KINDS = {
 }
 
 
-def _platform_type(ctype: type) -> type:
+def _platform_type(ctype: Any) -> Any:
     if ctype is ctypes.c_double:
         return ctypes.c_float
     if issubclass(ctype, ctypes.Array):
@@ -271,12 +280,12 @@ class Parameter(NamedTuple):
         if not (isinstance(ctype, type) and issubclass(ctype, ctypes._SimpleCData)):
             raise DeviceBufferError("unknown parameter type", type=type_specifier)
         assert match is not None
-        result: type = ctype
+        result: Any = ctype
         for length in re.findall(r"\d+", match.group(2)):
             if int(length) == 0:
                 raise DeviceBufferError("array length must be positive", type=type_specifier)
             result = result * int(length)
-        return result
+        return result  # type: ignore[no-any-return]
 
     @property
     def default(self) -> Any:
@@ -299,7 +308,7 @@ class Parameter(NamedTuple):
         return self.platform_type().value
 
     @property
-    def platform_type(self) -> type:
+    def platform_type(self) -> Any:
         """A C type exactly as wide as the values the peripheral sends.
 
         Smart Devices have no 8-byte double: a ``double`` parameter travels and
@@ -316,7 +325,7 @@ class Parameter(NamedTuple):
 
 def _kind(param: Parameter) -> str:
     """The compiled core's conversion kind for a parameter."""
-    ctype = param.platform_type
+    ctype: Any = param.platform_type
     if issubclass(ctype, ctypes.Array):
         return "raw"
     code = ctype._type_
@@ -349,7 +358,9 @@ def _raw_converters(param: Parameter) -> tuple[Callable[[bytes], Any], Callable[
                 raise ValueError(f"{len(data)} bytes do not fit {size}")
             converted = ctype(*value) if is_array else ctype(value)
         except (TypeError, ValueError, IndexError, OverflowError) as exc:
-            raise TypeError(f"parameter {param.name}: cannot store {value!r} as {ctype.__name__}: {exc}") from None
+            raise TypeError(
+                f"parameter {param.name}: cannot store {value!r} as {ctype.__name__}: {exc}"
+            ) from None
         return bytes(converted)
 
     return to_python, from_python
@@ -457,7 +468,9 @@ class Buffer(BaseStructure):
         """
         params = list(params)
         if len(params) > cls._max_params:
-            raise ValueError(f"{name}: {len(params)} parameters, but a {cls.__name__} has at most {cls._max_params}")
+            raise ValueError(
+                f"{name}: {len(params)} parameters, but a {cls.__name__} has at most {cls._max_params}"
+            )
         _check_params(name, params, cls._max_params)
         params.sort(key=lambda param: param.id)
         values = type(
@@ -470,7 +483,7 @@ class Buffer(BaseStructure):
             "type_name": name,
             **attrs,
         }
-        buffer_type = type(name, (cls,), namespace)
+        buffer_type: Any = type(name, (cls,), namespace)
         buffer_type._spec = _core.BufferSpec(
             [_spec_entry(param, getattr(values, param.name).offset) for param in params],
             update_offset=buffer_type._update.offset,
@@ -482,7 +495,7 @@ class Buffer(BaseStructure):
         )
         description = repr((FORMAT_VERSION, ctypes.sizeof(buffer_type), _describe_layout(buffer_type)))
         buffer_type._fingerprint = hashlib.sha256(description.encode()).digest()
-        return buffer_type
+        return buffer_type  # type: ignore[no-any-return]
 
     @classmethod
     def segment_size(cls) -> int:
@@ -491,7 +504,9 @@ class Buffer(BaseStructure):
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls: type[BufferT], name: str, /, *, create: bool = True, shared: bool = True) -> Iterator[BufferT]:
+    def open(
+        cls: type[BufferT], name: str, /, *, create: bool = True, shared: bool = True
+    ) -> Iterator[BufferT]:
         """Open a new buffer backed by shared memory.
 
         Args:
@@ -538,7 +553,11 @@ class Buffer(BaseStructure):
             raise
         buffer = cls.from_buffer(memory, _core.DATA_OFFSET)
         access = _core.BufferAccess(
-            cls._spec, memory, name, on_recover=functools.partial(_log_recovery, name), timeout=cls.lock_timeout
+            cls._spec,
+            memory,
+            name,
+            on_recover=functools.partial(_log_recovery, name),
+            timeout=cls.lock_timeout,
         )
         state = buffer.__dict__
         state.update(_access=access, _name=name, _created=created)
@@ -576,7 +595,10 @@ class Buffer(BaseStructure):
         header = _SegmentHeader.from_buffer_copy(memory)
         if header.magic != MAGIC or header.version != FORMAT_VERSION:
             raise DeviceBufferError(
-                "segment is not a buffer of this format", name=name, magic=header.magic, version=header.version
+                "segment is not a buffer of this format",
+                name=name,
+                magic=header.magic,
+                version=header.version,
             )
         if bytes(header.fingerprint) != cls._fingerprint or header.size != ctypes.sizeof(cls):
             raise DeviceBufferError(
@@ -694,15 +716,21 @@ def _check_params(type_name: str, params: list[Parameter], max_params: int) -> N
         if param.name in names:
             raise DeviceBufferError("duplicate parameter name", **context)
         if not isinstance(param.id, int) or not 0 <= param.id < max_params:
-            raise DeviceBufferError(f"parameter id must be an integer in 0..{max_params - 1}", id=param.id, **context)
+            raise DeviceBufferError(
+                f"parameter id must be an integer in 0..{max_params - 1}", id=param.id, **context
+            )
         if param.id in ids:
             raise DeviceBufferError("duplicate parameter id", id=param.id, **context)
-        if not (isinstance(param.ctype, type) and issubclass(param.ctype, (ctypes._SimpleCData, ctypes.Array))):
+        if not (
+            isinstance(param.ctype, type) and issubclass(param.ctype, (ctypes._SimpleCData, ctypes.Array))
+        ):
             raise DeviceBufferError("parameter ctype must be a simple ctypes type or array", **context)
         try:
             lower, upper = float(param.lower), float(param.upper)
         except (TypeError, ValueError):
-            raise DeviceBufferError("bounds must be numbers", lower=param.lower, upper=param.upper, **context) from None
+            raise DeviceBufferError(
+                "bounds must be numbers", lower=param.lower, upper=param.upper, **context
+            ) from None
         if math.isnan(lower) or math.isnan(upper) or lower > upper:
             raise DeviceBufferError("bad bounds: need lower <= upper", lower=lower, upper=upper, **context)
         if not param.numeric and (lower, upper) != (-math.inf, math.inf):
@@ -763,11 +791,15 @@ class DeviceBuffer(Buffer):
         for key in ("sub_interval", "write_interval", "heartbeat_interval"):
             value = attrs.get(key, 1.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise DeviceBufferError(f"{key} must be a positive number of seconds", device=name, value=value)
+                raise DeviceBufferError(
+                    f"{key} must be a positive number of seconds", device=name, value=value
+                )
         device_id = attrs.get("device_id", 0)
         if isinstance(device_id, bool) or not isinstance(device_id, int) or not 0 <= device_id <= 0xFFFF:
-            raise DeviceBufferError("device_id must be an integer in 0..65535", device=name, device_id=device_id)
-        return super().make_type(name, params, *extra_fields, **attrs)  # type: ignore[misc]
+            raise DeviceBufferError(
+                "device_id must be an integer in 0..65535", device=name, device_id=device_id
+            )
+        return super().make_type(name, params, *extra_fields, **attrs)
 
     def read(self, params: Iterable[str] | None = None) -> None:
         """Request reading parameters from the device (all readable ones by default)."""
@@ -905,7 +937,9 @@ class BufferStore(Mapping[BufferKey, Buffer]):
                 other = result.setdefault(buffer_type.device_id, type_name)
                 if other != type_name:
                     raise DeviceBufferError(
-                        "two device types share a device_id", device_id=buffer_type.device_id, types=(other, type_name)
+                        "two device types share a device_id",
+                        device_id=buffer_type.device_id,
+                        types=(other, type_name),
                     )
         return types.MappingProxyType(result)
 
@@ -990,7 +1024,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         library's magic are touched: nothing else on the machine.
         """
         prefix = self.namespace() + "-"
-        removed = []
+        removed: list[str] = []
         try:
             entries = sorted(os.listdir(SHM_DIR))
         except FileNotFoundError:
@@ -1030,7 +1064,9 @@ class BufferStore(Mapping[BufferKey, Buffer]):
             if not isinstance(spec, Mapping):
                 raise DeviceBufferError("device type must be a mapping", device=type_name)
             attrs = {key: value for key, value in spec.items() if key != "params"}
-            params = [_make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])]
+            params = [
+                _make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])
+            ]
             base = DeviceBuffer if "device_id" in attrs else Buffer
             result[type_name] = base.make_type(type_name, params, **attrs)
         store = cls(result)

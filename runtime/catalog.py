@@ -1,0 +1,358 @@
+"""The device catalog: load and check the YAML that describes every peripheral.
+
+The buffer library has no hardcoded knowledge of devices (see
+:mod:`runtime.buffer`): a catalog file maps each kebab-case type name to its
+Smart Device ``device_id`` (if any), optional timing intervals and its
+parameters, and :meth:`runtime.buffer.BufferStore.make_catalog` turns that into
+buffer types. The default catalog ships inside the package
+(``runtime/catalog.yaml``).
+
+A catalog is written by hand, and a typo in it would otherwise surface much
+later, far from its cause (as a ``KeyError`` in ``make_catalog``, a ``ctypes``
+error, or a device that silently never answers). :func:`validate` checks the
+raw mapping up front and turns the first mistake into one
+:class:`~runtime.buffer.DeviceBufferError` whose message names the file, the
+device type and the parameter (also kept as ``source``/``device``/``param`` in
+its ``context``).
+
+>>> raw = load_raw()
+>>> raw['rfid']['device_id'], raw['rfid']['sub_interval']
+(11, 0.1)
+>>> [param['name'] for param in raw['rfid']['params']]
+['id', 'tag_detect']
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+import re
+import reprlib
+from collections.abc import Hashable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+import yaml
+
+if TYPE_CHECKING:
+    from .buffer import Buffer, DeviceBufferError
+
+__all__ = [
+    "BASE_TYPES",
+    "DEVICE_KEYS",
+    "MAX_SMART_PARAMS",
+    "PARAM_KEYS",
+    "load",
+    "load_raw",
+    "validate",
+]
+
+DEVICE_KEYS = ("device_id", "sub_interval", "write_interval", "heartbeat_interval", "params")
+"""Keys a device type may have (``params`` is required)."""
+PARAM_KEYS = ("name", "type", "id", "lower", "upper", "readable", "writeable", "subscribed")
+"""Keys a parameter may have (``name`` and ``type`` are required)."""
+INTERVAL_KEYS = ("sub_interval", "write_interval", "heartbeat_interval")
+FLAG_KEYS = ("readable", "writeable", "subscribed")
+BASE_TYPES = frozenset(
+    {
+        "bool", "char", "wchar", "byte", "ubyte", "short", "ushort", "int", "uint", "long", "ulong",
+        "longlong", "ulonglong", "float", "double", "longdouble", "int8", "uint8", "int16", "uint16",
+        "int32", "uint32", "int64", "uint64", "size_t", "ssize_t",
+    }
+)  # fmt: skip
+"""Type names a parameter may use: ``ctypes`` simple types without the ``c_`` prefix."""
+NON_NUMERIC_TYPES = frozenset({"bool", "char", "wchar"})
+"""Base types that take no bounds (besides arrays of any type)."""
+MAX_SMART_PARAMS = 16
+"""Parameters a Smart Device type may have: they travel as a 16-bit bitmap."""
+MAX_DEVICE_ID = 0xFFFF
+"""Device IDs are the 16-bit type field of a Smart Device UID."""
+
+_TYPE_NAME = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Like Parameter.parse_ctype: a name, then [n] array sizes; blanks around the parts are tolerated.
+_TYPE_SPEC = re.compile(r"\s*(?P<base>[A-Za-z_]\w*)\s*(?P<dims>(?:\[\s*[0-9]+\s*\]\s*)*)")
+_DIM = re.compile(r"\[\s*([0-9]+)\s*\]")
+_PACKAGED = "catalog.yaml"
+
+
+class _Where:
+    """Where in the catalog a check is: builds errors that say so."""
+
+    def __init__(self, source: str, device: str | None = None, param: str | int | None = None) -> None:
+        self.source = source
+        self.device = device
+        self.param = param
+
+    def at(self, param: str | int) -> _Where:
+        return _Where(self.source, self.device, param)
+
+    def describe(self) -> str:
+        parts = [self.source]
+        if self.device is not None:
+            parts.append(f"device type {self.device!r}")
+        if isinstance(self.param, int):
+            parts.append(f"parameter #{self.param}")
+        elif self.param is not None:
+            parts.append(f"parameter {self.param!r}")
+        return ", ".join(parts)
+
+    def error(self, problem: str, **extra: Any) -> DeviceBufferError:
+        """An error saying ``<source>, device type ..., parameter ...: <problem>``."""
+        # Imported lazily, so that runtime.buffer may use this module without an import cycle.
+        from .buffer import DeviceBufferError
+
+        context: dict[str, Any] = {"source": self.source}
+        if self.device is not None:
+            context["device"] = self.device
+        if self.param is not None:
+            context["param"] = self.param
+        return DeviceBufferError(f"{self.describe()}: {problem}", **context, **extra)
+
+
+def _show(value: object) -> str:
+    """A repr of a (possibly large) value, shortened for an error message."""
+    return reprlib.repr(value)
+
+
+def _suggest(word: object, choices: tuple[str, ...] | frozenset[str]) -> str:
+    """A ``did you mean`` hint for a misspelled key or type, or nothing."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(where: _Where, entry: Mapping[Any, Any], allowed: tuple[str, ...], what: str) -> None:
+    for key in entry:
+        if key not in allowed:
+            raise where.error(
+                f"unknown {what} key {_show(key)}{_suggest(key, allowed)}; allowed keys: {', '.join(allowed)}"
+            )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_type(where: _Where, spec: object) -> bool:
+    """Check a type specifier like ``Parameter.parse_ctype`` reads it; return whether it takes bounds."""
+    if not isinstance(spec, str):
+        raise where.error(f"type must be a string such as 'float' or 'uint8[4]', not {_show(spec)}")
+    match = _TYPE_SPEC.fullmatch(spec)
+    if match is None:
+        raise where.error(
+            f"malformed type {_show(spec)}: expected a ctypes name without 'c_', optionally followed "
+            "by [n] array sizes, e.g. 'uint8[4]'"
+        )
+    base = match["base"]
+    if base not in BASE_TYPES:
+        hint = _suggest(base.removeprefix("c_"), BASE_TYPES)
+        raise where.error(f"unknown type {base!r}{hint}; known types: {', '.join(sorted(BASE_TYPES))}")
+    dims = [int(size) for size in _DIM.findall(match["dims"])]
+    if any(size == 0 for size in dims):
+        raise where.error(f"array sizes in type {spec!r} must be positive")
+    return not dims and base not in NON_NUMERIC_TYPES
+
+
+def _check_bound(where: _Where, key: str, value: object) -> float:
+    if not _is_number(value) or math.isnan(value):
+        raise where.error(f"{key} must be a number (write .inf / -.inf for no bound), not {_show(value)}")
+    return float(value)
+
+
+def _check_param(where: _Where, entry: object, names: set[str]) -> dict[str, Any]:
+    """Check one parameter entry; return a normalized copy (bounds as floats)."""
+    if not isinstance(entry, Mapping):
+        raise where.error(f"a parameter must be a mapping with 'name' and 'type', not {_show(entry)}")
+    name = entry.get("name")
+    if isinstance(name, str) and name:
+        where = where.at(name)
+    _check_keys(where, entry, PARAM_KEYS, "parameter")
+    for key in ("name", "type"):
+        if key not in entry:
+            raise where.error(f"missing required key {key!r}")
+    if not isinstance(name, str) or _PARAM_NAME.fullmatch(name) is None:
+        raise where.error(f"parameter name must be an identifier such as 'duty_cycle', not {_show(name)}")
+    if name in names:
+        raise where.error(f"duplicate parameter name {name!r}")
+    names.add(name)
+    numeric = _check_type(where, entry["type"])
+    result = copy.deepcopy(dict(entry))
+    if "id" in entry and not _is_int(entry["id"]):
+        raise where.error(f"id must be an integer, not {_show(entry['id'])}")
+    for flag in FLAG_KEYS:
+        if flag in entry and not isinstance(entry[flag], bool):
+            raise where.error(f"{flag} must be true or false, not {_show(entry[flag])}")
+    bounds = {key: _check_bound(where, key, entry[key]) for key in ("lower", "upper") if key in entry}
+    if bounds and not numeric:
+        raise where.error(f"bounds (lower/upper) apply to numeric scalar types only, not {entry['type']!r}")
+    lower, upper = bounds.get("lower", -math.inf), bounds.get("upper", math.inf)
+    if lower > upper:
+        raise where.error(f"lower bound {lower} is greater than upper bound {upper}")
+    result.update(bounds)
+    return result
+
+
+def _check_device(source: str, device: str, entry: object, ids: dict[int, str]) -> dict[str, Any]:
+    """Check one device type's entry; return a normalized copy."""
+    where = _Where(source, device)
+    if not isinstance(entry, Mapping):
+        raise where.error(f"a device type must be a mapping with 'params', not {_show(entry)}")
+    _check_keys(where, entry, DEVICE_KEYS, "device")
+    if "params" not in entry:
+        raise where.error("missing required key 'params' (a list, possibly empty)")
+    result: dict[str, Any] = {}
+    smart = "device_id" in entry
+    if smart:
+        device_id = entry["device_id"]
+        if not _is_int(device_id) or not 0 <= device_id <= MAX_DEVICE_ID:
+            raise where.error(f"device_id must be an integer in 0..{MAX_DEVICE_ID}, not {_show(device_id)}")
+        if device_id in ids:
+            raise where.error(f"device_id {device_id} is already used by device type {ids[device_id]!r}")
+        ids[device_id] = device
+        result["device_id"] = device_id
+    for key in INTERVAL_KEYS:
+        if key in entry:
+            value = entry[key]
+            if not _is_number(value) or not 0 < value < math.inf:
+                raise where.error(f"{key} must be a positive number of seconds, not {_show(value)}")
+            result[key] = float(value)
+    params = entry["params"]
+    if not isinstance(params, list | tuple):
+        raise where.error(f"params must be a list of parameters, not {_show(params)}")
+    if smart and len(params) > MAX_SMART_PARAMS:
+        raise ValueError(
+            f"{where.describe()}: a Smart Device has at most {MAX_SMART_PARAMS} parameters, not {len(params)}"
+        )
+    names: set[str] = set()
+    checked = [_check_param(where.at(position), param, names) for position, param in enumerate(params)]
+    seen: dict[int, str] = {}
+    limit = MAX_SMART_PARAMS - 1 if smart else None
+    for position, param in enumerate(checked):
+        param_id: int = param.get("id", position)
+        here = where.at(param["name"])
+        if param_id < 0 or (limit is not None and param_id > limit):
+            allowed = f"0..{limit} on a Smart Device" if limit is not None else "nonnegative"
+            raise here.error(f"parameter id {param_id} out of range (must be {allowed})")
+        if param_id in seen:
+            raise here.error(f"parameter id {param_id} is already used by parameter {seen[param_id]!r}")
+        seen[param_id] = param["name"]
+    result["params"] = checked
+    return {key: result[key] for key in entry}  # Keep the file's key order.
+
+
+def validate(raw: object, source: str = "<catalog>") -> dict[str, dict[str, Any]]:
+    """Check a raw catalog mapping (as read from YAML) and return a normalized deep copy.
+
+    The input is never mutated. The copy has plain ``dict``/``list`` containers,
+    intervals and bounds as ``float``, and no keys added: defaults (flags,
+    bounds, positional IDs) are left for ``BufferStore.make_catalog`` to apply.
+
+    Raises:
+        DeviceBufferError: On the first mistake found; its message names
+            ``source``, the device type and the parameter (``context`` keys
+            ``source``, ``device``, ``param``, where applicable).
+        ValueError: If a Smart Device (one with a ``device_id``) has more than
+            16 parameters, which its 16-bit parameter bitmaps cannot address.
+    """
+    top = _Where(source)
+    if raw is None:
+        raise top.error("the catalog is empty")
+    if not isinstance(raw, Mapping):
+        raise top.error(f"a catalog must be a mapping of device type names to devices, not {_show(raw)}")
+    ids: dict[int, str] = {}
+    result: dict[str, dict[str, Any]] = {}
+    for name, entry in raw.items():
+        if not isinstance(name, str) or _TYPE_NAME.fullmatch(name) is None:
+            raise top.error(
+                f"device type names must be kebab-case strings such as 'yogi-bear', not {_show(name)}"
+            )
+        result[name] = _check_device(source, name, entry, ids)
+    return result
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Hashable] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read(path: str | os.PathLike[str] | None) -> tuple[object, str]:
+    """Read and parse a catalog file; return the raw data and the source name for messages."""
+    if path is None:
+        resource = resources.files(__package__ or "runtime").joinpath(_PACKAGED)
+        source = str(resource)
+        read = resource.read_bytes
+    else:
+        source = os.fspath(path)
+        read = Path(source).read_bytes
+    where = _Where(source)
+    try:
+        data = read()
+    except OSError as exc:
+        raise where.error(f"cannot read device catalog: {exc.strerror or exc}") from exc
+    try:
+        return yaml.load(data, Loader=_StrictLoader), source  # safe_load, minus duplicate keys.
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = ": ".join(part for part in (exc.context, exc.problem) if part) or "syntax error"
+        if mark is None:
+            raise where.error(f"invalid YAML: {problem}") from exc
+        at = f"line {mark.line + 1}, column {mark.column + 1}"
+        raise where.error(f"invalid YAML at {at}: {problem}", line=mark.line + 1) from exc
+    except yaml.YAMLError as exc:
+        raise where.error(f"invalid YAML: {exc}") from exc
+
+
+def load_raw(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Read and validate a catalog file (the packaged one by default); return the raw mapping.
+
+    Useful for tools and tests that want the catalog's facts without
+    generating buffer types.
+
+    Raises:
+        DeviceBufferError: If the file cannot be read, is not valid YAML (the
+            message gives the line), or fails :func:`validate`.
+        ValueError: See :func:`validate`.
+    """
+    raw, source = _read(path)
+    return validate(raw, source=source)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> dict[str, type[Buffer]]:
+    """Load a catalog file (the packaged one by default) into buffer types keyed by type name.
+
+    Smart Devices become :class:`~runtime.buffer.DeviceBuffer` subclasses, the
+    others plain :class:`~runtime.buffer.Buffer` subclasses, as
+    :meth:`~runtime.buffer.BufferStore.make_catalog` makes them.
+
+    Raises:
+        DeviceBufferError: As :func:`load_raw`.
+        ValueError: See :func:`validate`.
+    """
+    from .buffer import BufferStore
+
+    return BufferStore.make_catalog(load_raw(path))

@@ -1,0 +1,457 @@
+"""The packaged device catalog and its loader (runtime.catalog).
+
+The facts below are transcribed independently from shared/spec/device-catalog.md,
+so a slip in runtime/catalog.yaml shows up as a mismatch here.
+"""
+
+import copy
+import ctypes
+import importlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from runtime import catalog
+
+# type name -> (device_id or None, parameters in ID order as "name type [flags] [lower, upper]").
+W, NO_R = "w", "no-r"
+BEAR = [
+    "duty_cycle float w [-1, 1]",
+    "pid_pos_setpoint float w no-r",
+    "pid_pos_kp float w no-r [0, inf]",
+    "pid_pos_ki float w no-r [0, inf]",
+    "pid_pos_kd float w no-r [0, inf]",
+    "pid_vel_setpoint float w no-r",
+    "pid_vel_kp float w no-r",
+    "pid_vel_ki float w no-r",
+    "pid_vel_kd float w no-r",
+    "current_thresh float w no-r [2, 10]",
+    "enc_pos float w",
+    "enc_vel float",
+    "motor_current float",
+    "deadband float w",
+]
+KOALA_CHANNEL = [
+    "duty_cycle_{} float w [-1, 1]",
+    "pid_kp_{} float w no-r [0, inf]",
+    "pid_ki_{} float w no-r [0, inf]",
+    "pid_kd_{} float w no-r [0, inf]",
+    "enc_pos_{} float w",
+    "deadband_{} float w",
+    "motor_enabled_{} bool w",
+    "drive_mode_{} uint8 w",
+]
+GAMEPAD_BUTTONS = (
+    "button_a button_b button_x button_y l_bumper r_bumper l_trigger r_trigger button_back button_start "
+    "l_stick r_stick dpad_up dpad_down dpad_left dpad_right button_xbox"
+).split()
+FACTS: dict[str, tuple[int | None, list[str]]] = {
+    "limit-switch": (0, ["switch0 bool", "switch1 bool", "switch2 bool"]),
+    "line-follower": (1, ["left float", "center float", "right float"]),
+    "potentiometer": (2, ["pot0 float", "pot1 float", "pot2 float"]),
+    "encoder": (3, ["rotation int16"]),
+    "battery": (
+        4,
+        ["is_unsafe bool", "calibrated bool"]
+        + [f"{name} float" for name in "v_cell1 v_cell2 v_cell3 v_batt dv_cell2 dv_cell3".split()],
+    ),
+    "team-flag": (5, [f"{name} bool w" for name in "mode blue yellow led1 led2 led3 led4".split()]),
+    "servo-motor": (7, ["servo0 float w [-1, 1]", "servo1 float w [-1, 1]"]),
+    "yogi-bear": (10, BEAR),
+    "rfid": (11, ["id uint32", "tag_detect uint8"]),
+    "polar-bear": (12, BEAR),
+    "koala-bear": (13, [p.format("a") for p in KOALA_CHANNEL] + [p.format("b") for p in KOALA_CHANNEL]),
+    "gamepad": (
+        None,
+        [f"{name} bool" for name in GAMEPAD_BUTTONS]
+        + [f"joystick_{side}_{axis} float [-1, 1]" for side in ("left", "right") for axis in "xy"],
+    ),
+    "field": (None, ["mode uint8", "alliance uint8", "send_buf uint8[4096]", "recv_buf uint8[4096]"]),
+}
+DEFAULTS = {"readable": True, "writeable": False, "subscribed": True, "lower": -math.inf, "upper": math.inf}
+
+
+def expected_param(fact: str) -> dict[str, Any]:
+    """Turn ``"name type [w] [no-r] [[lower, upper]]"`` into the parameter's full settings."""
+    words, _, bounds = fact.partition(" [")
+    name, type_, *flags = words.split()
+    lower, upper = (
+        (float(bound) for bound in bounds.rstrip("]").split(",")) if bounds else (-math.inf, math.inf)
+    )
+    return {
+        "name": name,
+        "type": type_,
+        "readable": NO_R not in flags,
+        "writeable": W in flags,
+        "subscribed": True,
+        "lower": lower,
+        "upper": upper,
+    }
+
+
+def with_defaults(param: dict[str, Any]) -> dict[str, Any]:
+    return {**DEFAULTS, **param}
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, dict[str, Any]]:
+    return catalog.load_raw()
+
+
+def buffer_module() -> ModuleType:
+    """runtime.buffer, or skip the test while that module does not exist yet (and only then)."""
+    try:
+        return importlib.import_module("runtime.buffer")
+    except ModuleNotFoundError as exc:
+        if exc.name != "runtime.buffer":
+            raise
+        pytest.skip("runtime/buffer.py does not exist yet")
+
+
+# -- The packaged catalog ---------------------------------------------------------------------------------
+
+
+def test_packaged_catalog_has_every_device(raw: dict[str, dict[str, Any]]) -> None:
+    assert list(raw) == list(FACTS)
+
+
+@pytest.mark.parametrize("type_name", FACTS)
+def test_packaged_catalog_matches_the_spec(raw: dict[str, dict[str, Any]], type_name: str) -> None:
+    device_id, facts = FACTS[type_name]
+    entry = raw[type_name]
+    assert entry.get("device_id") == device_id
+    assert [with_defaults(param) for param in entry["params"]] == [expected_param(fact) for fact in facts]
+    assert all("id" not in param for param in entry["params"])  # IDs follow the list order.
+
+
+def test_spot_checks(raw: dict[str, dict[str, Any]]) -> None:
+    yogi = raw["yogi-bear"]["params"]
+    assert len(yogi) == 14
+    assert yogi[0] == {"name": "duty_cycle", "type": "float", "writeable": True, "lower": -1.0, "upper": 1.0}
+    assert with_defaults(yogi[2]) == with_defaults(
+        {"name": "pid_pos_kp", "type": "float", "writeable": True, "readable": False, "lower": 0.0}
+    )
+    assert yogi[9]["name"] == "current_thresh" and (yogi[9]["lower"], yogi[9]["upper"]) == (2.0, 10.0)
+    assert [p["name"] for p in yogi if p.get("readable", True) is False] == [
+        "pid_pos_setpoint", "pid_pos_kp", "pid_pos_ki", "pid_pos_kd",
+        "pid_vel_setpoint", "pid_vel_kp", "pid_vel_ki", "pid_vel_kd", "current_thresh",
+    ]  # fmt: skip
+    assert raw["polar-bear"]["params"] == yogi
+    assert raw["polar-bear"]["params"] is not yogi  # The YAML alias is not shared after validation.
+    assert len(raw["koala-bear"]["params"]) == 16
+    assert raw["koala-bear"]["params"][7] == {"name": "drive_mode_a", "type": "uint8", "writeable": True}
+    assert raw["koala-bear"]["params"][8]["name"] == "duty_cycle_b"
+    assert raw["rfid"]["sub_interval"] == 0.1
+    assert all(
+        key not in entry for name, entry in raw.items() if name != "rfid" for key in catalog.INTERVAL_KEYS
+    )
+    assert raw["field"]["params"][2] == {"name": "send_buf", "type": "uint8[4096]"}
+    assert len(raw["gamepad"]["params"]) == 21
+    assert "device_id" not in raw["gamepad"] and "device_id" not in raw["field"]
+    smart = [name for name, entry in raw.items() if "device_id" in entry]
+    assert len({raw[name]["device_id"] for name in smart}) == len(smart) == 11
+
+
+def test_base_types_are_ctypes_names() -> None:
+    for name in catalog.BASE_TYPES:
+        assert isinstance(getattr(ctypes, f"c_{name}"), type), name
+
+
+TYPE_SPECS = [
+    *sorted(catalog.BASE_TYPES),
+    "uint8[4096]", "uint64[8][8]", " uint8 [ 4 ] ", "char[253]",  # Accepted ...
+    "c_int", "Float", "flaot", "char_p", "void_p", "char*", "int[]", "int[0]", "int[-1]", "[4]", "", "int[2",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", TYPE_SPECS)
+def test_type_check_agrees_with_parse_ctype(spec: str) -> None:
+    buffer = buffer_module()
+    raw = {"thing": {"params": [{"name": "x", "type": spec}]}}
+    try:
+        buffer.Parameter.parse_ctype(spec)
+    except buffer.DeviceBufferError:
+        with pytest.raises(buffer.DeviceBufferError, match="type"):
+            catalog.validate(raw)
+    else:
+        assert catalog.validate(raw) == raw
+
+
+def test_packaged_file_loads_by_path_too(raw: dict[str, dict[str, Any]]) -> None:
+    path = Path(catalog.__file__).with_name("catalog.yaml")
+    assert catalog.load_raw(path) == raw
+    assert catalog.load_raw(str(path)) == raw
+
+
+# -- validate(): normalization --------------------------------------------------------------------------
+
+
+def minimal() -> dict[str, Any]:
+    """A small valid catalog: one Smart Device and one plain buffer."""
+    return {
+        "motor": {
+            "device_id": 20,
+            "sub_interval": 1,
+            "params": [
+                {"name": "duty", "type": "double", "writeable": True, "lower": -1, "upper": 1},
+                {"name": "flags", "type": "uint8[4]", "id": 5},
+            ],
+        },
+        "panel": {"params": [{"name": "label", "type": "char[32]"}, {"name": "lit", "type": "bool"}]},
+    }
+
+
+def test_validate_normalizes_without_mutating() -> None:
+    raw = minimal()
+    before = copy.deepcopy(raw)
+    result = catalog.validate(raw)
+    assert raw == before
+    assert result == before  # Same content, no keys added ...
+    duty = result["motor"]["params"][0]
+    assert type(duty["lower"]) is float and type(result["motor"]["sub_interval"]) is float  # ... as floats.
+    duty["upper"] = 99
+    result["motor"]["params"].clear()
+    assert raw == before  # A deep copy: nothing shared.
+
+
+def test_validate_accepts_edge_cases() -> None:
+    raw: dict[str, Any] = {
+        "empty": {"device_id": 0, "params": []},
+        "full": {"device_id": 65535, "params": [{"name": f"p{i}", "type": "int8"} for i in range(16)]},
+        "big": {"params": [{"name": f"p{i}", "type": "float", "id": 100 + i} for i in range(40)]},
+        "inf-bounds": {
+            "params": [{"name": "x", "type": "int32", "lower": -math.inf, "upper": math.inf}],
+            "heartbeat_interval": 0.5,
+        },
+    }
+    assert catalog.validate(raw) == raw
+
+
+def test_validate_reads_yaml_infinity(tmp_path: Path) -> None:
+    path = tmp_path / "inf.yaml"
+    path.write_text("thing:\n  params:\n    - {name: x, type: float, lower: -.inf, upper: .inf}\n")
+    assert catalog.load_raw(path)["thing"]["params"][0]["upper"] == math.inf
+
+
+# -- validate(): every kind of mistake ------------------------------------------------------------------
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def motor(raw: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = raw["motor"]
+    return entry
+
+
+def duty(raw: dict[str, Any]) -> dict[str, Any]:
+    param: dict[str, Any] = raw["motor"]["params"][0]
+    return param
+
+
+def set_device(key: str, value: object) -> Mutation:
+    return lambda raw: motor(raw).__setitem__(key, value)
+
+
+def set_param(key: str, value: object) -> Mutation:
+    return lambda raw: duty(raw).__setitem__(key, value)
+
+
+def add_param(param: object) -> Mutation:
+    return lambda raw: motor(raw)["params"].append(param)
+
+
+# (id, mutation of minimal(), device named, param named, words the message must contain)
+MISTAKES: list[tuple[str, Mutation, str | None, str | int | None, str]] = [
+    ("bad-type-name", lambda raw: raw.__setitem__("Bad Name", {"params": []}), None, None, "kebab-case"),
+    ("non-str-type-name", lambda raw: raw.__setitem__(7, {"params": []}), None, None, "kebab-case"),
+    ("device-not-mapping", lambda raw: raw.__setitem__("motor", ["x"]), "motor", None, "mapping"),
+    ("unknown-device-key", set_device("parms", []), "motor", None, "allowed keys: device_id"),
+    ("missing-params", lambda raw: motor(raw).pop("params"), "motor", None, "'params'"),
+    ("device-id-negative", set_device("device_id", -1), "motor", None, "device_id"),
+    ("device-id-too-big", set_device("device_id", 65536), "motor", None, "0..65535"),
+    ("device-id-not-int", set_device("device_id", "20"), "motor", None, "device_id"),
+    ("device-id-bool", set_device("device_id", True), "motor", None, "device_id"),
+    ("interval-zero", set_device("sub_interval", 0), "motor", None, "sub_interval"),
+    ("interval-negative", set_device("write_interval", -0.1), "motor", None, "write_interval"),
+    ("interval-string", set_device("heartbeat_interval", "1s"), "motor", None, "heartbeat_interval"),
+    ("interval-inf", set_device("heartbeat_interval", math.inf), "motor", None, "heartbeat_interval"),
+    ("params-not-list", set_device("params", {"name": "x"}), "motor", None, "list"),
+    ("param-not-mapping", add_param("speed"), "motor", 2, "mapping"),
+    ("unknown-param-key", set_param("writable", True), "motor", "duty", "allowed keys: name, type"),
+    ("missing-name", add_param({"type": "float"}), "motor", 2, "'name'"),
+    ("missing-type", add_param({"name": "speed"}), "motor", "speed", "'type'"),
+    ("empty-name", add_param({"name": "", "type": "float"}), "motor", 2, "identifier"),
+    ("bad-name", add_param({"name": "max speed", "type": "float"}), "motor", "max speed", "identifier"),
+    ("duplicate-name", add_param({"name": "duty", "type": "float"}), "motor", "duty", "duplicate"),
+    ("unknown-type", set_param("type", "flaot"), "motor", "duty", "known types: bool"),
+    ("c-prefixed-type", set_param("type", "c_double"), "motor", "duty", "'c_double'"),
+    ("pointer-type", set_param("type", "char*"), "motor", "duty", "malformed type"),
+    ("bad-array", set_param("type", "uint8[]"), "motor", "duty", "malformed type"),
+    ("zero-array", set_param("type", "uint8[0]"), "motor", "duty", "positive"),
+    ("type-not-str", set_param("type", 4), "motor", "duty", "type"),
+    ("id-not-int", set_param("id", "0"), "motor", "duty", "id"),
+    ("id-too-big", set_param("id", 16), "motor", "duty", "0..15"),
+    ("id-negative", set_param("id", -1), "motor", "duty", "out of range"),
+    ("duplicate-id", set_param("id", 5), "motor", "flags", "already used by parameter 'duty'"),
+    ("duplicate-positional-id", add_param({"name": "x", "type": "float", "id": 0}), "motor", "x", "duty"),
+    ("flag-not-bool", set_param("readable", "yes"), "motor", "duty", "readable"),
+    ("flag-int", set_param("subscribed", 1), "motor", "duty", "subscribed"),
+    ("bound-not-number", set_param("lower", "-1"), "motor", "duty", "lower"),
+    ("bound-bool", set_param("upper", True), "motor", "duty", "upper"),
+    ("bound-nan", set_param("upper", math.nan), "motor", "duty", "upper"),
+    ("bounds-crossed", set_param("lower", 2), "motor", "duty", "greater than upper"),
+    ("bound-on-bool", add_param({"name": "x", "type": "bool", "lower": 0}), "motor", "x", "numeric"),
+    ("bound-on-array", add_param({"name": "x", "type": "int8[2]", "upper": 1}), "motor", "x", "numeric"),
+    ("bound-on-char", add_param({"name": "x", "type": "char", "upper": 1}), "motor", "x", "numeric"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "device", "param", "words"),
+    [case[1:] for case in MISTAKES],
+    ids=[case[0] for case in MISTAKES],
+)
+def test_mistakes_raise_one_clear_error(
+    mutate: Mutation, device: str | None, param: str | int | None, words: str
+) -> None:
+    buffer = buffer_module()
+    raw = minimal()
+    mutate(raw)
+    with pytest.raises(buffer.DeviceBufferError) as info:
+        catalog.validate(raw, source="robot/broken.yaml")
+    message, context = info.value.message, info.value.context
+    assert message.startswith("robot/broken.yaml")
+    assert words in message
+    assert context["source"] == "robot/broken.yaml"
+    assert context.get("device") == device
+    assert context.get("param") == param
+    if device is not None:
+        assert repr(device) in message
+    if isinstance(param, str):
+        assert f"parameter {param!r}" in message
+    elif param is not None:
+        assert f"parameter #{param}" in message
+
+
+def test_duplicate_device_id_names_both_types() -> None:
+    buffer = buffer_module()
+    raw = minimal()
+    raw["other-motor"] = {"device_id": 20, "params": []}
+    with pytest.raises(buffer.DeviceBufferError, match="'other-motor'.*already used by device type 'motor'"):
+        catalog.validate(raw, source="cat.yaml")
+
+
+@pytest.mark.parametrize("raw", [None, [], "motor", 3])
+def test_top_level_must_be_a_mapping(raw: object) -> None:
+    buffer = buffer_module()
+    with pytest.raises(buffer.DeviceBufferError, match=r"^cat\.yaml: ") as info:
+        catalog.validate(raw, source="cat.yaml")
+    assert info.value.context == {"source": "cat.yaml"}
+
+
+def test_too_many_params_on_a_smart_device_is_a_value_error() -> None:
+    raw = minimal()
+    motor(raw)["params"] = [{"name": f"p{i}", "type": "float"} for i in range(17)]
+    with pytest.raises(ValueError, match=r"cat\.yaml.*'motor'.*at most 16") as info:
+        catalog.validate(raw, source="cat.yaml")
+    assert type(info.value) is ValueError
+    del motor(raw)["device_id"]  # A plain buffer may have more.
+    assert len(catalog.validate(raw)["motor"]["params"]) == 17
+
+
+def test_errors_do_not_mutate_input() -> None:
+    buffer = buffer_module()
+    raw = minimal()
+    duty(raw)["lower"] = 5
+    before = copy.deepcopy(raw)
+    with pytest.raises(buffer.DeviceBufferError, match="greater than upper"):
+        catalog.validate(raw)
+    assert raw == before
+
+
+# -- Reading files --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("motor:\n  device_id: 1\n  params: [\n", 4),
+        ("motor:\n  params: []\n   bad: indent\n", 3),
+        ("motor:\n  params:\n    - {name: x, type: uint8[4]}\n", 3),  # Unquoted [ in a flow mapping.
+        ("motor:\n  params: []\nmotor:\n  params: []\n", 3),  # A duplicate key would silently win.
+        ("m:\n  params:\n    - {name: x, type: float, name: y}\n", 3),
+    ],
+    ids=["unclosed", "indent", "unquoted-array", "duplicate-type", "duplicate-param-key"],
+)
+def test_yaml_errors_name_file_and_line(tmp_path: Path, text: str, line: int) -> None:
+    buffer = buffer_module()
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(buffer.DeviceBufferError) as info:
+        catalog.load_raw(path)
+    assert str(path) in str(info.value)
+    assert f"line {line}" in info.value.message
+    assert info.value.context == {"source": str(path), "line": line}
+    assert info.value.__cause__ is not None
+
+
+def test_yaml_with_a_schema_mistake_names_file(tmp_path: Path) -> None:
+    buffer = buffer_module()
+    path = tmp_path / "catalog.yaml"
+    path.write_text("motor:\n  device_id: 1\n  params:\n    - {name: x, type: flaot}\n")
+    with pytest.raises(buffer.DeviceBufferError, match="did you mean 'float'") as info:
+        catalog.load_raw(path)
+    assert info.value.context == {"source": str(path), "device": "motor", "param": "x"}
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    buffer = buffer_module()
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(buffer.DeviceBufferError, match="empty"):
+        catalog.load_raw(path)
+
+
+@pytest.mark.parametrize("name", ["missing.yaml", "."])
+def test_unreadable_file_names_it(tmp_path: Path, name: str) -> None:
+    buffer = buffer_module()
+    path = tmp_path / name
+    with pytest.raises(buffer.DeviceBufferError, match="cannot read") as info:
+        catalog.load(path)
+    assert info.value.context == {"source": str(path)}
+    assert isinstance(info.value.__cause__, OSError)
+
+
+# -- load(): buffer types ----------------------------------------------------------------------------------
+
+
+def test_load_makes_buffer_types(raw: dict[str, dict[str, Any]]) -> None:
+    buffer = buffer_module()
+    types = catalog.load()
+    assert list(types) == list(FACTS)
+    for type_name, (device_id, facts) in FACTS.items():
+        buffer_type = types[type_name]
+        assert issubclass(buffer_type, buffer.Buffer)
+        if device_id is None:
+            assert not issubclass(buffer_type, buffer.DeviceBuffer), type_name
+        else:
+            assert issubclass(buffer_type, buffer.DeviceBuffer), type_name
+            assert buffer_type.device_id == device_id
+        assert list(buffer_type.params) == [fact.split()[0] for fact in facts]
+    duty_cycle = types["yogi-bear"].params["duty_cycle"]
+    assert (duty_cycle.lower, duty_cycle.upper, duty_cycle.writeable) == (-1, 1, True)
+    assert types["yogi-bear"].params["pid_pos_kp"].readable is False
+
+
+def test_load_from_path(tmp_path: Path) -> None:
+    buffer = buffer_module()
+    path = tmp_path / "custom.yaml"
+    path.write_text("panel:\n  params:\n    - {name: lit, type: bool, writeable: true}\n")
+    types = catalog.load(path)
+    assert list(types) == ["panel"]
+    assert issubclass(types["panel"], buffer.Buffer)
+    assert not issubclass(types["panel"], buffer.DeviceBuffer)
