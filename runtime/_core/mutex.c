@@ -183,6 +183,7 @@ typedef struct {
 } MutexObject;
 
 #define DEFAULT_TIMEOUT 1.0
+#define MAX_TIMEOUT 1e9  /* seconds (about 31 years); longer waits block */
 
 static int
 Mutex_init(MutexObject *self, PyObject *args, PyObject *kwargs)
@@ -269,7 +270,9 @@ parse_timeout(PyObject *obj, double *timeout)
         PyErr_SetString(PyExc_ValueError, "timeout must be None or a nonnegative number of seconds");
         return -1;
     }
-    *timeout = value;
+    /* An infinite (or absurdly long) wait would overflow the deadline's
+     * time_t, and pthread_mutex_timedlock would fail with EINVAL: block. */
+    *timeout = value > MAX_TIMEOUT ? -1.0 : value;
     return 0;
 }
 
@@ -329,7 +332,7 @@ Mutex_enter(MutexObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_exit(MutexObject *self, PyObject *args)
+Mutex_exit(MutexObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     return Mutex_release(self, NULL);
 }
@@ -369,7 +372,7 @@ static PyMethodDef Mutex_methods[] = {
      "recovered. Raises SyncError on timeout or misuse."},
     {"release", (PyCFunction)Mutex_release, METH_NOARGS, "Release the mutex."},
     {"__enter__", (PyCFunction)Mutex_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Mutex_exit, METH_VARARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
