@@ -20,13 +20,19 @@ import argparse
 import ctypes
 import gc
 import json
+import multiprocessing
+import os
 import platform
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
 
+from runtime.buffer import Buffer, BufferStore, DeviceBuffer, Parameter
 from runtime.messaging import Message, ParamLayout, make_dev_data
 from runtime.sync import Mutex
 
@@ -137,6 +143,153 @@ def dev_data_read() -> Runner:
     return run
 
 
+# ---- buffers -------------------------------------------------------------------
+
+BenchDevice: type[DeviceBuffer] = DeviceBuffer.make_type(
+    "bench-device",
+    [Parameter(f"p{i}", ctypes.c_float, i, lower=-1e9, upper=1e9, writeable=True) for i in range(16)],
+    device_id=0xBE,
+)
+_OPEN: list[Buffer] = []
+
+
+def _segment(tag: str) -> str:
+    return f"{BufferStore.namespace()}-bench-{os.getpid()}-{tag}"
+
+
+def _shared_device() -> DeviceBuffer:
+    """A shared-memory device buffer that lives until the benchmark exits."""
+    name = _segment(f"dev{len(_OPEN)}")
+    buffer = BenchDevice.attach(name)
+    BenchDevice.unlink(name)  # the mapping stays; nothing is left behind
+    _OPEN.append(buffer)
+    return buffer
+
+
+def buffer_get() -> Runner:
+    get = _shared_device().get
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            get("p3")
+
+    return run
+
+
+def buffer_set() -> Runner:
+    set_ = _shared_device().set
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            set_("p3", 0.5)
+
+    return run
+
+
+def buffer_write() -> Runner:
+    write = _shared_device().write
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            write("p3", 0.5)
+
+    return run
+
+
+def buffer_update() -> Runner:
+    buffer = _shared_device()
+    update = buffer.update
+    message = make_dev_data(0xFFFF, FLOATS16_LAYOUT, _floats16())
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            update(message)
+
+    return run
+
+
+def buffer_emit_dev_rw() -> Runner:
+    buffer = _shared_device()
+    write, emit = buffer.write, buffer.emit_dev_rw
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            write("p0", 0.1)
+            write("p5", 0.2)
+            write("p9", 0.3)
+            write("p15", 0.4)
+            list(emit())
+
+    return run
+
+
+def buffer_snapshot() -> Runner:
+    snapshot = _shared_device().snapshot
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            snapshot()
+
+    return run
+
+
+def buffer_open_close() -> Runner:
+    name = _segment("openclose")
+    keep = BenchDevice.attach(name)  # the segment exists: measure attach + close
+    _OPEN.append(keep)
+    BenchDevice.unlink(name)
+    name = _segment("openclose2")
+    keeper = BenchDevice.attach(name)
+    _OPEN.append(keeper)
+    open_ = BenchDevice.open
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            with open_(name, create=False):
+                pass
+
+    return run
+
+
+class _StdlibPeer:
+    """The hand-rolled way: SharedMemory + struct + multiprocessing.Lock."""
+
+    def __init__(self) -> None:
+        self.memory = shared_memory.SharedMemory(create=True, size=64)
+        self.memory.unlink()  # keep the mapping only
+        self.lock = multiprocessing.Lock()
+        self.float = struct.Struct("<f")
+
+
+_PEERS: list[_StdlibPeer] = []
+
+
+def stdlib_get() -> Runner:
+    peer = _StdlibPeer()
+    _PEERS.append(peer)
+    lock, unpack, memory = peer.lock, peer.float.unpack_from, peer.memory.buf
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            with lock:
+                unpack(memory, 12)[0]
+
+    return run
+
+
+def stdlib_set() -> Runner:
+    peer = _StdlibPeer()
+    _PEERS.append(peer)
+    lock, pack, memory = peer.lock, peer.float.pack_into, peer.memory.buf
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            with lock:
+                pack(memory, 12, 0.5)
+
+    return run
+
+
 FLOOR = Workload("dict.get (floor)", floor_dict_get)
 WORKLOADS: list[Workload] = [
     FLOOR,
@@ -146,7 +299,101 @@ WORKLOADS: list[Workload] = [
     Workload("DEV_DATA 16 floats: Message.decode()", dev_data_decode),
     Workload("DEV_DATA 16 floats: make_dev_data()", dev_data_make),
     Workload("DEV_DATA 16 floats: read_dev_data()", dev_data_read),
+    Workload("stdlib peer: lock + struct get", stdlib_get),
+    Workload("stdlib peer: lock + struct set", stdlib_set),
+    Workload("buffer get() one float", buffer_get),
+    Workload("buffer set() one float", buffer_set),
+    Workload("buffer write() one float", buffer_write),
+    Workload("buffer update() 16-float DEV_DATA", buffer_update),
+    Workload("4 writes + list(emit_dev_rw())", buffer_emit_dev_rw),
+    Workload("buffer snapshot() 16 floats", buffer_snapshot),
+    Workload("Buffer.open()+close() existing", buffer_open_close),
 ]
+
+
+# ---- scenarios: several processes, many buffers ------------------------------
+
+
+def _contend(name: str, op: str, seconds: float, start: Any, results: Any) -> None:
+    buffer = BenchDevice.attach(name, create=False)
+    call = buffer.set if op == "set" else buffer.get
+    errors = done = 0
+    start.wait()
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        try:
+            if op == "set":
+                for value in range(100):
+                    call("p3", float(value))
+            else:
+                for _ in range(100):
+                    call("p3")
+        except Exception:
+            errors += 1
+        done += 100
+    results.put((op, done, errors))
+    buffer.close()
+
+
+def contention(seconds: float = 1.0) -> dict[str, Any]:
+    """Two processes, one set() and one get() on one buffer as fast as they can."""
+    name = _segment("contend")
+    owner = BenchDevice.attach(name)
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    workers = [
+        context.Process(target=_contend, args=(name, op, seconds, start, results)) for op in ("set", "get")
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        time.sleep(0.5)  # let both attach before the clock starts
+        start.set()
+        rates = {}
+        for _ in workers:
+            op, done, errors = results.get(timeout=seconds + 30)
+            rates[op] = {"ops_per_s": done / seconds, "errors": errors}
+        last = owner.get("p3")
+        return {"seconds": seconds, "rates": rates, "last_value_set": last}
+    finally:
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+        owner.close()
+        BenchDevice.unlink(name)
+
+
+def many_buffers(count: int = 1000) -> dict[str, Any]:
+    """Open ``count`` buffers through one BufferStore; time and memory per buffer."""
+    catalog = {"bench-device": BenchDevice}
+    store = BufferStore(catalog)
+    previous = os.environ.get("RUNTIME_BUFFER_NAMESPACE")
+    os.environ["RUNTIME_BUFFER_NAMESPACE"] = f"rt-bench-{os.getpid()}"
+    try:
+        start = time.perf_counter()
+        for serial in range(count):
+            store.get_or_open(0xBE << 72 | serial)
+        elapsed = time.perf_counter() - start
+        page = mmap_page = os.sysconf("SC_PAGE_SIZE")
+        sizes = {os.stat(f"/dev/shm/{BufferStore.segment_name('bench-device', 0xBE << 72 | 0)}").st_size}
+        segment = BenchDevice.segment_size()
+        store.close()
+        return {
+            "buffers": count,
+            "us_per_open": elapsed / count * 1e6,
+            "segment_bytes": sizes.pop(),
+            "header_mutex_structure": segment,
+            "pages": -(-segment // page),
+            "page_size": mmap_page,
+        }
+    finally:
+        store.close()
+        store.unlink_all()
+        if previous is None:
+            os.environ.pop("RUNTIME_BUFFER_NAMESPACE", None)
+        else:
+            os.environ["RUNTIME_BUFFER_NAMESPACE"] = previous
 
 
 # ---- harness ---------------------------------------------------------------
@@ -197,7 +444,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loops", type=int, default=None, help="operations per repeat (default: calibrated)")
     parser.add_argument("--target-ms", type=float, default=50.0, help="calibrated duration of one repeat")
     parser.add_argument("-k", dest="match", default="", help="only workloads whose name contains this")
+    parser.add_argument(
+        "--scenarios",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also run the multi-process and 1000-buffer scenarios (auto: unless -k is given)",
+    )
     args = parser.parse_args(argv)
+    run_scenarios = args.scenarios == "yes" or (args.scenarios == "auto" and not args.match)
 
     selected = [w for w in WORKLOADS if w is FLOOR or args.match.lower() in w.name.lower()]
     target_ns = int(args.target_ms * 1e6)
@@ -206,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         result["ratio"] = float(result["ns_per_op"]) / floor  # type: ignore[arg-type]
 
+    scenarios = {"contention": contention(), "many_buffers": many_buffers()} if run_scenarios else {}
+
     if args.json:
         info = {
             "python": sys.version.split()[0],
@@ -213,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": platform.machine(),
             "floor": FLOOR.name,
             "results": results,
+            "scenarios": scenarios,
         }
         print(json.dumps(info, indent=2))
         return 0
@@ -223,6 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['name']:<{width}}  {r['ns_per_op']:>9.1f}  {r['ratio']:>8.2f}")
     print(f"\nmedian of {args.repeats} repeats; Python {sys.version.split()[0]} on {platform.machine()}")
+    if scenarios:
+        rates = scenarios["contention"]["rates"]
+        print("\ntwo processes on one buffer for 1 s:")
+        for op, rate in rates.items():
+            print(f"  {op:<4} {rate['ops_per_s'] / 1e6:6.2f} M ops/s, {rate['errors']} errors")
+        many = scenarios["many_buffers"]
+        print(
+            f"\n{many['buffers']} buffers through one BufferStore: {many['us_per_open']:.1f} us per open; "
+            f"segment {many['segment_bytes']} bytes = header+mutex+structure "
+            f"({many['header_mutex_structure']} bytes) in {many['pages']} page(s)"
+        )
     return 0
 
 
