@@ -356,7 +356,13 @@ def _raw_converters(param: Parameter) -> tuple[Callable[[bytes], Any], Callable[
                 if ctypes.sizeof(ctype._type_) == 1 and len(data) <= size:
                     return data.ljust(size, b"\0")
                 raise ValueError(f"{len(data)} bytes do not fit {size}")
-            converted = ctype(*value) if is_array else ctype(value)
+            if is_array:
+                items = tuple(value)
+                if len(items) != ctype._length_:  # ctypes would zero-fill a short sequence
+                    raise ValueError(f"{len(items)} elements, not {ctype._length_}")
+                converted = ctype(*items)
+            else:
+                converted = ctype(value)
         except (TypeError, ValueError, IndexError, OverflowError) as exc:
             raise TypeError(
                 f"parameter {param.name}: cannot store {value!r} as {ctype.__name__}: {exc}"

@@ -74,6 +74,9 @@ typedef struct {
     uint64_t writeable;
     uint64_t subscribed;
     Py_ssize_t update_offset, write_offset, meta_offset, block_size, struct_size;
+    uint16_t packed_params;  /* the last bitmap packed exactly (0: none), and its messages */
+    int packed_count;
+    uint16_t packed_bins[RT_MAX_PARAMS];
 } rt_BufferSpec;
 
 typedef struct {
@@ -457,6 +460,7 @@ BufferSpec_init(rt_BufferSpec *self, PyObject *args, PyObject *kwargs)
     }
     memset(&self->layout, 0, sizeof(self->layout));
     self->readable = self->writeable = self->subscribed = 0;
+    self->packed_params = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         rt_param *p = &self->params[i];
         const char *kind;
@@ -1020,6 +1024,11 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
         }
         break;
     default:
+        /* Nothing to record, but like every operation it refuses an invalid buffer. */
+        if (acquire(self, 1) < 0) {
+            return NULL;
+        }
+        release(self);
         Py_RETURN_NONE;
     }
     double now = (msg->type == RT_DEV_DATA || msg->type == RT_DEV_WRITE) ? wall_clock() : 0.0;
@@ -1068,8 +1077,74 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* Split `params` into as few DEV_DATA/DEV_WRITE messages as possible
- * (first-fit decreasing by width) and append them to `out`. The lock is held. */
+/* Exact bin packing of `n` (<= 16) values of widths `w` into messages of
+ * RT_MAX_PAYLOAD - 2 value bytes: dynamic programming over subsets, keeping
+ * for each subset the fewest messages and, among those, the least-filled
+ * last one. Stores each value's message index in `bin_of`; returns the
+ * number of messages, or -1 with MemoryError set. */
+static int
+pack_exactly(const Py_ssize_t *w, int n, int *bin_of)
+{
+    const Py_ssize_t room = RT_MAX_PAYLOAD - 2;
+    size_t states = (size_t)1 << n;
+    uint8_t *count = PyMem_Malloc(states);
+    uint16_t *fill = PyMem_Malloc(states * sizeof(uint16_t));
+    int8_t *last = PyMem_Malloc(states);
+    if (count == NULL || fill == NULL || last == NULL) {
+        PyMem_Free(count);
+        PyMem_Free(fill);
+        PyMem_Free(last);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(count, 0xFF, states);
+    count[0] = 1;
+    fill[0] = 0;
+    for (size_t s = 0; s < states; s++) {
+        for (int i = 0; i < n; i++) {
+            if (s & ((size_t)1 << i)) {
+                continue;
+            }
+            uint8_t c = count[s];
+            Py_ssize_t f = fill[s] + w[i];
+            if (f > room) {
+                c++;
+                f = w[i];
+            }
+            size_t t = s | ((size_t)1 << i);
+            if (c < count[t] || (c == count[t] && f < fill[t])) {
+                count[t] = c;
+                fill[t] = (uint16_t)f;
+                last[t] = (int8_t)i;
+            }
+        }
+    }
+    int order[RT_MAX_PARAMS];
+    int k = n;
+    for (size_t s = states - 1; s != 0; s &= ~((size_t)1 << last[s])) {
+        order[--k] = last[s];
+    }
+    int b = 0;
+    Py_ssize_t f = 0;
+    for (k = 0; k < n; k++) {
+        int i = order[k];
+        if (f + w[i] > room) {
+            b++;
+            f = 0;
+        }
+        f += w[i];
+        bin_of[i] = b;
+    }
+    int result = count[states - 1];
+    PyMem_Free(count);
+    PyMem_Free(fill);
+    PyMem_Free(last);
+    return result;
+}
+
+/* Split `params` into as few DEV_DATA/DEV_WRITE messages as possible and
+ * append them to `out`. First-fit decreasing by width usually reaches the
+ * lower bound; when it does not, pack exactly. The lock is held. */
 static int
 append_values(rt_BufferAccess *self, PyObject *out, uint8_t type, uint16_t params, const uint8_t *block)
 {
@@ -1112,6 +1187,37 @@ append_values(rt_BufferAccess *self, PyObject *out, uint8_t type, uint16_t param
             }
             bins[b] |= (uint16_t)(1u << id);
             room[b] -= layout->widths[id];
+        }
+        /* Lower bound: the bytes to send, and the values wider than half a message. */
+        Py_ssize_t capacity = RT_MAX_PAYLOAD - 2;
+        int bound = (int)((total - 2 + capacity - 1) / capacity), wide = 0;
+        for (int k = 0; k < n; k++) {
+            wide += 2 * layout->widths[order[k]] > capacity;
+        }
+        if (wide > bound) {
+            bound = wide;
+        }
+        if (nbins > bound) {
+            rt_BufferSpec *spec = self->spec;  /* cached: a subscription packs the same set every time */
+            if (spec->packed_params != params) {
+                Py_ssize_t w[RT_MAX_PARAMS];
+                int bin_of[RT_MAX_PARAMS];
+                for (int k = 0; k < n; k++) {
+                    w[k] = layout->widths[order[k]];
+                }
+                int exact = pack_exactly(w, n, bin_of);
+                if (exact < 0) {
+                    return -1;
+                }
+                memset(spec->packed_bins, 0, sizeof(spec->packed_bins));
+                for (int k = 0; k < n; k++) {
+                    spec->packed_bins[bin_of[k]] |= (uint16_t)(1u << order[k]);
+                }
+                spec->packed_count = exact;
+                spec->packed_params = params;
+            }
+            nbins = spec->packed_count;
+            memcpy(bins, spec->packed_bins, sizeof(bins));
         }
     }
     for (int b = 0; b < nbins; b++) {

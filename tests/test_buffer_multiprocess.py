@@ -1,0 +1,281 @@
+"""runtime.buffer across processes: shared values, atomic transactions, crashes, attachers."""
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from runtime.buffer import DeviceBuffer, DeviceBufferError, Parameter
+
+SHM_DIR = "/dev/shm"
+FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
+JOIN_TIMEOUT = 30.0
+
+# Spawned children import this module, so the type is defined at module level.
+Counter = DeviceBuffer.make_type(
+    "mp-counter",
+    [
+        Parameter("count", ctypes.c_int64, 0, writeable=True),
+        Parameter("label", ctypes.c_char * 16, 1, writeable=True),
+        Parameter("speed", ctypes.c_float, 2, writeable=True),
+    ],
+    device_id=0x55,
+)
+
+
+class PatientCounter(Counter):
+    lock_timeout = 30.0  # for waiters that must not give up while a test holds the lock
+
+
+# The same type, for programs that know nothing about this test module.
+COUNTER_SOURCE = """
+import ctypes
+from runtime.buffer import DeviceBuffer, Parameter
+Counter = DeviceBuffer.make_type(
+    "mp-counter",
+    [
+        Parameter("count", ctypes.c_int64, 0, writeable=True),
+        Parameter("label", ctypes.c_char * 16, 1, writeable=True),
+        Parameter("speed", ctypes.c_float, 2, writeable=True),
+    ],
+    device_id=0x55,
+)
+"""
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[Any]]:
+    """Processes appended to the list are killed if still alive when the block exits."""
+    processes: list[Any] = []
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+            process.join(JOIN_TIMEOUT)
+
+
+def start(processes: list[Any], context: Any, target: Callable[..., Any], *args: Any) -> Any:
+    process = context.Process(target=target, args=args, daemon=True)
+    processes.append(process)
+    process.start()
+    return process
+
+
+def finish(process: Any) -> int:
+    process.join(JOIN_TIMEOUT)
+    assert not process.is_alive(), "child process did not finish"
+    return int(process.exitcode)
+
+
+# ---- child process bodies (module level, so that 'spawn' can import them) ----------------------------
+
+
+def observe(name: str, results: Any) -> None:
+    with Counter.open(name, create=False) as buffer:
+        results.put((buffer.valid, buffer.get("count"), buffer.get("label"), buffer.get_write()))
+        buffer.set("speed", 0.5)
+        buffer.write("count", 7)
+
+
+def increment(name: str, ready: Any, go: Any, times: int) -> None:
+    with Counter.open(name, create=False) as buffer:
+        ready.release()
+        if not go.wait(JOIN_TIMEOUT):
+            raise TimeoutError("never told to start")
+        for _ in range(times):
+            with buffer.transaction():
+                buffer.set("count", buffer.get("count") + 1)
+
+
+def write_pairs(name: str, times: int) -> None:
+    with Counter.open(name, create=False) as buffer:
+        for index in range(1, times + 1):
+            with buffer.transaction():
+                buffer.set("count", index)
+                buffer.set("label", str(index).encode())
+                buffer.set("speed", float(index))
+
+
+def get_count(name: str, results: Any) -> None:
+    with PatientCounter.open(name, create=False) as buffer:
+        results.put(buffer.get("count"))
+
+
+def die_in_transaction(name: str, depth: int, ready: Any) -> None:
+    with Counter.open(name, create=False) as buffer:
+        with contextlib.ExitStack() as stack:
+            for _ in range(depth):
+                stack.enter_context(buffer.transaction())
+            buffer.set("count", 99)
+            ready.set()
+            time.sleep(JOIN_TIMEOUT * 2)  # killed here, holding the lock
+
+
+def create_then_close(name: str, created: Any, close: Any) -> None:
+    with Counter.open(name, create=True) as buffer:
+        buffer.set("count", 5)
+        created.set()
+        if not close.wait(JOIN_TIMEOUT):
+            raise TimeoutError("never told to close")
+
+
+# ---- tests ------------------------------------------------------------------------------------------
+
+
+def test_another_process_sees_writes(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    results = SPAWN.Queue()
+    with Counter.open(name) as buffer, children() as processes:
+        buffer.set("count", 41)
+        buffer.set("label", b"hello")
+        buffer.write("speed", -0.25)
+        process = start(processes, SPAWN, observe, name, results)
+        assert results.get(timeout=JOIN_TIMEOUT) == (True, 41, b"hello", {"speed": -0.25})
+        assert finish(process) == 0
+        assert buffer.get("speed") == 0.5  # and this process sees the other's writes
+        assert buffer.get_write() == {"count": 7}
+
+
+def test_concurrent_increments_in_transactions_are_not_lost(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    workers, times = 4, 2000
+    ready, go = FORK.Semaphore(0), FORK.Event()
+    with Counter.open(name) as buffer, children() as processes:
+        for _ in range(workers):
+            start(processes, FORK, increment, name, ready, go, times)
+        for _ in range(workers):
+            assert ready.acquire(timeout=JOIN_TIMEOUT)
+        go.set()
+        assert [finish(process) for process in processes] == [0] * workers
+        assert buffer.get("count") == workers * times
+
+
+def test_transaction_makes_several_values_change_together(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    times = 3000
+    with Counter.open(name) as buffer, children() as processes:
+        writer = start(processes, FORK, write_pairs, name, times)
+        snapshots = []
+        while writer.is_alive() and len(snapshots) < 100_000:
+            snapshots.append(buffer.snapshot())
+        assert finish(writer) == 0
+        snapshots.append(buffer.snapshot())
+        for snapshot in snapshots:
+            count = snapshot["count"]
+            assert snapshot["label"] == (str(count).encode() if count else b"")
+            assert snapshot["speed"] == float(count)
+        assert snapshots[-1]["count"] == times
+
+
+def test_transaction_holds_off_other_processes_until_it_ends(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    results = FORK.Queue()
+    with Counter.open(name) as buffer, children() as processes:
+        with buffer.transaction():
+            with buffer.transaction():  # reentrant
+                buffer.set("count", 1)
+                reader = start(processes, FORK, get_count, name, results)
+                time.sleep(0.2)  # the reader is now waiting for the lock
+                buffer.set("count", 2)
+        assert results.get(timeout=JOIN_TIMEOUT) == 2
+        assert finish(reader) == 0
+        # Both levels were released: another process gets the lock at once.
+        start(processes, FORK, get_count, name, results)
+        assert results.get(timeout=JOIN_TIMEOUT) == 2
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_process_killed_inside_a_transaction_does_not_wedge_the_others(
+    shm_name: Callable[[str], str], caplog: pytest.LogCaptureFixture, depth: int
+) -> None:
+    name = shm_name()
+    ready = FORK.Event()
+    results = FORK.Queue()
+    with Counter.open(name) as buffer, children() as processes:
+        victim = start(processes, FORK, die_in_transaction, name, depth, ready)
+        assert ready.wait(JOIN_TIMEOUT)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert finish(victim) == -signal.SIGKILL
+        with caplog.at_level(logging.WARNING, logger="runtime.buffer"):
+            assert buffer.get("count") == 99  # within the normal lock timeout, no error
+            buffer.set("count", 100)
+        records = [record for record in caplog.records if record.name == "runtime.buffer"]
+        assert len(records) == 1
+        assert name in records[0].getMessage()
+        assert records[0].levelno >= logging.WARNING
+        # The lock works normally again, for this process and others.
+        with buffer.transaction():
+            buffer.set("count", buffer.get("count") + 1)
+        start(processes, FORK, get_count, name, results)
+        assert results.get(timeout=JOIN_TIMEOUT) == 101
+        assert len([record for record in caplog.records if record.name == "runtime.buffer"]) == 1
+
+
+def test_creator_in_another_process_controls_the_valid_bit(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    created, close = FORK.Event(), FORK.Event()
+    with children() as processes:
+        creator = start(processes, FORK, create_then_close, name, created, close)
+        assert created.wait(JOIN_TIMEOUT)
+        with Counter.open(name, create=False) as buffer:
+            assert buffer.valid
+            assert buffer.get("count") == 5
+            close.set()
+            assert finish(creator) == 0
+            assert not buffer.valid
+            with pytest.raises(DeviceBufferError):
+                buffer.get("count")
+        assert os.path.exists(os.path.join(SHM_DIR, name))  # closed by its creator, not unlinked
+
+
+ATTACHER = COUNTER_SOURCE + textwrap.dedent(
+    """
+    import os, signal, sys
+    name, mode = sys.argv[1], sys.argv[2]
+    buffer = Counter.attach(name, create=False)
+    buffer.set("count", buffer.get("count") + 1)
+    buffer.write("label", b"attacher")
+    if mode == "close":
+        buffer.close()
+    elif mode != "exit":
+        os.kill(os.getpid(), getattr(signal, mode))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "returncode"),
+    [("close", 0), ("exit", 0), ("SIGTERM", -signal.SIGTERM), ("SIGKILL", -signal.SIGKILL)],
+)
+def test_attachers_do_not_destroy_the_segment(
+    shm_name: Callable[[str], str], mode: str, returncode: int
+) -> None:
+    name = shm_name()
+    with Counter.open(name) as buffer:
+        buffer.set("count", 10)
+        for round_ in range(2):
+            finished = subprocess.run(
+                [sys.executable, "-c", ATTACHER, name, mode], capture_output=True, timeout=JOIN_TIMEOUT
+            )
+            assert finished.returncode == returncode, finished.stderr.decode()
+            assert os.path.exists(os.path.join(SHM_DIR, name))
+            assert buffer.valid
+            assert buffer.get("count") == 11 + round_
+            assert buffer.get_write() == {"label": b"attacher"}
+        with Counter.open(name, create=False) as again:
+            assert again.get("count") == 12
