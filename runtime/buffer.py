@@ -38,7 +38,6 @@ import functools
 import hashlib
 import logging
 import math
-import mmap
 import os
 import re
 import sys
@@ -75,7 +74,6 @@ MAGIC = b"RTBUFFER"
 NAMESPACE_ENV = "RUNTIME_BUFFER_NAMESPACE"
 """Environment variable prefixing the segment names a :class:`BufferStore` uses."""
 SHM_DIR = "/dev/shm"
-_READY = 1
 _NAME_MAX = 255
 
 BufferT = TypeVar("BufferT", bound="Buffer")
@@ -400,36 +398,23 @@ def _log_recovery(name: str) -> None:
     logger.warning("buffer %r: the previous lock owner died; lock recovered", name)
 
 
-def _map_segment(name: str, size: int, create: bool) -> tuple[mmap.mmap, bool]:
-    """Map the named segment, creating it (exclusively) if asked and missing."""
-    shm_name = "/" + name
-    created = False
+def _map_segment(name: str | None, size: int, create: bool) -> tuple[Any, bool]:
+    """Map the named segment (None: process-local memory), creating it if asked and missing."""
     try:
-        if create:
-            try:
-                fd = _core.shm_open(shm_name, True, size)
-                created = True
-            except FileExistsError:
-                fd = _core.shm_open(shm_name, False, 0)
-        else:
-            fd = _core.shm_open(shm_name, False, 0)
+        memory, created, actual = _core.map_segment(None if name is None else "/" + name, size, create)
+        deadline = time.monotonic() + 1.0
+        while memory is None and actual == 0 and time.monotonic() < deadline:  # the creator is sizing it
+            time.sleep(0.001)
+            memory, created, actual = _core.map_segment("/" + str(name), size, False)
     except FileNotFoundError:
         raise DeviceBufferError("buffer does not exist", name=name) from None
     except OSError as exc:
         raise DeviceBufferError(f"cannot open buffer: {exc.strerror}", name=name) from exc
-    try:
-        actual = os.fstat(fd).st_size
-        deadline = time.monotonic() + 1.0
-        while actual == 0 and time.monotonic() < deadline:  # the creator has not sized it yet
-            time.sleep(0.001)
-            actual = os.fstat(fd).st_size
-        if actual != size:
-            raise DeviceBufferError(
-                "buffer layout does not match: segment size differs", name=name, expected=size, actual=actual
-            )
-        return mmap.mmap(fd, size), created
-    finally:
-        os.close(fd)
+    if memory is None:
+        raise DeviceBufferError(
+            "buffer layout does not match: segment size differs", name=name, expected=size, actual=actual
+        )
+    return memory, created
 
 
 class Buffer(BaseStructure):
@@ -450,6 +435,8 @@ class Buffer(BaseStructure):
     _max_params: ClassVar[int] = 64
     _spec: ClassVar[Any] = None
     _fingerprint: ClassVar[bytes] = b""
+    _initial_values: ClassVar[tuple[tuple[str, float], ...]] = ()
+    """Parameters whose bounds exclude zero, and the bound they start at."""
     _fast_methods: ClassVar[tuple[str, ...]] = ("get", "set", "write", "transaction", "snapshot")
 
     _access: Any
@@ -501,6 +488,11 @@ class Buffer(BaseStructure):
         )
         description = repr((FORMAT_VERSION, ctypes.sizeof(buffer_type), _describe_layout(buffer_type)))
         buffer_type._fingerprint = hashlib.sha256(description.encode()).digest()
+        buffer_type._initial_values = tuple(
+            (param.name, param.lower if param.lower > 0 else param.upper)
+            for param in params
+            if param.numeric and not param.lower <= 0 <= param.upper
+        )
         return buffer_type  # type: ignore[no-any-return]
 
     @classmethod
@@ -545,19 +537,15 @@ class Buffer(BaseStructure):
             raise DeviceBufferError("buffer type has no layout; make one with make_type()", type=cls.__name__)
         _validate_name(name)
         size = cls.segment_size()
-        if shared:
-            memory, created = _map_segment(name, size, create)
-        else:
-            memory, created = mmap.mmap(-1, size), True
-        try:
-            if created:
-                cls._initialize_segment(memory, shared)
-            else:
-                cls._check_segment(memory, name)
-        except BaseException:
-            memory.close()
-            raise
+        memory, created = _map_segment(name if shared else None, size, create)
         buffer = cls.from_buffer(memory, _core.DATA_OFFSET)
+        if created:
+            for param, value in cls._initial_values:  # before publishing: nobody sees zeros out of bounds
+                setattr(buffer._update, param, value)
+                setattr(buffer._write, param, value)
+            cls._initialize_segment(memory, shared)
+        else:
+            cls._check_segment(memory, name)
         access = _core.BufferAccess(
             cls._spec,
             memory,
@@ -574,39 +562,27 @@ class Buffer(BaseStructure):
         return buffer
 
     @classmethod
-    def _initialize_segment(cls, memory: mmap.mmap, shared: bool) -> None:
-        header = _SegmentHeader.from_buffer(memory)
-        header.magic = MAGIC
-        header.version = FORMAT_VERSION
-        header.size = ctypes.sizeof(cls)
-        header.creator_pid = os.getpid()
-        ctypes.memmove(header.fingerprint, cls._fingerprint, len(cls._fingerprint))
-        del header
-        from .sync import Mutex
-
-        view = memoryview(memory)
-        try:
-            Mutex(view[_core.MUTEX_OFFSET : _core.DATA_OFFSET], shared=shared).initialize()
-        finally:
-            view.release()
-        _core.store_release(memory, _core.STATE_OFFSET, _READY)
+    def _initialize_segment(cls, memory: Any, shared: bool) -> None:
+        _core.segment_init(memory, MAGIC, FORMAT_VERSION, cls._fingerprint, ctypes.sizeof(cls), shared, os.getpid())
 
     @classmethod
-    def _check_segment(cls, memory: mmap.mmap, name: str) -> None:
+    def _check_segment(cls, memory: Any, name: str) -> None:
+        check = functools.partial(
+            _core.segment_check, memory, MAGIC, FORMAT_VERSION, cls._fingerprint, ctypes.sizeof(cls)
+        )
+        problem = check()
         deadline = time.monotonic() + 1.0
-        while _core.load_acquire(memory, _core.STATE_OFFSET) != _READY:
-            if time.monotonic() > deadline:
-                raise DeviceBufferError("buffer was never initialized by its creator; unlink it", name=name)
+        while problem == "not ready" and time.monotonic() < deadline:  # its creator is still setting it up
             time.sleep(0.001)
-        header = _SegmentHeader.from_buffer_copy(memory)
-        if header.magic != MAGIC or header.version != FORMAT_VERSION:
+            problem = check()
+        if problem == "not ready":
+            raise DeviceBufferError("buffer was never initialized by its creator; unlink it", name=name)
+        if problem == "format":
+            header = _SegmentHeader.from_buffer_copy(memory)
             raise DeviceBufferError(
-                "segment is not a buffer of this format",
-                name=name,
-                magic=header.magic,
-                version=header.version,
+                "segment is not a buffer of this format", name=name, magic=header.magic, version=header.version
             )
-        if bytes(header.fingerprint) != cls._fingerprint or header.size != ctypes.sizeof(cls):
+        if problem == "layout":
             raise DeviceBufferError(
                 "buffer layout does not match this type (the segment was made by a different catalog)",
                 name=name,
@@ -827,15 +803,15 @@ class DeviceBuffer(Buffer):
         Yields a DEV_READ for parameters requested with :meth:`read`, then as
         few DEV_WRITE messages as hold the pending writes.
         """
-        return iter(self._access.emit_dev_rw())
+        return self._access.emit_dev_rw()  # type: ignore[no-any-return]
 
     def emit_dev_data(self) -> Iterator[Message]:
         """Make DEV_DATA messages for recently updated parameters, and clear that set."""
-        return iter(self._access.emit_dev_data())
+        return self._access.emit_dev_data()  # type: ignore[no-any-return]
 
     def emit_subscription(self) -> Iterator[Message]:
         """Make DEV_DATA messages for the subscribed parameters."""
-        return iter(self._access.emit_subscription())
+        return self._access.emit_subscription()  # type: ignore[no-any-return]
 
     def make_sub_req(self, params: Iterable[str] | None = None, interval: float | None = None) -> Message:
         """Make a subscription request.

@@ -23,7 +23,6 @@
 #define RT_MAX_BUFFER_PARAMS 64
 #define RT_HEADER_SIZE 64
 #define RT_VALID_OFFSET 24
-#define RT_STATE_OFFSET 12
 #define RT_MUTEX_OFFSET RT_HEADER_SIZE
 #define RT_DATA_OFFSET (RT_MUTEX_OFFSET + 64)
 #define RT_MIN_INTERVAL_MS 40
@@ -1231,6 +1230,15 @@ append_values(rt_BufferAccess *self, PyObject *out, uint8_t type, uint16_t param
     return 0;
 }
 
+/* The emitted messages as an iterator (the API yields them); steals `out`. */
+static PyObject *
+iterate(PyObject *out, int rc)
+{
+    PyObject *iterator = rc < 0 ? NULL : PyObject_GetIter(out);
+    Py_DECREF(out);
+    return iterator;
+}
+
 static PyObject *
 BufferAccess_emit_dev_rw(rt_BufferAccess *self, PyObject *unused)
 {
@@ -1263,11 +1271,7 @@ BufferAccess_emit_dev_rw(rt_BufferAccess *self, PyObject *unused)
         self->meta->written = 0;
     }
     release(self);
-    if (rc < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    return iterate(out, rc);
 }
 
 static PyObject *
@@ -1287,11 +1291,7 @@ emit_data(rt_BufferAccess *self, int updated_only)
         self->meta->updated = 0;
     }
     release(self);
-    if (rc < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    return iterate(out, rc);
 }
 
 static PyObject *
@@ -1494,46 +1494,104 @@ static PyTypeObject rt_BufferAccessType = {
 
 /* ---- module-level helpers for the segment header ------------------------ */
 
+/* Mirrors runtime.buffer's ctypes `_SegmentHeader` (checked at import time). */
+typedef struct {
+    char magic[8];
+    uint32_t version;
+    uint32_t state;        /* RT_SEGMENT_READY once initialized */
+    uint64_t size;         /* of the buffer structure */
+    uint32_t valid;
+    uint32_t creator_pid;
+    uint8_t fingerprint[32];
+} rt_header;
+
+#define RT_SEGMENT_READY 1u
+
+_Static_assert(offsetof(rt_header, valid) == RT_VALID_OFFSET, "valid word offset");
+_Static_assert(sizeof(rt_header) == RT_HEADER_SIZE, "header size");
+
+/* segment_init(memory, magic, version, fingerprint, size, shared, pid):
+ * write the header of a new segment, initialize its mutex, and publish it
+ * (state READY, with release ordering) so attachers can use it. */
 static PyObject *
-core_store_release(PyObject *self, PyObject *args)
+core_segment_init(PyObject *self, PyObject *args)
 {
-    Py_buffer view;
-    Py_ssize_t offset;
-    unsigned int value;
-    if (!PyArg_ParseTuple(args, "w*nI:store_release", &view, &offset, &value)) {
+    Py_buffer view, magic, fingerprint;
+    unsigned int version, pid;
+    unsigned long long size;
+    int shared;
+    if (!PyArg_ParseTuple(args, "w*y*Iy*KpI:segment_init", &view, &magic, &version, &fingerprint, &size, &shared,
+                          &pid)) {
         return NULL;
     }
-    if (offset < 0 || offset + 4 > view.len || offset % 4) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "bad offset");
-        return NULL;
+    PyObject *result = NULL;
+    if (view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != 32 || ((uintptr_t)view.buf) % 64) {
+        PyErr_SetString(PyExc_ValueError, "bad segment_init arguments");
     }
-    __atomic_store_n((uint32_t *)((uint8_t *)view.buf + offset), (uint32_t)value, __ATOMIC_RELEASE);
+    else {
+        rt_header *header = (rt_header *)view.buf;
+        memcpy(header->magic, magic.buf, 8);
+        header->version = version;
+        header->size = size;
+        header->creator_pid = pid;
+        memcpy(header->fingerprint, fingerprint.buf, 32);
+        int rc = rt_mutex_init((rt_mutex_t *)((uint8_t *)view.buf + RT_MUTEX_OFFSET), shared, 1);
+        if (rc != 0) {
+            rt_raise_sync_error(rc, "cannot initialize the buffer's mutex");
+        }
+        else {
+            __atomic_store_n(&header->state, RT_SEGMENT_READY, __ATOMIC_RELEASE);
+            result = Py_NewRef(Py_None);
+        }
+    }
     PyBuffer_Release(&view);
-    Py_RETURN_NONE;
+    PyBuffer_Release(&magic);
+    PyBuffer_Release(&fingerprint);
+    return result;
 }
 
+/* segment_check(memory, magic, version, fingerprint, size) -> str | None:
+ * None when the segment is ready and matches; otherwise why not
+ * ("not ready", "format", "layout"). */
 static PyObject *
-core_load_acquire(PyObject *self, PyObject *args)
+core_segment_check(PyObject *self, PyObject *args)
 {
-    Py_buffer view;
-    Py_ssize_t offset;
-    if (!PyArg_ParseTuple(args, "y*n:load_acquire", &view, &offset)) {
+    Py_buffer view, magic, fingerprint;
+    unsigned int version;
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "y*y*Iy*K:segment_check", &view, &magic, &version, &fingerprint, &size)) {
         return NULL;
     }
-    if (offset < 0 || offset + 4 > view.len || offset % 4) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "bad offset");
-        return NULL;
+    const char *problem = NULL;
+    if (view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != 32) {
+        problem = "format";
     }
-    uint32_t value = __atomic_load_n((uint32_t *)((uint8_t *)view.buf + offset), __ATOMIC_ACQUIRE);
+    else {
+        rt_header *header = (rt_header *)view.buf;
+        if (__atomic_load_n(&header->state, __ATOMIC_ACQUIRE) != RT_SEGMENT_READY) {
+            problem = "not ready";
+        }
+        else if (memcmp(header->magic, magic.buf, 8) != 0 || header->version != version) {
+            problem = "format";
+        }
+        else if (header->size != size || memcmp(header->fingerprint, fingerprint.buf, 32) != 0) {
+            problem = "layout";
+        }
+    }
     PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLong(value);
+    PyBuffer_Release(&magic);
+    PyBuffer_Release(&fingerprint);
+    if (problem == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_FromString(problem);
 }
 
 static PyMethodDef buffer_functions[] = {
-    {"store_release", core_store_release, METH_VARARGS, "store_release(memory, offset, u32): publish a word."},
-    {"load_acquire", core_load_acquire, METH_VARARGS, "load_acquire(memory, offset) -> u32."},
+    {"segment_init", core_segment_init, METH_VARARGS,
+     "segment_init(memory, magic, version, fingerprint, size, shared, pid): set up a new segment."},
+    {"segment_check", core_segment_check, METH_VARARGS,
+     "segment_check(memory, magic, version, fingerprint, size) -> None or the reason it cannot be used."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1567,7 +1625,7 @@ rt_buffer_module_init(PyObject *module)
     }
     if (PyModule_AddIntConstant(module, "HEADER_SIZE", RT_HEADER_SIZE) < 0
         || PyModule_AddIntConstant(module, "VALID_OFFSET", RT_VALID_OFFSET) < 0
-        || PyModule_AddIntConstant(module, "STATE_OFFSET", RT_STATE_OFFSET) < 0
+        || PyModule_AddIntConstant(module, "STATE_OFFSET", (long)offsetof(rt_header, state)) < 0
         || PyModule_AddIntConstant(module, "MUTEX_OFFSET", RT_MUTEX_OFFSET) < 0
         || PyModule_AddIntConstant(module, "DATA_OFFSET", RT_DATA_OFFSET) < 0
         || PyModule_AddIntConstant(module, "MIN_INTERVAL_MS", RT_MIN_INTERVAL_MS) < 0

@@ -159,36 +159,6 @@ core_register(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* shm_open(name, create, size) -> fd.  create: 0 attach, 1 create exclusively.
- * Unlike multiprocessing.shared_memory this never involves the resource
- * tracker, so attaching and exiting leaves the segment alone. */
-static PyObject *
-core_shm_open(PyObject *self, PyObject *args)
-{
-    const char *name;
-    int create;
-    Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "spn:shm_open", &name, &create, &size)) {
-        return NULL;
-    }
-    int flags = create ? (O_CREAT | O_EXCL | O_RDWR) : O_RDWR;
-    int fd;
-    Py_BEGIN_ALLOW_THREADS
-    fd = shm_open(name, flags, 0600);
-    if (fd >= 0 && create && ftruncate(fd, (off_t)size) < 0) {
-        int saved = errno;
-        close(fd);
-        shm_unlink(name);
-        errno = saved;
-        fd = -1;
-    }
-    Py_END_ALLOW_THREADS
-    if (fd < 0) {
-        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
-    }
-    return PyLong_FromLong(fd);
-}
-
 static PyObject *
 core_shm_unlink(PyObject *self, PyObject *args)
 {
@@ -202,10 +172,150 @@ core_shm_unlink(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- SharedMapping: a mapped segment that unmaps itself when released ---- */
+
+typedef struct {
+    PyObject_HEAD
+    void *address;
+    Py_ssize_t size;
+} SharedMapping;
+
+static void
+SharedMapping_dealloc(SharedMapping *self)
+{
+    if (self->address != NULL) {
+        munmap(self->address, (size_t)self->size);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+SharedMapping_getbuffer(SharedMapping *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->address, self->size, 0, flags);
+}
+
+static Py_ssize_t
+SharedMapping_len(SharedMapping *self)
+{
+    return self->size;
+}
+
+static PyBufferProcs SharedMapping_as_buffer = {
+    .bf_getbuffer = (getbufferproc)SharedMapping_getbuffer,
+};
+
+static PySequenceMethods SharedMapping_as_sequence = {
+    .sq_length = (lenfunc)SharedMapping_len,
+};
+
+static PyTypeObject SharedMappingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._core.SharedMapping",
+    .tp_basicsize = sizeof(SharedMapping),
+    .tp_dealloc = (destructor)SharedMapping_dealloc,
+    .tp_as_buffer = &SharedMapping_as_buffer,
+    .tp_as_sequence = &SharedMapping_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Writeable memory mapped from a segment (or anonymous); unmapped when the last reference goes.",
+};
+
+/* map_segment(name, size, create) -> (mapping | None, created, actual_size)
+ *
+ * name None: process-local anonymous memory. Otherwise open the POSIX shared
+ * memory object (creating it exclusively when `create` and missing; sized to
+ * `size`), map `size` bytes and close the descriptor: one call, no resource
+ * tracker. When an existing object's size differs from `size`, the mapping
+ * is None and actual_size says what was found (0: its creator has not sized
+ * it yet). Raises FileNotFoundError when missing and not `create`. */
+static PyObject *
+core_map_segment(PyObject *self, PyObject *args)
+{
+    PyObject *name_obj;
+    Py_ssize_t size;
+    int create;
+    if (!PyArg_ParseTuple(args, "Onp:map_segment", &name_obj, &size, &create)) {
+        return NULL;
+    }
+    if (size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be positive");
+        return NULL;
+    }
+    const char *name = NULL;
+    if (name_obj != Py_None && (name = PyUnicode_AsUTF8(name_obj)) == NULL) {
+        return NULL;
+    }
+    int created = 0, err = 0;
+    Py_ssize_t actual = size;
+    void *address = MAP_FAILED;
+    Py_BEGIN_ALLOW_THREADS
+    if (name == NULL) {
+        created = 1;
+        address = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        err = address == MAP_FAILED ? errno : 0;
+    }
+    else {
+        int fd = -1;
+        if (create) {
+            fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+            if (fd >= 0) {
+                created = 1;
+                if (ftruncate(fd, (off_t)size) < 0) {
+                    err = errno;
+                    close(fd);
+                    shm_unlink(name);
+                    fd = -1;
+                }
+            }
+            else if (errno != EEXIST) {
+                err = errno;
+            }
+        }
+        if (fd < 0 && err == 0) {
+            fd = shm_open(name, O_RDWR, 0600);
+            if (fd < 0) {
+                err = errno;
+            }
+            else {
+                struct stat info;
+                if (fstat(fd, &info) < 0) {
+                    err = errno;
+                }
+                else {
+                    actual = (Py_ssize_t)info.st_size;
+                }
+            }
+        }
+        if (fd >= 0) {
+            if (err == 0 && actual == size) {
+                address = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+                err = address == MAP_FAILED ? errno : 0;
+            }
+            close(fd);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (err != 0) {
+        return name ? PyErr_SetFromErrnoWithFilename(PyExc_OSError, name) : PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (address == MAP_FAILED) {
+        return Py_BuildValue("(OOn)", Py_None, created ? Py_True : Py_False, actual);
+    }
+    SharedMapping *mapping = PyObject_New(SharedMapping, &SharedMappingType);
+    if (mapping == NULL) {
+        munmap(address, (size_t)size);
+        return NULL;
+    }
+    mapping->address = address;
+    mapping->size = size;
+    PyObject *result = Py_BuildValue("(NOn)", mapping, created ? Py_True : Py_False, actual);
+    return result;
+}
+
 static PyMethodDef core_methods[] = {
+    {"map_segment", core_map_segment, METH_VARARGS,
+     "map_segment(name, size, create) -> (mapping | None, created, actual_size): map a shared memory object."},
     {"_register", core_register, METH_VARARGS, "Register a Python-level class with the core."},
-    {"shm_open", core_shm_open, METH_VARARGS,
-     "shm_open(name, create, size) -> fd: open (or exclusively create) a POSIX shared memory object."},
     {"shm_unlink", core_shm_unlink, METH_VARARGS, "shm_unlink(name): remove a POSIX shared memory object."},
     {NULL, NULL, 0, NULL},
 };
@@ -223,6 +333,10 @@ PyInit__core(void)
 {
     PyObject *module = PyModule_Create(&core_module);
     if (module == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&SharedMappingType) < 0) {
+        Py_DECREF(module);
         return NULL;
     }
     if (rt_mutex_module_init(module) < 0 || rt_message_module_init(module) < 0
