@@ -1,0 +1,870 @@
+"""``runtime bridge``: the host side of the Smart Device protocol (the Smart Device manager).
+
+Smart Devices are USB serial boards; this command finds their ports, identifies
+each device, keeps its shared-memory buffer (:mod:`runtime.buffer`) in step with
+it, and forwards what other processes request through the buffer. It is the one
+process that talks to the serial ports; everything else only sees buffers.
+
+How it is organised (one asyncio loop, no threads):
+
+* A *watcher* polls every :data:`POLL_INTERVAL` seconds for the ports asked for
+  (exact ``--port`` paths and ``--glob`` patterns, default ``/dev/ttyACM*``).
+  A port that appears gets its own task running a :class:`PortConnection`; a
+  port that vanishes (or whose path now names another device) has its
+  connection closed. Pseudo-terminals are handled exactly like serial ports.
+* A :class:`PortConnection` opens the port with pyserial (115200 baud,
+  non-blocking) and reads it through ``loop.add_reader``. It sends PING every
+  :data:`PING_INTERVAL` seconds until a SUB_RES names the device, opens the
+  device's buffer through the bridge's single :class:`~runtime.buffer.BufferStore`,
+  marks it valid, and subscribes. From then on every frame read is decoded and
+  digested with :meth:`~runtime.buffer.DeviceBuffer.update` (buffer operations
+  take microseconds, so they run directly in the loop); every ``write_interval``
+  the pending reads and writes go out (:meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw`);
+  a heartbeat goes out every ``heartbeat_interval``, and a device silent for
+  :data:`SILENCE_HEARTBEATS` heartbeat intervals is treated as gone.
+* Writes never block the loop: a :class:`FrameWriter` queues what a full port
+  cannot take and flushes it when the port is writable again (a stalled device
+  cannot freeze the others).
+* On disconnect the buffer is marked invalid, not unlinked: when the same UID
+  comes back, the same segment becomes valid again, so readers keep their
+  mapping across reconnects.
+* On SIGINT/SIGTERM every connected device gets a DEV_DISABLE (nothing keeps
+  actuating unattended), every buffer is marked invalid, the store is closed
+  (segments stay) and the stats file is written one last time.
+
+Bad input never stops the bridge: an undecodable frame is answered with an ERROR
+message carrying its error code and counted; an unknown device type is logged
+and its port ignored until it reconnects; every port's failures are caught and
+logged in that port's task alone.
+
+Run it as ``runtime bridge`` (see :mod:`runtime.cli`) or ``python -m runtime.bridge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import glob
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+import serial
+
+from . import catalog as catalog_module
+from .buffer import Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
+from .exception import RuntimeBaseException
+from .messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
+
+__all__ = [
+    "BAUD_RATE",
+    "DEFAULT_GLOB",
+    "Bridge",
+    "Counters",
+    "DeviceRecord",
+    "FrameWriter",
+    "PortConnection",
+    "add_arguments",
+    "main",
+]
+
+logger = logging.getLogger("runtime.bridge")
+
+T = TypeVar("T")
+
+BAUD_RATE = 115200
+"""Serial speed of every Smart Device."""
+DEFAULT_GLOB = "/dev/ttyACM*"
+"""Where Smart Devices appear on Linux; watched when no ``--port`` is given."""
+POLL_INTERVAL = 0.5
+"""Seconds between scans for ports that appeared or vanished."""
+PING_INTERVAL = 0.2
+"""Seconds between PINGs while waiting for a device to introduce itself."""
+SUB_RETRY_INTERVAL = 1.0
+"""Seconds before a subscription request that got no SUB_RES is sent again."""
+SILENCE_HEARTBEATS = 3
+"""A device that sent nothing valid for this many heartbeat intervals is treated as gone."""
+STATS_INTERVAL = 1.0
+"""Seconds between two writes of the ``--stats`` file."""
+RETRY_DELAY = 2.0
+"""Seconds before a port that could not be opened (or whose task failed) is tried again."""
+READ_SIZE = 4096
+"""Bytes read from a port per readiness event."""
+OUTBOX_LIMIT = 64 * 1024
+"""Bytes a port's writer queues before it drops new frames (the peer stopped reading)."""
+BAD_FRAME_LOG_INTERVAL = 1.0
+"""Seconds between two log lines about bad frames on one port (the rest are summed up)."""
+
+
+# ---- writing without blocking -------------------------------------------------------------------
+
+
+class FrameWriter:
+    """Ordered, non-blocking writes to a file descriptor from an asyncio loop.
+
+    A serial port or pseudo-terminal whose peer stops reading fills up, and a
+    blocking write would then freeze every other port served by the loop. This
+    writer writes what the descriptor takes, queues the rest and flushes it when
+    the descriptor is writable again (``loop.add_writer``). Beyond ``limit``
+    queued bytes, new data is dropped whole (counted in :attr:`dropped`), so
+    frames are never cut in the middle by the writer itself. Create it inside
+    the running loop that will flush it.
+
+    Args:
+        fd: A descriptor in non-blocking mode.
+        limit: Most bytes queued.
+        on_error: Called once with the ``OSError`` of a failed write (the port is gone).
+    """
+
+    def __init__(
+        self, fd: int, *, limit: int = OUTBOX_LIMIT, on_error: Callable[[OSError], None] | None = None
+    ) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.on_error = on_error
+        self.dropped = 0
+        """Writes refused because the queue was full."""
+        self._pending = bytearray()
+        self._watching = False
+        self._failed = False
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued and not yet written."""
+        return len(self._pending)
+
+    def send(self, data: bytes) -> bool:
+        """Write ``data`` now or queue it; return False if it was dropped."""
+        if self._failed:
+            return False
+        if self._pending:
+            if len(self._pending) + len(data) > self.limit:
+                self.dropped += 1
+                return False
+            self._pending += data
+            return True
+        try:
+            written = os.write(self.fd, data)
+        except (BlockingIOError, InterruptedError):
+            written = 0
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        if written < len(data):
+            self._pending += data[written:]
+            self._watch()
+        return True
+
+    def _watch(self) -> None:
+        if not self._watching:
+            self._loop.add_writer(self.fd, self._flush)
+            self._watching = True
+
+    def _flush(self) -> None:
+        try:
+            written = os.write(self.fd, self._pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        del self._pending[:written]
+        if not self._pending:
+            self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            with contextlib.suppress(Exception):  # the loop may be closing
+                self._loop.remove_writer(self.fd)
+
+    def _fail(self, exc: OSError) -> None:
+        self._failed = True
+        self._pending.clear()
+        self._unwatch()
+        if self.on_error is not None:
+            self.on_error(exc)
+
+    def close(self) -> None:
+        """Stop writing; queued data is discarded."""
+        self._failed = True
+        self._pending.clear()
+        self._unwatch()
+
+
+# ---- per-device bookkeeping ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Counters:
+    """Traffic counters of one device (or of a port that has not named its device yet)."""
+
+    messages_in: int = 0
+    messages_out: int = 0
+    errors: int = 0
+
+    def add(self, other: Counters) -> None:
+        """Add another set of counters to this one."""
+        self.messages_in += other.messages_in
+        self.messages_out += other.messages_out
+        self.errors += other.errors
+
+
+@dataclasses.dataclass
+class DeviceRecord:
+    """What the bridge knows about one device (by UID), connected or not; feeds ``--stats``."""
+
+    uid: int
+    type_name: str
+    port: str
+    buffer: DeviceBuffer
+    connected: bool = False
+    counters: Counters = dataclasses.field(default_factory=Counters)
+    last_values: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def refresh(self) -> None:
+        """Take a snapshot of the buffer's values while the device is connected."""
+        if self.connected:
+            with contextlib.suppress(RuntimeBaseException):
+                self.last_values = self.buffer.snapshot()
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the ``--stats`` file shows it."""
+        return {
+            "port": self.port,
+            "type": self.type_name,
+            "uid": f"{self.uid:#x}",
+            "connected": self.connected,
+            "messages_in": self.counters.messages_in,
+            "messages_out": self.counters.messages_out,
+            "errors": self.counters.errors,
+            "last_values": {name: _jsonable(value) for name, value in self.last_values.items()},
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    """A parameter value as plain JSON (no NaN or infinity, arrays as lists, text as str)."""
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    try:
+        return [_jsonable(item) for item in value]
+    except TypeError:
+        return repr(value)
+
+
+Identity = tuple[int, int]
+"""What a port path names: the ``(st_dev, st_ino)`` of the device node it leads to."""
+
+
+def _identity(path: str) -> Identity | None:
+    """What device a path names now (``None`` if it does not exist); symlinks are followed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+# ---- one port -----------------------------------------------------------------------------------
+
+
+class PortConnection:
+    """Serve one serial port: identify its device, then keep its buffer in step with it.
+
+    Created and run by :class:`Bridge` (one task per port). :meth:`run` returns
+    when the port is closed for any reason (vanished, read error, silence, shut
+    down); the buffer of its device is then marked invalid.
+    """
+
+    def __init__(self, bridge: Bridge, path: str, identity: Identity) -> None:
+        self.bridge = bridge
+        self.path = path
+        self.identity = identity
+        self.counters = Counters()
+        self.buffer: DeviceBuffer | None = None
+        self.record: DeviceRecord | None = None
+        self.retry_delay = 0.0
+        """Seconds the bridge waits before opening this path again once :meth:`run` returns."""
+        self._loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[str] = self._loop.create_future()
+        self._sub_res: asyncio.Future[Message] = self._loop.create_future()
+        self._serial: serial.Serial | None = None
+        self._fd = -1
+        self._writer: FrameWriter | None = None
+        self._splitter = FrameSplitter()
+        self._last_rx = time.monotonic()
+        self._hb_id = 0
+        self._sub_confirmed = False
+        self._bad_frames = 0
+        self._bad_logged_at = -math.inf
+
+    # -- naming for logs --
+
+    def describe(self) -> str:
+        """``<type> <uid> on <port>`` once known, else ``port <port>``: the subject of log lines."""
+        if self.record is None:
+            return f"port {self.path}"
+        return f"{self.record.type_name} {self.record.uid:#x} on {self.path}"
+
+    # -- life cycle --
+
+    def lose(self, reason: str) -> None:
+        """Close the connection (from any callback): :meth:`run` returns soon."""
+        if not self._closed.done():
+            self._closed.set_result(reason)
+
+    async def run(self) -> None:
+        """Open the port and serve it until it is lost; never raises (failures are logged)."""
+        reason = "closed"
+        try:
+            if not self._open():
+                return
+            sub_res = await self._until_closed(self._handshake())
+            if sub_res is None:
+                return
+            if not self._attach(sub_res):
+                reason = await self._closed  # ignored until the device goes away and comes back
+                return
+            await self._until_closed(self._service())
+        except asyncio.CancelledError:
+            reason = "bridge shutting down"
+            raise
+        except Exception:
+            logger.exception("%s: unexpected failure; closing the port", self.describe())
+            self.retry_delay = RETRY_DELAY
+            reason = "internal error"
+        finally:
+            if self._closed.done():
+                reason = self._closed.result()
+            self._teardown(reason)
+
+    def _open(self) -> bool:
+        try:
+            self._serial = serial.Serial(self.path, BAUD_RATE, timeout=0)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            self.bridge.report_open_error(self.path, exc)
+            self.retry_delay = RETRY_DELAY
+            return False
+        self.bridge.clear_open_error(self.path)
+        self._fd = self._serial.fileno()
+        os.set_blocking(self._fd, False)
+        self._writer = FrameWriter(self._fd, on_error=self._on_write_error)
+        self._loop.add_reader(self._fd, self._on_readable)
+        logger.info("port %s: opened; waiting for a Smart Device to answer PING", self.path)
+        return True
+
+    async def _until_closed(self, coro: Coroutine[Any, Any, T]) -> T | None:
+        """Run ``coro`` until it finishes or the connection is lost (then cancel it, return None)."""
+        task = self._loop.create_task(coro)
+        try:
+            waiters: set[asyncio.Future[Any]] = {task, self._closed}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled() or self._closed.done():
+            return None
+        return task.result()
+
+    async def _handshake(self) -> Message:
+        """PING until a SUB_RES arrives; return it."""
+        started = time.monotonic()
+        warned = False
+        while not self._sub_res.done():
+            self.send(Message.make_ping())
+            await asyncio.wait({self._sub_res}, timeout=PING_INTERVAL)
+            if not warned and time.monotonic() - started > 5:
+                logger.info("port %s: no answer to PING yet; still trying", self.path)
+                warned = True
+        return self._sub_res.result()
+
+    def _attach(self, sub_res: Message) -> bool:
+        """Open and validate the buffer of the device a SUB_RES names; False if the port is ignored."""
+        _, _, (device_id, year, random) = sub_res.read_sub_res()
+        uid = int(DeviceUID(device_id, year, random))
+        store = self.bridge.store
+        try:
+            buffer = store.get_or_open(uid)
+        except KeyError:
+            logger.error(
+                "port %s: unknown device id %d (uid %#x) not in the catalog; ignoring the port until it "
+                "reconnects",
+                self.path,
+                device_id,
+                uid,
+            )
+            return False
+        except RuntimeBaseException as exc:
+            logger.error(
+                "port %s: cannot open the buffer of uid %#x: %s; ignoring the port", self.path, uid, exc
+            )
+            return False
+        type_name = type(buffer).type_name
+        owner = self.bridge.owners.get(uid)
+        if owner is not None and owner is not self:
+            logger.error(
+                "%s %#x on %s: already connected on %s; ignoring this port until it reconnects",
+                type_name,
+                uid,
+                self.path,
+                owner.path,
+            )
+            return False
+        buffer.valid = True
+        buffer.update(sub_res)
+        self.buffer = buffer
+        self.record = self.bridge.attach(self, uid, type_name, buffer)
+        self._last_rx = time.monotonic()
+        self.send(buffer.make_sub_req())
+        logger.info("%s: connected", self.describe())
+        return True
+
+    async def _service(self) -> None:
+        """The periodic work of a connected device: writes, heartbeats, silence, subscription."""
+        assert self.buffer is not None
+        buffer_type = type(self.buffer)
+        write_interval = float(buffer_type.write_interval)
+        heartbeat_interval = float(buffer_type.heartbeat_interval)
+        silence_limit = SILENCE_HEARTBEATS * heartbeat_interval
+        now = time.monotonic()
+        next_heartbeat = now + heartbeat_interval
+        next_sub_req = now + SUB_RETRY_INTERVAL
+        while True:
+            now = time.monotonic()
+            if now - self._last_rx > silence_limit:
+                logger.warning("%s: silent for %.1f s", self.describe(), now - self._last_rx)
+                self.lose(f"silent for {silence_limit:g} s")
+                return
+            try:
+                for message in self.buffer.emit_dev_rw():
+                    self.send(message)
+                if not self._sub_confirmed and now >= next_sub_req:
+                    self.send(self.buffer.make_sub_req())
+                    next_sub_req = now + SUB_RETRY_INTERVAL
+            except RuntimeBaseException as exc:  # e.g. someone marked the buffer invalid meanwhile
+                self.counters.errors += 1
+                logger.warning("%s: cannot emit pending reads/writes: %s", self.describe(), exc)
+            if now >= next_heartbeat:
+                self.send(Message.make_hb_req(self._hb_id))
+                self._hb_id = (self._hb_id + 1) & 0xFF
+                next_heartbeat = max(next_heartbeat + heartbeat_interval, now)
+            await asyncio.sleep(write_interval)
+
+    def _teardown(self, reason: str) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._fd)
+        if self._writer is not None:
+            self._writer.close()
+        if self._serial is not None:
+            with contextlib.suppress(Exception):
+                self._serial.close()
+        if self.record is not None:
+            self.bridge.detach(self)
+            logger.info("%s: disconnected (%s)", self.describe(), reason)
+        elif self._fd >= 0:
+            logger.info("port %s: closed (%s)", self.path, reason)
+        self._fd = -1
+
+    # -- input --
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._stop_reading()
+            self.lose(f"read error: {exc.strerror or exc}")
+            return
+        if not data:
+            self._stop_reading()
+            self.lose("end of stream")
+            return
+        before = self._splitter.overflows
+        frames = self._splitter.feed(data)
+        for _ in range(self._splitter.overflows - before):
+            self._bad_frame("frame longer than any message", ErrorCode.BUFFER_OVERFLOW)
+        for frame in frames:
+            try:
+                self._on_frame(frame)
+            except Exception:  # one bad frame must not take the port down
+                self.counters.errors += 1
+                logger.exception("%s: failed to handle frame %s", self.describe(), frame.hex(" "))
+
+    def _stop_reading(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._fd)
+
+    def _on_frame(self, frame: bytes) -> None:
+        if self.bridge.verbose:
+            logger.debug("%s: <- %s", self.describe(), frame.hex(" "))
+        try:
+            message = Message.decode(frame)
+        except MessageError as exc:
+            self._bad_frame(exc.message, exc.error_code)
+            return
+        self.counters.messages_in += 1
+        self._last_rx = time.monotonic()
+        try:
+            self._on_message(message)
+        except MessageError as exc:  # a payload that does not fit its type or this device
+            self._bad_frame(f"{MessageType(message.type).name}: {exc}", exc.error_code)
+        except DeviceBufferError as exc:
+            self.counters.errors += 1
+            logger.warning("%s: buffer refused %s: %s", self.describe(), MessageType(message.type).name, exc)
+
+    def _bad_frame(self, problem: str, code: ErrorCode) -> None:
+        """Count a rejected frame, answer it with an ERROR, and log (at most once a second)."""
+        self.counters.errors += 1
+        self._bad_frames += 1
+        self.send(Message.make_error(code))
+        now = time.monotonic()
+        if now - self._bad_logged_at >= BAD_FRAME_LOG_INTERVAL:
+            more = f" (and {self._bad_frames - 1} more since the last report)" if self._bad_frames > 1 else ""
+            logger.warning(
+                "%s: bad frame: %s; answered ERROR %s%s", self.describe(), problem, code.name, more
+            )
+            self._bad_logged_at = now
+            self._bad_frames = 0
+
+    def _on_message(self, message: Message) -> None:
+        kind = message.type
+        if kind == MessageType.HB_REQ:
+            self.send(Message.make_hb_res(message.read_hb_req()))
+        elif kind == MessageType.HB_RES:
+            message.read_hb_res()
+        elif kind == MessageType.SUB_RES:
+            self._on_sub_res(message)
+        elif kind == MessageType.DEV_DATA:
+            if self.buffer is not None:
+                self.buffer.update(message)
+        elif kind == MessageType.ERROR:
+            code = message.read_error()
+            logger.warning("%s: device reported ERROR %s", self.describe(), ErrorCode(code).name)
+        else:  # a host -> device message coming from the device: not answered, to avoid echo loops
+            self.counters.errors += 1
+            logger.debug("%s: ignoring unexpected %s from the device", self.describe(), kind.name)
+
+    def _on_sub_res(self, message: Message) -> None:
+        _, _, (device_id, year, random) = message.read_sub_res()
+        if self.record is None:
+            if not self._sub_res.done():
+                self._sub_res.set_result(message)
+            return
+        uid = int(DeviceUID(device_id, year, random))
+        if uid != self.record.uid:
+            logger.warning("%s: device now reports uid %#x; reconnecting", self.describe(), uid)
+            self.lose("device changed its uid")
+            return
+        assert self.buffer is not None
+        self.buffer.update(message)
+        self._sub_confirmed = True
+
+    # -- output --
+
+    def send(self, message: Message) -> None:
+        """Frame and send one message (non-blocking; dropped if the port is not taking data)."""
+        if self._writer is None:
+            return
+        data = message.encode()
+        if self.bridge.verbose:
+            logger.debug("%s: -> %s (%s)", self.describe(), data.hex(" "), MessageType(message.type).name)
+        if self._writer.send(data + DELIM):
+            self.counters.messages_out += 1
+
+    def _on_write_error(self, exc: OSError) -> None:
+        self.lose(f"write error: {exc.strerror or exc}")
+
+
+# ---- the bridge ---------------------------------------------------------------------------------
+
+
+class Bridge:
+    """Watch ports, run one :class:`PortConnection` per port, and keep device records.
+
+    Args:
+        store: The store that opens every device buffer (shared memory).
+        ports: Exact port paths to serve whenever they exist.
+        globs: Patterns of port paths to serve.
+        stats_path: Where to write the ``--stats`` JSON (None: no stats file).
+        verbose: Log every frame in and out.
+    """
+
+    def __init__(
+        self,
+        store: BufferStore,
+        ports: Sequence[str] = (),
+        globs: Sequence[str] = (),
+        *,
+        stats_path: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.store = store
+        self.ports = list(ports)
+        self.globs = list(globs)
+        self.stats_path = stats_path
+        self.verbose = verbose
+        self.records: dict[int, DeviceRecord] = {}
+        """Every device seen, by UID."""
+        self.owners: dict[int, PortConnection] = {}
+        """The connection serving each connected UID."""
+        self.connections: dict[Identity, PortConnection] = {}
+        """The connection of each port being served, by the device its path names."""
+        self._tasks: dict[Identity, asyncio.Task[None]] = {}
+        self._retry_at: dict[Identity, float] = {}
+        self._open_errors: dict[str, str] = {}
+
+    # -- devices --
+
+    def attach(
+        self, connection: PortConnection, uid: int, type_name: str, buffer: DeviceBuffer
+    ) -> DeviceRecord:
+        """Record that ``connection`` now serves device ``uid``; its counters join the device's."""
+        record = self.records.get(uid)
+        if record is None:
+            record = self.records[uid] = DeviceRecord(uid, type_name, connection.path, buffer)
+        record.port = connection.path
+        record.connected = True
+        record.counters.add(connection.counters)
+        connection.counters = record.counters
+        self.owners[uid] = connection
+        record.refresh()
+        return record
+
+    def detach(self, connection: PortConnection) -> None:
+        """Record that ``connection`` lost its device: mark the buffer invalid (not unlinked)."""
+        record = connection.record
+        if record is None or self.owners.get(record.uid) is not connection:
+            return
+        record.refresh()
+        del self.owners[record.uid]
+        record.connected = False
+        with contextlib.suppress(RuntimeBaseException):
+            record.buffer.valid = False
+
+    def report_open_error(self, path: str, exc: BaseException) -> None:
+        """Log a port that cannot be opened, once per distinct error (it is retried quietly)."""
+        text = str(exc)
+        if self._open_errors.get(path) != text:
+            logger.error("port %s: cannot open: %s", path, text)
+            self._open_errors[path] = text
+        else:
+            logger.debug("port %s: still cannot open: %s", path, text)
+
+    def clear_open_error(self, path: str) -> None:
+        """Forget the open error of a port that opened."""
+        self._open_errors.pop(path, None)
+
+    # -- ports --
+
+    def discover(self) -> dict[Identity, str]:
+        """The devices to serve now: each one's identity and the first path naming it.
+
+        Explicit ports come first, then glob matches in sorted order; a device
+        reachable through several paths (a symlink and its target) is served once.
+        """
+        candidates = list(self.ports)
+        for pattern in self.globs:
+            candidates.extend(sorted(glob.glob(pattern)))
+        found: dict[Identity, str] = {}
+        for path in candidates:
+            identity = _identity(path)
+            if identity is not None:
+                found.setdefault(identity, path)
+        return found
+
+    def scan(self) -> None:
+        """Close connections whose device vanished; start connections on new devices.
+
+        Connections are keyed by the device a path names, not by the path, so a
+        link that is renamed or replaced by another link to the same device does
+        not interrupt the connection.
+        """
+        present = self.discover()
+        for identity, connection in list(self.connections.items()):
+            if identity not in present:
+                connection.lose("port vanished")
+        now = time.monotonic()
+        for identity, path in present.items():
+            if identity in self.connections or self._retry_at.get(identity, 0.0) > now:
+                continue
+            self._retry_at.pop(identity, None)
+            connection = PortConnection(self, path, identity)
+            task = asyncio.get_running_loop().create_task(connection.run(), name=f"port {path}")
+            self.connections[identity] = connection
+            self._tasks[identity] = task
+            task.add_done_callback(functools.partial(self._finished, connection))
+
+    def _finished(self, connection: PortConnection, _task: asyncio.Task[None]) -> None:
+        if self.connections.get(connection.identity) is connection:
+            del self.connections[connection.identity]
+            self._tasks.pop(connection.identity, None)
+        if connection.retry_delay > 0:
+            self._retry_at[connection.identity] = time.monotonic() + connection.retry_delay
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                self.scan()
+            except Exception:
+                logger.exception("scanning for ports failed")
+            await asyncio.sleep(POLL_INTERVAL)
+
+    # -- stats --
+
+    def stats(self) -> dict[str, Any]:
+        """The ``--stats`` document: one entry per device seen."""
+        devices = []
+        for record in sorted(self.records.values(), key=lambda record: (record.type_name, record.uid)):
+            record.refresh()
+            devices.append(record.to_json())
+        return {"devices": devices}
+
+    def write_stats(self) -> None:
+        """Write the stats file atomically (temporary file, then rename), if one was asked for."""
+        if self.stats_path is None:
+            return
+        temporary = f"{self.stats_path}.tmp{os.getpid()}"
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                json.dump(self.stats(), file, indent=2, allow_nan=False)
+                file.write("\n")
+            os.replace(temporary, self.stats_path)
+        except (OSError, ValueError) as exc:
+            logger.error("cannot write stats to %s: %s", self.stats_path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+    async def _write_stats_periodically(self) -> None:
+        while True:
+            self.write_stats()
+            await asyncio.sleep(STATS_INTERVAL)
+
+    # -- running --
+
+    async def serve(self, stop: asyncio.Event | None = None) -> int:
+        """Serve ports until ``stop`` is set or SIGINT/SIGTERM arrives; then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        handled: list[signal.Signals] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, stop.set)
+                handled.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        watched = ", ".join([*self.ports, *self.globs]) or "nothing"
+        logger.info("bridge: watching %s", watched)
+        background = [loop.create_task(self._watch(), name="port watcher")]
+        if self.stats_path is not None:
+            background.append(loop.create_task(self._write_stats_periodically(), name="stats"))
+        try:
+            await stop.wait()
+            logger.info("bridge: shutting down")
+        finally:
+            for connection in self.owners.values():  # safety: nothing keeps actuating unattended
+                connection.send(Message.make_dev_disable())
+            tasks = background + list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for record in self.records.values():
+                if record.connected:  # a task that never got to clean up
+                    record.connected = False
+                    with contextlib.suppress(RuntimeBaseException):
+                        record.buffer.valid = False
+            self.write_stats()
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+        return 0
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``runtime bridge`` options to ``parser``."""
+    parser.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="serve this serial port (exact path; repeatable); it may come and go",
+    )
+    parser.add_argument(
+        "--glob",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help=f"serve every port matching this pattern, watched for devices appearing and disappearing "
+        f"(repeatable; default {DEFAULT_GLOB} when neither --port nor --glob is given)",
+    )
+    parser.add_argument(
+        "--catalog",
+        metavar="FILE",
+        default=None,
+        help="device catalog YAML (default: the catalog packaged with runtime)",
+    )
+    parser.add_argument(
+        "--stats",
+        metavar="FILE",
+        default=None,
+        help="write per-device statistics as JSON to FILE every second and at exit",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every frame sent and received")
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Log events to stderr at INFO, unless the caller (``runtime`` itself) configured logging.
+
+    ``verbose`` lets this module's DEBUG lines (every frame) through whatever the level.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the bridge until SIGINT/SIGTERM; return the exit code (0 clean, 2 bad catalog)."""
+    verbose = bool(getattr(args, "verbose", False))
+    _configure_logging(verbose)
+    try:
+        catalog: Mapping[str, type[Buffer]] = catalog_module.load(args.catalog)
+    except (RuntimeBaseException, ValueError, OSError) as exc:
+        logger.error("cannot load the catalog: %s", exc)
+        return 2
+    ports: list[str] = list(args.port or [])
+    globs: list[str] = list(args.glob or [])
+    if not ports and not globs:
+        globs = [DEFAULT_GLOB]
+    with BufferStore(catalog) as store:
+        bridge = Bridge(store, ports, globs, stats_path=args.stats, verbose=verbose)
+        try:
+            return asyncio.run(bridge.serve())
+        except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+            return 130
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(
+        prog="python -m runtime.bridge", description="Serve Smart Devices on serial ports (host side)."
+    )
+    add_arguments(_parser)
+    raise SystemExit(main(_parser.parse_args()))
