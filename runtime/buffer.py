@@ -435,9 +435,9 @@ class Buffer(BaseStructure):
     _max_params: ClassVar[int] = 64
     _spec: ClassVar[Any] = None
     _fingerprint: ClassVar[bytes] = b""
-    _initial_values: ClassVar[tuple[tuple[str, float], ...]] = ()
-    """Parameters whose bounds exclude zero, and the bound they start at."""
-    _fast_methods: ClassVar[tuple[str, ...]] = ("get", "set", "write", "transaction", "snapshot")
+    _initial_block: ClassVar[bytes | None] = None
+    """A values block with every parameter inside its bounds (None: all zeros are)."""
+    _fast_methods: ClassVar[tuple[str, ...]] = ("get", "set", "write", "transaction")
 
     _access: Any
     _name: str
@@ -488,11 +488,11 @@ class Buffer(BaseStructure):
         )
         description = repr((FORMAT_VERSION, ctypes.sizeof(buffer_type), _describe_layout(buffer_type)))
         buffer_type._fingerprint = hashlib.sha256(description.encode()).digest()
-        buffer_type._initial_values = tuple(
-            (param.name, param.lower if param.lower > 0 else param.upper)
-            for param in params
-            if param.numeric and not param.lower <= 0 <= param.upper
-        )
+        initial = values()
+        for param in params:
+            if param.numeric and not param.lower <= 0 <= param.upper:  # start at the bound nearest zero
+                setattr(initial, param.name, param.lower if param.lower > 0 else param.upper)
+        buffer_type._initial_block = bytes(initial) if any(bytes(initial)) else None
         return buffer_type  # type: ignore[no-any-return]
 
     @classmethod
@@ -540,9 +540,12 @@ class Buffer(BaseStructure):
         memory, created = _map_segment(name if shared else None, size, create)
         buffer = cls.from_buffer(memory, _core.DATA_OFFSET)
         if created:
-            for param, value in cls._initial_values:  # before publishing: nobody sees zeros out of bounds
-                setattr(buffer._update, param, value)
-                setattr(buffer._write, param, value)
+            if cls._initial_block is not None:  # before publishing: nobody sees values out of bounds
+                view = memoryview(memory)
+                for block in (cls._update, cls._write):
+                    start = _core.DATA_OFFSET + block.offset
+                    view[start : start + block.size] = cls._initial_block
+                view.release()
             cls._initialize_segment(memory, shared)
         else:
             cls._check_segment(memory, name)
@@ -752,18 +755,7 @@ class DeviceBuffer(Buffer):
     write_interval: ClassVar[float] = 0.04
     heartbeat_interval: ClassVar[float] = 1.0
     _max_params: ClassVar[int] = _core.MAX_PARAMS
-    _fast_methods = (
-        *Buffer._fast_methods,
-        "read",
-        "update",
-        "emit_dev_rw",
-        "emit_dev_data",
-        "emit_subscription",
-        "make_sub_res",
-        "get_read",
-        "get_update",
-        "get_write",
-    )
+    _fast_methods = (*Buffer._fast_methods, "read", "update", "emit_dev_rw")
 
     @classmethod
     def make_type(
@@ -993,7 +985,8 @@ class BufferStore(Mapping[BufferKey, Buffer]):
             pass
         buffer_type = self.catalog[type_name]
         name = self.segment_name(type_name, uid)
-        buffer = self.stack.enter_context(buffer_type.open(name, create=create, shared=self.shared))
+        buffer = buffer_type.attach(name, create=create, shared=self.shared)
+        self.stack.callback(buffer.close)
         if isinstance(buffer, DeviceBuffer) and buffer._created and uid < 1 << 88:
             buffer.uid = uid
         self.buffers[type_name, uid] = buffer
