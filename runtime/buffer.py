@@ -566,7 +566,9 @@ class Buffer(BaseStructure):
 
     @classmethod
     def _initialize_segment(cls, memory: Any, shared: bool) -> None:
-        _core.segment_init(memory, MAGIC, FORMAT_VERSION, cls._fingerprint, ctypes.sizeof(cls), shared, os.getpid())
+        _core.segment_init(
+            memory, MAGIC, FORMAT_VERSION, cls._fingerprint, ctypes.sizeof(cls), shared, os.getpid()
+        )
 
     @classmethod
     def _check_segment(cls, memory: Any, name: str) -> None:
@@ -583,7 +585,10 @@ class Buffer(BaseStructure):
         if problem == "format":
             header = _SegmentHeader.from_buffer_copy(memory)
             raise DeviceBufferError(
-                "segment is not a buffer of this format", name=name, magic=header.magic, version=header.version
+                "segment is not a buffer of this format",
+                name=name,
+                magic=header.magic,
+                version=header.version,
             )
         if problem == "layout":
             raise DeviceBufferError(

@@ -1,0 +1,696 @@
+"""``runtime demo``: the whole machine working, on a computer with no hardware.
+
+The demo starts, as separate processes, exactly what runs on a robot:
+
+1. ``runtime emulate``: several emulated Smart Devices of different catalog
+   types, each speaking the wire protocol on its own pseudo-terminal;
+2. ``runtime bridge``: serves those terminals into buffers in shared memory
+   and writes its statistics to a file;
+3. "student code" (``python -m runtime.demo TYPE:UID ...``, :func:`student_main`):
+   opens the buffers by UID like a robot program would, reads the sensors
+   (line follower, limit switch, battery) and writes motor duty cycles and
+   servo positions, which the bridge sends to the devices.
+
+On a terminal it shows a live table of the buffers; otherwise (or at the end)
+it prints a summary per device from the bridge's statistics: messages in and
+out, errors, last values.
+
+Everything lives in a private namespace (``RUNTIME_BUFFER_NAMESPACE``, by
+default ``rt-demo-<pid>``) passed to every child, and a temporary directory.
+Whatever ends the demo (``--duration``, Ctrl-C, SIGTERM, a child failing) the
+demo stops its children in order (student code, bridge, emulator: killing
+those that do not stop in time), unlinks every segment of its namespace and
+removes its directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import queue
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from types import FrameType
+from typing import IO, Any
+
+from .buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from .cli import (
+    CommandError,
+    format_value,
+    jsonable,
+    load_catalog,
+    log_level_arguments,
+    make_console,
+    print_json,
+)
+from .exception import RuntimeBaseException
+
+__all__ = ["DEFAULT_DEVICES", "Demo", "DemoDevice", "SignalGuard", "add_arguments", "main", "student_main"]
+
+DEFAULT_DEVICES = ("limit-switch", "line-follower", "battery", "servo-motor", "yogi-bear")
+"""Device types the demo emulates when none are named: sensors and actuators."""
+DEMO_YEAR = 0x0A
+"""The season byte of the demo's UIDs."""
+START_TIMEOUT = 20.0
+"""Seconds the emulator has to announce its devices."""
+STOP_TIMEOUTS = {"student": 3.0, "bridge": 6.0, "emulator": 3.0}
+"""Seconds each child has to exit after SIGTERM before it is killed."""
+LOG_TAIL = 15
+"""Lines of a failed child's log shown."""
+
+DESCRIPTION = """\
+Run the whole machine with no hardware: emulated Smart Devices, the bridge
+serving them into shared memory, and "student code" reading sensors and
+writing motors through the buffers, each in its own process.
+
+On a terminal a live table shows the buffers (state, age, values) and the
+bridge's message counters. At the end, and instead of the table when the
+output is not a terminal, it prints a summary per device from the bridge's
+statistics (messages in/out, errors, last values). Without --duration it runs
+until Ctrl-C. Every process, shared-memory segment and temporary file it made
+is removed when it ends, however it ends.
+"""
+
+EPILOG = f"""\
+examples:
+  runtime demo                              until Ctrl-C, default devices
+  runtime demo --duration 10
+  runtime demo yogi-bear koala-bear rfid    choose the emulated device types
+  runtime demo --duration 5 --json          the summary as JSON, for scripts
+  make demo                                 the same as 'runtime demo'
+
+default devices: {", ".join(DEFAULT_DEVICES)}
+Watch the buffers from another terminal with the namespace the demo prints:
+  RUNTIME_BUFFER_NAMESPACE=rt-demo-<pid> runtime buffers watch
+"""
+
+
+class DemoError(Exception):
+    """The demo cannot go on (a child failed); the message says which and why."""
+
+
+class _Interrupted(BaseException):
+    """SIGTERM/SIGHUP arrived: stop like on Ctrl-C."""
+
+
+@dataclasses.dataclass
+class DemoDevice:
+    """One emulated device: its type, UID and (once the emulator said) its terminal."""
+
+    type_name: str
+    uid: int
+    port: str | None = None
+
+    @property
+    def spec(self) -> str:
+        """The ``TYPE:UID`` argument for ``runtime emulate`` and the student code."""
+        return f"{self.type_name}:{self.uid:#x}"
+
+
+# ---- the student code ---------------------------------------------------------------------------
+
+
+class _StudentCode:
+    """A robot program in miniature: sensors in, motor commands out, through the buffers.
+
+    It knows devices only by UID, as robot code does, and waits (retrying) until
+    the bridge has created their buffers. Devices that come and go (invalid
+    buffers) are skipped until they are valid again.
+    """
+
+    def __init__(self, store: BufferStore, uids: Sequence[int]) -> None:
+        self.store = store
+        self.pending = list(uids)
+        self.buffers: dict[str, DeviceBuffer] = {}
+        self.counts = {"cycles": 0, "reads": 0, "writes": 0, "errors": 0, "devices_opened": 0}
+        self.start = time.monotonic()
+
+    def open_pending(self) -> None:
+        """Try to open the buffers the bridge has not created yet."""
+        for uid in list(self.pending):
+            try:
+                buffer = self.store.get_or_open(uid, create=False)
+            except DeviceBufferError:
+                continue  # not served yet: retry next cycle
+            self.pending.remove(uid)
+            self.buffers[buffer.type_name] = buffer
+            self.counts["devices_opened"] += 1
+
+    def _read(self, type_name: str, *names: str) -> list[Any] | None:
+        buffer = self.buffers.get(type_name)
+        if buffer is None:
+            return None
+        try:
+            with buffer.transaction():
+                values = [buffer.get(name) for name in names]
+        except RuntimeBaseException:
+            self.counts["errors"] += 1  # the device went away: its buffer is invalid
+            return None
+        self.counts["reads"] += len(values)
+        return values
+
+    def _write(self, buffer: DeviceBuffer, name: str, value: float) -> None:
+        param = buffer.params.get(name)
+        if param is None or not param.writeable:
+            return
+        value = min(max(value, param.lower), param.upper)
+        try:
+            buffer.write(name, value)
+        except RuntimeBaseException:
+            self.counts["errors"] += 1
+            return
+        self.counts["writes"] += 1
+
+    def step(self) -> None:
+        """One control cycle: read the sensors, decide, write the actuators."""
+        self.open_pending()
+        elapsed = time.monotonic() - self.start
+        cruise = 0.6 * math.sin(2 * math.pi * elapsed / 6)
+        line = self._read("line-follower", "left", "center", "right")
+        steer = float(line[2] - line[0]) if line else 0.5 * math.cos(2 * math.pi * elapsed / 4)
+        switches = self._read("limit-switch", "switch0")
+        battery = self._read("battery", "is_unsafe")
+        hold = bool(switches and switches[0]) or bool(battery and battery[0])
+        speed = 0.0 if hold else cruise
+        for buffer in self.buffers.values():
+            if "duty_cycle" in buffer.params:
+                self._write(buffer, "duty_cycle", speed)
+            for channel, sign in (("a", 1.0), ("b", -1.0)):
+                if f"duty_cycle_{channel}" in buffer.params:
+                    self._write(buffer, f"duty_cycle_{channel}", speed + sign * steer / 2)
+            if "servo0" in buffer.params:
+                self._write(buffer, "servo0", steer)
+                self._write(buffer, "servo1", cruise)
+        self.counts["cycles"] += 1
+
+
+def student_main(argv: Sequence[str] | None = None) -> int:
+    """The student-code process: ``python -m runtime.demo [--catalog F] [--stats F] TYPE:UID ...``.
+
+    Runs until SIGTERM/SIGINT, or until its parent (the demo) is gone; then
+    writes its counters (cycles, reads, writes, errors) as JSON to ``--stats``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.demo",
+        description="The demo's student code: read sensors, write motors, through the buffers.",
+    )
+    parser.add_argument(
+        "devices", nargs="+", metavar="TYPE:UID", help="the devices, as the demo emulates them"
+    )
+    parser.add_argument("--catalog", metavar="FILE", help="device catalog file (default: the packaged one)")
+    parser.add_argument("--stats", metavar="FILE", help="write the counters here as JSON at exit")
+    parser.add_argument("--rate", type=float, default=20.0, metavar="HZ", help="control cycles per second")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    parent = os.getppid()
+    try:
+        catalog = load_catalog(args.catalog)
+    except CommandError as exc:
+        print(f"student code: {exc.message}", file=sys.stderr)
+        return 1
+    uids = [int(spec.rpartition(":")[2], 0) for spec in args.devices]
+    period = 1.0 / max(args.rate, 0.1)
+    with BufferStore(catalog) as store:
+        code = _StudentCode(store, uids)
+        while not stop.is_set() and os.getppid() == parent:
+            code.step()
+            stop.wait(period)
+        if args.stats:
+            with open(args.stats, "w") as file:
+                json.dump(code.counts, file)
+    return 0
+
+
+# ---- the demo -----------------------------------------------------------------------------------
+
+
+class Demo:
+    """Start the children, show them working, stop them and clean up after them."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        catalog: dict[str, type[Buffer]],
+        devices: list[DemoDevice],
+        namespace: str,
+        guard: SignalGuard | None = None,
+    ) -> None:
+        self.args = args
+        self.guard = guard or SignalGuard()
+        self.catalog = catalog
+        self.devices = devices
+        self.namespace = namespace
+        self.directory = tempfile.mkdtemp(prefix=f"runtime-demo-{os.getpid()}-")
+        self.stats_path = os.path.join(self.directory, "bridge-stats.json")
+        self.student_path = os.path.join(self.directory, "student.json")
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+        self.logs: dict[str, IO[str]] = {}
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.env = dict(os.environ, **{NAMESPACE_ENV: namespace, "PYTHONUNBUFFERED": "1"})
+        self.started = time.monotonic()
+
+    # -- children --
+
+    def _spawn(self, name: str, command: list[str], *, stdout_pipe: bool = False) -> subprocess.Popen[str]:
+        log = open(os.path.join(self.directory, f"{name}.log"), "w")  # closed in stop()
+        self.logs[name] = log
+        with self.guard.deferred():  # a signal now would leave a child we do not know about
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else log,
+                stderr=log,
+                env=self.env,
+                text=True,
+            )
+            self.processes[name] = process
+        return process
+
+    def _runtime(self, *arguments: str) -> list[str]:
+        command = [sys.executable, "-m", "runtime", *log_level_arguments(self.args), *arguments]
+        if self.args.catalog:
+            command += ["--catalog", self.args.catalog]
+        return command
+
+    def log_tail(self, name: str) -> str:
+        """The last lines a child wrote to its log (for error messages)."""
+        try:
+            with open(os.path.join(self.directory, f"{name}.log")) as file:
+                lines = file.read().splitlines()[-LOG_TAIL:]
+        except OSError:
+            return ""
+        return "\n".join(f"  | {line}" for line in lines)
+
+    def _failure(self, name: str, what: str) -> DemoError:
+        tail = self.log_tail(name)
+        return DemoError(f"the {name} {what}" + (f"; its last output:\n{tail}" if tail else ""))
+
+    def _read_lines(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def start(self) -> None:
+        """Start the emulator, learn its terminals, then the bridge and the student code."""
+        links = os.path.join(self.directory, "devices")
+        emulator = self._spawn(
+            "emulator",
+            self._runtime("emulate", *(device.spec for device in self.devices), "--link", links),
+            stdout_pipe=True,
+        )
+        assert emulator.stdout is not None
+        threading.Thread(target=self._read_lines, args=(emulator.stdout,), daemon=True).start()
+        by_uid = {device.uid: device for device in self.devices}
+        deadline = time.monotonic() + START_TIMEOUT
+        while any(device.port is None for device in self.devices):
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise self._failure(
+                    "emulator", f"did not announce its devices within {START_TIMEOUT:g} s"
+                ) from None
+            if line is None:
+                raise self._failure("emulator", f"exited at start (status {emulator.wait()})")
+            words = line.split()
+            with contextlib.suppress(IndexError, ValueError):
+                device = by_uid[int(words[1], 16)]
+                device.port = words[3] if len(words) > 3 else words[2]
+        ports = [argument for device in self.devices for argument in ("--port", str(device.port))]
+        self._spawn("bridge", self._runtime("bridge", *ports, "--stats", self.stats_path))
+        student = [sys.executable, "-m", "runtime.demo", "--stats", self.student_path]
+        if self.args.catalog:
+            student += ["--catalog", self.args.catalog]
+        self._spawn("student code", [*student, *(device.spec for device in self.devices)])
+
+    def check_children(self) -> None:
+        """Raise :class:`DemoError` when a child exited while the demo runs."""
+        for name, process in self.processes.items():
+            status = process.poll()
+            if status is not None:
+                raise self._failure(name, f"exited unexpectedly (status {status})")
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop the children in order, killing those that do not stop in time; return their statuses."""
+        statuses: dict[str, int | None] = {}
+        for name in ("student code", "bridge", "emulator"):
+            process = self.processes.get(name)
+            if process is None:
+                continue
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUTS.get(name.split()[0], 3.0))
+            except subprocess.TimeoutExpired:
+                print(f"runtime demo: the {name} did not stop in time; killing it", file=sys.stderr)
+                process.kill()
+                process.wait()
+            statuses[name] = process.returncode
+            if process.stdout is not None:
+                process.stdout.close()
+        for log in self.logs.values():
+            log.close()
+        return statuses
+
+    def cleanup(self) -> list[str]:
+        """Unlink every segment of the demo's namespace and remove its directory; return the segments."""
+        removed = BufferStore({}).unlink_all()  # the namespace is set in the environment
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return removed
+
+    # -- what the user sees --
+
+    def read_stats(self) -> dict[str, Any] | None:
+        """The bridge's latest statistics, or None before it wrote any."""
+        try:
+            with open(self.stats_path) as file:
+                data = json.load(file)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _stats_by_uid(self, stats: dict[str, Any] | None) -> dict[int, dict[str, Any]]:
+        result: dict[int, dict[str, Any]] = {}
+        for entry in (stats or {}).get("devices", []):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                uid = entry["uid"]
+                result[int(uid, 16) if isinstance(uid, str) else int(uid)] = entry
+        return result
+
+    def live_table(self) -> Any:
+        """The table shown on a terminal: each device's buffer and the bridge's counters."""
+        from rich import box
+        from rich.table import Table
+
+        from .inspect_buffers import inspect_buffer
+
+        stats = self._stats_by_uid(self.read_stats())
+        elapsed = time.monotonic() - self.started
+        limit = f" of {self.args.duration:g}" if self.args.duration else ""
+        table = Table(
+            title=f"runtime demo: namespace {self.namespace}, {elapsed:.0f}{limit} s (Ctrl-C to stop)",
+            title_justify="left",
+            box=box.SIMPLE,
+        )
+        key_width = max(
+            len(text) for device in self.devices for text in (device.type_name, f"{device.uid:#x}")
+        )
+        # The device cell holds the type over the UID, so that the values get the most room.
+        table.add_column("device", no_wrap=True, min_width=key_width)
+        table.add_column("buffer")
+        table.add_column("age", justify="right")
+        table.add_column("in/out/err", justify="right")  # the bridge's message counters
+        table.add_column("values")  # wraps between values
+        with BufferStore(self.catalog) as store:
+            for device in self.devices:
+                key = f"{device.type_name}\n{device.uid:#x}"
+                segment = BufferStore.segment_name(device.type_name, device.uid)
+                entry = stats.get(device.uid, {})
+                counters = "/".join(
+                    str(entry.get(name, "-")) for name in ("messages_in", "messages_out", "errors")
+                )
+                if not os.path.exists(os.path.join(SHM_DIR, segment)):
+                    table.add_row(key, "waiting", "-", counters, "")
+                    continue
+                report = inspect_buffer(store, device.type_name, device.uid)
+                age = report.age()
+                values = ", ".join(f"{name}={_brief(value)}" for name, value in (report.values or {}).items())
+                table.add_row(
+                    key,
+                    report.state() if report.error is None else f"error: {report.error}",
+                    "-" if age is None else f"{age:.1f} s",
+                    counters,
+                    values,
+                )
+        return table
+
+    def summary(self, statuses: dict[str, int | None]) -> dict[str, Any]:
+        """The end-of-run report: per device from the bridge's statistics, and the student's counters."""
+        stats = self._stats_by_uid(self.read_stats())
+        devices = []
+        for device in self.devices:
+            entry = stats.get(device.uid)
+            devices.append(
+                {
+                    "type": device.type_name,
+                    "uid": f"{device.uid:#x}",
+                    "port": device.port,
+                    "seen": entry is not None,
+                    "connected": bool(entry and entry.get("connected")),
+                    "messages_in": int(entry.get("messages_in", 0)) if entry else 0,
+                    "messages_out": int(entry.get("messages_out", 0)) if entry else 0,
+                    "errors": int(entry.get("errors", 0)) if entry else 0,
+                    "last_values": jsonable(entry.get("last_values", {})) if entry else {},
+                }
+            )
+        student: Any = None
+        with contextlib.suppress(OSError, ValueError):
+            with open(self.student_path) as file:
+                student = json.load(file)
+        return {
+            "namespace": self.namespace,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "devices": devices,
+            "student_code": student,
+            "exit_status": statuses,
+        }
+
+
+def _brief(value: Any) -> str:
+    """A value for the live table: floats with two decimals, so that the columns stay calm."""
+    return f"{value:.2f}" if isinstance(value, float) else format_value(value)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(
+        f"runtime demo summary ({summary['seconds']:g} s, namespace {summary['namespace']}), from the bridge:"
+    )
+    for device in summary["devices"]:
+        if not device["seen"]:
+            print(f"{device['type']} {device['uid']}: never seen by the bridge")
+            continue
+        print(
+            f"{device['type']} {device['uid']}: messages in {device['messages_in']}, "
+            f"out {device['messages_out']}, errors {device['errors']}"
+        )
+        values = ", ".join(f"{name}={format_value(value)}" for name, value in device["last_values"].items())
+        print(f"    last values: {values or '-'}")
+    student = summary["student_code"]
+    if isinstance(student, dict):
+        print(
+            f"student code: {student.get('cycles', 0)} cycles, {student.get('reads', 0)} reads, "
+            f"{student.get('writes', 0)} writes, {student.get('errors', 0)} errors"
+        )
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``runtime demo``."""
+    parser.add_argument(
+        "types",
+        nargs="*",
+        metavar="TYPE",
+        help=f"Smart Device types to emulate (default: {' '.join(DEFAULT_DEVICES)})",
+    )
+    parser.add_argument(
+        "--duration", type=_positive_float, metavar="S", help="stop after S seconds (default: at Ctrl-C)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=0.25,
+        metavar="S",
+        help="live table refresh period (default 0.25)",
+    )
+    parser.add_argument("--catalog", metavar="FILE", help="device catalog file (default: the packaged one)")
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        help="shared-memory namespace for the demo's buffers (default: rt-demo-<pid>)",
+    )
+    parser.add_argument("--seed", type=int, help="seed for the UIDs (reproducible runs)")
+    parser.add_argument("--json", action="store_true", help="print the final summary as JSON (no live table)")
+
+
+def _choose_devices(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> list[DemoDevice]:
+    names = list(args.types) or [name for name in DEFAULT_DEVICES if name in catalog]
+    rng = random.Random(args.seed)
+    devices = []
+    for name in names:
+        buffer_type = catalog.get(name)
+        if buffer_type is None:
+            raise CommandError(f"no device type {name!r} in the catalog", code=2)
+        if not issubclass(buffer_type, DeviceBuffer):
+            raise CommandError(
+                f"{name!r} is not a Smart Device (it has no device_id): it cannot be emulated", code=2
+            )
+        uid = buffer_type.device_id << 72 | DEMO_YEAR << 64 | rng.getrandbits(64)
+        devices.append(DemoDevice(name, uid))
+    if not devices:
+        raise CommandError("no Smart Device types to emulate", code=2)
+    return devices
+
+
+@contextlib.contextmanager
+def _environment(namespace: str) -> Iterator[None]:
+    previous = os.environ.get(NAMESPACE_ENV)
+    os.environ[NAMESPACE_ENV] = namespace
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(NAMESPACE_ENV, None)
+        else:
+            os.environ[NAMESPACE_ENV] = previous
+
+
+class SignalGuard:
+    """Turn SIGINT, SIGTERM and SIGHUP into an orderly stop, exactly once.
+
+    The first signal raises (``KeyboardInterrupt`` for SIGINT, else
+    :class:`_Interrupted`) so that the demo's ``finally`` stops the children;
+    from then on signals are ignored, so a second Ctrl-C cannot cut the
+    cleanup short. Inside :meth:`deferred` (while a child is being spawned, so
+    that no child can escape being recorded) a signal waits until the block ends.
+    """
+
+    WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.deferring = False
+        self.pending: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        if self.deferring:
+            self.pending = signum
+            return
+        self._raise(signum)
+
+    def _raise(self, signum: int) -> None:
+        self.stopping = True
+        raise KeyboardInterrupt if signum == signal.SIGINT else _Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold signals back while inside; act on one that arrived when leaving."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending is not None and not self.stopping:
+            self._raise(self.pending)
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.WATCHED:
+                self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, old in self._previous.items():
+            signal.signal(number, old)
+        self._previous.clear()
+
+
+def _namespace_in_use(namespace: str) -> bool:
+    with contextlib.suppress(FileNotFoundError):
+        return any(entry.startswith(namespace + "-") for entry in os.listdir(SHM_DIR))
+    return False
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``runtime demo``; 0 when it ran and stopped cleanly."""
+    catalog = load_catalog(args.catalog)
+    devices = _choose_devices(args, catalog)
+    namespace = args.namespace or f"rt-demo-{os.getpid()}"
+    if _namespace_in_use(namespace):
+        raise CommandError(
+            f"namespace {namespace!r} already has segments in {SHM_DIR}; the demo unlinks all of its "
+            "namespace at exit, so it needs one of its own"
+        )
+    console = make_console()
+    live_view = console.is_terminal and not args.json
+    status = 0
+    interrupted = False
+    with _environment(namespace), SignalGuard() as guard:
+        demo = Demo(args, catalog, devices, namespace, guard)
+        try:
+            print(
+                f"runtime demo: emulating {', '.join(device.type_name for device in devices)}; "
+                f"buffers in namespace {namespace}",
+                file=sys.stderr,
+            )
+            demo.start()
+            deadline = demo.started + args.duration if args.duration else math.inf
+            if live_view:
+                from rich.live import Live
+
+                with Live(demo.live_table(), console=console, auto_refresh=False) as live:
+                    while time.monotonic() < deadline:
+                        demo.check_children()
+                        time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
+                        live.update(demo.live_table(), refresh=True)
+            else:
+                while time.monotonic() < deadline:
+                    demo.check_children()
+                    time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
+        except (KeyboardInterrupt, _Interrupted):
+            print("runtime demo: stopping", file=sys.stderr)
+            interrupted = True
+        except DemoError as exc:
+            print(f"runtime demo: error: {exc}", file=sys.stderr)
+            status = 1
+        finally:
+            guard.stopping = True  # from here on, signals cannot interrupt the cleanup
+            try:
+                statuses = demo.stop()
+                summary = demo.summary(statuses)
+            finally:
+                removed = demo.cleanup()
+        if removed:
+            print(f"runtime demo: removed {len(removed)} shared-memory segments", file=sys.stderr)
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+    if status == 0 and not interrupted and not any(device["seen"] for device in summary["devices"]):
+        print("runtime demo: error: the bridge served no device", file=sys.stderr)
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(student_main())

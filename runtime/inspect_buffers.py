@@ -1,0 +1,587 @@
+"""``runtime buffers``: inspect the live buffers in shared memory.
+
+When something on the robot misbehaves, the first question is what the
+buffers hold: is the device's buffer there, is it valid (connected), how old
+are its values? This command answers from outside every other process.
+
+Live buffers are found by scanning ``/dev/shm`` for the names a
+:class:`~runtime.buffer.BufferStore` gives them,
+``<namespace>-<type>-<uid hex>``, for the device types of the catalog. Each is
+attached with ``create=False``: an attacher never marks a buffer valid or
+invalid and never destroys it, so inspecting cannot disturb the robot. A
+buffer that cannot be opened (made by a different catalog, half-initialized)
+shows as an error row instead of stopping the listing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from .cli import (
+    CommandError,
+    ctype_name,
+    format_bounds,
+    format_value,
+    jsonable,
+    load_catalog,
+    make_console,
+    print_json,
+    suggest,
+)
+from .exception import RuntimeBaseException
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
+
+__all__ = [
+    "BufferReport",
+    "add_arguments",
+    "find_segments",
+    "inspect_buffer",
+    "main",
+    "parse_key",
+    "scan",
+]
+
+DESCRIPTION = """\
+Inspect the live buffers in shared memory.
+
+Every device served by the bridge (and every other peripheral) has a buffer
+in /dev/shm named <namespace>-<type>-<uid hex>. These commands find them for
+the device types of the catalog and read them without disturbing anyone:
+  list          type, UID, valid (connected) and age of the last update
+  show KEY      every parameter of one buffer: value, flags, bounds
+  watch [KEY]   a live-updating table of all buffers (or of one)
+KEY is TYPE:UID (for any buffer) or a Smart Device UID alone; UIDs are hex
+with 0x (as printed everywhere) or decimal.
+"""
+
+EPILOG = """\
+examples:
+  runtime buffers list
+  runtime buffers list --json
+  runtime buffers show 0xa0a0000000000c0ffee
+  runtime buffers show gamepad:0
+  runtime buffers watch --interval 0.2
+  runtime buffers --namespace rt-demo-4242 watch yogi-bear:0xa0a0000000000c0ffee
+
+The namespace is $RUNTIME_BUFFER_NAMESPACE (default "rt") unless --namespace
+is given; 'runtime demo' prints the one it uses.
+"""
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+# ---- finding and reading buffers ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BufferReport:
+    """What one live buffer holds, as read at one moment (or why it could not be read)."""
+
+    type_name: str
+    uid: int
+    segment: str
+    smart: bool
+    valid: bool | None = None
+    """None when the buffer could not be opened at all (see :attr:`error`)."""
+    last_update: float | None = None
+    last_write: float | None = None
+    subscription: list[str] | None = None
+    interval: float | None = None
+    values: dict[str, Any] | None = None
+    """Readable parameters' values; None when unavailable (invalid buffer, error)."""
+    error: str | None = None
+    params: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Every parameter's descriptor (filled by :func:`inspect_buffer` with ``details=True``)."""
+
+    @property
+    def key(self) -> str:
+        """``TYPE:0xUID``, accepted back by ``show`` and ``watch``."""
+        return f"{self.type_name}:{self.uid:#x}"
+
+    def age(self, now: float | None = None) -> float | None:
+        """Seconds since the last update; None when never updated or unknown."""
+        if not self.last_update:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.last_update)
+
+    def state(self) -> str:
+        """``valid``, ``invalid`` or ``error``."""
+        if self.error is not None:
+            return "error"
+        return "valid" if self.valid else "invalid"
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        """Plain JSON data (values included, parameters when collected)."""
+        data: dict[str, Any] = {
+            "type": self.type_name,
+            "uid": self.uid,
+            "uid_hex": f"{self.uid:#x}",
+            "segment": self.segment,
+            "smart_device": self.smart,
+            "valid": self.valid,
+            "last_update": self.last_update or None,
+            "age": self.age(now),
+            "last_write": self.last_write or None,
+            "values": jsonable(self.values),
+            "error": self.error,
+        }
+        if self.smart:
+            data["subscription"] = self.subscription
+            data["interval"] = self.interval
+        if self.params:
+            data["params"] = jsonable(self.params)
+        return data
+
+
+def find_segments(
+    type_names: Mapping[str, Any] | list[str], namespace: str | None = None
+) -> list[tuple[str, int, str]]:
+    """The buffers in ``/dev/shm`` of the given types: ``(type, uid, segment name)``, sorted.
+
+    A name matches only when :meth:`BufferStore.segment_name` gives it back
+    exactly, so segments of other namespaces or programs are never picked up.
+    """
+    namespace = namespace or BufferStore.namespace()
+    prefix = namespace + "-"
+    names = sorted(type_names, key=len, reverse=True)
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    found: list[tuple[str, int, str]] = []
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        rest = entry[len(prefix) :]
+        for type_name in names:
+            hex_uid = rest[len(type_name) + 1 :]
+            if rest.startswith(type_name + "-") and _HEX.fullmatch(hex_uid):
+                uid = int(hex_uid, 16)
+                if f"{prefix}{type_name}-{uid:x}" == entry:
+                    found.append((type_name, uid, entry))
+                    break
+    return sorted(found)
+
+
+def _param_rows(buffer_type: type[Buffer], values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    rows = []
+    for param in buffer_type.params.values():
+        rows.append(
+            {
+                "name": param.name,
+                "id": param.id,
+                "type": ctype_name(param.ctype),
+                "value": values.get(param.name) if values is not None and param.readable else None,
+                "readable": param.readable,
+                "writeable": param.writeable,
+                "subscribed": param.subscribed,
+                "lower": float(param.lower),
+                "upper": float(param.upper),
+            }
+        )
+    return rows
+
+
+def inspect_buffer(
+    store: BufferStore, type_name: str, uid: int, *, details: bool = False, must_exist: bool = False
+) -> BufferReport:
+    """Attach one buffer (``create=False``) and read it into a report; never raises for a bad buffer.
+
+    Args:
+        details: Also list every parameter's descriptor.
+        must_exist: Raise :class:`CommandError` when there is no such buffer
+            (instead of an error row).
+    """
+    buffer_type = store.catalog[type_name]
+    smart = issubclass(buffer_type, DeviceBuffer)
+    report = BufferReport(type_name, uid, BufferStore.segment_name(type_name, uid), smart)
+    try:
+        buffer = store.get_or_open((type_name, uid), create=False)
+    except DeviceBufferError as exc:
+        if must_exist and not os.path.exists(os.path.join(SHM_DIR, report.segment)):
+            raise CommandError(
+                f"no buffer {report.key} in namespace {BufferStore.namespace()!r} "
+                f"(no {report.segment} in {SHM_DIR})"
+            ) from None
+        report.error = exc.message
+    else:
+        _read_buffer(buffer, report)
+    if details:
+        report.params = _param_rows(buffer_type, report.values)
+    return report
+
+
+def _read_buffer(buffer: Buffer, report: BufferReport) -> None:
+    """Fill a report from an open buffer, under one lock so that the values are consistent."""
+    try:
+        report.valid = buffer.valid
+        if not report.valid:
+            return
+        with buffer.transaction():
+            report.values = buffer.snapshot()
+            if isinstance(buffer, DeviceBuffer):
+                report.last_update = buffer.last_update
+                report.last_write = buffer.last_write
+                report.subscription = sorted(buffer.subscription, key=lambda name: buffer.params[name].id)
+                report.interval = buffer.interval
+    except DeviceBufferError as exc:
+        # The owner marked it invalid between our two looks: the values are unavailable.
+        if not buffer.valid:
+            report.valid = False
+            report.values = None
+        else:
+            report.error = exc.message
+    except RuntimeBaseException as exc:  # a lock held too long by a stuck process, say
+        report.error = exc.message
+
+
+def scan(store: BufferStore, *, details: bool = False) -> list[BufferReport]:
+    """Reports for every live buffer of the store's catalog types in the current namespace."""
+    return [
+        inspect_buffer(store, type_name, uid, details=details)
+        for type_name, uid, _ in find_segments(list(store.catalog))
+    ]
+
+
+def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
+    """Turn ``TYPE:UID`` or a Smart Device UID into a ``(type, uid)`` key.
+
+    UIDs are hex with ``0x``, decimal, or bare hex when they contain a letter.
+
+    Raises:
+        CommandError: (status 2) The key is malformed, or names no catalog type.
+    """
+    type_name, sep, uid_text = text.rpartition(":")
+    uid = _parse_uid(uid_text.strip())
+    if uid is None:
+        raise CommandError(f"bad UID {uid_text!r} in {text!r}: give hex with 0x, or decimal", code=2)
+    if sep:
+        if type_name not in store.catalog:
+            raise CommandError(
+                f"no device type {type_name!r} in the catalog{suggest(type_name, list(store.catalog))}",
+                code=2,
+            )
+        return type_name, uid
+    try:
+        return store.normalize_key(uid)
+    except KeyError:
+        raise CommandError(
+            f"UID {uid:#x} has device_id {uid >> 72}, which is no Smart Device type of the catalog; "
+            "for other buffers give TYPE:UID",
+            code=2,
+        ) from None
+
+
+def _parse_uid(text: str) -> int | None:
+    for base in (0, 16):
+        with contextlib.suppress(ValueError):
+            uid = int(text, base)
+            return uid if uid >= 0 else None
+    return None
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+
+def _age_text(report: BufferReport, now: float) -> str:
+    age = report.age(now)
+    if age is None:
+        return "never" if report.smart and report.valid else "-"
+    return f"{age:.1f} s" if age < 100 else f"{age:.0f} s"
+
+
+def _state_text(report: BufferReport) -> Any:
+    from rich.text import Text
+
+    state = report.state()
+    style = {"valid": "green", "invalid": "yellow", "error": "red"}[state]
+    return Text(state if report.error is None else f"error: {report.error}", style=style)
+
+
+def _values_text(report: BufferReport, limit: int = 6) -> str:
+    if report.values is None:
+        return "-"
+    items = [f"{name}={format_value(value)}" for name, value in report.values.items()]
+    return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
+
+
+def _key_text(report: BufferReport, column: str) -> str:
+    """The text of a key column (``type`` or ``uid``) of a report's row."""
+    return report.type_name if column == "type" else f"{report.uid:#x}"
+
+
+def list_table(reports: list[BufferReport], *, values: bool = False, title: str | None = None) -> Table:
+    """One row per buffer: type, UID, state, age (and a short value summary with ``values``)."""
+    from rich import box
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(title=title, title_justify="left", box=box.SIMPLE, pad_edge=False)
+    # Keys must stay whole (they are copied into 'show'): only the values column may fold.
+    widths = {name: max([len(name), *(len(_key_text(r, name)) for r in reports)]) for name in ("type", "uid")}
+    table.add_column("type", no_wrap=True, min_width=widths["type"])
+    table.add_column("uid", no_wrap=True, min_width=widths["uid"])
+    table.add_column("state")
+    table.add_column("last update", justify="right", no_wrap=True)
+    if values:
+        table.add_column("values", overflow="fold")
+    for report in reports:
+        row: list[Any] = [report.type_name, f"{report.uid:#x}", _state_text(report), _age_text(report, now)]
+        if values:
+            row.append(_values_text(report))
+        table.add_row(*row)
+    if not reports:
+        table.add_row("(none)", "", "", "", *([""] if values else []))
+    return table
+
+
+def show_renderable(report: BufferReport) -> RenderableType:
+    """The ``show`` view: a summary of the buffer and a table of its parameters."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    now = time.time()
+    lines = [
+        Text(f"{report.key}  (segment {report.segment})"),
+        Text.assemble("state: ", _state_text(report)),
+    ]
+    if report.smart:
+        ago = " ago" if report.age(now) is not None else ""
+        lines.append(Text(f"last update: {_age_text(report, now)}{ago}"))
+        if report.subscription and report.interval:
+            subscribed = ", ".join(report.subscription)
+            lines.append(Text(f"subscription: {subscribed} every {round(report.interval * 1000)} ms"))
+        elif report.subscription is not None:
+            lines.append(Text("subscription: none"))
+    table = Table(box=box.SIMPLE, pad_edge=False)
+    for column in ("id", "parameter", "type", "value", "flags", "bounds"):
+        table.add_column(column, justify="right" if column == "id" else "left", overflow="fold")
+    for param in report.params:
+        if not param["readable"]:
+            value = "(write-only)"
+        elif report.values is None:
+            value = "(unavailable)"
+        else:
+            value = format_value(param["value"])
+        flags = " ".join(
+            flag
+            for flag, on in (
+                ("r" if param["readable"] else "no-r", True),
+                ("w", param["writeable"]),
+                ("no-sub", not param["subscribed"]),
+            )
+            if on
+        )
+        table.add_row(
+            str(param["id"]),
+            param["name"],
+            param["type"],
+            value,
+            flags,
+            format_bounds(param["lower"], param["upper"]),
+        )
+    return Group(*lines, table)
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``runtime buffers`` and its ``list``/``show``/``watch`` actions."""
+    _add_common_options(parser, None)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, argparse.SUPPRESS)  # after the action too, without overriding
+    formatter = argparse.RawDescriptionHelpFormatter
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="every live buffer: type, UID, valid, last update age",
+        description="List the live buffers: type, UID, state (valid/invalid/error) and age of the last\n"
+        "update. With --json, every readable value too.",
+        epilog="examples:\n  runtime buffers list\n  runtime buffers list --json | jq '.[].uid_hex'\n",
+        formatter_class=formatter,
+    )
+    listing.set_defaults(buffers_main=_list_main)
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help="every parameter of one buffer, with value, flags and bounds",
+        description="Show one buffer: its state, subscription, and every parameter with its value,\n"
+        "flags (r = readable, no-r = write-only, w = writeable, no-sub = not subscribed) and bounds.\n"
+        "KEY is TYPE:UID, or a Smart Device UID alone.",
+        epilog="examples:\n  runtime buffers show 0xa0a0000000000c0ffee\n"
+        "  runtime buffers show yogi-bear:0xa0a0000000000c0ffee --json\n",
+        formatter_class=formatter,
+    )
+    show.add_argument("key", metavar="KEY", help="TYPE:UID, or a Smart Device UID")
+    show.set_defaults(buffers_main=_show_main)
+    watch = actions.add_parser(
+        "watch",
+        parents=[common],
+        help="a live-updating table of all buffers, or of one",
+        description="Watch the buffers change: the table of all live buffers (with their values),\n"
+        "or with KEY the detailed view of one, refreshed every --interval seconds until\n"
+        "Ctrl-C, or --count refreshes. When the output is not a terminal, each refresh is\n"
+        "printed in turn (with --json: one JSON document per line).",
+        epilog="examples:\n  runtime buffers watch\n"
+        "  runtime buffers watch 0xa0a0000000000c0ffee --interval 0.1\n"
+        "  runtime buffers watch --json --count 5 > samples.jsonl\n",
+        formatter_class=formatter,
+    )
+    watch.add_argument("key", metavar="KEY", nargs="?", help="TYPE:UID, or a Smart Device UID (default: all)")
+    watch.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=0.5,
+        metavar="S",
+        help="seconds between refreshes (default 0.5)",
+    )
+    watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N refreshes")
+    watch.set_defaults(buffers_main=_watch_main)
+
+
+def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--catalog``, ``--namespace`` and ``--json``, accepted before and after the action.
+
+    On the action parsers the defaults are ``SUPPRESS``: otherwise an option
+    given before the action would be overwritten by the action's default.
+    """
+    parser.add_argument(
+        "--catalog", metavar="FILE", default=default, help="device catalog file (default: the packaged one)"
+    )
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=default,
+        help=f"segment name prefix (default: ${NAMESPACE_ENV}, or 'rt')",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if default is None else default,
+        help="print JSON for scripts",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _namespace(namespace: str | None) -> Iterator[None]:
+    """Use ``namespace`` for segment names while inside (the environment variable is restored)."""
+    if not namespace:
+        yield
+        return
+    previous = os.environ.get(NAMESPACE_ENV)
+    os.environ[NAMESPACE_ENV] = namespace
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(NAMESPACE_ENV, None)
+        else:
+            os.environ[NAMESPACE_ENV] = previous
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``runtime buffers ACTION``."""
+    catalog = load_catalog(args.catalog)
+    with _namespace(args.namespace):
+        return int(args.buffers_main(args, catalog))
+
+
+def _list_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
+    with BufferStore(catalog) as store:
+        reports = scan(store)
+    if args.json:
+        now = time.time()
+        print_json([report.to_json(now) for report in reports])
+    else:
+        make_console().print(list_table(reports, title=f"buffers in namespace {BufferStore.namespace()!r}"))
+    return 0
+
+
+def _show_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
+    with BufferStore(catalog) as store:
+        type_name, uid = parse_key(args.key, store)
+        report = inspect_buffer(store, type_name, uid, details=True, must_exist=True)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        make_console().print(show_renderable(report))
+    return 1 if report.error is not None else 0
+
+
+def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
+    console = make_console()
+    key: tuple[str, int] | None = None
+    if args.key is not None:
+        key = parse_key(args.key, BufferStore(catalog))
+
+    def snapshot() -> tuple[Any, RenderableType]:
+        with BufferStore(catalog) as store:  # fresh each time: buffers come and go
+            if key is None:
+                reports = scan(store)
+                data: Any = [report.to_json() for report in reports]
+                title = f"buffers in namespace {BufferStore.namespace()!r} ({time.strftime('%H:%M:%S')})"
+                return data, list_table(reports, values=True, title=title)
+            report = inspect_buffer(store, *key, details=True)
+            return report.to_json(), show_renderable(report)
+
+    refreshes = 0
+    try:
+        if console.is_terminal and not args.json:
+            from rich.live import Live
+
+            with Live(snapshot()[1], console=console, auto_refresh=False) as live:
+                refreshes = 1
+                while args.count is None or refreshes < args.count:
+                    time.sleep(args.interval)
+                    live.update(snapshot()[1], refresh=True)
+                    refreshes += 1
+            return 0
+        while args.count is None or refreshes < args.count:
+            if refreshes:
+                time.sleep(args.interval)
+            data, renderable = snapshot()
+            if args.json:
+                import json
+
+                print(json.dumps(data), flush=True)
+            else:
+                console.print(renderable)
+            refreshes += 1
+    except KeyboardInterrupt:
+        pass
+    return 0

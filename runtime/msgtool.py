@@ -1,0 +1,701 @@
+"""``runtime msg``: decode and encode Smart Device protocol messages by hand.
+
+Debugging a device, or the bridge, means reading what travels on the serial
+line, and sometimes sending a message of one's own. ``decode`` takes the
+COBS-encoded hex of frames (as a serial sniffer or the bridge's ``--verbose``
+log shows them) and prints what they say; ``encode`` builds a frame from a
+message type and its fields. Both use the library's own codec
+(:mod:`runtime.messaging`), so they show exactly what the runtime would do.
+
+Parameter values of DEV_DATA/DEV_WRITE are laid out by the device type's
+parameters (``--type``, from the catalog): a :class:`~runtime.messaging.ParamLayout`
+over a scratch ``bytearray`` places each parameter's bytes, and the compiled
+core copies them between the message and that memory, as it does for buffers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .buffer import Buffer, DeviceBuffer, DeviceUID, Parameter
+from .cli import CommandError, format_value, jsonable, load_catalog, print_json, suggest
+from .messaging import (
+    MAX_PAYLOAD,
+    ErrorCode,
+    Message,
+    MessageError,
+    MessageType,
+    ParamLayout,
+    iter_params,
+)
+
+__all__ = [
+    "TypeLayout",
+    "add_arguments",
+    "decode_frame",
+    "encode_messages",
+    "main",
+    "parse_hex",
+    "raw_bytes",
+]
+
+DESCRIPTION = """\
+Decode and encode Smart Device protocol messages.
+
+  decode HEX...          what COBS-encoded frames say: type, fields, parameter
+                         bitmaps (as names with --type), values (DEV_DATA and
+                         DEV_WRITE, with --type); hex with or without spaces,
+                         with or without the trailing 00 delimiter; several
+                         frames separated by 00
+  encode KIND [FIELD...] the COBS hex of one message (more when DEV_WRITE or
+                         DEV_DATA values do not fit one payload)
+
+--type TYPE names a device type of the catalog (--catalog FILE, default the
+packaged one).
+"""
+
+EPILOG = """\
+examples:
+  runtime msg decode 04 13 02 06 02 17
+  runtime msg decode 041302060217 00 02100210 --json
+  runtime msg decode --type yogi-bear 04 15 06 01 06 00 00 00 3f 2b
+  runtime msg encode ping
+  runtime msg encode dev-read --type yogi-bear duty_cycle enc_pos
+  runtime msg encode sub-req --params 0x3 --interval 40
+  runtime msg encode hb-req 7
+  runtime msg encode dev-write --type servo-motor servo0=0.5 servo1=-0.25
+
+A frame that does not decode is reported with its protocol error code
+(BAD_CHECKSUM, UNEXPECTED_DELIMITER, ...) and the exit status is 1.
+"""
+
+DECODE_EPILOG = """\
+examples:
+  runtime msg decode 04 13 02 06 02 17          a DEV_READ of parameters 1 and 2
+  runtime msg decode 04130206021700             the same, delimiter included
+  runtime msg decode 02 10 02 10 00 04 13 02 06 02 17    two frames
+  runtime msg decode --type yogi-bear --json 04 15 06 01 06 00 00 00 3f 2b
+"""
+
+ENCODE_EPILOG = """\
+kinds and their fields:
+  ping, dev-disable            no fields
+  sub-req [NAME...]            --params BITMAP or names (with --type); --interval MS
+                               (default: the type's sub_interval, else 40; 0 unsubscribes)
+  sub-res [NAME...]            as sub-req, plus --uid UID (default: the type's device_id)
+  dev-read [NAME...]           --params BITMAP or names (with --type)
+  dev-write NAME=VALUE...      needs --type; booleans are true/false, arrays a,b,c
+  dev-data NAME=VALUE...       as dev-write (what a device sends)
+  hb-req ID, hb-res ID         a heartbeat id, 0..255
+  error CODE                   a name (BAD_CHECKSUM) or a number (0xfe)
+
+examples:
+  runtime msg encode ping
+  runtime msg encode dev-read --type yogi-bear duty_cycle enc_pos
+  runtime msg encode sub-req --params 0x3 --interval 40
+  runtime msg encode hb-req 7
+  runtime msg encode dev-write --type servo-motor servo0=0.5
+  runtime msg encode error bad-checksum --json
+"""
+
+KINDS: dict[str, MessageType] = {
+    "ping": MessageType.PING,
+    "sub-req": MessageType.SUB_REQ,
+    "sub-res": MessageType.SUB_RES,
+    "dev-read": MessageType.DEV_READ,
+    "dev-write": MessageType.DEV_WRITE,
+    "dev-data": MessageType.DEV_DATA,
+    "dev-disable": MessageType.DEV_DISABLE,
+    "hb-req": MessageType.HB_REQ,
+    "hb-res": MessageType.HB_RES,
+    "error": MessageType.ERROR,
+}
+"""The ``encode`` kinds: message types spelled as on the command line."""
+
+_MAX_VALUES = MAX_PAYLOAD - 2
+"""Value bytes one DEV_DATA/DEV_WRITE payload holds after its bitmap."""
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+# ---- device types and their layouts ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TypeLayout:
+    """Where each parameter of a device type lives in a scratch block of memory."""
+
+    buffer_type: type[DeviceBuffer]
+    layout: ParamLayout
+    by_id: dict[int, Parameter]
+    offsets: dict[int, int]
+
+    @classmethod
+    def of(cls, buffer_type: type[DeviceBuffer]) -> TypeLayout:
+        """Pack the type's parameters one after another, in ID order."""
+        by_id = {param.id: param for param in buffer_type.params.values()}
+        entries: list[tuple[int, int]] = []
+        offsets: dict[int, int] = {}
+        offset = 0
+        for param_id in range(max(by_id, default=-1) + 1):
+            param = by_id.get(param_id)
+            if param is None:
+                entries.append((0, 0))  # not a parameter of this type: the core refuses its bit
+                continue
+            width = ctypes.sizeof(param.platform_type)
+            entries.append((offset, width))
+            offsets[param_id] = offset
+            offset += width
+        return cls(buffer_type, ParamLayout(entries), by_id, offsets)
+
+    def scratch(self) -> bytearray:
+        """Zeroed memory the size of this layout."""
+        return bytearray(max(1, self.layout.span))
+
+    def names(self, bitmap: int) -> list[str]:
+        """The parameter names of a bitmap, in ID order (``#N`` for IDs the type does not have)."""
+        return [
+            self.by_id[index].name if index in self.by_id else f"#{index}" for index in iter_params(bitmap)
+        ]
+
+    def values(self, bitmap: int, memory: bytearray) -> dict[str, Any]:
+        """Read the flagged parameters' values out of the scratch memory."""
+        result: dict[str, Any] = {}
+        for index in iter_params(bitmap):
+            param = self.by_id[index]
+            width = ctypes.sizeof(param.platform_type)
+            offset = self.offsets[index]
+            result[param.name] = _from_bytes(param, bytes(memory[offset : offset + width]))
+        return result
+
+
+def _from_bytes(param: Parameter, raw: bytes) -> Any:
+    ctype: Any = param.platform_type
+    value = ctype.from_buffer_copy(raw)
+    if isinstance(value, ctypes.Array):
+        return value.value if value._type_ is ctypes.c_char else _array_list(value)
+    return value.value
+
+
+def _array_list(array: Any) -> list[Any]:
+    return [_array_list(item) if isinstance(item, ctypes.Array) else item for item in array]
+
+
+def _device_type(catalog: dict[str, type[Buffer]], name: str) -> type[DeviceBuffer]:
+    if name not in catalog:
+        raise CommandError(f"no device type {name!r} in the catalog{suggest(name, list(catalog))}", code=2)
+    buffer_type = catalog[name]
+    if not issubclass(buffer_type, DeviceBuffer):
+        raise CommandError(f"{name!r} is not a Smart Device (it has no device_id)", code=2)
+    return buffer_type
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+
+def parse_hex(words: Sequence[str]) -> list[bytes]:
+    """Turn hex words into frames: spaces, ``:`` and ``0x`` prefixes are ignored, ``00`` separates.
+
+    >>> parse_hex(['04 13 02', '0602', '17', '00'])
+    [b'\\x04\\x13\\x02\\x06\\x02\\x17']
+    >>> parse_hex(['0x02100210', '00', '021002', '10'])
+    [b'\\x02\\x10\\x02\\x10', b'\\x02\\x10\\x02\\x10']
+
+    Raises:
+        CommandError: (status 2) Not hexadecimal, an odd number of digits, or no frame at all.
+    """
+    digits = "".join(re.sub(r"^0[xX]", "", part) for word in words for part in re.split(r"[\s:,]+", word))
+    if not re.fullmatch(r"[0-9a-fA-F]*", digits):
+        bad = re.search(r"[^0-9a-fA-F]", digits)
+        raise CommandError(
+            f"not hexadecimal: {bad.group() if bad else digits!r} in {' '.join(words)!r}", code=2
+        )
+    if len(digits) % 2:
+        raise CommandError(f"odd number of hex digits ({len(digits)}): a byte is two digits", code=2)
+    frames = [frame for frame in bytes.fromhex(digits).split(b"\0") if frame]
+    if not frames:
+        raise CommandError("no frame to decode (only 00 delimiters)", code=2)
+    return frames
+
+
+def raw_bytes(message: Message) -> bytes:
+    """The message before framing: type, length, payload, checksum (XOR of the rest)."""
+    head = bytes([int(message.type), len(message.payload)]) + message.payload
+    checksum = 0
+    for byte in head:
+        checksum ^= byte
+    return head + bytes([checksum])
+
+
+def decode_frame(
+    frame: bytes,
+    layout: TypeLayout | None,
+    lookup: Callable[[int], TypeLayout | None] | None = None,
+) -> dict[str, Any]:
+    """Decode one COBS frame into plain data: type, fields, names and values where known.
+
+    Args:
+        frame: The encoded bytes, without the delimiter.
+        layout: The device type's layout (``--type``), or None.
+        lookup: Finds a type's layout by ``device_id`` (for SUB_RES, which
+            carries the device's UID) when no ``layout`` is given.
+
+    Raises:
+        MessageError: The frame does not decode, or its payload does not fit
+            its type (or the device type's parameters).
+    """
+    message = Message.decode(frame)
+    kind = MessageType(message.type)
+    result: dict[str, Any] = {
+        "frame": frame.hex(" "),
+        "type": kind.name,
+        "type_code": int(kind),
+        "payload": message.payload.hex(" "),
+    }
+    if layout is not None:
+        result["device_type"] = layout.buffer_type.type_name
+
+    def bitmap(params: int, where: TypeLayout | None) -> None:
+        result["params"] = params
+        if where is not None:
+            result["param_names"] = where.names(params)
+
+    if kind is MessageType.SUB_REQ:
+        params, interval = message.read_sub_req()
+        bitmap(params, layout)
+        result["interval_ms"] = interval
+    elif kind is MessageType.SUB_RES:
+        params, interval, (device_id, year, random) = message.read_sub_res()
+        uid = int(DeviceUID(device_id, year, random))
+        if layout is None and lookup is not None:
+            layout = lookup(device_id)
+            if layout is not None:
+                result["device_type"] = layout.buffer_type.type_name
+        bitmap(params, layout)
+        result["interval_ms"] = interval
+        result["uid"] = {
+            "device_id": device_id,
+            "year": year,
+            "random": random,
+            "uid": uid,
+            "hex": f"{uid:#x}",
+        }
+    elif kind is MessageType.DEV_READ:
+        bitmap(message.read_dev_read(), layout)
+    elif kind in (MessageType.DEV_DATA, MessageType.DEV_WRITE):
+        if layout is None:
+            if len(message.payload) < 2:
+                raise MessageError(
+                    "payload too short for a parameter bitmap", error_code=ErrorCode.GENERIC_ERROR
+                )
+            bitmap(int.from_bytes(message.payload[:2], "little"), None)
+            result["value_bytes"] = message.payload[2:].hex(" ")
+        else:
+            memory = layout.scratch()
+            read = message.read_dev_data if kind is MessageType.DEV_DATA else message.read_dev_write
+            params = read(layout.layout, memory)
+            bitmap(params, layout)
+            result["values"] = layout.values(params, memory)
+    elif kind is MessageType.HB_REQ:
+        result["heartbeat_id"] = message.read_hb_req()
+    elif kind is MessageType.HB_RES:
+        result["heartbeat_id"] = message.read_hb_res()
+    elif kind is MessageType.ERROR:
+        code = ErrorCode(message.read_error())
+        result["error_code"] = code.name
+        result["error_code_value"] = int(code)
+    return result
+
+
+def _print_decoded(data: dict[str, Any]) -> None:
+    print(data["frame"])
+    if "error" in data:
+        print(f"  error: {data['error']} [{data['error_code']} {data['error_code_value']:#04x}]")
+        return
+    payload = data["payload"]
+    size = len(payload.split())
+    plural = "s" * (size != 1)
+    print(f"  {data['type']} ({data['type_code']:#04x}), payload {size} byte{plural}: {payload or '-'}")
+    if "device_type" in data:
+        print(f"  device type: {data['device_type']}")
+    if "params" in data:
+        names = data.get("param_names")
+        listed = f" = {', '.join(names) or 'none'}" if names is not None else ""
+        print(f"  params: {data['params']:#06x}{listed}")
+    if "interval_ms" in data:
+        print(
+            f"  interval: {data['interval_ms']} ms" + (" (unsubscribe)" if data["interval_ms"] == 0 else "")
+        )
+    if "uid" in data:
+        uid = data["uid"]
+        parts = f"device_id {uid['device_id']}, year {uid['year']:#04x}, random {uid['random']:#x}"
+        print(f"  uid: {uid['hex']} ({parts})")
+    for name, value in data.get("values", {}).items():
+        print(f"  {name} = {format_value(value)}")
+    if "value_bytes" in data:
+        print(f"  value bytes: {data['value_bytes'] or '-'} (give --type to decode them)")
+    if "heartbeat_id" in data:
+        print(f"  heartbeat id: {data['heartbeat_id']}")
+    if "error_code" in data:
+        print(f"  error code: {data['error_code']} ({data['error_code_value']:#04x})")
+
+
+def _decode_main(args: argparse.Namespace) -> int:
+    frames = parse_hex(args.hex)
+    catalog = load_catalog(args.catalog) if args.type or args.catalog else None
+    layout = TypeLayout.of(_device_type(catalog, args.type)) if catalog is not None and args.type else None
+    cache: dict[int, TypeLayout | None] = {}
+
+    def lookup(device_id: int) -> TypeLayout | None:
+        nonlocal catalog
+        if device_id not in cache:
+            try:
+                catalog = catalog if catalog is not None else load_catalog(None)
+            except CommandError:
+                return None
+            from .buffer import BufferStore
+
+            name = BufferStore(catalog).device_types.get(device_id)
+            buffer_type = catalog.get(name) if name is not None else None
+            cache[device_id] = (
+                TypeLayout.of(buffer_type)
+                if buffer_type is not None and issubclass(buffer_type, DeviceBuffer)
+                else None
+            )
+        return cache[device_id]
+
+    results: list[dict[str, Any]] = []
+    failed = False
+    for frame in frames:
+        try:
+            results.append(decode_frame(frame, layout, lookup))
+        except MessageError as exc:
+            failed = True
+            results.append(
+                {
+                    "frame": frame.hex(" "),
+                    "error": exc.message,
+                    "error_code": exc.error_code.name,
+                    "error_code_value": int(exc.error_code),
+                    "context": jsonable({k: v for k, v in exc.context.items() if k != "error_code"}),
+                }
+            )
+    if args.json:
+        print_json(jsonable(results))
+    else:
+        for index, data in enumerate(results):
+            if index:
+                print()
+            _print_decoded(data)
+    return 1 if failed else 0
+
+
+# ---- encoding -----------------------------------------------------------------------------------
+
+
+def _int(text: str, what: str, limit: int) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise CommandError(f"{what} must be an integer (decimal or 0x hex), not {text!r}", code=2) from None
+    if not 0 <= value <= limit:
+        raise CommandError(f"{what} must be in 0..{limit} ({limit:#x}), not {text}", code=2)
+    return value
+
+
+def _scalar(param: Parameter, ctype: Any, text: str) -> Any:
+    """Parse one scalar of ``ctype`` from text, refusing what would not survive the conversion."""
+    code = ctype._type_
+    if code == "?":
+        lowered = text.strip().lower()
+        if lowered in _TRUE | _FALSE:
+            return lowered in _TRUE
+        raise CommandError(f"{param.name}: {text!r} is not a boolean (true/false, 1/0, on/off)", code=2)
+    if code in "fdg":
+        try:
+            value = float(text)
+        except ValueError:
+            raise CommandError(f"{param.name}: {text!r} is not a number", code=2) from None
+        if math.isnan(value) or not param.lower <= value <= param.upper:
+            raise CommandError(
+                f"{param.name}: {text} is outside its bounds [{param.lower:g}, {param.upper:g}]", code=2
+            )
+        if math.isfinite(value) and code == "f" and math.isinf(ctypes.c_float(value).value):
+            raise CommandError(f"{param.name}: {text} does not fit a 4-byte float", code=2)
+        return value
+    if code in "bBhHiIlLqQ":
+        bits = ctypes.sizeof(ctype) * 8
+        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+        try:
+            number = int(text, 0)
+        except ValueError:
+            raise CommandError(f"{param.name}: {text!r} is not an integer", code=2) from None
+        if not max(low, param.lower) <= number <= min(high, param.upper):
+            raise CommandError(f"{param.name}: {text} is out of range for {ctype_label(ctype)}", code=2)
+        return number
+    if code in "cu":
+        data: Any = text.encode() if code == "c" else text
+        if len(data) != 1:
+            raise CommandError(f"{param.name}: give exactly one character, not {text!r}", code=2)
+        return data
+    raise CommandError(f"{param.name}: values of this type cannot be given on the command line", code=2)
+
+
+def ctype_label(ctype: Any) -> str:
+    """The catalog name of a ctypes type, for messages."""
+    from .cli import ctype_name
+
+    return ctype_name(ctype)
+
+
+def parse_value(param: Parameter, text: str) -> bytes:
+    """The wire bytes of ``text`` as a value of ``param`` (its platform type, little-endian).
+
+    Char arrays take text (UTF-8, zero-padded); other arrays take
+    comma-separated items, exactly as many as the array has.
+
+    Raises:
+        CommandError: (status 2) The text is no such value, or is out of bounds.
+    """
+    ctype: Any = param.platform_type
+    if not issubclass(ctype, ctypes.Array):
+        return bytes(ctype(_scalar(param, ctype, text)))
+    if ctype._type_ is ctypes.c_char:
+        data = text.encode()
+        if len(data) > ctype._length_:
+            raise CommandError(f"{param.name}: {len(data)} bytes do not fit {ctype._length_}", code=2)
+        return data.ljust(ctype._length_, b"\0")
+    if issubclass(ctype._type_, ctypes.Array):
+        raise CommandError(f"{param.name}: nested arrays cannot be given on the command line", code=2)
+    items = [item for item in text.split(",") if item.strip()]
+    if len(items) != ctype._length_:
+        raise CommandError(
+            f"{param.name}: give {ctype._length_} comma-separated items, not {len(items)}", code=2
+        )
+    return bytes(ctype(*(_scalar(param, ctype._type_, item) for item in items)))
+
+
+def _bitmap(args: argparse.Namespace, layout: TypeLayout | None, need: str | None) -> int:
+    """The parameter bitmap from ``--params`` and/or parameter names (which need ``--type``)."""
+    bitmap = _int(args.params, "--params", 0xFFFF) if args.params is not None else 0
+    if args.fields and layout is None:
+        raise CommandError("parameter names need --type TYPE (or give --params BITMAP)", code=2)
+    if layout is not None:
+        params = layout.buffer_type.params
+        for name in args.fields:
+            if name not in params:
+                hint = suggest(name, list(params))
+                raise CommandError(f"{layout.buffer_type.type_name} has no parameter {name!r}{hint}", code=2)
+            param = params[name]
+            if need is not None and not getattr(param, need):
+                raise CommandError(f"parameter {name!r} is not {need}", code=2)
+            bitmap |= 1 << param.id
+    if args.params is None and not args.fields:
+        if layout is None:
+            raise CommandError("give --params BITMAP, or --type TYPE and parameter names", code=2)
+        bitmap = sum(
+            1 << param.id
+            for param in layout.buffer_type.params.values()
+            if need is None or getattr(param, need)
+        )
+    return bitmap
+
+
+def _values_messages(args: argparse.Namespace, layout: TypeLayout | None, kind: MessageType) -> list[Message]:
+    if layout is None:
+        raise CommandError(f"{args.kind} needs --type TYPE to lay out the values", code=2)
+    if args.params is not None:
+        raise CommandError(f"{args.kind} takes NAME=VALUE fields, not --params", code=2)
+    if not args.fields:
+        raise CommandError(f"give the values to send as NAME=VALUE (e.g. {_example(layout)})", code=2)
+    params = layout.buffer_type.params
+    memory = layout.scratch()
+    chosen: set[int] = set()
+    for field in args.fields:
+        name, sep, text = field.partition("=")
+        if not sep:
+            raise CommandError(f"give values as NAME=VALUE, not {field!r}", code=2)
+        if name not in params:
+            raise CommandError(
+                f"{layout.buffer_type.type_name} has no parameter {name!r}{suggest(name, list(params))}",
+                code=2,
+            )
+        param = params[name]
+        if kind is MessageType.DEV_WRITE and not param.writeable:
+            raise CommandError(f"parameter {name!r} is not writeable", code=2)
+        data = parse_value(param, text)
+        offset = layout.offsets[param.id]
+        memory[offset : offset + len(data)] = data
+        chosen.add(param.id)
+    # Every value travels once; split where one payload would overflow (as the runtime does).
+    messages: list[Message] = []
+    make = Message.make_dev_data if kind is MessageType.DEV_DATA else Message.make_dev_write
+    bitmap, size = 0, 0
+    for param_id in sorted(chosen):
+        width = ctypes.sizeof(layout.by_id[param_id].platform_type)
+        if bitmap and size + width > _MAX_VALUES:
+            messages.append(make(bitmap, layout.layout, memory))
+            bitmap, size = 0, 0
+        bitmap |= 1 << param_id
+        size += width
+    messages.append(make(bitmap, layout.layout, memory))
+    return messages
+
+
+def _example(layout: TypeLayout) -> str:
+    param = next(iter(layout.buffer_type.params.values()), None)
+    return f"{param.name}=1" if param is not None else "NAME=VALUE"
+
+
+def _error_code(text: str) -> ErrorCode:
+    name = text.strip().upper().replace("-", "_")
+    if name in ErrorCode.__members__:
+        return ErrorCode[name]
+    try:
+        return ErrorCode(int(text, 0))
+    except ValueError:
+        names = ", ".join(code.name for code in ErrorCode)
+        raise CommandError(f"unknown error code {text!r}; known codes: {names}", code=2) from None
+
+
+def _interval(args: argparse.Namespace, layout: TypeLayout | None) -> int:
+    if args.interval is not None:
+        return _int(args.interval, "--interval", 0xFFFF)
+    if layout is not None:
+        return round(layout.buffer_type.sub_interval * 1000)
+    return 40
+
+
+def encode_messages(args: argparse.Namespace, layout: TypeLayout | None) -> list[Message]:
+    """Build the message(s) ``runtime msg encode`` was asked for.
+
+    Raises:
+        CommandError: (status 2) Missing or malformed fields for this kind.
+        MessageError: The core refused the message.
+    """
+    kind = KINDS[args.kind]
+    if kind in (MessageType.DEV_WRITE, MessageType.DEV_DATA):
+        return _values_messages(args, layout, kind)
+    if kind in (MessageType.PING, MessageType.DEV_DISABLE):
+        if args.fields:
+            raise CommandError(f"{args.kind} takes no fields, got {' '.join(args.fields)!r}", code=2)
+        return [Message.make_ping() if kind is MessageType.PING else Message.make_dev_disable()]
+    if kind in (MessageType.HB_REQ, MessageType.HB_RES, MessageType.ERROR):
+        if len(args.fields) != 1:
+            what = "an error code" if kind is MessageType.ERROR else "a heartbeat id (0..255)"
+            raise CommandError(f"{args.kind} takes one field, {what}", code=2)
+        if kind is MessageType.ERROR:
+            return [Message.make_error(int(_error_code(args.fields[0])))]
+        heartbeat = _int(args.fields[0], "the heartbeat id", 0xFF)
+        return [
+            Message.make_hb_req(heartbeat) if kind is MessageType.HB_REQ else Message.make_hb_res(heartbeat)
+        ]
+    if kind is MessageType.DEV_READ:
+        return [Message.make_dev_read(_bitmap(args, layout, "readable"))]
+    if kind is MessageType.SUB_REQ:
+        return [Message.make_sub_req(_bitmap(args, layout, "readable"), _interval(args, layout))]
+    # SUB_RES
+    bitmap = _bitmap(args, layout, "readable")
+    if args.uid is not None:
+        uid = _int(args.uid, "--uid", (1 << 88) - 1)
+    elif layout is not None:
+        uid = layout.buffer_type.device_id << 72
+    else:
+        raise CommandError("sub-res needs --uid UID, or --type TYPE", code=2)
+    if layout is not None and uid >> 72 != layout.buffer_type.device_id:
+        raise CommandError(
+            f"UID {uid:#x} has device_id {uid >> 72}, but {layout.buffer_type.type_name} has "
+            f"{layout.buffer_type.device_id}",
+            code=2,
+        )
+    parts = DeviceUID.from_int(uid)
+    return [Message.make_sub_res(bitmap, _interval(args, layout), parts.device_id, parts.year, parts.random)]
+
+
+def _encode_main(args: argparse.Namespace) -> int:
+    layout = None
+    if args.type:
+        layout = TypeLayout.of(_device_type(load_catalog(args.catalog), args.type))
+    elif args.catalog:
+        load_catalog(args.catalog)  # report a broken file even when it is not needed
+    for option in ("uid",):
+        if getattr(args, option) is not None and args.kind != "sub-res":
+            raise CommandError(f"--{option} applies to sub-res only", code=2)
+    if args.interval is not None and args.kind not in ("sub-req", "sub-res"):
+        raise CommandError("--interval applies to sub-req and sub-res only", code=2)
+    if args.params is not None and args.kind not in ("sub-req", "sub-res", "dev-read"):
+        raise CommandError("--params applies to sub-req, sub-res and dev-read only", code=2)
+    try:
+        messages = encode_messages(args, layout)
+    except MessageError as exc:
+        raise CommandError(f"cannot build the message: {exc} [{exc.error_code.name}]") from None
+    if args.json:
+        print_json(
+            [
+                {
+                    "type": MessageType(m.type).name,
+                    "raw": raw_bytes(m).hex(" "),
+                    "encoded": m.encode().hex(" "),
+                }
+                for m in messages
+            ]
+        )
+    else:
+        for message in messages:
+            print(message.encode().hex(" "))
+    return 0
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``runtime msg decode`` and ``runtime msg encode``."""
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True)
+    formatter = argparse.RawDescriptionHelpFormatter
+    decode = actions.add_parser(
+        "decode",
+        help="what COBS-encoded frames say",
+        description="Decode COBS-encoded Smart Device frames (hex) and print their type and fields.\n"
+        "Spaces, a 0x prefix and the trailing 00 delimiter are optional; 00 separates frames.\n"
+        "With --type, parameter bitmaps show as names and DEV_DATA/DEV_WRITE values are decoded.\n"
+        "A frame that fails to decode prints its error and protocol error code; exit status 1.",
+        epilog=DECODE_EPILOG,
+        formatter_class=formatter,
+    )
+    decode.add_argument("hex", nargs="+", metavar="HEX", help="frame bytes in hex")
+    encode = actions.add_parser(
+        "encode",
+        help="the COBS hex of a message",
+        description="Build a Smart Device message and print its COBS encoding in hex (without the\n"
+        "00 delimiter), one line per message. KIND is one of: " + ", ".join(KINDS) + ".",
+        epilog=ENCODE_EPILOG,
+        formatter_class=formatter,
+    )
+    encode.add_argument("kind", choices=list(KINDS), metavar="KIND", help="the message type")
+    encode.add_argument(
+        "fields", nargs="*", metavar="FIELD", help="parameter names, NAME=VALUE, an id or a code"
+    )
+    encode.add_argument(
+        "--params", metavar="BITMAP", help="parameter bitmap, e.g. 0x3 (sub-req, sub-res, dev-read)"
+    )
+    encode.add_argument("--interval", metavar="MS", help="subscription interval in ms (sub-req, sub-res)")
+    encode.add_argument("--uid", metavar="UID", help="the device's UID (sub-res)")
+    for sub, words in ((decode, "hex"), (encode, "fields")):
+        sub.add_argument("--type", "-t", metavar="TYPE", help="device type of the catalog, e.g. yogi-bear")
+        sub.add_argument("--catalog", metavar="FILE", help="device catalog file (default: the packaged one)")
+        sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        sub.set_defaults(extra_words=words)
+    decode.set_defaults(msg_main=_decode_main)
+    encode.set_defaults(msg_main=_encode_main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``runtime msg ACTION``."""
+    return int(args.msg_main(args))

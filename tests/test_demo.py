@@ -1,0 +1,128 @@
+"""``runtime demo`` end to end: emulated devices, the bridge and student code, then nothing left behind.
+
+The demo runs as a real process (not a terminal, so it prints its summary)
+and must stop on its own (``--duration``) or on a signal, exit 0, report data
+flowing for every device, and leave no process, shared-memory segment or
+temporary directory of its own behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from runtime.buffer import NAMESPACE_ENV, SHM_DIR
+from runtime.demo import DEFAULT_DEVICES
+
+SUMMARY_LINE = re.compile(
+    r"^(?P<type>[a-z][a-z0-9-]*) (?P<uid>0x[0-9a-f]+): "
+    r"messages in (?P<in>\d+), out (?P<out>\d+), errors (?P<errors>\d+)$",
+    re.M,
+)
+
+
+def start_demo(*arguments: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime", "demo", *arguments],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def demo_processes(pid: int) -> list[int]:
+    """Processes whose environment carries the demo's namespace (its children, if any are left)."""
+    marker = f"{NAMESPACE_ENV}=rt-demo-{pid}\0".encode()
+    found = []
+    for path in glob.glob("/proc/[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as file:
+                if marker in file.read() + b"\0":
+                    found.append(int(path.split("/")[2]))
+    return found
+
+
+def demo_segments(pid: int) -> list[str]:
+    return [entry for entry in os.listdir(SHM_DIR) if entry.startswith(f"rt-demo-{pid}-")]
+
+
+def demo_directories(pid: int) -> list[str]:
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"runtime-demo-{pid}-*"))
+
+
+def assert_nothing_left(pid: int) -> None:
+    assert demo_segments(pid) == []
+    assert demo_processes(pid) == []
+    assert demo_directories(pid) == []
+
+
+@pytest.mark.timeout(90)
+def test_demo_runs_reports_and_cleans_up() -> None:
+    started = time.monotonic()
+    demo = start_demo("--duration", "6")
+    out, err = demo.communicate(timeout=60)
+    elapsed = time.monotonic() - started
+    assert demo.returncode == 0, err
+    assert 6 <= elapsed < 40
+    rows = {match["type"]: match for match in SUMMARY_LINE.finditer(out)}
+    assert set(rows) == set(DEFAULT_DEVICES), out
+    for name, row in rows.items():
+        assert int(row["in"]) > 0, f"{name}: no messages from the device\n{out}"
+        assert int(row["out"]) > 0, f"{name}: no messages to the device\n{out}"
+    # The student code wrote motor commands, which went out to the actuators.
+    student = re.search(r"^student code: (\d+) cycles, (\d+) reads, (\d+) writes", out, re.M)
+    assert student is not None, out
+    assert int(student[1]) > 0 and int(student[3]) > 0
+    assert int(rows["yogi-bear"]["out"]) > int(rows["limit-switch"]["out"])
+    assert f"rt-demo-{demo.pid}" in err
+    assert_nothing_left(demo.pid)
+
+
+@pytest.mark.timeout(90)
+def test_demo_json_summary() -> None:
+    demo = start_demo("yogi-bear", "rfid", "--duration", "3", "--json", "--seed", "7")
+    out, err = demo.communicate(timeout=60)
+    assert demo.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["namespace"] == f"rt-demo-{demo.pid}"
+    assert [device["type"] for device in summary["devices"]] == ["yogi-bear", "rfid"]
+    for device in summary["devices"]:
+        assert device["seen"] and device["messages_in"] > 0
+        assert int(device["uid"], 16) >> 72 == {"yogi-bear": 10, "rfid": 11}[device["type"]]
+    assert set(summary["devices"][0]["last_values"]) >= {"duty_cycle", "enc_pos"}
+    assert summary["student_code"]["writes"] > 0
+    assert_nothing_left(demo.pid)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_demo_stops_and_cleans_up_on_a_signal(signum: signal.Signals) -> None:
+    demo = start_demo()  # no --duration: runs until stopped
+    try:
+        deadline = time.monotonic() + 30
+        while len(demo_segments(demo.pid)) < len(DEFAULT_DEVICES):  # the bridge serves every device
+            assert demo.poll() is None, demo.communicate()[1]
+            assert time.monotonic() < deadline, "the demo's devices never appeared in shared memory"
+            time.sleep(0.1)
+        assert len(demo_processes(demo.pid)) == 3  # emulator, bridge, student code
+        demo.send_signal(signum)
+        out, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 0, err
+    assert "stopping" in err
+    assert len(SUMMARY_LINE.findall(out)) == len(DEFAULT_DEVICES)
+    assert_nothing_left(demo.pid)
