@@ -31,6 +31,7 @@ def shm_unlink(name: str, /) -> None: ...
 def segment_init(
     memory: _Buffer, magic: bytes, version: int, fingerprint: bytes, size: int, shared: bool, pid: int, /
 ) -> None: ...
+def segment_size(struct_size: int, /) -> int: ...
 def segment_check(
     memory: _Buffer, magic: bytes, version: int, fingerprint: bytes, size: int, /
 ) -> str | None: ...
@@ -135,7 +136,7 @@ class BufferAccess:
         spec: BufferSpec,
         memory: _Buffer,
         name: str,
-        on_recover: Callable[[], object] | None = None,
+        on_recover: Callable[[bool], object] | None = None,
         timeout: float = 1.0,
     ) -> None: ...
     @property

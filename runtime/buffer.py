@@ -11,8 +11,11 @@ A segment holds a 64-byte header (magic, format version, layout fingerprint,
 valid bit), the mutex, then the structure: an update block (values as read from
 the peripheral), a write block (values to write to it), both with one field per
 parameter, and a metadata block (timestamps, pending bitmaps, subscription,
-UID). Every operation that touches shared memory is one call into the compiled
-core, which takes the lock, checks the valid bit, copies and releases.
+UID), and last an undo copy of the structure. Every operation that touches
+shared memory is one call into the compiled core, which takes the lock, checks
+the valid bit, copies and releases. The outermost ``transaction()`` first saves
+the structure to the undo copy; if its process dies before the end, the next
+process to take the lock restores it, so a transaction is all or nothing.
 
 Consumers poll buffers; there are no notifications. Operations block on the
 mutex (briefly), so asyncio code should run them in an executor.
@@ -67,7 +70,7 @@ logger = logging.getLogger(__name__)
 if sys.byteorder != "little":  # pragma: no cover - every supported robot is little-endian
     raise ImportError("runtime.buffer copies values to the wire as-is and needs a little-endian host")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever the segment format changes; part of every layout fingerprint."""
 MAGIC = b"RTBUFFER"
 """First bytes of every segment this library creates."""
@@ -161,7 +164,10 @@ class _SegmentHeader(ctypes.Structure):
         ("size", ctypes.c_uint64),
         ("valid", ctypes.c_uint32),
         ("creator_pid", ctypes.c_uint32),
-        ("fingerprint", ctypes.c_uint8 * 32),
+        ("fingerprint", ctypes.c_uint8 * 16),
+        ("txn_depth", ctypes.c_uint32),
+        ("undo_active", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32 * 2),
     ]
 
 
@@ -394,8 +400,13 @@ def _validate_name(name: str) -> None:
         raise DeviceBufferError("buffer name is too long for the OS", name=name, limit=_NAME_MAX - 1)
 
 
-def _log_recovery(name: str) -> None:
-    logger.warning("buffer %r: the previous lock owner died; lock recovered", name)
+def _log_recovery(name: str, rolled_back: bool) -> None:
+    if rolled_back:
+        logger.warning(
+            "buffer %r: the lock owner died inside a transaction; lock recovered, changes rolled back", name
+        )
+    else:
+        logger.warning("buffer %r: the previous lock owner died; lock recovered", name)
 
 
 def _map_segment(name: str | None, size: int, create: bool) -> tuple[Any, bool]:
@@ -487,7 +498,7 @@ class Buffer(BaseStructure):
             is_device=issubclass(cls, DeviceBuffer),
         )
         description = repr((FORMAT_VERSION, ctypes.sizeof(buffer_type), _describe_layout(buffer_type)))
-        buffer_type._fingerprint = hashlib.sha256(description.encode()).digest()
+        buffer_type._fingerprint = hashlib.sha256(description.encode()).digest()[:16]
         initial = values()
         for param in params:
             if param.numeric and not param.lower <= 0 <= param.upper:  # start at the bound nearest zero
@@ -497,8 +508,8 @@ class Buffer(BaseStructure):
 
     @classmethod
     def segment_size(cls) -> int:
-        """Bytes of a segment of this type: header, mutex and structure."""
-        return int(_core.DATA_OFFSET) + ctypes.sizeof(cls)
+        """Bytes of a segment of this type: header, mutex, structure and its undo copy."""
+        return _core.segment_size(ctypes.sizeof(cls))
 
     @classmethod
     @contextlib.contextmanager

@@ -207,16 +207,19 @@ def test_process_killed_inside_a_transaction_does_not_wedge_the_others(
     ready = FORK.Event()
     results = FORK.Queue()
     with Counter.open(name) as buffer, children() as processes:
+        buffer.set("count", 7)
         victim = start(processes, FORK, die_in_transaction, name, depth, ready)
         assert ready.wait(JOIN_TIMEOUT)
         os.kill(victim.pid, signal.SIGKILL)
         assert finish(victim) == -signal.SIGKILL
         with caplog.at_level(logging.WARNING, logger="runtime.buffer"):
-            assert buffer.get("count") == 99  # within the normal lock timeout, no error
+            # Within the normal lock timeout, no error, and the unfinished transaction is undone.
+            assert buffer.get("count") == 7
             buffer.set("count", 100)
         records = [record for record in caplog.records if record.name == "runtime.buffer"]
         assert len(records) == 1
         assert name in records[0].getMessage()
+        assert "rolled back" in records[0].getMessage()
         assert records[0].levelno >= logging.WARNING
         # The lock works normally again, for this process and others.
         with buffer.transaction():

@@ -44,6 +44,33 @@ typedef struct {
     uint64_t random;
 } rt_meta;
 
+/* Mirrors runtime.buffer's ctypes `_SegmentHeader` (checked at import time). */
+typedef struct {
+    char magic[8];
+    uint32_t version;
+    uint32_t state;        /* RT_SEGMENT_READY once initialized */
+    uint64_t size;         /* of the buffer structure */
+    uint32_t valid;
+    uint32_t creator_pid;
+    uint8_t fingerprint[16];
+    uint32_t txn_depth;    /* nesting of transaction() by the lock's owner */
+    uint32_t undo_active;  /* the undo area holds the state before an unfinished transaction */
+    uint32_t reserved[2];
+} rt_header;
+
+#define RT_SEGMENT_READY 1u
+#define RT_FINGERPRINT_SIZE 16
+
+_Static_assert(offsetof(rt_header, valid) == RT_VALID_OFFSET, "valid word offset");
+_Static_assert(sizeof(rt_header) == RT_HEADER_SIZE, "header size");
+
+/* The undo area follows the structure, at the next 64-byte boundary. */
+static inline Py_ssize_t
+undo_offset(Py_ssize_t struct_size)
+{
+    return RT_DATA_OFFSET + (struct_size + 63) / 64 * 64;
+}
+
 enum rt_kind { K_BOOL, K_I8, K_U8, K_I16, K_U16, K_I32, K_U32, K_I64, K_U64, K_F32, K_F64, K_RAW };
 
 static const char *const kind_names[] = {"bool", "int8", "uint8", "int16", "uint16", "int32",
@@ -85,6 +112,10 @@ typedef struct {
     int has_view;
     int closed;
     rt_mutex_t *mutex;
+    rt_header *header;
+    uint8_t *data;          /* the structure */
+    uint8_t *undo;          /* its copy from the start of the outermost transaction */
+    Py_ssize_t struct_size;
     volatile uint32_t *valid;
     uint8_t *update;
     uint8_t *write;
@@ -118,17 +149,27 @@ buffer_error(rt_BufferAccess *acc, const char *message, PyObject *param)
 
 /* ---- locking ------------------------------------------------------------ */
 
-static int
+/* The previous owner died holding the lock (we hold it now). Undo its
+ * unfinished transaction, if any, then tell the Python layer so it can log. */
+static void
 recover(rt_BufferAccess *acc)
 {
+    rt_header *header = acc->header;
+    int rolled_back = 0;
+    if (header->undo_active) {
+        memcpy(acc->data, acc->undo, (size_t)acc->struct_size);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        header->undo_active = 0;
+        rolled_back = 1;
+    }
+    header->txn_depth = 0;
     if (acc->on_recover != NULL && acc->on_recover != Py_None) {
-        PyObject *result = PyObject_CallNoArgs(acc->on_recover);
+        PyObject *result = PyObject_CallOneArg(acc->on_recover, rolled_back ? Py_True : Py_False);
         if (result == NULL) {
             PyErr_WriteUnraisable(acc->on_recover);
         }
         Py_XDECREF(result);
     }
-    return 0;
 }
 
 static int
@@ -594,15 +635,19 @@ BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
     }
     self->has_view = 1;
     rt_BufferSpec *s = (rt_BufferSpec *)spec;
-    if (self->view.len < RT_DATA_OFFSET + s->struct_size || ((uintptr_t)self->view.buf) % 64 != 0) {
-        PyErr_Format(PyExc_ValueError, "memory must be 64-byte aligned and hold %zd bytes",
-                     (Py_ssize_t)(RT_DATA_OFFSET + s->struct_size));
+    Py_ssize_t needed = undo_offset(s->struct_size) + s->struct_size;
+    if (self->view.len < needed || ((uintptr_t)self->view.buf) % 64 != 0) {
+        PyErr_Format(PyExc_ValueError, "memory must be 64-byte aligned and hold %zd bytes", needed);
         return -1;
     }
     uint8_t *base = (uint8_t *)self->view.buf;
     Py_INCREF(spec);
     self->spec = s;
     self->mutex = (rt_mutex_t *)(base + RT_MUTEX_OFFSET);
+    self->header = (rt_header *)base;
+    self->data = base + RT_DATA_OFFSET;
+    self->undo = base + undo_offset(s->struct_size);
+    self->struct_size = s->struct_size;
     self->valid = (volatile uint32_t *)(base + RT_VALID_OFFSET);
     self->update = base + RT_DATA_OFFSET + s->update_offset;
     self->write = base + RT_DATA_OFFSET + s->write_offset;
@@ -739,11 +784,20 @@ BufferAccess_write(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t narg
 
 /* ---- BufferAccess: transactions ----------------------------------------- */
 
+/* The outermost transaction saves the structure to the undo area first, so
+ * that if its process dies before the end, the next owner of the lock can
+ * restore it: a transaction is all or nothing, even against SIGKILL. */
 static PyObject *
 BufferAccess_enter(rt_BufferAccess *self, PyObject *unused)
 {
     if (acquire(self, 1) < 0) {
         return NULL;
+    }
+    rt_header *header = self->header;
+    if (header->txn_depth++ == 0) {
+        memcpy(self->undo, self->data, (size_t)self->struct_size);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* the copy is complete before it counts */
+        header->undo_active = 1;
     }
     Py_INCREF(self);
     return (PyObject *)self;
@@ -753,6 +807,11 @@ static PyObject *
 BufferAccess_exit(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!self->closed) {
+        rt_header *header = self->header;
+        if (header->txn_depth > 0 && --header->txn_depth == 0) {
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* every change is in place before the commit */
+            header->undo_active = 0;
+        }
         release(self);
     }
     Py_RETURN_FALSE;
@@ -1482,6 +1541,7 @@ static PyTypeObject rt_BufferAccessType = {
     .tp_basicsize = sizeof(rt_BufferAccess),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "BufferAccess(spec, memory, name, on_recover=None, timeout=1.0)\n\n"
+              "on_recover(rolled_back: bool) runs when the lock is recovered from a dead owner.\n"
               "Locked access to one buffer segment (header, mutex, structure) in `memory`.",
     .tp_traverse = (traverseproc)BufferAccess_traverse,
     .tp_clear = (inquiry)BufferAccess_clear,
@@ -1493,22 +1553,6 @@ static PyTypeObject rt_BufferAccessType = {
 };
 
 /* ---- module-level helpers for the segment header ------------------------ */
-
-/* Mirrors runtime.buffer's ctypes `_SegmentHeader` (checked at import time). */
-typedef struct {
-    char magic[8];
-    uint32_t version;
-    uint32_t state;        /* RT_SEGMENT_READY once initialized */
-    uint64_t size;         /* of the buffer structure */
-    uint32_t valid;
-    uint32_t creator_pid;
-    uint8_t fingerprint[32];
-} rt_header;
-
-#define RT_SEGMENT_READY 1u
-
-_Static_assert(offsetof(rt_header, valid) == RT_VALID_OFFSET, "valid word offset");
-_Static_assert(sizeof(rt_header) == RT_HEADER_SIZE, "header size");
 
 /* segment_init(memory, magic, version, fingerprint, size, shared, pid):
  * write the header of a new segment, initialize its mutex, and publish it
@@ -1525,7 +1569,8 @@ core_segment_init(PyObject *self, PyObject *args)
         return NULL;
     }
     PyObject *result = NULL;
-    if (view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != 32 || ((uintptr_t)view.buf) % 64) {
+    if (view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != RT_FINGERPRINT_SIZE
+        || ((uintptr_t)view.buf) % 64) {
         PyErr_SetString(PyExc_ValueError, "bad segment_init arguments");
     }
     else {
@@ -1534,7 +1579,7 @@ core_segment_init(PyObject *self, PyObject *args)
         header->version = version;
         header->size = size;
         header->creator_pid = pid;
-        memcpy(header->fingerprint, fingerprint.buf, 32);
+        memcpy(header->fingerprint, fingerprint.buf, RT_FINGERPRINT_SIZE);
         int rc = rt_mutex_init((rt_mutex_t *)((uint8_t *)view.buf + RT_MUTEX_OFFSET), shared, 1);
         if (rc != 0) {
             rt_raise_sync_error(rc, "cannot initialize the buffer's mutex");
@@ -1563,7 +1608,7 @@ core_segment_check(PyObject *self, PyObject *args)
         return NULL;
     }
     const char *problem = NULL;
-    if (view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != 32) {
+    if (view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != RT_FINGERPRINT_SIZE) {
         problem = "format";
     }
     else {
@@ -1574,7 +1619,7 @@ core_segment_check(PyObject *self, PyObject *args)
         else if (memcmp(header->magic, magic.buf, 8) != 0 || header->version != version) {
             problem = "format";
         }
-        else if (header->size != size || memcmp(header->fingerprint, fingerprint.buf, 32) != 0) {
+        else if (header->size != size || memcmp(header->fingerprint, fingerprint.buf, RT_FINGERPRINT_SIZE) != 0) {
             problem = "layout";
         }
     }
@@ -1587,7 +1632,23 @@ core_segment_check(PyObject *self, PyObject *args)
     return PyUnicode_FromString(problem);
 }
 
+static PyObject *
+core_segment_size(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t struct_size = PyLong_AsSsize_t(arg);
+    if (struct_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (struct_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "structure size must be nonnegative");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(undo_offset(struct_size) + struct_size);
+}
+
 static PyMethodDef buffer_functions[] = {
+    {"segment_size", core_segment_size, METH_O,
+     "segment_size(struct_size) -> bytes of a segment: header, mutex, structure and its undo copy."},
     {"segment_init", core_segment_init, METH_VARARGS,
      "segment_init(memory, magic, version, fingerprint, size, shared, pid): set up a new segment."},
     {"segment_check", core_segment_check, METH_VARARGS,
