@@ -29,7 +29,16 @@ class SharedMapping:
 def map_segment(name: str | None, size: int, create: bool, /) -> tuple[SharedMapping | None, bool, int]: ...
 def shm_unlink(name: str, /) -> None: ...
 def segment_init(
-    memory: _Buffer, magic: bytes, version: int, fingerprint: bytes, size: int, shared: bool, pid: int, /
+    memory: _Buffer,
+    magic: bytes,
+    version: int,
+    fingerprint: bytes,
+    size: int,
+    shared: bool,
+    pid: int,
+    initial: bytes | None = None,
+    offsets: tuple[int, ...] = (),
+    /,
 ) -> None: ...
 def segment_size(struct_size: int, /) -> int: ...
 def segment_check(
@@ -136,7 +145,7 @@ class BufferAccess:
         spec: BufferSpec,
         memory: _Buffer,
         name: str,
-        on_recover: Callable[[bool], object] | None = None,
+        on_recover: Callable[[str, bool], object] | None = None,
         timeout: float = 1.0,
     ) -> None: ...
     @property

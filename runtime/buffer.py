@@ -446,6 +446,7 @@ class Buffer(BaseStructure):
     _max_params: ClassVar[int] = 64
     _spec: ClassVar[Any] = None
     _fingerprint: ClassVar[bytes] = b""
+    _segment_size: ClassVar[int] = 0
     _initial_block: ClassVar[bytes | None] = None
     """A values block with every parameter inside its bounds (None: all zeros are)."""
     _fast_methods: ClassVar[tuple[str, ...]] = ("get", "set", "write", "transaction")
@@ -504,12 +505,13 @@ class Buffer(BaseStructure):
             if param.numeric and not param.lower <= 0 <= param.upper:  # start at the bound nearest zero
                 setattr(initial, param.name, param.lower if param.lower > 0 else param.upper)
         buffer_type._initial_block = bytes(initial) if any(bytes(initial)) else None
+        buffer_type._segment_size = _core.segment_size(ctypes.sizeof(buffer_type))
         return buffer_type  # type: ignore[no-any-return]
 
     @classmethod
     def segment_size(cls) -> int:
         """Bytes of a segment of this type: header, mutex, structure and its undo copy."""
-        return _core.segment_size(ctypes.sizeof(cls))
+        return cls._segment_size
 
     @classmethod
     @contextlib.contextmanager
@@ -547,25 +549,14 @@ class Buffer(BaseStructure):
         if cls._spec is None:
             raise DeviceBufferError("buffer type has no layout; make one with make_type()", type=cls.__name__)
         _validate_name(name)
-        size = cls.segment_size()
-        memory, created = _map_segment(name if shared else None, size, create)
+        memory, created = _map_segment(name if shared else None, cls._segment_size, create)
         buffer = cls.from_buffer(memory, _core.DATA_OFFSET)
         if created:
-            if cls._initial_block is not None:  # before publishing: nobody sees values out of bounds
-                view = memoryview(memory)
-                for block in (cls._update, cls._write):
-                    start = _core.DATA_OFFSET + block.offset
-                    view[start : start + block.size] = cls._initial_block
-                view.release()
             cls._initialize_segment(memory, shared)
         else:
             cls._check_segment(memory, name)
         access = _core.BufferAccess(
-            cls._spec,
-            memory,
-            name,
-            on_recover=functools.partial(_log_recovery, name),
-            timeout=cls.lock_timeout,
+            cls._spec, memory, name, on_recover=_log_recovery, timeout=cls.lock_timeout
         )
         state = buffer.__dict__
         state.update(_access=access, _name=name, _created=created)
@@ -577,8 +568,17 @@ class Buffer(BaseStructure):
 
     @classmethod
     def _initialize_segment(cls, memory: Any, shared: bool) -> None:
+        # Parameters whose bounds exclude zero start inside them, before anyone can see the segment.
         _core.segment_init(
-            memory, MAGIC, FORMAT_VERSION, cls._fingerprint, ctypes.sizeof(cls), shared, os.getpid()
+            memory,
+            MAGIC,
+            FORMAT_VERSION,
+            cls._fingerprint,
+            ctypes.sizeof(cls),
+            shared,
+            os.getpid(),
+            cls._initial_block,
+            (cls._update.offset, cls._write.offset),
         )
 
     @classmethod

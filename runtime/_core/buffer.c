@@ -164,7 +164,8 @@ recover(rt_BufferAccess *acc)
     }
     header->txn_depth = 0;
     if (acc->on_recover != NULL && acc->on_recover != Py_None) {
-        PyObject *result = PyObject_CallOneArg(acc->on_recover, rolled_back ? Py_True : Py_False);
+        PyObject *result =
+            PyObject_CallFunctionObjArgs(acc->on_recover, acc->name, rolled_back ? Py_True : Py_False, NULL);
         if (result == NULL) {
             PyErr_WriteUnraisable(acc->on_recover);
         }
@@ -1541,7 +1542,7 @@ static PyTypeObject rt_BufferAccessType = {
     .tp_basicsize = sizeof(rt_BufferAccess),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "BufferAccess(spec, memory, name, on_recover=None, timeout=1.0)\n\n"
-              "on_recover(rolled_back: bool) runs when the lock is recovered from a dead owner.\n"
+              "on_recover(name, rolled_back) runs when the lock is recovered from a dead owner.\n"
               "Locked access to one buffer segment (header, mutex, structure) in `memory`.",
     .tp_traverse = (traverseproc)BufferAccess_traverse,
     .tp_clear = (inquiry)BufferAccess_clear,
@@ -1554,24 +1555,38 @@ static PyTypeObject rt_BufferAccessType = {
 
 /* ---- module-level helpers for the segment header ------------------------ */
 
-/* segment_init(memory, magic, version, fingerprint, size, shared, pid):
- * write the header of a new segment, initialize its mutex, and publish it
- * (state READY, with release ordering) so attachers can use it. */
+/* segment_init(memory, magic, version, fingerprint, size, shared, pid,
+ *              initial=None, offsets=()):
+ * write the header of a new segment, copy `initial` (a values block) to each
+ * of `offsets` in the structure, initialize the mutex, and publish the
+ * segment (state READY, with release ordering) so attachers can use it. */
 static PyObject *
 core_segment_init(PyObject *self, PyObject *args)
 {
-    Py_buffer view, magic, fingerprint;
+    Py_buffer view, magic, fingerprint, initial = {0};
     unsigned int version, pid;
     unsigned long long size;
     int shared;
-    if (!PyArg_ParseTuple(args, "w*y*Iy*KpI:segment_init", &view, &magic, &version, &fingerprint, &size, &shared,
-                          &pid)) {
+    PyObject *offsets = NULL;
+    if (!PyArg_ParseTuple(args, "w*y*Iy*KpI|z*O!:segment_init", &view, &magic, &version, &fingerprint, &size,
+                          &shared, &pid, &initial, &PyTuple_Type, &offsets)) {
         return NULL;
     }
     PyObject *result = NULL;
-    if (view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != RT_FINGERPRINT_SIZE
-        || ((uintptr_t)view.buf) % 64) {
-        PyErr_SetString(PyExc_ValueError, "bad segment_init arguments");
+    int bad = view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != RT_FINGERPRINT_SIZE
+              || ((uintptr_t)view.buf) % 64;
+    for (Py_ssize_t i = 0; !bad && initial.buf != NULL && offsets != NULL && i < PyTuple_GET_SIZE(offsets); i++) {
+        Py_ssize_t offset = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, i));
+        if (offset < 0 || RT_DATA_OFFSET + offset + initial.len > view.len) {
+            bad = 1;
+            break;
+        }
+        memcpy((uint8_t *)view.buf + RT_DATA_OFFSET + offset, initial.buf, (size_t)initial.len);
+    }
+    if (bad) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "bad segment_init arguments");
+        }
     }
     else {
         rt_header *header = (rt_header *)view.buf;
@@ -1592,6 +1607,9 @@ core_segment_init(PyObject *self, PyObject *args)
     PyBuffer_Release(&view);
     PyBuffer_Release(&magic);
     PyBuffer_Release(&fingerprint);
+    if (initial.obj != NULL) {
+        PyBuffer_Release(&initial);
+    }
     return result;
 }
 
