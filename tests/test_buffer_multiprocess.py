@@ -282,3 +282,25 @@ def test_attachers_do_not_destroy_the_segment(
             assert buffer.get_write() == {"label": b"attacher"}
         with Counter.open(name, create=False) as again:
             assert again.get("count") == 12
+
+
+def read_count(name: str, results: Any) -> None:
+    with Counter.open(name, create=False) as buffer:
+        results.put(buffer.get("count"))
+
+
+def test_closing_inside_a_transaction_releases_the_lock(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    results = FORK.Queue()
+    with Counter.open(name) as owner, children() as processes:
+        buffer = Counter.attach(name, create=False)
+        with buffer.transaction():
+            with buffer.transaction():
+                buffer.set("count", 7)
+                buffer.close()  # ends both levels, committing, and unlocks
+        with pytest.raises(DeviceBufferError, match="closed"):
+            buffer.get("count")
+        start(processes, FORK, read_count, name, results)
+        assert results.get(timeout=JOIN_TIMEOUT) == 7
+        with owner.transaction():  # no rollback of the committed change later
+            assert owner.get("count") == 7

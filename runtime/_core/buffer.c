@@ -123,6 +123,7 @@ typedef struct {
     PyObject *name;
     PyObject *on_recover;
     double timeout;
+    long held;              /* transactions entered through this object and not yet exited */
 } rt_BufferAccess;
 
 static PyTypeObject rt_BufferSpecType;
@@ -661,10 +662,17 @@ BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
+static void end_transaction(rt_BufferAccess *self);
+
 static PyObject *
 BufferAccess_close(rt_BufferAccess *self, PyObject *unused)
 {
     if (!self->closed && self->has_view) {
+        /* Closed inside its own transaction(s): end them (committing, as an
+         * exception would) so the lock is not left held by an unmapped owner. */
+        while (self->held > 0) {
+            end_transaction(self);
+        }
         self->closed = 1;
         PyBuffer_Release(&self->view);
         self->has_view = 0;
@@ -800,20 +808,29 @@ BufferAccess_enter(rt_BufferAccess *self, PyObject *unused)
         __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* the copy is complete before it counts */
         header->undo_active = 1;
     }
+    self->held++;
     Py_INCREF(self);
     return (PyObject *)self;
+}
+
+/* Leave one transaction level: commit when it is the outermost, unlock. */
+static void
+end_transaction(rt_BufferAccess *self)
+{
+    rt_header *header = self->header;
+    if (header->txn_depth > 0 && --header->txn_depth == 0) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* every change is in place before the commit */
+        header->undo_active = 0;
+    }
+    self->held--;
+    release(self);
 }
 
 static PyObject *
 BufferAccess_exit(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!self->closed) {
-        rt_header *header = self->header;
-        if (header->txn_depth > 0 && --header->txn_depth == 0) {
-            __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* every change is in place before the commit */
-            header->undo_active = 0;
-        }
-        release(self);
+    if (!self->closed && self->held > 0) {
+        end_transaction(self);
     }
     Py_RETURN_FALSE;
 }
