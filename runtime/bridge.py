@@ -22,6 +22,11 @@ How it is organised (one asyncio loop, no threads):
   the pending reads and writes go out (:meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw`);
   a heartbeat goes out every ``heartbeat_interval``, and a device silent for
   :data:`SILENCE_HEARTBEATS` heartbeat intervals is treated as gone.
+* The link may lose frames, so what must arrive is confirmed: a subscription
+  counts only once a SUB_RES with a nonzero interval answers it (SUB_REQ is
+  repeated until then), and a write of a parameter the device reports in its
+  DEV_DATA is sent again until a report shows it arrived (at most
+  :data:`WRITE_RETRIES` times; see ``_resend_writes``).
 * Writes never block the loop: a :class:`FrameWriter` queues what a full port
   cannot take and flushes it when the port is writable again (a stalled device
   cannot freeze the others).
@@ -102,6 +107,12 @@ OUTBOX_LIMIT = 64 * 1024
 """Bytes a port's writer queues before it drops new frames (the peer stopped reading)."""
 BAD_FRAME_LOG_INTERVAL = 1.0
 """Seconds between two log lines about bad frames on one port (the rest are summed up)."""
+WRITE_CONFIRM_TIMEOUT = 0.25
+"""Seconds a write waits for the device's DEV_DATA to confirm it before it is sent again
+(at least three subscription intervals)."""
+WRITE_RETRIES = 8
+"""Times an unconfirmed write is sent again before the bridge gives up on it (so it is retried for
+about two seconds: a link losing a quarter of the frames loses all nine copies less than once in 100 000)."""
 
 
 # ---- writing without blocking -------------------------------------------------------------------
@@ -211,12 +222,18 @@ class Counters:
     messages_in: int = 0
     messages_out: int = 0
     errors: int = 0
+    writes_resent: int = 0
+    """Parameter writes sent again because no DEV_DATA confirmed them in time."""
+    writes_unconfirmed: int = 0
+    """Parameter writes given up on after :data:`WRITE_RETRIES` resends."""
 
     def add(self, other: Counters) -> None:
         """Add another set of counters to this one."""
         self.messages_in += other.messages_in
         self.messages_out += other.messages_out
         self.errors += other.errors
+        self.writes_resent += other.writes_resent
+        self.writes_unconfirmed += other.writes_unconfirmed
 
 
 @dataclasses.dataclass
@@ -247,6 +264,8 @@ class DeviceRecord:
             "messages_in": self.counters.messages_in,
             "messages_out": self.counters.messages_out,
             "errors": self.counters.errors,
+            "writes_resent": self.counters.writes_resent,
+            "writes_unconfirmed": self.counters.writes_unconfirmed,
             "last_values": {name: _jsonable(value) for name, value in self.last_values.items()},
         }
 
@@ -263,6 +282,25 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(item) for item in value]
     except TypeError:
         return repr(value)
+
+
+@dataclasses.dataclass
+class _UnconfirmedWrite:
+    """A parameter write sent to the device that no DEV_DATA has confirmed yet."""
+
+    value: Any
+    """The value written."""
+    stale: list[Any]
+    """Values the device may still report without having seen the write: the one it reported before
+    the write, and any earlier writes this one replaced."""
+    deadline: float
+    """When to send the write again (``time.monotonic()``)."""
+    resends: int = 0
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, where a NaN equals a NaN."""
+    return bool(a == b) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 Identity = tuple[int, int]
@@ -308,8 +346,17 @@ class PortConnection:
         self._last_rx = time.monotonic()
         self._hb_id = 0
         self._sub_confirmed = False
+        self._sub_request = (0, 0)
+        """The (params, interval in ms) of the SUB_REQ this connection sends."""
         self._bad_frames = 0
         self._bad_logged_at = -math.inf
+        self._device_errors = 0
+        self._device_errors_logged_at = -math.inf
+        self._scratch: DeviceBuffer | None = None
+        """A process-local buffer of the device's type that builds resends and reads DEV_DATA values."""
+        self._confirmable: frozenset[str] = frozenset()
+        """Writeable parameters the device reports in its subscribed DEV_DATA: their writes are confirmed."""
+        self._unconfirmed: dict[str, _UnconfirmedWrite] = {}
 
     # -- naming for logs --
 
@@ -430,7 +477,19 @@ class PortConnection:
         self.buffer = buffer
         self.record = self.bridge.attach(self, uid, type_name, buffer)
         self._last_rx = time.monotonic()
-        self.send(buffer.make_sub_req())
+        try:
+            self._scratch = type(buffer).attach(f"bridge-writes-{uid:x}", shared=False)
+        except RuntimeBaseException as exc:  # writes then go out once, unconfirmed
+            logger.warning("%s: cannot track writes: %s", self.describe(), exc)
+        else:
+            self._confirmable = frozenset(
+                name
+                for name, param in buffer.params.items()
+                if param.readable and param.writeable and param.subscribed
+            )
+        request = buffer.make_sub_req()
+        self._sub_request = request.read_sub_req()
+        self.send(request)
         logger.info("%s: connected", self.describe())
         return True
 
@@ -453,6 +512,10 @@ class PortConnection:
             try:
                 for message in self.buffer.emit_dev_rw():
                     self.send(message)
+                    if message.type == MessageType.DEV_WRITE:
+                        self._track_writes(message, now)
+                if self._unconfirmed and self._sub_confirmed:  # no DEV_DATA to confirm them before
+                    self._resend_writes(now)
                 if not self._sub_confirmed and now >= next_sub_req:
                     self.send(self.buffer.make_sub_req())
                     next_sub_req = now + SUB_RETRY_INTERVAL
@@ -465,6 +528,79 @@ class PortConnection:
                 next_heartbeat = max(next_heartbeat + heartbeat_interval, now)
             await asyncio.sleep(write_interval)
 
+    # -- writes the device has not confirmed --
+    #
+    # The protocol has no acknowledgements, and a DEV_WRITE lost on the way leaves the device with its
+    # old value for good. The device reports its writeable parameters in its subscribed DEV_DATA, so
+    # that report confirms a write: a value equal to the one written confirms it; a value the device
+    # may still report without having seen the write (the one before, or a write this one replaced)
+    # does not; any other value means the device changes the parameter itself (an encoder position
+    # while the motor turns), so the write arrived or cannot be confirmed: resending it would only
+    # disturb it. An unconfirmed write is sent again every confirm timeout, at most WRITE_RETRIES times,
+    # counting only while the subscription is confirmed (before, no DEV_DATA could confirm anything).
+    # Writes of parameters the device does not report (write-only ones) go out once, as before.
+
+    def _confirm_timeout(self) -> float:
+        assert self.buffer is not None
+        return max(WRITE_CONFIRM_TIMEOUT, 3 * self.buffer.interval)
+
+    def _track_writes(self, message: Message, now: float) -> None:
+        """Remember the confirmable writes of a DEV_WRITE just sent (a newer write replaces an older)."""
+        scratch, buffer = self._scratch, self.buffer
+        if scratch is None or buffer is None or not self._confirmable:
+            return
+        scratch.update(message)
+        for name, value in scratch.get_write().items():
+            if name not in self._confirmable:
+                continue
+            previous = self._unconfirmed.get(name)
+            stale = [*previous.stale, previous.value] if previous is not None else [buffer.get(name)]
+            self._unconfirmed[name] = _UnconfirmedWrite(value, stale, now + self._confirm_timeout())
+
+    def _confirm_writes(self, message: Message) -> None:
+        """Settle the unconfirmed writes a DEV_DATA reports on."""
+        assert self._scratch is not None
+        self._scratch.update(message)
+        for name, value in self._scratch.get_update().items():
+            pending = self._unconfirmed.get(name)
+            if pending is None:
+                continue
+            if _same(value, pending.value) or not any(_same(value, old) for old in pending.stale):
+                del self._unconfirmed[name]
+
+    def _resend_writes(self, now: float) -> None:
+        """Send again the writes whose confirmation is overdue; give up on those resent too often."""
+        scratch = self._scratch
+        assert scratch is not None
+        resent = 0
+        for name, pending in list(self._unconfirmed.items()):
+            if now < pending.deadline:
+                continue
+            if pending.resends >= WRITE_RETRIES:
+                del self._unconfirmed[name]
+                self.counters.writes_unconfirmed += 1
+                logger.warning(
+                    "%s: no DEV_DATA confirmed %s = %r after %d resends; giving up",
+                    self.describe(),
+                    name,
+                    pending.value,
+                    pending.resends,
+                )
+                continue
+            try:
+                scratch.write(name, pending.value)
+            except (RuntimeBaseException, TypeError, ValueError):  # cannot happen: it was written before
+                del self._unconfirmed[name]
+                continue
+            pending.resends += 1
+            pending.deadline = now + self._confirm_timeout()
+            resent += 1
+        if resent:
+            for message in scratch.emit_dev_rw():
+                self.send(message)
+            self.counters.writes_resent += resent
+            logger.debug("%s: resent %d unconfirmed write(s)", self.describe(), resent)
+
     def _teardown(self, reason: str) -> None:
         if self._fd >= 0:
             with contextlib.suppress(Exception):
@@ -474,6 +610,10 @@ class PortConnection:
         if self._serial is not None:
             with contextlib.suppress(Exception):
                 self._serial.close()
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+        self._unconfirmed.clear()
         if self.record is not None:
             self.bridge.detach(self)
             logger.info("%s: disconnected (%s)", self.describe(), reason)
@@ -554,15 +694,27 @@ class PortConnection:
         elif kind == MessageType.DEV_DATA:
             if self.buffer is not None:
                 self.buffer.update(message)
+                if self._unconfirmed:
+                    self._confirm_writes(message)
         elif kind == MessageType.ERROR:
-            code = message.read_error()
-            logger.warning("%s: device reported ERROR %s", self.describe(), ErrorCode(code).name)
+            self._device_error(ErrorCode(message.read_error()))
         else:  # a host -> device message coming from the device: not answered, to avoid echo loops
             self.counters.errors += 1
             logger.debug("%s: ignoring unexpected %s from the device", self.describe(), kind.name)
 
+    def _device_error(self, code: ErrorCode) -> None:
+        """Log an ERROR the device reported (at most once a second; the rest are summed up)."""
+        self._device_errors += 1
+        now = time.monotonic()
+        if now - self._device_errors_logged_at >= BAD_FRAME_LOG_INTERVAL:
+            more = self._device_errors - 1
+            more_text = f" (and {more} more since the last report)" if more else ""
+            logger.warning("%s: device reported ERROR %s%s", self.describe(), code.name, more_text)
+            self._device_errors_logged_at = now
+            self._device_errors = 0
+
     def _on_sub_res(self, message: Message) -> None:
-        _, _, (device_id, year, random) = message.read_sub_res()
+        _, interval, (device_id, year, random) = message.read_sub_res()
         if self.record is None:
             if not self._sub_res.done():
                 self._sub_res.set_result(message)
@@ -573,6 +725,14 @@ class PortConnection:
             self.lose("device changed its uid")
             return
         assert self.buffer is not None
+        params, requested = self._sub_request
+        if interval == 0 and requested > 0 and params:
+            # Not the answer to our SUB_REQ: a late answer to a handshake PING, or a duplicate. It
+            # must not confirm the subscription (the SUB_REQ may have been lost, and the device would
+            # never stream) nor overwrite the one recorded; if one was confirmed, ask again.
+            logger.debug("%s: SUB_RES without a subscription; asking again", self.describe())
+            self._sub_confirmed = False
+            return
         self.buffer.update(message)
         self._sub_confirmed = True
 

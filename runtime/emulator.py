@@ -17,6 +17,12 @@ the sensor values plausibly over time (switches toggle, encoders count, battery
 voltages drift, intensities wander in 0..1, motor positions follow the duty
 cycle), so a viewer sees life.
 
+To test the host, the link can be made flaky (:class:`FaultInjector`, options
+``--faults``, ``--faults-in``, ``--disconnect-every``): frames dropped,
+duplicated, corrupted or truncated at given rates, and devices unplugged and
+plugged back now and then; ``--stats`` and a ``summary`` line per device at exit
+say what was done.
+
 >>> from runtime import catalog
 >>> servo = catalog.load()['servo-motor']
 >>> model = DeviceModel(servo, 0x07_01_0000000000000042, seed=1)
@@ -32,7 +38,9 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import datetime
+import json
 import logging
 import math
 import os
@@ -52,6 +60,9 @@ from .messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, M
 __all__ = [
     "DeviceModel",
     "DeviceSpec",
+    "FaultCounts",
+    "FaultInjector",
+    "FaultRates",
     "PtyDevice",
     "Simulator",
     "add_arguments",
@@ -68,10 +79,19 @@ HEARTBEAT_INTERVAL = 1.0
 """Seconds between the heartbeats an emulated device sends to the host."""
 OUTBOX_LIMIT = 4096
 """Bytes an emulated device queues while nobody reads its port (then it drops data, like a UART)."""
+DISCONNECT_FOR = 1.0
+"""Seconds an emulated disconnect lasts by default."""
+STATS_INTERVAL = 0.5
+"""Seconds between two writes of the ``--stats`` file."""
 FIRST_SEASON = 2016
 """The calendar year of UID year 0 (the spring 2016 season)."""
 MOTOR_TICKS_PER_SECOND = 2000.0
 """Encoder ticks per second of an emulated motor at full duty cycle."""
+
+
+def _seeded(seed: int | None, label: str) -> random.Random:
+    """A generator for one purpose: reproducible from ``seed`` (random when None), independent per label."""
+    return random.Random(None if seed is None else f"{seed}-{label}")
 
 
 def random_uid(device_id: int, rng: random.Random | None = None) -> int:
@@ -310,7 +330,11 @@ class DeviceModel:
         self.rng = random.Random(seed)
         self.simulator = Simulator(self.buffer, self.rng) if simulate else None
         self.messages_in = 0
+        """Messages received (frames that decoded)."""
         self.errors = 0
+        """Frames and messages from the host that were answered with an ERROR."""
+        self.errors_received = 0
+        """ERROR messages received from the host (its answers to frames it rejected)."""
         self._next_stream: float | None = None
         self._last_step: float | None = None
         self._next_heartbeat: float | None = None
@@ -378,11 +402,19 @@ class DeviceModel:
             return []
         if kind == MessageType.HB_REQ:
             return [Message.make_hb_res(message.read_hb_req())]
-        if kind in (MessageType.HB_RES, MessageType.ERROR):
+        if kind == MessageType.ERROR:
+            self.errors_received += 1
+            return []  # never answer an ERROR: no echo loops
+        if kind == MessageType.HB_RES:
             return []
         # SUB_RES and DEV_DATA travel from devices to the host only.
         self.errors += 1
         return [Message.make_error(ErrorCode.INVALID_TYPE)]
+
+    def forget_host(self) -> None:
+        """The link dropped: forget the subscription (a re-enumerated device starts unsubscribed)."""
+        self.buffer.update(Message.make_sub_req(0, 0))
+        self._next_stream = None
 
     def disable(self) -> None:
         """Stop actuating: every writeable parameter back to its default (zero, or within its bounds)."""
@@ -430,73 +462,369 @@ class DeviceModel:
         return deadline
 
 
+# ---- a flaky link -------------------------------------------------------------------------------
+
+FAULT_KINDS = ("drop", "duplicate", "corrupt", "truncate")
+"""What a flaky link does to frames, in the order the decisions are drawn for each frame."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultRates:
+    """How often a flaky link damages frames: one probability (0..1) per kind, drawn independently per frame.
+
+    * ``drop``: the frame is lost (nothing else happens to it).
+    * ``duplicate``: an intact copy of the frame follows it.
+    * ``corrupt``: one random bit of the encoded frame flips, never turning a
+      byte into 0x00 (so the frame stays one frame). The checksum or the COBS
+      structure almost always gives it away; a flipped COBS code byte moves
+      zero bytes around, which the 8-bit XOR checksum misses now and then
+      (about 1 in 50 corrupted frames of a message full of zeros).
+    * ``truncate``: the encoded frame is cut short; its delimiter still follows.
+
+    A frame both corrupted and truncated counts once as *mutated*: each mutated
+    frame is exactly one bad frame on the wire.
+
+    >>> FaultRates.parse('drop=0.1,corrupt=0.05')
+    FaultRates(drop=0.1, duplicate=0.0, corrupt=0.05, truncate=0.0)
+    >>> str(FaultRates.parse('all=0.1'))
+    'drop=0.1,duplicate=0.1,corrupt=0.1,truncate=0.1'
+    """
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    corrupt: float = 0.0
+    truncate: float = 0.0
+
+    def __post_init__(self) -> None:
+        for kind in FAULT_KINDS:
+            rate = getattr(self, kind)
+            if not 0.0 <= rate <= 1.0:  # also refuses NaN
+                raise ValueError(f"{kind} rate must be in 0..1, not {rate!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> FaultRates:
+        """Parse ``KIND=RATE[,KIND=RATE...]`` (``all=RATE`` sets every kind; later items win).
+
+        Raises:
+            ValueError: Unknown kind, malformed item, or a rate outside 0..1.
+        """
+        rates: dict[str, float] = {}
+        for item in text.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            kind, sep, value = item.partition("=")
+            kind = kind.strip()
+            if not sep:
+                raise ValueError(f"{item!r}: expected KIND=RATE")
+            if kind != "all" and kind not in FAULT_KINDS:
+                raise ValueError(f"{item!r}: unknown fault {kind!r} (known: {', '.join(FAULT_KINDS)}, all)")
+            try:
+                rate = float(value)
+            except ValueError:
+                raise ValueError(f"{item!r}: the rate must be a number in 0..1") from None
+            for name in FAULT_KINDS if kind == "all" else (kind,):
+                rates[name] = rate
+        return cls(**rates)
+
+    @property
+    def active(self) -> bool:
+        """Whether any rate is above zero."""
+        return any(getattr(self, kind) > 0 for kind in FAULT_KINDS)
+
+    def __str__(self) -> str:
+        return ",".join(f"{kind}={getattr(self, kind):g}" for kind in FAULT_KINDS)
+
+
+@dataclasses.dataclass
+class FaultCounts:
+    """What a :class:`FaultInjector` did, frame by frame."""
+
+    frames: int = 0
+    """Frames offered to the link."""
+    delivered: int = 0
+    """Frames the link passed on (``frames - dropped + duplicated``), damaged or not."""
+    dropped: int = 0
+    duplicated: int = 0
+    corrupted: int = 0
+    truncated: int = 0
+    mutated: int = 0
+    """Frames corrupted, truncated or both: each is one bad frame delivered."""
+
+    def to_json(self) -> dict[str, int]:
+        """The counts as a JSON object."""
+        return dataclasses.asdict(self)
+
+
+class FaultInjector:
+    """Damage frames the way a flaky link does, at the given rates, reproducibly for a given ``rng``.
+
+    Four random numbers are drawn per frame (when any rate is nonzero), so the
+    decisions for the n-th frame depend only on the seed, not on the frames'
+    contents or timing.
+
+    >>> injector = FaultInjector(FaultRates(truncate=1.0), random.Random(1))
+    >>> [len(frame) < 6 for frame in injector.apply(bytes.fromhex('04 13 02 06 02 17'))]
+    [True]
+    >>> injector.counts.truncated, injector.counts.mutated
+    (1, 1)
+    """
+
+    def __init__(self, rates: FaultRates, rng: random.Random) -> None:
+        self.rates = rates
+        self.rng = rng
+        self.counts = FaultCounts()
+
+    def apply(self, frame: bytes) -> list[bytes]:
+        """What the link delivers for one COBS frame (without delimiter): none, one or two frames."""
+        counts = self.counts
+        counts.frames += 1
+        if not self.rates.active:
+            counts.delivered += 1
+            return [frame]
+        rng, rates = self.rng, self.rates
+        drop, duplicate, corrupt, truncate = (
+            rng.random() < rate for rate in (rates.drop, rates.duplicate, rates.corrupt, rates.truncate)
+        )
+        if drop:
+            counts.dropped += 1
+            return []
+        damaged = frame
+        if corrupt and frame:
+            damaged = self._flip_a_bit(damaged)
+            counts.corrupted += 1
+        if truncate and len(frame) > 1:
+            damaged = damaged[: rng.randrange(1, len(damaged))]
+            counts.truncated += 1
+        if damaged is not frame:
+            counts.mutated += 1
+        delivered = [damaged, frame] if duplicate else [damaged]
+        counts.duplicated += duplicate
+        counts.delivered += len(delivered)
+        return delivered
+
+    def _flip_a_bit(self, frame: bytes) -> bytes:
+        data = bytearray(frame)
+        while True:  # ends soon: only one of the 8 bits of a nonzero byte can turn it into 0x00
+            index, bit = self.rng.randrange(len(data)), self.rng.randrange(8)
+            if data[index] ^ (1 << bit):  # a 0x00 would be a delimiter: the frame would split
+                data[index] ^= 1 << bit
+                return bytes(data)
+
+
 # ---- pseudo-terminals ---------------------------------------------------------------------------
 
 
 class PtyDevice:
-    """Connect a :class:`DeviceModel` to a new pseudo-terminal.
+    """Connect a :class:`DeviceModel` to a new pseudo-terminal, over a link that may be flaky.
 
     The emulator keeps both ends open (so the terminal lives while no bridge
     has it open) and talks through the master end; a bridge opens the slave
     end, :attr:`path`. With ``link``, a symlink of that name points to it.
 
+    Faults: ``faults`` damages the frames the device sends, ``faults_in`` those
+    it receives (see :class:`FaultRates`). With ``disconnect_every``, the device
+    vanishes after that many seconds connected, like an unplugged cable: the
+    pseudo-terminal is closed (a bridge reading it gets an error) and the link
+    removed; ``disconnect_for`` seconds later it comes back on a new
+    pseudo-terminal and the link is made again. The device keeps its values but
+    forgets its subscription, as a re-enumerated device does.
+
     Args:
         model: The device.
         link: Path of a symlink to create to the pseudo-terminal (replaced if it exists).
         garbage: Seconds between bursts of garbage bytes (0: never); for testing the host.
+        faults: Damage to the frames sent (None: none).
+        faults_in: Damage to the frames received (None: none).
+        fault_seed: Seeds the fault decisions (None: random).
+        disconnect_every: Seconds connected before each disconnect (0: never).
+        disconnect_for: Seconds each disconnect lasts.
+        first_disconnect: Seconds before the first disconnect (default ``disconnect_every``).
     """
 
-    def __init__(self, model: DeviceModel, *, link: str | None = None, garbage: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: DeviceModel,
+        *,
+        link: str | None = None,
+        garbage: float = 0.0,
+        faults: FaultRates | None = None,
+        faults_in: FaultRates | None = None,
+        fault_seed: int | None = None,
+        disconnect_every: float = 0.0,
+        disconnect_for: float = DISCONNECT_FOR,
+        first_disconnect: float | None = None,
+    ) -> None:
         self.model = model
         self.link = link
         self.garbage = garbage
-        self.master, self.slave = os.openpty()
-        try:
-            tty.setraw(self.slave)
-            os.set_blocking(self.master, False)
-            self.path = os.ttyname(self.slave)
-            if link is not None:
-                # A hidden name, so that a bridge globbing DIR/* never sees the link half made.
-                directory, name = os.path.split(link)
-                temporary = os.path.join(directory, f".{name}.tmp{os.getpid()}")
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
-                os.symlink(self.path, temporary)
-                os.replace(temporary, link)
-        except BaseException:
-            os.close(self.master)
-            os.close(self.slave)
-            raise
+        # One generator per direction: the fate of the n-th frame sent does not depend on traffic received.
+        self.faults_out = FaultInjector(faults or FaultRates(), _seeded(fault_seed, "out"))
+        self.faults_in = FaultInjector(faults_in or FaultRates(), _seeded(fault_seed, "in"))
+        self.disconnect_every = max(disconnect_every, 0.0)
+        self.disconnect_for = max(disconnect_for, 0.0)
+        self.first_disconnect = disconnect_every if first_disconnect is None else first_disconnect
+        self.disconnects = 0
+        """Times the device vanished."""
+        self.reconnects = 0
+        """Times it came back."""
+        self.master = self.slave = -1
+        self.path = ""
+        self._open_pty()
         self._splitter = FrameSplitter()
         self._writer: FrameWriter | None = None
         self._retry: asyncio.TimerHandle | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the device is plugged in (its pseudo-terminal exists)."""
+        return self.master >= 0
 
     def describe(self) -> str:
         """The line printed at start: type, UID, pseudo-terminal (and link)."""
         line = f"{self.model.type_name} {self.model.uid:#x} {self.path}"
         return f"{line} {self.link}" if self.link else line
 
+    def summary(self) -> str:
+        """The line printed at exit: what the link did, as ``key=value`` words."""
+        out, received = self.faults_out.counts, self.faults_in.counts
+        words = [f"{key}={value}" for key, value in out.to_json().items()]
+        words += [f"in_{key}={value}" for key, value in received.to_json().items()]
+        words += [
+            f"disconnects={self.disconnects}",
+            f"reconnects={self.reconnects}",
+            f"errors={self.model.errors}",
+            f"errors_received={self.model.errors_received}",
+        ]
+        return f"summary {self.model.type_name} {self.model.uid:#x}: {' '.join(words)}"
+
+    def stats(self) -> dict[str, Any]:
+        """The device's entry in the ``--stats`` file."""
+        return {
+            "type": self.model.type_name,
+            "uid": f"{self.model.uid:#x}",
+            "path": self.path if self.connected else None,
+            "link": self.link,
+            "connected": self.connected,
+            "disconnects": self.disconnects,
+            "reconnects": self.reconnects,
+            "faults": str(self.faults_out.rates),
+            "faults_in": str(self.faults_in.rates),
+            "out": self.faults_out.counts.to_json(),
+            "in": self.faults_in.counts.to_json(),
+            "messages_in": self.model.messages_in,
+            "errors": self.model.errors,
+            "errors_received": self.model.errors_received,
+        }
+
+    # -- the pseudo-terminal and its link --
+
+    def _open_pty(self) -> None:
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            path = os.ttyname(slave)
+            if self.link is not None:
+                # A hidden name, so that a bridge globbing DIR/* never sees the link half made.
+                directory, name = os.path.split(self.link)
+                temporary = os.path.join(directory, f".{name}.tmp{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                os.symlink(path, temporary)
+                os.replace(temporary, self.link)
+        except BaseException:
+            os.close(master)
+            os.close(slave)
+            raise
+        self.master, self.slave, self.path = master, slave, path
+
+    def _close_pty(self) -> None:
+        """Remove the link (if it still points to our terminal) and close both ends."""
+        if self.link is not None and self.path:
+            with contextlib.suppress(OSError):
+                if os.readlink(self.link) == self.path:
+                    os.unlink(self.link)
+        for fd in (self.master, self.slave):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.master = self.slave = -1
+
+    def _start_io(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._splitter.reset()
+        self._writer = FrameWriter(self.master, limit=OUTBOX_LIMIT)
+        loop.add_reader(self.master, self._on_readable)
+
+    def _stop_io(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self.master >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.master)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _disconnect(self) -> None:
+        """Vanish: stop talking, close the terminal, remove the link; forget the subscription."""
+        self._stop_io()
+        old = self.path
+        self._close_pty()
+        self.model.forget_host()
+        self.disconnects += 1
+        logger.info("%s %#x: disconnected from %s", self.model.type_name, self.model.uid, old)
+
+    def _reconnect(self) -> bool:
+        """Come back on a new pseudo-terminal; False if none could be opened (tried again later)."""
+        try:
+            self._open_pty()
+        except OSError as exc:
+            logger.warning("%s %#x: cannot reconnect: %s", self.model.type_name, self.model.uid, exc)
+            return False
+        self._start_io()
+        self.reconnects += 1
+        where = f"{self.path} ({self.link})" if self.link else self.path
+        logger.info("%s %#x: reconnected on %s", self.model.type_name, self.model.uid, where)
+        return True
+
+    # -- serving --
+
     async def run(self) -> None:
         """Serve the device until cancelled."""
         loop = asyncio.get_running_loop()
-        self._writer = FrameWriter(self.master, limit=OUTBOX_LIMIT)
-        loop.add_reader(self.master, self._on_readable)
-        next_garbage = loop.time() + self.garbage if self.garbage > 0 else math.inf
+        self._start_io()
+        start = loop.time()
+        next_garbage = start + self.garbage if self.garbage > 0 else math.inf
+        next_disconnect = start + self.first_disconnect if self.disconnect_every > 0 else math.inf
+        reconnect_at = math.inf
         try:
             while True:
                 now = loop.time()
-                self._send(self.model.poll(now))
-                if now >= next_garbage:
-                    self._send_garbage()
-                    next_garbage = now + self.garbage
-                deadline = min(self.model.next_deadline(now), next_garbage)
+                messages = self.model.poll(now)  # the simulation goes on while unplugged
+                if self.connected:
+                    self._send(messages)
+                    if now >= next_disconnect:
+                        self._disconnect()
+                        next_disconnect, reconnect_at = math.inf, now + self.disconnect_for
+                    elif now >= next_garbage:
+                        self._send_garbage()
+                        next_garbage = now + self.garbage
+                elif now >= reconnect_at:
+                    if self._reconnect():
+                        next_disconnect, reconnect_at = now + self.disconnect_every, math.inf
+                    else:
+                        reconnect_at = now + max(self.disconnect_for, 0.5)
+                deadline = self.model.next_deadline(now)
+                if self.connected:
+                    deadline = min(deadline, next_garbage, next_disconnect)
+                else:
+                    deadline = min(deadline, reconnect_at)
                 await asyncio.sleep(max(deadline - loop.time(), 0.001))
         finally:
-            if self._retry is not None:
-                self._retry.cancel()
-            with contextlib.suppress(Exception):
-                loop.remove_reader(self.master)
-            self._writer.close()
+            self._stop_io()
 
     def _on_readable(self) -> None:
         try:
@@ -511,12 +839,16 @@ class PtyDevice:
             return
         now = asyncio.get_running_loop().time()
         for frame in self._splitter.feed(data):
-            self._send(self.model.receive(frame, now))
+            for delivered in self.faults_in.apply(frame):
+                self._send(self.model.receive(delivered, now))
 
     def _send(self, messages: Iterable[Message]) -> None:
-        assert self._writer is not None
+        if self._writer is None:
+            return
         for message in messages:
-            self._writer.send(message.encode() + DELIM)
+            frames = self.faults_out.apply(message.encode())
+            if frames:
+                self._writer.send(b"".join(frame + DELIM for frame in frames))
 
     def _send_garbage(self) -> None:
         """Noise as a flaky cable makes it: junk, a frame with a bad checksum, an oversized frame."""
@@ -530,13 +862,7 @@ class PtyDevice:
 
     def close(self) -> None:
         """Close the pseudo-terminal and remove the link (if it still points to it)."""
-        if self.link is not None:
-            with contextlib.suppress(OSError):
-                if os.readlink(self.link) == self.path:
-                    os.unlink(self.link)
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close_pty()
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -608,14 +934,104 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="device catalog YAML (default: the catalog packaged with runtime)",
     )
     parser.add_argument(
-        "--seed", type=int, default=None, help="seed for random UIDs and simulated values (reproducible runs)"
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for random UIDs, simulated values and injected faults (reproducible runs)",
     )
     parser.add_argument(
         "--still", action="store_true", help="do not simulate: sensor values change only when written"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log protocol errors")
+    faults = parser.add_argument_group(
+        "a flaky link",
+        "Make the link of every device misbehave, to test the host. Fault rates are probabilities "
+        "drawn independently for each frame (reproducible with --seed). What was done is counted: "
+        "see --stats, and the 'summary TYPE UID: key=value ...' line each device prints at exit.",
+    )
+    faults.add_argument(
+        "--faults",
+        type=_fault_rates,
+        default=FaultRates(),
+        metavar="KIND=RATE[,...]",
+        help="damage the frames each device sends (device -> host). KIND is drop (the frame is lost), "
+        "duplicate (an intact copy follows it), corrupt (one random bit of the encoded frame flips, "
+        "never into a 0x00 byte), truncate (the encoded frame is cut short before its delimiter) or all; "
+        "RATE is a probability in 0..1. Example: drop=0.05,duplicate=0.05,corrupt=0.05,truncate=0.05",
+    )
+    faults.add_argument(
+        "--faults-in",
+        type=_fault_rates,
+        default=FaultRates(),
+        metavar="KIND=RATE[,...]",
+        help="damage the frames each device receives (host -> device) the same way, before the device "
+        "decodes them; it answers a damaged frame with an ERROR, as a real device does",
+    )
+    faults.add_argument(
+        "--disconnect-every",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="unplug each device after SECONDS connected: its pseudo-terminal is closed and its --link "
+        "removed; after --disconnect-for it comes back on a new pseudo-terminal with the same UID (the "
+        "link is made again, so use --link and a bridge with --glob 'DIR/*'). The device keeps its values "
+        "but forgets its subscription. The first disconnects of several devices are staggered. "
+        "0 (default): never",
+    )
+    faults.add_argument(
+        "--disconnect-for",
+        type=_seconds,
+        default=DISCONNECT_FOR,
+        metavar="SECONDS",
+        help=f"how long each disconnect lasts (default {DISCONNECT_FOR:g})",
+    )
+    faults.add_argument(
+        "--stats",
+        metavar="FILE",
+        default=None,
+        help="write each device's link statistics as JSON to FILE every "
+        f"{STATS_INTERVAL:g} s and at exit: frames sent, delivered, dropped, duplicated, corrupted, "
+        "truncated and mutated in each direction, disconnects, reconnects, errors",
+    )
     # Testing aid: make the devices send noise now and then.
     parser.add_argument("--garbage", type=float, default=0.0, metavar="SECONDS", help=argparse.SUPPRESS)
+
+
+def _fault_rates(text: str) -> FaultRates:
+    try:
+        return FaultRates.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds >= 0")
+    return value
+
+
+def write_stats(path: str, devices: Sequence[PtyDevice]) -> None:
+    """Write the ``--stats`` file atomically (temporary file, then rename); log a failure."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump({"devices": [device.stats() for device in devices]}, file, indent=2)
+            file.write("\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        logger.error("cannot write stats to %s: %s", path, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+async def _write_stats_periodically(path: str, devices: Sequence[PtyDevice]) -> None:
+    while True:
+        write_stats(path, devices)
+        await asyncio.sleep(STATS_INTERVAL)
 
 
 def _link_names(specs: Sequence[DeviceSpec], directory: str) -> list[str]:
@@ -629,13 +1045,15 @@ def _link_names(specs: Sequence[DeviceSpec], directory: str) -> list[str]:
     return names
 
 
-async def _serve(devices: Sequence[PtyDevice]) -> None:
+async def _serve(devices: Sequence[PtyDevice], stats_path: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
     tasks = [loop.create_task(device.run(), name=device.describe()) for device in devices]
+    if stats_path is not None:
+        tasks.append(loop.create_task(_write_stats_periodically(stats_path, devices), name="stats"))
     stopper = loop.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -674,25 +1092,60 @@ def main(args: argparse.Namespace) -> int:
     if args.link:
         os.makedirs(args.link, exist_ok=True)
         links = list(_link_names(specs, args.link))
+    faults: FaultRates = getattr(args, "faults", None) or FaultRates()
+    faults_in: FaultRates = getattr(args, "faults_in", None) or FaultRates()
+    every = float(getattr(args, "disconnect_every", 0.0) or 0.0)
+    duration = float(getattr(args, "disconnect_for", DISCONNECT_FOR))
+    stats_path: str | None = getattr(args, "stats", None)
+    if every > 0 and not args.link:
+        logger.warning(
+            "--disconnect-every without --link: the devices come back on new pseudo-terminals, "
+            "which a bridge serving fixed --port paths will not find"
+        )
     devices: list[PtyDevice] = []
+    served = False
     try:
         for index, (spec, link) in enumerate(zip(specs, links, strict=True)):
             seed = None if args.seed is None else args.seed + index
             model = DeviceModel(spec.buffer_type, spec.uid, seed=seed, simulate=not args.still)
             try:
-                device = PtyDevice(model, link=link, garbage=max(float(args.garbage), 0.0))
+                device = PtyDevice(
+                    model,
+                    link=link,
+                    garbage=max(float(args.garbage), 0.0),
+                    faults=faults,
+                    faults_in=faults_in,
+                    fault_seed=seed,
+                    disconnect_every=every,
+                    disconnect_for=duration,
+                    first_disconnect=every * (1 + index / len(specs)),  # staggered
+                )
             except BaseException:
                 model.close()
                 raise
             devices.append(device)
             print(device.describe(), flush=True)
-        asyncio.run(_serve(devices))
+        if faults.active or faults_in.active or every > 0:
+            logger.info(
+                "flaky link: faults %s, faults in %s, disconnect every %g s for %g s",
+                faults,
+                faults_in,
+                every,
+                duration,
+            )
+        served = True
+        asyncio.run(_serve(devices, stats_path))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
         print(f"runtime emulate: {exc}", file=sys.stderr)
         return 1
     finally:
+        if served:
+            for device in devices:
+                print(device.summary(), flush=True)
+            if stats_path is not None:
+                write_stats(stats_path, devices)
         for device in devices:
             device.close()
             device.model.close()
