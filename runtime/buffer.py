@@ -976,6 +976,25 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         """The prefix of this project's segment names (``$RUNTIME_BUFFER_NAMESPACE``, default ``rt``)."""
         return os.environ.get(NAMESPACE_ENV) or "rt"
 
+    @staticmethod
+    @contextlib.contextmanager
+    def use_namespace(namespace: str | None) -> Iterator[str]:
+        """Name segments under ``namespace`` while inside (child processes inherit it).
+
+        Sets ``$RUNTIME_BUFFER_NAMESPACE`` and restores it on exit; None keeps the
+        current namespace. Yields the namespace in effect.
+        """
+        previous = os.environ.get(NAMESPACE_ENV)
+        if namespace:
+            os.environ[NAMESPACE_ENV] = namespace
+        try:
+            yield BufferStore.namespace()
+        finally:
+            if previous is None:
+                os.environ.pop(NAMESPACE_ENV, None)
+            else:
+                os.environ[NAMESPACE_ENV] = previous
+
     @classmethod
     def segment_name(cls, type_name: str, uid: int) -> str:
         """The shared memory object name of a device's buffer."""
