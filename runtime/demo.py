@@ -559,19 +559,6 @@ def _choose_devices(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) 
     return devices
 
 
-@contextlib.contextmanager
-def _environment(namespace: str) -> Iterator[None]:
-    previous = os.environ.get(NAMESPACE_ENV)
-    os.environ[NAMESPACE_ENV] = namespace
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(NAMESPACE_ENV, None)
-        else:
-            os.environ[NAMESPACE_ENV] = previous
-
-
 class SignalGuard:
     """Turn SIGINT, SIGTERM and SIGHUP into an orderly stop, exactly once.
 
@@ -645,7 +632,7 @@ def main(args: argparse.Namespace) -> int:
     live_view = console.is_terminal and not args.json
     status = 0
     interrupted = False
-    with _environment(namespace), SignalGuard() as guard:
+    with BufferStore.use_namespace(namespace), SignalGuard() as guard:
         demo = Demo(args, catalog, devices, namespace, guard)
         try:
             print(

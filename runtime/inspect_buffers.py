@@ -21,7 +21,7 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
@@ -497,27 +497,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-@contextlib.contextmanager
-def _namespace(namespace: str | None) -> Iterator[None]:
-    """Use ``namespace`` for segment names while inside (the environment variable is restored)."""
-    if not namespace:
-        yield
-        return
-    previous = os.environ.get(NAMESPACE_ENV)
-    os.environ[NAMESPACE_ENV] = namespace
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(NAMESPACE_ENV, None)
-        else:
-            os.environ[NAMESPACE_ENV] = previous
-
-
 def main(args: argparse.Namespace) -> int:
     """Run ``runtime buffers ACTION``."""
     catalog = load_catalog(args.catalog)
-    with _namespace(args.namespace):
+    with BufferStore.use_namespace(args.namespace):
         return int(args.buffers_main(args, catalog))
 
 

@@ -13,214 +13,62 @@ Segments live in a namespace of their own, unlinked at the end of the module.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import random
-import select
 import signal
-import subprocess
-import sys
 import time
-import tty
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import e2e
 import pytest
+from e2e import (
+    CATALOG,
+    POT,
+    SERVO,
+    Children,
+    FakeDeviceBase,
+    children_fixture,
+    make_uid,
+    namespace_fixture,
+    open_buffer,
+    read_json,
+    stats_entry,
+    sub_res,
+    wait_for,
+)
 
-import runtime.catalog
 from runtime import bridge, emulator
-from runtime.buffer import NAMESPACE_ENV, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
-from runtime.messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageType
+from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
+from runtime.messaging import DELIM, ErrorCode, Message, MessageType
 
 pytestmark = pytest.mark.timeout(60)
 
-T = TypeVar("T")
-
-CATALOG = runtime.catalog.load()
-SERVO: type[DeviceBuffer] = CATALOG["servo-motor"]  # type: ignore[assignment]
 YOGI: type[DeviceBuffer] = CATALOG["yogi-bear"]  # type: ignore[assignment]
-POT: type[DeviceBuffer] = CATALOG["potentiometer"]  # type: ignore[assignment]
 SWITCH: type[DeviceBuffer] = CATALOG["limit-switch"]  # type: ignore[assignment]
 
 
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def namespace() -> Iterator[str]:
-    """Give this module's segments (and its children's) a namespace of their own; unlink them after."""
-    previous = os.environ.get(NAMESPACE_ENV)
-    name = f"rt-test-bridge-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.environ[NAMESPACE_ENV] = name
-    try:
-        yield name
-    finally:
-        BufferStore({}).unlink_all()
-        if previous is None:
-            del os.environ[NAMESPACE_ENV]
-        else:
-            os.environ[NAMESPACE_ENV] = previous
-
-
-def make_uid(buffer_type: type[DeviceBuffer]) -> int:
-    """A UID nobody else in this test run uses."""
-    return int(DeviceUID(buffer_type.device_id, 9, random.getrandbits(64)))
-
-
-def wait_for(what: str, predicate: Callable[[], T | None], timeout: float = 10.0, every: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
-class Children:
-    """Start child processes of this test (launchers of the modules) and always kill them."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, module: str, *args: str, stdout: bool = False) -> subprocess.Popen[bytes]:
-        log = self.directory / f"{module.rsplit('.', 1)[-1]}-{len(self.processes)}.log"
-        with open(log, "wb") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-                stderr=stderr,
-                cwd=self.directory,
-            )
-        self.processes.append((process, log))
-        return process
-
-    def log(self, process: subprocess.Popen[bytes]) -> str:
-        for candidate, path in self.processes:
-            if candidate is process:
-                return path.read_text(errors="replace")
-        return ""
-
-    def emulate(self, *args: str, count: int) -> tuple[subprocess.Popen[bytes], list[list[str]]]:
-        """Start an emulator and read its ``count`` device lines (type, uid, pty[, link])."""
-        process = self.start("runtime.emulator", *args, stdout=True)
-        assert process.stdout is not None
-        fd = process.stdout.fileno()
-        data = b""
-        deadline = time.monotonic() + 15
-        while data.count(b"\n") < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"emulator printed {data!r}; log: {self.log(process)}")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise AssertionError(f"emulator exited ({process.wait()}): {self.log(process)}")
-                data += chunk
-        return process, [line.split() for line in data.decode().splitlines()]
-
-    def stop(
-        self, process: subprocess.Popen[bytes], signum: int = signal.SIGTERM, timeout: float = 10
-    ) -> int:
-        """Send ``signum`` and wait for the exit code."""
-        process.send_signal(signum)
-        return process.wait(timeout)
-
-    def kill_all(self) -> None:
-        """Kill what still runs; print every child's log (pytest shows it when a test fails)."""
-        for process, log in self.processes:
-            if process.poll() is None:
-                process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
-            if process.stdout is not None:
-                process.stdout.close()
-            print(f"---- {log.name} (exit {process.returncode})")
-            print(log.read_text(errors="replace"))
-
-
-@pytest.fixture
-def children(tmp_path: Path) -> Iterator[Children]:
-    manager = Children(tmp_path)
-    try:
-        yield manager
-    finally:
-        manager.kill_all()
-
-
-@pytest.fixture
-def store() -> Iterator[BufferStore]:
-    """The test's own view of the buffers (it never creates them: the bridge does)."""
-    with BufferStore(CATALOG) as buffers:
-        yield buffers
-
-
-def open_buffer(store: BufferStore, uid: int, timeout: float = 10.0) -> DeviceBuffer:
-    """Open the bridge's buffer of a device, waiting until the bridge created it."""
-
-    def attempt() -> DeviceBuffer | None:
-        try:
-            return store.get_or_open(uid, create=False)
-        except DeviceBufferError:
-            return None
-
-    return wait_for(f"the buffer of {uid:#x}", attempt, timeout)
-
-
-def read_stats(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    except (OSError, ValueError):
-        return None
-
-
-def stats_entry(path: Path, uid: int) -> dict[str, Any] | None:
-    stats = read_stats(path)
-    for entry in (stats or {}).get("devices", []):
-        if entry["uid"] == f"{uid:#x}":
-            return entry  # type: ignore[no-any-return]
-    return None
+namespace = namespace_fixture("rt-test-bridge")
+children = children_fixture()
+store = e2e.store
 
 
 def segment_inode(buffer: DeviceBuffer) -> int:
     return os.stat(f"/dev/shm/{buffer.name}").st_ino
 
 
-class FakeDevice:
+class FakeDevice(FakeDeviceBase):
     """The test playing a Smart Device on a pty whose slave end the bridge opens."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        self.splitter = FrameSplitter()
-        self.inbox: list[Message] = []
-
-    def close(self) -> None:
-        os.close(self.master)
-        os.close(self.slave)
 
     def send(self, data: bytes) -> None:
         os.write(self.master, data)
 
     def send_message(self, message: Message) -> None:
         self.send(message.encode() + DELIM)
-
-    def _receive(self, timeout: float) -> None:
-        ready, _, _ = select.select([self.master], [], [], timeout)
-        if ready:
-            with contextlib.suppress(BlockingIOError, OSError):
-                for frame in self.splitter.feed(os.read(self.master, 4096)):
-                    self.inbox.append(Message.decode(frame))
 
     def expect(
         self, kind: MessageType, timeout: float = 5.0, where: Callable[[Message], bool] | None = None
@@ -237,21 +85,10 @@ class FakeDevice:
                 raise AssertionError(f"no {kind.name} from the bridge within {timeout} s")
             self._receive(min(remaining, 0.1))
 
-    def collect(self, seconds: float) -> list[Message]:
-        """Everything the bridge sends during ``seconds``."""
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            self._receive(min(remaining, 0.05))
-        messages, self.inbox = self.inbox, []
-        return messages
-
     def introduce(self, uid: int, params: int = 0, interval_ms: int = 0) -> None:
         """Answer the next PING with a SUB_RES carrying ``uid``."""
         self.expect(MessageType.PING)
-        parts = DeviceUID.from_int(uid)
-        self.send_message(
-            Message.make_sub_res(params, interval_ms, parts.device_id, parts.year, parts.random)
-        )
+        self.send_message(sub_res(uid, params, interval_ms))
 
 
 def host_view(buffer_type: type[DeviceBuffer], messages: list[Message]) -> dict[str, Any]:
@@ -341,7 +178,7 @@ def test_emulated_devices_through_the_bridge(children: Children, store: BufferSt
     assert children.stop(bridge_process) == 0, children.log(bridge_process)
     assert not yogi.valid and not pot.valid
     assert segment_inode(yogi) == inode
-    final = read_stats(stats)
+    final = read_json(stats)
     assert final is not None and {entry["type"] for entry in final["devices"]} == {
         "yogi-bear",
         "potentiometer",
@@ -368,8 +205,7 @@ def test_bridge_survives_a_misbehaving_device(children: Children, store: BufferS
         wait_for("the servo to be valid", lambda: servo.valid)
         request = device.expect(MessageType.SUB_REQ)
         assert request.read_sub_req() == (0b11, 40)
-        parts = DeviceUID.from_int(uid)
-        device.send_message(Message.make_sub_res(0b11, 40, parts.device_id, parts.year, parts.random))
+        device.send_message(sub_res(uid, 0b11, 40))
         wait_for("the stranger to be logged", lambda: "unknown device id 48879" in children.log(process))
         assert not [m for m in stranger.collect(0.5) if m.type == MessageType.PING], "stranger still pinged"
 

@@ -10,17 +10,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from e2e import JOIN_TIMEOUT, finish, reaped, start
 
 from runtime.buffer import DeviceBuffer, DeviceBufferError, Parameter
 
 SHM_DIR = "/dev/shm"
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
-JOIN_TIMEOUT = 30.0
 
 # Spawned children import this module, so the type is defined at module level.
 Counter = DeviceBuffer.make_type(
@@ -54,32 +54,6 @@ Counter = DeviceBuffer.make_type(
 """
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@contextlib.contextmanager
-def children() -> Iterator[list[Any]]:
-    """Processes appended to the list are killed if still alive when the block exits."""
-    processes: list[Any] = []
-    try:
-        yield processes
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-            process.join(JOIN_TIMEOUT)
-
-
-def start(processes: list[Any], context: Any, target: Callable[..., Any], *args: Any) -> Any:
-    process = context.Process(target=target, args=args, daemon=True)
-    processes.append(process)
-    process.start()
-    return process
-
-
-def finish(process: Any) -> int:
-    process.join(JOIN_TIMEOUT)
-    assert not process.is_alive(), "child process did not finish"
-    return int(process.exitcode)
 
 
 # ---- child process bodies (module level, so that 'spawn' can import them) ----------------------------
@@ -140,7 +114,7 @@ def create_then_close(name: str, created: Any, close: Any) -> None:
 def test_another_process_sees_writes(shm_name: Callable[[str], str]) -> None:
     name = shm_name()
     results = SPAWN.Queue()
-    with Counter.open(name) as buffer, children() as processes:
+    with Counter.open(name) as buffer, reaped() as processes:
         buffer.set("count", 41)
         buffer.set("label", b"hello")
         buffer.write("speed", -0.25)
@@ -155,7 +129,7 @@ def test_concurrent_increments_in_transactions_are_not_lost(shm_name: Callable[[
     name = shm_name()
     workers, times = 4, 2000
     ready, go = FORK.Semaphore(0), FORK.Event()
-    with Counter.open(name) as buffer, children() as processes:
+    with Counter.open(name) as buffer, reaped() as processes:
         for _ in range(workers):
             start(processes, FORK, increment, name, ready, go, times)
         for _ in range(workers):
@@ -168,7 +142,7 @@ def test_concurrent_increments_in_transactions_are_not_lost(shm_name: Callable[[
 def test_transaction_makes_several_values_change_together(shm_name: Callable[[str], str]) -> None:
     name = shm_name()
     times = 3000
-    with Counter.open(name) as buffer, children() as processes:
+    with Counter.open(name) as buffer, reaped() as processes:
         writer = start(processes, FORK, write_pairs, name, times)
         snapshots = []
         while writer.is_alive() and len(snapshots) < 100_000:
@@ -185,7 +159,7 @@ def test_transaction_makes_several_values_change_together(shm_name: Callable[[st
 def test_transaction_holds_off_other_processes_until_it_ends(shm_name: Callable[[str], str]) -> None:
     name = shm_name()
     results = FORK.Queue()
-    with Counter.open(name) as buffer, children() as processes:
+    with Counter.open(name) as buffer, reaped() as processes:
         with buffer.transaction():
             with buffer.transaction():  # reentrant
                 buffer.set("count", 1)
@@ -206,7 +180,7 @@ def test_process_killed_inside_a_transaction_does_not_wedge_the_others(
     name = shm_name()
     ready = FORK.Event()
     results = FORK.Queue()
-    with Counter.open(name) as buffer, children() as processes:
+    with Counter.open(name) as buffer, reaped() as processes:
         buffer.set("count", 7)
         victim = start(processes, FORK, die_in_transaction, name, depth, ready)
         assert ready.wait(JOIN_TIMEOUT)
@@ -232,7 +206,7 @@ def test_process_killed_inside_a_transaction_does_not_wedge_the_others(
 def test_creator_in_another_process_controls_the_valid_bit(shm_name: Callable[[str], str]) -> None:
     name = shm_name()
     created, close = FORK.Event(), FORK.Event()
-    with children() as processes:
+    with reaped() as processes:
         creator = start(processes, FORK, create_then_close, name, created, close)
         assert created.wait(JOIN_TIMEOUT)
         with Counter.open(name, create=False) as buffer:
@@ -292,7 +266,7 @@ def read_count(name: str, results: Any) -> None:
 def test_closing_inside_a_transaction_releases_the_lock(shm_name: Callable[[str], str]) -> None:
     name = shm_name()
     results = FORK.Queue()
-    with Counter.open(name) as owner, children() as processes:
+    with Counter.open(name) as owner, reaped() as processes:
         buffer = Counter.attach(name, create=False)
         with buffer.transaction():
             with buffer.transaction():

@@ -32,13 +32,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from e2e import JOIN_TIMEOUT, STRESS_SECONDS, namespace_segments, reaped, start
 
-from runtime.buffer import NAMESPACE_ENV, SHM_DIR, Buffer, Parameter
+from runtime.buffer import Buffer, Parameter
 
-STRESS_SECONDS = float(os.environ.get("RUNTIME_STRESS_SECONDS") or 5)
 WORKERS = 8
 PAIRS = 3
-JOIN_TIMEOUT = 30.0
 FORK = multiprocessing.get_context("fork")  # the workers: cheap to start, hundreds of them
 SPAWN = multiprocessing.get_context("spawn")  # the final check: a process that inherited nothing
 
@@ -188,25 +187,6 @@ def one_more_transaction(names: list[str]) -> None:
 # ---- the supervisor (the test) ---------------------------------------------------------------------
 
 
-def namespace_segments() -> set[str]:
-    prefix = os.environ[NAMESPACE_ENV] + "-"
-    return {entry for entry in os.listdir(SHM_DIR) if entry.startswith(prefix)}
-
-
-@contextlib.contextmanager
-def reaped() -> Iterator[list[Any]]:
-    """Processes appended to the list are killed and joined when the block exits, whatever happens."""
-    processes: list[Any] = []
-    try:
-        yield processes
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-        for process in processes:
-            process.join(JOIN_TIMEOUT)
-
-
 @contextlib.contextmanager
 def counting_recoveries() -> Iterator[RecoveryCounter]:
     """Count this process's own recoveries (the supervisor takes the locks too)."""
@@ -250,11 +230,7 @@ def test_kill_storm_keeps_transactions_atomic_and_buffers_usable(shm_name: Calla
 
         def spawn() -> Any:
             nonlocal spawned
-            process = FORK.Process(
-                target=storm_worker, args=(names, control_name, deadline, rng.getrandbits(32)), daemon=True
-            )
-            processes.append(process)
-            process.start()
+            process = start(processes, FORK, storm_worker, names, control_name, deadline, rng.getrandbits(32))
             spawned += 1
             return process
 
@@ -283,9 +259,7 @@ def test_kill_storm_keeps_transactions_atomic_and_buffers_usable(shm_name: Calla
         # Every buffer works: here, and in a fresh process, within the normal lock timeout.
         check_pairs("after the storm")
         committed = sum(seen)
-        fresh = SPAWN.Process(target=one_more_transaction, args=(names,), daemon=True)
-        processes.append(fresh)
-        fresh.start()
+        fresh = start(processes, SPAWN, one_more_transaction, names)
         fresh.join(JOIN_TIMEOUT)
         for index, buffer in enumerate(pairs):
             with buffer.transaction():

@@ -20,32 +20,36 @@ import contextlib
 import json
 import os
 import random
-import select
-import signal
 import subprocess
 import sys
 import time
-import tty
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import e2e
 import pytest
+from e2e import (
+    POT,
+    SERVO,
+    Children,
+    FakeDeviceBase,
+    children_fixture,
+    make_uid,
+    must,
+    namespace_fixture,
+    open_buffer,
+    stats_entry,
+    sub_res,
+    wait_for,
+)
 
-import runtime.catalog
 from runtime import bridge
-from runtime.buffer import NAMESPACE_ENV, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
+from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.emulator import FaultInjector, FaultRates
-from runtime.messaging import DELIM, FrameSplitter, Message, MessageError, MessageType
+from runtime.messaging import DELIM, Message, MessageError, MessageType
 
 pytestmark = pytest.mark.timeout(90)
-
-T = TypeVar("T")
-
-CATALOG = runtime.catalog.load()
-SERVO: type[DeviceBuffer] = CATALOG["servo-motor"]  # type: ignore[assignment]
-POT: type[DeviceBuffer] = CATALOG["potentiometer"]  # type: ignore[assignment]
 
 RATES = "drop=0.1,duplicate=0.1,corrupt=0.1,truncate=0.1"
 """Every fault at 10 %, both ways: about one frame in three arrives damaged, twice, or not at all."""
@@ -60,146 +64,9 @@ RUN_FOR = 17.0
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def namespace() -> Iterator[str]:
-    """Give this module's segments (and its children's) a namespace of their own; unlink them after."""
-    previous = os.environ.get(NAMESPACE_ENV)
-    name = f"rt-test-flaky-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.environ[NAMESPACE_ENV] = name
-    try:
-        yield name
-    finally:
-        BufferStore({}).unlink_all()
-        if previous is None:
-            del os.environ[NAMESPACE_ENV]
-        else:
-            os.environ[NAMESPACE_ENV] = previous
-
-
-def make_uid(buffer_type: type[DeviceBuffer]) -> int:
-    return int(DeviceUID(buffer_type.device_id, 9, random.getrandbits(64)))
-
-
-def wait_for(what: str, predicate: Callable[[], T | None], timeout: float = 10.0, every: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
-class Children:
-    """Child processes of one test, always killed (their logs printed) at the end."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
-        self.output: dict[int, bytes] = {}
-
-    def start(self, module: str, *args: str, stdout: bool = False) -> subprocess.Popen[bytes]:
-        log = self.directory / f"{module.rsplit('.', 1)[-1]}-{len(self.processes)}.log"
-        with open(log, "wb") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-                stderr=stderr,
-                cwd=self.directory,
-            )
-        self.processes.append((process, log))
-        return process
-
-    def log(self, process: subprocess.Popen[bytes]) -> str:
-        for candidate, path in self.processes:
-            if candidate is process:
-                return path.read_text(errors="replace")
-        return ""
-
-    def read_lines(self, process: subprocess.Popen[bytes], count: int, timeout: float = 15.0) -> list[str]:
-        """Wait for ``count`` lines on the child's stdout (everything read is kept in :attr:`output`)."""
-        assert process.stdout is not None
-        fd = process.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while self.output.get(process.pid, b"").count(b"\n") < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{process.args!r} printed {self.output.get(process.pid)!r}")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise AssertionError(f"{process.args!r} exited ({process.wait()}): {self.log(process)}")
-                self.output[process.pid] = self.output.get(process.pid, b"") + chunk
-        return self.output[process.pid].decode().splitlines()
-
-    def stop(self, process: subprocess.Popen[bytes], timeout: float = 10) -> int:
-        """SIGTERM, then wait for the exit code (and the rest of the output, if piped)."""
-        process.send_signal(signal.SIGTERM)
-        if process.stdout is not None:
-            rest = process.stdout.read()  # up to the exit: the stream closes then
-            self.output[process.pid] = self.output.get(process.pid, b"") + rest
-        return process.wait(timeout)
-
-    def kill_all(self) -> None:
-        for process, log in self.processes:
-            if process.poll() is None:
-                process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
-            if process.stdout is not None:
-                process.stdout.close()
-            print(f"---- {log.name} (exit {process.returncode})")
-            print(log.read_text(errors="replace")[-20000:])
-
-
-@pytest.fixture
-def children(tmp_path: Path) -> Iterator[Children]:
-    manager = Children(tmp_path)
-    try:
-        yield manager
-    finally:
-        manager.kill_all()
-
-
-@pytest.fixture
-def store() -> Iterator[BufferStore]:
-    """The test's own view of the buffers (the bridge creates them)."""
-    with BufferStore(CATALOG) as buffers:
-        yield buffers
-
-
-def open_buffer(store: BufferStore, uid: int, timeout: float = 10.0) -> DeviceBuffer:
-    def attempt() -> DeviceBuffer | None:
-        try:
-            return store.get_or_open(uid, create=False)
-        except DeviceBufferError:
-            return None
-
-    return wait_for(f"the buffer of {uid:#x}", attempt, timeout)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    except (OSError, ValueError):
-        return None
-
-
-def entry(path: Path, uid: int) -> dict[str, Any] | None:
-    """A device's entry in a stats file (the bridge's or the emulator's), if there is one yet."""
-    for item in (read_json(path) or {}).get("devices", []):
-        if item["uid"] == f"{uid:#x}":
-            return item  # type: ignore[no-any-return]
-    return None
-
-
-def must(item: T | None) -> T:
-    assert item is not None
-    return item
+namespace = namespace_fixture("rt-test-flaky")
+children = children_fixture(log_tail=20_000)
+store = e2e.store
 
 
 def summary(lines: list[str], uid: int) -> dict[str, int]:
@@ -328,8 +195,8 @@ def test_bridge_under_a_flaky_link(children: Children, store: BufferStore, tmp_p
     assert children.stop(emulated) == 0, children.log(emulated)
     lines = children.output[emulated.pid].decode().splitlines()
     figures = {uid: summary(lines, uid) for uid in (servo_uid, pot_uid)}
-    injected = {uid: must(entry(emulator_stats, uid)) for uid in (servo_uid, pot_uid)}
-    counted = {uid: must(entry(bridge_stats, uid)) for uid in (servo_uid, pot_uid)}
+    injected = {uid: must(stats_entry(emulator_stats, uid)) for uid in (servo_uid, pot_uid)}
+    counted = {uid: must(stats_entry(bridge_stats, uid)) for uid in (servo_uid, pot_uid)}
     report = {
         "writes converged": len(converged),
         "rewritten after a disconnect": rewritten,
@@ -374,36 +241,12 @@ def test_bridge_under_a_flaky_link(children: Children, store: BufferStore, tmp_p
 # ---- the bridge's side of convergence, with the test playing the device -------------------------
 
 
-class FakeDevice:
+class FakeDevice(FakeDeviceBase):
     """The test playing a Smart Device on a pty whose slave end the bridge opens."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        self.splitter = FrameSplitter()
-        self.inbox: list[Message] = []
-
-    def close(self) -> None:
-        os.close(self.master)
-        os.close(self.slave)
 
     def send(self, *messages: Message) -> None:
         """Send messages, framed."""
         os.write(self.master, b"".join(message.encode() + DELIM for message in messages))
-
-    def collect(self, seconds: float) -> list[Message]:
-        """Everything the bridge sends during ``seconds`` (and before)."""
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.master], [], [], min(remaining, 0.05))
-            if ready:
-                with contextlib.suppress(BlockingIOError, OSError):
-                    for frame in self.splitter.feed(os.read(self.master, 4096)):
-                        self.inbox.append(Message.decode(frame))
-        messages, self.inbox = self.inbox, []
-        return messages
 
     def expect(self, kind: MessageType, timeout: float = 5.0) -> tuple[Message, list[Message]]:
         """Wait for a message of this type; return it and what came before it."""
@@ -416,11 +259,6 @@ class FakeDevice:
                     self.inbox = seen[index + 1 :]
                     return message, seen[:index]
         raise AssertionError(f"no {kind.name} from the bridge within {timeout} s (got {seen})")
-
-
-def sub_res(uid: int, params: int, interval_ms: int) -> Message:
-    parts = DeviceUID.from_int(uid)
-    return Message.make_sub_res(params, interval_ms, parts.device_id, parts.year, parts.random)
 
 
 def dev_data(**values: float) -> Message:
@@ -502,7 +340,9 @@ def test_lost_writes_are_resent_until_confirmed(
         resends += [m for m in fake.collect(bridge.WRITE_CONFIRM_TIMEOUT) if m.type == MessageType.DEV_WRITE]
     assert len(resends) == bridge.WRITE_RETRIES and all(written(m) == {"servo1": 1.0} for m in resends)
     fake.send(Message.make_hb_req(2))
-    stats = wait_for("the stats", lambda: (e := entry(stats_path, uid)) and e["writes_unconfirmed"] and e)
+    stats = wait_for(
+        "the stats", lambda: (e := stats_entry(stats_path, uid)) and e["writes_unconfirmed"] and e
+    )
     assert stats["writes_unconfirmed"] == 1 and stats["writes_resent"] >= 2 + bridge.WRITE_RETRIES
 
 

@@ -33,7 +33,6 @@ import random
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 import tty
@@ -41,10 +40,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from e2e import (
+    CATALOG,
+    STRESS_SECONDS,
+    launch,
+    make_uid,
+    namespace_prefix,
+    namespace_segments,
+    try_open,
+)
 
-import runtime.catalog
 from runtime.buffer import (
-    NAMESPACE_ENV,
     SHM_DIR,
     Buffer,
     BufferStore,
@@ -55,7 +61,6 @@ from runtime.buffer import (
 )
 from runtime.messaging import DELIM, FrameSplitter, Message, MessageType
 
-STRESS_SECONDS = float(os.environ.get("RUNTIME_STRESS_SECONDS") or 5)
 CYCLES = 10_000
 SAMPLES = 10
 """Measurements taken during the open/close cycles (not only at the end)."""
@@ -68,8 +73,6 @@ BRIDGE_ROUNDS = max(10, round(2 * STRESS_SECONDS))
 WAIT = 10.0
 
 pytestmark = pytest.mark.timeout(90 + 4 * STRESS_SECONDS)
-
-CATALOG = runtime.catalog.load()
 
 Probe = Buffer.make_type(
     "leak-probe",
@@ -102,10 +105,6 @@ class Usage:
         )
 
 
-def namespace_prefix() -> str:
-    return os.environ[NAMESPACE_ENV] + "-"
-
-
 def usage(pid: int | None = None) -> Usage:
     """Measure this process (threads: ``threading.active_count()``) or another one (its tasks)."""
     proc = f"/proc/{pid or 'self'}"
@@ -117,7 +116,7 @@ def usage(pid: int | None = None) -> Usage:
         threads=threading.active_count() if pid is None else len(os.listdir(f"{proc}/task")),
         maps=len(maps),
         mapped_segments=sum(marker in line for line in maps),
-        segments=sum(entry.startswith(namespace_prefix()) for entry in os.listdir(SHM_DIR)),
+        segments=len(namespace_segments()),
     )
 
 
@@ -210,7 +209,7 @@ def test_buffer_open_close_cycles_leak_nothing(shm_name: Callable[[str], str]) -
 def random_uid(type_name: str, rng: random.Random) -> int:
     buffer_type = CATALOG[type_name]
     assert issubclass(buffer_type, DeviceBuffer)
-    return int(DeviceUID(buffer_type.device_id, 9, rng.getrandbits(64)))
+    return make_uid(buffer_type, rng)
 
 
 def test_store_get_or_open_close_cycles_leak_nothing() -> None:
@@ -342,13 +341,6 @@ def pump_until(what: str, devices: list[PtyDevice], predicate: Callable[[], bool
             device.pump()
 
 
-def open_when_created(store: BufferStore, uid: int) -> DeviceBuffer | None:
-    try:
-        return store.get_or_open(uid, create=False)
-    except DeviceBufferError:
-        return None
-
-
 @pytest.mark.timeout(120 + 8 * STRESS_SECONDS)
 def test_bridge_reconnect_cycles_leak_nothing(tmp_path: Path) -> None:
     rng = random.Random(11)
@@ -372,20 +364,13 @@ def test_bridge_reconnect_cycles_leak_nothing(tmp_path: Path) -> None:
     process: subprocess.Popen[bytes] | None = None
     samples: list[Usage] = []
     try:
-        with open(log, "wb") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "runtime.bridge", "--glob", f"{links}/*"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                cwd=tmp_path,
-            )
+        process = launch("runtime.bridge", "--glob", f"{links}/*", log=log, cwd=tmp_path)
         with BufferStore(CATALOG) as store:
             buffers: dict[int, DeviceBuffer] = {}
 
             def all_connected(rounds: int) -> bool:
                 for uid in uids:
-                    if uid not in buffers and (buffer := open_when_created(store, uid)):
+                    if uid not in buffers and (buffer := try_open(store, uid)):
                         buffers[uid] = buffer
                 return (
                     len(buffers) == len(devices)

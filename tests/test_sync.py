@@ -8,6 +8,7 @@ instead of hanging the suite.
 
 import ctypes
 import errno
+import functools
 import mmap
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
+from e2e import finish, reaped, start
 
 from runtime.sync import Mutex, SyncError
 
@@ -55,27 +57,12 @@ def plain_mutex(memory: mmap.mmap) -> Mutex:
 @contextmanager
 def children() -> Iterator[Callable[..., Any]]:
     """Start fork children with ``spawn(target, *args)``; they are killed and reaped on exit."""
-    started: list[Any] = []
-
-    def spawn(target: Callable[..., object], *args: object) -> Any:
-        process = CTX.Process(target=target, args=args, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    try:
-        yield spawn
-    finally:
-        for process in started:
-            if process.is_alive():
-                process.kill()
-            process.join(WAIT)
+    with reaped(WAIT) as started:
+        yield functools.partial(start, started, CTX)
 
 
 def join(process: Any) -> int:
-    process.join(WAIT)
-    assert not process.is_alive(), "child did not finish"
-    return int(process.exitcode)
+    return finish(process, WAIT)
 
 
 def sync_errno(call: Callable[[], object]) -> int:
