@@ -30,3 +30,11 @@ lint: $(STAMP)
 
 clean:
 	rm -rf build *.egg-info runtime/*.so $(VENV)
+
+# Coverage-guided fuzzing of the compiled core under AddressSanitizer (fuzz/README.md):
+# builds an instrumented copy in build/fuzz/ (needs clang), then runs each target
+# for FUZZ_SECONDS. FUZZ_TARGETS picks targets (decode, update); FUZZ_ARGS go to libFuzzer.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	$(PYTHON) fuzz/run.py --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS) $(if $(FUZZ_ARGS),-- $(FUZZ_ARGS))

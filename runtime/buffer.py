@@ -503,7 +503,8 @@ class Buffer(BaseStructure):
         initial = values()
         for param in params:
             if param.numeric and not param.lower <= 0 <= param.upper:  # start at the bound nearest zero
-                setattr(initial, param.name, param.lower if param.lower > 0 else param.upper)
+                bound = param.lower if param.lower > 0 else param.upper
+                setattr(initial, param.name, int(bound) if _kind(param).startswith(("int", "uint")) else bound)
         buffer_type._initial_block = bytes(initial) if any(bytes(initial)) else None
         buffer_type._segment_size = _core.segment_size(ctypes.sizeof(buffer_type))
         return buffer_type  # type: ignore[no-any-return]
@@ -736,10 +737,33 @@ def _check_params(type_name: str, params: list[Parameter], max_params: int) -> N
             raise DeviceBufferError("bad bounds: need lower <= upper", lower=lower, upper=upper, **context)
         if not param.numeric and (lower, upper) != (-math.inf, math.inf):
             raise DeviceBufferError("bounds apply to numeric parameters only", **context)
+        if lower == math.inf or upper == -math.inf:
+            raise DeviceBufferError("bad bounds: no value can satisfy them", lower=lower, upper=upper, **context)
+        if _kind(param).startswith(("int", "uint")):
+            low, high = _integer_range(param.platform_type)
+            if not all(math.isinf(bound) or bound.is_integer() for bound in (lower, upper)):
+                raise DeviceBufferError("bounds of an integer parameter must be integers", **context)
+            if lower > high or upper < low:
+                raise DeviceBufferError(
+                    "bounds lie outside the parameter type's range", lower=lower, upper=upper, **context
+                )
+        if _has_wchar(param.ctype):
+            raise DeviceBufferError("wchar is platform-dependent; use uint16 or uint32", **context)
         if max_params <= 16 and ctypes.sizeof(param.platform_type) > _core.MAX_PAYLOAD - 2:
             raise DeviceBufferError("parameter is too wide for one message", **context)
         names.add(param.name)
         ids.add(param.id)
+
+
+def _integer_range(ctype: Any) -> tuple[int, int]:
+    bits = 8 * ctypes.sizeof(ctype)
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if ctype._type_.islower() else (0, (1 << bits) - 1)
+
+
+def _has_wchar(ctype: Any) -> bool:
+    while issubclass(ctype, ctypes.Array):
+        ctype = ctype._type_
+    return ctype is ctypes.c_wchar
 
 
 def _spec_entry(param: Parameter, offset: int) -> tuple[Any, ...]:

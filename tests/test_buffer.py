@@ -5,6 +5,7 @@ Multi-process behaviour lives in test_buffer_multiprocess.py, BufferStore in tes
 
 import ctypes
 import functools
+import math
 import os
 import struct
 import threading
@@ -1130,3 +1131,55 @@ def test_parameter_too_wide_for_one_message_is_refused() -> None:
     assert info.value.context["param"] == "blob"
     widest = DeviceBuffer.make_type("widest", [Parameter("blob", ctypes.c_uint8 * 253, 0)], device_id=5)
     assert list(widest.params) == ["blob"]
+
+
+# ---- regressions found by the fuzzers ----------------------------------------------------------
+
+
+def test_huge_int_into_a_float_parameter_is_clamped() -> None:
+    Bounded = Buffer.make_type("fz-float", [Parameter("x", ctypes.c_float, 0, lower=-1, upper=1)])
+    with Bounded.open("fz-float", shared=False) as buffer:
+        with pytest.warns(RuntimeWarning, match="clamped"):
+            buffer.set("x", 10**400)
+        assert buffer.get("x") == 1.0
+        with pytest.warns(RuntimeWarning, match="clamped"):
+            buffer.set("x", -(10**400))
+        assert buffer.get("x") == -1.0
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper", "message"),
+    [
+        (0.5, math.inf, "must be integers"),
+        (math.inf, math.inf, "no value"),
+        (300, math.inf, "outside the parameter type's range"),
+        (-math.inf, -1, "outside the parameter type's range"),
+    ],
+)
+def test_integer_bounds_are_checked(lower: float, upper: float, message: str) -> None:
+    with pytest.raises(DeviceBufferError, match=message) as caught:
+        Buffer.make_type("fz-int", [Parameter("n", ctypes.c_uint8, 0, lower=lower, upper=upper)])
+    assert caught.value.context["param"] == "n"
+
+
+def test_integral_float_bounds_start_an_integer_parameter_inside_them() -> None:
+    Ranged = Buffer.make_type("fz-range", [Parameter("n", ctypes.c_uint8, 0, lower=2.0, upper=10.0)])
+    with Ranged.open("fz-range", shared=False) as buffer:
+        assert buffer.get("n") == 2
+
+
+def test_wchar_parameters_are_refused() -> None:
+    with pytest.raises(DeviceBufferError, match="wchar"):
+        Buffer.make_type("fz-wchar", [Parameter("w", ctypes.c_wchar * 4, 0)])
+
+
+def test_close_from_another_thread_inside_a_transaction() -> None:
+    Plain = Buffer.make_type("fz-close", [Parameter("x", ctypes.c_int32, 0)])
+    buffer = Plain.attach("fz-close", shared=False)
+    with buffer.transaction():
+        closer = threading.Thread(target=buffer.close)
+        closer.start()
+        closer.join(timeout=10)
+        with pytest.raises(DeviceBufferError, match="closed"):
+            buffer.get("x")
+    assert buffer.closed  # the transaction's exit unlocked the still-mapped memory, then let go

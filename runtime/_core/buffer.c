@@ -342,7 +342,13 @@ from_python(const rt_param *p, PyObject *value, uint8_t *out, PyObject **raw_hol
         }
         double v = PyFloat_AsDouble(value);
         if (v == -1.0 && PyErr_Occurred()) {
-            return -1;
+            if (!PyLong_Check(value) || !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();  /* an int beyond any double: infinitely far, so clamped below */
+            int overflow;
+            PyLong_AsLongLongAndOverflow(value, &overflow);
+            v = overflow < 0 ? -HUGE_VAL : HUGE_VAL;
         }
         if (v < p->lower || v > p->upper) {
             double bound = v < p->lower ? p->lower : p->upper;
@@ -662,22 +668,17 @@ BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
-static void end_transaction(rt_BufferAccess *self);
-
 static PyObject *
 BufferAccess_close(rt_BufferAccess *self, PyObject *unused)
 {
-    if (!self->closed && self->has_view) {
-        /* Closed inside its own transaction(s): end them (committing, as an
-         * exception would) so the lock is not left held by an unmapped owner. */
-        while (self->held > 0) {
-            end_transaction(self);
-        }
-        self->closed = 1;
+    /* Operations raise from now on. The memory stays until no transaction
+     * entered through this object is open (one may be, in this or another
+     * thread): its __exit__ must still unlock the mutex in that memory. */
+    self->closed = 1;
+    if (self->held == 0 && self->has_view) {
         PyBuffer_Release(&self->view);
         self->has_view = 0;
     }
-    self->closed = 1;
     Py_RETURN_NONE;
 }
 
@@ -829,8 +830,12 @@ end_transaction(rt_BufferAccess *self)
 static PyObject *
 BufferAccess_exit(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!self->closed && self->held > 0) {
+    if (self->held > 0) {
         end_transaction(self);
+        if (self->closed && self->held == 0 && self->has_view) {  /* closed meanwhile: let go now */
+            PyBuffer_Release(&self->view);
+            self->has_view = 0;
+        }
     }
     Py_RETURN_FALSE;
 }

@@ -301,11 +301,20 @@ ParamLayout_init(rt_ParamLayout *self, PyObject *args, PyObject *kwargs)
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t offset, width;
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyArg_ParseTuple(item, "nn:ParamLayout entry", &offset, &width)) {
+        if (!PyTuple_Check(item)) {  /* PyArg_ParseTuple would raise SystemError */
             Py_DECREF(seq);
+            PyErr_Format(PyExc_TypeError, "layout entry for parameter %zd must be an (offset, width) tuple, not %.100s",
+                         i, Py_TYPE(item)->tp_name);
             return -1;
         }
-        if (offset < 0 || width < 0 || width > RT_MAX_PAYLOAD - 2) {
+        if (!PyArg_ParseTuple(item, "nn:ParamLayout entry", &offset, &width)) {
+            Py_DECREF(seq);
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {  /* out of range, like a negative offset */
+                PyErr_Format(PyExc_ValueError, "bad layout entry for parameter %zd: offset or width out of range", i);
+            }
+            return -1;
+        }
+        if (offset < 0 || width < 0 || width > RT_MAX_PAYLOAD - 2 || offset > PY_SSIZE_T_MAX - width) {
             Py_DECREF(seq);
             PyErr_Format(PyExc_ValueError, "bad layout entry for parameter %zd: offset %zd, width %zd", i, offset,
                          width);
