@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         many = scenarios["many_buffers"]
         print(
             f"\n{many['buffers']} buffers through one BufferStore: {many['us_per_open']:.1f} us per open; "
-            f"segment {many['segment_bytes']} bytes = header+mutex+structure "
+            f"segment {many['segment_bytes']} bytes = header+mutex+structure+undo copy "
             f"({many['header_mutex_structure']} bytes) in {many['pages']} page(s)"
         )
     return 0

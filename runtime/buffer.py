@@ -546,7 +546,10 @@ class Buffer(BaseStructure):
 
     @classmethod
     def attach(cls: type[BufferT], name: str, /, *, create: bool = True, shared: bool = True) -> BufferT:
-        """Like :meth:`open`, without the context manager: call :meth:`close` yourself."""
+        """Like :meth:`open`, but returns the buffer itself.
+
+        Call :meth:`close` when done, or use the buffer as a context manager.
+        """
         if cls._spec is None:
             raise DeviceBufferError("buffer type has no layout; make one with make_type()", type=cls.__name__)
         _validate_name(name)
@@ -608,6 +611,12 @@ class Buffer(BaseStructure):
                 name=name,
                 type=cls.type_name,
             )
+
+    def __enter__(self: BufferT) -> BufferT:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop using this buffer; marks it invalid if this process created it.
@@ -884,8 +893,10 @@ class DeviceBuffer(Buffer):
 
     @uid.setter
     def uid(self, uid: int) -> None:
-        parts = DeviceUID.from_int(int(uid))
-        self._access.set_meta(uid=(parts.device_id, parts.year, parts.random))
+        uid = int(uid)
+        if not 0 <= uid < 1 << 88:
+            raise ValueError(f"a UID is an 88-bit nonnegative integer, not {uid!r}")
+        self._access.set_meta(uid=(uid >> 72, (uid >> 64) & 0xFF, uid & 0xFFFF_FFFF_FFFF_FFFF))
 
     @property
     def subscription(self) -> frozenset[str]:
@@ -1045,7 +1056,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         buffer_type = self.catalog[type_name]
         name = self.segment_name(type_name, uid)
         buffer = buffer_type.attach(name, create=create, shared=self.shared)
-        self.stack.callback(buffer.close)
+        self.stack.push(buffer)  # closes it when the store closes
         if isinstance(buffer, DeviceBuffer) and buffer._created and uid < 1 << 88:
             buffer.uid = uid
         self.buffers[type_name, uid] = buffer
