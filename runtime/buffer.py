@@ -504,7 +504,7 @@ class Buffer(BaseStructure):
         for param in params:
             if param.numeric and not param.lower <= 0 <= param.upper:  # start at the bound nearest zero
                 bound = param.lower if param.lower > 0 else param.upper
-                setattr(initial, param.name, int(bound) if _kind(param).startswith(("int", "uint")) else bound)
+                setattr(initial, param.name, int(bound) if _is_integer(param) else bound)
         buffer_type._initial_block = bytes(initial) if any(bytes(initial)) else None
         buffer_type._segment_size = _core.segment_size(ctypes.sizeof(buffer_type))
         return buffer_type  # type: ignore[no-any-return]
@@ -747,8 +747,8 @@ def _check_params(type_name: str, params: list[Parameter], max_params: int) -> N
         if not param.numeric and (lower, upper) != (-math.inf, math.inf):
             raise DeviceBufferError("bounds apply to numeric parameters only", **context)
         if lower == math.inf or upper == -math.inf:
-            raise DeviceBufferError("bad bounds: no value can satisfy them", lower=lower, upper=upper, **context)
-        if _kind(param).startswith(("int", "uint")):
+            raise DeviceBufferError("bad bounds: no value satisfies them", lower=lower, upper=upper, **context)
+        if _is_integer(param):
             low, high = _integer_range(param.platform_type)
             if not all(math.isinf(bound) or bound.is_integer() for bound in (lower, upper)):
                 raise DeviceBufferError("bounds of an integer parameter must be integers", **context)
@@ -762,6 +762,10 @@ def _check_params(type_name: str, params: list[Parameter], max_params: int) -> N
             raise DeviceBufferError("parameter is too wide for one message", **context)
         names.add(param.name)
         ids.add(param.id)
+
+
+def _is_integer(param: Parameter) -> bool:
+    return _kind(param).startswith(("int", "uint"))
 
 
 def _integer_range(ctype: Any) -> tuple[int, int]:
