@@ -747,7 +747,7 @@ def _check_params(type_name: str, params: list[Parameter], max_params: int) -> N
         if not param.numeric and (lower, upper) != (-math.inf, math.inf):
             raise DeviceBufferError("bounds apply to numeric parameters only", **context)
         if lower == math.inf or upper == -math.inf:
-            raise DeviceBufferError("bad bounds: no value satisfies them", lower=lower, upper=upper, **context)
+            raise DeviceBufferError("bounds exclude every value", lower=lower, upper=upper, **context)
         if _is_integer(param):
             low, high = _integer_range(param.platform_type)
             if not all(math.isinf(bound) or bound.is_integer() for bound in (lower, upper)):
