@@ -509,9 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="global_log_level",
         type=str.upper,
         choices=LOG_LEVELS,
-        default="WARNING",
+        default=None,
         metavar="LEVEL",
-        help=f"log messages of this level and above to stderr: {', '.join(LOG_LEVELS)} (default WARNING)",
+        help=f"log messages of this level and above to stderr: {', '.join(LOG_LEVELS)} "
+        "(default: INFO for bridge and emulate, which log one line per event; WARNING otherwise)",
     )
     parser.add_argument(
         "-v",
@@ -548,17 +549,24 @@ def _exit_status(exc: SystemExit) -> int:
     return 1
 
 
+SERVICE_COMMANDS = frozenset({"bridge", "emulate"})
+"""Long-running commands whose events (INFO) are shown unless asked otherwise."""
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    """The level asked for with --log-level and -v, or the command's default."""
+    name = args.global_log_level or ("INFO" if args.command in SERVICE_COMMANDS else "WARNING")
+    return max(logging.DEBUG, logging.getLevelNamesMapping()[name] - 10 * int(args.global_verbosity))
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
-    level = getattr(logging, args.global_log_level) - 10 * args.global_verbosity
-    level = max(logging.DEBUG, level)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(level)
+    logging.getLogger().setLevel(_log_level(args))
 
 
 def log_level_arguments(args: argparse.Namespace) -> list[str]:
     """The global options that give a child ``runtime`` process the same log level as this one."""
-    level = getattr(logging, args.global_log_level) - 10 * args.global_verbosity
-    return ["--log-level", logging.getLevelName(max(logging.DEBUG, level))]
+    return ["--log-level", logging.getLevelName(_log_level(args))]
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

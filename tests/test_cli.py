@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import random
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from runtime import catalog
+from runtime import catalog, cli
 from runtime.buffer import NAMESPACE_ENV, Buffer, BufferStore, DeviceBuffer, Parameter
 from runtime.cli import main
 from runtime.messaging import ErrorCode, Message, MessageType
@@ -820,3 +821,12 @@ def test_buffers_seen_from_another_process(live: LiveBuffers, namespace: str) ->
     assert reports["limit-switch"]["valid"] is False
     # The inspecting process attached and left: the buffers are still there and still valid.
     assert live.motor.valid and live.motor.get("enc_pos") == 1200.5
+
+
+def test_services_log_events_by_default_and_other_commands_warnings() -> None:
+    parser = cli.build_parser()
+    assert cli._log_level(parser.parse_args(["bridge"])) == logging.INFO
+    assert cli._log_level(parser.parse_args(["emulate", "yogi-bear"])) == logging.INFO
+    assert cli._log_level(parser.parse_args(["catalog"])) == logging.WARNING
+    assert cli._log_level(parser.parse_args(["--log-level", "error", "bridge"])) == logging.ERROR
+    assert cli._log_level(parser.parse_args(["-v", "catalog"])) == logging.INFO
