@@ -85,3 +85,17 @@ class Input:
 
     def pick(self, items: Any) -> Any:
         return items[self.int_in(0, len(items) - 1)]
+
+
+def model_values(payload: bytes, entries: list[tuple[int, int]]) -> int | None:
+    """The params bitmap of a DEV_DATA/DEV_WRITE payload that fits `entries`, else None."""
+    if len(payload) < 2:
+        return None
+    params = payload[0] | payload[1] << 8
+    size = 2
+    for i in range(16):
+        if params >> i & 1:
+            if i >= len(entries) or entries[i][1] == 0:
+                return None
+            size += entries[i][1]
+    return params if size == len(payload) else None

@@ -34,7 +34,7 @@ from typing import Any
 
 import _harness  # sys.path and warnings first
 import atheris
-from _harness import Input
+from _harness import Input, model_values
 
 with atheris.instrument_imports(include=["runtime"]):
     from runtime import _core
@@ -118,20 +118,6 @@ def raw_message(msg_type: int, payload: bytes) -> bytes:
     for byte in raw:
         checksum ^= byte
     return raw + bytes([checksum])
-
-
-def model_values(payload: bytes, entries: list[tuple[int, int]]) -> int | None:
-    """The params bitmap of a DEV_DATA/DEV_WRITE payload that fits `entries`, else None."""
-    if len(payload) < 2:
-        return None
-    params = payload[0] | payload[1] << 8
-    size = 2
-    for i in range(16):
-        if params >> i & 1:
-            if i >= len(entries) or entries[i][1] == 0:
-                return None
-            size += entries[i][1]
-    return params if size == len(payload) else None
 
 
 def span_of(entries: list[tuple[int, int]]) -> int:

@@ -41,7 +41,7 @@ from typing import Any
 
 import _harness  # sys.path and warnings first
 import atheris
-from _harness import Input
+from _harness import Input, model_values
 
 with atheris.instrument_imports(include=["runtime"]):
     from runtime import _core
@@ -244,19 +244,6 @@ class Shape:
 
 
 # ---- the model of update() -----------------------------------------------------------------------
-
-
-def model_values(payload: bytes, entries: list[tuple[int, int]]) -> int | None:
-    if len(payload) < 2:
-        return None
-    params = payload[0] | payload[1] << 8
-    size = 2
-    for i in range(16):
-        if params >> i & 1:
-            if i >= len(entries) or entries[i][1] == 0:
-                return None
-            size += entries[i][1]
-    return params if size == len(payload) else None
 
 
 def model_update(shape: Shape, before: bytes, msg_type: int, payload: bytes) -> bytearray | None:
