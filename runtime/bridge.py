@@ -53,7 +53,6 @@ import contextlib
 import dataclasses
 import functools
 import glob
-import json
 import logging
 import math
 import os
@@ -67,6 +66,7 @@ import serial
 from . import catalog as catalog_module
 from .buffer import Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
 from .exception import RuntimeBaseException
+from .jsonio import jsonable, write_json_atomically
 from .messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
 
 __all__ = [
@@ -266,22 +266,8 @@ class DeviceRecord:
             "errors": self.counters.errors,
             "writes_resent": self.counters.writes_resent,
             "writes_unconfirmed": self.counters.writes_unconfirmed,
-            "last_values": {name: _jsonable(value) for name, value in self.last_values.items()},
+            "last_values": {name: jsonable(value) for name, value in self.last_values.items()},
         }
-
-
-def _jsonable(value: Any) -> Any:
-    """A parameter value as plain JSON (no NaN or infinity, arrays as lists, text as str)."""
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
-    try:
-        return [_jsonable(item) for item in value]
-    except TypeError:
-        return repr(value)
 
 
 @dataclasses.dataclass
@@ -900,16 +886,10 @@ class Bridge:
         """Write the stats file atomically (temporary file, then rename), if one was asked for."""
         if self.stats_path is None:
             return
-        temporary = f"{self.stats_path}.tmp{os.getpid()}"
         try:
-            with open(temporary, "w", encoding="utf-8") as file:
-                json.dump(self.stats(), file, indent=2, allow_nan=False)
-                file.write("\n")
-            os.replace(temporary, self.stats_path)
+            write_json_atomically(self.stats_path, self.stats())
         except (OSError, ValueError) as exc:
             logger.error("cannot write stats to %s: %s", self.stats_path, exc)
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
 
     async def _write_stats_periodically(self) -> None:
         while True:

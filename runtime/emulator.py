@@ -40,7 +40,6 @@ import contextlib
 import ctypes
 import dataclasses
 import datetime
-import json
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from . import catalog as catalog_module
 from .bridge import FrameWriter
 from .buffer import Buffer, DeviceBuffer, DeviceUID, Parameter
 from .exception import RuntimeBaseException
+from .jsonio import write_json_atomically
 from .messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
 
 __all__ = [
@@ -1016,16 +1016,10 @@ def _seconds(text: str) -> float:
 
 def write_stats(path: str, devices: Sequence[PtyDevice]) -> None:
     """Write the ``--stats`` file atomically (temporary file, then rename); log a failure."""
-    temporary = f"{path}.tmp{os.getpid()}"
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump({"devices": [device.stats() for device in devices]}, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, path)
-    except OSError as exc:
+        write_json_atomically(path, {"devices": [device.stats() for device in devices]})
+    except (OSError, ValueError) as exc:
         logger.error("cannot write stats to %s: %s", path, exc)
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
 
 
 async def _write_stats_periodically(path: str, devices: Sequence[PtyDevice]) -> None:

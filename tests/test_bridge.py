@@ -41,6 +41,7 @@ from e2e import (
 
 from runtime import bridge, emulator
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
+from runtime.jsonio import jsonable
 from runtime.messaging import DELIM, ErrorCode, Message, MessageType
 
 pytestmark = pytest.mark.timeout(60)
@@ -441,6 +442,6 @@ def test_frame_writer_queues_instead_of_blocking() -> None:
 
 
 def test_stats_values_are_plain_json() -> None:
-    assert bridge._jsonable(float("nan")) is None
-    assert bridge._jsonable(b"tag") == "tag"
-    assert bridge._jsonable((1, 2.5, True)) == [1, 2.5, True]
+    assert jsonable(float("nan")) is None
+    assert jsonable(b"tag") == "tag"
+    assert jsonable((1, 2.5, True)) == [1, 2.5, True]
