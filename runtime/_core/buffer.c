@@ -115,8 +115,6 @@ typedef struct {
     rt_header *header;
     uint8_t *data;          /* the structure */
     uint8_t *undo;          /* its copy from the start of the outermost transaction */
-    Py_ssize_t struct_size;
-    volatile uint32_t *valid;
     uint8_t *update;
     uint8_t *write;
     rt_meta *meta;
@@ -158,7 +156,7 @@ recover(rt_BufferAccess *acc)
     rt_header *header = acc->header;
     int rolled_back = 0;
     if (header->undo_active) {
-        memcpy(acc->data, acc->undo, (size_t)acc->struct_size);
+        memcpy(acc->data, acc->undo, (size_t)acc->spec->struct_size);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         header->undo_active = 0;
         rolled_back = 1;
@@ -207,7 +205,7 @@ acquire(rt_BufferAccess *acc, int need_valid)
     if (recovered) {
         recover(acc);
     }
-    if (need_valid && !*acc->valid) {
+    if (need_valid && !acc->header->valid) {
         rt_mutex_unlock(acc->mutex);
         buffer_error(acc, "buffer is not valid (its device is not connected)", NULL);
         return -1;
@@ -655,8 +653,6 @@ BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
     self->header = (rt_header *)base;
     self->data = base + RT_DATA_OFFSET;
     self->undo = base + undo_offset(s->struct_size);
-    self->struct_size = s->struct_size;
-    self->valid = (volatile uint32_t *)(base + RT_VALID_OFFSET);
     self->update = base + RT_DATA_OFFSET + s->update_offset;
     self->write = base + RT_DATA_OFFSET + s->write_offset;
     self->meta = (rt_meta *)(base + RT_DATA_OFFSET + s->meta_offset);
@@ -805,7 +801,7 @@ BufferAccess_enter(rt_BufferAccess *self, PyObject *unused)
     }
     rt_header *header = self->header;
     if (header->txn_depth++ == 0) {
-        memcpy(self->undo, self->data, (size_t)self->struct_size);
+        memcpy(self->undo, self->data, (size_t)self->spec->struct_size);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* the copy is complete before it counts */
         header->undo_active = 1;
     }
@@ -1475,7 +1471,7 @@ BufferAccess_get_valid(rt_BufferAccess *self, void *closure)
     if (self->closed) {
         Py_RETURN_FALSE;
     }
-    return PyBool_FromLong(__atomic_load_n(self->valid, __ATOMIC_ACQUIRE) != 0);
+    return PyBool_FromLong(__atomic_load_n(&self->header->valid, __ATOMIC_ACQUIRE) != 0);
 }
 
 static int
@@ -1488,7 +1484,7 @@ BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
     if (acquire(self, 0) < 0) {
         return -1;
     }
-    __atomic_store_n(self->valid, (uint32_t)truth, __ATOMIC_RELEASE);
+    __atomic_store_n(&self->header->valid, (uint32_t)truth, __ATOMIC_RELEASE);
     release(self);
     return 0;
 }

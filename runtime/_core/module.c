@@ -16,25 +16,28 @@ PyObject *rt_DeviceBufferError = NULL;
 PyObject *rt_message_types[256];
 PyObject *rt_error_codes[256];
 
+/* Raise `cls(message, **context)`: `context` starts as `first_key`=`first`
+ * (when given) and goes on with the (key, value) pairs in `args`. */
 static PyObject *
-raise_with_context(PyObject *cls, const char *message, va_list args)
+raise_with_context(PyObject *cls, const char *message, const char *first_key, PyObject *first, va_list args)
 {
     PyObject *context = PyDict_New();
     if (context == NULL) {
         return NULL;
     }
+    if (first_key != NULL && PyDict_SetItemString(context, first_key, first) < 0) {
+        Py_DECREF(context);
+        return NULL;
+    }
     const char *key;
     while ((key = va_arg(args, const char *)) != NULL) {
         PyObject *value = va_arg(args, PyObject *);
-        if (value == NULL) {
-            value = Py_None;
-        }
-        if (PyDict_SetItemString(context, key, value) < 0) {
+        if (PyDict_SetItemString(context, key, value ? value : Py_None) < 0) {
             Py_DECREF(context);
             return NULL;
         }
     }
-    if (cls == NULL) {
+    if (cls == NULL) {  /* the Python layer has not registered its class yet */
         cls = PyExc_RuntimeError;
     }
     PyObject *args_tuple = Py_BuildValue("(s)", message);
@@ -57,7 +60,7 @@ rt_raise(PyObject *cls, const char *message, ...)
 {
     va_list args;
     va_start(args, message);
-    raise_with_context(cls, message, args);
+    raise_with_context(cls, message, NULL, NULL, args);
     va_end(args);
     return NULL;
 }
@@ -65,43 +68,16 @@ rt_raise(PyObject *cls, const char *message, ...)
 PyObject *
 rt_raise_message_error(int error_code, const char *message, ...)
 {
-    /* Prepend error_code to the caller's context. */
-    PyObject *context = PyDict_New();
-    if (context == NULL) {
+    PyObject *member = rt_error_codes[error_code & 0xFF];
+    PyObject *code = member ? Py_NewRef(member) : PyLong_FromLong(error_code);
+    if (code == NULL) {
         return NULL;
     }
-    PyObject *code = rt_error_codes[error_code & 0xFF];
-    PyObject *code_obj = code ? (Py_INCREF(code), code) : PyLong_FromLong(error_code);
-    if (code_obj == NULL || PyDict_SetItemString(context, "error_code", code_obj) < 0) {
-        Py_XDECREF(code_obj);
-        Py_DECREF(context);
-        return NULL;
-    }
-    Py_DECREF(code_obj);
     va_list args;
     va_start(args, message);
-    const char *key;
-    while ((key = va_arg(args, const char *)) != NULL) {
-        PyObject *value = va_arg(args, PyObject *);
-        if (PyDict_SetItemString(context, key, value ? value : Py_None) < 0) {
-            va_end(args);
-            Py_DECREF(context);
-            return NULL;
-        }
-    }
+    raise_with_context(rt_MessageError, message, "error_code", code, args);
     va_end(args);
-    PyObject *cls = rt_MessageError ? rt_MessageError : PyExc_RuntimeError;
-    PyObject *args_tuple = Py_BuildValue("(s)", message);
-    PyObject *exc = NULL;
-    if (args_tuple != NULL) {
-        exc = PyObject_Call(cls, args_tuple, rt_MessageError ? context : NULL);
-        Py_DECREF(args_tuple);
-    }
-    Py_DECREF(context);
-    if (exc != NULL) {
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-    }
+    Py_DECREF(code);
     return NULL;
 }
 
