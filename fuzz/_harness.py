@@ -14,6 +14,7 @@ import ctypes
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -99,3 +100,12 @@ def model_values(payload: bytes, entries: list[tuple[int, int]]) -> int | None:
                 return None
             size += entries[i][1]
     return params if size == len(payload) else None
+
+
+def fuzz(core: ModuleType, test_one_input: Callable[[bytes], None]) -> None:
+    """Check that ``core`` is the instrumented build, then run libFuzzer on ``test_one_input``."""
+    import atheris
+
+    check_instrumented(core)
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()

@@ -29,7 +29,6 @@ preloads the sanitizer runtime); extra arguments go to libFuzzer.
 from __future__ import annotations
 
 import struct
-import sys
 from typing import Any
 
 import _harness  # sys.path and warnings first
@@ -406,9 +405,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    _harness.check_instrumented(_core)
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    _harness.fuzz(_core, TestOneInput)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import ctypes
 import math
 import os
 import struct
-import sys
 import time
 from typing import Any
 
@@ -761,9 +760,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    _harness.check_instrumented(_core)
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    _harness.fuzz(_core, TestOneInput)
 
 
 if __name__ == "__main__":
