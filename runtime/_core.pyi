@@ -14,7 +14,9 @@ HEADER_SIZE: int
 VALID_OFFSET: int
 STATE_OFFSET: int
 MUTEX_OFFSET: int
+PRODUCER_OFFSET: int
 DATA_OFFSET: int
+FAST_LIVENESS: int
 MIN_INTERVAL_MS: int
 MAX_INTERVAL_MS: int
 META_LAYOUT: dict[str, int]
@@ -36,6 +38,8 @@ def segment_init(
     size: int,
     shared: bool,
     pid: int,
+    valid: bool,
+    namespace_length: int,
     initial: bytes | None = None,
     offsets: tuple[int, ...] = (),
     /,
@@ -173,7 +177,14 @@ class BufferAccess:
         subscription: int | None = None,
         interval_ms: int | None = None,
         uid: tuple[int, int, int] | None = None,
+        check_valid: bool = True,
     ) -> None: ...
     def mask(self, names: Iterable[str] | None, required: int, /) -> int: ...
     def names(self, mask: int, /) -> builtins.set[str]: ...
     def close(self) -> None: ...
+    def serve(self) -> int | None: ...
+    def stop_serving(self) -> None: ...
+    @property
+    def serving(self) -> bool: ...
+    @property
+    def producer_pid(self) -> int | None: ...

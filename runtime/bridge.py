@@ -16,7 +16,8 @@ How it is organised (one asyncio loop, no threads):
   non-blocking) and reads it through ``loop.add_reader``. It sends PING every
   :data:`PING_INTERVAL` seconds until a SUB_RES names the device, opens the
   device's buffer through the bridge's single :class:`~runtime.buffer.BufferStore`,
-  marks it valid, and subscribes. From then on every frame read is decoded and
+  serves it (:meth:`~runtime.buffer.Buffer.serve`: valid for as long as this
+  process lives and the device is connected), and subscribes. From then on every frame read is decoded and
   digested with :meth:`~runtime.buffer.DeviceBuffer.update` (buffer operations
   take microseconds, so they run directly in the loop); every ``write_interval``
   the pending reads and writes go out (:meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw`);
@@ -30,9 +31,15 @@ How it is organised (one asyncio loop, no threads):
 * Writes never block the loop: a :class:`FrameWriter` queues what a full port
   cannot take and flushes it when the port is writable again (a stalled device
   cannot freeze the others).
-* On disconnect the buffer is marked invalid, not unlinked: when the same UID
-  comes back, the same segment becomes valid again, so readers keep their
-  mapping across reconnects.
+* The bridge never waits for a buffer's lock: a consumer stopped inside a
+  transaction (Ctrl-Z) must not freeze the other devices. A DEV_DATA that
+  finds the lock taken is kept (the newest per set of parameters) and applied
+  as soon as the lock frees; the stall is counted and logged once a second.
+* On disconnect the bridge stops serving the buffer (invalid at once, without
+  the lock), never unlinks it: when the same UID comes back, the same segment
+  becomes valid again, so readers keep their mapping across reconnects. If the
+  bridge dies, the buffers it served turn invalid by themselves, and a
+  restarted bridge takes them over.
 * On SIGINT/SIGTERM every connected device gets a DEV_DISABLE (nothing keeps
   actuating unattended), every buffer is marked invalid, the store is closed
   (segments stay) and the stats file is written one last time.
@@ -51,11 +58,13 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import glob
 import logging
 import math
 import os
+import select
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -101,6 +110,12 @@ STATS_INTERVAL = 1.0
 """Seconds between two writes of the ``--stats`` file."""
 RETRY_DELAY = 2.0
 """Seconds before a port that could not be opened (or whose task failed) is tried again."""
+STALL_RETRY_INTERVAL = 0.005
+"""Seconds between two attempts to apply values held back by a buffer lock another process holds."""
+STALL_LOG_INTERVAL = 1.0
+"""Seconds between two log lines about one buffer's lock being held by another process."""
+EMPTY_READS_LIMIT = 100
+"""Readable events in a row that yield no bytes (without a hang-up) before a port counts as gone."""
 READ_SIZE = 4096
 """Bytes read from a port per readiness event."""
 OUTBOX_LIMIT = 64 * 1024
@@ -226,6 +241,8 @@ class Counters:
     """Parameter writes sent again because no DEV_DATA confirmed them in time."""
     writes_unconfirmed: int = 0
     """Parameter writes given up on after :data:`WRITE_RETRIES` resends."""
+    lock_stalls: int = 0
+    """Times the buffer's lock was found held by another process (values were held back, not lost)."""
 
     def add(self, other: Counters) -> None:
         """Add another set of counters to this one."""
@@ -234,6 +251,7 @@ class Counters:
         self.errors += other.errors
         self.writes_resent += other.writes_resent
         self.writes_unconfirmed += other.writes_unconfirmed
+        self.lock_stalls += other.lock_stalls
 
 
 @dataclasses.dataclass
@@ -266,6 +284,7 @@ class DeviceRecord:
             "errors": self.counters.errors,
             "writes_resent": self.counters.writes_resent,
             "writes_unconfirmed": self.counters.writes_unconfirmed,
+            "lock_stalls": self.counters.lock_stalls,
             "last_values": {name: jsonable(value) for name, value in self.last_values.items()},
         }
 
@@ -291,6 +310,18 @@ def _same(a: Any, b: Any) -> bool:
 
 Identity = tuple[int, int]
 """What a port path names: the ``(st_dev, st_ino)`` of the device node it leads to."""
+
+
+def _lock_busy(exc: DeviceBufferError) -> bool:
+    """Whether a buffer operation failed only because another process holds the lock."""
+    return exc.context.get("errno") in (errno.EBUSY, errno.ETIMEDOUT)
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether a descriptor reports a hang-up or an error (a read of no bytes alone does not say so)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
 
 
 def _identity(path: str) -> Identity | None:
@@ -343,6 +374,12 @@ class PortConnection:
         self._confirmable: frozenset[str] = frozenset()
         """Writeable parameters the device reports in its subscribed DEV_DATA: their writes are confirmed."""
         self._unconfirmed: dict[str, _UnconfirmedWrite] = {}
+        self._held_back: dict[tuple[int, int], Message] = {}
+        """Messages for the buffer that found its lock taken: the newest per (type, parameters)."""
+        self._stalled_since: float | None = None
+        self._stall_logged_at = -math.inf
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._empty_reads = 0
 
     # -- naming for logs --
 
@@ -370,6 +407,8 @@ class PortConnection:
                 return
             if not self._attach(sub_res):
                 reason = await self._closed  # ignored until the device goes away and comes back
+                return
+            if self.buffer is None:  # the buffer could not be opened or served: try again later
                 return
             await self._until_closed(self._service())
         except asyncio.CancelledError:
@@ -442,11 +481,16 @@ class PortConnection:
                 uid,
             )
             return False
-        except RuntimeBaseException as exc:
+        except RuntimeBaseException as exc:  # /dev/shm full, a foreign file in the way...
             logger.error(
-                "port %s: cannot open the buffer of uid %#x: %s; ignoring the port", self.path, uid, exc
+                "port %s: cannot open the buffer of uid %#x: %s; trying again in %g s",
+                self.path,
+                uid,
+                exc,
+                RETRY_DELAY,
             )
-            return False
+            self.retry_delay = RETRY_DELAY
+            return True
         type_name = type(buffer).type_name
         owner = self.bridge.owners.get(uid)
         if owner is not None and owner is not self:
@@ -458,9 +502,21 @@ class PortConnection:
                 owner.path,
             )
             return False
-        buffer.valid = True
-        buffer.update(sub_res)
+        buffer.set_lock_timeout(0)  # never wait for a lock: see _apply
+        try:
+            dead_producer = buffer.serve()
+        except RuntimeBaseException as exc:  # another bridge serves it
+            logger.error(
+                "%s %#x on %s: %s; trying again in %g s", type_name, uid, self.path, exc, RETRY_DELAY
+            )
+            self.retry_delay = RETRY_DELAY
+            return True
+        if dead_producer is not None:
+            logger.info(
+                "%s %#x: taking over from a producer that died (pid %d)", type_name, uid, dead_producer
+            )
         self.buffer = buffer
+        self._apply(sub_res)
         self.record = self.bridge.attach(self, uid, type_name, buffer)
         self._last_rx = time.monotonic()
         try:
@@ -505,7 +561,13 @@ class PortConnection:
                 if not self._sub_confirmed and now >= next_sub_req:
                     self.send(self.buffer.make_sub_req())
                     next_sub_req = now + SUB_RETRY_INTERVAL
-            except RuntimeBaseException as exc:  # e.g. someone marked the buffer invalid meanwhile
+            except DeviceBufferError as exc:
+                if _lock_busy(exc):  # sent at the next tick
+                    self._stalled(now)
+                else:
+                    self.counters.errors += 1
+                    logger.warning("%s: cannot emit pending reads/writes: %s", self.describe(), exc)
+            except RuntimeBaseException as exc:
                 self.counters.errors += 1
                 logger.warning("%s: cannot emit pending reads/writes: %s", self.describe(), exc)
             if now >= next_heartbeat:
@@ -600,6 +662,10 @@ class PortConnection:
             self._scratch.close()
             self._scratch = None
         self._unconfirmed.clear()
+        self._held_back.clear()
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
         if self.record is not None:
             self.bridge.detach(self)
             logger.info("%s: disconnected (%s)", self.describe(), reason)
@@ -619,9 +685,13 @@ class PortConnection:
             self.lose(f"read error: {exc.strerror or exc}")
             return
         if not data:
-            self._stop_reading()
-            self.lose("end of stream")
+            # Ports are non-blocking (VMIN=0, VTIME=0): no bytes is not a disconnect by itself.
+            self._empty_reads += 1
+            if _hung_up(self._fd) or self._empty_reads >= EMPTY_READS_LIMIT:
+                self._stop_reading()
+                self.lose("end of stream")
             return
+        self._empty_reads = 0
         before = self._splitter.overflows
         frames = self._splitter.feed(data)
         for _ in range(self._splitter.overflows - before):
@@ -679,7 +749,7 @@ class PortConnection:
             self._on_sub_res(message)
         elif kind == MessageType.DEV_DATA:
             if self.buffer is not None:
-                self.buffer.update(message)
+                self._apply(message)
                 if self._unconfirmed:
                     self._confirm_writes(message)
         elif kind == MessageType.ERROR:
@@ -719,8 +789,78 @@ class PortConnection:
             logger.debug("%s: SUB_RES without a subscription; asking again", self.describe())
             self._sub_confirmed = False
             return
-        self.buffer.update(message)
+        self._apply(message)
         self._sub_confirmed = True
+
+    # -- a buffer whose lock another process holds --
+
+    def _apply(self, message: Message) -> None:
+        """Digest ``message`` into the buffer now, or hold it back while another process has the lock.
+
+        Held-back messages keep the newest per (type, parameters), so that the
+        latest values win and none is lost; they are applied in order as soon
+        as the lock frees. A message that does not fit raises as usual.
+        """
+        assert self.buffer is not None
+        if not self._held_back:
+            try:
+                self.buffer.update(message)
+                return
+            except DeviceBufferError as exc:
+                if not _lock_busy(exc):
+                    raise
+        params = int.from_bytes(message.payload[:2], "little") if message.type == MessageType.DEV_DATA else 0
+        key = (int(message.type), params)
+        self._held_back.pop(key, None)
+        self._held_back[key] = message
+        self._stalled(time.monotonic())
+        if self._retry_handle is None:
+            self._retry_handle = self._loop.call_later(STALL_RETRY_INTERVAL, self._apply_held_back)
+
+    def _apply_held_back(self) -> None:
+        self._retry_handle = None
+        if self.buffer is None:
+            return
+        while self._held_back:
+            key, message = next(iter(self._held_back.items()))
+            try:
+                self.buffer.update(message)
+            except DeviceBufferError as exc:
+                if _lock_busy(exc):
+                    self._stalled(time.monotonic())
+                    self._retry_handle = self._loop.call_later(STALL_RETRY_INTERVAL, self._apply_held_back)
+                    return
+                self.counters.errors += 1
+                logger.warning(
+                    "%s: buffer refused %s: %s", self.describe(), MessageType(message.type).name, exc
+                )
+            except MessageError:  # checked when it arrived; cannot happen
+                self.counters.errors += 1
+            del self._held_back[key]
+        if self._stalled_since is not None:
+            waited = time.monotonic() - self._stalled_since
+            if waited >= STALL_LOG_INTERVAL or self._stall_logged_at > self._stalled_since:
+                logger.info(
+                    "%s: buffer lock free again after %.1f s; newest values applied", self.describe(), waited
+                )
+            self._stalled_since = None
+
+    def _stalled(self, now: float) -> None:
+        """Count a stall and log it (at most once a second while it lasts)."""
+        if self._stalled_since is None:
+            self._stalled_since = now
+            self.counters.lock_stalls += 1
+        elif (
+            now - self._stall_logged_at >= STALL_LOG_INTERVAL
+            and now - self._stalled_since >= STALL_LOG_INTERVAL
+        ):
+            logger.warning(
+                "%s: another process has held the buffer's lock for %.1f s; keeping the newest values "
+                "until it lets go (other devices are not affected)",
+                self.describe(),
+                now - self._stalled_since,
+            )
+            self._stall_logged_at = now
 
     # -- output --
 
@@ -775,6 +915,8 @@ class Bridge:
         self._tasks: dict[Identity, asyncio.Task[None]] = {}
         self._retry_at: dict[Identity, float] = {}
         self._open_errors: dict[str, str] = {}
+        self._waiting_for: set[str] = set()
+        """Explicit ports that do not exist (each logged once until it appears)."""
 
     # -- devices --
 
@@ -802,7 +944,7 @@ class Bridge:
         del self.owners[record.uid]
         record.connected = False
         with contextlib.suppress(RuntimeBaseException):
-            record.buffer.valid = False
+            record.buffer.stop_serving()  # needs no lock: invalid at once
 
     def report_open_error(self, path: str, exc: BaseException) -> None:
         """Log a port that cannot be opened, once per distinct error (it is retried quietly)."""
@@ -833,6 +975,12 @@ class Bridge:
             identity = _identity(path)
             if identity is not None:
                 found.setdefault(identity, path)
+                if path in self._waiting_for:
+                    self._waiting_for.discard(path)
+                    logger.info("port %s: appeared", path)
+            elif path in self.ports and path not in self._waiting_for:
+                self._waiting_for.add(path)
+                logger.info("port %s: does not exist (yet); waiting for %s", path, path)
         return found
 
     def scan(self) -> None:
@@ -928,7 +1076,7 @@ class Bridge:
                 if record.connected:  # a task that never got to clean up
                     record.connected = False
                     with contextlib.suppress(RuntimeBaseException):
-                        record.buffer.valid = False
+                        record.buffer.stop_serving()
             self.write_stats()
             for signum in handled:
                 loop.remove_signal_handler(signum)

@@ -8,14 +8,25 @@ are generated from a catalog (see :meth:`BufferStore.make_catalog` and
 :mod:`runtime.catalog`).
 
 A segment holds a 64-byte header (magic, format version, layout fingerprint,
-valid bit), the mutex, then the structure: an update block (values as read from
-the peripheral), a write block (values to write to it), both with one field per
-parameter, and a metadata block (timestamps, pending bitmaps, subscription,
-UID), and last an undo copy of the structure. Every operation that touches
-shared memory is one call into the compiled core, which takes the lock, checks
-the valid bit, copies and releases. The outermost ``transaction()`` first saves
-the structure to the undo copy; if its process dies before the end, the next
-process to take the lock restores it, so a transaction is all or nothing.
+validity), the mutex, the producer lock, then the structure: an update block
+(values as read from the peripheral), a write block (values to write to it),
+both with one field per parameter, and a metadata block (timestamps, pending
+bitmaps, subscription, UID), and last an undo copy of the structure. Every
+operation that touches shared memory is one call into the compiled core, which
+takes the lock, checks validity, copies and releases. The outermost
+``transaction()`` first saves the structure to the undo copy; if its process
+dies before the end, the next process to take the lock restores it, so a
+transaction is all or nothing.
+
+Validity belongs to the *producer*: the process that feeds a buffer (the
+bridge, for Smart Devices) calls :meth:`Buffer.serve`, and the buffer is valid
+for as long as that process lives and serves it. When it stops serving, closes
+the buffer or dies (SIGKILL included), every reader sees the buffer invalid at
+its next operation. Consumers never change validity by opening or closing. A
+buffer that nobody serves is valid from its creation (for code that uses a
+buffer on its own), except a Smart Device buffer created through a
+:class:`BufferStore`: that one stays invalid until the bridge serves it, so
+that no default value passes for a reading.
 
 Consumers poll buffers; there are no notifications. Operations block on the
 mutex (briefly), so asyncio code should run them in an executor.
@@ -37,12 +48,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import functools
 import hashlib
 import logging
 import math
 import os
 import re
+import stat
 import sys
 import time
 import types
@@ -70,7 +83,7 @@ logger = logging.getLogger(__name__)
 if sys.byteorder != "little":  # pragma: no cover - every supported robot is little-endian
     raise ImportError("runtime.buffer copies values to the wire as-is and needs a little-endian host")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever the segment format changes; part of every layout fingerprint."""
 MAGIC = b"RTBUFFER"
 """First bytes of every segment this library creates."""
@@ -130,6 +143,10 @@ class DeviceUID(BaseStructure):
     def __index__(self) -> int:
         return int(self)
 
+    def astuple(self) -> tuple[int, int, int]:
+        """``(device_id, year, random)``."""
+        return self.device_id, self.year, self.random
+
     @classmethod
     def from_int(cls, uid: int, /) -> DeviceUID:
         """Split an 88-bit integer UID into its fields."""
@@ -167,7 +184,8 @@ class _SegmentHeader(ctypes.Structure):
         ("fingerprint", ctypes.c_uint8 * 16),
         ("txn_depth", ctypes.c_uint32),
         ("undo_active", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32 * 2),
+        ("producer_pid", ctypes.c_uint32),
+        ("namespace_length", ctypes.c_uint32),
     ]
 
 
@@ -409,18 +427,32 @@ def _log_recovery(name: str, rolled_back: bool) -> None:
         logger.warning("buffer %r: the previous lock owner died; lock recovered", name)
 
 
+SETUP_TIMEOUT = 1.0
+"""Seconds a segment may stay half made (unsized, or not initialized) before it counts as abandoned."""
+
+
+class _Abandoned(Exception):
+    """A segment whose creator died before finishing it."""
+
+
 def _map_segment(name: str | None, size: int, create: bool) -> tuple[Any, bool]:
     """Map the named segment (None: process-local memory), creating it if asked and missing."""
     try:
         memory, created, actual = _core.map_segment(None if name is None else "/" + name, size, create)
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + SETUP_TIMEOUT
         while memory is None and actual == 0 and time.monotonic() < deadline:  # the creator is sizing it
             time.sleep(0.001)
             memory, created, actual = _core.map_segment("/" + str(name), size, False)
     except FileNotFoundError:
         raise DeviceBufferError("buffer does not exist", name=name) from None
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DeviceBufferError(
+                f"no room for the buffer in {SHM_DIR} (ENOSPC: shared memory is full)", name=name, size=size
+            ) from None
         raise DeviceBufferError(f"cannot open buffer: {exc.strerror}", name=name) from exc
+    if memory is None and actual == 0:
+        raise _Abandoned
     if memory is None:
         raise DeviceBufferError(
             "buffer layout does not match: segment size differs", name=name, expected=size, actual=actual
@@ -523,8 +555,9 @@ class Buffer(BaseStructure):
 
         Args:
             name: The shared memory object's name (no '/').
-            create: Whether to create the object if it does not exist. The
-                process that creates it marks it valid, and invalid when it closes.
+            create: Whether to create the object if it does not exist. A buffer
+                created here is valid at once (usable on its own); a producer
+                that :meth:`serve` s it owns its validity from then on.
             shared: False gives a process-local buffer with the same behaviour
                 (nothing is created in shared memory).
 
@@ -536,7 +569,8 @@ class Buffer(BaseStructure):
 
         Raises:
             DeviceBufferError: If ``create=False`` but the object does not exist,
-                or the segment was made for a different layout.
+                the segment was made for a different layout, is not this user's
+                own (owner-only) regular file, or shared memory is full.
         """
         buffer = cls.attach(name, create=create, shared=shared)
         try:
@@ -545,20 +579,36 @@ class Buffer(BaseStructure):
             buffer.close()
 
     @classmethod
-    def attach(cls: type[BufferT], name: str, /, *, create: bool = True, shared: bool = True) -> BufferT:
+    def attach(
+        cls: type[BufferT], name: str, /, *, create: bool = True, shared: bool = True, valid: bool = True
+    ) -> BufferT:
         """Like :meth:`open`, but returns the buffer itself.
 
         Call :meth:`close` when done, or use the buffer as a context manager.
+        ``valid`` is the validity of a segment this call creates (False: invalid
+        until a producer serves it); an existing segment keeps its own.
         """
         if cls._spec is None:
             raise DeviceBufferError("buffer type has no layout; make one with make_type()", type=cls.__name__)
         _validate_name(name)
-        memory, created = _map_segment(name if shared else None, cls._segment_size, create)
+        for attempt in (1, 2):
+            try:
+                memory, created = _map_segment(name if shared else None, cls._segment_size, create)
+                if created:
+                    cls._initialize_segment(memory, name, shared, valid)
+                else:
+                    cls._check_segment(memory, name)
+                break
+            except _Abandoned:
+                # Its creator died half way (or stalled for SETUP_TIMEOUT): start it again.
+                if not create or attempt == 2:
+                    raise DeviceBufferError(
+                        "buffer was never initialized by its creator; unlink it", name=name
+                    ) from None
+                logger.warning("buffer %r: its creator never finished it; making it again", name)
+                with contextlib.suppress(FileNotFoundError):
+                    _core.shm_unlink("/" + name)
         buffer = cls.from_buffer(memory, _core.DATA_OFFSET)
-        if created:
-            cls._initialize_segment(memory, shared)
-        else:
-            cls._check_segment(memory, name)
         access = _core.BufferAccess(
             cls._spec, memory, name, on_recover=_log_recovery, timeout=cls.lock_timeout
         )
@@ -566,13 +616,15 @@ class Buffer(BaseStructure):
         state.update(_access=access, _name=name, _created=created)
         for method in cls._fast_methods:  # one C call per operation: skip the Python method frame
             state[method] = getattr(access, method)
-        if created:
-            access.valid = True
         return buffer
 
     @classmethod
-    def _initialize_segment(cls, memory: Any, shared: bool) -> None:
-        # Parameters whose bounds exclude zero start inside them, before anyone can see the segment.
+    def _initialize_segment(cls, memory: Any, name: str, shared: bool, valid: bool) -> None:
+        # The namespace in effect, when the name is in it, is recorded so that unlink_all() can tell
+        # namespace "rt" from "rt-demo-1" exactly. Parameters whose bounds exclude zero start inside
+        # them, before anyone can see the segment.
+        namespace = BufferStore.namespace()
+        namespace_length = len(namespace) if name.startswith(namespace + "-") else 0
         _core.segment_init(
             memory,
             MAGIC,
@@ -581,6 +633,8 @@ class Buffer(BaseStructure):
             ctypes.sizeof(cls),
             shared,
             os.getpid(),
+            valid,
+            namespace_length,
             cls._initial_block,
             (cls._update.offset, cls._write.offset),
         )
@@ -591,12 +645,12 @@ class Buffer(BaseStructure):
             _core.segment_check, memory, MAGIC, FORMAT_VERSION, cls._fingerprint, ctypes.sizeof(cls)
         )
         problem = check()
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + SETUP_TIMEOUT
         while problem == "not ready" and time.monotonic() < deadline:  # its creator is still setting it up
             time.sleep(0.001)
             problem = check()
         if problem == "not ready":
-            raise DeviceBufferError("buffer was never initialized by its creator; unlink it", name=name)
+            raise _Abandoned
         if problem == "format":
             header = _SegmentHeader.from_buffer_copy(memory)
             raise DeviceBufferError(
@@ -619,7 +673,8 @@ class Buffer(BaseStructure):
         self.close()
 
     def close(self) -> None:
-        """Stop using this buffer; marks it invalid if this process created it.
+        """Stop using this buffer. A producer that closes it stops serving it (it turns invalid);
+        anyone else leaves its validity alone.
 
         The memory stays mapped until the object is garbage collected (ctypes
         holds a view of it) but every operation raises from now on.
@@ -627,12 +682,55 @@ class Buffer(BaseStructure):
         access = self.__dict__.get("_access")
         if access is None or access.closed:
             return
-        if self._created:
-            with contextlib.suppress(RuntimeBaseException):
-                access.valid = False
         access.close()
         for method in self._fast_methods:
             self.__dict__.pop(method, None)
+
+    def serve(self) -> int | None:
+        """Become this buffer's producer and mark it valid.
+
+        The buffer stays valid while this process lives and serves it: until
+        :meth:`stop_serving`, :meth:`close`, or the death of the calling thread
+        (SIGKILL included), whichever comes first. Call it again to mark the
+        buffer valid after setting :attr:`valid` to False. Serve and stop from
+        the same thread (the role is a lock held by that thread).
+
+        Returns:
+            The pid of a producer that died serving this buffer and was taken
+            over (for a log line), else None.
+
+        Raises:
+            DeviceBufferError: Another live producer serves it.
+        """
+        previous: int | None = self._access.serve()
+        return previous
+
+    def stop_serving(self) -> None:
+        """Mark the buffer invalid and give up the producer role (no effect unless serving).
+
+        Needs no lock: it takes effect at once, even while another process
+        holds the buffer's lock.
+        """
+        self._access.stop_serving()
+
+    def set_lock_timeout(self, seconds: float) -> None:
+        """How long this handle's operations wait for the lock (default :attr:`lock_timeout`).
+
+        0 never waits: an operation that finds the lock taken raises
+        :class:`DeviceBufferError` at once, with ``context['errno'] == errno.EBUSY``.
+        """
+        self._access.timeout = seconds
+
+    @property
+    def serving(self) -> bool:
+        """Whether this handle is the buffer's producer (a forked child's copy is not)."""
+        return bool(self._access.serving)
+
+    @property
+    def producer_pid(self) -> int | None:
+        """The pid of the live process serving this buffer, or None when nobody does."""
+        pid: int | None = self._access.producer_pid
+        return pid
 
     @classmethod
     def unlink(cls, name: str) -> None:
@@ -656,7 +754,12 @@ class Buffer(BaseStructure):
 
     @property
     def valid(self) -> bool:
-        """Whether the peripheral is connected; operations on an invalid buffer raise."""
+        """Whether the data is live: operations on an invalid buffer raise.
+
+        A served buffer is valid while its producer lives and says so. Setting
+        it needs no lock; on a buffer that a live producer serves, only that
+        producer may set it (others get :class:`DeviceBufferError`).
+        """
         return bool(self._access.valid)
 
     @valid.setter
@@ -897,10 +1000,7 @@ class DeviceBuffer(Buffer):
 
     @uid.setter
     def uid(self, uid: int) -> None:
-        uid = int(uid)
-        if not 0 <= uid < 1 << 88:
-            raise ValueError(f"a UID is an 88-bit nonnegative integer, not {uid!r}")
-        self._access.set_meta(uid=(uid >> 72, (uid >> 64) & 0xFF, uid & 0xFFFF_FFFF_FFFF_FFFF))
+        self._access.set_meta(uid=DeviceUID.from_int(int(uid)).astuple())
 
     @property
     def subscription(self) -> frozenset[str]:
@@ -1048,6 +1148,10 @@ class BufferStore(Mapping[BufferKey, Buffer]):
     def get_or_open(self, key: BufferKey, /, *, create: bool = True) -> Buffer:
         """Get a buffer, opening a new one if necessary.
 
+        A Smart Device buffer this creates is invalid until its producer (the
+        bridge) serves it: nothing passes for a reading before the device
+        does. Any other buffer it creates is valid at once.
+
         Raises:
             KeyError: The device ID or type name does not exist.
             DeviceBufferError: If ``create=False``, but the buffer does not exist.
@@ -1059,31 +1163,44 @@ class BufferStore(Mapping[BufferKey, Buffer]):
             pass
         buffer_type = self.catalog[type_name]
         name = self.segment_name(type_name, uid)
-        buffer = buffer_type.attach(name, create=create, shared=self.shared)
+        smart = issubclass(buffer_type, DeviceBuffer)
+        buffer = buffer_type.attach(name, create=create, shared=self.shared, valid=not smart)
         self.stack.push(buffer)  # closes it when the store closes
         if isinstance(buffer, DeviceBuffer) and buffer._created and uid < 1 << 88:
-            buffer.uid = uid
+            # Recorded before anyone serves it (a new Smart Device buffer is invalid until then).
+            buffer._access.set_meta(uid=DeviceUID.from_int(uid).astuple(), check_valid=False)
         self.buffers[type_name, uid] = buffer
         return buffer
 
     def unlink_all(self) -> list[str]:
         """Unlink every segment of this project's namespace; return their names.
 
-        Only segments named with :meth:`namespace` whose header carries this
-        library's magic are touched: nothing else on the machine.
+        Only segments created in exactly this namespace (recorded in their
+        header: ``rt`` is not ``rt-demo-1``) whose header carries this
+        library's magic are touched: nothing else on the machine. FIFOs,
+        devices and symlinks are never opened. A segment that cannot be
+        removed is skipped with a warning on the ``runtime.buffer`` logger.
         """
-        prefix = self.namespace() + "-"
+        namespace = self.namespace()
         removed: list[str] = []
         try:
             entries = sorted(os.listdir(SHM_DIR))
         except FileNotFoundError:
             return removed
         for entry in entries:
-            if not entry.startswith(prefix) or not _has_magic(os.path.join(SHM_DIR, entry)):
+            if not entry.startswith(namespace + "-"):
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            header = _read_header(os.path.join(SHM_DIR, entry))
+            if header is None or header.namespace_length != len(namespace):
+                continue
+            try:
                 _core.shm_unlink("/" + entry)
-                removed.append(entry)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning("cannot remove segment %s: %s; skipped", entry, exc.strerror)
+                continue
+            removed.append(entry)
         return removed
 
     @classmethod
@@ -1143,9 +1260,23 @@ def _make_param(type_name: str, index: int, raw: Any) -> Parameter:
         raise DeviceBufferError(f"bad parameter options: {exc}", device=type_name, param=name) from None
 
 
-def _has_magic(path: str) -> bool:
+def _read_header(path: str) -> _SegmentHeader | None:
+    """The header of a segment file carrying this library's magic; None for anything else.
+
+    Never follows a symlink, never blocks on a FIFO, never opens a device.
+    """
     try:
-        with open(path, "rb") as segment:
-            return segment.read(len(MAGIC)) == MAGIC
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, ctypes.sizeof(_SegmentHeader))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) < ctypes.sizeof(_SegmentHeader) or not data.startswith(MAGIC):
+        return None
+    return _SegmentHeader.from_buffer_copy(data)

@@ -168,9 +168,7 @@ def test_open_creates_segment_and_exit_closes_without_unlinking(shm_name: Callab
     assert segment_exists(name)
     with Gadget.open(name, create=False) as again:
         assert again.closed is False
-        with pytest.raises(DeviceBufferError):
-            again.get("level")  # its creator closed it: invalid now
-        again.valid = True
+        assert again.valid  # nobody serves it: closing its creator changed nothing
         assert again.get("level") == 7
 
 
@@ -241,21 +239,81 @@ def test_opening_with_a_different_layout_is_refused(shm_name: Callable[[str], st
 # ---- the valid bit ------------------------------------------------------------------------------
 
 
-def test_creator_marks_valid_while_open_and_invalid_on_close(shm_name: Callable[[str], str]) -> None:
+def test_consumers_never_change_validity_by_opening_or_closing(shm_name: Callable[[str], str]) -> None:
     name = shm_name()
     creator = Gadget.attach(name, create=True)
     try:
         with Gadget.open(name, create=False) as attacher:
-            assert creator.valid and attacher.valid
+            assert creator.valid and attacher.valid  # created valid: usable on its own
             attacher.set("level", 3)
-        assert creator.valid  # an attacher closing does not invalidate
+        assert creator.valid
         with Gadget.open(name, create=False) as attacher:
             creator.close()
-            assert not attacher.valid
-            with pytest.raises(DeviceBufferError):
-                attacher.get("level")
+            assert attacher.valid and attacher.get("level") == 3
     finally:
         creator.close()
+
+
+def test_a_producer_owns_validity_until_it_stops_or_closes(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    with Gadget.open(name) as consumer, Gadget.open(name, create=False) as producer:
+        assert producer.producer_pid is None and not producer.serving
+        assert producer.serve() is None
+        assert producer.serving and not consumer.serving
+        assert consumer.producer_pid == os.getpid()
+        with pytest.raises(DeviceBufferError, match="only it changes"):
+            consumer.valid = False  # a consumer cannot end a producer's validity
+        consumer.close()  # nor can it by closing
+        assert producer.valid
+        with Gadget.open(name, create=False) as reader:
+            producer.valid = False  # the producer says: no data now (device unplugged, say)
+            assert not reader.valid and producer.serving
+            producer.serve()  # and: live again
+            assert reader.valid
+            producer.stop_serving()
+            assert not reader.valid and reader.producer_pid is None and not producer.serving
+            with pytest.raises(DeviceBufferError, match="not valid"):
+                reader.get("level")
+            producer.serve()
+            assert reader.valid
+            producer.close()  # closing a served buffer stops serving it
+            assert not reader.valid
+
+
+def test_a_second_producer_is_refused_while_the_first_serves(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    with Gadget.open(name) as first, Gadget.open(name, create=False) as second:
+        first.serve()
+        with pytest.raises(DeviceBufferError, match="already served by this thread"):
+            second.serve()
+        errors: list[BaseException] = []
+
+        def serve_from_another_thread() -> None:
+            try:
+                second.serve()
+            except DeviceBufferError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=serve_from_another_thread)
+        thread.start()
+        thread.join(10)
+        assert len(errors) == 1 and "another producer" in str(errors[0])
+        assert errors[0].context["producer_pid"] == os.getpid()  # type: ignore[attr-defined]
+        first.stop_serving()
+        second.serve()  # free now
+        assert first.valid and second.serving
+        second.stop_serving()
+
+
+def test_a_producer_thread_that_ends_invalidates_its_buffer(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    with Gadget.open(name) as buffer, Gadget.open(name, create=False) as producer:
+        thread = threading.Thread(target=producer.serve)
+        thread.start()
+        thread.join(10)
+        assert not buffer.valid  # the role was the thread's: it ended with it
+        producer.serve()  # taken over by this thread
+        assert buffer.valid
 
 
 def test_process_local_buffer_is_valid_while_open() -> None:

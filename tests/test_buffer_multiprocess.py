@@ -108,6 +108,26 @@ def create_then_close(name: str, created: Any, close: Any) -> None:
             raise TimeoutError("never told to close")
 
 
+def serve_then_wait(name: str, count: int, serving: Any, stop: Any) -> None:
+    """A producer: serve the buffer, report, wait (killed here, or told to stop and exit cleanly)."""
+    with Counter.open(name, create=False) as buffer:
+        buffer.serve()
+        buffer.set("count", count)
+        serving.set()
+        if not stop.wait(JOIN_TIMEOUT):
+            raise TimeoutError("never told to stop")
+
+
+def try_to_serve(name: str, results: Any) -> None:
+    with Counter.open(name, create=False) as buffer:
+        try:
+            buffer.serve()
+        except DeviceBufferError as exc:
+            results.put(("refused", exc.context.get("producer_pid")))
+        else:
+            results.put(("served", None))
+
+
 # ---- tests ------------------------------------------------------------------------------------------
 
 
@@ -203,21 +223,89 @@ def test_process_killed_inside_a_transaction_does_not_wedge_the_others(
         assert len([record for record in caplog.records if record.name == "runtime.buffer"]) == 1
 
 
-def test_creator_in_another_process_controls_the_valid_bit(shm_name: Callable[[str], str]) -> None:
+def test_a_consumer_that_created_the_buffer_exiting_leaves_it_valid(shm_name: Callable[[str], str]) -> None:
+    # Student code opened the buffer first (it created it), then exits at a mode change.
     name = shm_name()
     created, close = FORK.Event(), FORK.Event()
     with reaped() as processes:
         creator = start(processes, FORK, create_then_close, name, created, close)
         assert created.wait(JOIN_TIMEOUT)
-        with Counter.open(name, create=False) as buffer:
-            assert buffer.valid
-            assert buffer.get("count") == 5
+        with Counter.open(name, create=False) as producer:
+            producer.serve()
             close.set()
             assert finish(creator) == 0
-            assert not buffer.valid
-            with pytest.raises(DeviceBufferError):
-                buffer.get("count")
-        assert os.path.exists(os.path.join(SHM_DIR, name))  # closed by its creator, not unlinked
+            assert producer.valid and producer.get("count") == 5
+            producer.set("count", 6)  # the producer goes on serving
+        assert os.path.exists(os.path.join(SHM_DIR, name))  # closed, not unlinked
+
+
+@pytest.mark.parametrize("death", ["SIGKILL", "clean exit"])
+def test_the_producer_ending_invalidates_at_once_and_a_new_one_takes_over(
+    shm_name: Callable[[str], str], death: str
+) -> None:
+    name = shm_name()
+    serving, stop = FORK.Event(), FORK.Event()
+    results = FORK.Queue()
+    with Counter.open(name) as buffer, reaped() as processes:
+        producer = start(processes, FORK, serve_then_wait, name, 5, serving, stop)
+        assert serving.wait(JOIN_TIMEOUT)
+        assert buffer.valid and buffer.get("count") == 5
+        assert buffer.producer_pid == producer.pid
+        start(processes, FORK, try_to_serve, name, results)  # a second producer is refused
+        assert results.get(timeout=JOIN_TIMEOUT) == ("refused", producer.pid)
+        if death == "SIGKILL":
+            os.kill(producer.pid, signal.SIGKILL)
+            assert finish(producer) == -signal.SIGKILL
+        else:
+            stop.set()
+            assert finish(producer) == 0
+        # At once: no lock timeout, no daemon; every operation refuses the stale data.
+        assert not buffer.valid and buffer.producer_pid is None
+        with pytest.raises(DeviceBufferError, match="not valid") as caught:
+            buffer.get("count")
+        if death == "SIGKILL":
+            assert "producer died" in caught.value.message
+            assert caught.value.context["producer_pid"] == producer.pid
+        with pytest.raises(DeviceBufferError):
+            buffer.write("count", 1)
+        # A restarted producer takes the same segment over.
+        taken_over = buffer.serve()
+        assert taken_over == (producer.pid if death == "SIGKILL" else None)
+        assert buffer.valid and buffer.get("count") == 5
+
+
+def test_a_forked_child_does_not_end_its_parents_transaction_or_role(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    with Counter.open(name) as buffer:
+        buffer.serve()
+        buffer.set("count", 1)
+        with buffer.transaction():
+            buffer.set("count", 2)
+            pid = os.fork()
+            if pid == 0:  # the child: leaves the inherited block and closes the inherited handle
+                code = 1
+                try:
+                    serving = buffer.serving
+                    buffer.transaction().__exit__(None, None, None)
+                    buffer.close()
+                    code = 0 if not serving else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            # The parent's transaction is still open and its undo copy still armed.
+            header = _header(buffer)
+            assert header.txn_depth == 1 and header.undo_active == 1
+            buffer.set("count", 3)
+        assert buffer.serving and buffer.valid  # the child's close did not stop the parent serving
+        assert buffer.get("count") == 3
+
+
+def _header(buffer: Any) -> Any:
+    from runtime.buffer import _SegmentHeader
+
+    with open(os.path.join(SHM_DIR, buffer.name), "rb") as segment:
+        return _SegmentHeader.from_buffer_copy(segment.read(ctypes.sizeof(_SegmentHeader)))
 
 
 ATTACHER = COUNTER_SOURCE + textwrap.dedent(

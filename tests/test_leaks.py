@@ -227,6 +227,8 @@ def test_store_get_or_open_close_cycles_leak_nothing() -> None:
             assert store.get_or_open(devices[0]) is store[devices[0]]
             fresh_uid = next(uids)
             fresh = store.get_or_open(fresh_uid)
+            assert not fresh.valid  # waits for its producer
+            fresh.serve()
             assert fresh.uid == fresh_uid and fresh.valid
             with pytest.raises(DeviceBufferError):
                 store.get_or_open(("battery", 1), create=False)
@@ -239,7 +241,7 @@ def test_store_get_or_open_close_cycles_leak_nothing() -> None:
     with unlinked_afterwards(fresh_base), BufferStore(CATALOG) as holder:
         try:
             for uid in devices:
-                holder.get_or_open(uid)
+                holder.get_or_open(uid).serve()  # the holder is their producer
             for _ in range(200):
                 cycle()
             before = settled()

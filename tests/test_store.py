@@ -183,7 +183,9 @@ def test_store_is_a_dataclass_and_a_mapping() -> None:
 def test_int_key_is_a_uid_whose_device_id_picks_the_type(store: BufferStore) -> None:
     motor = store.get_or_open(MOTOR_UID)
     assert type(motor) is CATALOG["motor"]
-    assert motor.uid == MOTOR_UID
+    assert not motor.valid  # a new Smart Device buffer waits for its producer
+    motor.serve()
+    assert motor.uid == MOTOR_UID  # recorded at creation all the same
     assert motor.valid
     assert segment_exists(motor.name)
     assert motor.name == BufferStore.segment_name("motor", MOTOR_UID)
@@ -215,8 +217,26 @@ def test_tuple_key_opens_any_type(store: BufferStore) -> None:
     other = store.get_or_open(("gamepad", 4))
     assert other is not gamepad and other.get("buttons") == 0
     motor = store.get_or_open(("motor", MOTOR_UID))
+    motor.serve()
     assert motor.uid == MOTOR_UID
     assert store[MOTOR_UID] is motor
+
+
+def test_new_smart_device_buffers_are_invalid_until_served_other_types_valid(store: BufferStore) -> None:
+    motor = store.get_or_open(MOTOR_UID)  # a consumer got there before the bridge
+    gamepad = store.get_or_open(("gamepad", 5))
+    assert gamepad.valid and gamepad.producer_pid is None  # usable on its own at once
+    assert not motor.valid
+    with pytest.raises(DeviceBufferError, match="not valid"):
+        motor.get("enc_pos")  # no default passes for a reading
+    with pytest.raises(DeviceBufferError, match="not valid"):
+        motor.write("duty_cycle", 0.5)
+    with BufferStore(CATALOG) as bridge:
+        served = bridge.get_or_open(MOTOR_UID)
+        served.serve()
+        served.set("enc_pos", 10)
+        assert motor.valid and motor.get("enc_pos") == 10
+    assert not motor.valid  # the producer's store closed: it stopped serving
 
 
 @pytest.mark.parametrize(
@@ -258,6 +278,7 @@ def test_create_false_on_a_missing_buffer_raises(store: BufferStore) -> None:
 
 def test_create_false_attaches_to_another_stores_buffer(store: BufferStore) -> None:
     motor = store.get_or_open(MOTOR_UID)
+    motor.serve()
     motor.set("enc_pos", 1200)
     with BufferStore(CATALOG) as other:
         attached = other.get_or_open(MOTOR_UID, create=False)
@@ -266,7 +287,7 @@ def test_create_false_attaches_to_another_stores_buffer(store: BufferStore) -> N
         assert attached.uid == MOTOR_UID
         attached.write("duty_cycle", 0.5)
     assert attached.closed
-    assert motor.valid  # the attaching store closing does not invalidate the creator's buffer
+    assert motor.valid  # the attaching store closing does not invalidate the producer's buffer
     assert motor.get_write() == {"duty_cycle": 0.5}
 
 
@@ -279,6 +300,7 @@ def test_context_manager_closes_every_buffer_it_opened() -> None:
         ]
         names = [buffer.name for buffer in buffers]
         assert not any(buffer.closed for buffer in buffers)
+        buffers[0].serve()
         buffers[0].set("enc_pos", 5)
     assert all(buffer.closed for buffer in buffers)
     assert len(store) == 0
@@ -288,8 +310,8 @@ def test_context_manager_closes_every_buffer_it_opened() -> None:
     assert all(segment_exists(name) for name in names)  # closed, not unlinked
     with BufferStore(CATALOG) as again:
         motor = again.get_or_open(MOTOR_UID, create=False)
-        assert not motor.valid  # its creator closed it
-        motor.valid = True
+        assert not motor.valid  # its producer closed it
+        motor.serve()
         assert motor.get("enc_pos") == 5
 
 
@@ -298,11 +320,15 @@ def test_process_local_store_creates_nothing_in_shared_memory() -> None:
     with BufferStore(CATALOG, shared=False) as first, BufferStore(CATALOG, shared=False) as second:
         motor = first.get_or_open(MOTOR_UID)
         gamepad = first.get_or_open(("gamepad", 2))
+        motor.serve()
         assert motor.valid and motor.uid == MOTOR_UID
         motor.set("enc_pos", 77)
         gamepad.set("buttons", 3)
         assert motor.get("enc_pos") == 77 and gamepad.get("buttons") == 3
-        assert second.get_or_open(MOTOR_UID).get("enc_pos") == 0  # nothing is shared
+        twin = second.get_or_open(MOTOR_UID)
+        assert not twin.valid  # nothing is shared: not even the producer
+        twin.serve()
+        assert twin.get("enc_pos") == 0
         assert not segment_exists(motor.name)
         assert namespace_segments() == before
     assert motor.closed
@@ -360,6 +386,7 @@ def test_namespace_follows_the_environment(monkeypatch: pytest.MonkeyPatch, buff
 def test_store_buffers_see_each_other_through_shared_memory(store: BufferStore) -> None:
     # Two stores in one process are as good as two processes: same segment, same values.
     motor = store.get_or_open(MOTOR_UID)
+    motor.serve()
     with BufferStore(CATALOG) as other:
         twin = other.get_or_open(MOTOR_UID)
         with twin.transaction():

@@ -3,9 +3,17 @@
  * memory, as one C call per operation.
  *
  * A segment holds, in order: a 64-byte header (runtime/buffer.py describes it
- * with ctypes; the core only needs its `valid` word), the robust mutex, and the
- * buffer's ctypes structure: an update block and a write block with one field
- * per parameter (same layout in both), then the metadata block `rt_meta`.
+ * with ctypes), the robust mutex that guards the data, the producer lock, and
+ * the buffer's ctypes structure: an update block and a write block with one
+ * field per parameter (same layout in both), then the metadata block
+ * `rt_meta`, and last the undo copy of the structure.
+ *
+ * Validity. The header's `valid` word is RT_INVALID, RT_VALID (valid, served
+ * by nobody in particular: a buffer used on its own) or RT_SERVED (valid for
+ * as long as its producer lives). A producer (the bridge, for Smart Devices)
+ * holds the producer lock, a robust mutex, for as long as it serves the
+ * buffer; when it dies, however it dies, the kernel clears the owner from the
+ * lock word, and every reader sees the buffer invalid at its next operation.
  *
  * BufferSpec is computed once per buffer type: where each parameter lives,
  * how to convert it, and the bitmaps of readable/writeable/subscribed IDs.
@@ -18,13 +26,20 @@
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #define RT_MAX_BUFFER_PARAMS 64
 #define RT_HEADER_SIZE 64
 #define RT_VALID_OFFSET 24
 #define RT_MUTEX_OFFSET RT_HEADER_SIZE
-#define RT_DATA_OFFSET (RT_MUTEX_OFFSET + 64)
+#define RT_PRODUCER_OFFSET (RT_MUTEX_OFFSET + 64)
+#define RT_DATA_OFFSET (RT_PRODUCER_OFFSET + 64)
+#define RT_INVALID 0u
+#define RT_VALID 1u
+#define RT_SERVED 2u
+#define RT_SERVE_WAIT 0.05  /* seconds serve() waits for the producer lock before calling it taken */
 #define RT_MIN_INTERVAL_MS 40
 #define RT_MAX_INTERVAL_MS 250
 
@@ -50,12 +65,13 @@ typedef struct {
     uint32_t version;
     uint32_t state;        /* RT_SEGMENT_READY once initialized */
     uint64_t size;         /* of the buffer structure */
-    uint32_t valid;
+    uint32_t valid;        /* RT_INVALID, RT_VALID or RT_SERVED */
     uint32_t creator_pid;
     uint8_t fingerprint[16];
     uint32_t txn_depth;    /* nesting of transaction() by the lock's owner */
     uint32_t undo_active;  /* the undo area holds the state before an unfinished transaction */
-    uint32_t reserved[2];
+    uint32_t producer_pid; /* the process that last served the buffer */
+    uint32_t namespace_length;  /* the name starts with a namespace this long, then '-' (0: none) */
 } rt_header;
 
 #define RT_SEGMENT_READY 1u
@@ -112,6 +128,7 @@ typedef struct {
     int has_view;
     int closed;
     rt_mutex_t *mutex;
+    rt_mutex_t *producer;   /* held by the serving producer */
     rt_header *header;
     uint8_t *data;          /* the structure */
     uint8_t *undo;          /* its copy from the start of the outermost transaction */
@@ -122,10 +139,16 @@ typedef struct {
     PyObject *on_recover;
     double timeout;
     long held;              /* transactions entered through this object and not yet exited */
+    long users;             /* calls waiting for the lock (the GIL released): close() keeps the memory */
+    unsigned long txn_generation;    /* rt_fork_generation when `held` was counted */
+    int serving;                     /* this object holds the producer lock */
+    unsigned long serve_generation;  /* rt_fork_generation when it took it */
+    uint32_t serve_tid;              /* the thread that took it */
 } rt_BufferAccess;
 
 static PyTypeObject rt_BufferSpecType;
 static PyTypeObject rt_BufferAccessType;
+static PyObject *BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused);
 
 static double
 wall_clock(void)
@@ -188,29 +211,93 @@ lock_error(rt_BufferAccess *acc, int rc)
     return -1;
 }
 
-/* Lock the buffer, recover it if its last owner died, and check it is open
- * and valid. On failure the lock is not held and an exception is set. */
+/* Whether the buffer is valid now: one load, and one more for a served buffer. */
 static inline int
-acquire(rt_BufferAccess *acc, int need_valid)
+is_live(rt_BufferAccess *acc)
+{
+    uint32_t valid = __atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE);
+    return valid == RT_VALID || (valid == RT_SERVED && rt_mutex_held(acc->producer));
+}
+
+/* Whether this object serves the buffer: it took the producer lock, in this
+ * process (a child of fork() does not serve), and the thread that took it
+ * still holds it (the role ends with that thread). */
+static inline int
+serving(rt_BufferAccess *acc)
+{
+    if (!acc->serving || acc->serve_generation != rt_fork_generation) {
+        return 0;
+    }
+    if (rt_lockword_has_owner) {
+        uint32_t word = __atomic_load_n((const uint32_t *)(const void *)&acc->producer->m.mutex, __ATOMIC_ACQUIRE);
+        return (word & RT_FUTEX_TID_MASK) == acc->serve_tid;
+    }
+    return 1;
+}
+
+static void
+release_view_if_unused(rt_BufferAccess *acc)
+{
+    if (acc->closed && acc->held == 0 && acc->users == 0 && acc->has_view) {
+        PyBuffer_Release(&acc->view);
+        acc->has_view = 0;
+    }
+}
+
+static int
+invalid_error(rt_BufferAccess *acc)
+{
+    if (__atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE) == RT_SERVED) {
+        PyObject *pid = PyLong_FromUnsignedLong(acc->header->producer_pid);
+        rt_raise(rt_DeviceBufferError, "buffer is not valid: its producer died", "buffer", acc->name,
+                 "producer_pid", pid, NULL);
+        Py_XDECREF(pid);
+    }
+    else {
+        buffer_error(acc, "buffer is not valid (its device is not connected)", NULL);
+    }
+    return -1;
+}
+
+/* Lock the buffer within `timeout` seconds, recover it if its last owner
+ * died, and check it is open and valid. On failure the lock is not held and
+ * an exception is set. */
+static inline int
+acquire_within(rt_BufferAccess *acc, int need_valid, double timeout)
 {
     if (acc->closed) {
         buffer_error(acc, "buffer is closed", NULL);
         return -1;
     }
     int recovered;
-    int rc = rt_mutex_lock(acc->mutex, acc->timeout, &recovered);
+    acc->users++;
+    int rc = rt_mutex_lock(acc->mutex, timeout, &recovered);  /* may let other threads run */
+    acc->users--;
+    if (acc->closed) {  /* closed by another thread meanwhile: its memory may go once we leave */
+        if (rc == 0) {
+            rt_mutex_unlock(acc->mutex);
+        }
+        release_view_if_unused(acc);
+        buffer_error(acc, "buffer was closed while waiting for its lock", NULL);
+        return -1;
+    }
     if (rc != 0) {
         return lock_error(acc, rc);
     }
     if (recovered) {
         recover(acc);
     }
-    if (need_valid && !acc->header->valid) {
+    if (need_valid && !is_live(acc)) {
         rt_mutex_unlock(acc->mutex);
-        buffer_error(acc, "buffer is not valid (its device is not connected)", NULL);
-        return -1;
+        return invalid_error(acc);
     }
     return 0;
+}
+
+static inline int
+acquire(rt_BufferAccess *acc, int need_valid)
+{
+    return acquire_within(acc, need_valid, acc->timeout);
 }
 
 static inline void
@@ -650,6 +737,7 @@ BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
     Py_INCREF(spec);
     self->spec = s;
     self->mutex = (rt_mutex_t *)(base + RT_MUTEX_OFFSET);
+    self->producer = (rt_mutex_t *)(base + RT_PRODUCER_OFFSET);
     self->header = (rt_header *)base;
     self->data = base + RT_DATA_OFFSET;
     self->undo = base + undo_offset(s->struct_size);
@@ -670,11 +758,15 @@ BufferAccess_close(rt_BufferAccess *self, PyObject *unused)
     /* Operations raise from now on. The memory stays until no transaction
      * entered through this object is open (one may be, in this or another
      * thread): its __exit__ must still unlock the mutex in that memory. */
-    self->closed = 1;
-    if (self->held == 0 && self->has_view) {
-        PyBuffer_Release(&self->view);
-        self->has_view = 0;
+    if (serving(self) && self->has_view) {  /* a producer that closes stops serving */
+        PyObject *result = BufferAccess_stop_serving(self, NULL);
+        if (result == NULL) {
+            return NULL;
+        }
+        Py_DECREF(result);
     }
+    self->closed = 1;
+    release_view_if_unused(self);
     Py_RETURN_NONE;
 }
 
@@ -699,6 +791,10 @@ BufferAccess_dealloc(rt_BufferAccess *self)
 {
     PyObject_GC_UnTrack(self);
     if (self->has_view) {
+        if (serving(self)) {  /* dropped without close(): still stop serving */
+            __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
+            rt_mutex_unlock(self->producer);
+        }
         PyBuffer_Release(&self->view);
     }
     BufferAccess_clear(self);
@@ -793,9 +889,21 @@ BufferAccess_write(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t narg
 /* The outermost transaction saves the structure to the undo area first, so
  * that if its process dies before the end, the next owner of the lock can
  * restore it: a transaction is all or nothing, even against SIGKILL. */
+/* A transaction counted before fork() is the parent's: in the child it is
+ * not held, and leaving it changes nothing shared. */
+static inline void
+forget_inherited_transactions(rt_BufferAccess *self)
+{
+    if (self->txn_generation != rt_fork_generation) {
+        self->txn_generation = rt_fork_generation;
+        self->held = 0;
+    }
+}
+
 static PyObject *
 BufferAccess_enter(rt_BufferAccess *self, PyObject *unused)
 {
+    forget_inherited_transactions(self);
     if (acquire(self, 1) < 0) {
         return NULL;
     }
@@ -826,12 +934,10 @@ end_transaction(rt_BufferAccess *self)
 static PyObject *
 BufferAccess_exit(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    forget_inherited_transactions(self);
     if (self->held > 0) {
         end_transaction(self);
-        if (self->closed && self->held == 0 && self->has_view) {  /* closed meanwhile: let go now */
-            PyBuffer_Release(&self->view);
-            self->has_view = 0;
-        }
+        release_view_if_unused(self);  /* closed meanwhile: let go now */
     }
     Py_RETURN_FALSE;
 }
@@ -1428,9 +1534,11 @@ BufferAccess_get_meta(rt_BufferAccess *self, PyObject *unused)
 static PyObject *
 BufferAccess_set_meta(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"subscription", "interval_ms", "uid", NULL};
+    static char *kwlist[] = {"subscription", "interval_ms", "uid", "check_valid", NULL};
     PyObject *subscription = Py_None, *interval = Py_None, *uid = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOO:set_meta", kwlist, &subscription, &interval, &uid)) {
+    int check_valid = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOp:set_meta", kwlist, &subscription, &interval, &uid,
+                                     &check_valid)) {
         return NULL;
     }
     unsigned long sub = 0, ivl = 0;
@@ -1447,7 +1555,7 @@ BufferAccess_set_meta(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "subscription and interval must fit in 16 bits");
         return NULL;
     }
-    if (acquire(self, 1) < 0) {
+    if (acquire(self, check_valid) < 0) {
         return NULL;
     }
     if (subscription != Py_None) {
@@ -1471,9 +1579,12 @@ BufferAccess_get_valid(rt_BufferAccess *self, void *closure)
     if (self->closed) {
         Py_RETURN_FALSE;
     }
-    return PyBool_FromLong(__atomic_load_n(&self->header->valid, __ATOMIC_ACQUIRE) != 0);
+    return PyBool_FromLong(is_live(self));
 }
 
+/* Setting validity needs no lock (one word, written atomically), so an
+ * invalidation always happens at once, even while a stopped process holds
+ * the buffer's lock. Only the producer changes a served buffer's validity. */
 static int
 BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
 {
@@ -1481,12 +1592,98 @@ BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
     if (truth < 0) {
         return -1;
     }
-    if (acquire(self, 0) < 0) {
+    if (self->closed) {
+        buffer_error(self, "buffer is closed", NULL);
         return -1;
     }
-    __atomic_store_n(&self->header->valid, (uint32_t)truth, __ATOMIC_RELEASE);
-    release(self);
+    uint32_t state = truth ? RT_VALID : RT_INVALID;
+    if (serving(self)) {
+        state = truth ? RT_SERVED : RT_INVALID;
+    }
+    else if (__atomic_load_n(&self->header->valid, __ATOMIC_ACQUIRE) == RT_SERVED && rt_mutex_held(self->producer)) {
+        PyObject *pid = PyLong_FromUnsignedLong(self->header->producer_pid);
+        rt_raise(rt_DeviceBufferError, "buffer is served by a producer; only it changes its validity", "buffer",
+                 self->name, "producer_pid", pid, NULL);
+        Py_XDECREF(pid);
+        return -1;
+    }
+    __atomic_store_n(&self->header->valid, state, __ATOMIC_RELEASE);
     return 0;
+}
+
+/* serve(): become the buffer's producer and mark it valid. Returns the pid of
+ * a producer that died serving it (taken over), else None. */
+static PyObject *
+BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
+{
+    if (self->closed) {
+        return buffer_error(self, "buffer is closed", NULL);
+    }
+    if (!serving(self)) {
+        int recovered;
+        int rc = rt_mutex_lock(self->producer, RT_SERVE_WAIT, &recovered);
+        if (rc == ETIMEDOUT || rc == EBUSY || rc == EDEADLK) {
+            PyObject *pid = PyLong_FromUnsignedLong(self->header->producer_pid);
+            rt_raise(rt_DeviceBufferError,
+                     rc == EDEADLK ? "buffer is already served by this thread (through another handle)"
+                                   : "buffer is served by another producer",
+                     "buffer", self->name, "producer_pid", pid, NULL);
+            Py_XDECREF(pid);
+            return NULL;
+        }
+        if (rc != 0) {
+            return rt_raise_sync_error(rc, "cannot take the buffer's producer lock");
+        }
+        uint32_t previous = self->header->producer_pid;
+        self->header->producer_pid = (uint32_t)getpid();
+        self->serving = 1;
+        self->serve_generation = rt_fork_generation;
+        self->serve_tid = (uint32_t)syscall(SYS_gettid);
+        __atomic_store_n(&self->header->valid, RT_SERVED, __ATOMIC_RELEASE);
+        if (recovered) {
+            return PyLong_FromUnsignedLong(previous);
+        }
+        Py_RETURN_NONE;
+    }
+    __atomic_store_n(&self->header->valid, RT_SERVED, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+/* stop_serving(): mark the buffer invalid and give up the producer lock.
+ * In a child of fork() it only forgets the parent's role. */
+static PyObject *
+BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused)
+{
+    if (!serving(self)) {
+        self->serving = 0;
+        Py_RETURN_NONE;
+    }
+    self->serving = 0;
+    if (self->has_view) {
+        __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
+        int rc = rt_mutex_unlock(self->producer);
+        if (rc != 0) {
+            rt_raise(rt_DeviceBufferError, "stop serving from the thread that started serving (the buffer is "
+                     "invalid now, but that thread still holds the producer role)", "buffer", self->name, NULL);
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+BufferAccess_get_serving(rt_BufferAccess *self, void *closure)
+{
+    return PyBool_FromLong(!self->closed && serving(self));
+}
+
+static PyObject *
+BufferAccess_get_producer_pid(rt_BufferAccess *self, void *closure)
+{
+    if (self->closed || !rt_mutex_held(self->producer)) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromUnsignedLong(self->header->producer_pid);
 }
 
 static PyObject *
@@ -1538,17 +1735,24 @@ static PyMethodDef BufferAccess_methods[] = {
     {"make_sub_res", (PyCFunction)BufferAccess_make_sub_res, METH_NOARGS, "SUB_RES from the recorded state."},
     {"get_meta", (PyCFunction)BufferAccess_get_meta, METH_NOARGS, "Timestamps, subscription, interval and UID."},
     {"set_meta", (PyCFunction)(void (*)(void))BufferAccess_set_meta, METH_VARARGS | METH_KEYWORDS,
-     "set_meta(*, subscription=None, interval_ms=None, uid=None)"},
+     "set_meta(*, subscription=None, interval_ms=None, uid=None, check_valid=True)"},
     {"mask", (PyCFunction)(void (*)(void))BufferAccess_mask, METH_FASTCALL,
      "mask(names, required) -> bitmap of the named parameters (required: 1 readable, 2 writeable)."},
     {"names", (PyCFunction)BufferAccess_names, METH_O, "names(bitmap) -> set of parameter names."},
     {"close", (PyCFunction)BufferAccess_close, METH_NOARGS, "Stop using the memory; later calls raise."},
+    {"serve", (PyCFunction)BufferAccess_serve, METH_NOARGS,
+     "Become the producer and mark the buffer valid; returns the pid of a dead producer taken over, or None."},
+    {"stop_serving", (PyCFunction)BufferAccess_stop_serving, METH_NOARGS,
+     "Mark the buffer invalid and give up the producer role."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef BufferAccess_getset[] = {
     {"valid", (getter)BufferAccess_get_valid, (setter)BufferAccess_set_valid, "The segment's valid bit.", NULL},
     {"closed", (getter)BufferAccess_get_closed, NULL, "Whether close() was called.", NULL},
+    {"serving", (getter)BufferAccess_get_serving, NULL, "Whether this object serves the buffer.", NULL},
+    {"producer_pid", (getter)BufferAccess_get_producer_pid, NULL,
+     "The pid of the live producer serving the buffer, or None.", NULL},
     {"timeout", (getter)BufferAccess_get_timeout, (setter)BufferAccess_set_timeout, "Lock timeout in seconds.",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1573,8 +1777,8 @@ static PyTypeObject rt_BufferAccessType = {
 
 /* ---- module-level helpers for the segment header ------------------------ */
 
-/* segment_init(memory, magic, version, fingerprint, size, shared, pid,
- *              initial=None, offsets=()):
+/* segment_init(memory, magic, version, fingerprint, size, shared, pid, valid,
+ *              namespace_length, initial=None, offsets=()):
  * write the header of a new segment, copy `initial` (a values block) to each
  * of `offsets` in the structure, initialize the mutex, and publish the
  * segment (state READY, with release ordering) so attachers can use it. */
@@ -1582,12 +1786,12 @@ static PyObject *
 core_segment_init(PyObject *self, PyObject *args)
 {
     Py_buffer view, magic, fingerprint, initial = {0};
-    unsigned int version, pid;
+    unsigned int version, pid, namespace_length;
     unsigned long long size;
-    int shared;
+    int shared, valid;
     PyObject *offsets = NULL;
-    if (!PyArg_ParseTuple(args, "w*y*Iy*KpI|z*O!:segment_init", &view, &magic, &version, &fingerprint, &size,
-                          &shared, &pid, &initial, &PyTuple_Type, &offsets)) {
+    if (!PyArg_ParseTuple(args, "w*y*Iy*KpIpI|z*O!:segment_init", &view, &magic, &version, &fingerprint, &size,
+                          &shared, &pid, &valid, &namespace_length, &initial, &PyTuple_Type, &offsets)) {
         return NULL;
     }
     PyObject *result = NULL;
@@ -1613,7 +1817,12 @@ core_segment_init(PyObject *self, PyObject *args)
         header->size = size;
         header->creator_pid = pid;
         memcpy(header->fingerprint, fingerprint.buf, RT_FINGERPRINT_SIZE);
+        header->valid = valid ? RT_VALID : RT_INVALID;
+        header->namespace_length = namespace_length;
         int rc = rt_mutex_init((rt_mutex_t *)((uint8_t *)view.buf + RT_MUTEX_OFFSET), shared, 1);
+        if (rc == 0) {
+            rc = rt_mutex_init((rt_mutex_t *)((uint8_t *)view.buf + RT_PRODUCER_OFFSET), shared, 0);
+        }
         if (rc != 0) {
             rt_raise_sync_error(rc, "cannot initialize the buffer's mutex");
         }
@@ -1686,7 +1895,9 @@ static PyMethodDef buffer_functions[] = {
     {"segment_size", core_segment_size, METH_O,
      "segment_size(struct_size) -> bytes of a segment: header, mutex, structure and its undo copy."},
     {"segment_init", core_segment_init, METH_VARARGS,
-     "segment_init(memory, magic, version, fingerprint, size, shared, pid): set up a new segment."},
+     "segment_init(memory, magic, version, fingerprint, size, shared, pid, valid, namespace_length, "
+     "initial=None, offsets=()): "
+     "set up a new segment."},
     {"segment_check", core_segment_check, METH_VARARGS,
      "segment_check(memory, magic, version, fingerprint, size) -> None or the reason it cannot be used."},
     {NULL, NULL, 0, NULL},
@@ -1724,6 +1935,7 @@ rt_buffer_module_init(PyObject *module)
         || PyModule_AddIntConstant(module, "VALID_OFFSET", RT_VALID_OFFSET) < 0
         || PyModule_AddIntConstant(module, "STATE_OFFSET", (long)offsetof(rt_header, state)) < 0
         || PyModule_AddIntConstant(module, "MUTEX_OFFSET", RT_MUTEX_OFFSET) < 0
+        || PyModule_AddIntConstant(module, "PRODUCER_OFFSET", RT_PRODUCER_OFFSET) < 0
         || PyModule_AddIntConstant(module, "DATA_OFFSET", RT_DATA_OFFSET) < 0
         || PyModule_AddIntConstant(module, "MIN_INTERVAL_MS", RT_MIN_INTERVAL_MS) < 0
         || PyModule_AddIntConstant(module, "MAX_INTERVAL_MS", RT_MAX_INTERVAL_MS) < 0) {

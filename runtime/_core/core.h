@@ -94,6 +94,24 @@ int rt_mutex_destroy(rt_mutex_t *m);
  * The uncontended path neither reads the clock nor releases the GIL. */
 int rt_mutex_lock(rt_mutex_t *m, double timeout, int *recovered);
 int rt_mutex_unlock(rt_mutex_t *m);
+/* Whether a live thread holds the mutex. One relaxed load of the lock word
+ * where the C library keeps the owner's thread ID there (glibc; checked once
+ * at import): the kernel clears those bits when the owner dies, whatever
+ * killed it. Elsewhere a try-lock tells the same, more slowly. */
+int rt_mutex_held_slow(rt_mutex_t *m);
+extern int rt_lockword_has_owner;
+#define RT_FUTEX_TID_MASK 0x3fffffffu
+static inline int
+rt_mutex_held(rt_mutex_t *m)
+{
+    if (rt_lockword_has_owner) {
+        return (__atomic_load_n((const uint32_t *)(const void *)&m->m.mutex, __ATOMIC_ACQUIRE) & RT_FUTEX_TID_MASK) != 0;
+    }
+    return rt_mutex_held_slow(m);
+}
+/* Incremented in every child right after fork(): state recorded under an
+ * older value belongs to the parent (its locks, transactions, producer role). */
+extern unsigned long rt_fork_generation;
 /* Raise SyncError for an errno returned by the functions above. */
 PyObject *rt_raise_sync_error(int err, const char *action);
 

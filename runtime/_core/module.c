@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -196,14 +198,56 @@ static PyTypeObject SharedMappingType = {
     .tp_doc = "Writeable memory mapped from a segment (or anonymous); unmapped when the last reference goes.",
 };
 
+#define RT_SHM_DIR "/dev/shm"
+
+/* Refuse to use a file as a segment unless it is a regular file owned by
+ * this effective user and closed to everyone else: another user's planted
+ * file would otherwise pass for live data and receive our writes. */
+static PyObject *
+refuse_foreign(const char *name, const struct stat *info)
+{
+    const char *kind = S_ISREG(info->st_mode) ? "regular file" : S_ISFIFO(info->st_mode) ? "FIFO"
+                       : S_ISCHR(info->st_mode) ? "character device" : S_ISBLK(info->st_mode) ? "block device"
+                       : S_ISSOCK(info->st_mode) ? "socket" : S_ISLNK(info->st_mode) ? "symlink" : S_ISDIR(info->st_mode) ? "directory" : "special file";
+    char mode[8];
+    snprintf(mode, sizeof(mode), "%04o", (unsigned)(info->st_mode & 07777));
+    PyObject *name_obj = PyUnicode_FromString(name[0] == '/' ? name + 1 : name);
+    PyObject *owner = PyLong_FromUnsignedLong((unsigned long)info->st_uid);
+    PyObject *me = PyLong_FromUnsignedLong((unsigned long)geteuid());
+    PyObject *mode_obj = PyUnicode_FromString(mode);
+    PyObject *kind_obj = PyUnicode_FromString(kind);
+    if (name_obj && owner && me && mode_obj && kind_obj) {
+        rt_raise(rt_DeviceBufferError,
+                 "refusing a segment that is not a regular file owned by this user with owner-only permissions",
+                 "name", name_obj, "kind", kind_obj, "owner_uid", owner, "mode", mode_obj, "euid", me, NULL);
+    }
+    Py_XDECREF(name_obj);
+    Py_XDECREF(owner);
+    Py_XDECREF(me);
+    Py_XDECREF(mode_obj);
+    Py_XDECREF(kind_obj);
+    return NULL;
+}
+
+static int
+acceptable(const struct stat *info)
+{
+    return S_ISREG(info->st_mode) && info->st_uid == geteuid() && (info->st_mode & 077) == 0;
+}
+
 /* map_segment(name, size, create) -> (mapping | None, created, actual_size)
  *
- * name None: process-local anonymous memory. Otherwise open the POSIX shared
- * memory object (creating it exclusively when `create` and missing; sized to
- * `size`), map `size` bytes and close the descriptor: one call, no resource
- * tracker. When an existing object's size differs from `size`, the mapping
- * is None and actual_size says what was found (0: its creator has not sized
- * it yet). Raises FileNotFoundError when missing and not `create`. */
+ * name None: process-local anonymous memory. Otherwise open the shared memory
+ * object /dev/shm/<name> (creating it exclusively when `create` and missing),
+ * map `size` bytes and close the descriptor: one call, no resource tracker.
+ * A new object gets its pages reserved (posix_fallocate), so a full /dev/shm
+ * is an OSError (ENOSPC) here rather than SIGBUS later; a new object that
+ * cannot be completed is removed. Symlinks are not followed, FIFOs and
+ * devices never block, and an existing object is used only when it is a
+ * regular file of this user with owner-only permissions (else
+ * DeviceBufferError). When its size differs from `size`, the mapping is None
+ * and actual_size says what was found (0: its creator has not sized it yet).
+ * Raises FileNotFoundError when missing and not `create`. */
 static PyObject *
 core_map_segment(PyObject *self, PyObject *args)
 {
@@ -218,10 +262,19 @@ core_map_segment(PyObject *self, PyObject *args)
         return NULL;
     }
     const char *name = NULL;
-    if (name_obj != Py_None && (name = PyUnicode_AsUTF8(name_obj)) == NULL) {
-        return NULL;
+    char path[sizeof(RT_SHM_DIR) + 256];
+    if (name_obj != Py_None) {
+        if ((name = PyUnicode_AsUTF8(name_obj)) == NULL) {
+            return NULL;
+        }
+        if (name[0] != '/' || strchr(name + 1, '/') != NULL || strlen(name) > 255) {
+            PyErr_Format(PyExc_ValueError, "bad segment name %R", name_obj);
+            return NULL;
+        }
+        snprintf(path, sizeof(path), "%s%s", RT_SHM_DIR, name);
     }
-    int created = 0, err = 0;
+    int created = 0, err = 0, foreign = 0;
+    struct stat info;
     Py_ssize_t actual = size;
     void *address = MAP_FAILED;
     Py_BEGIN_ALLOW_THREADS
@@ -231,16 +284,17 @@ core_map_segment(PyObject *self, PyObject *args)
         err = address == MAP_FAILED ? errno : 0;
     }
     else {
+        const int flags = O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
         int fd = -1;
         if (create) {
-            fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+            fd = open(path, flags | O_CREAT | O_EXCL, 0600);
             if (fd >= 0) {
                 created = 1;
-                if (ftruncate(fd, (off_t)size) < 0) {
+                if (fchmod(fd, 0600) < 0 || ftruncate(fd, (off_t)size) < 0) {
                     err = errno;
-                    close(fd);
-                    shm_unlink(name);
-                    fd = -1;
+                }
+                else {
+                    err = posix_fallocate(fd, 0, (off_t)size);
                 }
             }
             else if (errno != EEXIST) {
@@ -248,30 +302,42 @@ core_map_segment(PyObject *self, PyObject *args)
             }
         }
         if (fd < 0 && err == 0) {
-            fd = shm_open(name, O_RDWR, 0600);
+            fd = open(path, flags);
             if (fd < 0) {
                 err = errno;
+                /* A symlink (ELOOP) or a file we may not open: say whose it is. */
+                if ((err == ELOOP || err == EACCES || err == EPERM) && lstat(path, &info) == 0 && !acceptable(&info)) {
+                    foreign = 1;
+                    err = 0;
+                }
+            }
+            else if (fstat(fd, &info) < 0) {
+                err = errno;
+            }
+            else if (!acceptable(&info)) {
+                foreign = 1;
             }
             else {
-                struct stat info;
-                if (fstat(fd, &info) < 0) {
-                    err = errno;
-                }
-                else {
-                    actual = (Py_ssize_t)info.st_size;
-                }
+                actual = (Py_ssize_t)info.st_size;
             }
         }
         if (fd >= 0) {
-            if (err == 0 && actual == size) {
+            if (err == 0 && !foreign && actual == size) {
                 address = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
                 err = address == MAP_FAILED ? errno : 0;
             }
             close(fd);
         }
+        if (created && err != 0) {  /* never leave a half-made segment behind */
+            unlink(path);
+        }
     }
     Py_END_ALLOW_THREADS
+    if (foreign) {
+        return refuse_foreign(name, &info);
+    }
     if (err != 0) {
+        errno = err;
         return name ? PyErr_SetFromErrnoWithFilename(PyExc_OSError, name) : PyErr_SetFromErrno(PyExc_OSError);
     }
     if (address == MAP_FAILED) {

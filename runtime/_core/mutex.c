@@ -10,7 +10,9 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -112,6 +114,53 @@ rt_mutex_lock(rt_mutex_t *m, double timeout, int *recovered)
         *recovered = 1;
     }
     return rc;
+}
+
+int rt_lockword_has_owner = 0;
+unsigned long rt_fork_generation = 0;
+
+int
+rt_mutex_held_slow(rt_mutex_t *m)
+{
+    if (__atomic_load_n(&m->m.magic, __ATOMIC_ACQUIRE) != RT_MUTEX_MAGIC) {
+        return 0;
+    }
+    int rc = pthread_mutex_trylock(&m->m.mutex);
+    if (rc == 0 || rc == EOWNERDEAD) {
+        if (rc == EOWNERDEAD) {
+            pthread_mutex_consistent(&m->m.mutex);
+        }
+        pthread_mutex_unlock(&m->m.mutex);
+        return 0;
+    }
+    return rc != ENOTRECOVERABLE && rc != EINVAL;  /* EBUSY or EDEADLK: someone (maybe us) holds it */
+}
+
+/* Does the C library keep the owner's thread ID in the first word of a
+ * robust mutex, and clear it on unlock? Checked on a private mutex. */
+static int
+check_lockword(void)
+{
+    rt_mutex_t probe;
+    if (rt_mutex_init(&probe, 0, 0) != 0) {
+        return 0;
+    }
+    uint32_t tid = (uint32_t)syscall(SYS_gettid);
+    int ok = 0;
+    if (pthread_mutex_lock(&probe.m.mutex) == 0) {
+        uint32_t word = *(volatile uint32_t *)(void *)&probe.m.mutex;
+        ok = (word & RT_FUTEX_TID_MASK) == tid;
+        pthread_mutex_unlock(&probe.m.mutex);
+        ok = ok && (*(volatile uint32_t *)(void *)&probe.m.mutex & RT_FUTEX_TID_MASK) == 0;
+    }
+    rt_mutex_destroy(&probe);
+    return ok;
+}
+
+static void
+after_fork_child(void)
+{
+    rt_fork_generation++;
 }
 
 int
@@ -404,6 +453,14 @@ int
 rt_mutex_module_init(PyObject *module)
 {
     if (PyType_Ready(&rt_MutexType) < 0) {
+        return -1;
+    }
+    rt_lockword_has_owner = check_lockword();
+    if (pthread_atfork(NULL, NULL, after_fork_child) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot register the fork handler");
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "FAST_LIVENESS", rt_lockword_has_owner) < 0) {
         return -1;
     }
     PyObject *size = PyLong_FromSsize_t(RT_MUTEX_SIZE);
