@@ -176,6 +176,33 @@ def buffer_get() -> Runner:
     return run
 
 
+def _served_device() -> DeviceBuffer:
+    """A shared device buffer whose validity a producer owns: reads also check the producer is alive."""
+    buffer = _shared_device()
+    buffer.serve()
+    return buffer
+
+
+def buffer_get_served() -> Runner:
+    get = _served_device().get
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            get("p3")
+
+    return run
+
+
+def buffer_set_served() -> Runner:
+    set_ = _served_device().set
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            set_("p3", 0.5)
+
+    return run
+
+
 def buffer_set() -> Runner:
     set_ = _shared_device().set
 
@@ -303,6 +330,8 @@ WORKLOADS: list[Workload] = [
     Workload("stdlib peer: lock + struct set", stdlib_set),
     Workload("buffer get() one float", buffer_get),
     Workload("buffer set() one float", buffer_set),
+    Workload("buffer get() one float, served", buffer_get_served),
+    Workload("buffer set() one float, served", buffer_set_served),
     Workload("buffer write() one float", buffer_write),
     Workload("buffer update() 16-float DEV_DATA", buffer_update),
     Workload("4 writes + list(emit_dev_rw())", buffer_emit_dev_rw),

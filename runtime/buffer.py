@@ -51,8 +51,10 @@ import dataclasses
 import errno
 import functools
 import hashlib
+import inspect
 import logging
 import math
+import operator
 import os
 import re
 import stat
@@ -215,6 +217,9 @@ _check_core_layout()
 
 _TYPE_PATTERN = re.compile(r"\s*([A-Za-z_]\w*)\s*((?:\[\s*\d+\s*\]\s*)*)")
 _POINTER_TYPES = {"char_p", "wchar_p", "void_p"}
+_POINTER_CODES = frozenset("zZPO")
+"""ctypes type codes of pointers and Python objects: meaningless in another process, refused."""
+_INTEGER_CODES = frozenset("bBhHiIlLqQ")
 _KINDS = {"?": "bool", "f": "float32", "d": "float64"}
 _INT_KINDS = {
     (1, True): "int8",
@@ -353,7 +358,7 @@ def _kind(param: Parameter) -> str:
     code = ctype._type_
     if code in _KINDS:
         return _KINDS[code]
-    if code in "bBhHiIlLqQ":
+    if code in _INTEGER_CODES:
         return _INT_KINDS[(ctypes.sizeof(ctype), code.islower())]
     return "raw"
 
@@ -379,10 +384,7 @@ def _raw_converters(param: Parameter) -> tuple[Callable[[bytes], Any], Callable[
                     return data.ljust(size, b"\0")
                 raise ValueError(f"{len(data)} bytes do not fit {size}")
             if is_array:
-                items = tuple(value)
-                if len(items) != ctype._length_:  # ctypes would zero-fill a short sequence
-                    raise ValueError(f"{len(items)} elements, not {ctype._length_}")
-                converted = ctype(*items)
+                converted = ctype(*_array_items(param.name, ctype, value, 4))
             else:
                 converted = ctype(value)
         except (TypeError, ValueError, IndexError, OverflowError) as exc:
@@ -392,6 +394,41 @@ def _raw_converters(param: Parameter) -> tuple[Callable[[bytes], Any], Callable[
         return bytes(converted)
 
     return to_python, from_python
+
+
+def _array_items(where: str, ctype: Any, value: Any, stacklevel: int) -> tuple[Any, ...]:
+    """The elements of ``value`` for array type ``ctype``, integers clamped to their type's range.
+
+    ctypes would wrap an out-of-range integer silently (int16 99999 becomes
+    -31073) and zero-fill a short sequence; here an integer out of range is
+    clamped with the same ``RuntimeWarning`` as a scalar, and a wrong length
+    is refused.
+    """
+    items = tuple(value)
+    if len(items) != ctype._length_:
+        raise ValueError(f"{len(items)} elements, not {ctype._length_}")
+    element = ctype._type_
+    if issubclass(element, ctypes.Array):
+        return tuple(
+            _array_items(f"{where}[{index}]", element, item, stacklevel + 1)
+            for index, item in enumerate(items)
+        )
+    if element._type_ not in _INTEGER_CODES:
+        return items
+    low, high = _integer_range(element)
+    result = []
+    for index, item in enumerate(items):
+        number = operator.index(item)
+        if not low <= number <= high:
+            bound = low if number < low else high
+            warnings.warn(
+                f"parameter {where}[{index}]: {item!r} is out of bounds [{low}, {high}]; clamped to {bound}",
+                RuntimeWarning,
+                stacklevel=stacklevel,
+            )
+            number = bound
+        result.append(number)
+    return tuple(result)
 
 
 # ---- buffers ------------------------------------------------------------------------------------
@@ -503,6 +540,7 @@ class Buffer(BaseStructure):
             DeviceBufferError: A parameter is malformed (duplicate name or ID, bad bounds).
             ValueError: Too many parameters for this kind of buffer.
         """
+        _check_attrs(name, cls, attrs)
         params = list(params)
         if len(params) > cls._max_params:
             raise ValueError(
@@ -818,6 +856,26 @@ class Buffer(BaseStructure):
         return self._access.snapshot()  # type: ignore[no-any-return]
 
 
+def _check_attrs(type_name: str, cls: type, attrs: Mapping[str, Any]) -> None:
+    """Refuse class attributes that would replace a method or property, or a bad lock timeout."""
+    for key, value in attrs.items():
+        current = inspect.getattr_static(cls, key, None)
+        if (
+            callable(current)
+            or isinstance(current, (property, classmethod, staticmethod))
+            or key.startswith("_")
+        ):
+            raise DeviceBufferError(
+                "attribute would replace a method or internal of the buffer type", device=type_name, key=key
+            )
+        if key == "lock_timeout" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf
+        ):
+            raise DeviceBufferError(
+                "lock_timeout must be a nonnegative, finite number of seconds", device=type_name, value=value
+            )
+
+
 def _check_params(type_name: str, params: list[Parameter], max_params: int) -> None:
     names: set[str] = set()
     ids: set[int] = set()
@@ -861,6 +919,10 @@ def _check_params(type_name: str, params: list[Parameter], max_params: int) -> N
                 )
         if _has_wchar(param.ctype):
             raise DeviceBufferError("wchar is platform-dependent; use uint16 or uint32", **context)
+        if _element_type(param.ctype)._type_ in _POINTER_CODES:
+            raise DeviceBufferError(
+                "pointer types cannot be shared between processes; use an integer or char array", **context
+            )
         if max_params <= 16 and ctypes.sizeof(param.platform_type) > _core.MAX_PAYLOAD - 2:
             raise DeviceBufferError("parameter is too wide for one message", **context)
         names.add(param.name)
@@ -876,10 +938,15 @@ def _integer_range(ctype: Any) -> tuple[int, int]:
     return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if ctype._type_.islower() else (0, (1 << bits) - 1)
 
 
-def _has_wchar(ctype: Any) -> bool:
+def _element_type(ctype: Any) -> Any:
+    """The scalar type of an array (of arrays...), or ``ctype`` itself."""
     while issubclass(ctype, ctypes.Array):
         ctype = ctype._type_
-    return ctype is ctypes.c_wchar
+    return ctype
+
+
+def _has_wchar(ctype: Any) -> bool:
+    return _element_type(ctype) is ctypes.c_wchar
 
 
 def _spec_entry(param: Parameter, offset: int) -> tuple[Any, ...]:
@@ -1033,6 +1100,8 @@ Useful for creating a non-null placeholder where a buffer is required.
 # ---- the store ----------------------------------------------------------------------------------
 
 BufferKey = int | tuple[str, int]
+CATALOG_KEYS = ("device_id", "sub_interval", "write_interval", "heartbeat_interval", "params")
+"""The keys a device type of :meth:`BufferStore.make_catalog` may have."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -1222,13 +1291,21 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         The input is not modified.
 
         Raises:
-            DeviceBufferError: A type or parameter is malformed (names them).
+            DeviceBufferError: A type or parameter is malformed (names them),
+                or has a key not in :data:`CATALOG_KEYS`.
             ValueError: A Smart Device has more than 16 parameters.
         """
         result: dict[str, type[Buffer]] = {}
         for type_name, spec in catalog.items():
             if not isinstance(spec, Mapping):
                 raise DeviceBufferError("device type must be a mapping", device=type_name)
+            unknown = sorted(str(key) for key in spec if key not in CATALOG_KEYS)
+            if unknown:
+                raise DeviceBufferError(
+                    f"unknown key {unknown[0]!r}; a device type takes {', '.join(CATALOG_KEYS)}",
+                    device=type_name,
+                    key=unknown[0],
+                )
             attrs = {key: value for key, value in spec.items() if key != "params"}
             params = [
                 _make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])

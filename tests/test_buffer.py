@@ -8,6 +8,8 @@ import functools
 import math
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -1241,3 +1243,138 @@ def test_close_from_another_thread_inside_a_transaction() -> None:
         with pytest.raises(DeviceBufferError, match="closed"):
             buffer.get("x")
     assert buffer.closed  # the transaction's exit unlocked the still-mapped memory, then let go
+
+
+# ---- values that must never reach an actuator ---------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("operation", ["set", "write"])
+def test_non_finite_values_for_a_bounded_parameter_are_refused(
+    gadget: Any, operation: str, value: float
+) -> None:
+    gadget.set("speed", 0.25)
+    gadget.write("speed", 0.5)
+    gadget.get_write()
+    with pytest.raises(DeviceBufferError, match="finite") as caught:
+        getattr(gadget, operation)("speed", value)
+    assert caught.value.context["param"] == "speed"
+    assert caught.value.context["buffer"] == gadget.name
+    assert gadget.get("speed") == 0.25 and gadget.get_write() == {}  # nothing changed, nothing queued
+    assert list(gadget.emit_dev_rw()) == []
+
+
+def test_non_finite_values_pass_where_no_bound_is_finite(gadget: Any) -> None:
+    gadget.set("sensor", math.inf)  # a sensor may report infinity; nothing bounds it
+    assert gadget.get("sensor") == math.inf
+    gadget.set("sensor", math.nan)
+    assert math.isnan(gadget.get("sensor"))
+
+
+def test_integer_array_elements_are_clamped_like_scalars(shm_name: Callable[[str], str]) -> None:
+    Grid = Buffer.make_type(
+        "grid", [Parameter("cells", ctypes.c_int16 * 3, 0), Parameter("tiles", ctypes.c_uint8 * 2 * 2, 1)]
+    )
+    with Grid.open(shm_name()) as grid:
+        with pytest.warns(RuntimeWarning, match=r"cells\[1\]: 99999 is out of bounds \[-32768, 32767\]"):
+            grid.set("cells", [1, 99999, -5])
+        assert list(grid.get("cells")) == [1, 32767, -5]  # not wrapped to -31073
+        with pytest.warns(
+            RuntimeWarning, match=r"tiles\[1\]\[0\]: -3 is out of bounds \[0, 255\]; clamped to 0"
+        ):
+            grid.set("tiles", [[1, 2], [-3, 300]])
+        assert [list(row) for row in grid.get("tiles")] == [[1, 2], [0, 255]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            grid.set("cells", [-32768, 0, 32767])  # in range: no warning
+        with pytest.raises(TypeError):
+            grid.set("cells", [1.5, 2, 3])
+
+
+@pytest.mark.parametrize("ctype", [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_wchar_p, ctypes.py_object])
+def test_pointer_types_are_refused(ctype: Any) -> None:
+    for shape in (ctype, ctype * 2):
+        with pytest.raises(DeviceBufferError, match="pointer") as caught:
+            Buffer.make_type("pointy", [Parameter("p", shape, 0)])
+        assert caught.value.context["param"] == "p"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"open": 5}, {"lock_timeout": -1}, {"device_id": 3, "colour": "red"}, {"params": [], "Params": []}],
+    ids=["open", "lock_timeout", "colour", "case"],
+)
+def test_make_catalog_refuses_unknown_keys(spec: dict[str, Any]) -> None:
+    from runtime.buffer import CATALOG_KEYS, BufferStore
+
+    with pytest.raises(DeviceBufferError, match="unknown key") as caught:
+        BufferStore.make_catalog({"thing": spec})
+    assert caught.value.context["device"] == "thing"
+    assert all(key in caught.value.message for key in CATALOG_KEYS)
+    assert Buffer.open is not 5  # noqa: F632 - nothing was replaced
+
+
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({"open": 5}, "replace a method"),
+        ({"get": None}, "replace a method"),
+        ({"valid": True}, "replace a method"),
+        ({"_spec": None}, "replace a method"),
+        ({"lock_timeout": -1}, "lock_timeout"),
+        ({"lock_timeout": math.inf}, "lock_timeout"),
+    ],
+)
+def test_make_type_refuses_attributes_that_break_the_type(attrs: dict[str, Any], message: str) -> None:
+    with pytest.raises(DeviceBufferError, match=message):
+        Buffer.make_type("breaks", [Parameter("x", ctypes.c_int8, 0)], **attrs)
+    Patient = Buffer.make_type("patient", [Parameter("x", ctypes.c_int8, 0)], lock_timeout=5)
+    assert Patient.lock_timeout == 5
+
+
+# ---- threads --------------------------------------------------------------------------------------
+
+CLOSE_WHILE_WAITING = """
+import ctypes, sys, threading, time
+from runtime.buffer import Buffer, DeviceBufferError, Parameter
+Plain = Buffer.make_type("race", [Parameter("x", ctypes.c_int32, 0)])
+name = sys.argv[1]
+holder = Plain.attach(name)
+outcome = []
+for round in range(20):
+    waiter = Plain.attach(name, create=False)
+    waiter.set_lock_timeout(30)
+    started = threading.Event()
+    def wait_for_lock():
+        started.set()
+        try:
+            waiter.get("x")
+            outcome.append("value")
+        except DeviceBufferError as exc:
+            outcome.append(exc.message)
+    with holder.transaction():
+        thread = threading.Thread(target=wait_for_lock)
+        thread.start()
+        started.wait()
+        time.sleep(0.02)  # the waiter is blocked on the lock, the GIL released
+        waiter.close()
+        del waiter  # the last reference: the mapping may go
+    thread.join(30)
+holder.close()
+Plain.unlink(name)
+print(set(outcome))
+"""
+
+
+def test_close_while_another_thread_waits_for_the_lock_raises_in_the_waiter(
+    shm_name: Callable[[str], str],
+) -> None:
+    # In a child process: the bug this guards against was a SIGSEGV.
+    result = subprocess.run(
+        [sys.executable, "-c", CLOSE_WHILE_WAITING, shm_name()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "{'buffer was closed while waiting for its lock'}"

@@ -212,7 +212,7 @@ lock_error(rt_BufferAccess *acc, int rc)
 }
 
 /* Whether the buffer is valid now: one load, and one more for a served buffer. */
-static inline int
+static inline __attribute__((always_inline)) int
 is_live(rt_BufferAccess *acc)
 {
     uint32_t valid = __atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE);
@@ -244,7 +244,7 @@ release_view_if_unused(rt_BufferAccess *acc)
     }
 }
 
-static int
+static __attribute__((noinline)) int
 invalid_error(rt_BufferAccess *acc)
 {
     if (__atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE) == RT_SERVED) {
@@ -259,10 +259,30 @@ invalid_error(rt_BufferAccess *acc)
     return -1;
 }
 
+/* The lock was busy: wait for it (letting other threads run). Returns the
+ * lock's result, or -1 with an exception set when the buffer was closed by
+ * another thread meanwhile (its memory may go once we leave). */
+static __attribute__((noinline)) int
+wait_for_lock(rt_BufferAccess *acc, double timeout, int *recovered)
+{
+    acc->users++;
+    int rc = rt_mutex_lock(acc->mutex, timeout, recovered);
+    acc->users--;
+    if (acc->closed) {
+        if (rc == 0) {
+            rt_mutex_unlock(acc->mutex);
+        }
+        release_view_if_unused(acc);
+        buffer_error(acc, "buffer was closed while waiting for its lock", NULL);
+        return -1;
+    }
+    return rc;
+}
+
 /* Lock the buffer within `timeout` seconds, recover it if its last owner
  * died, and check it is open and valid. On failure the lock is not held and
  * an exception is set. */
-static inline int
+static inline __attribute__((always_inline)) int
 acquire_within(rt_BufferAccess *acc, int need_valid, double timeout)
 {
     if (acc->closed) {
@@ -270,15 +290,8 @@ acquire_within(rt_BufferAccess *acc, int need_valid, double timeout)
         return -1;
     }
     int recovered;
-    acc->users++;
-    int rc = rt_mutex_lock(acc->mutex, timeout, &recovered);  /* may let other threads run */
-    acc->users--;
-    if (acc->closed) {  /* closed by another thread meanwhile: its memory may go once we leave */
-        if (rc == 0) {
-            rt_mutex_unlock(acc->mutex);
-        }
-        release_view_if_unused(acc);
-        buffer_error(acc, "buffer was closed while waiting for its lock", NULL);
+    int rc = rt_mutex_lock(acc->mutex, 0, &recovered);  /* one try: the GIL stays held */
+    if (rc == EBUSY && timeout != 0 && (rc = wait_for_lock(acc, timeout, &recovered)) < 0) {
         return -1;
     }
     if (rc != 0) {
@@ -294,7 +307,7 @@ acquire_within(rt_BufferAccess *acc, int need_valid, double timeout)
     return 0;
 }
 
-static inline int
+static inline __attribute__((always_inline)) int
 acquire(rt_BufferAccess *acc, int need_valid)
 {
     return acquire_within(acc, need_valid, acc->timeout);
@@ -411,10 +424,12 @@ static const struct {
     [K_U32] = {0.0, 4294967295.0},
 };
 
-/* Convert `value` for parameter `p` into `out` (p->size bytes), clamping to
- * the bounds with a warning. Runs before the lock is taken. */
+/* Convert `value` for parameter `p` of buffer `acc` into `out` (p->size
+ * bytes), clamping to the bounds with a warning; a NaN or an infinity for a
+ * parameter with a finite bound is refused (no clamp makes it a safe value).
+ * Runs before the lock is taken. */
 static int
-from_python(const rt_param *p, PyObject *value, uint8_t *out, PyObject **raw_holder)
+from_python(rt_BufferAccess *acc, const rt_param *p, PyObject *value, uint8_t *out, PyObject **raw_holder)
 {
     if (p->kind == K_F32 || p->kind == K_F64) {
         if (!PyFloat_Check(value) && !PyLong_Check(value)) {
@@ -434,6 +449,11 @@ from_python(const rt_param *p, PyObject *value, uint8_t *out, PyObject **raw_hol
             int overflow;
             PyLong_AsLongLongAndOverflow(value, &overflow);
             v = overflow < 0 ? -HUGE_VAL : HUGE_VAL;
+        }
+        if (!isfinite(v) && (isfinite(p->lower) || isfinite(p->upper)) && !PyLong_Check(value)) {
+            rt_raise(rt_DeviceBufferError, "parameter has finite bounds and takes only finite numbers", "buffer",
+                     acc->name, "param", p->name, "value", value, NULL);
+            return -1;
         }
         if (v < p->lower || v > p->upper) {
             double bound = v < p->lower ? p->lower : p->upper;
@@ -851,7 +871,7 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
     }
     uint8_t value[8];
     PyObject *raw = NULL;
-    if (from_python(p, args[1], value, &raw) < 0) {
+    if (from_python(self, p, args[1], value, &raw) < 0) {
         return NULL;
     }
     if (acquire(self, 1) < 0) {
