@@ -512,6 +512,13 @@ def check_known_issue(param: Any, value: Any, exc: BaseException) -> None:
     raise exc
 
 
+def refuses_non_finite(param: Any, value: Any) -> bool:
+    """Whether set/write must refuse ``value``: NaN or infinity for a float parameter with a finite bound."""
+    if kind_of(param) != "float" or isinstance(value, (int, bool)) or not isinstance(value, float):
+        return False
+    return not math.isfinite(value) and (math.isfinite(param.lower) or math.isfinite(param.upper))
+
+
 def do_store(buf: Any, shape: Shape, inp: Input, to_write: bool) -> None:
     name = draw_name(inp, shape)
     param = shape.params.get(name) if isinstance(name, str) else None
@@ -522,9 +529,12 @@ def do_store(buf: Any, shape: Shape, inp: Input, to_write: bool) -> None:
         getattr(buf, method)(name, value)
     except (DeviceBufferError, TypeError) as exc:
         if isinstance(exc, DeviceBufferError):
-            assert param is None or refused(buf, shape) or (to_write and not param.writeable), (
-                f"{method}({name!r}, {value!r}): {exc!r}"
-            )
+            assert (
+                param is None
+                or refused(buf, shape)
+                or (to_write and not param.writeable)
+                or refuses_non_finite(param, value)
+            ), f"{method}({name!r}, {value!r}): {exc!r}"
         else:
             assert not good, f"{method}({name!r}, {value!r}) refused a value of the right type: {exc!r}"
         assert bytes(buf) == before, f"failed {method} changed the buffer"
@@ -533,6 +543,7 @@ def do_store(buf: Any, shape: Shape, inp: Input, to_write: bool) -> None:
         check_known_issue(param, value, exc)
         return
     assert param is not None and not refused(buf, shape), f"{method}({name!r}) accepted"
+    assert not refuses_non_finite(param, value), f"{method}({name!r}, {value!r}): a non-finite value accepted"
     assert not to_write or param.writeable, f"write({name!r}) to a parameter that is not writeable"
     after = bytes(buf)
     expected = bytearray(before)

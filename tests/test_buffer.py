@@ -1279,10 +1279,12 @@ def test_integer_array_elements_are_clamped_like_scalars(shm_name: Callable[[str
         with pytest.warns(RuntimeWarning, match=r"cells\[1\]: 99999 is out of bounds \[-32768, 32767\]"):
             grid.set("cells", [1, 99999, -5])
         assert list(grid.get("cells")) == [1, 32767, -5]  # not wrapped to -31073
-        with pytest.warns(
-            RuntimeWarning, match=r"tiles\[1\]\[0\]: -3 is out of bounds \[0, 255\]; clamped to 0"
-        ):
+        with pytest.warns(RuntimeWarning) as caught:
             grid.set("tiles", [[1, 2], [-3, 300]])
+        assert [str(warning.message) for warning in caught] == [
+            "parameter tiles[1][0]: -3 is out of bounds [0, 255]; clamped to 0",
+            "parameter tiles[1][1]: 300 is out of bounds [0, 255]; clamped to 255",
+        ]
         assert [list(row) for row in grid.get("tiles")] == [[1, 2], [0, 255]]
         with warnings.catch_warnings():
             warnings.simplefilter("error")
