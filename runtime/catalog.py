@@ -15,6 +15,11 @@ raw mapping up front and turns the first mistake into one
 device type and the parameter (also kept as ``source``/``device``/``param`` in
 its ``context``).
 
+Hostile or mistaken files end the same way, not in a ``RecursionError`` or a
+run that eats the machine: a file must be a regular file of at most
+:data:`MAX_CATALOG_SIZE` bytes, nested at most :data:`MAX_NESTING` levels deep,
+and hold at most :data:`MAX_CATALOG_NODES` values with its aliases expanded.
+
 >>> raw = load_raw()
 >>> raw['rfid']['device_id'], raw['rfid']['sub_interval']
 (11, 0.1)
@@ -26,13 +31,15 @@ from __future__ import annotations
 
 import copy
 import difflib
+import errno
+import functools
 import math
 import os
 import re
 import reprlib
+import stat
 from collections.abc import Hashable, Mapping
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import yaml
@@ -43,6 +50,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BASE_TYPES",
     "DEVICE_KEYS",
+    "MAX_CATALOG_NODES",
+    "MAX_CATALOG_SIZE",
+    "MAX_NESTING",
     "MAX_SMART_PARAMS",
     "PARAM_KEYS",
     "load",
@@ -70,6 +80,27 @@ MAX_SMART_PARAMS = 16
 """Parameters a Smart Device type may have: they travel as a 16-bit bitmap."""
 MAX_DEVICE_ID = 0xFFFF
 """Device IDs are the 16-bit type field of a Smart Device UID."""
+MAX_CATALOG_SIZE = 1 << 20
+"""Bytes a catalog file may have (1 MiB; the packaged catalog has about 6 KB).
+
+:func:`load` and :func:`load_raw` refuse a larger file, and anything but a
+regular file (a device such as ``/dev/zero``, a pipe, a directory), before
+parsing it, and never read more than this many bytes plus one: parsing YAML
+takes seconds per megabyte, and a catalog is written by hand.
+"""
+MAX_NESTING = 16
+"""Levels of mappings and lists a catalog may nest (it needs 4: types, a type, its params, a param).
+
+Deeper data, including data that contains itself through YAML aliases, is
+refused with an error instead of exhausting Python's recursion limit.
+"""
+MAX_CATALOG_NODES = 100_000
+"""Values (mappings, lists and scalars, keys included) a catalog may hold with its YAML aliases expanded.
+
+An alias (``*name``) costs a few bytes of the file but is checked and turned
+into buffer types once per use, so a small file could otherwise keep
+:func:`validate` busy for minutes; the packaged catalog holds 785 values.
+"""
 
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -249,6 +280,68 @@ def _check_device(source: str, device: str, entry: object, ids: dict[int, str]) 
     return {key: result[key] for key in entry}  # Keep the file's key order.
 
 
+class _TooBig(Exception):
+    """Raised by :func:`_measure` as soon as the data is found too deep (``deep``) or too large."""
+
+    def __init__(self, deep: bool) -> None:
+        super().__init__()
+        self.deep = deep
+
+
+def _measure(value: object, levels: int, sizes: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """The nesting depth and the number of values of ``value`` (keys included), aliases expanded.
+
+    A container seen before (a YAML alias) is not walked again: ``sizes``
+    remembers each one's result by ``id``, so the walk takes time in proportion
+    to the data in memory, not to its expansion. Recursion stops ``levels``
+    deep, which also ends the walk of a container nested in itself.
+
+    Raises:
+        _TooBig: Deeper than ``levels``, or more than :data:`MAX_CATALOG_NODES` values.
+    """
+    if isinstance(value, Mapping):
+        children: list[object] = [*value.keys(), *value.values()]
+    elif isinstance(value, list | tuple | set | frozenset):
+        children = list(value)
+    else:
+        return 0, 1
+    known = sizes.get(id(value))
+    if known is None:
+        if levels == 0:
+            raise _TooBig(deep=True)
+        depth, count = 0, 1
+        for child in children:
+            child_depth, child_count = _measure(child, levels - 1, sizes)
+            depth, count = max(depth, child_depth), count + child_count
+            if count > MAX_CATALOG_NODES:
+                raise _TooBig(deep=False)
+        known = sizes[id(value)] = (depth + 1, count)
+    if known[0] > levels:
+        raise _TooBig(deep=True)
+    return known
+
+
+def _check_shape(where: _Where, raw: object) -> None:
+    """Refuse data too deep (:data:`MAX_NESTING`) or too large (:data:`MAX_CATALOG_NODES`) to check."""
+    try:
+        _measure(raw, MAX_NESTING, {})
+    except _TooBig as exc:
+        if exc.deep:
+            raise where.error(_too_deep(), limit=MAX_NESTING) from None
+        raise where.error(
+            f"too many values: more than {MAX_CATALOG_NODES} keys, values and list items, counting "
+            "what each YAML alias (*name) repeats (the packaged catalog has 785)",
+            limit=MAX_CATALOG_NODES,
+        ) from None
+
+
+def _too_deep() -> str:
+    return (
+        f"mappings and lists nested more than {MAX_NESTING} levels deep, or inside themselves "
+        "(a catalog needs 4: types, a type, its params, a parameter)"
+    )
+
+
 def validate(raw: object, source: str = "<catalog>") -> dict[str, dict[str, Any]]:
     """Check a raw catalog mapping (as read from YAML) and return a normalized deep copy.
 
@@ -262,8 +355,13 @@ def validate(raw: object, source: str = "<catalog>") -> dict[str, dict[str, Any]
             ``source``, ``device``, ``param``, where applicable).
         ValueError: If a Smart Device (one with a ``device_id``) has more than
             16 parameters, which its 16-bit parameter bitmaps cannot address.
+
+    Data nested more than :data:`MAX_NESTING` levels deep (or inside itself),
+    or holding more than :data:`MAX_CATALOG_NODES` values once YAML aliases are
+    expanded, is refused first, with a :class:`~runtime.buffer.DeviceBufferError`.
     """
     top = _Where(source)
+    _check_shape(top, raw)
     if raw is None:
         raise top.error("the catalog is empty")
     if not isinstance(raw, Mapping):
@@ -300,22 +398,75 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _read_file(where: _Where) -> bytes:
+    """The bytes of a catalog file: a regular file of at most :data:`MAX_CATALOG_SIZE` bytes.
+
+    Opened without blocking (a FIFO without a writer would hang ``open``), then
+    checked with ``fstat`` on the open file; at most ``MAX_CATALOG_SIZE + 1``
+    bytes are ever read.
+
+    Raises:
+        OSError: Cannot open or read it, or it is not a regular file.
+        DeviceBufferError: It is larger than :data:`MAX_CATALOG_SIZE` (``context``
+            has ``size``, when known, and ``limit``).
+    """
+    descriptor = os.open(where.source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            code = errno.EISDIR if stat.S_ISDIR(info.st_mode) else errno.EINVAL
+            raise OSError(code, f"not a regular file but {_file_kind(info.st_mode)}", where.source)
+        if info.st_size > MAX_CATALOG_SIZE:
+            raise _too_large(where, f"{info.st_size} bytes", size=info.st_size)
+        file = open(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with file:
+        data = file.read(MAX_CATALOG_SIZE + 1)
+    if len(data) > MAX_CATALOG_SIZE:  # it grew since fstat
+        raise _too_large(where, f"more than {MAX_CATALOG_SIZE} bytes")
+    return data
+
+
+def _too_large(where: _Where, shown: str, **context: Any) -> DeviceBufferError:
+    return where.error(
+        f"the catalog file is too large: {shown}, the limit is {MAX_CATALOG_SIZE} bytes "
+        f"({MAX_CATALOG_SIZE >> 20} MiB)",
+        **context,
+        limit=MAX_CATALOG_SIZE,
+    )
+
+
+def _file_kind(mode: int) -> str:
+    """``a directory``, ``a character device``... for a file that is not a regular one."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
+
+
 def _read(path: str | os.PathLike[str] | None) -> tuple[object, str]:
     """Read and parse a catalog file; return the raw data and the source name for messages."""
     if path is None:
         resource = resources.files(__package__ or "runtime").joinpath(_PACKAGED)
-        source = str(resource)
+        where = _Where(str(resource))
         read = resource.read_bytes
     else:
-        source = os.fspath(path)
-        read = Path(source).read_bytes
-    where = _Where(source)
+        where = _Where(os.fspath(path))
+        read = functools.partial(_read_file, where)
     try:
         data = read()
     except OSError as exc:
         raise where.error(f"cannot read device catalog: {exc.strerror or exc}") from exc
     try:
-        return yaml.load(data, Loader=_StrictLoader), source  # safe_load, minus duplicate keys.
+        return yaml.load(data, Loader=_StrictLoader), where.source  # safe_load, minus duplicate keys.
+    except RecursionError:
+        raise where.error(_too_deep(), limit=MAX_NESTING) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = ": ".join(part for part in (exc.context, exc.problem) if part) or "syntax error"

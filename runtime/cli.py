@@ -67,14 +67,14 @@ and write them there. These tools run, emulate and inspect that machinery.
 """
 
 EPILOG = """\
-commands at a glance:
-  runtime demo --duration 10            emulated devices + bridge + student code, live
-  runtime emulate yogi-bear battery     pretend Smart Devices on pseudo-terminals
-  runtime bridge --port /dev/ttyACM0    serve real devices into shared memory
-  runtime buffers list                  the live buffers (also: show KEY, watch)
-  runtime msg decode 04 13 02 06 02 17  what a frame on the wire says
-  runtime msg encode ping               build a frame
-  runtime catalog --check my.yaml       check a device catalog file
+examples (the commands at a glance):
+  $ runtime demo --duration 10            # emulated devices + bridge + student code, live
+  $ runtime emulate yogi-bear battery     # pretend Smart Devices on pseudo-terminals
+  $ runtime bridge --port /dev/ttyACM0    # serve real devices into shared memory
+  $ runtime buffers list                  # the live buffers (also: show KEY, watch)
+  $ runtime msg decode 04 13 02 06 02 17  # what a frame on the wire says
+  $ runtime msg encode ping               # build a frame
+  $ runtime catalog --check my.yaml       # check a device catalog file
 
 Run 'runtime COMMAND --help' for each command's options and examples.
 Exit status: 0 success, 1 failure, 2 bad arguments, 130 interrupted.
@@ -206,15 +206,16 @@ its timing intervals and its parameters (ID, type, flags, bounds). Buffer
 types are generated from it. Without --file, the catalog packaged with this
 library is used. --check loads the file exactly as the runtime would and
 prints "ok", or the first mistake (naming the file, device type and
-parameter) with exit status 1.
+parameter) with exit status 1. A catalog file must be a regular file of at
+most 1 MiB.
 """
 
 CATALOG_EPILOG = """\
 examples:
-  runtime catalog                          every type of the packaged catalog
-  runtime catalog yogi-bear rfid           only these types
-  runtime catalog --file my.yaml --json    a catalog as JSON, for scripts
-  runtime catalog --check my.yaml          "ok", or what is wrong and where
+  $ runtime catalog                          # every type of the packaged catalog
+  $ runtime catalog yogi-bear rfid           # only these types
+  $ runtime catalog --file my.yaml --json    # a catalog as JSON, for scripts
+  $ runtime catalog --check my.yaml          # "ok", or what is wrong and where
 """
 
 
@@ -378,9 +379,9 @@ marked invalid). It exits cleanly on Ctrl-C or SIGTERM.
 """,
         """\
 examples:
-  runtime bridge --port /dev/ttyACM0 --port /dev/ttyACM1
-  runtime bridge --glob '/dev/ttyACM*' --stats /tmp/bridge.json --verbose
-  runtime bridge --port /tmp/devs/yogi-bear --catalog my-catalog.yaml
+  $ runtime bridge --port /dev/ttyACM0 --port /dev/ttyACM1
+  $ runtime bridge --glob '/dev/ttyACM*' --stats /tmp/bridge.json --verbose
+  $ runtime bridge --glob '/tmp/devs/*' --catalog my-catalog.yaml   # runtime emulate ... --link /tmp/devs
 """,
     ),
     _Command(
@@ -397,8 +398,8 @@ and terminal path. It exits cleanly on Ctrl-C or SIGTERM.
 """,
         """\
 examples:
-  runtime emulate yogi-bear limit-switch
-  runtime emulate yogi-bear:0xa0a0000000000c0ffee --link /tmp/devs
+  $ runtime emulate yogi-bear limit-switch
+  $ runtime emulate yogi-bear:0xa0a0000000000c0ffee --link /tmp/devs
 """,
     ),
     _Command(

@@ -55,6 +55,7 @@ from .cli import (
     print_json,
 )
 from .exception import RuntimeBaseException
+from .jsonio import write_json_atomically
 
 __all__ = ["DEFAULT_DEVICES", "Demo", "DemoDevice", "SignalGuard", "add_arguments", "main", "student_main"]
 
@@ -84,15 +85,14 @@ is removed when it ends, however it ends.
 
 EPILOG = f"""\
 examples:
-  runtime demo                              until Ctrl-C, default devices
-  runtime demo --duration 10
-  runtime demo yogi-bear koala-bear rfid    choose the emulated device types
-  runtime demo --duration 5 --json          the summary as JSON, for scripts
-  make demo                                 the same as 'runtime demo'
+  $ runtime demo                              # until Ctrl-C, default devices
+  $ runtime demo --duration 10
+  $ runtime demo yogi-bear koala-bear rfid    # choose the emulated device types
+  $ runtime demo --duration 5 --json          # the summary as JSON, for scripts
+  $ runtime buffers --namespace rt-demo-4242 watch   # from another terminal, in the namespace it prints
 
 default devices: {", ".join(DEFAULT_DEVICES)}
-Watch the buffers from another terminal with the namespace the demo prints:
-  RUNTIME_BUFFER_NAMESPACE=rt-demo-<pid> runtime buffers watch
+In the project's directory, 'make demo' runs 'runtime demo'.
 """
 
 
@@ -233,8 +233,11 @@ def student_main(argv: Sequence[str] | None = None) -> int:
             code.step()
             stop.wait(period)
         if args.stats:
-            with open(args.stats, "w") as file:
-                json.dump(code.counts, file)
+            try:
+                write_json_atomically(args.stats, code.counts)
+            except OSError as exc:
+                print(f"student code: cannot write {args.stats}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
     return 0
 
 

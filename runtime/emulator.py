@@ -922,6 +922,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--link",
+        type=_link_directory,
         metavar="DIR",
         default=None,
         help="create a symlink DIR/<type>-<n> (n = 0, 1, ... per type) to each device's pseudo-terminal, "
@@ -1004,6 +1005,15 @@ def _fault_rates(text: str) -> FaultRates:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _link_directory(text: str) -> str:
+    """``--link DIR``: a directory, or a path where one can be made (it is made at start)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a directory")
+    if os.path.lexists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -1084,7 +1094,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     links: list[str | None] = [None] * len(specs)
     if args.link:
-        os.makedirs(args.link, exist_ok=True)
+        try:
+            os.makedirs(args.link, exist_ok=True)
+        except OSError as exc:
+            print(
+                f"runtime emulate: cannot make the --link directory {args.link}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
         links = list(_link_names(specs, args.link))
     faults: FaultRates = getattr(args, "faults", None) or FaultRates()
     faults_in: FaultRates = getattr(args, "faults_in", None) or FaultRates()

@@ -67,16 +67,19 @@ with 0x (as printed everywhere) or decimal.
 
 EPILOG = """\
 examples:
-  runtime buffers list
-  runtime buffers list --json
-  runtime buffers show 0xa0a0000000000c0ffee
-  runtime buffers show gamepad:0
-  runtime buffers watch --interval 0.2
-  runtime buffers --namespace rt-demo-4242 watch yogi-bear:0xa0a0000000000c0ffee
+  $ runtime buffers list
+  $ runtime buffers list --json
+  $ runtime buffers show 0xa0a0000000000c0ffee
+  $ runtime buffers show gamepad:0
+  $ runtime buffers watch --interval 0.2
+  $ runtime buffers --namespace rt-demo-4242 watch yogi-bear:0xa0a0000000000c0ffee
 
 The namespace is $RUNTIME_BUFFER_NAMESPACE (default "rt") unless --namespace
 is given; 'runtime demo' prints the one it uses.
 """
+
+WATCH_INTERVALS = (0.01, 3600.0)
+"""The seconds between refreshes ``watch --interval`` accepts: from a blur to once an hour."""
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -412,7 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="every live buffer: type, UID, valid, last update age",
         description="List the live buffers: type, UID, state (valid/invalid/error) and age of the last\n"
         "update. With --json, every readable value too.",
-        epilog="examples:\n  runtime buffers list\n  runtime buffers list --json | jq '.[].uid_hex'\n",
+        epilog="examples:\n  $ runtime buffers list\n  $ runtime buffers list --json | jq '.[].uid_hex'\n",
         formatter_class=formatter,
     )
     listing.set_defaults(buffers_main=_list_main)
@@ -423,8 +426,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Show one buffer: its state, subscription, and every parameter with its value,\n"
         "flags (r = readable, no-r = write-only, w = writeable, no-sub = not subscribed) and bounds.\n"
         "KEY is TYPE:UID, or a Smart Device UID alone.",
-        epilog="examples:\n  runtime buffers show 0xa0a0000000000c0ffee\n"
-        "  runtime buffers show yogi-bear:0xa0a0000000000c0ffee --json\n",
+        epilog="examples:\n  $ runtime buffers show 0xa0a0000000000c0ffee\n"
+        "  $ runtime buffers show yogi-bear:0xa0a0000000000c0ffee --json\n",
         formatter_class=formatter,
     )
     show.add_argument("key", metavar="KEY", help="TYPE:UID, or a Smart Device UID")
@@ -437,18 +440,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or with KEY the detailed view of one, refreshed every --interval seconds until\n"
         "Ctrl-C, or --count refreshes. When the output is not a terminal, each refresh is\n"
         "printed in turn (with --json: one JSON document per line).",
-        epilog="examples:\n  runtime buffers watch\n"
-        "  runtime buffers watch 0xa0a0000000000c0ffee --interval 0.1\n"
-        "  runtime buffers watch --json --count 5 > samples.jsonl\n",
+        epilog="examples:\n  $ runtime buffers watch\n"
+        "  $ runtime buffers watch 0xa0a0000000000c0ffee --interval 0.1\n"
+        "  $ runtime buffers watch --json --count 5 --interval 0.1 > samples.jsonl\n",
         formatter_class=formatter,
     )
     watch.add_argument("key", metavar="KEY", nargs="?", help="TYPE:UID, or a Smart Device UID (default: all)")
     watch.add_argument(
         "--interval",
-        type=_positive_float,
+        type=_interval,
         default=0.5,
         metavar="S",
-        help="seconds between refreshes (default 0.5)",
+        help=f"seconds between refreshes, {WATCH_INTERVALS[0]:g} to {WATCH_INTERVALS[1]:g} (default 0.5)",
     )
     watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N refreshes")
     watch.set_defaults(buffers_main=_watch_main)
@@ -477,13 +480,17 @@ def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def _positive_float(text: str) -> float:
+def _interval(text: str) -> float:
+    """``watch --interval``: a number of seconds within :data:`WATCH_INTERVALS`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+    low, high = WATCH_INTERVALS
+    if not low <= value <= high:  # also false for nan
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from {low:g} to {high:g}, not {text!r}"
+        )
     return value
 
 

@@ -13,6 +13,7 @@ import ctypes
 import json
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,17 +68,36 @@ def jsonable(value: Any) -> Any:
 def write_json_atomically(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
 
-    Readers see the old file or the new one, never half of one. Raises
-    :class:`OSError` or :class:`ValueError` (data that is not plain JSON); the
-    temporary file is removed then.
+    Readers see the old file or the new one, never half of one. The temporary
+    file is created by :func:`tempfile.mkstemp` in the destination's directory
+    (a hidden, unpredictable name, opened with ``O_EXCL``), so a symlink that
+    another user planted there is never followed; the rename replaces a
+    symlink at ``path`` itself instead of writing through it. The file gets
+    the usual mode (``0o666`` less the umask), as :func:`open` would give it.
+    It is not fsynced: the files written here are refreshed statistics.
+
+    Raises :class:`OSError`, or :class:`ValueError`/:class:`TypeError` (data
+    that is not plain JSON); the temporary file is removed then.
     """
-    temporary = f"{os.fspath(path)}.tmp{os.getpid()}"
+    directory, name = os.path.split(os.fspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
+        with open(descriptor, "w", encoding="utf-8") as file:
+            os.fchmod(descriptor, 0o666 & ~_umask())
             json.dump(data, file, indent=2, allow_nan=False)
             file.write("\n")
         os.replace(temporary, path)
-    except (OSError, ValueError):
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, for every thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    return 0o022

@@ -62,14 +62,14 @@ packaged one).
 
 EPILOG = """\
 examples:
-  runtime msg decode 04 13 02 06 02 17
-  runtime msg decode 041302060217 00 02100210 --json
-  runtime msg decode --type yogi-bear 04 15 06 01 06 00 00 00 3f 2b
-  runtime msg encode ping
-  runtime msg encode dev-read --type yogi-bear duty_cycle enc_pos
-  runtime msg encode sub-req --params 0x3 --interval 40
-  runtime msg encode hb-req 7
-  runtime msg encode dev-write --type servo-motor servo0=0.5 servo1=-0.25
+  $ runtime msg decode 04 13 02 06 02 17
+  $ runtime msg decode 041302060217 00 02100210 --json
+  $ runtime msg decode --type yogi-bear 04 15 06 01 01 01 01 03 3f 2d
+  $ runtime msg encode ping
+  $ runtime msg encode dev-read --type yogi-bear duty_cycle enc_pos
+  $ runtime msg encode sub-req --params 0x3 --interval 40
+  $ runtime msg encode hb-req 7
+  $ runtime msg encode dev-write --type servo-motor servo0=0.5 servo1=-0.25
 
 A frame that does not decode is reported with its protocol error code
 (BAD_CHECKSUM, UNEXPECTED_DELIMITER, ...) and the exit status is 1.
@@ -77,10 +77,10 @@ A frame that does not decode is reported with its protocol error code
 
 DECODE_EPILOG = """\
 examples:
-  runtime msg decode 04 13 02 06 02 17          a DEV_READ of parameters 1 and 2
-  runtime msg decode 04130206021700             the same, delimiter included
-  runtime msg decode 02 10 02 10 00 04 13 02 06 02 17    two frames
-  runtime msg decode --type yogi-bear --json 04 15 06 01 06 00 00 00 3f 2b
+  $ runtime msg decode 04 13 02 06 02 17         # a DEV_READ of parameters 1 and 2
+  $ runtime msg decode 04130206021700            # the same, delimiter included
+  $ runtime msg decode 02 10 02 10 00 04 13 02 06 02 17    # two frames
+  $ runtime msg decode --type yogi-bear --json 04 15 06 01 01 01 01 03 3f 2d   # duty_cycle = 0.5
 """
 
 ENCODE_EPILOG = """\
@@ -96,12 +96,13 @@ kinds and their fields:
   error CODE                   a name (BAD_CHECKSUM) or a number (0xfe)
 
 examples:
-  runtime msg encode ping
-  runtime msg encode dev-read --type yogi-bear duty_cycle enc_pos
-  runtime msg encode sub-req --params 0x3 --interval 40
-  runtime msg encode hb-req 7
-  runtime msg encode dev-write --type servo-motor servo0=0.5
-  runtime msg encode error bad-checksum --json
+  $ runtime msg encode ping
+  $ runtime msg encode dev-read --type yogi-bear duty_cycle enc_pos
+  $ runtime msg encode sub-req --params 0x3 --interval 40
+  $ runtime msg encode hb-req 7
+  $ runtime msg encode dev-write --type servo-motor servo0=0.5
+  $ runtime msg encode dev-data --type yogi-bear duty_cycle=0.5   # 04 15 06 01 01 01 01 03 3f 2d
+  $ runtime msg encode error bad-checksum --json
 """
 
 KINDS: dict[str, MessageType] = {

@@ -8,6 +8,8 @@ import copy
 import ctypes
 import importlib
 import math
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -421,6 +423,152 @@ def test_unreadable_file_names_it(tmp_path: Path, name: str) -> None:
     buffer = buffer_module()
     path = tmp_path / name
     with pytest.raises(buffer.DeviceBufferError, match="cannot read") as info:
+        catalog.load(path)
+    assert info.value.context == {"source": str(path)}
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def nested_lists(depth: int) -> list[Any]:
+    """``[[[...]]]``: ``depth`` lists, one in the other."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_deeply_nested_yaml_is_one_error_not_a_recursion_error(tmp_path: Path) -> None:
+    buffer = buffer_module()
+    path = tmp_path / "deep.yaml"
+    path.write_text("[" * 1000 + "]" * 1000 + "\n")  # deeper than PyYAML's recursion can go
+    with pytest.raises(
+        buffer.DeviceBufferError, match=f"nested more than {catalog.MAX_NESTING} levels"
+    ) as info:
+        catalog.load(path)
+    assert info.value.context == {"source": str(path), "limit": catalog.MAX_NESTING}
+    assert str(path) in info.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 300 + "]" * 300,  # PyYAML reads it; the check refuses it
+        "motor: &m {params: [*m]}",  # a mapping inside itself
+        "a: &a [*a]",
+    ],
+    ids=["300-deep", "mapping-in-itself", "list-in-itself"],
+)
+def test_data_too_deep_or_inside_itself_is_refused(tmp_path: Path, text: str) -> None:
+    buffer = buffer_module()
+    path = tmp_path / "deep.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(buffer.DeviceBufferError, match="nested more than .* or inside themselves"):
+        catalog.load_raw(path)
+
+
+def test_nesting_limit_applies_to_validate() -> None:
+    buffer = buffer_module()
+    # top mapping, device mapping, then lists: exactly MAX_NESTING levels is not a nesting error...
+    allowed = {"motor": {"device_id": nested_lists(catalog.MAX_NESTING - 2), "params": []}}
+    with pytest.raises(buffer.DeviceBufferError, match="device_id must be an integer"):
+        catalog.validate(allowed, source="cat.yaml")
+    # ...one more is.
+    too_deep = {"motor": {"device_id": nested_lists(catalog.MAX_NESTING - 1), "params": []}}
+    with pytest.raises(buffer.DeviceBufferError, match="nested more than") as info:
+        catalog.validate(too_deep, source="cat.yaml")
+    assert info.value.context == {"source": "cat.yaml", "limit": catalog.MAX_NESTING}
+
+
+def test_aliases_that_multiply_the_catalog_are_refused_quickly(tmp_path: Path) -> None:
+    buffer = buffer_module()
+    params = "".join(f"    - {{name: p{index}, type: float}}\n" for index in range(60))
+    uses = "".join(f"copy{index}: {{params: *p}}\n" for index in range(2000))
+    path = tmp_path / "aliases.yaml"
+    path.write_text(f"base:\n  params: &p\n{params}{uses}")  # 60 KB that mean 120,000 parameters
+    started = time.monotonic()
+    with pytest.raises(buffer.DeviceBufferError, match="too many values") as info:
+        catalog.load(path)
+    assert time.monotonic() - started < 1.5
+    assert info.value.context == {"source": str(path), "limit": catalog.MAX_CATALOG_NODES}
+
+
+def test_aliases_within_the_limit_still_work() -> None:
+    raw = catalog.load_raw()  # the packaged catalog shares the bears' parameters through an alias
+    assert raw["polar-bear"]["params"] == raw["yogi-bear"]["params"]
+
+
+def test_file_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = buffer_module()
+    text = "panel:\n  params: []\n"
+    monkeypatch.setattr(catalog, "MAX_CATALOG_SIZE", len(text))
+    path = tmp_path / "cap.yaml"
+    path.write_text(text)
+    assert list(catalog.load_raw(path)) == ["panel"]  # exactly the cap: fine
+    path.write_text(text + "\n")
+    with pytest.raises(buffer.DeviceBufferError, match="too large") as info:
+        catalog.load_raw(path)
+    message = info.value.message
+    assert message.startswith(f"{path}: ")
+    assert f"{len(text) + 1} bytes" in message and f"the limit is {len(text)} bytes" in message
+    assert info.value.context == {"source": str(path), "size": len(text) + 1, "limit": len(text)}
+
+
+def test_a_50_mb_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    buffer = buffer_module()
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as file:
+        file.truncate(50_000_000)  # sparse
+    started = time.monotonic()
+    with pytest.raises(buffer.DeviceBufferError, match="50000000 bytes") as info:
+        catalog.load(path)
+    assert time.monotonic() - started < 0.5
+    assert info.value.context["limit"] == catalog.MAX_CATALOG_SIZE == 1 << 20
+
+
+def test_a_file_that_grows_while_read_is_read_no_further_than_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fstat said small, but there is more: at most MAX_CATALOG_SIZE + 1 bytes are read."""
+    buffer = buffer_module()
+    path = tmp_path / "growing.yaml"
+    path.write_text("#" * 1000)
+    monkeypatch.setattr(catalog, "MAX_CATALOG_SIZE", 100)
+    real_fstat = os.fstat
+
+    def stale_fstat(fd: int) -> os.stat_result:
+        info = list(real_fstat(fd))
+        info[6] = 10  # st_size, as it was a moment ago
+        return os.stat_result(info)
+
+    reads: list[int] = []
+    real_open = open
+
+    def spying_open(*args: Any, **kwargs: Any) -> Any:
+        file = real_open(*args, **kwargs)
+        read = file.read
+        file.read = lambda size=-1: reads.append(size) or read(size)
+        return file
+
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    monkeypatch.setattr(catalog, "open", spying_open, raising=False)
+    with pytest.raises(buffer.DeviceBufferError, match="more than 100 bytes") as info:
+        catalog.load_raw(path)
+    assert reads == [101]
+    assert info.value.context == {"source": str(path), "limit": 100}
+
+
+@pytest.mark.parametrize("kind", ["device", "pipe"])
+def test_only_regular_files_are_read(tmp_path: Path, kind: str) -> None:
+    buffer = buffer_module()
+    if kind == "device":
+        path = Path("/dev/zero")  # endless: reading it whole would exhaust memory
+        described = "a character device"
+    else:
+        path = tmp_path / "fifo"
+        os.mkfifo(path)  # no writer: opening it must not wait for one
+        described = "a pipe"
+    with pytest.raises(
+        buffer.DeviceBufferError, match=f"cannot read device catalog: not a regular file but {described}"
+    ) as info:
         catalog.load(path)
     assert info.value.context == {"source": str(path)}
     assert isinstance(info.value.__cause__, OSError)

@@ -592,11 +592,11 @@ class LiveBuffers:
         self.motor_uid = 10 << 72 | 0x0A << 64 | suffix
         self.switch_uid = 0 << 72 | 0x0A << 64 | suffix
         self.motor = self.store.get_or_open(self.motor_uid)
+        self.motor.serve()  # the test is the motor's producer, as the bridge would be
         self.motor.set("enc_pos", 1200.5)
         self.motor.set("duty_cycle", -0.123)
         self.motor.write("pid_pos_kp", 2.0)
-        self.switch = self.store.get_or_open(self.switch_uid)
-        self.switch.valid = False  # as when the device is unplugged
+        self.switch = self.store.get_or_open(self.switch_uid)  # never served: invalid, as when unplugged
         self.gamepad = self.store.get_or_open(("gamepad", 3))
         self.gamepad.set("joystick_left_x", 0.25)
 
