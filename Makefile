@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-SOURCES := pyproject.toml setup.py $(wildcard runtime/_core/*.c runtime/_core/*.h)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h)
 
 .PHONY: demo test bench lint clean
 
@@ -24,12 +24,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check runtime tests bench
-	$(BIN)/ruff format --check runtime tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
 clean:
-	rm -rf build *.egg-info runtime/*.so $(VENV)
+	rm -rf build *.egg-info src/*.egg-info src/runtime/*.so $(VENV)
 
 # Coverage-guided fuzzing of the compiled core under AddressSanitizer (fuzz/README.md):
 # builds an instrumented copy in build/fuzz/ (needs clang), then runs each target

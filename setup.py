@@ -1,4 +1,4 @@
-"""Build the compiled core (runtime._core); all metadata lives in pyproject.toml."""
+"""Build the compiled core (runtime._core from csrc/); all metadata lives in pyproject.toml."""
 
 from glob import glob
 
@@ -8,8 +8,8 @@ setup(
     ext_modules=[
         Extension(
             "runtime._core",
-            sources=sorted(glob("runtime/_core/*.c")),
-            depends=["runtime/_core/core.h"],
+            sources=sorted(glob("csrc/*.c")),
+            depends=sorted(glob("csrc/*.h")),
             define_macros=[("_GNU_SOURCE", "1")],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"],

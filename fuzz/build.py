@@ -5,9 +5,9 @@ Everything goes under build/fuzz/ and the normal in-place build is never
 touched:
 
     build/fuzz/venv/                 a virtualenv with atheris (pinned below)
-    build/fuzz/pkg/runtime/          runtime/*.py symlinked, plus
+    build/fuzz/pkg/runtime/          src/runtime/*.py symlinked, plus
     build/fuzz/pkg/runtime/_core<EXT_SUFFIX>
-                                     runtime/_core/*.c compiled by clang with
+                                     csrc/*.c compiled by clang with
                                      -fsanitize=address,fuzzer-no-link (and
                                      trapping UBSan), -g -O1
     build/fuzz/selftest/             a deliberate heap overflow, compiled with
@@ -120,16 +120,16 @@ def compiler_version() -> str:
 
 
 def link_python_sources() -> None:
-    """build/fuzz/pkg/runtime: symlinks to runtime/*.py (always current) and the instrumented core."""
+    """build/fuzz/pkg/runtime: symlinks to src/runtime/*.py (always current) and the instrumented core."""
     target = PKG / "runtime"
     target.mkdir(parents=True, exist_ok=True)
-    wanted = {path.name for path in (ROOT / "runtime").glob("*.py")}
+    wanted = {path.name for path in (ROOT / "src" / "runtime").glob("*.py")} | {"catalog.yaml"}
     for entry in target.iterdir():
         if entry.is_symlink() and entry.name not in wanted:
             entry.unlink()
     for name in sorted(wanted):
         link = target / name
-        source = ROOT / "runtime" / name
+        source = ROOT / "src" / "runtime" / name
         if link.is_symlink() and link.resolve() == source:
             continue
         if link.exists() or link.is_symlink():
@@ -138,8 +138,8 @@ def link_python_sources() -> None:
 
 
 def build_core(force: bool) -> Path:
-    sources = sorted((ROOT / "runtime" / "_core").glob("*.c"))
-    headers = sorted((ROOT / "runtime" / "_core").glob("*.h"))
+    sources = sorted((ROOT / "csrc").glob("*.c"))
+    headers = sorted((ROOT / "csrc").glob("*.h"))
     include = sysconfig.get_paths()["include"]
     output = PKG / "runtime" / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
     digest = hashlib.sha256()

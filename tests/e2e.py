@@ -163,7 +163,7 @@ class Children:
 
     def emulate(self, *args: str, count: int) -> tuple[subprocess.Popen[bytes], list[list[str]]]:
         """Start an emulator and read its ``count`` device lines (type, uid, pty[, link])."""
-        process = self.start("runtime.emulator", *args, stdout=True)
+        process = self.start("runtime.tools.emulate", *args, stdout=True)
         return process, [line.split() for line in self.read_lines(process, count)]
 
     def stop(

@@ -3,7 +3,7 @@
 End to end: the bridge and the emulator run as real processes on real
 pseudo-terminals, and the test watches the shared-memory buffers the bridge
 keeps (or plays the device itself on a pty it drives). Unit level: the
-emulator's protocol logic (:class:`runtime.emulator.DeviceModel`) and the
+emulator's protocol logic (:class:`runtime.tools.emulate.DeviceModel`) and the
 bridge's helpers, without processes.
 
 Every wait is a poll loop with a deadline; every child is killed in a finally.
@@ -39,10 +39,11 @@ from e2e import (
     wait_for,
 )
 
-from runtime import bridge, emulator
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
 from runtime.jsonio import jsonable
 from runtime.messaging import DELIM, ErrorCode, Message, MessageType
+from runtime.tools import bridge
+from runtime.tools import emulate as emulator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,7 +126,7 @@ def test_emulated_devices_through_the_bridge(children: Children, store: BufferSt
     assert lines[0][3] == str(links / "yogi-bear-0")
 
     stats = tmp_path / "stats.json"
-    bridge_process = children.start("runtime.bridge", "--glob", f"{links}/*", "--stats", str(stats))
+    bridge_process = children.start("runtime.tools.bridge", "--glob", f"{links}/*", "--stats", str(stats))
     yogi = open_buffer(store, yogi_uid)
     pot = open_buffer(store, pot_uid)
     wait_for("the yogi-bear to be valid", lambda: yogi.valid)
@@ -196,7 +197,7 @@ def test_bridge_survives_a_misbehaving_device(children: Children, store: BufferS
     try:
         stats = tmp_path / "stats.json"
         process = children.start(
-            "runtime.bridge", "--port", device.path, "--port", stranger.path, "--stats", str(stats)
+            "runtime.tools.bridge", "--port", device.path, "--port", stranger.path, "--stats", str(stats)
         )
         # A device the catalog does not know: logged, its port ignored; the other device is unaffected.
         stranger.introduce(int(DeviceUID(0xBEEF, 1, 1)))
@@ -278,7 +279,7 @@ def test_bridge_survives_emulated_noise(children: Children, store: BufferStore, 
     uid = make_uid(SWITCH)
     emulated, lines = children.emulate(f"limit-switch:{uid:#x}", "--garbage", "0.1", count=1)
     stats = tmp_path / "stats.json"
-    process = children.start("runtime.bridge", "--port", lines[0][2], "--stats", str(stats))
+    process = children.start("runtime.tools.bridge", "--port", lines[0][2], "--stats", str(stats))
     switch = open_buffer(store, uid)
     wait_for("the switch to be valid", lambda: switch.valid)
     wait_for("errors counted", lambda: (e := stats_entry(stats, uid)) and e["errors"] >= 6, timeout=10)
@@ -290,7 +291,7 @@ def test_bridge_survives_emulated_noise(children: Children, store: BufferStore, 
 
 def test_emulator_rejects_a_uid_of_another_type(children: Children) -> None:
     """The UID's device_id must be the type's: a clear error and exit code 2."""
-    process = children.start("runtime.emulator", f"servo-motor:{make_uid(YOGI):#x}")
+    process = children.start("runtime.tools.emulate", f"servo-motor:{make_uid(YOGI):#x}")
     assert process.wait(15) == 2
     assert "device_id 10, but servo-motor has device_id 7" in children.log(process)
 

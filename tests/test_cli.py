@@ -1,6 +1,6 @@
 """The ``runtime`` command line: output and exit status of every command.
 
-Most tests run the program in-process through ``runtime.cli.main`` and read
+Most tests run the program in-process through ``runtime.tools.cli.main`` and read
 what it printed with ``capsys``; a few run ``python -m runtime`` as a real
 process, end to end. The wire-format examples are the worked examples of the
 protocol spec, over a catalog file holding the spec's device type.
@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from runtime import catalog, cli
+from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, Buffer, BufferStore, DeviceBuffer, Parameter
-from runtime.cli import main
 from runtime.messaging import ErrorCode, Message, MessageType
+from runtime.tools import cli
+from runtime.tools.cli import main
 
 SPEC_CATALOG = """\
 # The device type of the protocol spec's worked examples.

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime import catalog, cli, demo, emulator
+from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, BufferStore
 from runtime.jsonio import write_json_atomically
+from runtime.tools import cli, demo
+from runtime.tools import emulate as emulator
 
 DEEP_CATALOG = "[" * 1000 + "]" * 1000 + "\n"
 """A YAML catalog of 1000 nested lists: deeper than Python's recursion limit lets PyYAML go."""

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from runtime.buffer import NAMESPACE_ENV, SHM_DIR
-from runtime.demo import DEFAULT_DEVICES
+from runtime.tools.demo import DEFAULT_DEVICES
 
 SUMMARY_LINE = re.compile(
     r"^(?P<type>[a-z][a-z0-9-]*) (?P<uid>0x[0-9a-f]+): "

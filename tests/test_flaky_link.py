@@ -44,10 +44,10 @@ from e2e import (
     wait_for,
 )
 
-from runtime import bridge
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
-from runtime.emulator import FaultInjector, FaultRates
 from runtime.messaging import DELIM, Message, MessageError, MessageType
+from runtime.tools import bridge
+from runtime.tools.emulate import FaultInjector, FaultRates
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -125,7 +125,7 @@ def test_bridge_under_a_flaky_link(children: Children, store: BufferStore, tmp_p
         tmp_path / "bridge.json",
     )
     emulated = children.start(
-        "runtime.emulator",
+        "runtime.tools.emulate",
         f"servo-motor:{servo_uid:#x}",
         f"potentiometer:{pot_uid:#x}",
         "--link",
@@ -145,7 +145,7 @@ def test_bridge_under_a_flaky_link(children: Children, store: BufferStore, tmp_p
         stdout=True,
     )
     children.read_lines(emulated, 2)
-    process = children.start("runtime.bridge", "--glob", f"{links}/*", "--stats", str(bridge_stats))
+    process = children.start("runtime.tools.bridge", "--glob", f"{links}/*", "--stats", str(bridge_stats))
     servo, pot = open_buffer(store, servo_uid), open_buffer(store, pot_uid)
     wait_for("both devices to be valid", lambda: servo.valid and pot.valid)
     watches = [Watch(servo), Watch(pot)]
@@ -280,7 +280,7 @@ def device(children: Children, store: BufferStore, tmp_path: Path) -> Iterator[t
     """A servo the test plays, served by a bridge, handshake done and subscription confirmed."""
     fake = FakeDevice()
     try:
-        children.start("runtime.bridge", "--port", fake.path, "--stats", str(tmp_path / "bridge.json"))
+        children.start("runtime.tools.bridge", "--port", fake.path, "--stats", str(tmp_path / "bridge.json"))
         uid = make_uid(SERVO)
         fake.expect(MessageType.PING)
         fake.send(sub_res(uid, 0, 0))
@@ -352,7 +352,7 @@ def test_a_stale_sub_res_does_not_confirm_the_subscription(
     """A SUB_RES without a subscription (a late answer to a handshake PING) after a lost SUB_REQ."""
     fake = FakeDevice()
     try:
-        children.start("runtime.bridge", "--port", fake.path)
+        children.start("runtime.tools.bridge", "--port", fake.path)
         uid = make_uid(SERVO)
         fake.expect(MessageType.PING)
         fake.send(sub_res(uid, 0, 0))
@@ -426,11 +426,11 @@ def test_fault_injector_damages_frames_as_counted() -> None:
 
 
 def test_emulator_options(children: Children) -> None:
-    process = children.start("runtime.emulator", "servo-motor", "--faults", "drop=1.5")
+    process = children.start("runtime.tools.emulate", "servo-motor", "--faults", "drop=1.5")
     assert process.wait(15) == 2
     assert "drop rate must be in 0..1" in children.log(process)
     text = subprocess.run(
-        [sys.executable, "-m", "runtime.emulator", "--help"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "runtime.tools.emulate", "--help"], capture_output=True, text=True, timeout=30
     ).stdout
     for option in ("--faults ", "--faults-in", "--disconnect-every", "--disconnect-for", "--stats", "--seed"):
         assert option in text

@@ -366,7 +366,7 @@ def test_bridge_reconnect_cycles_leak_nothing(tmp_path: Path) -> None:
     process: subprocess.Popen[bytes] | None = None
     samples: list[Usage] = []
     try:
-        process = launch("runtime.bridge", "--glob", f"{links}/*", log=log, cwd=tmp_path)
+        process = launch("runtime.tools.bridge", "--glob", f"{links}/*", log=log, cwd=tmp_path)
         with BufferStore(CATALOG) as store:
             buffers: dict[int, DeviceBuffer] = {}
 

@@ -52,7 +52,7 @@ def test_bridge_killed_invalidates_its_buffers_at_once_and_a_restart_takes_over(
     yogi_uid, pot_uid = make_uid(YOGI), make_uid(POT)
     links = tmp_path / "links"
     children.emulate(f"yogi-bear:{yogi_uid:#x}", f"potentiometer:{pot_uid:#x}", "--link", str(links), count=2)
-    first = children.start("runtime.bridge", "--glob", f"{links}/*")
+    first = children.start("runtime.tools.bridge", "--glob", f"{links}/*")
     yogi, pot = open_buffer(store, yogi_uid), open_buffer(store, pot_uid)
     wait_for("both devices valid", lambda: yogi.valid and pot.valid)
     assert yogi.producer_pid == first.pid
@@ -68,7 +68,7 @@ def test_bridge_killed_invalidates_its_buffers_at_once_and_a_restart_takes_over(
     with pytest.raises(DeviceBufferError):
         yogi.write("duty_cycle", 0.5)  # accepted by nobody, so refused
 
-    second = children.start("runtime.bridge", "--glob", f"{links}/*")
+    second = children.start("runtime.tools.bridge", "--glob", f"{links}/*")
     wait_for("both devices valid again", lambda: yogi.valid and pot.valid, timeout=15)
     assert yogi.producer_pid == second.pid
     assert os.stat(f"/dev/shm/{yogi.name}").st_ino == inode  # the same segment, taken over
@@ -101,7 +101,7 @@ def test_student_code_first_then_exiting_never_invalidates_the_device(
         assert opened.wait(30)
         assert results.get(timeout=30) == ("created", False)  # no default passes for a reading
         _, lines = children.emulate(f"yogi-bear:{uid:#x}", count=1)
-        bridge = children.start("runtime.bridge", "--port", lines[0][2])
+        bridge = children.start("runtime.tools.bridge", "--port", lines[0][2])
         motor = open_buffer(store, uid)
         wait_for("the device valid", lambda: motor.valid)
         finish.set()
@@ -133,7 +133,7 @@ def test_a_stopped_consumer_holding_one_lock_never_stalls_the_other_devices(
     links = tmp_path / "links"
     children.emulate(f"yogi-bear:{yogi_uid:#x}", f"potentiometer:{pot_uid:#x}", "--link", str(links), count=2)
     stats = tmp_path / "stats.json"
-    bridge = children.start("runtime.bridge", "--glob", f"{links}/*", "--stats", str(stats))
+    bridge = children.start("runtime.tools.bridge", "--glob", f"{links}/*", "--stats", str(stats))
     yogi, pot = open_buffer(store, yogi_uid), open_buffer(store, pot_uid)
     wait_for("both devices valid", lambda: yogi.valid and pot.valid and pot.last_update > 0)
 
@@ -171,7 +171,7 @@ def test_an_explicit_port_that_does_not_exist_yet_is_announced_then_served(
     uid = make_uid(POT)
     links = tmp_path / "links"
     port = links / "potentiometer-0"
-    bridge = children.start("runtime.bridge", "--port", str(port))
+    bridge = children.start("runtime.tools.bridge", "--port", str(port))
     wait_for("the bridge to say it waits", lambda: f"waiting for {port}" in children.log(bridge))
     children.emulate(f"potentiometer:{uid:#x}", "--link", str(links), count=1)
     pot = open_buffer(store, uid, timeout=15)

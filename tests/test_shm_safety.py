@@ -295,11 +295,11 @@ BRIDGE_ON_FULL_SHM = textwrap.dedent(
         file.write(b"x" * 4096)
     uids = [make_uid(POT), make_uid(POT)]
     devices = [f"potentiometer:{uid:#x}" for uid in uids]
-    emulator = subprocess.Popen([sys.executable, "-m", "runtime.emulator", *devices, "--link", "links"],
+    emulator = subprocess.Popen([sys.executable, "-m", "runtime.tools.emulate", *devices, "--link", "links"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     for _ in uids:
         emulator.stdout.readline()
-    bridge = subprocess.Popen([sys.executable, "-m", "runtime.bridge", "--glob", "links/*"],
+    bridge = subprocess.Popen([sys.executable, "-m", "runtime.tools.bridge", "--glob", "links/*"],
                               stderr=open("bridge.log", "wb"))
     try:
         store = BufferStore(CATALOG)

@@ -50,12 +50,12 @@ import tty
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from . import catalog as catalog_module
-from .bridge import FrameWriter
-from .buffer import Buffer, DeviceBuffer, DeviceUID, Parameter
-from .exception import RuntimeBaseException
-from .jsonio import write_json_atomically
-from .messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
+from .. import catalog as catalog_module
+from ..buffer import Buffer, DeviceBuffer, DeviceUID, Parameter
+from ..exception import RuntimeBaseException
+from ..jsonio import write_json_atomically
+from ..link import FrameWriter
+from ..messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
 
 __all__ = [
     "DeviceModel",
@@ -71,7 +71,7 @@ __all__ = [
     "random_uid",
 ]
 
-logger = logging.getLogger("runtime.emulator")
+logger = logging.getLogger("runtime.tools.emulate")
 
 SIM_STEP = 0.05
 """Seconds between two simulation steps."""
@@ -1165,7 +1165,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(
-        prog="python -m runtime.emulator", description="Emulate Smart Devices on pseudo-terminals."
+        prog="python -m runtime.tools.emulate", description="Emulate Smart Devices on pseudo-terminals."
     )
     add_arguments(_parser)
     raise SystemExit(main(_parser.parse_args()))

@@ -30,13 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .exception import RuntimeBaseException
-from .jsonio import jsonable, short_float
+from ..exception import RuntimeBaseException
+from ..jsonio import jsonable, short_float
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .buffer import Buffer
+    from ..buffer import Buffer
 
 __all__ = [
     "COMMANDS",
@@ -105,7 +105,7 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> dict[str, type[B
         CommandError: The file is missing or invalid; the message is the
             catalog checker's, which names the file, device type and parameter.
     """
-    from . import catalog
+    from .. import catalog
 
     try:
         return catalog.load(path)
@@ -246,7 +246,7 @@ def _catalog_path(args: argparse.Namespace) -> str | None:
 
 def _describe_catalog(raw: Mapping[str, Any], types: Mapping[str, type[Buffer]]) -> dict[str, Any]:
     """The catalog as JSON data: raw type strings, with every default applied."""
-    from .buffer import DeviceBuffer
+    from ..buffer import DeviceBuffer
 
     result: dict[str, Any] = {}
     for name, buffer_type in types.items():
@@ -284,13 +284,13 @@ def _flags(param: Mapping[str, Any]) -> str:
 
 def catalog_main(args: argparse.Namespace) -> int:
     """Run ``runtime catalog``."""
-    from . import catalog
+    from .. import catalog
 
     path = _catalog_path(args)
     source = path or "the packaged catalog"
     try:
         raw = catalog.load_raw(path)
-        from .buffer import BufferStore
+        from ..buffer import BufferStore
 
         types = BufferStore.make_catalog(raw)
     except (RuntimeBaseException, ValueError) as exc:
@@ -365,7 +365,7 @@ class _Command:
 COMMANDS = (
     _Command(
         "bridge",
-        "runtime.bridge",
+        "runtime.tools.bridge",
         "serve Smart Devices on serial ports into shared-memory buffers",
         """\
 Serve Smart Devices into shared memory.
@@ -386,7 +386,7 @@ examples:
     ),
     _Command(
         "emulate",
-        "runtime.emulator",
+        "runtime.tools.emulate",
         "pretend to be Smart Devices on pseudo-terminals (no hardware needed)",
         """\
 Emulate Smart Devices on pseudo-terminals.
@@ -404,18 +404,18 @@ examples:
     ),
     _Command(
         "buffers",
-        "runtime.inspect_buffers",
+        "runtime.tools.buffers",
         "list, show and watch the live buffers in shared memory",
         "",
         "",
     ),
-    _Command("msg", "runtime.msgtool", "decode and encode Smart Device protocol messages", "", ""),
+    _Command("msg", "runtime.tools.msg", "decode and encode Smart Device protocol messages", "", ""),
     _Command(
         "catalog", "", "show the device catalog or check a catalog file", CATALOG_DESCRIPTION, CATALOG_EPILOG
     ),
     _Command(
         "demo",
-        "runtime.demo",
+        "runtime.tools.demo",
         "emulated devices, the bridge and student code working together",
         "",
         "",
@@ -453,7 +453,7 @@ def _load_command(
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``runtime`` parser: global options and one subparser per command."""
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog=PROG,

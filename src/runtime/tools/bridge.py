@@ -49,7 +49,7 @@ message carrying its error code and counted; an unknown device type is logged
 and its port ignored until it reconnects; every port's failures are caught and
 logged in that port's task alone.
 
-Run it as ``runtime bridge`` (see :mod:`runtime.cli`) or ``python -m runtime.bridge``.
+Run it as ``runtime bridge`` (see :mod:`runtime.tools.cli`) or ``python -m runtime.tools.bridge``.
 """
 
 from __future__ import annotations
@@ -67,16 +67,17 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import serial
 
-from . import catalog as catalog_module
-from .buffer import Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
-from .exception import RuntimeBaseException
-from .jsonio import jsonable, write_json_atomically
-from .messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
+from .. import catalog as catalog_module
+from ..buffer import Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
+from ..exception import RuntimeBaseException
+from ..jsonio import jsonable, write_json_atomically
+from ..link import FrameWriter
+from ..messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
 
 __all__ = [
     "BAUD_RATE",
@@ -84,13 +85,12 @@ __all__ = [
     "Bridge",
     "Counters",
     "DeviceRecord",
-    "FrameWriter",
     "PortConnection",
     "add_arguments",
     "main",
 ]
 
-logger = logging.getLogger("runtime.bridge")
+logger = logging.getLogger("runtime.tools.bridge")
 
 T = TypeVar("T")
 
@@ -118,8 +118,6 @@ EMPTY_READS_LIMIT = 100
 """Readable events in a row that yield no bytes (without a hang-up) before a port counts as gone."""
 READ_SIZE = 4096
 """Bytes read from a port per readiness event."""
-OUTBOX_LIMIT = 64 * 1024
-"""Bytes a port's writer queues before it drops new frames (the peer stopped reading)."""
 BAD_FRAME_LOG_INTERVAL = 1.0
 """Seconds between two log lines about bad frames on one port (the rest are summed up)."""
 WRITE_CONFIRM_TIMEOUT = 0.25
@@ -128,103 +126,6 @@ WRITE_CONFIRM_TIMEOUT = 0.25
 WRITE_RETRIES = 8
 """Times an unconfirmed write is sent again before the bridge gives up on it (so it is retried for
 about two seconds: a link losing a quarter of the frames loses all nine copies less than once in 100 000)."""
-
-
-# ---- writing without blocking -------------------------------------------------------------------
-
-
-class FrameWriter:
-    """Ordered, non-blocking writes to a file descriptor from an asyncio loop.
-
-    A serial port or pseudo-terminal whose peer stops reading fills up, and a
-    blocking write would then freeze every other port served by the loop. This
-    writer writes what the descriptor takes, queues the rest and flushes it when
-    the descriptor is writable again (``loop.add_writer``). Beyond ``limit``
-    queued bytes, new data is dropped whole (counted in :attr:`dropped`), so
-    frames are never cut in the middle by the writer itself. Create it inside
-    the running loop that will flush it.
-
-    Args:
-        fd: A descriptor in non-blocking mode.
-        limit: Most bytes queued.
-        on_error: Called once with the ``OSError`` of a failed write (the port is gone).
-    """
-
-    def __init__(
-        self, fd: int, *, limit: int = OUTBOX_LIMIT, on_error: Callable[[OSError], None] | None = None
-    ) -> None:
-        self.fd = fd
-        self.limit = limit
-        self.on_error = on_error
-        self.dropped = 0
-        """Writes refused because the queue was full."""
-        self._pending = bytearray()
-        self._watching = False
-        self._failed = False
-        self._loop = asyncio.get_running_loop()
-
-    @property
-    def pending(self) -> int:
-        """Bytes queued and not yet written."""
-        return len(self._pending)
-
-    def send(self, data: bytes) -> bool:
-        """Write ``data`` now or queue it; return False if it was dropped."""
-        if self._failed:
-            return False
-        if self._pending:
-            if len(self._pending) + len(data) > self.limit:
-                self.dropped += 1
-                return False
-            self._pending += data
-            return True
-        try:
-            written = os.write(self.fd, data)
-        except (BlockingIOError, InterruptedError):
-            written = 0
-        except OSError as exc:
-            self._fail(exc)
-            return False
-        if written < len(data):
-            self._pending += data[written:]
-            self._watch()
-        return True
-
-    def _watch(self) -> None:
-        if not self._watching:
-            self._loop.add_writer(self.fd, self._flush)
-            self._watching = True
-
-    def _flush(self) -> None:
-        try:
-            written = os.write(self.fd, self._pending)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fail(exc)
-            return
-        del self._pending[:written]
-        if not self._pending:
-            self._unwatch()
-
-    def _unwatch(self) -> None:
-        if self._watching:
-            self._watching = False
-            with contextlib.suppress(Exception):  # the loop may be closing
-                self._loop.remove_writer(self.fd)
-
-    def _fail(self, exc: OSError) -> None:
-        self._failed = True
-        self._pending.clear()
-        self._unwatch()
-        if self.on_error is not None:
-            self.on_error(exc)
-
-    def close(self) -> None:
-        """Stop writing; queued data is discarded."""
-        self._failed = True
-        self._pending.clear()
-        self._unwatch()
 
 
 # ---- per-device bookkeeping ----------------------------------------------------------------------
@@ -1152,7 +1053,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(
-        prog="python -m runtime.bridge", description="Serve Smart Devices on serial ports (host side)."
+        prog="python -m runtime.tools.bridge", description="Serve Smart Devices on serial ports (host side)."
     )
     add_arguments(_parser)
     raise SystemExit(main(_parser.parse_args()))

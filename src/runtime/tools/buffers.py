@@ -24,7 +24,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..exception import RuntimeBaseException
 from .cli import (
     CommandError,
     ctype_name,
@@ -36,7 +37,6 @@ from .cli import (
     print_json,
     suggest,
 )
-from .exception import RuntimeBaseException
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

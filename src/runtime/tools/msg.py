@@ -23,9 +23,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .buffer import Buffer, DeviceBuffer, DeviceUID, Parameter
-from .cli import CommandError, format_value, jsonable, load_catalog, print_json, suggest
-from .messaging import (
+from ..buffer import Buffer, DeviceBuffer, DeviceUID, Parameter
+from ..messaging import (
     MAX_PAYLOAD,
     ErrorCode,
     Message,
@@ -34,6 +33,7 @@ from .messaging import (
     ParamLayout,
     iter_params,
 )
+from .cli import CommandError, format_value, jsonable, load_catalog, print_json, suggest
 
 __all__ = [
     "TypeLayout",
@@ -360,7 +360,7 @@ def _decode_main(args: argparse.Namespace) -> int:
                 catalog = catalog if catalog is not None else load_catalog(None)
             except CommandError:
                 return None
-            from .buffer import BufferStore
+            from ..buffer import BufferStore
 
             name = BufferStore(catalog).device_types.get(device_id)
             buffer_type = catalog.get(name) if name is not None else None

@@ -6,7 +6,7 @@ The demo starts, as separate processes, exactly what runs on a robot:
    types, each speaking the wire protocol on its own pseudo-terminal;
 2. ``runtime bridge``: serves those terminals into buffers in shared memory
    and writes its statistics to a file;
-3. "student code" (``python -m runtime.demo TYPE:UID ...``, :func:`student_main`):
+3. "student code" (``python -m runtime.tools.demo TYPE:UID ...``, :func:`student_main`):
    opens the buffers by UID like a robot program would, reads the sensors
    (line follower, limit switch, battery) and writes motor duty cycles and
    servo positions, which the bridge sends to the devices.
@@ -44,7 +44,9 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import IO, Any
 
-from .buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..exception import RuntimeBaseException
+from ..jsonio import write_json_atomically
 from .cli import (
     CommandError,
     format_value,
@@ -54,8 +56,6 @@ from .cli import (
     make_console,
     print_json,
 )
-from .exception import RuntimeBaseException
-from .jsonio import write_json_atomically
 
 __all__ = ["DEFAULT_DEVICES", "Demo", "DemoDevice", "SignalGuard", "add_arguments", "main", "student_main"]
 
@@ -196,13 +196,13 @@ class _StudentCode:
 
 
 def student_main(argv: Sequence[str] | None = None) -> int:
-    """The student-code process: ``python -m runtime.demo [--catalog F] [--stats F] TYPE:UID ...``.
+    """The student-code process: ``python -m runtime.tools.demo [--catalog F] [--stats F] TYPE:UID ...``.
 
     Runs until SIGTERM/SIGINT, or until its parent (the demo) is gone; then
     writes its counters (cycles, reads, writes, errors) as JSON to ``--stats``.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m runtime.demo",
+        prog="python -m runtime.tools.demo",
         description="The demo's student code: read sensors, write motors, through the buffers.",
     )
     parser.add_argument(
@@ -337,7 +337,7 @@ class Demo:
                 device.port = words[3] if len(words) > 3 else words[2]
         ports = [argument for device in self.devices for argument in ("--port", str(device.port))]
         self._spawn("bridge", self._runtime("bridge", *ports, "--stats", self.stats_path))
-        student = [sys.executable, "-m", "runtime.demo", "--stats", self.student_path]
+        student = [sys.executable, "-m", "runtime.tools.demo", "--stats", self.student_path]
         if self.args.catalog:
             student += ["--catalog", self.args.catalog]
         self._spawn("student code", [*student, *(device.spec for device in self.devices)])
@@ -401,7 +401,7 @@ class Demo:
         from rich import box
         from rich.table import Table
 
-        from .inspect_buffers import inspect_buffer
+        from .buffers import inspect_buffer
 
         stats = self._stats_by_uid(self.read_stats())
         elapsed = time.monotonic() - self.started
