@@ -996,7 +996,7 @@ values_from_copy(rt_BufferAccess *self, const uint8_t *copy, uint64_t mask)
     return result;
 }
 
-enum { TAKE_UPDATED = 1, TAKE_WRITTEN = 2, TAKE_READABLE = 3 };
+enum { TAKE_UPDATED = 1, TAKE_WRITTEN = 2, TAKE_READABLE = 3, PEEK_WRITTEN = 4 };
 
 static PyObject *
 take_values(rt_BufferAccess *self, int what)
@@ -1019,9 +1019,11 @@ take_values(rt_BufferAccess *self, int what)
         self->meta->updated = 0;
         memcpy(copy, self->update, (size_t)size);
     }
-    else if (what == TAKE_WRITTEN) {
+    else if (what == TAKE_WRITTEN || what == PEEK_WRITTEN) {
         mask = self->meta->written;
-        self->meta->written = 0;
+        if (what == TAKE_WRITTEN) {
+            self->meta->written = 0;
+        }
         memcpy(copy, self->write, (size_t)size);
     }
     else {
@@ -1052,6 +1054,12 @@ static PyObject *
 BufferAccess_get_write(rt_BufferAccess *self, PyObject *unused)
 {
     return take_values(self, TAKE_WRITTEN);
+}
+
+static PyObject *
+BufferAccess_pending_writes(rt_BufferAccess *self, PyObject *unused)
+{
+    return take_values(self, PEEK_WRITTEN);
 }
 
 static PyObject *
@@ -1746,6 +1754,8 @@ static PyMethodDef BufferAccess_methods[] = {
     {"snapshot", (PyCFunction)BufferAccess_snapshot, METH_NOARGS, "Every readable value, in one lock."},
     {"get_update", (PyCFunction)BufferAccess_get_update, METH_NOARGS, "Updated values; clears the set."},
     {"get_write", (PyCFunction)BufferAccess_get_write, METH_NOARGS, "Written values; clears the set."},
+    {"pending_writes", (PyCFunction)BufferAccess_pending_writes, METH_NOARGS,
+     "Written values not yet sent; clears nothing."},
     {"get_read", (PyCFunction)BufferAccess_get_read, METH_NOARGS, "Names requested for reading; clears the set."},
     {"update", (PyCFunction)BufferAccess_update, METH_O, "Digest a Smart Device message."},
     {"emit_dev_rw", (PyCFunction)BufferAccess_emit_dev_rw, METH_NOARGS, "DEV_READ/DEV_WRITE for pending requests."},

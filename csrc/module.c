@@ -377,7 +377,8 @@ PyInit__core(void)
     if (module == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&SharedMappingType) < 0) {
+    if (PyType_Ready(&SharedMappingType) < 0
+        || PyModule_AddObjectRef(module, "SharedMapping", (PyObject *)&SharedMappingType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

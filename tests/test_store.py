@@ -393,3 +393,65 @@ def test_store_buffers_see_each_other_through_shared_memory(store: BufferStore) 
             twin.set("enc_pos", -42)
             twin.set("duty_cycle", 0.25)
     assert motor.snapshot() == {"duty_cycle": 0.25, "enc_pos": -42}
+
+
+# ---- discovery ------------------------------------------------------------------------------------
+
+
+def test_discover_lists_the_namespaces_buffers_with_validity_producer_and_age(store: BufferStore) -> None:
+    import time
+
+    from runtime.messaging import Message, ParamLayout
+    from runtime.store import BufferInfo
+
+    assert store.discover() == []
+    motor = store.get_or_open(MOTOR_UID)
+    switch = store.get_or_open(SWITCH_UID)  # never served: invalid
+    pad = store.get_or_open(("gamepad", 7))
+    motor.serve()
+    layout = ParamLayout([(0, 4), (4, 4)])
+    before = time.time()
+    motor.update(Message.make_dev_data(0b10, layout, bytes(4) + (77).to_bytes(4, "little")))
+    with BufferStore(CATALOG) as other:  # discovery needs no open handle: another store sees the same
+        found = {info.key: info for info in other.discover()}
+        assert len(other) == 0  # it closed what it opened to look
+    assert set(found) == {("motor", MOTOR_UID), ("switch", SWITCH_UID), ("gamepad", 7)}
+    seen = found["motor", MOTOR_UID]
+    assert seen == BufferInfo("motor", MOTOR_UID, motor.name, True, os.getpid(), seen.last_update)
+    assert seen.last_update is not None and before <= seen.last_update <= time.time()
+    age = seen.age()
+    assert age is not None and 0 <= age < 60
+    assert found["switch", SWITCH_UID].valid is False and found["switch", SWITCH_UID].last_update is None
+    assert found["gamepad", 7] == BufferInfo("gamepad", 7, pad.name, True, None, None)
+    assert switch.valid is False
+
+
+def test_discover_reports_a_buffer_it_cannot_open_instead_of_failing(store: BufferStore) -> None:
+    other_layout = BufferStore.make_catalog(
+        {"motor": {"device_id": 0x10, "params": [{"name": "x", "type": "int8"}]}}
+    )
+    with BufferStore(other_layout) as stranger:
+        stranger.get_or_open(MOTOR_UID)  # the same name, another catalog's layout
+        (info,) = store.discover()
+    assert info.key == ("motor", MOTOR_UID) and not info.valid
+    assert info.error is not None and "layout" in info.error
+
+
+def test_namespaces_lists_where_buffers_are(buffer_namespace: str) -> None:
+    from runtime.store import namespaces
+
+    with BufferStore.use_namespace(f"{buffer_namespace}-elsewhere"), BufferStore(CATALOG) as there:
+        there.get_or_open(("gamepad", 1))
+        assert f"{buffer_namespace}-elsewhere" in namespaces()
+        there.unlink_all()
+    assert f"{buffer_namespace}-elsewhere" not in namespaces()
+
+
+def test_a_buffer_repr_is_short_and_reads_nothing_under_the_lock(store: BufferStore) -> None:
+    motor = store.get_or_open(MOTOR_UID)
+    assert repr(motor) == f"<motor buffer {motor.name!r} invalid>"
+    motor.serve()
+    with motor.transaction():  # held: a repr that read the structure would need this lock
+        assert repr(motor) == f"<motor buffer {motor.name!r} valid>"
+    motor.close()
+    assert repr(motor) == f"<motor buffer {motor.name!r} closed>"

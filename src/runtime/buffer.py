@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import errno
 import functools
 import hashlib
@@ -62,8 +61,8 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, ClassVar, NamedTuple, TypeVar, overload
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from . import _core
 from .exception import RuntimeBaseException
@@ -192,22 +191,23 @@ class _SegmentHeader(ctypes.Structure):
 
 
 def _check_core_layout() -> None:
+    """Refuse to run over a compiled core whose memory layout differs (a stale build)."""
     meta = _core.META_LAYOUT
-    assert ctypes.sizeof(_Meta) == meta["size"], "metadata block differs from the compiled core"
-    for field in (
-        "last_update",
-        "last_write",
-        "updated",
-        "read",
-        "written",
-        "subscription",
-        "interval_ms",
-        "uid",
+    problems = [] if ctypes.sizeof(_Meta) == meta["size"] else ["metadata block size"]
+    fields = ("last_update", "last_write", "updated", "read", "written", "subscription", "interval_ms", "uid")
+    problems += [f"metadata field {field}" for field in fields if getattr(_Meta, field).offset != meta[field]]
+    for what, ours, theirs in (
+        ("header size", ctypes.sizeof(_SegmentHeader), _core.HEADER_SIZE),
+        ("valid word offset", _SegmentHeader.valid.offset, _core.VALID_OFFSET),
+        ("state word offset", _SegmentHeader.state.offset, _core.STATE_OFFSET),
     ):
-        assert getattr(_Meta, field).offset == meta[field], f"metadata field {field} differs from the core"
-    assert ctypes.sizeof(_SegmentHeader) == _core.HEADER_SIZE
-    assert _SegmentHeader.valid.offset == _core.VALID_OFFSET
-    assert _SegmentHeader.state.offset == _core.STATE_OFFSET
+        if ours != theirs:
+            problems.append(what)
+    if problems:
+        raise ImportError(
+            f"runtime.buffer and the compiled core runtime._core disagree on the segment layout "
+            f"({', '.join(problems)}): rebuild the core (pip install -e . or make)"
+        )
 
 
 _check_core_layout()
@@ -520,7 +520,7 @@ class Buffer(BaseStructure):
     """A values block with every parameter inside its bounds (None: all zeros are)."""
     _fast_methods: ClassVar[tuple[str, ...]] = ("get", "set", "write", "transaction")
 
-    _access: Any
+    _access: _core.BufferAccess
     _name: str
     _created: bool
 
@@ -661,7 +661,7 @@ class Buffer(BaseStructure):
         # The namespace in effect, when the name is in it, is recorded so that unlink_all() can tell
         # namespace "rt" from "rt-demo-1" exactly. Parameters whose bounds exclude zero start inside
         # them, before anyone can see the segment.
-        namespace = BufferStore.namespace()
+        namespace = current_namespace()
         namespace_length = len(namespace) if name.startswith(namespace + "-") else 0
         _core.segment_init(
             memory,
@@ -849,11 +849,27 @@ class Buffer(BaseStructure):
         groups several operations into one atomic transaction across processes
         (and avoids locking repeatedly). It is reentrant.
         """
-        return self._access.transaction()  # type: ignore[no-any-return]
+        return self._access.transaction()
 
     def snapshot(self) -> dict[str, Any]:
         """Every readable parameter's value, read under one lock (for telemetry)."""
-        return self._access.snapshot()  # type: ignore[no-any-return]
+        return self._access.snapshot()
+
+    def pending_writes(self) -> dict[str, Any]:
+        """The parameters written and not yet sent to the device, with their values.
+
+        Unlike :meth:`DeviceBuffer.get_write` (the bridge's), looking does not
+        consume them.
+        """
+        return self._access.pending_writes()
+
+    def __repr__(self) -> str:
+        # Short, and without reading the structure (which needs the lock).
+        access = self.__dict__.get("_access")
+        if access is None:
+            return f"<{type(self).type_name} buffer (not attached)>"
+        state = "closed" if access.closed else "valid" if access.valid else "invalid"
+        return f"<{type(self).type_name} buffer {self._name!r} {state}>"
 
 
 def _check_attrs(type_name: str, cls: type, attrs: Mapping[str, Any]) -> None:
@@ -1018,15 +1034,15 @@ class DeviceBuffer(Buffer):
         Yields a DEV_READ for parameters requested with :meth:`read`, then as
         few DEV_WRITE messages as hold the pending writes.
         """
-        return self._access.emit_dev_rw()  # type: ignore[no-any-return]
+        return self._access.emit_dev_rw()
 
     def emit_dev_data(self) -> Iterator[Message]:
         """Make DEV_DATA messages for recently updated parameters, and clear that set."""
-        return self._access.emit_dev_data()  # type: ignore[no-any-return]
+        return self._access.emit_dev_data()
 
     def emit_subscription(self) -> Iterator[Message]:
         """Make DEV_DATA messages for the subscribed parameters."""
-        return self._access.emit_subscription()  # type: ignore[no-any-return]
+        return self._access.emit_subscription()
 
     def make_sub_req(self, params: Iterable[str] | None = None, interval: float | None = None) -> Message:
         """Make a subscription request.
@@ -1046,19 +1062,19 @@ class DeviceBuffer(Buffer):
 
     def make_sub_res(self) -> Message:
         """Make a subscription response for the parameters subscribed to."""
-        return self._access.make_sub_res()  # type: ignore[no-any-return]
+        return self._access.make_sub_res()
 
     def get_read(self) -> set[str]:
         """The parameters requested for reading; clears the pending read set."""
-        return self._access.get_read()  # type: ignore[no-any-return]
+        return self._access.get_read()
 
     def get_update(self) -> dict[str, Any]:
         """The parameters updated since the last call, with their values; clears that set."""
-        return self._access.get_update()  # type: ignore[no-any-return]
+        return self._access.get_update()
 
     def get_write(self) -> dict[str, Any]:
         """The parameters written since the last call, with their values; clears that set."""
-        return self._access.get_write()  # type: ignore[no-any-return]
+        return self._access.get_write()
 
     @property
     def uid(self) -> int:
@@ -1097,244 +1113,7 @@ Useful for creating a non-null placeholder where a buffer is required.
 """
 
 
-# ---- the store ----------------------------------------------------------------------------------
-
-BufferKey = int | tuple[str, int]
-CATALOG_KEYS = ("device_id", "sub_interval", "write_interval", "heartbeat_interval", "params")
-"""The keys a device type of :meth:`BufferStore.make_catalog` may have."""
-
-
-@dataclasses.dataclass(eq=False)
-class BufferStore(Mapping[BufferKey, Buffer]):
-    """Manage the lifecycle of a collection of buffers.
-
-    Every device type has a unique name and every device an integer UID unique
-    among its type; a ``(type name, UID)`` pair identifies a device globally.
-    For Smart Devices the UID encodes the type, so the UID alone is a key.
-    The store maps keys to the buffers it opened, and closes them all when used
-    as a context manager.
-
-    Args:
-        catalog: Maps unique type names to buffer types (see :meth:`make_catalog`).
-        buffers: Maps ``(type name, UID)`` pairs to open buffers.
-        stack: Closes the buffers.
-        shared: Whether buffers live in shared memory (False: process-local).
-    """
-
-    catalog: Mapping[str, type[Buffer]]
-    buffers: MutableMapping[tuple[str, int], Buffer] = dataclasses.field(default_factory=dict)
-    stack: contextlib.ExitStack[Any] = dataclasses.field(default_factory=contextlib.ExitStack)
-    shared: bool = True
-
-    @functools.cached_property
-    def device_types(self) -> Mapping[int, str]:
-        """Maps each Smart Device ``device_id`` to its type name."""
-        result: dict[int, str] = {}
-        for type_name, buffer_type in self.catalog.items():
-            if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id"):
-                other = result.setdefault(buffer_type.device_id, type_name)
-                if other != type_name:
-                    raise DeviceBufferError(
-                        "two device types share a device_id",
-                        device_id=buffer_type.device_id,
-                        types=(other, type_name),
-                    )
-        return types.MappingProxyType(result)
-
-    def normalize_key(self, key: BufferKey, /) -> tuple[str, int]:
-        """The ``(type name, UID)`` pair for a key; ``KeyError`` for unknown types."""
-        if isinstance(key, tuple):
-            type_name, uid = key
-            if type_name not in self.catalog:
-                raise KeyError(type_name)
-        else:
-            uid = key
-            if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 1 << 88:
-                raise KeyError(key)
-            device_id = uid >> 72
-            if device_id not in self.device_types:
-                raise KeyError(key)
-            type_name = self.device_types[device_id]
-        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
-            raise KeyError(key)
-        return type_name, uid
-
-    def __getitem__(self, key: BufferKey, /) -> Buffer:
-        return self.buffers[self.normalize_key(key)]
-
-    def __iter__(self) -> Iterator[BufferKey]:
-        return iter(self.buffers)
-
-    def __len__(self) -> int:
-        return len(self.buffers)
-
-    def __enter__(self) -> BufferStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close every buffer this store opened (segments stay; see :meth:`unlink_all`)."""
-        self.stack.close()
-        self.buffers.clear()
-
-    @staticmethod
-    def namespace() -> str:
-        """The prefix of this project's segment names (``$RUNTIME_BUFFER_NAMESPACE``, default ``rt``)."""
-        return os.environ.get(NAMESPACE_ENV) or "rt"
-
-    @staticmethod
-    @contextlib.contextmanager
-    def use_namespace(namespace: str | None) -> Iterator[str]:
-        """Name segments under ``namespace`` while inside (child processes inherit it).
-
-        Sets ``$RUNTIME_BUFFER_NAMESPACE`` and restores it on exit; None keeps the
-        current namespace. Yields the namespace in effect.
-        """
-        previous = os.environ.get(NAMESPACE_ENV)
-        if namespace:
-            os.environ[NAMESPACE_ENV] = namespace
-        try:
-            yield BufferStore.namespace()
-        finally:
-            if previous is None:
-                os.environ.pop(NAMESPACE_ENV, None)
-            else:
-                os.environ[NAMESPACE_ENV] = previous
-
-    @classmethod
-    def segment_name(cls, type_name: str, uid: int) -> str:
-        """The shared memory object name of a device's buffer."""
-        return f"{cls.namespace()}-{type_name}-{uid:x}"
-
-    @overload
-    def get_or_open(self, key: int, /, *, create: bool = True) -> DeviceBuffer: ...
-
-    @overload
-    def get_or_open(self, key: tuple[str, int], /, *, create: bool = True) -> Buffer: ...
-
-    def get_or_open(self, key: BufferKey, /, *, create: bool = True) -> Buffer:
-        """Get a buffer, opening a new one if necessary.
-
-        A Smart Device buffer this creates is invalid until its producer (the
-        bridge) serves it: nothing passes for a reading before the device
-        does. Any other buffer it creates is valid at once.
-
-        Raises:
-            KeyError: The device ID or type name does not exist.
-            DeviceBufferError: If ``create=False``, but the buffer does not exist.
-        """
-        type_name, uid = self.normalize_key(key)
-        try:
-            return self.buffers[type_name, uid]
-        except KeyError:
-            pass
-        buffer_type = self.catalog[type_name]
-        name = self.segment_name(type_name, uid)
-        smart = issubclass(buffer_type, DeviceBuffer)
-        buffer = buffer_type.attach(name, create=create, shared=self.shared, valid=not smart)
-        self.stack.push(buffer)  # closes it when the store closes
-        if isinstance(buffer, DeviceBuffer) and buffer._created and uid < 1 << 88:
-            # Recorded before anyone serves it (a new Smart Device buffer is invalid until then).
-            buffer._access.set_meta(uid=DeviceUID.from_int(uid).astuple(), check_valid=False)
-        self.buffers[type_name, uid] = buffer
-        return buffer
-
-    def unlink_all(self) -> list[str]:
-        """Unlink every segment of this project's namespace; return their names.
-
-        Only segments created in exactly this namespace (recorded in their
-        header: ``rt`` is not ``rt-demo-1``) whose header carries this
-        library's magic are touched: nothing else on the machine. FIFOs,
-        devices and symlinks are never opened. A segment that cannot be
-        removed is skipped with a warning on the ``runtime.buffer`` logger.
-        """
-        namespace = self.namespace()
-        removed: list[str] = []
-        try:
-            entries = sorted(os.listdir(SHM_DIR))
-        except FileNotFoundError:
-            return removed
-        for entry in entries:
-            if not entry.startswith(namespace + "-"):
-                continue
-            header = _read_header(os.path.join(SHM_DIR, entry))
-            if header is None or header.namespace_length != len(namespace):
-                continue
-            try:
-                _core.shm_unlink("/" + entry)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                logger.warning("cannot remove segment %s: %s; skipped", entry, exc.strerror)
-                continue
-            removed.append(entry)
-        return removed
-
-    @classmethod
-    def make_catalog(cls, catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buffer]]:
-        """Generate buffer types from the raw peripheral specification.
-
-        The raw peripheral specification maps each type name to::
-
-            {
-                "device_id": <int>,            # For Smart Devices only
-                "sub_interval": <float>,       # Optional
-                "write_interval": <float>,     # Optional
-                "heartbeat_interval": <float>, # Optional
-                "params": [                    # Keyword arguments of ``Parameter``
-                    {"name": <str>, "type": <str>}
-                ]
-            }
-
-        The input is not modified.
-
-        Raises:
-            DeviceBufferError: A type or parameter is malformed (names them),
-                or has a key not in :data:`CATALOG_KEYS`.
-            ValueError: A Smart Device has more than 16 parameters.
-        """
-        result: dict[str, type[Buffer]] = {}
-        for type_name, spec in catalog.items():
-            if not isinstance(spec, Mapping):
-                raise DeviceBufferError("device type must be a mapping", device=type_name)
-            unknown = sorted(str(key) for key in spec if key not in CATALOG_KEYS)
-            if unknown:
-                raise DeviceBufferError(
-                    f"unknown key {unknown[0]!r}; a device type takes {', '.join(CATALOG_KEYS)}",
-                    device=type_name,
-                    key=unknown[0],
-                )
-            attrs = {key: value for key, value in spec.items() if key != "params"}
-            params = [
-                _make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])
-            ]
-            base = DeviceBuffer if "device_id" in attrs else Buffer
-            result[type_name] = base.make_type(type_name, params, **attrs)
-        store = cls(result)
-        store.device_types  # noqa: B018 - refuse duplicate device ids now
-        return result
-
-
-def _make_param(type_name: str, index: int, raw: Any) -> Parameter:
-    if not isinstance(raw, Mapping):
-        raise DeviceBufferError("parameter must be a mapping", device=type_name, index=index)
-    options = dict(raw)
-    name = options.pop("name", None)
-    if name is None:
-        raise DeviceBufferError("parameter has no name", device=type_name, index=index)
-    if "type" not in options:
-        raise DeviceBufferError("parameter has no type", device=type_name, param=name)
-    try:
-        ctype = Parameter.parse_ctype(options.pop("type"))
-    except DeviceBufferError as exc:
-        raise DeviceBufferError(exc.message, device=type_name, param=name, **exc.context) from None
-    param_id = options.pop("id", index)
-    try:
-        return Parameter(name, ctype, param_id, **options)
-    except TypeError as exc:
-        raise DeviceBufferError(f"bad parameter options: {exc}", device=type_name, param=name) from None
+# ---- segments on disk ---------------------------------------------------------------------------
 
 
 def _read_header(path: str) -> _SegmentHeader | None:
@@ -1357,3 +1136,21 @@ def _read_header(path: str) -> _SegmentHeader | None:
     if len(data) < ctypes.sizeof(_SegmentHeader) or not data.startswith(MAGIC):
         return None
     return _SegmentHeader.from_buffer_copy(data)
+
+
+def current_namespace() -> str:
+    """The prefix of segment names in effect: ``$RUNTIME_BUFFER_NAMESPACE``, default ``rt``."""
+    return os.environ.get(NAMESPACE_ENV) or "rt"
+
+
+if TYPE_CHECKING:
+    from .store import BufferStore
+
+
+def __getattr__(name: str) -> Any:
+    # BufferStore lives in runtime.store; the API contract names it runtime.buffer.BufferStore.
+    if name == "BufferStore":
+        from .store import BufferStore
+
+        return BufferStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,394 @@
+"""The buffer store: buffers by device, namespaces of segments, and discovery.
+
+A :class:`BufferStore` opens and closes the buffers of a catalog by key: a
+``(type name, UID)`` pair, or for a Smart Device its UID alone. Segments are
+named ``<namespace>-<type>-<uid hex>``; the namespace comes from
+``$RUNTIME_BUFFER_NAMESPACE`` (default ``rt``), so that several robots, tests or
+demos on one machine never see each other's buffers. :meth:`BufferStore.discover`
+lists the buffers that exist in the namespace, so that code can find its
+devices without knowing their UIDs in advance.
+
+>>> from runtime import catalog
+>>> with BufferStore(catalog.load(), shared=False) as store:
+...     pad = store.get_or_open(("gamepad", 0))
+...     pad.set("button_a", True)
+...     pad.get("button_a")
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import re
+import time
+import types
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, overload
+
+from . import _core
+from .buffer import (
+    NAMESPACE_ENV,
+    SHM_DIR,
+    Buffer,
+    DeviceBuffer,
+    DeviceBufferError,
+    DeviceUID,
+    Parameter,
+    _read_header,
+    current_namespace,
+    logger,
+)
+
+__all__ = ["CATALOG_KEYS", "BufferInfo", "BufferKey", "BufferStore", "namespaces"]
+
+if TYPE_CHECKING:
+    from .device import Device
+
+_HEX_UID = re.compile(r"[0-9a-f]+")
+
+
+BufferKey = int | tuple[str, int]
+CATALOG_KEYS = ("device_id", "sub_interval", "write_interval", "heartbeat_interval", "params")
+"""The keys a device type of :meth:`BufferStore.make_catalog` may have."""
+
+
+@dataclasses.dataclass(eq=False)
+class BufferStore(Mapping[BufferKey, Buffer]):
+    """Manage the lifecycle of a collection of buffers.
+
+    Every device type has a unique name and every device an integer UID unique
+    among its type; a ``(type name, UID)`` pair identifies a device globally.
+    For Smart Devices the UID encodes the type, so the UID alone is a key.
+    The store maps keys to the buffers it opened, and closes them all when used
+    as a context manager.
+
+    Args:
+        catalog: Maps unique type names to buffer types (see :meth:`make_catalog`).
+        buffers: Maps ``(type name, UID)`` pairs to open buffers.
+        stack: Closes the buffers.
+        shared: Whether buffers live in shared memory (False: process-local).
+    """
+
+    catalog: Mapping[str, type[Buffer]]
+    buffers: MutableMapping[tuple[str, int], Buffer] = dataclasses.field(default_factory=dict)
+    stack: contextlib.ExitStack[Any] = dataclasses.field(default_factory=contextlib.ExitStack)
+    shared: bool = True
+
+    @functools.cached_property
+    def device_types(self) -> Mapping[int, str]:
+        """Maps each Smart Device ``device_id`` to its type name."""
+        result: dict[int, str] = {}
+        for type_name, buffer_type in self.catalog.items():
+            if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id"):
+                other = result.setdefault(buffer_type.device_id, type_name)
+                if other != type_name:
+                    raise DeviceBufferError(
+                        "two device types share a device_id",
+                        device_id=buffer_type.device_id,
+                        types=(other, type_name),
+                    )
+        return types.MappingProxyType(result)
+
+    def normalize_key(self, key: BufferKey, /) -> tuple[str, int]:
+        """The ``(type name, UID)`` pair for a key; ``KeyError`` for unknown types."""
+        if isinstance(key, tuple):
+            type_name, uid = key
+            if type_name not in self.catalog:
+                raise KeyError(type_name)
+        else:
+            uid = key
+            if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 1 << 88:
+                raise KeyError(key)
+            device_id = uid >> 72
+            if device_id not in self.device_types:
+                raise KeyError(key)
+            type_name = self.device_types[device_id]
+        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+            raise KeyError(key)
+        return type_name, uid
+
+    def __getitem__(self, key: BufferKey, /) -> Buffer:
+        return self.buffers[self.normalize_key(key)]
+
+    def __iter__(self) -> Iterator[BufferKey]:
+        return iter(self.buffers)
+
+    def __len__(self) -> int:
+        return len(self.buffers)
+
+    def __enter__(self) -> BufferStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every buffer this store opened (segments stay; see :meth:`unlink_all`)."""
+        self.stack.close()
+        self.buffers.clear()
+
+    @staticmethod
+    def namespace() -> str:
+        """The prefix of this project's segment names (``$RUNTIME_BUFFER_NAMESPACE``, default ``rt``)."""
+        return current_namespace()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def use_namespace(namespace: str | None) -> Iterator[str]:
+        """Name segments under ``namespace`` while inside (child processes inherit it).
+
+        Sets ``$RUNTIME_BUFFER_NAMESPACE`` and restores it on exit; None keeps the
+        current namespace. Yields the namespace in effect.
+        """
+        previous = os.environ.get(NAMESPACE_ENV)
+        if namespace:
+            os.environ[NAMESPACE_ENV] = namespace
+        try:
+            yield BufferStore.namespace()
+        finally:
+            if previous is None:
+                os.environ.pop(NAMESPACE_ENV, None)
+            else:
+                os.environ[NAMESPACE_ENV] = previous
+
+    @classmethod
+    def segment_name(cls, type_name: str, uid: int) -> str:
+        """The shared memory object name of a device's buffer."""
+        return f"{cls.namespace()}-{type_name}-{uid:x}"
+
+    @overload
+    def get_or_open(self, key: int, /, *, create: bool = True) -> DeviceBuffer: ...
+
+    @overload
+    def get_or_open(self, key: tuple[str, int], /, *, create: bool = True) -> Buffer: ...
+
+    def get_or_open(self, key: BufferKey, /, *, create: bool = True) -> Buffer:
+        """Get a buffer, opening a new one if necessary.
+
+        A Smart Device buffer this creates is invalid until its producer (the
+        bridge) serves it: nothing passes for a reading before the device
+        does. Any other buffer it creates is valid at once.
+
+        Raises:
+            KeyError: The device ID or type name does not exist.
+            DeviceBufferError: If ``create=False``, but the buffer does not exist.
+        """
+        type_name, uid = self.normalize_key(key)
+        try:
+            return self.buffers[type_name, uid]
+        except KeyError:
+            pass
+        buffer_type = self.catalog[type_name]
+        name = self.segment_name(type_name, uid)
+        smart = issubclass(buffer_type, DeviceBuffer)
+        buffer = buffer_type.attach(name, create=create, shared=self.shared, valid=not smart)
+        self.stack.push(buffer)  # closes it when the store closes
+        if isinstance(buffer, DeviceBuffer) and buffer._created and uid < 1 << 88:
+            # Recorded before anyone serves it (a new Smart Device buffer is invalid until then).
+            buffer._access.set_meta(uid=DeviceUID.from_int(uid).astuple(), check_valid=False)
+        self.buffers[type_name, uid] = buffer
+        return buffer
+
+    def find_segments(self) -> list[tuple[str, int, str]]:
+        """The segments of this store's catalog types in the namespace: ``(type, uid, name)``, sorted.
+
+        A name counts only when :meth:`segment_name` gives it back exactly, so
+        segments of other namespaces or programs are never picked up.
+        """
+        prefix = self.namespace() + "-"
+        names = sorted(self.catalog, key=len, reverse=True)  # "servo-motor" before "servo"
+        try:
+            entries = os.listdir(SHM_DIR)
+        except FileNotFoundError:
+            return []
+        found: list[tuple[str, int, str]] = []
+        for entry in entries:
+            if not entry.startswith(prefix):
+                continue
+            rest = entry[len(prefix) :]
+            for type_name in names:
+                hex_uid = rest[len(type_name) + 1 :]
+                if rest.startswith(type_name + "-") and _HEX_UID.fullmatch(hex_uid):
+                    if f"{prefix}{type_name}-{int(hex_uid, 16):x}" == entry:
+                        found.append((type_name, int(hex_uid, 16), entry))
+                        break
+        return sorted(found)
+
+    def discover(self) -> list[BufferInfo]:
+        """What buffers exist in the namespace, for code that looks for its devices.
+
+        Each buffer of a catalog type is attached (never created) and closed
+        again; one that cannot be opened (made by another catalog, or not
+        this user's) is listed with ``error`` set. Sorted by type and UID.
+
+        Example::
+
+            with BufferStore(catalog.load()) as store:
+                motors = [info for info in store.discover() if info.type_name == "yogi-bear" and info.valid]
+        """
+        found: list[BufferInfo] = []
+        for type_name, uid, name in self.find_segments():
+            buffer_type = self.catalog[type_name]
+            try:
+                buffer = buffer_type.attach(name, create=False, shared=self.shared)
+            except DeviceBufferError as exc:
+                found.append(BufferInfo(type_name, uid, name, False, None, None, exc.message))
+                continue
+            with buffer:
+                last_update = None
+                if isinstance(buffer, DeviceBuffer) and buffer.valid:
+                    with contextlib.suppress(DeviceBufferError):
+                        last_update = buffer.last_update or None
+                found.append(BufferInfo(type_name, uid, name, buffer.valid, buffer.producer_pid, last_update))
+        return found
+
+    def device(self, key: BufferKey, /) -> Device:
+        """The student-facing handle of a device's buffer (see :class:`runtime.device.Device`).
+
+        Opens the buffer like :meth:`get_or_open` (creating it if needed: a
+        Smart Device's stays invalid until the bridge serves it).
+        """
+        from .device import Device
+
+        buffer = self.get_or_open(key)
+        return Device(buffer, self.normalize_key(key)[1])
+
+    def unlink_all(self) -> list[str]:
+        """Unlink every segment of this project's namespace; return their names.
+
+        Only segments created in exactly this namespace (recorded in their
+        header: ``rt`` is not ``rt-demo-1``) whose header carries this
+        library's magic are touched: nothing else on the machine. FIFOs,
+        devices and symlinks are never opened. A segment that cannot be
+        removed is skipped with a warning on the ``runtime.buffer`` logger.
+        """
+        namespace = self.namespace()
+        removed: list[str] = []
+        try:
+            entries = sorted(os.listdir(SHM_DIR))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if not entry.startswith(namespace + "-"):
+                continue
+            header = _read_header(os.path.join(SHM_DIR, entry))
+            if header is None or header.namespace_length != len(namespace):
+                continue
+            try:
+                _core.shm_unlink("/" + entry)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning("cannot remove segment %s: %s; skipped", entry, exc.strerror)
+                continue
+            removed.append(entry)
+        return removed
+
+    @classmethod
+    def make_catalog(cls, catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buffer]]:
+        """Generate buffer types from the raw peripheral specification.
+
+        The raw peripheral specification maps each type name to::
+
+            {
+                "device_id": <int>,            # For Smart Devices only
+                "sub_interval": <float>,       # Optional
+                "write_interval": <float>,     # Optional
+                "heartbeat_interval": <float>, # Optional
+                "params": [                    # Keyword arguments of ``Parameter``
+                    {"name": <str>, "type": <str>}
+                ]
+            }
+
+        The input is not modified.
+
+        Raises:
+            DeviceBufferError: A type or parameter is malformed (names them),
+                or has a key not in :data:`CATALOG_KEYS`.
+            ValueError: A Smart Device has more than 16 parameters.
+        """
+        result: dict[str, type[Buffer]] = {}
+        for type_name, spec in catalog.items():
+            if not isinstance(spec, Mapping):
+                raise DeviceBufferError("device type must be a mapping", device=type_name)
+            unknown = sorted(str(key) for key in spec if key not in CATALOG_KEYS)
+            if unknown:
+                raise DeviceBufferError(
+                    f"unknown key {unknown[0]!r}; a device type takes {', '.join(CATALOG_KEYS)}",
+                    device=type_name,
+                    key=unknown[0],
+                )
+            attrs = {key: value for key, value in spec.items() if key != "params"}
+            params = [
+                _make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])
+            ]
+            base = DeviceBuffer if "device_id" in attrs else Buffer
+            result[type_name] = base.make_type(type_name, params, **attrs)
+        store = cls(result)
+        store.device_types  # noqa: B018 - refuse duplicate device ids now
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferInfo:
+    """One buffer found by :meth:`BufferStore.discover`."""
+
+    type_name: str
+    uid: int
+    name: str
+    """The segment's name in /dev/shm."""
+    valid: bool
+    producer_pid: int | None
+    """The live process serving it (the bridge, for Smart Devices), or None."""
+    last_update: float | None
+    """:func:`time.time` of the last update from the device (Smart Devices), None if none yet."""
+    error: str | None = None
+    """Why the buffer could not be opened (then ``valid`` is False)."""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The store key of the buffer."""
+        return self.type_name, self.uid
+
+    def age(self, now: float | None = None) -> float | None:
+        """Seconds since the last update, or None."""
+        if self.last_update is None:
+            return None
+        return (time.time() if now is None else now) - self.last_update
+
+
+def namespaces() -> list[str]:
+    """The namespaces that have segments of this library in /dev/shm (readable by this user), sorted."""
+    found: set[str] = set()
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        header = _read_header(os.path.join(SHM_DIR, entry))
+        if header is not None and 0 < header.namespace_length < len(entry):
+            found.add(entry[: header.namespace_length])
+    return sorted(found)
+
+
+def _make_param(type_name: str, index: int, raw: Any) -> Parameter:
+    if not isinstance(raw, Mapping):
+        raise DeviceBufferError("parameter must be a mapping", device=type_name, index=index)
+    options = dict(raw)
+    name = options.pop("name", None)
+    if name is None:
+        raise DeviceBufferError("parameter has no name", device=type_name, index=index)
+    if "type" not in options:
+        raise DeviceBufferError("parameter has no type", device=type_name, param=name)
+    try:
+        ctype = Parameter.parse_ctype(options.pop("type"))
+    except DeviceBufferError as exc:
+        raise DeviceBufferError(exc.message, device=type_name, param=name, **exc.context) from None
+    param_id = options.pop("id", index)
+    try:
+        return Parameter(name, ctype, param_id, **options)
+    except TypeError as exc:
+        raise DeviceBufferError(f"bad parameter options: {exc}", device=type_name, param=name) from None
