@@ -1307,7 +1307,7 @@ def test_pointer_types_are_refused(ctype: Any) -> None:
     ids=["open", "lock_timeout", "colour", "case"],
 )
 def test_make_catalog_refuses_unknown_keys(spec: dict[str, Any]) -> None:
-    from runtime.buffer import CATALOG_KEYS, BufferStore
+    from runtime.store import CATALOG_KEYS, BufferStore
 
     with pytest.raises(DeviceBufferError, match="unknown key") as caught:
         BufferStore.make_catalog({"thing": spec})
