@@ -1647,7 +1647,8 @@ BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
     if (self->closed) {
         return buffer_error(self, "buffer is closed", NULL);
     }
-    if (!serving(self)) {
+    uint32_t caller = (uint32_t)syscall(SYS_gettid);
+    if (!serving(self) || self->serve_tid != caller) {  /* a role held by another thread is not ours */
         int recovered;
         int rc = rt_mutex_lock(self->producer, RT_SERVE_WAIT, &recovered);
         if (rc == ETIMEDOUT || rc == EBUSY || rc == EDEADLK) {
@@ -1666,7 +1667,7 @@ BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
         self->header->producer_pid = (uint32_t)getpid();
         self->serving = 1;
         self->serve_generation = rt_fork_generation;
-        self->serve_tid = (uint32_t)syscall(SYS_gettid);
+        self->serve_tid = caller;
         __atomic_store_n(&self->header->valid, RT_SERVED, __ATOMIC_RELEASE);
         if (recovered) {
             return PyLong_FromUnsignedLong(previous);

@@ -313,9 +313,34 @@ def test_a_producer_thread_that_ends_invalidates_its_buffer(shm_name: Callable[[
         thread = threading.Thread(target=producer.serve)
         thread.start()
         thread.join(10)
-        assert not buffer.valid  # the role was the thread's: it ended with it
+        # The role was the thread's: it ends with it (join() may return just before the thread is gone).
+        deadline = time.monotonic() + 10
+        while buffer.valid and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert not buffer.valid
         producer.serve()  # taken over by this thread
-        assert buffer.valid
+        assert buffer.valid and producer.serving
+
+
+def test_serving_from_another_thread_while_the_first_holds_the_role_is_refused(
+    shm_name: Callable[[str], str],
+) -> None:
+    name = shm_name()
+    with Gadget.open(name) as producer:
+        producer.serve()
+        errors: list[BaseException] = []
+
+        def serve_again() -> None:
+            try:
+                producer.serve()
+            except DeviceBufferError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=serve_again)
+        thread.start()
+        thread.join(10)
+        assert len(errors) == 1 and "another producer" in str(errors[0])
+        assert producer.serving and producer.valid
 
 
 def test_process_local_buffer_is_valid_while_open() -> None:
