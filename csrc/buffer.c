@@ -26,6 +26,8 @@
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,7 +37,8 @@
 #define RT_VALID_OFFSET 24
 #define RT_MUTEX_OFFSET RT_HEADER_SIZE
 #define RT_PRODUCER_OFFSET (RT_MUTEX_OFFSET + 64)
-#define RT_DATA_OFFSET (RT_PRODUCER_OFFSET + 64)
+#define RT_NOTIFY_OFFSET (RT_PRODUCER_OFFSET + 64)
+#define RT_DATA_OFFSET (RT_NOTIFY_OFFSET + 64)
 #define RT_INVALID 0u
 #define RT_VALID 1u
 #define RT_SERVED 2u
@@ -73,6 +76,22 @@ typedef struct {
     uint32_t producer_pid; /* the process that last served the buffer */
     uint32_t namespace_length;  /* the name starts with a namespace this long, then '-' (0: none) */
 } rt_header;
+
+/* Change notification (the segment's fourth cache line). A writer bumps the
+ * sequence word of the block it changed while it holds the lock; after
+ * releasing the lock it makes the futex wake call only when someone sleeps
+ * on that word (waiters != 0), so nobody pays a system call while nobody
+ * waits. Validity changes bump both words. */
+typedef struct {
+    uint32_t seq[2];      /* RT_UPDATE_BLOCK, RT_WRITE_BLOCK */
+    uint32_t waiters[2];  /* threads sleeping on each word (a hint for writers) */
+    uint32_t reserved[12];
+} rt_notify;
+
+#define RT_UPDATE_BLOCK 0
+#define RT_WRITE_BLOCK 1
+#define RT_BOTH_BLOCKS 3
+_Static_assert(sizeof(rt_notify) == 64, "notify line size");
 
 #define RT_SEGMENT_READY 1u
 #define RT_FINGERPRINT_SIZE 16
@@ -129,6 +148,7 @@ typedef struct {
     int closed;
     rt_mutex_t *mutex;
     rt_mutex_t *producer;   /* held by the serving producer */
+    rt_notify *notify;
     rt_header *header;
     uint8_t *data;          /* the structure */
     uint8_t *undo;          /* its copy from the start of the outermost transaction */
@@ -144,6 +164,8 @@ typedef struct {
     int serving;                     /* this object holds the producer lock */
     unsigned long serve_generation;  /* rt_fork_generation when it took it */
     uint32_t serve_tid;              /* the thread that took it */
+    uint32_t seen[2];                /* the sequence words when wait_* last returned (or at open) */
+    int wake_pending;                /* blocks changed under the lock: wake their waiters after release */
 } rt_BufferAccess;
 
 static PyTypeObject rt_BufferSpecType;
@@ -313,10 +335,62 @@ acquire(rt_BufferAccess *acc, int need_valid)
     return acquire_within(acc, need_valid, acc->timeout);
 }
 
+/* ---- change notification ------------------------------------------------ */
+
+static long
+futex_wake_all(uint32_t *word)
+{
+    return syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* A block changed (the lock is held): bump its sequence word, and remember
+ * to wake its waiters once the lock is released. */
+static inline void
+changed(rt_BufferAccess *acc, int block)
+{
+    uint32_t *word = &acc->notify->seq[block];
+    __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+    acc->wake_pending |= 1 << block;
+}
+
+/* After the lock is released: wake whoever sleeps on the words bumped. The
+ * unlock was a full barrier on x86 (a locked exchange): the bump is visible
+ * before `waiters` is read, so a waiter that registered too late for this
+ * check sees the new sequence value instead of sleeping (see wait_changes). */
+static __attribute__((noinline)) void
+wake_waiters(rt_BufferAccess *acc)
+{
+    int pending = acc->wake_pending;
+    acc->wake_pending = 0;
+#if !defined(__x86_64__) && !defined(__i386__)
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+    for (int block = 0; block < 2; block++) {
+        if ((pending & (1 << block)) && __atomic_load_n(&acc->notify->waiters[block], __ATOMIC_RELAXED)) {
+            futex_wake_all(&acc->notify->seq[block]);
+        }
+    }
+}
+
+/* Validity changed (no lock needed): wake every waiter of both blocks. */
+static void
+validity_changed(rt_BufferAccess *acc)
+{
+    for (int block = 0; block < 2; block++) {
+        __atomic_fetch_add(&acc->notify->seq[block], 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&acc->notify->waiters[block], __ATOMIC_SEQ_CST)) {
+            futex_wake_all(&acc->notify->seq[block]);
+        }
+    }
+}
+
 static inline void
 release(rt_BufferAccess *acc)
 {
     rt_mutex_unlock(acc->mutex);
+    if (acc->wake_pending && acc->held == 0) {
+        wake_waiters(acc);
+    }
 }
 
 /* ---- parameter lookup and conversion ------------------------------------ */
@@ -758,6 +832,9 @@ BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
     self->spec = s;
     self->mutex = (rt_mutex_t *)(base + RT_MUTEX_OFFSET);
     self->producer = (rt_mutex_t *)(base + RT_PRODUCER_OFFSET);
+    self->notify = (rt_notify *)(base + RT_NOTIFY_OFFSET);
+    self->seen[0] = __atomic_load_n(&self->notify->seq[0], __ATOMIC_ACQUIRE);
+    self->seen[1] = __atomic_load_n(&self->notify->seq[1], __ATOMIC_ACQUIRE);
     self->header = (rt_header *)base;
     self->data = base + RT_DATA_OFFSET;
     self->undo = base + undo_offset(s->struct_size);
@@ -813,6 +890,7 @@ BufferAccess_dealloc(rt_BufferAccess *self)
     if (self->has_view) {
         if (serving(self)) {  /* dropped without close(): still stop serving */
             __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
+            validity_changed(self);
             rt_mutex_unlock(self->producer);
         }
         PyBuffer_Release(&self->view);
@@ -882,10 +960,12 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
     if (to_write_block) {
         memcpy(self->write + p->offset, src, (size_t)p->size);
         self->meta->written |= 1ULL << p->id;
+        changed(self, RT_WRITE_BLOCK);
     }
     else {
         memcpy(self->update + p->offset, src, (size_t)p->size);
         self->meta->updated |= 1ULL << p->id;
+        changed(self, RT_UPDATE_BLOCK);
     }
     release(self);
     Py_XDECREF(raw);
@@ -1252,11 +1332,13 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
         rt_copy_values(msg, layout, self->update);
         meta->updated |= (uint64_t)params;
         meta->last_update = now;
+        changed(self, RT_UPDATE_BLOCK);
         break;
     case RT_DEV_WRITE:
         rt_copy_values(msg, layout, self->write);
         meta->written |= (uint64_t)params;
         meta->last_write = now;
+        changed(self, RT_WRITE_BLOCK);
         break;
     case RT_DEV_READ:
         meta->read |= payload_u16(msg, 0) & self->spec->readable;
@@ -1544,6 +1626,424 @@ BufferAccess_make_sub_res(rt_BufferAccess *self, PyObject *unused)
     return (PyObject *)msg;
 }
 
+/* ---- BufferAccess: waiting for changes ---------------------------------- */
+
+/* futex_waitv (Linux 5.16+) sleeps on several words at once: the sequence
+ * words of the buffers watched, their producer locks (the kernel wakes a
+ * waiter of a robust lock whose owner dies), and a process-local control word. */
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+#define RT_FUTEX2_SIZE_U32 0x02
+#define RT_FUTEX2_PRIVATE 128
+#define RT_MAX_WATCHED 63  /* two words each, plus the control word: futex_waitv takes 128 */
+#define RT_FALLBACK_SLICE 0.05  /* seconds between looks where futex_waitv is missing */
+
+struct rt_futex_waitv {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
+typedef struct {
+    rt_BufferAccess *acc;
+    int block;
+    int was_live;  /* live when the wait began: then turning invalid makes it ready */
+} rt_watch;
+
+static int rt_have_waitv = 1;  /* cleared at the first ENOSYS */
+
+/* Arrange to be woken if the producer of a served buffer dies: set the
+ * waiters bit of its robust lock (the kernel then wakes a sleeper when the
+ * owner dies; glibc wakes one when it unlocks). Returns 1 with the value to
+ * sleep on, 0 when there is nothing to watch (not served, no producer alive,
+ * or a C library whose lock word cannot be read). */
+static int
+watch_producer(rt_BufferAccess *acc, uint32_t *value)
+{
+    if (!rt_lockword_has_owner || __atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE) != RT_SERVED) {
+        return 0;
+    }
+    uint32_t *word = (uint32_t *)(void *)&acc->producer->m.mutex;
+    uint32_t old = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    for (int attempt = 0; attempt < 16; attempt++) {
+        if ((old & RT_FUTEX_TID_MASK) == 0) {
+            return 0;
+        }
+        if (old & FUTEX_WAITERS) {
+            *value = old;
+            return 1;
+        }
+        if (__atomic_compare_exchange_n(word, &old, old | FUTEX_WAITERS, 0, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE)) {
+            *value = old | FUTEX_WAITERS;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Whether a watched entry is ready: closed, changed since seen (validity
+ * changes count), or invalid while it was live when the wait began (a dead
+ * producer changes no sequence word). */
+static inline int
+entry_ready(const rt_watch *w)
+{
+    rt_BufferAccess *acc = w->acc;
+    return acc->closed || __atomic_load_n(&acc->notify->seq[w->block], __ATOMIC_ACQUIRE) != acc->seen[w->block]
+           || (w->was_live && !is_live(acc));
+}
+
+static void
+deadline_after(double timeout, struct timespec *deadline)
+{
+    clock_gettime(CLOCK_MONOTONIC, deadline);
+    double whole = (double)(time_t)timeout;
+    deadline->tv_sec += (time_t)timeout;
+    deadline->tv_nsec += (long)((timeout - whole) * 1e9);
+    if (deadline->tv_nsec >= 1000000000L) {
+        deadline->tv_sec += 1;
+        deadline->tv_nsec -= 1000000000L;
+    }
+}
+
+static int
+past(const struct timespec *deadline)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+/* Sleep until an entry is ready, the control word differs from
+ * `control_value`, or `timeout` seconds pass (< 0: no limit). Returns 1 when
+ * an entry is ready, 0 otherwise, -1 with an exception (a signal handler
+ * raised). The GIL is released while sleeping; the memory of every entry
+ * stays mapped meanwhile (counted in `users`, which close() respects). */
+static int
+wait_entries(rt_watch *watched, int n, uint32_t *control, uint32_t control_value, double timeout)
+{
+    struct timespec deadline;
+    if (timeout >= 0) {
+        deadline_after(timeout, &deadline);
+    }
+    for (int i = 0; i < n; i++) {
+        watched[i].acc->users++;
+    }
+    int result = 0;
+    for (;;) {
+        int ready = 0;
+        for (int i = 0; i < n && !ready; i++) {
+            ready = entry_ready(&watched[i]);
+        }
+        if (ready) {
+            result = 1;
+            break;
+        }
+        if (control != NULL && __atomic_load_n(control, __ATOMIC_ACQUIRE) != control_value) {
+            break;
+        }
+        if (timeout >= 0 && past(&deadline)) {
+            break;
+        }
+        /* Register, then look again: a writer that bumped the word before
+         * seeing us registered is caught by this second look. */
+        struct rt_futex_waitv waits[2 * RT_MAX_WATCHED + 1];
+        int count = 0, producers_from = 0;
+        for (int i = 0; i < n; i++) {
+            rt_BufferAccess *acc = watched[i].acc;
+            __atomic_fetch_add(&acc->notify->waiters[watched[i].block], 1, __ATOMIC_SEQ_CST);
+            ready = ready || entry_ready(&watched[i]);
+            waits[count++] = (struct rt_futex_waitv){acc->seen[watched[i].block],
+                                                     (uint64_t)(uintptr_t)&acc->notify->seq[watched[i].block],
+                                                     RT_FUTEX2_SIZE_U32, 0};
+        }
+        producers_from = count;
+        for (int i = 0; i < n; i++) {
+            uint32_t value;
+            if (watch_producer(watched[i].acc, &value)) {
+                waits[count++] = (struct rt_futex_waitv){
+                    value, (uint64_t)(uintptr_t)&watched[i].acc->producer->m.mutex, RT_FUTEX2_SIZE_U32, 0};
+            }
+        }
+        if (control != NULL) {
+            waits[count++] = (struct rt_futex_waitv){control_value, (uint64_t)(uintptr_t)control,
+                                                     RT_FUTEX2_SIZE_U32 | RT_FUTEX2_PRIVATE, 0};
+        }
+        long rc = 0;
+        int err = 0;
+        if (!ready) {
+            Py_BEGIN_ALLOW_THREADS
+            if (rt_have_waitv) {
+                rc = syscall(SYS_futex_waitv, waits, count, 0, timeout >= 0 ? &deadline : NULL, CLOCK_MONOTONIC);
+                err = rc < 0 ? errno : 0;
+                if (err == ENOSYS) {
+                    rt_have_waitv = 0;
+                }
+            }
+            if (!rt_have_waitv) {  /* an old kernel: sleep on the first word in short slices */
+                struct timespec slice = {0, (long)(RT_FALLBACK_SLICE * 1e9)};
+                rc = syscall(SYS_futex, (uint32_t *)(uintptr_t)waits[0].uaddr, FUTEX_WAIT, (uint32_t)waits[0].val,
+                             &slice, NULL, 0);
+                err = rc < 0 ? errno : 0;
+                rc = -1;
+            }
+            Py_END_ALLOW_THREADS
+        }
+        for (int i = 0; i < n; i++) {
+            __atomic_fetch_sub(&watched[i].acc->notify->waiters[watched[i].block], 1, __ATOMIC_SEQ_CST);
+        }
+        int producers_to = control != NULL ? count - 1 : count;
+        if (rc >= producers_from && rc < producers_to) {
+            /* Woken on a producer lock (its owner died or let go): the kernel or
+             * glibc woke one sleeper; pass it on to the others. */
+            futex_wake_all((uint32_t *)(uintptr_t)waits[rc].uaddr);
+        }
+        if (err == EINTR && PyErr_CheckSignals() < 0) {
+            result = -1;
+            break;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        rt_BufferAccess *acc = watched[i].acc;
+        acc->users--;
+        release_view_if_unused(acc);
+    }
+    return result;
+}
+
+static int
+parse_wait_timeout(PyObject *obj, double *timeout)
+{
+    if (obj == NULL || obj == Py_None) {
+        *timeout = -1.0;
+        return 0;
+    }
+    double value = PyFloat_AsDouble(obj);
+    if (value == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!(value >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be None or a nonnegative number of seconds");
+        return -1;
+    }
+    *timeout = value > 1e9 ? -1.0 : value;
+    return 0;
+}
+
+static int
+parse_block(PyObject *obj, int *block)
+{
+    long value = PyLong_AsLong(obj);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (value != RT_UPDATE_BLOCK && value != RT_WRITE_BLOCK) {
+        PyErr_SetString(PyExc_ValueError, "block must be 0 (update) or 1 (write)");
+        return -1;
+    }
+    *block = (int)value;
+    return 0;
+}
+
+/* The outcome for one entry found ready: 1 changed (now seen), or -1 with
+ * DeviceBufferError (closed or invalid). */
+static int
+take_change(rt_BufferAccess *acc, int block)
+{
+    if (acc->closed) {
+        buffer_error(acc, "buffer is closed", NULL);
+        return -1;
+    }
+    if (!is_live(acc)) {
+        return invalid_error(acc);
+    }
+    acc->seen[block] = __atomic_load_n(&acc->notify->seq[block], __ATOMIC_ACQUIRE);
+    return 1;
+}
+
+/* wait(block, timeout=None) -> bool */
+static PyObject *
+BufferAccess_wait(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int block;
+    double timeout;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "wait(block, timeout=None)");
+        return NULL;
+    }
+    if (parse_block(args[0], &block) < 0 || parse_wait_timeout(nargs > 1 ? args[1] : NULL, &timeout) < 0) {
+        return NULL;
+    }
+    if (self->closed) {
+        return buffer_error(self, "buffer is closed", NULL);
+    }
+    if (!is_live(self)) {
+        invalid_error(self);
+        return NULL;
+    }
+    Py_INCREF(self);  /* kept alive across the sleep */
+    rt_watch watched = {self, block, 1};
+    int rc = wait_entries(&watched, 1, NULL, 0, timeout);
+    PyObject *result = NULL;
+    if (rc == 1) {
+        result = take_change(self, block) < 0 ? NULL : Py_NewRef(Py_True);
+    }
+    else if (rc == 0) {
+        /* timed out: still refuse a buffer that turned invalid meanwhile */
+        result = (self->closed || !is_live(self)) ? (take_change(self, block), NULL) : Py_NewRef(Py_False);
+    }
+    Py_DECREF(self);
+    return result;
+}
+
+/* take_change(block) -> bool: whether the block changed since last seen (then seen now);
+ * raises for a closed or invalid buffer. Never blocks. */
+static PyObject *
+BufferAccess_take_change(rt_BufferAccess *self, PyObject *arg)
+{
+    int block;
+    if (parse_block(arg, &block) < 0) {
+        return NULL;
+    }
+    rt_watch watched = {self, block, 1};
+    if (!entry_ready(&watched)) {
+        Py_RETURN_FALSE;
+    }
+    return take_change(self, block) < 0 ? NULL : Py_NewRef(Py_True);
+}
+
+/* see_now(block) -> bool: mark the block's current state seen; whether it had
+ * changed. Never raises for validity (wait_any's callers look at valid). */
+static PyObject *
+BufferAccess_see_now(rt_BufferAccess *self, PyObject *arg)
+{
+    int block;
+    if (parse_block(arg, &block) < 0) {
+        return NULL;
+    }
+    if (self->closed) {
+        Py_RETURN_FALSE;
+    }
+    uint32_t now = __atomic_load_n(&self->notify->seq[block], __ATOMIC_ACQUIRE);
+    int differed = now != self->seen[block];
+    self->seen[block] = now;
+    return PyBool_FromLong(differed);
+}
+
+/* ---- WakeWord: a process-local word to interrupt a wait_any ---------------- */
+
+typedef struct {
+    PyObject_HEAD
+    uint32_t word;
+} rt_WakeWord;
+
+static PyObject *
+WakeWord_wake(rt_WakeWord *self, PyObject *unused)
+{
+    __atomic_fetch_add(&self->word, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &self->word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+WakeWord_get_value(rt_WakeWord *self, void *closure)
+{
+    return PyLong_FromUnsignedLong(__atomic_load_n(&self->word, __ATOMIC_ACQUIRE));
+}
+
+static PyMethodDef WakeWord_methods[] = {
+    {"wake", (PyCFunction)WakeWord_wake, METH_NOARGS, "Interrupt the wait_any calls watching this word."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef WakeWord_getset[] = {
+    {"value", (getter)WakeWord_get_value, NULL, "The word's current value.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject rt_WakeWordType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._core.WakeWord",
+    .tp_basicsize = sizeof(rt_WakeWord),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "WakeWord()\n\nA process-local word: wake() interrupts the wait_any calls given it as control.",
+    .tp_methods = WakeWord_methods,
+    .tp_getset = WakeWord_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* wait_any(entries, timeout=None, control=None, control_value=0) -> list[int]:
+ * sleep until one of the (BufferAccess, block) entries changed or turned
+ * invalid or closed, `control` (a WakeWord) no longer holds `control_value`,
+ * or the timeout passes; return the indices of the ready entries ([] when
+ * none). Changes are not taken: see take_change(). */
+static PyObject *
+core_wait_any(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"entries", "timeout", "control", "control_value", NULL};
+    PyObject *entries, *timeout_obj = Py_None, *control = Py_None;
+    unsigned int control_value = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOI:wait_any", kwlist, &entries, &timeout_obj, &control,
+                                     &control_value)) {
+        return NULL;
+    }
+    double timeout;
+    if (parse_wait_timeout(timeout_obj, &timeout) < 0) {
+        return NULL;
+    }
+    if (control != Py_None && !PyObject_TypeCheck(control, &rt_WakeWordType)) {
+        PyErr_SetString(PyExc_TypeError, "control must be a WakeWord or None");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(entries, "entries must be a sequence of (BufferAccess, block)");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > RT_MAX_WATCHED) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "wait_any watches at most %d entries at once, not %zd", RT_MAX_WATCHED, n);
+        return NULL;
+    }
+    rt_watch watched[RT_MAX_WATCHED];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *entry = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *acc;
+        PyObject *block_obj;
+        if (!PyArg_ParseTuple(entry, "O!O:wait_any entry", &rt_BufferAccessType, &acc, &block_obj)
+            || parse_block(block_obj, &watched[i].block) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        watched[i].acc = (rt_BufferAccess *)acc;
+        watched[i].was_live = !watched[i].acc->closed && is_live(watched[i].acc);
+        if (watched[i].acc->closed) {
+            Py_DECREF(seq);
+            return buffer_error(watched[i].acc, "buffer is closed", NULL);
+        }
+    }
+    Py_INCREF(control);
+    int rc = wait_entries(watched, (int)n, control == Py_None ? NULL : &((rt_WakeWord *)control)->word,
+                          control_value, timeout);
+    Py_DECREF(control);
+    PyObject *result = NULL;
+    if (rc >= 0) {
+        result = PyList_New(0);
+        for (Py_ssize_t i = 0; result != NULL && rc == 1 && i < n; i++) {
+            if (entry_ready(&watched[i])) {
+                PyObject *index = PyLong_FromSsize_t(i);
+                if (index == NULL || PyList_Append(result, index) < 0) {
+                    Py_CLEAR(result);
+                }
+                Py_XDECREF(index);
+            }
+        }
+    }
+    Py_DECREF(seq);  /* the entries (and their BufferAccess objects) were alive throughout */
+    return result;
+}
+
 /* ---- BufferAccess: metadata --------------------------------------------- */
 
 static PyObject *
@@ -1636,6 +2136,7 @@ BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
         return -1;
     }
     __atomic_store_n(&self->header->valid, state, __ATOMIC_RELEASE);
+    validity_changed(self);
     return 0;
 }
 
@@ -1669,6 +2170,7 @@ BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
         self->serve_generation = rt_fork_generation;
         self->serve_tid = caller;
         __atomic_store_n(&self->header->valid, RT_SERVED, __ATOMIC_RELEASE);
+        validity_changed(self);
         if (recovered) {
             return PyLong_FromUnsignedLong(previous);
         }
@@ -1690,6 +2192,7 @@ BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused)
     self->serving = 0;
     if (self->has_view) {
         __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
+        validity_changed(self);
         int rc = rt_mutex_unlock(self->producer);
         if (rc != 0) {
             rt_raise(rt_DeviceBufferError, "stop serving from the thread that started serving (the buffer is "
@@ -1771,6 +2274,12 @@ static PyMethodDef BufferAccess_methods[] = {
      "mask(names, required) -> bitmap of the named parameters (required: 1 readable, 2 writeable)."},
     {"names", (PyCFunction)BufferAccess_names, METH_O, "names(bitmap) -> set of parameter names."},
     {"close", (PyCFunction)BufferAccess_close, METH_NOARGS, "Stop using the memory; later calls raise."},
+    {"wait", (PyCFunction)(void (*)(void))BufferAccess_wait, METH_FASTCALL,
+     "wait(block, timeout=None) -> bool: sleep until the block (0 update, 1 write) changes."},
+    {"take_change", (PyCFunction)BufferAccess_take_change, METH_O,
+     "take_change(block) -> bool: whether the block changed since last seen (then seen now)."},
+    {"see_now", (PyCFunction)BufferAccess_see_now, METH_O,
+     "see_now(block) -> bool: mark the block seen as it is now; whether it had changed."},
     {"serve", (PyCFunction)BufferAccess_serve, METH_NOARGS,
      "Become the producer and mark the buffer valid; returns the pid of a dead producer taken over, or None."},
     {"stop_serving", (PyCFunction)BufferAccess_stop_serving, METH_NOARGS,
@@ -1923,6 +2432,9 @@ core_segment_size(PyObject *self, PyObject *arg)
 }
 
 static PyMethodDef buffer_functions[] = {
+    {"wait_any", (PyCFunction)(void (*)(void))core_wait_any, METH_VARARGS | METH_KEYWORDS,
+     "wait_any(entries, timeout=None, control=None, control_value=0) -> list[int]: sleep until one of the "
+     "(BufferAccess, block) entries changes, turns invalid or is closed; the indices of those ready."},
     {"segment_size", core_segment_size, METH_O,
      "segment_size(struct_size) -> bytes of a segment: header, mutex, structure and its undo copy."},
     {"segment_init", core_segment_init, METH_VARARGS,
@@ -1937,7 +2449,10 @@ static PyMethodDef buffer_functions[] = {
 int
 rt_buffer_module_init(PyObject *module)
 {
-    if (PyType_Ready(&rt_BufferSpecType) < 0 || PyType_Ready(&rt_BufferAccessType) < 0) {
+    if (PyType_Ready(&rt_BufferSpecType) < 0 || PyType_Ready(&rt_BufferAccessType) < 0
+        || PyType_Ready(&rt_WakeWordType) < 0 || PyModule_AddObjectRef(module, "WakeWord", (PyObject *)&rt_WakeWordType) < 0
+        || PyModule_AddIntConstant(module, "MAX_WATCHED", RT_MAX_WATCHED) < 0
+        || PyModule_AddIntConstant(module, "NOTIFY_OFFSET", RT_NOTIFY_OFFSET) < 0) {
         return -1;
     }
     Py_INCREF(&rt_BufferSpecType);

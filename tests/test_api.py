@@ -29,6 +29,7 @@ LIBRARY_MODULES = [
     "runtime.exception",
     "runtime.jsonio",
     "runtime.link",
+    "runtime.notify",
 ]
 ALLOWLIST = Path(__file__).resolve().parent / "stubtest-allowlist.txt"
 

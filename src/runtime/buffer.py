@@ -28,8 +28,11 @@ buffer on its own), except a Smart Device buffer created through a
 :class:`BufferStore`: that one stays invalid until the bridge serves it, so
 that no default value passes for a reading.
 
-Consumers poll buffers; there are no notifications. Operations block on the
-mutex (briefly), so asyncio code should run them in an executor.
+Consumers need not poll: :meth:`Buffer.wait_update` and :meth:`Buffer.wait_write`
+sleep until a block changes, in any process, and have asyncio forms (see
+:mod:`runtime.notify`, which also waits on many buffers at once). Other
+operations take the mutex only briefly (microseconds), so asyncio code may
+call them directly.
 
 >>> import ctypes
 >>> Motor = DeviceBuffer.make_type('motor', [
@@ -84,7 +87,7 @@ logger = logging.getLogger(__name__)
 if sys.byteorder != "little":  # pragma: no cover - every supported robot is little-endian
     raise ImportError("runtime.buffer copies values to the wire as-is and needs a little-endian host")
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bumped whenever the segment format changes; part of every layout fingerprint."""
 MAGIC = b"RTBUFFER"
 """First bytes of every segment this library creates."""
@@ -854,6 +857,34 @@ class Buffer(BaseStructure):
     def snapshot(self) -> dict[str, Any]:
         """Every readable parameter's value, read under one lock (for telemetry)."""
         return self._access.snapshot()
+
+    def wait_update(self, timeout: float | None = None) -> bool:
+        """Block until the update block changes (a ``set``, or the bridge applying a DEV_DATA).
+
+        Returns True when it changed since this handle last returned from
+        ``wait_update`` (the first time: since the handle was opened), False
+        when ``timeout`` seconds passed (None: no limit). The thread sleeps in
+        the kernel: waiting costs no CPU, and a change wakes it at once, from
+        any process. Raises :class:`DeviceBufferError` at once if the buffer
+        is, or turns, invalid while waiting (its producer stopped or died).
+        """
+        return self._access.wait(0, timeout)
+
+    def wait_write(self, timeout: float | None = None) -> bool:
+        """Like :meth:`wait_update`, for the write block (a ``write()`` by anyone)."""
+        return self._access.wait(1, timeout)
+
+    async def wait_update_async(self, timeout: float | None = None) -> bool:
+        """The asyncio form of :meth:`wait_update`: no thread per waiter, cancellation-safe."""
+        from .notify import wait_async
+
+        return await wait_async(self, timeout, block="update")
+
+    async def wait_write_async(self, timeout: float | None = None) -> bool:
+        """The asyncio form of :meth:`wait_write`."""
+        from .notify import wait_async
+
+        return await wait_async(self, timeout, block="write")
 
     def pending_writes(self) -> dict[str, Any]:
         """The parameters written and not yet sent to the device, with their values.

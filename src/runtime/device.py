@@ -64,6 +64,18 @@ class Device:
         """The values written and not yet sent to the device; looking does not consume them."""
         return self._buffer.pending_writes()
 
+    def wait_update(self, timeout: float | None = None) -> bool:
+        """Sleep until the device reports new values; False if ``timeout`` seconds passed first.
+
+        Raises :class:`~runtime.buffer.DeviceBufferError` at once if the device
+        disconnects (or is not connected) while waiting.
+        """
+        return self._buffer.wait_update(timeout)
+
+    async def wait_update_async(self, timeout: float | None = None) -> bool:
+        """The asyncio form of :meth:`wait_update`."""
+        return await self._buffer.wait_update_async(timeout)
+
     @property
     def valid(self) -> bool:
         """Whether the device is connected and its values live."""
