@@ -952,6 +952,12 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
     if (from_python(self, p, args[1], value, &raw) < 0) {
         return NULL;
     }
+    double requested_at = 0.0;
+    if (to_write_block) {  /* last_write: when a write was last requested (coarse clock: a few ns) */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+        requested_at = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
     if (acquire(self, 1) < 0) {
         Py_XDECREF(raw);
         return NULL;
@@ -960,6 +966,7 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
     if (to_write_block) {
         memcpy(self->write + p->offset, src, (size_t)p->size);
         self->meta->written |= 1ULL << p->id;
+        self->meta->last_write = requested_at;
         changed(self, RT_WRITE_BLOCK);
     }
     else {
@@ -1231,6 +1238,7 @@ BufferAccess_read(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     self->meta->read |= mask;
+    changed(self, RT_WRITE_BLOCK);  /* a request for the device: its producer waits on this block */
     release(self);
     Py_RETURN_NONE;
 }
@@ -1354,7 +1362,7 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
         break;
     }
     case RT_SUB_RES: {
-        meta->subscription = (uint16_t)(payload_u16(msg, 0) & self->spec->readable);
+        meta->subscription = payload_u16(msg, 0);  /* exactly as the device reported it */
         meta->interval_ms = payload_u16(msg, 2);
         meta->device_id = payload_u16(msg, 4);
         meta->year = msg->payload[6];
@@ -2059,6 +2067,41 @@ BufferAccess_get_meta(rt_BufferAccess *self, PyObject *unused)
                          (unsigned long long)m.random);
 }
 
+enum { META_LAST_UPDATE, META_LAST_WRITE, META_SUBSCRIPTION, META_INTERVAL_MS, META_UID };
+
+/* One metadata field, read under the lock like get(): as cheap as a get(). */
+static PyObject *
+BufferAccess_get_meta_field(rt_BufferAccess *self, void *closure)
+{
+    if (acquire(self, 1) < 0) {
+        return NULL;
+    }
+    rt_meta m = *self->meta;
+    release(self);
+    switch ((int)(intptr_t)closure) {
+    case META_LAST_UPDATE:
+        return PyFloat_FromDouble(m.last_update);
+    case META_LAST_WRITE:
+        return PyFloat_FromDouble(m.last_write);
+    case META_SUBSCRIPTION:
+        return PyLong_FromUnsignedLong(m.subscription);
+    case META_INTERVAL_MS:
+        return PyLong_FromUnsignedLong(m.interval_ms);
+    default: {
+        PyObject *high = PyLong_FromUnsignedLong((unsigned long)m.device_id << 8 | m.year);
+        PyObject *shift = PyLong_FromLong(64);
+        PyObject *shifted = high && shift ? PyNumber_Lshift(high, shift) : NULL;
+        PyObject *low = PyLong_FromUnsignedLongLong(m.random);
+        PyObject *uid = shifted && low ? PyNumber_Or(shifted, low) : NULL;
+        Py_XDECREF(high);
+        Py_XDECREF(shift);
+        Py_XDECREF(shifted);
+        Py_XDECREF(low);
+        return uid;
+    }
+    }
+}
+
 static PyObject *
 BufferAccess_set_meta(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
 {
@@ -2291,6 +2334,15 @@ static PyGetSetDef BufferAccess_getset[] = {
     {"valid", (getter)BufferAccess_get_valid, (setter)BufferAccess_set_valid, "The segment's valid bit.", NULL},
     {"closed", (getter)BufferAccess_get_closed, NULL, "Whether close() was called.", NULL},
     {"serving", (getter)BufferAccess_get_serving, NULL, "Whether this object serves the buffer.", NULL},
+    {"last_update", (getter)BufferAccess_get_meta_field, NULL, "time.time() of the last DEV_DATA.",
+     (void *)(intptr_t)META_LAST_UPDATE},
+    {"last_write", (getter)BufferAccess_get_meta_field, NULL, "time.time() of the last write.",
+     (void *)(intptr_t)META_LAST_WRITE},
+    {"subscription_mask", (getter)BufferAccess_get_meta_field, NULL, "The subscribed parameter IDs.",
+     (void *)(intptr_t)META_SUBSCRIPTION},
+    {"interval_ms", (getter)BufferAccess_get_meta_field, NULL, "The subscription interval.",
+     (void *)(intptr_t)META_INTERVAL_MS},
+    {"uid", (getter)BufferAccess_get_meta_field, NULL, "The 88-bit device UID.", (void *)(intptr_t)META_UID},
     {"producer_pid", (getter)BufferAccess_get_producer_pid, NULL,
      "The pid of the live producer serving the buffer, or None.", NULL},
     {"timeout", (getter)BufferAccess_get_timeout, (setter)BufferAccess_set_timeout, "Lock timeout in seconds.",

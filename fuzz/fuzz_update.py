@@ -278,7 +278,7 @@ def model_update(shape: Shape, before: bytes, msg_type: int, payload: bytes) -> 
         if len(payload) != 15:
             return None
         params, interval, device_id, year, random = struct.unpack("<HHHBQ", payload)
-        shape.put(after, "subscription", params & shape.readable, "<H")
+        shape.put(after, "subscription", params, "<H")  # exactly as the device reported it
         shape.put(after, "interval_ms", interval, "<H")
         shape.put(after, "uid", device_id, "<H")
         shape.put(after, "uid", year, "<B", UID_YEAR)
@@ -555,6 +555,11 @@ def do_store(buf: Any, shape: Shape, inp: Input, to_write: bool) -> None:
     expected[block + offset : block + offset + width] = after[block + offset : block + offset + width]
     field = "written" if to_write else "updated"
     shape.put(expected, field, shape.get(before, field) | 1 << param.id)
+    if to_write:  # last_write: when the write was requested (a coarse wall clock)
+        at = shape.meta + META["last_write"]
+        stamp = struct.unpack_from("<d", after, at)[0]
+        assert abs(stamp - time.time()) < 5, f"last_write = {stamp}"
+        expected[at : at + 8] = after[at : at + 8]
     assert after == expected, f"{method}({name!r}) changed other bytes"
 
 

@@ -990,13 +990,29 @@ def test_malformed_values_raise_and_change_nothing(gadget: Any, kind: MessageTyp
     gadget.set("level", 9)
     gadget.write("speed", 0.5)
     state = gadget.snapshot()
+    written_at = gadget.last_write  # the write() request
     with pytest.raises(MessageError):
         gadget.update(Message(kind, payload))
     assert gadget.snapshot() == state
     assert gadget.get_update() == {"level": 9}
     assert gadget.get_write() == {"speed": 0.5}
     assert gadget.last_update == 0.0
+    assert gadget.last_write == written_at
+
+
+def test_last_write_is_when_a_write_was_requested(gadget: Any) -> None:
     assert gadget.last_write == 0.0
+    before = time.time()
+    gadget.write("speed", 0.25)
+    assert before - 0.05 <= gadget.last_write <= time.time() + 0.05  # a coarse clock: within milliseconds
+    gadget.set("level", 3)  # not a write
+    assert gadget.last_update == 0.0  # nor an update from the device
+
+
+def test_sub_res_is_recorded_exactly_as_the_device_sent_it(gadget: Any) -> None:
+    everything = 0b111111  # "secret" (id 3) is not readable: recorded all the same
+    gadget.update(make_sub_res(everything, 100, 0x42, 1, 2))
+    assert gadget.make_sub_res().read_sub_res()[0] == everything
 
 
 def test_well_formed_messages_for_another_layout_are_refused(example: Any, gadget: Any) -> None:

@@ -1110,7 +1110,7 @@ class DeviceBuffer(Buffer):
     @property
     def uid(self) -> int:
         """The device's 88-bit UID (see :class:`DeviceUID`)."""
-        return int(DeviceUID(*self._access.get_meta()["uid"]))
+        return self._access.uid
 
     @uid.setter
     def uid(self, uid: int) -> None:
@@ -1119,22 +1119,27 @@ class DeviceBuffer(Buffer):
     @property
     def subscription(self) -> frozenset[str]:
         """Names of the parameters currently subscribed to."""
-        return frozenset(self._access.names(self._access.get_meta()["subscription"]))
+        return frozenset(self._access.names(self._access.subscription_mask))
 
     @property
     def interval(self) -> float:
         """The subscription interval in seconds (0 when unsubscribed)."""
-        return float(self._access.get_meta()["interval_ms"]) / 1000
+        return self._access.interval_ms / 1000
 
     @property
     def last_update(self) -> float:
-        """The timestamp given by :func:`time.time` of the last update."""
-        return float(self._access.get_meta()["last_update"])
+        """The timestamp given by :func:`time.time` of the last update (a DEV_DATA digested); 0 if none."""
+        return self._access.last_update
 
     @property
     def last_write(self) -> float:
-        """The timestamp given by :func:`time.time` of the last write."""
-        return float(self._access.get_meta()["last_write"])
+        """The timestamp given by :func:`time.time` of the last write; 0 if none.
+
+        On the robot side, when a ``write()`` was last requested (to within a
+        few milliseconds: a coarse clock keeps ``write`` fast); on the device
+        side (an emulator), when a DEV_WRITE was last digested.
+        """
+        return self._access.last_write
 
 
 NullDevice = DeviceBuffer.make_type("NullDevice", [])
