@@ -489,7 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         result["ratio"] = float(result["ns_per_op"]) / floor  # type: ignore[arg-type]
 
-    scenarios = {"contention": contention(), "many_buffers": many_buffers()} if run_scenarios else {}
+    scenarios = {}
+    if run_scenarios:
+        import notify  # bench/notify.py: change notification (processes, a pty and the bridge)
+
+        scenarios = {"contention": contention(), "many_buffers": many_buffers(), "notify": notify.run_all()}
 
     if args.json:
         info = {
@@ -520,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
             f"segment {many['segment_bytes']} bytes = header+mutex+structure+undo copy "
             f"({many['header_mutex_structure']} bytes) in {many['pages']} page(s)"
         )
+        import notify
+
+        print("\n" + notify.describe(scenarios["notify"]))
     return 0
 
 
