@@ -183,12 +183,58 @@ def idle_wait_cpu(seconds: float = 2.0) -> dict[str, float]:
     return {"seconds": seconds, "cpu_seconds": cpu, "cpu_percent": 100 * cpu / seconds}
 
 
+def _spin_reads(name: str, seconds: float, go: Any) -> None:
+    with Ping.open(name, create=False) as buffer:
+        get = buffer.get
+        go.wait(30)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                get("n")
+
+
+def _writes_per_second(buffer: Buffer, seconds: float) -> float:
+    set_ = buffer.set
+    done = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for n in range(1000):
+            set_("n", n)
+        done += 1000
+    return done / seconds
+
+
+def reader_interference(seconds: float = 1.0, readers: int = 3) -> dict[str, float]:
+    """A writer's set() rate alone, then with ``readers`` processes reading the same buffer flat out."""
+    import multiprocessing
+
+    name = f"{BufferStore.namespace()}-bench-readers-{os.getpid()}"
+    context = multiprocessing.get_context("fork")
+    with Ping.open(name) as buffer:
+        alone = _writes_per_second(buffer, seconds)
+        go = context.Event()
+        processes = [
+            context.Process(target=_spin_reads, args=(name, seconds + 1, go)) for _ in range(readers)
+        ]
+        for process in processes:
+            process.start()
+        go.set()
+        time.sleep(0.3)
+        contended = _writes_per_second(buffer, seconds)
+        for process in processes:
+            process.join(30)
+    Ping.unlink(name)
+    ratio = contended / alone
+    return {"alone_per_s": alone, "with_readers_per_s": contended, "ratio": ratio, "readers": readers}
+
+
 def run_all() -> dict[str, Any]:
     """Every notification benchmark."""
     return {
         "wake_latency": wake_latency(),
         "write_to_device": write_to_device(),
         "idle_wait": idle_wait_cpu(),
+        "reader_interference": reader_interference(),
     }
 
 
@@ -197,6 +243,7 @@ def describe(results: dict[str, Any]) -> str:
     wake = results["wake_latency"]
     write = results["write_to_device"]
     idle = results["idle_wait"]
+    readers = results["reader_interference"]
     return "\n".join(
         [
             f"wake-up across processes (one way, {wake['buffer']['samples']} samples): "
@@ -207,6 +254,8 @@ def describe(results: dict[str, Any]) -> str:
             f"p50 {write['p50_us'] / 1e3:.2f} ms, p99 {write['p99_us'] / 1e3:.2f} ms",
             f"waiting {idle['seconds']:g} s on a buffer that does not change: "
             f"{idle['cpu_seconds'] * 1e3:.1f} ms CPU ({idle['cpu_percent']:.2f} %)",
+            f"a writer's set() rate with {readers['readers']} processes reading the same buffer flat out: "
+            f"{readers['ratio']:.2f} of its rate alone ({readers['alone_per_s'] / 1e6:.2f} M/s)",
         ]
     )
 

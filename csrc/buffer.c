@@ -85,7 +85,8 @@ typedef struct {
 typedef struct {
     uint32_t seq[2];      /* RT_UPDATE_BLOCK, RT_WRITE_BLOCK */
     uint32_t waiters[2];  /* threads sleeping on each word (a hint for writers) */
-    uint32_t reserved[12];
+    uint32_t seqlock;     /* odd while the lock's owner may be changing the structure */
+    uint32_t reserved[11];
 } rt_notify;
 
 #define RT_UPDATE_BLOCK 0
@@ -207,6 +208,10 @@ recover(rt_BufferAccess *acc)
         rolled_back = 1;
     }
     header->txn_depth = 0;
+    uint32_t seqlock = __atomic_load_n(&acc->notify->seqlock, __ATOMIC_RELAXED);
+    if (seqlock & 1) {  /* it died between its two bumps: readers may look again */
+        __atomic_store_n(&acc->notify->seqlock, seqlock + 1, __ATOMIC_RELEASE);
+    }
     if (acc->on_recover != NULL && acc->on_recover != Py_None) {
         PyObject *result =
             PyObject_CallFunctionObjArgs(acc->on_recover, acc->name, rolled_back ? Py_True : Py_False, NULL);
@@ -326,6 +331,11 @@ acquire_within(rt_BufferAccess *acc, int need_valid, double timeout)
         rt_mutex_unlock(acc->mutex);
         return invalid_error(acc);
     }
+    if (acc->header->txn_depth == 0) {  /* readers without the lock: wait (or retry) until it is even */
+        uint32_t *seqlock = &acc->notify->seqlock;
+        __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
     return 0;
 }
 
@@ -358,13 +368,8 @@ changed(rt_BufferAccess *acc, int block)
  * before `waiters` is read, so a waiter that registered too late for this
  * check sees the new sequence value instead of sleeping (see wait_changes). */
 static __attribute__((noinline)) void
-wake_waiters(rt_BufferAccess *acc)
+wake_waiters(rt_BufferAccess *acc, int pending)
 {
-    int pending = acc->wake_pending;
-    acc->wake_pending = 0;
-#if !defined(__x86_64__) && !defined(__i386__)
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-#endif
     for (int block = 0; block < 2; block++) {
         if ((pending & (1 << block)) && __atomic_load_n(&acc->notify->waiters[block], __ATOMIC_RELAXED)) {
             futex_wake_all(&acc->notify->seq[block]);
@@ -387,10 +392,61 @@ validity_changed(rt_BufferAccess *acc)
 static inline void
 release(rt_BufferAccess *acc)
 {
-    rt_mutex_unlock(acc->mutex);
-    if (acc->wake_pending && acc->held == 0) {
-        wake_waiters(acc);
+    if (acc->header->txn_depth == 0) {
+        uint32_t *seqlock = &acc->notify->seqlock;
+        __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
     }
+    rt_mutex_unlock(acc->mutex);
+    int pending = acc->wake_pending;
+    if (pending && acc->held == 0) {
+        acc->wake_pending = 0;
+#if !defined(__x86_64__) && !defined(__i386__)
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+        const uint32_t *waiters = acc->notify->waiters;
+        if (__atomic_load_n(&waiters[0], __ATOMIC_RELAXED) | __atomic_load_n(&waiters[1], __ATOMIC_RELAXED)) {
+            wake_waiters(acc, pending);
+        }
+    }
+}
+
+/* Copy `n` bytes of the structure at `src` to `dst` without the lock: a
+ * seqlock read, retried while a writer is at work; after RT_READ_ATTEMPTS
+ * (a writer holding the lock long, or one that died mid-write, or our own
+ * transaction) it takes the lock instead, which also recovers a dead owner's
+ * state. Checks that the buffer is open and valid. */
+#define RT_READ_ATTEMPTS 64
+
+static inline __attribute__((always_inline)) int
+read_stable(rt_BufferAccess *acc, void *dst, const void *src, size_t n)
+{
+    if (acc->closed) {
+        buffer_error(acc, "buffer is closed", NULL);
+        return -1;
+    }
+    if (acc->held == 0) {
+        const uint32_t *seqlock = &acc->notify->seqlock;
+        for (int attempt = 0; attempt < RT_READ_ATTEMPTS; attempt++) {
+            uint32_t before = __atomic_load_n(seqlock, __ATOMIC_ACQUIRE);
+            if (!(before & 1)) {
+                if (!is_live(acc)) {
+                    return invalid_error(acc);
+                }
+                memcpy(dst, src, n);
+                __atomic_thread_fence(__ATOMIC_ACQUIRE);
+                if (__atomic_load_n(seqlock, __ATOMIC_RELAXED) == before) {
+                    return 0;
+                }
+            }
+            rt_cpu_relax();
+        }
+    }
+    if (acquire(acc, 1) < 0) {
+        return -1;
+    }
+    memcpy(dst, src, n);
+    release(acc);
+    return 0;
 }
 
 /* ---- parameter lookup and conversion ------------------------------------ */
@@ -914,22 +970,18 @@ BufferAccess_get(rt_BufferAccess *self, PyObject *name)
     }
     if (p->kind == K_RAW) {
         PyObject *raw = PyBytes_FromStringAndSize(NULL, p->size);
-        if (raw == NULL || acquire(self, 1) < 0) {
+        if (raw == NULL || read_stable(self, PyBytes_AS_STRING(raw), self->update + p->offset, (size_t)p->size) < 0) {
             Py_XDECREF(raw);
             return NULL;
         }
-        memcpy(PyBytes_AS_STRING(raw), self->update + p->offset, (size_t)p->size);
-        release(self);
         PyObject *value = PyObject_CallOneArg(p->to_python, raw);
         Py_DECREF(raw);
         return value;
     }
     uint8_t value[8];
-    if (acquire(self, 1) < 0) {
+    if (read_stable(self, value, self->update + p->offset, (size_t)p->size) < 0) {
         return NULL;
     }
-    memcpy(value, self->update + p->offset, (size_t)p->size);
-    release(self);
     return to_python(p, value);
 }
 
@@ -1093,6 +1145,14 @@ take_values(rt_BufferAccess *self, int what)
     uint8_t *copy = size <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)size);
     if (copy == NULL) {
         return PyErr_NoMemory();
+    }
+    if (what == TAKE_READABLE) {  /* a reader: no lock */
+        int rc = read_stable(self, copy, self->update, (size_t)size);
+        PyObject *result = rc < 0 ? NULL : values_from_copy(self, copy, self->spec->readable);
+        if (copy != small) {
+            PyMem_Free(copy);
+        }
+        return result;
     }
     if (acquire(self, 1) < 0) {
         if (copy != small) {
@@ -2057,11 +2117,10 @@ core_wait_any(PyObject *module, PyObject *args, PyObject *kwargs)
 static PyObject *
 BufferAccess_get_meta(rt_BufferAccess *self, PyObject *unused)
 {
-    if (acquire(self, 1) < 0) {
+    rt_meta m;
+    if (read_stable(self, &m, self->meta, sizeof(m)) < 0) {
         return NULL;
     }
-    rt_meta m = *self->meta;
-    release(self);
     return Py_BuildValue("{s:d,s:d,s:H,s:H,s:(HBK)}", "last_update", m.last_update, "last_write", m.last_write,
                          "subscription", m.subscription, "interval_ms", m.interval_ms, "uid", m.device_id, m.year,
                          (unsigned long long)m.random);
@@ -2073,11 +2132,10 @@ enum { META_LAST_UPDATE, META_LAST_WRITE, META_SUBSCRIPTION, META_INTERVAL_MS, M
 static PyObject *
 BufferAccess_get_meta_field(rt_BufferAccess *self, void *closure)
 {
-    if (acquire(self, 1) < 0) {
+    rt_meta m;
+    if (read_stable(self, &m, self->meta, sizeof(m)) < 0) {
         return NULL;
     }
-    rt_meta m = *self->meta;
-    release(self);
     switch ((int)(intptr_t)closure) {
     case META_LAST_UPDATE:
         return PyFloat_FromDouble(m.last_update);

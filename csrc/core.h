@@ -68,6 +68,15 @@ Py_ssize_t rt_cobs_encode(const uint8_t *in, Py_ssize_t n, uint8_t *out);
 Py_ssize_t rt_cobs_decode(const uint8_t *in, Py_ssize_t n, uint8_t *out, Py_ssize_t cap);
 
 /* ---- mutex (mutex.c) ---------------------------------------------------- */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define rt_cpu_relax() _mm_pause()
+#elif defined(__aarch64__) || defined(__arm__)
+#define rt_cpu_relax() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define rt_cpu_relax() ((void)0)
+#endif
+
 #define RT_MUTEX_MAGIC 0x52544d58u  /* "RTMX": set once initialized */
 
 typedef struct {

@@ -14,14 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
-#elif defined(__aarch64__) || defined(__arm__)
-#define cpu_relax() __asm__ __volatile__("yield" ::: "memory")
-#else
-#define cpu_relax() ((void)0)
-#endif
+#define cpu_relax() rt_cpu_relax()
 
 /* Trylock attempts before sleeping in the kernel: a contended critical
  * section here is tens of nanoseconds, far shorter than a futex round trip. */
