@@ -90,8 +90,10 @@ async def wait_async(buffer: Buffer, timeout: float | None = None, *, block: Blo
     access = buffer._access
     which = _block(block)
     if access.take_change(which):  # raises for an invalid or closed buffer
+        await asyncio.sleep(0)  # an await that always lets the loop run: no busy loop around it
         return True
     if timeout is not None and timeout <= 0:
+        await asyncio.sleep(0)
         return False
     loop = asyncio.get_running_loop()
     future: asyncio.Future[bool] = loop.create_future()
@@ -113,6 +115,7 @@ async def wait_any_async(
     which = _block(block)
     ready = [buffer for buffer in handles if buffer._access.see_now(which)]
     if ready or (timeout is not None and timeout <= 0):
+        await asyncio.sleep(0)  # always let the loop run
         return ready
     loop = asyncio.get_running_loop()
     futures: list[asyncio.Future[bool]] = []
