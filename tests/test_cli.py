@@ -25,6 +25,7 @@ from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, Buffer, BufferStore, DeviceBuffer, Parameter
 from runtime.messaging import ErrorCode, Message, MessageType
 from runtime.tools import cli
+from runtime.tools._common import log_level
 from runtime.tools.cli import main
 
 SPEC_CATALOG = """\
@@ -105,7 +106,7 @@ def test_help_explains_every_command_with_examples(
         ([], "required: COMMAND"),
         (["fly"], "invalid choice: 'fly'"),
         (["buffers"], "required: ACTION"),
-        (["buffers", "watch", "--count", "0"], "must be at least 1"),
+        (["buffers", "watch", "--count", "0"], "must be an integer from 1 to"),
         (["buffers", "watch", "--interval", "soon"], "not a number"),
         (["msg", "decode"], "required: HEX"),
         (["msg", "encode", "bogus"], "invalid choice: 'bogus'"),
@@ -488,13 +489,13 @@ def test_catalog_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_catalog_of_a_file_filtered_by_type(capsys: pytest.CaptureFixture[str], spec_catalog: str) -> None:
-    data = run_json(capsys, "catalog", "--file", spec_catalog, "spec-device")
+    data = run_json(capsys, "catalog", "--catalog", spec_catalog, "spec-device")
     assert list(data["types"]) == ["spec-device"]
     flag, duty_cycle, id_ = data["types"]["spec-device"]["params"]
     assert (flag["readable"], flag["writeable"]) == (False, True)
     assert duty_cycle["type"] == "double"
     assert (id_["id"], id_["readable"], id_["writeable"]) == (2, True, True)
-    status, _, err = run(capsys, "catalog", "--file", spec_catalog, "spec-devise")
+    status, _, err = run(capsys, "catalog", "--catalog", spec_catalog, "spec-devise")
     assert status == 1
     assert "did you mean 'spec-device'" in err
 
@@ -503,7 +504,7 @@ def test_catalog_check_ok(capsys: pytest.CaptureFixture[str], spec_catalog: str)
     assert run(capsys, "catalog", "--check") == (0, "ok: the packaged catalog: 13 device types\n", "")
     status, out, _ = run(capsys, "catalog", "--check", spec_catalog)
     assert (status, out) == (0, f"ok: {spec_catalog}: 2 device types\n")
-    assert run(capsys, "catalog", "--file", spec_catalog, "--check")[:2] == (0, out)
+    assert run(capsys, "catalog", "--catalog", spec_catalog, "--check")[:2] == (0, out)
     assert run_json(capsys, "catalog", "--check", spec_catalog) == {
         "ok": True,
         "source": spec_catalog,
@@ -556,7 +557,7 @@ def test_catalog_check_missing_file(capsys: pytest.CaptureFixture[str], tmp_path
 
 
 def test_catalog_file_given_twice_differently(capsys: pytest.CaptureFixture[str], spec_catalog: str) -> None:
-    status, _, err = run(capsys, "catalog", "--file", spec_catalog, "--check", spec_catalog + ".other")
+    status, _, err = run(capsys, "catalog", "--catalog", spec_catalog, "--check", spec_catalog + ".other")
     assert status == 2
     assert "give the file once" in err
 
@@ -826,8 +827,8 @@ def test_buffers_seen_from_another_process(live: LiveBuffers, namespace: str) ->
 
 def test_services_log_events_by_default_and_other_commands_warnings() -> None:
     parser = cli.build_parser()
-    assert cli._log_level(parser.parse_args(["bridge"])) == logging.INFO
-    assert cli._log_level(parser.parse_args(["emulate", "yogi-bear"])) == logging.INFO
-    assert cli._log_level(parser.parse_args(["catalog"])) == logging.WARNING
-    assert cli._log_level(parser.parse_args(["--log-level", "error", "bridge"])) == logging.ERROR
-    assert cli._log_level(parser.parse_args(["-v", "catalog"])) == logging.INFO
+    assert log_level(parser.parse_args(["bridge"])) == logging.INFO
+    assert log_level(parser.parse_args(["emulate", "yogi-bear"])) == logging.INFO
+    assert log_level(parser.parse_args(["catalog"])) == logging.WARNING
+    assert log_level(parser.parse_args(["--log-level", "error", "bridge"])) == logging.ERROR
+    assert log_level(parser.parse_args(["-v", "catalog"])) == logging.INFO

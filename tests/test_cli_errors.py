@@ -33,6 +33,7 @@ from runtime.buffer import NAMESPACE_ENV, BufferStore
 from runtime.jsonio import write_json_atomically
 from runtime.tools import cli, demo
 from runtime.tools import emulate as emulator
+from runtime.tools._common import load_catalog
 
 DEEP_CATALOG = "[" * 1000 + "]" * 1000 + "\n"
 """A YAML catalog of 1000 nested lists: deeper than Python's recursion limit lets PyYAML go."""
@@ -77,7 +78,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 CATALOG_COMMANDS = [
     ["catalog", "--check"],
-    ["catalog", "--file"],
+    ["catalog", "--catalog"],
+    ["catalog", "--file"],  # the deprecated name, kept for old scripts
     ["buffers", "list", "--catalog"],
     ["buffers", "--catalog"],  # before the action: the file goes here, the action after it
     ["msg", "encode", "ping", "--catalog"],
@@ -193,7 +195,7 @@ def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Ite
                 yield from _parsers(subparser, (*path, name))
 
 
-HELPS = dict(_parsers(cli.build_parser()))
+HELPS = dict(_parsers(cli.build_parser(load_all=True)))
 EXAMPLE_LINE = re.compile(r"^\s+\$ (runtime\s.*)$")
 
 
@@ -310,7 +312,7 @@ def test_every_help_example_runs(
         assert done.stdout and "Traceback" not in done.stderr
     else:  # at least what the command would check first: its devices and catalog
         args = cli._parse(cli.build_parser(), argv)
-        types = cli.load_catalog(getattr(args, "catalog", None))
+        types = load_catalog(getattr(args, "catalog", None))
         if args.command == "emulate":
             for device in args.devices:
                 emulator.parse_device(device, types)

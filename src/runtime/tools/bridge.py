@@ -78,6 +78,7 @@ from ..exception import RuntimeBaseException
 from ..jsonio import jsonable, write_json_atomically
 from ..link import FrameWriter
 from ..messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
+from ._common import add_catalog_option, configure_logging
 
 __all__ = [
     "BAUD_RATE",
@@ -437,15 +438,26 @@ class PortConnection:
         return True
 
     async def _service(self) -> None:
-        """The periodic work of a connected device: writes, heartbeats, silence, subscription."""
+        """The periodic work of a connected device: writes, heartbeats, silence, subscription.
+
+        It sleeps until there is something to do: a ``write()`` or ``read()``
+        by anyone wakes it at once (:meth:`~runtime.buffer.Buffer.wait_write_async`),
+        and the pending requests go out right away, except that one device gets
+        at most one batch per ``write_interval`` (a newer write replaces a
+        pending one, as the contract says). Otherwise it wakes for the next
+        heartbeat, subscription retry, resend or silence check.
+        """
         assert self.buffer is not None
-        buffer_type = type(self.buffer)
+        buffer = self.buffer
+        buffer_type = type(buffer)
         write_interval = float(buffer_type.write_interval)
         heartbeat_interval = float(buffer_type.heartbeat_interval)
         silence_limit = SILENCE_HEARTBEATS * heartbeat_interval
         now = time.monotonic()
         next_heartbeat = now + heartbeat_interval
         next_sub_req = now + SUB_RETRY_INTERVAL
+        last_batch = -math.inf
+        requested = True  # look once at start: a write may be waiting from before the device came
         while True:
             now = time.monotonic()
             if now - self._last_rx > silence_limit:
@@ -453,17 +465,21 @@ class PortConnection:
                 self.lose(f"silent for {silence_limit:g} s")
                 return
             try:
-                for message in self.buffer.emit_dev_rw():
-                    self.send(message)
-                    if message.type == MessageType.DEV_WRITE:
-                        self._track_writes(message, now)
+                if requested and now - last_batch >= write_interval:
+                    requested = False
+                    for message in buffer.emit_dev_rw():
+                        self.send(message)
+                        last_batch = now
+                        if message.type == MessageType.DEV_WRITE:
+                            self._track_writes(message, now)
                 if self._unconfirmed and self._sub_confirmed:  # no DEV_DATA to confirm them before
                     self._resend_writes(now)
                 if not self._sub_confirmed and now >= next_sub_req:
-                    self.send(self.buffer.make_sub_req())
+                    self.send(buffer.make_sub_req())
                     next_sub_req = now + SUB_RETRY_INTERVAL
             except DeviceBufferError as exc:
-                if _lock_busy(exc):  # sent at the next tick
+                requested = True  # try again soon
+                if _lock_busy(exc):
                     self._stalled(now)
                 else:
                     self.counters.errors += 1
@@ -475,7 +491,22 @@ class PortConnection:
                 self.send(Message.make_hb_req(self._hb_id))
                 self._hb_id = (self._hb_id + 1) & 0xFF
                 next_heartbeat = max(next_heartbeat + heartbeat_interval, now)
-            await asyncio.sleep(write_interval)
+            due = [next_heartbeat, self._last_rx + silence_limit + 0.001]
+            if not self._sub_confirmed:
+                due.append(next_sub_req)
+            if self._unconfirmed and self._sub_confirmed:  # resent only once DEV_DATA can confirm them
+                due.append(min(pending.deadline for pending in self._unconfirmed.values()))
+            if requested:
+                due.append(last_batch + write_interval)
+            sleep = max(0.001, min(due) - time.monotonic())  # never a busy loop that starves the readers
+            if requested:
+                await asyncio.sleep(sleep)
+                continue
+            try:
+                requested = await buffer.wait_write_async(sleep)
+            except DeviceBufferError:  # invalid (being torn down) or lock trouble: look again later
+                requested = True
+                await asyncio.sleep(min(sleep, write_interval))
 
     # -- writes the device has not confirmed --
     #
@@ -986,6 +1017,27 @@ class Bridge:
 
 # ---- command line -------------------------------------------------------------------------------
 
+DESCRIPTION = """\
+Serve Smart Devices into shared memory.
+
+The bridge opens each serial port (a real USB device, or a pseudo-terminal of
+'runtime emulate'), learns which device is there from its subscription
+response, creates the device's buffer in shared memory and then pumps
+messages both ways: DEV_DATA into the buffer, pending reads and writes out to
+the device, heartbeats to notice a device that went silent (its buffer is then
+marked invalid). It exits cleanly on Ctrl-C or SIGTERM.
+"""
+
+EPILOG = """\
+examples:
+  $ runtime bridge --port /dev/ttyACM0 --port /dev/ttyACM1
+  $ runtime bridge --glob '/dev/ttyACM*' --stats /tmp/bridge.json --verbose
+  $ runtime bridge --glob '/tmp/devs/*' --catalog my-catalog.yaml   # runtime emulate ... --link /tmp/devs
+"""
+
+DEFAULT_LOG_LEVEL = "INFO"
+"""The bridge logs one line per event (connects, disconnects, bad frames) unless told otherwise."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``runtime bridge`` options to ``parser``."""
@@ -1004,12 +1056,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"serve every port matching this pattern, watched for devices appearing and disappearing "
         f"(repeatable; default {DEFAULT_GLOB} when neither --port nor --glob is given)",
     )
-    parser.add_argument(
-        "--catalog",
-        metavar="FILE",
-        default=None,
-        help="device catalog YAML (default: the catalog packaged with runtime)",
-    )
+    add_catalog_option(parser)
     parser.add_argument(
         "--stats",
         metavar="FILE",
@@ -1019,21 +1066,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every frame sent and received")
 
 
-def _configure_logging(verbose: bool) -> None:
-    """Log events to stderr at INFO, unless the caller (``runtime`` itself) configured logging.
-
-    ``verbose`` lets this module's DEBUG lines (every frame) through whatever the level.
-    """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose:
-        logger.setLevel(logging.DEBUG)
-
-
 def main(args: argparse.Namespace) -> int:
     """Run the bridge until SIGINT/SIGTERM; return the exit code (0 clean, 2 bad catalog)."""
     verbose = bool(getattr(args, "verbose", False))
-    _configure_logging(verbose)
+    configure_logging(debug=[logger.name] if verbose else [])  # --verbose: every frame
     try:
         catalog: Mapping[str, type[Buffer]] = catalog_module.load(args.catalog)
     except (RuntimeBaseException, ValueError, OSError) as exc:
@@ -1051,9 +1087,9 @@ def main(args: argparse.Namespace) -> int:
             return 130
 
 
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(
-        prog="python -m runtime.tools.bridge", description="Serve Smart Devices on serial ports (host side)."
-    )
-    add_arguments(_parser)
-    raise SystemExit(main(_parser.parse_args()))
+if __name__ == "__main__":  # python -m runtime.tools.bridge ...: the same as runtime bridge ...
+    import sys
+
+    from .cli import main as runtime_main
+
+    raise SystemExit(runtime_main(["bridge", *sys.argv[1:]]))

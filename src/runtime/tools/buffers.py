@@ -4,36 +4,45 @@ When something on the robot misbehaves, the first question is what the
 buffers hold: is the device's buffer there, is it valid (connected), how old
 are its values? This command answers from outside every other process.
 
-Live buffers are found by scanning ``/dev/shm`` for the names a
-:class:`~runtime.buffer.BufferStore` gives them,
-``<namespace>-<type>-<uid hex>``, for the device types of the catalog. Each is
-attached with ``create=False``: an attacher never marks a buffer valid or
-invalid and never destroys it, so inspecting cannot disturb the robot. A
-buffer that cannot be opened (made by a different catalog, half-initialized)
-shows as an error row instead of stopping the listing.
+Live buffers are found by the store (:meth:`~runtime.store.BufferStore.find_segments`:
+the names it gives them in ``/dev/shm``, ``<namespace>-<type>-<uid hex>``, for
+the device types of the catalog). Each is attached with ``create=False``: an
+attacher never marks a buffer valid or invalid and never destroys it, so
+inspecting cannot disturb the robot. A buffer that cannot be opened (made by a
+different catalog, half-initialized) shows as an error row instead of stopping
+the listing. When a namespace has no buffers, the listing says which
+namespaces do.
+
+:func:`list_table` is the one table of buffers of the tools (``runtime demo``
+shows it too).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
-import re
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from ..exception import RuntimeBaseException
-from .cli import (
+from ..jsonio import jsonable
+from ..store import BufferStore, namespaces
+from ._common import (
+    UID_FORMS,
     CommandError,
+    add_catalog_option,
+    add_interval_option,
+    bounded,
     ctype_name,
-    format_bounds,
     format_value,
-    jsonable,
     load_catalog,
     make_console,
+    param_table,
+    parse_uid,
     print_json,
     suggest,
 )
@@ -43,16 +52,23 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = [
+    "DESCRIPTION",
+    "EPILOG",
     "BufferReport",
     "add_arguments",
-    "find_segments",
+    "elsewhere",
+    "empty_namespace_line",
     "inspect_buffer",
+    "list_table",
     "main",
+    "namespace_view",
+    "other_namespaces",
     "parse_key",
     "scan",
+    "show_renderable",
 ]
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Inspect the live buffers in shared memory.
 
 Every device served by the bridge (and every other peripheral) has a buffer
@@ -61,8 +77,8 @@ the device types of the catalog and read them without disturbing anyone:
   list          type, UID, valid (connected) and age of the last update
   show KEY      every parameter of one buffer: value, flags, bounds
   watch [KEY]   a live-updating table of all buffers (or of one)
-KEY is TYPE:UID (for any buffer) or a Smart Device UID alone; UIDs are hex
-with 0x (as printed everywhere) or decimal.
+KEY is TYPE:UID (for any buffer) or a Smart Device UID alone; a UID is
+{UID_FORMS}.
 """
 
 EPILOG = """\
@@ -78,10 +94,8 @@ The namespace is $RUNTIME_BUFFER_NAMESPACE (default "rt") unless --namespace
 is given; 'runtime demo' prints the one it uses.
 """
 
-WATCH_INTERVALS = (0.01, 3600.0)
-"""The seconds between refreshes ``watch --interval`` accepts: from a blur to once an hour."""
-
-_HEX = re.compile(r"[0-9a-f]+")
+MAX_COUNT = 1_000_000_000
+"""The most refreshes ``watch --count`` takes."""
 
 
 # ---- finding and reading buffers ------------------------------------------------------------------
@@ -96,7 +110,7 @@ class BufferReport:
     segment: str
     smart: bool
     valid: bool | None = None
-    """None when the buffer could not be opened at all (see :attr:`error`)."""
+    """None when the buffer could not be opened at all (see :attr:`error`), or does not exist (yet)."""
     last_update: float | None = None
     last_write: float | None = None
     subscription: list[str] | None = None
@@ -119,9 +133,11 @@ class BufferReport:
         return max(0.0, (time.time() if now is None else now) - self.last_update)
 
     def state(self) -> str:
-        """``valid``, ``invalid`` or ``error``."""
+        """``valid``, ``invalid``, ``error``, or ``waiting`` (the buffer does not exist yet)."""
         if self.error is not None:
             return "error"
+        if self.valid is None:
+            return "waiting"
         return "valid" if self.valid else "invalid"
 
     def to_json(self, now: float | None = None) -> dict[str, Any]:
@@ -145,36 +161,6 @@ class BufferReport:
         if self.params:
             data["params"] = jsonable(self.params)
         return data
-
-
-def find_segments(
-    type_names: Mapping[str, Any] | list[str], namespace: str | None = None
-) -> list[tuple[str, int, str]]:
-    """The buffers in ``/dev/shm`` of the given types: ``(type, uid, segment name)``, sorted.
-
-    A name matches only when :meth:`BufferStore.segment_name` gives it back
-    exactly, so segments of other namespaces or programs are never picked up.
-    """
-    namespace = namespace or BufferStore.namespace()
-    prefix = namespace + "-"
-    names = sorted(type_names, key=len, reverse=True)
-    try:
-        entries = os.listdir(SHM_DIR)
-    except FileNotFoundError:
-        return []
-    found: list[tuple[str, int, str]] = []
-    for entry in entries:
-        if not entry.startswith(prefix):
-            continue
-        rest = entry[len(prefix) :]
-        for type_name in names:
-            hex_uid = rest[len(type_name) + 1 :]
-            if rest.startswith(type_name + "-") and _HEX.fullmatch(hex_uid):
-                uid = int(hex_uid, 16)
-                if f"{prefix}{type_name}-{uid:x}" == entry:
-                    found.append((type_name, uid, entry))
-                    break
-    return sorted(found)
 
 
 def _param_rows(buffer_type: type[Buffer], values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -201,10 +187,11 @@ def inspect_buffer(
 ) -> BufferReport:
     """Attach one buffer (``create=False``) and read it into a report; never raises for a bad buffer.
 
+    A buffer that does not exist gives a report in the ``waiting`` state.
+
     Args:
         details: Also list every parameter's descriptor.
-        must_exist: Raise :class:`CommandError` when there is no such buffer
-            (instead of an error row).
+        must_exist: Raise :class:`CommandError` when there is no such buffer.
     """
     buffer_type = store.catalog[type_name]
     smart = issubclass(buffer_type, DeviceBuffer)
@@ -212,12 +199,14 @@ def inspect_buffer(
     try:
         buffer = store.get_or_open((type_name, uid), create=False)
     except DeviceBufferError as exc:
-        if must_exist and not os.path.exists(os.path.join(SHM_DIR, report.segment)):
-            raise CommandError(
-                f"no buffer {report.key} in namespace {BufferStore.namespace()!r} "
-                f"(no {report.segment} in {SHM_DIR})"
-            ) from None
-        report.error = exc.message
+        if not os.path.exists(os.path.join(SHM_DIR, report.segment)):
+            if must_exist:
+                raise CommandError(
+                    f"no buffer {report.key} in namespace {BufferStore.namespace()!r} "
+                    f"(no {report.segment} in {SHM_DIR}); {elsewhere()}"
+                ) from None
+        else:
+            report.error = exc.message
     else:
         _read_buffer(buffer, report)
     if details:
@@ -252,28 +241,46 @@ def _read_buffer(buffer: Buffer, report: BufferReport) -> None:
 def scan(store: BufferStore, *, details: bool = False) -> list[BufferReport]:
     """Reports for every live buffer of the store's catalog types in the current namespace."""
     return [
-        inspect_buffer(store, type_name, uid, details=details)
-        for type_name, uid, _ in find_segments(list(store.catalog))
+        inspect_buffer(store, type_name, uid, details=details) for type_name, uid, _ in store.find_segments()
     ]
+
+
+def other_namespaces() -> list[str]:
+    """The namespaces other than the current one that have segments of this library in /dev/shm."""
+    current = BufferStore.namespace()
+    return [namespace for namespace in namespaces() if namespace != current]
+
+
+def elsewhere() -> str:
+    """Where the buffers are, for a message that found none in the current namespace."""
+    others = other_namespaces()
+    if not others:
+        return f"no other namespace has buffers in {SHM_DIR}"
+    return f"namespaces with buffers: {', '.join(others)} (choose one with --namespace NS)"
+
+
+def empty_namespace_line() -> str:
+    """The line that says that the current namespace has no buffers, and which namespaces do."""
+    return f"no buffers in namespace {BufferStore.namespace()!r}; {elsewhere()}"
 
 
 def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
     """Turn ``TYPE:UID`` or a Smart Device UID into a ``(type, uid)`` key.
 
-    UIDs are hex with ``0x``, decimal, or bare hex when they contain a letter.
+    UIDs are read by :func:`~runtime.tools._common.parse_uid`, as by every command.
 
     Raises:
         CommandError: (status 2) The key is malformed, or names no catalog type.
     """
     type_name, sep, uid_text = text.rpartition(":")
-    uid = _parse_uid(uid_text.strip())
-    if uid is None:
-        raise CommandError(f"bad UID {uid_text!r} in {text!r}: give hex with 0x, or decimal", code=2)
+    try:
+        uid = parse_uid(uid_text, where=text)
+    except ValueError as exc:
+        raise CommandError(str(exc), code=2) from None
     if sep:
         if type_name not in store.catalog:
             raise CommandError(
-                f"no device type {type_name!r} in the catalog{suggest(type_name, list(store.catalog))}",
-                code=2,
+                f"no device type {type_name!r} in the catalog{suggest(type_name, store.catalog)}", code=2
             )
         return type_name, uid
     try:
@@ -284,14 +291,6 @@ def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
             "for other buffers give TYPE:UID",
             code=2,
         ) from None
-
-
-def _parse_uid(text: str) -> int | None:
-    for base in (0, 16):
-        with contextlib.suppress(ValueError):
-            uid = int(text, base)
-            return uid if uid >= 0 else None
-    return None
 
 
 # ---- rendering ----------------------------------------------------------------------------------
@@ -308,7 +307,7 @@ def _state_text(report: BufferReport) -> Any:
     from rich.text import Text
 
     state = report.state()
-    style = {"valid": "green", "invalid": "yellow", "error": "red"}[state]
+    style = {"valid": "green", "invalid": "yellow", "error": "red", "waiting": "dim"}[state]
     return Text(state if report.error is None else f"error: {report.error}", style=style)
 
 
@@ -324,12 +323,26 @@ def _key_text(report: BufferReport, column: str) -> str:
     return report.type_name if column == "type" else f"{report.uid:#x}"
 
 
-def list_table(reports: list[BufferReport], *, values: bool = False, title: str | None = None) -> Table:
-    """One row per buffer: type, UID, state, age (and a short value summary with ``values``)."""
+def list_table(
+    reports: Sequence[BufferReport],
+    *,
+    values: bool = False,
+    title: str | None = None,
+    extra: Mapping[str, Sequence[str]] | None = None,
+) -> Table:
+    """The table of buffers: one row per buffer with type, uid, state, last update (age).
+
+    Args:
+        values: Add a column with a short summary of the values.
+        title: A line above the table.
+        extra: More columns (name: one cell per report), after the last update
+            (``runtime demo`` adds the bridge's message counters).
+    """
     from rich import box
     from rich.table import Table
 
     now = time.time()
+    extra = extra or {}
     table = Table(title=title, title_justify="left", box=box.SIMPLE, pad_edge=False)
     # Keys must stay whole (they are copied into 'show'): only the values column may fold.
     widths = {name: max([len(name), *(len(_key_text(r, name)) for r in reports)]) for name in ("type", "uid")}
@@ -337,23 +350,45 @@ def list_table(reports: list[BufferReport], *, values: bool = False, title: str 
     table.add_column("uid", no_wrap=True, min_width=widths["uid"])
     table.add_column("state")
     table.add_column("last update", justify="right", no_wrap=True)
+    for name in extra:
+        table.add_column(name, justify="right", no_wrap=True)
     if values:
         table.add_column("values", overflow="fold")
-    for report in reports:
+    for index, report in enumerate(reports):
         row: list[Any] = [report.type_name, f"{report.uid:#x}", _state_text(report), _age_text(report, now)]
+        row += [cells[index] for cells in extra.values()]
         if values:
             row.append(_values_text(report))
         table.add_row(*row)
     if not reports:
-        table.add_row("(none)", "", "", "", *([""] if values else []))
+        table.add_row("(none)", *[""] * (len(table.columns) - 1))
     return table
+
+
+def namespace_view(
+    reports: Sequence[BufferReport], *, values: bool = False, wrap: bool = True
+) -> RenderableType:
+    """The table of the namespace's buffers; when it has none, and a line saying which namespaces do.
+
+    Args:
+        wrap: Fold that line to the console's width (on a terminal); else it
+            stays one line (print it with ``crop=False``).
+    """
+    from rich.console import Group
+    from rich.text import Text
+
+    title = f"buffers in namespace {BufferStore.namespace()!r}"
+    if values:  # a live view: when it was taken
+        title += f" ({time.strftime('%H:%M:%S')})"
+    table = list_table(reports, values=values, title=title)
+    if reports:
+        return table
+    return Group(table, Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
 
 
 def show_renderable(report: BufferReport) -> RenderableType:
     """The ``show`` view: a summary of the buffer and a table of its parameters."""
-    from rich import box
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     now = time.time()
@@ -369,34 +404,13 @@ def show_renderable(report: BufferReport) -> RenderableType:
             lines.append(Text(f"subscription: {subscribed} every {round(report.interval * 1000)} ms"))
         elif report.subscription is not None:
             lines.append(Text("subscription: none"))
-    table = Table(box=box.SIMPLE, pad_edge=False)
-    for column in ("id", "parameter", "type", "value", "flags", "bounds"):
-        table.add_column(column, justify="right" if column == "id" else "left", overflow="fold")
-    for param in report.params:
+
+    def value(param: Mapping[str, Any]) -> str:
         if not param["readable"]:
-            value = "(write-only)"
-        elif report.values is None:
-            value = "(unavailable)"
-        else:
-            value = format_value(param["value"])
-        flags = " ".join(
-            flag
-            for flag, on in (
-                ("r" if param["readable"] else "no-r", True),
-                ("w", param["writeable"]),
-                ("no-sub", not param["subscribed"]),
-            )
-            if on
-        )
-        table.add_row(
-            str(param["id"]),
-            param["name"],
-            param["type"],
-            value,
-            flags,
-            format_bounds(param["lower"], param["upper"]),
-        )
-    return Group(*lines, table)
+            return "(write-only)"
+        return "(unavailable)" if report.values is None else format_value(param["value"])
+
+    return Group(*lines, param_table(report.params, [value(param) for param in report.params]))
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -446,14 +460,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=formatter,
     )
     watch.add_argument("key", metavar="KEY", nargs="?", help="TYPE:UID, or a Smart Device UID (default: all)")
-    watch.add_argument(
-        "--interval",
-        type=_interval,
-        default=0.5,
-        metavar="S",
-        help=f"seconds between refreshes, {WATCH_INTERVALS[0]:g} to {WATCH_INTERVALS[1]:g} (default 0.5)",
-    )
-    watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N refreshes")
+    add_interval_option(watch, default=0.5, what="the view")
+    watch.add_argument("--count", type=bounded(int, 1, MAX_COUNT), metavar="N", help="stop after N refreshes")
     watch.set_defaults(buffers_main=_watch_main)
 
 
@@ -463,9 +471,7 @@ def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
     On the action parsers the defaults are ``SUPPRESS``: otherwise an option
     given before the action would be overwritten by the action's default.
     """
-    parser.add_argument(
-        "--catalog", metavar="FILE", default=default, help="device catalog file (default: the packaged one)"
-    )
+    add_catalog_option(parser, default=default)
     parser.add_argument(
         "--namespace",
         metavar="NS",
@@ -478,30 +484,6 @@ def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
         default=False if default is None else default,
         help="print JSON for scripts",
     )
-
-
-def _interval(text: str) -> float:
-    """``watch --interval``: a number of seconds within :data:`WATCH_INTERVALS`."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    low, high = WATCH_INTERVALS
-    if not low <= value <= high:  # also false for nan
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds from {low:g} to {high:g}, not {text!r}"
-        )
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text!r}")
-    return value
 
 
 def main(args: argparse.Namespace) -> int:
@@ -517,8 +499,11 @@ def _list_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> in
     if args.json:
         now = time.time()
         print_json([report.to_json(now) for report in reports])
+        if not reports:
+            print(empty_namespace_line(), file=sys.stderr)
     else:
-        make_console().print(list_table(reports, title=f"buffers in namespace {BufferStore.namespace()!r}"))
+        console = make_console()
+        console.print(namespace_view(reports, wrap=console.is_terminal), crop=console.is_terminal)
     return 0
 
 
@@ -539,13 +524,18 @@ def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
     if args.key is not None:
         key = parse_key(args.key, BufferStore(catalog))
 
+    said_empty = False
+
     def snapshot() -> tuple[Any, RenderableType]:
+        nonlocal said_empty
         with BufferStore(catalog) as store:  # fresh each time: buffers come and go
             if key is None:
                 reports = scan(store)
                 data: Any = [report.to_json() for report in reports]
-                title = f"buffers in namespace {BufferStore.namespace()!r} ({time.strftime('%H:%M:%S')})"
-                return data, list_table(reports, values=True, title=title)
+                if not reports and args.json and not said_empty:  # stdout is for JSON alone
+                    print(empty_namespace_line(), file=sys.stderr, flush=True)
+                    said_empty = True
+                return data, namespace_view(reports, values=True, wrap=console.is_terminal)
             report = inspect_buffer(store, *key, details=True)
             return report.to_json(), show_renderable(report)
 
@@ -570,7 +560,7 @@ def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
 
                 print(json.dumps(data), flush=True)
             else:
-                console.print(renderable)
+                console.print(renderable, crop=False)  # not a terminal: long lines stay whole
             refreshes += 1
     except KeyboardInterrupt:
         pass

@@ -11,19 +11,20 @@ Parameter values of DEV_DATA/DEV_WRITE are laid out by the device type's
 parameters (``--type``, from the catalog): a :class:`~runtime.messaging.ParamLayout`
 over a scratch ``bytearray`` places each parameter's bytes, and the compiled
 core copies them between the message and that memory, as it does for buffers.
+
+Only the codec is imported up front: buffer types (and the catalog) come in
+when a command needs them, so that ``runtime msg encode ping`` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..buffer import Buffer, DeviceBuffer, DeviceUID, Parameter
 from ..messaging import (
     MAX_PAYLOAD,
     ErrorCode,
@@ -33,9 +34,24 @@ from ..messaging import (
     ParamLayout,
     iter_params,
 )
-from .cli import CommandError, format_value, jsonable, load_catalog, print_json, suggest
+from ._common import (
+    UID_FORMS,
+    CommandError,
+    add_catalog_option,
+    ctype_name,
+    format_value,
+    load_catalog,
+    parse_uid,
+    print_json,
+    suggest,
+)
+
+if TYPE_CHECKING:
+    from ..buffer import Buffer, DeviceBuffer, Parameter
 
 __all__ = [
+    "DESCRIPTION",
+    "EPILOG",
     "TypeLayout",
     "add_arguments",
     "decode_frame",
@@ -128,8 +144,7 @@ _FALSE = {"0", "false", "no", "off"}
 # ---- device types and their layouts ---------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class TypeLayout:
+class TypeLayout(NamedTuple):
     """Where each parameter of a device type lives in a scratch block of memory."""
 
     buffer_type: type[DeviceBuffer]
@@ -189,8 +204,10 @@ def _array_list(array: Any) -> list[Any]:
 
 
 def _device_type(catalog: dict[str, type[Buffer]], name: str) -> type[DeviceBuffer]:
+    from ..buffer import DeviceBuffer
+
     if name not in catalog:
-        raise CommandError(f"no device type {name!r} in the catalog{suggest(name, list(catalog))}", code=2)
+        raise CommandError(f"no device type {name!r} in the catalog{suggest(name, catalog)}", code=2)
     buffer_type = catalog[name]
     if not issubclass(buffer_type, DeviceBuffer):
         raise CommandError(f"{name!r} is not a Smart Device (it has no device_id)", code=2)
@@ -272,6 +289,8 @@ def decode_frame(
         bitmap(params, layout)
         result["interval_ms"] = interval
     elif kind is MessageType.SUB_RES:
+        from ..buffer import DeviceUID
+
         params, interval, (device_id, year, random) = message.read_sub_res()
         uid = int(DeviceUID(device_id, year, random))
         if layout is None and lookup is not None:
@@ -348,6 +367,10 @@ def _print_decoded(data: dict[str, Any]) -> None:
 
 
 def _decode_main(args: argparse.Namespace) -> int:
+    from ..buffer import DeviceBuffer
+    from ..jsonio import jsonable
+    from ..store import BufferStore
+
     frames = parse_hex(args.hex)
     catalog = load_catalog(args.catalog) if args.type or args.catalog else None
     layout = TypeLayout.of(_device_type(catalog, args.type)) if catalog is not None and args.type else None
@@ -360,8 +383,6 @@ def _decode_main(args: argparse.Namespace) -> int:
                 catalog = catalog if catalog is not None else load_catalog(None)
             except CommandError:
                 return None
-            from ..buffer import BufferStore
-
             name = BufferStore(catalog).device_types.get(device_id)
             buffer_type = catalog.get(name) if name is not None else None
             cache[device_id] = (
@@ -438,7 +459,7 @@ def _scalar(param: Parameter, ctype: Any, text: str) -> Any:
         except ValueError:
             raise CommandError(f"{param.name}: {text!r} is not an integer", code=2) from None
         if not max(low, param.lower) <= number <= min(high, param.upper):
-            raise CommandError(f"{param.name}: {text} is out of range for {ctype_label(ctype)}", code=2)
+            raise CommandError(f"{param.name}: {text} is out of range for {ctype_name(ctype)}", code=2)
         return number
     if code in "cu":
         data: Any = text.encode() if code == "c" else text
@@ -446,13 +467,6 @@ def _scalar(param: Parameter, ctype: Any, text: str) -> Any:
             raise CommandError(f"{param.name}: give exactly one character, not {text!r}", code=2)
         return data
     raise CommandError(f"{param.name}: values of this type cannot be given on the command line", code=2)
-
-
-def ctype_label(ctype: Any) -> str:
-    """The catalog name of a ctypes type, for messages."""
-    from .cli import ctype_name
-
-    return ctype_name(ctype)
 
 
 def parse_value(param: Parameter, text: str) -> bytes:
@@ -491,7 +505,7 @@ def _bitmap(args: argparse.Namespace, layout: TypeLayout | None, need: str | Non
         params = layout.buffer_type.params
         for name in args.fields:
             if name not in params:
-                hint = suggest(name, list(params))
+                hint = suggest(name, params)
                 raise CommandError(f"{layout.buffer_type.type_name} has no parameter {name!r}{hint}", code=2)
             param = params[name]
             if need is not None and not getattr(param, need):
@@ -524,7 +538,7 @@ def _values_messages(args: argparse.Namespace, layout: TypeLayout | None, kind: 
             raise CommandError(f"give values as NAME=VALUE, not {field!r}", code=2)
         if name not in params:
             raise CommandError(
-                f"{layout.buffer_type.type_name} has no parameter {name!r}{suggest(name, list(params))}",
+                f"{layout.buffer_type.type_name} has no parameter {name!r}{suggest(name, params)}",
                 code=2,
             )
         param = params[name]
@@ -604,7 +618,12 @@ def encode_messages(args: argparse.Namespace, layout: TypeLayout | None) -> list
     # SUB_RES
     bitmap = _bitmap(args, layout, "readable")
     if args.uid is not None:
-        uid = _int(args.uid, "--uid", (1 << 88) - 1)
+        try:
+            uid = parse_uid(args.uid)
+        except ValueError as exc:
+            raise CommandError(f"--uid: {exc}", code=2) from None
+        if uid >= 1 << 88:
+            raise CommandError(f"--uid: a UID has 88 bits, {args.uid} has {uid.bit_length()}", code=2)
     elif layout is not None:
         uid = layout.buffer_type.device_id << 72
     else:
@@ -615,6 +634,8 @@ def encode_messages(args: argparse.Namespace, layout: TypeLayout | None) -> list
             f"{layout.buffer_type.device_id}",
             code=2,
         )
+    from ..buffer import DeviceUID
+
     parts = DeviceUID.from_int(uid)
     return [Message.make_sub_res(bitmap, _interval(args, layout), parts.device_id, parts.year, parts.random)]
 
@@ -687,10 +708,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--params", metavar="BITMAP", help="parameter bitmap, e.g. 0x3 (sub-req, sub-res, dev-read)"
     )
     encode.add_argument("--interval", metavar="MS", help="subscription interval in ms (sub-req, sub-res)")
-    encode.add_argument("--uid", metavar="UID", help="the device's UID (sub-res)")
+    encode.add_argument("--uid", metavar="UID", help=f"the device's UID (sub-res): {UID_FORMS}")
     for sub, words in ((decode, "hex"), (encode, "fields")):
         sub.add_argument("--type", "-t", metavar="TYPE", help="device type of the catalog, e.g. yogi-bear")
-        sub.add_argument("--catalog", metavar="FILE", help="device catalog file (default: the packaged one)")
+        add_catalog_option(sub)
         sub.add_argument("--json", action="store_true", help="print JSON for scripts")
         sub.set_defaults(extra_words=words)
     decode.set_defaults(msg_main=_decode_main)

@@ -1,0 +1,420 @@
+"""What the ``runtime`` commands share: one helper for each job they all do.
+
+* :class:`CommandError`: an expected failure, printed as one line (no traceback);
+* :func:`add_catalog_option` and :func:`load_catalog`: the ``--catalog FILE``
+  option of every command that reads a device catalog, and the loading of it;
+* :func:`parse_uid`: a UID typed by a user, accepted the same way everywhere;
+* :func:`bounded`: the argparse type of every number option, with a finite
+  range (so ``1e308``, ``inf`` and ``nan`` are usage errors everywhere);
+* :func:`suggest`: the ``(did you mean ...?)`` hint for a misspelled name;
+* :func:`configure_logging` and :func:`log_level`: how every command logs;
+* :func:`make_console`, :func:`param_table`, :func:`format_value`,
+  :func:`format_bounds`, :func:`ctype_name`, :func:`print_json`: tables and JSON
+  for people and scripts (the table of buffers is ``runtime.tools.buffers.list_table``).
+
+This module is imported by ``runtime --help``: it imports nothing heavy at the
+top (ctypes, difflib, json, rich and the library's buffers come in when used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..exception import RuntimeBaseException
+
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..buffer import Buffer
+
+    Number = TypeVar("Number", int, float)  # only for the checker: a TypeVar costs milliseconds at startup
+
+__all__ = [
+    "LOG_FORMAT",
+    "LONGEST_SECONDS",
+    "PROG",
+    "REFRESH_INTERVALS",
+    "UID_FORMS",
+    "CommandError",
+    "add_catalog_option",
+    "add_interval_option",
+    "add_log_options",
+    "bounded",
+    "configure_logging",
+    "ctype_name",
+    "format_bounds",
+    "format_value",
+    "load_catalog",
+    "log_level",
+    "log_level_arguments",
+    "make_console",
+    "param_table",
+    "parse_uid",
+    "print_json",
+    "suggest",
+]
+
+PROG = "runtime"
+"""The program's name, first word of every error line (``runtime buffers: error: ...``)."""
+MAX_SHOWN_ITEMS = 8
+"""Array items shown in tables before eliding the rest (JSON always has them all)."""
+REFRESH_INTERVALS = (0.01, 3600.0)
+"""The seconds between refreshes of a live view (``buffers watch``, ``demo``): from a blur to once an hour."""
+LONGEST_SECONDS = 86400.0
+"""The most seconds a duration option takes (``demo --duration``, ``emulate --disconnect-every``): a day."""
+
+
+class CommandError(Exception):
+    """A command cannot do its work: print ``message`` and exit with ``code``.
+
+    Raised by the command modules for expected failures (a missing buffer, a
+    bad catalog, undecodable input), so that the user sees one clear line
+    instead of a traceback.
+    """
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# ---- the device catalog ---------------------------------------------------------------------------
+
+
+def add_catalog_option(parser: argparse.ArgumentParser, *, default: Any = None) -> None:
+    """Add ``--catalog FILE`` to a command that reads the device catalog.
+
+    Args:
+        default: None, or ``argparse.SUPPRESS`` on a parser whose parent
+            parser has the option too (so that it is not overwritten).
+    """
+    parser.add_argument(
+        "--catalog",
+        metavar="FILE",
+        default=default,
+        help="device catalog file (default: the one packaged with runtime)",
+    )
+
+
+def load_catalog(path: str | os.PathLike[str] | None = None) -> dict[str, type[Buffer]]:
+    """Load the device catalog (the packaged one when ``path`` is None) into buffer types.
+
+    Raises:
+        CommandError: The file is missing or invalid; the message is the
+            catalog checker's, which names the file, device type and parameter.
+    """
+    from .. import catalog
+
+    try:
+        return catalog.load(path)
+    except (RuntimeBaseException, ValueError) as exc:
+        raise CommandError(str(exc.message if isinstance(exc, RuntimeBaseException) else exc)) from None
+
+
+# ---- what users type ------------------------------------------------------------------------------
+
+UID_FORMS = "hex with 0x (as printed everywhere), decimal, or hex digits with a letter a-f"
+"""The UIDs :func:`parse_uid` accepts, in words (for help texts)."""
+_UID = re.compile(
+    r"0[xX](?P<hex>[0-9a-fA-F]+)|(?P<decimal>[0-9]+)|(?P<bare>[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*)"
+)
+
+
+def parse_uid(text: str, where: str | None = None) -> int:
+    """A UID typed by a user: hex with ``0x``, decimal, or bare hex when it contains a letter a-f.
+
+    >>> parse_uid("0xa0a0000000000c0ffee") == parse_uid("a0a0000000000c0ffee") == 0xA0A0000000000C0FFEE
+    True
+    >>> parse_uid("42"), parse_uid(" 0X2a "), parse_uid("2a")
+    (42, 42, 42)
+    >>> parse_uid("-5")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: bad UID '-5': it must be an integer, hex with 0x (as printed everywhere), decimal, or ...
+
+    Args:
+        where: The argument the UID is part of (``TYPE:UID``), named in the error.
+
+    Raises:
+        ValueError: Anything else (a sign, other letters, nothing): one
+            message, the same for every command.
+    """
+    match = _UID.fullmatch(text.strip())
+    if match is None:
+        within = f" in {where!r}" if where is not None and where != text else ""
+        raise ValueError(f"bad UID {text!r}{within}: it must be an integer, {UID_FORMS}")
+    if match["decimal"] is not None:
+        return int(match["decimal"])
+    return int(match["hex"] or match["bare"], 16)
+
+
+def bounded(
+    kind: Callable[[str], Number], low: Number, high: Number, *, above: bool = False, unit: str = ""
+) -> Callable[[str], Number]:
+    """The argparse ``type`` of a number option: ``kind`` (int or float) from ``low`` to ``high``.
+
+    The range is always finite, so that ``1e308``, ``inf`` and ``nan`` are
+    usage errors rather than a sleep until the end of time.
+
+    >>> seconds = bounded(float, 0, 60, above=True, unit="seconds")
+    >>> seconds("1.5")
+    1.5
+    >>> seconds("inf")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be a positive number of seconds, at most 60, not 'inf'
+
+    Args:
+        above: ``low`` itself is excluded (``above=True`` with ``low=0``: positive).
+        unit: What the number counts, for the error message (``seconds``).
+    """
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"bounded() needs a finite range, not {low!r}..{high!r}")
+    noun = "an integer" if kind is int else "a number"
+    what = f"{noun} of {unit}" if unit else noun
+    low_text, high_text = (f"{bound:g}" if isinstance(bound, float) else str(bound) for bound in (low, high))
+
+    def number(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not (low < value <= high if above else low <= value <= high):  # also false for nan
+            if above and low == 0:
+                expected = f"a positive {what.removeprefix('a ').removeprefix('an ')}, at most {high_text}"
+            elif above:
+                expected = f"{what} above {low_text} and at most {high_text}"
+            else:
+                expected = f"{what} from {low_text} to {high_text}"
+            raise argparse.ArgumentTypeError(f"must be {expected}, not {text!r}")
+        return value
+
+    return number
+
+
+def add_interval_option(parser: argparse.ArgumentParser, *, default: float, what: str) -> None:
+    """``--interval S``: the seconds between refreshes of a live view, within :data:`REFRESH_INTERVALS`."""
+    low, high = REFRESH_INTERVALS
+    parser.add_argument(
+        "--interval",
+        type=bounded(float, low, high, unit="seconds"),
+        default=default,
+        metavar="S",
+        help=f"seconds between refreshes of {what}, {low:g} to {high:g} (default {default:g})",
+    )
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """A ``(did you mean ...?)`` hint for a misspelled name, or an empty string.
+
+    >>> suggest("gampad", ["gamepad", "yogi-bear"]), suggest("toaster", ["gamepad"])
+    (" (did you mean 'gamepad'?)", '')
+    """
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---- logging ------------------------------------------------------------------------------------
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-level LEVEL`` and ``-v``: the program's options that choose what is logged."""
+    parser.add_argument(
+        "--log-level",
+        dest="global_log_level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=None,
+        metavar="LEVEL",
+        help=f"log messages of this level and above to stderr: {', '.join(LOG_LEVELS)} "
+        "(default: INFO for bridge and emulate, which log one line per event; WARNING otherwise)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest="global_verbosity",
+        action="count",
+        default=0,
+        help="log more: -v for INFO, -vv for DEBUG",
+    )
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """The level asked for with ``--log-level`` and ``-v``, or else the command's default.
+
+    A command that logs one line per event (a service) sets ``default_log_level``
+    to ``INFO`` in its parser's defaults; the others log warnings and errors.
+    """
+    name = str(getattr(args, "global_log_level", None) or getattr(args, "default_log_level", "WARNING"))
+    verbosity = int(getattr(args, "global_verbosity", 0) or 0)
+    return max(logging.DEBUG, logging.getLevelNamesMapping()[name] - 10 * verbosity)
+
+
+def log_level_arguments(args: argparse.Namespace) -> list[str]:
+    """The program's options that give a child ``runtime`` process the same log level as this one."""
+    return ["--log-level", logging.getLevelName(log_level(args))]
+
+
+def configure_logging(level: int | None = None, *, debug: Iterable[str] = ()) -> None:
+    """Set up logging the one way every command logs: :data:`LOG_FORMAT` lines on stderr.
+
+    ``runtime`` calls it once, with :func:`log_level`. A command's ``main``
+    calls it too, with ``level`` None: run by ``runtime`` it then keeps the
+    level chosen there, run on its own (``python -m runtime.tools.bridge``) it
+    logs at INFO.
+
+    Args:
+        level: The root logger's level; None keeps the one already set up.
+        debug: Loggers whose DEBUG lines pass whatever the level (a command's
+            own ``--verbose``: every frame, every protocol error).
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
+        if level is None:
+            level = logging.INFO
+    if level is not None:
+        root.setLevel(level)
+    for name in debug:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+# ---- output -------------------------------------------------------------------------------------
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console for tables: no markup (values may contain brackets), wide when not a terminal.
+
+    When the output is a pipe or a file, rich would wrap tables at 80 columns;
+    scripts and tests read them more easily unwrapped.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=stderr, markup=False, highlight=False, emoji=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, markup=False, highlight=False, emoji=False, width=200)
+    return console
+
+
+def format_value(value: Any) -> str:
+    """A short human-readable rendering of a parameter value, for tables.
+
+    >>> import ctypes
+    >>> format_value(ctypes.c_float(0.1).value), format_value(True), format_value(list(range(20)))
+    ('0.1', 'true', '[0, 1, 2, 3, 4, 5, 6, 7, ... (20 items)]')
+    """
+    import ctypes
+
+    from ..jsonio import short_float
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(short_float(value))
+    if isinstance(value, bytes | bytearray):
+        return repr(bytes(value).decode("utf-8", "replace"))
+    if isinstance(value, ctypes.Array | list | tuple):
+        items = list(value)
+        shown = ", ".join(format_value(item) for item in items[:MAX_SHOWN_ITEMS])
+        more = f", ... ({len(items)} items)" if len(items) > MAX_SHOWN_ITEMS else ""
+        return f"[{shown}{more}]"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def format_bounds(lower: float, upper: float) -> str:
+    """``[lower, upper]`` for bounded parameters, empty when unbounded.
+
+    >>> format_bounds(-1.0, 1.0), format_bounds(0.0, math.inf), format_bounds(-math.inf, math.inf)
+    ('[-1, 1]', '[0, inf]', '')
+    """
+    if lower == -math.inf and upper == math.inf:
+        return ""
+
+    def number(bound: float) -> str:
+        if math.isinf(bound):
+            return "inf" if bound > 0 else "-inf"
+        return str(int(bound)) if bound == int(bound) else repr(bound)
+
+    return f"[{number(lower)}, {number(upper)}]"
+
+
+_FLOAT_CODES = {"f": "float", "d": "double", "g": "longdouble", "?": "bool", "c": "char", "u": "wchar"}
+
+
+def ctype_name(ctype: Any) -> str:
+    """The catalog spelling of a ctypes type (``float``, ``uint8``, ``char[253]``).
+
+    >>> import ctypes
+    >>> ctype_name(ctypes.c_uint8), ctype_name(ctypes.c_char * 4), ctype_name(ctypes.c_double)
+    ('uint8', 'char[4]', 'double')
+    """
+    import ctypes
+
+    if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
+        return f"{ctype_name(ctype._type_)}[{ctype._length_}]"
+    code = getattr(ctype, "_type_", "")
+    if code in _FLOAT_CODES:
+        return _FLOAT_CODES[code]
+    if isinstance(code, str) and code in "bBhHiIlLqQ":
+        return f"{'' if code.islower() else 'u'}int{ctypes.sizeof(ctype) * 8}"
+    return str(getattr(ctype, "__name__", ctype)).removeprefix("c_")
+
+
+def param_table(params: Iterable[Mapping[str, Any]], values: Sequence[str] | None = None) -> Table:
+    """The table of a device type's parameters: id, name, type, (value,) flags, bounds.
+
+    Args:
+        params: Each parameter's ``id``, ``name``, ``type``, ``readable``,
+            ``writeable``, ``subscribed``, ``lower`` and ``upper`` (None for
+            an infinite bound, as in JSON).
+        values: The text of each parameter's value, for a column of values.
+
+    Flags: ``r`` readable (``no-r``: write-only), ``w`` writeable, ``no-sub``
+    not in the device's subscription.
+    """
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE, pad_edge=False)
+    columns = ["id", "parameter", "type", "flags", "bounds"]
+    if values is not None:
+        columns.insert(3, "value")
+    for column in columns:
+        table.add_column(column, justify="right" if column == "id" else "left", overflow="fold")
+    for index, param in enumerate(params):
+        flags = ["r" if param["readable"] else "no-r"]
+        if param["writeable"]:
+            flags.append("w")
+        if not param["subscribed"]:
+            flags.append("no-sub")
+        lower = -math.inf if param["lower"] is None else param["lower"]
+        upper = math.inf if param["upper"] is None else param["upper"]
+        row = [str(param["id"]), param["name"], param["type"], " ".join(flags), format_bounds(lower, upper)]
+        if values is not None:
+            row.insert(3, values[index])
+        table.add_row(*row)
+    return table
+
+
+def print_json(data: Any) -> None:
+    """Print JSON for scripts: plain data, two-space indents, keys in insertion order."""
+    import json
+
+    print(json.dumps(data, indent=2, allow_nan=False))
