@@ -4,32 +4,47 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+SETUP_LOG := build/setup-venv.log
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h)
+LINT_PATHS := src tests bench $(wildcard examples)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-fast bench lint clean
 
+# One line says what happens; the output is shown only if it fails (it stays in $(SETUP_LOG)).
 $(STAMP): $(SOURCES)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable '.[test,dev]'
-	touch $(STAMP)
+	@mkdir -p $(dir $(SETUP_LOG))
+	@if [ -x $(BIN)/python ]; then \
+	    echo "updating $(VENV): reinstalling runtime, rebuilding the C core (under a minute)..."; \
+	else \
+	    echo "setting up $(VENV): installing runtime and its dependencies, building the C core (about a minute)..."; \
+	fi
+	@{ test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); } > $(SETUP_LOG) 2>&1 \
+	    && { $(BIN)/python -m pip install --upgrade pip || echo "pip not upgraded; going on"; } >> $(SETUP_LOG) 2>&1 \
+	    && $(BIN)/python -m pip install --editable '.[test,dev]' >> $(SETUP_LOG) 2>&1 \
+	    || { cat $(SETUP_LOG); echo "setting up $(VENV) failed; its output is above and in $(SETUP_LOG)" >&2; exit 1; }
+	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m runtime demo $(DEMO_ARGS)
 
+# Everything (what CI runs: .ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The edit loop: skips the end-to-end, multi-process and build tests (marked slow in tests/conftest.py).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 clean:
-	rm -rf build *.egg-info src/*.egg-info src/runtime/*.so $(VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/runtime/*.so $(VENV)
 
 # Coverage-guided fuzzing of the compiled core under AddressSanitizer (fuzz/README.md):
 # builds an instrumented copy in build/fuzz/ (needs clang), then runs each target

@@ -72,3 +72,56 @@ def shm_name(request: _pytest.FixtureRequest, buffer_namespace: str) -> _Iterato
         for name in names:
             with _contextlib.suppress(_DeviceBufferError):
                 _Buffer.unlink(name)
+
+
+# ---- the fast subset (`make test-fast`: pytest -m "not slow") ----------------------------------------
+# The modules and tests below dominate the suite's time; the rest runs in under 30 s.
+
+SLOW_MODULES = frozenset(
+    {
+        # end to end: real bridge, emulator and demo processes on pseudo-terminals
+        "tests/test_bridge.py",
+        "tests/test_demo.py",
+        "tests/test_examples.py",
+        "tests/test_flaky_link.py",
+        "tests/test_liveness.py",
+        "src/runtime/testing/__init__.py",  # doctests that start an emulated robot
+        "src/runtime/testing/robot.py",
+        # many processes, kill storms, a private mount namespace, thousands of cycles
+        "tests/test_faults.py",
+        "tests/test_leaks.py",
+        "tests/test_shm_safety.py",
+        "tests/test_testing.py",
+        # builds the sdist and the wheel
+        "tests/test_packaging.py",
+    }
+)
+"""Files (from the project root) whose every test is marked ``slow``."""
+
+SLOW_TESTS = frozenset(
+    {
+        # hypothesis searches over many thousands of frames
+        "tests/test_messaging.py::test_decode_mutated_frames",
+        "tests/test_messaging.py::test_decode_structured_frames",
+        "tests/test_messaging.py::test_decode_arbitrary_bytes",
+        "tests/test_messaging.py::test_decode_arbitrary_frames_without_zero",
+        # a subprocess per case
+        "tests/test_cli_errors.py::test_a_catalog_nested_1000_deep_is_one_error_line",
+        "tests/test_cli_errors.py::test_a_catalog_larger_than_the_cap_is_refused_unread",
+        "tests/test_cli_errors.py::test_every_help_example_runs",
+        # runs mypy's stubtest on the compiled core
+        "tests/test_api.py::test_the_core_stub_matches_the_compiled_core",
+        # a second or more of waiting each
+        "tests/test_notify.py::test_waiting_costs_no_cpu",
+        "tests/test_notify.py::test_thousands_of_tasks_on_hundreds_of_buffers",
+    }
+)
+"""Single tests (``file::function``, every parametrization) marked ``slow``."""
+
+
+def pytest_collection_modifyitems(config: _pytest.Config, items: list[_pytest.Item]) -> None:
+    """Mark the tests of :data:`SLOW_MODULES` and :data:`SLOW_TESTS` slow (``-m "not slow"`` skips them)."""
+    for item in items:
+        test = item.nodeid.split("[", 1)[0]
+        if test.split("::", 1)[0] in SLOW_MODULES or test in SLOW_TESTS:
+            item.add_marker(_pytest.mark.slow)
