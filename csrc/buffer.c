@@ -451,13 +451,30 @@ read_stable(rt_BufferAccess *acc, void *dst, const void *src, size_t n)
 
 /* ---- parameter lookup and conversion ------------------------------------ */
 
+/* "no such parameter", with the closest names the library's did_you_mean
+ * finds (an error path: it may run Python code). */
+static __attribute__((noinline)) void
+unknown_parameter(rt_BufferAccess *acc, PyObject *name)
+{
+    PyObject *hint = rt_did_you_mean && PyUnicode_Check(name)
+                         ? PyObject_CallFunctionObjArgs(rt_did_you_mean, name, acc->spec->index, NULL)
+                         : NULL;
+    PyErr_Clear();
+    const char *text = hint && PyUnicode_Check(hint) ? PyUnicode_AsUTF8(hint) : NULL;
+    char message[200];
+    snprintf(message, sizeof(message), "no such parameter%s", text ? text : "");
+    PyErr_Clear();
+    buffer_error(acc, message, name);
+    Py_XDECREF(hint);
+}
+
 static rt_param *
 lookup(rt_BufferAccess *acc, PyObject *name)
 {
     PyObject *position = PyDict_GetItemWithError(acc->spec->index, name);
     if (position == NULL) {
         if (!PyErr_Occurred()) {
-            buffer_error(acc, "no such parameter", name);
+            unknown_parameter(acc, name);
         }
         return NULL;
     }

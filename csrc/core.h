@@ -51,6 +51,7 @@ enum rt_error_code {
 extern PyObject *rt_SyncError;
 extern PyObject *rt_MessageError;
 extern PyObject *rt_DeviceBufferError;
+extern PyObject *rt_did_you_mean;        /* did_you_mean(word, choices) -> str, for error messages */
 extern PyObject *rt_message_types[256];  /* MessageType members by value */
 extern PyObject *rt_error_codes[256];    /* ErrorCode members by value */
 

@@ -15,6 +15,7 @@
 PyObject *rt_SyncError = NULL;
 PyObject *rt_MessageError = NULL;
 PyObject *rt_DeviceBufferError = NULL;
+PyObject *rt_did_you_mean = NULL;
 PyObject *rt_message_types[256];
 PyObject *rt_error_codes[256];
 
@@ -101,6 +102,9 @@ core_register(PyObject *self, PyObject *args)
     }
     else if (strcmp(kind, "DeviceBufferError") == 0) {
         slot = &rt_DeviceBufferError;
+    }
+    else if (strcmp(kind, "did_you_mean") == 0) {
+        slot = &rt_did_you_mean;
     }
     else if (strcmp(kind, "MessageType") == 0 || strcmp(kind, "ErrorCode") == 0) {
         /* An IntEnum class: cache its members by value. */

@@ -68,13 +68,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from . import _core
-from .exception import RuntimeBaseException
+from .exception import RuntimeBaseException, did_you_mean
 from .messaging import Message
 
 __all__ = [
     "BaseStructure",
     "Buffer",
     "BufferStore",
+    "CatalogError",
     "DeviceBuffer",
     "DeviceBufferError",
     "DeviceUID",
@@ -103,7 +104,16 @@ class DeviceBufferError(RuntimeBaseException):
     """Error when interfacing with a buffer (``context`` names the buffer and parameter)."""
 
 
+class CatalogError(DeviceBufferError):
+    """A device catalog, or a buffer type made from one, is malformed (``context`` says where).
+
+    A subclass of :class:`DeviceBufferError`, so that code catching that still
+    catches it; catch this one first to tell a broken catalog from a buffer problem.
+    """
+
+
 _core._register("DeviceBufferError", DeviceBufferError)
+_core._register("did_you_mean", did_you_mean)
 
 
 class BaseStructure(ctypes.Structure):
@@ -272,7 +282,9 @@ class Parameter(NamedTuple):
     def clamp(self, value: float, /) -> float:
         """Ensure a real value is between this parameter's lower and upper limits.
 
-        A value outside the bounds is clipped to the nearer one, with a warning.
+        A value outside the bounds is clipped to the nearer one, with a
+        ``RuntimeWarning`` worded as every clamp of the library words it
+        (``parameter NAME: VALUE is out of bounds [LOWER, UPPER]; clamped to BOUND``).
 
         Example:
             >>> param = Parameter('param', ctypes.c_double, 0, lower=-1, upper=1)
@@ -283,12 +295,11 @@ class Parameter(NamedTuple):
             >>> param.clamp(0)
             0
         """
-        if value < self.lower:
-            warnings.warn(f"parameter {self.name}: {value!r} is below {self.lower!r}; clamped", stacklevel=2)
-            return self.lower
-        if value > self.upper:
-            warnings.warn(f"parameter {self.name}: {value!r} is above {self.upper!r}; clamped", stacklevel=2)
-            return self.upper
+        if value < self.lower or value > self.upper:
+            bound = self.lower if value < self.lower else self.upper
+            message = _clamp_message(self.name, value, self.lower, self.upper, bound)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            return bound
         return value
 
     @staticmethod
@@ -308,12 +319,12 @@ class Parameter(NamedTuple):
         base = match and match.group(1)
         ctype = getattr(ctypes, f"c_{base}", None) if base and base not in _POINTER_TYPES else None
         if not (isinstance(ctype, type) and issubclass(ctype, ctypes._SimpleCData)):
-            raise DeviceBufferError("unknown parameter type", type=type_specifier)
+            raise CatalogError("unknown parameter type", type=type_specifier)
         assert match is not None
         result: Any = ctype
         for length in re.findall(r"\d+", match.group(2)):
             if int(length) == 0:
-                raise DeviceBufferError("array length must be positive", type=type_specifier)
+                raise CatalogError("array length must be positive", type=type_specifier)
             result = result * int(length)
         return result  # type: ignore[no-any-return]
 
@@ -399,6 +410,11 @@ def _raw_converters(param: Parameter) -> tuple[Callable[[bytes], Any], Callable[
     return to_python, from_python
 
 
+def _clamp_message(name: str, value: Any, lower: Any, upper: Any, bound: Any) -> str:
+    """The one wording of a clamp warning (the compiled core words its own the same way)."""
+    return f"parameter {name}: {value!r} is out of bounds [{lower!r}, {upper!r}]; clamped to {bound!r}"
+
+
 def _array_items(where: str, ctype: Any, value: Any, stacklevel: int) -> tuple[Any, ...]:
     """The elements of ``value`` for array type ``ctype``, integers clamped to their type's range.
 
@@ -424,11 +440,8 @@ def _array_items(where: str, ctype: Any, value: Any, stacklevel: int) -> tuple[A
         number = operator.index(item)
         if not low <= number <= high:
             bound = low if number < low else high
-            warnings.warn(
-                f"parameter {where}[{index}]: {item!r} is out of bounds [{low}, {high}]; clamped to {bound}",
-                RuntimeWarning,
-                stacklevel=stacklevel,
-            )
+            message = _clamp_message(f"{where}[{index}]", item, low, high, bound)
+            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
             number = bound
         result.append(number)
     return tuple(result)
@@ -630,7 +643,7 @@ class Buffer(BaseStructure):
         until a producer serves it); an existing segment keeps its own.
         """
         if cls._spec is None:
-            raise DeviceBufferError("buffer type has no layout; make one with make_type()", type=cls.__name__)
+            raise CatalogError("buffer type has no layout; make one with make_type()", type=cls.__name__)
         _validate_name(name)
         for attempt in (1, 2):
             try:
@@ -912,13 +925,13 @@ def _check_attrs(type_name: str, cls: type, attrs: Mapping[str, Any]) -> None:
             or isinstance(current, (property, classmethod, staticmethod))
             or key.startswith("_")
         ):
-            raise DeviceBufferError(
+            raise CatalogError(
                 "attribute would replace a method or internal of the buffer type", device=type_name, key=key
             )
         if key == "lock_timeout" and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf
         ):
-            raise DeviceBufferError(
+            raise CatalogError(
                 "lock_timeout must be a nonnegative, finite number of seconds", device=type_name, value=value
             )
 
@@ -929,49 +942,49 @@ def _check_params(type_name: str, params: list[Parameter], max_params: int) -> N
     for param in params:
         context = {"device": type_name, "param": getattr(param, "name", None)}
         if not isinstance(param, Parameter):
-            raise DeviceBufferError("expected a Parameter", **context)
+            raise CatalogError("expected a Parameter", **context)
         if not isinstance(param.name, str) or not param.name.isidentifier() or param.name.startswith("_"):
-            raise DeviceBufferError("parameter name must be an identifier not starting with '_'", **context)
+            raise CatalogError("parameter name must be an identifier not starting with '_'", **context)
         if param.name in names:
-            raise DeviceBufferError("duplicate parameter name", **context)
+            raise CatalogError("duplicate parameter name", **context)
         if not isinstance(param.id, int) or not 0 <= param.id < max_params:
-            raise DeviceBufferError(
+            raise CatalogError(
                 f"parameter id must be an integer in 0..{max_params - 1}", id=param.id, **context
             )
         if param.id in ids:
-            raise DeviceBufferError("duplicate parameter id", id=param.id, **context)
+            raise CatalogError("duplicate parameter id", id=param.id, **context)
         if not (
             isinstance(param.ctype, type) and issubclass(param.ctype, (ctypes._SimpleCData, ctypes.Array))
         ):
-            raise DeviceBufferError("parameter ctype must be a simple ctypes type or array", **context)
+            raise CatalogError("parameter ctype must be a simple ctypes type or array", **context)
         try:
             lower, upper = float(param.lower), float(param.upper)
         except (TypeError, ValueError):
-            raise DeviceBufferError(
+            raise CatalogError(
                 "bounds must be numbers", lower=param.lower, upper=param.upper, **context
             ) from None
         if math.isnan(lower) or math.isnan(upper) or lower > upper:
-            raise DeviceBufferError("bad bounds: need lower <= upper", lower=lower, upper=upper, **context)
+            raise CatalogError("bad bounds: need lower <= upper", lower=lower, upper=upper, **context)
         if not param.numeric and (lower, upper) != (-math.inf, math.inf):
-            raise DeviceBufferError("bounds apply to numeric parameters only", **context)
+            raise CatalogError("bounds apply to numeric parameters only", **context)
         if lower == math.inf or upper == -math.inf:
-            raise DeviceBufferError("bounds exclude every value", lower=lower, upper=upper, **context)
+            raise CatalogError("bounds exclude every value", lower=lower, upper=upper, **context)
         if _is_integer(param):
             low, high = _integer_range(param.platform_type)
             if not all(math.isinf(bound) or bound.is_integer() for bound in (lower, upper)):
-                raise DeviceBufferError("bounds of an integer parameter must be integers", **context)
+                raise CatalogError("bounds of an integer parameter must be integers", **context)
             if lower > high or upper < low:
-                raise DeviceBufferError(
+                raise CatalogError(
                     "bounds lie outside the parameter type's range", lower=lower, upper=upper, **context
                 )
         if _has_wchar(param.ctype):
-            raise DeviceBufferError("wchar is platform-dependent; use uint16 or uint32", **context)
+            raise CatalogError("wchar is platform-dependent; use uint16 or uint32", **context)
         if _element_type(param.ctype)._type_ in _POINTER_CODES:
-            raise DeviceBufferError(
+            raise CatalogError(
                 "pointer types cannot be shared between processes; use an integer or char array", **context
             )
         if max_params <= 16 and ctypes.sizeof(param.platform_type) > _core.MAX_PAYLOAD - 2:
-            raise DeviceBufferError("parameter is too wide for one message", **context)
+            raise CatalogError("parameter is too wide for one message", **context)
         names.add(param.name)
         ids.add(param.id)
 
@@ -1035,14 +1048,10 @@ class DeviceBuffer(Buffer):
         for key in ("sub_interval", "write_interval", "heartbeat_interval"):
             value = attrs.get(key, 1.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise DeviceBufferError(
-                    f"{key} must be a positive number of seconds", device=name, value=value
-                )
+                raise CatalogError(f"{key} must be a positive number of seconds", device=name, value=value)
         device_id = attrs.get("device_id", 0)
         if isinstance(device_id, bool) or not isinstance(device_id, int) or not 0 <= device_id <= 0xFFFF:
-            raise DeviceBufferError(
-                "device_id must be an integer in 0..65535", device=name, device_id=device_id
-            )
+            raise CatalogError("device_id must be an integer in 0..65535", device=name, device_id=device_id)
         return super().make_type(name, params, *extra_fields, **attrs)
 
     def read(self, params: Iterable[str] | None = None) -> None:

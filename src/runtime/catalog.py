@@ -11,7 +11,7 @@ A catalog is written by hand, and a typo in it would otherwise surface much
 later, far from its cause (as a ``KeyError`` in ``make_catalog``, a ``ctypes``
 error, or a device that silently never answers). :func:`validate` checks the
 raw mapping up front and turns the first mistake into one
-:class:`~runtime.buffer.DeviceBufferError` whose message names the file, the
+:class:`~runtime.buffer.CatalogError` whose message names the file, the
 device type and the parameter (also kept as ``source``/``device``/``param`` in
 its ``context``).
 
@@ -30,7 +30,6 @@ and hold at most :data:`MAX_CATALOG_NODES` values with its aliases expanded.
 from __future__ import annotations
 
 import copy
-import difflib
 import errno
 import functools
 import math
@@ -44,8 +43,10 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import yaml
 
+from .exception import did_you_mean
+
 if TYPE_CHECKING:
-    from .buffer import Buffer, DeviceBufferError
+    from .buffer import Buffer, CatalogError
 
 __all__ = [
     "BASE_TYPES",
@@ -131,17 +132,17 @@ class _Where:
             parts.append(f"parameter {self.param!r}")
         return ", ".join(parts)
 
-    def error(self, problem: str, **extra: Any) -> DeviceBufferError:
+    def error(self, problem: str, **extra: Any) -> CatalogError:
         """An error saying ``<source>, device type ..., parameter ...: <problem>``."""
         # Imported lazily, so that runtime.buffer may use this module without an import cycle.
-        from .buffer import DeviceBufferError
+        from .buffer import CatalogError
 
         context: dict[str, Any] = {"source": self.source}
         if self.device is not None:
             context["device"] = self.device
         if self.param is not None:
             context["param"] = self.param
-        return DeviceBufferError(f"{self.describe()}: {problem}", **context, **extra)
+        return CatalogError(f"{self.describe()}: {problem}", **context, **extra)
 
 
 def _show(value: object) -> str:
@@ -151,10 +152,7 @@ def _show(value: object) -> str:
 
 def _suggest(word: object, choices: tuple[str, ...] | frozenset[str]) -> str:
     """A ``did you mean`` hint for a misspelled key or type, or nothing."""
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, sorted(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(word, choices)
 
 
 def _check_keys(where: _Where, entry: Mapping[Any, Any], allowed: tuple[str, ...], what: str) -> None:
@@ -350,7 +348,7 @@ def validate(raw: object, source: str = "<catalog>") -> dict[str, dict[str, Any]
     bounds, positional IDs) are left for ``BufferStore.make_catalog`` to apply.
 
     Raises:
-        DeviceBufferError: On the first mistake found; its message names
+        CatalogError: On the first mistake found; its message names
             ``source``, the device type and the parameter (``context`` keys
             ``source``, ``device``, ``param``, where applicable).
         ValueError: If a Smart Device (one with a ``device_id``) has more than
@@ -358,7 +356,7 @@ def validate(raw: object, source: str = "<catalog>") -> dict[str, dict[str, Any]
 
     Data nested more than :data:`MAX_NESTING` levels deep (or inside itself),
     or holding more than :data:`MAX_CATALOG_NODES` values once YAML aliases are
-    expanded, is refused first, with a :class:`~runtime.buffer.DeviceBufferError`.
+    expanded, is refused first, with a :class:`~runtime.buffer.CatalogError`.
     """
     top = _Where(source)
     _check_shape(top, raw)
@@ -407,7 +405,7 @@ def _read_file(where: _Where) -> bytes:
 
     Raises:
         OSError: Cannot open or read it, or it is not a regular file.
-        DeviceBufferError: It is larger than :data:`MAX_CATALOG_SIZE` (``context``
+        CatalogError: It is larger than :data:`MAX_CATALOG_SIZE` (``context``
             has ``size``, when known, and ``limit``).
     """
     descriptor = os.open(where.source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
@@ -429,7 +427,7 @@ def _read_file(where: _Where) -> bytes:
     return data
 
 
-def _too_large(where: _Where, shown: str, **context: Any) -> DeviceBufferError:
+def _too_large(where: _Where, shown: str, **context: Any) -> CatalogError:
     return where.error(
         f"the catalog file is too large: {shown}, the limit is {MAX_CATALOG_SIZE} bytes "
         f"({MAX_CATALOG_SIZE >> 20} MiB)",

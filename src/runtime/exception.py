@@ -1,8 +1,10 @@
 """The root of the library's exceptions: a message plus structured context."""
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["RuntimeBaseException"]
+__all__ = ["RuntimeBaseException", "closest", "did_you_mean"]
 
 
 class RuntimeBaseException(Exception):
@@ -44,3 +46,26 @@ def _rebuild(cls: type[RuntimeBaseException], message: str, context: dict[str, A
     exc = cls.__new__(cls)
     RuntimeBaseException.__init__(exc, message, **context)
     return exc
+
+
+def closest(word: object, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The choices that look most like ``word``, closest first (none when nothing is close).
+
+    The one helper behind every "did you mean" of the library and its tools.
+
+    >>> closest("duty_cyle", ["enc_pos", "duty_cycle", "pid_pos_kp"])
+    ['duty_cycle']
+    """
+    if not isinstance(word, str):
+        return []
+    return difflib.get_close_matches(word, sorted(choices), n=n)
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest choice, or an empty string.
+
+    >>> did_you_mean("gampad", ["gamepad", "yogi-bear"]), did_you_mean("toaster", ["gamepad"])
+    (" (did you mean 'gamepad'?)", '')
+    """
+    close = closest(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -25,7 +25,7 @@ import os
 import re
 import time
 import types
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, overload
 
 from . import _core
@@ -33,6 +33,7 @@ from .buffer import (
     NAMESPACE_ENV,
     SHM_DIR,
     Buffer,
+    CatalogError,
     DeviceBuffer,
     DeviceBufferError,
     DeviceUID,
@@ -41,6 +42,7 @@ from .buffer import (
     current_namespace,
     logger,
 )
+from .exception import closest, did_you_mean
 
 __all__ = ["CATALOG_KEYS", "BufferInfo", "BufferKey", "BufferStore", "namespaces"]
 
@@ -85,7 +87,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
             if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id"):
                 other = result.setdefault(buffer_type.device_id, type_name)
                 if other != type_name:
-                    raise DeviceBufferError(
+                    raise CatalogError(
                         "two device types share a device_id",
                         device_id=buffer_type.device_id,
                         types=(other, type_name),
@@ -93,21 +95,34 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         return types.MappingProxyType(result)
 
     def normalize_key(self, key: BufferKey, /) -> tuple[str, int]:
-        """The ``(type name, UID)`` pair for a key; ``KeyError`` for unknown types."""
+        """The ``(type name, UID)`` pair for a key.
+
+        Raises:
+            KeyError: An unknown type or device_id, or a UID that is not an
+                88-bit nonnegative integer; its message says which, with the
+                closest type names first.
+        """
         if isinstance(key, tuple):
             type_name, uid = key
             if type_name not in self.catalog:
-                raise KeyError(type_name)
+                raise KeyError(
+                    f"no device type {type_name!r} in the catalog{did_you_mean(type_name, self.catalog)}; "
+                    f"known types: {_known(type_name, self.catalog)}"
+                )
         else:
             uid = key
             if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 1 << 88:
-                raise KeyError(key)
+                raise KeyError(f"a Smart Device UID is an 88-bit nonnegative integer, not {key!r}")
             device_id = uid >> 72
             if device_id not in self.device_types:
-                raise KeyError(key)
+                known = ", ".join(f"{name} ({number})" for number, name in sorted(self.device_types.items()))
+                raise KeyError(
+                    f"UID {uid:#x} has device_id {device_id}, which no Smart Device type of the catalog has; "
+                    f"known: {known}"
+                )
             type_name = self.device_types[device_id]
         if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
-            raise KeyError(key)
+            raise KeyError(f"a UID is a nonnegative integer, not {uid!r}")
         return type_name, uid
 
     def __getitem__(self, key: BufferKey, /) -> Buffer:
@@ -287,6 +302,92 @@ class BufferStore(Mapping[BufferKey, Buffer]):
             removed.append(entry)
         return removed
 
+    def stale_segments(self) -> list[tuple[str, int, str, int]]:
+        """The namespace's segments that no producer serves any more: ``(type, uid, name, last producer pid)``.
+
+        Leftovers of a bridge (or of another producer) that stopped or died,
+        which nobody can bring back to life: ``runtime buffers clean`` removes
+        them. A segment is stale when all of this holds:
+
+        * it is a segment of this store's catalog types in exactly this
+          namespace (as :meth:`find_segments` names it and :meth:`unlink_all`
+          reads its header), this user's, and opens with its type;
+        * it was served at some time: its header records a producer
+          (``producer_pid`` is not 0);
+        * nobody serves it now: once attached, :attr:`Buffer.producer_pid` is
+          None (the producer lock is free, or its owner died);
+        * that last producer is gone: no process has its pid (a zombie counts
+          as gone). A bridge that still runs keeps the segments of its
+          unplugged devices, to serve them again when they come back;
+        * no other live process of this user has it mapped (as
+          ``/proc/PID/maps`` says): a program still attached, waiting for the
+          device to come back, would otherwise wait on a segment that no new
+          bridge would find.
+
+        Never stale: a buffer a live producer serves; a buffer never served
+        (a plain buffer a program uses on its own, or a Smart Device buffer
+        that student code opened before the bridge came); a segment that
+        cannot be opened to look (another catalog's or user's); anything
+        outside the namespace. When the last producer's pid was reused by an
+        unrelated process, the segment is kept too (a safe mistake).
+
+        Selecting is not removing: a producer that starts serving a segment
+        between this call and its unlink loses it to the unlink, so clean up
+        while no bridge is starting (``runtime buffers clean`` runs before the
+        bridge in the systemd unit of ``docs/deploy.md``).
+        """
+        if not self.shared:
+            return []
+        namespace = self.namespace()
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:  # another user's process: alive
+                return False
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as file:
+                    return file.read().rpartition(b")")[2].split()[:1] == [b"Z"]  # a zombie
+            except OSError:
+                return False
+
+        candidates: list[tuple[str, int, str, int, int]] = []
+        for type_name, uid, name in self.find_segments():
+            path = os.path.join(SHM_DIR, name)
+            header = _read_header(path)
+            if header is None or header.namespace_length != len(namespace) or header.producer_pid == 0:
+                continue
+            try:
+                buffer = self.catalog[type_name].attach(name, create=False, shared=True)
+            except DeviceBufferError:
+                continue
+            with buffer:
+                serving_pid = buffer.producer_pid
+            if serving_pid is not None or not gone(header.producer_pid):
+                continue
+            with contextlib.suppress(OSError):
+                candidates.append((type_name, uid, name, header.producer_pid, os.stat(path).st_ino))
+        if not candidates:
+            return []
+        mapped: set[int] = set()  # inodes of /dev/shm files that another process maps
+        prefix = SHM_DIR.rstrip("/") + "/"
+        own = str(os.getpid())
+        with contextlib.suppress(OSError):
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or entry == own:
+                    continue
+                try:
+                    with open(f"/proc/{entry}/maps", encoding="utf-8", errors="replace") as file:
+                        for line in file:
+                            fields = line.split(None, 5)
+                            if len(fields) == 6 and fields[5].startswith(prefix):
+                                mapped.add(int(fields[4]))
+                except (OSError, ValueError):  # gone meanwhile, or not ours to read
+                    continue
+        return [(type_name, uid, name, pid) for type_name, uid, name, pid, inode in candidates if inode not in mapped]
+
     @classmethod
     def make_catalog(cls, catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buffer]]:
         """Generate buffer types from the raw peripheral specification.
@@ -313,10 +414,10 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         result: dict[str, type[Buffer]] = {}
         for type_name, spec in catalog.items():
             if not isinstance(spec, Mapping):
-                raise DeviceBufferError("device type must be a mapping", device=type_name)
+                raise CatalogError("device type must be a mapping", device=type_name)
             unknown = sorted(str(key) for key in spec if key not in CATALOG_KEYS)
             if unknown:
-                raise DeviceBufferError(
+                raise CatalogError(
                     f"unknown key {unknown[0]!r}; a device type takes {', '.join(CATALOG_KEYS)}",
                     device=type_name,
                     key=unknown[0],
@@ -330,6 +431,13 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         store = cls(result)
         store.device_types  # noqa: B018 - refuse duplicate device ids now
         return result
+
+
+def _known(word: str, names: Iterable[str]) -> str:
+    """The names, closest to ``word`` first, then the rest in order."""
+    ordered = sorted(names)
+    close = closest(word, ordered, n=len(ordered))
+    return ", ".join([*close, *(name for name in ordered if name not in close)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,19 +484,19 @@ def namespaces() -> list[str]:
 
 def _make_param(type_name: str, index: int, raw: Any) -> Parameter:
     if not isinstance(raw, Mapping):
-        raise DeviceBufferError("parameter must be a mapping", device=type_name, index=index)
+        raise CatalogError("parameter must be a mapping", device=type_name, index=index)
     options = dict(raw)
     name = options.pop("name", None)
     if name is None:
-        raise DeviceBufferError("parameter has no name", device=type_name, index=index)
+        raise CatalogError("parameter has no name", device=type_name, index=index)
     if "type" not in options:
-        raise DeviceBufferError("parameter has no type", device=type_name, param=name)
+        raise CatalogError("parameter has no type", device=type_name, param=name)
     try:
         ctype = Parameter.parse_ctype(options.pop("type"))
-    except DeviceBufferError as exc:
-        raise DeviceBufferError(exc.message, device=type_name, param=name, **exc.context) from None
+    except CatalogError as exc:
+        raise CatalogError(exc.message, device=type_name, param=name, **exc.context) from None
     param_id = options.pop("id", index)
     try:
         return Parameter(name, ctype, param_id, **options)
     except TypeError as exc:
-        raise DeviceBufferError(f"bad parameter options: {exc}", device=type_name, param=name) from None
+        raise CatalogError(f"bad parameter options: {exc}", device=type_name, param=name) from None

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..exception import RuntimeBaseException
+from ..exception import RuntimeBaseException, did_you_mean
 
 if TYPE_CHECKING:
     from typing import TypeVar
@@ -214,16 +214,8 @@ def add_interval_option(parser: argparse.ArgumentParser, *, default: float, what
     )
 
 
-def suggest(word: str, choices: Iterable[str]) -> str:
-    """A ``(did you mean ...?)`` hint for a misspelled name, or an empty string.
-
-    >>> suggest("gampad", ["gamepad", "yogi-bear"]), suggest("toaster", ["gamepad"])
-    (" (did you mean 'gamepad'?)", '')
-    """
-    import difflib
-
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+suggest = did_you_mean
+"""A ``(did you mean ...?)`` hint for a misspelled name, or an empty string: the library's one helper."""
 
 
 # ---- logging ------------------------------------------------------------------------------------
