@@ -3,7 +3,8 @@
 * End to end (tests/test_bridge.py, tests/test_flaky_link.py, tests/test_leaks.py):
   a namespace of segments per module, UIDs, poll loops with a deadline, child
   processes of ``python -m MODULE`` that are always killed (:class:`Children`),
-  the bridge's buffers and stats files, and the test playing a device on a pty.
+  the bridge's buffers and stats files, and the test playing a device on a pty (the
+  pty plumbing is the public test kit's: :class:`runtime.testing.FakeSerialPort`).
 * multiprocessing children (tests/test_buffer_multiprocess.py, tests/test_faults.py,
   tests/test_sync.py): started into a list that :func:`reaped` kills and joins.
 * The shared-memory segments of the session namespace, and ``$RUNTIME_STRESS_SECONDS``.
@@ -23,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import tty
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +33,8 @@ import pytest
 
 import runtime.catalog
 from runtime.buffer import NAMESPACE_ENV, SHM_DIR, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
-from runtime.messaging import FrameSplitter, Message
+from runtime.testing import FakeSerialPort
+from runtime.testing import sub_res as sub_res  # re-exported: tests take it from here
 
 T = TypeVar("T")
 
@@ -250,41 +251,16 @@ def stats_entry(path: Path, uid: int) -> dict[str, Any] | None:
 # ---- the test playing a device -------------------------------------------------------------------
 
 
-class FakeDeviceBase:
-    """The test playing a Smart Device on a pty whose slave end the bridge opens: what it received."""
+class FakeDeviceBase(FakeSerialPort):
+    """The test playing a Smart Device on a pty whose slave end the bridge opens: what it received.
 
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        self.splitter = FrameSplitter()
-        self.inbox: list[Message] = []
-
-    def close(self) -> None:
-        os.close(self.master)
-        os.close(self.slave)
+    The test kit's :class:`runtime.testing.FakeSerialPort` (the test modules
+    add the device's side of the conversation in their own ``FakeDevice``);
+    :func:`sub_res` is the kit's too.
+    """
 
     def _receive(self, timeout: float) -> None:
-        ready, _, _ = select.select([self.master], [], [], timeout)
-        if ready:
-            with contextlib.suppress(BlockingIOError, OSError):
-                for frame in self.splitter.feed(os.read(self.master, 4096)):
-                    self.inbox.append(Message.decode(frame))
-
-    def collect(self, seconds: float) -> list[Message]:
-        """Everything the bridge sends during ``seconds`` (and before)."""
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            self._receive(min(remaining, 0.05))
-        messages, self.inbox = self.inbox, []
-        return messages
-
-
-def sub_res(uid: int, params: int = 0, interval_ms: int = 0) -> Message:
-    """The SUB_RES of the device ``uid``."""
-    parts = DeviceUID.from_int(uid)
-    return Message.make_sub_res(params, interval_ms, parts.device_id, parts.year, parts.random)
+        self.receive(timeout)
 
 
 # ---- multiprocessing children -------------------------------------------------------------------

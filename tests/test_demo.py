@@ -13,16 +13,20 @@ import glob
 import json
 import os
 import re
+import select
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from runtime.buffer import NAMESPACE_ENV, SHM_DIR
-from runtime.tools.demo import DEFAULT_DEVICES
+from runtime.buffer import NAMESPACE_ENV, SHM_DIR, BufferStore
+from runtime.tools.demo import DEFAULT_DEVICES, runtime_program, watch_command
 
 SUMMARY_LINE = re.compile(
     r"^(?P<type>[a-z][a-z0-9-]*) (?P<uid>0x[0-9a-f]+): "
@@ -126,3 +130,99 @@ def test_demo_stops_and_cleans_up_on_a_signal(signum: signal.Signals) -> None:
     assert "stopping" in err
     assert len(SUMMARY_LINE.findall(out)) == len(DEFAULT_DEVICES)
     assert_nothing_left(demo.pid)
+
+
+WATCH_LINE = re.compile(r"^runtime demo: watch them from another terminal: (?P<command>.+)$", re.M)
+
+
+def read_stderr_until(demo: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+    """Read the demo's stderr until a line matches ``pattern`` (without blocking past ``timeout``)."""
+    assert demo.stderr is not None
+    text = ""
+    deadline = time.monotonic() + timeout
+    while (match := pattern.search(text)) is None:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"the demo did not print {pattern.pattern!r}; it printed {text!r}"
+        ready, _, _ = select.select([demo.stderr], [], [], remaining)
+        if ready:  # raw reads: a buffered readline would keep the next line where select cannot see it
+            chunk = os.read(demo.stderr.fileno(), 4096)
+            assert chunk, f"the demo exited ({demo.wait()}): {text}"
+            text += chunk.decode()
+    return match
+
+
+@pytest.mark.timeout(90)
+def test_the_banner_prints_the_command_that_watches_the_buffers() -> None:
+    """The banner's command, pasted into another shell, shows the demo's live buffers."""
+    demo = start_demo("yogi-bear", "limit-switch")
+    try:
+        command = read_stderr_until(demo, WATCH_LINE, 30)["command"]
+        assert command.endswith(f"buffers watch --namespace rt-demo-{demo.pid}"), command
+        deadline = time.monotonic() + 30
+        while len(demo_segments(demo.pid)) < 2:  # the bridge serves both devices
+            assert demo.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        rows: list[dict[str, object]] = []
+        while not (len(rows) == 2 and all(row["valid"] for row in rows)):
+            assert time.monotonic() < deadline, rows
+            shell = os.environ.get("SHELL") or "/bin/sh"
+            watched = subprocess.run(
+                [shell, "-c", f"{command} --count 1 --json"],  # exactly as printed, in another shell
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={key: value for key, value in os.environ.items() if key != NAMESPACE_ENV},
+            )
+            assert watched.returncode == 0, watched.stderr
+            rows = json.loads(watched.stdout)
+        assert sorted(row["type"] for row in rows) == ["limit-switch", "yogi-bear"]
+    finally:
+        stop(demo)
+    assert demo.returncode == 0
+    assert_nothing_left(demo.pid)
+
+
+def stop(demo: subprocess.Popen[str]) -> None:
+    """SIGTERM (the demo then stops its children and cleans up), SIGKILL if it does not exit in time."""
+    if demo.poll() is None:
+        demo.send_signal(signal.SIGTERM)
+    try:
+        demo.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        demo.communicate()
+
+
+@pytest.mark.timeout(90)
+def test_a_demo_killed_outright_leaves_no_process() -> None:
+    """SIGKILL gives the demo no chance to stop its children: they stop on their own."""
+    demo = start_demo("limit-switch")
+    try:
+        read_stderr_until(demo, WATCH_LINE, 30)
+        deadline = time.monotonic() + 30
+        while len(demo_processes(demo.pid)) < 3:  # emulator, bridge, student code
+            assert demo.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        children = demo_processes(demo.pid)
+        demo.kill()
+        demo.communicate()
+        while demo_processes(demo.pid):
+            assert time.monotonic() < deadline, f"still running: {demo_processes(demo.pid)} of {children}"
+            time.sleep(0.1)
+    finally:
+        stop(demo)
+        with BufferStore.use_namespace(f"rt-demo-{demo.pid}"):  # what nobody was left to remove
+            BufferStore({}).unlink_all()
+        for directory in demo_directories(demo.pid):
+            shutil.rmtree(directory, ignore_errors=True)
+    assert_nothing_left(demo.pid)
+
+
+def test_the_watch_command_names_the_catalog_and_quotes_words(tmp_path: Path) -> None:
+    catalog = tmp_path / "my catalog.yaml"
+    command = watch_command("rt-demo-7", str(catalog))
+    assert command.endswith(f"buffers watch --namespace rt-demo-7 --catalog {shlex.quote(str(catalog))}")
+    assert shlex.split(command)[-2:] == ["--catalog", str(catalog)]
+    script = os.path.join(os.path.dirname(sys.executable), "runtime")
+    assert runtime_program() in ("runtime", shlex.quote(script), f"{shlex.quote(sys.executable)} -m runtime")

@@ -46,8 +46,8 @@ from e2e import (
 
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.messaging import DELIM, Message, MessageError, MessageType
+from runtime.testing import FaultInjector, FaultRates
 from runtime.tools import bridge
-from runtime.tools.emulate import FaultInjector, FaultRates
 
 pytestmark = pytest.mark.timeout(90)
 

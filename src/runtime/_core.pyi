@@ -53,6 +53,7 @@ def wait_any(
     control: WakeWord | None = None,
     control_value: int = 0,
 ) -> list[int]: ...
+
 @final
 class WakeWord:
     @property

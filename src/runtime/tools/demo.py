@@ -6,10 +6,12 @@ The demo starts, as separate processes, exactly what runs on a robot:
    types, each speaking the wire protocol on its own pseudo-terminal;
 2. ``runtime bridge``: serves those terminals into buffers in shared memory
    and writes its statistics to a file;
-3. "student code" (``python -m runtime.tools.demo TYPE:UID ...``, :func:`student_main`):
-   opens the buffers by UID like a robot program would, reads the sensors
-   (line follower, limit switch, battery) and writes motor duty cycles and
-   servo positions, which the bridge sends to the devices.
+3. "student code" (``python -m runtime.tools._student TYPE:UID ...``, see
+   :mod:`runtime.tools._student`): opens the buffers by UID like a robot
+   program would, reads the sensors (line follower, limit switch, battery) and
+   writes motor duty cycles and servo positions, which the bridge sends to the
+   devices. It is part of the package, so that the demo runs from an installed
+   wheel; ``examples/student_code.py`` in the project is the short version to copy.
 
 On a terminal it shows a live table of the buffers; otherwise (or at the end)
 it prints a summary per device from the bridge's statistics: messages in and
@@ -20,19 +22,23 @@ default ``rt-demo-<pid>``) passed to every child, and a temporary directory.
 Whatever ends the demo (``--duration``, Ctrl-C, SIGTERM, a child failing) the
 demo stops its children in order (student code, bridge, emulator: killing
 those that do not stop in time), unlinks every segment of its namespace and
-removes its directory.
+removes its directory. Killed outright (SIGKILL), it cannot: its children then
+stop by themselves (they get SIGTERM when it dies), leaving only the segments.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import json
 import math
 import os
 import queue
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -40,24 +46,35 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from types import FrameType
 from typing import IO, Any
 
-from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
-from ..exception import RuntimeBaseException
-from ..jsonio import write_json_atomically
-from .cli import (
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer
+from ..jsonio import jsonable
+from ._common import (
+    LONGEST_SECONDS,
     CommandError,
+    add_catalog_option,
+    add_interval_option,
+    bounded,
     format_value,
-    jsonable,
     load_catalog,
     log_level_arguments,
     make_console,
     print_json,
 )
 
-__all__ = ["DEFAULT_DEVICES", "Demo", "DemoDevice", "SignalGuard", "add_arguments", "main", "student_main"]
+__all__ = [
+    "DEFAULT_DEVICES",
+    "Demo",
+    "DemoDevice",
+    "SignalGuard",
+    "add_arguments",
+    "main",
+    "runtime_program",
+    "watch_command",
+]
 
 DEFAULT_DEVICES = ("limit-switch", "line-follower", "battery", "servo-motor", "yogi-bear")
 """Device types the demo emulates when none are named: sensors and actuators."""
@@ -69,6 +86,8 @@ STOP_TIMEOUTS = {"student": 3.0, "bridge": 6.0, "emulator": 3.0}
 """Seconds each child has to exit after SIGTERM before it is killed."""
 LOG_TAIL = 15
 """Lines of a failed child's log shown."""
+STUDENT_MODULE = "runtime.tools._student"
+"""The student code the demo runs (``python -m``), shipped in the package."""
 
 DESCRIPTION = """\
 Run the whole machine with no hardware: emulated Smart Devices, the bridge
@@ -89,7 +108,7 @@ examples:
   $ runtime demo --duration 10
   $ runtime demo yogi-bear koala-bear rfid    # choose the emulated device types
   $ runtime demo --duration 5 --json          # the summary as JSON, for scripts
-  $ runtime buffers --namespace rt-demo-4242 watch   # from another terminal, in the namespace it prints
+  $ runtime buffers watch --namespace rt-demo-4242   # from another terminal: the command it prints
 
 default devices: {", ".join(DEFAULT_DEVICES)}
 In the project's directory, 'make demo' runs 'runtime demo'.
@@ -118,130 +137,22 @@ class DemoDevice:
         return f"{self.type_name}:{self.uid:#x}"
 
 
-# ---- the student code ---------------------------------------------------------------------------
-
-
-class _StudentCode:
-    """A robot program in miniature: sensors in, motor commands out, through the buffers.
-
-    It knows devices only by UID, as robot code does, and waits (retrying) until
-    the bridge has created their buffers. Devices that come and go (invalid
-    buffers) are skipped until they are valid again.
-    """
-
-    def __init__(self, store: BufferStore, uids: Sequence[int]) -> None:
-        self.store = store
-        self.pending = list(uids)
-        self.buffers: dict[str, DeviceBuffer] = {}
-        self.counts = {"cycles": 0, "reads": 0, "writes": 0, "errors": 0, "devices_opened": 0}
-        self.start = time.monotonic()
-
-    def open_pending(self) -> None:
-        """Try to open the buffers the bridge has not created yet."""
-        for uid in list(self.pending):
-            try:
-                buffer = self.store.get_or_open(uid, create=False)
-            except DeviceBufferError:
-                continue  # not served yet: retry next cycle
-            self.pending.remove(uid)
-            self.buffers[buffer.type_name] = buffer
-            self.counts["devices_opened"] += 1
-
-    def _read(self, type_name: str, *names: str) -> list[Any] | None:
-        buffer = self.buffers.get(type_name)
-        if buffer is None:
-            return None
-        try:
-            with buffer.transaction():
-                values = [buffer.get(name) for name in names]
-        except RuntimeBaseException:
-            self.counts["errors"] += 1  # the device went away: its buffer is invalid
-            return None
-        self.counts["reads"] += len(values)
-        return values
-
-    def _write(self, buffer: DeviceBuffer, name: str, value: float) -> None:
-        param = buffer.params.get(name)
-        if param is None or not param.writeable:
-            return
-        value = min(max(value, param.lower), param.upper)
-        try:
-            buffer.write(name, value)
-        except RuntimeBaseException:
-            self.counts["errors"] += 1
-            return
-        self.counts["writes"] += 1
-
-    def step(self) -> None:
-        """One control cycle: read the sensors, decide, write the actuators."""
-        self.open_pending()
-        elapsed = time.monotonic() - self.start
-        cruise = 0.6 * math.sin(2 * math.pi * elapsed / 6)
-        line = self._read("line-follower", "left", "center", "right")
-        steer = float(line[2] - line[0]) if line else 0.5 * math.cos(2 * math.pi * elapsed / 4)
-        switches = self._read("limit-switch", "switch0")
-        battery = self._read("battery", "is_unsafe")
-        hold = bool(switches and switches[0]) or bool(battery and battery[0])
-        speed = 0.0 if hold else cruise
-        for buffer in self.buffers.values():
-            if "duty_cycle" in buffer.params:
-                self._write(buffer, "duty_cycle", speed)
-            for channel, sign in (("a", 1.0), ("b", -1.0)):
-                if f"duty_cycle_{channel}" in buffer.params:
-                    self._write(buffer, f"duty_cycle_{channel}", speed + sign * steer / 2)
-            if "servo0" in buffer.params:
-                self._write(buffer, "servo0", steer)
-                self._write(buffer, "servo1", cruise)
-        self.counts["cycles"] += 1
-
-
-def student_main(argv: Sequence[str] | None = None) -> int:
-    """The student-code process: ``python -m runtime.tools.demo [--catalog F] [--stats F] TYPE:UID ...``.
-
-    Runs until SIGTERM/SIGINT, or until its parent (the demo) is gone; then
-    writes its counters (cycles, reads, writes, errors) as JSON to ``--stats``.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m runtime.tools.demo",
-        description="The demo's student code: read sensors, write motors, through the buffers.",
-    )
-    parser.add_argument(
-        "devices", nargs="+", metavar="TYPE:UID", help="the devices, as the demo emulates them"
-    )
-    parser.add_argument("--catalog", metavar="FILE", help="device catalog file (default: the packaged one)")
-    parser.add_argument("--stats", metavar="FILE", help="write the counters here as JSON at exit")
-    parser.add_argument("--rate", type=float, default=20.0, metavar="HZ", help="control cycles per second")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
-    parent = os.getppid()
-    try:
-        catalog = load_catalog(args.catalog)
-    except CommandError as exc:
-        print(f"student code: {exc.message}", file=sys.stderr)
-        return 1
-    uids = [int(spec.rpartition(":")[2], 0) for spec in args.devices]
-    period = 1.0 / max(args.rate, 0.1)
-    with BufferStore(catalog) as store:
-        code = _StudentCode(store, uids)
-        while not stop.is_set() and os.getppid() == parent:
-            code.step()
-            stop.wait(period)
-        if args.stats:
-            try:
-                write_json_atomically(args.stats, code.counts)
-            except OSError as exc:
-                print(f"student code: cannot write {args.stats}: {exc.strerror or exc}", file=sys.stderr)
-                return 1
-    return 0
-
-
 # ---- the demo -----------------------------------------------------------------------------------
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int, prctl: Any) -> None:
+    """In a child, before it runs: SIGTERM when the demo dies, even by SIGKILL (Linux).
+
+    The demo stops its children in order whenever it can; this covers the one
+    death it cannot act on, so that no emulator or bridge outlives it (their
+    segments stay then, with nobody left to unlink them).
+    """
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the demo died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Demo:
@@ -267,6 +178,7 @@ class Demo:
         self.logs: dict[str, IO[str]] = {}
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.env = dict(os.environ, **{NAMESPACE_ENV: namespace, "PYTHONUNBUFFERED": "1"})
+        self._prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
         self.started = time.monotonic()
 
     # -- children --
@@ -282,6 +194,7 @@ class Demo:
                 stderr=log,
                 env=self.env,
                 text=True,
+                preexec_fn=functools.partial(_stop_with_parent, os.getpid(), self._prctl),
             )
             self.processes[name] = process
         return process
@@ -337,7 +250,7 @@ class Demo:
                 device.port = words[3] if len(words) > 3 else words[2]
         ports = [argument for device in self.devices for argument in ("--port", str(device.port))]
         self._spawn("bridge", self._runtime("bridge", *ports, "--stats", self.stats_path))
-        student = [sys.executable, "-m", "runtime.tools.demo", "--stats", self.student_path]
+        student = [sys.executable, "-m", STUDENT_MODULE, "--stats", self.student_path]
         if self.args.catalog:
             student += ["--catalog", self.args.catalog]
         self._spawn("student code", [*student, *(device.spec for device in self.devices)])
@@ -505,16 +418,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 # ---- the command --------------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``runtime demo``."""
     parser.add_argument(
@@ -524,16 +427,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Smart Device types to emulate (default: {' '.join(DEFAULT_DEVICES)})",
     )
     parser.add_argument(
-        "--duration", type=_positive_float, metavar="S", help="stop after S seconds (default: at Ctrl-C)"
-    )
-    parser.add_argument(
-        "--interval",
-        type=_positive_float,
-        default=0.25,
+        "--duration",
+        type=bounded(float, 0.0, LONGEST_SECONDS, above=True, unit="seconds"),
         metavar="S",
-        help="live table refresh period (default 0.25)",
+        help=f"stop after S seconds, at most {LONGEST_SECONDS:g} (default: at Ctrl-C)",
     )
-    parser.add_argument("--catalog", metavar="FILE", help="device catalog file (default: the packaged one)")
+    add_interval_option(parser, default=0.25, what="the live table")
+    add_catalog_option(parser)
     parser.add_argument(
         "--namespace",
         metavar="NS",
@@ -615,6 +515,30 @@ class SignalGuard:
         self._previous.clear()
 
 
+def runtime_program() -> str:
+    """How to run this installation's ``runtime`` from another terminal, as a shell word or two.
+
+    ``runtime`` when that is the script on ``$PATH``, else the script's full
+    path (a virtual environment that is not activated), else this interpreter
+    with ``-m runtime``.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "runtime")
+    found = shutil.which("runtime")
+    if found is not None and os.path.realpath(found) == os.path.realpath(script):
+        return "runtime"
+    if os.path.isfile(script) and os.access(script, os.X_OK):
+        return shlex.quote(script)
+    return f"{shlex.quote(sys.executable)} -m runtime"
+
+
+def watch_command(namespace: str, catalog: str | None = None) -> str:
+    """The shell command that shows the demo's buffers live: ``runtime buffers watch --namespace NS``."""
+    words = [runtime_program(), "buffers", "watch", "--namespace", shlex.quote(namespace)]
+    if catalog:
+        words += ["--catalog", shlex.quote(os.path.abspath(catalog))]
+    return " ".join(words)
+
+
 def _namespace_in_use(namespace: str) -> bool:
     with contextlib.suppress(FileNotFoundError):
         return any(entry.startswith(namespace + "-") for entry in os.listdir(SHM_DIR))
@@ -640,7 +564,8 @@ def main(args: argparse.Namespace) -> int:
         try:
             print(
                 f"runtime demo: emulating {', '.join(device.type_name for device in devices)}; "
-                f"buffers in namespace {namespace}",
+                f"buffers in namespace {namespace}\n"
+                f"runtime demo: watch them from another terminal: {watch_command(namespace, args.catalog)}",
                 file=sys.stderr,
             )
             demo.start()
@@ -680,7 +605,3 @@ def main(args: argparse.Namespace) -> int:
         print("runtime demo: error: the bridge served no device", file=sys.stderr)
         status = 1
     return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(student_main())

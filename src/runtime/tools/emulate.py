@@ -6,18 +6,19 @@ Smart Device protocol on it (see the wire protocol spec), so a bridge serves it
 exactly like a USB serial device: ``runtime bridge --port /dev/pts/N``, or
 ``--glob 'DIR/*'`` with ``--link DIR``.
 
-The protocol logic lives in :class:`DeviceModel`, which has no I/O (it maps
+The protocol logic is the test kit's (:mod:`runtime.testing`, which users'
+tests take too): :class:`~runtime.testing.DeviceModel` has no I/O (it maps
 received frames to answers and the clock to streamed data), so it can be tested
-directly; :class:`PtyDevice` connects a model to a pseudo-terminal. A model keeps
+directly; :class:`PtyDevice`, here, connects a model to a pseudo-terminal. A model keeps
 its state in a process-local :class:`~runtime.buffer.DeviceBuffer` of the device
 type and uses the buffer's own protocol support: ``update()`` digests SUB_REQ,
 DEV_READ and DEV_WRITE, ``make_sub_res()`` answers PING and SUB_REQ,
-``emit_subscription()`` streams the subscribed values. A :class:`Simulator` moves
+``emit_subscription()`` streams the subscribed values. A :class:`~runtime.testing.Simulator` moves
 the sensor values plausibly over time (switches toggle, encoders count, battery
 voltages drift, intensities wander in 0..1, motor positions follow the duty
 cycle), so a viewer sees life.
 
-To test the host, the link can be made flaky (:class:`FaultInjector`, options
+To test the host, the link can be made flaky (:class:`~runtime.testing.FaultInjector`, options
 ``--faults``, ``--faults-in``, ``--disconnect-every``): frames dropped,
 duplicated, corrupted or truncated at given rates, and devices unplugged and
 plugged back now and then; ``--stats`` and a ``summary`` line per device at exit
@@ -37,9 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import dataclasses
-import datetime
 import logging
 import math
 import os
@@ -47,17 +45,32 @@ import random
 import signal
 import sys
 import tty
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import catalog as catalog_module
-from ..buffer import Buffer, DeviceBuffer, DeviceUID, Parameter
+from ..buffer import Buffer, DeviceBuffer
 from ..exception import RuntimeBaseException
 from ..jsonio import write_json_atomically
 from ..link import FrameWriter
-from ..messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
+from ..messaging import DELIM, FrameSplitter, Message
+
+# The device model is the test kit's (runtime.testing); re-exported here for the emulator's callers.
+from ..testing.device import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, Simulator, random_uid
+from ..testing.faults import FaultCounts, FaultInjector, FaultRates
+from ._common import (
+    LONGEST_SECONDS,
+    UID_FORMS,
+    add_catalog_option,
+    bounded,
+    configure_logging,
+    parse_uid,
+    suggest,
+)
 
 __all__ = [
+    "HEARTBEAT_INTERVAL",
+    "MOTOR_TICKS_PER_SECOND",
     "DeviceModel",
     "DeviceSpec",
     "FaultCounts",
@@ -73,543 +86,17 @@ __all__ = [
 
 logger = logging.getLogger("runtime.tools.emulate")
 
-SIM_STEP = 0.05
-"""Seconds between two simulation steps."""
-HEARTBEAT_INTERVAL = 1.0
-"""Seconds between the heartbeats an emulated device sends to the host."""
 OUTBOX_LIMIT = 4096
 """Bytes an emulated device queues while nobody reads its port (then it drops data, like a UART)."""
 DISCONNECT_FOR = 1.0
 """Seconds an emulated disconnect lasts by default."""
 STATS_INTERVAL = 0.5
 """Seconds between two writes of the ``--stats`` file."""
-FIRST_SEASON = 2016
-"""The calendar year of UID year 0 (the spring 2016 season)."""
-MOTOR_TICKS_PER_SECOND = 2000.0
-"""Encoder ticks per second of an emulated motor at full duty cycle."""
 
 
 def _seeded(seed: int | None, label: str) -> random.Random:
     """A generator for one purpose: reproducible from ``seed`` (random when None), independent per label."""
     return random.Random(None if seed is None else f"{seed}-{label}")
-
-
-def random_uid(device_id: int, rng: random.Random | None = None) -> int:
-    """A fresh UID for a device type: this season's year and 64 random bits."""
-    rng = rng or random.Random()
-    year = min(max(datetime.date.today().year - FIRST_SEASON, 0), 0xFF)
-    return int(DeviceUID(device_id, year, rng.getrandbits(64)))
-
-
-# ---- simulation ---------------------------------------------------------------------------------
-
-
-class Simulator:
-    """Moves a device's readable values plausibly over time, using only the parameter names and types.
-
-    * Motors: for each ``duty_cycle<suffix>``, ``enc_pos<suffix>`` integrates the
-      duty cycle (:data:`MOTOR_TICKS_PER_SECOND` at full duty), ``enc_vel<suffix>``
-      and ``motor_current<suffix>`` follow it; a ``motor_enabled<suffix>`` that is
-      False holds the motor still. The duty cycle itself only changes when written.
-    * Batteries (``v_cell1..3`` and ``v_batt``): cell voltages drift down slowly
-      with noise and recharge below 3.6 V; the total, the differences and
-      ``is_unsafe`` follow; ``calibrated`` is True.
-    * RFID (``id`` and ``tag_detect``): a tag comes and goes every few seconds.
-    * Any other read-only parameter: booleans toggle every few seconds, floats
-      wander smoothly within their bounds (0..1 when unbounded), integers count
-      up and down within their type's range. Writeable parameters keep what the
-      host wrote.
-    """
-
-    def __init__(self, buffer: DeviceBuffer, rng: random.Random) -> None:
-        self.buffer = buffer
-        self.rng = rng
-        self.time = 0.0
-        self._steps: list[Callable[[float], None]] = []
-        params = {name: param for name, param in buffer.params.items() if param.readable}
-        taken: set[str] = set()
-        for name in params:
-            if name.startswith("duty_cycle"):
-                self._add_motor(name[len("duty_cycle") :], params, taken)
-        if {"v_cell1", "v_cell2", "v_cell3", "v_batt"} <= params.keys():
-            self._add_battery(params, taken)
-        if {"id", "tag_detect"} <= params.keys():
-            self._add_rfid(taken)
-        for name, param in params.items():
-            if name not in taken and not param.writeable:
-                self._add_generic(param)
-        self.step(0.0)
-
-    def step(self, dt: float) -> None:
-        """Advance the simulation by ``dt`` seconds and store the new values."""
-        self.time += dt
-        with self.buffer.transaction():
-            for step in self._steps:
-                step(dt)
-
-    # -- behaviours --
-
-    def _add_motor(self, suffix: str, params: Mapping[str, Parameter], taken: set[str]) -> None:
-        buffer = self.buffer
-        duty, pos, vel, current = (
-            f"{base}{suffix}" for base in ("duty_cycle", "enc_pos", "enc_vel", "motor_current")
-        )
-        enabled = f"motor_enabled{suffix}"
-        taken.update(name for name in (duty, pos, vel, current) if name in params)
-
-        def step(dt: float) -> None:
-            power = float(buffer.get(duty))
-            if enabled in params and not buffer.get(enabled):
-                power = 0.0
-            speed = power * MOTOR_TICKS_PER_SECOND
-            if pos in params:
-                buffer.set(pos, float(buffer.get(pos)) + speed * dt)
-            if vel in params:
-                buffer.set(vel, speed + self.rng.gauss(0.0, 2.0) * (power != 0))
-            if current in params:
-                buffer.set(current, max(0.0, 0.05 + 1.5 * abs(power) + self.rng.gauss(0.0, 0.01)))
-
-        self._steps.append(step)
-
-    def _add_battery(self, params: Mapping[str, Parameter], taken: set[str]) -> None:
-        buffer = self.buffer
-        cells = [self.rng.uniform(4.0, 4.15) for _ in range(3)]
-        taken.update(
-            name
-            for name in (
-                "v_cell1",
-                "v_cell2",
-                "v_cell3",
-                "v_batt",
-                "dv_cell2",
-                "dv_cell3",
-                "is_unsafe",
-                "calibrated",
-            )
-            if name in params
-        )
-
-        def step(dt: float) -> None:
-            for index in range(3):
-                cells[index] += -0.002 * dt + self.rng.gauss(0.0, 0.002) * math.sqrt(dt)
-                if cells[index] < 3.6:
-                    cells[index] = self.rng.uniform(4.0, 4.15)  # a fresh battery
-            values = {
-                "v_cell1": cells[0],
-                "v_cell2": cells[1],
-                "v_cell3": cells[2],
-                "v_batt": sum(cells),
-                "dv_cell2": cells[1] - cells[0],
-                "dv_cell3": cells[2] - cells[1],
-                "is_unsafe": min(cells) < 3.7,
-                "calibrated": True,
-            }
-            for name, value in values.items():
-                if name in params:
-                    buffer.set(name, value)
-
-        self._steps.append(step)
-
-    def _add_rfid(self, taken: set[str]) -> None:
-        buffer = self.buffer
-        taken.update(("id", "tag_detect"))
-        state = {"next": self.rng.uniform(1.0, 4.0), "present": False}
-
-        def step(dt: float) -> None:
-            if self.time >= state["next"]:
-                state["present"] = not state["present"]
-                state["next"] = self.time + self.rng.uniform(1.0, 4.0)
-                buffer.set("tag_detect", int(bool(state["present"])))
-                buffer.set("id", self.rng.getrandbits(32) if state["present"] else 0)
-
-        step(0.0)
-        buffer.set("tag_detect", 0)
-        buffer.set("id", 0)
-        self._steps.append(step)
-
-    def _add_generic(self, param: Parameter) -> None:
-        ctype: Any = param.platform_type
-        if issubclass(ctype, ctypes.Array):
-            return  # arrays (text, blobs) keep their value
-        code = getattr(ctype, "_type_", "")
-        if code == "?":
-            self._add_toggle(param.name)
-        elif code in ("f", "d"):
-            self._add_wander(param)
-        elif code in "bBhHiIlLqQ":
-            self._add_counter(param, ctype)
-
-    def _add_toggle(self, name: str) -> None:
-        buffer = self.buffer
-        state = {"next": self.rng.uniform(1.0, 5.0), "value": self.rng.random() < 0.5}
-
-        def step(dt: float) -> None:
-            if self.time >= state["next"]:
-                state["value"] = not state["value"]
-                state["next"] = self.time + self.rng.uniform(2.0, 5.0)
-            buffer.set(name, bool(state["value"]))
-
-        self._steps.append(step)
-
-    def _add_wander(self, param: Parameter) -> None:
-        buffer = self.buffer
-        finite = math.isfinite(param.lower) and math.isfinite(param.upper)
-        lower, upper = (float(param.lower), float(param.upper)) if finite else (0.0, 1.0)
-        span = upper - lower
-        # Two slow sines with random frequencies and phases, plus a little noise: smooth, in range.
-        waves = [
-            (self.rng.uniform(0.05, 0.3), self.rng.uniform(0, 2 * math.pi), 0.3),
-            (self.rng.uniform(0.3, 1.0), self.rng.uniform(0, 2 * math.pi), 0.12),
-        ]
-
-        def step(dt: float) -> None:
-            level = 0.5 + sum(
-                amplitude * math.sin(2 * math.pi * freq * self.time + phase)
-                for freq, phase, amplitude in waves
-            )
-            level += self.rng.uniform(-0.02, 0.02)
-            buffer.set(param.name, lower + span * min(max(level, 0.0), 1.0))
-
-        self._steps.append(step)
-
-    def _add_counter(self, param: Parameter, ctype: Any) -> None:
-        buffer = self.buffer
-        bits = 8 * ctypes.sizeof(ctype)
-        signed = ctype._type_.islower()
-        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-        if math.isfinite(param.lower):
-            low = max(low, math.ceil(param.lower))
-        if math.isfinite(param.upper):
-            high = min(high, math.floor(param.upper))
-        state = {"value": 0.0, "speed": self.rng.uniform(-200.0, 200.0), "next": self.rng.uniform(2.0, 5.0)}
-
-        def step(dt: float) -> None:
-            if self.time >= state["next"]:
-                state["speed"] = self.rng.uniform(-200.0, 200.0)
-                state["next"] = self.time + self.rng.uniform(2.0, 5.0)
-            state["value"] += state["speed"] * dt
-            value = int(state["value"])
-            if not low <= value <= high:  # wrap around like a hardware counter
-                value = low + (value - low) % (high - low + 1)
-                state["value"] = float(value)
-            buffer.set(param.name, value)
-
-        self._steps.append(step)
-
-
-# ---- the protocol -------------------------------------------------------------------------------
-
-
-class DeviceModel:
-    """The device side of the Smart Device protocol for one emulated device, without any I/O.
-
-    Feed it frames (:meth:`receive`) or messages (:meth:`handle`) and send what
-    they return; call :meth:`poll` regularly (by :meth:`next_deadline`) for the
-    subscribed DEV_DATA, the device's heartbeats and the simulation.
-
-    Args:
-        buffer_type: The device type (a :class:`~runtime.buffer.DeviceBuffer` subclass).
-        uid: The device's 88-bit UID; its device_id must be the type's (``ValueError``).
-        seed: Seeds the simulation (None: random).
-        simulate: Whether sensor values move over time.
-    """
-
-    def __init__(
-        self, buffer_type: type[DeviceBuffer], uid: int, *, seed: int | None = None, simulate: bool = True
-    ) -> None:
-        parts = DeviceUID.from_int(uid)
-        if parts.device_id != buffer_type.device_id:
-            raise ValueError(
-                f"UID {uid:#x} has device_id {parts.device_id}, but a {buffer_type.type_name} has "
-                f"device_id {buffer_type.device_id}"
-            )
-        self.uid = uid
-        self.type_name = buffer_type.type_name
-        self.buffer: DeviceBuffer = buffer_type.attach(f"emulated-{self.type_name}-{uid:x}", shared=False)
-        self.buffer.uid = uid
-        self.rng = random.Random(seed)
-        self.simulator = Simulator(self.buffer, self.rng) if simulate else None
-        self.messages_in = 0
-        """Messages received (frames that decoded)."""
-        self.errors = 0
-        """Frames and messages from the host that were answered with an ERROR."""
-        self.errors_received = 0
-        """ERROR messages received from the host (its answers to frames it rejected)."""
-        self._next_stream: float | None = None
-        self._last_step: float | None = None
-        self._next_heartbeat: float | None = None
-        self._hb_id = 0
-
-    def close(self) -> None:
-        """Release the local buffer."""
-        self.buffer.close()
-
-    # -- input --
-
-    def receive(self, frame: bytes, now: float) -> list[Message]:
-        """Digest one frame (COBS-encoded, without delimiter); return the answers to send."""
-        try:
-            message = Message.decode(frame)
-        except MessageError as exc:
-            self.errors += 1
-            logger.debug("%s %#x: bad frame (%s)", self.type_name, self.uid, exc)
-            return [Message.make_error(exc.error_code)]
-        return self.handle(message, now)
-
-    def handle(self, message: Message, now: float) -> list[Message]:
-        """Digest one message from the host; return the answers to send."""
-        self.messages_in += 1
-        try:
-            return self._handle(message, now)
-        except MessageError as exc:  # a payload that does not fit its type or this device
-            self.errors += 1
-            logger.debug("%s %#x: bad %s (%s)", self.type_name, self.uid, message.type.name, exc)
-            return [Message.make_error(exc.error_code)]
-
-    def _handle(self, message: Message, now: float) -> list[Message]:
-        buffer = self.buffer
-        kind = message.type
-        if kind == MessageType.PING:
-            return [buffer.make_sub_res()]
-        if kind == MessageType.SUB_REQ:
-            buffer.update(message)  # records the readable params and the clamped interval
-            self._next_stream = now if buffer.interval > 0 else None
-            logger.info(
-                "%s %#x: host subscribed to %s every %g s",
-                self.type_name,
-                self.uid,
-                ", ".join(sorted(buffer.subscription)) or "nothing",
-                buffer.interval,
-            )
-            return [buffer.make_sub_res()]
-        if kind == MessageType.DEV_READ:
-            buffer.update(message)
-            names = buffer.get_read()
-            with buffer.transaction():
-                buffer.get_update()  # forget the simulation's updates: answer exactly what was asked
-                for name in names:
-                    buffer.set(name, buffer.get(name))
-                return list(buffer.emit_dev_data())
-        if kind == MessageType.DEV_WRITE:
-            buffer.update(message)
-            with buffer.transaction():
-                for name, value in buffer.get_write().items():
-                    buffer.set(name, value)  # readable ones come back in later DEV_DATA
-            return []
-        if kind == MessageType.DEV_DISABLE:
-            logger.info("%s %#x: disabled by the host", self.type_name, self.uid)
-            self.disable()
-            return []
-        if kind == MessageType.HB_REQ:
-            return [Message.make_hb_res(message.read_hb_req())]
-        if kind == MessageType.ERROR:
-            self.errors_received += 1
-            return []  # never answer an ERROR: no echo loops
-        if kind == MessageType.HB_RES:
-            return []
-        # SUB_RES and DEV_DATA travel from devices to the host only.
-        self.errors += 1
-        return [Message.make_error(ErrorCode.INVALID_TYPE)]
-
-    def forget_host(self) -> None:
-        """The link dropped: forget the subscription (a re-enumerated device starts unsubscribed)."""
-        self.buffer.update(Message.make_sub_req(0, 0))
-        self._next_stream = None
-
-    def disable(self) -> None:
-        """Stop actuating: every writeable parameter back to its default (zero, or within its bounds)."""
-        with self.buffer.transaction():
-            for param in self.buffer.params.values():
-                if not param.writeable:
-                    continue
-                ctype: Any = param.platform_type
-                if issubclass(ctype, ctypes.Array):
-                    default: Any = ctype()
-                elif param.numeric:  # the type's zero, or the nearest bound when zero is out of bounds
-                    default = type(param.default)(min(max(param.default, param.lower), param.upper))
-                else:
-                    default = param.default
-                self.buffer.set(param.name, default)
-
-    # -- time --
-
-    def poll(self, now: float) -> list[Message]:
-        """Advance the simulation to ``now``; return the DEV_DATA and heartbeats now due."""
-        if self.simulator is not None:
-            dt = 0.0 if self._last_step is None else min(max(now - self._last_step, 0.0), 1.0)
-            self.simulator.step(dt)
-        self._last_step = now
-        out: list[Message] = []
-        if self._next_heartbeat is None:
-            self._next_heartbeat = now + HEARTBEAT_INTERVAL
-        elif now >= self._next_heartbeat:
-            out.append(Message.make_hb_req(self._hb_id))
-            self._hb_id = (self._hb_id + 1) & 0xFF
-            self._next_heartbeat = max(self._next_heartbeat + HEARTBEAT_INTERVAL, now)
-        interval = self.buffer.interval
-        if self._next_stream is not None and interval > 0 and now >= self._next_stream:
-            out.extend(self.buffer.emit_subscription())
-            self._next_stream = max(self._next_stream + interval, now)
-        return out
-
-    def next_deadline(self, now: float) -> float:
-        """When :meth:`poll` should be called next."""
-        deadline = now + SIM_STEP
-        if self._next_stream is not None and self.buffer.interval > 0:
-            deadline = min(deadline, self._next_stream)
-        if self._next_heartbeat is not None:
-            deadline = min(deadline, self._next_heartbeat)
-        return deadline
-
-
-# ---- a flaky link -------------------------------------------------------------------------------
-
-FAULT_KINDS = ("drop", "duplicate", "corrupt", "truncate")
-"""What a flaky link does to frames, in the order the decisions are drawn for each frame."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FaultRates:
-    """How often a flaky link damages frames: one probability (0..1) per kind, drawn independently per frame.
-
-    * ``drop``: the frame is lost (nothing else happens to it).
-    * ``duplicate``: an intact copy of the frame follows it.
-    * ``corrupt``: one random bit of the encoded frame flips, never turning a
-      byte into 0x00 (so the frame stays one frame). The checksum or the COBS
-      structure almost always gives it away; a flipped COBS code byte moves
-      zero bytes around, which the 8-bit XOR checksum misses now and then
-      (about 1 in 50 corrupted frames of a message full of zeros).
-    * ``truncate``: the encoded frame is cut short; its delimiter still follows.
-
-    A frame both corrupted and truncated counts once as *mutated*: each mutated
-    frame is exactly one bad frame on the wire.
-
-    >>> FaultRates.parse('drop=0.1,corrupt=0.05')
-    FaultRates(drop=0.1, duplicate=0.0, corrupt=0.05, truncate=0.0)
-    >>> str(FaultRates.parse('all=0.1'))
-    'drop=0.1,duplicate=0.1,corrupt=0.1,truncate=0.1'
-    """
-
-    drop: float = 0.0
-    duplicate: float = 0.0
-    corrupt: float = 0.0
-    truncate: float = 0.0
-
-    def __post_init__(self) -> None:
-        for kind in FAULT_KINDS:
-            rate = getattr(self, kind)
-            if not 0.0 <= rate <= 1.0:  # also refuses NaN
-                raise ValueError(f"{kind} rate must be in 0..1, not {rate!r}")
-
-    @classmethod
-    def parse(cls, text: str) -> FaultRates:
-        """Parse ``KIND=RATE[,KIND=RATE...]`` (``all=RATE`` sets every kind; later items win).
-
-        Raises:
-            ValueError: Unknown kind, malformed item, or a rate outside 0..1.
-        """
-        rates: dict[str, float] = {}
-        for item in text.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            kind, sep, value = item.partition("=")
-            kind = kind.strip()
-            if not sep:
-                raise ValueError(f"{item!r}: expected KIND=RATE")
-            if kind != "all" and kind not in FAULT_KINDS:
-                raise ValueError(f"{item!r}: unknown fault {kind!r} (known: {', '.join(FAULT_KINDS)}, all)")
-            try:
-                rate = float(value)
-            except ValueError:
-                raise ValueError(f"{item!r}: the rate must be a number in 0..1") from None
-            for name in FAULT_KINDS if kind == "all" else (kind,):
-                rates[name] = rate
-        return cls(**rates)
-
-    @property
-    def active(self) -> bool:
-        """Whether any rate is above zero."""
-        return any(getattr(self, kind) > 0 for kind in FAULT_KINDS)
-
-    def __str__(self) -> str:
-        return ",".join(f"{kind}={getattr(self, kind):g}" for kind in FAULT_KINDS)
-
-
-@dataclasses.dataclass
-class FaultCounts:
-    """What a :class:`FaultInjector` did, frame by frame."""
-
-    frames: int = 0
-    """Frames offered to the link."""
-    delivered: int = 0
-    """Frames the link passed on (``frames - dropped + duplicated``), damaged or not."""
-    dropped: int = 0
-    duplicated: int = 0
-    corrupted: int = 0
-    truncated: int = 0
-    mutated: int = 0
-    """Frames corrupted, truncated or both: each is one bad frame delivered."""
-
-    def to_json(self) -> dict[str, int]:
-        """The counts as a JSON object."""
-        return dataclasses.asdict(self)
-
-
-class FaultInjector:
-    """Damage frames the way a flaky link does, at the given rates, reproducibly for a given ``rng``.
-
-    Four random numbers are drawn per frame (when any rate is nonzero), so the
-    decisions for the n-th frame depend only on the seed, not on the frames'
-    contents or timing.
-
-    >>> injector = FaultInjector(FaultRates(truncate=1.0), random.Random(1))
-    >>> [len(frame) < 6 for frame in injector.apply(bytes.fromhex('04 13 02 06 02 17'))]
-    [True]
-    >>> injector.counts.truncated, injector.counts.mutated
-    (1, 1)
-    """
-
-    def __init__(self, rates: FaultRates, rng: random.Random) -> None:
-        self.rates = rates
-        self.rng = rng
-        self.counts = FaultCounts()
-
-    def apply(self, frame: bytes) -> list[bytes]:
-        """What the link delivers for one COBS frame (without delimiter): none, one or two frames."""
-        counts = self.counts
-        counts.frames += 1
-        if not self.rates.active:
-            counts.delivered += 1
-            return [frame]
-        rng, rates = self.rng, self.rates
-        drop, duplicate, corrupt, truncate = (
-            rng.random() < rate for rate in (rates.drop, rates.duplicate, rates.corrupt, rates.truncate)
-        )
-        if drop:
-            counts.dropped += 1
-            return []
-        damaged = frame
-        if corrupt and frame:
-            damaged = self._flip_a_bit(damaged)
-            counts.corrupted += 1
-        if truncate and len(frame) > 1:
-            damaged = damaged[: rng.randrange(1, len(damaged))]
-            counts.truncated += 1
-        if damaged is not frame:
-            counts.mutated += 1
-        delivered = [damaged, frame] if duplicate else [damaged]
-        counts.duplicated += duplicate
-        counts.delivered += len(delivered)
-        return delivered
-
-    def _flip_a_bit(self, frame: bytes) -> bytes:
-        data = bytearray(frame)
-        while True:  # ends soon: only one of the 8 bits of a nonzero byte can turn it into 0x00
-            index, bit = self.rng.randrange(len(data)), self.rng.randrange(8)
-            if data[index] ^ (1 << bit):  # a 0x00 would be a delimiter: the frame would split
-                data[index] ^= 1 << bit
-                return bytes(data)
 
 
 # ---- pseudo-terminals ---------------------------------------------------------------------------
@@ -882,7 +369,7 @@ class DeviceSpec:
 def parse_device(
     text: str, catalog: Mapping[str, type[Buffer]], rng: random.Random | None = None
 ) -> DeviceSpec:
-    """Parse ``TYPE[:UID]`` (UID in hex with 0x, or decimal; random when omitted).
+    """Parse ``TYPE[:UID]`` (a UID as :func:`~runtime.tools._common.parse_uid` takes it; random when omitted).
 
     Raises:
         ValueError: Unknown or non-Smart-Device type, malformed UID, or a UID
@@ -891,15 +378,15 @@ def parse_device(
     type_name, _, uid_text = text.partition(":")
     buffer_type = catalog.get(type_name)
     if buffer_type is None:
-        raise ValueError(f"{text!r}: unknown device type {type_name!r} (known: {', '.join(sorted(catalog))})")
+        raise ValueError(
+            f"{text!r}: unknown device type {type_name!r}{suggest(type_name, catalog)} "
+            f"(known: {', '.join(sorted(catalog))})"
+        )
     if not (issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id")):
         raise ValueError(f"{text!r}: {type_name} is not a Smart Device (it has no device_id)")
     if not uid_text:
         return DeviceSpec(buffer_type, random_uid(buffer_type.device_id, rng))
-    try:
-        uid = int(uid_text, 0)
-    except ValueError:
-        raise ValueError(f"{text!r}: UID must be an integer (hex with 0x, or decimal)") from None
+    uid = parse_uid(uid_text, where=text)
     if not 0 <= uid < 1 << 88:
         raise ValueError(f"{text!r}: UID must be an 88-bit nonnegative integer")
     device_id = uid >> 72
@@ -911,6 +398,25 @@ def parse_device(
     return DeviceSpec(buffer_type, uid)
 
 
+DESCRIPTION = """\
+Emulate Smart Devices on pseudo-terminals.
+
+Each TYPE[:UID] argument becomes one device of that catalog type that speaks
+the Smart Device protocol on its own pseudo-terminal, so the bridge can serve
+it as if it were plugged in. At start one line per device gives its type, UID
+and terminal path. It exits cleanly on Ctrl-C or SIGTERM.
+"""
+
+EPILOG = """\
+examples:
+  $ runtime emulate yogi-bear limit-switch
+  $ runtime emulate yogi-bear:0xa0a0000000000c0ffee --link /tmp/devs
+"""
+
+DEFAULT_LOG_LEVEL = "INFO"
+"""The emulator logs one line per event (connects, disconnects, faults) unless told otherwise."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``runtime emulate`` arguments to ``parser``."""
     parser.add_argument(
@@ -918,7 +424,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="TYPE[:UID]",
         help="device type from the catalog (e.g. limit-switch, yogi-bear), optionally with its UID "
-        "(hex with 0x, or decimal; its device_id must be the type's); a random UID when omitted",
+        f"({UID_FORMS}; its device_id must be the type's); a random UID when omitted",
     )
     parser.add_argument(
         "--link",
@@ -928,12 +434,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="create a symlink DIR/<type>-<n> (n = 0, 1, ... per type) to each device's pseudo-terminal, "
         "removed at exit; e.g. run the bridge with --glob 'DIR/*'",
     )
-    parser.add_argument(
-        "--catalog",
-        metavar="FILE",
-        default=None,
-        help="device catalog YAML (default: the catalog packaged with runtime)",
-    )
+    add_catalog_option(parser)
     parser.add_argument(
         "--seed",
         type=int,
@@ -976,8 +477,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="unplug each device after SECONDS connected: its pseudo-terminal is closed and its --link "
         "removed; after --disconnect-for it comes back on a new pseudo-terminal with the same UID (the "
         "link is made again, so use --link and a bridge with --glob 'DIR/*'). The device keeps its values "
-        "but forgets its subscription. The first disconnects of several devices are staggered. "
-        "0 (default): never",
+        f"but forgets its subscription. The first disconnects of several devices are staggered. "
+        f"0 (default): never; at most {LONGEST_SECONDS:g}",
     )
     faults.add_argument(
         "--disconnect-for",
@@ -995,7 +496,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "truncated and mutated in each direction, disconnects, reconnects, errors",
     )
     # Testing aid: make the devices send noise now and then.
-    parser.add_argument("--garbage", type=float, default=0.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    parser.add_argument("--garbage", type=_seconds, default=0.0, metavar="SECONDS", help=argparse.SUPPRESS)
 
 
 def _fault_rates(text: str) -> FaultRates:
@@ -1014,14 +515,7 @@ def _link_directory(text: str) -> str:
     return text
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds >= 0")
-    return value
+_seconds = bounded(float, 0.0, LONGEST_SECONDS, unit="seconds")
 
 
 def write_stats(path: str, devices: Sequence[PtyDevice]) -> None:
@@ -1073,10 +567,7 @@ async def _serve(devices: Sequence[PtyDevice], stats_path: str | None = None) ->
 def main(args: argparse.Namespace) -> int:
     """Run the emulated devices until SIGINT/SIGTERM; return the exit code (2: bad arguments)."""
     verbose = bool(getattr(args, "verbose", False))
-    if not logging.getLogger().handlers:  # run directly, not by ``runtime`` (which configures logging)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose:
-        logger.setLevel(logging.DEBUG)
+    configure_logging(debug=[logger.name] if verbose else [])  # --verbose: protocol errors
     try:
         catalog = catalog_module.load(args.catalog)
     except (RuntimeBaseException, ValueError, OSError) as exc:
@@ -1118,7 +609,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         for index, (spec, link) in enumerate(zip(specs, links, strict=True)):
             seed = None if args.seed is None else args.seed + index
-            model = DeviceModel(spec.buffer_type, spec.uid, seed=seed, simulate=not args.still)
+            model = DeviceModel(spec.buffer_type, spec.uid, seed=seed, simulate=not args.still, logger=logger)
             try:
                 device = PtyDevice(
                     model,
@@ -1163,9 +654,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(
-        prog="python -m runtime.tools.emulate", description="Emulate Smart Devices on pseudo-terminals."
-    )
-    add_arguments(_parser)
-    raise SystemExit(main(_parser.parse_args()))
+if __name__ == "__main__":  # python -m runtime.tools.emulate ...: the same as runtime emulate ...
+    from .cli import main as runtime_main
+
+    raise SystemExit(runtime_main(["emulate", *sys.argv[1:]]))

@@ -1,0 +1,51 @@
+"""Drive a motor: run a yogi-bear motor controller for a moment, and see its encoder count.
+
+    python examples/drive_a_motor.py                    # the first motor found, at half speed for 1 s
+    python examples/drive_a_motor.py --speed -0.3 --seconds 2
+
+A write goes into the buffer's write block; the bridge sends it to the device,
+and the device's next report shows the value it took. The bridge must be
+running (see student_code.py to try it without a robot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from runtime import catalog
+from runtime.buffer import BufferStore
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run a motor for a moment; print how far it turned.")
+    parser.add_argument("--speed", type=float, default=0.5, help="duty cycle, -1.0 to 1.0 (default 0.5)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="how long to run it (default 1)")
+    args = parser.parse_args()
+
+    with BufferStore(catalog.load()) as store:
+        motors = [info.uid for info in store.discover() if info.type_name == "yogi-bear" and info.valid]
+        if not motors:
+            print("no motor found: is the bridge running?", file=sys.stderr)
+            return 1
+        motor = store.get_or_open(motors[0])
+        start = motor.get("enc_pos")
+
+        motor.write("duty_cycle", args.speed)  # the bridge sends it to the motor
+        deadline = time.monotonic() + 2.0
+        while abs(motor.get("duty_cycle") - args.speed) > 1e-3:  # until the motor reports it
+            if time.monotonic() > deadline:
+                print("the motor did not take the new duty cycle", file=sys.stderr)
+                return 1
+            time.sleep(0.01)
+        print(f"motor {motors[0]:#x} runs at duty cycle {args.speed:g}")
+        time.sleep(args.seconds)
+        moved = motor.get("enc_pos") - start
+        motor.write("duty_cycle", 0.0)  # never leave a motor running
+        print(f"the encoder moved {moved:+.0f} ticks in {args.seconds:g} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""The programs in examples/ run, as users run them, against emulated devices and the bridge.
+
+Each example runs as its own process (``python examples/NAME.py``) with the
+environment of an emulated robot (:func:`runtime.testing.emulated_robot`: its
+namespace), and must exit 0 with the expected output. ``test_my_robot.py`` is
+copied to a directory of its own and run by pytest there, as a user who copied
+it would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.buffer import BufferStore
+from runtime.testing import EmulatedRobot, emulated_robot
+
+pytestmark = pytest.mark.timeout(90)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SWITCH_LINE = re.compile(r"^switch0=(pressed|free)  switch1=(pressed|free)  switch2=(pressed|free)$")
+
+
+@pytest.fixture
+def robot() -> Iterator[EmulatedRobot]:
+    """A limit switch and a motor, served by a bridge, for one test."""
+    with emulated_robot("limit-switch", "yogi-bear") as running:
+        yield running
+
+
+def run_example(robot: EmulatedRobot, name: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *arguments],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=robot.env,
+        cwd=robot.directory,
+    )
+
+
+def test_every_example_is_tested() -> None:
+    text = Path(__file__).read_text()
+    for example in sorted(EXAMPLES.glob("*.py")):
+        assert f'"{example.name}"' in text, f"{example.name} is not run by {Path(__file__).name}"
+
+
+# ---- read_a_sensor.py ---------------------------------------------------------------------------
+
+
+def test_read_a_sensor_finds_the_switch(robot: EmulatedRobot) -> None:
+    done = run_example(robot, "read_a_sensor.py", "--count", "3", "--every", "0.05")
+    assert done.returncode == 0, done.stderr
+    first, *readings = done.stdout.splitlines()
+    assert first == f"limit switch {robot.uid('limit-switch'):#x}"
+    assert len(readings) == 3 and all(SWITCH_LINE.match(line) for line in readings), done.stdout
+
+
+def test_read_a_sensor_by_uid(robot: EmulatedRobot) -> None:
+    uid = robot.uid("limit-switch")
+    done = run_example(robot, "read_a_sensor.py", f"{uid:#x}", "--count", "1", "--every", "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == f"limit switch {uid:#x}"
+    assert SWITCH_LINE.match(done.stdout.splitlines()[1]), done.stdout
+
+
+def test_read_a_sensor_says_when_there_is_no_bridge(robot: EmulatedRobot) -> None:
+    robot.stop_bridge()
+    uid = robot.uid("limit-switch")
+    done = run_example(robot, "read_a_sensor.py", f"{uid:#x}", "--count", "2", "--every", "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == ["not connected", "not connected"]
+    with BufferStore.use_namespace(f"rt-test-examples-empty-{uuid.uuid4().hex[:8]}"):
+        nothing = subprocess.run(
+            [sys.executable, str(EXAMPLES / "read_a_sensor.py")], capture_output=True, text=True, timeout=30
+        )
+    assert nothing.returncode == 1 and "no limit switch found" in nothing.stderr
+
+
+# ---- drive_a_motor.py ---------------------------------------------------------------------------
+
+
+def test_drive_a_motor_turns_it_and_stops_it(robot: EmulatedRobot) -> None:
+    done = run_example(robot, "drive_a_motor.py", "--speed", "0.5", "--seconds", "0.5")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"motor {robot.uid('yogi-bear'):#x} runs at duty cycle 0.5"
+    moved = re.fullmatch(r"the encoder moved \+(\d+) ticks in 0\.5 s", lines[1])
+    assert moved is not None, done.stdout
+    assert 200 < int(moved[1]) < 1500  # 2000 ticks/s at full duty, emulated
+    motor = robot.buffer("yogi-bear")
+    robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor to stop")
+
+
+# ---- student_code.py ----------------------------------------------------------------------------
+
+STATES = ("driving", "stopped: a switch is pressed")
+
+
+def test_student_code_drives_then_stops_its_motors(robot: EmulatedRobot) -> None:
+    done = run_example(robot, "student_code.py", "--seconds", "1")
+    assert done.returncode == 0, done.stderr
+    first, *states, last = done.stdout.splitlines()
+    assert first == "found 1 limit switch(es) and 1 motor(s)"
+    assert states and all(state in STATES for state in states), done.stdout
+    cycles = re.fullmatch(r"stopped after (\d+) cycles", last)
+    assert cycles is not None and int(cycles[1]) >= 5, done.stdout
+    motor = robot.buffer("yogi-bear")
+    robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor to stop")  # left stopped
+
+
+class Lines:
+    """A child's stdout, line by line, never waiting past a deadline."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        self.fd = process.stdout.fileno()
+        self.buffered = b""
+        self.seen: list[str] = []
+
+    def next(self, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffered:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no line within {timeout} s; so far: {self.seen}"
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                chunk = os.read(self.fd, 4096)
+                assert chunk, f"the program exited; it printed {self.seen + [self.buffered.decode()]}"
+                self.buffered += chunk
+        line, self.buffered = self.buffered.split(b"\n", 1)
+        self.seen.append(line.decode())
+        return self.seen[-1]
+
+
+def test_student_code_waits_while_a_device_is_gone(robot: EmulatedRobot) -> None:
+    """The bridge stops (every buffer invalid) and comes back: the program waits, then goes on."""
+    student = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "student_code.py")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(robot.env, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        lines = Lines(student)
+        assert lines.next() == "found 1 limit switch(es) and 1 motor(s)"
+        assert lines.next() in STATES
+        robot.stop_bridge()
+        while (line := lines.next()) in STATES:  # the switch may toggle before the buffers turn invalid
+            pass
+        assert line == "waiting: a device is gone"
+        robot.start_bridge()
+        assert lines.next() in STATES
+        student.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = student.communicate(timeout=15)
+    finally:
+        if student.poll() is None:
+            student.kill()
+            student.communicate()
+    assert student.returncode == 0, err
+    assert re.fullmatch(r"stopped after \d+ cycles", (lines.buffered + out).decode().splitlines()[-1])
+
+
+# ---- test_my_robot.py ---------------------------------------------------------------------------
+
+
+def test_my_robot_passes_under_pytest(tmp_path: Path) -> None:
+    """Copied into an empty directory (no conftest, no project settings), its tests pass."""
+    shutil.copy(EXAMPLES / "test_my_robot.py", tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_robot.py"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^3 passed in ", done.stdout, re.M), done.stdout
+    assert "warning" not in done.stdout.lower(), done.stdout
