@@ -310,51 +310,25 @@ class Demo:
         return result
 
     def live_table(self) -> Any:
-        """The table shown on a terminal: each device's buffer and the bridge's counters."""
-        from rich import box
-        from rich.table import Table
-
-        from .buffers import inspect_buffer
+        """The table shown on a terminal: the buffers command's table, plus the bridge's counters."""
+        from .buffers import inspect_buffer, list_table
 
         stats = self._stats_by_uid(self.read_stats())
         elapsed = time.monotonic() - self.started
         limit = f" of {self.args.duration:g}" if self.args.duration else ""
-        table = Table(
-            title=f"runtime demo: namespace {self.namespace}, {elapsed:.0f}{limit} s (Ctrl-C to stop)",
-            title_justify="left",
-            box=box.SIMPLE,
-        )
-        key_width = max(
-            len(text) for device in self.devices for text in (device.type_name, f"{device.uid:#x}")
-        )
-        # The device cell holds the type over the UID, so that the values get the most room.
-        table.add_column("device", no_wrap=True, min_width=key_width)
-        table.add_column("buffer")
-        table.add_column("age", justify="right")
-        table.add_column("in/out/err", justify="right")  # the bridge's message counters
-        table.add_column("values")  # wraps between values
         with BufferStore(self.catalog) as store:
-            for device in self.devices:
-                key = f"{device.type_name}\n{device.uid:#x}"
-                segment = BufferStore.segment_name(device.type_name, device.uid)
-                entry = stats.get(device.uid, {})
-                counters = "/".join(
-                    str(entry.get(name, "-")) for name in ("messages_in", "messages_out", "errors")
-                )
-                if not os.path.exists(os.path.join(SHM_DIR, segment)):
-                    table.add_row(key, "waiting", "-", counters, "")
-                    continue
-                report = inspect_buffer(store, device.type_name, device.uid)
-                age = report.age()
-                values = ", ".join(f"{name}={_brief(value)}" for name, value in (report.values or {}).items())
-                table.add_row(
-                    key,
-                    report.state() if report.error is None else f"error: {report.error}",
-                    "-" if age is None else f"{age:.1f} s",
-                    counters,
-                    values,
-                )
-        return table
+            reports = [inspect_buffer(store, device.type_name, device.uid) for device in self.devices]
+        names = ("messages_in", "messages_out", "errors")
+        counters = []
+        for device in self.devices:
+            entry = stats.get(device.uid, {})
+            counters.append("/".join(str(entry.get(name, "-")) for name in names))
+        return list_table(
+            reports,
+            values=True,
+            extra={"in/out/err": counters},  # the bridge's message counters
+            title=f"runtime demo: namespace {self.namespace}, {elapsed:.0f}{limit} s (Ctrl-C to stop)",
+        )
 
     def summary(self, statuses: dict[str, int | None]) -> dict[str, Any]:
         """The end-of-run report: per device from the bridge's statistics, and the student's counters."""
@@ -386,11 +360,6 @@ class Demo:
             "student_code": student,
             "exit_status": statuses,
         }
-
-
-def _brief(value: Any) -> str:
-    """A value for the live table: floats with two decimals, so that the columns stay calm."""
-    return f"{value:.2f}" if isinstance(value, float) else format_value(value)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
