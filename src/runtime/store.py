@@ -303,7 +303,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         return removed
 
     def stale_segments(self) -> list[tuple[str, int, str, int]]:
-        """The namespace's segments that no producer serves any more: ``(type, uid, name, last producer pid)``.
+        """The segments no producer serves any more: ``(type, uid, name, last producer pid)``, sorted.
 
         Leftovers of a bridge (or of another producer) that stopped or died,
         which nobody can bring back to life: ``runtime buffers clean`` removes
@@ -329,7 +329,9 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         that student code opened before the bridge came); a segment that
         cannot be opened to look (another catalog's or user's); anything
         outside the namespace. When the last producer's pid was reused by an
-        unrelated process, the segment is kept too (a safe mistake).
+        unrelated process, the segment is kept too (a safe mistake). Processes
+        this one cannot see (another pid namespace sharing ``/dev/shm``) count
+        as gone and not holding anything: clean up from where the bridge runs.
 
         Selecting is not removing: a producer that starts serving a segment
         between this call and its unlink loses it to the unlink, so clean up
@@ -386,7 +388,11 @@ class BufferStore(Mapping[BufferKey, Buffer]):
                                 mapped.add(int(fields[4]))
                 except (OSError, ValueError):  # gone meanwhile, or not ours to read
                     continue
-        return [(type_name, uid, name, pid) for type_name, uid, name, pid, inode in candidates if inode not in mapped]
+        return [
+            (type_name, uid, name, pid)
+            for type_name, uid, name, pid, inode in candidates
+            if inode not in mapped
+        ]
 
     @classmethod
     def make_catalog(cls, catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buffer]]:

@@ -124,6 +124,8 @@ BAD_FRAME_LOG_INTERVAL = 1.0
 WRITE_CONFIRM_TIMEOUT = 0.25
 """Seconds a write waits for the device's DEV_DATA to confirm it before it is sent again
 (at least three subscription intervals)."""
+NO_DEVICE_REPORT_DELAY = 5.0
+"""Seconds without any connected device before the bridge says what it found on the ports it watches."""
 WRITE_RETRIES = 8
 """Times an unconfirmed write is sent again before the bridge gives up on it (so it is retried for
 about two seconds: a link losing a quarter of the frames loses all nine copies less than once in 100 000)."""
@@ -382,6 +384,7 @@ class PortConnection:
                 device_id,
                 uid,
             )
+            self.bridge.note_unknown_device(self.path, device_id, uid)
             return False
         except RuntimeBaseException as exc:  # /dev/shm full, a foreign file in the way...
             logger.error(
@@ -849,6 +852,16 @@ class Bridge:
         self._open_errors: dict[str, str] = {}
         self._waiting_for: set[str] = set()
         """Explicit ports that do not exist (each logged once until it appears)."""
+        self._unmatched: list[str] = []
+        """The globs that matched no path at the last scan."""
+        self._unknown_devices: dict[str, str] = {}
+        """Ports whose device is of a type not in the catalog (until their connection ends): what it is."""
+        self._idle_since = time.monotonic()
+        """Since when no device has been connected (``time.monotonic()``)."""
+        self._idle_report: tuple[str, ...] | None = None
+        """What the last report of no connected devices said (None: none since a device was connected)."""
+        self._opened_at: dict[Identity, float] = {}
+        """When each connection started (``time.monotonic()``): a port gets time to answer PING."""
 
     # -- devices --
 
@@ -891,6 +904,68 @@ class Bridge:
         """Forget the open error of a port that opened."""
         self._open_errors.pop(path, None)
 
+    def note_unknown_device(self, path: str, device_id: int, uid: int) -> None:
+        """Remember that the device on ``path`` is of a type the catalog lacks (for :meth:`port_outcomes`)."""
+        self._unknown_devices[path] = f"a device of unknown type (device id {device_id}, uid {uid:#x})"
+
+    # -- what the ports hold, when no device connects --
+
+    def port_outcomes(self, present: Mapping[Identity, str]) -> list[str]:
+        """What the bridge found on the ports it watches, one phrase each.
+
+        ``present`` is what :meth:`discover` found. Globs that match nothing,
+        explicit ports that do not exist, ports that cannot be opened, ports
+        that never answered PING, devices of a type not in the catalog; a port
+        whose device is connected says nothing.
+        """
+        outcomes = [f"nothing matches {pattern}" for pattern in self._unmatched]
+        outcomes += [f"{path} does not exist" for path in self.ports if path in self._waiting_for]
+        for identity, path in sorted(present.items(), key=lambda item: item[1]):
+            connection = self.connections.get(identity)
+            if connection is not None and connection.record is not None:
+                continue
+            if connection is not None and connection.path in self._unknown_devices:
+                outcomes.append(f"{path}: {self._unknown_devices[connection.path]}, not in the catalog")
+            elif connection is not None and path not in self._open_errors:
+                outcomes.append(f"{path}: no answer to PING")
+            elif path in self._open_errors:
+                outcomes.append(f"{path}: cannot open: {self._open_errors[path]}")
+            else:
+                outcomes.append(f"{path}: closed, to be tried again")
+        return outcomes
+
+    def _report_idle(self, present: Mapping[Identity, str]) -> None:
+        """Say once what the ports hold when no device has connected for a while; again when that changes.
+
+        Called by every scan. The report waits until no device has been
+        connected for :data:`NO_DEVICE_REPORT_DELAY` seconds, and until every
+        open port has had as long to answer PING (an Arduino resets when its
+        port opens, and takes a second or two to boot).
+        """
+        now = time.monotonic()
+        if self.owners:
+            self._idle_since = now
+            self._idle_report = None
+            return
+        if now - self._idle_since < NO_DEVICE_REPORT_DELAY:
+            return
+        for identity, connection in self.connections.items():  # a port still being identified: wait
+            opened = self._opened_at.get(identity, now)
+            if connection.record is None and connection.path not in self._unknown_devices:
+                if now - opened < NO_DEVICE_REPORT_DELAY:
+                    return
+        outcomes = tuple(self.port_outcomes(present))
+        if outcomes == self._idle_report:
+            return
+        self._idle_report = outcomes
+        watched = ", ".join([*self.ports, *self.globs]) or "nothing"
+        logger.warning(
+            "bridge: no Smart Device connected for %g s; watching %s: %s",
+            NO_DEVICE_REPORT_DELAY,
+            watched,
+            "; ".join(outcomes) or "no port",
+        )
+
     # -- ports --
 
     def discover(self) -> dict[Identity, str]:
@@ -900,8 +975,12 @@ class Bridge:
         reachable through several paths (a symlink and its target) is served once.
         """
         candidates = list(self.ports)
+        self._unmatched = []
         for pattern in self.globs:
-            candidates.extend(sorted(glob.glob(pattern)))
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                self._unmatched.append(pattern)
+            candidates.extend(matches)
         found: dict[Identity, str] = {}
         for path in candidates:
             identity = _identity(path)
@@ -935,12 +1014,16 @@ class Bridge:
             task = asyncio.get_running_loop().create_task(connection.run(), name=f"port {path}")
             self.connections[identity] = connection
             self._tasks[identity] = task
+            self._opened_at[identity] = now
             task.add_done_callback(functools.partial(self._finished, connection))
+        self._report_idle(present)
 
     def _finished(self, connection: PortConnection, _task: asyncio.Task[None]) -> None:
         if self.connections.get(connection.identity) is connection:
             del self.connections[connection.identity]
             self._tasks.pop(connection.identity, None)
+            self._unknown_devices.pop(connection.path, None)
+            self._opened_at.pop(connection.identity, None)
         if connection.retry_delay > 0:
             self._retry_at[connection.identity] = time.monotonic() + connection.retry_delay
 
@@ -991,6 +1074,7 @@ class Bridge:
                 pass
         watched = ", ".join([*self.ports, *self.globs]) or "nothing"
         logger.info("bridge: watching %s", watched)
+        self._idle_since = time.monotonic()
         background = [loop.create_task(self._watch(), name="port watcher")]
         if self.stats_path is not None:
             background.append(loop.create_task(self._write_stats_periodically(), name="stats"))

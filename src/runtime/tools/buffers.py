@@ -1,4 +1,4 @@
-"""``runtime buffers``: inspect the live buffers in shared memory.
+"""``runtime buffers``: inspect the live buffers in shared memory, write to them, clean up after a bridge.
 
 When something on the robot misbehaves, the first question is what the
 buffers hold: is the device's buffer there, is it valid (connected), how old
@@ -15,23 +15,32 @@ namespaces do.
 
 :func:`list_table` is the one table of buffers of the tools (``runtime demo``
 shows it too).
+
+Two actions change things, for bring-up on a robot: ``write KEY PARAM=VALUE...``
+queues parameter writes for a connected device (to spin a motor without
+writing code), and ``clean`` removes the segments that no producer serves any
+more (:meth:`~runtime.store.BufferStore.stale_segments` says which).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
+import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
 from ..store import BufferStore, namespaces
 from ._common import (
+    PROG,
     UID_FORMS,
     CommandError,
     add_catalog_option,
@@ -63,7 +72,9 @@ __all__ = [
     "main",
     "namespace_view",
     "other_namespaces",
+    "parse_assignments",
     "parse_key",
+    "parse_value",
     "scan",
     "show_renderable",
 ]
@@ -77,6 +88,9 @@ the device types of the catalog and read them without disturbing anyone:
   list          type, UID, valid (connected) and age of the last update
   show KEY      every parameter of one buffer: value, flags, bounds
   watch [KEY]   a live-updating table of all buffers (or of one)
+  write KEY PARAM=VALUE...
+                queue parameter writes for a connected device (bring-up)
+  clean         remove the segments no producer serves any more
 KEY is TYPE:UID (for any buffer) or a Smart Device UID alone; a UID is
 {UID_FORMS}.
 """
@@ -88,6 +102,8 @@ examples:
   $ runtime buffers show 0xa0a0000000000c0ffee
   $ runtime buffers show gamepad:0
   $ runtime buffers watch --interval 0.2
+  $ runtime buffers write 0xa0a0000000000c0ffee duty_cycle=0.5
+  $ runtime buffers clean --dry-run
   $ runtime buffers --namespace rt-demo-4242 watch yogi-bear:0xa0a0000000000c0ffee
 
 The namespace is $RUNTIME_BUFFER_NAMESPACE (default "rt") unless --namespace
@@ -293,6 +309,191 @@ def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
         ) from None
 
 
+# ---- writing: values typed on the command line ---------------------------------------------------
+
+_TRUE_WORDS = ("true", "1")
+_FALSE_WORDS = ("false", "0")
+_INTEGER_CODES = "bBhHiIlLqQ"
+_FLOAT_CODES = "fdg"
+
+
+def parse_assignments(words: Sequence[str]) -> dict[str, str]:
+    """``PARAM=VALUE`` words into ``{param: value text}``, in order.
+
+    Raises:
+        CommandError: (status 2) A word without ``=`` or without a name, or a parameter given twice.
+    """
+    result: dict[str, str] = {}
+    for word in words:
+        name, sep, text = word.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise CommandError(f"bad assignment {word!r}: write PARAM=VALUE (duty_cycle=0.5)", code=2)
+        if name in result:
+            raise CommandError(f"parameter {name!r} is given twice", code=2)
+        result[name] = text
+    return result
+
+
+def _expected(ctype: Any) -> str:
+    """What a value of ``ctype`` looks like on the command line, in words."""
+    if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
+        element: Any = ctype._type_
+        if element is ctypes.c_char:
+            return f"text of at most {ctype._length_} bytes"
+        dims = [ctype._length_]
+        while issubclass(element, ctypes.Array):
+            dims.append(element._length_)
+            element = element._type_
+        items = _expected_items(element)
+        if len(dims) == 1:
+            return f"{dims[0]} {items}, as a comma list (1,2,3) or a JSON list ([1, 2, 3])"
+        return f"a {'x'.join(map(str, dims))} JSON list of lists of {items}"
+    code = getattr(ctype, "_type_", "")
+    if code == "?":
+        return "true or false (or 1 or 0)"
+    if code in _FLOAT_CODES:
+        return f"a number ({ctype_name(ctype)})"
+    if code in _INTEGER_CODES:
+        return f"an integer ({ctype_name(ctype)})"
+    if code in ("c", "u"):
+        return "one character"
+    return f"a {ctype_name(ctype)}"
+
+
+def _expected_items(ctype: Any) -> str:
+    """What the items of an array of ``ctype`` are, in words (plural)."""
+    code = getattr(ctype, "_type_", "")
+    if code == "?":
+        return "bools (true or false)"
+    if code in _FLOAT_CODES:
+        return f"numbers ({ctype_name(ctype)})"
+    if code in _INTEGER_CODES:
+        return f"integers ({ctype_name(ctype)})"
+    return f"values ({ctype_name(ctype)})"
+
+
+def _scalar_from_text(ctype: Any, text: str) -> Any:
+    """A scalar of ``ctype`` from its text; ValueError when the text is not one."""
+    code = getattr(ctype, "_type_", "")
+    word = text.strip()
+    if code == "?":
+        if word.lower() in _TRUE_WORDS:
+            return True
+        if word.lower() in _FALSE_WORDS:
+            return False
+        raise ValueError(word)
+    if code in _FLOAT_CODES:
+        return float(word)
+    if code in _INTEGER_CODES:
+        try:
+            return int(word, 10)
+        except ValueError:
+            return int(word, 0)  # 0x10, 0b101
+    if code == "c":
+        data = text.encode()
+        if len(data) != 1:
+            raise ValueError(text)
+        return data
+    if code == "u" and len(text) == 1:
+        return text
+    raise ValueError(text)
+
+
+def _is_array(ctype: Any) -> bool:
+    return isinstance(ctype, type) and issubclass(ctype, ctypes.Array)
+
+
+def _from_json(ctype: Any, item: Any) -> Any:
+    """A value of ``ctype`` from decoded JSON (a list for an array); ValueError when it is not one."""
+    if _is_array(ctype):
+        if not isinstance(item, list) or len(item) != ctype._length_:
+            raise ValueError(item)
+        return [_from_json(ctype._type_, element) for element in item]
+    if isinstance(item, str):
+        return _scalar_from_text(ctype, item)
+    code = getattr(ctype, "_type_", "")
+    if code == "?" and (isinstance(item, bool) or item in (0, 1)):
+        return bool(item)
+    if code in _FLOAT_CODES and isinstance(item, int | float) and not isinstance(item, bool):
+        return float(item)
+    if code in _INTEGER_CODES and isinstance(item, int) and not isinstance(item, bool):
+        return item
+    raise ValueError(item)
+
+
+def parse_value(param: Parameter, text: str) -> Any:
+    """The value a user typed for ``param``, converted by the parameter's type.
+
+    Only the text is read here: whether the parameter takes the value (bounds,
+    writeability) is the library's to say when it is written.
+
+    >>> import ctypes
+    >>> parse_value(Parameter("duty_cycle", ctypes.c_float, 0), "-0.5")
+    -0.5
+    >>> parse_value(Parameter("on", ctypes.c_bool, 0), "TRUE")
+    True
+    >>> parse_value(Parameter("n", ctypes.c_uint8, 0), "0x10")
+    16
+    >>> pair = Parameter("pair", ctypes.c_int16 * 2, 0)
+    >>> parse_value(pair, "1, 2"), parse_value(pair, "[4, 5]")
+    ([1, 2], [4, 5])
+
+    Raises:
+        CommandError: (status 1) The text is not a value of the parameter's
+            type; the message names the parameter and what it takes.
+    """
+    ctype: Any = param.platform_type
+    try:
+        if issubclass(ctype, ctypes.Array):
+            if ctype._type_ is ctypes.c_char:
+                return text.encode()
+            stripped = text.strip()
+            if stripped.startswith("["):
+                return _from_json(ctype, json.loads(stripped))
+            if issubclass(ctype._type_, ctypes.Array):
+                raise ValueError(text)  # nested arrays only as JSON
+            items = stripped.split(",")
+            if len(items) != ctype._length_:
+                raise ValueError(text)
+            return [_scalar_from_text(ctype._type_, item) for item in items]
+        return _scalar_from_text(ctype, text)
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        raise CommandError(
+            f"cannot write {param.name}={text}: {param.name} takes {_expected(ctype)}, not {text!r}"
+        ) from None
+
+
+def _check_writes(
+    buffer_type: type[Buffer], values: Mapping[str, Any], texts: Mapping[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """Write ``values`` to a process-local buffer of the type, to learn what the library refuses.
+
+    Returns:
+        The values as stored (clamped, in the parameter's width) and the clamp
+        warnings, one line each.
+
+    Raises:
+        CommandError: (status 1) The library refused a value: the message names
+            the parameter and says why.
+    """
+    scratch = buffer_type.attach("buffers-write-check", shared=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name, value in values.items():
+                try:
+                    scratch.write(name, value)
+                except DeviceBufferError as exc:
+                    raise CommandError(f"cannot write {name}={texts[name]}: {exc.message}") from None
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise CommandError(f"cannot write {name}={texts[name]}: {exc}") from None
+        stored = scratch.pending_writes()
+    finally:
+        scratch.close()
+    return stored, [str(warning.message) for warning in caught]
+
+
 # ---- rendering ----------------------------------------------------------------------------------
 
 
@@ -463,6 +664,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_interval_option(watch, default=0.5, what="the view")
     watch.add_argument("--count", type=bounded(int, 1, MAX_COUNT), metavar="N", help="stop after N refreshes")
     watch.set_defaults(buffers_main=_watch_main)
+    write = actions.add_parser(
+        "write",
+        parents=[common],
+        help="queue parameter writes for a connected device (bring-up without code)",
+        description="Write parameters of a live buffer, as student code would with write(): the\n"
+        "bridge sends them to the device. Every value is checked first (the parameter exists\n"
+        "and is writeable, the value fits its type, a number its bounds), then all are written\n"
+        "together, or none. Values: numbers (1.5, -2, 1e3, 0x10 for integers), true/false or\n"
+        "1/0 for bools, text for char arrays, and for arrays a comma list (1,2,3) or JSON\n"
+        "([1, 2, 3]). A number outside the parameter's bounds is clamped, with a warning.\n"
+        "KEY is TYPE:UID, or a Smart Device UID alone; the device must be connected (its\n"
+        "buffer valid: the bridge serves it).\n"
+        "Exit status: 0 written, 1 refused (nothing written), 2 bad arguments.",
+        epilog="examples:\n"
+        "  $ runtime buffers write 0xa0a0000000000c0ffee duty_cycle=0.5     # spin the motor\n"
+        "  $ runtime buffers write 0xa0a0000000000c0ffee duty_cycle=0       # and stop it\n"
+        "  $ runtime buffers write yogi-bear:0xa0a0000000000c0ffee pid_pos_kp=1.5 pid_pos_ki=0.1\n",
+        formatter_class=formatter,
+    )
+    write.add_argument("key", metavar="KEY", help="TYPE:UID, or a Smart Device UID")
+    write.add_argument(
+        "assignments", metavar="PARAM=VALUE", nargs="+", help="a parameter and the value to write to it"
+    )
+    write.set_defaults(buffers_main=_write_main)
+    clean = actions.add_parser(
+        "clean",
+        parents=[common],
+        help="remove the segments no producer serves any more (leftovers of a stopped bridge)",
+        description="Remove this user's stale segments of the namespace: those that a producer (the\n"
+        "bridge) served once and that nobody serves now, whose last producer is gone (stopped\n"
+        "or died) and that no other process has open. Kept: buffers a live producer serves,\n"
+        "buffers never served (plain buffers a program uses on its own, a device buffer that\n"
+        "student code opened before the bridge came), segments of a bridge still running\n"
+        "(its unplugged devices come back into them) or still open in a program.\n"
+        "Lists what it removed (with --dry-run: what it would remove).",
+        epilog="examples:\n"
+        "  $ runtime buffers clean --dry-run\n"
+        "  $ runtime buffers clean\n"
+        "  $ runtime buffers clean --namespace rt-demo-4242 --json\n",
+        formatter_class=formatter,
+    )
+    clean.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    clean.set_defaults(buffers_main=_clean_main)
 
 
 def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -565,3 +809,104 @@ def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
+    with BufferStore(catalog) as store:
+        type_name, uid = parse_key(args.key, store)
+        texts = parse_assignments(args.assignments)
+        buffer_type = store.catalog[type_name]
+        key = f"{type_name}:{uid:#x}"
+        values: dict[str, Any] = {}
+        for name, text in texts.items():
+            param = buffer_type.params.get(name)
+            if param is None:
+                raise CommandError(
+                    f"{type_name} has no parameter {name!r}{suggest(name, buffer_type.params)}"
+                )
+            values[name] = parse_value(param, text)
+        stored, clamped = _check_writes(buffer_type, values, texts)
+        segment = BufferStore.segment_name(type_name, uid)
+        try:
+            buffer = store.get_or_open((type_name, uid), create=False)
+        except DeviceBufferError as exc:
+            if not os.path.exists(os.path.join(SHM_DIR, segment)):
+                raise CommandError(
+                    f"{key} is not connected: it has no buffer in namespace {BufferStore.namespace()!r} "
+                    f"(no bridge has served it); {elsewhere()}"
+                ) from None
+            raise CommandError(f"cannot open {key}: {exc.message}") from None
+        not_connected = (
+            f"{key} is not connected: its buffer is invalid (no bridge serves it now); nothing written"
+        )
+        if not buffer.valid:
+            raise CommandError(not_connected)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # said once, by the check
+                with buffer.transaction():
+                    for name, value in values.items():
+                        buffer.write(name, value)
+        except DeviceBufferError as exc:
+            if not buffer.valid:
+                raise CommandError(not_connected) from None
+            raise CommandError(f"cannot write to {key}: {exc.message}") from None
+    for line in clamped:
+        print(f"{PROG} buffers: warning: {line}", file=sys.stderr)
+    written = {name: stored[name] for name in texts}
+    if args.json:
+        print_json({"key": key, "segment": segment, "written": jsonable(written), "warnings": clamped})
+    else:
+        assignments = " ".join(f"{name}={format_value(value)}" for name, value in written.items())
+        whither = "the bridge sends it to the device" if issubclass(buffer_type, DeviceBuffer) else "pending"
+        print(f"wrote {key}: {assignments} ({whither})")
+    return 0
+
+
+def _clean_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
+    namespace = BufferStore.namespace()
+    with BufferStore(catalog) as store:
+        total = len(store.find_segments())
+        stale = store.stale_segments()
+    done: list[dict[str, Any]] = []
+    failed = 0
+    for type_name, uid, name, pid in stale:
+        entry = {
+            "type": type_name,
+            "uid": uid,
+            "uid_hex": f"{uid:#x}",
+            "segment": name,
+            "last_producer_pid": pid,
+        }
+        if not args.dry_run:
+            try:
+                Buffer.unlink(name)
+            except DeviceBufferError:  # removed meanwhile by someone else
+                continue
+            except OSError as exc:
+                print(
+                    f"{PROG} buffers: error: cannot remove {name}: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
+                failed += 1
+                continue
+        done.append(entry)
+    if args.json:
+        print_json({"namespace": namespace, "dry_run": bool(args.dry_run), "removed": done})
+        return 1 if failed else 0
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in done:
+        print(
+            f"{verb} {entry['type']}:{entry['uid_hex']} (segment {entry['segment']}, "
+            f"last served by pid {entry['last_producer_pid']}, gone)"
+        )
+    kept = total - len(stale)
+    kept_text = f"; {kept} kept (served, never served, or still open)" if kept else ""
+    if done:
+        summary = (
+            f"{verb} {len(done)} stale segment{'s' if len(done) != 1 else ''} in namespace {namespace!r}"
+        )
+        print(summary + kept_text)
+    elif not failed:
+        print(f"no stale segments in namespace {namespace!r}{kept_text or '; it has no segments'}")
+    return 1 if failed else 0
