@@ -166,6 +166,7 @@ typedef struct {
     unsigned long serve_generation;  /* rt_fork_generation when it took it */
     uint32_t serve_tid;              /* the thread that took it */
     uint32_t seen[2];                /* the sequence words when wait_* last returned (or at open) */
+    int seen_live;                   /* whether the buffer was live when this handle last looked */
     int wake_pending;                /* blocks changed under the lock: wake their waiters after release */
 } rt_BufferAccess;
 
@@ -914,6 +915,7 @@ BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
     self->update = base + RT_DATA_OFFSET + s->update_offset;
     self->write = base + RT_DATA_OFFSET + s->write_offset;
     self->meta = (rt_meta *)(base + RT_DATA_OFFSET + s->meta_offset);
+    self->seen_live = is_live(self);
     Py_INCREF(name);
     self->name = name;
     Py_INCREF(on_recover);
@@ -1734,7 +1736,7 @@ struct rt_futex_waitv {
 typedef struct {
     rt_BufferAccess *acc;
     int block;
-    int was_live;  /* live when the wait began: then turning invalid makes it ready */
+    int unused;
 } rt_watch;
 
 static int rt_have_waitv = 1;  /* cleared at the first ENOSYS */
@@ -1776,7 +1778,7 @@ entry_ready(const rt_watch *w)
 {
     rt_BufferAccess *acc = w->acc;
     return acc->closed || __atomic_load_n(&acc->notify->seq[w->block], __ATOMIC_ACQUIRE) != acc->seen[w->block]
-           || (w->was_live && !is_live(acc));
+           || (acc->seen_live && !is_live(acc));
 }
 
 static void
@@ -1941,8 +1943,10 @@ take_change(rt_BufferAccess *acc, int block)
         return -1;
     }
     if (!is_live(acc)) {
+        acc->seen_live = 0;  /* this handle has now seen it invalid */
         return invalid_error(acc);
     }
+    acc->seen_live = 1;
     acc->seen[block] = __atomic_load_n(&acc->notify->seq[block], __ATOMIC_ACQUIRE);
     return 1;
 }
@@ -1964,9 +1968,11 @@ BufferAccess_wait(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs
         return buffer_error(self, "buffer is closed", NULL);
     }
     if (!is_live(self)) {
+        self->seen_live = 0;
         invalid_error(self);
         return NULL;
     }
+    self->seen_live = 1;
     Py_INCREF(self);  /* kept alive across the sleep */
     rt_watch watched = {self, block, 1};
     int rc = wait_entries(&watched, 1, NULL, 0, timeout);
@@ -2011,8 +2017,10 @@ BufferAccess_see_now(rt_BufferAccess *self, PyObject *arg)
         Py_RETURN_FALSE;
     }
     uint32_t now = __atomic_load_n(&self->notify->seq[block], __ATOMIC_ACQUIRE);
-    int differed = now != self->seen[block];
+    int live = is_live(self);
+    int differed = now != self->seen[block] || live != self->seen_live;
     self->seen[block] = now;
+    self->seen_live = live;
     return PyBool_FromLong(differed);
 }
 
@@ -2102,7 +2110,6 @@ core_wait_any(PyObject *module, PyObject *args, PyObject *kwargs)
             return NULL;
         }
         watched[i].acc = (rt_BufferAccess *)acc;
-        watched[i].was_live = !watched[i].acc->closed && is_live(watched[i].acc);
         if (watched[i].acc->closed) {
             Py_DECREF(seq);
             return buffer_error(watched[i].acc, "buffer is closed", NULL);

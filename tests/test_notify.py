@@ -315,3 +315,40 @@ def test_wait_any_async(shm_name: Callable[[str], str]) -> None:
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         await asyncio.sleep(0.005)
+
+
+def test_a_producer_that_died_between_two_waits_is_still_reported(shm_name: Callable[[str], str]) -> None:
+    # The death changes no sequence word: what counts is that this handle last saw the buffer live.
+    name = shm_name()
+    serving, stop = FORK.Event(), FORK.Event()
+    with Sensor.open(name) as buffer, reaped() as processes:
+        producer = start(processes, FORK, serve_until_told, name, serving, stop)
+        assert serving.wait(JOIN_TIMEOUT)
+        assert wait_any([buffer], 0.05) == [buffer]  # the serve() change
+        assert wait_any([buffer], 0.05) == []
+        os.kill(producer.pid, signal.SIGKILL)  # while nobody waits
+        assert finish(producer) == -signal.SIGKILL
+        started = time.monotonic()
+        assert wait_any([buffer], LONG) == [buffer] and not buffer.valid
+        assert time.monotonic() - started < LONG / 2  # at once, not at the timeout
+        assert wait_any([buffer], 0.05) == []  # reported once
+
+
+def test_the_async_wait_any_reports_a_death_between_two_waits(shm_name: Callable[[str], str]) -> None:
+    name = shm_name()
+    serving, stop = FORK.Event(), FORK.Event()
+
+    async def main() -> tuple[list[Any], list[Any], float]:
+        with Sensor.open(name) as buffer, reaped() as processes:
+            producer = start(processes, FORK, serve_until_told, name, serving, stop)
+            assert serving.wait(JOIN_TIMEOUT)
+            await wait_any_async([buffer], 0.05)  # the serve() change
+            quiet = await wait_any_async([buffer], 0.05)
+            os.kill(producer.pid, signal.SIGKILL)
+            assert finish(producer) == -signal.SIGKILL
+            started = time.monotonic()
+            ready = await wait_any_async([buffer], LONG)
+            return quiet, [b.valid for b in ready], time.monotonic() - started
+
+    quiet, ready, took = asyncio.run(main())
+    assert quiet == [] and ready == [False] and took < LONG / 2

@@ -178,6 +178,9 @@ class _Worker:
                 self._settle(watches[index])
 
     def _settle(self, watch: _Watch) -> None:
+        with self.notifier.lock:
+            if self.watches.get((id(watch.access), watch.block)) is not watch or not watch.waiters:
+                return  # nobody awaits it any more: leave the change for the handle's next wait
         error: BaseException | None = None
         try:
             changed = watch.access.take_change(watch.block)
