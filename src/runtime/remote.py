@@ -1,0 +1,861 @@
+"""The robot's buffers from another machine, over Zenoh: a client of ``runtime zenoh``.
+
+On the robot, ``runtime zenoh --listen tcp/0.0.0.0:7447`` serves the buffers of
+a namespace on a `Zenoh <https://zenoh.io>`_ session. This module is the client
+for a laptop, a dashboard or a test bench: :func:`connect` to the robot, list
+its devices with :meth:`Robot.discover`, take a :class:`RemoteDevice` with
+:meth:`Robot.device` and use it like the local student handle
+(:class:`runtime.device.Device`): ``get``, ``snapshot``, ``write``, ``valid``,
+``wait_update`` and ``wait_update_async``.
+
+Any Zenoh client, in any language, can do the same with these key expressions
+(``<namespace>`` is the robot's name on the network, by default its buffer
+namespace, ``rt``):
+
+* ``runtime/<namespace>/<type>/<uid>``: one JSON object per change of the
+  device's values, ``{"type": "servo-motor", "uid": "0x7...", "valid": true,
+  "values": {"servo0": 0.5, ...}, "last_update": 1700000000.5, "time":
+  1700000000.51, "seq": 42}``. The UID is hex with ``0x`` (lower case, no
+  padding), as ``runtime buffers`` prints it; ``values`` is null while the
+  device is not connected; ``seq`` counts the publications of one server.
+  A ``get`` on ``runtime/<namespace>/**`` (or on one device's key) answers the
+  same objects, fresh, one per matching buffer.
+* A liveliness token at the same key while the device is valid, and one at
+  ``runtime/<namespace>`` while ``runtime zenoh`` runs: a liveliness
+  subscriber sees devices come and go, and all of them go when the robot's
+  process or machine dies.
+* ``runtime/<namespace>/<type>/<uid>/write``: put a JSON object
+  ``{"param": value, ...}`` to write; the robot applies all of it or nothing.
+  A refused write (unknown or read-only parameter, wrong type, device not
+  connected) changes nothing and is answered with a JSON object on
+  ``runtime/<namespace>/<type>/<uid>/error``.
+
+Example (it needs a robot, so it is not run as a doctest)::
+
+    from runtime import remote
+
+    with remote.connect("tcp/192.168.0.42:7447") as robot:
+        for info in robot.discover():
+            print(info.type_name, hex(info.uid), info.valid)
+        servo = robot.device(0x7_09_0000000000000042)
+        if servo.wait_update(timeout=2.0):
+            print(servo.get("servo0"), servo.snapshot())
+        servo.write("servo0", 0.5)
+
+The client keeps the latest values of every device it has heard of, so
+``get`` and ``snapshot`` cost no network round trip; ``wait_update`` sleeps
+until the next publication. A client in Zenoh's ``client`` mode reconnects by
+itself when the robot comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import zenoh
+
+from .buffer import Buffer, DeviceBuffer, DeviceBufferError, current_namespace
+from .exception import RuntimeBaseException
+from .jsonio import jsonable
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "KEY_ROOT",
+    "RemoteDevice",
+    "RemoteError",
+    "RemoteInfo",
+    "Robot",
+    "check_namespace",
+    "connect",
+    "device_key",
+    "format_uid",
+    "make_config",
+    "parse_device_key",
+]
+
+logger = logging.getLogger("runtime.remote")
+
+KEY_ROOT = "runtime"
+"""The first chunk of every key expression: ``runtime/<namespace>/<type>/<uid>``."""
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a query to the robot (connecting, :meth:`Robot.discover`) waits for its answers."""
+_CHANNEL_SIZE = 4096
+"""Samples a subscriber's channel holds before the network thread waits for the reader."""
+_WILDCARD_CHARACTERS = frozenset("*$?#")
+
+
+class RemoteError(RuntimeBaseException):
+    """The robot cannot be reached (no session could be opened), or the client is closed."""
+
+
+# ---- key expressions ------------------------------------------------------------------------------
+
+
+def format_uid(uid: int) -> str:
+    """A UID as it appears in key expressions and JSON: hex with ``0x``, lower case, no padding.
+
+    >>> format_uid(0x7_09_00000000000000AB)
+    '0x70900000000000000ab'
+    >>> int(format_uid(42), 16)
+    42
+    """
+    return f"{uid:#x}"
+
+
+def device_key(namespace: str, type_name: str, uid: int) -> str:
+    """The key expression of a device's values: ``runtime/<namespace>/<type>/<uid>``.
+
+    >>> device_key("rt", "servo-motor", 0x7_09_0000000000000042)
+    'runtime/rt/servo-motor/0x7090000000000000042'
+    """
+    return f"{KEY_ROOT}/{namespace}/{type_name}/{format_uid(uid)}"
+
+
+def parse_device_key(key: str) -> tuple[str, str, int] | None:
+    """``(namespace, type, uid)`` of a device's key expression (a trailing chunk such as
+    ``/write`` is ignored), or None when ``key`` is not one.
+
+    >>> namespace, type_name, uid = parse_device_key("runtime/rt/servo-motor/0x7090000000000000042/write")
+    >>> namespace, type_name, hex(uid)
+    ('rt', 'servo-motor', '0x7090000000000000042')
+    >>> parse_device_key("runtime/rt"), parse_device_key("runtime/rt/servo-motor/*")
+    (None, None)
+    """
+    chunks = key.split("/")
+    if len(chunks) < 4 or chunks[0] != KEY_ROOT:
+        return None
+    namespace, type_name, uid_text = chunks[1:4]
+    if not uid_text.startswith("0x") or any(set(chunk) & _WILDCARD_CHARACTERS for chunk in chunks[1:4]):
+        return None
+    try:
+        uid = int(uid_text, 16)
+    except ValueError:
+        return None
+    return namespace, type_name, uid
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` if it can be the ``<namespace>`` chunk of the key expressions, else ``ValueError``.
+
+    >>> check_namespace("rt-demo-4242")
+    'rt-demo-4242'
+    >>> check_namespace("robots/*")
+    Traceback (most recent call last):
+    ...
+    ValueError: a namespace is one key chunk without / * $ ? # (nor a leading @), not 'robots/*'
+    """
+    if (
+        not isinstance(namespace, str)
+        or not namespace
+        or "/" in namespace
+        or namespace.startswith("@")
+        or set(namespace) & _WILDCARD_CHARACTERS
+    ):
+        raise ValueError(
+            f"a namespace is one key chunk without / * $ ? # (nor a leading @), not {namespace!r}"
+        )
+    try:
+        zenoh.KeyExpr(f"{KEY_ROOT}/{namespace}")
+    except zenoh.ZError as exc:
+        raise ValueError(f"namespace {namespace!r} is not usable in a key expression: {exc}") from None
+    return namespace
+
+
+# ---- configuration --------------------------------------------------------------------------------
+
+
+def make_config(
+    *,
+    mode: str | None = None,
+    listen: Sequence[str] = (),
+    connect: Sequence[str] = (),
+    scout: bool | None = False,
+    config_file: str | os.PathLike[str] | None = None,
+) -> zenoh.Config:
+    """A Zenoh configuration: ``config_file`` (if any) with these settings on top.
+
+    Args:
+        mode: ``"client"``, ``"peer"`` or ``"router"``; None keeps the file's
+            (or Zenoh's default, ``peer``).
+        listen: Endpoints to listen on, such as ``tcp/0.0.0.0:7447`` (replace the file's when given).
+        connect: Endpoints to connect to (replace the file's when given).
+        scout: Whether to find peers by multicast scouting (off unless asked:
+            robots on one network should not find each other by chance);
+            None keeps the file's (or Zenoh's default, on).
+        config_file: A Zenoh configuration file (JSON5), for TLS, access
+            control, leases and everything else.
+
+    Raises:
+        ValueError: The file cannot be read, or a setting is refused.
+    """
+    try:
+        config = zenoh.Config.from_file(os.fspath(config_file)) if config_file is not None else zenoh.Config()
+        if mode is not None:
+            config.insert_json5("mode", json.dumps(mode))
+        if listen:
+            config.insert_json5("listen/endpoints", json.dumps(list(listen)))
+        if connect:
+            config.insert_json5("connect/endpoints", json.dumps(list(connect)))
+        if scout is not None:
+            config.insert_json5("scouting/multicast/enabled", json.dumps(bool(scout)))
+    except zenoh.ZError as exc:
+        raise ValueError(f"bad Zenoh configuration: {exc}") from None
+    return config
+
+
+# ---- the client -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteInfo:
+    """One device of the robot, as :meth:`Robot.discover` found it (like a local ``BufferInfo``)."""
+
+    type_name: str
+    uid: int
+    key_expr: str
+    """Its key expression, ``runtime/<namespace>/<type>/<uid>``."""
+    valid: bool
+    """Whether it was connected (its liveliness token alive) when looked at."""
+    last_update: float | None
+    """:func:`time.time` on the robot of the device's last report, or None."""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The key of :meth:`Robot.device`: ``(type_name, uid)``."""
+        return self.type_name, self.uid
+
+
+class _Record:
+    """What the client knows of one device (shared by every handle of it); guarded by the robot's lock."""
+
+    __slots__ = (
+        "async_waiters",
+        "changes",
+        "key",
+        "last_error",
+        "last_update",
+        "seq",
+        "server",
+        "token",
+        "token_events",
+        "type_name",
+        "uid",
+        "values",
+    )
+
+    def __init__(self, type_name: str, uid: int, key: str) -> None:
+        self.type_name = type_name
+        self.uid = uid
+        self.key = key
+        self.values: dict[str, Any] | None = None
+        self.last_update: float | None = None
+        self.seq = -1
+        self.server: str | None = None
+        self.token = False
+        self.token_events = 0
+        self.changes = 0
+        self.last_error: dict[str, Any] | None = None
+        self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Robot:
+    """A connection to a robot's ``runtime zenoh``: its devices, their values, their liveness.
+
+    Made by :func:`connect` (or from a Zenoh session of your own:
+    ``Robot(session, "rt")``, which then stays yours to close). Use it as a
+    context manager, or call :meth:`close` (which closes the session too when
+    :func:`connect` opened it).
+
+    Args:
+        session: An open Zenoh session that reaches the robot.
+        namespace: The robot's name on the network (``runtime zenoh --name``,
+            by default its buffer namespace); None: :func:`runtime.buffer.current_namespace`.
+        catalog: Device types by name, to find a Smart Device's type from its
+            UID and to check writes before sending them (default: the packaged
+            catalog; a type it lacks is checked by the robot only).
+        timeout: Seconds a query to the robot waits for its answers.
+        owns_session: Whether :meth:`close` closes ``session``.
+    """
+
+    def __init__(
+        self,
+        session: zenoh.Session,
+        namespace: str | None = None,
+        *,
+        catalog: Mapping[str, type[Buffer]] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        owns_session: bool = False,
+    ) -> None:
+        self._session = session
+        self._namespace = check_namespace(namespace or current_namespace())
+        self._prefix = f"{KEY_ROOT}/{self._namespace}"
+        self._timeout = timeout
+        self._owns_session = owns_session
+        if catalog is None:
+            from .catalog import load
+
+            catalog = load()
+        self._catalog = catalog
+        self._device_types = {
+            buffer_type.device_id: name
+            for name, buffer_type in catalog.items()
+            if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id")
+        }
+        self._scratch: dict[str, Buffer] = {}
+        self._float32: dict[str, frozenset[str]] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._records: dict[tuple[str, int], _Record] = {}
+        self._online = False
+        self._online_events = 0
+        self._closed = False
+        self._subscribers: list[Any] = []
+        self._threads: list[threading.Thread] = []
+        try:
+            self._subscribe(session.declare_subscriber(f"{self._prefix}/*/*", _channel()), self._on_values)
+            self._subscribe(
+                session.liveliness().declare_subscriber(f"{self._prefix}/**", _channel(), history=True),
+                self._on_token,
+            )
+            self._subscribe(
+                session.declare_subscriber(f"{self._prefix}/*/*/error", _channel()), self._on_error
+            )
+            self.discover()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- what the robot has --
+
+    @property
+    def namespace(self) -> str:
+        """The robot's name on the network: the ``<namespace>`` of the key expressions."""
+        return self._namespace
+
+    @property
+    def online(self) -> bool:
+        """Whether the robot's ``runtime zenoh`` is reachable (its token, or a device's, is alive)."""
+        with self._lock:
+            alive = self._online or any(record.token for record in self._records.values())
+        return alive and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def discover(self) -> list[RemoteInfo]:
+        """Ask the robot which devices it has: their types, UIDs, validity and last report.
+
+        One query for the liveliness tokens and one for the values, each
+        waiting at most ``timeout`` seconds; what they bring also refreshes
+        every :class:`RemoteDevice` of this robot. Sorted by type and UID,
+        like :meth:`runtime.store.BufferStore.discover`.
+        """
+        self._check_open()
+        with self._lock:
+            token_events = {key: record.token_events for key, record in self._records.items()}
+            online_events = self._online_events
+        alive: set[str] = set()
+        for reply in self._session.liveliness().get(f"{self._prefix}/**", timeout=self._timeout):
+            if reply.ok is not None:
+                alive.add(str(reply.ok.key_expr))
+        with self._lock:
+            if online_events == self._online_events:  # the subscriber has said nothing newer
+                self._online = self._prefix in alive
+            for key in alive:
+                parsed = parse_device_key(key)
+                if parsed is not None and parsed[0] == self._namespace:
+                    record = self._record(parsed[1], parsed[2])
+                    if token_events.get((record.type_name, record.uid), 0) == record.token_events:
+                        self._set_token(record, True)
+        for reply in self._session.get(f"{self._prefix}/**", timeout=self._timeout):
+            if reply.ok is not None:
+                self._take_values(str(reply.ok.key_expr), reply.ok.payload.to_bytes())
+        with self._lock:
+            return [
+                RemoteInfo(
+                    record.type_name,
+                    record.uid,
+                    record.key,
+                    record.token,
+                    record.last_update,
+                )
+                for _, record in sorted(self._records.items())
+                if record.token or record.values is not None or record.seq >= 0
+            ]
+
+    def device(self, key: int | tuple[str, int], /) -> RemoteDevice:
+        """A handle of one device: a Smart Device's UID, or a ``(type name, UID)`` pair.
+
+        The device need not be there yet: like a buffer opened before the
+        bridge saw its device, the handle is invalid until it connects.
+
+        Raises:
+            KeyError: A UID whose type is neither in the catalog nor seen on the robot.
+        """
+        self._check_open()
+        if isinstance(key, tuple):
+            type_name, uid = key
+            if not isinstance(type_name, str) or isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+                raise KeyError(key)
+        else:
+            uid = key
+            if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+                raise KeyError(key)
+            with self._lock:
+                seen = [name for (name, other) in self._records if other == uid]
+            if len(seen) == 1:
+                type_name = seen[0]
+            elif uid >> 72 in self._device_types:
+                type_name = self._device_types[uid >> 72]
+            else:
+                raise KeyError(key)
+        with self._lock:
+            record = self._record(type_name, uid)
+        return RemoteDevice(self, record)
+
+    def close(self) -> None:
+        """End the connection (and the Zenoh session, when it is this robot's): every handle turns invalid."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for record in self._records.values():
+                self._changed_locked(record)
+        for subscriber in self._subscribers:
+            with contextlib.suppress(Exception):
+                subscriber.undeclare()
+        if self._owns_session:
+            with contextlib.suppress(Exception):
+                _close(self._session)
+        for thread in self._threads:
+            thread.join(1.0)
+        for buffer in self._scratch.values():
+            buffer.close()
+
+    def __enter__(self) -> Robot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "online" if self._online else "offline"
+        return f"<Robot {self._prefix!r} {state}, {len(self._records)} devices known>"
+
+    # -- what arrives --
+
+    def _subscribe(self, subscriber: Any, handle: Callable[[zenoh.Sample], None]) -> None:
+        """Read a subscriber's channel in a daemon thread (none is left behind at exit)."""
+        self._subscribers.append(subscriber)
+
+        def pump() -> None:
+            try:
+                for sample in subscriber.handler:
+                    try:
+                        handle(sample)
+                    except Exception:  # one bad sample must not end the stream
+                        logger.exception("cannot take a sample on %s", sample.key_expr)
+            except Exception:  # noqa: BLE001 - the session closed under the reader
+                pass
+
+        thread = threading.Thread(target=pump, name="runtime-remote", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _record(self, type_name: str, uid: int) -> _Record:
+        """The record of a device (made when first heard of); the lock is held."""
+        record = self._records.get((type_name, uid))
+        if record is None:
+            record = self._records[type_name, uid] = _Record(
+                type_name, uid, device_key(self._namespace, type_name, uid)
+            )
+        return record
+
+    def _changed_locked(self, record: _Record) -> None:
+        """Wake whoever waits on the record; the lock is held."""
+        record.changes += 1
+        self._changed.notify_all()
+        waiters, record.async_waiters = record.async_waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # a loop that closed meanwhile
+                loop.call_soon_threadsafe(_wake, future)
+
+    def _set_token(self, record: _Record, alive: bool) -> None:
+        if record.token == alive:
+            return
+        record.token = alive
+        if not alive:  # the next values may come from another server: forget what this one said
+            record.values = None
+            record.seq = -1
+            record.server = None
+        self._changed_locked(record)
+
+    def _on_token(self, sample: zenoh.Sample) -> None:
+        key = str(sample.key_expr)
+        alive = sample.kind == zenoh.SampleKind.PUT
+        with self._lock:
+            if key == self._prefix:
+                self._online = alive
+                self._online_events += 1
+                return
+            parsed = parse_device_key(key)
+            if parsed is None or parsed[0] != self._namespace:
+                return
+            record = self._record(parsed[1], parsed[2])
+            record.token_events += 1
+            self._set_token(record, alive)
+
+    def _on_values(self, sample: zenoh.Sample) -> None:
+        key = str(sample.key_expr)
+        if sample.kind == zenoh.SampleKind.DELETE:  # the buffer is gone from the robot
+            parsed = parse_device_key(key)
+            if parsed is not None and parsed[0] == self._namespace:
+                with self._lock:
+                    record = self._record(parsed[1], parsed[2])
+                    record.values, record.seq, record.server = None, -1, None
+                    self._changed_locked(record)
+            return
+        self._take_values(key, sample.payload.to_bytes())
+
+    def _take_values(self, key: str, payload: bytes) -> None:
+        parsed = parse_device_key(key)
+        if parsed is None or parsed[0] != self._namespace or key.count("/") != 3:
+            return
+        try:
+            data = json.loads(payload)
+            seq = int(data["seq"])
+            server = str(data.get("server", ""))
+            values = data["values"] if data.get("valid") else None
+            if values is not None and not isinstance(values, dict):
+                raise TypeError("values is not an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring a malformed sample on %s: %s", key, exc)
+            return
+        if values is not None:
+            for param in self._singles(parsed[1]) & values.keys():
+                if isinstance(values[param], float):  # JSON has the shortest decimal: the very float32 again
+                    values[param] = ctypes.c_float(values[param]).value
+        with self._lock:
+            record = self._record(parsed[1], parsed[2])
+            if server == record.server and seq < record.seq:
+                return  # older than what we have (a query's answer overtaken by a publication)
+            if server == record.server and seq == record.seq and values == record.values:
+                return  # the same publication again (a query's answer)
+            record.server, record.seq = server, seq
+            record.values = values
+            last_update = data.get("last_update")
+            record.last_update = float(last_update) if isinstance(last_update, int | float) else None
+            self._changed_locked(record)
+
+    def _on_error(self, sample: zenoh.Sample) -> None:
+        key = str(sample.key_expr)
+        parsed = parse_device_key(key)
+        if parsed is None or parsed[0] != self._namespace:
+            return
+        try:
+            error = json.loads(sample.payload.to_bytes())
+        except ValueError:
+            error = {"error": sample.payload.to_string()}
+        if not isinstance(error, dict):
+            error = {"error": error}
+        logger.warning("%s refused a write: %s", key.removesuffix("/error"), error.get("error", error))
+        with self._lock:
+            self._record(parsed[1], parsed[2]).last_error = error
+
+    # -- for the handles --
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RemoteError("the connection to the robot is closed", namespace=self._namespace)
+
+    def _fetch(self, record: _Record) -> None:
+        """Ask the robot for one device's values now (a handle read before any publication)."""
+        for reply in self._session.get(record.key, timeout=self._timeout):
+            if reply.ok is not None:
+                self._take_values(str(reply.ok.key_expr), reply.ok.payload.to_bytes())
+
+    def _singles(self, type_name: str) -> frozenset[str]:
+        """The parameters of a type that hold a float32 (as the catalog says; none for an unknown type)."""
+        singles = self._float32.get(type_name)
+        if singles is None:
+            buffer_type = self._catalog.get(type_name)
+            params = buffer_type.params.values() if buffer_type is not None else ()
+            singles = frozenset(param.name for param in params if param.platform_type is ctypes.c_float)
+            self._float32[type_name] = singles
+        return singles
+
+    def _check_write(self, record: _Record, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a write the way the robot will (when the catalog knows the type); the values to send."""
+        buffer_type = self._catalog.get(record.type_name)
+        if buffer_type is None:
+            return {param: jsonable(value) for param, value in values.items()}
+        with self._lock:
+            scratch = self._scratch.get(record.type_name)
+            if scratch is None:
+                scratch = self._scratch[record.type_name] = buffer_type.attach(
+                    f"remote-check-{record.type_name}", shared=False
+                )
+        for param, value in values.items():
+            try:
+                scratch.write(param, value)  # raises as a local write would; warns when it clamps
+            except DeviceBufferError as exc:  # said of the device, not of the scratch buffer
+                context = {key: item for key, item in exc.context.items() if key != "buffer"}
+                raise DeviceBufferError(exc.message, device=record.key, **context) from None
+        pending = scratch.pending_writes()
+        return {param: jsonable(pending.get(param, value)) for param, value in values.items()}
+
+    def _put(self, key: str, payload: str) -> None:
+        self._session.put(
+            key,
+            payload,
+            encoding=zenoh.Encoding.APPLICATION_JSON,
+            congestion_control=zenoh.CongestionControl.BLOCK,
+            express=True,
+        )
+
+
+def _close(session: Any) -> None:
+    """Close a Zenoh session (its stub leaves ``close`` untyped)."""
+    session.close()
+
+
+def _channel() -> Any:
+    return zenoh.handlers.FifoChannel(_CHANNEL_SIZE)
+
+
+class RemoteDevice:
+    """One device of a remote robot, used like :class:`runtime.device.Device` (from :meth:`Robot.device`).
+
+    ``get``, ``snapshot`` and ``write`` raise :class:`~runtime.buffer.DeviceBufferError`
+    while the device is not connected (its liveliness token is gone: the
+    device, the bridge, ``runtime zenoh`` or the robot itself is not there),
+    exactly as locally: check :attr:`valid` first, or catch it.
+    """
+
+    def __init__(self, robot: Robot, record: _Record) -> None:
+        self._robot = robot
+        self._record = record
+        with robot._lock:
+            self._seen = record.changes
+        self._closed = False
+
+    def _check(self) -> None:
+        """Raise unless the device is connected; the robot's lock is held."""
+        if self._closed:
+            raise DeviceBufferError("the device handle is closed", device=self._record.key)
+        if self._robot._closed:
+            raise DeviceBufferError("the connection to the robot is closed", device=self._record.key)
+        if not self._record.token:
+            raise DeviceBufferError("the device is not connected", device=self._record.key)
+
+    def _values(self) -> dict[str, Any]:
+        robot, record = self._robot, self._record
+        with robot._lock:
+            self._check()
+            values = record.values
+        if values is None:  # connected, but nothing heard yet: ask
+            robot._fetch(record)
+            with robot._lock:
+                self._check()
+                values = record.values
+            if values is None:
+                raise DeviceBufferError(
+                    "the robot did not answer with the device's values", device=record.key
+                )
+        return values
+
+    def get(self, param: str, /) -> Any:
+        """The parameter's latest value, as the robot last published it (no network round trip).
+
+        The value a local ``get`` would give: a float32 parameter (of a type
+        the catalog knows) comes back as the same float32, arrays as lists.
+        """
+        values = self._values()
+        try:
+            return values[param]
+        except KeyError:
+            raise DeviceBufferError(
+                "no such readable parameter", device=self._record.key, param=param
+            ) from None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every readable value of the device's latest publication (read at one instant on the robot)."""
+        return dict(self._values())
+
+    def write(self, param: str, value: Any, /) -> None:
+        """Ask the device to take this value: sent to the robot, which hands it to the bridge.
+
+        Checked here first as a local write is (when the catalog knows the
+        type): an unknown or unwriteable parameter raises
+        :class:`~runtime.buffer.DeviceBufferError`, a value of the wrong type
+        ``TypeError``, a number out of bounds is clamped with a
+        ``RuntimeWarning``. What the robot refuses all the same is logged and
+        kept in :attr:`last_error`.
+        """
+        robot, record = self._robot, self._record
+        with robot._lock:
+            self._check()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            values = robot._check_write(record, {param: value})
+        for warning in caught:  # said again from here, so that it names the caller's line
+            warnings.warn(warning.message, warning.category, stacklevel=2)
+        robot._put(f"{record.key}/write", json.dumps(values, allow_nan=False))
+
+    def wait_update(self, timeout: float | None = None) -> bool:
+        """Sleep until the device reports again (or its validity changes); False if ``timeout`` passed first.
+
+        True when something arrived since this handle last returned from a
+        wait (or since it was made). Raises :class:`~runtime.buffer.DeviceBufferError`
+        at once if the device is not connected, or when it disconnects while waiting.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        robot, record = self._robot, self._record
+        with robot._lock:
+            while True:
+                self._check()
+                if record.changes != self._seen:
+                    self._seen = record.changes
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                robot._changed.wait(remaining)
+
+    async def wait_update_async(self, timeout: float | None = None) -> bool:
+        """The asyncio form of :meth:`wait_update`: no thread per waiter."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+        robot, record = self._robot, self._record
+        while True:
+            with robot._lock:
+                self._check()
+                if record.changes != self._seen:
+                    self._seen = record.changes
+                    changed = True
+                else:
+                    changed = False
+                    future: asyncio.Future[None] = loop.create_future()
+                    record.async_waiters.append((loop, future))
+            if changed:
+                await asyncio.sleep(0)  # always let the loop run
+                return True
+            remaining = None if deadline is None else deadline - loop.time()
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(future, remaining)
+            except TimeoutError:
+                return False
+            finally:
+                with robot._lock:
+                    with contextlib.suppress(ValueError):
+                        record.async_waiters.remove((loop, future))
+
+    @property
+    def valid(self) -> bool:
+        """Whether the device is connected (and the robot reachable): its values are live."""
+        return self._record.token and not self._closed and not self._robot._closed
+
+    @property
+    def type_name(self) -> str:
+        """The device type (as in the catalog)."""
+        return self._record.type_name
+
+    @property
+    def uid(self) -> int:
+        """The device's UID."""
+        return self._record.uid
+
+    @property
+    def key_expr(self) -> str:
+        """The device's key expression, ``runtime/<namespace>/<type>/<uid>``."""
+        return self._record.key
+
+    @property
+    def last_update(self) -> float | None:
+        """:func:`time.time` on the robot of the device's last report (None if unknown)."""
+        return self._record.last_update
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        """The robot's answer to the last refused write of this device (from any client), or None."""
+        return self._record.last_error
+
+    def close(self) -> None:
+        """Stop using the handle (the robot and its other handles go on)."""
+        self._closed = True
+
+    def __enter__(self) -> RemoteDevice:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "valid" if self.valid else "invalid"
+        return f"<RemoteDevice {self.type_name} {self.key_expr!r} {state}>"
+
+
+def connect(
+    endpoint: str | Sequence[str] | None = None,
+    *,
+    namespace: str | None = None,
+    config: str | os.PathLike[str] | None = None,
+    mode: str = "client",
+    catalog: Mapping[str, type[Buffer]] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Robot:
+    """Connect to a robot's ``runtime zenoh``; the :class:`Robot` to use (and close).
+
+    Example::
+
+        with connect("tcp/robot.local:7447") as robot:
+            print([info.key for info in robot.discover() if info.valid])
+
+    Args:
+        endpoint: Where the robot listens (``runtime zenoh --listen``), such
+            as ``tcp/192.168.0.42:7447``, or several; None: whatever ``config``
+            says, else find it by multicast scouting (``runtime zenoh --scout``).
+        namespace: The robot's name on the network (default: this machine's
+            buffer namespace, ``$RUNTIME_BUFFER_NAMESPACE`` or ``rt``).
+        config: A Zenoh configuration file (JSON5): TLS, credentials...
+        mode: The Zenoh mode of this end: ``client`` (default: connects to
+            the robot, and again whenever the robot comes back) or ``peer``.
+        catalog: See :class:`Robot`.
+        timeout: Seconds the first queries to the robot wait for its answers.
+
+    Raises:
+        RemoteError: No Zenoh session could be opened (nobody listens there).
+        ValueError: A bad namespace or configuration.
+    """
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint or ())
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    namespace = check_namespace(namespace or current_namespace())
+    scout = None if config is not None and not endpoints else not endpoints
+    zenoh_config = make_config(mode=mode, connect=endpoints, scout=scout, config_file=config)
+    try:
+        session = zenoh.open(zenoh_config)
+    except zenoh.ZError as exc:
+        raise RemoteError(f"cannot reach the robot: {exc}", endpoint=endpoints or None) from None
+    return Robot(session, namespace, catalog=catalog, timeout=timeout, owns_session=True)

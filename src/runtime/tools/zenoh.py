@@ -1,0 +1,596 @@
+"""``runtime zenoh``: the robot's buffers on a Zenoh network, for other machines.
+
+Serves the buffers of one namespace on a `Zenoh <https://zenoh.io>`_ session,
+under key expressions any Zenoh client (Python, Rust, C, JavaScript...) can
+use; :mod:`runtime.remote` is the Python client, and its docstring the
+reference of the keys and the JSON they carry:
+
+* ``runtime/<namespace>/<type>/<uid>``: the device's readable values as a JSON
+  object, published on every change (at most ``--max-rate`` times a second per
+  buffer), and the answer of a ``get`` on any key expression that matches it;
+* a liveliness token at that key while the buffer is valid, and one at
+  ``runtime/<namespace>`` while this process runs;
+* ``runtime/<namespace>/<type>/<uid>/write``: a put of ``{param: value}``
+  writes, all of it or nothing; a refusal is published on ``.../error``.
+
+How it works (one asyncio loop, and Zenoh's own threads):
+
+* Every :data:`DISCOVER_INTERVAL` seconds the namespace's segments are listed
+  (:meth:`~runtime.store.BufferStore.find_segments`: a directory listing, no
+  buffer opened). A new one is attached (never created) and gets a publisher
+  and a task; one that vanished loses them (its key gets a Zenoh DELETE).
+  The same pass compares each buffer's validity with the one last published:
+  a safety net for a producer death the notifier missed (one can fall between
+  two of its waits), so that no liveliness token outlives its device by more
+  than that interval.
+* Each buffer's task sleeps in :func:`runtime.notify.wait_any_async` until the
+  buffer's update block or its validity changes: nothing is polled, an idle
+  robot costs no CPU. A change is published at once unless the last
+  publication is younger than ``1 / --max-rate`` seconds; then it is published
+  when that time is up, with whatever else changed meanwhile (the newest
+  values, never a queue of old ones). While no subscriber matches a buffer's
+  key (Zenoh tells the publisher), nothing is read nor encoded for it; only its
+  liveliness token follows its validity.
+* Queries and writes arrive on Zenoh threads and are handed to the loop,
+  which alone touches the buffers. A write is first tried on a process-local
+  scratch buffer of the device's type (the very checks of
+  :meth:`~runtime.buffer.Buffer.write`: parameter known and writeable, value
+  of the right type, bounds), then applied in one transaction.
+
+Run it as ``runtime zenoh`` (see :mod:`runtime.tools.cli`) or
+``python -m runtime.tools.zenoh``. ``import zenoh`` below is the absolute
+import of the ``eclipse-zenoh`` package, not this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import time
+import warnings
+from typing import Any
+
+import zenoh
+
+from ..buffer import Buffer, DeviceBuffer, DeviceBufferError
+from ..jsonio import jsonable
+from ..notify import wait_any_async
+from ..remote import KEY_ROOT, check_namespace, device_key, format_uid, make_config, parse_device_key
+from ..store import BufferStore
+from ._common import CommandError, add_catalog_option, bounded, configure_logging, load_catalog
+
+__all__ = [
+    "DEFAULT_MAX_RATE",
+    "DESCRIPTION",
+    "DISCOVER_INTERVAL",
+    "EPILOG",
+    "ZenohServer",
+    "add_arguments",
+    "main",
+]
+
+logger = logging.getLogger("runtime.tools.zenoh")
+
+DEFAULT_MAX_RATE = 50.0
+"""Publications per second and buffer, at most, unless ``--max-rate`` says otherwise."""
+MAX_RATE_LIMIT = 10000.0
+"""The highest ``--max-rate`` accepted."""
+DISCOVER_INTERVAL = 0.5
+"""Seconds between two looks for buffers that appeared or vanished."""
+REFUSAL_LOG_INTERVAL = 1.0
+"""Seconds between two log lines about refused writes to one device (the rest are counted)."""
+_WRITE_ERRORS = (DeviceBufferError, TypeError, ValueError, OverflowError)
+
+
+def _undeclare(entity: Any, method: str = "undeclare") -> None:
+    """End a Zenoh entity (its stub leaves the method untyped)."""
+    getattr(entity, method)()
+
+
+def _matching(publisher: Any) -> bool:
+    """Whether any subscriber matches the publisher's key (a ``MatchingStatus``, whatever the stub says)."""
+    status = publisher.matching_status
+    return bool(getattr(status, "matching", status))
+
+
+def _drop(query: Any) -> None:
+    """Finalize a query: its answer is complete."""
+    query.drop()
+
+
+@dataclasses.dataclass(eq=False)
+class _Served:
+    """One buffer on the network: its handle, publisher, liveliness token and task."""
+
+    type_name: str
+    uid: int
+    key: str
+    key_expr: zenoh.KeyExpr
+    buffer: Buffer
+    publisher: zenoh.Publisher
+    token: zenoh.LivelinessToken | None = None
+    task: asyncio.Task[None] | None = None
+    seq: int = 0
+    last_publish: float = -1e9
+    published_valid: bool | None = None
+    refused: int = 0
+    """Refusals not logged yet (see :data:`REFUSAL_LOG_INTERVAL`)."""
+    last_refusal_log: float = -1e9
+
+
+class ZenohServer:
+    """Serve the buffers of a store's namespace on a Zenoh session (what ``runtime zenoh`` runs).
+
+    Args:
+        session: The open Zenoh session (the caller closes it).
+        store: Gives the catalog and the namespace's segments (buffers are
+            attached with ``create=False`` and closed here).
+        name: The ``<namespace>`` chunk of the key expressions.
+        max_rate: Publications per second per buffer, at most.
+        read_only: Refuse every write (no subscriber on ``.../write`` at all).
+    """
+
+    def __init__(
+        self,
+        session: zenoh.Session,
+        store: BufferStore,
+        name: str,
+        *,
+        max_rate: float = DEFAULT_MAX_RATE,
+        read_only: bool = False,
+    ) -> None:
+        self.session = session
+        self.store = store
+        self.name = check_namespace(name)
+        self.prefix = f"{KEY_ROOT}/{self.name}"
+        self.period = 1.0 / max_rate
+        self.read_only = read_only
+        self.server_id = str(session.zid())
+        self.served: dict[tuple[str, int], _Served] = {}
+        self._unopenable: set[str] = set()
+        self._scratch: dict[str, Buffer] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.publications = 0
+        """Values published so far (every buffer)."""
+        self.writes = 0
+        """Writes applied so far."""
+        self.refusals = 0
+        """Writes refused so far."""
+
+    # -- publishing --
+
+    def _payload(self, served: _Served) -> tuple[bool, str]:
+        """The buffer's JSON object now, and whether it is valid."""
+        buffer = served.buffer
+        values: Any = None
+        last_update = None
+        valid = buffer.valid
+        if valid:
+            try:
+                values = jsonable(buffer.snapshot())
+                if isinstance(buffer, DeviceBuffer):
+                    last_update = buffer.last_update or None
+            except DeviceBufferError:  # turned invalid meanwhile
+                valid, values = False, None
+        data = {
+            "type": served.type_name,
+            "uid": format_uid(served.uid),
+            "valid": valid,
+            "values": values,
+            "last_update": last_update,
+            "time": time.time(),
+            "seq": served.seq,
+            "server": self.server_id,
+        }
+        return valid, json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+    def _publish(self, served: _Served) -> None:
+        """Publish the buffer's values (and its validity once when it turns invalid); token in step."""
+        served.seq += 1
+        if _matching(served.publisher):
+            valid, payload = self._payload(served)
+        else:  # nobody subscribes: no snapshot, no JSON (a get still answers fresh values)
+            valid, payload = served.buffer.valid, None
+        if valid and served.token is None:  # the token first: a remote sees the device, then its values
+            served.token = self.session.liveliness().declare_token(served.key)
+            logger.info("zenoh: %s %s valid at %s", served.type_name, format_uid(served.uid), served.key)
+        if payload is not None and (valid or served.published_valid is not False):
+            served.publisher.put(payload)
+            self.publications += 1
+        if not valid and served.token is not None:
+            _undeclare(served.token)
+            served.token = None
+            logger.info("zenoh: %s %s invalid", served.type_name, format_uid(served.uid))
+        served.published_valid = valid
+        served.last_publish = time.monotonic()
+
+    async def _run(self, served: _Served) -> None:
+        """Publish the buffer now and on every change, at most once per :attr:`period`."""
+        buffer = served.buffer
+        while True:
+            try:
+                self._publish(served)
+            except Exception:  # noqa: BLE001 - one failed publication must not end the buffer's service
+                logger.exception("zenoh: cannot publish %s", served.key)
+            await wait_any_async([buffer])
+            delay = served.last_publish + self.period - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                await wait_any_async([buffer], 0)  # what changed meanwhile goes out in this publication
+
+    # -- the buffers that come and go --
+
+    async def _discover(self) -> None:
+        """Serve the namespace's new buffers; stop serving those that vanished."""
+        found = {(type_name, uid): name for type_name, uid, name in self.store.find_segments()}
+        for key, name in found.items():
+            if key not in self.served and name not in self._unopenable:
+                self._serve(key[0], key[1], name)
+        for key in [key for key in self.served if key not in found]:
+            await self._forget(self.served.pop(key), gone=True)
+        for served in list(self.served.values()):
+            # A safety net, one memory load per buffer: the notifier can miss a producer's death
+            # that falls between two of its waits (it then sleeps on); the token must not outlive it.
+            if served.published_valid is not None and served.buffer.valid != served.published_valid:
+                logger.debug("zenoh: %s: a validity change the notification missed", served.key)
+                self._publish(served)
+
+    def _serve(self, type_name: str, uid: int, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            buffer = self.store.catalog[type_name].attach(name, create=False)
+        except DeviceBufferError as exc:
+            self._unopenable.add(name)
+            logger.warning("zenoh: cannot open %s, not served: %s", name, exc)
+            return
+        key = device_key(self.name, type_name, uid)
+        publisher = self.session.declare_publisher(
+            key, encoding=zenoh.Encoding.APPLICATION_JSON, express=True
+        )
+        served = _Served(type_name, uid, key, zenoh.KeyExpr(key), buffer, publisher)
+        self.served[type_name, uid] = served
+        served.task = loop.create_task(self._run(served), name=f"publish {key}")
+        logger.info("zenoh: serving %s %s at %s", type_name, format_uid(uid), key)
+
+    async def _forget(self, served: _Served, *, gone: bool) -> None:
+        if served.task is not None:
+            served.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await served.task
+        with contextlib.suppress(Exception):
+            if gone:
+                served.publisher.delete()  # the buffer no longer exists: a DELETE on its key
+            _undeclare(served.publisher)
+        if served.token is not None:
+            with contextlib.suppress(Exception):
+                _undeclare(served.token)
+            served.token = None
+        served.buffer.close()
+        if gone:
+            logger.info("zenoh: %s %s is gone", served.type_name, format_uid(served.uid))
+
+    # -- queries --
+
+    def _on_query(self, query: zenoh.Query) -> None:
+        """Zenoh thread: hand the query to the loop."""
+        if self._loop is None:
+            _drop(query)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._answer, query)
+        except RuntimeError:  # the loop is closing: no answer
+            _drop(query)
+
+    def _answer(self, query: zenoh.Query) -> None:
+        """The loop: one reply per buffer whose key matches the query's, with its values now."""
+        try:
+            wanted = query.key_expr
+            for served in list(self.served.values()):
+                if wanted.intersects(served.key_expr):
+                    _, payload = self._payload(served)
+                    query.reply(served.key, payload, encoding=zenoh.Encoding.APPLICATION_JSON)
+        except Exception:  # noqa: BLE001 - a query that cannot be answered must not stop the server
+            logger.exception("zenoh: cannot answer a query on %s", query.key_expr)
+        finally:
+            _drop(query)  # the answer is complete
+
+    # -- writes --
+
+    def _on_write(self, sample: zenoh.Sample) -> None:
+        """Zenoh thread: hand the write to the loop."""
+        if self._loop is None:
+            return
+        key, payload = str(sample.key_expr), sample.payload.to_bytes()
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(self._write, key, payload)
+
+    def _write(self, key: str, payload: bytes) -> None:
+        """The loop: apply a write, all of it or nothing, or answer why not on ``.../error``."""
+        parsed = parse_device_key(key)
+        if parsed is None or parsed[0] != self.name or key.count("/") != 4:
+            logger.warning("zenoh: ignoring a write on %s: not a device's write key", key)
+            return
+        _, type_name, uid = parsed
+        served = self.served.get((type_name, uid))
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            data = None
+        if served is None:
+            self._refuse(type_name, uid, data, "no such device on this robot")
+            return
+        if not isinstance(data, dict) or not data:
+            self._refuse(type_name, uid, data, "a write is a JSON object {param: value, ...}", served=served)
+            return
+        scratch = self._scratch.get(type_name)
+        if scratch is None:
+            scratch = self._scratch[type_name] = type(served.buffer).attach(
+                f"zenoh-check-{type_name}", shared=False
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            for param, value in data.items():
+                try:
+                    scratch.write(param, value)  # the checks of a real write, on a copy nobody reads
+                except _WRITE_ERRORS as exc:
+                    self._refuse(type_name, uid, data, exc, param=param, value=value, served=served)
+                    return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # said once, below
+                with served.buffer.transaction():
+                    for param, value in data.items():
+                        served.buffer.write(param, value)
+        except _WRITE_ERRORS as exc:
+            self._refuse(type_name, uid, data, exc, served=served)
+            return
+        self.writes += 1
+        for warning in caught:
+            logger.info("zenoh: write to %s: %s", served.key, warning.message)
+        logger.debug("zenoh: wrote %s to %s", data, served.key)
+
+    def _refuse(
+        self,
+        type_name: str,
+        uid: int,
+        data: Any,
+        error: str | Exception,
+        *,
+        param: str | None = None,
+        value: Any = None,
+        served: _Served | None = None,
+    ) -> None:
+        """Publish why a write was refused on the device's ``.../error`` key, and log it."""
+        self.refusals += 1
+        key = device_key(self.name, type_name, uid)
+        if isinstance(error, DeviceBufferError):
+            message = error.message
+            param = error.context.get("param", param)
+        else:
+            message = str(error)
+        answer = {
+            "type": type_name,
+            "uid": format_uid(uid),
+            "error": message,
+            "kind": type(error).__name__ if isinstance(error, Exception) else "RefusedWrite",
+            "param": param,
+            "value": jsonable(value),
+            "write": jsonable(data),
+            "time": time.time(),
+        }
+        try:
+            self.session.put(
+                f"{key}/error",
+                json.dumps(answer, separators=(",", ":"), allow_nan=False),
+                encoding=zenoh.Encoding.APPLICATION_JSON,
+            )
+        except Exception:  # noqa: BLE001 - still logged below
+            logger.exception("zenoh: cannot publish on %s/error", key)
+        now = time.monotonic()
+        if served is not None:
+            served.refused += 1
+            if now - served.last_refusal_log < REFUSAL_LOG_INTERVAL:
+                return  # counted; said with the next line
+            more = f" (and {served.refused - 1} more since the last line)" if served.refused > 1 else ""
+            served.refused, served.last_refusal_log = 0, now
+        else:
+            more = ""
+        detail = f" {param}={jsonable(value)!r}" if param is not None else ""
+        logger.warning("zenoh: refused a write to %s%s: %s%s", key, detail, message, more)
+
+    # -- running --
+
+    async def serve(self, stop: asyncio.Event | None = None) -> int:
+        """Serve until ``stop`` is set or SIGINT/SIGTERM arrives; then undeclare everything."""
+        loop = self._loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        handled: list[signal.Signals] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, stop.set)
+                handled.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        declared: list[Any] = [self.session.liveliness().declare_token(self.prefix)]
+        declared.append(self.session.declare_queryable(f"{self.prefix}/**", self._on_query))
+        if not self.read_only:
+            declared.append(self.session.declare_subscriber(f"{self.prefix}/*/*/write", self._on_write))
+        logger.info(
+            "zenoh: serving namespace %r as %s/**%s",
+            self.store.namespace(),
+            self.prefix,
+            " (read-only)" if self.read_only else "",
+        )
+
+        async def discover_periodically() -> None:
+            while True:
+                try:
+                    await self._discover()
+                except Exception:  # noqa: BLE001 - try again at the next look
+                    logger.exception("zenoh: cannot look for buffers")
+                await asyncio.sleep(DISCOVER_INTERVAL)
+
+        discoverer = loop.create_task(discover_periodically(), name="discover")
+        try:
+            await stop.wait()
+            logger.info("zenoh: shutting down")
+        finally:
+            discoverer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await discoverer
+            for entity in reversed(declared):
+                with contextlib.suppress(Exception):
+                    _undeclare(entity)
+            self._loop = None
+            while self.served:
+                _, served = self.served.popitem()
+                await self._forget(served, gone=False)
+            for scratch in self._scratch.values():
+                scratch.close()
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+        return 0
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+DESCRIPTION = """\
+Serve the robot's buffers on a Zenoh network, for other machines.
+
+Every buffer of the namespace (Smart Devices served by the bridge, the
+gamepad...) appears under key expressions that any Zenoh client, in any
+language, can use (<uid> is hex with 0x, as 'runtime buffers' prints it):
+  runtime/<namespace>/<type>/<uid>         its readable values as JSON, published
+                                           on every change; a 'get' answers them
+  liveliness token at that key             alive while the device is valid
+  liveliness token runtime/<namespace>     alive while this process runs
+  runtime/<namespace>/<type>/<uid>/write   put {"param": value, ...} to write
+  runtime/<namespace>/<type>/<uid>/error   why a write was refused (JSON)
+A refused write (unknown or read-only parameter, wrong type, device not
+connected) changes nothing. The Python client is the runtime.remote module.
+Multicast scouting is off unless --scout; use --config for TLS, access
+control or leases (the options here apply on top of the file). It exits
+cleanly on Ctrl-C or SIGTERM.
+"""
+
+EPILOG = """\
+examples:
+  $ runtime zenoh --listen tcp/0.0.0.0:7447
+  $ runtime zenoh --listen tcp/0.0.0.0:7447 --max-rate 20 --read-only
+  $ runtime zenoh --connect tcp/192.168.0.10:7447 --name robot-7
+  $ runtime zenoh --config zenoh-tls.json5 --namespace rt-demo-4242
+
+On another machine, in Python:
+  from runtime import remote
+  with remote.connect("tcp/ROBOT-ADDRESS:7447") as robot:
+      print(robot.discover())
+"""
+
+DEFAULT_LOG_LEVEL = "INFO"
+"""One line per event (a buffer served, valid, invalid, gone; a refused write)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``runtime zenoh`` options to ``parser``."""
+    network = parser.add_argument_group("the Zenoh session")
+    network.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="accept connections on this endpoint, e.g. tcp/0.0.0.0:7447 (repeatable)",
+    )
+    network.add_argument(
+        "--connect",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="connect to this endpoint, e.g. a Zenoh router's tcp/10.0.0.1:7447 (repeatable)",
+    )
+    network.add_argument(
+        "--scout", action="store_true", help="find peers and routers by multicast scouting (default: off)"
+    )
+    network.add_argument(
+        "--mode",
+        choices=("peer", "client", "router"),
+        default=None,
+        help="the Zenoh mode of this session (default: peer, or the --config file's)",
+    )
+    network.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="a Zenoh configuration file (JSON5): TLS, access control, leases...",
+    )
+    what = parser.add_argument_group("what is served")
+    what.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=None,
+        help="the buffer namespace to serve (default: $RUNTIME_BUFFER_NAMESPACE, or rt)",
+    )
+    what.add_argument(
+        "--name",
+        metavar="NAME",
+        default=None,
+        help="the <namespace> of the key expressions (default: the buffer namespace); "
+        "give each robot on one Zenoh network its own",
+    )
+    what.add_argument(
+        "--max-rate",
+        type=bounded(float, 0, MAX_RATE_LIMIT, above=True, unit="publications per second"),
+        default=DEFAULT_MAX_RATE,
+        metavar="HZ",
+        help=f"publish each buffer at most HZ times a second (default {DEFAULT_MAX_RATE:g})",
+    )
+    what.add_argument("--read-only", action="store_true", help="accept no writes from the network")
+    add_catalog_option(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; return the exit code (0 clean)."""
+    configure_logging()
+    catalog = load_catalog(args.catalog)
+    if not (args.listen or args.connect or args.config or args.scout):
+        raise CommandError(
+            "nowhere to serve: give --listen ENDPOINT (such as tcp/0.0.0.0:7447), "
+            "--connect ENDPOINT, --scout or --config FILE",
+            2,
+        )
+    with BufferStore.use_namespace(args.namespace) as namespace:
+        try:
+            name = check_namespace(args.name or namespace)
+            config = make_config(
+                mode=args.mode or (None if args.config else "peer"),
+                listen=args.listen,
+                connect=args.connect,
+                scout=bool(args.scout),
+                config_file=args.config,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc), 2) from None
+        try:
+            session = zenoh.open(config)
+        except zenoh.ZError as exc:
+            raise CommandError(f"cannot open the Zenoh session: {exc}") from None
+        try:
+            with BufferStore(catalog) as store:
+                server = ZenohServer(session, store, name, max_rate=args.max_rate, read_only=args.read_only)
+                return asyncio.run(server.serve())
+        except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+            return 130
+        finally:
+            _undeclare(session, "close")  # and with it everything it declared
+
+
+if __name__ == "__main__":  # python -m runtime.tools.zenoh ...: the same as runtime zenoh ...
+    import sys
+
+    from .cli import main as runtime_main
+
+    raise SystemExit(runtime_main(["zenoh", *sys.argv[1:]]))

@@ -1,0 +1,496 @@
+"""The buffers on Zenoh, end to end: ``runtime zenoh`` on one side, a remote machine on the other.
+
+Separate processes on loopback TCP: the robot side is ``runtime emulate``
+(devices on pseudo-terminals), ``runtime bridge`` and ``runtime zenoh
+--listen tcp/127.0.0.1:PORT`` in a namespace of this module's own; the remote
+side is :mod:`runtime.remote` and a raw Zenoh session that uses nothing but
+the documented key expressions and JSON, as a client in another language would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import e2e
+import pytest
+import zenoh
+from e2e import (
+    CATALOG,
+    POT,
+    SERVO,
+    Children,
+    children_fixture,
+    make_uid,
+    namespace_fixture,
+    open_buffer,
+    wait_for,
+)
+
+from runtime import remote
+from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
+from runtime.tools import zenoh as zenoh_tool
+
+pytestmark = pytest.mark.timeout(120)
+
+namespace = namespace_fixture("rt-test-zenoh")
+children = children_fixture()
+store = e2e.store
+
+LIVELINESS_DEADLINE = 5.0
+"""Seconds within which a remote must see a SIGKILL of ``runtime zenoh``."""
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nobody listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_zenoh(children: Children, port: int, *args: str) -> subprocess.Popen[bytes]:
+    return children.start("runtime.tools.zenoh", "--listen", f"tcp/127.0.0.1:{port}", *args)
+
+
+def start_robot(
+    children: Children, tmp_path: Path, *devices: str, zenoh_args: tuple[str, ...] = ()
+) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Emulated devices (values change only when written), the bridge and ``runtime zenoh``.
+
+    Returns the endpoint, the bridge and the ``runtime zenoh`` process.
+    """
+    links = tmp_path / "links"
+    children.emulate(*devices, "--still", "--link", str(links), count=len(devices))
+    bridge = children.start("runtime.tools.bridge", "--glob", f"{links}/*")
+    port = free_port()
+    server = start_zenoh(children, port, *zenoh_args)
+    return f"tcp/127.0.0.1:{port}", bridge, server
+
+
+def connect(endpoint: str, namespace: str) -> remote.Robot:
+    """A :class:`remote.Robot`, once ``runtime zenoh`` listens."""
+
+    def attempt() -> remote.Robot | None:
+        try:
+            return remote.connect(endpoint, namespace=namespace, timeout=2.0)
+        except remote.RemoteError:
+            return None
+
+    return wait_for(f"runtime zenoh on {endpoint}", attempt, timeout=15, every=0.1)
+
+
+class Raw:
+    """A plain Zenoh session of a remote client: only the key expressions, no runtime code."""
+
+    def __init__(self, endpoint: str) -> None:
+        config = zenoh.Config()
+        config.insert_json5("mode", '"client"')
+        config.insert_json5("connect/endpoints", json.dumps([endpoint]))
+        config.insert_json5("scouting/multicast/enabled", "false")
+        self.session: Any = wait_for("a raw session", lambda: self._open(config), timeout=15, every=0.1)
+        self.lock = threading.Lock()
+        self.samples: list[tuple[str, str, Any]] = []
+        """``(kind, key, JSON or None)`` of everything the subscriptions received, in order."""
+        self.entities: list[Any] = []
+
+    @staticmethod
+    def _open(config: zenoh.Config) -> zenoh.Session | None:
+        try:
+            return zenoh.open(config)
+        except zenoh.ZError:
+            return None
+
+    def _take(self, what: str) -> Any:
+        def take(sample: zenoh.Sample) -> None:
+            payload = sample.payload.to_bytes()
+            with self.lock:
+                self.samples.append(
+                    (
+                        f"{what} {'PUT' if sample.kind == zenoh.SampleKind.PUT else 'DELETE'}",
+                        str(sample.key_expr),
+                        json.loads(payload) if payload else None,
+                    )
+                )
+
+        return take
+
+    def subscribe(self, key: str) -> None:
+        self.entities.append(self.session.declare_subscriber(key, self._take("data")))
+
+    def watch_liveliness(self, key: str) -> None:
+        self.entities.append(
+            self.session.liveliness().declare_subscriber(key, self._take("token"), history=True)
+        )
+
+    def received(self, kind: str, key: str | None = None) -> list[Any]:
+        with self.lock:
+            return [data for k, sample_key, data in self.samples if k == kind and key in (None, sample_key)]
+
+    def keys(self, kind: str) -> list[str]:
+        with self.lock:
+            return [sample_key for k, sample_key, _ in self.samples if k == kind]
+
+    def get(self, selector: str) -> dict[str, Any]:
+        return {
+            str(reply.ok.key_expr): json.loads(reply.ok.payload.to_bytes())
+            for reply in self.session.get(selector, timeout=5)
+            if reply.ok is not None
+        }
+
+    def put(self, key: str, payload: str) -> None:
+        self.session.put(key, payload)
+
+    def close(self) -> None:
+        for entity in self.entities:
+            entity.undeclare()
+        self.session.close()
+
+
+@pytest.fixture
+def raw_sessions() -> Iterator[list[Raw]]:
+    """Raw sessions the test opens, closed after it (so that no Zenoh thread outlives it)."""
+    sessions: list[Raw] = []
+    try:
+        yield sessions
+    finally:
+        for raw in sessions:
+            raw.close()
+
+
+def raw(sessions: list[Raw], endpoint: str) -> Raw:
+    session = Raw(endpoint)
+    sessions.append(session)
+    return session
+
+
+def key(namespace: str, type_name: str, uid: int) -> str:
+    return f"runtime/{namespace}/{type_name}/{uid:#x}"
+
+
+def served(plain: Raw, *keys: str) -> bool:
+    """Whether ``runtime zenoh`` answers for every key, valid (the namespace may hold older buffers)."""
+    answers = plain.get(f"{keys[0].rsplit('/', 2)[0]}/**")
+    return all(answers.get(one, {}).get("valid") for one in keys)
+
+
+# ---- the names -----------------------------------------------------------------------------------
+
+
+def test_import_zenoh_in_the_tool_is_the_zenoh_package() -> None:
+    assert vars(zenoh_tool)["zenoh"] is zenoh  # the package, not runtime/tools/zenoh.py itself
+    assert zenoh.__name__ == "zenoh" and hasattr(zenoh, "open")
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.tools.zenoh", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "$ runtime zenoh --listen" in done.stdout
+
+
+def test_keys_and_uids() -> None:
+    uid = 0x7_09_0000000000000042
+    assert remote.device_key("rt", "servo-motor", uid) == "runtime/rt/servo-motor/0x7090000000000000042"
+    assert remote.parse_device_key("runtime/rt/servo-motor/0x7090000000000000042/write") == (
+        "rt",
+        "servo-motor",
+        uid,
+    )
+    for bad in ("runtime/rt", "runtime/rt/servo-motor/42", "runtime/rt/*/0x1", "other/rt/x/0x1"):
+        assert remote.parse_device_key(bad) is None
+    for name in ("a/b", "*", "", "@admin", "x$y"):
+        with pytest.raises(ValueError):
+            remote.check_namespace(name)
+
+
+def test_nowhere_to_serve_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "zenoh"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("runtime zenoh: error: nowhere to serve")
+
+
+def test_nobody_listening_is_a_remote_error() -> None:
+    with pytest.raises(remote.RemoteError, match="cannot reach the robot"):
+        remote.connect(f"tcp/127.0.0.1:{free_port()}", namespace="rt-nobody")
+
+
+# ---- values, writes, refusals ---------------------------------------------------------------------
+
+
+def test_values_arrive_and_a_remote_write_reaches_the_emulated_device(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    servo_uid, pot_uid = make_uid(SERVO), make_uid(POT)
+    endpoint, _, _ = start_robot(
+        children, tmp_path, f"servo-motor:{servo_uid:#x}", f"potentiometer:{pot_uid:#x}"
+    )
+    local = open_buffer(store, servo_uid)
+    wait_for("the servo valid", lambda: local.valid)
+    plain = raw(raw_sessions, endpoint)
+    plain.subscribe(f"runtime/{namespace}/*/*")
+    with connect(endpoint, namespace) as robot:
+        servo = robot.device(servo_uid)
+        wait_for("the servo valid remotely", lambda: servo.valid)
+        assert robot.online
+        found = {info.key: info for info in wait_for("both devices", lambda: _two(robot))}
+        assert found[("servo-motor", servo_uid)].valid and found[("potentiometer", pot_uid)].valid
+        assert found[("servo-motor", servo_uid)].key_expr == key(namespace, "servo-motor", servo_uid)
+
+        # Values arrive, driven by the device's reports (the bridge's DEV_DATA, every 40 ms).
+        assert servo.wait_update(timeout=5)
+        assert servo.wait_update(timeout=5)
+        assert set(servo.snapshot()) == {"servo0", "servo1"}
+        assert set(robot.device(pot_uid).snapshot()) == {"pot0", "pot1", "pot2"}
+        assert servo.type_name == "servo-motor" and servo.uid == servo_uid
+
+        # A remote write goes to the device, which reports it back in its values.
+        servo.write("servo0", 0.5)
+        wait_for("servo0 = 0.5 remotely", lambda: servo.get("servo0") == 0.5)
+        wait_for("servo0 = 0.5 in shared memory", lambda: local.get("servo0") == 0.5)
+
+        # The asyncio waits.
+        async def twice() -> tuple[bool, bool]:
+            return await servo.wait_update_async(5), await servo.wait_update_async(0)
+
+        assert asyncio.run(twice()) == (True, False)
+
+        # The raw client: publications, a get, and a write of its own.
+        servo_key = key(namespace, "servo-motor", servo_uid)
+        wait_for("raw samples", lambda: len(plain.received("data PUT", servo_key)) >= 3)
+        sample = plain.received("data PUT", servo_key)[-1]
+        assert sample["type"] == "servo-motor" and sample["uid"] == f"{servo_uid:#x}"
+        assert sample["valid"] is True and set(sample["values"]) == {"servo0", "servo1"}
+        seqs = [data["seq"] for data in plain.received("data PUT", servo_key)]
+        assert seqs == sorted(seqs)
+        answers = plain.get(f"runtime/{namespace}/**")
+        assert {servo_key, key(namespace, "potentiometer", pot_uid)} <= set(answers)
+        assert answers[servo_key]["values"]["servo0"] == 0.5
+        assert set(plain.get(servo_key)) == {servo_key}
+        plain.put(f"{servo_key}/write", json.dumps({"servo1": -0.25}))
+        wait_for("servo1 = -0.25 remotely", lambda: servo.get("servo1") == -0.25)
+        assert local.get("servo1") == -0.25
+
+
+def _two(robot: remote.Robot) -> list[remote.RemoteInfo] | None:
+    infos = [info for info in robot.discover() if info.valid]
+    return infos if len(infos) == 2 else None
+
+
+def test_a_refused_write_changes_nothing_and_is_answered_on_error(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    servo_uid, pot_uid = make_uid(SERVO), make_uid(POT)
+    endpoint, _, server = start_robot(
+        children, tmp_path, f"servo-motor:{servo_uid:#x}", f"potentiometer:{pot_uid:#x}"
+    )
+    servo_buffer, pot_buffer = open_buffer(store, servo_uid), open_buffer(store, pot_uid)
+    wait_for("both devices valid", lambda: servo_buffer.valid and pot_buffer.valid)
+    plain = raw(raw_sessions, endpoint)
+    plain.subscribe(f"runtime/{namespace}/*/*/error")
+    servo_key, pot_key = key(namespace, "servo-motor", servo_uid), key(namespace, "potentiometer", pot_uid)
+    wait_for("both devices served", lambda: served(plain, servo_key, pot_key))
+    before = servo_buffer.snapshot()
+    pot_before = pot_buffer.get("pot0")
+
+    refused = [
+        (pot_key, {"pot0": 1.0}, "pot0", "parameter is not writeable"),
+        (servo_key, {"servo9": 0.5}, "servo9", "no such parameter"),
+        (servo_key, {"servo0": "fast"}, "servo0", "takes a real number"),
+        (servo_key, {"servo0": 0.75, "servo9": 1}, "servo9", "no such parameter"),  # all or nothing
+        (servo_key, {"servo0": None}, "servo0", "takes a real number"),
+    ]
+    for target, write, _, _ in refused:
+        plain.put(f"{target}/write", json.dumps(write))
+    plain.put(f"{servo_key}/write", "not json")
+    plain.put(f"{servo_key}/write", "[1, 2]")
+    plain.put(f"{key(namespace, 'servo-motor', servo_uid + 1)}/write", '{"servo0": 0.5}')
+    errors = wait_for("eight answers", lambda: _at_least(plain.received("data PUT"), 8))
+    for (target, write, param, message), error in zip(refused, errors, strict=False):
+        assert error["write"] == write
+        assert error["param"] == param
+        assert message in error["error"]
+        assert error["uid"] == target.rsplit("/", 1)[1]
+    assert errors[2]["kind"] == "TypeError" and errors[0]["kind"] == "DeviceBufferError"
+    assert "JSON object" in errors[5]["error"] and "JSON object" in errors[6]["error"]
+    assert errors[7]["error"] == "no such device on this robot"
+    assert plain.keys("data PUT")[:2] == [f"{pot_key}/error", f"{servo_key}/error"]
+
+    # Nothing was applied: no write pending, and the device's values are what they were.
+    assert servo_buffer.pending_writes() == {}
+    assert pot_buffer.pending_writes() == {}
+    time.sleep(0.3)  # several write intervals of the bridge: anything applied would be reported by now
+    assert servo_buffer.snapshot() == before
+    assert pot_buffer.get("pot0") == pot_before
+    assert "refused a write" in children.log(server)
+
+    # The client checks first, as a local write does, and keeps the robot's refusals.
+    with connect(endpoint, namespace) as robot:
+        servo, pot = robot.device(servo_uid), robot.device(pot_uid)
+        wait_for("the servo valid remotely", lambda: servo.valid)
+        with pytest.raises(DeviceBufferError, match="not writeable") as caught:
+            pot.write("pot0", 1.0)
+        assert caught.value.context == {"device": pot_key, "param": "pot0"}
+        with pytest.raises(DeviceBufferError, match="no such parameter"):
+            servo.write("servo9", 1.0)
+        with pytest.raises(TypeError):
+            servo.write("servo0", "fast")
+        with pytest.warns(RuntimeWarning, match="clamped"):
+            servo.write("servo1", 3.0)
+        wait_for("servo1 clamped to 1.0", lambda: servo.get("servo1") == 1.0)
+        plain.put(f"{pot_key}/write", json.dumps({"pot1": 0.5}))
+        wait_for("the refusal kept", lambda: pot.last_error is not None)
+        assert pot.last_error is not None and pot.last_error["param"] == "pot1"
+
+
+def _at_least(items: list[Any], count: int) -> list[Any] | None:
+    return items if len(items) >= count else None
+
+
+def test_read_only_accepts_no_write(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    servo_uid = make_uid(SERVO)
+    endpoint, _, _ = start_robot(
+        children, tmp_path, f"servo-motor:{servo_uid:#x}", zenoh_args=("--read-only",)
+    )
+    local = open_buffer(store, servo_uid)
+    plain = raw(raw_sessions, endpoint)
+    servo_key = key(namespace, "servo-motor", servo_uid)
+    wait_for("the servo served", lambda: served(plain, servo_key))
+    plain.put(f"{servo_key}/write", json.dumps({"servo0": 0.5}))
+    time.sleep(0.3)
+    assert local.pending_writes() == {} and local.get("servo0") == 0.0
+
+
+# ---- liveness -------------------------------------------------------------------------------------
+
+
+def test_sigkill_of_runtime_zenoh_is_seen_through_liveliness_and_a_restart_is_found_again(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    servo_uid = make_uid(SERVO)
+    endpoint, _, server = start_robot(children, tmp_path, f"servo-motor:{servo_uid:#x}")
+    open_buffer(store, servo_uid)
+    plain = raw(raw_sessions, endpoint)
+    plain.watch_liveliness(f"runtime/{namespace}/**")
+    servo_key, robot_key = key(namespace, "servo-motor", servo_uid), f"runtime/{namespace}"
+    with connect(endpoint, namespace) as robot:
+        servo = robot.device(servo_uid)
+        wait_for("the servo valid remotely", lambda: servo.valid)
+        wait_for("both tokens", lambda: {servo_key, robot_key} <= set(plain.keys("token PUT")))
+        assert servo.wait_update(5)
+
+        server.kill()
+        killed = time.monotonic()
+        with pytest.raises(DeviceBufferError, match="not connected"):
+            while True:
+                assert servo.wait_update(LIVELINESS_DEADLINE), "no word of the robot's death"
+        assert time.monotonic() - killed < LIVELINESS_DEADLINE
+        assert not servo.valid
+        wait_for("the robot offline", lambda: not robot.online, timeout=LIVELINESS_DEADLINE)
+        wait_for(
+            "both tokens gone (raw)",
+            lambda: {servo_key, robot_key} <= set(plain.keys("token DELETE")),
+            timeout=LIVELINESS_DEADLINE,
+        )
+        with pytest.raises(DeviceBufferError):
+            servo.get("servo0")
+        with pytest.raises(DeviceBufferError):
+            servo.write("servo0", 0.5)
+
+        # The same endpoint again: the client (Zenoh client mode) reconnects by itself.
+        start_zenoh(children, int(endpoint.rsplit(":", 1)[1]))
+        wait_for("the servo valid again", lambda: servo.valid, timeout=20)
+        assert robot.online
+        assert servo.wait_update(5) and set(servo.snapshot()) == {"servo0", "servo1"}
+
+
+def test_a_bridge_that_dies_invalidates_the_device_remotely_while_the_robot_stays_online(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    servo_uid = make_uid(SERVO)
+    endpoint, bridge, _ = start_robot(children, tmp_path, f"servo-motor:{servo_uid:#x}")
+    local = open_buffer(store, servo_uid)
+    plain = raw(raw_sessions, endpoint)
+    servo_key = key(namespace, "servo-motor", servo_uid)
+    plain.subscribe(servo_key)
+    with connect(endpoint, namespace) as robot:
+        servo = robot.device(servo_uid)
+        wait_for("the servo valid remotely", lambda: servo.valid)
+        bridge.kill()
+        assert bridge.wait(10) < 0
+        assert not local.valid
+        wait_for("the servo invalid remotely", lambda: not servo.valid, timeout=LIVELINESS_DEADLINE)
+        assert robot.online  # runtime zenoh lives on
+        wait_for("valid: false published", lambda: any(not d["valid"] for d in plain.received("data PUT")))
+        last = plain.received("data PUT")[-1]
+        assert last["valid"] is False and last["values"] is None
+        assert [info.valid for info in robot.discover() if info.uid == servo_uid] == [False]
+
+        children.start("runtime.tools.bridge", "--glob", f"{tmp_path / 'links'}/*")
+        wait_for("the servo valid again", lambda: servo.valid, timeout=20)
+        assert servo.wait_update(5)
+
+
+# ---- publication: driven by changes, at most --max-rate -------------------------------------------
+
+
+def test_publications_follow_changes_at_most_max_rate_newest_values_last(
+    children: Children, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    port = free_port()
+    with BufferStore(CATALOG) as producer:
+        servo_uid = make_uid(SERVO)
+        servo: DeviceBuffer = producer.get_or_open(servo_uid)
+        servo.serve()  # the test plays the bridge
+        pad = producer.get_or_open(("gamepad", 0))  # not a Smart Device: valid from creation
+        start_zenoh(children, port, "--max-rate", "10")
+        plain = raw(raw_sessions, f"tcp/127.0.0.1:{port}")
+        servo_key, pad_key = key(namespace, "servo-motor", servo_uid), key(namespace, "gamepad", 0)
+        plain.subscribe(f"runtime/{namespace}/*/*")
+        wait_for("both served", lambda: served(plain, servo_key, pad_key))
+        assert plain.get(pad_key)[pad_key]["values"]["button_a"] is False
+
+        # Nothing changes: nothing is published.
+        time.sleep(0.3)
+        quiet = len(plain.received("data PUT", servo_key))
+        time.sleep(0.5)
+        assert len(plain.received("data PUT", servo_key)) == quiet
+
+        # 200 changes a second for one second: about 10 publications, the last one with the last value.
+        started = time.monotonic()
+        count = 0
+        while time.monotonic() - started < 1.0:
+            count += 1
+            servo.set("servo0", count / 1000)
+            time.sleep(0.005)
+        final = count / 1000
+        wait_for(
+            "the last value published",
+            lambda: abs(plain.received("data PUT", servo_key)[-1]["values"]["servo0"] - final) < 1e-6,
+        )
+        published = len(plain.received("data PUT", servo_key)) - quiet
+        assert 5 <= published <= 14, published
+
+        pad.set("button_a", True)
+        wait_for(
+            "the gamepad published",
+            lambda: any(d["values"]["button_a"] for d in plain.received("data PUT", pad_key)),
+        )
+
+        # The producer stops serving: one publication says so, then nothing more.
+        servo.stop_serving()
+        wait_for("valid: false", lambda: plain.received("data PUT", servo_key)[-1]["valid"] is False)
+        producer.unlink_all()
+        wait_for("a DELETE when the segment is gone", lambda: plain.keys("data DELETE") != [], timeout=5)
