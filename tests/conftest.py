@@ -81,10 +81,14 @@ SLOW_MODULES = frozenset(
     {
         # end to end: real bridge, emulator and demo processes on pseudo-terminals
         "tests/test_bridge.py",
+        "tests/test_bringup.py",  # producers in child processes, the bridge on ptys, systemd-analyze
         "tests/test_demo.py",
+        "tests/test_foxglove.py",  # runtime foxglove and a WebSocket client, against an emulated robot
+        "tests/test_record.py",  # runtime record and replay, against an emulated robot
         "tests/test_examples.py",
         "tests/test_flaky_link.py",
         "tests/test_liveness.py",
+        "tests/test_zenoh.py",  # runtime zenoh, the bridge and emulated devices; remote Zenoh sessions
         "src/runtime/testing/__init__.py",  # doctests that start an emulated robot
         "src/runtime/testing/robot.py",
         # many processes, kill storms, a private mount namespace, thousands of cycles

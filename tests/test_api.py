@@ -30,6 +30,7 @@ LIBRARY_MODULES = [
     "runtime.jsonio",
     "runtime.link",
     "runtime.notify",
+    "runtime.remote",
 ]
 ALLOWLIST = Path(__file__).resolve().parent / "stubtest-allowlist.txt"
 

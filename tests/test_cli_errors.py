@@ -255,9 +255,17 @@ def _how(argv: list[str]) -> str:
         return "parse: it serves serial devices"
     if args.command == "demo":
         return "parse: it runs emulator, bridge and student code for seconds"
+    if args.command == "zenoh":
+        return "parse: it serves the buffers on the network until stopped"
     if args.command == "emulate":
         return "parse: it writes --link outside the test's directory" if args.link else "interrupt"
     if args.command == "buffers" and args.action == "watch" and args.count is None:
+        return "interrupt"
+    if args.command == "foxglove":
+        return "parse: it listens on a TCP port (tests/test_foxglove.py runs it)"
+    if args.command == "replay":
+        return "parse: it needs a recording (tests/test_record.py runs it)"
+    if args.command == "record" and args.duration is None:
         return "interrupt"
     return "run"
 

@@ -80,10 +80,14 @@ COMMANDS = (
         "runtime.tools.emulate",
         "pretend to be Smart Devices on pseudo-terminals (no hardware needed)",
     ),
-    Command("buffers", "runtime.tools.buffers", "list, show and watch the live buffers in shared memory"),
+    Command("buffers", "runtime.tools.buffers", "list, show, watch, write and clean the shared buffers"),
     Command("msg", "runtime.tools.msg", "decode and encode Smart Device protocol messages"),
     Command("catalog", "runtime.tools.catalog", "show the device catalog or check a catalog file"),
     Command("demo", "runtime.tools.demo", "emulated devices, the bridge and student code working together"),
+    Command("foxglove", "runtime.tools.foxglove", "see and drive the buffers live in Foxglove (WebSocket)"),
+    Command("record", "runtime.tools.record", "record every change of the buffers into an MCAP file"),
+    Command("replay", "runtime.tools.replay", "play an MCAP recording back into buffers, with its timing"),
+    Command("zenoh", "runtime.tools.zenoh", "serve the buffers on a Zenoh network, for other machines"),
 )
 """Every command, in the order of ``runtime --help``; the summary is its line there."""
 

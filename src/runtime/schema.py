@@ -1,0 +1,241 @@
+"""JSON descriptions of buffer types: JSON Schemas of their values, and catalog fingerprints.
+
+Tools that publish or record buffers (``runtime foxglove``, ``runtime record``)
+describe each buffer type from its catalog entry, so that a viewer knows every
+field, its type and its bounds without knowing the robot:
+
+* :func:`type_name_of` spells a parameter's ctypes type as the catalog does
+  (``float``, ``uint8``, ``char[16]``, ``int16[3]``);
+* :func:`value_schema` is the JSON Schema of one parameter's value;
+* :func:`buffer_schema` is the JSON Schema of a message carrying a buffer's
+  state: ``{"valid": bool, "values": {param: value, ...}}`` (``values`` are the
+  readable parameters; absent while the buffer is invalid);
+* :func:`write_schema` is the JSON Schema of ``{param: value}`` for the
+  writeable parameters (a command, or a recorded write);
+* :func:`describe_type` / :func:`describe_catalog` describe types as plain
+  JSON data, and :func:`catalog_differences` says in words how two such
+  descriptions differ (a recording made with another catalog).
+
+Values in these messages are plain JSON (:func:`runtime.jsonio.jsonable`):
+floats shortest-exact, NaN and infinities as ``null``, arrays as lists,
+character arrays as text.
+
+>>> from runtime import load_catalog
+>>> schema = buffer_schema(load_catalog()["servo-motor"])
+>>> schema["title"]
+'runtime.servo-motor'
+>>> schema["properties"]["values"]["properties"]["servo0"]
+{'type': 'number', 'minimum': -1.0, 'maximum': 1.0, 'description': 'float, writeable'}
+>>> describe_type(load_catalog()["battery"])["params"][0]["type"]
+'bool'
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .buffer import Buffer, DeviceBuffer, Parameter
+
+__all__ = [
+    "SCHEMA_PREFIX",
+    "buffer_schema",
+    "catalog_differences",
+    "describe_catalog",
+    "describe_type",
+    "type_name_of",
+    "value_schema",
+    "write_schema",
+]
+
+SCHEMA_PREFIX = "runtime."
+"""The start of every schema title (``runtime.yogi-bear``, ``runtime.yogi-bear.write``)."""
+
+_FLOAT_CODES = {"f": "float", "d": "double", "g": "longdouble", "?": "bool", "c": "char", "u": "wchar"}
+_INTEGER_CODES = "bBhHiIlLqQ"
+
+
+def type_name_of(ctype: Any) -> str:
+    """The catalog spelling of a ctypes type.
+
+    >>> type_name_of(ctypes.c_uint8), type_name_of(ctypes.c_char * 4), type_name_of(ctypes.c_int16 * 2 * 3)
+    ('uint8', 'char[4]', 'int16[2][3]')
+    """
+    if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
+        lengths = []
+        while isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
+            lengths.append(ctype._length_)
+            ctype = ctype._type_
+        return type_name_of(ctype) + "".join(f"[{length}]" for length in reversed(lengths))
+    code = getattr(ctype, "_type_", "")
+    if code in _FLOAT_CODES:
+        return _FLOAT_CODES[code]
+    if isinstance(code, str) and code and code in _INTEGER_CODES:
+        return f"{'' if code.islower() else 'u'}int{ctypes.sizeof(ctype) * 8}"
+    return str(getattr(ctype, "__name__", ctype)).removeprefix("c_")
+
+
+def _bound(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _scalar_schema(ctype: Any, lower: float = -math.inf, upper: float = math.inf) -> dict[str, Any]:
+    code = getattr(ctype, "_type_", "")
+    if code == "?":
+        return {"type": "boolean"}
+    if code in ("c", "u"):
+        return {"type": "string", "maxLength": 1}
+    if isinstance(code, str) and code and code in _INTEGER_CODES:
+        bits = ctypes.sizeof(ctype) * 8
+        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+        if math.isfinite(lower):
+            low = max(low, math.ceil(lower))
+        if math.isfinite(upper):
+            high = min(high, math.floor(upper))
+        return {"type": "integer", "minimum": low, "maximum": high}
+    schema: dict[str, Any] = {"type": ["number", "null"]}  # NaN and infinities travel as null
+    if math.isfinite(lower):
+        schema["minimum"] = float(lower)
+    if math.isfinite(upper):
+        schema["maximum"] = float(upper)
+    if "minimum" in schema or "maximum" in schema:
+        schema["type"] = "number"
+    return schema
+
+
+def _array_schema(ctype: Any) -> dict[str, Any]:
+    element = ctype._type_
+    if getattr(element, "_type_", "") in ("c", "u") and not issubclass(element, ctypes.Array):
+        return {"type": "string", "maxLength": ctype._length_}  # character data is text
+    items = _array_schema(element) if issubclass(element, ctypes.Array) else _scalar_schema(element)
+    return {"type": "array", "items": items, "minItems": ctype._length_, "maxItems": ctype._length_}
+
+
+def value_schema(param: Parameter) -> dict[str, Any]:
+    """The JSON Schema of one parameter's value: its JSON type and, for numbers, its bounds.
+
+    The ``description`` gives the catalog type and the access (``read-only``,
+    ``writeable``, ``write-only``).
+    """
+    ctype: Any = param.platform_type
+    if issubclass(ctype, ctypes.Array):
+        schema = _array_schema(ctype)
+    else:
+        schema = _scalar_schema(ctype, param.lower, param.upper)
+    access = "writeable" if param.writeable and param.readable else "write-only" if param.writeable else ""
+    access = access or "read-only"
+    schema["description"] = f"{type_name_of(param.ctype)}, {access}"
+    return schema
+
+
+def buffer_schema(buffer_type: type[Buffer]) -> dict[str, Any]:
+    """The JSON Schema of a buffer's state message: ``{"valid": bool, "values": {...}}``.
+
+    ``values`` holds every readable parameter; it is absent while the buffer is
+    invalid (no live producer: the device is not connected).
+    """
+    values = {param.name: value_schema(param) for param in buffer_type.params.values() if param.readable}
+    return {
+        "title": SCHEMA_PREFIX + buffer_type.type_name,
+        "type": "object",
+        "properties": {
+            "valid": {
+                "type": "boolean",
+                "description": "whether the data is live (false: the device is not connected)",
+            },
+            "values": {"type": "object", "properties": values, "additionalProperties": False},
+        },
+        "required": ["valid"],
+    }
+
+
+def write_schema(buffer_type: type[Buffer]) -> dict[str, Any]:
+    """The JSON Schema of ``{param: value}`` for the writeable parameters (values to send to the device)."""
+    values = {param.name: value_schema(param) for param in buffer_type.params.values() if param.writeable}
+    return {
+        "title": SCHEMA_PREFIX + buffer_type.type_name + ".write",
+        "type": "object",
+        "properties": values,
+        "additionalProperties": False,
+    }
+
+
+def describe_type(buffer_type: type[Buffer]) -> dict[str, Any]:
+    """A buffer type as plain JSON data: what a catalog says about it (parameters, IDs, types, bounds).
+
+    Two types with the same description have the same values and the same
+    layout; infinite bounds are ``None``.
+    """
+    description: dict[str, Any] = {"smart_device": issubclass(buffer_type, DeviceBuffer)}
+    if issubclass(buffer_type, DeviceBuffer):
+        description["device_id"] = buffer_type.device_id
+    description["params"] = [
+        {
+            "name": param.name,
+            "id": param.id,
+            "type": type_name_of(param.ctype),
+            "readable": bool(param.readable),
+            "writeable": bool(param.writeable),
+            "subscribed": bool(param.subscribed),
+            "lower": _bound(param.lower),
+            "upper": _bound(param.upper),
+        }
+        for param in buffer_type.params.values()
+    ]
+    return description
+
+
+def describe_catalog(
+    catalog: Mapping[str, type[Buffer]], types: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """:func:`describe_type` of every type of a catalog (or of ``types`` only), by type name."""
+    names = sorted(catalog) if types is None else sorted(set(types))
+    return {name: describe_type(catalog[name]) for name in names}
+
+
+def catalog_differences(
+    recorded: Mapping[str, Any], current: Mapping[str, type[Buffer]], types: Iterable[str] | None = None
+) -> list[str]:
+    """How the types of ``current`` differ from their descriptions in ``recorded``, in words.
+
+    Only the types named in ``types`` are compared (default: every type of
+    ``recorded``). An empty list means that they match.
+
+    >>> from runtime import load_catalog
+    >>> catalog = load_catalog()
+    >>> recorded = describe_catalog(catalog, ["servo-motor"])
+    >>> recorded["servo-motor"]["params"][1]["upper"] = 2.0
+    >>> catalog_differences(recorded, catalog)
+    ['servo-motor: parameter servo1: upper 2.0 in the recording, 1.0 in this catalog']
+    """
+    problems: list[str] = []
+    for name in sorted(recorded if types is None else set(types)):
+        was = recorded.get(name)
+        if name not in current:
+            problems.append(f"{name}: a device type of the recording, not in this catalog")
+            continue
+        if not isinstance(was, Mapping):
+            problems.append(f"{name}: not described in the recording")
+            continue
+        now = describe_type(current[name])
+        for key in ("smart_device", "device_id"):
+            if was.get(key) != now.get(key):
+                problems.append(
+                    f"{name}: {key} {was.get(key)!r} in the recording, {now.get(key)!r} in this catalog"
+                )
+        old_params = {str(p.get("name")): p for p in was.get("params") or [] if isinstance(p, Mapping)}
+        new_params = {p["name"]: p for p in now["params"]}
+        for param in sorted(old_params.keys() - new_params.keys()):
+            problems.append(f"{name}: parameter {param} is in the recording, not in this catalog")
+        for param in sorted(new_params.keys() - old_params.keys()):
+            problems.append(f"{name}: parameter {param} is in this catalog, not in the recording")
+        for param in sorted(old_params.keys() & new_params.keys()):
+            for key, value in new_params[param].items():
+                if old_params[param].get(key) != value:
+                    problems.append(
+                        f"{name}: parameter {param}: {key} {old_params[param].get(key)!r} in the recording, "
+                        f"{value!r} in this catalog"
+                    )
+    return problems

@@ -1,0 +1,716 @@
+"""``runtime foxglove``: see the robot live in Foxglove, and drive it from there.
+
+A Foxglove WebSocket server (the ``foxglove-sdk`` package) serves the buffers
+of the namespace:
+
+* **a topic per buffer**, ``/runtime/<type>/<uid hex>``, of JSON messages
+  ``{"valid": bool, "values": {...}}`` with the JSON Schema of the device type
+  (:func:`runtime.schema.buffer_schema`: names, types, bounds). A message goes
+  out on every change, at most ``--max-rate`` per second per buffer (a change
+  held back by the limit goes out at the end of the interval: the last state
+  is always shown); the log time is the device's (``last_update``). Topics
+  appear and disappear with the buffers; a buffer that turns invalid (device
+  disconnected, bridge stopped) is a message with ``"valid": false`` and a
+  warning in Foxglove's problems list until it is valid again.
+* **writeable parameters as Foxglove parameters**, named
+  ``/runtime/<type>/<uid hex>/<param>``: the Parameters panel reads them
+  (the value the device reports; for write-only ones, the last value set from
+  here) and sets them with ``Buffer.write``. A value that the buffer would
+  refuse or clamp (unknown or read-only parameter, wrong type, out of bounds,
+  device not connected) is refused: nothing is written, and an error status
+  says why.
+* **a command topic per buffer**: a client that advertises
+  ``/runtime/<type>/<uid hex>/command`` (JSON) and publishes ``{param: value,
+  ...}`` on it writes those values, all or none, checked the same way.
+
+Changes are watched by :class:`runtime.tools.record.BufferWatcher` (a thread
+per 63 buffers asleep in :func:`runtime.notify.wait_any`; ``/dev/shm`` listed
+twice a second for buffers that come and go). Nothing is read for a topic
+nobody subscribes to.
+
+:func:`serve_foxglove` runs it all from Python (``runtime demo --foxglove``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import re
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from foxglove.websocket import ServerListener
+
+from ..buffer import Buffer, DeviceBufferError, Parameter
+from ..jsonio import jsonable
+from ..store import BufferStore
+from ._common import CommandError, add_catalog_option, bounded, load_catalog
+from .record import BufferWatcher, Watched, read_state, say_if_empty, segment_name, stop_on_signals
+
+if TYPE_CHECKING:
+    import foxglove
+    from foxglove.websocket import ChannelView, Client, ClientChannel, WebSocketServer
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_RATE",
+    "DEFAULT_PORT",
+    "DESCRIPTION",
+    "EPILOG",
+    "LiveView",
+    "WriteRefused",
+    "add_arguments",
+    "check_value",
+    "main",
+    "serve_foxglove",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+DEFAULT_MAX_RATE = 50.0
+MAX_RATE = 1000.0
+"""The highest ``--max-rate``."""
+SUBSCRIBE_DELAY = 0.05
+"""Seconds after a subscription that the buffer's state is sent (it takes effect after its callback)."""
+COMMAND_SUFFIX = "/command"
+"""A buffer's command topic is its topic and this."""
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_PARAM_NAME = re.compile(r"(?P<topic>/runtime/[^/]+/0x[0-9a-f]+)/(?P<param>[^/]+)")
+
+
+class WriteRefused(Exception):
+    """A value from a client that is not written: the message says why."""
+
+
+def check_value(param: Parameter, value: Any) -> Any:
+    """A value from a client, checked and converted as ``write()`` takes it; refused rather than clamped.
+
+    Booleans only for ``bool`` parameters; integers (or whole floats) for
+    integer ones, within the type's range and the bounds; finite numbers
+    within the bounds for float ones; text for character arrays; lists of the
+    right length for arrays.
+
+    >>> from runtime import load_catalog
+    >>> servo0 = load_catalog()["servo-motor"].params["servo0"]
+    >>> check_value(servo0, 1), check_value(servo0, -0.5)
+    (1.0, -0.5)
+    >>> check_value(servo0, 1.5)
+    Traceback (most recent call last):
+    ...
+    runtime.tools.foxglove.WriteRefused: servo0: 1.5 is out of bounds [-1.0, 1.0]
+
+    Raises:
+        WriteRefused: The parameter is not writeable, or the value does not fit it.
+    """
+    from ..schema import value_schema
+
+    if not param.writeable:
+        raise WriteRefused(f"{param.name} is read-only")
+    schema = value_schema(param)
+    kind = schema["type"]
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise WriteRefused(f"{param.name} takes true or false, not {value!r}")
+        return value
+    if kind == "string":
+        if not isinstance(value, str):
+            raise WriteRefused(f"{param.name} takes text, not {value!r}")
+        data = value.encode("utf-8")
+        if len(data) > schema["maxLength"]:
+            raise WriteRefused(f"{param.name} takes at most {schema['maxLength']} bytes of text")
+        return data
+    if kind == "array":
+        if not isinstance(value, list) or len(value) != schema["minItems"]:
+            raise WriteRefused(f"{param.name} takes a list of {schema['minItems']} items")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WriteRefused(f"{param.name} takes a number, not {value!r}")
+    if kind == "integer":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise WriteRefused(f"{param.name} takes an integer, not {value!r}")
+            value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise WriteRefused(f"{param.name} takes a finite number, not {value!r}")
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise WriteRefused(f"{param.name}: {value!r} is out of bounds {bounds}")
+    return value
+
+
+class LiveView:
+    """The Foxglove server of the buffers of one namespace (see the module's docstring).
+
+    Use :meth:`start`, then :meth:`run` until a stop event, then :meth:`close`
+    (or :func:`serve_foxglove`, which does all three).
+
+    Args:
+        catalog: The device types.
+        host, port: Where to listen (port 0: any free port; see :attr:`port`).
+        max_rate: The most messages per second per buffer.
+        namespace: The buffers' namespace (default: the current one).
+        select: Which ``(type, uid)`` to serve (default: all).
+    """
+
+    def __init__(
+        self,
+        catalog: dict[str, type[Buffer]],
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        max_rate: float = DEFAULT_MAX_RATE,
+        namespace: str | None = None,
+        select: Callable[[str, int], bool] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.host = host
+        self.requested_port = port
+        self.namespace = namespace or BufferStore.namespace()
+        self.server: WebSocketServer | None = None
+        self.context: foxglove.Context | None = None
+        self.lock = threading.RLock()
+        self.watcher = BufferWatcher(
+            catalog,
+            on_change=self._on_change,
+            on_appear=self._on_appear,
+            on_disappear=self._on_disappear,
+            select=select,
+            min_interval=1.0 / max_rate,
+            namespace=self.namespace,
+            wanted=self._wanted,
+        )
+        self.published = 0
+        """Messages sent (to at least one subscriber)."""
+        self.refused = 0
+        """Writes refused."""
+        self.written = 0
+        """Values written."""
+        self._topics: dict[str, Watched] = {}
+        self._handles: dict[str, Buffer] = {}
+        self._client_channels: dict[tuple[int, int], str] = {}
+        self._param_subscriptions: set[str] = set()
+        self._param_values: dict[str, Any] = {}
+        """The last value of each parameter published, or set (write-only ones) from here."""
+        self._statuses: set[str] = set()
+
+    # -- the server --
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one chosen by the system for port 0)."""
+        return self.server.port if self.server is not None else self.requested_port
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL to give Foxglove."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+    def start(self) -> None:
+        """Listen for Foxglove.
+
+        Raises:
+            CommandError: The address cannot be listened on (in use, not of this machine).
+        """
+        import foxglove
+        from foxglove.websocket import Capability
+
+        self.context = foxglove.Context()
+        try:
+            self.server = foxglove.start_server(
+                name=f"runtime ({self.namespace})",
+                host=self.host,
+                port=self.requested_port,
+                capabilities=[Capability.Parameters, Capability.ClientPublish],
+                server_listener=_Listener(self),
+                supported_encodings=["json"],
+                context=self.context,
+            )
+        except RuntimeError as exc:
+            reason = str(exc).removeprefix("FoxgloveError: ").removeprefix("Failed to bind port: ")
+            hint = " (another 'runtime foxglove'? choose another --port)" if "in use" in reason else ""
+            raise CommandError(
+                f"cannot listen on {self.host}:{self.requested_port}: {reason}{hint}"
+            ) from None
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve the buffers until ``stop`` is set."""
+        self.watcher.run(stop)
+        if self.watcher.failed:
+            raise CommandError("watching the buffers failed (see the log above)")
+
+    def close(self) -> None:
+        """Stop the server; close the channels and the buffers."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        with self.lock:
+            for watched in self._topics.values():
+                with contextlib.suppress(Exception):
+                    watched.data.close()
+            self._topics.clear()
+            for handle in self._handles.values():
+                handle.close()
+            self._handles.clear()
+
+    # -- buffers to messages (the watcher's threads) --
+
+    def _on_appear(self, watched: Watched) -> None:
+        import foxglove
+
+        from ..schema import buffer_schema
+
+        metadata = {
+            "type": watched.type_name,
+            "uid": f"{watched.uid:#x}",
+            "segment": watched.name,
+            "command_topic": watched.topic + COMMAND_SUFFIX,
+        }
+        with self.lock:  # known before clients hear of it
+            self._topics[watched.topic] = watched
+        watched.data = foxglove.Channel(
+            watched.topic,
+            schema=buffer_schema(self.catalog[watched.type_name]),
+            context=self.context,
+            metadata=metadata,
+        )
+        logger.info("serving %s", watched.topic)
+
+    def _on_disappear(self, watched: Watched) -> None:
+        with self.lock:
+            self._topics.pop(watched.topic, None)
+            handle = self._handles.pop(watched.topic, None)
+        if handle is not None:
+            handle.close()
+        watched.data.close()
+        self._clear_status(f"invalid:{watched.topic}")
+        logger.info("%s: gone", watched.topic)
+
+    def _wanted(self, watched: Watched) -> bool:
+        """Whether anyone looks at a buffer: a subscriber to its topic, or to one of its parameters."""
+        return watched.data is not None and (
+            watched.data.has_sinks() or bool(self._subscribed_params(watched.topic))
+        )
+
+    def _on_change(self, watched: Watched) -> None:
+        channel = watched.data
+        if watched.valid != watched.was_valid:
+            self._validity_status(watched, bool(watched.valid))
+        subscribed = self._subscribed_params(watched.topic)
+        sinks = channel.has_sinks()
+        if not sinks and not subscribed:
+            return  # nobody looks
+        state = read_state(watched.buffer, watched.stamp)
+        watched.stamp = state.time
+        if sinks:
+            channel.log(_ENCODE(state.message()).encode(), log_time=int(state.time * 1e9))
+            self.published += 1
+        if subscribed and state.values is not None:
+            self._publish_params(watched, state.values, subscribed)
+
+    def _validity_status(self, watched: Watched, valid: bool) -> None:
+        from foxglove import StatusLevel
+
+        status = f"invalid:{watched.topic}"
+        if valid:
+            self._clear_status(status)
+        else:
+            producer = "no producer" if watched.buffer.producer_pid is None else "its producer says so"
+            message = f"{watched.type_name} {watched.uid:#x} is not connected (invalid: {producer})"
+            self._set_status(status, message, StatusLevel.Warning)
+
+    # -- parameters --
+
+    def _subscribed_params(self, topic: str) -> list[str]:
+        if not self._param_subscriptions:  # the usual case: no lock taken
+            return []
+        with self.lock:
+            return [name for name in self._param_subscriptions if name.startswith(topic + "/")]
+
+    def _publish_params(self, watched: Watched, values: Mapping[str, Any], names: list[str]) -> None:
+        from foxglove import Parameter as FoxgloveParameter
+
+        changed = []
+        for name in names:
+            param = name.rpartition("/")[2]
+            if param in values and self._param_values.get(name) != values[param]:
+                self._param_values[name] = values[param]
+                changed.append(FoxgloveParameter(name, value=_parameter_value(values[param])))
+        if changed and self.server is not None:
+            self.server.publish_parameter_values(changed)
+
+    def parameter_names(self) -> list[str]:
+        """Every writeable parameter of the buffers served, by its Foxglove name."""
+        with self.lock:
+            topics = list(self._topics.values())
+        return [
+            f"{watched.topic}/{param.name}"
+            for watched in topics
+            for param in self.catalog[watched.type_name].params.values()
+            if param.writeable
+        ]
+
+    def get_parameters(self, names: list[str]) -> list[Any]:
+        """The Foxglove parameters asked for (all when ``names`` is empty) that have a value."""
+        from foxglove import Parameter as FoxgloveParameter
+
+        result = []
+        states: dict[str, Any] = {}
+        for name in names or self.parameter_names():
+            found = self._lookup_param(name)
+            if found is None:
+                continue
+            watched, param = found
+            value: Any = None
+            if param.readable:
+                if watched.topic not in states:
+                    states[watched.topic] = read_state(watched.buffer).values
+                value = (states[watched.topic] or {}).get(param.name)
+            elif watched.buffer.valid:  # write-only: what was set from here, else the zero default
+                value = self._param_values.get(name, _default(param))
+            if value is not None:
+                result.append(FoxgloveParameter(name, value=_parameter_value(value)))
+        return result
+
+    def set_parameters(self, parameters: list[Any]) -> list[Any]:
+        """Write what a client set; the values in effect afterwards (refusals as error statuses)."""
+        from foxglove import Parameter as FoxgloveParameter
+
+        result = []
+        for parameter in parameters:
+            name = parameter.name
+            found = self._lookup_param(name, writeable=False)
+            value = parameter.get_value()
+            status = f"write:{name}"
+            if found is None:
+                self._refuse(status, f"cannot set {name}: no such parameter of a buffer served here")
+                continue
+            watched, param = found
+            if not param.writeable:
+                self._refuse(status, f"cannot set {name}: {param.name} is read-only")
+                continue
+            try:
+                self.write(watched.topic, {param.name: value})
+            except WriteRefused as exc:
+                self._refuse(status, f"cannot set {name}: {exc}")
+                current = self.get_parameters([name])
+                result.extend(current)
+                continue
+            self._clear_status(status)
+            if not param.readable:
+                self._param_values[name] = value
+            result.append(FoxgloveParameter(name, value=_parameter_value(jsonable(value))))
+        return result
+
+    def _lookup_param(self, name: str, *, writeable: bool = True) -> tuple[Watched, Parameter] | None:
+        """The buffer and the parameter of a Foxglove parameter name (only writeable ones, unless asked)."""
+        match = _PARAM_NAME.fullmatch(name)
+        if match is None:
+            return None
+        with self.lock:
+            watched = self._topics.get(match["topic"])
+        if watched is None:
+            return None
+        param = self.catalog[watched.type_name].params.get(match["param"])
+        if param is None or (writeable and not param.writeable):
+            return None
+        return watched, param
+
+    # -- writing --
+
+    def write(self, topic: str, values: Mapping[str, Any]) -> None:
+        """Write values to a buffer served here: all of them, or none (then raise).
+
+        Raises:
+            WriteRefused: No such buffer, an unknown or read-only parameter, a
+                value that does not fit (see :func:`check_value`), or the
+                device is not connected.
+        """
+        with self.lock:
+            watched = self._topics.get(topic)
+            if watched is None:
+                raise WriteRefused(f"no buffer {topic} is served here")
+            handle = self._handles.get(topic)
+            if handle is None:
+                try:
+                    handle = self.catalog[watched.type_name].attach(
+                        segment_name(self.namespace, watched.type_name, watched.uid), create=False
+                    )
+                except DeviceBufferError as exc:
+                    raise WriteRefused(f"{topic}: {exc.message}") from None
+                self._handles[topic] = handle
+        params = handle.params
+        checked = {}
+        for name, value in values.items():
+            param = params.get(name)
+            if param is None:
+                raise WriteRefused(f"{watched.type_name} has no parameter {name!r}")
+            checked[name] = check_value(param, value)
+        try:
+            with handle.transaction():
+                for name, value in checked.items():
+                    handle.write(name, value)
+        except DeviceBufferError as exc:
+            if not handle.valid:
+                raise WriteRefused(f"{watched.type_name} {watched.uid:#x} is not connected") from None
+            raise WriteRefused(f"{topic}: {exc.message}") from None
+        except (TypeError, ValueError) as exc:
+            raise WriteRefused(str(exc)) from None
+        self.written += len(checked)
+        logger.info("%s: wrote %s", topic, ", ".join(f"{k}={v!r}" for k, v in values.items()))
+
+    def command(self, topic: str, data: bytes) -> None:
+        """A client's message on a command topic: ``{param: value, ...}`` to write."""
+        status = f"command:{topic}"
+        try:
+            values = json.loads(data)
+            if not isinstance(values, dict) or not values:
+                raise WriteRefused("a command is a JSON object {param: value, ...}")
+            self.write(topic.removesuffix(COMMAND_SUFFIX), values)
+        except ValueError:
+            self._refuse(status, f"{topic}: not JSON")
+        except WriteRefused as exc:
+            self._refuse(status, f"{topic}: {exc}")
+        else:
+            self._clear_status(status)
+
+    # -- statuses --
+
+    def _refuse(self, status: str, message: str) -> None:
+        from foxglove import StatusLevel
+
+        self.refused += 1
+        logger.warning("%s", message)
+        self._set_status(status, message, StatusLevel.Error)
+
+    def _set_status(self, status: str, message: str, level: Any) -> None:
+        server = self.server
+        if server is None:
+            return
+        with self.lock:
+            self._statuses.add(status)
+        server.publish_status(message, level, status)
+
+    def _clear_status(self, status: str) -> None:
+        server = self.server
+        with self.lock:
+            if status not in self._statuses:
+                return
+            self._statuses.discard(status)
+        if server is not None:
+            server.remove_status([status])
+
+
+def _default(param: Parameter) -> Any:
+    with contextlib.suppress(DeviceBufferError):
+        return jsonable(param.default)
+    return None
+
+
+def _parameter_value(value: Any) -> Any:
+    """A JSON value as the Foxglove SDK takes a parameter value (floats stay floats)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class _Listener(ServerListener):
+    """The Foxglove server's callbacks (its threads) into the :class:`LiveView`. Never raises."""
+
+    def __init__(self, view: LiveView) -> None:
+        self.view = view
+
+    def on_subscribe(self, client: Client, channel: ChannelView) -> None:
+        # Its current state, even if it does not change; a moment later: the subscription is not in
+        # effect yet while this runs.
+        self.view.watcher.refresh(channel.topic, SUBSCRIBE_DELAY)
+
+    def on_unsubscribe(self, client: Client, channel: ChannelView) -> None:
+        pass
+
+    def on_client_advertise(self, client: Client, channel: ClientChannel) -> None:
+        if not channel.topic.endswith(COMMAND_SUFFIX) or channel.encoding != "json":
+            self.view._refuse(
+                f"advertise:{channel.topic}",
+                f"{channel.topic} ({channel.encoding}): clients publish JSON on "
+                f"/runtime/<type>/<uid>{COMMAND_SUFFIX} only",
+            )
+            return
+        with self.view.lock:
+            self.view._client_channels[client.id, channel.id] = channel.topic
+
+    def on_client_unadvertise(self, client: Client, client_channel_id: int) -> None:
+        with self.view.lock:
+            self.view._client_channels.pop((client.id, client_channel_id), None)
+
+    def on_message_data(self, client: Client, client_channel_id: int, data: bytes) -> None:
+        with self.view.lock:
+            topic = self.view._client_channels.get((client.id, client_channel_id))
+        if topic is None:
+            return
+        try:
+            self.view.command(topic, data)
+        except Exception:  # a callback must not raise into the server
+            logger.exception("command on %s failed", topic)
+
+    def on_get_parameters(
+        self, client: Client, param_names: list[str], request_id: str | None = None
+    ) -> list[Any]:
+        try:
+            return self.view.get_parameters(param_names)
+        except Exception:
+            logger.exception("getting parameters failed")
+            return []
+
+    def on_set_parameters(
+        self, client: Client, parameters: list[Any], request_id: str | None = None
+    ) -> list[Any]:
+        try:
+            return self.view.set_parameters(parameters)
+        except Exception:
+            logger.exception("setting parameters failed")
+            return []
+
+    def on_parameters_subscribe(self, param_names: list[str]) -> None:
+        with self.view.lock:
+            self.view._param_subscriptions.update(param_names)
+        for name in param_names:
+            self.view._param_values.pop(name, None)  # publish it at the next change
+            self.view.watcher.refresh(name.rpartition("/")[0])
+
+    def on_parameters_unsubscribe(self, param_names: list[str]) -> None:
+        with self.view.lock:
+            self.view._param_subscriptions.difference_update(param_names)
+
+
+def serve_foxglove(
+    store: BufferStore | Mapping[str, type[Buffer]],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    max_rate: float = DEFAULT_MAX_RATE,
+    stop_event: threading.Event | None = None,
+    *,
+    namespace: str | None = None,
+    on_ready: Callable[[LiveView], None] | None = None,
+) -> None:
+    """Serve the buffers of a namespace to Foxglove until ``stop_event`` is set (from another thread).
+
+    For ``runtime demo --foxglove`` and other programs: run it in a thread.
+
+    Args:
+        store: The device types: a :class:`~runtime.store.BufferStore` (its
+            catalog) or a catalog mapping.
+        host, port: Where to listen (port 0: a free port, see ``on_ready``).
+        max_rate: The most messages per second per buffer.
+        stop_event: Set it to stop (None: serve until the process ends).
+        namespace: The buffers' namespace (default: the current one, at the call).
+        on_ready: Called with the :class:`LiveView` once it listens (``.url``, ``.port``).
+
+    Raises:
+        CommandError: The address cannot be listened on (the message says why).
+    """
+    catalog = dict(store.catalog if isinstance(store, BufferStore) else store)
+    view = LiveView(catalog, host=host, port=port, max_rate=max_rate, namespace=namespace)
+    view.start()
+    try:
+        if on_ready is not None:
+            on_ready(view)
+        view.run(stop_event or threading.Event())
+    finally:
+        view.close()
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+DESCRIPTION = """\
+See the robot live in Foxglove, and drive it from there: a Foxglove
+WebSocket server of the buffers of the namespace.
+
+Each buffer is a topic /runtime/<type>/<uid hex> of JSON messages
+{"valid": ..., "values": {...}} with a JSON Schema from the catalog (names,
+types, bounds), sent on every change (at most --max-rate per second per
+buffer). Buffers appear and disappear with their devices; one that turns
+invalid (device disconnected) says "valid": false, and Foxglove lists a
+warning until it is back.
+
+Writeable parameters are Foxglove parameters named
+/runtime/<type>/<uid hex>/<param>: the Parameters panel shows and sets them.
+A client may also publish JSON {param: value, ...} on the topic
+/runtime/<type>/<uid hex>/command. Values are checked against the catalog
+(type, bounds, writeable): a refused one is not written, and Foxglove shows
+an error saying why (it is never clamped).
+
+In Foxglove: Open connection > Foxglove WebSocket > the URL printed.
+"""
+
+EPILOG = f"""\
+examples:
+  $ runtime foxglove                              # ws://127.0.0.1:{DEFAULT_PORT}, until Ctrl-C
+  $ runtime foxglove --host 0.0.0.0 --port 9000   # reachable from other machines
+  $ runtime foxglove --namespace rt-demo-4242 --max-rate 20
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``runtime foxglove``."""
+    add_catalog_option(parser)
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        help="the buffers' namespace (default: $RUNTIME_BUFFER_NAMESPACE, or 'rt')",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"the address to listen on (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port",
+        type=bounded(int, 0, 65535),
+        default=DEFAULT_PORT,
+        help=f"the TCP port to listen on, 0 for any free one (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--max-rate",
+        type=bounded(float, 0, MAX_RATE, above=True, unit="messages per second"),
+        default=DEFAULT_MAX_RATE,
+        metavar="HZ",
+        help=f"the most messages per second per buffer (default {DEFAULT_MAX_RATE:g})",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``runtime foxglove``."""
+    catalog = load_catalog(args.catalog)
+    with BufferStore.use_namespace(args.namespace) as namespace:
+        view = LiveView(catalog, host=args.host, port=args.port, max_rate=args.max_rate, namespace=namespace)
+        view.start()
+        try:
+            print(f"serving the buffers of namespace {namespace!r} to Foxglove at {view.url}", flush=True)
+            print(
+                "  in Foxglove: Open connection > Foxglove WebSocket > that URL; Ctrl-C to stop", flush=True
+            )
+            say_if_empty(catalog, namespace, "foxglove", "serving those that appear")
+            stop = threading.Event()
+            with stop_on_signals(stop):
+                view.run(stop)
+        finally:
+            view.close()
+    print(
+        f"served {view.published} messages; {view.written} values written, {view.refused} refused", flush=True
+    )
+    return 0
+
+
+if __name__ == "__main__":  # python -m runtime.tools.foxglove ...: the same as runtime foxglove ...
+    from .cli import main as runtime_main
+
+    raise SystemExit(runtime_main(["foxglove", *sys.argv[1:]]))
