@@ -226,3 +226,31 @@ def test_the_watch_command_names_the_catalog_and_quotes_words(tmp_path: Path) ->
     assert shlex.split(command)[-2:] == ["--catalog", str(catalog)]
     script = os.path.join(os.path.dirname(sys.executable), "runtime")
     assert runtime_program() in ("runtime", shlex.quote(script), f"{shlex.quote(sys.executable)} -m runtime")
+
+
+def test_demo_foxglove_serves_the_buffers_and_prints_the_url(tmp_path: Path) -> None:
+    import socket
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "demo", "--foxglove", "0", "--duration", "4", "--json"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        url = None
+        for line in process.stderr:
+            found = re.search(r"live in Foxglove: open (ws://127\.0\.0\.1:(\d+))", line)
+            if found:
+                url, port = found.group(1), int(found.group(2))
+                break
+        assert url is not None, "no Foxglove URL printed"
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # it listens
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -409,6 +409,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shared-memory namespace for the demo's buffers (default: rt-demo-<pid>)",
     )
     parser.add_argument("--seed", type=int, help="seed for the UIDs (reproducible runs)")
+    parser.add_argument(
+        "--foxglove",
+        nargs="?",
+        const=8765,
+        type=bounded(int, 0, 65535, unit="port"),
+        metavar="PORT",
+        help="also serve the buffers to Foxglove (runtime foxglove) on 127.0.0.1:PORT (default 8765; "
+        "0: a free port) and print the URL to open",
+    )
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON (no live table)")
 
 
@@ -514,6 +523,40 @@ def _namespace_in_use(namespace: str) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _foxglove(catalog: dict[str, type[Buffer]], namespace: str, port: int) -> Iterator[None]:
+    """Serve the demo's buffers to Foxglove from a thread while inside; print the URL once it listens."""
+    from .foxglove import serve_foxglove
+
+    stop = threading.Event()
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def announce(view: Any) -> None:
+        print(f"runtime demo: live in Foxglove: open {view.url} (Foxglove WebSocket)", file=sys.stderr)
+        ready.set()
+
+    def serve() -> None:
+        try:
+            serve_foxglove(
+                catalog, "127.0.0.1", port, stop_event=stop, namespace=namespace, on_ready=announce
+            )
+        except Exception as exc:  # noqa: BLE001 - a port in use, say: said once, the demo goes on
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=serve, name="runtime-demo-foxglove", daemon=True)
+    thread.start()
+    ready.wait(10)
+    if failure:
+        print(f"runtime demo: foxglove: {failure[0]}", file=sys.stderr)
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``runtime demo``; 0 when it ran and stopped cleanly."""
     catalog = load_catalog(args.catalog)
@@ -528,7 +571,7 @@ def main(args: argparse.Namespace) -> int:
     live_view = console.is_terminal and not args.json
     status = 0
     interrupted = False
-    with BufferStore.use_namespace(namespace), SignalGuard() as guard:
+    with BufferStore.use_namespace(namespace), SignalGuard() as guard, contextlib.ExitStack() as stack:
         demo = Demo(args, catalog, devices, namespace, guard)
         try:
             print(
@@ -538,6 +581,8 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             demo.start()
+            if args.foxglove is not None:
+                stack.enter_context(_foxglove(catalog, namespace, args.foxglove))
             deadline = demo.started + args.duration if args.duration else math.inf
             if live_view:
                 from rich.live import Live
