@@ -207,13 +207,15 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         self.buffers[type_name, uid] = buffer
         return buffer
 
-    def find_segments(self) -> list[tuple[str, int, str]]:
+    def find_segments(self, namespace: str | None = None) -> list[tuple[str, int, str]]:
         """The segments of this store's catalog types in the namespace: ``(type, uid, name)``, sorted.
 
         A name counts only when :meth:`segment_name` gives it back exactly, so
         segments of other namespaces or programs are never picked up.
+        ``namespace`` defaults to the one in effect (a thread that watches
+        another namespace names it here, not through the environment).
         """
-        prefix = self.namespace() + "-"
+        prefix = (namespace or self.namespace()) + "-"
         names = sorted(self.catalog, key=len, reverse=True)  # "servo-motor" before "servo"
         try:
             entries = os.listdir(SHM_DIR)

@@ -19,17 +19,20 @@ top (ctypes, difflib, json, rich and the library's buffers come in when used).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
 import re
+import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exception import RuntimeBaseException, did_you_mean
 
 if TYPE_CHECKING:
+    import asyncio
     from typing import TypeVar
 
     from rich.console import Console
@@ -260,6 +263,23 @@ def log_level(args: argparse.Namespace) -> int:
 def log_level_arguments(args: argparse.Namespace) -> list[str]:
     """The program's options that give a child ``runtime`` process the same log level as this one."""
     return ["--log-level", logging.getLevelName(log_level(args))]
+
+
+@contextlib.contextmanager
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM while inside, for a clean shutdown (off the main thread: nothing)."""
+    handled: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
 
 
 def configure_logging(level: int | None = None, *, debug: Iterable[str] = ()) -> None:

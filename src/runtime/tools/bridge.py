@@ -65,7 +65,6 @@ import logging
 import math
 import os
 import select
-import signal
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
@@ -78,7 +77,7 @@ from ..exception import RuntimeBaseException
 from ..jsonio import jsonable, write_json_atomically
 from ..link import FrameWriter
 from ..messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
-from ._common import add_catalog_option, configure_logging
+from ._common import add_catalog_option, configure_logging, stop_on_signals
 
 __all__ = [
     "BAUD_RATE",
@@ -1061,17 +1060,7 @@ class Bridge:
 
     # -- running --
 
-    async def serve(self, stop: asyncio.Event | None = None) -> int:
-        """Serve ports until ``stop`` is set or SIGINT/SIGTERM arrives; then shut down cleanly."""
-        loop = asyncio.get_running_loop()
-        stop = stop or asyncio.Event()
-        handled: list[signal.Signals] = []
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, stop.set)
-                handled.append(signum)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                pass
+    async def _serve_until(self, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
         watched = ", ".join([*self.ports, *self.globs]) or "nothing"
         logger.info("bridge: watching %s", watched)
         self._idle_since = time.monotonic()
@@ -1094,8 +1083,13 @@ class Bridge:
                     with contextlib.suppress(RuntimeBaseException):
                         record.buffer.stop_serving()
             self.write_stats()
-            for signum in handled:
-                loop.remove_signal_handler(signum)
+
+    async def serve(self, stop: asyncio.Event | None = None) -> int:
+        """Serve ports until ``stop`` is set or SIGINT/SIGTERM arrives; then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        with stop_on_signals(loop, stop):
+            await self._serve_until(stop, loop)
         return 0
 
 

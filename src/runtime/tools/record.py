@@ -528,37 +528,14 @@ class BufferWatcher:
 
 
 def find_segments(catalog: dict[str, type[Buffer]], namespace: str) -> list[tuple[str, int, str]]:
-    """:meth:`BufferStore.find_segments <runtime.store.BufferStore.find_segments>` for a given namespace.
-
-    (The store's looks at the namespace in effect, an environment variable of
-    the whole process: a watcher in a thread keeps to its own.)
-    """
-    prefix = namespace + "-"
-    names = sorted(catalog, key=len, reverse=True)  # "servo-motor" before "servo"
-    try:
-        entries = os.listdir(SHM_DIR)
-    except FileNotFoundError:
-        return []
-    found: list[tuple[str, int, str]] = []
-    for entry in entries:
-        if not entry.startswith(prefix):
-            continue
-        rest = entry[len(prefix) :]
-        for type_name in names:
-            hex_uid = rest[len(type_name) + 1 :]
-            if rest.startswith(type_name + "-") and _HEX.fullmatch(hex_uid):
-                if segment_name(namespace, type_name, int(hex_uid, 16)) == entry:
-                    found.append((type_name, int(hex_uid, 16), entry))
-                    break
-    return sorted(found)
+    """The catalog's segments in ``namespace``: the library's :meth:`BufferStore.find_segments
+    <runtime.store.BufferStore.find_segments>`, for a watcher that keeps to its own namespace."""
+    return BufferStore(catalog).find_segments(namespace)
 
 
 def segment_name(namespace: str, type_name: str, uid: int) -> str:
     """The segment name of a device in a namespace (as :meth:`BufferStore.segment_name` makes it)."""
     return f"{namespace}-{type_name}-{uid:x}"
-
-
-_HEX = re.compile(r"[0-9a-f]+")
 
 
 def _inode(name: str) -> int | None:

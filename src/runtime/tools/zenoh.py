@@ -50,7 +50,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import signal
 import time
 import warnings
 from typing import Any
@@ -62,7 +61,14 @@ from ..jsonio import jsonable
 from ..notify import wait_any_async
 from ..remote import KEY_ROOT, check_namespace, device_key, format_uid, make_config, parse_device_key
 from ..store import BufferStore
-from ._common import CommandError, add_catalog_option, bounded, configure_logging, load_catalog
+from ._common import (
+    CommandError,
+    add_catalog_option,
+    bounded,
+    configure_logging,
+    load_catalog,
+    stop_on_signals,
+)
 
 __all__ = [
     "DEFAULT_MAX_RATE",
@@ -409,13 +415,8 @@ class ZenohServer:
         """Serve until ``stop`` is set or SIGINT/SIGTERM arrives; then undeclare everything."""
         loop = self._loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
-        handled: list[signal.Signals] = []
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, stop.set)
-                handled.append(signum)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                pass
+        signals = contextlib.ExitStack()
+        signals.enter_context(stop_on_signals(loop, stop))
         declared: list[Any] = [self.session.liveliness().declare_token(self.prefix)]
         declared.append(self.session.declare_queryable(f"{self.prefix}/**", self._on_query))
         if not self.read_only:
@@ -452,8 +453,7 @@ class ZenohServer:
                 await self._forget(served, gone=False)
             for scratch in self._scratch.values():
                 scratch.close()
-            for signum in handled:
-                loop.remove_signal_handler(signum)
+            signals.close()
         return 0
 
 
