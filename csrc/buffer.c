@@ -1736,7 +1736,6 @@ struct rt_futex_waitv {
 typedef struct {
     rt_BufferAccess *acc;
     int block;
-    int unused;
 } rt_watch;
 
 static int rt_have_waitv = 1;  /* cleared at the first ENOSYS */
@@ -1974,7 +1973,7 @@ BufferAccess_wait(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs
     }
     self->seen_live = 1;
     Py_INCREF(self);  /* kept alive across the sleep */
-    rt_watch watched = {self, block, 1};
+    rt_watch watched = {self, block};
     int rc = wait_entries(&watched, 1, NULL, 0, timeout);
     PyObject *result = NULL;
     if (rc == 1) {
@@ -1982,7 +1981,12 @@ BufferAccess_wait(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs
     }
     else if (rc == 0) {
         /* timed out: still refuse a buffer that turned invalid meanwhile */
-        result = (self->closed || !is_live(self)) ? (take_change(self, block), NULL) : Py_NewRef(Py_False);
+        if (self->closed || !is_live(self)) {
+            take_change(self, block);  /* raises */
+        }
+        else {
+            result = Py_NewRef(Py_False);
+        }
     }
     Py_DECREF(self);
     return result;
@@ -1997,7 +2001,7 @@ BufferAccess_take_change(rt_BufferAccess *self, PyObject *arg)
     if (parse_block(arg, &block) < 0) {
         return NULL;
     }
-    rt_watch watched = {self, block, 1};
+    rt_watch watched = {self, block};
     if (!entry_ready(&watched)) {
         Py_RETURN_FALSE;
     }
@@ -2138,21 +2142,9 @@ core_wait_any(PyObject *module, PyObject *args, PyObject *kwargs)
 
 /* ---- BufferAccess: metadata --------------------------------------------- */
 
-static PyObject *
-BufferAccess_get_meta(rt_BufferAccess *self, PyObject *unused)
-{
-    rt_meta m;
-    if (read_stable(self, &m, self->meta, sizeof(m)) < 0) {
-        return NULL;
-    }
-    return Py_BuildValue("{s:d,s:d,s:H,s:H,s:(HBK)}", "last_update", m.last_update, "last_write", m.last_write,
-                         "subscription", m.subscription, "interval_ms", m.interval_ms, "uid", m.device_id, m.year,
-                         (unsigned long long)m.random);
-}
-
 enum { META_LAST_UPDATE, META_LAST_WRITE, META_SUBSCRIPTION, META_INTERVAL_MS, META_UID };
 
-/* One metadata field, read under the lock like get(): as cheap as a get(). */
+/* One metadata field, read without the lock like get(): as cheap as a get(). */
 static PyObject *
 BufferAccess_get_meta_field(rt_BufferAccess *self, void *closure)
 {
@@ -2392,7 +2384,6 @@ static PyMethodDef BufferAccess_methods[] = {
     {"emit_subscription", (PyCFunction)BufferAccess_emit_subscription, METH_NOARGS,
      "DEV_DATA for subscribed values."},
     {"make_sub_res", (PyCFunction)BufferAccess_make_sub_res, METH_NOARGS, "SUB_RES from the recorded state."},
-    {"get_meta", (PyCFunction)BufferAccess_get_meta, METH_NOARGS, "Timestamps, subscription, interval and UID."},
     {"set_meta", (PyCFunction)(void (*)(void))BufferAccess_set_meta, METH_VARARGS | METH_KEYWORDS,
      "set_meta(*, subscription=None, interval_ms=None, uid=None, check_valid=True)"},
     {"mask", (PyCFunction)(void (*)(void))BufferAccess_mask, METH_FASTCALL,

@@ -149,12 +149,8 @@ class Counters:
 
     def add(self, other: Counters) -> None:
         """Add another set of counters to this one."""
-        self.messages_in += other.messages_in
-        self.messages_out += other.messages_out
-        self.errors += other.errors
-        self.writes_resent += other.writes_resent
-        self.writes_unconfirmed += other.writes_unconfirmed
-        self.lock_stalls += other.lock_stalls
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 @dataclasses.dataclass
@@ -1088,7 +1084,7 @@ class Bridge:
         """Serve ports until ``stop`` is set or SIGINT/SIGTERM arrives; then shut down cleanly."""
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
-        with stop_on_signals(loop, stop):
+        with stop_on_signals(stop, loop):
             await self._serve_until(stop, loop)
         return 0
 
