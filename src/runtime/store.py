@@ -170,9 +170,9 @@ class BufferStore(Mapping[BufferKey, Buffer]):
                 os.environ[NAMESPACE_ENV] = previous
 
     @classmethod
-    def segment_name(cls, type_name: str, uid: int) -> str:
-        """The shared memory object name of a device's buffer."""
-        return f"{cls.namespace()}-{type_name}-{uid:x}"
+    def segment_name(cls, type_name: str, uid: int, namespace: str | None = None) -> str:
+        """The shared memory object name of a device's buffer (in ``namespace``, default the current one)."""
+        return f"{namespace or cls.namespace()}-{type_name}-{uid:x}"
 
     @overload
     def get_or_open(self, key: int, /, *, create: bool = True) -> DeviceBuffer: ...
@@ -229,7 +229,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
             for type_name in names:
                 hex_uid = rest[len(type_name) + 1 :]
                 if rest.startswith(type_name + "-") and _HEX_UID.fullmatch(hex_uid):
-                    if f"{prefix}{type_name}-{int(hex_uid, 16):x}" == entry:
+                    if self.segment_name(type_name, int(hex_uid, 16), namespace) == entry:
                         found.append((type_name, int(hex_uid, 16), entry))
                         break
         return sorted(found)

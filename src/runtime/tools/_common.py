@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -266,20 +267,33 @@ def log_level_arguments(args: argparse.Namespace) -> list[str]:
 
 
 @contextlib.contextmanager
-def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGINT or SIGTERM while inside, for a clean shutdown (off the main thread: nothing)."""
-    handled: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
+def stop_on_signals(
+    stop: asyncio.Event | threading.Event,
+    loop: asyncio.AbstractEventLoop | None = None,
+    signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM),
+) -> Iterator[None]:
+    """Call ``stop.set()`` on these signals while inside, for a clean shutdown.
+
+    With ``loop``, through the event loop (an asyncio server); without, as
+    plain handlers (a threaded one). Off the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[signal.Signals, Any] = {}
+    for signum in signals:
+        if loop is not None:
             loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
+        else:
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
         yield
     finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
+        for signum in signals:
+            if loop is not None:
+                loop.remove_signal_handler(signum)
+            else:
+                signal.signal(signum, previous[signum])
 
 
 def configure_logging(level: int | None = None, *, debug: Iterable[str] = ()) -> None:

@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import re
+import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -49,8 +50,8 @@ from foxglove.websocket import ServerListener
 from ..buffer import Buffer, DeviceBufferError, Parameter
 from ..jsonio import jsonable
 from ..store import BufferStore
-from ._common import CommandError, add_catalog_option, bounded, load_catalog
-from .record import BufferWatcher, Watched, read_state, say_if_empty, segment_name, stop_on_signals
+from ._common import CommandError, add_catalog_option, bounded, load_catalog, stop_on_signals
+from .record import BufferWatcher, Watched, read_state, say_if_empty
 
 if TYPE_CHECKING:
     import foxglove
@@ -444,7 +445,7 @@ class LiveView:
             if handle is None:
                 try:
                     handle = self.catalog[watched.type_name].attach(
-                        segment_name(self.namespace, watched.type_name, watched.uid), create=False
+                        BufferStore.segment_name(watched.type_name, watched.uid, self.namespace), create=False
                     )
                 except DeviceBufferError as exc:
                     raise WriteRefused(f"{topic}: {exc.message}") from None
@@ -700,7 +701,7 @@ def main(args: argparse.Namespace) -> int:
             )
             say_if_empty(catalog, namespace, "foxglove", "serving those that appear")
             stop = threading.Event()
-            with stop_on_signals(stop):
+            with stop_on_signals(stop, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
                 view.run(stop)
         finally:
             view.close()

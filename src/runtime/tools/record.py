@@ -36,7 +36,6 @@ the ``mcap`` package and Foxglove do; the clean end (Ctrl-C, SIGTERM,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -48,7 +47,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
@@ -63,6 +62,7 @@ from ._common import (
     add_catalog_option,
     bounded,
     load_catalog,
+    stop_on_signals,
     suggest,
 )
 
@@ -85,8 +85,6 @@ __all__ = [
     "parse_topic",
     "read_state",
     "say_if_empty",
-    "segment_name",
-    "stop_on_signals",
     "topic_of",
 ]
 
@@ -533,11 +531,6 @@ def find_segments(catalog: dict[str, type[Buffer]], namespace: str) -> list[tupl
     return BufferStore(catalog).find_segments(namespace)
 
 
-def segment_name(namespace: str, type_name: str, uid: int) -> str:
-    """The segment name of a device in a namespace (as :meth:`BufferStore.segment_name` makes it)."""
-    return f"{namespace}-{type_name}-{uid:x}"
-
-
 def _inode(name: str) -> int | None:
     try:
         return os.stat(os.path.join(SHM_DIR, name)).st_ino
@@ -799,7 +792,7 @@ class Recorder:
         metadata = {
             "type": type_name,
             "uid": f"{uid:#x}",
-            "segment": segment_name(self.namespace, type_name, uid),
+            "segment": BufferStore.segment_name(type_name, uid, self.namespace),
         }
         channel = foxglove.Channel(
             topic_of(type_name, uid) + ("/write" if write else ""),
@@ -989,20 +982,6 @@ def make_filter(
     return lambda type_name, uid: type_name in types or (type_name, uid) in keys
 
 
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGINT, SIGTERM and SIGHUP while inside (in the main thread; elsewhere, nothing)."""
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def say_if_empty(catalog: dict[str, type[Buffer]], namespace: str, command: str, then: str) -> None:
     """A line on stderr when the namespace has no buffers yet (and which namespaces have some)."""
     if not find_segments(catalog, namespace):
@@ -1046,7 +1025,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"recording {what} of namespace {namespace!r} into {recorder.file_name(1)} {until}", flush=True)
         say_if_empty(catalog, namespace, "record", "recording those that appear")
         started = time.monotonic()
-        with stop_on_signals(stop):
+        with stop_on_signals(stop, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
             recorder.run(stop, args.duration)
         elapsed = time.monotonic() - started
         buffers = len(recorder.keys)

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import re
+import signal
 import struct
 import sys
 import threading
@@ -43,8 +44,8 @@ from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
 from ..jsonio import jsonable
 from ..messaging import MAX_PAYLOAD, Message
 from ..store import BufferStore
-from ._common import CommandError, add_catalog_option, bounded, load_catalog, print_json
-from .record import METADATA_NAME, RECORDING_FORMAT, parse_topic, stop_on_signals
+from ._common import CommandError, add_catalog_option, bounded, load_catalog, print_json, stop_on_signals
+from .record import METADATA_NAME, RECORDING_FORMAT, parse_topic
 
 __all__ = [
     "DESCRIPTION",
@@ -721,7 +722,7 @@ def main(args: argparse.Namespace) -> int:
                         "%s has no index (its recorder was killed?): read from the start", recording.path
                     )
             stop = threading.Event()
-            with stop_on_signals(stop):
+            with stop_on_signals(stop, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
                 if not stop.wait(args.delay):
                     replayer.play(recordings, stop, loop=args.loop)
                     stop.wait(END_HOLD)  # the last states are seen before the buffers turn invalid

@@ -416,7 +416,7 @@ class ZenohServer:
         loop = self._loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
         signals = contextlib.ExitStack()
-        signals.enter_context(stop_on_signals(loop, stop))
+        signals.enter_context(stop_on_signals(stop, loop))
         declared: list[Any] = [self.session.liveliness().declare_token(self.prefix)]
         declared.append(self.session.declare_queryable(f"{self.prefix}/**", self._on_query))
         if not self.read_only:
