@@ -197,8 +197,8 @@ buffer_error(rt_BufferAccess *acc, const char *message, PyObject *param)
 
 /* The previous owner died holding the lock (we hold it now). Undo its
  * unfinished transaction, if any, then tell the Python layer so it can log. */
-static void
-recover(rt_BufferAccess *acc)
+static int
+recover_memory(rt_BufferAccess *acc)
 {
     rt_header *header = acc->header;
     int rolled_back = 0;
@@ -213,6 +213,12 @@ recover(rt_BufferAccess *acc)
     if (seqlock & 1) {  /* it died between its two bumps: readers may look again */
         __atomic_store_n(&acc->notify->seqlock, seqlock + 1, __ATOMIC_RELEASE);
     }
+    return rolled_back;
+}
+
+static void
+report_recovery(rt_BufferAccess *acc, int rolled_back)
+{
     if (acc->on_recover != NULL && acc->on_recover != Py_None) {
         PyObject *result =
             PyObject_CallFunctionObjArgs(acc->on_recover, acc->name, rolled_back ? Py_True : Py_False, NULL);
@@ -221,6 +227,12 @@ recover(rt_BufferAccess *acc)
         }
         Py_XDECREF(result);
     }
+}
+
+static void
+recover(rt_BufferAccess *acc)
+{
+    report_recovery(acc, recover_memory(acc));
 }
 
 static int
@@ -2554,6 +2566,105 @@ core_segment_size(PyObject *self, PyObject *arg)
         return NULL;
     }
     return PyLong_FromSsize_t(undo_offset(struct_size) + struct_size);
+}
+
+/* ---- the frame pump's path into a buffer (pump.c) ----------------------- */
+
+int
+rt_access_pin(PyObject *obj, const rt_layout **layout, const uint8_t **update)
+{
+    if (!PyObject_TypeCheck(obj, &rt_BufferAccessType)) {
+        PyErr_Format(PyExc_TypeError, "expected a BufferAccess, not %.100s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    rt_BufferAccess *acc = (rt_BufferAccess *)obj;
+    if (require_device(acc) < 0) {
+        return -1;
+    }
+    if (acc->closed || !acc->has_view) {
+        buffer_error(acc, "buffer is closed", NULL);
+        return -1;
+    }
+    acc->users++;  /* close() keeps the memory until rt_access_unpin */
+    *layout = &acc->spec->layout;
+    *update = acc->update;
+    return 0;
+}
+
+void
+rt_access_unpin(PyObject *obj)
+{
+    rt_BufferAccess *acc = (rt_BufferAccess *)obj;
+    acc->users--;
+    release_view_if_unused(acc);
+}
+
+void
+rt_access_report_recovery(PyObject *obj, int rolled_back)
+{
+    report_recovery((rt_BufferAccess *)obj, rolled_back);
+}
+
+/* Copy the parameters of `mask` from `stage` (laid out like the update
+ * block) into the update block, as update() does for a DEV_DATA, without the
+ * GIL: from the pump's reader thread. The lock is only tried, with a short
+ * spin (another thread or process holds it for microseconds at a time); the
+ * caller keeps the values and tries again later when this returns EBUSY. */
+int
+rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin, int *recovered, int *rolled_back)
+{
+    rt_BufferAccess *acc = (rt_BufferAccess *)obj;
+    *recovered = 0;
+    if (__atomic_load_n(&acc->closed, __ATOMIC_ACQUIRE)) {
+        return RT_COMMIT_REFUSED;
+    }
+    int rc = rt_mutex_lock(acc->mutex, 0, recovered);
+    if (rc == EBUSY && spin > 0) {
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        for (unsigned tries = 1; rc == EBUSY; tries++) {
+            rt_cpu_relax();
+            if (tries % 64 == 0) {
+                rc = rt_mutex_lock(acc->mutex, 0, recovered);
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                if ((double)(now.tv_sec - start.tv_sec) + (double)(now.tv_nsec - start.tv_nsec) * 1e-9 > spin) {
+                    break;
+                }
+            }
+        }
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    if (*recovered) {
+        *rolled_back = recover_memory(acc);
+    }
+    if (!is_live(acc)) {
+        rt_mutex_unlock(acc->mutex);
+        return RT_COMMIT_REFUSED;
+    }
+    uint32_t *seqlock = &acc->notify->seqlock;
+    __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    const rt_layout *layout = &acc->spec->layout;
+    for (int i = 0; i < layout->count; i++) {
+        if (mask & (1u << i)) {
+            memcpy(acc->update + layout->offsets[i], stage + layout->offsets[i], (size_t)layout->widths[i]);
+        }
+    }
+    acc->meta->updated |= mask;
+    acc->meta->last_update = wall_clock();
+    uint32_t *word = &acc->notify->seq[RT_UPDATE_BLOCK];
+    __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+    rt_mutex_unlock(acc->mutex);
+#if !defined(__x86_64__) && !defined(__i386__)
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+    if (__atomic_load_n(&acc->notify->waiters[RT_UPDATE_BLOCK], __ATOMIC_RELAXED)) {
+        futex_wake_all(word);
+    }
+    return 0;
 }
 
 static PyMethodDef buffer_functions[] = {

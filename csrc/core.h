@@ -163,6 +163,23 @@ int rt_check_values(const rt_Message *msg, const rt_layout *layout);
 /* Copy the values of an already checked message into memory. */
 void rt_copy_values(const rt_Message *msg, const rt_layout *layout, uint8_t *base);
 
+/* ---- the frame pump's path into a buffer (buffer.c, for pump.c) -------- */
+/* With the GIL: check `access` is an open Smart Device BufferAccess and keep
+ * its memory mapped until rt_access_unpin (even if it is closed meanwhile);
+ * `*layout` is its parameter layout (by ID) and `*update` its update block. */
+int rt_access_pin(PyObject *access, const rt_layout **layout, const uint8_t **update);
+void rt_access_unpin(PyObject *access);
+/* With the GIL: what the buffer's own operations do after recovering a lock
+ * whose owner died (its on_recover callback). */
+void rt_access_report_recovery(PyObject *access, int rolled_back);
+/* Without the GIL: apply the staged values of the IDs in `mask` to the update
+ * block as a DEV_DATA would. Returns 0, an errno value (EBUSY: the lock stayed
+ * taken for `spin` seconds), or RT_COMMIT_REFUSED (closed, or not live). */
+#define RT_COMMIT_REFUSED (-1)
+int rt_access_commit(PyObject *access, const uint8_t *stage, uint64_t mask, double spin, int *recovered,
+                     int *rolled_back);
+int rt_pump_module_init(PyObject *module);
+
 int rt_message_module_init(PyObject *module);
 int rt_mutex_module_init(PyObject *module);
 int rt_buffer_module_init(PyObject *module);

@@ -387,7 +387,7 @@ PyInit__core(void)
         return NULL;
     }
     if (rt_mutex_module_init(module) < 0 || rt_message_module_init(module) < 0
-        || rt_buffer_module_init(module) < 0) {
+        || rt_buffer_module_init(module) < 0 || rt_pump_module_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -41,6 +41,7 @@ from e2e import (
 
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
 from runtime.jsonio import jsonable
+from runtime.link import FrameWriter
 from runtime.messaging import DELIM, ErrorCode, Message, MessageType
 from runtime.tools import bridge
 from runtime.tools import emulate as emulator
@@ -251,8 +252,9 @@ def test_bridge_survives_a_misbehaving_device(children: Children, store: BufferS
         servo.read(["servo0"])
         assert device.expect(MessageType.DEV_READ, timeout=2).read_dev_read() == 0b01
 
-        entry = wait_for(
-            "stats with the errors", lambda: (e := stats_entry(stats, uid)) and e["errors"] >= 5 and e
+        entry = wait_for(  # the file is rewritten every second: wait for one written after the value
+            "stats with the errors and the value",
+            lambda: (e := stats_entry(stats, uid)) and e["errors"] >= 5 and e["last_values"]["servo0"] and e,
         )
         assert entry["connected"] is True and entry["last_values"]["servo0"] == 0.25
 
@@ -424,7 +426,7 @@ def test_frame_writer_queues_instead_of_blocking() -> None:
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
         try:
-            writer = bridge.FrameWriter(write_end, limit=1024)
+            writer = FrameWriter(write_end, limit=1024)
             chunk = b"x" * 4096
             while writer.pending == 0:  # fill the pipe
                 assert writer.send(chunk)

@@ -1,18 +1,27 @@
-"""The byte link to a Smart Device: ordered, non-blocking writes of frames from asyncio.
+"""The byte link to a Smart Device: its frames in and out, never blocking.
 
-The bridge (host side) and the emulator (device side) both write frames to a
-serial port or pseudo-terminal from one event loop, where a blocking write
-would freeze every other port.
+:class:`FramePump` is the host side's frame path (the bridge's): one reader
+thread in the compiled core serves every port, without the GIL, and applies
+the frames that make up nearly all the traffic (DEV_DATA, heartbeats) to the
+buffers itself; Python gets only the rare rest. :class:`FrameWriter` is for
+code that reads and writes a port from an asyncio loop itself (the
+emulator's device side): ordered, non-blocking writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 from collections.abc import Callable
+from typing import NamedTuple, Self
 
-__all__ = ["OUTBOX_LIMIT", "FrameWriter"]
+from . import _core
+from .buffer import DeviceBuffer
+from .messaging import Message
+
+__all__ = ["OUTBOX_LIMIT", "FramePump", "FrameWriter", "PumpCounters", "PumpEvent"]
 
 OUTBOX_LIMIT = 64 * 1024
 """Bytes a port's writer queues before it drops new frames (the peer stopped reading)."""
@@ -110,3 +119,121 @@ class FrameWriter:
         self._failed = True
         self._pending.clear()
         self._unwatch()
+
+
+class PumpEvent(enum.IntEnum):
+    """What a :class:`FramePump` leaves for Python, with what comes with it."""
+
+    FRAME = _core.PUMP_FRAME
+    """A frame the pump does not handle itself (``bytes``, without the delimiter)."""
+    OVERFLOW = _core.PUMP_OVERFLOW
+    """Bytes too long for any frame were dropped up to the next delimiter (``None``)."""
+    LOST = _core.PUMP_LOST
+    """The port failed and is no longer read: read error, hang-up or write error (``str``)."""
+    STALL = _core.PUMP_STALL
+    """Another process holds the buffer's lock: values are held back (``float``: seconds so far;
+    0.0 when it starts, then about once a second)."""
+    UNSTALL = _core.PUMP_UNSTALL
+    """The held-back values were applied (``float``: seconds the stall lasted)."""
+    SEEN = _core.PUMP_SEEN
+    """With ``forward_all``: a copy of a frame the pump handled (``bytes``)."""
+    SENT = _core.PUMP_SENT
+    """With ``forward_all``: a copy of a frame the pump sent (``bytes``, without the delimiter)."""
+
+
+class PumpCounters(NamedTuple):
+    """What a :class:`FramePump` counted on one port since it was added."""
+
+    messages_in: int
+    """Messages handled by the pump (those given to Python are not counted)."""
+    messages_out: int
+    """Messages the pump sent itself (heartbeat answers)."""
+    lock_stalls: int
+    """Times the buffer's lock was found held by another process (values held back, not lost)."""
+    events_dropped: int
+    """Events Python did not take in time (beyond a bounded queue), dropped."""
+
+
+class FramePump:
+    """Serve Smart Device ports from one reader thread of the compiled core.
+
+    The thread waits on every port with epoll (the GIL released), cuts what it
+    reads into frames and handles the common ones itself: a DEV_DATA is
+    checked and applied to the port's attached buffer (as
+    :meth:`~runtime.buffer.DeviceBuffer.update` would), an HB_REQ is
+    answered, an HB_RES noted. Everything else becomes an event that
+    :meth:`take_events` returns; :meth:`fileno` is readable while events
+    wait, for ``loop.add_reader``. The thread never waits for a buffer's lock:
+    values that find it taken are held back, the newest per parameter, and
+    applied when it frees (:attr:`PumpEvent.STALL`). Writes go through
+    :meth:`send`, so that nothing the thread writes interleaves with them.
+
+    Args:
+        forward_all: Also give Python a copy of every frame handled or sent
+            (:attr:`PumpEvent.SEEN`, :attr:`PumpEvent.SENT`), to log them.
+    """
+
+    def __init__(self, *, forward_all: bool = False) -> None:
+        self._core = _core.FramePump(forward_all)
+
+    def __repr__(self) -> str:
+        return f"<FramePump forward_all={self._core.forward_all}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        """A descriptor that is readable while events wait for :meth:`take_events`."""
+        return self._core.fileno()
+
+    def add(self, fd: int) -> int:
+        """Serve a non-blocking port descriptor (it stays the caller's to close); return its port id."""
+        return self._core.add(fd)
+
+    def remove(self, port: int) -> None:
+        """Stop using a port before its descriptor is closed: queued output is dropped, the buffer detached."""
+        self._core.remove(port)
+
+    def attach(self, port: int, buffer: DeviceBuffer) -> None:
+        """Apply the port's DEV_DATA to ``buffer`` from now on (the caller serves it)."""
+        self._core.attach(port, buffer._access)
+
+    def send(self, port: int, data: bytes) -> bool:
+        """Write ``data`` now or queue it; False if it was dropped (queue full, or the port is lost)."""
+        return self._core.send(port, data)
+
+    def take_events(self) -> list[tuple[int, PumpEvent, bytes | str | float | None]]:
+        """What the thread left for Python since the last call, in order: ``(port, event, data)``."""
+        return [(port, PumpEvent(kind), data) for port, kind, data in self._core.take_events()]
+
+    def watch_writes(self, port: int, message: Message, ids: int) -> None:
+        """Have the DEV_DATA that follow settle the writes of ``ids`` in ``message``, a DEV_WRITE just sent.
+
+        A report of the value written settles a write; so does one of a value
+        the device could not report without having seen it. A report of the
+        value before the write (or of a write this one replaced) does not.
+        """
+        self._core.watch_writes(port, message, ids)
+
+    def settled(self, port: int, forget: int = 0) -> int:
+        """The IDs whose watched writes were settled since the last call; stop watching ``forget``."""
+        return self._core.settled(port, forget)
+
+    def counters(self, port: int) -> PumpCounters:
+        """What the pump counted on ``port``."""
+        return PumpCounters(*self._core.counters(port))
+
+    def last_rx(self, port: int) -> float:
+        """``time.monotonic()`` of the last message the pump handled on ``port`` (0.0: none yet)."""
+        return self._core.last_rx(port)
+
+    def pending(self, port: int) -> int:
+        """Bytes queued for ``port`` that it has not taken yet."""
+        return self._core.pending(port)
+
+    def close(self) -> None:
+        """Stop the thread and forget every port (their descriptors stay open)."""
+        self._core.close()

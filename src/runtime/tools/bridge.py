@@ -5,7 +5,7 @@ each device, keeps its shared-memory buffer (:mod:`runtime.buffer`) in step with
 it, and forwards what other processes request through the buffer. It is the one
 process that talks to the serial ports; everything else only sees buffers.
 
-How it is organised (one asyncio loop, no threads):
+How it is organised (one asyncio loop, and the frame pump's reader thread):
 
 * A *watcher* polls every :data:`POLL_INTERVAL` seconds for the ports asked for
   (exact ``--port`` paths and ``--glob`` patterns, default ``/dev/ttyACM*``).
@@ -13,14 +13,19 @@ How it is organised (one asyncio loop, no threads):
   port that vanishes (or whose path now names another device) has its
   connection closed. Pseudo-terminals are handled exactly like serial ports.
 * A :class:`PortConnection` opens the port with pyserial (115200 baud,
-  non-blocking) and reads it through ``loop.add_reader``. It sends PING every
+  non-blocking) and hands its descriptor to the bridge's one
+  :class:`~runtime.link.FramePump`: a reader thread in the compiled core that
+  reads every port without the GIL, applies each DEV_DATA to its device's
+  buffer, answers heartbeats, and passes Python only the rare other frames
+  (SUB_RES, ERROR, frames that do not decode or fit). No Python runs per
+  frame of sensor data. The connection sends PING every
   :data:`PING_INTERVAL` seconds until a SUB_RES names the device, opens the
   device's buffer through the bridge's single :class:`~runtime.buffer.BufferStore`,
   serves it (:meth:`~runtime.buffer.Buffer.serve`: valid for as long as this
-  process lives and the device is connected), and subscribes. From then on every frame read is decoded and
-  digested with :meth:`~runtime.buffer.DeviceBuffer.update` (buffer operations
-  take microseconds, so they run directly in the loop); every ``write_interval``
-  the pending reads and writes go out (:meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw`);
+  process lives and the device is connected), attaches it to the pump, and
+  subscribes. A ``write()`` or ``read()`` by anyone wakes it: the pending
+  reads and writes go out (:meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw`),
+  at most one batch per ``write_interval``;
   a heartbeat goes out every ``heartbeat_interval``, and a device silent for
   :data:`SILENCE_HEARTBEATS` heartbeat intervals is treated as gone.
 * The link may lose frames, so what must arrive is confirmed: a subscription
@@ -28,13 +33,13 @@ How it is organised (one asyncio loop, no threads):
   repeated until then), and a write of a parameter the device reports in its
   DEV_DATA is sent again until a report shows it arrived (at most
   :data:`WRITE_RETRIES` times; see ``_resend_writes``).
-* Writes never block the loop: a :class:`FrameWriter` queues what a full port
-  cannot take and flushes it when the port is writable again (a stalled device
-  cannot freeze the others).
+* Writes never block: the pump queues what a full port cannot take and
+  flushes it when the port is writable again (a stalled device cannot freeze
+  the others).
 * The bridge never waits for a buffer's lock: a consumer stopped inside a
-  transaction (Ctrl-Z) must not freeze the other devices. A DEV_DATA that
-  finds the lock taken is kept (the newest per set of parameters) and applied
-  as soon as the lock frees; the stall is counted and logged once a second.
+  transaction (Ctrl-Z) must not freeze the other devices. Values that find the
+  lock taken are kept (the newest per parameter) and applied as soon as the
+  lock frees; the stall is counted and logged once a second.
 * On disconnect the bridge stops serving the buffer (invalid at once, without
   the lock), never unlinks it: when the same UID comes back, the same segment
   becomes valid again, so readers keep their mapping across reconnects. If the
@@ -64,7 +69,6 @@ import glob
 import logging
 import math
 import os
-import select
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
@@ -75,8 +79,8 @@ from .. import catalog as catalog_module
 from ..buffer import Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable, write_json_atomically
-from ..link import FrameWriter
-from ..messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
+from ..link import FramePump, PumpCounters, PumpEvent
+from ..messaging import DELIM, ErrorCode, Message, MessageError, MessageType
 from ._common import add_catalog_option, configure_logging, stop_on_signals
 
 __all__ = [
@@ -114,10 +118,6 @@ STALL_RETRY_INTERVAL = 0.005
 """Seconds between two attempts to apply values held back by a buffer lock another process holds."""
 STALL_LOG_INTERVAL = 1.0
 """Seconds between two log lines about one buffer's lock being held by another process."""
-EMPTY_READS_LIMIT = 100
-"""Readable events in a row that yield no bytes (without a hang-up) before a port counts as gone."""
-READ_SIZE = 4096
-"""Bytes read from a port per readiness event."""
 BAD_FRAME_LOG_INTERVAL = 1.0
 """Seconds between two log lines about bad frames on one port (the rest are summed up)."""
 WRITE_CONFIRM_TIMEOUT = 0.25
@@ -190,21 +190,21 @@ class DeviceRecord:
 
 @dataclasses.dataclass
 class _UnconfirmedWrite:
-    """A parameter write sent to the device that no DEV_DATA has confirmed yet."""
+    """A parameter write sent to the device that no DEV_DATA has confirmed yet (the pump watches)."""
 
     value: Any
     """The value written."""
-    stale: list[Any]
-    """Values the device may still report without having seen the write: the one it reported before
-    the write, and any earlier writes this one replaced."""
+    bit: int
+    """The parameter's bit in ID bitmaps."""
     deadline: float
     """When to send the write again (``time.monotonic()``)."""
     resends: int = 0
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal values, where a NaN equals a NaN."""
-    return bool(a == b) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+def _next_tick(now: float, interval: float) -> float:
+    """The first multiple of ``interval`` after ``now``: every device's periodic work falls on one grid,
+    so the bridge wakes once per tick for all of them."""
+    return (math.floor(now / interval) + 1) * interval
 
 
 Identity = tuple[int, int]
@@ -214,13 +214,6 @@ Identity = tuple[int, int]
 def _lock_busy(exc: DeviceBufferError) -> bool:
     """Whether a buffer operation failed only because another process holds the lock."""
     return exc.context.get("errno") in (errno.EBUSY, errno.ETIMEDOUT)
-
-
-def _hung_up(fd: int) -> bool:
-    """Whether a descriptor reports a hang-up or an error (a read of no bytes alone does not say so)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
 
 
 def _identity(path: str) -> Identity | None:
@@ -257,8 +250,11 @@ class PortConnection:
         self._sub_res: asyncio.Future[Message] = self._loop.create_future()
         self._serial: serial.Serial | None = None
         self._fd = -1
-        self._writer: FrameWriter | None = None
-        self._splitter = FrameSplitter()
+        self._pump = bridge.pump
+        self._port: int | None = None
+        """This port's id in the bridge's frame pump, once open."""
+        self._pump_counted = PumpCounters(0, 0, 0, 0)
+        """The pump's counters of this port when last added to :attr:`counters`."""
         self._last_rx = time.monotonic()
         self._hb_id = 0
         self._sub_confirmed = False
@@ -278,7 +274,6 @@ class PortConnection:
         self._stalled_since: float | None = None
         self._stall_logged_at = -math.inf
         self._retry_handle: asyncio.TimerHandle | None = None
-        self._empty_reads = 0
 
     # -- naming for logs --
 
@@ -332,8 +327,8 @@ class PortConnection:
         self.bridge.clear_open_error(self.path)
         self._fd = self._serial.fileno()
         os.set_blocking(self._fd, False)
-        self._writer = FrameWriter(self._fd, on_error=self._on_write_error)
-        self._loop.add_reader(self._fd, self._on_readable)
+        self._port = self._pump.add(self._fd)
+        self.bridge.pump_ports[self._port] = self
         logger.info("port %s: opened; waiting for a Smart Device to answer PING", self.path)
         return True
 
@@ -416,6 +411,8 @@ class PortConnection:
                 "%s %#x: taking over from a producer that died (pid %d)", type_name, uid, dead_producer
             )
         self.buffer = buffer
+        assert self._port is not None
+        self._pump.attach(self._port, buffer)  # its DEV_DATA go straight into the buffer from now on
         self._apply(sub_res)
         self.record = self.bridge.attach(self, uid, type_name, buffer)
         self._last_rx = time.monotonic()
@@ -452,14 +449,15 @@ class PortConnection:
         heartbeat_interval = float(buffer_type.heartbeat_interval)
         silence_limit = SILENCE_HEARTBEATS * heartbeat_interval
         now = time.monotonic()
-        next_heartbeat = now + heartbeat_interval
+        next_heartbeat = _next_tick(now, heartbeat_interval)
         next_sub_req = now + SUB_RETRY_INTERVAL
         last_batch = -math.inf
         requested = True  # look once at start: a write may be waiting from before the device came
         while True:
             now = time.monotonic()
-            if now - self._last_rx > silence_limit:
-                logger.warning("%s: silent for %.1f s", self.describe(), now - self._last_rx)
+            last_rx = self.last_rx()
+            if now - last_rx > silence_limit:
+                logger.warning("%s: silent for %.1f s", self.describe(), now - last_rx)
                 self.lose(f"silent for {silence_limit:g} s")
                 return
             try:
@@ -488,8 +486,8 @@ class PortConnection:
             if now >= next_heartbeat:
                 self.send(Message.make_hb_req(self._hb_id))
                 self._hb_id = (self._hb_id + 1) & 0xFF
-                next_heartbeat = max(next_heartbeat + heartbeat_interval, now)
-            due = [next_heartbeat, self._last_rx + silence_limit + 0.001]
+                next_heartbeat = _next_tick(now, heartbeat_interval)
+            due = [next_heartbeat, last_rx + silence_limit + 0.001]
             if not self._sub_confirmed:
                 due.append(next_sub_req)
             if self._unconfirmed and self._sub_confirmed:  # resent only once DEV_DATA can confirm them
@@ -514,9 +512,11 @@ class PortConnection:
     # may still report without having seen the write (the one before, or a write this one replaced)
     # does not; any other value means the device changes the parameter itself (an encoder position
     # while the motor turns), so the write arrived or cannot be confirmed: resending it would only
-    # disturb it. An unconfirmed write is sent again every confirm timeout, at most WRITE_RETRIES times,
-    # counting only while the subscription is confirmed (before, no DEV_DATA could confirm anything).
-    # Writes of parameters the device does not report (write-only ones) go out once, as before.
+    # disturb it. The pump, which sees every DEV_DATA, judges each report (FramePump.watch_writes);
+    # the writes it settled are collected here. An unconfirmed write is sent again every confirm
+    # timeout, at most WRITE_RETRIES times, counting only while the subscription is confirmed (before,
+    # no DEV_DATA could confirm anything). Writes of parameters the device does not report (write-only
+    # ones) go out once, as before.
 
     def _confirm_timeout(self) -> float:
         assert self.buffer is not None
@@ -525,37 +525,34 @@ class PortConnection:
     def _track_writes(self, message: Message, now: float) -> None:
         """Remember the confirmable writes of a DEV_WRITE just sent (a newer write replaces an older)."""
         scratch, buffer = self._scratch, self.buffer
-        if scratch is None or buffer is None or not self._confirmable:
+        if scratch is None or buffer is None or not self._confirmable or self._port is None:
             return
         scratch.update(message)
+        watched = 0
         for name, value in scratch.get_write().items():
-            if name not in self._confirmable:
-                continue
-            previous = self._unconfirmed.get(name)
-            stale = [*previous.stale, previous.value] if previous is not None else [buffer.get(name)]
-            self._unconfirmed[name] = _UnconfirmedWrite(value, stale, now + self._confirm_timeout())
-
-    def _confirm_writes(self, message: Message) -> None:
-        """Settle the unconfirmed writes a DEV_DATA reports on."""
-        assert self._scratch is not None
-        self._scratch.update(message)
-        for name, value in self._scratch.get_update().items():
-            pending = self._unconfirmed.get(name)
-            if pending is None:
-                continue
-            if _same(value, pending.value) or not any(_same(value, old) for old in pending.stale):
-                del self._unconfirmed[name]
+            if name in self._confirmable:
+                bit = 1 << buffer.params[name].id
+                self._unconfirmed[name] = _UnconfirmedWrite(value, bit, now + self._confirm_timeout())
+                watched |= bit
+        if watched:
+            self._pump.watch_writes(self._port, message, watched)
 
     def _resend_writes(self, now: float) -> None:
         """Send again the writes whose confirmation is overdue; give up on those resent too often."""
         scratch = self._scratch
-        assert scratch is not None
+        assert scratch is not None and self._port is not None
+        settled = self._pump.settled(self._port)
         resent = 0
+        given_up = 0
         for name, pending in list(self._unconfirmed.items()):
+            if settled & pending.bit:
+                del self._unconfirmed[name]
+                continue
             if now < pending.deadline:
                 continue
             if pending.resends >= WRITE_RETRIES:
                 del self._unconfirmed[name]
+                given_up |= pending.bit
                 self.counters.writes_unconfirmed += 1
                 logger.warning(
                     "%s: no DEV_DATA confirmed %s = %r after %d resends; giving up",
@@ -573,6 +570,8 @@ class PortConnection:
             pending.resends += 1
             pending.deadline = now + self._confirm_timeout()
             resent += 1
+        if given_up:
+            self._pump.settled(self._port, given_up)
         if resent:
             for message in scratch.emit_dev_rw():
                 self.send(message)
@@ -580,11 +579,12 @@ class PortConnection:
             logger.debug("%s: resent %d unconfirmed write(s)", self.describe(), resent)
 
     def _teardown(self, reason: str) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._fd)
-        if self._writer is not None:
-            self._writer.close()
+        if self._port is not None:
+            self.sync_counters()
+            self._pump.remove(self._port)
+            if self.bridge.pump_ports.get(self._port) is self:
+                del self.bridge.pump_ports[self._port]
+            self._port = None
         if self._serial is not None:
             with contextlib.suppress(Exception):
                 self._serial.close()
@@ -605,37 +605,54 @@ class PortConnection:
 
     # -- input --
 
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+    def last_rx(self) -> float:
+        """``time.monotonic()`` of the last valid message from the device (or of the connection's start)."""
+        if self._port is None:
+            return self._last_rx
+        return max(self._last_rx, self._pump.last_rx(self._port))
+
+    def sync_counters(self) -> None:
+        """Add what the pump counted on this port since the last call to :attr:`counters`."""
+        if self._port is None:
             return
-        except OSError as exc:
-            self._stop_reading()
-            self.lose(f"read error: {exc.strerror or exc}")
-            return
-        if not data:
-            # Ports are non-blocking (VMIN=0, VTIME=0): no bytes is not a disconnect by itself.
-            self._empty_reads += 1
-            if _hung_up(self._fd) or self._empty_reads >= EMPTY_READS_LIMIT:
-                self._stop_reading()
-                self.lose("end of stream")
-            return
-        self._empty_reads = 0
-        before = self._splitter.overflows
-        frames = self._splitter.feed(data)
-        for _ in range(self._splitter.overflows - before):
-            self._bad_frame("frame longer than any message", ErrorCode.BUFFER_OVERFLOW)
-        for frame in frames:
+        now = self._pump.counters(self._port)
+        before, self._pump_counted = self._pump_counted, now
+        self.counters.messages_in += now.messages_in - before.messages_in
+        self.counters.messages_out += now.messages_out - before.messages_out
+        self.counters.lock_stalls += now.lock_stalls - before.lock_stalls
+        dropped = now.events_dropped - before.events_dropped
+        if dropped:
+            self.counters.errors += dropped
+            logger.warning("%s: %d frame(s) dropped: the bridge fell behind", self.describe(), dropped)
+
+    def on_pump_event(self, event: PumpEvent, data: bytes | str | float | None) -> None:
+        """Handle what the frame pump passed on for this port."""
+        if event == PumpEvent.FRAME:
+            assert isinstance(data, bytes)
             try:
-                self._on_frame(frame)
+                self._on_frame(data)
             except Exception:  # one bad frame must not take the port down
                 self.counters.errors += 1
-                logger.exception("%s: failed to handle frame %s", self.describe(), frame.hex(" "))
-
-    def _stop_reading(self) -> None:
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self._fd)
+                logger.exception("%s: failed to handle frame %s", self.describe(), data.hex(" "))
+        elif event == PumpEvent.OVERFLOW:
+            self._bad_frame("frame longer than any message", ErrorCode.BUFFER_OVERFLOW)
+        elif event == PumpEvent.LOST:
+            self.lose(str(data))
+        elif event == PumpEvent.STALL:
+            assert isinstance(data, float)
+            self._pump_stalled(data)
+        elif event == PumpEvent.UNSTALL:
+            assert isinstance(data, float)
+            if data >= STALL_LOG_INTERVAL:
+                logger.info(
+                    "%s: buffer lock free again after %.1f s; newest values applied", self.describe(), data
+                )
+        elif event == PumpEvent.SEEN:
+            assert isinstance(data, bytes)
+            logger.debug("%s: <- %s", self.describe(), data.hex(" "))
+        elif event == PumpEvent.SENT:
+            assert isinstance(data, bytes)
+            logger.debug("%s: -> %s (answered by the pump)", self.describe(), data.hex(" "))
 
     def _on_frame(self, frame: bytes) -> None:
         if self.bridge.verbose:
@@ -678,10 +695,11 @@ class PortConnection:
         elif kind == MessageType.SUB_RES:
             self._on_sub_res(message)
         elif kind == MessageType.DEV_DATA:
-            if self.buffer is not None:
-                self._apply(message)
-                if self._unconfirmed:
-                    self._confirm_writes(message)
+            # The pump applies every DEV_DATA that fits the device once its buffer is attached. One that
+            # reaches Python came before (dropped: the device streams once subscribed), or does not fit:
+            # checked here for the exact error.
+            if self._scratch is not None:
+                self._scratch.update(message)
         elif kind == MessageType.ERROR:
             self._device_error(ErrorCode(message.read_error()))
         else:  # a host -> device message coming from the device: not answered, to avoid echo loops
@@ -775,6 +793,16 @@ class PortConnection:
                 )
             self._stalled_since = None
 
+    def _pump_stalled(self, seconds: float) -> None:
+        """Log a stall the pump reports (it counted it): about once a second after the first second."""
+        if seconds >= STALL_LOG_INTERVAL:
+            logger.warning(
+                "%s: another process has held the buffer's lock for %.1f s; keeping the newest values "
+                "until it lets go (other devices are not affected)",
+                self.describe(),
+                seconds,
+            )
+
     def _stalled(self, now: float) -> None:
         """Count a stall and log it (at most once a second while it lasts)."""
         if self._stalled_since is None:
@@ -796,16 +824,13 @@ class PortConnection:
 
     def send(self, message: Message) -> None:
         """Frame and send one message (non-blocking; dropped if the port is not taking data)."""
-        if self._writer is None:
+        if self._port is None:
             return
         data = message.encode()
         if self.bridge.verbose:
             logger.debug("%s: -> %s (%s)", self.describe(), data.hex(" "), MessageType(message.type).name)
-        if self._writer.send(data + DELIM):
+        if self._pump.send(self._port, data + DELIM):  # a write error comes back as a LOST event
             self.counters.messages_out += 1
-
-    def _on_write_error(self, exc: OSError) -> None:
-        self.lose(f"write error: {exc.strerror or exc}")
 
 
 # ---- the bridge ---------------------------------------------------------------------------------
@@ -832,6 +857,10 @@ class Bridge:
         verbose: bool = False,
     ) -> None:
         self.store = store
+        self.pump = FramePump(forward_all=verbose)
+        """The reader thread that serves every port's frames."""
+        self.pump_ports: dict[int, PortConnection] = {}
+        """The connection of each port id of :attr:`pump`."""
         self.ports = list(ports)
         self.globs = list(globs)
         self.stats_path = stats_path
@@ -1034,6 +1063,8 @@ class Bridge:
 
     def stats(self) -> dict[str, Any]:
         """The ``--stats`` document: one entry per device seen."""
+        for connection in self.connections.values():
+            connection.sync_counters()
         devices = []
         for record in sorted(self.records.values(), key=lambda record: (record.type_name, record.uid)):
             record.refresh()
@@ -1056,10 +1087,17 @@ class Bridge:
 
     # -- running --
 
+    def _on_pump_events(self) -> None:
+        for port, event, data in self.pump.take_events():
+            connection = self.pump_ports.get(port)
+            if connection is not None:
+                connection.on_pump_event(event, data)
+
     async def _serve_until(self, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
         watched = ", ".join([*self.ports, *self.globs]) or "nothing"
         logger.info("bridge: watching %s", watched)
         self._idle_since = time.monotonic()
+        loop.add_reader(self.pump.fileno(), self._on_pump_events)
         background = [loop.create_task(self._watch(), name="port watcher")]
         if self.stats_path is not None:
             background.append(loop.create_task(self._write_stats_periodically(), name="stats"))
@@ -1078,7 +1116,9 @@ class Bridge:
                     record.connected = False
                     with contextlib.suppress(RuntimeBaseException):
                         record.buffer.stop_serving()
+            loop.remove_reader(self.pump.fileno())
             self.write_stats()
+            self.pump.close()
 
     async def serve(self, stop: asyncio.Event | None = None) -> int:
         """Serve ports until ``stop`` is set or SIGINT/SIGTERM arrives; then shut down cleanly."""

@@ -1,0 +1,1147 @@
+/*
+ * The frame pump: the bridge's per-frame path, in one reader thread that
+ * never takes the GIL.
+ *
+ * The bridge adds each serial port's descriptor to a FramePump. The pump's
+ * thread waits for all of them with epoll, reads what arrives, cuts it into
+ * frames at the 0x00 delimiters and handles the frames that make up nearly
+ * all the traffic itself:
+ *
+ *   DEV_DATA  decoded, checked against the device's layout and copied into
+ *             its buffer (as DeviceBuffer.update does), once Python attached
+ *             the buffer to the port;
+ *   HB_REQ    answered with HB_RES;
+ *   HB_RES    noted (the device is alive).
+ *
+ * Every other frame (SUB_RES, ERROR, a frame that does not decode or does not
+ * fit the device, anything before the buffer is attached) is queued for
+ * Python whole, and the pump's event descriptor becomes readable: the bridge
+ * handles those frames exactly as before, through Message.decode. With
+ * `forward_all` (the bridge's --verbose) Python also gets a copy of every
+ * frame the thread handled or sent, to log it.
+ *
+ * Writes the bridge wants confirmed are watched here too (watch_writes): a
+ * DEV_DATA reporting the value written settles a write, and so does one
+ * reporting a value the device could not have reported without seeing it;
+ * Python collects the settled ones (settled) and resends the others.
+ *
+ * The bridge never waits for a buffer's lock: values that find it taken
+ * (after a spin of a few microseconds) are staged, the newest per parameter,
+ * and applied as soon as it frees; the stall is reported to Python, which
+ * logs it. Writes to a port go through the pump too (send), so the replies
+ * of the thread and the frames of Python never interleave: what a full port
+ * does not take is queued and flushed when epoll says it is writable.
+ *
+ * One mutex guards the pump's state; Python's calls take it briefly, with the
+ * GIL held. The thread never needs the GIL, so the two never deadlock.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PUMP_READ_SIZE 4096
+#define PUMP_MAX_EVENTS 64
+#define PUMP_EVENT_LIMIT 1024         /* events queued for Python before new ones are dropped (counted) */
+#define PUMP_OUTBOX_LIMIT (64 * 1024) /* bytes queued per port before new frames are dropped */
+#define PUMP_EMPTY_READS_LIMIT 100    /* readable events in a row with no bytes before a port counts as gone */
+#define PUMP_STALL_RETRY 0.005        /* seconds between attempts to apply staged values */
+#define PUMP_STALL_REPORT 1.0         /* seconds between two reports of one stall */
+#define PUMP_LOCK_SPIN 20e-6          /* seconds the thread spins on a taken buffer lock before staging */
+#define PUMP_CONTROL_ID UINT64_MAX    /* epoll tag of the control eventfd */
+
+enum pump_event_kind {
+    PUMP_FRAME = 1,    /* a frame for Python (bytes) */
+    PUMP_OVERFLOW = 2, /* bytes too long for any frame were dropped (None) */
+    PUMP_LOST = 3,     /* the port failed: read error, hang-up, write error (str) */
+    PUMP_STALL = 4,    /* the buffer's lock was taken: values staged (float: seconds so far) */
+    PUMP_UNSTALL = 5,  /* the staged values were applied (float: seconds the stall lasted) */
+    PUMP_RECOVERED = 6, /* internal: the lock's owner had died (reported through the buffer, not returned) */
+    PUMP_SEEN = 7,      /* forward_all: a copy of a frame handled here (bytes) */
+    PUMP_SENT = 8       /* forward_all: a copy of a frame sent from here (bytes) */
+};
+
+#define PUMP_STALE_VALUES 4  /* values remembered per watched write that do not confirm it */
+#define PUMP_VALUE_SIZE 8    /* widest scalar parameter */
+
+typedef struct {
+    uint32_t port;
+    uint8_t kind;
+    uint16_t length;
+    double value;
+    uint8_t data[RT_MAX_ENCODING];
+} pump_event;
+
+typedef struct {
+    int fd;                  /* -1: slot free */
+    uint32_t generation;     /* bumped when the slot is freed: stale epoll events are ignored */
+    int failed;              /* lost: no more reading or writing */
+    /* input */
+    uint8_t tail[RT_MAX_ENCODING];
+    Py_ssize_t tail_length;
+    int discarding;          /* inside a frame too long for any message */
+    int empty_reads;
+    /* output */
+    uint8_t *outbox;
+    size_t out_length, out_capacity;
+    int watching_out;
+    /* the buffer (NULL until attached) */
+    PyObject *access;
+    const rt_layout *layout;
+    uint8_t *stage;          /* staged values, at the layout's offsets */
+    uint64_t staged;         /* IDs staged and not yet applied (the stage always holds the newest values) */
+    /* writes to confirm */
+    uint32_t watching;       /* IDs whose write waits for a DEV_DATA to settle it */
+    uint32_t settled;        /* IDs settled since Python last asked */
+    uint8_t written[RT_MAX_PARAMS][PUMP_VALUE_SIZE];
+    uint8_t stale[RT_MAX_PARAMS][PUMP_STALE_VALUES][PUMP_VALUE_SIZE];
+    uint8_t stale_count[RT_MAX_PARAMS];
+    double stalled_since;    /* monotonic; 0: not stalled */
+    double stall_reported;
+    /* counters */
+    uint64_t messages_in, messages_out, lock_stalls, events_dropped;
+    double last_rx;          /* monotonic time of the last message handled here */
+} pump_port;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    pthread_t thread;
+    int thread_started;
+    int stopping;
+    int epoll_fd, control_fd, event_fd;
+    int forward_all;
+    pump_port *ports;
+    Py_ssize_t port_count;
+    pump_event *events;
+    Py_ssize_t event_count;
+    int notified;            /* event_fd was signalled and events not yet taken */
+} FramePump;
+
+static double
+monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline uint64_t
+port_tag(Py_ssize_t index, uint32_t generation)
+{
+    return ((uint64_t)generation << 32) | (uint64_t)index;
+}
+
+/* ---- events for Python (the lock is held) -------------------------------- */
+
+static void
+post(FramePump *pump, Py_ssize_t index, int kind, const uint8_t *data, Py_ssize_t length, double value)
+{
+    pump_port *port = &pump->ports[index];
+    if (pump->event_count >= PUMP_EVENT_LIMIT) {
+        port->events_dropped++;
+        return;
+    }
+    pump_event *event = &pump->events[pump->event_count++];
+    event->port = (uint32_t)index;
+    event->kind = (uint8_t)kind;
+    event->value = value;
+    if (length > RT_MAX_ENCODING) {
+        length = RT_MAX_ENCODING;
+    }
+    event->length = (uint16_t)length;
+    if (length > 0) {
+        memcpy(event->data, data, (size_t)length);
+    }
+    if (!pump->notified) {
+        pump->notified = 1;
+        uint64_t one = 1;
+        ssize_t ignored = write(pump->event_fd, &one, sizeof(one));
+        (void)ignored;
+    }
+}
+
+static void
+post_text(FramePump *pump, Py_ssize_t index, int kind, const char *text)
+{
+    post(pump, index, kind, (const uint8_t *)text, (Py_ssize_t)strlen(text), 0.0);
+}
+
+/* ---- output (the lock is held) ------------------------------------------- */
+
+static void
+set_watch(FramePump *pump, Py_ssize_t index, int out)
+{
+    pump_port *port = &pump->ports[index];
+    if (port->watching_out == out || port->fd < 0) {
+        return;
+    }
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.u64 = port_tag(index, port->generation)};
+    if (epoll_ctl(pump->epoll_fd, EPOLL_CTL_MOD, port->fd, &ev) == 0) {
+        port->watching_out = out;
+    }
+}
+
+static void
+lose(FramePump *pump, Py_ssize_t index, const char *reason)
+{
+    pump_port *port = &pump->ports[index];
+    if (port->failed) {
+        return;
+    }
+    port->failed = 1;
+    port->out_length = 0;
+    epoll_ctl(pump->epoll_fd, EPOLL_CTL_DEL, port->fd, NULL);
+    port->watching_out = 0;
+    post_text(pump, index, PUMP_LOST, reason);
+}
+
+/* Write what the port takes now, queue the rest. Returns 1 sent or queued,
+ * 0 dropped (queue full, or the port failed), -errno on a write error. */
+static int
+send_bytes(FramePump *pump, Py_ssize_t index, const uint8_t *data, size_t length)
+{
+    pump_port *port = &pump->ports[index];
+    if (port->failed) {
+        return 0;
+    }
+    size_t written = 0;
+    if (port->out_length == 0) {
+        while (written < length) {
+            ssize_t n = write(port->fd, data + written, length - written);
+            if (n >= 0) {
+                written += (size_t)n;
+                continue;
+            }
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN) {
+                break;
+            }
+            return -errno;
+        }
+        if (written == length) {
+            return 1;
+        }
+    }
+    else if (port->out_length + length > PUMP_OUTBOX_LIMIT) {
+        return 0;
+    }
+    size_t rest = length - written;
+    if (port->out_length + rest > port->out_capacity) {
+        size_t capacity = port->out_capacity ? port->out_capacity : 1024;
+        while (capacity < port->out_length + rest) {
+            capacity *= 2;
+        }
+        uint8_t *grown = realloc(port->outbox, capacity);
+        if (grown == NULL) {
+            return 0;
+        }
+        port->outbox = grown;
+        port->out_capacity = capacity;
+    }
+    memcpy(port->outbox + port->out_length, data + written, rest);
+    port->out_length += rest;
+    set_watch(pump, index, 1);
+    return 1;
+}
+
+static void
+flush(FramePump *pump, Py_ssize_t index)
+{
+    pump_port *port = &pump->ports[index];
+    size_t written = 0;
+    while (written < port->out_length) {
+        ssize_t n = write(port->fd, port->outbox + written, port->out_length - written);
+        if (n >= 0) {
+            written += (size_t)n;
+            continue;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN) {
+            break;
+        }
+        char reason[128];
+        snprintf(reason, sizeof(reason), "write error: %s", strerror(errno));
+        lose(pump, index, reason);
+        return;
+    }
+    memmove(port->outbox, port->outbox + written, port->out_length - written);
+    port->out_length -= written;
+    if (port->out_length == 0) {
+        set_watch(pump, index, 0);
+    }
+}
+
+/* ---- frames (the lock is held) ------------------------------------------- */
+
+/* Decode a COBS frame into `raw` as Message.decode would accept it; returns
+ * the message length (type, length, payload, checksum) or -1 when Python must
+ * look at it (it will find the exact problem). */
+static Py_ssize_t
+decode(const uint8_t *frame, Py_ssize_t length, uint8_t *raw)
+{
+    if (length > RT_MAX_ENCODING) {
+        return -1;
+    }
+    Py_ssize_t n = rt_cobs_decode(frame, length, raw, RT_MAX_MESSAGE);
+    if (n < 3 || (Py_ssize_t)raw[1] + 3 != n) {
+        return -1;
+    }
+    uint8_t checksum = 0;
+    for (Py_ssize_t i = 0; i < n - 1; i++) {
+        checksum ^= raw[i];
+    }
+    return checksum == raw[n - 1] ? n : -1;
+}
+
+/* The params bitmap of a DEV_DATA payload that fits `layout` exactly, or -1. */
+static int
+fitting_params(const uint8_t *payload, int length, const rt_layout *layout)
+{
+    if (length < 2) {
+        return -1;
+    }
+    uint16_t params = (uint16_t)(payload[0] | (payload[1] << 8));
+    int size = 2;
+    for (int i = 0; i < RT_MAX_PARAMS; i++) {
+        if (params & (1u << i)) {
+            if (i >= layout->count || layout->widths[i] == 0) {
+                return -1;
+            }
+            size += (int)layout->widths[i];
+        }
+    }
+    return size == length ? params : -1;
+}
+
+/* A DEV_DATA reports `value` for watched parameter `id`: the write is
+ * settled unless the value is one the device may report without having seen
+ * it (what it reported before, or a write this one replaced). */
+static void
+settle(pump_port *port, int id, const uint8_t *value, size_t width)
+{
+    if (memcmp(value, port->written[id], width) != 0) {
+        for (int k = 0; k < port->stale_count[id]; k++) {
+            if (memcmp(value, port->stale[id][k], width) == 0) {
+                return;
+            }
+        }
+    }
+    port->watching &= ~(1u << id);
+    port->settled |= 1u << id;
+}
+
+/* Apply the staged values if the lock can be had; report stalls. */
+static void
+commit(FramePump *pump, Py_ssize_t index, double now)
+{
+    pump_port *port = &pump->ports[index];
+    int recovered = 0, rolled_back = 0;
+    int rc = rt_access_commit(port->access, port->stage, port->staged, PUMP_LOCK_SPIN, &recovered, &rolled_back);
+    if (recovered) {
+        post(pump, index, PUMP_RECOVERED, NULL, 0, rolled_back);
+    }
+    if (rc == EBUSY || rc == ETIMEDOUT) {
+        if (port->stalled_since == 0) {
+            port->stalled_since = now;
+            port->stall_reported = now;
+            port->lock_stalls++;
+            post(pump, index, PUMP_STALL, NULL, 0, 0.0);
+        }
+        else if (now - port->stall_reported >= PUMP_STALL_REPORT) {
+            port->stall_reported = now;
+            post(pump, index, PUMP_STALL, NULL, 0, now - port->stalled_since);
+        }
+        return;
+    }
+    /* Applied, or refused (the buffer stopped being served or broke): either way the values go. */
+    port->staged = 0;
+    if (port->stalled_since != 0) {
+        post(pump, index, PUMP_UNSTALL, NULL, 0, now - port->stalled_since);
+        port->stalled_since = 0;
+    }
+}
+
+static void
+handle_frame(FramePump *pump, Py_ssize_t index, const uint8_t *frame, Py_ssize_t length, double now)
+{
+    pump_port *port = &pump->ports[index];
+    uint8_t raw[RT_MAX_MESSAGE];
+    Py_ssize_t n = decode(frame, length, raw);
+    if (n < 0) {
+        post(pump, index, PUMP_FRAME, frame, length, 0.0);
+        return;
+    }
+    uint8_t type = raw[0];
+    uint8_t *payload = raw + 2;
+    int payload_length = raw[1];
+    if (type == RT_DEV_DATA && port->access != NULL) {
+        int params = fitting_params(payload, payload_length, port->layout);
+        if (params < 0) {
+            post(pump, index, PUMP_FRAME, frame, length, 0.0);
+            return;
+        }
+        const uint8_t *in = payload + 2;
+        for (int i = 0; i < port->layout->count; i++) {
+            if (params & (1 << i)) {
+                size_t width = (size_t)port->layout->widths[i];
+                if (port->watching & (1u << i)) {
+                    settle(port, i, in, width);
+                }
+                memcpy(port->stage + port->layout->offsets[i], in, width);
+                in += width;
+            }
+        }
+        port->staged |= (uint64_t)params;
+        port->messages_in++;
+        if (pump->forward_all) {
+            post(pump, index, PUMP_SEEN, frame, length, 0.0);
+        }
+        port->last_rx = now;
+        if (port->stalled_since == 0) {  /* while stalled, the retry timer applies them */
+            commit(pump, index, now);
+        }
+        return;
+    }
+    if (type == RT_HB_RES && payload_length == 1) {
+        port->messages_in++;
+        port->last_rx = now;
+        if (pump->forward_all) {
+            post(pump, index, PUMP_SEEN, frame, length, 0.0);
+        }
+        return;
+    }
+    if (type == RT_HB_REQ && payload_length == 1) {
+        port->messages_in++;
+        port->last_rx = now;
+        if (pump->forward_all) {
+            post(pump, index, PUMP_SEEN, frame, length, 0.0);
+        }
+        uint8_t reply_raw[4] = {RT_HB_RES, 1, payload[0], 0};
+        reply_raw[3] = reply_raw[0] ^ reply_raw[1] ^ reply_raw[2];
+        uint8_t reply[8];
+        Py_ssize_t size = rt_cobs_encode(reply_raw, 4, reply);
+        reply[size++] = 0;
+        int rc = send_bytes(pump, index, reply, (size_t)size);
+        if (rc > 0) {
+            port->messages_out++;
+            if (pump->forward_all) {
+                post(pump, index, PUMP_SENT, reply, size - 1, 0.0);
+            }
+        }
+        else if (rc < 0) {
+            char reason[128];
+            snprintf(reason, sizeof(reason), "write error: %s", strerror(-rc));
+            lose(pump, index, reason);
+        }
+        return;
+    }
+    post(pump, index, PUMP_FRAME, frame, length, 0.0);
+}
+
+/* Split newly read bytes into frames, as runtime.messaging.FrameSplitter does. */
+static void
+feed(FramePump *pump, Py_ssize_t index, const uint8_t *data, Py_ssize_t length, double now)
+{
+    pump_port *port = &pump->ports[index];
+    Py_ssize_t start = 0;
+    while (start <= length && !port->failed) {
+        const uint8_t *end = memchr(data + start, 0, (size_t)(length - start));
+        Py_ssize_t piece = end ? (Py_ssize_t)(end - (data + start)) : length - start;
+        int last = end == NULL;
+        if (port->discarding) {
+            if (!last) {
+                port->discarding = 0;
+            }
+        }
+        else if (port->tail_length + piece > RT_MAX_ENCODING) {
+            port->tail_length = 0;
+            port->discarding = last;
+            post(pump, index, PUMP_OVERFLOW, NULL, 0, 0.0);
+        }
+        else if (last) {
+            memcpy(port->tail + port->tail_length, data + start, (size_t)piece);
+            port->tail_length += piece;
+        }
+        else if (port->tail_length) {
+            memcpy(port->tail + port->tail_length, data + start, (size_t)piece);
+            Py_ssize_t total = port->tail_length + piece;
+            port->tail_length = 0;
+            handle_frame(pump, index, port->tail, total, now);
+        }
+        else if (piece) {
+            handle_frame(pump, index, data + start, piece, now);
+        }
+        if (last) {
+            break;
+        }
+        start += piece + 1;
+    }
+}
+
+static void
+readable(FramePump *pump, Py_ssize_t index, uint32_t events)
+{
+    pump_port *port = &pump->ports[index];
+    uint8_t data[PUMP_READ_SIZE];
+    ssize_t n = read(port->fd, data, sizeof(data));
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            return;
+        }
+        char reason[128];
+        snprintf(reason, sizeof(reason), "read error: %s", strerror(errno));
+        lose(pump, index, reason);
+        return;
+    }
+    if (n == 0) {
+        /* Ports are non-blocking (VMIN=0, VTIME=0): no bytes is not a disconnect by itself. */
+        if ((events & (EPOLLHUP | EPOLLERR)) || ++port->empty_reads >= PUMP_EMPTY_READS_LIMIT) {
+            lose(pump, index, "end of stream");
+        }
+        return;
+    }
+    port->empty_reads = 0;
+    feed(pump, index, data, n, monotonic());
+}
+
+/* ---- the reader thread --------------------------------------------------- */
+
+static void *
+pump_thread(void *arg)
+{
+    FramePump *pump = arg;
+    struct epoll_event events[PUMP_MAX_EVENTS];
+    int timeout = -1;
+    for (;;) {
+        int n = epoll_wait(pump->epoll_fd, events, PUMP_MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR) {
+            break;
+        }
+        pthread_mutex_lock(&pump->lock);
+        if (pump->stopping) {
+            pthread_mutex_unlock(&pump->lock);
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            uint64_t tag = events[i].data.u64;
+            if (tag == PUMP_CONTROL_ID) {
+                uint64_t ignored;
+                ssize_t r = read(pump->control_fd, &ignored, sizeof(ignored));
+                (void)r;
+                continue;
+            }
+            Py_ssize_t index = (Py_ssize_t)(tag & 0xffffffffu);
+            if (index >= pump->port_count) {
+                continue;
+            }
+            pump_port *port = &pump->ports[index];
+            if (port->fd < 0 || port->failed || port->generation != (uint32_t)(tag >> 32)) {
+                continue;  /* removed since epoll_wait returned */
+            }
+            if (events[i].events & EPOLLOUT) {
+                flush(pump, index);
+            }
+            if (!port->failed && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+                readable(pump, index, events[i].events);
+            }
+        }
+        timeout = -1;
+        double now = monotonic();
+        for (Py_ssize_t index = 0; index < pump->port_count; index++) {
+            pump_port *port = &pump->ports[index];
+            if (port->fd >= 0 && port->access != NULL && port->staged) {
+                commit(pump, index, now);
+                if (port->staged) {
+                    timeout = (int)(PUMP_STALL_RETRY * 1000);
+                }
+            }
+        }
+        pthread_mutex_unlock(&pump->lock);
+    }
+    return NULL;
+}
+
+/* ---- FramePump: life cycle ----------------------------------------------- */
+
+static void
+wake_thread(FramePump *pump)
+{
+    uint64_t one = 1;
+    ssize_t ignored = write(pump->control_fd, &one, sizeof(one));
+    (void)ignored;
+}
+
+static void
+release_port(FramePump *pump, Py_ssize_t index)
+{
+    /* The lock is held; the caller holds the GIL (for the access). */
+    pump_port *port = &pump->ports[index];
+    if (port->fd >= 0 && !port->failed) {
+        epoll_ctl(pump->epoll_fd, EPOLL_CTL_DEL, port->fd, NULL);
+    }
+    free(port->outbox);
+    free(port->stage);
+    Py_ssize_t kept = 0;  /* its events not taken yet must not reach whoever gets the slot next */
+    for (Py_ssize_t i = 0; i < pump->event_count; i++) {
+        if (pump->events[i].port != (uint32_t)index) {
+            if (kept != i) {
+                pump->events[kept] = pump->events[i];
+            }
+            kept++;
+        }
+    }
+    pump->event_count = kept;
+    PyObject *access = port->access;
+    uint32_t generation = port->generation + 1;
+    memset(port, 0, sizeof(*port));
+    port->fd = -1;
+    port->generation = generation;
+    if (access != NULL) {
+        rt_access_unpin(access);
+        Py_DECREF(access);
+    }
+}
+
+static void
+stop_thread(FramePump *pump)
+{
+    if (pump->thread_started) {
+        pthread_mutex_lock(&pump->lock);
+        pump->stopping = 1;
+        pthread_mutex_unlock(&pump->lock);
+        wake_thread(pump);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(pump->thread, NULL);
+        Py_END_ALLOW_THREADS
+        pump->thread_started = 0;
+    }
+}
+
+static PyObject *
+FramePump_close(FramePump *self, PyObject *unused)
+{
+    stop_thread(self);
+    for (Py_ssize_t index = 0; index < self->port_count; index++) {
+        release_port(self, index);
+    }
+    int *fds[] = {&self->epoll_fd, &self->control_fd, &self->event_fd};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+FramePump_init(FramePump *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"forward_all", NULL};
+    int forward_all = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p:FramePump", kwlist, &forward_all)) {
+        return -1;
+    }
+    if (self->epoll_fd >= 0 || self->thread_started) {
+        PyErr_SetString(PyExc_RuntimeError, "FramePump is already initialized");
+        return -1;
+    }
+    self->forward_all = forward_all;
+    self->events = PyMem_RawCalloc(PUMP_EVENT_LIMIT, sizeof(pump_event));
+    if (self->events == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    self->control_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (self->epoll_fd < 0 || self->control_fd < 0 || self->event_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = PUMP_CONTROL_ID};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->control_fd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int rc = pthread_create(&self->thread, NULL, pump_thread, self);
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->thread_started = 1;
+    return 0;
+}
+
+static PyObject *
+FramePump_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    FramePump *self = (FramePump *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        pthread_mutex_init(&self->lock, NULL);
+        self->epoll_fd = self->control_fd = self->event_fd = -1;
+    }
+    return (PyObject *)self;
+}
+
+static void
+FramePump_dealloc(FramePump *self)
+{
+    PyObject_GC_UnTrack(self);
+    PyObject *result = FramePump_close(self, NULL);
+    Py_XDECREF(result);
+    PyMem_Free(self->ports);
+    PyMem_RawFree(self->events);
+    pthread_mutex_destroy(&self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+FramePump_traverse(FramePump *self, visitproc visit, void *arg)
+{
+    for (Py_ssize_t index = 0; index < self->port_count; index++) {
+        Py_VISIT(self->ports[index].access);
+    }
+    return 0;
+}
+
+/* ---- FramePump: ports ---------------------------------------------------- */
+
+static int
+check_open(FramePump *self)
+{
+    if (self->epoll_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the pump is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* The port of an id from Python (the lock is held), or NULL with ValueError. */
+static pump_port *
+lookup(FramePump *self, PyObject *arg, Py_ssize_t *index)
+{
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if (i == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (i < 0 || i >= self->port_count || self->ports[i].fd < 0) {
+        PyErr_Format(PyExc_ValueError, "no port %zd in this pump", i);
+        return NULL;
+    }
+    *index = i;
+    return &self->ports[i];
+}
+
+static PyObject *
+FramePump_add(FramePump *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0 || check_open(self) < 0) {
+        return NULL;
+    }
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index = 0;
+    while (index < self->port_count && self->ports[index].fd >= 0) {
+        index++;
+    }
+    if (index == self->port_count) {
+        pump_port *grown = PyMem_Realloc(self->ports, (size_t)(self->port_count + 1) * sizeof(pump_port));
+        if (grown == NULL) {
+            pthread_mutex_unlock(&self->lock);
+            return PyErr_NoMemory();
+        }
+        self->ports = grown;
+        memset(&self->ports[index], 0, sizeof(pump_port));
+        self->ports[index].fd = -1;
+        self->port_count++;
+    }
+    pump_port *port = &self->ports[index];
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = port_tag(index, port->generation)};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        pthread_mutex_unlock(&self->lock);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    port->fd = fd;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromSsize_t(index);
+}
+
+static PyObject *
+FramePump_remove(FramePump *self, PyObject *arg)
+{
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    if (lookup(self, arg, &index) == NULL) {
+        pthread_mutex_unlock(&self->lock);
+        return NULL;
+    }
+    release_port(self, index);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+FramePump_attach(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "attach(port, access) takes 2 arguments");
+        return NULL;
+    }
+    const rt_layout *layout;
+    const uint8_t *update;
+    if (rt_access_pin(args[1], &layout, &update) < 0) {
+        return NULL;
+    }
+    uint8_t *stage = calloc(1, (size_t)(layout->span > 0 ? layout->span : 1));
+    if (stage == NULL) {
+        rt_access_unpin(args[1]);
+        return PyErr_NoMemory();
+    }
+    memcpy(stage, update, (size_t)layout->span);  /* what a write replaces, until the device reports */
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, args[0], &index);
+    if (port == NULL || port->access != NULL) {
+        pthread_mutex_unlock(&self->lock);
+        free(stage);
+        rt_access_unpin(args[1]);
+        if (port != NULL) {
+            PyErr_SetString(PyExc_ValueError, "a buffer is already attached to this port");
+        }
+        return NULL;
+    }
+    Py_INCREF(args[1]);
+    port->access = args[1];
+    port->layout = layout;
+    port->stage = stage;
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+FramePump_send(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send(port, data) takes 2 arguments");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    int rc = -1;
+    if (lookup(self, args[0], &index) != NULL) {
+        rc = send_bytes(self, index, view.buf, (size_t)view.len);
+        if (rc < 0) {
+            char reason[128];
+            snprintf(reason, sizeof(reason), "write error: %s", strerror(-rc));
+            lose(self, index, reason);
+            rc = 0;
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *
+FramePump_take_events(FramePump *self, PyObject *unused)
+{
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    uint64_t ignored;
+    ssize_t r = read(self->event_fd, &ignored, sizeof(ignored));
+    (void)r;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t count = self->event_count;
+    pump_event *copy = count ? PyMem_RawMalloc((size_t)count * sizeof(pump_event)) : NULL;
+    if (copy != NULL) {
+        memcpy(copy, self->events, (size_t)count * sizeof(pump_event));
+    }
+    self->event_count = 0;
+    self->notified = 0;
+    /* Accesses of recovered buffers, kept alive until reported (below, without the pump's lock). */
+    PyObject *recovered = NULL;
+    for (Py_ssize_t i = 0; copy != NULL && i < count; i++) {
+        if (copy[i].kind == PUMP_RECOVERED && self->ports[copy[i].port].access != NULL) {
+            if (recovered == NULL && (recovered = PyList_New(0)) == NULL) {
+                break;
+            }
+            PyObject *pair = Py_BuildValue("(Oi)", self->ports[copy[i].port].access, (int)copy[i].value);
+            if (pair == NULL || PyList_Append(recovered, pair) < 0) {
+                Py_XDECREF(pair);
+                break;
+            }
+            Py_DECREF(pair);
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (count && copy == NULL) {
+        Py_XDECREF(recovered);
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; recovered != NULL && i < PyList_GET_SIZE(recovered); i++) {
+        PyObject *pair = PyList_GET_ITEM(recovered, i);
+        rt_access_report_recovery(PyTuple_GET_ITEM(pair, 0), (int)PyLong_AsLong(PyTuple_GET_ITEM(pair, 1)));
+    }
+    Py_XDECREF(recovered);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        pump_event *event = &copy[i];
+        PyObject *data;
+        switch (event->kind) {
+        case PUMP_FRAME:
+        case PUMP_SEEN:
+        case PUMP_SENT:
+            data = PyBytes_FromStringAndSize((const char *)event->data, event->length);
+            break;
+        case PUMP_LOST:
+            data = PyUnicode_DecodeUTF8((const char *)event->data, event->length, "replace");
+            break;
+        case PUMP_STALL:
+        case PUMP_UNSTALL:
+            data = PyFloat_FromDouble(event->value);
+            break;
+        case PUMP_RECOVERED:
+            continue;
+        default:
+            data = Py_NewRef(Py_None);
+        }
+        PyObject *item = data ? Py_BuildValue("(IiN)", event->port, (int)event->kind, data) : NULL;
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            PyMem_RawFree(copy);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    PyMem_RawFree(copy);
+    return out;
+}
+
+static PyObject *
+FramePump_watch_writes(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "watch_writes(port, message, ids) takes 3 arguments");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[1], &rt_MessageType) || ((rt_Message *)args[1])->type != RT_DEV_WRITE) {
+        PyErr_SetString(PyExc_TypeError, "watch_writes() takes a DEV_WRITE Message");
+        return NULL;
+    }
+    unsigned long ids = PyLong_AsUnsignedLongMask(args[2]);
+    if (ids == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const rt_Message *msg = (const rt_Message *)args[1];
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, args[0], &index);
+    int params = -1;
+    if (port != NULL && port->access != NULL) {
+        params = fitting_params(msg->payload, msg->length, port->layout);
+    }
+    if (params >= 0) {
+        const uint8_t *in = msg->payload + 2;
+        for (int i = 0; i < port->layout->count; i++) {
+            if (!(params & (1 << i))) {
+                continue;
+            }
+            size_t width = (size_t)port->layout->widths[i];
+            if ((ids & (1ul << i)) && width <= PUMP_VALUE_SIZE) {
+                /* What the device may still report without having seen this write: the write it
+                 * replaces (if that one is still unsettled, with its own stale values), or else
+                 * the value reported last. */
+                uint8_t (*stale)[PUMP_VALUE_SIZE] = port->stale[i];
+                uint8_t *count = &port->stale_count[i];
+                if (!(port->watching & (1u << i))) {
+                    *count = 0;
+                }
+                const uint8_t *previous = (port->watching & (1u << i)) ? port->written[i]
+                                                                       : port->stage + port->layout->offsets[i];
+                if (*count == PUMP_STALE_VALUES) {
+                    memmove(stale[0], stale[1], (PUMP_STALE_VALUES - 1) * PUMP_VALUE_SIZE);
+                    (*count)--;
+                }
+                memcpy(stale[*count], previous, width);
+                (*count)++;
+                memcpy(port->written[i], in, width);
+                port->watching |= 1u << i;
+                port->settled &= ~(1u << i);
+            }
+            in += width;
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (port == NULL) {
+        return NULL;
+    }
+    if (params < 0) {
+        PyErr_SetString(PyExc_ValueError, "the DEV_WRITE does not fit the attached buffer (or none is attached)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+FramePump_settled(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "settled(port, forget=0) takes 1 or 2 arguments");
+        return NULL;
+    }
+    unsigned long forget = 0;
+    if (nargs == 2 && (forget = PyLong_AsUnsignedLongMask(args[1])) == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, args[0], &index);
+    uint32_t settled = 0;
+    if (port != NULL) {
+        settled = port->settled;
+        port->settled = 0;
+        port->watching &= ~(uint32_t)forget;
+    }
+    pthread_mutex_unlock(&self->lock);
+    return port ? PyLong_FromUnsignedLong(settled) : NULL;
+}
+
+static PyObject *
+FramePump_counters(FramePump *self, PyObject *arg)
+{
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, arg, &index);
+    PyObject *result = NULL;
+    if (port != NULL) {
+        result = Py_BuildValue("(KKKK)", (unsigned long long)port->messages_in, (unsigned long long)port->messages_out,
+                               (unsigned long long)port->lock_stalls, (unsigned long long)port->events_dropped);
+    }
+    pthread_mutex_unlock(&self->lock);
+    return result;
+}
+
+static PyObject *
+FramePump_last_rx(FramePump *self, PyObject *arg)
+{
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, arg, &index);
+    double last_rx = port ? port->last_rx : 0.0;
+    pthread_mutex_unlock(&self->lock);
+    return port ? PyFloat_FromDouble(last_rx) : NULL;
+}
+
+static PyObject *
+FramePump_pending(FramePump *self, PyObject *arg)
+{
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, arg, &index);
+    Py_ssize_t pending = port ? (Py_ssize_t)port->out_length : 0;
+    pthread_mutex_unlock(&self->lock);
+    return port ? PyLong_FromSsize_t(pending) : NULL;
+}
+
+static PyObject *
+FramePump_fileno(FramePump *self, PyObject *unused)
+{
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(self->event_fd);
+}
+
+static PyObject *
+FramePump_get_forward_all(FramePump *self, void *closure)
+{
+    return PyBool_FromLong(self->forward_all);
+}
+
+static PyMethodDef FramePump_methods[] = {
+    {"add", (PyCFunction)FramePump_add, METH_O,
+     "add(fd) -> port: read and write this non-blocking descriptor from the pump's thread (it is not closed)."},
+    {"remove", (PyCFunction)FramePump_remove, METH_O,
+     "remove(port): stop using the port's descriptor (queued output is dropped) and detach its buffer."},
+    {"attach", (PyCFunction)(void (*)(void))FramePump_attach, METH_FASTCALL,
+     "attach(port, access): apply the port's DEV_DATA to this Smart Device buffer from now on."},
+    {"send", (PyCFunction)(void (*)(void))FramePump_send, METH_FASTCALL,
+     "send(port, data) -> bool: write now or queue (False: dropped, the queue is full or the port lost)."},
+    {"take_events", (PyCFunction)FramePump_take_events, METH_NOARGS,
+     "take_events() -> list of (port, kind, data): what the thread left for Python since the last call."},
+    {"watch_writes", (PyCFunction)(void (*)(void))FramePump_watch_writes, METH_FASTCALL,
+     "watch_writes(port, message, ids): settle the writes of these IDs in a DEV_WRITE just sent by the "
+     "DEV_DATA that follow."},
+    {"settled", (PyCFunction)(void (*)(void))FramePump_settled, METH_FASTCALL,
+     "settled(port, forget=0) -> int: the IDs whose watched write a DEV_DATA settled since the last call "
+     "(no longer watched); stop watching the IDs in `forget`."},
+    {"counters", (PyCFunction)FramePump_counters, METH_O,
+     "counters(port) -> (messages_in, messages_out, lock_stalls, events_dropped) handled by the pump."},
+    {"last_rx", (PyCFunction)FramePump_last_rx, METH_O,
+     "last_rx(port) -> float: time.monotonic() of the last message the pump handled (0.0: none)."},
+    {"pending", (PyCFunction)FramePump_pending, METH_O, "pending(port) -> int: bytes queued for the port."},
+    {"fileno", (PyCFunction)FramePump_fileno, METH_NOARGS,
+     "fileno() -> int: a descriptor readable while events wait for take_events()."},
+    {"close", (PyCFunction)FramePump_close, METH_NOARGS, "close(): stop the thread and forget every port."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef FramePump_getset[] = {
+    {"forward_all", (getter)FramePump_get_forward_all, NULL, "Every frame goes to Python (nothing handled here).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FramePumpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._core.FramePump",
+    .tp_basicsize = sizeof(FramePump),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "FramePump(forward_all=False): serve Smart Device ports from one reader thread without the GIL.",
+    .tp_new = FramePump_new,
+    .tp_init = (initproc)FramePump_init,
+    .tp_dealloc = (destructor)FramePump_dealloc,
+    .tp_traverse = (traverseproc)FramePump_traverse,
+    .tp_methods = FramePump_methods,
+    .tp_getset = FramePump_getset,
+};
+
+int
+rt_pump_module_init(PyObject *module)
+{
+    if (PyType_Ready(&FramePumpType) < 0 || PyModule_AddObjectRef(module, "FramePump", (PyObject *)&FramePumpType) < 0
+        || PyModule_AddIntConstant(module, "PUMP_FRAME", PUMP_FRAME) < 0
+        || PyModule_AddIntConstant(module, "PUMP_OVERFLOW", PUMP_OVERFLOW) < 0
+        || PyModule_AddIntConstant(module, "PUMP_LOST", PUMP_LOST) < 0
+        || PyModule_AddIntConstant(module, "PUMP_STALL", PUMP_STALL) < 0
+        || PyModule_AddIntConstant(module, "PUMP_UNSTALL", PUMP_UNSTALL) < 0
+        || PyModule_AddIntConstant(module, "PUMP_SEEN", PUMP_SEEN) < 0
+        || PyModule_AddIntConstant(module, "PUMP_SENT", PUMP_SENT) < 0) {
+        return -1;
+    }
+    return 0;
+}
