@@ -1120,7 +1120,7 @@ static PyTypeObject FramePumpType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "runtime._core.FramePump",
     .tp_basicsize = sizeof(FramePump),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "FramePump(forward_all=False): serve Smart Device ports from one reader thread without the GIL.",
     .tp_new = FramePump_new,
     .tp_init = (initproc)FramePump_init,

@@ -225,6 +225,7 @@ PUMP_UNSTALL: int
 PUMP_SEEN: int
 PUMP_SENT: int
 
+@final
 class FramePump:
     def __init__(self, forward_all: bool = False) -> None: ...
     @property

@@ -7,8 +7,12 @@ process that talks to the serial ports; everything else only sees buffers.
 
 How it is organised (one asyncio loop, and the frame pump's reader thread):
 
-* A *watcher* polls every :data:`POLL_INTERVAL` seconds for the ports asked for
-  (exact ``--port`` paths and ``--glob`` patterns, default ``/dev/ttyACM*``).
+* A *watcher* looks for the ports asked for (exact ``--port`` paths and
+  ``--glob`` patterns, default ``/dev/ttyACM*``) whenever their directories
+  change (inotify), and every :data:`SAFETY_SCAN_INTERVAL` seconds in case
+  the OS did not say; where it cannot tell (a directory that does not exist
+  yet, a pattern with wildcards in its directories) it polls every
+  :data:`POLL_INTERVAL` seconds.
   A port that appears gets its own task running a :class:`PortConnection`; a
   port that vanishes (or whose path now names another device) has its
   connection closed. Pseudo-terminals are handled exactly like serial ports.
@@ -62,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import functools
@@ -103,7 +108,11 @@ BAUD_RATE = 115200
 DEFAULT_GLOB = "/dev/ttyACM*"
 """Where Smart Devices appear on Linux; watched when no ``--port`` is given."""
 POLL_INTERVAL = 0.5
-"""Seconds between scans for ports that appeared or vanished."""
+"""Seconds between scans for ports that appeared or vanished, where inotify cannot tell."""
+SAFETY_SCAN_INTERVAL = 5.0
+"""Seconds between scans where inotify watches every directory (a change it did not report)."""
+RESCAN_DELAY = 0.5
+"""Seconds after a connection ends before its port is looked at again."""
 PING_INTERVAL = 0.2
 """Seconds between PINGs while waiting for a device to introduce itself."""
 SUB_RETRY_INTERVAL = 1.0
@@ -205,6 +214,57 @@ def _next_tick(now: float, interval: float) -> float:
     """The first multiple of ``interval`` after ``now``: every device's periodic work falls on one grid,
     so the bridge wakes once per tick for all of them."""
     return (math.floor(now / interval) + 1) * interval
+
+
+class _DirectoryWatch:
+    """Readable when an entry is created, removed or renamed in one of the watched directories (inotify).
+
+    :meth:`create` returns None where inotify is not available; the bridge then polls.
+    """
+
+    _MASK = 0x100 | 0x200 | 0x40 | 0x80 | 0x4 | 0x400 | 0x800
+    """IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, IN_ATTRIB, IN_DELETE_SELF, IN_MOVE_SELF."""
+
+    def __init__(self, libc: ctypes.CDLL, fd: int) -> None:
+        self._libc = libc
+        self.fd = fd
+        self._watched: set[str] = set()
+
+    @classmethod
+    def create(cls) -> _DirectoryWatch | None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        return cls(libc, fd) if fd >= 0 else None
+
+    def watch(self, directories: set[str]) -> bool:
+        """Watch these directories too; True if every one of them is watched (they exist)."""
+        complete = True
+        for directory in directories - self._watched:
+            if self._libc.inotify_add_watch(self.fd, os.fsencode(directory), self._MASK) >= 0:
+                self._watched.add(directory)
+            else:
+                complete = False
+        return complete
+
+    def drain(self) -> None:
+        """Forget the events read so far (the bridge rescans whatever they were); directories that
+        vanished are watched again once they exist."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.fd, 65536):
+                pass
+        self._watched = {directory for directory in self._watched if os.path.isdir(directory)}
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _watchable_directory(pattern: str) -> str | None:
+    """The directory whose entries decide what ``pattern`` (a path or a glob) names; None for wildcards."""
+    directory = os.path.dirname(os.path.abspath(pattern))
+    return None if any(char in directory for char in "*?[") else directory
 
 
 Identity = tuple[int, int]
@@ -884,6 +944,8 @@ class Bridge:
         """Since when no device has been connected (``time.monotonic()``)."""
         self._idle_report: tuple[str, ...] | None = None
         """What the last report of no connected devices said (None: none since a device was connected)."""
+        self._rescan: asyncio.Event | None = None
+        """Set to make the watcher scan now (while it runs)."""
         self._opened_at: dict[Identity, float] = {}
         """When each connection started (``time.monotonic()``): a port gets time to answer PING."""
 
@@ -1043,6 +1105,8 @@ class Bridge:
         self._report_idle(present)
 
     def _finished(self, connection: PortConnection, _task: asyncio.Task[None]) -> None:
+        if self._rescan is not None:  # look at the port again soon: the device may answer again
+            asyncio.get_running_loop().call_later(RESCAN_DELAY, self._rescan.set)
         if self.connections.get(connection.identity) is connection:
             del self.connections[connection.identity]
             self._tasks.pop(connection.identity, None)
@@ -1051,13 +1115,61 @@ class Bridge:
         if connection.retry_delay > 0:
             self._retry_at[connection.identity] = time.monotonic() + connection.retry_delay
 
+    def _directories(self) -> tuple[set[str], bool]:
+        """The directories to watch for the ports asked for, and whether watching them tells everything."""
+        directories = set()
+        complete = True
+        for pattern in [*self.ports, *self.globs]:
+            found = _watchable_directory(pattern)
+            if found is None:
+                complete = False
+            else:
+                directories.add(found)
+        for connection in self.connections.values():  # where a link leads: its device node may go alone
+            target = _watchable_directory(os.path.realpath(connection.path))
+            if target is not None:
+                directories.add(target)
+        return directories, complete
+
+    def _next_scan(self, interval: float) -> float:
+        """Seconds until the next scan must happen anyway: ``interval``, or sooner for a retry or a report."""
+        now = time.monotonic()
+        due = [now + interval, *self._retry_at.values()]
+        if not self.owners and self._idle_report is None:
+            due.append(self._idle_since + NO_DEVICE_REPORT_DELAY + 0.01)
+        return max(0.01, min(due) - now)
+
     async def _watch(self) -> None:
-        while True:
-            try:
-                self.scan()
-            except Exception:
-                logger.exception("scanning for ports failed")
-            await asyncio.sleep(POLL_INTERVAL)
+        loop = asyncio.get_running_loop()
+        self._rescan = rescan = asyncio.Event()
+        watch = _DirectoryWatch.create()
+        if watch is not None:
+
+            def changed() -> None:
+                watch.drain()
+                rescan.set()
+
+            loop.add_reader(watch.fd, changed)
+        try:
+            while True:
+                rescan.clear()
+                try:
+                    self.scan()
+                except Exception:
+                    logger.exception("scanning for ports failed")
+                directories, complete = self._directories()
+                told = watch is not None and watch.watch(directories) and complete
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        rescan.wait(), self._next_scan(SAFETY_SCAN_INTERVAL if told else POLL_INTERVAL)
+                    )
+                if rescan.is_set():
+                    await asyncio.sleep(0.01)  # a device node and its links come in a burst: one scan
+        finally:
+            self._rescan = None
+            if watch is not None:
+                loop.remove_reader(watch.fd)
+                watch.close()
 
     # -- stats --
 
