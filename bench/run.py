@@ -491,9 +491,15 @@ def main(argv: list[str] | None = None) -> int:
 
     scenarios = {}
     if run_scenarios:
+        import bridge  # bench/bridge.py: the bridge under device traffic (ptys, a fleet of fake devices)
         import notify  # bench/notify.py: change notification (processes, a pty and the bridge)
 
-        scenarios = {"contention": contention(), "many_buffers": many_buffers(), "notify": notify.run_all()}
+        scenarios = {
+            "contention": contention(),
+            "many_buffers": many_buffers(),
+            "notify": notify.run_all(),
+            "bridge": bridge.run_all(),
+        }
 
     if args.json:
         info = {
@@ -527,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         import notify
 
         print("\n" + notify.describe(scenarios["notify"]))
+        import bridge
+
+        print("\n" + bridge.describe(scenarios["bridge"]))
     return 0
 
 
