@@ -47,6 +47,7 @@
 #define PUMP_READ_SIZE 4096
 #define PUMP_MAX_EVENTS 64
 #define PUMP_EVENT_LIMIT 1024         /* events queued for Python before new ones are dropped (counted) */
+#define PUMP_EVENT_RESERVE 256        /* room beyond it for the events that must not be lost (LOST, UNSTALL) */
 #define PUMP_OUTBOX_LIMIT (64 * 1024) /* bytes queued per port before new frames are dropped */
 #define PUMP_EMPTY_READS_LIMIT 100    /* readable events in a row with no bytes before a port counts as gone */
 #define PUMP_STALL_RETRY 0.005        /* seconds between attempts to apply staged values */
@@ -142,7 +143,8 @@ static void
 post(FramePump *pump, Py_ssize_t index, int kind, const uint8_t *data, Py_ssize_t length, double value)
 {
     pump_port *port = &pump->ports[index];
-    if (pump->event_count >= PUMP_EVENT_LIMIT) {
+    int vital = kind == PUMP_LOST || kind == PUMP_UNSTALL || kind == PUMP_RECOVERED;
+    if (pump->event_count >= PUMP_EVENT_LIMIT + (vital ? PUMP_EVENT_RESERVE : 0)) {
         port->events_dropped++;
         return;
     }
@@ -656,7 +658,7 @@ FramePump_init(FramePump *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->forward_all = forward_all;
-    self->events = PyMem_RawCalloc(PUMP_EVENT_LIMIT, sizeof(pump_event));
+    self->events = PyMem_RawCalloc(PUMP_EVENT_LIMIT + PUMP_EVENT_RESERVE, sizeof(pump_event));
     if (self->events == NULL) {
         PyErr_NoMemory();
         return -1;

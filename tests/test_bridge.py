@@ -43,7 +43,7 @@ from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceU
 from runtime.jsonio import jsonable
 from runtime.link import FrameWriter
 from runtime.messaging import DELIM, ErrorCode, Message, MessageType
-from runtime.tools import bridge
+from runtime.testing import dev_data
 from runtime.tools import emulate as emulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -274,6 +274,30 @@ def test_bridge_survives_a_misbehaving_device(children: Children, store: BufferS
     finally:
         device.close()
         stranger.close()
+
+
+def test_verbose_bridge_logs_every_frame_both_ways(children: Children, store: BufferStore) -> None:
+    """--verbose: the frames the pump handles and answers by itself are logged too, and still applied."""
+    device = FakeDevice()
+    try:
+        process = children.start("runtime.tools.bridge", "--port", device.path, "--verbose")
+        uid = make_uid(SERVO)
+        device.introduce(uid)
+        servo = open_buffer(store, uid)
+        wait_for("the servo to be valid", lambda: servo.valid)
+        device.send_message(sub_res(uid, 0b11, 40))
+        device.send_message(dev_data(SERVO, servo0=0.5))
+        wait_for("the value", lambda: servo.get("servo0") == 0.5)
+        device.send_message(Message.make_hb_req(42))
+        device.expect(MessageType.HB_RES, where=lambda m: m.read_hb_res() == 42)
+        frame = dev_data(SERVO, servo0=0.5).encode().hex(" ")
+        answer = Message.make_hb_res(42).encode().hex(" ")
+        wait_for("the frames in the log", lambda: f"<- {frame}" in (log := children.log(process)) and log)
+        wait_for(
+            "the answer in the log", lambda: f"-> {answer} (answered by the pump)" in children.log(process)
+        )
+    finally:
+        device.close()
 
 
 def test_bridge_survives_emulated_noise(children: Children, store: BufferStore, tmp_path: Path) -> None:

@@ -239,3 +239,16 @@ def test_a_removed_port_leaves_nothing_behind(link: Link, pump: FramePump) -> No
         pump.send(port, b"x")
     os.write(link.host, b"still open")  # the descriptor stays the caller's
     assert pump.add(link.host) == port  # the id is reused
+
+
+def test_events_python_does_not_take_are_bounded(link: Link, pump: FramePump) -> None:
+    port = pump.add(link.host)
+    ping = Message.make_ping().encode() + DELIM  # not the pump's to handle: one event each
+    for _ in range(12):
+        os.write(link.device, ping * 100)
+        time.sleep(0.005)
+    wait_for("the overflow to be counted", lambda: pump.counters(port).events_dropped == 1200 - 1024)
+    taken = pump.take_events()
+    assert len(taken) == 1024 and all(event == PumpEvent.FRAME for _, event, _ in taken)
+    link.send(Message.make_ping())
+    assert len(events(pump)) == 1  # room again

@@ -194,7 +194,7 @@ class FramePump:
         return self._core.add(fd)
 
     def remove(self, port: int) -> None:
-        """Stop using a port before its descriptor is closed: queued output is dropped, the buffer detached."""
+        """Stop using a port (then close its descriptor): queued output is dropped, the buffer detached."""
         self._core.remove(port)
 
     def attach(self, port: int, buffer: DeviceBuffer) -> None:
