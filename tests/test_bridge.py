@@ -300,6 +300,36 @@ def test_verbose_bridge_logs_every_frame_both_ways(children: Children, store: Bu
         device.close()
 
 
+def _wakeups(pid: int) -> int:
+    """How many times the main thread of process ``pid`` went to sleep and was woken (context switches)."""
+    with open(f"/proc/{pid}/task/{pid}/status", encoding="ascii") as status:
+        return sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+
+
+def test_sensor_frames_do_not_wake_the_bridges_python(children: Children, store: BufferStore) -> None:
+    """500 DEV_DATA, one per write as a USB link delivers them: all applied, and the interpreter's
+    thread hardly wakes (the frame pump's thread applies them); per-frame Python would wake it 500 times."""
+    device = FakeDevice()
+    try:
+        process = children.start("runtime.tools.bridge", "--port", device.path)
+        uid = make_uid(SERVO)
+        device.introduce(uid)
+        servo = open_buffer(store, uid)
+        wait_for("the servo to be valid", lambda: servo.valid)
+        device.expect(MessageType.SUB_REQ)
+        device.send_message(sub_res(uid, 0b11, 40))
+        frames = [dev_data(SERVO, servo0=k / 512).encode() + DELIM for k in range(500)]
+        before = _wakeups(process.pid)
+        for frame in frames:
+            device.send(frame)
+            time.sleep(0.001)
+        wait_for("the last value", lambda: servo.get("servo0") == 499 / 512)
+        woken = _wakeups(process.pid) - before
+        assert woken < 50, f"the bridge's main thread woke {woken} times for 500 frames"
+    finally:
+        device.close()
+
+
 def test_bridge_survives_emulated_noise(children: Children, store: BufferStore, tmp_path: Path) -> None:
     """An emulator sending noise on its link (hidden --garbage option) never stops the bridge."""
     uid = make_uid(SWITCH)

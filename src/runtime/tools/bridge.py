@@ -993,6 +993,8 @@ class Bridge:
     def note_unknown_device(self, path: str, device_id: int, uid: int) -> None:
         """Remember that the device on ``path`` is of a type the catalog lacks (for :meth:`port_outcomes`)."""
         self._unknown_devices[path] = f"a device of unknown type (device id {device_id}, uid {uid:#x})"
+        if self._rescan is not None:  # the report of what the ports hold changes
+            self._rescan.set()
 
     # -- what the ports hold, when no device connects --
 
@@ -1132,12 +1134,18 @@ class Bridge:
         return directories, complete
 
     def _next_scan(self, interval: float) -> float:
-        """Seconds until the next scan must happen anyway: ``interval``, or sooner for a retry or a report."""
+        """Seconds until the next scan must happen anyway: ``interval``, or sooner for a retry, or for
+        the report of what the ports hold (see :meth:`_report_idle`) when it may change."""
         now = time.monotonic()
         due = [now + interval, *self._retry_at.values()]
-        if not self.owners and self._idle_report is None:
-            due.append(self._idle_since + NO_DEVICE_REPORT_DELAY + 0.01)
-        return max(0.01, min(due) - now)
+        if not self.owners:
+            due.append(self._idle_since + NO_DEVICE_REPORT_DELAY)
+            due += [
+                self._opened_at.get(identity, now) + NO_DEVICE_REPORT_DELAY
+                for identity, connection in self.connections.items()
+                if connection.record is None and connection.path not in self._unknown_devices
+            ]
+        return max(0.01, min(t + 0.01 for t in due if t > now) - now)
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
