@@ -833,3 +833,69 @@ def test_udevadm_verifies_the_rule() -> None:
         pytest.skip("this udevadm has no 'verify' (systemd 254 and later)")
     done = subprocess.run([udevadm, "verify", str(RULES)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- watching for ports ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_scans(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """The bridge's periodic scans come every minute: a port found sooner was found through inotify."""
+    monkeypatch.setattr(bridge, "POLL_INTERVAL", 60.0)
+    monkeypatch.setattr(bridge, "SAFETY_SCAN_INTERVAL", 60.0)
+    caplog.set_level(logging.INFO, logger=bridge.logger.name)
+    return caplog
+
+
+def opened_after(caplog: pytest.LogCaptureFixture, path: str, since: float) -> list[float]:
+    return [
+        r.created - since
+        for r in caplog.records
+        if r.getMessage() == f"port {path}: opened; waiting for a Smart Device to answer PING"
+    ]
+
+
+@pytest.mark.parametrize("how", ["glob", "port"])
+def test_a_port_that_appears_is_seen_at_once_without_polling(
+    slow_scans: pytest.LogCaptureFixture, store: BufferStore, tmp_path: Path, how: str
+) -> None:
+    ports = tmp_path / "ports"
+    ports.mkdir()
+    link = ports / "ttyACM0"
+    created = 0.0
+    with pty_pair() as (_, path):
+
+        async def plug_in_later() -> None:
+            nonlocal created
+            await asyncio.sleep(0.3)
+            created = time.time()
+            link.symlink_to(path)
+
+        if how == "glob":
+            run_bridge(store, 1.0, globs=[str(ports / "*")], during=plug_in_later)
+        else:
+            run_bridge(store, 1.0, ports=[str(link)], during=plug_in_later)
+    [delay] = opened_after(slow_scans, str(link), created)
+    assert 0 <= delay < 0.3
+
+
+def test_where_inotify_cannot_tell_the_bridge_polls(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, store: BufferStore, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bridge, "POLL_INTERVAL", 0.1)
+    monkeypatch.setattr(bridge, "SAFETY_SCAN_INTERVAL", 60.0)
+    caplog.set_level(logging.INFO, logger=bridge.logger.name)
+    link = tmp_path / "later" / "ttyACM0"  # its directory does not exist yet: nothing to watch
+    created = 0.0
+    with pty_pair() as (_, path):
+
+        async def plug_in_later() -> None:
+            nonlocal created
+            await asyncio.sleep(0.3)
+            created = time.time()
+            link.parent.mkdir()
+            link.symlink_to(path)
+
+        run_bridge(store, 1.0, ports=[str(link)], during=plug_in_later)
+    [delay] = opened_after(caplog, str(link), created)
+    assert 0 <= delay < 0.5
