@@ -30,7 +30,8 @@ How it is organised (one asyncio loop, and the frame pump's reader thread):
   subscribes. A ``write()`` or ``read()`` by anyone wakes it: the pending
   reads and writes go out (:meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw`),
   at most one batch per ``write_interval``;
-  a heartbeat goes out every ``heartbeat_interval``, and a device silent for
+  a heartbeat goes out every ``heartbeat_interval`` (every device's on one
+  grid of time, so that the bridge wakes once for all), and a device silent for
   :data:`SILENCE_HEARTBEATS` heartbeat intervals is treated as gone.
 * The link may lose frames, so what must arrive is confirmed: a subscription
   counts only once a SUB_RES with a nonzero interval answers it (SUB_REQ is
