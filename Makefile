@@ -48,7 +48,7 @@ clean:
 
 # Coverage-guided fuzzing of the compiled core under AddressSanitizer (fuzz/README.md):
 # builds an instrumented copy in build/fuzz/ (needs clang), then runs each target
-# for FUZZ_SECONDS. FUZZ_TARGETS picks targets (decode, update); FUZZ_ARGS go to libFuzzer.
+# for FUZZ_SECONDS. FUZZ_TARGETS picks targets (decode, update, pump); FUZZ_ARGS go to libFuzzer.
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz:

@@ -735,6 +735,10 @@ lookup(FramePump *self, PyObject *arg, Py_ssize_t *index)
 {
     Py_ssize_t i = PyLong_AsSsize_t(arg);
     if (i == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "no such port in this pump");
+        }
         return NULL;
     }
     if (i < 0 || i >= self->port_count || self->ports[i].fd < 0) {

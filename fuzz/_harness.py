@@ -45,6 +45,27 @@ def check_instrumented(core: ModuleType) -> None:
         sys.exit("fuzz harness: " + "; ".join(problems))
 
 
+def cobs_encode(data: bytes) -> bytes:
+    """Canonical COBS, as the spec states it (the harnesses' model; seeds use it too): a code byte per
+    block of up to 254 nonzero bytes."""
+    out = bytearray()
+    block = bytearray()
+    for byte in data:
+        if byte == 0:
+            out.append(len(block) + 1)
+            out += block
+            block.clear()
+            continue
+        block.append(byte)
+        if len(block) == 254:
+            out.append(0xFF)
+            out += block
+            block.clear()
+    out.append(len(block) + 1)
+    out += block
+    return bytes(out)
+
+
 class Input:
     """Reads choices from a fuzz input, front to back; zeros once it runs out.
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import _harness  # sys.path and warnings first
 import atheris
-from _harness import Input, model_values
+from _harness import Input, cobs_encode, model_values
 
 with atheris.instrument_imports(include=["runtime"]):
     from runtime import _core
@@ -57,26 +57,6 @@ U = ErrorCode.UNEXPECTED_DELIMITER
 OVERFLOW = ErrorCode.BUFFER_OVERFLOW
 
 # ---- the protocol, as the spec states it ------------------------------------------------------
-
-
-def cobs_encode(data: bytes) -> bytes:
-    """Canonical COBS: a code byte per block of up to 254 nonzero bytes."""
-    out = bytearray()
-    block = bytearray()
-    for byte in data:
-        if byte == 0:
-            out.append(len(block) + 1)
-            out += block
-            block.clear()
-            continue
-        block.append(byte)
-        if len(block) == 254:
-            out.append(0xFF)
-            out += block
-            block.clear()
-    out.append(len(block) + 1)
-    out += block
-    return bytes(out)
 
 
 def model_decode(frame: bytes) -> tuple[int, bytes] | set[ErrorCode]:

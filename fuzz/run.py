@@ -3,13 +3,14 @@
 
     python3 fuzz/run.py [--seconds N] [TARGET ...] [-- LIBFUZZER_ARGS ...]
 
-Targets: decode (fuzz/fuzz_decode.py), update (fuzz/fuzz_update.py); default
-both, one after the other. Each runs under libFuzzer (atheris) with ASan
-preloaded, reading the committed seeds from fuzz/corpus/TARGET/ and writing new
-inputs to build/fuzz/corpus/TARGET/ (never into the repo). A crash, sanitizer
-report, unexpected exception or failed check stops that target and leaves the
-input in build/fuzz/artifacts/TARGET/; the run then exits non-zero. Full logs go
-to build/fuzz/logs/TARGET.log; the summary shows the executions per target.
+Targets: decode (fuzz/fuzz_decode.py), update (fuzz/fuzz_update.py), pump
+(fuzz/fuzz_pump.py); default all, one after the other. Each runs under
+libFuzzer (atheris) with ASan preloaded, reading the committed seeds from
+fuzz/corpus/TARGET/ and writing new inputs to build/fuzz/corpus/TARGET/ (never
+into the repo). A crash, sanitizer report, unexpected exception or failed check
+stops that target and leaves the input in build/fuzz/artifacts/TARGET/; the run
+then exits non-zero. Full logs go to build/fuzz/logs/TARGET.log; the summary
+shows the executions per target.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ TARGETS = {
     # name: (harness, max input length)
     "decode": ("fuzz_decode.py", 1024),
     "update": ("fuzz_update.py", 4096),
+    "pump": ("fuzz_pump.py", 4096),
 }
 SHM = Path("/dev/shm")
 

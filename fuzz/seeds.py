@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the committed seed corpus: fuzz/corpus/decode/ and fuzz/corpus/update/.
+"""Write the committed seed corpus: fuzz/corpus/decode/, fuzz/corpus/update/ and fuzz/corpus/pump/.
 
     python3 fuzz/seeds.py
 
@@ -10,14 +10,22 @@ are written in fuzz_update.py's input format (see ``Writer`` below, the mirror
 of _harness.Input): a catalog, then operations; they put the spec's example
 device through its worked examples, and reach the deep paths on purpose
 (values split over several messages, the exact packer, transactions, plain
-buffers). Re-run this after changing either format; stale seeds are harmless
-but fuzz less well. Only stdlib: no build needed.
+buffers). The pump seeds are in fuzz_pump.py's format (``PumpWriter``): a
+device, then frames and calls that reach each of the pump's paths (heartbeats,
+DEV_DATA before and after attach, writes settled or not, stale values,
+forward_all, over-long and split frames, the longest frame, a held lock, a
+closed or invalid buffer, a full queue, an event flood, remove/add, hang-ups).
+Re-run this after changing any format; stale seeds are harmless but fuzz less
+well. Only stdlib: no build needed.
 """
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Self
+
+from _harness import cobs_encode
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -25,20 +33,6 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 
 PING, SUB_REQ, SUB_RES, DEV_READ, DEV_WRITE, DEV_DATA, DEV_DISABLE, HB_REQ, HB_RES = range(0x10, 0x19)
 ERROR = 0xFF
-
-
-def cobs(data: bytes) -> bytes:
-    out, block = bytearray(), bytearray()
-    for byte in data:
-        if byte == 0:
-            out += bytes([len(block) + 1]) + block
-            block.clear()
-            continue
-        block.append(byte)
-        if len(block) == 254:
-            out += b"\xff" + block
-            block.clear()
-    return bytes(out + bytes([len(block) + 1]) + block)
 
 
 def raw(msg_type: int, payload: bytes) -> bytes:
@@ -50,7 +44,7 @@ def raw(msg_type: int, payload: bytes) -> bytes:
 
 
 def frame(msg_type: int, payload: bytes = b"") -> bytes:
-    return cobs(raw(msg_type, payload))
+    return cobs_encode(raw(msg_type, payload))
 
 
 def decode_seeds() -> dict[str, bytes]:
@@ -78,7 +72,7 @@ def decode_seeds() -> dict[str, bytes]:
         "bad-checksum": bytes.fromhex("04 13 02 06 02 18"),
         "bad-cobs-zero": bytes.fromhex("04 13 00 06 02 17"),
         "bad-cobs-overrun": bytes.fromhex("09 13 02 06"),
-        "length-mismatch": cobs(b"\x13\x03\x06\x00\x16"),
+        "length-mismatch": cobs_encode(b"\x13\x03\x06\x00\x16"),
         "unknown-type": frame(0x20, b"\x01"),
         "short": bytes.fromhex("02 10"),
         "too-long": b"\x01" * 261,
@@ -108,37 +102,37 @@ class Writer:
     def __init__(self) -> None:
         self.out = bytearray()
 
-    def uint(self, nbytes: int, value: int) -> Writer:
+    def uint(self, nbytes: int, value: int) -> Self:
         self.out += value.to_bytes(nbytes, "little")
         return self
 
-    def int_in(self, low: int, high: int, value: int) -> Writer:
+    def int_in(self, low: int, high: int, value: int) -> Self:
         span = high - low + 1
         if span > 1:
             self.uint((span - 1).bit_length() + 7 >> 3, value - low)
         return self
 
-    def pick(self, items: list[object], item: object) -> Writer:
+    def pick(self, items: list[object], item: object) -> Self:
         return self.int_in(0, len(items) - 1, items.index(item))
 
-    def flag(self, value: bool) -> Writer:
+    def flag(self, value: bool) -> Self:
         return self.uint(1, int(value))
 
-    def take(self, data: bytes) -> Writer:
+    def take(self, data: bytes) -> Self:
         self.out += data
         return self
 
     # -- the catalog --
-    def device(self, device_id: int, params: list[tuple[str, int]]) -> Writer:
+    def device(self, device_id: int, params: list[tuple[str, int]]) -> Self:
         """params: (type, flags) in ID order; types like 'uint8' or 'uint8[200]'."""
         self.int_in(0, 17, len(params)).uint(1, 0).uint(2, device_id)
         return self._params(params)
 
-    def plain_buffer(self, params: list[tuple[str, int]]) -> Writer:
+    def plain_buffer(self, params: list[tuple[str, int]]) -> Self:
         self.int_in(0, 17, len(params)).uint(1, 0x41)
         return self._params(params)
 
-    def _params(self, params: list[tuple[str, int]]) -> Writer:
+    def _params(self, params: list[tuple[str, int]]) -> Self:
         for ctype, flags in params:
             base, _, size = ctype.partition("[")
             self.pick(BASES, base)
@@ -150,33 +144,33 @@ class Writer:
         return self
 
     # -- operations --
-    def op(self, number: int) -> Writer:
+    def op(self, number: int) -> Self:
         return self.int_in(0, 19, number)
 
-    def update_frame(self, data: bytes) -> Writer:
+    def update_frame(self, data: bytes) -> Self:
         return self.op(OP_UPDATE_FRAME).int_in(0, 262, len(data)).take(data)
 
-    def update_values(self, write: bool, params: int, values: bytes) -> Writer:
+    def update_values(self, write: bool, params: int, values: bytes) -> Self:
         return self.op(OP_UPDATE_VALUES).flag(write).uint(2, params).int_in(0, 3, 2).take(values)
 
-    def sub_req(self, params: int, interval: int) -> Writer:
+    def sub_req(self, params: int, interval: int) -> Self:
         return self.op(OP_FACTORY).int_in(0, 8, 0).uint(2, params).uint(2, interval)
 
-    def sub_res(self, params: int, interval: int, device_id: int, year: int, random: int) -> Writer:
+    def sub_res(self, params: int, interval: int, device_id: int, year: int, random: int) -> Self:
         self.op(OP_FACTORY).int_in(0, 8, 1).uint(2, params).uint(2, interval).uint(2, device_id)
         return self.uint(1, year).uint(8, random)
 
-    def dev_read(self, params: int) -> Writer:
+    def dev_read(self, params: int) -> Self:
         return self.op(OP_FACTORY).int_in(0, 8, 2).uint(2, params)
 
-    def emit(self, which: int, feed_back: bool = True) -> Writer:
+    def emit(self, which: int, feed_back: bool = True) -> Self:
         return self.op(which).flag(feed_back)
 
-    def take_values(self, which: int) -> Writer:
+    def take_values(self, which: int) -> Self:
         """0 get_update, 1 get_write, 2 get_read, 3 snapshot."""
         return self.op(OP_TAKE).int_in(0, 3, which)
 
-    def set_raw(self, op: int, name_index: int, names: int, size: int, fill: int) -> Writer:
+    def set_raw(self, op: int, name_index: int, names: int, size: int, fill: int) -> Self:
         """set/write an array parameter to `size` bytes of `fill` (a value of its exact type)."""
         self.op(op).int_in(0, 2 * names + 4, name_index).int_in(0, 9, 3)
         return self.take(bytes([fill]) * size)
@@ -255,6 +249,158 @@ def update_seeds() -> dict[str, bytes]:
     return {name: bytes(writer.out) for name, writer in seeds.items()}
 
 
+# ---- fuzz_pump.py's input format -----------------------------------------------------------------
+
+# Must match fuzz_pump.py (CATALOG order, BASES, the op numbers of Run.stream_op and Run.call_op).
+PUMP_TYPES = ["limit-switch", "encoder", "rfid", "servo-motor", "battery", "koala-bear"]
+PUMP_BASES = [
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "float",
+    "double",
+    "int64",
+    "uint64",
+]
+P_RAW, P_DEV_DATA, P_EMITTED, P_MISFIT, P_HB_REQ, P_HB_RES, P_OTHER, P_MUTATED = 0, 2, 5, 6, 7, 8, 9, 10
+P_LONG, P_PIECE, P_BURST, P_DELIMS = 11, 12, 13, 14
+P_SYNC, P_ATTACH, P_WATCH, P_SETTLED, P_BUFFER, P_TXN, P_SEND, P_READD, P_FLOOD = range(15, 24)
+LONG_LENGTHS = [259, 260, 261, 262, 300, 520, 521, 700, 4096, 4097]
+PALETTE, WRITTEN, STALE, STAGE, RANDOM = 1, 3, 4, 5, 7  # value modes (0..2: palette entries)
+
+
+class PumpWriter(Writer):
+    """fuzz_pump.py's input: the device type, forward_all, attach at once, the ending (13: the device hangs
+    up, 14, 15: stops reading; 11, 12: remove the port, close the pump with frames in flight), the value
+    palette; then operations."""
+
+    def __init__(self, device: str | None = "servo-motor", *, forward_all: bool = False, attach: bool = True,
+                 ending: int = 0, palette: tuple[int, int] = (0x3F, 0xBF)) -> None:  # fmt: skip
+        super().__init__()
+        if device is not None:
+            self.int_in(0, 3, 0).pick(PUMP_TYPES, device)  # type: ignore[arg-type]
+            self.header(forward_all, attach, ending, palette)
+
+    def header(self, forward_all: bool, attach: bool, ending: int, palette: tuple[int, int]) -> Self:
+        self.int_in(0, 3, 3 if forward_all else 0).flag(attach).int_in(0, 15, ending)
+        return self.uint(1, palette[0]).uint(1, palette[1])
+
+    def random_device(self, params: list[str], device_id: int = 0x99) -> Self:
+        """A random catalog: types like 'float', 'int16[4]' (1..32 values) or 'uint8[253]' (200..253)."""
+        self.int_in(0, 3, 2).int_in(1, 16, len(params))
+        for ctype in params:
+            base, _, size = ctype.partition("[")
+            self.pick(PUMP_BASES, base)  # type: ignore[arg-type]
+            if not size:
+                self.uint(1, 1)
+            elif int(size[:-1]) >= 200:
+                self.uint(1, 0x80).int_in(200, 253, int(size[:-1]))
+            else:
+                self.uint(1, 0).int_in(1, 32, int(size[:-1]))
+        return self.uint(2, device_id)
+
+    def pop(self, number: int) -> Self:
+        return self.int_in(0, 23, number)
+
+    def values(self, params: int, values: list[int | bytes]) -> Self:
+        """A payload that fits: the bitmap, then each value: a mode (PALETTE, 2, WRITTEN...) or its bytes."""
+        self.uint(2, params)
+        for value in values:
+            if isinstance(value, bytes):
+                self.int_in(0, 7, RANDOM).take(value)
+            else:
+                self.int_in(0, 7, value)
+        return self
+
+    def dev_data(self, params: int, values: list[int | bytes]) -> Self:
+        return self.pop(P_DEV_DATA).values(params, values)
+
+    def hb(self, request: bool, heartbeat_id: int) -> Self:
+        return self.pop(P_HB_REQ if request else P_HB_RES).uint(1, heartbeat_id)
+
+    def long(self, length: int, fill: int, delimited: bool) -> Self:
+        return self.pop(P_LONG).pick(LONG_LENGTHS, length).int_in(1, 255, fill).int_in(0, 1, int(delimited))  # type: ignore[arg-type]
+
+    def watch(self, params: int, values: list[int | bytes], ids: int) -> Self:
+        return self.pop(P_WATCH).int_in(0, 7, 0).values(params, values).flag(True).uint(2, ids)
+
+    def settled(self, forget: int = 0) -> Self:
+        return self.pop(P_SETTLED).flag(True).uint(2, forget)
+
+    def flood(self, count: int, frame: int, hang_up: bool, heartbeat_id: int) -> Self:
+        """`count` (1000..1124) copies of a frame (0 PING, 1 ERROR, 2 bad checksum), then an HB_REQ."""
+        self.call(P_FLOOD, 3, 3).int_in(1000, 1124, count).int_in(0, 2, frame)
+        return self.int_in(0, 3, 3 if hang_up else 0).uint(1, heartbeat_id)
+
+    def call(self, op: int, choice: int, high: int) -> Self:
+        """A call op and its first choice (attach: 0 plain attach; buffer: 0 update, 5 valid, 10 close...)."""
+        return self.pop(op).int_in(0, high, choice)
+
+
+def pump_seeds() -> dict[str, PumpWriter]:
+    half, quarter = struct.pack("<f", 0.5), struct.pack("<f", -0.25)
+    seeds = {
+        "servo-data-heartbeats": PumpWriter().dev_data(0b11, [half, quarter]).hb(True, 42).hb(False, 7),
+        "attach-midway": PumpWriter(attach=False)
+        .dev_data(0b01, [half]).pop(P_SYNC).call(P_ATTACH, 0, 15).dev_data(0b10, [PALETTE])
+        .call(P_ATTACH, 0, 15),  # attached already: refused
+        # a write, a report of the old values (not settled), then of the value written, then of another
+        "watch-settle": PumpWriter()
+        .dev_data(0b11, [0, 0]).watch(0b11, [PALETTE, 2], 0b11).dev_data(0b11, [STALE, STALE]).settled()
+        .dev_data(0b01, [WRITTEN]).settled().dev_data(0b10, [b"\x01\x02\x03\x04"]).settled(0b10),
+        "forward-all": PumpWriter(forward_all=True)
+        .dev_data(0b11, [PALETTE, 2]).hb(True, 1).hb(False, 2).call(P_OTHER, 0, 12),
+        # over-long runs (ended, then running into a DEV_DATA), half a frame written, a burst
+        "overflow-split": PumpWriter()
+        .long(261, 0x41, True).long(260, 0x41, False).dev_data(0b11, [PALETTE, PALETTE]).long(260, 0x42, True)
+        .dev_data(0b11, [PALETTE, 2]).pop(P_PIECE).uint(1, 100).hb(True, 9)
+        .pop(P_BURST).flag(True).int_in(0, 2, 1).uint(1, 3).int_in(2, 60, 40),
+        "transaction-stall": PumpWriter()
+        .call(P_TXN, 3, 6).dev_data(0b11, [PALETTE, 2]).hb(True, 5).dev_data(0b01, [0]).pop(P_SYNC),
+        "send-readd-hang-up": PumpWriter(ending=13)
+        .call(P_SEND, 0, 24).int_in(0, 64, 4).take(b"ping").hb(True, 3).call(P_READD, 3, 3)
+        .dev_data(0b01, [PALETTE]).hb(True, 4),
+        # the device's end does not read: send() and the answers queue in the pump, then are dropped
+        "outbox-full": PumpWriter(forward_all=True)
+        .call(P_SEND, 24, 24).uint(1, 0x55).hb(True, 1).hb(True, 2).pop(P_SYNC)
+        .call(P_SEND, 20, 24).uint(1, 0x66).call(P_SEND, 20, 24).uint(1, 0x77).hb(True, 3),
+        # more events than the pump keeps for Python
+        "event-flood": PumpWriter(forward_all=True).flood(1100, 1, False, 0x21).hb(True, 4),
+        "event-flood-hang-up": PumpWriter().flood(1030, 0, True, 0x22),
+        # frames in flight when the port is removed, the buffer attached
+        "abrupt-remove": PumpWriter(ending=11)
+        .dev_data(0b11, [PALETTE, 2]).hb(True, 1).pop(P_OTHER).int_in(0, 12, 0).long(700, 0x33, False),
+        "abrupt-close": PumpWriter(ending=12, forward_all=True).dev_data(0b11, [PALETTE, 2]).hb(True, 1),
+        # the device stops reading: send() fails, then (forward_all) an answer to a heartbeat fails
+        "stops-reading-send": PumpWriter(ending=14).hb(True, 1).call(P_READD, 2, 3).int_in(1, 4, 4)
+        .uint(1, 8).uint(1, 0).uint(1, 9).uint(1, 15),
+        "stops-reading-heartbeat": PumpWriter(ending=15, forward_all=True).dev_data(0b01, [PALETTE]),
+        # five writes of one parameter: the oldest replaced value is forgotten (settles), the others not
+        "stale-values": PumpWriter()
+        .dev_data(0b01, [0]).watch(0b01, [b"\x01\x00\x00\x00"], 1).watch(0b01, [b"\x02\x00\x00\x00"], 1)
+        .watch(0b01, [b"\x03\x00\x00\x00"], 1).watch(0b01, [b"\x04\x00\x00\x00"], 1)
+        .watch(0b01, [b"\x05\x00\x00\x00"], 1).dev_data(0b01, [b"\x02\x00\x00\x00"]).settled()
+        .dev_data(0b01, [0]).settled(),
+        "closed-buffer": PumpWriter()
+        .dev_data(0b01, [PALETTE]).call(P_BUFFER, 10, 11).dev_data(0b11, [2, 2]).call(P_ATTACH, 0, 15),
+        "invalid-buffer": PumpWriter()
+        .call(P_BUFFER, 5, 11).flag(False).dev_data(0b01, [PALETTE]).call(P_BUFFER, 5, 11).flag(True)
+        .dev_data(0b10, [2]).call(P_BUFFER, 0, 11).values(0b01, [2]),
+        # 16 parameters; a report of the value before the write (STAGE) does not settle it
+        "koala-16-params": PumpWriter("koala-bear")
+        .dev_data(0xFFFF, [PALETTE] * 16).watch(0x8001, [2, 2], 0xFFFF).dev_data(0x8001, [WRITTEN, STAGE])
+        .settled(0xFFFF),
+        # a 253-byte array: its DEV_DATA is a 260-byte frame, the longest there is
+        "longest-frame": PumpWriter(None).random_device(["uint8[253]", "float"])
+        .header(False, True, 0, (0x55, 0xAA)).dev_data(0b01, [PALETTE]).dev_data(0b10, [2]),
+    }  # fmt: skip
+    return seeds
+
+
 def write(folder: Path, seeds: dict[str, bytes]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("seed-*"):
@@ -267,3 +413,4 @@ def write(folder: Path, seeds: dict[str, bytes]) -> None:
 if __name__ == "__main__":
     write(CORPUS / "decode", decode_seeds())
     write(CORPUS / "update", update_seeds())
+    write(CORPUS / "pump", {name: bytes(writer.out) for name, writer in pump_seeds().items()})
