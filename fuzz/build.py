@@ -39,6 +39,8 @@ OUT = ROOT / "build" / "fuzz"
 VENV = OUT / "venv"
 PKG = OUT / "pkg"
 ATHERIS = "atheris==3.0.0"
+PACKAGES = [ATHERIS, "PyYAML>=6"]
+"""What the fuzz venv holds: atheris, and what runtime.catalog needs to load the real catalog."""
 CC = os.environ.get("FUZZ_CC", "clang")
 CFLAGS = [
     "-fsanitize=address,fuzzer-no-link",
@@ -81,19 +83,19 @@ def venv_python() -> Path:
 
 
 def ensure_venv() -> None:
-    """A virtualenv with atheris, on the interpreter the extension is built for."""
+    """A virtualenv with atheris (and PyYAML), on the interpreter the extension is built for."""
     stamp = VENV / ".atheris-stamp"
-    if stamp.exists() and stamp.read_text() == f"{ATHERIS} {sys.version}":
+    if stamp.exists() and stamp.read_text() == f"{' '.join(PACKAGES)} {sys.version}":
         return
     if not venv_python().exists():
         log(f"creating {VENV.relative_to(ROOT)}")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    log(f"installing {ATHERIS}")
+    log(f"installing {', '.join(PACKAGES)}")
     subprocess.run(
-        [str(venv_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", ATHERIS],
+        [str(venv_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PACKAGES],
         check=True,
     )
-    stamp.write_text(f"{ATHERIS} {sys.version}")
+    stamp.write_text(f"{' '.join(PACKAGES)} {sys.version}")
 
 
 def preload_library() -> Path:

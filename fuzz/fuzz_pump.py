@@ -80,6 +80,7 @@ from _harness import Input, cobs_encode, model_values
 
 with atheris.instrument_imports(include=["runtime"]):
     from runtime import _core
+    from runtime import catalog as catalog_module
     from runtime.buffer import BufferStore, DeviceBufferError
     from runtime.link import FramePump, PumpEvent
     from runtime.messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageError, MessageType
@@ -113,54 +114,13 @@ INT_RANGES = {
 ODD_IDS: list[Any] = [0, -1, 2**64 - 1, 2**70, 0xFFFF0000, "x", None]
 
 
-def _params(*specs: str, **extra: Any) -> list[dict[str, Any]]:
-    """Parameters written "name:type", all with the same `extra` keys."""
-    return [{"name": name, "type": ctype, **extra} for name, ctype in (spec.split(":") for spec in specs)]
-
-
-def _motor(side: str) -> list[dict[str, Any]]:
-    duty, gains = {"lower": -1.0, "upper": 1.0}, {"readable": False, "lower": 0.0}
-    return [
-        *_params(f"duty_cycle_{side}:float", writeable=True, **duty),
-        *_params(
-            f"pid_kp_{side}:float", f"pid_ki_{side}:float", f"pid_kd_{side}:float", writeable=True, **gains
-        ),
-        *_params(
-            f"enc_pos_{side}:float", f"deadband_{side}:float", f"motor_enabled_{side}:bool", writeable=True
-        ),
-        *_params(f"drive_mode_{side}:uint8", writeable=True),
-    ]
-
-
-# A few device types of src/runtime/catalog.yaml, copied: runtime.catalog needs PyYAML, which
-# build/fuzz/venv does not have (it holds atheris only).
-CATALOG = {
-    "limit-switch": {"device_id": 0, "params": _params("switch0:bool", "switch1:bool", "switch2:bool")},
-    "encoder": {"device_id": 3, "params": _params("rotation:int16")},
-    "rfid": {"device_id": 11, "params": _params("id:uint32", "tag_detect:uint8")},
-    "servo-motor": {
-        "device_id": 7,
-        "params": _params("servo0:float", "servo1:float", writeable=True, lower=-1.0, upper=1.0),
-    },
-    "battery": {
-        "device_id": 4,
-        "params": _params(
-            "is_unsafe:bool",
-            "calibrated:bool",
-            "v_cell1:float",
-            "v_cell2:float",
-            "v_cell3:float",
-            "v_batt:float",
-            "dv_cell2:float",
-            "dv_cell3:float",
-        ),
-    },
-    "koala-bear": {"device_id": 13, "params": _motor("a") + _motor("b")},
-    "plain": {"params": _params("x:int32")},  # not a Smart Device (like gamepad)
-}
-TYPES = BufferStore.make_catalog(CATALOG)
-DEVICE_TYPES = [TYPES[name] for name in CATALOG if name != "plain"]
-PLAIN = TYPES["plain"]
+# Device types of the real catalog (src/runtime/catalog.yaml), from small to the 16-parameter koala-bear,
+# and a buffer type that is not a Smart Device (like gamepad).
+CATALOG = catalog_module.load()
+DEVICE_TYPES = [
+    CATALOG[name] for name in ("limit-switch", "encoder", "rfid", "servo-motor", "battery", "koala-bear")
+]
+PLAIN = BufferStore.make_catalog({"plain": {"params": [{"name": "x", "type": "int32"}]}})["plain"]
 TRACE = os.environ.get("FUZZ_TRACE") == "1"  # print the operations (to replay an input)
 _types: dict[str, Any] = {}
 _shapes: dict[Any, Shape] = {}
