@@ -872,11 +872,11 @@ def test_a_port_that_appears_is_seen_at_once_without_polling(
             link.symlink_to(path)
 
         if how == "glob":
-            run_bridge(store, 1.0, globs=[str(ports / "*")], during=plug_in_later)
+            run_bridge(store, 2.0, globs=[str(ports / "*")], during=plug_in_later)
         else:
-            run_bridge(store, 1.0, ports=[str(link)], during=plug_in_later)
+            run_bridge(store, 2.0, ports=[str(link)], during=plug_in_later)
     [delay] = opened_after(slow_scans, str(link), created)
-    assert 0 <= delay < 0.3
+    assert 0 <= delay < 1.0  # the next scan was a minute away
 
 
 def test_where_inotify_cannot_tell_the_bridge_polls(
@@ -896,6 +896,6 @@ def test_where_inotify_cannot_tell_the_bridge_polls(
             link.parent.mkdir()
             link.symlink_to(path)
 
-        run_bridge(store, 1.0, ports=[str(link)], during=plug_in_later)
+        run_bridge(store, 2.0, ports=[str(link)], during=plug_in_later)
     [delay] = opened_after(caplog, str(link), created)
-    assert 0 <= delay < 0.5
+    assert 0 <= delay < 1.0  # polled every 0.1 s (the safety scan was a minute away)

@@ -174,8 +174,10 @@ def test_a_held_lock_holds_values_back_until_it_frees(
         assert servo.get("servo0") == 0.0
         link.send(Message.make_hb_req(1))
         assert [m.type for m in link.receive()] == [MessageType.HB_RES]  # the port is still served
-    taken = events(pump)
-    assert [e for _, e, _ in taken] == [PumpEvent.UNSTALL]
+    kinds = [e for _, e, _ in events(pump)]
+    assert kinds[-1] == PumpEvent.UNSTALL and set(kinds[:-1]) <= {
+        PumpEvent.STALL
+    }  # one a second while it lasts
     assert servo.snapshot() == {"servo0": 0.5, "servo1": 0.25}  # the newest of each, none lost
     assert pump.counters(port).lock_stalls == 1
 
