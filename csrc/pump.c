@@ -38,6 +38,7 @@
 #include "core.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -675,7 +676,12 @@ FramePump_init(FramePump *self, PyObject *args, PyObject *kwargs)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    /* The thread blocks every signal (it inherits the mask): they go to the interpreter's threads. */
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &previous);
     int rc = pthread_create(&self->thread, NULL, pump_thread, self);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
     if (rc != 0) {
         errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);

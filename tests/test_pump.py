@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import time
 import tty
 from collections.abc import Callable, Iterator
@@ -254,3 +255,16 @@ def test_events_python_does_not_take_are_bounded(link: Link, pump: FramePump) ->
     assert len(taken) == 1024 and all(event == PumpEvent.FRAME for _, event, _ in taken)
     link.send(Message.make_ping())
     assert len(events(pump)) == 1  # room again
+
+
+def _blocked_signals(tid: int) -> int:
+    with open(f"/proc/{os.getpid()}/task/{tid}/status", encoding="ascii") as status:
+        return next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk"))
+
+
+def test_signals_go_to_the_interpreter_not_the_pumps_thread(pump: FramePump) -> None:
+    """A Ctrl-C must reach Python's handler (the main thread), never interrupt the reader thread."""
+    sigint_and_sigterm = 1 << (signal.SIGINT - 1) | 1 << (signal.SIGTERM - 1)
+    others = [int(tid) for tid in os.listdir(f"/proc/{os.getpid()}/task") if int(tid) != os.getpid()]
+    assert any(_blocked_signals(tid) & sigint_and_sigterm == sigint_and_sigterm for tid in others)
+    assert not _blocked_signals(os.getpid()) & sigint_and_sigterm
