@@ -319,6 +319,23 @@ wait_for_lock(rt_BufferAccess *acc, double timeout, int *recovered)
     return rc;
 }
 
+/* The seqlock around a change by the lock's owner: odd while it may change
+ * the structure, so that lock-free readers retry (see read_stable). */
+static inline void
+seqlock_begin(rt_BufferAccess *acc)
+{
+    uint32_t *seqlock = &acc->notify->seqlock;
+    __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+static inline void
+seqlock_end(rt_BufferAccess *acc)
+{
+    uint32_t *seqlock = &acc->notify->seqlock;
+    __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+}
+
 /* Lock the buffer within `timeout` seconds, recover it if its last owner
  * died, and check it is open and valid. On failure the lock is not held and
  * an exception is set. */
@@ -344,10 +361,8 @@ acquire_within(rt_BufferAccess *acc, int need_valid, double timeout)
         rt_mutex_unlock(acc->mutex);
         return invalid_error(acc);
     }
-    if (acc->header->txn_depth == 0) {  /* readers without the lock: wait (or retry) until it is even */
-        uint32_t *seqlock = &acc->notify->seqlock;
-        __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
+    if (acc->header->txn_depth == 0) {  /* a transaction keeps it odd from its start to its end */
+        seqlock_begin(acc);
     }
     return 0;
 }
@@ -366,13 +381,19 @@ futex_wake_all(uint32_t *word)
     return syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* A block changed (the lock is held): bump its sequence word, and remember
- * to wake its waiters once the lock is released. */
+/* A block changed (the lock is held): bump its sequence word. */
 static inline void
-changed(rt_BufferAccess *acc, int block)
+bump_sequence(rt_BufferAccess *acc, int block)
 {
     uint32_t *word = &acc->notify->seq[block];
     __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+}
+
+/* ...and remember to wake its waiters once the lock is released. */
+static inline void
+changed(rt_BufferAccess *acc, int block)
+{
+    bump_sequence(acc, block);
     acc->wake_pending |= 1 << block;
 }
 
@@ -406,8 +427,7 @@ static inline void
 release(rt_BufferAccess *acc)
 {
     if (acc->header->txn_depth == 0) {
-        uint32_t *seqlock = &acc->notify->seqlock;
-        __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+        seqlock_end(acc);
     }
     rt_mutex_unlock(acc->mutex);
     int pending = acc->wake_pending;
@@ -2618,6 +2638,7 @@ rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin
     if (__atomic_load_n(&acc->closed, __ATOMIC_ACQUIRE)) {
         return RT_COMMIT_REFUSED;
     }
+    double now = wall_clock();  /* read before the lock, as update() does */
     int rc = rt_mutex_lock(acc->mutex, 0, recovered);
     if (rc == EBUSY && spin > 0) {
         struct timespec start, now;
@@ -2643,9 +2664,7 @@ rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin
         rt_mutex_unlock(acc->mutex);
         return RT_COMMIT_REFUSED;
     }
-    uint32_t *seqlock = &acc->notify->seqlock;
-    __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
+    seqlock_begin(acc);  /* we hold the lock outside any transaction: txn_depth is 0 */
     const rt_layout *layout = &acc->spec->layout;
     for (int i = 0; i < layout->count; i++) {
         if (mask & (1u << i)) {
@@ -2653,17 +2672,14 @@ rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin
         }
     }
     acc->meta->updated |= mask;
-    acc->meta->last_update = wall_clock();
-    uint32_t *word = &acc->notify->seq[RT_UPDATE_BLOCK];
-    __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
-    __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+    acc->meta->last_update = now;
+    bump_sequence(acc, RT_UPDATE_BLOCK);  /* not changed(): wake_pending belongs to the handle's own thread */
+    seqlock_end(acc);
     rt_mutex_unlock(acc->mutex);
 #if !defined(__x86_64__) && !defined(__i386__)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 #endif
-    if (__atomic_load_n(&acc->notify->waiters[RT_UPDATE_BLOCK], __ATOMIC_RELAXED)) {
-        futex_wake_all(word);
-    }
+    wake_waiters(acc, 1 << RT_UPDATE_BLOCK);
     return 0;
 }
 

@@ -203,6 +203,15 @@ lose(FramePump *pump, Py_ssize_t index, const char *reason)
     post_text(pump, index, PUMP_LOST, reason);
 }
 
+/* Lose the port for a failed system call: "read error: <what errno says>". */
+static void
+lose_errno(FramePump *pump, Py_ssize_t index, const char *what, int err)
+{
+    char reason[128];
+    snprintf(reason, sizeof(reason), "%s: %s", what, strerror(err));
+    lose(pump, index, reason);
+}
+
 /* Write what the port takes now, queue the rest. Returns 1 sent or queued,
  * 0 dropped (queue full, or the port failed), -errno on a write error. */
 static int
@@ -271,9 +280,7 @@ flush(FramePump *pump, Py_ssize_t index)
         if (errno == EAGAIN) {
             break;
         }
-        char reason[128];
-        snprintf(reason, sizeof(reason), "write error: %s", strerror(errno));
-        lose(pump, index, reason);
+        lose_errno(pump, index, "write error", errno);
         return;
     }
     memmove(port->outbox, port->outbox + written, port->out_length - written);
@@ -441,9 +448,7 @@ handle_frame(FramePump *pump, Py_ssize_t index, const uint8_t *frame, Py_ssize_t
             }
         }
         else if (rc < 0) {
-            char reason[128];
-            snprintf(reason, sizeof(reason), "write error: %s", strerror(-rc));
-            lose(pump, index, reason);
+            lose_errno(pump, index, "write error", -rc);
         }
         return;
     }
@@ -500,9 +505,7 @@ readable(FramePump *pump, Py_ssize_t index, uint32_t events)
         if (errno == EAGAIN || errno == EINTR) {
             return;
         }
-        char reason[128];
-        snprintf(reason, sizeof(reason), "read error: %s", strerror(errno));
-        lose(pump, index, reason);
+        lose_errno(pump, index, "read error", errno);
         return;
     }
     if (n == 0) {
@@ -858,9 +861,7 @@ FramePump_send(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
     if (lookup(self, args[0], &index) != NULL) {
         rc = send_bytes(self, index, view.buf, (size_t)view.len);
         if (rc < 0) {
-            char reason[128];
-            snprintf(reason, sizeof(reason), "write error: %s", strerror(-rc));
-            lose(self, index, reason);
+            lose_errno(self, index, "write error", -rc);
             rc = 0;
         }
     }
@@ -1123,8 +1124,8 @@ static PyMethodDef FramePump_methods[] = {
 };
 
 static PyGetSetDef FramePump_getset[] = {
-    {"forward_all", (getter)FramePump_get_forward_all, NULL, "Every frame goes to Python (nothing handled here).",
-     NULL},
+    {"forward_all", (getter)FramePump_get_forward_all, NULL,
+     "Python also gets a copy of every frame handled or sent here (to log it).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -330,8 +330,9 @@ class PortConnection:
         self._confirmable: frozenset[str] = frozenset()
         """Writeable parameters the device reports in its subscribed DEV_DATA: their writes are confirmed."""
         self._unconfirmed: dict[str, _UnconfirmedWrite] = {}
-        self._held_back: dict[tuple[int, int], Message] = {}
-        """Messages for the buffer that found its lock taken: the newest per (type, parameters)."""
+        self._held_back: dict[int, Message] = {}
+        """Messages for the buffer (SUB_RES: the pump holds DEV_DATA back itself) that found its lock
+        taken: the newest per type."""
         self._stalled_since: float | None = None
         self._stall_logged_at = -math.inf
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -699,15 +700,12 @@ class PortConnection:
             self._bad_frame("frame longer than any message", ErrorCode.BUFFER_OVERFLOW)
         elif event == PumpEvent.LOST:
             self.lose(str(data))
-        elif event == PumpEvent.STALL:
+        elif event in (PumpEvent.STALL, PumpEvent.UNSTALL):  # the pump counted it and reports once a second
             assert isinstance(data, float)
-            self._pump_stalled(data)
-        elif event == PumpEvent.UNSTALL:
-            assert isinstance(data, float)
-            if data >= STALL_LOG_INTERVAL:
-                logger.info(
-                    "%s: buffer lock free again after %.1f s; newest values applied", self.describe(), data
-                )
+            if data >= STALL_LOG_INTERVAL and event == PumpEvent.STALL:
+                self._log_stall(data)
+            elif data >= STALL_LOG_INTERVAL:
+                self._log_lock_free(data)
         elif event == PumpEvent.SEEN:
             assert isinstance(data, bytes)
             logger.debug("%s: <- %s", self.describe(), data.hex(" "))
@@ -806,9 +804,9 @@ class PortConnection:
     def _apply(self, message: Message) -> None:
         """Digest ``message`` into the buffer now, or hold it back while another process has the lock.
 
-        Held-back messages keep the newest per (type, parameters), so that the
-        latest values win and none is lost; they are applied in order as soon
-        as the lock frees. A message that does not fit raises as usual.
+        Held-back messages keep the newest per type, so that the latest wins;
+        they are applied in order as soon as the lock frees. A message that does
+        not fit raises as usual.
         """
         assert self.buffer is not None
         if not self._held_back:
@@ -818,10 +816,8 @@ class PortConnection:
             except DeviceBufferError as exc:
                 if not _lock_busy(exc):
                     raise
-        params = int.from_bytes(message.payload[:2], "little") if message.type == MessageType.DEV_DATA else 0
-        key = (int(message.type), params)
-        self._held_back.pop(key, None)
-        self._held_back[key] = message
+        self._held_back.pop(message.type, None)
+        self._held_back[message.type] = message
         self._stalled(time.monotonic())
         if self._retry_handle is None:
             self._retry_handle = self._loop.call_later(STALL_RETRY_INTERVAL, self._apply_held_back)
@@ -849,23 +845,11 @@ class PortConnection:
         if self._stalled_since is not None:
             waited = time.monotonic() - self._stalled_since
             if waited >= STALL_LOG_INTERVAL or self._stall_logged_at > self._stalled_since:
-                logger.info(
-                    "%s: buffer lock free again after %.1f s; newest values applied", self.describe(), waited
-                )
+                self._log_lock_free(waited)
             self._stalled_since = None
 
-    def _pump_stalled(self, seconds: float) -> None:
-        """Log a stall the pump reports (it counted it): about once a second after the first second."""
-        if seconds >= STALL_LOG_INTERVAL:
-            logger.warning(
-                "%s: another process has held the buffer's lock for %.1f s; keeping the newest values "
-                "until it lets go (other devices are not affected)",
-                self.describe(),
-                seconds,
-            )
-
     def _stalled(self, now: float) -> None:
-        """Count a stall and log it (at most once a second while it lasts)."""
+        """Count a stall met here (the pump counts its own); log it at most once a second while it lasts."""
         if self._stalled_since is None:
             self._stalled_since = now
             self.counters.lock_stalls += 1
@@ -873,13 +857,19 @@ class PortConnection:
             now - self._stall_logged_at >= STALL_LOG_INTERVAL
             and now - self._stalled_since >= STALL_LOG_INTERVAL
         ):
-            logger.warning(
-                "%s: another process has held the buffer's lock for %.1f s; keeping the newest values "
-                "until it lets go (other devices are not affected)",
-                self.describe(),
-                now - self._stalled_since,
-            )
+            self._log_stall(now - self._stalled_since)
             self._stall_logged_at = now
+
+    def _log_stall(self, seconds: float) -> None:
+        logger.warning(
+            "%s: another process has held the buffer's lock for %.1f s; keeping the newest values "
+            "until it lets go (other devices are not affected)",
+            self.describe(),
+            seconds,
+        )
+
+    def _log_lock_free(self, waited: float) -> None:
+        logger.info("%s: buffer lock free again after %.1f s; newest values applied", self.describe(), waited)
 
     # -- output --
 
