@@ -110,6 +110,24 @@ def add_catalog_option(parser: argparse.ArgumentParser, *, default: Any = None) 
     )
 
 
+def add_namespace_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: Any = None
+) -> None:
+    """Add ``--namespace NS`` to a command that uses the buffers of a namespace.
+
+    Args:
+        default: As for :func:`add_catalog_option`.
+    """
+    from ..buffer import NAMESPACE_ENV
+
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=default,
+        help=f"the buffers' namespace (default: ${NAMESPACE_ENV}, or 'rt')",
+    )
+
+
 def load_catalog(path: str | os.PathLike[str] | None = None) -> dict[str, type[Buffer]]:
     """Load the device catalog (the packaged one when ``path`` is None) into buffer types.
 

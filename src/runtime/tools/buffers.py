@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
+from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
 from ..store import BufferStore, namespaces
@@ -45,6 +45,7 @@ from ._common import (
     CommandError,
     add_catalog_option,
     add_interval_option,
+    add_namespace_option,
     bounded,
     ctype_name,
     format_value,
@@ -716,12 +717,7 @@ def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
     given before the action would be overwritten by the action's default.
     """
     add_catalog_option(parser, default=default)
-    parser.add_argument(
-        "--namespace",
-        metavar="NS",
-        default=default,
-        help=f"segment name prefix (default: ${NAMESPACE_ENV}, or 'rt')",
-    )
+    add_namespace_option(parser, default=default)
     parser.add_argument(
         "--json",
         action="store_true",

@@ -50,7 +50,14 @@ from foxglove.websocket import ServerListener
 from ..buffer import Buffer, DeviceBufferError, Parameter
 from ..jsonio import jsonable
 from ..store import BufferStore
-from ._common import CommandError, add_catalog_option, bounded, load_catalog, stop_on_signals
+from ._common import (
+    CommandError,
+    add_catalog_option,
+    add_namespace_option,
+    bounded,
+    load_catalog,
+    stop_on_signals,
+)
 from .record import BufferWatcher, Watched, read_state, say_if_empty
 
 if TYPE_CHECKING:
@@ -665,11 +672,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``runtime foxglove``."""
     add_catalog_option(parser)
-    parser.add_argument(
-        "--namespace",
-        metavar="NS",
-        help="the buffers' namespace (default: $RUNTIME_BUFFER_NAMESPACE, or 'rt')",
-    )
+    add_namespace_option(parser)
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"the address to listen on (default {DEFAULT_HOST})"
     )

@@ -60,6 +60,7 @@ from ._common import (
     PROG,
     CommandError,
     add_catalog_option,
+    add_namespace_option,
     bounded,
     load_catalog,
     stop_on_signals,
@@ -907,11 +908,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``runtime record``."""
     parser.add_argument("output", metavar="OUT.mcap", help="the file to write")
     add_catalog_option(parser)
-    parser.add_argument(
-        "--namespace",
-        metavar="NS",
-        help="the buffers' namespace (default: $RUNTIME_BUFFER_NAMESPACE, or 'rt')",
-    )
+    add_namespace_option(parser)
     parser.add_argument(
         "--type",
         dest="types",

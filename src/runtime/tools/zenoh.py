@@ -64,6 +64,7 @@ from ..store import BufferStore
 from ._common import (
     CommandError,
     add_catalog_option,
+    add_namespace_option,
     bounded,
     configure_logging,
     load_catalog,
@@ -528,12 +529,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Zenoh configuration file (JSON5): TLS, access control, leases...",
     )
     what = parser.add_argument_group("what is served")
-    what.add_argument(
-        "--namespace",
-        metavar="NS",
-        default=None,
-        help="the buffer namespace to serve (default: $RUNTIME_BUFFER_NAMESPACE, or rt)",
-    )
+    add_namespace_option(what)
     what.add_argument(
         "--name",
         metavar="NAME",
