@@ -63,6 +63,9 @@ import tty
 from multiprocessing.connection import Connection
 from typing import Any
 
+import notify  # bench/notify.py: its write-to-device measurement and latency percentiles
+from notify import percentiles
+
 from runtime import catalog as catalog_module
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
 from runtime.messaging import DELIM, FrameSplitter, Message, MessageError, MessageType
@@ -103,17 +106,6 @@ _context = multiprocessing.get_context("fork")
 
 
 # ---- small helpers ------------------------------------------------------------------------------
-
-
-def _percentiles(samples_ns: list[int]) -> dict[str, float]:
-    ordered = sorted(samples_ns)
-    if not ordered:
-        return {"samples": 0, "p50_us": float("nan"), "p99_us": float("nan")}
-    return {
-        "samples": len(ordered),
-        "p50_us": ordered[len(ordered) // 2] / 1e3,
-        "p99_us": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e3,
-    }
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float | None]:
@@ -712,7 +704,7 @@ def device_to_buffer_latency(samples: int = LATENCY_SAMPLES) -> dict[str, Any]:
                     break
             time.sleep(0.002 + (index % 4) * 0.001)
         buffer.close()
-    return {**_percentiles(latencies), "lost": lost, "raw_pty": _percentiles(raw_latencies)}
+    return {**percentiles(latencies), "lost": lost, "raw_pty": percentiles(raw_latencies)}
 
 
 def _raw_reader(slave: int, master: int, results: int, samples: int) -> None:
@@ -824,8 +816,6 @@ def write_to_device() -> dict[str, Any]:
     here = os.path.dirname(os.path.abspath(__file__))
     if here not in sys.path:
         sys.path.insert(0, here)
-    import notify
-
     result: dict[str, Any] = notify.write_to_device()
     return result
 

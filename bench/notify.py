@@ -33,12 +33,16 @@ from runtime.messaging import FrameSplitter, Message, MessageType
 Ping = Buffer.make_type("bench-ping", [Parameter("n", ctypes.c_int64, 0)])
 
 
-def _percentiles(samples_ns: list[float]) -> dict[str, float]:
+def percentiles(samples_ns: list[float] | list[int]) -> dict[str, float]:
+    """Sample count, p50 and p99 in microseconds of latencies in nanoseconds (NaN when there are none);
+    bench/bridge.py's too."""
     ordered = sorted(samples_ns)
+    if not ordered:
+        return {"samples": 0, "p50_us": float("nan"), "p99_us": float("nan")}
     return {
         "samples": len(ordered),
         "p50_us": ordered[len(ordered) // 2] / 1e3,
-        "p99_us": ordered[int(len(ordered) * 0.99)] / 1e3,
+        "p99_us": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e3,
     }
 
 
@@ -81,7 +85,7 @@ def wake_latency(samples: int = 10_000) -> dict[str, Any]:
         for buffer in (ping, pong):
             buffer.close()
             Ping.unlink(buffer.name)
-    result = {"buffer": _percentiles(buffers), "pipe": _percentiles(pipes)}
+    result = {"buffer": percentiles(buffers), "pipe": percentiles(pipes)}
     result["p50_ratio_to_pipe"] = result["buffer"]["p50_us"] / result["pipe"]["p50_us"]
     return result
 
@@ -168,7 +172,7 @@ def write_to_device(samples: int = 100) -> dict[str, Any]:
             os.environ.pop("RUNTIME_BUFFER_NAMESPACE", None)
         else:
             os.environ["RUNTIME_BUFFER_NAMESPACE"] = previous
-    return _percentiles(latencies)
+    return percentiles(latencies)
 
 
 def idle_wait_cpu(seconds: float = 2.0) -> dict[str, float]:
