@@ -847,6 +847,18 @@ def slow_scans(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     return caplog
 
 
+def plug_in_later(link: Path, target: str, plugged: list[float]) -> Callable[[], Coroutine[Any, Any, None]]:
+    """After 0.3 s, make ``link`` (and its directory) lead to ``target``; note when in ``plugged``."""
+
+    async def plug_in() -> None:
+        await asyncio.sleep(0.3)
+        plugged.append(time.time())
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(target)
+
+    return plug_in
+
+
 def opened_after(caplog: pytest.LogCaptureFixture, path: str, since: float) -> list[float]:
     return [
         r.created - since
@@ -862,20 +874,13 @@ def test_a_port_that_appears_is_seen_at_once_without_polling(
     ports = tmp_path / "ports"
     ports.mkdir()
     link = ports / "ttyACM0"
-    created = 0.0
+    plugged: list[float] = []
     with pty_pair() as (_, path):
-
-        async def plug_in_later() -> None:
-            nonlocal created
-            await asyncio.sleep(0.3)
-            created = time.time()
-            link.symlink_to(path)
-
         if how == "glob":
-            run_bridge(store, 2.0, globs=[str(ports / "*")], during=plug_in_later)
+            run_bridge(store, 2.0, globs=[str(ports / "*")], during=plug_in_later(link, path, plugged))
         else:
-            run_bridge(store, 2.0, ports=[str(link)], during=plug_in_later)
-    [delay] = opened_after(slow_scans, str(link), created)
+            run_bridge(store, 2.0, ports=[str(link)], during=plug_in_later(link, path, plugged))
+    [delay] = opened_after(slow_scans, str(link), plugged[0])
     assert 0 <= delay < 1.0  # the next scan was a minute away
 
 
@@ -886,16 +891,8 @@ def test_where_inotify_cannot_tell_the_bridge_polls(
     monkeypatch.setattr(bridge, "SAFETY_SCAN_INTERVAL", 60.0)
     caplog.set_level(logging.INFO, logger=bridge.logger.name)
     link = tmp_path / "later" / "ttyACM0"  # its directory does not exist yet: nothing to watch
-    created = 0.0
+    plugged: list[float] = []
     with pty_pair() as (_, path):
-
-        async def plug_in_later() -> None:
-            nonlocal created
-            await asyncio.sleep(0.3)
-            created = time.time()
-            link.parent.mkdir()
-            link.symlink_to(path)
-
-        run_bridge(store, 2.0, ports=[str(link)], during=plug_in_later)
-    [delay] = opened_after(caplog, str(link), created)
+        run_bridge(store, 2.0, ports=[str(link)], during=plug_in_later(link, path, plugged))
+    [delay] = opened_after(caplog, str(link), plugged[0])
     assert 0 <= delay < 1.0  # polled every 0.1 s (the safety scan was a minute away)
