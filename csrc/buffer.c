@@ -29,6 +29,9 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,7 +41,8 @@
 #define RT_MUTEX_OFFSET RT_HEADER_SIZE
 #define RT_PRODUCER_OFFSET (RT_MUTEX_OFFSET + 64)
 #define RT_NOTIFY_OFFSET (RT_PRODUCER_OFFSET + 64)
-#define RT_DATA_OFFSET (RT_NOTIFY_OFFSET + 64)
+#define RT_COMMAND_OFFSET (RT_NOTIFY_OFFSET + 64)
+#define RT_DATA_OFFSET (RT_COMMAND_OFFSET + 192)
 #define RT_INVALID 0u
 #define RT_VALID 1u
 #define RT_SERVED 2u
@@ -94,6 +98,25 @@ typedef struct {
 #define RT_BOTH_BLOCKS 3
 _Static_assert(sizeof(rt_notify) == 64, "notify line size");
 
+/* Commands (the segment's fifth to seventh cache lines). A *command* is the
+ * value in force of a parameter that has a safe value (an actuator); its
+ * *commander* is the process that wrote it, recorded as one 64-bit word per
+ * parameter ID: its pid in the low half and its start time (clock ticks since
+ * boot, low 32 bits, against pid reuse) in the high half; 0 means nobody
+ * commands it (its safe value is in force, or it was never written). Every
+ * write of such a parameter records the writer, under the lock. When the
+ * commander ends, the bridge (or the commander itself, closing its handle)
+ * puts the safe value back as a pending write by nobody: see end_commands.
+ * While `disabled` is set, writes of those parameters are refused. */
+typedef struct {
+    uint32_t disabled;       /* nonzero: the robot is disabled */
+    uint32_t reserved0;
+    double last_command;     /* time.time() of the last write of a safe-valued parameter */
+    uint32_t reserved[12];
+    uint64_t commander[RT_MAX_PARAMS];
+} rt_command;
+_Static_assert(sizeof(rt_command) == 192, "command lines size");
+
 #define RT_SEGMENT_READY 1u
 #define RT_FINGERPRINT_SIZE 16
 
@@ -135,6 +158,8 @@ typedef struct {
     uint64_t readable;
     uint64_t writeable;
     uint64_t subscribed;
+    uint64_t safe_mask;      /* IDs with a safe value (device types only) */
+    uint8_t safe[RT_MAX_PARAMS][8];  /* each one's safe value, as stored */
     Py_ssize_t update_offset, write_offset, meta_offset, block_size, struct_size;
     uint16_t packed_params;  /* the last bitmap packed exactly (0: none), and its messages */
     int packed_count;
@@ -150,6 +175,7 @@ typedef struct {
     rt_mutex_t *mutex;
     rt_mutex_t *producer;   /* held by the serving producer */
     rt_notify *notify;
+    rt_command *command;
     rt_header *header;
     uint8_t *data;          /* the structure */
     uint8_t *undo;          /* its copy from the start of the outermost transaction */
@@ -173,6 +199,8 @@ typedef struct {
 static PyTypeObject rt_BufferSpecType;
 static PyTypeObject rt_BufferAccessType;
 static PyObject *BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused);
+static uint64_t end_commands_locked(rt_BufferAccess *self, int all, uint64_t who, uint64_t within);
+static int commands_any(rt_BufferAccess *self);
 
 static double
 wall_clock(void)
@@ -180,6 +208,77 @@ wall_clock(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- commanders ---------------------------------------------------------- */
+
+/* A process's start time in clock ticks since boot (/proc/PID/stat, field 22),
+ * or -1 when there is no such process (or /proc cannot tell). */
+static long long
+start_time_of(long pid)
+{
+    char path[48], text[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) {
+        return -1;
+    }
+    text[n] = '\0';
+    const char *at = strrchr(text, ')');  /* the command name may hold spaces and ')' */
+    if (at == NULL) {
+        return -1;
+    }
+    at++;
+    for (int field = 3; field <= 22; field++) {
+        while (*at == ' ') {
+            at++;
+        }
+        if (*at == '\0') {
+            return -1;
+        }
+        if (field == 22) {
+            return strtoll(at, NULL, 10);
+        }
+        while (*at != '\0' && *at != ' ') {
+            at++;
+        }
+    }
+    return -1;
+}
+
+static uint64_t
+make_commander(long pid, long long start)
+{
+    return (uint64_t)(uint32_t)pid | ((uint64_t)(uint32_t)(start < 0 ? 0 : start) << 32);
+}
+
+/* This process as a commander: computed once per process (again in a child of fork). */
+static uint64_t my_commander_word;
+static unsigned long my_commander_generation;
+static int my_commander_known;
+
+static __attribute__((noinline)) uint64_t
+find_my_commander(void)
+{
+    long pid = (long)getpid();
+    my_commander_word = make_commander(pid, start_time_of(pid));
+    my_commander_generation = rt_fork_generation;
+    my_commander_known = 1;
+    return my_commander_word;
+}
+
+static inline uint64_t
+my_commander(void)
+{
+    if (__builtin_expect(my_commander_known && my_commander_generation == rt_fork_generation, 1)) {
+        return my_commander_word;
+    }
+    return find_my_commander();
 }
 
 /* ---- errors ------------------------------------------------------------- */
@@ -282,6 +381,13 @@ release_view_if_unused(rt_BufferAccess *acc)
         PyBuffer_Release(&acc->view);
         acc->has_view = 0;
     }
+}
+
+static __attribute__((noinline)) PyObject *
+disabled_error(rt_BufferAccess *acc, PyObject *param)
+{
+    return buffer_error(acc, "the robot is disabled: actuators keep their safe values until "
+                             "'runtime enable' (BufferStore.enable())", param);
 }
 
 static __attribute__((noinline)) int
@@ -765,11 +871,11 @@ static int
 BufferSpec_init(rt_BufferSpec *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"params", "update_offset", "write_offset", "meta_offset", "block_size",
-                             "struct_size", "is_device", NULL};
-    PyObject *params;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onnnnnp:BufferSpec", kwlist, &params, &self->update_offset,
+                             "struct_size", "is_device", "safe", NULL};
+    PyObject *params, *safe = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onnnnnp|O!:BufferSpec", kwlist, &params, &self->update_offset,
                                      &self->write_offset, &self->meta_offset, &self->block_size,
-                                     &self->struct_size, &self->is_device)) {
+                                     &self->struct_size, &self->is_device, &PyDict_Type, &safe)) {
         return -1;
     }
     PyObject *seq = PySequence_Fast(params, "params must be a sequence");
@@ -846,6 +952,24 @@ BufferSpec_init(rt_BufferSpec *self, PyObject *args, PyObject *kwargs)
         Py_DECREF(position);
     }
     Py_DECREF(seq);
+    self->safe_mask = 0;
+    memset(self->safe, 0, sizeof(self->safe));
+    if (safe != NULL) {  /* {id: bytes of the safe value as stored} */
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(safe, &pos, &key, &value)) {
+            long id = PyLong_Check(key) ? PyLong_AsLong(key) : -1;
+            int at = (id >= 0 && id < RT_MAX_PARAMS && self->is_device) ? self->by_id[id] : -1;
+            if (at < 0 || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) != self->params[at].size
+                || self->params[at].size > 8 || !(self->writeable & (1ULL << id))) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "bad safe value for parameter id %R", key);
+                return -1;
+            }
+            memcpy(self->safe[id], PyBytes_AS_STRING(value), (size_t)self->params[at].size);
+            self->safe_mask |= 1ULL << id;
+        }
+    }
     return 0;
 }
 
@@ -939,6 +1063,7 @@ BufferAccess_init(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
     self->mutex = (rt_mutex_t *)(base + RT_MUTEX_OFFSET);
     self->producer = (rt_mutex_t *)(base + RT_PRODUCER_OFFSET);
     self->notify = (rt_notify *)(base + RT_NOTIFY_OFFSET);
+    self->command = (rt_command *)(base + RT_COMMAND_OFFSET);
     self->seen[0] = __atomic_load_n(&self->notify->seq[0], __ATOMIC_ACQUIRE);
     self->seen[1] = __atomic_load_n(&self->notify->seq[1], __ATOMIC_ACQUIRE);
     self->header = (rt_header *)base;
@@ -968,6 +1093,17 @@ BufferAccess_close(rt_BufferAccess *self, PyObject *unused)
             return NULL;
         }
         Py_DECREF(result);
+    }
+    if (!self->closed && self->has_view && commands_any(self)) {
+        /* A commander that closes its handle ends its commands. If the lock cannot be had, its
+         * process's end will do it (the bridge watches commanders): closing never raises for it. */
+        if (acquire(self, 0) == 0) {
+            end_commands_locked(self, 0, my_commander(), ~0ULL);
+            release(self);
+        }
+        else {
+            PyErr_Clear();
+        }
     }
     self->closed = 1;
     release_view_if_unused(self);
@@ -1067,6 +1203,15 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
     }
     const uint8_t *src = raw ? (const uint8_t *)PyBytes_AS_STRING(raw) : value;
     if (to_write_block) {
+        if (self->spec->safe_mask & (1ULL << p->id)) {  /* a command: refused while disabled, else ours */
+            if (__atomic_load_n(&self->command->disabled, __ATOMIC_RELAXED)) {
+                release(self);
+                Py_XDECREF(raw);
+                return disabled_error(self, args[0]);
+            }
+            __atomic_store_n(&self->command->commander[p->id], my_commander(), __ATOMIC_RELAXED);
+            self->command->last_command = requested_at;
+        }
         memcpy(self->write + p->offset, src, (size_t)p->size);
         self->meta->written |= 1ULL << p->id;
         self->meta->last_write = requested_at;
@@ -1379,6 +1524,224 @@ BufferAccess_names(rt_BufferAccess *self, PyObject *arg)
     return names_of(self, mask);
 }
 
+/* ---- BufferAccess: commands ---------------------------------------------- */
+
+static PyObject *
+commander_tuple(uint64_t word)
+{
+    return Py_BuildValue("(kk)", (unsigned long)(uint32_t)word, (unsigned long)(uint32_t)(word >> 32));
+}
+
+static int
+commander_from(PyObject *obj, uint64_t *word)
+{
+    unsigned long pid, start;
+    if (!PyArg_ParseTuple(obj, "kk:commander", &pid, &start)) {
+        return -1;
+    }
+    if (pid == 0 || pid > UINT32_MAX || start > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "a commander is (pid, start) with a nonzero pid, both 32-bit");
+        return -1;
+    }
+    *word = (uint64_t)pid | ((uint64_t)start << 32);
+    return 0;
+}
+
+/* commanders() -> {name: (pid, start)} of the commands in force (no lock: one load each). */
+static PyObject *
+BufferAccess_commanders(rt_BufferAccess *self, PyObject *unused)
+{
+    if (self->closed) {
+        return buffer_error(self, "buffer is closed", NULL);
+    }
+    PyObject *result = PyDict_New();
+    uint64_t mask = self->spec->safe_mask;
+    for (int id = 0; result != NULL && mask != 0 && id < RT_MAX_PARAMS; id++) {
+        if (!(mask & (1ULL << id))) {
+            continue;
+        }
+        uint64_t word = __atomic_load_n(&self->command->commander[id], __ATOMIC_ACQUIRE);
+        if (word == 0) {
+            continue;
+        }
+        PyObject *who = commander_tuple(word);
+        if (who == NULL || PyDict_SetItem(result, self->spec->params[self->spec->by_id[id]].name, who) < 0) {
+            Py_CLEAR(result);
+        }
+        Py_XDECREF(who);
+    }
+    return result;
+}
+
+/* Under the lock: put the safe value back, as a pending write by nobody, for
+ * every safe-valued ID in `within` commanded by `who` (0: by anyone; with
+ * `all`, commanded or not). */
+static uint64_t
+end_commands_locked(rt_BufferAccess *self, int all, uint64_t who, uint64_t within)
+{
+    rt_BufferSpec *spec = self->spec;
+    uint64_t ended = 0;
+    for (int id = 0; id < RT_MAX_PARAMS; id++) {
+        uint64_t bit = 1ULL << id;
+        if (!(spec->safe_mask & within & bit)) {
+            continue;
+        }
+        uint64_t word = __atomic_load_n(&self->command->commander[id], __ATOMIC_RELAXED);
+        if (all || (word != 0 && (who == 0 || word == who))) {
+            const rt_param *p = &spec->params[spec->by_id[id]];
+            memcpy(self->write + p->offset, spec->safe[id], (size_t)p->size);
+            __atomic_store_n(&self->command->commander[id], 0, __ATOMIC_RELAXED);
+            ended |= bit;
+        }
+    }
+    if (ended) {
+        self->meta->written |= ended;
+        changed(self, RT_WRITE_BLOCK);
+    }
+    return ended;
+}
+
+/* end_commands(commander=None, params=None, everything=False) -> set of names put back to their
+ * safe values: those `commander` commands, or anyone (None), or with `everything` all of them. */
+static PyObject *
+BufferAccess_end_commands(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"commander", "params", "everything", NULL};
+    PyObject *commander = Py_None, *params = Py_None;
+    int everything = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOp:end_commands", kwlist, &commander, &params,
+                                     &everything)) {
+        return NULL;
+    }
+    uint64_t who = 0, within = ~0ULL;
+    if (commander != Py_None && commander_from(commander, &who) < 0) {
+        return NULL;
+    }
+    if (params != Py_None && mask_of(self, params, 2, &within) < 0) {
+        return NULL;
+    }
+    if (self->spec->safe_mask == 0) {
+        return PySet_New(NULL);
+    }
+    if (acquire(self, 0) < 0) {
+        return NULL;
+    }
+    uint64_t ended = end_commands_locked(self, everything, who, within);
+    release(self);
+    return names_of(self, ended);
+}
+
+/* end_my_commands(params=None): this process's commands back to safe values. */
+static PyObject *
+BufferAccess_end_my_commands(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"params", NULL};
+    PyObject *params = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:end_my_commands", kwlist, &params)) {
+        return NULL;
+    }
+    uint64_t within = ~0ULL;
+    if (params != Py_None && mask_of(self, params, 2, &within) < 0) {
+        return NULL;
+    }
+    if (self->spec->safe_mask == 0) {
+        return PySet_New(NULL);
+    }
+    if (acquire(self, 0) < 0) {
+        return NULL;
+    }
+    uint64_t ended = end_commands_locked(self, 0, my_commander(), within);
+    release(self);
+    return names_of(self, ended);
+}
+
+/* Whether this process commands any parameter (no lock: a hint for close()). */
+static int
+commands_any(rt_BufferAccess *self)
+{
+    uint64_t mask = self->spec->safe_mask;
+    if (mask == 0) {
+        return 0;
+    }
+    uint64_t me = my_commander();
+    for (int id = 0; id < RT_MAX_PARAMS; id++) {
+        if ((mask & (1ULL << id)) && __atomic_load_n(&self->command->commander[id], __ATOMIC_RELAXED) == me) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* set_disabled(flag) -> set of names put back to their safe values. The flag
+ * needs no lock (one word), so a disable takes effect at once even while a
+ * stopped process holds the lock: writes check it under the lock, and the
+ * producer (woken like on a validity change) stops the device. Then, under
+ * the lock, every safe-valued parameter gets its safe value; if the lock
+ * cannot be had, DeviceBufferError, and the producer does it (see bridge). */
+static PyObject *
+BufferAccess_set_disabled(rt_BufferAccess *self, PyObject *arg)
+{
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0) {
+        return NULL;
+    }
+    if (self->closed) {
+        return buffer_error(self, "buffer is closed", NULL);
+    }
+    uint32_t before = __atomic_exchange_n(&self->command->disabled, (uint32_t)flag, __ATOMIC_SEQ_CST);
+    if ((uint32_t)flag != before) {
+        validity_changed(self);  /* wakes the producer, which waits on the write block */
+    }
+    if (!flag || self->spec->safe_mask == 0) {
+        return PySet_New(NULL);
+    }
+    if (acquire(self, 0) < 0) {
+        return NULL;
+    }
+    uint64_t ended = end_commands_locked(self, 1, 0, ~0ULL);
+    release(self);
+    return names_of(self, ended);
+}
+
+static PyObject *
+BufferAccess_get_disabled(rt_BufferAccess *self, void *closure)
+{
+    if (self->closed) {
+        Py_RETURN_FALSE;
+    }
+    return PyBool_FromLong(__atomic_load_n(&self->command->disabled, __ATOMIC_ACQUIRE) != 0);
+}
+
+static PyObject *
+BufferAccess_get_last_command(rt_BufferAccess *self, void *closure)
+{
+    if (self->closed) {
+        return PyFloat_FromDouble(0.0);
+    }
+    uint64_t bits = __atomic_load_n((const uint64_t *)(const void *)&self->command->last_command, __ATOMIC_ACQUIRE);
+    double value;
+    memcpy(&value, &bits, sizeof value);
+    return PyFloat_FromDouble(value);
+}
+
+static PyObject *
+BufferAccess_get_safe_values(rt_BufferAccess *self, void *closure)
+{
+    PyObject *result = PyDict_New();
+    for (int id = 0; result != NULL && id < RT_MAX_PARAMS; id++) {
+        if (!(self->spec->safe_mask & (1ULL << id))) {
+            continue;
+        }
+        const rt_param *p = &self->spec->params[self->spec->by_id[id]];
+        PyObject *value = to_python(p, self->spec->safe[id]);
+        if (value == NULL || PyDict_SetItem(result, p->name, value) < 0) {
+            Py_CLEAR(result);
+        }
+        Py_XDECREF(value);
+    }
+    return result;
+}
+
 /* ---- BufferAccess: messages --------------------------------------------- */
 
 static inline uint16_t
@@ -1453,12 +1816,27 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
         meta->last_update = now;
         changed(self, RT_UPDATE_BLOCK);
         break;
-    case RT_DEV_WRITE:
+    case RT_DEV_WRITE: {
+        uint64_t commands = (uint64_t)params & self->spec->safe_mask;
+        if (commands) {
+            if (__atomic_load_n(&self->command->disabled, __ATOMIC_RELAXED)) {
+                release(self);
+                return disabled_error(self, NULL);
+            }
+            uint64_t me = my_commander();
+            for (int id = 0; id < RT_MAX_PARAMS; id++) {
+                if (commands & (1ULL << id)) {
+                    __atomic_store_n(&self->command->commander[id], me, __ATOMIC_RELAXED);
+                }
+            }
+            self->command->last_command = now;
+        }
         rt_copy_values(msg, layout, self->write);
         meta->written |= (uint64_t)params;
         meta->last_write = now;
         changed(self, RT_WRITE_BLOCK);
         break;
+    }
     case RT_DEV_READ:
         meta->read |= payload_u16(msg, 0) & self->spec->readable;
         break;
@@ -2428,6 +2806,15 @@ static PyMethodDef BufferAccess_methods[] = {
      "take_change(block) -> bool: whether the block changed since last seen (then seen now)."},
     {"see_now", (PyCFunction)BufferAccess_see_now, METH_O,
      "see_now(block) -> bool: mark the block seen as it is now; whether it had changed."},
+    {"commanders", (PyCFunction)BufferAccess_commanders, METH_NOARGS,
+     "commanders() -> {name: (pid, start)} of the safe-valued parameters someone commands."},
+    {"end_commands", (PyCFunction)(void (*)(void))BufferAccess_end_commands, METH_VARARGS | METH_KEYWORDS,
+     "end_commands(commander=None, params=None) -> names put back to their safe values "
+     "(those of `commander`, a (pid, start) pair, or all)."},
+    {"end_my_commands", (PyCFunction)(void (*)(void))BufferAccess_end_my_commands, METH_VARARGS | METH_KEYWORDS,
+     "end_my_commands(params=None) -> names of this process's commands put back to their safe values."},
+    {"set_disabled", (PyCFunction)BufferAccess_set_disabled, METH_O,
+     "set_disabled(flag) -> names put back to their safe values (disabling ends every command)."},
     {"serve", (PyCFunction)BufferAccess_serve, METH_NOARGS,
      "Become the producer and mark the buffer valid; returns the pid of a dead producer taken over, or None."},
     {"stop_serving", (PyCFunction)BufferAccess_stop_serving, METH_NOARGS,
@@ -2452,6 +2839,11 @@ static PyGetSetDef BufferAccess_getset[] = {
      "The pid of the live producer serving the buffer, or None.", NULL},
     {"timeout", (getter)BufferAccess_get_timeout, (setter)BufferAccess_set_timeout, "Lock timeout in seconds.",
      NULL},
+    {"disabled", (getter)BufferAccess_get_disabled, NULL, "Whether writes of safe-valued parameters are refused.",
+     NULL},
+    {"last_command", (getter)BufferAccess_get_last_command, NULL,
+     "time.time() of the last write of a safe-valued parameter (0.0: none).", NULL},
+    {"safe_values", (getter)BufferAccess_get_safe_values, NULL, "{name: safe value} of the type.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2683,7 +3075,34 @@ rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin
     return 0;
 }
 
+static PyObject *
+core_my_commander(PyObject *module, PyObject *unused)
+{
+    return commander_tuple(my_commander());
+}
+
+static PyObject *
+core_start_time(PyObject *module, PyObject *arg)
+{
+    long pid = PyLong_AsLong(arg);
+    if (pid == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (pid <= 0) {
+        PyErr_SetString(PyExc_ValueError, "pid must be positive");
+        return NULL;
+    }
+    long long start = start_time_of(pid);
+    if (start < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromUnsignedLong((unsigned long)(uint32_t)start);
+}
+
 static PyMethodDef buffer_functions[] = {
+    {"my_commander", core_my_commander, METH_NOARGS, "This process as a commander: (pid, start)."},
+    {"start_time", core_start_time, METH_O,
+     "start_time(pid) -> the process's start time (clock ticks since boot, low 32 bits), or None if none."},
     {"wait_any", (PyCFunction)(void (*)(void))core_wait_any, METH_VARARGS | METH_KEYWORDS,
      "wait_any(entries, timeout=None, control=None, control_value=0) -> list[int]: sleep until one of the "
      "(BufferAccess, block) entries changes, turns invalid or is closed; the indices of those ready."},

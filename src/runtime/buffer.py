@@ -88,7 +88,7 @@ logger = logging.getLogger(__name__)
 if sys.byteorder != "little":  # pragma: no cover - every supported robot is little-endian
     raise ImportError("runtime.buffer copies values to the wire as-is and needs a little-endian host")
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Bumped whenever the segment format changes; part of every layout fingerprint."""
 MAGIC = b"RTBUFFER"
 """First bytes of every segment this library creates."""
@@ -268,6 +268,12 @@ class Parameter(NamedTuple):
         writeable: Whether this parameter should be writeable with :meth:`Buffer.write`.
         subscribed: Whether this parameter should be subscribed to, by default.
             Only applicable for Smart Devices.
+        safe: The value the device must hold when nobody commands it (an
+            actuator's "off": a motor's duty cycle 0), or None for a parameter
+            that keeps its value (configuration: gains, LEDs). A writeable
+            scalar of a Smart Device only, inside the bounds. When the process
+            that wrote the value in force ends, the bridge writes this value
+            back (see ``docs/guarantees.md``, "a command never outlives its commander").
     """
 
     name: str
@@ -278,6 +284,7 @@ class Parameter(NamedTuple):
     readable: bool = True
     writeable: bool = False
     subscribed: bool = True
+    safe: Any = None
 
     def clamp(self, value: float, /) -> float:
         """Ensure a real value is between this parameter's lower and upper limits.
@@ -583,6 +590,7 @@ class Buffer(BaseStructure):
             block_size=ctypes.sizeof(values),
             struct_size=ctypes.sizeof(buffer_type),
             is_device=issubclass(cls, DeviceBuffer),
+            safe={p.id: bytes(p.platform_type(p.safe)) for p in params if p.safe is not None},
         )
         description = repr((FORMAT_VERSION, ctypes.sizeof(buffer_type), _describe_layout(buffer_type)))
         buffer_type._fingerprint = hashlib.sha256(description.encode()).digest()[:16]
@@ -728,7 +736,8 @@ class Buffer(BaseStructure):
 
     def close(self) -> None:
         """Stop using this buffer. A producer that closes it stops serving it (it turns invalid);
-        anyone else leaves its validity alone.
+        anyone else leaves its validity alone. The commands of this process on it end
+        (:meth:`end_commands`).
 
         The memory stays mapped until the object is garbage collected (ctypes
         holds a view of it) but every operation raises from now on.
@@ -820,6 +829,11 @@ class Buffer(BaseStructure):
     def valid(self, value: bool) -> None:
         self._access.valid = value
 
+    @classmethod
+    def safe_values(cls) -> dict[str, Any]:
+        """The safe value of each parameter that has one (its actuators), by name."""
+        return {name: param.safe for name, param in cls.params.items() if param.safe is not None}
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
@@ -852,11 +866,39 @@ class Buffer(BaseStructure):
         cycle, a pending write may be overwritten by a newer one; this is a
         feature that reduces excessive writes.
 
+        A write of a parameter with a safe value (an actuator) is a *command*
+        that belongs to the calling process: when the process ends (however it
+        ends) or closes this buffer, the bridge puts the safe value back (see
+        :meth:`end_commands`).
+
         Raises:
-            DeviceBufferError: If the parameter does not exist or is not writeable.
+            DeviceBufferError: If the parameter does not exist or is not writeable,
+                or it has a safe value and the robot is disabled (:meth:`BufferStore.disable`).
             TypeError: If the value is not the correct type.
         """
         self._access.write(param, value)
+
+    def end_commands(self, params: Iterable[str] | None = None) -> set[str]:
+        """End this process's commands on this buffer: their parameters go back to their safe values.
+
+        A parameter another process wrote since is its command, and stands.
+        Closing the buffer does the same for every parameter; a server that
+        writes for remote clients calls it for the parameters of a client
+        that went away.
+
+        Returns:
+            The names of the parameters set back to their safe values (pending for the device).
+        """
+        return set(self._access.end_my_commands(params))
+
+    def commanders(self) -> dict[str, int]:
+        """The pid of the process whose value is in force, for each safe-valued parameter someone commands."""
+        return {name: who[0] for name, who in self._access.commanders().items()}
+
+    @property
+    def disabled(self) -> bool:
+        """Whether the robot is disabled for this buffer: writes of safe-valued parameters are refused."""
+        return bool(self._access.disabled)
 
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
         """Acquire the buffer's mutex and check its valid bit.
@@ -985,8 +1027,40 @@ def _check_params(type_name: str, params: list[Parameter], max_params: int) -> N
             )
         if max_params <= 16 and ctypes.sizeof(param.platform_type) > _core.MAX_PAYLOAD - 2:
             raise CatalogError("parameter is too wide for one message", **context)
+        if param.safe is not None:
+            _check_safe(param, max_params, context)
         names.add(param.name)
         ids.add(param.id)
+
+
+def _check_safe(param: Parameter, max_params: int, context: dict[str, Any]) -> None:
+    """A safe value belongs to a writeable scalar of a Smart Device, of its type and inside its bounds."""
+    safe = param.safe
+    if max_params > 16:
+        raise CatalogError("only a Smart Device's parameters have a safe value", safe=safe, **context)
+    if not param.writeable:
+        raise CatalogError("only a writeable parameter has a safe value", safe=safe, **context)
+    kind = _kind(param)
+    if kind == "raw":
+        raise CatalogError("only a scalar parameter has a safe value", safe=safe, **context)
+    if kind == "bool":
+        if not isinstance(safe, bool):
+            raise CatalogError("safe value of a bool parameter must be true or false", safe=safe, **context)
+        return
+    if isinstance(safe, bool) or not isinstance(safe, (int, float)):
+        raise CatalogError("safe value must be a number", safe=safe, **context)
+    if _is_integer(param):
+        low, high = _integer_range(param.platform_type)
+        if not isinstance(safe, int) and not float(safe).is_integer():
+            raise CatalogError("safe value of an integer parameter must be an integer", safe=safe, **context)
+        if not low <= safe <= high:
+            raise CatalogError("safe value lies outside the parameter type's range", safe=safe, **context)
+    if not math.isfinite(safe):
+        raise CatalogError("safe value must be a finite number", safe=safe, **context)
+    if not float(param.lower) <= safe <= float(param.upper):
+        raise CatalogError(
+            f"safe value {safe} is out of bounds [{param.lower}, {param.upper}]", safe=safe, **context
+        )
 
 
 def _is_integer(param: Parameter) -> bool:
@@ -1037,6 +1111,9 @@ class DeviceBuffer(Buffer):
     sub_interval: ClassVar[float] = 0.04
     write_interval: ClassVar[float] = 0.04
     heartbeat_interval: ClassVar[float] = 1.0
+    command_timeout: ClassVar[float | None] = None
+    """Seconds after which the bridge restores the safe values when no live commander
+    has written them (None: never; a command then lasts as long as its commander)."""
     _max_params: ClassVar[int] = _core.MAX_PARAMS
     _fast_methods = (*Buffer._fast_methods, "read", "update", "emit_dev_rw")
 
@@ -1049,6 +1126,13 @@ class DeviceBuffer(Buffer):
             value = attrs.get(key, 1.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise CatalogError(f"{key} must be a positive number of seconds", device=name, value=value)
+        timeout = attrs.get("command_timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf
+        ):
+            raise CatalogError(
+                "command_timeout must be a positive, finite number of seconds", device=name, value=timeout
+            )
         device_id = attrs.get("device_id", 0)
         if isinstance(device_id, bool) or not isinstance(device_id, int) or not 0 <= device_id <= 0xFFFF:
             raise CatalogError("device_id must be an integer in 0..65535", device=name, device_id=device_id)
@@ -1149,6 +1233,11 @@ class DeviceBuffer(Buffer):
         side (an emulator), when a DEV_WRITE was last digested.
         """
         return self._access.last_write
+
+    @property
+    def last_command(self) -> float:
+        """The :func:`time.time` of the last write of a safe-valued parameter (a command); 0 if none."""
+        return self._access.last_command
 
 
 NullDevice = DeviceBuffer.make_type("NullDevice", [])

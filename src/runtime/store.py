@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import os
@@ -53,7 +54,14 @@ _HEX_UID = re.compile(r"[0-9a-f]+")
 
 
 BufferKey = int | tuple[str, int]
-CATALOG_KEYS = ("device_id", "sub_interval", "write_interval", "heartbeat_interval", "params")
+CATALOG_KEYS = (
+    "device_id",
+    "sub_interval",
+    "write_interval",
+    "heartbeat_interval",
+    "command_timeout",
+    "params",
+)
 """The keys a device type of :meth:`BufferStore.make_catalog` may have."""
 
 
@@ -144,6 +152,83 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         """Close every buffer this store opened (segments stay; see :meth:`unlink_all`)."""
         self.stack.close()
         self.buffers.clear()
+        self.__dict__.pop("_robot_state", None)
+
+    # -- disabling the robot --
+
+    def _state(self) -> Buffer:
+        """The namespace's robot-state segment (created, enabled, on first use; kept open)."""
+        state: Buffer | None = self.__dict__.get("_robot_state")
+        if state is None or state.closed:
+            state = _RobotState.attach(f"{self.namespace()}-{ROBOT_STATE}", shared=self.shared)
+            self.stack.push(state)
+            self.__dict__["_robot_state"] = state
+        return state
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the robot of this namespace is enabled (it starts enabled; see :meth:`disable`)."""
+        name = f"{self.namespace()}-{ROBOT_STATE}"
+        if "_robot_state" in self.__dict__ or not self.shared:
+            return not self._state().get("disabled")
+        if not os.path.lexists(os.path.join(SHM_DIR, name)):
+            return True  # never disabled
+        with _RobotState.attach(name, create=False) as state:
+            return not state.get("disabled")
+
+    def disable(self) -> list[str]:
+        """Disable the robot of this namespace: every actuator stops and stays stopped until :meth:`enable`.
+
+        The state lives in shared memory (a bridge that starts later, or
+        restarts, finds it). Every Smart Device buffer of the namespace whose
+        type has safe-valued parameters is marked disabled: its writes of
+        those parameters raise :class:`DeviceBufferError` from now on, they get
+        their safe values, and the bridge sends the device DEV_DISABLE and the
+        safe values. Other parameters (configuration) keep theirs.
+
+        Returns:
+            The names of the buffers marked disabled.
+        """
+        self._state().set("disabled", True)
+        return self._mark_buffers(True)
+
+    def enable(self) -> list[str]:
+        """Enable the robot again. Nothing moves until someone writes a new command.
+
+        Returns:
+            The names of the buffers marked enabled.
+        """
+        self._state().set("disabled", False)
+        return self._mark_buffers(False)
+
+    def _mark_buffers(self, disabled: bool) -> list[str]:
+        marked: list[str] = []
+        problems: list[str] = []
+        opened = {buffer.name: buffer for buffer in self.buffers.values() if not buffer.closed}
+        names = [(type_name, name) for type_name, _, name in self.find_segments()] if self.shared else []
+        names += [(type(buffer).type_name, name) for name, buffer in opened.items()]
+        for type_name, name in dict.fromkeys(names):
+            buffer_type = self.catalog[type_name]
+            if not issubclass(buffer_type, DeviceBuffer) or not buffer_type.safe_values():
+                continue
+            buffer = opened.get(name)
+            try:
+                other = buffer_type.attach(name, create=False) if buffer is None else None
+            except DeviceBufferError as exc:  # another catalog's, or gone meanwhile
+                problems.append(f"{name}: {exc.message}")
+                continue
+            try:
+                (buffer or other)._access.set_disabled(disabled)  # type: ignore[union-attr]
+            except DeviceBufferError as exc:
+                # The flag is set even then (it needs no lock): the bridge stops the device.
+                problems.append(f"{name}: {exc.message}")
+            finally:
+                if other is not None:
+                    other.close()
+            marked.append(name)
+        for problem in problems:
+            logger.warning("%s: %s", "disable" if disabled else "enable", problem)
+        return sorted(set(marked))
 
     @staticmethod
     def namespace() -> str:
@@ -439,6 +524,11 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         store = cls(result)
         store.device_types  # noqa: B018 - refuse duplicate device ids now
         return result
+
+
+ROBOT_STATE = "robot-state"
+"""The name, after the namespace, of the segment that holds whether the robot is disabled."""
+_RobotState = Buffer.make_type(ROBOT_STATE, [Parameter("disabled", ctypes.c_bool, 0)])
 
 
 def _known(word: str, names: Iterable[str]) -> str:

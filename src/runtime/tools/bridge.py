@@ -50,6 +50,16 @@ How it is organised (one asyncio loop, and the frame pump's reader thread):
   becomes valid again, so readers keep their mapping across reconnects. If the
   bridge dies, the buffers it served turn invalid by themselves, and a
   restarted bridge takes them over.
+* Commands die with their commanders (:mod:`runtime.commands`): the bridge
+  watches the process that wrote each actuator's value in force (a pidfd on
+  the loop). When it ends, however it ends, the actuator's safe value goes
+  out at once (not held back by ``write_interval``), and a pending write of
+  a commander that is gone is never sent (also after a bridge restart). The
+  same when the type's ``command_timeout`` passes without a new command.
+* When the robot is disabled (:meth:`~runtime.store.BufferStore.disable`,
+  ``runtime disable``), each device with safe-valued parameters gets
+  DEV_DISABLE and its safe values; the state lives in shared memory, so a
+  device that connects later, or a restarted bridge, finds it.
 * On SIGINT/SIGTERM every connected device gets a DEV_DISABLE (nothing keeps
   actuating unattended), every buffer is marked invalid, the store is closed
   (segments stay) and the stats file is written one last time.
@@ -83,6 +93,7 @@ import serial
 
 from .. import catalog as catalog_module
 from ..buffer import Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
+from ..commands import Commander, CommanderWatch
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable, write_json_atomically
 from ..link import FramePump, PumpCounters, PumpEvent
@@ -135,6 +146,8 @@ WRITE_CONFIRM_TIMEOUT = 0.25
 (at least three subscription intervals)."""
 NO_DEVICE_REPORT_DELAY = 5.0
 """Seconds without any connected device before the bridge says what it found on the ports it watches."""
+LOCK_RETRY_DELAY = 0.005
+"""Seconds before ending a dead commander's commands is tried again when the buffer's lock was busy."""
 WRITE_RETRIES = 8
 """Times an unconfirmed write is sent again before the bridge gives up on it (so it is retried for
 about two seconds: a link losing a quarter of the frames loses all nine copies less than once in 100 000)."""
@@ -156,6 +169,10 @@ class Counters:
     """Parameter writes given up on after :data:`WRITE_RETRIES` resends."""
     lock_stalls: int = 0
     """Times the buffer's lock was found held by another process (values were held back, not lost)."""
+    commands_ended: int = 0
+    """Parameters put back to their safe values because their commander ended (or timed out)."""
+    disables: int = 0
+    """Times the device was told DEV_DISABLE because the robot was disabled."""
 
     def add(self, other: Counters) -> None:
         """Add another set of counters to this one."""
@@ -336,6 +353,10 @@ class PortConnection:
         self._stalled_since: float | None = None
         self._stall_logged_at = -math.inf
         self._retry_handle: asyncio.TimerHandle | None = None
+        self._disabled = False
+        """Whether this device was told DEV_DISABLE for the robot's disabled state."""
+        self._safety_due = False
+        """Safe values are pending: send them now, not after write_interval."""
 
     # -- naming for logs --
 
@@ -472,6 +493,7 @@ class PortConnection:
             logger.info(
                 "%s %#x: taking over from a producer that died (pid %d)", type_name, uid, dead_producer
             )
+        self._sync_disabled(buffer)
         self.buffer = buffer
         assert self._port is not None
         self._pump.attach(self._port, buffer)  # its DEV_DATA go straight into the buffer from now on
@@ -493,6 +515,94 @@ class PortConnection:
         self.send(request)
         logger.info("%s: connected", self.describe())
         return True
+
+    def _sync_disabled(self, buffer: DeviceBuffer) -> None:
+        """Mark a buffer served from now on as the robot's state says (disabled: refuse commands)."""
+        if not type(buffer).safe_values():
+            return
+        try:
+            disabled = not self.bridge.store.enabled
+        except RuntimeBaseException as exc:  # a foreign file where the state should be: stay safe
+            logger.error("%s: cannot read the robot's state (%s); treating it as disabled", self.path, exc)
+            disabled = True
+        with contextlib.suppress(DeviceBufferError):  # lock busy: the flag is set anyway
+            buffer._access.set_disabled(disabled)
+
+    def _enforce_commands(self, buffer: DeviceBuffer) -> bool:
+        """End the commands that must end (disabled robot, commander gone, timeout); True if any did.
+
+        The safe values are then pending writes, sent by the caller before anything else.
+        Raises DeviceBufferError when the lock is busy (the caller tries again soon).
+        """
+        access = buffer._access
+        ended: set[str] = set()
+        disabled = access.disabled
+        if disabled and not self._disabled:
+            self.send(Message.make_dev_disable())
+            ended |= access.end_commands(everything=True)
+            self._disabled = True
+            self.counters.disables += 1
+            logger.warning("%s: the robot is disabled: DEV_DISABLE and safe values sent", self.describe())
+        elif not disabled and self._disabled:
+            self._disabled = False
+            logger.info("%s: the robot is enabled again (nothing moves until a new command)", self.describe())
+        commanders = access.commanders()
+        if commanders:
+            if disabled:
+                ended |= access.end_commands()
+            else:
+                for who in set(commanders.values()):
+                    if not self.bridge.commanders.alive(who):
+                        ended |= self._end_commands(who)
+                timeout = type(buffer).command_timeout
+                if timeout is not None and commanders and time.time() - access.last_command >= timeout:
+                    timed_out = access.end_commands()
+                    if timed_out:
+                        ended |= timed_out
+                        logger.warning(
+                            "%s: no command for %g s (command_timeout): %s back to safe values",
+                            self.describe(),
+                            timeout,
+                            ", ".join(sorted(timed_out)),
+                        )
+        if ended:
+            self._safety_due = True
+        return bool(ended)
+
+    def _end_commands(self, who: Commander) -> set[str]:
+        """The commands of a commander that ended go back to their safe values (logged)."""
+        assert self.buffer is not None
+        ended = self.buffer._access.end_commands(who)
+        if ended:
+            self.counters.commands_ended += len(ended)
+            safe = type(self.buffer).safe_values()
+            logger.warning(
+                "%s: commander pid %d ended; %s",
+                self.describe(),
+                who[0],
+                ", ".join(f"{name} back to {safe[name]!r}" for name in sorted(ended)),
+            )
+        return ended
+
+    def commander_ended(self, who: Commander) -> None:
+        """A watched commander's process ended: end its commands on this device now.
+
+        Ending them is a write: it wakes the service loop, which sends the safe values at once.
+        """
+        if self.buffer is None or self._closed.done():
+            return
+        try:
+            if self._end_commands(who):
+                self._safety_due = True
+        except DeviceBufferError:  # the lock is busy: try again shortly (never wait for it)
+            self._loop.call_later(LOCK_RETRY_DELAY, self.commander_ended, who)
+
+    def _command_deadline(self, buffer: DeviceBuffer, now: float) -> float | None:
+        """When the command timeout of this device expires (monotonic), if a command runs."""
+        timeout = type(buffer).command_timeout
+        if timeout is None or not buffer._access.commanders():
+            return None
+        return now + max(0.0, buffer._access.last_command + timeout - time.time())
 
     async def _service(self) -> None:
         """The periodic work of a connected device: writes, heartbeats, silence, subscription.
@@ -523,8 +633,11 @@ class PortConnection:
                 self.lose(f"silent for {silence_limit:g} s")
                 return
             try:
-                if requested and now - last_batch >= write_interval:
+                if self._enforce_commands(buffer):
+                    requested = True
+                if requested and (self._safety_due or now - last_batch >= write_interval):
                     requested = False
+                    self._safety_due = False
                     for message in buffer.emit_dev_rw():
                         self.send(message)
                         last_batch = now
@@ -556,6 +669,10 @@ class PortConnection:
                 due.append(min(pending.deadline for pending in self._unconfirmed.values()))
             if requested:
                 due.append(last_batch + write_interval)
+            with contextlib.suppress(DeviceBufferError):
+                expiry = self._command_deadline(buffer, now)
+                if expiry is not None:
+                    due.append(expiry)
             sleep = max(0.001, min(due) - time.monotonic())  # never a busy loop that starves the readers
             if requested:
                 await asyncio.sleep(sleep)
@@ -939,6 +1056,12 @@ class Bridge:
         """Set to make the watcher scan now (while it runs)."""
         self._opened_at: dict[Identity, float] = {}
         """When each connection started (``time.monotonic()``): a port gets time to answer PING."""
+        self.commanders = CommanderWatch(self._commander_ended)
+        """The processes whose commands are in force on the devices served (a pidfd each)."""
+
+    def _commander_ended(self, who: Commander) -> None:
+        for connection in list(self.owners.values()):
+            connection.commander_ended(who)
 
     # -- devices --
 
@@ -1228,6 +1351,7 @@ class Bridge:
                     with contextlib.suppress(RuntimeBaseException):
                         record.buffer.stop_serving()
             loop.remove_reader(self.pump.fileno())
+            self.commanders.close()
             self.write_stats()
             self.pump.close()
 
