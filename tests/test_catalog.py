@@ -1,12 +1,15 @@
 """The packaged device catalog and its loader (runtime.catalog).
 
 The facts below are transcribed independently from shared/spec/device-catalog.md,
-so a slip in runtime/catalog.yaml shows up as a mismatch here.
+so a slip in runtime/catalog.yaml shows up as a mismatch here. The safe values
+("safe=0") are this library's policy, not the spec's: every actuator stops when
+nobody commands it.
 """
 
 import copy
 import ctypes
 import importlib
+import json
 import math
 import os
 import time
@@ -19,10 +22,10 @@ import pytest
 
 from runtime import catalog
 
-# type name -> (device_id or None, parameters in ID order as "name type [flags] [lower, upper]").
+# type name -> (device_id or None, parameters in ID order as "name type [flags] [safe=X] [lower, upper]").
 W, NO_R = "w", "no-r"
 BEAR = [
-    "duty_cycle float w [-1, 1]",
+    "duty_cycle float w safe=0 [-1, 1]",
     "pid_pos_setpoint float w no-r",
     "pid_pos_kp float w no-r [0, inf]",
     "pid_pos_ki float w no-r [0, inf]",
@@ -38,7 +41,7 @@ BEAR = [
     "deadband float w",
 ]
 KOALA_CHANNEL = [
-    "duty_cycle_{} float w [-1, 1]",
+    "duty_cycle_{} float w safe=0 [-1, 1]",
     "pid_kp_{} float w no-r [0, inf]",
     "pid_ki_{} float w no-r [0, inf]",
     "pid_kd_{} float w no-r [0, inf]",
@@ -62,7 +65,7 @@ FACTS: dict[str, tuple[int | None, list[str]]] = {
         + [f"{name} float" for name in "v_cell1 v_cell2 v_cell3 v_batt dv_cell2 dv_cell3".split()],
     ),
     "team-flag": (5, [f"{name} bool w" for name in "mode blue yellow led1 led2 led3 led4".split()]),
-    "servo-motor": (7, ["servo0 float w [-1, 1]", "servo1 float w [-1, 1]"]),
+    "servo-motor": (7, ["servo0 float w safe=0 [-1, 1]", "servo1 float w safe=0 [-1, 1]"]),
     "yogi-bear": (10, BEAR),
     "rfid": (11, ["id uint32", "tag_detect uint8"]),
     "polar-bear": (12, BEAR),
@@ -74,13 +77,22 @@ FACTS: dict[str, tuple[int | None, list[str]]] = {
     ),
     "field": (None, ["mode uint8", "alliance uint8", "send_buf uint8[4096]", "recv_buf uint8[4096]"]),
 }
-DEFAULTS = {"readable": True, "writeable": False, "subscribed": True, "lower": -math.inf, "upper": math.inf}
+DEFAULTS = {
+    "readable": True, "writeable": False, "subscribed": True,
+    "lower": -math.inf, "upper": math.inf, "safe": None,
+}  # fmt: skip
+ACTUATORS = {
+    ("servo-motor", "servo0"), ("servo-motor", "servo1"), ("yogi-bear", "duty_cycle"),
+    ("polar-bear", "duty_cycle"), ("koala-bear", "duty_cycle_a"), ("koala-bear", "duty_cycle_b"),
+}  # fmt: skip
+"""The parameters of the packaged catalog that have a safe value (each 0)."""
 
 
 def expected_param(fact: str) -> dict[str, Any]:
-    """Turn ``"name type [w] [no-r] [[lower, upper]]"`` into the parameter's full settings."""
+    """Turn ``"name type [w] [no-r] [safe=X] [[lower, upper]]"`` into the parameter's full settings."""
     words, _, bounds = fact.partition(" [")
     name, type_, *flags = words.split()
+    safe = [float(flag.removeprefix("safe=")) for flag in flags if flag.startswith("safe=")]
     lower, upper = (
         (float(bound) for bound in bounds.rstrip("]").split(",")) if bounds else (-math.inf, math.inf)
     )
@@ -92,6 +104,7 @@ def expected_param(fact: str) -> dict[str, Any]:
         "subscribed": True,
         "lower": lower,
         "upper": upper,
+        "safe": safe[0] if safe else None,
     }
 
 
@@ -133,7 +146,9 @@ def test_packaged_catalog_matches_the_spec(raw: dict[str, dict[str, Any]], type_
 def test_spot_checks(raw: dict[str, dict[str, Any]]) -> None:
     yogi = raw["yogi-bear"]["params"]
     assert len(yogi) == 14
-    assert yogi[0] == {"name": "duty_cycle", "type": "float", "writeable": True, "lower": -1.0, "upper": 1.0}
+    assert yogi[0] == {
+        "name": "duty_cycle", "type": "float", "writeable": True, "lower": -1.0, "upper": 1.0, "safe": 0.0,
+    }  # fmt: skip
     assert with_defaults(yogi[2]) == with_defaults(
         {"name": "pid_pos_kp", "type": "float", "writeable": True, "readable": False, "lower": 0.0}
     )
@@ -309,6 +324,108 @@ MISTAKES: list[tuple[str, Mutation, str | None, str | int | None, str]] = [
     ("bound-on-bool", add_param({"name": "x", "type": "bool", "lower": 0}), "motor", "x", "numeric"),
     ("bound-on-array", add_param({"name": "x", "type": "int8[2]", "upper": 1}), "motor", "x", "numeric"),
     ("bound-on-char", add_param({"name": "x", "type": "char", "upper": 1}), "motor", "x", "numeric"),
+    ("unknown-safe-key", set_param("save", 0), "motor", "duty", "did you mean 'safe'"),
+    (
+        "safe-string",
+        set_param("safe", "0"),
+        "motor",
+        "duty",
+        "safe must be a number for a double parameter, not '0'",
+    ),
+    ("safe-bool-on-number", set_param("safe", False), "motor", "duty", "safe must be a number"),
+    ("safe-none", set_param("safe", None), "motor", "duty", "safe must be a number"),
+    ("safe-list", set_param("safe", [0]), "motor", "duty", "safe must be a number"),
+    ("safe-nan", set_param("safe", math.nan), "motor", "duty", "safe must be a finite number, not nan"),
+    ("safe-inf", set_param("safe", math.inf), "motor", "duty", "safe must be a finite number, not inf"),
+    ("safe-above", set_param("safe", 1.5), "motor", "duty", "safe 1.5 is out of bounds [-1, 1]"),
+    ("safe-below", set_param("safe", -2), "motor", "duty", "safe -2 is out of bounds [-1, 1]"),
+    ("safe-read-only", add_param({"name": "x", "type": "float", "safe": 0}), "motor", "x", "writeable"),
+    (
+        "safe-writeable-false",
+        add_param({"name": "x", "type": "float", "writeable": False, "safe": 0}),
+        "motor",
+        "x",
+        "safe applies to writeable parameters only",
+    ),
+    (
+        "safe-number-on-bool",
+        add_param({"name": "on", "type": "bool", "writeable": True, "safe": 0}),
+        "motor",
+        "on",
+        "safe must be true or false for a bool parameter, not 0",
+    ),
+    (
+        "safe-on-array",
+        add_param({"name": "x", "type": "uint8[4]", "writeable": True, "safe": 0}),
+        "motor",
+        "x",
+        "bool and numeric scalar types only, not 'uint8[4]'",
+    ),
+    (
+        "safe-on-bool-array",
+        add_param({"name": "x", "type": "bool[2]", "writeable": True, "safe": False}),
+        "motor",
+        "x",
+        "scalar types only",
+    ),
+    (
+        "safe-on-char",
+        add_param({"name": "x", "type": "char", "writeable": True, "safe": 0}),
+        "motor",
+        "x",
+        "scalar types only, not 'char'",
+    ),
+    (
+        "safe-fraction-on-integer",
+        add_param({"name": "mode", "type": "uint8", "writeable": True, "safe": 1.5}),
+        "motor",
+        "mode",
+        "safe must be a whole number for a uint8 parameter, not 1.5",
+    ),
+    (
+        "safe-outside-integer-type",
+        add_param({"name": "mode", "type": "uint8", "writeable": True, "safe": 256}),
+        "motor",
+        "mode",
+        "safe 256 is outside the range of uint8 (0..255)",
+    ),
+    (
+        "safe-negative-unsigned",
+        add_param({"name": "mode", "type": "uint16", "writeable": True, "safe": -1}),
+        "motor",
+        "mode",
+        "outside the range of uint16 (0..65535)",
+    ),
+    (
+        "safe-outside-integer-bounds",
+        add_param({"name": "mode", "type": "int8", "writeable": True, "lower": 0, "upper": 3, "safe": 4}),
+        "motor",
+        "mode",
+        "safe 4 is out of bounds [0, 3]",
+    ),
+    (
+        "safe-on-plain-buffer",
+        lambda raw: raw["panel"]["params"].append(
+            {"name": "x", "type": "float", "writeable": True, "safe": 0}
+        ),
+        "panel",
+        "x",
+        "safe applies to Smart Device parameters only (a device type with a device_id)",
+    ),
+    ("timeout-zero", set_device("command_timeout", 0), "motor", None, "command_timeout must be a positive"),
+    ("timeout-negative", set_device("command_timeout", -1), "motor", None, "command_timeout"),
+    ("timeout-string", set_device("command_timeout", "1s"), "motor", None, "not '1s'"),
+    ("timeout-bool", set_device("command_timeout", True), "motor", None, "command_timeout"),
+    ("timeout-inf", set_device("command_timeout", math.inf), "motor", None, "command_timeout"),
+    ("timeout-nan", set_device("command_timeout", math.nan), "motor", None, "command_timeout"),
+    ("timeout-misspelled", set_device("command_timout", 1), "motor", None, "did you mean 'command_timeout'"),
+    (
+        "timeout-on-plain-buffer",
+        lambda raw: raw["panel"].__setitem__("command_timeout", 1),
+        "panel",
+        None,
+        "command_timeout applies to Smart Devices only",
+    ),
 ]
 
 
@@ -603,3 +720,216 @@ def test_load_from_path(tmp_path: Path) -> None:
     assert list(types) == ["panel"]
     assert issubclass(types["panel"], buffer.Buffer)
     assert not issubclass(types["panel"], buffer.DeviceBuffer)
+
+
+# -- Safe values and command timeouts -----------------------------------------------------------------------
+
+
+def test_packaged_catalog_has_safe_values_on_exactly_the_actuators(raw: dict[str, dict[str, Any]]) -> None:
+    with_safe = {
+        (name, param["name"]): param["safe"]
+        for name, entry in raw.items()
+        for param in entry["params"]
+        if "safe" in param
+    }
+    assert set(with_safe) == ACTUATORS
+    assert all(value == 0 and type(value) is float for value in with_safe.values())
+    assert all("command_timeout" not in entry for entry in raw.values())
+
+
+def test_packaged_buffer_types_carry_the_safe_values() -> None:
+    buffer = buffer_module()
+    types = catalog.load()
+    for name, buffer_type in types.items():
+        for param in buffer_type.params.values():
+            expected = 0.0 if (name, param.name) in ACTUATORS else None
+            assert param.safe == expected, (name, param.name)
+        if issubclass(buffer_type, buffer.DeviceBuffer):
+            assert buffer_type.command_timeout is None, name
+
+
+def with_safety() -> dict[str, Any]:
+    """minimal() with a safe value of every kind and a command timeout."""
+    raw = minimal()
+    duty(raw)["safe"] = 0
+    motor(raw)["command_timeout"] = 2
+    motor(raw)["params"] += [
+        {"name": "on", "type": "bool", "writeable": True, "safe": False},
+        {"name": "mode", "type": "uint8", "writeable": True, "lower": 1, "upper": 3, "safe": 2.0},
+        {"name": "trim", "type": "int16", "writeable": True, "readable": False, "safe": -300},
+        {"name": "edge", "type": " float ", "id": 9, "writeable": True, "lower": -1, "upper": 1, "safe": -1},
+    ]
+    return raw
+
+
+def test_safe_values_and_command_timeout_are_accepted_and_normalized() -> None:
+    raw = with_safety()
+    before = copy.deepcopy(raw)
+    result = catalog.validate(raw)
+    assert raw == before
+    checked = {param["name"]: param for param in result["motor"]["params"]}
+    assert [
+        (checked[name]["safe"], type(checked[name]["safe"])) for name in ("duty", "on", "mode", "trim")
+    ] == [
+        (0.0, float),
+        (False, bool),
+        (2, int),
+        (-300, int),
+    ]
+    assert checked["edge"]["safe"] == -1.0  # on a bound: inside
+    assert "safe" not in checked["flags"]
+    assert result["motor"]["command_timeout"] == 2.0 and type(result["motor"]["command_timeout"]) is float
+    assert list(result["motor"]) == list(raw["motor"])  # the file's key order
+
+
+def test_safe_values_and_command_timeout_reach_the_buffer_types() -> None:
+    buffer = buffer_module()
+    types = buffer.BufferStore.make_catalog(catalog.validate(with_safety()))
+    motor_type = types["motor"]
+    assert motor_type.command_timeout == 2.0
+    assert {name: param.safe for name, param in motor_type.params.items()} == {
+        "duty": 0.0, "flags": None, "on": False, "mode": 2, "trim": -300, "edge": -1.0,
+    }  # fmt: skip
+    assert "command_timeout" not in vars(types["panel"])
+
+
+def test_safe_values_from_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "safe.yaml"
+    path.write_text(
+        "arm:\n  device_id: 40\n  command_timeout: 0.25\n  params:\n"
+        "    - {name: grip, type: bool, writeable: true, safe: true}\n"
+        "    - {name: speed, type: float, writeable: true, lower: -.inf, upper: 5, safe: -7.5}\n"
+    )
+    raw = catalog.load_raw(path)
+    assert raw["arm"]["command_timeout"] == 0.25
+    assert [param["safe"] for param in raw["arm"]["params"]] == [True, -7.5]
+    arm = catalog.load(path)["arm"]
+    assert (arm.params["grip"].safe, arm.params["speed"].safe) == (True, -7.5)
+
+
+# What only validate() refuses: an empty "safe:" (make_catalog reads None as "no safe value"), and a
+# command_timeout on a plain buffer (make_catalog keeps it as an unused class attribute).
+ONLY_VALIDATE_REFUSES = {"safe-none", "timeout-on-plain-buffer"}
+AGREEING = [case for case in MISTAKES if case[0].startswith(("safe-", "timeout-"))]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [case[1] for case in AGREEING if case[0] not in ONLY_VALIDATE_REFUSES],
+    ids=[case[0] for case in AGREEING if case[0] not in ONLY_VALIDATE_REFUSES],
+)
+def test_the_buffer_layer_refuses_what_validate_refuses(mutate: Mutation) -> None:
+    """validate() says it first and better, but agrees with make_catalog on what is wrong."""
+    buffer = buffer_module()
+    raw = minimal()
+    mutate(raw)
+    with pytest.raises(buffer.DeviceBufferError):
+        catalog.validate(raw)
+    with pytest.raises(buffer.DeviceBufferError):
+        buffer.BufferStore.make_catalog(raw)
+
+
+def test_describe_type_and_schemas_carry_safe_values_and_command_timeout() -> None:
+    buffer = buffer_module()
+    from runtime import schema
+
+    types = buffer.BufferStore.make_catalog(catalog.validate(with_safety()))
+    described = schema.describe_type(types["motor"])
+    assert described["command_timeout"] == 2.0
+    safe = {param["name"]: param.get("safe", "absent") for param in described["params"]}
+    assert safe == {"duty": 0.0, "flags": "absent", "on": False, "mode": 2, "trim": -300, "edge": -1.0}
+    assert type(safe["mode"]) is int and type(safe["duty"]) is float
+    json.dumps(described, allow_nan=False)  # plain JSON
+    written = schema.write_schema(types["motor"])
+    assert written["x-command-timeout"] == 2.0
+    assert written["properties"]["duty"]["x-safe"] == 0.0
+    assert written["properties"]["on"]["x-safe"] is False
+    assert "x-safe" not in schema.buffer_schema(types["motor"])["properties"]["values"]["properties"]["flags"]
+    panel = schema.describe_type(types["panel"])
+    assert "command_timeout" not in panel and all("safe" not in param for param in panel["params"])
+    assert "x-command-timeout" not in schema.write_schema(types["panel"])
+
+
+def test_packaged_descriptions_name_the_safe_values() -> None:
+    from runtime import schema
+
+    types = catalog.load()
+    described = schema.describe_catalog(types)
+    found = {
+        (name, param["name"])
+        for name, entry in described.items()
+        for param in entry["params"]
+        if "safe" in param
+    }
+    assert found == ACTUATORS
+    assert all("command_timeout" not in entry for entry in described.values())
+    yogi = schema.write_schema(types["yogi-bear"])
+    assert [name for name, value in yogi["properties"].items() if "x-safe" in value] == ["duty_cycle"]
+    assert "x-command-timeout" not in yogi
+
+
+def test_catalog_differences_ignore_safe_values() -> None:
+    """A recording made before the catalog had safe values still matches; a real change does not."""
+    from runtime import schema
+
+    types = catalog.load()
+    recorded = schema.describe_catalog(types, ["koala-bear"])
+    for param in recorded["koala-bear"]["params"]:
+        param.pop("safe", None)
+    assert schema.catalog_differences(recorded, types) == []
+    recorded["koala-bear"]["params"][0]["upper"] = 2.0
+    assert schema.catalog_differences(recorded, types) == [
+        "koala-bear: parameter duty_cycle_a: upper 2.0 in the recording, 1.0 in this catalog"
+    ]
+
+
+def run_catalog_command(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    from runtime.tools.cli import main
+
+    assert main(["catalog", *argv]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    return captured.out
+
+
+def test_catalog_command_shows_safe_values(capsys: pytest.CaptureFixture[str]) -> None:
+    text = run_catalog_command(capsys)
+    safe_lines = [line for line in text.splitlines() if line.startswith("safe values")]
+    assert safe_lines == [
+        "safe values (held when nobody commands them): servo0 = 0, servo1 = 0",
+        "safe values (held when nobody commands them): duty_cycle = 0",
+        "safe values (held when nobody commands them): duty_cycle = 0",
+        "safe values (held when nobody commands them): duty_cycle_a = 0, duty_cycle_b = 0",
+    ]
+    assert "command timeout" not in text
+    koala = text.split("koala-bear:")[1].splitlines()
+    assert koala[1] == "safe values (held when nobody commands them): duty_cycle_a = 0, duty_cycle_b = 0"
+    data = json.loads(run_catalog_command(capsys, "--json"))
+    found = {
+        (name, param["name"]): param["safe"]
+        for name, entry in data["types"].items()
+        for param in entry["params"]
+        if "safe" in param
+    }
+    assert found == dict.fromkeys(ACTUATORS, 0.0)
+    assert all("command_timeout" not in entry for entry in data["types"].values())
+
+
+def test_catalog_command_shows_a_command_timeout(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "arm.yaml"
+    path.write_text(
+        "arm:\n  device_id: 40\n  command_timeout: 0.5\n  params:\n"
+        "    - {name: grip, type: bool, writeable: true, safe: true}\n"
+        "    - {name: mode, type: int8, writeable: true, safe: -3}\n"
+        "    - {name: speed, type: float, writeable: true, safe: 0.25}\n"
+        "    - {name: gain, type: float, writeable: true}\n"
+    )
+    text = run_catalog_command(capsys, "--catalog", str(path))
+    lines = text.splitlines()
+    assert lines[0] == "arm: device_id 40, sub 0.04 s, write 0.04 s, heartbeat 1 s, command timeout 0.5 s"
+    assert lines[1] == "safe values (held when nobody commands them): grip = true, mode = -3, speed = 0.25"
+    arm = json.loads(run_catalog_command(capsys, "--catalog", str(path), "--json"))["types"]["arm"]
+    assert arm["command_timeout"] == 0.5
+    assert [param.get("safe", "absent") for param in arm["params"]] == [True, -3, 0.25, "absent"]
+    check = run_catalog_command(capsys, "--check", str(path))
+    assert check == f"ok: {path}: 1 device type\n"

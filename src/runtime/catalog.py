@@ -30,6 +30,7 @@ and hold at most :data:`MAX_CATALOG_NODES` values with its aliases expanded.
 from __future__ import annotations
 
 import copy
+import ctypes
 import errno
 import functools
 import math
@@ -61,10 +62,18 @@ __all__ = [
     "validate",
 ]
 
-DEVICE_KEYS = ("device_id", "sub_interval", "write_interval", "heartbeat_interval", "params")
-"""Keys a device type may have (``params`` is required)."""
-PARAM_KEYS = ("name", "type", "id", "lower", "upper", "readable", "writeable", "subscribed")
-"""Keys a parameter may have (``name`` and ``type`` are required)."""
+DEVICE_KEYS = (
+    "device_id", "sub_interval", "write_interval", "heartbeat_interval", "command_timeout", "params",
+)  # fmt: skip
+"""Keys a device type may have (``params`` is required; ``command_timeout`` on a Smart Device only)."""
+PARAM_KEYS = ("name", "type", "id", "lower", "upper", "readable", "writeable", "subscribed", "safe")
+"""Keys a parameter may have (``name`` and ``type`` are required).
+
+``safe`` is the value a Smart Device's writeable parameter must hold when
+nobody commands it (a motor's duty cycle 0): a bool parameter's is true or
+false, a numeric one's a finite number inside the bounds (a whole number, in
+the type's range, for an integer type). Arrays and characters have none.
+"""
 INTERVAL_KEYS = ("sub_interval", "write_interval", "heartbeat_interval")
 FLAG_KEYS = ("readable", "writeable", "subscribed")
 BASE_TYPES = frozenset(
@@ -197,8 +206,53 @@ def _check_bound(where: _Where, key: str, value: object) -> float:
     return float(value)
 
 
-def _check_param(where: _Where, entry: object, names: set[str]) -> dict[str, Any]:
-    """Check one parameter entry; return a normalized copy (bounds as floats)."""
+def _integer_range(base: str) -> tuple[int, int] | None:
+    """The values of an integer base type (``uint8``: 0..255), or None for a float type."""
+    ctype: Any = getattr(ctypes, f"c_{base}")
+    code = ctype._type_
+    if not isinstance(code, str) or code in "fdg":
+        return None
+    bits = ctypes.sizeof(ctype) * 8
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+
+
+def _check_safe(where: _Where, entry: Mapping[Any, Any], smart: bool, bounds: tuple[float, float]) -> Any:
+    """Check a parameter's ``safe`` value; return it normalized (a float for a float type)."""
+    value, spec = entry["safe"], entry["type"]
+    if not smart:
+        raise where.error("safe applies to Smart Device parameters only (a device type with a device_id)")
+    if entry.get("writeable") is not True:
+        raise where.error("safe applies to writeable parameters only (add writeable: true)")
+    match = _TYPE_SPEC.fullmatch(spec)  # _check_type has accepted it
+    assert match is not None
+    base = match["base"]
+    if match["dims"] or base in ("char", "wchar"):
+        raise where.error(f"safe applies to bool and numeric scalar types only, not {spec!r}")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise where.error(f"safe must be true or false for a bool parameter, not {_show(value)}")
+        return value
+    if not _is_number(value):
+        raise where.error(f"safe must be a number for a {base} parameter, not {_show(value)}")
+    if not math.isfinite(value):
+        raise where.error(f"safe must be a finite number, not {_show(value)}")
+    lower, upper = bounds
+    integers = _integer_range(base)
+    if integers is not None:
+        if not float(value).is_integer():
+            raise where.error(f"safe must be a whole number for a {base} parameter, not {_show(value)}")
+        value = int(value)
+        if not integers[0] <= value <= integers[1]:
+            raise where.error(f"safe {value} is outside the range of {base} ({integers[0]}..{integers[1]})")
+    else:
+        value = float(value)
+    if not lower <= value <= upper:
+        raise where.error(f"safe {value:g} is out of bounds [{lower:g}, {upper:g}]")
+    return value
+
+
+def _check_param(where: _Where, entry: object, names: set[str], smart: bool = False) -> dict[str, Any]:
+    """Check one parameter entry; return a normalized copy (bounds, and a float type's safe, as floats)."""
     if not isinstance(entry, Mapping):
         raise where.error(f"a parameter must be a mapping with 'name' and 'type', not {_show(entry)}")
     name = entry.get("name")
@@ -227,6 +281,8 @@ def _check_param(where: _Where, entry: object, names: set[str]) -> dict[str, Any
     if lower > upper:
         raise where.error(f"lower bound {lower} is greater than upper bound {upper}")
     result.update(bounds)
+    if "safe" in entry:
+        result["safe"] = _check_safe(where, entry, smart, (lower, upper))
     return result
 
 
@@ -254,6 +310,15 @@ def _check_device(source: str, device: str, entry: object, ids: dict[int, str]) 
             if not _is_number(value) or not 0 < value < math.inf:
                 raise where.error(f"{key} must be a positive number of seconds, not {_show(value)}")
             result[key] = float(value)
+    if "command_timeout" in entry:
+        value = entry["command_timeout"]
+        if not smart:
+            raise where.error(
+                "command_timeout applies to Smart Devices only (a device type with a device_id)"
+            )
+        if not _is_number(value) or not 0 < value < math.inf:
+            raise where.error(f"command_timeout must be a positive number of seconds, not {_show(value)}")
+        result["command_timeout"] = float(value)
     params = entry["params"]
     if not isinstance(params, list | tuple):
         raise where.error(f"params must be a list of parameters, not {_show(params)}")
@@ -262,7 +327,7 @@ def _check_device(source: str, device: str, entry: object, ids: dict[int, str]) 
             f"{where.describe()}: a Smart Device has at most {MAX_SMART_PARAMS} parameters, not {len(params)}"
         )
     names: set[str] = set()
-    checked = [_check_param(where.at(position), param, names) for position, param in enumerate(params)]
+    checked = [_check_param(where.at(position), param, names, smart) for position, param in enumerate(params)]
     seen: dict[int, str] = {}
     limit = MAX_SMART_PARAMS - 1 if smart else None
     for position, param in enumerate(checked):
@@ -344,7 +409,8 @@ def validate(raw: object, source: str = "<catalog>") -> dict[str, dict[str, Any]
     """Check a raw catalog mapping (as read from YAML) and return a normalized deep copy.
 
     The input is never mutated. The copy has plain ``dict``/``list`` containers,
-    intervals and bounds as ``float``, and no keys added: defaults (flags,
+    intervals, ``command_timeout``, bounds and the ``safe`` values of float
+    parameters as ``float`` (an integer parameter's ``safe`` as ``int``), and no keys added: defaults (flags,
     bounds, positional IDs) are left for ``BufferStore.make_catalog`` to apply.
 
     Raises:

@@ -16,6 +16,12 @@ field, its type and its bounds without knowing the robot:
   JSON data, and :func:`catalog_differences` says in words how two such
   descriptions differ (a recording made with another catalog).
 
+A parameter with a safe value (what the device holds when nobody commands it,
+:attr:`runtime.buffer.Parameter.safe`) says so: ``"x-safe"`` in its value
+schema, ``"safe"`` in its description; a Smart Device type with a
+``command_timeout`` has ``"x-command-timeout"`` in its write schema and
+``"command_timeout"`` in its description. Both are absent otherwise.
+
 Values in these messages are plain JSON (:func:`runtime.jsonio.jsonable`):
 floats shortest-exact, NaN and infinities as ``null``, arrays as lists,
 character arrays as text.
@@ -25,9 +31,11 @@ character arrays as text.
 >>> schema["title"]
 'runtime.servo-motor'
 >>> schema["properties"]["values"]["properties"]["servo0"]
-{'type': 'number', 'minimum': -1.0, 'maximum': 1.0, 'description': 'float, writeable'}
+{'type': 'number', 'minimum': -1.0, 'maximum': 1.0, 'description': 'float, writeable', 'x-safe': 0.0}
 >>> describe_type(load_catalog()["battery"])["params"][0]["type"]
 'bool'
+>>> describe_type(load_catalog()["servo-motor"])["params"][0]["safe"]
+0.0
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ SCHEMA_PREFIX = "runtime."
 
 _FLOAT_CODES = {"f": "float", "d": "double", "g": "longdouble", "?": "bool", "c": "char", "u": "wchar"}
 _INTEGER_CODES = "bBhHiIlLqQ"
+_NOT_COMPARED = frozenset({"safe"})
+"""Parameter description keys that :func:`catalog_differences` ignores (safety policy, not data)."""
 
 
 def type_name_of(ctype: Any) -> str:
@@ -113,11 +123,32 @@ def _array_schema(ctype: Any) -> dict[str, Any]:
     return {"type": "array", "items": items, "minItems": ctype._length_, "maxItems": ctype._length_}
 
 
+def _safe_value(param: Parameter) -> bool | int | float | None:
+    """A parameter's safe value as JSON data: ``bool``, ``int`` (integer types), ``float``, or None.
+
+    >>> _safe_value(Parameter("duty", ctypes.c_float, 0, writeable=True, safe=0))
+    0.0
+    """
+    safe = param.safe
+    if safe is None or isinstance(safe, bool):
+        return safe
+    code = getattr(param.platform_type, "_type_", "")
+    if isinstance(code, str) and code and code in _INTEGER_CODES:
+        return int(safe)
+    return float(safe)
+
+
+def _command_timeout(buffer_type: type[Buffer]) -> float | None:
+    timeout = getattr(buffer_type, "command_timeout", None) if issubclass(buffer_type, DeviceBuffer) else None
+    return None if timeout is None else float(timeout)
+
+
 def value_schema(param: Parameter) -> dict[str, Any]:
     """The JSON Schema of one parameter's value: its JSON type and, for numbers, its bounds.
 
     The ``description`` gives the catalog type and the access (``read-only``,
-    ``writeable``, ``write-only``).
+    ``writeable``, ``write-only``); ``x-safe``, the safe value of a parameter
+    that has one (:attr:`Parameter.safe <runtime.buffer.Parameter.safe>`).
     """
     ctype: Any = param.platform_type
     if issubclass(ctype, ctypes.Array):
@@ -127,6 +158,9 @@ def value_schema(param: Parameter) -> dict[str, Any]:
     access = "writeable" if param.writeable and param.readable else "write-only" if param.writeable else ""
     access = access or "read-only"
     schema["description"] = f"{type_name_of(param.ctype)}, {access}"
+    safe = _safe_value(param)
+    if safe is not None:
+        schema["x-safe"] = safe
     return schema
 
 
@@ -152,39 +186,56 @@ def buffer_schema(buffer_type: type[Buffer]) -> dict[str, Any]:
 
 
 def write_schema(buffer_type: type[Buffer]) -> dict[str, Any]:
-    """The JSON Schema of ``{param: value}`` for the writeable parameters (values to send to the device)."""
+    """The JSON Schema of ``{param: value}`` for the writeable parameters (values to send to the device).
+
+    A type with a ``command_timeout`` has it as ``x-command-timeout`` (seconds).
+    """
     values = {param.name: value_schema(param) for param in buffer_type.params.values() if param.writeable}
-    return {
+    schema: dict[str, Any] = {
         "title": SCHEMA_PREFIX + buffer_type.type_name + ".write",
         "type": "object",
         "properties": values,
         "additionalProperties": False,
     }
+    timeout = _command_timeout(buffer_type)
+    if timeout is not None:
+        schema["x-command-timeout"] = timeout
+    return schema
 
 
 def describe_type(buffer_type: type[Buffer]) -> dict[str, Any]:
     """A buffer type as plain JSON data: what a catalog says about it (parameters, IDs, types, bounds).
 
     Two types with the same description have the same values and the same
-    layout; infinite bounds are ``None``.
+    layout; infinite bounds are ``None``. A parameter with a safe value has a
+    ``safe`` key, a Smart Device type with a command timeout a
+    ``command_timeout`` key (seconds); the others have neither.
     """
     description: dict[str, Any] = {"smart_device": issubclass(buffer_type, DeviceBuffer)}
     if issubclass(buffer_type, DeviceBuffer):
         description["device_id"] = buffer_type.device_id
-    description["params"] = [
-        {
-            "name": param.name,
-            "id": param.id,
-            "type": type_name_of(param.ctype),
-            "readable": bool(param.readable),
-            "writeable": bool(param.writeable),
-            "subscribed": bool(param.subscribed),
-            "lower": _bound(param.lower),
-            "upper": _bound(param.upper),
-        }
-        for param in buffer_type.params.values()
-    ]
+    timeout = _command_timeout(buffer_type)
+    if timeout is not None:
+        description["command_timeout"] = timeout
+    description["params"] = [_describe_param(param) for param in buffer_type.params.values()]
     return description
+
+
+def _describe_param(param: Parameter) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "name": param.name,
+        "id": param.id,
+        "type": type_name_of(param.ctype),
+        "readable": bool(param.readable),
+        "writeable": bool(param.writeable),
+        "subscribed": bool(param.subscribed),
+        "lower": _bound(param.lower),
+        "upper": _bound(param.upper),
+    }
+    safe = _safe_value(param)
+    if safe is not None:
+        described["safe"] = safe
+    return described
 
 
 def describe_catalog(
@@ -201,7 +252,10 @@ def catalog_differences(
     """How the types of ``current`` differ from their descriptions in ``recorded``, in words.
 
     Only the types named in ``types`` are compared (default: every type of
-    ``recorded``). An empty list means that they match.
+    ``recorded``). An empty list means that they match. Safe values and
+    command timeouts are not compared: they say what the bridge does when
+    nobody commands a device, not what a recording holds (and recordings made
+    before catalogs had them do not mention them).
 
     >>> from runtime import load_catalog
     >>> catalog = load_catalog()
@@ -233,7 +287,7 @@ def catalog_differences(
             problems.append(f"{name}: parameter {param} is in this catalog, not in the recording")
         for param in sorted(old_params.keys() & new_params.keys()):
             for key, value in new_params[param].items():
-                if old_params[param].get(key) != value:
+                if key not in _NOT_COMPARED and old_params[param].get(key) != value:
                     problems.append(
                         f"{name}: parameter {param}: {key} {old_params[param].get(key)!r} in the recording, "
                         f"{value!r} in this catalog"

@@ -33,7 +33,9 @@ DESCRIPTION = """\
 Show the device catalog, or check a catalog file.
 
 The catalog (YAML) describes every device type: its Smart Device device_id,
-its timing intervals and its parameters (ID, type, flags, bounds). Buffer
+its timing intervals, its command timeout if any, and its parameters (ID,
+type, flags, bounds, and an actuator's safe value: what the device holds when
+nobody commands it). Buffer
 types are generated from it. Without --catalog, the catalog packaged with
 this library is used. --check loads the file exactly as the runtime would and
 prints "ok", or the first mistake (naming the file, device type and
@@ -78,7 +80,11 @@ def _catalog_path(args: argparse.Namespace) -> str | None:
 
 
 def describe(raw: Mapping[str, Any], types: Mapping[str, type[Buffer]]) -> dict[str, Any]:
-    """The catalog as JSON data: raw type strings, with every default applied."""
+    """The catalog as JSON data: raw type strings, with every default applied.
+
+    A Smart Device type with a command timeout has ``command_timeout``
+    (seconds), a parameter with a safe value ``safe``; the others have neither.
+    """
     from ..buffer import DeviceBuffer
 
     result: dict[str, Any] = {}
@@ -89,8 +95,11 @@ def describe(raw: Mapping[str, Any], types: Mapping[str, type[Buffer]]) -> dict[
             entry["device_id"] = buffer_type.device_id
             for key in ("sub_interval", "write_interval", "heartbeat_interval"):
                 entry[key] = float(getattr(buffer_type, key))
-        entry["params"] = [
-            {
+            if buffer_type.command_timeout is not None:
+                entry["command_timeout"] = float(buffer_type.command_timeout)
+        params = []
+        for param in buffer_type.params.values():
+            described = {
                 "name": param.name,
                 "id": param.id,
                 "type": str(raw_types.get(param.name, ctype_name(param.ctype))).replace(" ", ""),
@@ -100,8 +109,10 @@ def describe(raw: Mapping[str, Any], types: Mapping[str, type[Buffer]]) -> dict[
                 "lower": jsonable(float(param.lower)),
                 "upper": jsonable(float(param.upper)),
             }
-            for param in buffer_type.params.values()
-        ]
+            if param.safe is not None:
+                described["safe"] = jsonable(param.safe)
+            params.append(described)
+        entry["params"] = params
         result[name] = entry
     return result
 
@@ -150,7 +161,21 @@ def _print_catalog(described: Mapping[str, Any]) -> None:
                 f"{name}: device_id {entry['device_id']}, sub {entry['sub_interval']:g} s, "
                 f"write {entry['write_interval']:g} s, heartbeat {entry['heartbeat_interval']:g} s"
             )
+            if "command_timeout" in entry:
+                title += f", command timeout {entry['command_timeout']:g} s"
         else:
             title = f"{name}: plain buffer (not a Smart Device)"
         console.print(title, soft_wrap=True)  # not a table title: rich would wrap it to the table's width
+        safe = [
+            f"{param['name']} = {_show_safe(param['safe'])}" for param in entry["params"] if "safe" in param
+        ]
+        if safe:
+            console.print(f"safe values (held when nobody commands them): {', '.join(safe)}", soft_wrap=True)
         console.print(param_table(entry["params"]))
+
+
+def _show_safe(value: object) -> str:
+    """A safe value as the catalog writes it: ``0``, ``0.5``, ``true``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
