@@ -45,6 +45,7 @@ from ..messaging import ErrorCode, Message, MessageError, MessageType
 __all__ = [
     "FIRST_SEASON",
     "HEARTBEAT_INTERVAL",
+    "HOST_SILENCE_HEARTBEATS",
     "MOTOR_TICKS_PER_SECOND",
     "SIM_STEP",
     "DeviceModel",
@@ -58,6 +59,11 @@ SIM_STEP = 0.05
 """Seconds between two simulation steps."""
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between the heartbeats an emulated device sends to the host."""
+HOST_SILENCE_HEARTBEATS = 3
+"""Host heartbeat intervals (the device type's ``heartbeat_interval``) of silence after which a device
+that has heard from the host stops actuating, as on DEV_DISABLE (see :meth:`DeviceModel.poll`).
+Three, like the bridge's ``SILENCE_HEARTBEATS`` for a silent device: one or two lost heartbeats
+are a flaky link, three are a host that is gone."""
 FIRST_SEASON = 2016
 """The calendar year of UID year 0 (the spring 2016 season)."""
 MOTOR_TICKS_PER_SECOND = 2000.0
@@ -282,16 +288,28 @@ class DeviceModel:
     they return; call :meth:`poll` regularly (by :meth:`next_deadline`) for the
     subscribed DEV_DATA, the device's heartbeats and the simulation.
 
+    Safety, as real devices do it: the device starts with its actuators (the
+    parameters with a ``safe`` value) at their safe values; DEV_DISABLE stops
+    actuating (:meth:`disable`: the actuators go back to them), and so does
+    host silence: once the device has heard from the host, hearing nothing
+    from it (no frame at all) for :data:`HOST_SILENCE_HEARTBEATS` of the
+    type's ``heartbeat_interval`` (:attr:`host_silence_limit`) while
+    :attr:`actuating` makes :meth:`poll` call :meth:`disable`, once, with one
+    log line; the next frame from the host re-arms it. A device never talked
+    to does nothing, and the silence counts on while the device is unplugged
+    (:meth:`forget_host`), as a real device loses its power.
+
     Args:
         buffer_type: The device type (a :class:`~runtime.buffer.DeviceBuffer` subclass).
         uid: The device's 88-bit UID; its device_id must be the type's (``ValueError``).
         seed: Seeds the simulation (None: random).
         simulate: Whether sensor values move over time.
-        logger: Where the model logs protocol events (subscriptions at INFO, bad input at DEBUG);
-            default ``runtime.testing.device``.
+        logger: Where the model logs protocol events (subscriptions and safety stops at INFO, bad
+            input at DEBUG); default ``runtime.testing.device``.
 
     Attributes:
         buffer: The device's own values (process-local): ``buffer.set(...)`` changes what it reports.
+        host_silence_limit: Seconds of host silence after which the device stops actuating.
 
     >>> from runtime import catalog
     >>> yogi = catalog.load()["yogi-bear"]
@@ -329,6 +347,23 @@ class DeviceModel:
         self.buffer: DeviceBuffer = buffer_type.attach(f"emulated-{self.type_name}-{uid:x}", shared=False)
         self.buffer.uid = uid
         self.rng = random.Random(seed)
+        self.host_silence_limit = HOST_SILENCE_HEARTBEATS * float(buffer_type.heartbeat_interval)
+        self.host_silence_stops = 0
+        """Times the device stopped actuating because the host went silent."""
+        # The actuators and their safe values as the buffer stores them (a float32 0.1 is not 0.1).
+        self._safe: dict[str, Any] = {
+            name: param.platform_type(param.safe).value
+            for name, param in self.buffer.params.items()
+            if param.safe is not None
+        }
+        # What the write-only actuators hold (the buffer cannot get them).
+        self._write_only: dict[str, Any] = {
+            name: safe for name, safe in self._safe.items() if not self.buffer.params[name].readable
+        }
+        self._last_heard: float | None = None  # when the host was last heard (None: never)
+        self._silence_armed = False  # whether host silence will still stop the device
+        if self._safe:
+            self.disable()  # a device powers up with its actuators in their safe state
         self.simulator = Simulator(self.buffer, self.rng) if simulate else None
         self.messages_in = 0
         """Messages received (frames that decoded)."""
@@ -349,6 +384,7 @@ class DeviceModel:
 
     def receive(self, frame: bytes, now: float) -> list[Message]:
         """Digest one frame (COBS-encoded, without delimiter); return the answers to send."""
+        self._heard(now)  # even a damaged frame says the host is there
         try:
             message = Message.decode(frame)
         except MessageError as exc:
@@ -360,6 +396,7 @@ class DeviceModel:
     def handle(self, message: Message, now: float) -> list[Message]:
         """Digest one message from the host; return the answers to send."""
         self.messages_in += 1
+        self._heard(now)
         try:
             return self._handle(message, now)
         except MessageError as exc:  # a payload that does not fit its type or this device
@@ -396,6 +433,8 @@ class DeviceModel:
             with buffer.transaction():
                 for name, value in buffer.get_write().items():
                     buffer.set(name, value)  # readable ones come back in later DEV_DATA
+                    if name in self._write_only:
+                        self._write_only[name] = value
             return []
         if kind == MessageType.DEV_DISABLE:
             self.logger.info("%s %#x: disabled by the host", self.type_name, self.uid)
@@ -412,14 +451,45 @@ class DeviceModel:
         self.errors += 1
         return [Message.make_error(ErrorCode.INVALID_TYPE)]
 
+    def _heard(self, now: float) -> None:
+        """The host was heard at ``now``: the host-silence stop counts from here (again)."""
+        self._last_heard = now
+        self._silence_armed = True
+
     def forget_host(self) -> None:
-        """The link dropped: forget the subscription (a re-enumerated device starts unsubscribed)."""
+        """The link dropped: forget the subscription (a re-enumerated device starts unsubscribed).
+
+        The host-silence stop is not disarmed: unplugged for long enough, the device stops actuating.
+        """
         self.buffer.update(Message.make_sub_req(0, 0))
         self._next_stream = None
 
+    @property
+    def actuating(self) -> bool:
+        """Whether a parameter with a safe value (an actuator) holds another value."""
+        return any(
+            (self._write_only[name] if name in self._write_only else self.buffer.get(name)) != safe
+            for name, safe in self._safe.items()
+        )
+
     def disable(self) -> None:
-        """Stop actuating: every writeable parameter back to its default (zero, or within its bounds)."""
+        """Stop actuating, as on DEV_DISABLE: the actuators to their safe values, the configuration kept.
+
+        Every parameter with a ``safe`` value (a motor's duty cycle, a servo's
+        position) goes to it; every other parameter keeps its value (PID gains,
+        thresholds, encoder positions, LEDs: configuration, which a real device
+        keeps). A device type with no safe-valued parameter at all (a catalog
+        that does not mark its actuators) falls back to what the emulator did
+        before safe values existed: every writeable parameter back to its
+        default (zero, or the nearest bound when zero is out of bounds).
+        """
         with self.buffer.transaction():
+            if self._safe:
+                for name, safe in self._safe.items():
+                    self.buffer.set(name, safe)
+                    if name in self._write_only:
+                        self._write_only[name] = safe
+                return
             for param in self.buffer.params.values():
                 if not param.writeable:
                     continue
@@ -432,14 +502,37 @@ class DeviceModel:
                     default = param.default
                 self.buffer.set(param.name, default)
 
+    def _check_host_silence(self, now: float) -> None:
+        """Stop actuating, once, when the host has been silent for :attr:`host_silence_limit`."""
+        if not self._silence_armed or self._last_heard is None:
+            return
+        silent = now - self._last_heard
+        if silent < self.host_silence_limit:
+            return
+        self._silence_armed = False  # once per silence: only a frame from the host re-arms it
+        if not self.actuating:
+            return
+        self.host_silence_stops += 1
+        self.logger.info(  # INFO, as "disabled by the host": what a device does, not a fault of the emulator
+            "%s %#x: heard nothing from the host for %.1f s; stopped actuating",
+            self.type_name,
+            self.uid,
+            silent,
+        )
+        self.disable()
+
     # -- time --
 
     def poll(self, now: float) -> list[Message]:
-        """Advance the simulation to ``now``; return the DEV_DATA and heartbeats now due."""
+        """Advance the simulation to ``now``; return the DEV_DATA and heartbeats now due.
+
+        Also stops actuating when the host has been silent too long (see the class).
+        """
         if self.simulator is not None:
             dt = 0.0 if self._last_step is None else min(max(now - self._last_step, 0.0), 1.0)
             self.simulator.step(dt)
         self._last_step = now
+        self._check_host_silence(now)
         out: list[Message] = []
         if self._next_heartbeat is None:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
@@ -460,4 +553,6 @@ class DeviceModel:
             deadline = min(deadline, self._next_stream)
         if self._next_heartbeat is not None:
             deadline = min(deadline, self._next_heartbeat)
+        if self._silence_armed and self._last_heard is not None:
+            deadline = min(deadline, self._last_heard + self.host_silence_limit)
         return deadline

@@ -56,7 +56,14 @@ from ..link import FrameWriter
 from ..messaging import DELIM, FrameSplitter, Message
 
 # The device model is the test kit's (runtime.testing); re-exported here for the emulator's callers.
-from ..testing.device import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, Simulator, random_uid
+from ..testing.device import (
+    HEARTBEAT_INTERVAL,
+    HOST_SILENCE_HEARTBEATS,
+    MOTOR_TICKS_PER_SECOND,
+    DeviceModel,
+    Simulator,
+    random_uid,
+)
 from ..testing.faults import FaultCounts, FaultInjector, FaultRates
 from ._common import (
     LONGEST_SECONDS,
@@ -70,6 +77,7 @@ from ._common import (
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
+    "HOST_SILENCE_HEARTBEATS",
     "MOTOR_TICKS_PER_SECOND",
     "DeviceModel",
     "DeviceSpec",
@@ -398,13 +406,17 @@ def parse_device(
     return DeviceSpec(buffer_type, uid)
 
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Emulate Smart Devices on pseudo-terminals.
 
 Each TYPE[:UID] argument becomes one device of that catalog type that speaks
 the Smart Device protocol on its own pseudo-terminal, so the bridge can serve
 it as if it were plugged in. At start one line per device gives its type, UID
 and terminal path. It exits cleanly on Ctrl-C or SIGTERM.
+
+Like a real device, a device stops actuating (its actuators go to their safe
+values, as on DEV_DISABLE) when, after hearing from the host, it hears nothing
+for {HOST_SILENCE_HEARTBEATS} of its type's heartbeat intervals.
 """
 
 EPILOG = """\
