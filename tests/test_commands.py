@@ -150,7 +150,7 @@ def test_end_commands_names_only_writeable_parameters(motor: DeviceBuffer) -> No
 def test_another_process_takes_the_command_over(motor: DeviceBuffer) -> None:
     motor.write("duty", 0.5)
     write_in_child(motor.name, "duty", -0.5, close=False)
-    (pid, _start), = motor._access.commanders().values()
+    ((pid, _start),) = motor._access.commanders().values()
     assert pid != os.getpid()
     assert motor.end_commands() == set()  # not ours any more
     assert motor.pending_writes() == {"duty": -0.5}

@@ -48,6 +48,7 @@ call them directly.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import errno
@@ -878,7 +879,7 @@ class Buffer(BaseStructure):
         """
         self._access.write(param, value)
 
-    def end_commands(self, params: Iterable[str] | None = None) -> set[str]:
+    def end_commands(self, params: Iterable[str] | None = None) -> builtins.set[str]:
         """End this process's commands on this buffer: their parameters go back to their safe values.
 
         A parameter another process wrote since is its command, and stands.

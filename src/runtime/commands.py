@@ -122,7 +122,7 @@ class CommanderWatch:
     def close(self) -> None:
         """Stop watching (nothing is reported any more)."""
         self._closed = True
-        for who, fd in self._fds.items():
+        for fd in self._fds.values():
             if self._loop is not None:
                 with contextlib.suppress(Exception):
                     self._loop.remove_reader(fd)
