@@ -4,8 +4,12 @@
     python examples/drive_a_motor.py --speed -0.3 --seconds 2
 
 A write goes into the buffer's write block; the bridge sends it to the device,
-and the device's next report shows the value it took. The bridge must be
-running (see student_code.py to try it without a robot).
+and the device's next report shows the value it took. A speed beyond the
+duty cycle's bounds is clamped (with a warning) and the motor runs at the
+bound. The write is this program's *command*: when the program ends, however
+it ends (Ctrl-C, an exception, kill -9), the bridge puts the motor back to its
+safe value (a duty cycle of 0), so a motor never outlives the code that drives
+it. The bridge must be running (see student_code.py to try it without a robot).
 """
 
 from __future__ import annotations
@@ -32,18 +36,19 @@ def main() -> int:
         motor = store.get_or_open(motors[0])
         start = motor.get("enc_pos")
 
-        motor.write("duty_cycle", args.speed)  # the bridge sends it to the motor
+        speed = motor.params["duty_cycle"].clamp(args.speed)  # out of bounds: the bound, with a warning
+        motor.write("duty_cycle", speed)  # the bridge sends it to the motor
         deadline = time.monotonic() + 2.0
-        while abs(motor.get("duty_cycle") - args.speed) > 1e-3:  # until the motor reports it
+        while abs(motor.get("duty_cycle") - speed) > 1e-3:  # until the motor reports it
             if time.monotonic() > deadline:
                 print("the motor did not take the new duty cycle", file=sys.stderr)
                 return 1
             time.sleep(0.01)
-        print(f"motor {motors[0]:#x} runs at duty cycle {args.speed:g}")
+        print(f"motor {motors[0]:#x} runs at duty cycle {speed:g}")
         time.sleep(args.seconds)
         moved = motor.get("enc_pos") - start
-        motor.write("duty_cycle", 0.0)  # never leave a motor running
         print(f"the encoder moved {moved:+.0f} ticks in {args.seconds:g} s")
+    # Leaving the store closes the motor's buffer: the command ends and the bridge stops the motor.
     return 0
 
 

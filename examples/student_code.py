@@ -5,7 +5,10 @@ bridge serves), then 20 times a second reads the sensors and writes the
 motors. A device can go away at any time (a loose cable, the bridge
 restarting): its buffer turns invalid, and every read or write of it raises
 DeviceBufferError. The program then waits for the device to come back instead
-of acting on a stale value, and it never leaves a motor running when it ends.
+of acting on a stale value. It never leaves a motor running when it ends:
+its writes are its commands, and when it ends, however it ends (Ctrl-C, an
+exception, kill -9), the bridge puts every motor it drove back to its safe
+value (a duty cycle of 0).
 
 Try it without a robot (each command in its own terminal, or with &):
 
@@ -17,7 +20,6 @@ Try it without a robot (each command in its own terminal, or with &):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import time
 
@@ -68,11 +70,7 @@ def main() -> int:
                 time.sleep(1 / RATE)
         except KeyboardInterrupt:
             pass
-        finally:
-            for motor in motors:  # never leave a motor running
-                with contextlib.suppress(DeviceBufferError):
-                    motor.write("duty_cycle", 0.0)
-        print(f"stopped after {cycles} cycles")
+        print(f"stopped after {cycles} cycles")  # the store closes: the commands end, the motors stop
     return 0
 
 

@@ -104,6 +104,15 @@ def test_drive_a_motor_turns_it_and_stops_it(robot: EmulatedRobot) -> None:
     robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor to stop")
 
 
+def test_drive_a_motor_clamps_a_speed_out_of_bounds_and_still_stops(robot: EmulatedRobot) -> None:
+    done = run_example(robot, "drive_a_motor.py", "--speed", "1.5", "--seconds", "0.2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == f"motor {robot.uid('yogi-bear'):#x} runs at duty cycle 1"
+    assert "clamped to 1" in done.stderr
+    motor = robot.buffer("yogi-bear")
+    robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor to stop")
+
+
 # ---- student_code.py ----------------------------------------------------------------------------
 
 STATES = ("driving", "stopped: a switch is pressed")
@@ -119,6 +128,29 @@ def test_student_code_drives_then_stops_its_motors(robot: EmulatedRobot) -> None
     assert cycles is not None and int(cycles[1]) >= 5, done.stdout
     motor = robot.buffer("yogi-bear")
     robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor to stop")  # left stopped
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_student_code_killed_leaves_no_motor_running(robot: EmulatedRobot, signum: int) -> None:
+    student = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "student_code.py")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(robot.env, PYTHONUNBUFFERED="1"),
+    )
+    motor = robot.buffer("yogi-bear")
+    try:
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.5, what="the motor driven")
+        student.send_signal(signum)  # no finally block of the program runs
+        student.wait(timeout=30)
+        robot.wait_for(lambda: motor.commanders() == {}, what="the bridge to end the program's command")
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor to stop")
+    finally:
+        student.kill()
+        student.wait()
+        assert student.stdout is not None
+        student.stdout.close()
 
 
 class Lines:
