@@ -108,20 +108,25 @@ def segment_exists(name: str) -> bool:
 
 def test_write_to_a_served_buffer(capsys: pytest.CaptureFixture[str], motor: DeviceBuffer) -> None:
     status, out, err = run(capsys, "buffers", "write", hex(YOGI), "duty_cycle=0.5", "pid_pos_kp=2")
-    assert (status, err) == (0, "")
+    assert status == 0
     assert one_line(out) == (
         f"wrote yogi-bear:{YOGI:#x}: duty_cycle=0.5 pid_pos_kp=2.0 (the bridge sends it to the device)"
     )
-    assert motor.pending_writes() == {"duty_cycle": 0.5, "pid_pos_kp": 2.0}
+    assert one_line(err) == (
+        "runtime buffers: note: duty_cycle is a command: it ends (back to 0.0) when this command exits; "
+        "use --hold to keep it until Ctrl-C"
+    )
+    # Run in this process, the command ended as it returned: the motor's safe value is what goes out.
+    assert motor.pending_writes() == {"duty_cycle": 0.0, "pid_pos_kp": 2.0}
 
 
 @pytest.mark.parametrize("key", [f"yogi-bear:{YOGI:#x}", str(YOGI), f"{YOGI:x}"])
 def test_write_takes_the_keys_show_takes(
     capsys: pytest.CaptureFixture[str], motor: DeviceBuffer, key: str
 ) -> None:
-    status, _, err = run(capsys, "buffers", "write", key, "duty_cycle=-0.25")
-    assert status == 0, err
-    assert motor.pending_writes() == {"duty_cycle": -0.25}
+    status, _, err = run(capsys, "buffers", "write", key, "deadband=-0.25")
+    assert (status, err) == (0, "")
+    assert motor.pending_writes() == {"deadband": -0.25}
 
 
 def test_write_json(capsys: pytest.CaptureFixture[str], motor: DeviceBuffer, namespace: str) -> None:
@@ -132,19 +137,21 @@ def test_write_json(capsys: pytest.CaptureFixture[str], motor: DeviceBuffer, nam
         "segment": f"{namespace}-yogi-bear-{YOGI:x}",
         "written": {"duty_cycle": 0.1},
         "warnings": [],
+        "commands": ["duty_cycle"],
+        "held": False,
     }
 
 
 def test_write_out_of_bounds_is_clamped_with_one_warning_line(
     capsys: pytest.CaptureFixture[str], motor: DeviceBuffer
 ) -> None:
-    status, out, err = run(capsys, "buffers", "write", hex(YOGI), "duty_cycle=3")
+    status, out, err = run(capsys, "buffers", "write", hex(YOGI), "current_thresh=30")
     assert status == 0
-    assert "duty_cycle=1.0" in one_line(out)
+    assert "current_thresh=10.0" in one_line(out)
     warning = one_line(err)
     assert warning.startswith("runtime buffers: warning: ")
-    assert "duty_cycle" in warning and "clamped" in warning
-    assert motor.pending_writes() == {"duty_cycle": 1.0}
+    assert "current_thresh" in warning and "clamped" in warning
+    assert motor.pending_writes() == {"current_thresh": 10.0}
 
 
 @pytest.mark.parametrize(

@@ -483,6 +483,7 @@ def test_catalog_json(capsys: pytest.CaptureFixture[str]) -> None:
         "subscribed": True,
         "lower": -1.0,
         "upper": 1.0,
+        "safe": 0.0,
     }
     assert "device_id" not in data["types"]["field"]
     assert data["types"]["field"]["params"][2]["type"] == "uint8[4096]"

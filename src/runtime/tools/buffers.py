@@ -20,6 +20,13 @@ Two actions change things, for bring-up on a robot: ``write KEY PARAM=VALUE...``
 queues parameter writes for a connected device (to spin a motor without
 writing code), and ``clean`` removes the segments that no producer serves any
 more (:meth:`~runtime.store.BufferStore.stale_segments` says which).
+
+A write of a parameter with a safe value (an actuator: a motor's duty cycle)
+is a *command* of the writing process (:mod:`runtime.commands`): it ends, and
+the bridge sends the safe value, when the process exits. So ``write`` ends its
+commands as it exits, unless ``--hold`` keeps it (and them) alive until
+Ctrl-C. The listings say whether the robot of the namespace is enabled
+(``runtime disable``/``runtime enable``) and who commands each actuator.
 """
 
 from __future__ import annotations
@@ -30,15 +37,16 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
-from ..store import BufferStore, namespaces
+from ..store import ROBOT_STATE, BufferStore, namespaces
 from ._common import (
     PROG,
     UID_FORMS,
@@ -54,6 +62,7 @@ from ._common import (
     param_table,
     parse_uid,
     print_json,
+    stop_on_signals,
     suggest,
 )
 
@@ -76,6 +85,8 @@ __all__ = [
     "parse_assignments",
     "parse_key",
     "parse_value",
+    "robot_enabled",
+    "robot_line",
     "scan",
     "show_renderable",
 ]
@@ -90,10 +101,13 @@ the device types of the catalog and read them without disturbing anyone:
   show KEY      every parameter of one buffer: value, flags, bounds
   watch [KEY]   a live-updating table of all buffers (or of one)
   write KEY PARAM=VALUE...
-                queue parameter writes for a connected device (bring-up)
+                queue parameter writes for a connected device (bring-up);
+                a motor's command ends as it exits, unless --hold
   clean         remove the segments no producer serves any more
 KEY is TYPE:UID (for any buffer) or a Smart Device UID alone; a UID is
 {UID_FORMS}.
+The listings also say whether the robot is enabled ('runtime disable' stops
+every actuator, 'runtime enable' lets them move again).
 """
 
 EPILOG = """\
@@ -103,7 +117,7 @@ examples:
   $ runtime buffers show 0xa0a0000000000c0ffee
   $ runtime buffers show gamepad:0
   $ runtime buffers watch --interval 0.2
-  $ runtime buffers write 0xa0a0000000000c0ffee duty_cycle=0.5
+  $ runtime buffers write 0xa0a0000000000c0ffee pid_pos_kp=1.5
   $ runtime buffers clean --dry-run
   $ runtime buffers --namespace rt-demo-4242 watch yogi-bear:0xa0a0000000000c0ffee
 
@@ -113,6 +127,10 @@ is given; 'runtime demo' prints the one it uses.
 
 MAX_COUNT = 1_000_000_000
 """The most refreshes ``watch --count`` takes."""
+HOLD_CHECK_INTERVAL = 0.05
+"""Seconds between looks at the device's buffer while ``write --hold`` holds its commands."""
+ROBOT_DISABLED = "robot: DISABLED (runtime enable to enable)"
+ROBOT_ENABLED = "robot: enabled"
 
 
 # ---- finding and reading buffers ------------------------------------------------------------------
@@ -137,6 +155,11 @@ class BufferReport:
     error: str | None = None
     params: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Every parameter's descriptor (filled by :func:`inspect_buffer` with ``details=True``)."""
+    commanders: dict[str, int] | None = None
+    """The pid of the process whose command is in force, by actuator (None: the type has no actuators,
+    or the buffer could not be read)."""
+    disabled: bool | None = None
+    """Whether the robot is disabled for this buffer (None: the type has no actuators, or unknown)."""
 
     @property
     def key(self) -> str:
@@ -175,6 +198,8 @@ class BufferReport:
         if self.smart:
             data["subscription"] = self.subscription
             data["interval"] = self.interval
+            data["commanders"] = self.commanders
+            data["disabled"] = self.disabled
         if self.params:
             data["params"] = jsonable(self.params)
         return data
@@ -244,6 +269,9 @@ def _read_buffer(buffer: Buffer, report: BufferReport) -> None:
                 report.last_write = buffer.last_write
                 report.subscription = sorted(buffer.subscription, key=lambda name: buffer.params[name].id)
                 report.interval = buffer.interval
+                if type(buffer).safe_values():
+                    report.commanders = buffer.commanders()
+                    report.disabled = buffer.disabled
     except DeviceBufferError as exc:
         # The owner marked it invalid between our two looks: the values are unavailable.
         if not buffer.valid:
@@ -265,7 +293,16 @@ def scan(store: BufferStore, *, details: bool = False) -> list[BufferReport]:
 def other_namespaces() -> list[str]:
     """The namespaces other than the current one that have segments of this library in /dev/shm."""
     current = BufferStore.namespace()
-    return [namespace for namespace in namespaces() if namespace != current]
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        entries = []
+
+    def has_buffers(namespace: str) -> bool:  # not only the robot's state ('runtime disable' made it)
+        state = f"{namespace}-{ROBOT_STATE}"
+        return any(entry.startswith(namespace + "-") and entry != state for entry in entries)
+
+    return [namespace for namespace in namespaces() if namespace != current and has_buffers(namespace)]
 
 
 def elsewhere() -> str:
@@ -279,6 +316,25 @@ def elsewhere() -> str:
 def empty_namespace_line() -> str:
     """The line that says that the current namespace has no buffers, and which namespaces do."""
     return f"no buffers in namespace {BufferStore.namespace()!r}; {elsewhere()}"
+
+
+def robot_enabled(store: BufferStore) -> bool | None:
+    """Whether the robot of the current namespace is enabled (:attr:`BufferStore.enabled`); None if unknown.
+
+    Unknown when its state cannot be read (a foreign file where the state
+    segment belongs): the listing then says so instead of failing.
+    """
+    try:
+        return store.enabled
+    except RuntimeBaseException:
+        return None
+
+
+def robot_line(enabled: bool | None) -> str:
+    """``robot: enabled``, ``robot: DISABLED (runtime enable to enable)``, or that it is unknown."""
+    if enabled is None:
+        return "robot: unknown (its state in shared memory cannot be read)"
+    return ROBOT_ENABLED if enabled else ROBOT_DISABLED
 
 
 def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
@@ -568,13 +624,19 @@ def list_table(
 
 
 def namespace_view(
-    reports: Sequence[BufferReport], *, values: bool = False, wrap: bool = True
+    reports: Sequence[BufferReport],
+    *,
+    values: bool = False,
+    wrap: bool = True,
+    robot: bool | None | Literal["omit"] = "omit",
 ) -> RenderableType:
     """The table of the namespace's buffers; when it has none, and a line saying which namespaces do.
 
     Args:
         wrap: Fold that line to the console's width (on a terminal); else it
             stays one line (print it with ``crop=False``).
+        robot: Whether the namespace's robot is enabled (None: unknown), for
+            a ``robot: ...`` line under the table; ``"omit"``: no such line.
     """
     from rich.console import Group
     from rich.text import Text
@@ -583,13 +645,35 @@ def namespace_view(
     if values:  # a live view: when it was taken
         title += f" ({time.strftime('%H:%M:%S')})"
     table = list_table(reports, values=values, title=title)
-    if reports:
-        return table
-    return Group(table, Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
+    parts: list[RenderableType] = [table]
+    if not reports:
+        parts.append(Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
+    if robot != "omit":
+        parts.append(_robot_text(robot))
+    return parts[0] if len(parts) == 1 else Group(*parts)
 
 
-def show_renderable(report: BufferReport) -> RenderableType:
-    """The ``show`` view: a summary of the buffer and a table of its parameters."""
+def _robot_text(enabled: bool | None) -> Any:
+    from rich.text import Text
+
+    return Text(robot_line(enabled), style="green" if enabled else "bold red")
+
+
+def _commands_text(report: BufferReport) -> str | None:
+    """``duty_cycle by pid 1234, ...``: who commands the buffer's actuators (None: it has none)."""
+    if report.commanders is None:
+        return None
+    if not report.commanders:
+        return "none (every actuator at its safe value)"
+    return ", ".join(f"{name} by pid {pid}" for name, pid in report.commanders.items())
+
+
+def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"] = "omit") -> RenderableType:
+    """The ``show`` view: a summary of the buffer and a table of its parameters.
+
+    Args:
+        robot: As for :func:`namespace_view`: a ``robot: ...`` line, unless ``"omit"``.
+    """
     from rich.console import Group
     from rich.text import Text
 
@@ -598,6 +682,11 @@ def show_renderable(report: BufferReport) -> RenderableType:
         Text(f"{report.key}  (segment {report.segment})"),
         Text.assemble("state: ", _state_text(report)),
     ]
+    if robot != "omit":
+        lines.append(_robot_text(robot))
+    commands = _commands_text(report)
+    if commands is not None:
+        lines.append(Text(f"commands: {commands}"))
     if report.smart:
         ago = " ago" if report.age(now) is not None else ""
         lines.append(Text(f"last update: {_age_text(report, now)}{ago}"))
@@ -630,7 +719,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parents=[common],
         help="every live buffer: type, UID, valid, last update age",
         description="List the live buffers: type, UID, state (valid/invalid/error) and age of the last\n"
-        "update. With --json, every readable value too.",
+        "update, and whether the robot of the namespace is enabled. With --json, every readable\n"
+        "value too, and the pid commanding each actuator (the robot's state goes to stderr,\n"
+        "only when it is disabled: stdout stays the list of buffers).",
         epilog="examples:\n  $ runtime buffers list\n  $ runtime buffers list --json | jq '.[].uid_hex'\n",
         formatter_class=formatter,
     )
@@ -639,8 +730,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "show",
         parents=[common],
         help="every parameter of one buffer, with value, flags and bounds",
-        description="Show one buffer: its state, subscription, and every parameter with its value,\n"
-        "flags (r = readable, no-r = write-only, w = writeable, no-sub = not subscribed) and bounds.\n"
+        description="Show one buffer: its state, whether the robot is enabled, the process commanding\n"
+        "each actuator, the subscription, and every parameter with its value, flags (r = readable,\n"
+        "no-r = write-only, w = writeable, no-sub = not subscribed) and bounds.\n"
         "KEY is TYPE:UID, or a Smart Device UID alone.",
         epilog="examples:\n  $ runtime buffers show 0xa0a0000000000c0ffee\n"
         "  $ runtime buffers show yogi-bear:0xa0a0000000000c0ffee --json\n",
@@ -654,8 +746,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a live-updating table of all buffers, or of one",
         description="Watch the buffers change: the table of all live buffers (with their values),\n"
         "or with KEY the detailed view of one, refreshed every --interval seconds until\n"
-        "Ctrl-C, or --count refreshes. When the output is not a terminal, each refresh is\n"
-        "printed in turn (with --json: one JSON document per line).",
+        "Ctrl-C, or --count refreshes; under it, whether the robot is enabled. When the output\n"
+        "is not a terminal, each refresh is printed in turn (with --json: one JSON document\n"
+        "per line; the robot's state on stderr when it is disabled, and when it changes).",
         epilog="examples:\n  $ runtime buffers watch\n"
         "  $ runtime buffers watch 0xa0a0000000000c0ffee --interval 0.1\n"
         "  $ runtime buffers watch --json --count 5 --interval 0.1 > samples.jsonl\n",
@@ -677,16 +770,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "([1, 2, 3]). A number outside the parameter's bounds is clamped, with a warning.\n"
         "KEY is TYPE:UID, or a Smart Device UID alone; the device must be connected (its\n"
         "buffer valid: the bridge serves it).\n"
-        "Exit status: 0 written, 1 refused (nothing written), 2 bad arguments.",
+        "A parameter with a safe value (an actuator: a motor's duty_cycle, a servo) takes a\n"
+        "command, which belongs to this process: it ends, and the bridge sends the safe value,\n"
+        "when this command exits. With --hold it stays in force until Ctrl-C (or SIGTERM).\n"
+        "While the robot is disabled ('runtime disable') such writes are refused.\n"
+        "Exit status: 0 written (with --hold: held until Ctrl-C), 1 refused (nothing written)\n"
+        "or, with --hold, the command ended otherwise (device disconnected, robot disabled,\n"
+        "another process took it over), 2 bad arguments.",
         epilog="examples:\n"
-        "  $ runtime buffers write 0xa0a0000000000c0ffee duty_cycle=0.5     # spin the motor\n"
-        "  $ runtime buffers write 0xa0a0000000000c0ffee duty_cycle=0       # and stop it\n"
-        "  $ runtime buffers write yogi-bear:0xa0a0000000000c0ffee pid_pos_kp=1.5 pid_pos_ki=0.1\n",
+        "  $ runtime buffers write yogi-bear:0xa0a0000000000c0ffee pid_pos_kp=1.5 pid_pos_ki=0.1\n"
+        "  $ runtime buffers write 0xa0a0000000000c0ffee duty_cycle=0.5     # a blip: 0 again as it exits\n"
+        "To spin the motor until Ctrl-C, add --hold to the last one.\n",
         formatter_class=formatter,
     )
     write.add_argument("key", metavar="KEY", help="TYPE:UID, or a Smart Device UID")
     write.add_argument(
         "assignments", metavar="PARAM=VALUE", nargs="+", help="a parameter and the value to write to it"
+    )
+    write.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the commands written (actuators) in force until Ctrl-C or SIGTERM; "
+        "without it they end as this command exits",
     )
     write.set_defaults(buffers_main=_write_main)
     clean = actions.add_parser(
@@ -736,14 +841,18 @@ def main(args: argparse.Namespace) -> int:
 def _list_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
     with BufferStore(catalog) as store:
         reports = scan(store)
+        enabled = robot_enabled(store)
     if args.json:
         now = time.time()
         print_json([report.to_json(now) for report in reports])
         if not reports:
             print(empty_namespace_line(), file=sys.stderr)
+        if not enabled:  # stdout stays the list of buffers
+            print(robot_line(enabled), file=sys.stderr)
     else:
         console = make_console()
-        console.print(namespace_view(reports, wrap=console.is_terminal), crop=console.is_terminal)
+        view = namespace_view(reports, wrap=console.is_terminal, robot=enabled)
+        console.print(view, crop=console.is_terminal)
     return 0
 
 
@@ -751,10 +860,13 @@ def _show_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> in
     with BufferStore(catalog) as store:
         type_name, uid = parse_key(args.key, store)
         report = inspect_buffer(store, type_name, uid, details=True, must_exist=True)
+        enabled = robot_enabled(store)
     if args.json:
         print_json(report.to_json())
+        if not enabled:
+            print(robot_line(enabled), file=sys.stderr)
     else:
-        make_console().print(show_renderable(report))
+        make_console().print(show_renderable(report, robot=enabled))
     return 1 if report.error is not None else 0
 
 
@@ -765,19 +877,24 @@ def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
         key = parse_key(args.key, BufferStore(catalog))
 
     said_empty = False
+    said_robot: bool | None = True  # the robot state last said on stderr (--json); enabled goes unsaid
 
     def snapshot() -> tuple[Any, RenderableType]:
-        nonlocal said_empty
+        nonlocal said_empty, said_robot
         with BufferStore(catalog) as store:  # fresh each time: buffers come and go
+            enabled = robot_enabled(store)
+            if args.json and enabled != said_robot:  # stdout is for JSON alone
+                print(robot_line(enabled), file=sys.stderr, flush=True)
+                said_robot = enabled
             if key is None:
                 reports = scan(store)
                 data: Any = [report.to_json() for report in reports]
-                if not reports and args.json and not said_empty:  # stdout is for JSON alone
+                if not reports and args.json and not said_empty:
                     print(empty_namespace_line(), file=sys.stderr, flush=True)
                     said_empty = True
-                return data, namespace_view(reports, values=True, wrap=console.is_terminal)
+                return data, namespace_view(reports, values=True, wrap=console.is_terminal, robot=enabled)
             report = inspect_buffer(store, *key, details=True)
-            return report.to_json(), show_renderable(report)
+            return report.to_json(), show_renderable(report, robot=enabled)
 
     refreshes = 0
     try:
@@ -837,25 +954,135 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
         )
         if not buffer.valid:
             raise CommandError(not_connected)
+        safe = buffer_type.safe_values()
+        commands = [name for name in texts if name in safe]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # said once, by the check
                 with buffer.transaction():
+                    if commands and (buffer.disabled or not _enabled_or_unknown(store)):
+                        raise CommandError(_disabled_refusal(key, commands))  # before any write: all or none
                     for name, value in values.items():
                         buffer.write(name, value)
         except DeviceBufferError as exc:
             if not buffer.valid:
                 raise CommandError(not_connected) from None
+            if exc.message.startswith("the robot is disabled"):
+                raise CommandError(_disabled_refusal(key, commands)) from None
             raise CommandError(f"cannot write to {key}: {exc.message}") from None
-    for line in clamped:
-        print(f"{PROG} buffers: warning: {line}", file=sys.stderr)
-    written = {name: stored[name] for name in texts}
-    if args.json:
-        print_json({"key": key, "segment": segment, "written": jsonable(written), "warnings": clamped})
+        for line in clamped:
+            print(f"{PROG} buffers: warning: {line}", file=sys.stderr)
+        written = {name: stored[name] for name in texts}
+        hold = bool(args.hold and commands)
+        if args.json:
+            print_json(
+                {
+                    "key": key,
+                    "segment": segment,
+                    "written": jsonable(written),
+                    "warnings": clamped,
+                    "commands": commands,
+                    "held": hold,
+                }
+            )
+        else:
+            assignments = " ".join(f"{name}={format_value(value)}" for name, value in written.items())
+            whither = (
+                "the bridge sends it to the device" if issubclass(buffer_type, DeviceBuffer) else "pending"
+            )
+            print(f"wrote {key}: {assignments} ({whither})")
+        back = _back_to(commands, safe) if commands else ""
+        if hold:
+            print(
+                f"holding {', '.join(commands)} on {key} until Ctrl-C; "
+                f"then {'they end' if len(commands) > 1 else 'it ends'} ({back})",
+                file=sys.stderr if args.json else sys.stdout,
+                flush=True,
+            )
+            return _hold(store, buffer, key, commands, back, json_output=args.json)
+        if args.hold:
+            print(
+                f"{PROG} buffers: note: --hold: nothing to hold (no parameter written is a command)",
+                file=sys.stderr,
+            )
+        elif commands:
+            verb = "are commands: they end" if len(commands) > 1 else "is a command: it ends"
+            print(
+                f"{PROG} buffers: note: {', '.join(commands)} {verb} ({back}) "
+                f"when this command exits; use --hold to keep {'them' if len(commands) > 1 else 'it'} "
+                "until Ctrl-C",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _enabled_or_unknown(store: BufferStore) -> bool:
+    """Whether the robot is enabled; True when unknown (the library still refuses what it must)."""
+    enabled = robot_enabled(store)
+    return enabled is None or enabled
+
+
+def _disabled_refusal(key: str, commands: Sequence[str]) -> str:
+    return (
+        f"cannot write {', '.join(commands)} to {key}: the robot is disabled (namespace "
+        f"{BufferStore.namespace()!r}): actuators keep their safe values until 'runtime enable'; "
+        "nothing written"
+    )
+
+
+def _back_to(names: Sequence[str], safe: Mapping[str, Any]) -> str:
+    """``back to 0.0`` (or ``duty_cycle_a back to 0.0, servo0 back to ...``)."""
+    if len({repr(safe[name]) for name in names}) == 1:
+        return f"back to {format_value(safe[names[0]])}"
+    return ", ".join(f"{name} back to {format_value(safe[name])}" for name in names)
+
+
+def _hold(
+    store: BufferStore,
+    buffer: Buffer,
+    key: str,
+    commands: Sequence[str],
+    back: str,
+    *,
+    json_output: bool = False,
+) -> int:
+    """Keep this process, and so its commands, alive until SIGINT/SIGTERM; then end them.
+
+    Returns 0 when stopped by a signal. Raises :class:`CommandError` (status 1)
+    when the commands end otherwise: the device's buffer turns invalid, the
+    robot is disabled, or other processes take every command over.
+    """
+    stop = threading.Event()
+    me = os.getpid()
+    names = ", ".join(commands)
+    with stop_on_signals(stop):
+        while not stop.wait(HOLD_CHECK_INTERVAL):
+            if not buffer.valid:
+                raise CommandError(
+                    f"{key} is not connected any more (its buffer turned invalid): {names} no longer held"
+                )
+            if buffer.disabled or not _enabled_or_unknown(store):
+                raise CommandError(
+                    f"the robot was disabled (namespace {BufferStore.namespace()!r}): {names} ended "
+                    f"({back}); 'runtime enable' enables it again"
+                )
+            try:
+                commanders = buffer.commanders()
+            except DeviceBufferError:  # the lock busy a long time, or invalid meanwhile: look again
+                continue
+            if not any(commanders.get(name) == me for name in commands):
+                others = sorted({f"pid {commanders[name]}" for name in commands if name in commanders})
+                how = f"taken over by {', '.join(others)}" if others else "ended by the bridge"
+                raise CommandError(f"{names} on {key}: no longer this command's ({how})")
+    try:
+        ended = buffer.end_commands(commands)
+    except DeviceBufferError as exc:
+        raise CommandError(f"cannot end the commands on {key}: {exc.message}") from None
+    out = sys.stderr if json_output else sys.stdout  # stdout is for JSON alone
+    if ended:
+        print(f"ended {', '.join(n for n in commands if n in ended)} on {key} ({back})", file=out, flush=True)
     else:
-        assignments = " ".join(f"{name}={format_value(value)}" for name, value in written.items())
-        whither = "the bridge sends it to the device" if issubclass(buffer_type, DeviceBuffer) else "pending"
-        print(f"wrote {key}: {assignments} ({whither})")
+        print(f"{names} on {key}: taken over meanwhile; left alone", file=out, flush=True)
     return 0
 
 

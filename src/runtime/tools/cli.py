@@ -51,6 +51,8 @@ examples (the commands at a glance):
   $ runtime emulate yogi-bear battery     # pretend Smart Devices on pseudo-terminals
   $ runtime bridge --port /dev/ttyACM0    # serve real devices into shared memory
   $ runtime buffers list                  # the live buffers (also: show KEY, watch)
+  $ runtime disable                       # stop every actuator now, and until 'runtime enable'
+  $ runtime enable                        # let them move again (on the next command)
   $ runtime msg decode 04 13 02 06 02 17  # what a frame on the wire says
   $ runtime msg encode ping               # build a frame
   $ runtime catalog --check my.yaml       # check a device catalog file
@@ -81,6 +83,8 @@ COMMANDS = (
         "pretend to be Smart Devices on pseudo-terminals (no hardware needed)",
     ),
     Command("buffers", "runtime.tools.buffers", "list, show, watch, write and clean the shared buffers"),
+    Command("disable", "runtime.tools.disable", "stop every actuator of the robot until 'runtime enable'"),
+    Command("enable", "runtime.tools.enable", "let the robot's actuators move again after 'runtime disable'"),
     Command("msg", "runtime.tools.msg", "decode and encode Smart Device protocol messages"),
     Command("catalog", "runtime.tools.catalog", "show the device catalog or check a catalog file"),
     Command("demo", "runtime.tools.demo", "emulated devices, the bridge and student code working together"),
