@@ -223,6 +223,60 @@ def buffer_write() -> Runner:
     return run
 
 
+BenchMotor: type[DeviceBuffer] = DeviceBuffer.make_type(
+    "bench-motor",
+    [
+        Parameter("duty", ctypes.c_float, 0, lower=-1, upper=1, writeable=True, safe=0.0),
+        Parameter("gain", ctypes.c_float, 1, lower=-1e9, upper=1e9, writeable=True),
+    ],
+    device_id=0xBF,
+)
+
+
+def _shared_motor() -> DeviceBuffer:
+    """A shared-memory buffer of a type with an actuator (a parameter with a safe value)."""
+    name = _segment(f"motor{len(_OPEN)}")
+    buffer = BenchMotor.attach(name)
+    BenchMotor.unlink(name)
+    _OPEN.append(buffer)
+    return buffer
+
+
+def buffer_write_command() -> Runner:
+    """write() of an actuator: the same, plus recording this process as its commander."""
+    write = _shared_motor().write
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            write("duty", 0.5)
+
+    return run
+
+
+def buffer_write_configuration() -> Runner:
+    """write() of a parameter without a safe value, in a type that has actuators."""
+    write = _shared_motor().write
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            write("gain", 0.5)
+
+    return run
+
+
+def device_write_command() -> Runner:
+    """Device.write() of an actuator: what student code calls."""
+    from runtime.device import Device
+
+    write = Device(_shared_motor()).write
+
+    def run(loops: int) -> None:
+        for _ in range(loops):
+            write("duty", 0.5)
+
+    return run
+
+
 def buffer_update() -> Runner:
     buffer = _shared_device()
     update = buffer.update
@@ -333,6 +387,9 @@ WORKLOADS: list[Workload] = [
     Workload("buffer get() one float, served", buffer_get_served),
     Workload("buffer set() one float, served", buffer_set_served),
     Workload("buffer write() one float", buffer_write),
+    Workload("buffer write() one float, no safe value", buffer_write_configuration),
+    Workload("buffer write() one float, a command", buffer_write_command),
+    Workload("Device.write() one float, a command", device_write_command),
     Workload("buffer update() 16-float DEV_DATA", buffer_update),
     Workload("4 writes + list(emit_dev_rw())", buffer_emit_dev_rw),
     Workload("buffer snapshot() 16 floats", buffer_snapshot),
@@ -493,12 +550,14 @@ def main(argv: list[str] | None = None) -> int:
     if run_scenarios:
         import bridge  # bench/bridge.py: the bridge under device traffic (ptys, a fleet of fake devices)
         import notify  # bench/notify.py: change notification (processes, a pty and the bridge)
+        import safety  # bench/safety.py: commander death and disable to the device, through the bridge
 
         scenarios = {
             "contention": contention(),
             "many_buffers": many_buffers(),
             "notify": notify.run_all(),
             "bridge": bridge.run_all(),
+            "safety": safety.run_all(),
         }
 
     if args.json:
@@ -536,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
         import bridge
 
         print("\n" + bridge.describe(scenarios["bridge"]))
+        import safety
+
+        print("\n" + safety.describe(scenarios["safety"]))
     return 0
 
 
