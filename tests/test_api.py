@@ -31,6 +31,7 @@ LIBRARY_MODULES = [
     "runtime.link",
     "runtime.notify",
     "runtime.remote",
+    "runtime.commands",
 ]
 ALLOWLIST = Path(__file__).resolve().parent / "stubtest-allowlist.txt"
 
