@@ -5,12 +5,18 @@ Separate processes on loopback TCP: the robot side is ``runtime emulate``
 --listen tcp/127.0.0.1:PORT`` in a namespace of this module's own; the remote
 side is :mod:`runtime.remote` and a raw Zenoh session that uses nothing but
 the documented key expressions and JSON, as a client in another language would.
+Commands (writes of safe-valued parameters) belong to the remote client that
+sent them (its liveliness token): they end when it closes, is killed or goes
+silent past its lease; a command without a token, or while the robot is
+disabled, is refused on ``.../error``; the robot's state is seen remotely.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -148,12 +154,19 @@ class Raw:
             if reply.ok is not None
         }
 
-    def put(self, key: str, payload: str) -> None:
-        self.session.put(key, payload)
+    def put(self, key: str, payload: str, attachment: str | None = None) -> None:
+        self.session.put(key, payload, attachment=attachment)
+
+    def declare_token(self, key: str) -> Any:
+        """A liveliness token (undeclared at :meth:`close`, or earlier by the test)."""
+        token = self.session.liveliness().declare_token(key)
+        self.entities.append(token)
+        return token
 
     def close(self) -> None:
         for entity in self.entities:
-            entity.undeclare()
+            with contextlib.suppress(Exception):  # undeclared by the test already
+                entity.undeclare()
         self.session.close()
 
 
@@ -277,7 +290,10 @@ def test_values_arrive_and_a_remote_write_reaches_the_emulated_device(
         assert {servo_key, key(namespace, "potentiometer", pot_uid)} <= set(answers)
         assert answers[servo_key]["values"]["servo0"] == 0.5
         assert set(plain.get(servo_key)) == {servo_key}
-        plain.put(f"{servo_key}/write", json.dumps({"servo1": -0.25}))
+        # servo1 has a safe value: a write of it is a command, and needs a commander (a token, and its
+        # ID as the attachment; see test_a_command_without_a_live_token_is_refused_on_error).
+        plain.declare_token(f"runtime/{namespace}/@client/raw-client-1")
+        plain.put(f"{servo_key}/write", json.dumps({"servo1": -0.25}), attachment="raw-client-1")
         wait_for("servo1 = -0.25 remotely", lambda: servo.get("servo1") == -0.25)
         assert local.get("servo1") == -0.25
 
@@ -410,10 +426,14 @@ def test_sigkill_of_runtime_zenoh_is_seen_through_liveliness_and_a_restart_is_fo
             servo.write("servo0", 0.5)
 
         # The same endpoint again: the client (Zenoh client mode) reconnects by itself.
+        assert robot.enabled is None  # unknown while the robot is away
         start_zenoh(children, int(endpoint.rsplit(":", 1)[1]))
         wait_for("the servo valid again", lambda: servo.valid, timeout=20)
         assert robot.online
         assert servo.wait_update(5) and set(servo.snapshot()) == {"servo0", "servo1"}
+        wait_for("the robot's state known again", lambda: robot.enabled is True)
+        servo.write("servo0", 0.25)  # a command: the new server knows this client (its token again)
+        wait_for("servo0 = 0.25", lambda: servo.get("servo0") == 0.25)
 
 
 def test_a_bridge_that_dies_invalidates_the_device_remotely_while_the_robot_stays_online(
@@ -494,3 +514,234 @@ def test_publications_follow_changes_at_most_max_rate_newest_values_last(
         wait_for("valid: false", lambda: plain.received("data PUT", servo_key)[-1]["valid"] is False)
         producer.unlink_all()
         wait_for("a DELETE when the segment is gone", lambda: plain.keys("data DELETE") != [], timeout=5)
+
+
+# ---- commands belong to the client that sent them; the robot's state ------------------------------
+
+YOGI: type[DeviceBuffer] = CATALOG["yogi-bear"]  # type: ignore[assignment]
+KOALA: type[DeviceBuffer] = CATALOG["koala-bear"]  # type: ignore[assignment]
+COMMAND_DEADLINE = 5.0
+"""Seconds within which the commands of a client that closed or was killed must end (on loopback
+its session's end is seen at once)."""
+CLIENT_LEASE_MS = 1000
+"""The Zenoh lease of a client whose network is 'lost' (its process stopped): dropped after it."""
+
+COMMANDER = """\
+import sys, time
+from runtime import remote
+
+endpoint, namespace, uid, config = sys.argv[1:]
+robot = remote.connect(endpoint, namespace=namespace, config=config or None)
+motor = robot.device(int(uid, 16))
+deadline = time.monotonic() + 15
+while not motor.valid and time.monotonic() < deadline:
+    time.sleep(0.02)
+motor.write("duty_cycle", 0.5)
+print(robot.client_id, flush=True)
+time.sleep(600)
+"""
+"""A remote client in a process of its own: commands duty_cycle = 0.5, prints its ID, then waits."""
+
+
+def start_commander(
+    children: Children, tmp_path: Path, endpoint: str, namespace: str, uid: int, *, lease_ms: int = 0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A client process commanding a motor's duty_cycle = 0.5 (a Zenoh lease of ``lease_ms`` if given).
+
+    Returns the process and its client ID.
+    """
+    (tmp_path / "commander.py").write_text(COMMANDER)  # python -m commander, run in tmp_path
+    config = ""
+    if lease_ms:
+        path = tmp_path / f"lease-{lease_ms}.json5"
+        path.write_text(json.dumps({"transport": {"link": {"tx": {"lease": lease_ms, "keep_alive": 4}}}}))
+        config = str(path)
+    process = children.start("commander", endpoint, namespace, f"{uid:#x}", config, stdout=True)
+    (line,) = children.read_lines(process, 1)
+    return process, line.strip()
+
+
+def test_a_remote_command_ends_when_its_client_closes_unless_another_client_commanded_since(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str
+) -> None:
+    uid = make_uid(KOALA)
+    endpoint, _, server = start_robot(children, tmp_path, f"koala-bear:{uid:#x}")
+    local = open_buffer(store, uid)
+    wait_for("the koala valid", lambda: local.valid)
+    first = connect(endpoint, namespace)
+    try:
+        with connect(endpoint, namespace) as second:
+            assert first.client_id != second.client_id
+            motor, other = first.device(uid), second.device(uid)
+            wait_for("the koala valid remotely", lambda: motor.valid and other.valid)
+            motor.write("duty_cycle_a", 0.5)
+            motor.write("duty_cycle_b", 0.5)
+            wait_for(
+                "both duty cycles reported",
+                lambda: motor.get("duty_cycle_a") == motor.get("duty_cycle_b") == 0.5,
+            )
+            assert local.commanders() == {"duty_cycle_a": server.pid, "duty_cycle_b": server.pid}
+            other.write("duty_cycle_b", -0.25)  # the second client's command now
+            wait_for("duty_cycle_b = -0.25", lambda: local.get("duty_cycle_b") == -0.25)
+            motor.write("enc_pos_a", 2.0)  # no safe value: not a command, stays when its writer goes
+            wait_for("enc_pos_a = 2.0", lambda: local.get("enc_pos_a") == 2.0)
+
+            first.close()
+            wait_for(
+                "duty_cycle_a back to 0.0", lambda: local.get("duty_cycle_a") == 0.0, timeout=COMMAND_DEADLINE
+            )
+            assert local.get("duty_cycle_b") == -0.25  # ended in the same pass: the second client's stands
+            assert local.get("enc_pos_a") == 2.0
+            assert local.commanders() == {"duty_cycle_b": server.pid}
+            ended = f"koala-bear {uid:#x} duty_cycle_a back to 0.0\n"
+            assert f"client {first.client_id} is gone: its commands end: {ended}" in children.log(server)
+            wait_for("duty_cycle_a = 0.0 remotely", lambda: other.get("duty_cycle_a") == 0.0)
+        wait_for(
+            "duty_cycle_b back to 0.0", lambda: local.get("duty_cycle_b") == 0.0, timeout=COMMAND_DEADLINE
+        )
+        assert local.commanders() == {}
+    finally:
+        first.close()
+
+
+def test_a_killed_remote_client_s_command_ends_at_once(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str
+) -> None:
+    uid = make_uid(YOGI)
+    endpoint, _, server = start_robot(children, tmp_path, f"yogi-bear:{uid:#x}")
+    local = open_buffer(store, uid)
+    process, client_id = start_commander(children, tmp_path, endpoint, namespace, uid)
+    wait_for("duty_cycle = 0.5", lambda: local.get("duty_cycle") == 0.5)
+    process.kill()
+    killed = time.monotonic()
+    wait_for("duty_cycle back to 0.0", lambda: local.get("duty_cycle") == 0.0, timeout=COMMAND_DEADLINE)
+    assert time.monotonic() - killed < COMMAND_DEADLINE
+    assert (
+        f"client {client_id} is gone: its commands end: yogi-bear {uid:#x} duty_cycle back to 0.0"
+        in children.log(server)
+    )
+
+
+def test_a_remote_client_that_goes_silent_loses_its_command_after_its_lease(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str
+) -> None:
+    """A network lost, played by a stopped process: its session stays open, but says nothing more."""
+    uid = make_uid(YOGI)
+    endpoint, _, server = start_robot(children, tmp_path, f"yogi-bear:{uid:#x}")
+    local = open_buffer(store, uid)
+    process, client_id = start_commander(
+        children, tmp_path, endpoint, namespace, uid, lease_ms=CLIENT_LEASE_MS
+    )
+    wait_for("duty_cycle = 0.5", lambda: local.get("duty_cycle") == 0.5)
+    process.send_signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        wait_for(
+            "duty_cycle back to 0.0",
+            lambda: local.get("duty_cycle") == 0.0,
+            timeout=CLIENT_LEASE_MS / 1000 + 5,
+        )
+        silent = time.monotonic() - stopped
+        assert silent >= CLIENT_LEASE_MS / 1000 / 2, silent  # it was the lease, not something else
+        assert f"client {client_id} is gone" in children.log(server)
+    finally:
+        process.kill()
+        process.send_signal(signal.SIGCONT)
+
+
+def test_a_command_without_a_live_token_is_refused_on_error(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    uid = make_uid(YOGI)
+    endpoint, _, server = start_robot(children, tmp_path, f"yogi-bear:{uid:#x}")
+    local = open_buffer(store, uid)
+    plain = raw(raw_sessions, endpoint)
+    motor_key = key(namespace, "yogi-bear", uid)
+    plain.subscribe(f"{motor_key}/error")
+    wait_for("the motor served", lambda: served(plain, motor_key))
+
+    # A foreign program's put: no attachment, or the ID of a client without a token.
+    plain.put(f"{motor_key}/write", json.dumps({"duty_cycle": 0.5}))
+    plain.put(f"{motor_key}/write", json.dumps({"duty_cycle": 0.5, "deadband": 0.5}))
+    plain.put(f"{motor_key}/write", json.dumps({"duty_cycle": 0.5}), attachment="**")  # not a client ID
+    started = time.monotonic()
+    plain.put(f"{motor_key}/write", json.dumps({"duty_cycle": 0.5}), attachment="ghost-7")
+    errors = wait_for("four answers", lambda: _at_least(plain.received("data PUT"), 4), timeout=10)
+    assert time.monotonic() - started >= remote.CLIENT_GRACE * 0.9  # the ghost's token was awaited
+    for error in errors[:3]:
+        assert error["param"] == "duty_cycle" and error["kind"] == "RefusedWrite"
+        assert error["error"].startswith("a write of a parameter with a safe value is a command")
+        assert f"runtime/{namespace}/@client/<id>" in error["error"] and "attachment" in error["error"]
+    assert errors[3]["error"].startswith("client 'ghost-7' has no liveliness token")
+    assert errors[3]["write"] == {"duty_cycle": 0.5}
+    assert local.pending_writes() == {} and local.get("duty_cycle") == 0.0 and local.commanders() == {}
+
+    # Other parameters need no commander.
+    plain.put(f"{motor_key}/write", json.dumps({"deadband": 0.125}))
+    wait_for("deadband = 0.125", lambda: local.get("deadband") == 0.125)
+
+    # With a token, and its ID as the attachment, a raw client commands (a token declared right
+    # before the write may arrive after it: the write waits for it), until its token goes.
+    token = plain.declare_token(f"runtime/{namespace}/@client/raw-7")
+    plain.put(f"{motor_key}/write", json.dumps({"duty_cycle": -0.5}), attachment="raw-7")
+    wait_for("duty_cycle = -0.5", lambda: local.get("duty_cycle") == -0.5)
+    assert local.commanders() == {"duty_cycle": server.pid}
+    token.undeclare()
+    wait_for("duty_cycle back to 0.0", lambda: local.get("duty_cycle") == 0.0, timeout=COMMAND_DEADLINE)
+    assert local.get("deadband") == 0.125
+    assert len(plain.received("data PUT")) == 4  # nothing else refused
+
+
+def test_a_disabled_robot_refuses_commands_on_error_and_its_state_is_seen_remotely(
+    children: Children, store: BufferStore, tmp_path: Path, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    uid = make_uid(YOGI)
+    endpoint, _, server = start_robot(children, tmp_path, f"yogi-bear:{uid:#x}")
+    local = open_buffer(store, uid)
+    plain = raw(raw_sessions, endpoint)
+    motor_key, state = key(namespace, "yogi-bear", uid), f"runtime/{namespace}/@robot"
+    plain.subscribe(f"{motor_key}/error")
+    plain.subscribe(state)
+    try:
+        with connect(endpoint, namespace) as robot:
+            motor = robot.device(uid)
+            wait_for("the motor valid remotely", lambda: motor.valid)
+            assert robot.enabled is True
+            assert plain.get(state)[state]["enabled"] is True
+            assert robot.discover() and state not in {info.key_expr for info in robot.discover()}
+            motor.write("duty_cycle", 0.5)
+            wait_for("duty_cycle = 0.5", lambda: motor.get("duty_cycle") == 0.5)
+
+            store.disable()
+            wait_for("the robot disabled remotely", lambda: robot.enabled is False)
+            assert plain.get(state)[state]["enabled"] is False
+            assert plain.received("data PUT", state)[-1]["enabled"] is False
+            wait_for("duty_cycle back to 0.0", lambda: local.get("duty_cycle") == 0.0)
+
+            motor.write("duty_cycle", 0.5)  # refused by the robot, answered on .../error
+            wait_for("the refusal", lambda: motor.last_error is not None)
+            assert motor.last_error is not None
+            assert motor.last_error["error"].startswith("the robot is disabled")
+            assert (
+                motor.last_error["param"] == "duty_cycle" and motor.last_error["kind"] == "DeviceBufferError"
+            )
+            errors = wait_for("the refusal (raw)", lambda: plain.received("data PUT", f"{motor_key}/error"))
+            assert errors[-1]["error"].startswith("the robot is disabled")
+            motor.write("deadband", 0.25)  # not a command: still written
+            wait_for("deadband = 0.25", lambda: local.get("deadband") == 0.25)
+            assert local.get("duty_cycle") == 0.0
+
+            store.enable()
+            wait_for("the robot enabled remotely", lambda: robot.enabled is True)
+            assert local.get("duty_cycle") == 0.0  # nothing moves until a new command
+            motor.write("duty_cycle", -0.5)
+            wait_for("duty_cycle = -0.5", lambda: local.get("duty_cycle") == -0.5)
+            assert "the robot is disabled" in children.log(server) and "the robot is enabled" in children.log(
+                server
+            )
+
+            server.terminate()
+            wait_for("the robot's state unknown", lambda: robot.enabled is None, timeout=LIVELINESS_DEADLINE)
+            wait_for("duty_cycle back to 0.0 (runtime zenoh ended)", lambda: local.get("duty_cycle") == 0.0)
+    finally:
+        store.enable()

@@ -27,8 +27,38 @@ namespace, ``rt``):
 * ``runtime/<namespace>/<type>/<uid>/write``: put a JSON object
   ``{"param": value, ...}`` to write; the robot applies all of it or nothing.
   A refused write (unknown or read-only parameter, wrong type, device not
-  connected) changes nothing and is answered with a JSON object on
-  ``runtime/<namespace>/<type>/<uid>/error``.
+  connected, robot disabled, a command without a commander: below) changes
+  nothing and is answered with a JSON object on
+  ``runtime/<namespace>/<type>/<uid>/error``: ``error`` (the reason),
+  ``kind``, ``param``, ``value``, ``write`` (what was asked) and ``time``.
+* Commands: a write of a parameter that has a safe value in the catalog (an
+  actuator: a motor's ``duty_cycle``, a servo's ``servo0``) is a *command*,
+  and belongs to the client that sent it, as a local write belongs to its
+  process (:mod:`runtime.commands`). A client makes itself known with a
+  liveliness token at ``runtime/<namespace>/@client/<id>`` (``<id>``: one key
+  chunk of its choice, unique on the network, at most 128 characters, without
+  ``/ * $ ? #`` nor a leading ``@``) and sends ``<id>`` (UTF-8) as the *attachment* of each put
+  on ``.../write``. When its token goes (the client closes, its process dies,
+  or its network is lost: then within the Zenoh lease, 10 s by default,
+  ``transport/link/tx/lease`` in the client's configuration), the robot puts
+  back the safe value of every parameter whose last command through
+  ``runtime zenoh`` was this client's (one commanded since by another client,
+  or by a program on the robot, stays theirs). A command without a live
+  token (no attachment, or an ``<id>`` whose token the robot has not seen
+  within :data:`CLIENT_GRACE` seconds) is refused: safe by default. Writes of
+  other parameters need neither. :class:`Robot` does all of this: its
+  :attr:`Robot.client_id` is its session's Zenoh ID and a random suffix, and
+  its token lives until :meth:`Robot.close`.
+* ``runtime/<namespace>/@robot``: the robot's state, ``{"enabled": true,
+  "time": 1700000000.5, "server": "<zid>"}``, published when it changes and
+  answered to a ``get``; a DELETE when ``runtime zenoh`` stops. While the
+  robot is disabled (``runtime disable``, :meth:`runtime.store.BufferStore.disable`)
+  every command is refused (``"the robot is disabled..."``); nothing moves
+  until it is enabled and a new command arrives. :attr:`Robot.enabled` reads it.
+
+The ``@client`` and ``@robot`` chunks are verbatim chunks: the wildcards of
+``runtime/<namespace>/**`` or ``runtime/<namespace>/*/*`` never match them, so
+a subscriber to the devices sees neither.
 
 Example (it needs a robot, so it is not run as a doctest)::
 
@@ -40,7 +70,7 @@ Example (it needs a robot, so it is not run as a doctest)::
         servo = robot.device(0x7_09_0000000000000042)
         if servo.wait_update(timeout=2.0):
             print(servo.get("servo0"), servo.snapshot())
-        servo.write("servo0", 0.5)
+        servo.write("servo0", 0.5)  # a command: 0.0 again when this client goes
 
 The client keeps the latest values of every device it has heard of, so
 ``get`` and ``snapshot`` cost no network round trip; ``wait_update`` sleeps
@@ -58,6 +88,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 import warnings
@@ -71,18 +102,22 @@ from .exception import RuntimeBaseException
 from .jsonio import jsonable
 
 __all__ = [
+    "CLIENT_GRACE",
     "DEFAULT_TIMEOUT",
     "KEY_ROOT",
     "RemoteDevice",
     "RemoteError",
     "RemoteInfo",
     "Robot",
+    "check_client_id",
     "check_namespace",
+    "client_key",
     "connect",
     "device_key",
     "format_uid",
     "make_config",
     "parse_device_key",
+    "state_key",
 ]
 
 logger = logging.getLogger("runtime.remote")
@@ -91,6 +126,16 @@ KEY_ROOT = "runtime"
 """The first chunk of every key expression: ``runtime/<namespace>/<type>/<uid>``."""
 DEFAULT_TIMEOUT = 5.0
 """Seconds a query to the robot (connecting, :meth:`Robot.discover`) waits for its answers."""
+CLIENT_GRACE = 2.0
+"""Seconds ``runtime zenoh`` holds a command from a client whose liveliness token it has not seen
+yet (the token may still be on its way), before it refuses it."""
+CLIENT_CHUNK = "@client"
+"""The chunk of the clients' liveliness tokens, ``runtime/<namespace>/@client/<id>`` (verbatim: no
+wildcard matches it)."""
+STATE_CHUNK = "@robot"
+"""The chunk of the robot's state: ``runtime/<namespace>/@robot`` (verbatim: no wildcard matches it)."""
+_CLIENT_ID_LIMIT = 128
+"""Characters in a client ID, at most."""
 _CHANNEL_SIZE = 4096
 """Samples a subscriber's channel holds before the network thread waits for the reader."""
 _WILDCARD_CHARACTERS = frozenset("*$?#")
@@ -132,12 +177,15 @@ def parse_device_key(key: str) -> tuple[str, str, int] | None:
     ('rt', 'servo-motor', '0x7090000000000000042')
     >>> parse_device_key("runtime/rt"), parse_device_key("runtime/rt/servo-motor/*")
     (None, None)
+    >>> parse_device_key("runtime/rt/@client/0x1")  # a client's token, not a device
     """
     chunks = key.split("/")
     if len(chunks) < 4 or chunks[0] != KEY_ROOT:
         return None
     namespace, type_name, uid_text = chunks[1:4]
-    if not uid_text.startswith("0x") or any(set(chunk) & _WILDCARD_CHARACTERS for chunk in chunks[1:4]):
+    if not uid_text.startswith("0x") or any(
+        set(chunk) & _WILDCARD_CHARACTERS or chunk.startswith("@") for chunk in chunks[1:4]
+    ):
         return None
     try:
         uid = int(uid_text, 16)
@@ -171,6 +219,55 @@ def check_namespace(namespace: str) -> str:
     except zenoh.ZError as exc:
         raise ValueError(f"namespace {namespace!r} is not usable in a key expression: {exc}") from None
     return namespace
+
+
+def client_key(namespace: str, client_id: str) -> str:
+    """The key expression of a client's liveliness token: ``runtime/<namespace>/@client/<id>``.
+
+    >>> client_key("rt", "5f3a9c-0b1d2e3f")
+    'runtime/rt/@client/5f3a9c-0b1d2e3f'
+    """
+    return f"{KEY_ROOT}/{namespace}/{CLIENT_CHUNK}/{client_id}"
+
+
+def state_key(namespace: str) -> str:
+    """The key expression of the robot's state (``{"enabled": ...}``): ``runtime/<namespace>/@robot``.
+
+    >>> state_key("rt")
+    'runtime/rt/@robot'
+    """
+    return f"{KEY_ROOT}/{namespace}/{STATE_CHUNK}"
+
+
+def check_client_id(client_id: str) -> str:
+    """``client_id`` if it can be the ``<id>`` chunk of a client's token, else ``ValueError``.
+
+    One key chunk of at most 128 characters, without ``/ * $ ? #`` nor a leading ``@``.
+
+    >>> check_client_id("5f3a9c-0b1d2e3f")
+    '5f3a9c-0b1d2e3f'
+    >>> check_client_id("**")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: a client ID is one key chunk ... not '**'
+    """
+    if (
+        not isinstance(client_id, str)
+        or not client_id
+        or len(client_id) > _CLIENT_ID_LIMIT
+        or "/" in client_id
+        or client_id.startswith("@")
+        or set(client_id) & _WILDCARD_CHARACTERS
+    ):
+        raise ValueError(
+            f"a client ID is one key chunk of at most {_CLIENT_ID_LIMIT} characters "
+            f"without / * $ ? # (nor a leading @), not {client_id!r}"
+        )
+    try:
+        zenoh.KeyExpr(client_key("rt", client_id))
+    except zenoh.ZError as exc:
+        raise ValueError(f"client ID {client_id!r} is not usable in a key expression: {exc}") from None
+    return client_id
 
 
 # ---- configuration --------------------------------------------------------------------------------
@@ -283,6 +380,11 @@ class Robot:
     context manager, or call :meth:`close` (which closes the session too when
     :func:`connect` opened it).
 
+    It is a commander (see the module's docstring): it declares a liveliness
+    token at ``runtime/<namespace>/@client/<client_id>`` and sends
+    :attr:`client_id` with every write, so that its commands (writes of
+    actuators) end when it is closed, or when its process or network dies.
+
     Args:
         session: An open Zenoh session that reaches the robot.
         namespace: The robot's name on the network (``runtime zenoh --name``,
@@ -325,10 +427,17 @@ class Robot:
         self._records: dict[tuple[str, int], _Record] = {}
         self._online = False
         self._online_events = 0
+        self._enabled: bool | None = None
+        self._state_events = 0
+        self._started = False
         self._closed = False
         self._subscribers: list[Any] = []
         self._threads: list[threading.Thread] = []
+        self._client_id = check_client_id(f"{session.zid()}-{secrets.token_hex(4)}")
+        self._token: Any = None
         try:
+            # First: the robot knows this client (discover's round trips follow it) before any write.
+            self._token = session.liveliness().declare_token(client_key(self._namespace, self._client_id))
             self._subscribe(session.declare_subscriber(f"{self._prefix}/*/*", _channel()), self._on_values)
             self._subscribe(
                 session.liveliness().declare_subscriber(f"{self._prefix}/**", _channel(), history=True),
@@ -337,7 +446,12 @@ class Robot:
             self._subscribe(
                 session.declare_subscriber(f"{self._prefix}/*/*/error", _channel()), self._on_error
             )
+            self._subscribe(
+                session.declare_subscriber(state_key(self._namespace), _channel()), self._on_state
+            )
             self.discover()
+            self._fetch_state()
+            self._started = True
         except BaseException:
             self.close()
             raise
@@ -360,6 +474,23 @@ class Robot:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    @property
+    def enabled(self) -> bool | None:
+        """Whether the robot is enabled (True) or disabled (False: it refuses every command),
+        as ``runtime/<namespace>/@robot`` last said; None while unknown (the robot is offline).
+
+        Disabled, the robot keeps its actuators at their safe values; enabled
+        again, nothing moves until a new command.
+        """
+        with self._lock:
+            enabled = self._enabled
+        return None if self._closed else enabled
+
+    @property
+    def client_id(self) -> str:
+        """This client's ID: the ``<id>`` of its liveliness token, and the attachment of its writes."""
+        return self._client_id
 
     def discover(self) -> list[RemoteInfo]:
         """Ask the robot which devices it has: their types, UIDs, validity and last report.
@@ -440,6 +571,9 @@ class Robot:
             self._closed = True
             for record in self._records.values():
                 self._changed_locked(record)
+        if self._token is not None:  # first: the robot ends this client's commands
+            with contextlib.suppress(Exception):
+                self._token.undeclare()
         for subscriber in self._subscribers:
             with contextlib.suppress(Exception):
                 subscriber.undeclare()
@@ -516,6 +650,13 @@ class Robot:
             if key == self._prefix:
                 self._online = alive
                 self._online_events += 1
+                if not alive:  # the robot's state is unknown until its runtime zenoh is back
+                    self._enabled = None
+                    self._state_events += 1
+                elif self._started and not self._closed:  # back: ask its state (it was said before we heard)
+                    threading.Thread(
+                        target=self._refetch_state, name="runtime-remote-state", daemon=True
+                    ).start()
                 return
             parsed = parse_device_key(key)
             if parsed is None or parsed[0] != self._namespace:
@@ -565,6 +706,44 @@ class Robot:
             last_update = data.get("last_update")
             record.last_update = float(last_update) if isinstance(last_update, int | float) else None
             self._changed_locked(record)
+
+    def _on_state(self, sample: zenoh.Sample) -> None:
+        enabled = None
+        if sample.kind == zenoh.SampleKind.PUT:
+            enabled = self._parse_state(sample)
+            if enabled is None:
+                return
+        with self._lock:
+            self._enabled = enabled
+            self._state_events += 1
+
+    def _refetch_state(self) -> None:
+        try:
+            self._fetch_state()
+        except Exception:  # noqa: BLE001 - closed meanwhile; or the next publication says it
+            logger.debug("cannot ask the robot's state", exc_info=True)
+
+    def _fetch_state(self) -> None:
+        """Ask the robot for its state (what the subscriber says meanwhile wins)."""
+        with self._lock:
+            events = self._state_events
+        enabled = None
+        for reply in self._session.get(state_key(self._namespace), timeout=self._timeout):
+            if reply.ok is not None:
+                enabled = self._parse_state(reply.ok)
+        with self._lock:
+            if enabled is not None and events == self._state_events:
+                self._enabled = enabled
+
+    def _parse_state(self, sample: zenoh.Sample) -> bool | None:
+        try:
+            enabled = json.loads(sample.payload.to_bytes())["enabled"]
+            if not isinstance(enabled, bool):
+                raise TypeError("enabled is not a boolean")
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring a malformed robot state on %s: %s", sample.key_expr, exc)
+            return None
+        return enabled
 
     def _on_error(self, sample: zenoh.Sample) -> None:
         key = str(sample.key_expr)
@@ -624,12 +803,14 @@ class Robot:
         return {param: jsonable(pending.get(param, value)) for param, value in values.items()}
 
     def _put(self, key: str, payload: str) -> None:
+        """Send a write, signed with this client's ID (the attachment): its commands are this client's."""
         self._session.put(
             key,
             payload,
             encoding=zenoh.Encoding.APPLICATION_JSON,
             congestion_control=zenoh.CongestionControl.BLOCK,
             express=True,
+            attachment=self._client_id,
         )
 
 
@@ -708,8 +889,14 @@ class RemoteDevice:
         type): an unknown or unwriteable parameter raises
         :class:`~runtime.buffer.DeviceBufferError`, a value of the wrong type
         ``TypeError``, a number out of bounds is clamped with a
-        ``RuntimeWarning``. What the robot refuses all the same is logged and
+        ``RuntimeWarning``. What the robot refuses all the same (a command
+        while the robot is disabled, see :attr:`Robot.enabled`) is logged and
         kept in :attr:`last_error`.
+
+        A write of a parameter with a safe value (an actuator) is a command of
+        this client: the robot puts the safe value back when the :class:`Robot`
+        is closed, or its process or network dies (unless someone commanded
+        that parameter since).
         """
         robot, record = self._robot, self._record
         with robot._lock:

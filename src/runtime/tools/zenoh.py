@@ -11,7 +11,26 @@ reference of the keys and the JSON they carry:
 * a liveliness token at that key while the buffer is valid, and one at
   ``runtime/<namespace>`` while this process runs;
 * ``runtime/<namespace>/<type>/<uid>/write``: a put of ``{param: value}``
-  writes, all of it or nothing; a refusal is published on ``.../error``.
+  writes, all of it or nothing; a refusal is published on ``.../error``;
+* ``runtime/<namespace>/@client/<id>``: the liveliness tokens of the clients
+  (commanders), and ``runtime/<namespace>/@robot``: the robot's state,
+  ``{"enabled": ...}``, published when it changes and answered to a ``get``.
+
+Commands (writes of the parameters that have a safe value, see
+:mod:`runtime.commands`) belong to the client that sent them: it declares a
+liveliness token at ``runtime/<namespace>/@client/<id>`` and puts its writes
+with ``<id>`` (UTF-8) as the attachment. In shared memory every command sent
+through here is this process's; this server remembers, per buffer and
+parameter, which client sent the one in force last, and when that client's
+token goes (it closed, its process died, its network was lost: within the
+Zenoh lease) it ends those commands with
+:meth:`~runtime.buffer.Buffer.end_commands`, as the bridge does for a process
+that died: the safe values go to the device (a parameter commanded since by
+another process stays theirs). A command from a client without a live token
+is refused (safe by default): at once without an attachment, after
+:data:`~runtime.remote.CLIENT_GRACE` seconds when its token does not show up
+(a token declared just before the write may arrive just after it; its writes
+wait in order meanwhile). This process ending ends all its commands at once.
 
 How it works (one asyncio loop, and Zenoh's own threads):
 
@@ -31,11 +50,17 @@ How it works (one asyncio loop, and Zenoh's own threads):
   values, never a queue of old ones). While no subscriber matches a buffer's
   key (Zenoh tells the publisher), nothing is read nor encoded for it; only its
   liveliness token follows its validity.
-* Queries and writes arrive on Zenoh threads and are handed to the loop,
-  which alone touches the buffers. A write is first tried on a process-local
-  scratch buffer of the device's type (the very checks of
+* Queries, writes and the clients' tokens arrive on Zenoh threads and are
+  handed to the loop, which alone touches the buffers. A write is first tried
+  on a process-local scratch buffer of the device's type (the very checks of
   :meth:`~runtime.buffer.Buffer.write`: parameter known and writeable, value
-  of the right type, bounds), then applied in one transaction.
+  of the right type, bounds), then its commands need a live client, then it
+  is applied in one transaction (which refuses commands while the robot is
+  disabled).
+* The robot's state (:attr:`~runtime.store.BufferStore.enabled`) is read on
+  every look for buffers, whenever a served buffer's disabled flag disagrees
+  with it (a disable wakes the buffers' tasks), after a write refused because
+  the robot is disabled, and for a ``get``; a change is published at once.
 
 Run it as ``runtime zenoh`` (see :mod:`runtime.tools.cli`) or
 ``python -m runtime.tools.zenoh``. ``import zenoh`` below is the absolute
@@ -57,9 +82,21 @@ from typing import Any
 import zenoh
 
 from ..buffer import Buffer, DeviceBuffer, DeviceBufferError
+from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
 from ..notify import wait_any_async
-from ..remote import KEY_ROOT, check_namespace, device_key, format_uid, make_config, parse_device_key
+from ..remote import (
+    CLIENT_GRACE,
+    KEY_ROOT,
+    check_client_id,
+    check_namespace,
+    client_key,
+    device_key,
+    format_uid,
+    make_config,
+    parse_device_key,
+    state_key,
+)
 from ..store import BufferStore
 from ._common import (
     CommandError,
@@ -91,6 +128,10 @@ DISCOVER_INTERVAL = 0.5
 """Seconds between two looks for buffers that appeared or vanished."""
 REFUSAL_LOG_INTERVAL = 1.0
 """Seconds between two log lines about refused writes to one device (the rest are counted)."""
+HELD_WRITES_LIMIT = 256
+"""Writes held at most, all clients together, while their clients' tokens are awaited (more are refused)."""
+END_RETRY_DELAY = 0.1
+"""Seconds before ending a gone client's commands is tried again when a buffer's lock was busy."""
 _WRITE_ERRORS = (DeviceBufferError, TypeError, ValueError, OverflowError)
 
 
@@ -108,6 +149,17 @@ def _matching(publisher: Any) -> bool:
 def _drop(query: Any) -> None:
     """Finalize a query: its answer is complete."""
     query.drop()
+
+
+def _client_of(sample: zenoh.Sample) -> str | None:
+    """The client ID a write carries as its attachment, or None (none, or not a client ID)."""
+    attachment = sample.attachment
+    if attachment is None:
+        return None
+    try:
+        return check_client_id(attachment.to_bytes().decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 @dataclasses.dataclass(eq=False)
@@ -128,6 +180,24 @@ class _Served:
     refused: int = 0
     """Refusals not logged yet (see :data:`REFUSAL_LOG_INTERVAL`)."""
     last_refusal_log: float = -1e9
+    safe: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The safe value of each parameter that has one (writing it is a command)."""
+    commands: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The client whose command through this server was last, by safe-valued parameter."""
+
+
+def _no_commander(prefix: str, client: str | None) -> str:
+    """Why a command is refused: no live client sent it."""
+    how = (
+        f"declare a liveliness token at {prefix}/@client/<id> and put the write with <id> as its "
+        f"attachment (runtime.remote.Robot does); the command ends when the token goes"
+    )
+    if client is None:
+        return f"a write of a parameter with a safe value is a command, and needs a commander: {how}"
+    return (
+        f"client {client!r} has no liveliness token (within {CLIENT_GRACE:g} s): "
+        f"a command needs a live commander: {how}"
+    )
 
 
 class ZenohServer:
@@ -158,7 +228,16 @@ class ZenohServer:
         self.period = 1.0 / max_rate
         self.read_only = read_only
         self.server_id = str(session.zid())
+        self.state_key = state_key(self.name)
+        self._state_key_expr = zenoh.KeyExpr(self.state_key)
         self.served: dict[tuple[str, int], _Served] = {}
+        self.clients: set[str] = set()
+        """The clients whose liveliness token is alive."""
+        self._held: dict[str, list[tuple[str, bytes]]] = {}
+        """Writes of clients whose token has not been seen yet, in order, by client."""
+        self._enabled: bool | None = None
+        """The robot's state as last published."""
+        self._state_publisher: zenoh.Publisher | None = None
         self._unopenable: set[str] = set()
         self._scratch: dict[str, Buffer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -168,6 +247,8 @@ class ZenohServer:
         """Writes applied so far."""
         self.refusals = 0
         """Writes refused so far."""
+        self.ended = 0
+        """Commands ended so far because their client went away."""
 
     # -- publishing --
 
@@ -198,6 +279,10 @@ class ZenohServer:
 
     def _publish(self, served: _Served) -> None:
         """Publish the buffer's values (and its validity once when it turns invalid); token in step."""
+        if served.safe:
+            with contextlib.suppress(DeviceBufferError):
+                if served.buffer.disabled == bool(self._enabled):  # a disable (or enable) woke us
+                    self._check_state()
         served.seq += 1
         if _matching(served.publisher):
             valid, payload = self._payload(served)
@@ -240,6 +325,7 @@ class ZenohServer:
                 self._serve(key[0], key[1], name)
         for key in [key for key in self.served if key not in found]:
             await self._forget(self.served.pop(key), gone=True)
+        self._check_state()
         for served in list(self.served.values()):
             # A safety net, one memory load per buffer: the notifier can miss a producer's death
             # that falls between two of its waits (it then sleeps on); the token must not outlive it.
@@ -260,6 +346,7 @@ class ZenohServer:
             key, encoding=zenoh.Encoding.APPLICATION_JSON, express=True
         )
         served = _Served(type_name, uid, key, zenoh.KeyExpr(key), buffer, publisher)
+        served.safe = type(buffer).safe_values()
         self.served[type_name, uid] = served
         served.task = loop.create_task(self._run(served), name=f"publish {key}")
         logger.info("zenoh: serving %s %s at %s", type_name, format_uid(uid), key)
@@ -294,9 +381,14 @@ class ZenohServer:
             _drop(query)
 
     def _answer(self, query: zenoh.Query) -> None:
-        """The loop: one reply per buffer whose key matches the query's, with its values now."""
+        """The loop: one reply per buffer whose key matches the query's, with its values now
+        (and the robot's state, to a query of its key)."""
         try:
             wanted = query.key_expr
+            if wanted.intersects(self._state_key_expr):
+                self._check_state()
+                payload = self._state_payload(bool(self._enabled))
+                query.reply(self.state_key, payload, encoding=zenoh.Encoding.APPLICATION_JSON)
             for served in list(self.served.values()):
                 if wanted.intersects(served.key_expr):
                     _, payload = self._payload(served)
@@ -309,15 +401,19 @@ class ZenohServer:
     # -- writes --
 
     def _on_write(self, sample: zenoh.Sample) -> None:
-        """Zenoh thread: hand the write to the loop."""
+        """Zenoh thread: hand the write, and who sent it (the attachment), to the loop."""
         if self._loop is None:
             return
         key, payload = str(sample.key_expr), sample.payload.to_bytes()
+        client = _client_of(sample)
         with contextlib.suppress(RuntimeError):  # the loop is closing
-            self._loop.call_soon_threadsafe(self._write, key, payload)
+            self._loop.call_soon_threadsafe(self._write, key, payload, client)
 
-    def _write(self, key: str, payload: bytes) -> None:
-        """The loop: apply a write, all of it or nothing, or answer why not on ``.../error``."""
+    def _write(self, key: str, payload: bytes, client: str | None = None, *, held: bool = False) -> None:
+        """The loop: apply a write, all of it or nothing, or answer why not on ``.../error``.
+
+        ``client`` sent it (None: unknown); ``held``: it waited for that client's token already.
+        """
         parsed = parse_device_key(key)
         if parsed is None or parsed[0] != self.name or key.count("/") != 4:
             logger.warning("zenoh: ignoring a write on %s: not a device's write key", key)
@@ -347,6 +443,20 @@ class ZenohServer:
                 except _WRITE_ERRORS as exc:
                     self._refuse(type_name, uid, data, exc, param=param, value=value, served=served)
                     return
+        commands = [param for param in data if param in served.safe]
+        if (
+            client is not None
+            and client not in self.clients
+            and not held
+            and (commands or client in self._held)
+        ):
+            self._hold(client, key, payload, type_name, uid, data, served)  # its token may be on its way
+            return
+        if commands and client not in self.clients:
+            param = commands[0]
+            error = _no_commander(self.prefix, client)
+            self._refuse(type_name, uid, data, error, param=param, value=data[param], served=served)
+            return
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # said once, below
@@ -355,11 +465,116 @@ class ZenohServer:
                         served.buffer.write(param, value)
         except _WRITE_ERRORS as exc:
             self._refuse(type_name, uid, data, exc, served=served)
+            self._check_state()  # refused because the robot is disabled? then say so at once
             return
         self.writes += 1
+        if commands and client is not None:  # (never None here: checked above)
+            served.commands.update(dict.fromkeys(commands, client))  # this client's commands now
         for warning in caught:
             logger.info("zenoh: write to %s: %s", served.key, warning.message)
-        logger.debug("zenoh: wrote %s to %s", data, served.key)
+        logger.debug("zenoh: wrote %s to %s for %s", data, served.key, client)
+
+    def _hold(
+        self, client: str, key: str, payload: bytes, type_name: str, uid: int, data: Any, served: _Served
+    ) -> None:
+        """Hold a write of a client whose token is unknown (until it comes, or for :data:`CLIENT_GRACE`)."""
+        if sum(len(writes) for writes in self._held.values()) >= HELD_WRITES_LIMIT:
+            error = f"too many writes wait for their clients' tokens; {_no_commander(self.prefix, client)}"
+            self._refuse(type_name, uid, data, error, served=served)
+            return
+        writes = self._held.get(client)
+        if writes is None:
+            writes = self._held[client] = []
+            assert self._loop is not None
+            self._loop.call_later(CLIENT_GRACE, self._release, client, writes)
+        writes.append((key, payload))
+
+    def _release(self, client: str, writes: list[tuple[str, bytes]] | None = None) -> None:
+        """The writes held for a client: applied now that its token came, or refused after the grace.
+
+        ``writes``: those of the grace timer (already released when the token came: nothing to do).
+        """
+        if writes is not None and self._held.get(client) is not writes:
+            return
+        for key, payload in self._held.pop(client, []):
+            self._write(key, payload, client, held=True)
+
+    # -- the clients --
+
+    def _on_client(self, sample: zenoh.Sample) -> None:
+        """Zenoh thread: a client's token came or went; hand it to the loop."""
+        if self._loop is None:
+            return
+        client = str(sample.key_expr).rsplit("/", 1)[-1]
+        alive = sample.kind == zenoh.SampleKind.PUT
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(self._client_changed, client, alive)
+
+    def _client_changed(self, client: str, alive: bool) -> None:
+        if alive:
+            if client not in self.clients:
+                self.clients.add(client)
+                logger.debug("zenoh: client %s is here", client)
+            self._release(client)
+        else:
+            self.clients.discard(client)
+            logger.debug("zenoh: client %s is gone", client)
+            self._end_commands(client)
+
+    def _end_commands(self, client: str) -> None:
+        """A client went away: its commands (those through here that nobody gave since) end."""
+        if client in self.clients:  # back meanwhile (a retry): its commands are its own again
+            return
+        ended: list[str] = []
+        busy = False
+        for served in list(self.served.values()):
+            params = [param for param, owner in served.commands.items() if owner == client]
+            if not params:
+                continue
+            try:
+                names = served.buffer.end_commands(params)
+            except DeviceBufferError as exc:  # the lock is busy: again soon
+                logger.debug("zenoh: cannot end the commands of %s on %s yet: %s", client, served.key, exc)
+                busy = True
+                continue
+            for param in params:
+                del served.commands[param]
+            self.ended += len(names)
+            ended += [
+                f"{served.type_name} {format_uid(served.uid)} {name} back to {served.safe[name]!r}"
+                for name in sorted(names)
+            ]
+        if ended:
+            logger.info("zenoh: client %s is gone: its commands end: %s", client, ", ".join(ended))
+        if busy and self._loop is not None:
+            self._loop.call_later(END_RETRY_DELAY, self._end_commands, client)
+
+    # -- the robot's state --
+
+    def _read_enabled(self) -> bool:
+        try:
+            return self.store.enabled
+        except RuntimeBaseException as exc:  # a foreign file where the state should be: say disabled
+            if self._enabled is not False:
+                logger.error("zenoh: cannot read the robot's state (%s); saying it is disabled", exc)
+            return False
+
+    def _state_payload(self, enabled: bool) -> str:
+        data = {"enabled": enabled, "time": time.time(), "server": self.server_id}
+        return json.dumps(data, separators=(",", ":"))
+
+    def _check_state(self) -> None:
+        """Read the robot's state; publish it when it changed."""
+        enabled = self._read_enabled()
+        if enabled == self._enabled:
+            return
+        self._enabled = enabled
+        logger.info("zenoh: the robot is %s", "enabled" if enabled else "disabled")
+        if self._state_publisher is not None:
+            try:
+                self._state_publisher.put(self._state_payload(enabled))
+            except Exception:  # noqa: BLE001 - said again at the next change
+                logger.exception("zenoh: cannot publish the robot's state")
 
     def _refuse(
         self,
@@ -420,7 +635,19 @@ class ZenohServer:
         signals.enter_context(stop_on_signals(stop, loop))
         declared: list[Any] = [self.session.liveliness().declare_token(self.prefix)]
         declared.append(self.session.declare_queryable(f"{self.prefix}/**", self._on_query))
+        state_publisher = self._state_publisher = self.session.declare_publisher(
+            self.state_key, encoding=zenoh.Encoding.APPLICATION_JSON, express=True
+        )
+        declared.append(state_publisher)
+        declared.append(self.session.declare_queryable(self.state_key, self._on_query))
+        self._check_state()
         if not self.read_only:
+            # The clients' tokens first: a write is then never held for a token already there.
+            declared.append(
+                self.session.liveliness().declare_subscriber(
+                    client_key(self.name, "*"), self._on_client, history=True
+                )
+            )
             declared.append(self.session.declare_subscriber(f"{self.prefix}/*/*/write", self._on_write))
         logger.info(
             "zenoh: serving namespace %r as %s/**%s",
@@ -445,10 +672,14 @@ class ZenohServer:
             discoverer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await discoverer
+            with contextlib.suppress(Exception):
+                state_publisher.delete()  # the robot's state is unknown from now on
+            self._state_publisher = None
             for entity in reversed(declared):
                 with contextlib.suppress(Exception):
                     _undeclare(entity)
             self._loop = None
+            self._held.clear()
             while self.served:
                 _, served = self.served.popitem()
                 await self._forget(served, gone=False)
@@ -472,8 +703,15 @@ language, can use (<uid> is hex with 0x, as 'runtime buffers' prints it):
   liveliness token runtime/<namespace>     alive while this process runs
   runtime/<namespace>/<type>/<uid>/write   put {"param": value, ...} to write
   runtime/<namespace>/<type>/<uid>/error   why a write was refused (JSON)
+  runtime/<namespace>/@robot               {"enabled": true|false}; a 'get' answers
+  runtime/<namespace>/@client/<id>         a client's liveliness token (below)
 A refused write (unknown or read-only parameter, wrong type, device not
-connected) changes nothing. The Python client is the runtime.remote module.
+connected, robot disabled) changes nothing. A write of an actuator (a
+parameter with a safe value, such as duty_cycle) is a command of the client
+that sent it: the client declares the token above and puts its writes with
+<id> as the attachment; when its token goes (it closed, died, or its network
+was lost), the safe values come back. A command without a live token is
+refused. The Python client is the runtime.remote module, which does all this.
 Multicast scouting is off unless --scout; use --config for TLS, access
 control or leases (the options here apply on top of the file). It exits
 cleanly on Ctrl-C or SIGTERM.
@@ -493,7 +731,8 @@ On another machine, in Python:
 """
 
 DEFAULT_LOG_LEVEL = "INFO"
-"""One line per event (a buffer served, valid, invalid, gone; a refused write)."""
+"""One line per event (a buffer served, valid, invalid, gone; a refused write; a client's commands
+ended; the robot enabled or disabled)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
