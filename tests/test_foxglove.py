@@ -11,7 +11,9 @@ and checks what it receives against the buffers, read with the library.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -357,7 +359,8 @@ def test_invalid_buffers_and_buffers_coming_and_going_are_visible(robot: Emulate
         _, message = await client.data(subscription)
         assert message["valid"] is True
         robot.stop_bridge()  # the devices are gone: their buffers turn invalid
-        _, message = await client.data(subscription)
+        while (message := (await client.data(subscription))[1])["valid"]:
+            pass  # sent before the bridge stopped
         assert message == {"valid": False}
         status = await client.status(
             lambda s: "not connected" in s["message"] and f"{robot.uid('yogi-bear'):#x}" in s["message"]
@@ -463,3 +466,175 @@ def test_check_value_refuses_rather_than_clamps(value: Any, problem: str) -> Non
     param = load_catalog()["yogi-bear"].params["duty_cycle"]
     with pytest.raises(live.WriteRefused, match=problem):
         live.check_value(param, value)
+
+
+# ---- a write belongs to its client; the robot's state ------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[Client]:
+    """A client connected to ``url`` (its server info received), for a scenario of several clients."""
+    async with websockets.connect(url, subprotocols=[SUBPROTOCOL], max_size=None) as ws:
+        client = Client(ws)
+        await client.receive(lambda m: isinstance(m, dict) and m["op"] == "serverInfo")
+        yield client
+
+
+async def advertise(client: Client, channel_id: int, command_topic: str) -> Callable[..., Any]:
+    """Advertise a command topic; the coroutine function that publishes ``{param: value}`` on it."""
+    await client.channel(command_topic.removesuffix("/command"))
+    channel = {"id": channel_id, "topic": command_topic, "encoding": "json", "schemaName": "command"}
+    await client.ws.send(json.dumps({"op": "advertise", "channels": [channel]}))
+
+    async def publish(**values: Any) -> None:
+        await client.ws.send(b"\x01" + struct.pack("<I", channel_id) + json.dumps(values).encode())
+
+    return publish
+
+
+async def set_parameter(client: Client, name: str, value: Any) -> dict[str, Any]:
+    await client.channel(name.rpartition("/")[0])
+    return await client.request("setParameters", parameters=[{"name": name, "value": value}])
+
+
+def ended_lines(log: Path) -> list[str]:
+    """The server's lines about the commands it ended."""
+    return [line for line in log.read_text().splitlines() if "ended its commands" in line]
+
+
+@pytest.mark.parametrize("way", ["command topic, connection dropped", "parameter", "parameter, subscribed"])
+def test_a_clients_commands_end_when_it_goes_away(
+    robot: EmulatedRobot, server: Any, tmp_path: Path, way: str
+) -> None:
+    url = server()
+    yogi = robot.buffer("yogi-bear")
+    yogi_topic = topic(robot, "yogi-bear")
+
+    async def scenario(client: Client) -> None:
+        if way.startswith("command topic"):
+            publish = await advertise(client, 1, yogi_topic + "/command")
+            await publish(duty_cycle=0.25)
+        else:
+            if way == "parameter, subscribed":
+                await client.subscribe(yogi_topic)  # followed by its subscription
+            # Else by nothing: the server counts its connections.
+            await set_parameter(client, f"{yogi_topic}/duty_cycle", 0.25)
+        await until(lambda: yogi.get("duty_cycle") == 0.25, what=lambda: (yogi.snapshot(), client.statuses))
+        assert yogi.commanders()["duty_cycle"] != os.getpid()  # the server's: the client's, through it
+        if way.endswith("dropped"):
+            client.ws.transport.abort()  # no goodbye
+
+    run_client(url, scenario)
+    robot.wait_for(lambda: yogi.get("duty_cycle") == 0.0, what="the safe value, once the client left")
+    assert "duty_cycle" not in yogi.commanders()
+    robot.wait_for(lambda: ended_lines(tmp_path / "foxglove-0.log"))
+    [line] = ended_lines(tmp_path / "foxglove-0.log")
+    assert re.search(rf"client \d+ went away: ended its commands: {yogi_topic} duty_cycle$", line), line
+
+
+def test_a_command_is_its_last_writers(robot: EmulatedRobot, server: Any) -> None:
+    """A wrote it, B (or another process) wrote it since: A leaving leaves it alone; B leaving ends it."""
+    url = server()
+    servo, yogi = robot.buffer("servo-motor"), robot.buffer("yogi-bear")
+    servo_topic, yogi_topic = topic(robot, "servo-motor"), topic(robot, "yogi-bear")
+
+    async def scenario() -> None:
+        async with connected(url) as b:
+            await b.subscribe(servo_topic)  # followed
+            async with connected(url) as a:
+                publish_servo = await advertise(a, 1, servo_topic + "/command")
+                publish_yogi = await advertise(a, 2, yogi_topic + "/command")
+                await publish_servo(servo0=0.5, servo1=0.5)
+                await publish_yogi(duty_cycle=0.375)
+                await until(
+                    lambda: servo.get("servo0") == 0.5 and yogi.get("duty_cycle") == 0.375,
+                    what=lambda: (servo.snapshot(), yogi.snapshot(), a.summary()),
+                )
+                await set_parameter(b, f"{servo_topic}/servo0", -0.5)  # B's now
+                servo.write("servo1", 0.75)  # this process's now
+                await until(lambda: servo.get("servo0") == -0.5 and servo.get("servo1") == 0.75)
+            # A is gone: its command that stood ends; those written since stand.
+            await until(lambda: yogi.get("duty_cycle") == 0.0, what=yogi.snapshot)
+            assert servo.get("servo0") == -0.5 and servo.get("servo1") == 0.75
+            commanders = servo.commanders()
+            assert commanders["servo1"] == os.getpid() and commanders["servo0"] != os.getpid()  # the server
+        await until(lambda: servo.get("servo0") == 0.0, what=servo.snapshot)  # B is gone
+        assert servo.get("servo1") == 0.75 and servo.commanders() == {"servo1": os.getpid()}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        servo.end_commands()
+
+
+def test_a_server_that_stops_ends_its_clients_commands(robot: EmulatedRobot) -> None:
+    ready: list[live.LiveView] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=live.serve_foxglove,
+        args=(robot.store,),
+        kwargs={"port": 0, "stop_event": stop, "namespace": robot.namespace, "on_ready": ready.append},
+    )
+    yogi = robot.buffer("yogi-bear")
+    thread.start()
+    try:
+        robot.wait_for(lambda: ready, what="the server")
+
+        async def scenario() -> None:
+            async with connected(ready[0].url) as client:
+                await set_parameter(client, f"{topic(robot, 'yogi-bear')}/duty_cycle", -0.25)
+                await until(lambda: yogi.get("duty_cycle") == -0.25)
+                stop.set()  # the client is still there (and not followed: nothing but its connection)
+                await until(lambda: not thread.is_alive())
+
+        asyncio.run(scenario())
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    robot.wait_for(lambda: yogi.get("duty_cycle") == 0.0, what="the safe value, once the server stopped")
+    assert ready[0].ended == 1
+
+
+def test_a_disabled_robot_is_shown_and_its_actuators_refused(robot: EmulatedRobot, server: Any) -> None:
+    url = server()
+    servo, yogi = robot.buffer("servo-motor"), robot.buffer("yogi-bear")
+    servo_topic, yogi_topic = topic(robot, "servo-motor"), topic(robot, "yogi-bear")
+
+    def disabled(status: dict[str, Any]) -> bool:
+        return bool(status["message"] == live.ROBOT_DISABLED and status["level"] == STATUS_WARNING)
+
+    async def scenario() -> None:
+        async with connected(url) as before:
+            await before.subscribe(servo_topic)
+            robot.store.disable()
+            await before.status(disabled)  # a client there already
+            async with connected(url) as after:
+                await after.subscribe(servo_topic)
+                await after.status(disabled)  # and one that comes later
+                answer = await set_parameter(after, f"{servo_topic}/servo0", 0.5)
+                status = await after.status(lambda s: s["level"] == STATUS_ERROR)
+                assert f"{servo_topic}/servo0" in status["message"]
+                assert "the robot is disabled" in status["message"], status
+                assert answer["parameters"] == [
+                    {"name": f"{servo_topic}/servo0", "type": "float64", "value": servo.get("servo0")}
+                ]
+                # A command with a configuration value: all or nothing still.
+                deadband = yogi.get("deadband")
+                publish = await advertise(after, 1, yogi_topic + "/command")
+                await publish(deadband=deadband + 0.5, duty_cycle=0.5)
+                status = await after.status(
+                    lambda s: s["level"] == STATUS_ERROR and yogi_topic in s["message"]
+                )
+                assert "the robot is disabled" in status["message"], status
+                assert yogi.pending_writes() == {} and yogi.get("deadband") == deadband
+                robot.store.enable()
+                await after.status_removed(live.ROBOT_STATUS)
+                await before.status_removed(live.ROBOT_STATUS)
+                await set_parameter(after, f"{servo_topic}/servo0", 0.5)  # accepted again
+                await until(lambda: servo.get("servo0") == 0.5)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        robot.store.enable()

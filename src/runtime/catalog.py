@@ -441,7 +441,7 @@ def validate(raw: object, source: str = "<catalog>") -> dict[str, dict[str, Any]
     return result
 
 
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it: ~15x faster
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~15x faster
 
 
 class _StrictLoader(_SafeLoader):  # type: ignore[misc]

@@ -45,7 +45,15 @@ from .buffer import (
 )
 from .exception import closest, did_you_mean
 
-__all__ = ["CATALOG_KEYS", "BufferInfo", "BufferKey", "BufferStore", "namespaces"]
+__all__ = [
+    "CATALOG_KEYS",
+    "ROBOT_STATE",
+    "BufferInfo",
+    "BufferKey",
+    "BufferStore",
+    "namespaces",
+    "robot_enabled",
+]
 
 if TYPE_CHECKING:
     from .device import Device
@@ -168,13 +176,9 @@ class BufferStore(Mapping[BufferKey, Buffer]):
     @property
     def enabled(self) -> bool:
         """Whether the robot of this namespace is enabled (it starts enabled; see :meth:`disable`)."""
-        name = f"{self.namespace()}-{ROBOT_STATE}"
         if "_robot_state" in self.__dict__ or not self.shared:
             return not self._state().get("disabled")
-        if not os.path.lexists(os.path.join(SHM_DIR, name)):
-            return True  # never disabled
-        with _RobotState.attach(name, create=False) as state:
-            return not state.get("disabled")
+        return robot_enabled(self.namespace())
 
     def disable(self) -> list[str]:
         """Disable the robot of this namespace: every actuator stops and stays stopped until :meth:`enable`.
@@ -529,6 +533,25 @@ class BufferStore(Mapping[BufferKey, Buffer]):
 ROBOT_STATE = "robot-state"
 """The name, after the namespace, of the segment that holds whether the robot is disabled."""
 _RobotState = Buffer.make_type(ROBOT_STATE, [Parameter("disabled", ctypes.c_bool, 0)])
+
+
+def robot_enabled(namespace: str | None = None) -> bool:
+    """Whether the robot of ``namespace`` (default: the current one) is enabled (:meth:`BufferStore.disable`).
+
+    Raises:
+        DeviceBufferError: Its state segment cannot be read (a foreign file in its place).
+    """
+    name = f"{namespace or current_namespace()}-{ROBOT_STATE}"
+    if not os.path.lexists(os.path.join(SHM_DIR, name)):
+        return True  # never disabled
+    try:
+        state = _RobotState.attach(name, create=False)
+    except DeviceBufferError:
+        if not os.path.lexists(os.path.join(SHM_DIR, name)):
+            return True  # removed meanwhile
+        raise
+    with state:
+        return not state.get("disabled")
 
 
 def _known(word: str, names: Iterable[str]) -> str:

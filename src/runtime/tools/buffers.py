@@ -85,7 +85,7 @@ __all__ = [
     "parse_assignments",
     "parse_key",
     "parse_value",
-    "robot_enabled",
+    "robot_enabled_or_unknown",
     "robot_line",
     "scan",
     "show_renderable",
@@ -318,7 +318,7 @@ def empty_namespace_line() -> str:
     return f"no buffers in namespace {BufferStore.namespace()!r}; {elsewhere()}"
 
 
-def robot_enabled(store: BufferStore) -> bool | None:
+def robot_enabled_or_unknown(store: BufferStore) -> bool | None:
     """Whether the robot of the current namespace is enabled (:attr:`BufferStore.enabled`); None if unknown.
 
     Unknown when its state cannot be read (a foreign file where the state
@@ -841,7 +841,7 @@ def main(args: argparse.Namespace) -> int:
 def _list_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
     with BufferStore(catalog) as store:
         reports = scan(store)
-        enabled = robot_enabled(store)
+        enabled = robot_enabled_or_unknown(store)
     if args.json:
         now = time.time()
         print_json([report.to_json(now) for report in reports])
@@ -860,7 +860,7 @@ def _show_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> in
     with BufferStore(catalog) as store:
         type_name, uid = parse_key(args.key, store)
         report = inspect_buffer(store, type_name, uid, details=True, must_exist=True)
-        enabled = robot_enabled(store)
+        enabled = robot_enabled_or_unknown(store)
     if args.json:
         print_json(report.to_json())
         if not enabled:
@@ -882,7 +882,7 @@ def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
     def snapshot() -> tuple[Any, RenderableType]:
         nonlocal said_empty, said_robot
         with BufferStore(catalog) as store:  # fresh each time: buffers come and go
-            enabled = robot_enabled(store)
+            enabled = robot_enabled_or_unknown(store)
             if args.json and enabled != said_robot:  # stdout is for JSON alone
                 print(robot_line(enabled), file=sys.stderr, flush=True)
                 said_robot = enabled
@@ -1018,7 +1018,7 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
 
 def _enabled_or_unknown(store: BufferStore) -> bool:
     """Whether the robot is enabled; True when unknown (the library still refuses what it must)."""
-    enabled = robot_enabled(store)
+    enabled = robot_enabled_or_unknown(store)
     return enabled is None or enabled
 
 

@@ -22,6 +22,25 @@ of the namespace:
 * **a command topic per buffer**: a client that advertises
   ``/runtime/<type>/<uid hex>/command`` (JSON) and publishes ``{param: value,
   ...}`` on it writes those values, all or none, checked the same way.
+* **a write belongs to its client**: an actuator's value (a parameter with a
+  safe value: a command, :mod:`runtime.commands`) set by a client, either
+  way, is that client's command. When the client goes away (tab closed,
+  connection dropped), its commands end as a dead process's do: they go back
+  to their safe values, unless another client or process wrote since (then
+  the command is theirs). The server is the commander in shared memory for
+  all its clients; when it stops, its clients' commands end too.
+* **the robot's state**: while the robot is disabled (``runtime disable``), a
+  warning status says so (and writes of actuators are refused, with an error
+  status saying why).
+
+How a client's leaving is known: the SDK tells the server nothing about a
+connection as such, only about a client's subscriptions and advertised
+channels, and it withdraws those of a client that disconnects. So a client
+with any is followed: when its last one goes, it went away. A client with
+none (the Parameters panel alone) cannot be followed by itself: its commands
+end as soon as no connection to the server is left unaccounted for (each
+followed client has one; the connections are counted in ``/proc``, at most
+:data:`~runtime.tools.record.DISCOVER_INTERVAL` later).
 
 Changes are watched by :class:`runtime.tools.record.BufferWatcher` (a thread
 per 63 buffers asleep in :func:`runtime.notify.wait_any`; ``/dev/shm`` listed
@@ -38,6 +57,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -48,8 +68,9 @@ from typing import TYPE_CHECKING, Any
 from foxglove.websocket import ServerListener
 
 from ..buffer import Buffer, DeviceBufferError, Parameter
+from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
-from ..store import BufferStore
+from ..store import BufferStore, robot_enabled
 from ._common import (
     CommandError,
     add_catalog_option,
@@ -71,6 +92,8 @@ __all__ = [
     "DESCRIPTION",
     "EPILOG",
     "LiveView",
+    "ROBOT_DISABLED",
+    "ROBOT_STATUS",
     "WriteRefused",
     "add_arguments",
     "check_value",
@@ -89,6 +112,10 @@ SUBSCRIBE_DELAY = 0.05
 """Seconds after a subscription that the buffer's state is sent (it takes effect after its callback)."""
 COMMAND_SUFFIX = "/command"
 """A buffer's command topic is its topic and this."""
+ROBOT_STATUS = "robot:disabled"
+"""The id of the warning status shown while the robot is disabled."""
+ROBOT_DISABLED = "robot disabled: actuators stopped (runtime enable)"
+"""Its message."""
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _PARAM_NAME = re.compile(r"(?P<topic>/runtime/[^/]+/0x[0-9a-f]+)/(?P<param>[^/]+)")
 
@@ -187,8 +214,9 @@ class LiveView:
         self.server: WebSocketServer | None = None
         self.context: foxglove.Context | None = None
         self.lock = threading.RLock()
-        self.watcher = BufferWatcher(
+        self.watcher = _Watcher(
             catalog,
+            every=self._periodic,
             on_change=self._on_change,
             on_appear=self._on_appear,
             on_disappear=self._on_disappear,
@@ -203,13 +231,26 @@ class LiveView:
         """Writes refused."""
         self.written = 0
         """Values written."""
+        self.ended = 0
+        """Commands of clients that went away ended (set back to their safe values)."""
         self._topics: dict[str, Watched] = {}
         self._handles: dict[str, Buffer] = {}
         self._client_channels: dict[tuple[int, int], str] = {}
         self._param_subscriptions: set[str] = set()
         self._param_values: dict[str, Any] = {}
         """The last value of each parameter published, or set (write-only ones) from here."""
-        self._statuses: set[str] = set()
+        self._statuses: dict[str, tuple[str, Any]] = {}
+        """The statuses shown, by id: message and level."""
+        self._write_lock = threading.Lock()
+        """Held while writing and while ending commands: the last writer of a command is known."""
+        self._commands: dict[tuple[str, str], int] = {}
+        """``(topic, param)``: the client whose write through this server is the command in force."""
+        self._presence: dict[int, set[tuple[str, int]]] = {}
+        """A client's subscriptions and advertised channels: while it has any, it is connected."""
+        self._clients_seen: set[int] = set()
+        self._robot_disabled: bool | None = None
+        self._uncounted = False
+        self._stopping = False
 
     # -- the server --
 
@@ -258,18 +299,25 @@ class LiveView:
             raise CommandError("watching the buffers failed (see the log above)")
 
     def close(self) -> None:
-        """Stop the server; close the channels and the buffers."""
+        """Stop the server; end its clients' commands; close the channels and the buffers."""
+        self._stopping = True  # the clients it disconnects do not go away of themselves
         if self.server is not None:
             self.server.stop()
             self.server = None
+        with self._write_lock, self.lock:
+            commands = self._commands_by_topic(lambda _: True)
+            handles = dict(self._handles)
+            self._handles.clear()
         with self.lock:
             for watched in self._topics.values():
                 with contextlib.suppress(Exception):
                     watched.data.close()
             self._topics.clear()
-            for handle in self._handles.values():
-                handle.close()
-            self._handles.clear()
+        for topic, handle in handles.items():
+            # Closing the handle ends them too, but only if it gets the buffer's lock at once.
+            if topic in commands:
+                self._end_commands(handle, topic, commands[topic], "the server stops")
+            handle.close()
 
     # -- buffers to messages (the watcher's threads) --
 
@@ -298,6 +346,8 @@ class LiveView:
         with self.lock:
             self._topics.pop(watched.topic, None)
             handle = self._handles.pop(watched.topic, None)
+            for key in [key for key in self._commands if key[0] == watched.topic]:
+                del self._commands[key]
         if handle is not None:
             handle.close()
         watched.data.close()
@@ -390,8 +440,11 @@ class LiveView:
                 result.append(FoxgloveParameter(name, value=_parameter_value(value)))
         return result
 
-    def set_parameters(self, parameters: list[Any]) -> list[Any]:
-        """Write what a client set; the values in effect afterwards (refusals as error statuses)."""
+    def set_parameters(self, parameters: list[Any], client: int | None = None) -> list[Any]:
+        """Write what a client set; the values in effect afterwards (refusals as error statuses).
+
+        The commands written are ``client``'s (see :meth:`write`).
+        """
         from foxglove import Parameter as FoxgloveParameter
 
         result = []
@@ -408,7 +461,7 @@ class LiveView:
                 self._refuse(status, f"cannot set {name}: {param.name} is read-only")
                 continue
             try:
-                self.write(watched.topic, {param.name: value})
+                self.write(watched.topic, {param.name: value}, client=client)
             except WriteRefused as exc:
                 self._refuse(status, f"cannot set {name}: {exc}")
                 current = self.get_parameters([name])
@@ -436,13 +489,17 @@ class LiveView:
 
     # -- writing --
 
-    def write(self, topic: str, values: Mapping[str, Any]) -> None:
+    def write(self, topic: str, values: Mapping[str, Any], *, client: int | None = None) -> None:
         """Write values to a buffer served here: all of them, or none (then raise).
+
+        The commands among them (parameters with a safe value) are ``client``'s
+        from now on: they end when it goes away (:meth:`client_gone`), unless
+        someone else writes them first.
 
         Raises:
             WriteRefused: No such buffer, an unknown or read-only parameter, a
-                value that does not fit (see :func:`check_value`), or the
-                device is not connected.
+                value that does not fit (see :func:`check_value`), the device
+                is not connected, or the robot is disabled (for a command).
         """
         with self.lock:
             watched = self._topics.get(topic)
@@ -464,27 +521,38 @@ class LiveView:
             if param is None:
                 raise WriteRefused(f"{watched.type_name} has no parameter {name!r}")
             checked[name] = check_value(param, value)
-        try:
-            with handle.transaction():
-                for name, value in checked.items():
-                    handle.write(name, value)
-        except DeviceBufferError as exc:
-            if not handle.valid:
-                raise WriteRefused(f"{watched.type_name} {watched.uid:#x} is not connected") from None
-            raise WriteRefused(f"{topic}: {exc.message}") from None
-        except (TypeError, ValueError) as exc:
-            raise WriteRefused(str(exc)) from None
+        # Commands first: refused because the robot is disabled, they are refused before anything is written.
+        order = sorted(checked, key=lambda name: params[name].safe is None)
+        with self._write_lock:
+            written: list[str] = []
+            try:
+                with handle.transaction():
+                    for name in order:
+                        handle.write(name, checked[name])
+                        written.append(name)
+            except DeviceBufferError as exc:
+                if not handle.valid:
+                    raise WriteRefused(f"{watched.type_name} {watched.uid:#x} is not connected") from None
+                raise WriteRefused(f"{topic}: {exc.message}") from None
+            except (TypeError, ValueError) as exc:
+                raise WriteRefused(str(exc)) from None
+            finally:
+                if client is not None:
+                    with self.lock:
+                        for name in written:
+                            if params[name].safe is not None:
+                                self._commands[topic, name] = client
         self.written += len(checked)
         logger.info("%s: wrote %s", topic, ", ".join(f"{k}={v!r}" for k, v in values.items()))
 
-    def command(self, topic: str, data: bytes) -> None:
-        """A client's message on a command topic: ``{param: value, ...}`` to write."""
+    def command(self, topic: str, data: bytes, client: int | None = None) -> None:
+        """A client's message on a command topic: ``{param: value, ...}`` to write (``client``'s commands)."""
         status = f"command:{topic}"
         try:
             values = json.loads(data)
             if not isinstance(values, dict) or not values:
                 raise WriteRefused("a command is a JSON object {param: value, ...}")
-            self.write(topic.removesuffix(COMMAND_SUFFIX), values)
+            self.write(topic.removesuffix(COMMAND_SUFFIX), values, client=client)
         except ValueError:
             self._refuse(status, f"{topic}: not JSON")
         except WriteRefused as exc:
@@ -506,17 +574,178 @@ class LiveView:
         if server is None:
             return
         with self.lock:
-            self._statuses.add(status)
+            self._statuses[status] = message, level
         server.publish_status(message, level, status)
 
     def _clear_status(self, status: str) -> None:
         server = self.server
         with self.lock:
-            if status not in self._statuses:
+            if self._statuses.pop(status, None) is None:
                 return
-            self._statuses.discard(status)
         if server is not None:
             server.remove_status([status])
+
+    def hello(self, client: int) -> None:
+        """A client heard from: the first time, the warnings that stand (the SDK keeps no status for it)."""
+        from foxglove import StatusLevel
+
+        with self.lock:
+            if client in self._clients_seen:
+                return
+            self._clients_seen.add(client)
+            standing = [(k, v) for k, v in self._statuses.items() if v[1] == StatusLevel.Warning]
+        server = self.server
+        if server is not None:
+            for status, (message, level) in standing:
+                server.publish_status(message, level, status)
+
+    # -- clients and their commands --
+
+    def client_present(self, client: int, what: tuple[str, int]) -> None:
+        """A client subscribed to a channel (``("channel", id)``), or advertised one (``("advertised", id)``).
+
+        While it has any, it is followed: it is known to be connected.
+        """
+        with self.lock:
+            self._presence.setdefault(client, set()).add(what)
+
+    def client_absent(self, client: int, what: tuple[str, int], *, by_client: bool = True) -> None:
+        """A subscription or an advertised channel of a client ended.
+
+        ``by_client``: by the client or its leaving (the SDK withdraws them all
+        when it disconnects), not because the channel went away. A client left
+        with none went away (:meth:`client_gone`), or else is not followed any more.
+        """
+        with self.lock:
+            presence = self._presence.get(client)
+            if presence is None or what not in presence:
+                return
+            presence.discard(what)
+            if presence:
+                return
+            del self._presence[client]
+        if by_client:
+            self.client_gone(client)
+        else:
+            self._end_unfollowed()
+
+    def client_gone(self, client: int) -> None:
+        """A client went away: its commands end (those whose last write through here was its)."""
+        with self._write_lock:
+            with self.lock:
+                self._presence.pop(client, None)
+                self._clients_seen.discard(client)
+                commands = self._commands_by_topic(lambda owner: owner == client)
+                handles = {topic: self._handles.get(topic) for topic in commands}
+            why = "the server stops" if self._stopping else f"client {client} went away"
+            for topic, names in commands.items():
+                handle = handles[topic]
+                if handle is not None:
+                    self._end_commands(handle, topic, names, why)
+
+    def _commands_by_topic(self, whose: Callable[[int], bool]) -> dict[str, list[str]]:
+        """Forget the commands of the clients chosen; their parameters by topic (with both locks held)."""
+        found: dict[str, list[str]] = {}
+        for key, owner in list(self._commands.items()):
+            if whose(owner):
+                del self._commands[key]
+                found.setdefault(key[0], []).append(key[1])
+        return found
+
+    def _end_commands(self, handle: Buffer, topic: str, names: list[str], why: str) -> None:
+        """End this process's commands of these parameters (another's write since stands); log them."""
+        try:
+            ended = handle.end_commands(names)
+        except DeviceBufferError as exc:
+            if not handle.closed:  # closed: its buffer went away, and closing ended them
+                logger.error("%s: cannot end its commands on %s: %s", why, topic, exc.message)
+            return
+        if ended:
+            self.ended += len(ended)
+            logger.warning("%s: ended its commands: %s %s", why, topic, " ".join(sorted(ended)))
+
+    def _end_unfollowed(self) -> None:
+        """End the commands of the clients not followed, once no connection is left for them.
+
+        A client with no subscription and no advertised channel may be there
+        or gone; all such clients are gone when the connections to the server
+        are no more than the clients followed (each of which has one).
+        """
+        with self.lock:
+            unfollowed = {owner for owner in self._commands.values() if owner not in self._presence}
+            followed = len(self._presence)
+        if not unfollowed:
+            return
+        connections = _connections(self.port)
+        if connections is None:
+            if not self._uncounted:
+                self._uncounted = True
+                logger.warning(
+                    "cannot count the connections (no /proc): the commands of clients that neither "
+                    "subscribe nor advertise end only when the server stops"
+                )
+            return
+        if connections <= followed:
+            for client in sorted(unfollowed):
+                self.client_gone(client)
+
+    # -- the robot's state, and the periodic checks --
+
+    def _periodic(self) -> None:
+        """After each look for buffers (twice a second): the robot's state; the clients not followed."""
+        try:
+            self._robot_status()
+            self._end_unfollowed()
+        except Exception:  # the watcher goes on
+            logger.exception("the periodic checks failed")
+
+    def _robot_status(self) -> None:
+        """A warning status while the robot is disabled."""
+        from foxglove import StatusLevel
+
+        try:
+            disabled = not robot_enabled(self.namespace)
+        except RuntimeBaseException as exc:  # a foreign file where the state belongs: say nothing
+            logger.debug("cannot read the robot's state: %s", exc)
+            return
+        if disabled == self._robot_disabled:
+            return
+        was, self._robot_disabled = self._robot_disabled, disabled
+        if disabled:
+            logger.warning("the robot is disabled: writes of actuators are refused")
+            self._set_status(ROBOT_STATUS, ROBOT_DISABLED, StatusLevel.Warning)
+        else:
+            if was is not None:
+                logger.warning("the robot is enabled again")
+            self._clear_status(ROBOT_STATUS)
+
+
+def _connections(port: int) -> int | None:
+    """The established TCP connections of this process on its local port ``port``; None if unknown."""
+    try:
+        sockets = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:["):
+                    sockets.add(target[8:-1])
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as rows:  # no IPv6: no tcp6
+                next(rows, None)  # the header
+                for row in rows:
+                    # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+                    fields = row.split()
+                    if (
+                        len(fields) > 9
+                        and fields[3] == "01"  # ESTABLISHED
+                        and int(fields[1].rpartition(":")[2], 16) == port
+                        and fields[9] in sockets
+                    ):
+                        count += 1
+        return count
+    except (OSError, ValueError):
+        return None
 
 
 def _default(param: Parameter) -> Any:
@@ -539,14 +768,25 @@ class _Listener(ServerListener):
         self.view = view
 
     def on_subscribe(self, client: Client, channel: ChannelView) -> None:
+        self.view.hello(client.id)
+        self.view.client_present(client.id, ("channel", channel.id))
         # Its current state, even if it does not change; a moment later: the subscription is not in
         # effect yet while this runs.
         self.view.watcher.refresh(channel.topic, SUBSCRIBE_DELAY)
 
     def on_unsubscribe(self, client: Client, channel: ChannelView) -> None:
-        pass
+        # Also when the client disconnects (for each subscription), or the channel goes away (its
+        # buffer did: not the client's doing).
+        with self.view.lock:
+            served = channel.topic in self.view._topics
+        try:
+            self.view.client_absent(client.id, ("channel", channel.id), by_client=served)
+        except Exception:
+            logger.exception("client %d unsubscribing failed", client.id)
 
     def on_client_advertise(self, client: Client, channel: ClientChannel) -> None:
+        self.view.hello(client.id)
+        self.view.client_present(client.id, ("advertised", channel.id))
         if not channel.topic.endswith(COMMAND_SUFFIX) or channel.encoding != "json":
             self.view._refuse(
                 f"advertise:{channel.topic}",
@@ -558,8 +798,13 @@ class _Listener(ServerListener):
             self.view._client_channels[client.id, channel.id] = channel.topic
 
     def on_client_unadvertise(self, client: Client, client_channel_id: int) -> None:
+        # Also when the client disconnects (for each channel it still advertises).
         with self.view.lock:
             self.view._client_channels.pop((client.id, client_channel_id), None)
+        try:
+            self.view.client_absent(client.id, ("advertised", client_channel_id))
+        except Exception:
+            logger.exception("client %d unadvertising failed", client.id)
 
     def on_message_data(self, client: Client, client_channel_id: int, data: bytes) -> None:
         with self.view.lock:
@@ -567,7 +812,7 @@ class _Listener(ServerListener):
         if topic is None:
             return
         try:
-            self.view.command(topic, data)
+            self.view.command(topic, data, client.id)
         except Exception:  # a callback must not raise into the server
             logger.exception("command on %s failed", topic)
 
@@ -575,6 +820,7 @@ class _Listener(ServerListener):
         self, client: Client, param_names: list[str], request_id: str | None = None
     ) -> list[Any]:
         try:
+            self.view.hello(client.id)
             return self.view.get_parameters(param_names)
         except Exception:
             logger.exception("getting parameters failed")
@@ -584,7 +830,8 @@ class _Listener(ServerListener):
         self, client: Client, parameters: list[Any], request_id: str | None = None
     ) -> list[Any]:
         try:
-            return self.view.set_parameters(parameters)
+            self.view.hello(client.id)
+            return self.view.set_parameters(parameters, client.id)
         except Exception:
             logger.exception("setting parameters failed")
             return []
@@ -638,6 +885,18 @@ def serve_foxglove(
         view.close()
 
 
+class _Watcher(BufferWatcher):
+    """The buffer watcher, and ``every()`` after each look for buffers (twice a second)."""
+
+    def __init__(self, *args: Any, every: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.every = every
+
+    def discover(self) -> None:
+        super().discover()
+        self.every()
+
+
 # ---- the command ----------------------------------------------------------------------------------
 
 DESCRIPTION = """\
@@ -657,6 +916,12 @@ A client may also publish JSON {param: value, ...} on the topic
 /runtime/<type>/<uid hex>/command. Values are checked against the catalog
 (type, bounds, writeable): a refused one is not written, and Foxglove shows
 an error saying why (it is never clamped).
+
+A motor's duty cycle or a servo's position set from Foxglove belongs to the
+client that set it: when that client goes away (tab closed, connection
+lost) or the server stops, it goes back to its safe value, unless someone
+wrote it since. While the robot is disabled (runtime disable), Foxglove
+shows a warning, and such values are refused.
 
 In Foxglove: Open connection > Foxglove WebSocket > the URL printed.
 """
