@@ -1601,22 +1601,12 @@ end_commands_locked(rt_BufferAccess *self, int all, uint64_t who, uint64_t withi
     return ended;
 }
 
-/* end_commands(commander=None, params=None, everything=False) -> set of names put back to their
- * safe values: those `commander` commands, or anyone (None), or with `everything` all of them. */
+/* End the commands of `who` (0: anyone; `everything`: all) among the named
+ * parameters (None: all), under the lock; the set of names ended. */
 static PyObject *
-BufferAccess_end_commands(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
+end_named_commands(rt_BufferAccess *self, int everything, uint64_t who, PyObject *params)
 {
-    static char *kwlist[] = {"commander", "params", "everything", NULL};
-    PyObject *commander = Py_None, *params = Py_None;
-    int everything = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOp:end_commands", kwlist, &commander, &params,
-                                     &everything)) {
-        return NULL;
-    }
-    uint64_t who = 0, within = ~0ULL;
-    if (commander != Py_None && commander_from(commander, &who) < 0) {
-        return NULL;
-    }
+    uint64_t within = ~0ULL;
     if (params != Py_None && mask_of(self, params, 2, &within) < 0) {
         return NULL;
     }
@@ -1631,6 +1621,25 @@ BufferAccess_end_commands(rt_BufferAccess *self, PyObject *args, PyObject *kwarg
     return names_of(self, ended);
 }
 
+/* end_commands(commander=None, params=None, everything=False) -> set of names put back to their
+ * safe values: those `commander` commands, or anyone (None), or with `everything` all of them. */
+static PyObject *
+BufferAccess_end_commands(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"commander", "params", "everything", NULL};
+    PyObject *commander = Py_None, *params = Py_None;
+    int everything = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOp:end_commands", kwlist, &commander, &params,
+                                     &everything)) {
+        return NULL;
+    }
+    uint64_t who = 0;
+    if (commander != Py_None && commander_from(commander, &who) < 0) {
+        return NULL;
+    }
+    return end_named_commands(self, everything, who, params);
+}
+
 /* end_my_commands(params=None): this process's commands back to safe values. */
 static PyObject *
 BufferAccess_end_my_commands(rt_BufferAccess *self, PyObject *args, PyObject *kwargs)
@@ -1640,19 +1649,7 @@ BufferAccess_end_my_commands(rt_BufferAccess *self, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:end_my_commands", kwlist, &params)) {
         return NULL;
     }
-    uint64_t within = ~0ULL;
-    if (params != Py_None && mask_of(self, params, 2, &within) < 0) {
-        return NULL;
-    }
-    if (self->spec->safe_mask == 0) {
-        return PySet_New(NULL);
-    }
-    if (acquire(self, 0) < 0) {
-        return NULL;
-    }
-    uint64_t ended = end_commands_locked(self, 0, my_commander(), within);
-    release(self);
-    return names_of(self, ended);
+    return end_named_commands(self, 0, my_commander(), params);
 }
 
 /* Whether this process commands any parameter (no lock: a hint for close()). */

@@ -56,6 +56,7 @@ __all__ = [
     "bounded",
     "configure_logging",
     "ctype_name",
+    "devices_text",
     "format_bounds",
     "format_value",
     "load_catalog",
@@ -66,6 +67,7 @@ __all__ = [
     "parse_uid",
     "print_json",
     "suggest",
+    "switch_robot",
 ]
 
 PROG = "runtime"
@@ -141,6 +143,37 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> dict[str, type[B
         return catalog.load(path)
     except (RuntimeBaseException, ValueError) as exc:
         raise CommandError(str(exc.message if isinstance(exc, RuntimeBaseException) else exc)) from None
+
+
+# ---- the robot's state ----------------------------------------------------------------------------
+
+
+def switch_robot(args: argparse.Namespace, *, enable: bool) -> tuple[str, bool, list[str]]:
+    """Enable or disable the robot of ``--namespace`` (``runtime enable``/``disable``).
+
+    Returns:
+        ``(namespace, whether it was enabled before, the buffers marked)``.
+
+    Raises:
+        CommandError: The catalog or the robot's state cannot be read.
+    """
+    from ..buffer import DeviceBufferError
+    from ..store import BufferStore
+
+    catalog = load_catalog(args.catalog)
+    with BufferStore.use_namespace(args.namespace) as namespace, BufferStore(catalog) as store:
+        try:
+            was_enabled = store.enabled
+            marked = store.enable() if enable else store.disable()
+        except DeviceBufferError as exc:
+            action = "enable" if enable else "disable"
+            raise CommandError(f"cannot {action} the robot (namespace {namespace}): {exc.message}") from None
+    return namespace, was_enabled, marked
+
+
+def devices_text(count: int) -> str:
+    """``1 device``, ``2 devices``."""
+    return f"{count} device{'' if count == 1 else 's'}"
 
 
 # ---- what users type ------------------------------------------------------------------------------

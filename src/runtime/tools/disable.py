@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..buffer import BufferStore, DeviceBufferError
-from ._common import CommandError, add_catalog_option, add_namespace_option, load_catalog
+from ._common import add_catalog_option, add_namespace_option, devices_text, switch_robot
 
-__all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "devices_text", "main"]
+__all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "main"]
 
 DESCRIPTION = """\
 Disable the robot: every actuator stops and stays stopped until 'runtime enable'.
@@ -46,20 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_catalog_option(parser)
 
 
-def devices_text(count: int) -> str:
-    """``1 device``, ``2 devices``."""
-    return f"{count} device{'' if count == 1 else 's'}"
-
-
 def main(args: argparse.Namespace) -> int:
     """Run ``runtime disable``."""
-    catalog = load_catalog(args.catalog)
-    with BufferStore.use_namespace(args.namespace) as namespace, BufferStore(catalog) as store:
-        try:
-            was_enabled = store.enabled
-            marked = store.disable()
-        except DeviceBufferError as exc:
-            raise CommandError(f"cannot disable the robot (namespace {namespace}): {exc.message}") from None
+    namespace, was_enabled, marked = switch_robot(args, enable=False)
     already = "" if was_enabled else "; it already was"
     stopped = f"{devices_text(len(marked))} stopped" if marked else "no devices to stop now"
     print(

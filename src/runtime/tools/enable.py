@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..buffer import BufferStore, DeviceBufferError
-from ._common import CommandError, add_catalog_option, add_namespace_option, load_catalog
-from .disable import devices_text
+from ._common import add_catalog_option, add_namespace_option, devices_text, switch_robot
 
 __all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "main"]
 
@@ -42,13 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``runtime enable``."""
-    catalog = load_catalog(args.catalog)
-    with BufferStore.use_namespace(args.namespace) as namespace, BufferStore(catalog) as store:
-        try:
-            was_enabled = store.enabled
-            marked = store.enable()
-        except DeviceBufferError as exc:
-            raise CommandError(f"cannot enable the robot (namespace {namespace}): {exc.message}") from None
+    namespace, was_enabled, marked = switch_robot(args, enable=True)
     already = "; it already was" if was_enabled else f"; {devices_text(len(marked))} released"
     print(f"robot enabled (namespace {namespace}{already}): nothing moves until a new command")
     return 0
