@@ -37,7 +37,7 @@ DISABLE_DEVICES = 5
 """Servo motors on their own ptys in the disable benchmark."""
 DEATH_SAMPLES = 60
 DISABLE_SAMPLES = 40
-COMMAND_RUNS = 5
+COMMAND_RUNS = 10
 TIMEOUT = 5.0
 """Seconds any one frame may take before the sample is dropped (counted as lost)."""
 

@@ -39,7 +39,6 @@ import re
 import reprlib
 import stat
 from collections.abc import Hashable, Mapping
-from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import yaml
@@ -525,9 +524,9 @@ def _file_kind(mode: int) -> str:
 def _read(path: str | os.PathLike[str] | None) -> tuple[object, str]:
     """Read and parse a catalog file; return the raw data and the source name for messages."""
     if path is None:
-        resource = resources.files(__package__ or "runtime").joinpath(_PACKAGED)
-        where = _Where(str(resource))
-        read = resource.read_bytes
+        packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), _PACKAGED)  # beside this module
+        where = _Where(packaged)
+        read = functools.partial(_read_file, where)
     else:
         where = _Where(os.fspath(path))
         read = functools.partial(_read_file, where)
