@@ -1721,24 +1721,6 @@ BufferAccess_get_last_command(rt_BufferAccess *self, void *closure)
     return PyFloat_FromDouble(value);
 }
 
-static PyObject *
-BufferAccess_get_safe_values(rt_BufferAccess *self, void *closure)
-{
-    PyObject *result = PyDict_New();
-    for (int id = 0; result != NULL && id < RT_MAX_PARAMS; id++) {
-        if (!(self->spec->safe_mask & (1ULL << id))) {
-            continue;
-        }
-        const rt_param *p = &self->spec->params[self->spec->by_id[id]];
-        PyObject *value = to_python(p, self->spec->safe[id]);
-        if (value == NULL || PyDict_SetItem(result, p->name, value) < 0) {
-            Py_CLEAR(result);
-        }
-        Py_XDECREF(value);
-    }
-    return result;
-}
-
 /* ---- BufferAccess: messages --------------------------------------------- */
 
 static inline uint16_t
@@ -2806,8 +2788,8 @@ static PyMethodDef BufferAccess_methods[] = {
     {"commanders", (PyCFunction)BufferAccess_commanders, METH_NOARGS,
      "commanders() -> {name: (pid, start)} of the safe-valued parameters someone commands."},
     {"end_commands", (PyCFunction)(void (*)(void))BufferAccess_end_commands, METH_VARARGS | METH_KEYWORDS,
-     "end_commands(commander=None, params=None) -> names put back to their safe values "
-     "(those of `commander`, a (pid, start) pair, or all)."},
+     "end_commands(commander=None, params=None, everything=False) -> names put back to their safe values "
+     "(those `commander`, a (pid, start) pair, commands; anyone's if None; all with `everything`)."},
     {"end_my_commands", (PyCFunction)(void (*)(void))BufferAccess_end_my_commands, METH_VARARGS | METH_KEYWORDS,
      "end_my_commands(params=None) -> names of this process's commands put back to their safe values."},
     {"set_disabled", (PyCFunction)BufferAccess_set_disabled, METH_O,
@@ -2840,7 +2822,6 @@ static PyGetSetDef BufferAccess_getset[] = {
      NULL},
     {"last_command", (getter)BufferAccess_get_last_command, NULL,
      "time.time() of the last write of a safe-valued parameter (0.0: none).", NULL},
-    {"safe_values", (getter)BufferAccess_get_safe_values, NULL, "{name: safe value} of the type.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

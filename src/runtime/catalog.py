@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import errno
-import functools
 import math
 import os
 import re
@@ -205,16 +204,6 @@ def _check_bound(where: _Where, key: str, value: object) -> float:
     return float(value)
 
 
-def _integer_range(base: str) -> tuple[int, int] | None:
-    """The values of an integer base type (``uint8``: 0..255), or None for a float type."""
-    ctype: Any = getattr(ctypes, f"c_{base}")
-    code = ctype._type_
-    if not isinstance(code, str) or code in "fdg":
-        return None
-    bits = ctypes.sizeof(ctype) * 8
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
-
-
 def _check_safe(where: _Where, entry: Mapping[Any, Any], smart: bool, bounds: tuple[float, float]) -> Any:
     """Check a parameter's ``safe`` value; return it normalized (a float for a float type)."""
     value, spec = entry["safe"], entry["type"]
@@ -235,8 +224,11 @@ def _check_safe(where: _Where, entry: Mapping[Any, Any], smart: bool, bounds: tu
         raise where.error(f"safe must be a number for a {base} parameter, not {_show(value)}")
     if not math.isfinite(value):
         raise where.error(f"safe must be a finite number, not {_show(value)}")
+    from .buffer import _integer_range  # the one reading of a ctype's range
+
     lower, upper = bounds
-    integers = _integer_range(base)
+    ctype: Any = getattr(ctypes, f"c_{base}")
+    integers = None if ctype._type_ in "fdg" else _integer_range(ctype)
     if integers is not None:
         if not float(value).is_integer():
             raise where.error(f"safe must be a whole number for a {base} parameter, not {_show(value)}")
@@ -523,15 +515,10 @@ def _file_kind(mode: int) -> str:
 
 def _read(path: str | os.PathLike[str] | None) -> tuple[object, str]:
     """Read and parse a catalog file; return the raw data and the source name for messages."""
-    if path is None:
-        packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), _PACKAGED)  # beside this module
-        where = _Where(packaged)
-        read = functools.partial(_read_file, where)
-    else:
-        where = _Where(os.fspath(path))
-        read = functools.partial(_read_file, where)
+    packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), _PACKAGED)  # beside this module
+    where = _Where(packaged if path is None else os.fspath(path))
     try:
-        data = read()
+        data = _read_file(where)
     except OSError as exc:
         raise where.error(f"cannot read device catalog: {exc.strerror or exc}") from exc
     try:

@@ -166,7 +166,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
 
     def _state(self) -> Buffer:
         """The namespace's robot-state segment (created, enabled, on first use; kept open)."""
-        state: Buffer | None = self.__dict__.get("_robot_state")
+        state: Buffer | None = self.__dict__.get("_robot_state")  # not a field: the contract has four
         if state is None or state.closed:
             state = _RobotState.attach(f"{self.namespace()}-{ROBOT_STATE}", shared=self.shared)
             self.stack.push(state)
@@ -221,8 +221,10 @@ class BufferStore(Mapping[BufferKey, Buffer]):
             except DeviceBufferError as exc:  # another catalog's, or gone meanwhile
                 problems.append(f"{name}: {exc.message}")
                 continue
+            target = buffer or other
+            assert target is not None
             try:
-                (buffer or other)._access.set_disabled(disabled)  # type: ignore[union-attr]
+                target._access.set_disabled(disabled)
             except DeviceBufferError as exc:
                 # The flag is set even then (it needs no lock): the bridge stops the device.
                 problems.append(f"{name}: {exc.message}")
@@ -232,7 +234,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
             marked.append(name)
         for problem in problems:
             logger.warning("%s: %s", "disable" if disabled else "enable", problem)
-        return sorted(set(marked))
+        return sorted(marked)
 
     @staticmethod
     def namespace() -> str:

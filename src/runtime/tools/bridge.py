@@ -555,7 +555,7 @@ class PortConnection:
                     if not self.bridge.commanders.alive(who):
                         ended |= self._end_commands(who)
                 timeout = type(buffer).command_timeout
-                if timeout is not None and commanders and time.time() - access.last_command >= timeout:
+                if timeout is not None and time.time() - access.last_command >= timeout:
                     timed_out = access.end_commands()
                     if timed_out:
                         ended |= timed_out

@@ -960,7 +960,7 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # said once, by the check
                 with buffer.transaction():
-                    if commands and (buffer.disabled or not _enabled_or_unknown(store)):
+                    if commands and buffer.disabled:  # the flag write() checks, under this lock
                         raise CommandError(_disabled_refusal(key, commands))  # before any write: all or none
                     for name, value in values.items():
                         buffer.write(name, value)
@@ -1016,12 +1016,6 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
     return 0
 
 
-def _enabled_or_unknown(store: BufferStore) -> bool:
-    """Whether the robot is enabled; True when unknown (the library still refuses what it must)."""
-    enabled = robot_enabled_or_unknown(store)
-    return enabled is None or enabled
-
-
 def _disabled_refusal(key: str, commands: Sequence[str]) -> str:
     return (
         f"cannot write {', '.join(commands)} to {key}: the robot is disabled (namespace "
@@ -1061,7 +1055,7 @@ def _hold(
                 raise CommandError(
                     f"{key} is not connected any more (its buffer turned invalid): {names} no longer held"
                 )
-            if buffer.disabled or not _enabled_or_unknown(store):
+            if buffer.disabled:
                 raise CommandError(
                     f"the robot was disabled (namespace {BufferStore.namespace()!r}): {names} ended "
                     f"({back}); 'runtime enable' enables it again"
