@@ -7,6 +7,7 @@ every way) is tests/test_commands_robot.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -227,7 +228,9 @@ def test_disabling_wakes_the_producer(motor: DeviceBuffer) -> None:
     assert motor.wait_write(timeout=5)
 
 
-def test_disabling_sets_the_flag_even_when_the_lock_is_taken(motor: DeviceBuffer) -> None:
+@contextlib.contextmanager
+def lock_held_elsewhere(name: str) -> Iterator[None]:
+    """Another process holds the buffer's lock (inside a transaction) until the block ends."""
     script = textwrap.dedent(
         """
         import sys, time
@@ -239,7 +242,7 @@ def test_disabling_sets_the_flag_even_when_the_lock_is_taken(motor: DeviceBuffer
         """
     )
     holder = subprocess.Popen(
-        [sys.executable, "-c", script, motor.name],
+        [sys.executable, "-c", script, name],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -247,16 +250,24 @@ def test_disabling_sets_the_flag_even_when_the_lock_is_taken(motor: DeviceBuffer
     try:
         assert holder.stdout is not None and holder.stdin is not None
         assert holder.stdout.readline() == b"locked\n"
-        motor.set_lock_timeout(0)
-        with pytest.raises(DeviceBufferError, match="timed out"):
-            motor._access.set_disabled(True)
-        assert motor.disabled  # the producer sees it and stops the device; the values follow
+        yield
         holder.stdin.write(b"\n")
         holder.stdin.flush()
         assert holder.wait(timeout=60) == 0
     finally:
         holder.kill()
         holder.wait()
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def test_disabling_sets_the_flag_even_when_the_lock_is_taken(motor: DeviceBuffer) -> None:
+    with lock_held_elsewhere(motor.name):
+        motor.set_lock_timeout(0)
+        with pytest.raises(DeviceBufferError, match="timed out"):
+            motor._access.set_disabled(True)
+        assert motor.disabled  # the producer sees it and stops the device; the values follow
 
 
 def test_a_store_disables_and_enables_its_namespace() -> None:
@@ -337,3 +348,39 @@ def test_a_reused_or_missing_pid_is_not_alive() -> None:
             watch.close()
 
     assert asyncio.run(scenario()) == [True, False, False]
+
+
+# ---- a server's clients -------------------------------------------------------------------------
+
+
+def test_client_commands_end_only_the_commands_of_the_client_that_went(motor: DeviceBuffer) -> None:
+    from runtime.commands import ClientCommands
+
+    table: ClientCommands[str, str] = ClientCommands()
+    motor.write("duty", 0.5)
+    motor.write("speed", 7)
+    motor.write("gain", 2.0)
+    table.wrote("motor", motor, ["duty", "gain"], "a")  # gain has no safe value: not a command
+    table.wrote("motor", motor, ["speed"], "b")
+    assert table.clients() == {"a", "b"}
+    motor.get_write()
+    assert table.end(lambda client: client == "a") == ({"motor": {"duty"}}, {})
+    assert motor.get_write() == {"duty": 0.0}
+    assert table.clients() == {"b"}
+    table.forget("motor")
+    assert table.clients() == set()
+    assert table.end(lambda client: True) == ({}, {})
+
+
+def test_client_commands_keep_what_a_busy_lock_kept_from_ending(motor: DeviceBuffer) -> None:
+    from runtime.commands import ClientCommands
+
+    table: ClientCommands[str, str] = ClientCommands()
+    motor.write("duty", 0.5)
+    table.wrote("motor", motor, ["duty"], "a")
+    motor.set_lock_timeout(0)
+    with lock_held_elsewhere(motor.name):
+        ended, failed = table.end(lambda client: client == "a")
+    assert ended == {} and list(failed) == ["motor"]
+    assert table.clients() == {"a"}  # kept, to end again later
+    assert table.end(lambda client: client == "a") == ({"motor": {"duty"}}, {})

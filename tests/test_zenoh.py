@@ -531,9 +531,16 @@ import sys, time
 from runtime import remote
 
 endpoint, namespace, uid, config = sys.argv[1:]
-robot = remote.connect(endpoint, namespace=namespace, config=config or None)
-motor = robot.device(int(uid, 16))
 deadline = time.monotonic() + 15
+while True:  # runtime zenoh may not listen yet
+    try:
+        robot = remote.connect(endpoint, namespace=namespace, config=config or None, timeout=2.0)
+        break
+    except remote.RemoteError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.1)
+motor = robot.device(int(uid, 16))
 while not motor.valid and time.monotonic() < deadline:
     time.sleep(0.02)
 motor.write("duty_cycle", 0.5)

@@ -37,11 +37,13 @@ import errno
 import logging
 import os
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
+from typing import Generic, TypeVar
 
 from . import _core
+from .buffer import Buffer, DeviceBufferError
 
-__all__ = ["Commander", "CommanderWatch", "my_commander", "start_time"]
+__all__ = ["ClientCommands", "Commander", "CommanderWatch", "my_commander", "start_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,3 +169,76 @@ class CommanderWatch:
             self._report(who)
         if self._polled and not self._closed:
             self._poll_handle = self._get_loop().call_later(FALLBACK_INTERVAL, self._look)
+
+
+KeyT = TypeVar("KeyT", bound=Hashable)
+ClientT = TypeVar("ClientT", bound=Hashable)
+
+
+class ClientCommands(Generic[KeyT, ClientT]):
+    """Which remote client sent each command in force, for a server that writes for its clients.
+
+    In shared memory a server (``runtime foxglove``, ``runtime zenoh``) is
+    the commander of every command it writes. This table remembers, per
+    buffer (under a key of the server's: a topic, a key expression) and
+    parameter, which client sent the last one, so that when a client goes
+    away only its commands end (:meth:`~runtime.buffer.Buffer.end_commands`:
+    a parameter another process wrote since stays theirs). Not thread-safe:
+    a server with threads holds one lock around every call.
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[KeyT, dict[str, ClientT]] = {}
+        self._buffers: dict[KeyT, Buffer] = {}
+
+    def __repr__(self) -> str:
+        return f"<ClientCommands of {len(self.clients())} client(s) on {len(self._owners)} buffer(s)>"
+
+    def wrote(self, key: KeyT, buffer: Buffer, params: Iterable[str], client: ClientT) -> None:
+        """``client`` wrote ``params`` to ``buffer`` through this server: its actuators' values are its."""
+        commands = [name for name in params if buffer.params[name].safe is not None]
+        if commands:
+            self._buffers[key] = buffer
+            self._owners.setdefault(key, {}).update(dict.fromkeys(commands, client))
+
+    def forget(self, key: KeyT) -> None:
+        """The buffer under ``key`` went away (closing it ended this process's commands)."""
+        self._owners.pop(key, None)
+        self._buffers.pop(key, None)
+
+    def clients(self) -> set[ClientT]:
+        """The clients with a command in force through this server."""
+        return {client for owners in self._owners.values() for client in owners.values()}
+
+    def end(
+        self, whose: Callable[[ClientT], bool]
+    ) -> tuple[dict[KeyT, set[str]], dict[KeyT, DeviceBufferError]]:
+        """End the commands of the clients ``whose`` chooses.
+
+        Returns:
+            Per key, the parameters put back to their safe values; and per
+            key, why none could be: the buffer's lock was busy (those
+            commands stay here, to be ended again later).
+        """
+        ended: dict[KeyT, set[str]] = {}
+        failed: dict[KeyT, DeviceBufferError] = {}
+        for key, owners in list(self._owners.items()):
+            params = [name for name, client in owners.items() if whose(client)]
+            if not params:
+                continue
+            buffer = self._buffers[key]
+            try:
+                names = buffer.end_commands(params)
+            except DeviceBufferError as exc:
+                if buffer.closed:  # closing it ended them
+                    self.forget(key)
+                else:
+                    failed[key] = exc
+                continue
+            for name in params:
+                del owners[name]
+            if not owners:
+                self.forget(key)
+            if names:
+                ended[key] = names
+        return ended, failed

@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 from foxglove.websocket import ServerListener
 
 from ..buffer import Buffer, DeviceBufferError, Parameter
+from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
 from ..store import BufferStore, robot_enabled
@@ -242,9 +243,9 @@ class LiveView:
         self._statuses: dict[str, tuple[str, Any]] = {}
         """The statuses shown, by id: message and level."""
         self._write_lock = threading.Lock()
-        """Held while writing and while ending commands: the last writer of a command is known."""
-        self._commands: dict[tuple[str, str], int] = {}
-        """``(topic, param)``: the client whose write through this server is the command in force."""
+        """Held while writing and around every use of :attr:`_commands` (ending commands included)."""
+        self._commands: ClientCommands[str, int] = ClientCommands()
+        """By topic and parameter, the client whose write through this server is the command in force."""
         self._presence: dict[int, set[tuple[str, int]]] = {}
         """A client's subscriptions and advertised channels: while it has any, it is connected."""
         self._clients_seen: set[int] = set()
@@ -304,19 +305,16 @@ class LiveView:
         if self.server is not None:
             self.server.stop()
             self.server = None
-        with self._write_lock, self.lock:
-            commands = self._commands_by_topic(lambda _: True)
+        with self._write_lock:  # closing a handle ends them too, but only if it gets the lock at once
+            self._report_ended(*self._commands.end(lambda _: True), "the server stops")
+        with self.lock:
             handles = dict(self._handles)
             self._handles.clear()
-        with self.lock:
             for watched in self._topics.values():
                 with contextlib.suppress(Exception):
                     watched.data.close()
             self._topics.clear()
-        for topic, handle in handles.items():
-            # Closing the handle ends them too, but only if it gets the buffer's lock at once.
-            if topic in commands:
-                self._end_commands(handle, topic, commands[topic], "the server stops")
+        for handle in handles.values():
             handle.close()
 
     # -- buffers to messages (the watcher's threads) --
@@ -343,11 +341,10 @@ class LiveView:
         logger.info("serving %s", watched.topic)
 
     def _on_disappear(self, watched: Watched) -> None:
-        with self.lock:
+        with self._write_lock, self.lock:
             self._topics.pop(watched.topic, None)
             handle = self._handles.pop(watched.topic, None)
-            for key in [key for key in self._commands if key[0] == watched.topic]:
-                del self._commands[key]
+            self._commands.forget(watched.topic)
         if handle is not None:
             handle.close()
         watched.data.close()
@@ -538,10 +535,7 @@ class LiveView:
                 raise WriteRefused(str(exc)) from None
             finally:
                 if client is not None:
-                    with self.lock:
-                        for name in written:
-                            if params[name].safe is not None:
-                                self._commands[topic, name] = client
+                    self._commands.wrote(topic, handle, written, client)
         self.written += len(checked)
         logger.info("%s: wrote %s", topic, ", ".join(f"{k}={v!r}" for k, v in values.items()))
 
@@ -635,34 +629,20 @@ class LiveView:
             with self.lock:
                 self._presence.pop(client, None)
                 self._clients_seen.discard(client)
-                commands = self._commands_by_topic(lambda owner: owner == client)
-                handles = {topic: self._handles.get(topic) for topic in commands}
-            why = "the server stops" if self._stopping else f"client {client} went away"
-            for topic, names in commands.items():
-                handle = handles[topic]
-                if handle is not None:
-                    self._end_commands(handle, topic, names, why)
+            ended, failed = self._commands.end(lambda owner: owner == client)
+        self._report_ended(
+            ended, failed, "the server stops" if self._stopping else f"client {client} went away"
+        )
 
-    def _commands_by_topic(self, whose: Callable[[int], bool]) -> dict[str, list[str]]:
-        """Forget the commands of the clients chosen; their parameters by topic (with both locks held)."""
-        found: dict[str, list[str]] = {}
-        for key, owner in list(self._commands.items()):
-            if whose(owner):
-                del self._commands[key]
-                found.setdefault(key[0], []).append(key[1])
-        return found
-
-    def _end_commands(self, handle: Buffer, topic: str, names: list[str], why: str) -> None:
-        """End this process's commands of these parameters (another's write since stands); log them."""
-        try:
-            ended = handle.end_commands(names)
-        except DeviceBufferError as exc:
-            if not handle.closed:  # closed: its buffer went away, and closing ended them
-                logger.error("%s: cannot end its commands on %s: %s", why, topic, exc.message)
-            return
-        if ended:
-            self.ended += len(ended)
-            logger.warning("%s: ended its commands: %s %s", why, topic, " ".join(sorted(ended)))
+    def _report_ended(
+        self, ended: Mapping[str, set[str]], failed: Mapping[str, DeviceBufferError], why: str
+    ) -> None:
+        """Log the commands ended (another's write since stood), and those that could not be (yet)."""
+        for topic, exc in failed.items():
+            logger.error("%s: cannot end its commands on %s: %s", why, topic, exc.message)
+        for topic, names in ended.items():
+            self.ended += len(names)
+            logger.warning("%s: ended its commands: %s %s", why, topic, " ".join(sorted(names)))
 
     def _end_unfollowed(self) -> None:
         """End the commands of the clients not followed, once no connection is left for them.
@@ -671,8 +651,8 @@ class LiveView:
         or gone; all such clients are gone when the connections to the server
         are no more than the clients followed (each of which has one).
         """
-        with self.lock:
-            unfollowed = {owner for owner in self._commands.values() if owner not in self._presence}
+        with self._write_lock, self.lock:
+            unfollowed = {owner for owner in self._commands.clients() if owner not in self._presence}
             followed = len(self._presence)
         if not unfollowed:
             return

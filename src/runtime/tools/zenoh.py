@@ -82,6 +82,7 @@ from typing import Any
 import zenoh
 
 from ..buffer import Buffer, DeviceBuffer, DeviceBufferError
+from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
 from ..notify import wait_any_async
@@ -182,8 +183,6 @@ class _Served:
     last_refusal_log: float = -1e9
     safe: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The safe value of each parameter that has one (writing it is a command)."""
-    commands: dict[str, str] = dataclasses.field(default_factory=dict)
-    """The client whose command through this server was last, by safe-valued parameter."""
 
 
 def _no_commander(prefix: str, client: str | None) -> str:
@@ -248,6 +247,8 @@ class ZenohServer:
         self.refusals = 0
         """Writes refused so far."""
         self.ended = 0
+        self.commands: ClientCommands[tuple[str, int], str] = ClientCommands()
+        """By ``(type, uid)`` and parameter, the client whose command through this server was last."""
         """Commands ended so far because their client went away."""
 
     # -- publishing --
@@ -352,6 +353,7 @@ class ZenohServer:
         logger.info("zenoh: serving %s %s at %s", type_name, format_uid(uid), key)
 
     async def _forget(self, served: _Served, *, gone: bool) -> None:
+        self.commands.forget((served.type_name, served.uid))  # closing the buffer ends them
         if served.task is not None:
             served.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -469,7 +471,7 @@ class ZenohServer:
             return
         self.writes += 1
         if commands and client is not None:  # (never None here: checked above)
-            served.commands.update(dict.fromkeys(commands, client))  # this client's commands now
+            self.commands.wrote((type_name, uid), served.buffer, commands, client)  # this client's now
         for warning in caught:
             logger.info("zenoh: write to %s: %s", served.key, warning.message)
         logger.debug("zenoh: wrote %s to %s for %s", data, served.key, client)
@@ -525,27 +527,17 @@ class ZenohServer:
         """A client went away: its commands (those through here that nobody gave since) end."""
         if client in self.clients:  # back meanwhile (a retry): its commands are its own again
             return
-        ended: list[str] = []
-        busy = False
-        for served in list(self.served.values()):
-            params = [param for param, owner in served.commands.items() if owner == client]
-            if not params:
-                continue
-            try:
-                names = served.buffer.end_commands(params)
-            except DeviceBufferError as exc:  # the lock is busy: again soon
-                logger.debug("zenoh: cannot end the commands of %s on %s yet: %s", client, served.key, exc)
-                busy = True
-                continue
-            for param in params:
-                del served.commands[param]
+        ended, busy = self.commands.end(lambda owner: owner == client)
+        for (type_name, uid), exc in busy.items():  # the lock is busy: again soon
+            logger.debug("zenoh: cannot end the commands of %s on %s %s yet: %s", client, type_name, uid, exc)
+        lines = []
+        for (type_name, uid), names in ended.items():
+            safe = self.store.catalog[type_name].safe_values()
             self.ended += len(names)
-            ended += [
-                f"{served.type_name} {format_uid(served.uid)} {name} back to {served.safe[name]!r}"
-                for name in sorted(names)
-            ]
-        if ended:
-            logger.info("zenoh: client %s is gone: its commands end: %s", client, ", ".join(ended))
+            device = f"{type_name} {format_uid(uid)}"
+            lines += [f"{device} {name} back to {safe[name]!r}" for name in sorted(names)]
+        if lines:
+            logger.info("zenoh: client %s is gone: its commands end: %s", client, ", ".join(lines))
         if busy and self._loop is not None:
             self._loop.call_later(END_RETRY_DELAY, self._end_commands, client)
 
