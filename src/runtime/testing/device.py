@@ -352,9 +352,8 @@ class DeviceModel:
         """Times the device stopped actuating because the host went silent."""
         # The actuators and their safe values as the buffer stores them (a float32 0.1 is not 0.1).
         self._safe: dict[str, Any] = {
-            name: param.platform_type(param.safe).value
-            for name, param in self.buffer.params.items()
-            if param.safe is not None
+            name: self.buffer.params[name].platform_type(safe).value
+            for name, safe in self.buffer.safe_values().items()
         }
         # What the write-only actuators hold (the buffer cannot get them).
         self._write_only: dict[str, Any] = {
