@@ -99,6 +99,11 @@ def motor(store: BufferStore) -> DeviceBuffer:
     return buffer
 
 
+def own_segments(namespace: str) -> list[str]:
+    """The segments of the test's namespace, sorted."""
+    return sorted(name for name in os.listdir(SHM_DIR) if name.startswith(namespace + "-"))
+
+
 def segment_exists(name: str) -> bool:
     return os.path.exists(os.path.join(SHM_DIR, name))
 
@@ -443,7 +448,7 @@ def test_clean_keeps_what_is_served_never_served_or_in_use(
     dead = children.start(held, "serve")
     reader = children.start(held, "attach")  # student code still holding it
     children.kill(dead)
-    before = sorted(os.listdir(SHM_DIR))
+    before = own_segments(namespace)
     assert store.stale_segments() == []
 
     status, out, _ = run(capsys, "buffers", "clean")
@@ -451,7 +456,7 @@ def test_clean_keeps_what_is_served_never_served_or_in_use(
     assert (
         out == f"no stale segments in namespace {namespace!r}; 8 kept (served, never served, or still open)\n"
     )
-    assert sorted(os.listdir(SHM_DIR)) == before
+    assert own_segments(namespace) == before  # (only its own: another suite may run beside this one)
 
     children.kill(bridge_alive)  # the bridge stopped: its unplugged device's segment is stale now
     children.kill(reader)  # nobody holds the killed producer's segment any more

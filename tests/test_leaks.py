@@ -273,12 +273,14 @@ class PtyDevice:
         """What SUB_RES says (None: a mute device that never answers)."""
         self.link = link
         self.master = self.slave = -1
+        self.retired: list[int] = []
+        """Descriptors of the pty before, closed once the link names the new one (see :meth:`plug`)."""
         self.splitter = FrameSplitter()
         self.answered = 0
         self.new_pty()
 
     def new_pty(self) -> None:
-        self.close()
+        self.retired += [fd for fd in (self.master, self.slave) if fd >= 0]
         self.master, self.slave = os.openpty()  # the test keeps the slave open: the pty survives the bridge
         tty.setraw(self.slave)
         os.set_blocking(self.master, False)
@@ -291,20 +293,32 @@ class PtyDevice:
             temporary.unlink()
         temporary.symlink_to(os.ttyname(self.slave))
         os.replace(temporary, self.link)
+        # Only now may the old pty's number go to another program's pty (another test suite's): until
+        # the link named this one, the bridge could have opened that stranger through it.
+        for fd in self.retired:
+            os.close(fd)
+        self.retired.clear()
 
     def unplug(self) -> None:
         """The port vanishes: its path is gone (the pty itself stays)."""
         self.link.unlink()
 
     def hang_up(self) -> None:
-        """The device goes away for good: the pty is closed (reads fail, the link dangles)."""
-        self.close()
+        """The device goes away for good: the pty's master is closed (reads fail, the link dangles).
+
+        The slave stays open until the next :meth:`plug`, so that no other
+        program's pty gets its number while the link still names it.
+        """
+        if self.master >= 0:
+            os.close(self.master)
+        self.master = -1
 
     def close(self) -> None:
-        for fd in (self.master, self.slave):
+        for fd in (self.master, self.slave, *self.retired):
             if fd >= 0:
                 os.close(fd)
         self.master = self.slave = -1
+        self.retired.clear()
 
     def pump(self) -> None:
         """Answer what the bridge sent: PING with our SUB_RES, HB_REQ with HB_RES."""
