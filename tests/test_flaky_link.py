@@ -96,7 +96,7 @@ class Watch:
         self.lost_at = 0.0
         self.comebacks: list[float] = []  # when it became valid again
         self.longest_gap = 0.0
-        self.baseline = buffer.last_update
+        self.baseline = self.last_seen = buffer.last_update
         self.fresh: list[bool] = []  # per comeback: did new data arrive after it?
 
     def poll(self, now: float) -> None:
@@ -104,12 +104,17 @@ class Watch:
         if valid and not self.valid:
             self.comebacks.append(now)
             self.longest_gap = max(self.longest_gap, now - self.lost_at)
-            self.baseline = self.buffer.last_update
             self.fresh.append(False)
         elif not valid and self.valid:
             self.lost_at = now
+            # The last data seen before the gap: a report after the comeback is newer, even one that
+            # landed before this loop (slow on a busy machine) saw the comeback.
+            self.baseline = self.last_seen
         self.valid = valid
-        if valid and self.fresh and not self.fresh[-1] and self.buffer.last_update > self.baseline:
+        if valid:
+            with contextlib.suppress(DeviceBufferError):  # invalid since
+                self.last_seen = self.buffer.last_update
+        if valid and self.fresh and not self.fresh[-1] and self.last_seen > self.baseline:
             self.fresh[-1] = True
 
 
