@@ -207,6 +207,7 @@ def test_a_demo_killed_outright_leaves_no_process() -> None:
         children = demo_processes(demo.pid)
         demo.kill()
         demo.communicate()
+        deadline = time.monotonic() + 30  # the children's own shutdown, timed from the kill
         while demo_processes(demo.pid):
             assert time.monotonic() < deadline, f"still running: {demo_processes(demo.pid)} of {children}"
             time.sleep(0.1)
