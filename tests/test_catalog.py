@@ -76,6 +76,20 @@ FACTS: dict[str, tuple[int | None, list[str]]] = {
         + [f"joystick_{side}_{axis} float [-1, 1]" for side in ("left", "right") for axis in "xy"],
     ),
     "field": (None, ["mode uint8", "alliance uint8", "send_buf uint8[4096]", "recv_buf uint8[4096]"]),
+    "keyboard": (
+        None,
+        [
+            *(f"{key} bool" for key in "abcdefghijklmnopqrstuvwxyz"),
+            *(f"digit_{digit} bool" for digit in range(10)),
+            *(f"{key} bool" for key in ("comma", "period", "slash", "semicolon", "quote")),
+            *(f"{key} bool" for key in ("left_bracket", "right_bracket")),
+            *(f"{key}_arrow bool" for key in ("left", "right", "up", "down")),
+        ],
+    ),
+    "runner": (
+        None,
+        ["mode uint8", "pid int32", "cycles uint32", "overruns uint32", "lines uint32", "log char[2048]"],
+    ),
 }
 DEFAULTS = {
     "readable": True, "writeable": False, "subscribed": True,

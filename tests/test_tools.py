@@ -232,7 +232,7 @@ def test_catalog_file_is_a_hidden_alias_of_catalog(capsys: pytest.CaptureFixture
     packaged = os.path.join(os.path.dirname(catalog.__file__), "catalog.yaml")
     assert run(capsys, "catalog", "--file", packaged, "--check")[:2] == (
         0,
-        f"ok: {packaged}: 13 device types\n",
+        f"ok: {packaged}: 15 device types\n",
     )
     assert run(capsys, "catalog", "-f", packaged, "--check")[0] == 0
     status, out, _ = run(capsys, "catalog", "--help")
