@@ -53,6 +53,8 @@ examples (the commands at a glance):
   $ runtime buffers list                  # the live buffers (also: show KEY, watch)
   $ runtime disable                       # stop every actuator now, and until 'runtime enable'
   $ runtime enable                        # let them move again (on the next command)
+  $ runtime run robot.py                  # run student code; 'runtime mode teleop' starts it
+  $ runtime drive tcp/robot.local:7447    # the driver station on the laptop
   $ runtime msg decode 04 13 02 06 02 17  # what a frame on the wire says
   $ runtime msg encode ping               # build a frame
   $ runtime catalog --check my.yaml       # check a device catalog file
@@ -92,6 +94,9 @@ COMMANDS = (
     Command("record", "runtime.tools.record", "record every change of the buffers into an MCAP file"),
     Command("replay", "runtime.tools.replay", "play an MCAP recording back into buffers, with its timing"),
     Command("zenoh", "runtime.tools.zenoh", "serve the buffers on a Zenoh network, for other machines"),
+    Command("run", "runtime.tools.run", "run student code (the student API) in the field's modes"),
+    Command("mode", "runtime.tools.mode", "switch the robot's mode: idle, auto or teleop"),
+    Command("drive", "runtime.tools.drive", "the driver station: modes, keyboard and gamepad over Zenoh"),
 )
 """Every command, in the order of ``runtime --help``; the summary is its line there."""
 
