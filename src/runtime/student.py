@@ -146,7 +146,7 @@ def log_lines_since(seen: int, lines: int, log: str | bytes) -> tuple[list[str],
 # ---- finding devices -----------------------------------------------------------------------------
 
 
-def resolve_device(store: BufferStore, device: object, names: Mapping[str, int] | None = None) -> int:
+def resolve_device(store: BufferStore, device: object, names: Mapping[str, int | str] | None = None) -> int:
     """The UID of a device as student code names it (see the module's docstring).
 
     Raises:
@@ -160,7 +160,7 @@ def resolve_device(store: BufferStore, device: object, names: Mapping[str, int] 
     if isinstance(device, int):
         return device
     if device in names:
-        return names[device]
+        return resolve_device(store, names[device])  # the robot file's UID, in any of the forms
     text = device.strip()
     if text.lower().startswith("0x"):
         try:
@@ -183,7 +183,9 @@ def resolve_device(store: BufferStore, device: object, names: Mapping[str, int] 
 def _find_by_random(store: BufferStore, device_id: int, random: int, device: str) -> int:
     type_name = store.device_types.get(device_id)
     if type_name is None:
-        raise DeviceBufferError(f"no device type has the device ID {device_id} (in {device!r})", device=device)
+        raise DeviceBufferError(
+            f"no device type has the device ID {device_id} (in {device!r})", device=device
+        )
     uids = [uid for found_type, uid, _ in store.find_segments() if found_type == type_name]
     matches = [uid for uid in uids if DeviceUID.from_int(uid).random == random]
     if len(matches) == 1:
@@ -210,7 +212,7 @@ class Robot:
     def __init__(
         self,
         store: BufferStore,
-        names: Mapping[str, int] | None = None,
+        names: Mapping[str, int | str] | None = None,
         *,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -229,7 +231,11 @@ class Robot:
         try:
             buffer = self._store.get_or_open(uid, create=False)
         except DeviceBufferError as exc:
-            raise DeviceBufferError(f"device {device!r} is not connected: {exc.message}", device=device) from None
+            raise DeviceBufferError(
+                f"device {device!r} is not connected: {exc.message}", device=device
+            ) from None
+        except KeyError as exc:  # a UID of no type of the catalog
+            raise DeviceBufferError(f"device {device!r}: {exc.args[0]}", device=device) from None
         self._buffers[device] = buffer
         return buffer
 
