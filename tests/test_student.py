@@ -42,7 +42,7 @@ def store() -> Iterator[BufferStore]:
 def test_a_device_is_a_hex_uid_a_name_or_pie_s_id_and_random(store: BufferStore) -> None:
     motor = store.get_or_open(YOGI)
     motor.serve()
-    names = {"left": hex(YOGI), "pie": "10_12648430", "number": YOGI}
+    names: dict[str, int | str] = {"left": hex(YOGI), "pie": "10_12648430", "number": YOGI}
     assert resolve_device(store, hex(YOGI)) == YOGI
     assert resolve_device(store, "10_12648430") == YOGI
     for name in names:
