@@ -269,10 +269,10 @@ class Runner:
         runner = self._runner = self.store.get_or_open(RUNNER_KEY)
         try:
             runner.serve()
-        except DeviceBufferError as exc:
+        except DeviceBufferError:
+            pid = runner.producer_pid or runner.get("pid")
             raise RunnerError(
-                f"another runner runs in namespace {self.store.namespace()}: {exc.message}",
-                namespace=self.store.namespace(),
+                f"another runner (pid {pid}) runs in namespace {self.store.namespace()}: stop it first"
             ) from None
         try:
             with runner.transaction():

@@ -1,0 +1,334 @@
+"""``runtime run`` and ``runtime mode`` as real processes, against an emulated robot (bridge + devices).
+
+The student files are written by each test; the test plays the driver station
+by serving the gamepad buffer itself, and switches modes with ``runtime mode``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime import DeviceBuffer
+from runtime.student import FIELD_KEY, GAMEPAD_KEY, RUNNER_KEY, log_lines_since
+from runtime.testing import EmulatedRobot, emulated_robot
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+WAIT = 30.0
+"""Seconds any awaited line or value has (a busy machine is slow, never this slow)."""
+
+
+@pytest.fixture(scope="module")
+def robot() -> Iterator[EmulatedRobot]:
+    with emulated_robot("yogi-bear") as robot:
+        yield robot
+
+
+@pytest.fixture
+def motor(robot: EmulatedRobot) -> Iterator[DeviceBuffer]:
+    """The yogi-bear's buffer; afterwards the robot enabled, the field idle and the motor at rest again."""
+    motor = robot.buffer("yogi-bear")
+    try:
+        yield motor
+    finally:
+        robot.store.enable()
+        robot.store.get_or_open(FIELD_KEY).set("mode", 0)
+        motor.end_commands()
+
+
+class RunnerProcess:
+    """``runtime run FILE`` with its output read line by line in a thread."""
+
+    def __init__(self, robot: EmulatedRobot, path: Path, *args: str) -> None:
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "run", str(path), *args],
+            env=robot.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.lines.append("<end>")
+            self.changed.notify_all()
+
+    def wait_line(self, pattern: str, count: int = 1) -> re.Match[str]:
+        """The ``count``-th line that matches ``pattern`` (waiting for it)."""
+        deadline = time.monotonic() + WAIT
+        with self.changed:
+            while True:
+                matches = [m for m in map(re.compile(pattern).search, self.lines) if m]
+                if len(matches) >= count:
+                    return matches[count - 1]
+                left = deadline - time.monotonic()
+                assert left > 0 and "<end>" not in self.lines, f"no {pattern!r} in:\n" + "\n".join(self.lines)
+                self.changed.wait(left)
+
+    def student_pid(self, count: int = 1) -> int:
+        return int(self.wait_line(r"started \(student code pid (\d+)\)", count)[1])
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(WAIT)
+
+
+def student_file(tmp_path: Path, robot: EmulatedRobot, source: str) -> Path:
+    path = tmp_path / "robot.py"
+    path.write_text(f"MOTOR = {hex(robot.uid('yogi-bear'))!r}\n" + textwrap.dedent(source))
+    return path
+
+
+def mode(robot: EmulatedRobot, name: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "mode", name],
+        env=robot.env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_student_code_drives_a_motor_from_the_gamepad_and_idle_stops_it(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    path = student_file(
+        tmp_path,
+        robot,
+        """
+        def teleop_main():
+            Robot.set_value(MOTOR, "duty_cycle", Gamepad.get_value("joystick_left_y"))
+        """,
+    )
+    gamepad = robot.store.get_or_open(GAMEPAD_KEY)
+    gamepad.serve()  # the driver station's link, played by the test
+    runner = RunnerProcess(robot, path)
+    try:
+        runner.wait_line("running robot.py")
+        robot.wait_for(lambda: not robot.store.enabled, what="idle disables the robot")
+        assert "the runner" in mode(robot, "teleop")
+        runner.student_pid()
+        gamepad.set("joystick_left_y", 0.5)
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.5, what="the motor follows the joystick")
+        assert robot.store.enabled
+        gamepad.set("joystick_left_y", -0.25)
+        robot.wait_for(lambda: motor.get("duty_cycle") == -0.25, what="the motor follows the joystick")
+        mode(robot, "idle")
+        runner.wait_line("idle: the robot is disabled")
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="idle: the motor at its safe value")
+        assert not robot.store.enabled
+    finally:
+        assert runner.stop() == 0
+        gamepad.stop_serving()
+    assert robot.store.enabled, "the runner enables the robot it disabled when it stops"
+    assert ("runner", 0) not in dict.fromkeys((t, u) for t, u, _ in robot.store.find_segments())
+
+
+def test_modes_run_their_functions_and_robot_run_beside_the_main_loop(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    path = student_file(
+        tmp_path,
+        robot,
+        """
+        calls = 0
+
+        def worker(seconds):
+            print("worker starts")
+            Robot.sleep(seconds)
+            print("worker ends")
+
+        def autonomous_setup():
+            print("autonomous setup")
+            Robot.run(worker, 0.2)
+
+        def autonomous_main():
+            global calls
+            calls += 1
+            if calls == 1:
+                print("main, worker running:", Robot.is_running(worker))
+            if calls > 1 and not Robot.is_running(worker) and calls < 1000:
+                print("main, worker done after", calls > 2)
+                calls = 1000
+
+        def teleop_setup():
+            print("teleop setup")
+        """,
+    )
+    runner = RunnerProcess(robot, path, "--mode", "auto")
+    try:
+        runner.wait_line(r"auto: autonomous setup")
+        runner.wait_line(r"auto: worker starts")
+        runner.wait_line(r"auto: main, worker running: True")
+        runner.wait_line(r"auto: worker ends")
+        runner.wait_line(r"auto: main, worker done after True")
+        mode(robot, "teleop")
+        runner.wait_line(r"^\d\d:\d\d:\d\d\.\d{3} teleop: teleop setup$")
+        assert not any("autonomous" in line for line in runner.lines if "teleop:" in line)
+        log = robot.store.get_or_open(RUNNER_KEY, create=False)
+        lines, lost = log_lines_since(0, log.get("lines"), log.get("log"))
+        assert lost == 0 and any(line.endswith("auto: worker ends") for line in lines), lines
+    finally:
+        assert runner.stop() == 0
+
+
+def test_an_exception_stops_the_mode_with_the_student_s_frames_only(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    path = student_file(
+        tmp_path,
+        robot,
+        """
+        import json
+
+        def teleop_setup():
+            Robot.set_value(MOTOR, "duty_cycle", 0.5)
+
+        def teleop_main():
+            if Robot.get_value(MOTOR, "duty_cycle") == 0.5:
+                json.loads("{")
+        """,
+    )
+    runner = RunnerProcess(robot, path, "--mode", "teleop")
+    try:
+        runner.wait_line(r"teleop: json.decoder.JSONDecodeError")
+        runner.wait_line(r"teleop stopped by the error above")
+        traceback = [line for line in runner.lines if " teleop: " in line]
+        assert any(f'File "{path}", line 10, in teleop_main' in line for line in traceback), traceback
+        assert not any("json/" in line or "runtime/" in line for line in traceback), traceback
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor at its safe value")
+        assert robot.store.get_or_open(FIELD_KEY).get("mode") == 0  # the runner waits for the next mode
+        assert runner.process.poll() is None
+        mode(robot, "teleop")  # and runs it
+        runner.wait_line(r"teleop stopped by the error above", count=2)
+    finally:
+        assert runner.stop() == 0
+
+
+def test_a_hung_main_is_stopped_and_its_motor_made_safe(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    path = student_file(
+        tmp_path,
+        robot,
+        """
+        def teleop_setup():
+            Robot.set_value(MOTOR, "duty_cycle", 0.5)
+
+        def teleop_main():
+            while Robot.get_value(MOTOR, "duty_cycle") == 0.5:
+                pass
+        """,
+    )
+    runner = RunnerProcess(robot, path, "--mode", "teleop", "--timeout", "0.5")
+    try:
+        pid = runner.student_pid()
+        runner.wait_line(r"teleop stopped: a call \(teleop_main or _setup.*did not return within 0.5 s")
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor at its safe value")
+        robot.wait_for(lambda: gone(pid), what="the hung student process killed")
+        assert runner.process.poll() is None
+    finally:
+        assert runner.stop() == 0
+
+
+def test_a_runner_killed_outright_takes_its_student_code_along(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    path = student_file(
+        tmp_path,
+        robot,
+        """
+        def teleop_main():
+            Robot.set_value(MOTOR, "duty_cycle", 0.75)
+        """,
+    )
+    runner = RunnerProcess(robot, path, "--mode", "teleop")
+    try:
+        pid = runner.student_pid()
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.75, what="driven")
+        runner.process.kill()
+        robot.wait_for(lambda: gone(pid), what="the student process dies with its runner")
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor at its safe value")
+    finally:
+        runner.stop()
+        for type_name, uid, name in robot.store.find_segments():
+            if (type_name, uid) == RUNNER_KEY:
+                DeviceBuffer.unlink(name)
+
+
+def test_one_runner_per_namespace(robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path) -> None:
+    path = student_file(tmp_path, robot, "")
+    first = RunnerProcess(robot, path)
+    try:
+        first.wait_line("running robot.py")
+        second = subprocess.run(
+            [sys.executable, "-m", "runtime", "run", str(path)],
+            env=robot.env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert second.returncode == 1
+        assert re.search(
+            r"runtime run: error: another runner \(pid \d+\) runs in namespace \S+: stop it first\n$",
+            second.stderr,
+        )
+    finally:
+        assert first.stop() == 0
+
+
+def test_reload_takes_a_changed_file_at_the_next_idle(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    path = student_file(tmp_path, robot, "def teleop_setup():\n    print('version 1')\n")
+    runner = RunnerProcess(robot, path, "--reload")
+    try:
+        runner.wait_line("running robot.py")
+        mode(robot, "teleop")
+        runner.wait_line("teleop: version 1")
+        path.write_text("def teleop_setup(:\n")
+        os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        mode(robot, "idle")
+        runner.wait_line(r"not reloaded: the student file is not valid Python: line 1")
+        path.write_text("def teleop_setup():\n    print('version 2')\n")
+        os.utime(path, ns=(time.time_ns() + 2 * 10**9, time.time_ns() + 2 * 10**9))
+        runner.wait_line("reloaded robot.py")
+        mode(robot, "teleop")
+        runner.wait_line("teleop: version 2")
+    finally:
+        assert runner.stop() == 0
