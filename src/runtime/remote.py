@@ -56,9 +56,40 @@ namespace, ``rt``):
   every command is refused (``"the robot is disabled..."``); nothing moves
   until it is enabled and a new command arrives. :attr:`Robot.enabled` reads it.
 
-The ``@client`` and ``@robot`` chunks are verbatim chunks: the wildcards of
-``runtime/<namespace>/**`` or ``runtime/<namespace>/*/*`` never match them, so
-a subscriber to the devices sees neither.
+* ``runtime/<namespace>/@mode``: the field's mode, the driver station's
+  switch. A put of ``{"mode": "teleop"}`` (``"idle"``, ``"auto"``,
+  ``"teleop"``; a bare JSON string too) sets the ``mode`` of the field buffer,
+  which ``runtime run`` follows. Idle is accepted from anyone, at once; any
+  other mode only from a client with a live token (as a command), which
+  becomes the *driver*: when its token goes, the robot goes idle. A ``get``
+  answers ``{"mode": "teleop", "running": "teleop", "driver": "<id>", "time":
+  ..., "server": ...}`` (``running``: the mode the runner's student code runs
+  in, null without a runner). The field buffer itself is served like any
+  buffer, at ``runtime/<namespace>/field/0x0``: its publications say every
+  change of the mode. :meth:`Robot.set_mode` and :attr:`Robot.mode`.
+* ``runtime/<namespace>/@input/gamepad`` and ``.../@input/keyboard``: a put of
+  ``{name: value, ...}`` from a client with a live token sets the driver
+  station's inputs, all or none: a gamepad's ``button_a`` ... (true or false)
+  and ``joystick_left_x`` ... (a number from -1 to 1: out of bounds is refused,
+  not clamped), a keyboard's keys (``"a"``, ``"0"``, ``","``, ``"left_arrow"``
+  or the parameter names ``"digit_0"``, ``"comma"``...) as :func:`check_input`
+  checks them. ``runtime zenoh`` serves the input's buffer (``gamepad`` 0,
+  ``keyboard`` 0) for that client; when its token goes, every value returns
+  to neutral and the buffer turns invalid. :meth:`Robot.send_gamepad` and
+  :meth:`Robot.send_keyboard`.
+* ``runtime/<namespace>/@mode/error`` and ``.../@input/<kind>/error``: why a
+  mode or an input was refused, a JSON object: ``error``, ``kind``,
+  ``param``, ``mode``, ``request`` (what was asked), ``client`` (its
+  attachment) and ``time``. :meth:`Robot.refusals`.
+* The student code's print lines: ``runtime run`` serves a ``runner`` buffer,
+  published at ``runtime/<namespace>/runner/0x0`` like any buffer: ``lines``
+  counts every line printed, ``log`` holds the newest ones.
+  :meth:`Robot.log_lines` gives those not seen yet.
+
+The ``@client``, ``@robot``, ``@mode`` and ``@input`` chunks are verbatim
+chunks: the wildcards of ``runtime/<namespace>/**`` or
+``runtime/<namespace>/*/*`` never match them, so a subscriber to the devices
+sees none of them.
 
 Example (it needs a robot, so it is not run as a doctest)::
 
@@ -71,6 +102,10 @@ Example (it needs a robot, so it is not run as a doctest)::
         if servo.wait_update(timeout=2.0):
             print(servo.get("servo0"), servo.snapshot())
         servo.write("servo0", 0.5)  # a command: 0.0 again when this client goes
+
+        robot.set_mode("teleop")  # this client drives: the robot goes idle when it goes
+        robot.send_keyboard({"w": True})  # released again when this client goes
+        print(robot.mode, robot.log_lines())
 
 The client keeps the latest values of every device it has heard of, so
 ``get`` and ``snapshot`` cost no network round trip; ``wait_update`` sleeps
@@ -92,30 +127,45 @@ import secrets
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zenoh
 
-from .buffer import Buffer, DeviceBuffer, DeviceBufferError, current_namespace
-from .exception import RuntimeBaseException
+from .buffer import Buffer, DeviceBuffer, DeviceBufferError, Parameter, current_namespace
+from .exception import RuntimeBaseException, did_you_mean
 from .jsonio import jsonable
+from .student import (
+    FIELD_KEY,
+    KEY_NAMES,
+    MODES,
+    RUNNER_KEY,
+    key_param,
+    log_lines_since,
+    mode_name,
+    mode_number,
+)
 
 __all__ = [
     "CLIENT_GRACE",
     "DEFAULT_TIMEOUT",
+    "INPUT_KINDS",
     "KEY_ROOT",
     "RemoteDevice",
     "RemoteError",
     "RemoteInfo",
     "Robot",
     "check_client_id",
+    "check_input",
     "check_namespace",
     "client_key",
     "connect",
     "device_key",
     "format_uid",
+    "input_key",
     "make_config",
+    "mode_key",
     "parse_device_key",
     "state_key",
 ]
@@ -134,6 +184,16 @@ CLIENT_CHUNK = "@client"
 wildcard matches it)."""
 STATE_CHUNK = "@robot"
 """The chunk of the robot's state: ``runtime/<namespace>/@robot`` (verbatim: no wildcard matches it)."""
+MODE_CHUNK = "@mode"
+"""The chunk of the field mode: ``runtime/<namespace>/@mode`` (verbatim: no wildcard matches it)."""
+INPUT_CHUNK = "@input"
+"""The chunk of the driver station's inputs: ``runtime/<namespace>/@input/<kind>`` (verbatim)."""
+INPUT_KINDS = ("gamepad", "keyboard")
+"""The driver station's inputs: each one a buffer of that type, uid 0, that ``runtime zenoh`` serves."""
+LOG_KEEP = 10000
+"""Print lines of the runner a :class:`Robot` keeps for :meth:`Robot.log_lines`, at most (older are lost)."""
+ERRORS_KEEP = 1000
+"""Refusals of modes and inputs a :class:`Robot` keeps for :meth:`Robot.refusals`, at most."""
 _CLIENT_ID_LIMIT = 128
 """Characters in a client ID, at most."""
 _CHANNEL_SIZE = 4096
@@ -237,6 +297,97 @@ def state_key(namespace: str) -> str:
     'runtime/rt/@robot'
     """
     return f"{KEY_ROOT}/{namespace}/{STATE_CHUNK}"
+
+
+def mode_key(namespace: str) -> str:
+    """The key expression of the field mode: a put of ``{"mode": "teleop"}`` sets it, a ``get`` reads it.
+
+    >>> mode_key("rt")
+    'runtime/rt/@mode'
+    """
+    return f"{KEY_ROOT}/{namespace}/{MODE_CHUNK}"
+
+
+def input_key(namespace: str, kind: str) -> str:
+    """The key expression of a driver-station input (``gamepad`` or ``keyboard``): a put of its values.
+
+    >>> input_key("rt", "gamepad")
+    'runtime/rt/@input/gamepad'
+    """
+    return f"{KEY_ROOT}/{namespace}/{INPUT_CHUNK}/{kind}"
+
+
+def check_input(kind: str, params: Mapping[str, Parameter], values: object) -> dict[str, bool | float]:
+    """The values of an input put (``{name: value, ...}``) as the input buffer's parameters take them.
+
+    What ``runtime zenoh`` checks before it sets any of them (all or none),
+    and :meth:`Robot.send_input` before it sends them: every name is a
+    parameter of the buffer type (for the keyboard also a key as
+    :class:`runtime.student.Keyboard` names it: ``"0"`` is ``digit_0``,
+    ``","`` is ``comma``), a button takes true or false, a joystick a finite
+    number within its bounds (out of them it is refused, not clamped: a
+    driver station that sends 1.5 has a bug worth seeing).
+
+    >>> from runtime.catalog import load
+    >>> params = load()["keyboard"].params
+    >>> check_input("keyboard", params, {"a": True, ",": False, "digit_1": True})
+    {'a': True, 'comma': False, 'digit_1': True}
+    >>> check_input("gamepad", load()["gamepad"].params, {"joystick_left_x": 1.5})
+    Traceback (most recent call last):
+    ...
+    ValueError: gamepad joystick_left_x: 1.5 is out of bounds [-1, 1] (refused, not clamped)
+
+    Raises:
+        DeviceBufferError: An unknown name (with the closest known one).
+        TypeError: Not an object, or a value of the wrong type.
+        ValueError: A number out of bounds.
+    """
+    if not isinstance(values, Mapping) or not values:
+        raise TypeError(f"an input of the {kind} is a JSON object {{name: value, ...}}, not {_short(values)}")
+    keyboard = kind == "keyboard"
+    checked: dict[str, bool | float] = {}
+    for name, value in values.items():
+        param = key_param(name) if keyboard and isinstance(name, str) else name
+        spec = params.get(param) if isinstance(param, str) else None
+        if spec is None:
+            if keyboard:
+                choices = [key for key in [*params, *KEY_NAMES] if key not in KEY_NAMES.values()]
+                hint = did_you_mean(name, choices)
+                if isinstance(name, str) and name.lower() != name and name.lower() in params:
+                    hint = f" (keys are lower case: {name.lower()!r})"
+                problem = f"the keyboard has no key {_short(name)}{hint}"
+            else:
+                problem = f"the {kind} has no input {_short(name)}{did_you_mean(name, params)}"
+            raise DeviceBufferError(problem, param=name)
+        code = getattr(spec.platform_type, "_type_", "")
+        if code == "?":
+            if not isinstance(value, bool):
+                raise TypeError(f"{kind} {param}: a button is true or false, not {_short(value)}")
+            checked[param] = value
+        elif spec.numeric:
+            bounds = f"[{spec.lower:g}, {spec.upper:g}]"
+            try:
+                number = (
+                    float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+                )
+            except OverflowError:
+                number = math.inf
+            if number is None or not math.isfinite(number):
+                raise TypeError(f"{kind} {param}: takes a finite number within {bounds}, not {_short(value)}")
+            if not spec.lower <= number <= spec.upper:
+                raise ValueError(
+                    f"{kind} {param}: {_short(value)} is out of bounds {bounds} (refused, not clamped)"
+                )
+            checked[param] = number if code in ("f", "d") else int(value)
+        else:
+            raise TypeError(f"{kind} {param} is not an input (neither a button nor a number)")
+    return checked
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a refusal quotes what it refused, not megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def check_client_id(client_id: str) -> str:
@@ -431,6 +582,14 @@ class Robot:
         self._state_events = 0
         self._started = False
         self._closed = False
+        self._mode_answer: str | None = None
+        """The field's mode as a ``get`` on ``@mode`` said, while no publication of the field buffer does."""
+        self._log: deque[str] = deque()
+        self._log_seen: int | None = None
+        self._log_lost = 0
+        self._refusals: deque[dict[str, Any]] = deque(maxlen=ERRORS_KEEP)
+        self._last_mode_error: dict[str, Any] | None = None
+        self._last_input_error: dict[str, Any] | None = None
         self._subscribers: list[Any] = []
         self._threads: list[threading.Thread] = []
         self._client_id = check_client_id(f"{session.zid()}-{secrets.token_hex(4)}")
@@ -449,6 +608,10 @@ class Robot:
             self._subscribe(
                 session.declare_subscriber(state_key(self._namespace), _channel()), self._on_state
             )
+            for refused in (mode_key(self._namespace), input_key(self._namespace, "*")):
+                self._subscribe(
+                    session.declare_subscriber(f"{refused}/error", _channel()), self._on_driver_error
+                )
             self.discover()
             self._fetch_state()
             self._started = True
@@ -491,6 +654,194 @@ class Robot:
     def client_id(self) -> str:
         """This client's ID: the ``<id>`` of its liveliness token, and the attachment of its writes."""
         return self._client_id
+
+    # -- the driver station --
+
+    @property
+    def mode(self) -> str | None:
+        """The field's mode, ``"idle"``, ``"auto"`` or ``"teleop"``; None while the robot is offline.
+
+        What the field buffer's last publication says (no round trip), else
+        the answer of a ``get`` on ``runtime/<namespace>/@mode`` (idle while
+        the robot has no field buffer yet). :meth:`set_mode` changes it.
+        """
+        with self._lock:
+            if self._closed or not self._online:
+                return None
+            mode = self._mode_locked(FIELD_KEY) or self._mode_answer
+        if mode is None:
+            mode = self._fetch_mode()
+        return mode
+
+    @property
+    def running(self) -> str | None:
+        """The mode the robot's student code runs in (``runtime run``'s buffer), or None without a runner."""
+        with self._lock:
+            return None if self._closed else self._mode_locked(RUNNER_KEY)
+
+    def set_mode(self, mode: str | int) -> None:
+        """Switch the robot's mode: ``"idle"``, ``"auto"`` or ``"teleop"`` (or the field's number of one).
+
+        Sent to ``runtime/<namespace>/@mode``; ``runtime run`` on the robot
+        follows the field's mode. A mode other than idle makes this client
+        the *driver station*: when it closes, or its process or network dies,
+        the robot goes idle. Idle is always accepted; what the robot refuses
+        (a mode from a client whose liveliness token it has not seen) is kept
+        in :attr:`last_mode_error` and :meth:`refusals`. :attr:`mode` says
+        when it took effect.
+
+        Raises:
+            ValueError: Not a mode (the message lists them).
+            RemoteError: The connection is closed.
+        """
+        name = mode_name(mode_number(mode))
+        self._check_open()
+        with self._lock:
+            self._mode_answer = None
+        self._put(mode_key(self._namespace), json.dumps({"mode": name}))
+
+    def send_input(self, kind: str, values: Mapping[str, Any]) -> None:
+        """Set driver-station inputs on the robot: ``kind`` is ``"gamepad"`` or ``"keyboard"``.
+
+        ``values`` maps inputs to their state: a gamepad's ``button_a`` ...
+        to True or False, its ``joystick_left_x`` ... to a number from -1 to
+        1; a keyboard's keys (``"a"``, ``"0"``, ``","``, ``"left_arrow"``, or
+        the parameter names, ``"digit_0"``, ``"comma"``) to True (pressed) or
+        False. Inputs not named keep their state. The robot's ``runtime
+        zenoh`` serves the input's buffer while this client lives; when it
+        goes, every input it fed returns to neutral (released, centred).
+
+        Checked here as the robot checks it (:func:`check_input`); what the
+        robot refuses all the same is kept in :attr:`last_input_error` and
+        :meth:`refusals`.
+
+        Raises:
+            ValueError: An unknown kind, or a number out of bounds (refused, not clamped).
+            DeviceBufferError: An unknown input (with the closest known name).
+            TypeError: A value of the wrong type.
+            RemoteError: The connection is closed.
+        """
+        if kind not in INPUT_KINDS:
+            raise ValueError(
+                f"an input is one of {', '.join(INPUT_KINDS)}, not {kind!r}{did_you_mean(kind, INPUT_KINDS)}"
+            )
+        buffer_type = self._catalog.get(kind)
+        if buffer_type is not None:
+            checked: Mapping[str, Any] = check_input(kind, buffer_type.params, values)
+        else:
+            checked = {str(name): jsonable(value) for name, value in values.items()}
+        self._check_open()
+        self._put(input_key(self._namespace, kind), json.dumps(checked, allow_nan=False))
+
+    def send_gamepad(self, values: Mapping[str, Any]) -> None:
+        """:meth:`send_input` of the gamepad: ``{"button_a": True, "joystick_left_y": -0.5}``."""
+        self.send_input("gamepad", values)
+
+    def send_keyboard(self, values: Mapping[str, Any]) -> None:
+        """:meth:`send_input` of the keyboard: ``{"w": True, "left_arrow": False, ",": True}``."""
+        self.send_input("keyboard", values)
+
+    def log_lines(self) -> list[str]:
+        """The lines the robot's student code printed (``runtime run``) since the last call, oldest first.
+
+        They come with the publications of the runner's buffer
+        (``runtime/<namespace>/runner/0x0``); the first call also gives the
+        lines the runner still held when this client connected. Lines printed
+        faster than the runner's buffer keeps them between two publications,
+        or more than :data:`LOG_KEEP` waiting here, are lost: counted by
+        :attr:`log_lines_lost`.
+        """
+        with self._lock:
+            lines = list(self._log)
+            self._log.clear()
+        return lines
+
+    @property
+    def log_lines_lost(self) -> int:
+        """Print lines of the runner that :meth:`log_lines` could not give (printed too fast), so far."""
+        return self._log_lost
+
+    def refusals(self) -> list[dict[str, Any]]:
+        """This client's mode and input requests the robot refused since the last call, oldest first.
+
+        Each is the JSON object of ``.../@mode/error`` or ``.../@input/<kind>/error``:
+        ``error`` (the reason), ``kind``, ``param``, ``mode``, ``request``
+        (what was asked), ``client``, ``time``; and ``key``, the key the
+        request was put on.
+        """
+        with self._lock:
+            refusals = list(self._refusals)
+            self._refusals.clear()
+        return refusals
+
+    @property
+    def last_mode_error(self) -> dict[str, Any] | None:
+        """The robot's answer to the last refused mode request (from any client), or None."""
+        return self._last_mode_error
+
+    @property
+    def last_input_error(self) -> dict[str, Any] | None:
+        """The robot's answer to the last refused input (gamepad or keyboard, from any client), or None."""
+        return self._last_input_error
+
+    def _mode_locked(self, key: tuple[str, int]) -> str | None:
+        """The ``mode`` of the field or runner buffer as last published, if valid; the lock is held."""
+        record = self._records.get(key)
+        if record is None or not record.token or record.values is None:
+            return None
+        number = record.values.get("mode")
+        return mode_name(number) if isinstance(number, int) else None
+
+    def _fetch_mode(self) -> str | None:
+        """Ask the robot for its mode (``get`` on ``@mode``); None without an answer."""
+        mode = None
+        try:
+            for reply in self._session.get(mode_key(self._namespace), timeout=self._timeout):
+                if reply.ok is not None:
+                    answer = json.loads(reply.ok.payload.to_bytes())
+                    if isinstance(answer, dict) and answer.get("mode") in MODES:
+                        mode = answer["mode"]
+        except Exception:  # noqa: BLE001 - closed meanwhile, or a malformed answer: unknown
+            logger.debug("cannot ask the robot's mode", exc_info=True)
+            return None
+        with self._lock:
+            self._mode_answer = mode
+        return mode
+
+    def _take_log(self, values: Mapping[str, Any]) -> None:
+        """The new print lines of a publication of the runner's buffer; the lock is held."""
+        lines, log = values.get("lines"), values.get("log")
+        if not isinstance(lines, int) or not isinstance(log, str):
+            return
+        if self._log_seen is None:  # the first one: what it still holds is new, the rest is history
+            self._log_seen = max(0, lines - len(log.split("\n") if log else []))
+        new, lost = log_lines_since(self._log_seen, lines, log)
+        self._log_seen = lines
+        self._log.extend(new)
+        overflow = max(0, len(self._log) - LOG_KEEP)
+        for _ in range(overflow):
+            self._log.popleft()
+        self._log_lost += lost + overflow
+
+    def _on_driver_error(self, sample: zenoh.Sample) -> None:
+        key = str(sample.key_expr).removesuffix("/error")
+        try:
+            error = json.loads(sample.payload.to_bytes())
+        except ValueError:
+            error = {"error": sample.payload.to_string()}
+        if not isinstance(error, dict):
+            error = {"error": error}
+        error["key"] = key
+        with self._lock:
+            if key == mode_key(self._namespace):
+                self._last_mode_error = error
+            else:
+                self._last_input_error = error
+            if error.get("client") == self._client_id:
+                self._refusals.append(error)
+                logger.info("the robot refused a request on %s: %s", key, error.get("error", error))
+
+    # -- the devices --
 
     def discover(self) -> list[RemoteInfo]:
         """Ask the robot which devices it has: their types, UIDs, validity and last report.
@@ -626,6 +977,8 @@ class Robot:
 
     def _changed_locked(self, record: _Record) -> None:
         """Wake whoever waits on the record; the lock is held."""
+        if (record.type_name, record.uid) == FIELD_KEY:
+            self._mode_answer = None  # the field's own publications say it from now on
         record.changes += 1
         self._changed.notify_all()
         waiters, record.async_waiters = record.async_waiters, []
@@ -650,6 +1003,7 @@ class Robot:
             if key == self._prefix:
                 self._online = alive
                 self._online_events += 1
+                self._mode_answer = None
                 if not alive:  # the robot's state is unknown until its runtime zenoh is back
                     self._enabled = None
                     self._state_events += 1
@@ -705,6 +1059,8 @@ class Robot:
             record.values = values
             last_update = data.get("last_update")
             record.last_update = float(last_update) if isinstance(last_update, int | float) else None
+            if values is not None and (record.type_name, record.uid) == RUNNER_KEY:
+                self._take_log(values)
             self._changed_locked(record)
 
     def _on_state(self, sample: zenoh.Sample) -> None:

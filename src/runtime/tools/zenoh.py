@@ -14,7 +14,30 @@ reference of the keys and the JSON they carry:
   writes, all of it or nothing; a refusal is published on ``.../error``;
 * ``runtime/<namespace>/@client/<id>``: the liveliness tokens of the clients
   (commanders), and ``runtime/<namespace>/@robot``: the robot's state,
-  ``{"enabled": ...}``, published when it changes and answered to a ``get``.
+  ``{"enabled": ...}``, published when it changes and answered to a ``get``;
+* ``runtime/<namespace>/@mode``: a put of ``{"mode": "idle"|"auto"|"teleop"}``
+  sets the field buffer's ``mode`` (what ``runtime run`` follows); a ``get``
+  answers ``{"mode": ..., "running": ..., "driver": ...}``;
+* ``runtime/<namespace>/@input/gamepad`` and ``.../@input/keyboard``: a put of
+  ``{name: value, ...}`` sets the driver station's inputs, all or none. A
+  refusal of either is published on ``<that key>/error``.
+
+The driver station (``runtime drive``, or any :class:`runtime.remote.Robot`):
+a mode other than idle, and every input, need a client with a live token, as
+commands do (below; the same grace for a token still on its way); idle is
+accepted at once from anyone. The client that set a mode other than idle last
+is the *driver*: when its token goes, the mode goes idle (a robot without its
+driver station is disabled), and so it does when this process stops. The
+input buffers (``gamepad`` 0, ``keyboard`` 0) are made when missing and served
+by this process (refused while another live process serves one) while the
+client that fed them last lives; when it goes, every value returns to neutral
+(released, centred) and the buffer turns invalid, which the student API reads
+as neutral too. Inputs are checked as :func:`runtime.remote.check_input` says:
+a known name, a bool for a button, a finite number within the bounds for a
+joystick (out of bounds is refused, not clamped). The field's mode changes are
+seen on the field buffer's own key (``runtime/<namespace>/field/0x0``), the
+student code's print lines on the runner's (``runtime/<namespace>/runner/0x0``):
+they are buffers like the others.
 
 Commands (writes of the parameters that have a safe value, see
 :mod:`runtime.commands`) belong to the client that sent them: it declares a
@@ -50,8 +73,9 @@ How it works (one asyncio loop, and Zenoh's own threads):
   values, never a queue of old ones). While no subscriber matches a buffer's
   key (Zenoh tells the publisher), nothing is read nor encoded for it; only its
   liveliness token follows its validity.
-* Queries, writes and the clients' tokens arrive on Zenoh threads and are
-  handed to the loop, which alone touches the buffers. A write is first tried
+* Queries, writes, modes, inputs and the clients' tokens arrive on Zenoh
+  threads and are handed to the loop, which alone touches the buffers (and
+  serves the input buffers: the producer role belongs to the loop's thread). A write is first tried
   on a process-local scratch buffer of the device's type (the very checks of
   :meth:`~runtime.buffer.Buffer.write`: parameter known and writeable, value
   of the right type, bounds), then its commands need a live client, then it
@@ -72,11 +96,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
+import os
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import zenoh
@@ -88,17 +115,22 @@ from ..jsonio import jsonable
 from ..notify import wait_any_async
 from ..remote import (
     CLIENT_GRACE,
+    INPUT_KINDS,
     KEY_ROOT,
     check_client_id,
+    check_input,
     check_namespace,
     client_key,
     device_key,
     format_uid,
+    input_key,
     make_config,
+    mode_key,
     parse_device_key,
     state_key,
 )
 from ..store import BufferStore
+from ..student import FIELD_KEY, RUNNER_KEY, mode_name, mode_number
 from ._common import (
     CommandError,
     add_catalog_option,
@@ -185,6 +217,20 @@ class _Served:
     """The safe value of each parameter that has one (writing it is a command)."""
 
 
+def _no_driver(prefix: str, client: str | None, what: str) -> str:
+    """Why a mode other than idle, or an input, is refused: no live client sent it."""
+    how = (
+        f"declare a liveliness token at {prefix}/@client/<id> and put with <id> as the attachment "
+        f"(runtime.remote.Robot does); when the token goes, the robot goes idle and its inputs neutral"
+    )
+    if client is None:
+        return f"{what} needs a driver station: {how}"
+    return (
+        f"client {client!r} has no liveliness token (within {CLIENT_GRACE:g} s): "
+        f"{what} needs a live driver station: {how}"
+    )
+
+
 def _no_commander(prefix: str, client: str | None) -> str:
     """Why a command is refused: no live client sent it."""
     how = (
@@ -247,9 +293,20 @@ class ZenohServer:
         self.refusals = 0
         """Writes refused so far."""
         self.ended = 0
+        """Commands ended so far because their client went away."""
         self.commands: ClientCommands[tuple[str, int], str] = ClientCommands()
         """By ``(type, uid)`` and parameter, the client whose command through this server was last."""
-        """Commands ended so far because their client went away."""
+        self.mode_key = mode_key(self.name)
+        self._mode_key_expr = zenoh.KeyExpr(self.mode_key)
+        self._input_prefix = input_key(self.name, "")
+        self.driver: str | None = None
+        """The client that set the mode in force (not idle): when its token goes, the robot goes idle."""
+        self.feeders: dict[str, str] = {}
+        """By input kind (``gamepad``, ``keyboard``), the client whose values it holds (served meanwhile)."""
+        self._inputs: dict[str, Buffer] = {}
+        """The input buffers this process fed (it serves those in :attr:`feeders`)."""
+        self._refusal_logs: dict[str, list[float]] = {}
+        """By key, when a refusal was last logged there and how many were not logged since."""
 
     # -- publishing --
 
@@ -391,6 +448,8 @@ class ZenohServer:
                 self._check_state()
                 payload = self._state_payload(bool(self._enabled))
                 query.reply(self.state_key, payload, encoding=zenoh.Encoding.APPLICATION_JSON)
+            if wanted.intersects(self._mode_key_expr):
+                query.reply(self.mode_key, self._mode_payload(), encoding=zenoh.Encoding.APPLICATION_JSON)
             for served in list(self.served.values()):
                 if wanted.intersects(served.key_expr):
                     _, payload = self._payload(served)
@@ -403,13 +462,31 @@ class ZenohServer:
     # -- writes --
 
     def _on_write(self, sample: zenoh.Sample) -> None:
-        """Zenoh thread: hand the write, and who sent it (the attachment), to the loop."""
+        """Zenoh thread: hand the write (or mode, or input), and who sent it (the attachment), to the loop."""
         if self._loop is None:
             return
         key, payload = str(sample.key_expr), sample.payload.to_bytes()
         client = _client_of(sample)
         with contextlib.suppress(RuntimeError):  # the loop is closing
-            self._loop.call_soon_threadsafe(self._write, key, payload, client)
+            self._loop.call_soon_threadsafe(self._dispatch, key, payload, client)
+
+    def _dispatch(self, key: str, payload: bytes, client: str | None, *, held: bool = False) -> None:
+        """The loop: a put on ``.../write``, ``@mode`` or ``@input/<kind>``, to the code that takes it."""
+        if key == self.mode_key:
+            self._set_mode(payload, client, held=held)
+        elif key.startswith(self._input_prefix):
+            self._set_input(key.removeprefix(self._input_prefix), payload, client, held=held)
+        else:
+            self._write(key, payload, client, held=held)
+
+    def _must_wait(self, client: str | None, held: bool, needs_client: bool) -> bool:
+        """Whether a put must wait for its client's token (it may be on its way), or behind its held puts."""
+        return (
+            client is not None
+            and client not in self.clients
+            and not held
+            and (needs_client or client in self._held)
+        )
 
     def _write(self, key: str, payload: bytes, client: str | None = None, *, held: bool = False) -> None:
         """The loop: apply a write, all of it or nothing, or answer why not on ``.../error``.
@@ -446,13 +523,16 @@ class ZenohServer:
                     self._refuse(type_name, uid, data, exc, param=param, value=value, served=served)
                     return
         commands = [param for param in data if param in served.safe]
-        if (
-            client is not None
-            and client not in self.clients
-            and not held
-            and (commands or client in self._held)
-        ):
-            self._hold(client, key, payload, type_name, uid, data, served)  # its token may be on its way
+        if self._must_wait(client, held, bool(commands)):
+            assert client is not None
+
+            def refuse() -> None:
+                error = (
+                    f"too many writes wait for their clients' tokens; {_no_commander(self.prefix, client)}"
+                )
+                self._refuse(type_name, uid, data, error, served=served)
+
+            self._hold(client, key, payload, refuse)  # its token may be on its way
             return
         if commands and client not in self.clients:
             param = commands[0]
@@ -476,13 +556,11 @@ class ZenohServer:
             logger.info("zenoh: write to %s: %s", served.key, warning.message)
         logger.debug("zenoh: wrote %s to %s for %s", data, served.key, client)
 
-    def _hold(
-        self, client: str, key: str, payload: bytes, type_name: str, uid: int, data: Any, served: _Served
-    ) -> None:
-        """Hold a write of a client whose token is unknown (until it comes, or for :data:`CLIENT_GRACE`)."""
+    def _hold(self, client: str, key: str, payload: bytes, refuse: Callable[[], None]) -> None:
+        """Hold a put of a client whose token is unknown (until it comes, or for :data:`CLIENT_GRACE`);
+        ``refuse()`` when too many wait already."""
         if sum(len(writes) for writes in self._held.values()) >= HELD_WRITES_LIMIT:
-            error = f"too many writes wait for their clients' tokens; {_no_commander(self.prefix, client)}"
-            self._refuse(type_name, uid, data, error, served=served)
+            refuse()
             return
         writes = self._held.get(client)
         if writes is None:
@@ -499,7 +577,7 @@ class ZenohServer:
         if writes is not None and self._held.get(client) is not writes:
             return
         for key, payload in self._held.pop(client, []):
-            self._write(key, payload, client, held=True)
+            self._dispatch(key, payload, client, held=True)
 
     # -- the clients --
 
@@ -521,6 +599,11 @@ class ZenohServer:
         else:
             self.clients.discard(client)
             logger.debug("zenoh: client %s is gone", client)
+            if client == self.driver:
+                self._idle(f"client {client}, the driver station, is gone")
+            for kind, feeder in list(self.feeders.items()):
+                if feeder == client:
+                    self._neutral(kind, f"client {client}, which fed it, is gone")
             self._end_commands(client)
 
     def _end_commands(self, client: str) -> None:
@@ -617,6 +700,228 @@ class ZenohServer:
         detail = f" {param}={jsonable(value)!r}" if param is not None else ""
         logger.warning("zenoh: refused a write to %s%s: %s%s", key, detail, message, more)
 
+    # -- the driver station: the field mode and the inputs --
+
+    def _open_plain(self, key: tuple[str, int], *, create: bool) -> Buffer:
+        """A handle of a plain buffer of the namespace, opened now (the caller closes it)."""
+        type_name, uid = key
+        return self.store.catalog[type_name].attach(self.store.segment_name(type_name, uid), create=create)
+
+    def _read_mode(self, key: tuple[str, int]) -> int | None:
+        """The ``mode`` of the field or runner buffer, or None when it does not exist or is invalid."""
+        try:
+            buffer = self._open_plain(key, create=False)
+        except (DeviceBufferError, KeyError):
+            return None
+        try:
+            return int(buffer.get("mode"))
+        except DeviceBufferError:  # invalid: its producer is gone
+            return None
+        finally:
+            buffer.close()
+
+    def _mode_payload(self) -> str:
+        """The answer to a ``get`` on ``@mode``: the field's mode, the runner's, and the driver."""
+        running = self._read_mode(RUNNER_KEY)
+        data = {
+            "mode": mode_name(self._read_mode(FIELD_KEY) or 0),
+            "running": None if running is None else mode_name(running),
+            "driver": self.driver,
+            "time": time.time(),
+            "server": self.server_id,
+        }
+        return json.dumps(data, separators=(",", ":"))
+
+    def _apply_mode(self, number: int) -> int:
+        """Set the field buffer's mode (made when missing); the mode it had."""
+        field = self._open_plain(FIELD_KEY, create=True)
+        try:
+            with field.transaction():
+                previous = int(field.get("mode"))
+                field.set("mode", number)
+        finally:
+            field.close()
+        return previous
+
+    def _set_mode(self, payload: bytes, client: str | None, *, held: bool = False) -> None:
+        """The loop: a put on ``@mode``. Idle at once from anyone; another mode from a live client only."""
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            data = None
+        mode = data.get("mode") if isinstance(data, dict) else data
+        try:
+            if isinstance(mode, bool) or not isinstance(mode, str | int):
+                raise ValueError(f"not {mode!r}")
+            number = mode_number(mode)
+        except ValueError as exc:
+            error = f'a mode request is {{"mode": "idle" | "auto" | "teleop"}}: {exc}'
+            self._refuse_request(self.mode_key, data, error, client, mode=mode)
+            return
+        name = mode_name(number)
+        if number == 0:  # safe: at once, from anyone; it overtakes the client's requests still held
+            if client is not None and client in self._held:
+                self._held[client][:] = [
+                    (key, body) for key, body in self._held[client] if key != self.mode_key
+                ]
+        else:
+            if self._must_wait(client, held, True):
+                assert client is not None
+
+                def refuse() -> None:
+                    why = _no_driver(self.prefix, client, f"mode {name}")
+                    self._refuse_request(
+                        self.mode_key, data, f"too many requests wait for tokens; {why}", client
+                    )
+
+                self._hold(client, self.mode_key, payload, refuse)
+                return
+            if client not in self.clients:
+                self._refuse_request(
+                    self.mode_key, data, _no_driver(self.prefix, client, f"mode {name}"), client, mode=name
+                )
+                return
+        try:
+            previous = self._apply_mode(number)
+        except DeviceBufferError as exc:
+            self._refuse_request(
+                self.mode_key, data, f"cannot set the field's mode: {exc.message}", client, mode=name
+            )
+            return
+        driver, self.driver = self.driver, (client if number else None)
+        if previous != number or driver != self.driver:
+            by = f"client {client}" if client is not None else "a client without an ID"
+            role = " (the driver station now: the robot goes idle when it goes)" if number else ""
+            logger.info("zenoh: mode %s -> %s, set by %s%s", mode_name(previous), name, by, role)
+
+    def _idle(self, why: str) -> None:
+        """The driver is gone: idle (unless it is already)."""
+        self.driver = None
+        try:
+            previous = self._apply_mode(0)
+        except DeviceBufferError as exc:
+            logger.error("zenoh: %s, but the field's mode cannot be set to idle: %s", why, exc.message)
+            return
+        if previous != 0:
+            logger.warning("zenoh: %s: mode %s -> idle", why, mode_name(previous))
+
+    def _set_input(self, kind: str, payload: bytes, client: str | None, *, held: bool = False) -> None:
+        """The loop: a put on ``@input/<kind>``: checked, then set all or none in the input buffer."""
+        key = input_key(self.name, kind)
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            data = None
+        buffer_type = self.store.catalog.get(kind) if kind in INPUT_KINDS else None
+        if buffer_type is None:
+            error = f"no such input: the inputs are {', '.join(INPUT_KINDS)}"
+            if kind in INPUT_KINDS:
+                error = f"the catalog of runtime zenoh has no {kind} type"
+            self._refuse_request(key, data, error, client)
+            return
+        try:
+            values = check_input(kind, buffer_type.params, data)
+        except (DeviceBufferError, TypeError, ValueError) as exc:
+            message = exc.message if isinstance(exc, DeviceBufferError) else str(exc)
+            param = None
+            for name, value in data.items() if isinstance(data, dict) else ():
+                try:
+                    check_input(kind, buffer_type.params, {name: value})
+                except (DeviceBufferError, TypeError, ValueError):
+                    param = name  # the first one refused: the one the message is about
+                    break
+            self._refuse_request(key, data, message, client, kind=type(exc).__name__, param=param)
+            return
+        if self._must_wait(client, held, True):
+            assert client is not None
+
+            def refuse() -> None:
+                why = _no_driver(self.prefix, client, f"the {kind}")
+                self._refuse_request(key, data, f"too many requests wait for tokens; {why}", client)
+
+            self._hold(client, key, payload, refuse)
+            return
+        if client not in self.clients:
+            self._refuse_request(key, data, _no_driver(self.prefix, client, f"the {kind}"), client)
+            return
+        buffer = self._inputs.get(kind)
+        try:
+            if buffer is None:
+                buffer = self._inputs[kind] = self._open_plain((kind, 0), create=True)
+            if not buffer.serving:
+                taken = buffer.serve()  # this thread (the loop's) produces it from now on
+                over = f" (taken over from pid {taken}, which died serving it)" if taken else ""
+                logger.info("zenoh: serving the %s for the driver station%s", kind, over)
+            with buffer.transaction():
+                for param, value in values.items():
+                    buffer.set(param, value)
+        except DeviceBufferError as exc:
+            pid = buffer.producer_pid if buffer is not None and not buffer.closed else None
+            if pid is not None and pid != os.getpid():
+                error = f"the {kind} is fed by another process (pid {pid}): one driver station at a time"
+            else:
+                error = f"cannot set the {kind}: {exc.message}"
+            self._refuse_request(key, data, error, client)
+            return
+        if self.feeders.get(kind) != client:
+            logger.info("zenoh: client %s feeds the %s", client, kind)
+            self.feeders[kind] = client  # (a live client: checked above)
+
+    def _neutral(self, kind: str, why: str) -> None:
+        """An input whose feeder is gone: every value back to neutral (released, centred), then not served."""
+        self.feeders.pop(kind, None)
+        buffer = self._inputs.get(kind)
+        if buffer is None or not buffer.serving:
+            return
+        try:
+            with buffer.transaction():
+                for name, param in type(buffer).params.items():
+                    if not issubclass(param.platform_type, ctypes.Array):
+                        buffer.set(name, param.platform_type().value)
+        except DeviceBufferError as exc:
+            logger.error("zenoh: cannot put the %s back to neutral: %s", kind, exc.message)
+        buffer.stop_serving()  # invalid: the student API reads an invalid input as neutral too
+        logger.info("zenoh: the %s is back to neutral and no longer served: %s", kind, why)
+
+    def _refuse_request(
+        self,
+        key: str,
+        data: Any,
+        error: str,
+        client: str | None,
+        *,
+        kind: str = "RefusedRequest",
+        param: Any = None,
+        mode: Any = None,
+    ) -> None:
+        """Publish why a put on ``@mode`` or ``@input/<kind>`` was refused on ``<key>/error``; log it."""
+        self.refusals += 1
+        answer = {
+            "error": error,
+            "kind": kind,
+            "param": jsonable(param),
+            "mode": jsonable(mode),
+            "request": jsonable(data),
+            "client": client,
+            "time": time.time(),
+        }
+        try:
+            self.session.put(
+                f"{key}/error",
+                json.dumps(answer, separators=(",", ":"), allow_nan=False),
+                encoding=zenoh.Encoding.APPLICATION_JSON,
+            )
+        except Exception:  # noqa: BLE001 - still logged below
+            logger.exception("zenoh: cannot publish on %s/error", key)
+        now = time.monotonic()
+        last = self._refusal_logs.setdefault(key, [-1e9, 0.0])
+        if now - last[0] < REFUSAL_LOG_INTERVAL:
+            last[1] += 1
+            return
+        more = f" (and {last[1]:g} more since the last line)" if last[1] else ""
+        last[:] = [now, 0.0]
+        logger.warning("zenoh: refused a put on %s: %s%s", key, error, more)
+
     # -- running --
 
     async def serve(self, stop: asyncio.Event | None = None) -> int:
@@ -632,6 +937,7 @@ class ZenohServer:
         )
         declared.append(state_publisher)
         declared.append(self.session.declare_queryable(self.state_key, self._on_query))
+        declared.append(self.session.declare_queryable(self.mode_key, self._on_query))
         self._check_state()
         if not self.read_only:
             # The clients' tokens first: a write is then never held for a token already there.
@@ -641,6 +947,8 @@ class ZenohServer:
                 )
             )
             declared.append(self.session.declare_subscriber(f"{self.prefix}/*/*/write", self._on_write))
+            declared.append(self.session.declare_subscriber(self.mode_key, self._on_write))
+            declared.append(self.session.declare_subscriber(input_key(self.name, "*"), self._on_write))
         logger.info(
             "zenoh: serving namespace %r as %s/**%s",
             self.store.namespace(),
@@ -664,6 +972,13 @@ class ZenohServer:
             discoverer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await discoverer
+            if self.driver is not None:  # nobody drives the robot from here any more
+                self._idle("runtime zenoh stops: its driver station can no longer reach the robot")
+            for kind in list(self.feeders):
+                self._neutral(kind, "runtime zenoh stops")
+            for buffer in self._inputs.values():
+                buffer.close()
+            self._inputs.clear()
             with contextlib.suppress(Exception):
                 state_publisher.delete()  # the robot's state is unknown from now on
             self._state_publisher = None
@@ -697,13 +1012,22 @@ language, can use (<uid> is hex with 0x, as 'runtime buffers' prints it):
   runtime/<namespace>/<type>/<uid>/error   why a write was refused (JSON)
   runtime/<namespace>/@robot               {"enabled": true|false}; a 'get' answers
   runtime/<namespace>/@client/<id>         a client's liveliness token (below)
+  runtime/<namespace>/@mode                put {"mode": "teleop"} (idle, auto, teleop)
+                                           to switch the field's mode; a 'get' answers
+  runtime/<namespace>/@input/gamepad       put {"button_a": true, "joystick_left_x": 0.5}
+  runtime/<namespace>/@input/keyboard      put {"a": true, "left_arrow": false}
+  .../@mode/error, .../@input/<kind>/error why a mode or an input was refused (JSON)
 A refused write (unknown or read-only parameter, wrong type, device not
 connected, robot disabled) changes nothing. A write of an actuator (a
 parameter with a safe value, such as duty_cycle) is a command of the client
 that sent it: the client declares the token above and puts its writes with
 <id> as the attachment; when its token goes (it closed, died, or its network
 was lost), the safe values come back. A command without a live token is
-refused. The Python client is the runtime.remote module, which does all this.
+refused. So are a mode other than idle and the inputs of a client without a
+live token; the client that set the mode last drives the robot: when it goes
+(or this process stops), the mode goes idle, and the inputs it fed go back to
+neutral. 'runtime drive' is that driver station. The Python client is the
+runtime.remote module, which does all this.
 Multicast scouting is off unless --scout; use --config for TLS, access
 control or leases (the options here apply on top of the file). It exits
 cleanly on Ctrl-C or SIGTERM.
@@ -724,7 +1048,7 @@ On another machine, in Python:
 
 DEFAULT_LOG_LEVEL = "INFO"
 """One line per event (a buffer served, valid, invalid, gone; a refused write; a client's commands
-ended; the robot enabled or disabled)."""
+ended; the robot enabled or disabled; a mode set; an input fed, or back to neutral)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
