@@ -29,6 +29,15 @@ of the namespace:
   to their safe values, unless another client or process wrote since (then
   the command is theirs). The server is the commander in shared memory for
   all its clients; when it stops, its clients' commands end too.
+* **what student code prints**: while ``runtime run`` serves its buffer
+  (type ``runner``), topic ``/log`` has one ``foxglove.Log`` message per line
+  printed (JSON; Foxglove's Log panel shows them; see
+  :class:`runtime.tools.record.StudentLog`). The lines are read only while
+  someone subscribes: the first subscriber (none before it) gets first the
+  lines the buffer still holds, then each line as it is printed (as do
+  those who join it). Lines printed faster than read
+  (more than the buffer holds, within ``1/--max-rate`` s) are lost: one
+  warning message says how many.
 * **the robot's state**: while the robot is disabled (``runtime disable``), a
   warning status says so (and writes of actuators are refused, with an error
   status saying why).
@@ -72,6 +81,7 @@ from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
 from ..store import BufferStore, robot_enabled
+from ..student import RUNNER_KEY
 from ._common import (
     CommandError,
     add_catalog_option,
@@ -80,7 +90,16 @@ from ._common import (
     load_catalog,
     stop_on_signals,
 )
-from .record import BufferWatcher, Watched, read_state, say_if_empty
+from .record import (
+    LOG_TOPIC,
+    BufferWatcher,
+    StudentLog,
+    Watched,
+    log_schema,
+    read_state,
+    say_if_empty,
+    topic_of,
+)
 
 if TYPE_CHECKING:
     import foxglove
@@ -118,6 +137,7 @@ ROBOT_STATUS = "robot:disabled"
 ROBOT_DISABLED = "robot disabled: actuators stopped (runtime enable)"
 """Its message."""
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_RUNNER_TOPIC = topic_of(*RUNNER_KEY)
 _PARAM_NAME = re.compile(r"(?P<topic>/runtime/[^/]+/0x[0-9a-f]+)/(?P<param>[^/]+)")
 
 
@@ -249,6 +269,15 @@ class LiveView:
         self._presence: dict[int, set[tuple[str, int]]] = {}
         """A client's subscriptions and advertised channels: while it has any, it is connected."""
         self._clients_seen: set[int] = set()
+        self._log: foxglove.Channel | None = None
+        """The channel of what student code prints (:data:`~runtime.tools.record.LOG_TOPIC`), while the
+        runner's buffer is served."""
+        self._log_reader = StudentLog()
+        """Its lines read so far (a new one for a first subscriber)."""
+        self._log_subscriptions: set[tuple[int, int]] = set()
+        """The subscriptions to it: client and channel ids."""
+        self._log_fresh = False
+        """Whether a first subscriber came since the runner's buffer was last read: it starts afresh."""
         self._robot_disabled: bool | None = None
         self._uncounted = False
         self._stopping = False
@@ -314,6 +343,9 @@ class LiveView:
                 with contextlib.suppress(Exception):
                     watched.data.close()
             self._topics.clear()
+            if self._log is not None:
+                self._log.close()
+                self._log = None
         for handle in handles.values():
             handle.close()
 
@@ -339,23 +371,43 @@ class LiveView:
             metadata=metadata,
         )
         logger.info("serving %s", watched.topic)
+        if watched.key == RUNNER_KEY:
+            log = foxglove.Channel(
+                LOG_TOPIC, schema=log_schema(), context=self.context, metadata={"segment": watched.name}
+            )
+            with self.lock:
+                self._log, self._log_reader = log, StudentLog()
+            logger.info("serving %s: what student code prints", LOG_TOPIC)
 
     def _on_disappear(self, watched: Watched) -> None:
         with self._write_lock, self.lock:
             self._topics.pop(watched.topic, None)
             handle = self._handles.pop(watched.topic, None)
             self._commands.forget(watched.topic)
+            log = None
+            if watched.key == RUNNER_KEY:
+                log, self._log = self._log, None
         if handle is not None:
             handle.close()
+        if log is not None:
+            log.close()
         watched.data.close()
         self._clear_status(f"invalid:{watched.topic}")
         logger.info("%s: gone", watched.topic)
 
     def _wanted(self, watched: Watched) -> bool:
-        """Whether anyone looks at a buffer: a subscriber to its topic, or to one of its parameters."""
+        """Whether anyone looks at a buffer: a subscriber to its topic, or to one of its parameters
+        (or, the runner's, to :data:`~runtime.tools.record.LOG_TOPIC`)."""
         return watched.data is not None and (
-            watched.data.has_sinks() or bool(self._subscribed_params(watched.topic))
+            watched.data.has_sinks()
+            or bool(self._subscribed_params(watched.topic))
+            or self._log_wanted(watched)
         )
+
+    def _log_wanted(self, watched: Watched) -> bool:
+        """Whether this is the runner's buffer and someone subscribes to what student code prints."""
+        log = self._log
+        return watched.key == RUNNER_KEY and log is not None and log.has_sinks()
 
     def _on_change(self, watched: Watched) -> None:
         channel = watched.data
@@ -363,7 +415,11 @@ class LiveView:
             self._validity_status(watched, bool(watched.valid))
         subscribed = self._subscribed_params(watched.topic)
         sinks = channel.has_sinks()
-        if not sinks and not subscribed:
+        printing = self._log_wanted(watched)
+        if watched.key == RUNNER_KEY and self._log_fresh:
+            with self.lock:
+                self._log_fresh, self._log_reader = False, StudentLog()
+        if not sinks and not subscribed and not printing:
             return  # nobody looks
         state = read_state(watched.buffer, watched.stamp)
         watched.stamp = state.time
@@ -372,6 +428,32 @@ class LiveView:
             self.published += 1
         if subscribed and state.values is not None:
             self._publish_params(watched, state.values, subscribed)
+        if printing:
+            self._publish_log(state.values, state.time)
+
+    def log_subscribed(self, client: int, channel: int, subscribed: bool) -> None:
+        """A client subscribed to :data:`~runtime.tools.record.LOG_TOPIC` (``subscribed`` False: it ended).
+
+        A first subscriber (none before on that channel) starts afresh: with the
+        lines the runner's buffer holds, not with those printed since the last
+        subscriber left (nobody read them) and a warning that they were lost.
+        """
+        with self.lock:
+            if not subscribed:
+                self._log_subscriptions.discard((client, channel))
+                return
+            if not any(other == channel for _, other in self._log_subscriptions):
+                self._log_fresh = True
+            self._log_subscriptions.add((client, channel))
+
+    def _publish_log(self, values: Mapping[str, Any] | None, stamp: float) -> None:
+        """The lines student code printed since the runner's buffer was last read, on /log."""
+        log = self._log
+        if log is None:
+            return
+        for message in self._log_reader.messages(values, stamp):
+            log.log(_ENCODE(message).encode(), log_time=max(0, int(stamp * 1e9)))
+            self.published += 1
 
     def _validity_status(self, watched: Watched, valid: bool) -> None:
         from foxglove import StatusLevel
@@ -728,6 +810,11 @@ def _connections(port: int) -> int | None:
         return None
 
 
+def _source_topic(topic: str) -> str:
+    """The topic of the buffer whose state a topic's messages come from (the runner's for /log)."""
+    return _RUNNER_TOPIC if topic == LOG_TOPIC else topic
+
+
 def _default(param: Parameter) -> Any:
     with contextlib.suppress(DeviceBufferError):
         return jsonable(param.default)
@@ -751,14 +838,20 @@ class _Listener(ServerListener):
         self.view.hello(client.id)
         self.view.client_present(client.id, ("channel", channel.id))
         # Its current state, even if it does not change; a moment later: the subscription is not in
-        # effect yet while this runs.
-        self.view.watcher.refresh(channel.topic, SUBSCRIBE_DELAY)
+        # effect yet while this runs. For /log, the runner's buffer: the lines it holds.
+        if channel.topic == LOG_TOPIC:
+            self.view.log_subscribed(client.id, channel.id, True)
+        self.view.watcher.refresh(_source_topic(channel.topic), SUBSCRIBE_DELAY)
 
     def on_unsubscribe(self, client: Client, channel: ChannelView) -> None:
         # Also when the client disconnects (for each subscription), or the channel goes away (its
         # buffer did: not the client's doing).
         with self.view.lock:
             served = channel.topic in self.view._topics
+            if channel.topic == LOG_TOPIC:
+                served = self.view._log is not None
+        if channel.topic == LOG_TOPIC:
+            self.view.log_subscribed(client.id, channel.id, False)
         try:
             self.view.client_absent(client.id, ("channel", channel.id), by_client=served)
         except Exception:
@@ -896,6 +989,10 @@ A client may also publish JSON {param: value, ...} on the topic
 /runtime/<type>/<uid hex>/command. Values are checked against the catalog
 (type, bounds, writeable): a refused one is not written, and Foxglove shows
 an error saying why (it is never clamped).
+
+What student code prints ('runtime run') is the topic /log, a foxglove.Log
+message per line, for Foxglove's Log panel: the lines the runner's buffer
+holds when you subscribe (if nobody else does), then each line printed.
 
 A motor's duty cycle or a servo's position set from Foxglove belongs to the
 client that set it: when that client goes away (tab closed, connection

@@ -12,6 +12,12 @@ The recorder watches the buffers of the namespace (or those chosen with
   (``{param: value}``, schema :func:`runtime.schema.write_schema`), as seen
   while pending: best effort, a write the bridge sent before the recorder
   looked is not seen.
+* topic ``/log`` (:data:`LOG_TOPIC`): what student code printed, one
+  ``foxglove.Log`` message per line (JSON, :func:`log_schema`; Foxglove's Log
+  panel shows them), read from the buffer of ``runtime run`` (type ``runner``,
+  :class:`StudentLog`) when it is recorded. A recording that starts after the
+  runner gets the lines its buffer still holds; lines printed faster than the
+  buffer is read are lost, and one warning message says how many.
 * metadata ``runtime``: the recording format, the namespace, when it started,
   and the catalog's description of every device type
   (:func:`runtime.schema.describe_catalog`), which ``runtime replay`` checks.
@@ -47,7 +53,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
@@ -55,6 +61,7 @@ from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
 from ..notify import WATCHED_PER_THREAD, Block, wait_any
 from ..store import BufferStore
+from ..student import RUNNER_KEY, log_lines_since
 from ._common import (
     LONGEST_SECONDS,
     PROG,
@@ -72,15 +79,18 @@ __all__ = [
     "DISCOVER_INTERVAL",
     "EPILOG",
     "FLUSH_INTERVAL",
+    "LOG_TOPIC",
     "METADATA_NAME",
     "RECORDING_FORMAT",
     "BufferState",
     "BufferWatcher",
     "McapOutput",
     "Recorder",
+    "StudentLog",
     "Watched",
     "add_arguments",
     "find_segments",
+    "log_schema",
     "main",
     "make_filter",
     "parse_topic",
@@ -237,6 +247,107 @@ def _short_float(value: float) -> float | None:
 
 _FLOAT32 = struct.Struct("<f")
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+# ---- what student code prints ----------------------------------------------------------------------
+
+LOG_TOPIC = "/log"
+"""The topic of the lines student code printed (``foxglove.Log`` messages), as ``runtime foxglove`` has it."""
+LOG_NAME = "student"
+"""The ``name`` of those messages (Foxglove's Log panel shows and filters by it)."""
+LOG_INFO, LOG_WARNING = 2, 3
+"""Levels of ``foxglove.Log``: a printed line; the lines lost."""
+
+
+def log_schema() -> dict[str, Any]:
+    """The JSON Schema of Foxglove's ``foxglove.Log`` message (the fields and levels of Foxglove's own).
+
+    Foxglove knows the messages of a schema of that name (its Log panel shows
+    them), whatever the encoding: this one is JSON, as the buffers' topics.
+    """
+    return {
+        "title": "foxglove.Log",
+        "description": "A log message",
+        "type": "object",
+        "properties": {
+            "timestamp": {
+                "type": "object",
+                "title": "time",
+                "properties": {
+                    "sec": {"type": "integer", "minimum": 0},
+                    "nsec": {"type": "integer", "minimum": 0, "maximum": 999_999_999},
+                },
+                "description": "Timestamp of log message",
+            },
+            "level": {
+                "title": "foxglove.LogLevel",
+                "description": "Log level",
+                "oneOf": [
+                    {"title": title, "const": number}
+                    for number, title in enumerate(("UNKNOWN", "DEBUG", "INFO", "WARNING", "ERROR", "FATAL"))
+                ],
+            },
+            "message": {"type": "string", "description": "Log message"},
+            "name": {"type": "string", "description": "Process or node name"},
+            "file": {"type": "string", "description": "Filename"},
+            "line": {"type": "integer", "minimum": 0, "description": "Line number in the file"},
+        },
+    }
+
+
+class StudentLog:
+    """The lines student code printed, as ``foxglove.Log`` messages, from the states of the runner's buffer.
+
+    One per reader of one ``runner`` buffer (key :data:`runtime.student.RUNNER_KEY`).
+    The first state read gives the lines its ``log`` still holds (those before
+    were printed before anyone read them: they are not reported lost); each
+    later one the lines printed since (:func:`runtime.student.log_lines_since`),
+    after a warning that says how many no longer fit in ``log`` when it was read.
+
+    >>> reader = StudentLog()
+    >>> [m["message"] for m in reader.messages({"lines": 7, "log": "f\\ng"}, 0.0)]
+    ['f', 'g']
+    >>> [m["message"] for m in reader.messages({"lines": 11, "log": "j\\nk"}, 0.0)]
+    ['2 lines printed were lost (printed faster than read)', 'j', 'k']
+    """
+
+    def __init__(self) -> None:
+        self.seen: int | None = None
+        """The count of lines printed at the last state read (None: none read yet)."""
+
+    def messages(self, values: Mapping[str, Any] | None, stamp: float) -> list[dict[str, Any]]:
+        """The messages of the lines printed since the last state read (``values`` of :func:`read_state`).
+
+        ``stamp`` (:func:`time.time`) is their timestamp: when they were read
+        (the runner starts each line with the time it was printed). An invalid
+        buffer (``values`` None: no runner) gives none.
+        """
+        if values is None:
+            return []
+        lines = int(values["lines"])
+        log = values["log"]
+        new, lost = log_lines_since(self.seen or 0, lines, log)
+        if self.seen is None:
+            lost = 0
+        self.seen = lines
+        messages = []
+        if lost:
+            what = "1 line printed was" if lost == 1 else f"{lost} lines printed were"
+            messages.append(_log_message(stamp, LOG_WARNING, f"{what} lost (printed faster than read)"))
+        messages.extend(_log_message(stamp, LOG_INFO, line) for line in new)
+        return messages
+
+
+def _log_message(stamp: float, level: int, text: str) -> dict[str, Any]:
+    nanoseconds = max(0, int(stamp * 1e9))
+    return {
+        "timestamp": {"sec": nanoseconds // 1_000_000_000, "nsec": nanoseconds % 1_000_000_000},
+        "level": level,
+        "message": text,
+        "name": LOG_NAME,
+        "file": "",
+        "line": 0,
+    }
 
 
 # ---- watching the buffers of a namespace ----------------------------------------------------------
@@ -670,6 +781,7 @@ class Recorder:
         self._file_started = time.monotonic()
         self._states: dict[tuple[str, int], BufferState] = {}
         self._channels: dict[tuple[tuple[str, int], bool], Any] = {}
+        self._log_channel: Any = None
         self.keys: set[tuple[str, int]] = set()
         """The buffers recorded."""
         self._context: Any = None
@@ -813,12 +925,33 @@ class Recorder:
         self.messages += 1
         self.keys.add(key)
 
+    def _add_log(self, message: dict[str, Any], stamp: float) -> None:
+        """A line student code printed (or the lines lost), on :data:`LOG_TOPIC`."""
+        if self._writer is None:
+            return
+        if self._log_channel is None:
+            import foxglove
+
+            self._log_channel = foxglove.Channel(
+                LOG_TOPIC,
+                schema=log_schema(),
+                context=self._context,
+                metadata={"segment": BufferStore.segment_name(*RUNNER_KEY, self.namespace)},
+            )
+        self._log_channel.log(_ENCODE(message).encode(), log_time=max(0, int(stamp * 1e9)))
+        self.messages += 1
+
     def _on_update(self, watched: Watched) -> None:
         before = self._states.get(watched.key)
         state = read_state(watched.buffer, before.time if before is not None else 0.0)
         with self.lock:
             self._states[watched.key] = state
             self._add(watched.key, state.message(), state.time)
+            if watched.key == RUNNER_KEY:  # the runner's buffer: the lines printed since, on /log
+                if watched.data is None:
+                    watched.data = StudentLog()
+                for message in watched.data.messages(state.values, state.time):
+                    self._add_log(message, state.time)
 
     def _on_write(self, watched: Watched) -> None:
         try:
@@ -882,8 +1015,10 @@ Each buffer is a topic /runtime/<type>/<uid hex> of JSON messages
 bounds), one per change, stamped with the time the bridge stored the device's
 values; a device that disconnects or comes back is a message with "valid"
 changed. Writes to devices go to /runtime/<type>/<uid hex>/write (best
-effort: those the recorder saw while pending). The catalog is in the file's
-"runtime" metadata. Buffers that appear later are recorded from then on.
+effort: those the recorder saw while pending). What student code printed
+('runtime run') goes to /log, a foxglove.Log message per line, for
+Foxglove's Log panel. The catalog is in the file's "runtime" metadata.
+Buffers that appear later are recorded from then on.
 
 The file is written out every half second and stays readable if the
 recorder is killed (then without index: Foxglove and the mcap package read it
