@@ -242,6 +242,9 @@ def example_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         motor.serve()  # the test is its producer, as the bridge would be
         motor.set("enc_pos", 12.5)
         store.get_or_open(("gamepad", 0))
+        student = "def teleop_main():\n    Robot.set_value('left_motor', 'duty_cycle', 0)\n"
+        (tmp_path / "robot.py").write_text(student)
+        (tmp_path / "robot.yaml").write_text(f"left_motor: {YOGI_UID:#x}\n")
         yield tmp_path
     finally:
         store.close()
@@ -267,6 +270,10 @@ def _how(argv: list[str]) -> str:
         return "parse: it needs a recording (tests/test_record.py runs it)"
     if args.command == "record" and args.duration is None:
         return "interrupt"
+    if args.command == "run":
+        return "interrupt"
+    if args.command == "drive":
+        return "parse: it needs a robot's runtime zenoh (tests/test_drive.py runs it)"
     return "run"
 
 

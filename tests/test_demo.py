@@ -85,9 +85,9 @@ def test_demo_runs_reports_and_cleans_up() -> None:
         assert int(row["in"]) > 0, f"{name}: no messages from the device\n{out}"
         assert int(row["out"]) > 0, f"{name}: no messages to the device\n{out}"
     # The student code wrote motor commands, which went out to the actuators.
-    student = re.search(r"^student code: (\d+) cycles, (\d+) reads, (\d+) writes", out, re.M)
+    student = re.search(r"^student code: (\d+) modes, (\d+) main calls, 0 overruns, 0 errors", out, re.M)
     assert student is not None, out
-    assert int(student[1]) > 0 and int(student[3]) > 0
+    assert int(student[1]) == 1 and int(student[2]) > 0
     assert int(rows["yogi-bear"]["out"]) > int(rows["limit-switch"]["out"])
     assert f"rt-demo-{demo.pid}" in err
     assert_nothing_left(demo.pid)
@@ -105,7 +105,7 @@ def test_demo_json_summary() -> None:
         assert device["seen"] and device["messages_in"] > 0
         assert int(device["uid"], 16) >> 72 == {"yogi-bear": 10, "rfid": 11}[device["type"]]
     assert set(summary["devices"][0]["last_values"]) >= {"duty_cycle", "enc_pos"}
-    assert summary["student_code"]["writes"] > 0
+    assert summary["student_code"]["cycles"] > 0 and summary["student_code"]["errors"] == 0
     assert_nothing_left(demo.pid)
 
 
@@ -119,7 +119,11 @@ def test_demo_stops_and_cleans_up_on_a_signal(signum: signal.Signals) -> None:
             assert demo.poll() is None, demo.communicate()[1]
             assert time.monotonic() < deadline, "the demo's devices never appeared in shared memory"
             time.sleep(0.1)
-        assert len(demo_processes(demo.pid)) == 3  # emulator, bridge, student code
+        # emulator, bridge, runner and its student code
+        deadline = time.monotonic() + 30
+        while len(demo_processes(demo.pid)) < 4:
+            assert demo.poll() is None and time.monotonic() < deadline, demo_processes(demo.pid)
+            time.sleep(0.1)
         demo.send_signal(signum)
         out, err = demo.communicate(timeout=30)
     finally:
@@ -175,7 +179,8 @@ def test_the_banner_prints_the_command_that_watches_the_buffers() -> None:
                 env={key: value for key, value in os.environ.items() if key != NAMESPACE_ENV},
             )
             assert watched.returncode == 0, watched.stderr
-            rows = json.loads(watched.stdout)
+            devices = ("limit-switch", "yogi-bear")  # beside the field's and the runner's buffers
+            rows = [row for row in json.loads(watched.stdout) if row["type"] in devices]
         assert sorted(row["type"] for row in rows) == ["limit-switch", "yogi-bear"]
     finally:
         stop(demo)
@@ -201,7 +206,7 @@ def test_a_demo_killed_outright_leaves_no_process() -> None:
     try:
         read_stderr_until(demo, WATCH_LINE, 30)
         deadline = time.monotonic() + 30
-        while len(demo_processes(demo.pid)) < 3:  # emulator, bridge, student code
+        while len(demo_processes(demo.pid)) < 4:  # emulator, bridge, runner and its student code
             assert demo.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
         children = demo_processes(demo.pid)
@@ -255,3 +260,31 @@ def test_demo_foxglove_serves_the_buffers_and_prints_the_url(tmp_path: Path) -> 
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.mark.timeout(90)
+def test_the_demo_runs_your_student_file_or_none(tmp_path: Path) -> None:
+    """--student runs a file of the student API with the demo's device names; --no-student runs none."""
+    student = tmp_path / "mine.py"
+    student.write_text(
+        "def autonomous_setup():\n"
+        "    print('mine: motor at', Robot.get_value('yogi_bear', 'duty_cycle'))\n"
+        "def autonomous_main():\n"
+        "    Robot.set_value('yogi_bear', 'duty_cycle', 0.25)\n"
+    )
+    demo = start_demo("yogi-bear", "--duration", "3", "--json", "--student", str(student))
+    out, err = demo.communicate(timeout=60)
+    assert demo.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["student_code"]["cycles"] > 0 and summary["student_code"]["errors"] == 0
+    assert summary["student_code"]["lines"] >= 3  # the runner's, and the file's own print
+    driven = summary["devices"][0]["messages_out"]  # its DEV_WRITEs, a few per second
+    assert_nothing_left(demo.pid)
+    demo = start_demo("yogi-bear", "--duration", "2", "--json", "--no-student")
+    out, err = demo.communicate(timeout=60)
+    assert demo.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["student_code"] is None
+    assert 0 < summary["devices"][0]["messages_out"] < driven
+    assert "mode teleop" not in err
+    assert_nothing_left(demo.pid)

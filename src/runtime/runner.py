@@ -248,7 +248,8 @@ class Runner:
         self.out = out or sys.stdout
         self.mode = "idle"
         self.child: _Child | None = None
-        self.counts = {"modes": 0, "errors": 0, "hung": 0, "overruns": 0, "lines": 0}
+        self.counts = {"modes": 0, "cycles": 0, "errors": 0, "hung": 0, "overruns": 0, "lines": 0}
+        """Modes entered, main calls, errors, hung calls, overruns, lines printed: since the start."""
         self._loaded = _mtime(self.path)
         self._log: deque[str] = deque()
         self._lock = threading.Lock()
@@ -383,6 +384,7 @@ class Runner:
     def _stop_child(self) -> None:
         child, self.child = self.child, None
         if child is not None:
+            self.counts["cycles"] += child.status.counters()[0]
             child.kill()
 
     def _reload(self) -> None:

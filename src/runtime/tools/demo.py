@@ -6,12 +6,15 @@ The demo starts, as separate processes, exactly what runs on a robot:
    types, each speaking the wire protocol on its own pseudo-terminal;
 2. ``runtime bridge``: serves those terminals into buffers in shared memory
    and writes its statistics to a file;
-3. "student code" (``python -m runtime.tools._student TYPE:UID ...``, see
-   :mod:`runtime.tools._student`): opens the buffers by UID like a robot
-   program would, reads the sensors (line follower, limit switch, battery) and
-   writes motor duty cycles and servo positions, which the bridge sends to the
-   devices. It is part of the package, so that the demo runs from an installed
-   wheel; ``examples/student_code.py`` in the project is the short version to copy.
+3. ``runtime run`` (:mod:`runtime.runner`): student code written against the
+   student API, started in autonomous mode. The demo's own file
+   (``runtime/tools/_demo_robot.py``, part of the package so that the demo runs
+   from an installed wheel) reads the sensors (line follower, limit switch,
+   battery) and drives the motors and servos, which the bridge sends to the
+   devices; ``runtime mode teleop`` hands it to the gamepad and keyboard.
+   ``--student FILE`` runs your file instead (its devices are named in the
+   robot file the demo writes: ``yogi_bear``, ``limit_switch``...), and
+   ``--no-student`` none at all, to drive by hand.
 
 On a terminal it shows a live table of the buffers; otherwise (or at the end)
 it prints a summary per device from the bridge's statistics: messages in and
@@ -20,7 +23,7 @@ out, errors, last values.
 Everything lives in a private namespace (``RUNTIME_BUFFER_NAMESPACE``, by
 default ``rt-demo-<pid>``) passed to every child, and a temporary directory.
 Whatever ends the demo (``--duration``, Ctrl-C, SIGTERM, a child failing) the
-demo stops its children in order (student code, bridge, emulator: killing
+demo stops its children in order (runner, bridge, emulator: killing
 those that do not stop in time), unlinks every segment of its namespace and
 removes its directory. Killed outright (SIGKILL), it cannot: its children then
 stop by themselves (they get SIGTERM when it dies), leaving only the segments.
@@ -82,17 +85,19 @@ DEMO_YEAR = 0x0A
 """The season byte of the demo's UIDs."""
 START_TIMEOUT = 20.0
 """Seconds the emulator has to announce its devices."""
-STOP_TIMEOUTS = {"student": 3.0, "bridge": 6.0, "emulator": 3.0}
+STOP_TIMEOUTS = {"runner": 3.0, "bridge": 6.0, "emulator": 3.0}
 """Seconds each child has to exit after SIGTERM before it is killed."""
 LOG_TAIL = 15
 """Lines of a failed child's log shown."""
-STUDENT_MODULE = "runtime.tools._student"
-"""The student code the demo runs (``python -m``), shipped in the package."""
+DEMO_STUDENT_FILE = os.path.join(os.path.dirname(__file__), "_demo_robot.py")
+"""The student file the demo runs unless ``--student`` names another, shipped in the package."""
 
 DESCRIPTION = """\
 Run the whole machine with no hardware: emulated Smart Devices, the bridge
-serving them into shared memory, and "student code" reading sensors and
-writing motors through the buffers, each in its own process.
+serving them into shared memory, and student code (the student API, run by
+'runtime run' in autonomous mode) reading sensors and writing motors through
+the buffers, each in its own process. 'runtime mode teleop' hands the motors
+to the gamepad and keyboard ('runtime drive'); 'runtime mode idle' stops them.
 
 On a terminal a live table shows the buffers (state, age, values) and the
 bridge's message counters. At the end, and instead of the table when the
@@ -108,6 +113,9 @@ examples:
   $ runtime demo --duration 10
   $ runtime demo yogi-bear koala-bear rfid    # choose the emulated device types
   $ runtime demo --duration 5 --json          # the summary as JSON, for scripts
+  $ runtime demo --student robot.py           # your student file (devices: yogi_bear, battery...)
+  $ runtime demo --no-student                 # no student code: drive by hand (runtime buffers write)
+  $ runtime mode teleop --namespace rt-demo-4242     # from another terminal: the gamepad drives
   $ runtime buffers watch --namespace rt-demo-4242   # from another terminal: the command it prints
 
 default devices: {", ".join(DEFAULT_DEVICES)}
@@ -135,6 +143,23 @@ class DemoDevice:
     def spec(self) -> str:
         """The ``TYPE:UID`` argument for ``runtime emulate`` and the student code."""
         return f"{self.type_name}:{self.uid:#x}"
+
+
+def robot_names(devices: list[DemoDevice]) -> dict[str, int]:
+    """The names student code knows the demo's devices by: the type with ``_`` for ``-``, numbered after one.
+
+    >>> robot_names([DemoDevice("yogi-bear", 1), DemoDevice("yogi-bear", 2), DemoDevice("battery", 3)])
+    {'yogi_bear': 1, 'yogi_bear_2': 2, 'battery': 3}
+    """
+    names: dict[str, int] = {}
+    for device in devices:
+        base = device.type_name.replace("-", "_")
+        name, number = base, 1
+        while name in names:
+            number += 1
+            name = f"{base}_{number}"
+        names[name] = device.uid
+    return names
 
 
 # ---- the demo -----------------------------------------------------------------------------------
@@ -173,7 +198,8 @@ class Demo:
         self.namespace = namespace
         self.directory = tempfile.mkdtemp(prefix=f"runtime-demo-{os.getpid()}-")
         self.stats_path = os.path.join(self.directory, "bridge-stats.json")
-        self.student_path = os.path.join(self.directory, "student.json")
+        self.student_path = os.path.join(self.directory, "runner.json")
+        self.robot_path = os.path.join(self.directory, "robot.yaml")
         self.processes: dict[str, subprocess.Popen[str]] = {}
         self.logs: dict[str, IO[str]] = {}
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -250,10 +276,13 @@ class Demo:
                 device.port = words[3] if len(words) > 3 else words[2]
         ports = [argument for device in self.devices for argument in ("--port", str(device.port))]
         self._spawn("bridge", self._runtime("bridge", *ports, "--stats", self.stats_path))
-        student = [sys.executable, "-m", STUDENT_MODULE, "--stats", self.student_path]
-        if self.args.catalog:
-            student += ["--catalog", self.args.catalog]
-        self._spawn("student code", [*student, *(device.spec for device in self.devices)])
+        if self.args.no_student:
+            return
+        with open(self.robot_path, "w") as file:
+            file.write("".join(f"{name}: {uid:#x}\n" for name, uid in robot_names(self.devices).items()))
+        student = os.path.abspath(self.args.student or DEMO_STUDENT_FILE)
+        options = ["--devices", self.robot_path, "--mode", "auto", "--stats", self.student_path]
+        self._spawn("runner", self._runtime("run", student, *options))
 
     def check_children(self) -> None:
         """Raise :class:`DemoError` when a child exited while the demo runs."""
@@ -265,7 +294,7 @@ class Demo:
     def stop(self) -> dict[str, int | None]:
         """Stop the children in order, killing those that do not stop in time; return their statuses."""
         statuses: dict[str, int | None] = {}
-        for name in ("student code", "bridge", "emulator"):
+        for name in ("runner", "bridge", "emulator"):
             process = self.processes.get(name)
             if process is None:
                 continue
@@ -379,8 +408,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     student = summary["student_code"]
     if isinstance(student, dict):
         print(
-            f"student code: {student.get('cycles', 0)} cycles, {student.get('reads', 0)} reads, "
-            f"{student.get('writes', 0)} writes, {student.get('errors', 0)} errors"
+            f"student code: {student.get('modes', 0)} modes, {student.get('cycles', 0)} main calls, "
+            f"{student.get('overruns', 0)} overruns, {student.get('errors', 0)} errors, "
+            f"{student.get('hung', 0)} hung"
         )
 
 
@@ -419,6 +449,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "0: a free port) and print the URL to open",
     )
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON (no live table)")
+    students = parser.add_mutually_exclusive_group()
+    students.add_argument(
+        "--student",
+        metavar="FILE",
+        help="run this student file (the student API; devices named yogi_bear, limit_switch...) "
+        "instead of the demo's",
+    )
+    students.add_argument(
+        "--no-student", action="store_true", help="run no student code: drive the motors by hand"
+    )
 
 
 def _choose_devices(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> list[DemoDevice]:
@@ -562,6 +602,8 @@ def main(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     devices = _choose_devices(args, catalog)
     namespace = args.namespace or f"rt-demo-{os.getpid()}"
+    if args.student and not os.path.isfile(args.student):
+        raise CommandError(f"no student file {args.student!r}", code=2)
     if _namespace_in_use(namespace):
         raise CommandError(
             f"namespace {namespace!r} already has segments in {SHM_DIR}; the demo unlinks all of its "
@@ -580,6 +622,9 @@ def main(args: argparse.Namespace) -> int:
                 f"runtime demo: watch them from another terminal: {watch_command(namespace, args.catalog)}",
                 file=sys.stderr,
             )
+            if not args.no_student:
+                switch = f"{runtime_program()} mode teleop --namespace {shlex.quote(namespace)}"
+                print(f"runtime demo: the student code runs in auto; teleop: {switch}", file=sys.stderr)
             demo.start()
             if args.foxglove is not None:
                 stack.enter_context(_foxglove(catalog, namespace, args.foxglove))

@@ -6,6 +6,7 @@ import argparse
 import os
 import threading
 
+from ..jsonio import write_json_atomically
 from ..runner import DEFAULT_CALL_LIMIT, DEFAULT_PERIOD, Runner, RunnerError, load_devices
 from ..store import BufferStore
 from ..student import MODES
@@ -86,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--devices", metavar="FILE", help="the robot file: device names to UIDs (YAML)")
     parser.add_argument("--reload", action="store_true", help="load a changed FILE again at the next idle")
+    parser.add_argument(
+        "--stats", metavar="FILE", help="write the counters (modes, main calls...) as JSON here at exit"
+    )
     add_namespace_option(parser)
     add_catalog_option(parser)
 
@@ -109,8 +113,20 @@ def main(args: argparse.Namespace) -> int:
                 f"running {os.path.basename(runner.path)} in namespace {store.namespace()}"
                 f" (pid {os.getpid()}): 'runtime mode auto|teleop|idle' switches the mode"
             )
-            with stop_on_signals(stop):
-                runner.run(stop, mode=args.mode)
+            try:
+                with stop_on_signals(stop):
+                    runner.run(stop, mode=args.mode)
+            finally:
+                if args.stats:
+                    write_stats(args.stats, runner.counts)
     except RunnerError as exc:
         raise CommandError(str(exc)) from None
     return 0
+
+
+def write_stats(path: str, counts: dict[str, int]) -> None:
+    """The runner's counters as JSON, replacing the file at once (a reader never sees half of it)."""
+    try:
+        write_json_atomically(path, counts)
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
