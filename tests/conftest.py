@@ -91,6 +91,7 @@ SLOW_MODULES = frozenset(
         "tests/test_zenoh.py",  # runtime zenoh, the bridge and emulated devices; remote Zenoh sessions
         "src/runtime/testing/__init__.py",  # doctests that start an emulated robot
         "src/runtime/testing/robot.py",
+        "src/runtime/testing/student.py",
         # many processes, kill storms, a private mount namespace, thousands of cycles
         "tests/test_faults.py",
         "tests/test_leaks.py",

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from runtime.buffer import BufferStore
-from runtime.testing import EmulatedRobot, emulated_robot
+from runtime.student import FIELD_KEY, GAMEPAD_KEY
+from runtime.testing import EmulatedRobot, emulated_robot, run_student_code
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -223,3 +224,36 @@ def test_my_robot_passes_under_pytest(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"^3 passed in ", done.stdout, re.M), done.stdout
     assert "warning" not in done.stdout.lower(), done.stdout
+
+
+# ---- robot.py (the student API, run by runtime run) -----------------------------------------------
+
+
+def test_robot_drives_in_auto_then_from_the_gamepad(tmp_path: Path) -> None:
+    with emulated_robot("limit-switch", "yogi-bear", still=True) as robot:  # the switch stays free
+        drive_robot_example(robot, tmp_path)
+
+
+def drive_robot_example(robot: EmulatedRobot, tmp_path: Path) -> None:
+    names = tmp_path / "robot.yaml"
+    names.write_text(f"motor: {robot.uid('yogi-bear'):#x}\nswitch: {robot.uid('limit-switch'):#x}\n")
+    motor = robot.buffer("yogi-bear")
+    gamepad = robot.store.get_or_open(GAMEPAD_KEY)
+    gamepad.serve()  # the driver station, played by the test
+    try:
+        with run_student_code(robot, EXAMPLES / "robot.py", "--devices", str(names), "--mode", "auto") as run:
+            run.wait_line("auto: autonomous: forward for 2 s")
+            robot.wait_for(lambda: motor.get("duty_cycle") == 0.5, what="forward")
+            run.wait_line("auto: autonomous: done")
+            robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="stopped after 2 s")
+            gamepad.set("joystick_left_y", -0.4)
+            robot.store.get_or_open(FIELD_KEY).set("mode", 2)  # runtime mode teleop
+            run.wait_line("teleop: teleop: the left stick drives")
+            robot.wait_for(lambda: motor.get("duty_cycle") == pytest.approx(0.4), what="the stick drives")
+            robot.store.get_or_open(FIELD_KEY).set("mode", 0)
+            run.wait_line("idle: the robot is disabled")
+            robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="idle stops the motor")
+            assert "Traceback" not in "\n".join(run.lines)
+        assert run.process.returncode == 0
+    finally:
+        gamepad.stop_serving()

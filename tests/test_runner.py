@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 
 from runtime import DeviceBuffer
 from runtime.student import FIELD_KEY, GAMEPAD_KEY, RUNNER_KEY, log_lines_since
-from runtime.testing import EmulatedRobot, emulated_robot
+from runtime.testing import EmulatedRobot, StudentRun, emulated_robot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -45,57 +43,6 @@ def motor(robot: EmulatedRobot) -> Iterator[DeviceBuffer]:
         robot.store.enable()
         robot.store.get_or_open(FIELD_KEY).set("mode", 0)
         motor.end_commands()
-
-
-class RunnerProcess:
-    """``runtime run FILE`` with its output read line by line in a thread."""
-
-    def __init__(self, robot: EmulatedRobot, path: Path, *args: str) -> None:
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "run", str(path), *args],
-            env=robot.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.changed:
-                self.lines.append(line.rstrip("\n"))
-                self.changed.notify_all()
-        with self.changed:
-            self.lines.append("<end>")
-            self.changed.notify_all()
-
-    def wait_line(self, pattern: str, count: int = 1) -> re.Match[str]:
-        """The ``count``-th line that matches ``pattern`` (waiting for it)."""
-        deadline = time.monotonic() + WAIT
-        with self.changed:
-            while True:
-                matches = [m for m in map(re.compile(pattern).search, self.lines) if m]
-                if len(matches) >= count:
-                    return matches[count - 1]
-                left = deadline - time.monotonic()
-                assert left > 0 and "<end>" not in self.lines, f"no {pattern!r} in:\n" + "\n".join(self.lines)
-                self.changed.wait(left)
-
-    def student_pid(self, count: int = 1) -> int:
-        return int(self.wait_line(r"started \(student code pid (\d+)\)", count)[1])
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(WAIT)
 
 
 def student_file(tmp_path: Path, robot: EmulatedRobot, source: str) -> Path:
@@ -137,7 +84,7 @@ def test_student_code_drives_a_motor_from_the_gamepad_and_idle_stops_it(
     )
     gamepad = robot.store.get_or_open(GAMEPAD_KEY)
     gamepad.serve()  # the driver station's link, played by the test
-    runner = RunnerProcess(robot, path)
+    runner = StudentRun(robot, path)
     try:
         runner.wait_line("running robot.py")
         robot.wait_for(lambda: not robot.store.enabled, what="idle disables the robot")
@@ -190,7 +137,7 @@ def test_modes_run_their_functions_and_robot_run_beside_the_main_loop(
             print("teleop setup")
         """,
     )
-    runner = RunnerProcess(robot, path, "--mode", "auto")
+    runner = StudentRun(robot, path, "--mode", "auto")
     try:
         runner.wait_line(r"auto: autonomous setup")
         runner.wait_line(r"auto: worker starts")
@@ -224,7 +171,7 @@ def test_an_exception_stops_the_mode_with_the_student_s_frames_only(
                 json.loads("{")
         """,
     )
-    runner = RunnerProcess(robot, path, "--mode", "teleop")
+    runner = StudentRun(robot, path, "--mode", "teleop")
     try:
         runner.wait_line(r"teleop: json.decoder.JSONDecodeError")
         runner.wait_line(r"teleop stopped by the error above")
@@ -255,7 +202,7 @@ def test_a_hung_main_is_stopped_and_its_motor_made_safe(
                 pass
         """,
     )
-    runner = RunnerProcess(robot, path, "--mode", "teleop", "--timeout", "0.5")
+    runner = StudentRun(robot, path, "--mode", "teleop", "--timeout", "0.5")
     try:
         pid = runner.student_pid()
         runner.wait_line(r"teleop stopped: a call \(teleop_main or _setup.*did not return within 0.5 s")
@@ -277,7 +224,7 @@ def test_a_runner_killed_outright_takes_its_student_code_along(
             Robot.set_value(MOTOR, "duty_cycle", 0.75)
         """,
     )
-    runner = RunnerProcess(robot, path, "--mode", "teleop")
+    runner = StudentRun(robot, path, "--mode", "teleop")
     try:
         pid = runner.student_pid()
         robot.wait_for(lambda: motor.get("duty_cycle") == 0.75, what="driven")
@@ -293,7 +240,7 @@ def test_a_runner_killed_outright_takes_its_student_code_along(
 
 def test_one_runner_per_namespace(robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path) -> None:
     path = student_file(tmp_path, robot, "")
-    first = RunnerProcess(robot, path)
+    first = StudentRun(robot, path)
     try:
         first.wait_line("running robot.py")
         second = subprocess.run(
@@ -316,7 +263,7 @@ def test_reload_takes_a_changed_file_at_the_next_idle(
     robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
 ) -> None:
     path = student_file(tmp_path, robot, "def teleop_setup():\n    print('version 1')\n")
-    runner = RunnerProcess(robot, path, "--reload")
+    runner = StudentRun(robot, path, "--reload")
     try:
         runner.wait_line("running robot.py")
         mode(robot, "teleop")

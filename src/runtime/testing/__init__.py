@@ -12,6 +12,8 @@ Three levels, from the whole robot down to single frames:
 * :class:`FakeDevice`: a Smart Device your test plays in-process on a
   pseudo-terminal, for code that talks to serial ports (like pyserial's
   ``loop://``, but a real port the code under test opens by path).
+* :func:`run_student_code`: ``runtime run`` on your student file against an
+  emulated robot, its output lines at hand (:class:`StudentRun`).
 * :class:`DeviceModel`: the device side of the protocol without I/O (what
   ``runtime emulate`` runs), and :class:`FaultInjector` for a flaky link.
 
@@ -30,6 +32,7 @@ from .device import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, Sim
 from .faults import FAULT_KINDS, FaultCounts, FaultInjector, FaultRates
 from .pty import FakeDevice, FakeSerialPort, dev_data, sub_res
 from .robot import EmulatedDevice, EmulatedRobot, EmulationError, emulated_robot
+from .student import StudentRun, run_student_code
 
 __all__ = [
     "FAULT_KINDS",
@@ -45,8 +48,10 @@ __all__ = [
     "FaultInjector",
     "FaultRates",
     "Simulator",
+    "StudentRun",
     "dev_data",
     "emulated_robot",
     "random_uid",
+    "run_student_code",
     "sub_res",
 ]
