@@ -550,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     if run_scenarios:
         import bridge  # bench/bridge.py: the bridge under device traffic (ptys, a fleet of fake devices)
         import notify  # bench/notify.py: change notification (processes, a pty and the bridge)
+        import runner  # bench/runner.py: runtime run's period, mode change to safe motors, its CPU
         import safety  # bench/safety.py: commander death and disable to the device, through the bridge
 
         scenarios = {
@@ -558,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             "notify": notify.run_all(),
             "bridge": bridge.run_all(),
             "safety": safety.run_all(),
+            "runner": runner.run_all(),
         }
 
     if args.json:
@@ -598,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         import safety
 
         print("\n" + safety.describe(scenarios["safety"]))
+        import runner
+
+        print("\n" + runner.describe(scenarios["runner"]))
     return 0
 
 

@@ -91,6 +91,7 @@ STUDENT_ERROR_EXIT = 3
 """The child's exit status when student code raised (its traceback is printed)."""
 _STATUS = struct.Struct("=dQQ")  # call started (monotonic, 0: not in a call), main calls, overruns
 _PR_SET_PDEATHSIG = 1
+_PR_SET_TIMERSLACK = 29
 
 
 class RunnerError(RuntimeBaseException):
@@ -462,10 +463,15 @@ def _mtime(path: str) -> float | None:
 
 
 def _die_with(parent: int) -> None:
-    """SIGKILL this process when the runner dies (even by SIGKILL), so no student code outlives it."""
+    """SIGKILL this process when the runner dies (even by SIGKILL), so no student code outlives it.
+
+    And sleep to the microsecond: the main loop's sleeps end on time, not up
+    to the kernel's default 50 µs of timer slack later.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:
