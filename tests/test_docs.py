@@ -227,3 +227,19 @@ def test_the_top_level_names_are_documented() -> None:
     assert documented == set(runtime.__all__)
     for name in documented:
         assert getattr(runtime, name) is not None
+
+
+# ---- the tests docs/guarantees.md cites -----------------------------------------------------------
+
+
+def test_every_test_the_guarantees_cite_exists() -> None:
+    text = (ROOT / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    cited = re.findall(r"`(test_\w+\.py)(?:::(\w+)(\.\.\.)?)?", text)  # a name, or its start and "..."
+    assert len(cited) > 20
+    missing = []
+    for module, function, shortened in cited:
+        path = ROOT / "tests" / module
+        wanted = f"def {function}" if shortened else f"def {function}("
+        if not path.is_file() or (function and wanted not in path.read_text(encoding="utf-8")):
+            missing.append(f"{module}::{function}" if function else module)
+    assert not missing, f"docs/guarantees.md cites tests that do not exist: {missing}"

@@ -224,6 +224,9 @@ class _Child:
 class Runner:
     """Run one student file in the field's modes, in supervised child processes (see the module)."""
 
+    counts: dict[str, int]
+    """Modes entered, main calls, errors, hung calls, overruns, lines printed: since the start."""
+
     def __init__(
         self,
         path: str,
@@ -250,7 +253,6 @@ class Runner:
         self.mode = "idle"
         self.child: _Child | None = None
         self.counts = {"modes": 0, "cycles": 0, "errors": 0, "hung": 0, "overruns": 0, "lines": 0}
-        """Modes entered, main calls, errors, hung calls, overruns, lines printed: since the start."""
         self._loaded = _mtime(self.path)
         self._log: deque[str] = deque()
         self._lock = threading.Lock()
