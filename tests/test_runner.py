@@ -19,7 +19,7 @@ import pytest
 
 from runtime import DeviceBuffer
 from runtime.student import FIELD_KEY, GAMEPAD_KEY, RUNNER_KEY, log_lines_since
-from runtime.testing import EmulatedRobot, StudentRun, emulated_robot
+from runtime.testing import EmulatedRobot, StudentRun, emulated_robot, run_student_code
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -279,3 +279,40 @@ def test_reload_takes_a_changed_file_at_the_next_idle(
         runner.wait_line("teleop: version 2")
     finally:
         assert runner.stop() == 0
+
+
+def test_an_overrun_is_counted_and_warned_about_once_in_a_while(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    path = student_file(
+        tmp_path,
+        robot,
+        """
+        import time
+
+        slow = True
+
+        def calm_down():
+            global slow
+            Robot.sleep(0.3)
+            slow = False  # the mode's functions see what a Robot.run function sets
+
+        def teleop_setup():
+            Robot.run(calm_down)
+
+        def teleop_main():
+            if slow:
+                time.sleep(0.05)  # longer than the period
+            elif not Robot.is_running(calm_down):
+                print("calm")
+        """,
+    )
+    with run_student_code(robot, path, "--mode", "teleop", "--period", "0.02") as runner:
+        warning = runner.wait_line(r"teleop_main overran its period of 0.02 s \((\d+) times in this mode\)")
+        assert int(warning[1]) >= 1
+        runner.wait_line("teleop: calm")
+        runner_buffer = robot.store.get_or_open(RUNNER_KEY, create=False)
+        robot.wait_for(lambda: runner_buffer.get("overruns") >= 2, what="the overruns counted")
+        robot.wait_for(lambda: runner_buffer.get("cycles") > 10, what="the main calls counted")
+        warnings = [line for line in runner.lines if "overran" in line]
+        assert len(warnings) == 1, warnings  # at most one per 5 s
