@@ -400,8 +400,17 @@ class ZenohServer:
             logger.warning("zenoh: cannot open %s, not served: %s", name, exc)
             return
         key = device_key(self.name, type_name, uid)
+        # A Smart Device reports many times a second: a publication Zenoh drops under congestion is
+        # replaced by the next one. Other buffers (the field's mode, the runner's print lines, the
+        # driver station's inputs) change seldom: a dropped publication would leave every remote
+        # with a stale state, so theirs wait for room instead.
+        congestion = (
+            zenoh.CongestionControl.DROP
+            if isinstance(buffer, DeviceBuffer)
+            else zenoh.CongestionControl.BLOCK
+        )
         publisher = self.session.declare_publisher(
-            key, encoding=zenoh.Encoding.APPLICATION_JSON, express=True
+            key, encoding=zenoh.Encoding.APPLICATION_JSON, express=True, congestion_control=congestion
         )
         served = _Served(type_name, uid, key, zenoh.KeyExpr(key), buffer, publisher)
         served.safe = type(buffer).safe_values()
@@ -910,6 +919,7 @@ class ZenohServer:
                 f"{key}/error",
                 json.dumps(answer, separators=(",", ":"), allow_nan=False),
                 encoding=zenoh.Encoding.APPLICATION_JSON,
+                congestion_control=zenoh.CongestionControl.BLOCK,  # a refusal is said once: not dropped
             )
         except Exception:  # noqa: BLE001 - still logged below
             logger.exception("zenoh: cannot publish on %s/error", key)
