@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import select
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from test_zenoh import Raw, connect, free_port, raw, raw_sessions, start_zenoh
 from runtime import remote
 from runtime.buffer import Buffer, BufferStore, DeviceBufferError
 from runtime.student import FIELD_KEY, GAMEPAD_KEY, KEYBOARD_KEY, RUNNER_KEY
+from runtime.tools import drive as drive_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -88,6 +91,7 @@ def test_a_remote_client_sets_the_field_mode(
 ) -> None:
     endpoint, server = start_server(children)
     with connect(endpoint, namespace) as robot:
+        wait_for("the robot online", lambda: robot.online)  # the session may open before the token
         assert robot.mode == "idle"  # no field buffer yet: a get on @mode answers idle
         assert robot.running is None
         for mode, number in (("teleop", 2), ("auto", 1), (2, 2), ("idle", 0)):
@@ -393,3 +397,61 @@ def test_runtime_drive_script_drives_and_shows_the_print_lines(
     log = children.log(server)
     assert "mode teleop -> idle, set by client" in log  # the idle sent on the way out
     assert "Traceback" not in drive.log.read_text()
+
+
+def test_runtime_drive_on_a_terminal_sends_keys_and_restores_the_terminal(
+    children: Children, store: BufferStore, namespace: str, tmp_path: Path
+) -> None:
+    endpoint, server = start_server(children)
+    connect(endpoint, namespace).close()  # runtime zenoh listens
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    log = tmp_path / "drive.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "drive", endpoint, "--namespace", namespace],
+            stdin=slave,
+            stdout=slave,
+            stderr=stderr,
+        )
+    output = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal output
+        deadline = time.monotonic() + DEADLINE
+        while text not in output:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {text!r} in {output!r}; log: {log.read_text()}"
+            if select.select([master], [], [], remaining)[0]:
+                output += os.read(master, 4096)
+
+    try:
+        read_until(b"keys: space idle, Ctrl-A auto, Ctrl-T teleop")  # the terminal is raw now
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO
+        os.write(master, b"\x14")  # Ctrl-T
+        wait_for("teleop", lambda: value(store, FIELD_KEY, "mode") == 2, timeout=DEADLINE)
+        read_until(b"mode: teleop")
+        os.write(master, b"W\x1b[D")  # shift-w is w; the left arrow
+        wait_for("w pressed", lambda: value(store, KEYBOARD_KEY, "w") is True, timeout=DEADLINE)
+        pressed = time.monotonic()
+        wait_for("left pressed", lambda: value(store, KEYBOARD_KEY, "left_arrow") is True, timeout=DEADLINE)
+        # A terminal sees no release: the key counts as held a moment after its press only.
+        wait_for("w released", lambda: value(store, KEYBOARD_KEY, "w") is False, timeout=DEADLINE)
+        assert time.monotonic() - pressed >= drive_tool.HOLD_FIRST / 2
+        os.write(master, b" ")  # space: idle
+        wait_for("idle", lambda: value(store, FIELD_KEY, "mode") == 0, timeout=DEADLINE)
+        os.write(master, b"\x14")
+        wait_for("teleop again", lambda: value(store, FIELD_KEY, "mode") == 2, timeout=DEADLINE)
+        os.write(master, b"\x11")  # Ctrl-Q: quit (idle first)
+        read_until(b"quit: the robot is idle")
+        assert process.wait(DEADLINE) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        restored = termios.tcgetattr(slave)
+        os.close(slave)
+        os.close(master)
+    assert value(store, FIELD_KEY, "mode") == 0
+    assert restored == before  # the terminal as it was
+    assert "Traceback" not in log.read_text()

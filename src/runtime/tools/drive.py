@@ -288,14 +288,14 @@ class _Gamepad:
                 if now < self.next_look:
                     return {}
                 self.next_look = now + GAMEPAD_LOOK
-                self.module.update()
+                self._update()
                 found = [i for i in range(self.module.get_count()) if self.module.is_controller(i)]
                 if not found:
                     return {}
                 self.controller = self.module.Controller(found[0])
                 self.state = {}
-                self.display.say(f"gamepad: {self.controller.name}")
-            self.module.update()
+                self.display.say(f"gamepad: {getattr(self.controller, 'name', None) or 'found'}")
+            self._update()
             if not self.controller.attached():
                 raise RuntimeError("unplugged")
             return self._changes()
@@ -306,6 +306,12 @@ class _Gamepad:
             neutral: dict[str, Any] = {name: (0.0 if name in self.AXES else False) for name in self.state}
             self.state = {}
             return neutral
+
+    def _update(self) -> None:
+        """Have SDL read the gamepads now (no window, no event loop here to do it)."""
+        update = getattr(self.module, "update", None)
+        if update is not None:
+            update()
 
     def _changes(self) -> dict[str, Any]:
         get = self.pygame
