@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from e2e import CATALOG, Children, children_fixture, wait_for
-from test_zenoh import Raw, connect, free_port, raw, raw_sessions, start_zenoh
+from test_zenoh import Raw, connect, free_port, raw, raw_sessions, start_robot, start_zenoh
 
 from runtime import remote
 from runtime.buffer import Buffer, BufferStore, DeviceBufferError
@@ -455,3 +455,43 @@ def test_runtime_drive_on_a_terminal_sends_keys_and_restores_the_terminal(
     assert value(store, FIELD_KEY, "mode") == 0
     assert restored == before  # the terminal as it was
     assert "Traceback" not in log.read_text()
+
+
+# ---- the whole way: driver station, runtime zenoh, runtime run, the bridge, a device -------------
+
+STUDENT = """
+def teleop_main():
+    Robot.set_value(MOTOR, "duty_cycle", -Gamepad.get_value("joystick_left_y"))
+"""
+
+GAMEPAD_DRIVER = DRIVER.replace(
+    'robot.send_keyboard({"w": True})', 'robot.send_gamepad({"joystick_left_y": -0.5})'
+)
+"""A driver station in a process of its own: teleop, the left stick pushed forward; then waits."""
+
+
+def test_a_driver_station_drives_student_code_and_its_death_idles_the_robot(
+    children: Children, store: BufferStore, namespace: str, tmp_path: Path
+) -> None:
+    endpoint, _, _ = start_robot(children, tmp_path, "yogi-bear")
+    uid = wait_for(
+        "the motor served",
+        lambda: next((uid for kind, uid, _ in store.find_segments() if kind == "yogi-bear"), None),
+        timeout=DEADLINE,
+    )
+    motor = store.get_or_open(uid, create=False)
+    (tmp_path / "robot.py").write_text(f"MOTOR = {hex(uid)!r}\n{STUDENT}")
+    children.start("runtime", "run", str(tmp_path / "robot.py"))
+    wait_for("the runner idle", lambda: value(store, RUNNER_KEY, "pid") is not None, timeout=DEADLINE)
+    (tmp_path / "gamepad_driver.py").write_text(GAMEPAD_DRIVER)
+    config = tmp_path / "lease.json5"
+    config.write_text(json.dumps({"transport": {"link": {"tx": {"lease": LEASE_MS, "keep_alive": 4}}}}))
+    driver = children.start("gamepad_driver", endpoint, namespace, str(config), stdout=True)
+    children.read_lines(driver, 1)
+    wait_for("the runner in teleop", lambda: value(store, RUNNER_KEY, "mode") == 2, timeout=DEADLINE)
+    wait_for("the stick drives the motor", lambda: motor.get("duty_cycle") == 0.5, timeout=DEADLINE)
+    assert store.enabled
+    driver.kill()  # the laptop is gone: the robot must not drive on
+    wait_for("idle", lambda: value(store, RUNNER_KEY, "mode") == 0, timeout=LEASE_MS / 1000 + DEADLINE)
+    wait_for("the motor at its safe value", lambda: motor.get("duty_cycle") == 0.0, timeout=DEADLINE)
+    assert not store.enabled  # idle: disabled
