@@ -825,12 +825,7 @@ class Robot:
 
     def _on_driver_error(self, sample: zenoh.Sample) -> None:
         key = str(sample.key_expr).removesuffix("/error")
-        try:
-            error = json.loads(sample.payload.to_bytes())
-        except ValueError:
-            error = {"error": sample.payload.to_string()}
-        if not isinstance(error, dict):
-            error = {"error": error}
+        error = _error_object(sample)
         error["key"] = key
         with self._lock:
             if key == mode_key(self._namespace):
@@ -1106,12 +1101,7 @@ class Robot:
         parsed = parse_device_key(key)
         if parsed is None or parsed[0] != self._namespace:
             return
-        try:
-            error = json.loads(sample.payload.to_bytes())
-        except ValueError:
-            error = {"error": sample.payload.to_string()}
-        if not isinstance(error, dict):
-            error = {"error": error}
+        error = _error_object(sample)
         logger.warning("%s refused a write: %s", key.removesuffix("/error"), error.get("error", error))
         with self._lock:
             self._record(parsed[1], parsed[2]).last_error = error
@@ -1168,6 +1158,15 @@ class Robot:
             express=True,
             attachment=self._client_id,
         )
+
+
+def _error_object(sample: zenoh.Sample) -> dict[str, Any]:
+    """A refusal published on an ``.../error`` key, as a JSON object whatever was sent."""
+    try:
+        error = json.loads(sample.payload.to_bytes())
+    except ValueError:
+        error = {"error": sample.payload.to_string()}
+    return error if isinstance(error, dict) else {"error": error}
 
 
 def _close(session: Any) -> None:

@@ -689,14 +689,7 @@ class ZenohServer:
             "write": jsonable(data),
             "time": time.time(),
         }
-        try:
-            self.session.put(
-                f"{key}/error",
-                json.dumps(answer, separators=(",", ":"), allow_nan=False),
-                encoding=zenoh.Encoding.APPLICATION_JSON,
-            )
-        except Exception:  # noqa: BLE001 - still logged below
-            logger.exception("zenoh: cannot publish on %s/error", key)
+        self._publish_error(key, answer)
         now = time.monotonic()
         if served is not None:
             served.refused += 1
@@ -892,6 +885,18 @@ class ZenohServer:
         buffer.stop_serving()  # invalid: the student API reads an invalid input as neutral too
         logger.info("zenoh: the %s is back to neutral and no longer served: %s", kind, why)
 
+    def _publish_error(self, key: str, answer: dict[str, Any]) -> None:
+        """Say why a put on ``key`` was refused, on ``<key>/error`` (the caller logs it too)."""
+        try:
+            self.session.put(
+                f"{key}/error",
+                json.dumps(answer, separators=(",", ":"), allow_nan=False),
+                encoding=zenoh.Encoding.APPLICATION_JSON,
+                congestion_control=zenoh.CongestionControl.BLOCK,  # a refusal is said once: not dropped
+            )
+        except Exception:  # noqa: BLE001 - still logged by the caller
+            logger.exception("zenoh: cannot publish on %s/error", key)
+
     def _refuse_request(
         self,
         key: str,
@@ -914,15 +919,7 @@ class ZenohServer:
             "client": client,
             "time": time.time(),
         }
-        try:
-            self.session.put(
-                f"{key}/error",
-                json.dumps(answer, separators=(",", ":"), allow_nan=False),
-                encoding=zenoh.Encoding.APPLICATION_JSON,
-                congestion_control=zenoh.CongestionControl.BLOCK,  # a refusal is said once: not dropped
-            )
-        except Exception:  # noqa: BLE001 - still logged below
-            logger.exception("zenoh: cannot publish on %s/error", key)
+        self._publish_error(key, answer)
         now = time.monotonic()
         last = self._refusal_logs.setdefault(key, [-1e9, 0.0])
         if now - last[0] < REFUSAL_LOG_INTERVAL:
