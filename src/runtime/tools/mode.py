@@ -22,8 +22,10 @@ Switch the robot's mode: idle, auto (autonomous) or teleop.
 
 'runtime run' follows it: entering auto or teleop runs the student code's
 <mode>_setup() then <mode>_main(); idle stops the student code and disables
-the robot (every motor at its safe value). The mode is kept in the field
-buffer, so a runner started later finds it.
+the robot (every motor at its safe value). Entering auto or teleop enables
+the robot again, as a driver station's Enable does; 'runtime disable' while a
+mode runs stops it (idle). The mode is kept in the field buffer, so a runner
+started later finds it.
 """
 
 EPILOG = """\
