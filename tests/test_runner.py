@@ -313,3 +313,23 @@ def seconds_of_day(line: str) -> float:
     """The time a runner's line is stamped with (``HH:MM:SS.mmm``), in seconds."""
     hours, minutes, seconds = line.split()[0].split(":")
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def test_runtime_disable_while_a_mode_runs_stops_it(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    source = 'def teleop_main():\n    Robot.set_value(MOTOR, "duty_cycle", 0.5)\n'
+    path = student_file(tmp_path, robot, source)
+    with run_student_code(robot, path, "--mode", "teleop") as runner:
+        pid = runner.student_pid()
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.5, what="driven")
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime", "disable"], env=robot.env, capture_output=True, timeout=WAIT
+        )
+        assert done.returncode == 0, done.stderr
+        runner.wait_line("the robot was disabled: teleop stopped, idle")
+        robot.wait_for(lambda: gone(pid), what="the student process stopped")
+        robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor at its safe value")
+        assert robot.store.get_or_open(FIELD_KEY).get("mode") == 0
+    assert runner.process.returncode == 0
+    assert not robot.store.enabled, "a disable that was not the runner's stays"
