@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import DeviceBuffer
+from runtime import Buffer, DeviceBuffer
 from runtime.student import FIELD_KEY, GAMEPAD_KEY, RUNNER_KEY, log_lines_since
 from runtime.testing import EmulatedRobot, emulated_robot, run_student_code
 
@@ -62,6 +62,12 @@ def mode(robot: EmulatedRobot, name: str) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def runner_buffer_of(robot: EmulatedRobot) -> Buffer:
+    """This runner's buffer: a handle of its own (the robot's store keeps an earlier runner's, unlinked)."""
+    (name,) = [name for kind, _, name in robot.store.find_segments() if kind == RUNNER_KEY[0]]
+    return robot.store.catalog[RUNNER_KEY[0]].attach(name, create=False)
 
 
 def gone(pid: int) -> bool:
@@ -147,7 +153,7 @@ def test_modes_run_their_functions_and_robot_run_beside_the_main_loop(
         mode(robot, "teleop")
         runner.wait_line(r"^\d\d:\d\d:\d\d\.\d{3} teleop: teleop setup$")
         assert not any("autonomous" in line for line in runner.lines if "teleop:" in line)
-        log = robot.store.get_or_open(RUNNER_KEY, create=False)
+        log = runner_buffer_of(robot)
         lines, lost = log_lines_since(0, log.get("lines"), log.get("log"))
         assert lost == 0 and any(line.endswith("auto: worker ends") for line in lines), lines
     assert runner.process.returncode == 0
@@ -301,7 +307,7 @@ def test_an_overrun_is_counted_and_warned_about_once_in_a_while(
         warning = runner.wait_line(r"teleop_main overran its period of 0.02 s \((\d+) times in this mode\)")
         assert int(warning[1]) >= 1
         runner.wait_line("teleop: calm")
-        runner_buffer = robot.store.get_or_open(RUNNER_KEY, create=False)
+        runner_buffer = runner_buffer_of(robot)
         robot.wait_for(lambda: runner_buffer.get("overruns") >= 2, what="the overruns counted")
         robot.wait_for(lambda: runner_buffer.get("cycles") > 10, what="the main calls counted")
         warnings = [line for line in runner.lines if "overran" in line]
@@ -333,3 +339,24 @@ def test_runtime_disable_while_a_mode_runs_stops_it(
         assert robot.store.get_or_open(FIELD_KEY).get("mode") == 0
     assert runner.process.returncode == 0
     assert not robot.store.enabled, "a disable that was not the runner's stays"
+
+
+def test_prints_of_two_threads_never_mix_within_a_line(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    source = """
+        def chatter(name):
+            for count in range(300):
+                print(name, count, "end")
+            print(name, "done")
+
+        def autonomous_setup():
+            Robot.run(chatter, "left")
+            Robot.run(chatter, "right")
+        """
+    with run_student_code(robot, student_file(tmp_path, robot, source), "--mode", "auto") as runner:
+        runner.wait_line("auto: left done")
+        runner.wait_line("auto: right done")
+        said = [line.split(" auto: ", 1)[1] for line in runner.lines if " auto: " in line]
+        assert len(said) == 602
+        assert all(re.fullmatch(r"(left|right) (\d+ end|done)", line) for line in said), said

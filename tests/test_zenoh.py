@@ -448,6 +448,7 @@ def test_a_bridge_that_dies_invalidates_the_device_remotely_while_the_robot_stay
     with connect(endpoint, namespace) as robot:
         servo = robot.device(servo_uid)
         wait_for("the servo valid remotely", lambda: servo.valid)
+        wait_for("the robot online", lambda: robot.online)  # its token may come after the first values
         bridge.kill()
         assert bridge.wait(10) < 0
         assert not local.valid

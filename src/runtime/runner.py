@@ -35,6 +35,7 @@ buffer (``runner``, served while the runner runs) for ``runtime foxglove``,
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import math
@@ -513,6 +514,7 @@ def _student_mode(runner: Runner, mode: str, status: _Status) -> int:
         "__name__": "student_code",
         "__file__": runner.path,
         "__builtins__": __builtins__,
+        "print": _whole_line_print(),
         "Robot": robot,
         "Gamepad": Gamepad(store, lambda: mode),
         "Keyboard": Keyboard(store, lambda: mode),
@@ -550,6 +552,30 @@ def _student_mode(runner: Runner, mode: str, status: _Status) -> int:
     except BaseException as exc:
         fail(exc)
     return STUDENT_ERROR_EXIT
+
+
+def _whole_line_print() -> Callable[..., None]:
+    """``print`` for student code: one write per call, so that lines of two threads never mix.
+
+    The built-in writes each value, separator and end on its own; a
+    ``Robot.run`` function printing beside the main loop would interleave
+    them within a line.
+    """
+    lock = threading.Lock()
+
+    def student_print(
+        *values: object, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False
+    ) -> None:
+        if file is not None and file is not sys.stdout and file is not sys.stderr:
+            builtins.print(*values, sep=sep, end=end, file=file, flush=flush)
+            return
+        text = (" " if sep is None else sep).join(map(str, values)) + ("\n" if end is None else end)
+        stream = sys.stdout if file is None else file
+        with lock:
+            stream.write(text)
+            stream.flush()
+
+    return student_print
 
 
 def _function(student: Mapping[str, Any], name: str) -> Callable[[], Any] | None:
