@@ -350,9 +350,15 @@ def test_prints_of_two_threads_never_mix_within_a_line(
                 print(name, count, "end")
             print(name, "done")
 
+        def left():
+            chatter("left")
+
+        def right():
+            chatter("right")
+
         def autonomous_setup():
-            Robot.run(chatter, "left")
-            Robot.run(chatter, "right")
+            Robot.run(left)
+            Robot.run(right)
         """
     with run_student_code(robot, student_file(tmp_path, robot, source), "--mode", "auto") as runner:
         runner.wait_line("auto: left done")

@@ -28,6 +28,7 @@ gamepad, keyboard and runner buffers, the keyboard's key names, and
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ __all__ = [
     "GAMEPAD_KEY",
     "KEYBOARD_KEY",
     "KEY_NAMES",
+    "MAX_RUNNING",
     "MODES",
     "MODE_FUNCTIONS",
     "RUNNER_KEY",
@@ -80,6 +82,10 @@ KEY_NAMES = {
     "]": "right_bracket",
 }
 """The keys whose parameter in the ``keyboard`` buffer is not the key itself."""
+
+
+MAX_RUNNING = 64
+"""Functions ``Robot.run`` runs at once, at most (each is a thread)."""
 
 
 class StudentCodeError(RuntimeBaseException):
@@ -220,6 +226,7 @@ class Robot:
         self._names = dict(names or {})
         self._buffers: dict[object, DeviceBuffer] = {}
         self._running: dict[Callable[..., Any], threading.Thread] = {}
+        self._told: set[Callable[..., Any]] = set()
         self._on_error = on_error
 
     def _buffer(self, device: object) -> DeviceBuffer:
@@ -248,11 +255,29 @@ class Robot:
         self._buffer(device).write(param, value)
 
     def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Run ``function(*args)`` beside the main loop, in a thread; an error in it stops the mode."""
+        """Run ``function(*args)`` beside the main loop, in a thread; an error in it stops the mode.
+
+        While that function still runs, another call for it does nothing (it
+        says so once), so ``if pressed: Robot.run(arm)`` in a main loop is safe.
+        """
         if not callable(function):
             raise StudentCodeError(f"Robot.run takes a function, not {function!r}")
-        if self.is_running(function):
-            raise StudentCodeError(f"{_name(function)} is already running", function=_name(function))
+        if self.is_running(function):  # as in PiE: said once per run, nothing done
+            if function not in self._told:
+                self._told.add(function)
+                print(
+                    f"Robot.run({_name(function)}): it is still running, so nothing was done"
+                    " (Robot.is_running tells when it is over)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
+        if sum(thread.is_alive() for thread in self._running.values()) >= MAX_RUNNING:
+            raise StudentCodeError(
+                f"Robot.run({_name(function)}): {MAX_RUNNING} functions run already; let some return first",
+                function=_name(function),
+            )
+        self._told.discard(function)
 
         def call() -> None:
             try:
