@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import IO, Any
 
-from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
 from ..jsonio import jsonable
 from ._common import (
     LONGEST_SECONDS,
@@ -250,7 +250,7 @@ class Demo:
         self.lines.put(None)
 
     def start(self) -> None:
-        """Start the emulator, learn its terminals, then the bridge and the student code."""
+        """Start the emulator, learn its terminals, then the bridge and, once it serves them, the runner."""
         links = os.path.join(self.directory, "devices")
         emulator = self._spawn(
             "emulator",
@@ -278,11 +278,27 @@ class Demo:
         self._spawn("bridge", self._runtime("bridge", *ports, "--stats", self.stats_path))
         if self.args.no_student:
             return
+        self._wait_served()  # student code that reads a device at once finds it
         with open(self.robot_path, "w") as file:
             file.write("".join(f"{name}: {uid:#x}\n" for name, uid in robot_names(self.devices).items()))
         student = os.path.abspath(self.args.student or DEMO_STUDENT_FILE)
         options = ["--devices", self.robot_path, "--mode", "auto", "--stats", self.student_path]
         self._spawn("runner", self._runtime("run", student, *options))
+
+    def _wait_served(self) -> None:
+        """Wait until the bridge serves every device (valid buffers), or raise :class:`DemoError`."""
+        deadline = time.monotonic() + START_TIMEOUT
+        with BufferStore(self.catalog) as store:
+            waiting = [device.uid for device in self.devices]
+            while waiting:
+                self.check_children()
+                if time.monotonic() > deadline:
+                    raise self._failure("bridge", f"did not serve the devices within {START_TIMEOUT:g} s")
+                with contextlib.suppress(DeviceBufferError):
+                    if store.get_or_open(waiting[0], create=False).valid:
+                        waiting.pop(0)
+                        continue
+                time.sleep(0.05)
 
     def check_children(self) -> None:
         """Raise :class:`DemoError` when a child exited while the demo runs."""
