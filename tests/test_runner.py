@@ -366,3 +366,25 @@ def test_prints_of_two_threads_never_mix_within_a_line(
         said = [line.split(" auto: ", 1)[1] for line in runner.lines if " auto: " in line]
         assert len(said) == 602
         assert all(re.fullmatch(r"(left|right) (\d+ end|done)", line) for line in said), said
+
+
+def test_a_field_that_turns_invalid_means_idle(tmp_path: Path) -> None:
+    """A field producer that stops: its mode cannot be trusted; the runner idles and says so once."""
+    with emulated_robot("yogi-bear") as robot:  # its own: the field is left invalid
+        motor = robot.buffer("yogi-bear")
+        source = 'def teleop_main():\n    Robot.set_value(MOTOR, "duty_cycle", 0.5)\n'
+        field = robot.store.get_or_open(FIELD_KEY)
+        with run_student_code(robot, student_file(tmp_path, robot, source), "--mode", "teleop") as runner:
+            pid = runner.student_pid()
+            robot.wait_for(lambda: motor.get("duty_cycle") == 0.5, what="driven")
+            field.serve()  # a field controller comes...
+            field.stop_serving()  # ...and goes: the field is invalid
+            runner.wait_line(r"cannot read the field's mode \(.*\): idle until it can be read")
+            robot.wait_for(lambda: gone(pid), what="the student process stopped")
+            robot.wait_for(lambda: motor.get("duty_cycle") == 0.0, what="the motor at its safe value")
+            field.serve()  # back, in teleop
+            field.set("mode", 2)
+            runner.student_pid(count=2)
+            assert len([line for line in runner.lines if "cannot read the field" in line]) == 1
+            field.stop_serving()
+        assert runner.process.returncode == 0

@@ -258,6 +258,7 @@ class Runner:
         self._log: deque[str] = deque()
         self._lock = threading.Lock()
         self._disabled_here = False
+        self._field_trouble = False
         self._field: Buffer | None = None
         self._runner: Buffer | None = None
         self._log_capacity = ctypes.sizeof(store.catalog[RUNNER_KEY[0]].params["log"].ctype)
@@ -304,7 +305,15 @@ class Runner:
     def _look(self) -> None:
         """One pass: the field's mode, the robot's state, the child's health, a changed file."""
         assert self._field is not None
-        wanted = mode_name(int(self._field.get("mode")))
+        try:
+            wanted = mode_name(int(self._field.get("mode")))
+        except DeviceBufferError as exc:  # a field producer that died: no mode to trust, idle
+            if not self._field_trouble:
+                self.say(f"cannot read the field's mode ({exc.message}): idle until it can be read")
+            self._field_trouble = True
+            wanted = "idle"
+        else:
+            self._field_trouble = False
         if wanted != self.mode:
             self._switch(wanted)
         elif self.mode != "idle" and not self.store.enabled:
