@@ -250,7 +250,9 @@ def test_events_python_does_not_take_are_bounded(link: Link, pump: FramePump) ->
     for _ in range(12):
         os.write(link.device, ping * 100)
         time.sleep(0.005)
-    wait_for("the overflow to be counted", lambda: pump.counters(port).events_dropped == 1200 - PORT_EVENT_LIMIT)
+    wait_for(
+        "the overflow to be counted", lambda: pump.counters(port).events_dropped == 1200 - PORT_EVENT_LIMIT
+    )
     taken = pump.take_events()  # the port's share of the queue (tests/test_noisy_port.py: other ports')
     assert len(taken) == PORT_EVENT_LIMIT and all(event == PumpEvent.FRAME for _, event, _ in taken)
     link.send(Message.make_ping())
