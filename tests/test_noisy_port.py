@@ -38,6 +38,7 @@ from e2e import (
     namespace_segments,
     open_buffer,
     sub_res,
+    try_open,
     wait_for,
 )
 
@@ -164,15 +165,20 @@ def test_a_good_device_connects_and_streams_while_four_ports_flood(
         assert device.uid is not None
         device.introduce(timeout=10)  # the bridge PINGs every 0.2 s; answered once
         answered = time.monotonic()
-        servo = open_buffer(store, device.uid, timeout=5)
+        uid = device.uid
+        servo = wait_for("the good device's buffer", lambda: try_open(store, uid), timeout=5, every=0.001)
         wait_for("the good device to be served", lambda: servo.valid, timeout=5, every=0.001)
         connected_after = time.monotonic() - answered
         device.accept_subscription(timeout=5)
+        delays = []
         for step in range(1, 21):
             device.send(dev_data(SERVO, servo0=step / 32))
             sent = time.monotonic()
             wait_for(f"value {step}", lambda s=step: servo.get("servo0") == s / 32, timeout=2, every=0.001)
-            assert time.monotonic() - sent < 1.0
+            delays.append(time.monotonic() - sent)
+        latest = max(delays) * 1e3
+        print(f"under the flood: handshake {connected_after * 1e3:.1f} ms, values {latest:.1f} ms at most")
+        assert max(delays) < 1.0
         device.send(Message.make_hb_req(7))
         device.expect(MessageType.HB_RES, timeout=2, where=lambda m: m.read_hb_res() == 7)
         assert connected_after < 1.0, f"the handshake took {connected_after:.2f} s under the flood"
