@@ -161,8 +161,9 @@ about two seconds: a link losing a quarter of the frames loses all nine copies l
 UNPLUGGED_GRACE = 60.0
 """Seconds the bridge keeps a disconnected device's buffer (mapped, its segment linked, its record in
 ``--stats``): a device that comes back within them gets the same segment. Then it is released."""
-UNPLUGGED_CAP = 64
-"""Most disconnected devices the bridge keeps at once; beyond, the longest gone is released first."""
+UNPLUGGED_CAP = 128
+"""Most disconnected devices the bridge keeps at once (a USB bus holds at most 127); beyond, the longest gone
+is released first."""
 LEFT_BEHIND_CHECK_MIN = 1.0
 """Seconds at least between two looks at the segments of released devices that another process still
 maps (they are looked at every grace period)."""
