@@ -14,11 +14,17 @@
  *   HB_RES    noted (the device is alive).
  *
  * Every other frame (SUB_RES, ERROR, a frame that does not decode or does not
- * fit the device, anything before the buffer is attached) is queued for
- * Python whole, and the pump's event descriptor becomes readable: the bridge
- * handles those frames exactly as before, through Message.decode. With
- * `forward_all` (the bridge's --verbose) Python also gets a copy of every
+ * fit the device) is queued for Python whole, and the pump's event descriptor
+ * becomes readable: the bridge handles those frames exactly as before,
+ * through Message.decode. With `forward_all` (the bridge's --verbose) Python also gets a copy of every
  * frame the thread handled or sent, to log it.
+ *
+ * Each port has its own share of the queue for Python (`port_events` frames,
+ * PUMP_PORT_EVENT_LIMIT unless told, and room of its own for the copies and
+ * for the pump's own reports): a port that floods frames for Python fills
+ * only its share, and its surplus is dropped and counted on that port alone,
+ * so that no other port's frame is dropped, or waits behind more than the
+ * other ports' shares (a few milliseconds of Python).
  *
  * Writes the bridge wants confirmed are watched here too (watch_writes): a
  * DEV_DATA reporting the value written settles a write, and so does one
@@ -47,8 +53,13 @@
 
 #define PUMP_READ_SIZE 4096
 #define PUMP_MAX_EVENTS 64
-#define PUMP_EVENT_LIMIT 1024         /* events queued for Python before new ones are dropped (counted) */
-#define PUMP_EVENT_RESERVE 256        /* room beyond it for the events that must not be lost (LOST, UNSTALL) */
+#define PUMP_PORT_EVENT_LIMIT 64      /* default share: frames (FRAME, OVERFLOW) a port has queued for
+                                         Python before its new ones are dropped (counted on that port) */
+#define PUMP_PORT_EVENT_MAX 65536     /* the largest share one may ask for */
+#define PUMP_PORT_COPY_FACTOR 4       /* forward_all copies (SEEN, SENT) a port may have queued: 4 shares */
+#define PUMP_PORT_REPORT_LIMIT 64     /* the pump's own reports per port (LOST, STALL, UNSTALL, RECOVERED):
+                                         at most one LOST, the others a few per stall */
+#define PUMP_EVENT_INITIAL 1024       /* the queue's first capacity; it grows as the ports' shares need */
 #define PUMP_OUTBOX_LIMIT (64 * 1024) /* bytes queued per port before new frames are dropped */
 #define PUMP_EMPTY_READS_LIMIT 100    /* readable events in a row with no bytes before a port counts as gone */
 #define PUMP_STALL_RETRY 0.005        /* seconds between attempts to apply staged values */
@@ -104,6 +115,8 @@ typedef struct {
     uint8_t stale_count[RT_MAX_PARAMS];
     double stalled_since;    /* monotonic; 0: not stalled */
     double stall_reported;
+    /* this port's events queued for Python (see PUMP_PORT_EVENT_LIMIT) */
+    uint32_t queued_frames, queued_copies, queued_reports;
     /* counters */
     uint64_t messages_in, messages_out, lock_stalls, events_dropped;
     double last_rx;          /* monotonic time of the last message handled here */
@@ -117,10 +130,11 @@ typedef struct {
     int stopping;
     int epoll_fd, control_fd, event_fd;
     int forward_all;
+    uint32_t port_events;    /* each port's share of frames queued for Python */
     pump_port *ports;
     Py_ssize_t port_count;
     pump_event *events;
-    Py_ssize_t event_count;
+    Py_ssize_t event_count, event_capacity;
     int notified;            /* event_fd was signalled and events not yet taken */
 } FramePump;
 
@@ -144,11 +158,34 @@ static void
 post(FramePump *pump, Py_ssize_t index, int kind, const uint8_t *data, Py_ssize_t length, double value)
 {
     pump_port *port = &pump->ports[index];
-    int vital = kind == PUMP_LOST || kind == PUMP_UNSTALL || kind == PUMP_RECOVERED;
-    if (pump->event_count >= PUMP_EVENT_LIMIT + (vital ? PUMP_EVENT_RESERVE : 0)) {
-        port->events_dropped++;
+    uint32_t *queued, limit;
+    if (kind == PUMP_FRAME || kind == PUMP_OVERFLOW) {
+        queued = &port->queued_frames;
+        limit = pump->port_events;
+    }
+    else if (kind == PUMP_SEEN || kind == PUMP_SENT) {
+        queued = &port->queued_copies;
+        limit = PUMP_PORT_COPY_FACTOR * pump->port_events;
+    }
+    else {
+        queued = &port->queued_reports;
+        limit = PUMP_PORT_REPORT_LIMIT;
+    }
+    if (*queued >= limit) {
+        port->events_dropped++;  /* this port's surplus: no other port's share is touched */
         return;
     }
+    if (pump->event_count == pump->event_capacity) {
+        Py_ssize_t capacity = pump->event_capacity * 2;
+        pump_event *grown = PyMem_RawRealloc(pump->events, (size_t)capacity * sizeof(pump_event));
+        if (grown == NULL) {
+            port->events_dropped++;
+            return;
+        }
+        pump->events = grown;
+        pump->event_capacity = capacity;
+    }
+    (*queued)++;
     pump_event *event = &pump->events[pump->event_count++];
     event->port = (uint32_t)index;
     event->kind = (uint8_t)kind;
@@ -652,9 +689,14 @@ FramePump_close(FramePump *self, PyObject *unused)
 static int
 FramePump_init(FramePump *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"forward_all", NULL};
+    static char *kwlist[] = {"forward_all", "port_events", NULL};
     int forward_all = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p:FramePump", kwlist, &forward_all)) {
+    long port_events = PUMP_PORT_EVENT_LIMIT;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p$l:FramePump", kwlist, &forward_all, &port_events)) {
+        return -1;
+    }
+    if (port_events < 1 || port_events > PUMP_PORT_EVENT_MAX) {
+        PyErr_Format(PyExc_ValueError, "port_events must be 1 to %d, not %ld", PUMP_PORT_EVENT_MAX, port_events);
         return -1;
     }
     if (self->epoll_fd >= 0 || self->thread_started) {
@@ -662,11 +704,13 @@ FramePump_init(FramePump *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->forward_all = forward_all;
-    self->events = PyMem_RawCalloc(PUMP_EVENT_LIMIT + PUMP_EVENT_RESERVE, sizeof(pump_event));
+    self->port_events = (uint32_t)port_events;
+    self->events = PyMem_RawCalloc(PUMP_EVENT_INITIAL, sizeof(pump_event));
     if (self->events == NULL) {
         PyErr_NoMemory();
         return -1;
     }
+    self->event_capacity = PUMP_EVENT_INITIAL;
     self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     self->control_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     self->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -894,6 +938,10 @@ FramePump_take_events(FramePump *self, PyObject *unused)
     }
     self->event_count = 0;
     self->notified = 0;
+    for (Py_ssize_t index = 0; index < self->port_count; index++) {  /* every port has its share again */
+        pump_port *port = &self->ports[index];
+        port->queued_frames = port->queued_copies = port->queued_reports = 0;
+    }
     /* Accesses of recovered buffers, kept alive until reported (below, without the pump's lock). */
     PyObject *recovered = NULL;
     for (Py_ssize_t i = 0; copy != NULL && i < count; i++) {
@@ -1134,7 +1182,8 @@ static PyTypeObject FramePumpType = {
     .tp_name = "runtime._core.FramePump",
     .tp_basicsize = sizeof(FramePump),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "FramePump(forward_all=False): serve Smart Device ports from one reader thread without the GIL.",
+    .tp_doc = "FramePump(forward_all=False, *, port_events=PUMP_PORT_EVENT_LIMIT): serve Smart Device ports "
+              "from one reader thread without the GIL; each port may have port_events frames waiting for Python.",
     .tp_new = FramePump_new,
     .tp_init = (initproc)FramePump_init,
     .tp_dealloc = (destructor)FramePump_dealloc,
@@ -1153,7 +1202,8 @@ rt_pump_module_init(PyObject *module)
         || PyModule_AddIntConstant(module, "PUMP_STALL", PUMP_STALL) < 0
         || PyModule_AddIntConstant(module, "PUMP_UNSTALL", PUMP_UNSTALL) < 0
         || PyModule_AddIntConstant(module, "PUMP_SEEN", PUMP_SEEN) < 0
-        || PyModule_AddIntConstant(module, "PUMP_SENT", PUMP_SENT) < 0) {
+        || PyModule_AddIntConstant(module, "PUMP_SENT", PUMP_SENT) < 0
+        || PyModule_AddIntConstant(module, "PUMP_PORT_EVENT_LIMIT", PUMP_PORT_EVENT_LIMIT) < 0) {
         return -1;
     }
     return 0;

@@ -37,9 +37,11 @@ model built from FrameSplitter, Message.decode and a model buffer updated with
 
 - the FRAME / OVERFLOW (and with forward_all SEEN / SENT) events are exactly
   the predicted ones, in order, with the exact frame bytes; STALL / UNSTALL
-  come exactly when the buffer's lock is held; beyond 1024 events waiting, the
-  first 1024 are kept and the others dropped and counted (only the flood goes
-  that far: otherwise a synchronisation point comes after 400 events);
+  come exactly when the buffer's lock is held; beyond 1024 FRAME / OVERFLOW
+  events waiting (the port's share, asked for with ``port_events``), the first
+  1024 are kept and the others dropped and counted, while the copies have room
+  of their own (only the flood goes that far: otherwise a synchronisation point
+  comes after 400 events);
 - the buffer structure equals the model buffer's (the timestamp aside), byte
   for byte, after the fitting DEV_DATA applied in order (none while the buffer
   is invalid or closed), and snapshot() agrees (NaN-aware);
@@ -96,7 +98,7 @@ MAX_PENDING_RX = 16 * 1024  # bytes the device's end has yet to read before a sy
 MAX_STREAM = 256 * 1024  # bytes written to the pump per input
 MAX_WIDTH = 253
 OUTBOX_LIMIT = 64 * 1024  # bytes the pump queues per port before it drops what it would send (pump.c)
-EVENT_LIMIT = 1024  # events the pump keeps for Python before it drops new ones (pump.c)
+EVENT_LIMIT = 1024  # frames the port may have waiting for Python (its share, port_events; copies: 4 times)
 SNDBUF = 8192  # the pump's end of the socket pair takes little: its writes queue in the pump soon
 WATCH_WIDTH = 8  # the pump watches writes of parameters up to 8 bytes wide
 STALE_VALUES = 4
@@ -247,7 +249,7 @@ class Run:
         # model: update()d with the DEV_DATA the pump must apply; emitter: the device, set() and emitted
         self.forward_all = forward_all
         self.palette = [0, inp.uint(1), inp.uint(1)]
-        self.pump = FramePump(forward_all=forward_all)
+        self.pump = FramePump(forward_all=forward_all, port_events=EVENT_LIMIT)
         self.device, self.host = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.host.setblocking(False)
         self.host.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
@@ -786,8 +788,8 @@ class Run:
         assert self.outbox <= max(OUTBOX_LIMIT, len(data[0])), self.outbox
 
     def flood(self) -> None:
-        """More events than the pump keeps: the first 1024 reach Python, the others are dropped (counted);
-        a LOST still gets through (room is kept for it)."""
+        """More frames than the port's share: the first 1024 reach Python, the others are dropped (counted);
+        the heartbeat's copies and a LOST still get through (room is kept for them)."""
         count = self.inp.int_in(EVENT_LIMIT - 24, EVENT_LIMIT + 100)
         frames = [
             PING,
@@ -804,8 +806,15 @@ class Run:
         self.emit(heartbeat + DELIM)  # its answer says the pump read everything
         self.flush()
         self.drain()
-        kept = self.expected[:EVENT_LIMIT]
-        self.dropped += len(self.expected) - len(kept)
+        kept: list[tuple[PumpEvent, Any]] = []
+        frames = 0
+        for event in self.expected:  # the port's share holds EVENT_LIMIT frames; copies have room of their own
+            if event[0] in (PumpEvent.FRAME, PumpEvent.OVERFLOW):
+                frames += 1
+                if frames > EVENT_LIMIT:
+                    self.dropped += 1
+                    continue
+            kept.append(event)
         self.expected.clear()
         if hang_up:
             self.device.close()

@@ -21,10 +21,17 @@ from . import _core
 from .buffer import DeviceBuffer
 from .messaging import Message
 
-__all__ = ["OUTBOX_LIMIT", "FramePump", "FrameWriter", "PumpCounters", "PumpEvent"]
+__all__ = ["OUTBOX_LIMIT", "PORT_EVENT_LIMIT", "FramePump", "FrameWriter", "PumpCounters", "PumpEvent"]
 
 OUTBOX_LIMIT = 64 * 1024
 """Bytes a port's writer queues before it drops new frames (the peer stopped reading)."""
+
+PORT_EVENT_LIMIT: int = _core.PUMP_PORT_EVENT_LIMIT
+"""Frames (:attr:`PumpEvent.FRAME`, :attr:`PumpEvent.OVERFLOW`) one port of a :class:`FramePump` may
+have waiting for Python by default (64): its share of the queue. Beyond it, that port's new ones are
+dropped and counted (:attr:`PumpCounters.events_dropped`); the other ports keep their shares, so a
+port flooding bad frames never drops another port's frames, nor makes them wait behind more than
+the other ports' shares."""
 
 
 class FrameWriter:
@@ -151,7 +158,7 @@ class PumpCounters(NamedTuple):
     lock_stalls: int
     """Times the buffer's lock was found held by another process (values held back, not lost)."""
     events_dropped: int
-    """Events Python did not take in time (beyond a bounded queue), dropped."""
+    """Events of this port Python did not take in time (beyond the port's share of the queue), dropped."""
 
 
 class FramePump:
@@ -163,7 +170,11 @@ class FramePump:
     :meth:`~runtime.buffer.DeviceBuffer.update` would), an HB_REQ is
     answered, an HB_RES noted. Everything else becomes an event that
     :meth:`take_events` returns; :meth:`fileno` is readable while events
-    wait, for ``loop.add_reader``. The thread never waits for a buffer's lock:
+    wait, for ``loop.add_reader``. Each port has its own share of that queue
+    (``port_events`` frames, and room of its own for the copies of
+    ``forward_all`` and for :attr:`PumpEvent.LOST` and the stall reports): a
+    port that sends more frames for Python than Python takes loses only its
+    own surplus (counted), never another port's frames. The thread never waits for a buffer's lock:
     values that find it taken are held back, the newest per parameter, and
     applied when it frees (:attr:`PumpEvent.STALL`). Writes go through
     :meth:`send`, so that nothing the thread writes interleaves with them.
@@ -171,10 +182,15 @@ class FramePump:
     Args:
         forward_all: Also give Python a copy of every frame handled or sent
             (:attr:`PumpEvent.SEEN`, :attr:`PumpEvent.SENT`), to log them.
+        port_events: Each port's share: the frames it may have waiting for
+            Python (1 to 65536; its copies may be four times as many).
+
+    Raises:
+        ValueError: ``port_events`` out of range.
     """
 
-    def __init__(self, *, forward_all: bool = False) -> None:
-        self._core = _core.FramePump(forward_all)
+    def __init__(self, *, forward_all: bool = False, port_events: int = PORT_EVENT_LIMIT) -> None:
+        self._core = _core.FramePump(forward_all, port_events=port_events)
 
     def __repr__(self) -> str:
         return f"<FramePump forward_all={self._core.forward_all}>"

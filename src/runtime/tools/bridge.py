@@ -46,10 +46,17 @@ How it is organised (one asyncio loop, and the frame pump's reader thread):
   lock taken are kept (the newest per parameter) and applied as soon as the
   lock frees; the stall is counted and logged once a second.
 * On disconnect the bridge stops serving the buffer (invalid at once, without
-  the lock), never unlinks it: when the same UID comes back, the same segment
-  becomes valid again, so readers keep their mapping across reconnects. If the
-  bridge dies, the buffers it served turn invalid by themselves, and a
-  restarted bridge takes them over.
+  the lock) and keeps it: when the same UID comes back within
+  ``--unplugged-grace`` seconds (:data:`UNPLUGGED_GRACE`), the same segment
+  becomes valid again, so readers keep their mapping across reconnects. A UID
+  that stays away longer (or the longest gone, beyond ``--unplugged-cap``
+  disconnected devices, :data:`UNPLUGGED_CAP`) is released: the bridge unmaps
+  its buffer and forgets its record, and unlinks its segment unless another
+  process maps it (that one is left, the same segment for the device when it
+  comes back, and unlinked by a later check once nobody maps it). So a device
+  reconnecting under a new UID every time cannot grow the bridge without
+  bound. If the bridge dies, the buffers it served turn invalid by themselves,
+  and a restarted bridge takes them over.
 * Commands die with their commanders (:mod:`runtime.commands`): the bridge
   watches the process that wrote each actuator's value in force (a pidfd on
   the loop). When it ends, however it ends, the actuator's safe value goes
@@ -86,13 +93,13 @@ import logging
 import math
 import os
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import serial
 
 from .. import catalog as catalog_module
-from ..buffer import Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
+from ..buffer import SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
 from ..commands import Commander, CommanderWatch
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable, write_json_atomically
@@ -151,6 +158,17 @@ LOCK_RETRY_DELAY = 0.005
 WRITE_RETRIES = 8
 """Times an unconfirmed write is sent again before the bridge gives up on it (so it is retried for
 about two seconds: a link losing a quarter of the frames loses all nine copies less than once in 100 000)."""
+UNPLUGGED_GRACE = 60.0
+"""Seconds the bridge keeps a disconnected device's buffer (mapped, its segment linked, its record in
+``--stats``): a device that comes back within them gets the same segment. Then it is released."""
+UNPLUGGED_CAP = 128
+"""Most disconnected devices the bridge keeps at once (a USB bus holds at most 127); beyond, the longest gone
+is released first."""
+LEFT_BEHIND_CHECK_MIN = 1.0
+"""Seconds at least between two looks at the segments of released devices that another process still
+maps (they are looked at every grace period)."""
+LEFT_BEHIND_LIMIT = 1024
+"""Most such segments the bridge keeps looking at (the rest are ``runtime buffers clean``'s)."""
 
 
 # ---- per-device bookkeeping ----------------------------------------------------------------------
@@ -191,6 +209,8 @@ class DeviceRecord:
     connected: bool = False
     counters: Counters = dataclasses.field(default_factory=Counters)
     last_values: dict[str, Any] = dataclasses.field(default_factory=dict)
+    disconnected_at: float | None = None
+    """``time.monotonic()`` when the device was last disconnected (None while connected)."""
 
     def refresh(self) -> None:
         """Take a snapshot of the buffer's values while the device is connected."""
@@ -292,6 +312,26 @@ Identity = tuple[int, int]
 def _lock_busy(exc: DeviceBufferError) -> bool:
     """Whether a buffer operation failed only because another process holds the lock."""
     return exc.context.get("errno") in (errno.EBUSY, errno.ETIMEDOUT)
+
+
+def _mapped_elsewhere(inodes: set[int]) -> set[int]:
+    """Which of these /dev/shm inodes another process of this user maps (as its /proc/PID/maps says)."""
+    found: set[int] = set()
+    prefix = SHM_DIR.rstrip("/") + "/"
+    own = str(os.getpid())
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or entry == own:
+                continue
+            try:
+                with open(f"/proc/{entry}/maps", encoding="utf-8", errors="replace") as file:
+                    for line in file:
+                        fields = line.split(None, 5)
+                        if len(fields) == 6 and fields[5].startswith(prefix) and int(fields[4]) in inodes:
+                            found.add(int(fields[4]))
+            except (OSError, ValueError):  # gone meanwhile, or not ours to read
+                continue
+    return found
 
 
 def _identity(path: str) -> Identity | None:
@@ -446,9 +486,8 @@ class PortConnection:
         """Open and validate the buffer of the device a SUB_RES names; False if the port is ignored."""
         _, _, (device_id, year, random) = sub_res.read_sub_res()
         uid = int(DeviceUID(device_id, year, random))
-        store = self.bridge.store
         try:
-            buffer = store.get_or_open(uid)
+            buffer = self.bridge.open_buffer(uid)
         except KeyError:
             logger.error(
                 "port %s: unknown device id %d (uid %#x) not in the catalog; ignoring the port until it "
@@ -488,6 +527,7 @@ class PortConnection:
                 "%s %#x on %s: %s; trying again in %g s", type_name, uid, self.path, exc, RETRY_DELAY
             )
             self.retry_delay = RETRY_DELAY
+            self.bridge.release_unserved(uid)
             return True
         if dead_producer is not None:
             logger.info(
@@ -802,7 +842,12 @@ class PortConnection:
         dropped = now.events_dropped - before.events_dropped
         if dropped:
             self.counters.errors += dropped
-            logger.warning("%s: %d frame(s) dropped: the bridge fell behind", self.describe(), dropped)
+            logger.warning(
+                "%s: %d frame(s) dropped: more than the port's share waited for the bridge (other ports "
+                "are not affected)",
+                self.describe(),
+                dropped,
+            )
 
     def on_pump_event(self, event: PumpEvent, data: bytes | str | float | None) -> None:
         """Handle what the frame pump passed on for this port."""
@@ -1013,6 +1058,8 @@ class Bridge:
         globs: Patterns of port paths to serve.
         stats_path: Where to write the ``--stats`` JSON (None: no stats file).
         verbose: Log every frame in and out.
+        unplugged_grace: Seconds a disconnected device's buffer is kept (:data:`UNPLUGGED_GRACE`).
+        unplugged_cap: Most disconnected devices kept at once (:data:`UNPLUGGED_CAP`).
     """
 
     def __init__(
@@ -1023,6 +1070,8 @@ class Bridge:
         *,
         stats_path: str | None = None,
         verbose: bool = False,
+        unplugged_grace: float = UNPLUGGED_GRACE,
+        unplugged_cap: int = UNPLUGGED_CAP,
     ) -> None:
         self.store = store
         self.pump = FramePump(forward_all=verbose)
@@ -1034,7 +1083,14 @@ class Bridge:
         self.stats_path = stats_path
         self.verbose = verbose
         self.records: dict[int, DeviceRecord] = {}
-        """Every device seen, by UID."""
+        """Every device connected, or disconnected and not released yet, by UID."""
+        self.unplugged_grace = unplugged_grace
+        self.unplugged_cap = unplugged_cap
+        self._held: dict[int, BufferStore] = {}
+        """The store of each device buffer the bridge holds (one each, so that it can let one go)."""
+        self._left_behind: dict[str, int] = {}
+        """Segments of released devices that another process mapped (name: inode): unlinked once unmapped."""
+        self._release_handle: asyncio.TimerHandle | None = None
         self.owners: dict[int, PortConnection] = {}
         """The connection serving each connected UID."""
         self.connections: dict[Identity, PortConnection] = {}
@@ -1076,6 +1132,7 @@ class Bridge:
         record.connected = True
         record.counters.add(connection.counters)
         connection.counters = record.counters
+        record.disconnected_at = None
         self.owners[uid] = connection
         record.refresh()
         return record
@@ -1088,8 +1145,108 @@ class Bridge:
         record.refresh()
         del self.owners[record.uid]
         record.connected = False
+        record.disconnected_at = time.monotonic()
         with contextlib.suppress(RuntimeBaseException):
             record.buffer.stop_serving()  # needs no lock: invalid at once
+        self.release_unplugged()
+
+    # -- holding and releasing device buffers --
+
+    def open_buffer(self, uid: int) -> DeviceBuffer:
+        """The buffer of device ``uid``: the one the bridge holds, or opened (created if need be) now.
+
+        Each is opened through a store of its own, so that releasing one unmaps it.
+
+        Raises:
+            KeyError: No device type of the catalog has this UID's device id.
+            RuntimeBaseException: The segment cannot be opened (/dev/shm full, a foreign file...).
+        """
+        held = self._held.get(uid)
+        if held is None:
+            held = BufferStore(self.store.catalog, shared=self.store.shared)
+            try:
+                held.get_or_open(uid)
+            except BaseException:
+                held.close()
+                raise
+            self._held[uid] = held
+        return held.get_or_open(uid)
+
+    def release_unserved(self, uid: int) -> None:
+        """Let go of a buffer opened for a device the bridge could not serve (no record of it kept)."""
+        if uid not in self.records and uid not in self.owners:
+            held = self._held.pop(uid, None)
+            if held is not None:
+                held.close()
+
+    def release_unplugged(self) -> None:
+        """Release the disconnected devices gone for longer than the grace, and the longest gone beyond the
+        cap; check the segments left behind; schedule the next look."""
+        now = time.monotonic()
+        gone = sorted(
+            (record.disconnected_at, uid)
+            for uid, record in self.records.items()
+            if not record.connected and record.disconnected_at is not None
+        )
+        expired = [uid for since, uid in gone if now - since >= self.unplugged_grace]
+        excess = max(0, len(gone) - len(expired) - self.unplugged_cap)
+        released: dict[str, int] = {}
+        for uid in expired:
+            released.update(self._release(uid, f"gone for more than {self.unplugged_grace:g} s"))
+        for _, uid in gone[len(expired) : len(expired) + excess]:
+            released.update(self._release(uid, f"more than {self.unplugged_cap} devices unplugged"))
+        self._unlink_unmapped(released)
+        if self._release_handle is not None:
+            self._release_handle.cancel()
+            self._release_handle = None
+        waits = [since + self.unplugged_grace - now for since, uid in gone if uid in self.records]
+        if self._left_behind:
+            waits.append(max(self.unplugged_grace, LEFT_BEHIND_CHECK_MIN))
+        if waits:
+            with contextlib.suppress(RuntimeError):  # no running loop (the bridge is shutting down)
+                self._release_handle = asyncio.get_running_loop().call_later(
+                    max(0.01, min(waits)), self.release_unplugged
+                )
+
+    def _release(self, uid: int, why: str) -> dict[str, int]:
+        """Forget a disconnected device and unmap its buffer; ``{segment: inode}`` to unlink if unmapped."""
+        record = self.records.pop(uid)
+        held = self._held.pop(uid, None)
+        buffer = record.buffer
+        name, unlink = buffer.name, False
+        try:
+            inode = os.stat(os.path.join(SHM_DIR, name)).st_ino if self.store.shared else None
+            # Ours to remove only if nobody took it over meanwhile (a producer of its own).
+            unlink = inode is not None and buffer.producer_pid is None and not buffer.closed
+        except (OSError, RuntimeBaseException):
+            inode = None
+        if held is not None:
+            held.close()
+        buffer.close()
+        logger.info("%s %#x: unplugged buffer released (%s)", record.type_name, uid, why)
+        return {name: inode} if unlink and inode is not None else {}
+
+    def _unlink_unmapped(self, released: dict[str, int]) -> None:
+        """Unlink the released segments (and those left behind before) that no other process maps."""
+        candidates = {**self._left_behind, **released}
+        held = {buffer.name for buffer in (record.buffer for record in self.records.values())}
+        candidates = {name: inode for name, inode in candidates.items() if name not in held}
+        self._left_behind = {}
+        if not candidates:
+            return
+        mapped = _mapped_elsewhere(set(candidates.values()))
+        for name, inode in candidates.items():
+            try:
+                if os.stat(os.path.join(SHM_DIR, name)).st_ino != inode:
+                    continue  # unlinked and made again by someone else: not ours
+            except OSError:
+                continue
+            if inode in mapped:
+                if len(self._left_behind) < LEFT_BEHIND_LIMIT:
+                    self._left_behind[name] = inode
+                continue
+            with contextlib.suppress(RuntimeBaseException):
+                Buffer.unlink(name)
 
     def report_open_error(self, path: str, exc: BaseException) -> None:
         """Log a port that cannot be opened, once per distinct error (it is retried quietly)."""
@@ -1296,7 +1453,7 @@ class Bridge:
     # -- stats --
 
     def stats(self) -> dict[str, Any]:
-        """The ``--stats`` document: one entry per device seen."""
+        """The ``--stats`` document: one entry per device held (connected, or unplugged and not released)."""
         for connection in self.connections.values():
             connection.sync_counters()
         devices = []
@@ -1351,6 +1508,12 @@ class Bridge:
                     with contextlib.suppress(RuntimeBaseException):
                         record.buffer.stop_serving()
             loop.remove_reader(self.pump.fileno())
+            if self._release_handle is not None:
+                self._release_handle.cancel()
+                self._release_handle = None
+            for held in self._held.values():  # segments stay
+                held.close()
+            self._held.clear()
             self.commanders.close()
             self.write_stats()
             self.pump.close()
@@ -1412,7 +1575,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="write per-device statistics as JSON to FILE every second and at exit",
     )
+    parser.add_argument(
+        "--unplugged-grace",
+        type=_non_negative(float),
+        default=UNPLUGGED_GRACE,
+        metavar="SECONDS",
+        help=f"keep a disconnected device's buffer this long: if it comes back by then, it gets the same "
+        f"segment; then the buffer is released, its segment removed unless another process maps it "
+        f"(default {UNPLUGGED_GRACE:g})",
+    )
+    parser.add_argument(
+        "--unplugged-cap",
+        type=_non_negative(int),
+        default=UNPLUGGED_CAP,
+        metavar="N",
+        help=f"keep at most N disconnected devices' buffers; beyond, the longest gone is released first "
+        f"(default {UNPLUGGED_CAP})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every frame sent and received")
+
+
+def _non_negative(kind: type[T]) -> Callable[[str], T]:
+    """An argparse type: a number of ``kind`` (int or float), finite and not negative."""
+
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)  # type: ignore[call-arg]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 <= value < math.inf:  # type: ignore[operator]
+            raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+        return value
+
+    return parse
 
 
 def main(args: argparse.Namespace) -> int:
@@ -1429,7 +1624,15 @@ def main(args: argparse.Namespace) -> int:
     if not ports and not globs:
         globs = [DEFAULT_GLOB]
     with BufferStore(catalog) as store:
-        bridge = Bridge(store, ports, globs, stats_path=args.stats, verbose=verbose)
+        bridge = Bridge(
+            store,
+            ports,
+            globs,
+            stats_path=args.stats,
+            verbose=verbose,
+            unplugged_grace=getattr(args, "unplugged_grace", UNPLUGGED_GRACE),
+            unplugged_cap=getattr(args, "unplugged_cap", UNPLUGGED_CAP),
+        )
         try:
             return asyncio.run(bridge.serve())
         except KeyboardInterrupt:  # a second Ctrl-C during shutdown
