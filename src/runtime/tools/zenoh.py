@@ -119,14 +119,18 @@ from ..remote import (
     KEY_ROOT,
     check_client_id,
     check_input,
+    QUOTE_LIMIT,
+    RefusalLimiter,
     check_namespace,
     client_key,
     device_key,
     format_uid,
     input_key,
+    load_payload,
     make_config,
     mode_key,
     parse_device_key,
+    quote,
     state_key,
 )
 from ..store import BufferStore
@@ -166,6 +170,26 @@ HELD_WRITES_LIMIT = 256
 END_RETRY_DELAY = 0.1
 """Seconds before ending a gone client's commands is tried again when a buffer's lock was busy."""
 _WRITE_ERRORS = (DeviceBufferError, TypeError, ValueError, OverflowError)
+ECHO_LIMIT = 256
+"""The most bytes (as JSON) of a refused value or put that an ``.../error`` answer echoes as it came;
+a longer one is echoed as a string of its first :data:`~runtime.remote.QUOTE_LIMIT` characters."""
+MESSAGE_LIMIT = 300
+"""The most characters of a refusal's reason (it may quote what was refused)."""
+
+
+def _echo(value: Any) -> Any:
+    """A refused value as an ``.../error`` answer echoes it: itself if short, else a short quote."""
+    value = jsonable(value)
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return quote(value, QUOTE_LIMIT)
+    return value if len(text) <= ECHO_LIMIT else quote(text, QUOTE_LIMIT)
+
+
+def _cut(message: str) -> str:
+    """A refusal's reason, at most :data:`MESSAGE_LIMIT` characters."""
+    return message if len(message) <= MESSAGE_LIMIT else f"{message[: MESSAGE_LIMIT - 3]}..."
 
 
 def _undeclare(entity: Any, method: str = "undeclare") -> None:
@@ -291,7 +315,9 @@ class ZenohServer:
         self.writes = 0
         """Writes applied so far."""
         self.refusals = 0
-        """Writes refused so far."""
+        """Writes refused so far (those answered, and those only counted: see :attr:`limiter`)."""
+        self.limiter = RefusalLimiter()
+        """How many refusals each sender is answered (:data:`~runtime.remote.REFUSAL_RATE` a second)."""
         self.ended = 0
         """Commands ended so far because their client went away."""
         self.commands: ClientCommands[tuple[str, int], str] = ClientCommands()
@@ -509,14 +535,15 @@ class ZenohServer:
         _, type_name, uid = parsed
         served = self.served.get((type_name, uid))
         try:
-            data = json.loads(payload)
-        except ValueError:
-            data = None
+            data, problem = load_payload(payload), ""
+        except ValueError as exc:
+            data, problem = None, f": {exc}"
         if served is None:
-            self._refuse(type_name, uid, data, "no such device on this robot")
+            self._refuse(type_name, uid, data, "no such device on this robot", client=client)
             return
         if not isinstance(data, dict) or not data:
-            self._refuse(type_name, uid, data, "a write is a JSON object {param: value, ...}", served=served)
+            error = f"a write is a JSON object {{param: value, ...}}{problem}"
+            self._refuse(type_name, uid, data, error, served=served, client=client)
             return
         scratch = self._scratch.get(type_name)
         if scratch is None:
@@ -529,7 +556,9 @@ class ZenohServer:
                 try:
                     scratch.write(param, value)  # the checks of a real write, on a copy nobody reads
                 except _WRITE_ERRORS as exc:
-                    self._refuse(type_name, uid, data, exc, param=param, value=value, served=served)
+                    self._refuse(
+                        type_name, uid, data, exc, param=param, value=value, served=served, client=client
+                    )
                     return
         commands = [param for param in data if param in served.safe]
         if self._must_wait(client, held, bool(commands)):
@@ -539,14 +568,16 @@ class ZenohServer:
                 error = (
                     f"too many writes wait for their clients' tokens; {_no_commander(self.prefix, client)}"
                 )
-                self._refuse(type_name, uid, data, error, served=served)
+                self._refuse(type_name, uid, data, error, served=served, client=client)
 
             self._hold(client, key, payload, refuse)  # its token may be on its way
             return
         if commands and client not in self.clients:
             param = commands[0]
             error = _no_commander(self.prefix, client)
-            self._refuse(type_name, uid, data, error, param=param, value=data[param], served=served)
+            self._refuse(
+                type_name, uid, data, error, param=param, value=data[param], served=served, client=client
+            )
             return
         try:
             with warnings.catch_warnings():
@@ -555,7 +586,7 @@ class ZenohServer:
                     for param, value in data.items():
                         served.buffer.write(param, value)
         except _WRITE_ERRORS as exc:
-            self._refuse(type_name, uid, data, exc, served=served)
+            self._refuse(type_name, uid, data, exc, served=served, client=client)
             self._check_state()  # refused because the robot is disabled? then say so at once
             return
         self.writes += 1
@@ -670,23 +701,31 @@ class ZenohServer:
         param: str | None = None,
         value: Any = None,
         served: _Served | None = None,
+        client: str | None = None,
     ) -> None:
-        """Publish why a write was refused on the device's ``.../error`` key, and log it."""
+        """Publish why a write was refused on the device's ``.../error`` key, and log it.
+
+        At most :data:`~runtime.remote.REFUSAL_RATE` a second per sender (``client``;
+        more are counted in :attr:`refusals` only); what was refused is echoed short (:func:`_echo`).
+        """
         self.refusals += 1
+        if not self.limiter.allow(client):
+            return
         key = device_key(self.name, type_name, uid)
         if isinstance(error, DeviceBufferError):
             message = error.message
             param = error.context.get("param", param)
         else:
             message = str(error)
+        message = _cut(message)
         answer = {
             "type": type_name,
             "uid": format_uid(uid),
             "error": message,
             "kind": type(error).__name__ if isinstance(error, Exception) else "RefusedWrite",
-            "param": param,
-            "value": jsonable(value),
-            "write": jsonable(data),
+            "param": _echo(param),
+            "value": _echo(value),
+            "write": _echo(data),
             "time": time.time(),
         }
         self._publish_error(key, answer)
@@ -699,7 +738,7 @@ class ZenohServer:
             served.refused, served.last_refusal_log = 0, now
         else:
             more = ""
-        detail = f" {param}={jsonable(value)!r}" if param is not None else ""
+        detail = f" {quote(param)}={quote(jsonable(value))}" if param is not None else ""
         logger.warning("zenoh: refused a write to %s%s: %s%s", key, detail, message, more)
 
     # -- the driver station: the field mode and the inputs --
@@ -748,13 +787,16 @@ class ZenohServer:
     def _set_mode(self, payload: bytes, client: str | None, *, held: bool = False) -> None:
         """The loop: a put on ``@mode``. Idle at once from anyone; another mode from a live client only."""
         try:
-            data = json.loads(payload)
-        except ValueError:
-            data = None
-        mode = data.get("mode") if isinstance(data, dict) else data
+            data = load_payload(payload)
+        except ValueError as exc:
+            data, mode, unread = None, None, str(exc)
+        else:
+            mode, unread = (data.get("mode") if isinstance(data, dict) else data), ""
         try:
+            if unread:
+                raise ValueError(unread)
             if isinstance(mode, bool) or not isinstance(mode, str | int):
-                raise ValueError(f"not {mode!r}")
+                raise ValueError(f"not {quote(mode)}")
             number = mode_number(mode)
         except ValueError as exc:
             error = f'a mode request is {{"mode": "idle" | "auto" | "teleop"}}: {exc}'
@@ -811,9 +853,10 @@ class ZenohServer:
         """The loop: a put on ``@input/<kind>``: checked, then set all or none in the input buffer."""
         key = input_key(self.name, kind)
         try:
-            data = json.loads(payload)
-        except ValueError:
-            data = None
+            data = load_payload(payload)
+        except ValueError as exc:
+            self._refuse_request(key, None, f"an input is a JSON object {{name: value, ...}}: {exc}", client)
+            return
         buffer_type = self.store.catalog.get(kind) if kind in INPUT_KINDS else None
         if buffer_type is None:
             error = f"no such input: the inputs are {', '.join(INPUT_KINDS)}"
@@ -908,19 +951,27 @@ class ZenohServer:
         param: Any = None,
         mode: Any = None,
     ) -> None:
-        """Publish why a put on ``@mode`` or ``@input/<kind>`` was refused on ``<key>/error``; log it."""
+        """Publish why a put on ``@mode`` or ``@input/<kind>`` was refused on ``<key>/error``; log it.
+
+        Rate-limited per sender, what was refused echoed short: as :meth:`_refuse`.
+        """
         self.refusals += 1
+        if not self.limiter.allow(client):
+            return
+        error = _cut(error)
         answer = {
             "error": error,
             "kind": kind,
-            "param": jsonable(param),
-            "mode": jsonable(mode),
-            "request": jsonable(data),
+            "param": _echo(param),
+            "mode": _echo(mode),
+            "request": _echo(data),
             "client": client,
             "time": time.time(),
         }
         self._publish_error(key, answer)
         now = time.monotonic()
+        if key not in self._refusal_logs and len(self._refusal_logs) >= 64:
+            self._refusal_logs.clear()  # keys a peer made up (@input/<anything>): forget them
         last = self._refusal_logs.setdefault(key, [-1e9, 0.0])
         if now - last[0] < REFUSAL_LOG_INTERVAL:
             last[1] += 1
