@@ -475,9 +475,12 @@ def test_check_value_refuses_rather_than_clamps(value: Any, problem: str) -> Non
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Client]:
-    """A client connected to ``url`` (its server info received), for a scenario of several clients."""
-    async with websockets.connect(url, subprotocols=[SUBPROTOCOL], max_size=None) as ws:
+async def connected(url: str, **options: Any) -> AsyncIterator[Client]:
+    """A client connected to ``url`` (its server info received), for a scenario of several clients.
+
+    ``options`` go to :func:`websockets.connect` (``origin="https://..."``: as a browser's page).
+    """
+    async with websockets.connect(url, subprotocols=[SUBPROTOCOL], max_size=None, **options) as ws:
         client = Client(ws)
         await client.receive(lambda m: isinstance(m, dict) and m["op"] == "serverInfo")
         yield client

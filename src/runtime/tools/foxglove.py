@@ -166,7 +166,9 @@ ROBOT_STATUS = "robot:disabled"
 ROBOT_DISABLED = "robot disabled: actuators stopped (runtime enable)"
 """Its message."""
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-READ_ONLY = "read-only server: nothing is written (start runtime foxglove with --allow-write to drive the robot)"
+READ_ONLY = (
+    "read-only server: nothing is written (start runtime foxglove with --allow-write to drive the robot)"
+)
 """The refusal of every write while writes are not allowed."""
 FOXGLOVE_ORIGINS = ("https://app.foxglove.dev",)
 """The browser origins always accepted: the Foxglove web app. Its desktop app (Electron) sends
@@ -356,7 +358,8 @@ async def _answer(writer: asyncio.StreamWriter, code: int, text: str) -> None:
     with contextlib.suppress(OSError, RuntimeError):
         writer.write(
             f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
         )
         await asyncio.wait_for(writer.drain(), 5)
     writer.close()
@@ -835,7 +838,9 @@ class LiveView:
             status = f"write:{name}"
             if found is None:  # one status for all unknown names: a client cannot make them pile up
                 self._refuse(
-                    "write:unknown", f"cannot set {quote(name)}: no such parameter of a buffer served here", client
+                    "write:unknown",
+                    f"cannot set {quote(name)}: no such parameter of a buffer served here",
+                    client,
                 )
                 continue
             watched, param = found
@@ -964,7 +969,10 @@ class LiveView:
             return
         with self.lock:
             self._statuses[status] = message, level
-        server.publish_status(message, level, status)
+        try:
+            server.publish_status(message, level, status)
+        except RuntimeError as exc:  # the SDK busy with a client being dropped: shown to the next
+            logger.debug("cannot show status %s now: %s", status, exc)
 
     def _clear_status(self, status: str) -> None:
         server = self.server
@@ -972,7 +980,10 @@ class LiveView:
             if self._statuses.pop(status, None) is None:
                 return
         if server is not None:
-            server.remove_status([status])
+            try:
+                server.remove_status([status])
+            except RuntimeError as exc:  # as in _set_status
+                logger.debug("cannot remove status %s now: %s", status, exc)
 
     def hello(self, client: int) -> None:
         """A client heard from: the first time, the warnings that stand (the SDK keeps no status for it)."""
@@ -1424,27 +1435,28 @@ def main(args: argparse.Namespace) -> int:
         )
         view.start()
         try:
-            access = "read-write" if args.allow_write else "read-only: --allow-write to drive the robot"
-            print(
-                f"serving the buffers of namespace {namespace!r} to Foxglove at {view.url} ({access})",
-                flush=True,
-            )
-            origins = ", ".join([*FOXGLOVE_ORIGINS, "the desktop app", *args.allow_origin])
-            print(f"  browsers accepted from: {origins}", flush=True)
-            if args.allow_write and not _loopback(args.host):
-                logger.warning(
-                    "listening on %s with --allow-write and no access control: anyone who reaches port %d "
-                    "can drive the robot (restrict it: drop --allow-write for read-only, or listen on "
-                    "127.0.0.1 and connect through 'ssh -L', or firewall the port)",
-                    args.host,
-                    view.port,
-                )
-            print(
-                "  in Foxglove: Open connection > Foxglove WebSocket > that URL; Ctrl-C to stop", flush=True
-            )
-            say_if_empty(catalog, namespace, "foxglove", "serving those that appear")
             stop = threading.Event()
             with stop_on_signals(stop, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+                access = "read-write" if args.allow_write else "read-only: --allow-write to drive the robot"
+                print(
+                    f"serving the buffers of namespace {namespace!r} to Foxglove at {view.url} ({access})",
+                    flush=True,
+                )
+                origins = ", ".join([*FOXGLOVE_ORIGINS, "the desktop app", *args.allow_origin])
+                print(f"  browsers accepted from: {origins}", flush=True)
+                if args.allow_write and not _loopback(args.host):
+                    logger.warning(
+                        "listening on %s with --allow-write and no access control: anyone who reaches port %d "
+                        "can drive the robot (restrict it: drop --allow-write for read-only, or listen on "
+                        "127.0.0.1 and connect through 'ssh -L', or firewall the port)",
+                        args.host,
+                        view.port,
+                    )
+                print(
+                    "  in Foxglove: Open connection > Foxglove WebSocket > that URL; Ctrl-C to stop",
+                    flush=True,
+                )
+                say_if_empty(catalog, namespace, "foxglove", "serving those that appear")
                 view.run(stop)
         finally:
             view.close()

@@ -1,0 +1,265 @@
+"""Foxglove and Zenoh on a hostile network: who may connect and write, and payloads made to hurt.
+
+Real clients: a ``websockets`` client sending the ``Origin`` a web page's
+browser would (or none, as a program), speaking to ``runtime foxglove``
+processes (the fixtures of ``tests/test_foxglove.py``); a raw Zenoh session
+putting hostile payloads to ``runtime zenoh`` (those of ``tests/test_zenoh.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from e2e import make_uid, open_buffer, wait_for
+from test_foxglove import (  # noqa: F401 - robot and server are fixtures
+    STATUS_ERROR,
+    SUBPROTOCOL,
+    Client,
+    advertise,
+    connected,
+    robot,
+    server,
+    topic,
+    until,
+)
+from test_zenoh import (  # noqa: F401 - children, namespace, raw_sessions and store are fixtures
+    SERVO,
+    Raw,
+    children,
+    key,
+    namespace,
+    raw,
+    raw_sessions,
+    start_robot,
+    store,
+)
+
+from runtime import remote
+from runtime.testing import EmulatedRobot
+from runtime.tools import foxglove as live
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+EVIL = "http://evil.example"
+
+
+# ---- Foxglove: origins ------------------------------------------------------------------------------
+
+
+async def refused_status(url: str, origin: str) -> int:
+    """The HTTP status a handshake from ``origin`` gets (101: accepted)."""
+    try:
+        async with websockets.connect(url, subprotocols=[SUBPROTOCOL], origin=origin):  # type: ignore[arg-type]
+            return 101
+    except websockets.exceptions.InvalidStatus as exc:
+        return int(exc.response.status_code)
+
+
+def test_a_page_from_another_origin_cannot_connect_foxglove_and_programs_can(
+    robot: EmulatedRobot, server: Any
+) -> None:
+    url = server()
+    yogi = robot.buffer("yogi-bear")
+    duty = f"{topic(robot, 'yogi-bear')}/duty_cycle"
+
+    async def scenario() -> None:
+        # A web page of another site, or of this machine: refused at the handshake (no serverInfo).
+        for origin in (EVIL, "http://localhost:8000", "null", "https://app.foxglove.dev.evil.example"):
+            assert await refused_status(url, origin) == 403, origin
+        # Foxglove's web app, its desktop app, and a program sending no Origin: served.
+        for origin in ("https://app.foxglove.dev", "file://", None):
+            options = {} if origin is None else {"origin": origin}
+            async with connected(url, **options) as client:
+                await client.channel(topic(robot, "yogi-bear"))
+        async with connected(url, origin="https://app.foxglove.dev") as client:
+            await client.channel(topic(robot, "yogi-bear"))
+            await client.request("setParameters", parameters=[{"name": duty, "value": 0.5}])
+            await until(lambda: yogi.get("duty_cycle") == 0.5)
+
+    asyncio.run(scenario())
+    robot.wait_for(lambda: yogi.get("duty_cycle") == 0.0, what="the safe value once the client left")
+
+
+def test_allow_origin_adds_a_page_s_origin(robot: EmulatedRobot, server: Any) -> None:
+    url = server("--allow-origin", "http://localhost:3000/", write=False)
+
+    async def scenario() -> None:
+        assert await refused_status(url, "http://localhost:3000") == 101
+        assert await refused_status(url, "http://localhost:3001") == 403
+
+    asyncio.run(scenario())
+
+
+def test_foxglove_is_read_only_unless_allow_write(robot: EmulatedRobot, server: Any) -> None:
+    url = server(write=False)
+    yogi = robot.buffer("yogi-bear")
+    yogi_topic = topic(robot, "yogi-bear")
+
+    async def scenario() -> None:
+        async with connected(url, origin="https://app.foxglove.dev") as client:
+            assert "clientPublish" not in client.info["capabilities"]
+            await client.channel(yogi_topic)
+            await client.request(
+                "setParameters", parameters=[{"name": f"{yogi_topic}/duty_cycle", "value": 0.75}]
+            )
+            status = await client.status(lambda s: "--allow-write" in s["message"])
+            assert status["level"] == STATUS_ERROR and "read-only" in status["message"]
+            # A command topic too (the SDK ignores it without clientPublish; refused here if not).
+            publish = await advertise(client, 3, yogi_topic + "/command")
+            await publish(duty_cycle=0.75)
+            await asyncio.sleep(0.3)
+        assert yogi.get("duty_cycle") == 0.0
+
+    asyncio.run(scenario())
+    assert yogi.get("duty_cycle") == 0.0 and yogi.pending_writes() == {}
+
+
+def start_foxglove(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """``runtime foxglove --port 0 ARGS`` in a namespace of its own; the process and its first line."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "foxglove",
+            "--port",
+            "0",
+            "--namespace",
+            f"rt-hostile-{time.monotonic_ns()}",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    return process, process.stdout.readline()
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    process.send_signal(signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    return out, err
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_foxglove_on_every_address_with_writes_warns_once_and_says_how_to_restrict(
+    tmp_path: Path, write: bool
+) -> None:
+    process, first = start_foxglove(tmp_path, "--host", "0.0.0.0", *(["--allow-write"] if write else []))
+    _, err = stop(process)
+    assert re.search(r"ws://0\.0\.0\.0:\d+ ", first), first
+    assert ("(read-write)" if write else "read-only: --allow-write to drive the robot") in first
+    warnings = [line for line in err.splitlines() if "can drive the robot" in line]
+    if write:
+        assert len(warnings) == 1, err
+        assert "drop --allow-write" in warnings[0] and "127.0.0.1" in warnings[0]
+    else:
+        assert warnings == [], err
+
+
+def test_foxglove_help_says_read_only_and_origins() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "foxglove", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "--allow-write" in text and "--allow-origin" in text
+    assert "Read-only unless --allow-write" in text and "https://app.foxglove.dev" in text
+
+
+def test_a_connection_around_the_origin_gate_is_closed_and_writes_nothing(robot: EmulatedRobot) -> None:
+    ready: list[live.LiveView] = []
+    halt = threading.Event()
+    thread = threading.Thread(
+        target=live.serve_foxglove,
+        args=(robot.store,),
+        kwargs={
+            "port": 0,
+            "stop_event": halt,
+            "namespace": robot.namespace,
+            "on_ready": ready.append,
+            "allow_write": True,
+        },
+    )
+    yogi = robot.buffer("yogi-bear")
+    duty = f"{topic(robot, 'yogi-bear')}/duty_cycle"
+    thread.start()
+    try:
+        robot.wait_for(lambda: ready, what="the server")
+        view = ready[0]
+        assert view.server is not None
+        inner = f"ws://127.0.0.1:{view.server.port}"  # what a local page scanning ports could find
+
+        async def scenario() -> None:
+            with pytest.raises(websockets.exceptions.ConnectionClosed):
+                async with websockets.connect(inner, subprotocols=[SUBPROTOCOL], origin=EVIL) as ws:  # type: ignore[arg-type]
+                    client = Client(ws)
+                    await client.channel(topic(robot, "yogi-bear"))
+                    await client.request("setParameters", parameters=[{"name": duty, "value": 0.75}])
+                    await client.receive(lambda _: False, timeout=10)  # until closed
+            assert yogi.get("duty_cycle") == 0.0
+            # Through the gate, Foxglove's origin: served, writes.
+            async with connected(view.url, origin="https://app.foxglove.dev") as client:
+                await client.channel(topic(robot, "yogi-bear"))
+                await client.request("setParameters", parameters=[{"name": duty, "value": -0.5}])
+                await until(lambda: yogi.get("duty_cycle") == -0.5)
+
+        asyncio.run(scenario())
+        assert view.written == 1
+    finally:
+        halt.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+# ---- Foxglove: hostile commands --------------------------------------------------------------------
+
+
+def test_a_deep_or_huge_command_is_refused_with_a_status_and_no_traceback(
+    robot: EmulatedRobot, server: Any, tmp_path: Path
+) -> None:
+    url = server()
+    servo_topic = topic(robot, "servo-motor")
+
+    async def scenario() -> None:
+        async with connected(url) as client:
+            publish = await advertise(client, 5, servo_topic + "/command")
+            del publish
+            await asyncio.sleep(0.2)  # the advertisement is handled before the data
+
+            async def send(payload: bytes) -> None:
+                await client.ws.send(b"\x01" + (5).to_bytes(4, "little") + payload)
+
+            await send(b"[" * 100_000 + b"]" * 100_000)
+            status = await client.status(lambda s: "at most 65536 bytes" in s["message"])
+            assert status["level"] == STATUS_ERROR and len(status["message"]) <= live.MESSAGE_LIMIT
+            await send(b"[" * 30_000 + b"]" * 30_000)
+            await client.status(lambda s: "nested deeper than 32" in s["message"])
+            await send(json.dumps({"servo0": "x" * 60_000}).encode())
+            status = await client.status(lambda s: "servo0 takes a number" in s["message"])
+            assert len(status["message"]) <= live.MESSAGE_LIMIT
+
+    asyncio.run(scenario())
+    log = (tmp_path / "foxglove-0.log").read_text()
+    assert "Traceback" not in log and "RecursionError" not in log
+    assert max(map(len, log.splitlines())) <= 1000
