@@ -263,3 +263,59 @@ def test_a_deep_or_huge_command_is_refused_with_a_status_and_no_traceback(
     log = (tmp_path / "foxglove-0.log").read_text()
     assert "Traceback" not in log and "RecursionError" not in log
     assert max(map(len, log.splitlines())) <= 1000
+
+
+# ---- Zenoh: hostile puts ---------------------------------------------------------------------------
+
+
+def test_hostile_zenoh_puts_are_refused_short_without_traceback_and_rate_limited_per_sender(
+    children: Any, store: Any, tmp_path: Path, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    servo_uid = make_uid(SERVO)
+    endpoint, _, server = start_robot(children, tmp_path, f"servo-motor:{servo_uid:#x}")
+    servo = open_buffer(store, servo_uid)
+    wait_for("the servo valid", lambda: servo.valid)
+    plain = raw(raw_sessions, endpoint)
+    servo_key = key(namespace, "servo-motor", servo_uid)
+    for errors in (
+        f"{servo_key}/error",
+        f"{remote.mode_key(namespace)}/error",
+        f"{remote.input_key(namespace, 'gamepad')}/error",
+    ):
+        plain.subscribe(errors)
+    wait_for("the servo served", lambda: plain.get(servo_key).get(servo_key, {}).get("valid"))
+    deep, nested = "[" * 100_000 + "]" * 100_000, "[" * 30_000 + "]" * 30_000
+    puts = [
+        (f"{servo_key}/write", deep, "at most 65536 bytes"),
+        (f"{servo_key}/write", nested, "nested deeper than 32 levels"),
+        (f"{servo_key}/write", json.dumps({"servo0": "x" * 2_000_000}), "at most 65536 bytes"),
+        (f"{servo_key}/write", json.dumps({"servo0": "x" * 60_000}), "takes a real number"),
+        (remote.mode_key(namespace), nested, "nested deeper than 32 levels"),
+        (remote.input_key(namespace, "gamepad"), deep, "at most 65536 bytes"),
+    ]
+    for where, payload, _ in puts:
+        plain.put(where, payload)
+    answers = wait_for(
+        "six refusals", lambda: (lambda got: got if len(got) >= 6 else None)(plain.received("data PUT"))
+    )
+    for (_, _, reason), answer in zip(puts, answers, strict=False):
+        assert reason in answer["error"], answer
+        assert len(json.dumps(answer)) < 1000  # the 2 MB put is not echoed
+    assert servo.pending_writes() == {}
+
+    # A flood of refusals from one sender: a few answered, the rest only counted; another sender is
+    # still answered at once.
+    started = time.monotonic()
+    for _ in range(200):
+        plain.put(f"{servo_key}/write", json.dumps({"servo9": "flood"}), attachment="flood")
+    plain.put(f"{servo_key}/write", json.dumps({"servo9": "other"}), attachment="other")
+    wait_for(
+        "the other sender's answer",
+        lambda: any(a.get("write") == {"servo9": "other"} for a in plain.received("data PUT")),
+    )
+    flood = [a for a in plain.received("data PUT") if a.get("write") == {"servo9": "flood"}]
+    assert len(flood) <= remote.REFUSAL_BURST + remote.REFUSAL_RATE * (time.monotonic() - started) + 1
+
+    log = children.log(server)
+    assert "Traceback" not in log and "RecursionError" not in log
+    assert max(map(len, log.splitlines())) < 1000
