@@ -37,6 +37,7 @@ from test_zenoh import (  # noqa: F401 - children, namespace, raw_sessions and s
     SERVO,
     Raw,
     children,
+    connect,
     key,
     namespace,
     raw,
@@ -319,3 +320,65 @@ def test_hostile_zenoh_puts_are_refused_short_without_traceback_and_rate_limited
     log = children.log(server)
     assert "Traceback" not in log and "RecursionError" not in log
     assert max(map(len, log.splitlines())) < 1000
+
+
+# ---- runtime.remote: spoofed and malformed samples -------------------------------------------------
+
+
+def test_remote_survives_a_spoofed_seq_malformed_samples_and_a_flood_of_devices(
+    children: Any,
+    store: Any,
+    tmp_path: Path,
+    namespace: str,
+    raw_sessions: list[Raw],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    servo_uid = make_uid(SERVO)
+    endpoint, _, _ = start_robot(children, tmp_path, f"servo-motor:{servo_uid:#x}")
+    servo_key = key(namespace, "servo-motor", servo_uid)
+    plain = raw(raw_sessions, endpoint)
+    with connect(endpoint, namespace) as robot:
+        servo = robot.device(servo_uid)
+        wait_for("the servo valid remotely", lambda: servo.valid)
+        genuine = plain.get(servo_key)[servo_key]
+        # Spoofed samples under the server's id, with a seq far ahead or a little ahead: nothing tells
+        # them from genuine ones, but genuine publications are shown again (at once, or after
+        # REORDER_TIME at most), never dropped for ever as older.
+        for seq in (2**62, genuine["seq"] + 200):
+            spoof = {**genuine, "values": {**genuine["values"], "servo0": 0.125}, "seq": seq}
+            plain.put(servo_key, json.dumps(spoof))
+        servo.write("servo0", 0.5)
+        wait_for("the genuine value again", lambda: servo.get("servo0") == 0.5)
+        servo.write("servo0", -0.5)
+        wait_for("and the next one", lambda: servo.get("servo0") == -0.5)
+
+        # Malformed samples: ignored, counted, one warning line at most, never a traceback.
+        caplog.set_level("WARNING", logger="runtime.remote")
+        bad = [json.dumps({**genuine, "seq": 0}).replace('"seq": 0', '"seq": 1e400')]
+        bad += [
+            json.dumps({**genuine, "seq": -1}),
+            json.dumps({**genuine, "seq": True}),
+            json.dumps({**genuine, "seq": 2**64}),
+            json.dumps({**genuine, "values": [1, 2]}),
+            json.dumps({**genuine, "server": 5}),
+            "[" * 100_000,
+            "not json",
+            "[]",
+        ]
+        for _ in range(10):
+            for payload in bad:
+                plain.put(servo_key, payload)
+        wait_for("every malformed sample counted", lambda: robot.malformed >= 10 * len(bad))
+        assert robot.malformed == 10 * len(bad)
+        warned = [r for r in caplog.records if r.name == "runtime.remote" and r.levelname == "WARNING"]
+        assert len(warned) <= 1 and not any(r.exc_info for r in caplog.records)
+        assert servo.valid and servo.get("servo0") == -0.5
+
+        # A peer announcing devices by the thousand: the records stay bounded.
+        for uid in range(1, 3 * remote.DEVICES_KEEP):
+            plain.put(key(namespace, "servo-motor", uid), json.dumps({**genuine, "uid": hex(uid)}))
+        plain.put(servo_key, "not json")  # the last of them: counted once everything before is taken
+        wait_for("the flood taken", lambda: robot.malformed == 10 * len(bad) + 1, timeout=30)
+        assert robot.ignored > 0
+        assert len(robot.discover()) <= remote.DEVICES_KEEP
+        assert servo.valid and servo.get("servo0") == -0.5

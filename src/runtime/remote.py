@@ -127,6 +127,7 @@ import re
 import secrets
 import threading
 import time
+import typing
 import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -195,6 +196,17 @@ LOG_KEEP = 10000
 """Print lines of the runner a :class:`Robot` keeps for :meth:`Robot.log_lines`, at most (older are lost)."""
 ERRORS_KEEP = 1000
 """Refusals of modes and inputs a :class:`Robot` keeps for :meth:`Robot.refusals`, at most."""
+DEVICES_KEEP = 1024
+"""Devices a :class:`Robot` keeps a record of, at most: keys a peer announces beyond it (after
+forgetting those with no value, no token and no handle) are ignored, counted in :attr:`Robot.ignored`."""
+SEQ_LIMIT = 2**63
+"""A publication's ``seq`` is an integer from 0 to below this; any other sample is malformed."""
+REORDER_WINDOW = 64
+"""A publication at most this many ``seq`` behind the last one taken, within :data:`REORDER_TIME`,
+is an older one overtaken (a query's answer): dropped. Any other is taken, so that a peer putting a
+``seq`` far ahead under the server's id holds the values for :data:`REORDER_TIME` at most."""
+REORDER_TIME = 1.0
+"""Seconds after a publication is taken during which an older one (within the window) is dropped."""
 _CLIENT_ID_LIMIT = 128
 """Characters in a client ID, at most."""
 _CHANNEL_SIZE = 4096
@@ -612,12 +624,14 @@ class _Record:
         "last_error",
         "last_update",
         "seq",
+        "seq_time",
         "server",
         "token",
         "token_events",
         "type_name",
         "uid",
         "values",
+        "wanted",
     )
 
     def __init__(self, type_name: str, uid: int, key: str) -> None:
@@ -627,7 +641,11 @@ class _Record:
         self.values: dict[str, Any] | None = None
         self.last_update: float | None = None
         self.seq = -1
+        self.seq_time = -math.inf
+        """:func:`time.monotonic` when :attr:`seq` was taken."""
         self.server: str | None = None
+        self.wanted = False
+        """Whether a handle asked for it (:meth:`Robot.device`): never forgotten."""
         self.token = False
         self.token_events = 0
         self.changes = 0
@@ -693,6 +711,10 @@ class Robot:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[tuple[str, int], _Record] = {}
+        self.malformed = 0
+        """Samples ignored as malformed (not JSON, a bad ``seq``, ``values`` not an object...)."""
+        self.ignored = 0
+        """Announcements of devices ignored because :data:`DEVICES_KEEP` records are kept already."""
         self._online = False
         self._online_events = 0
         self._enabled: bool | None = None
@@ -915,7 +937,7 @@ class Robot:
         try:
             for reply in self._session.get(mode_key(self._namespace), timeout=self._timeout):
                 if reply.ok is not None:
-                    answer = json.loads(reply.ok.payload.to_bytes())
+                    answer = load_payload(reply.ok.payload.to_bytes())
                     if isinstance(answer, dict) and answer.get("mode") in MODES:
                         mode = answer["mode"]
         except Exception:  # noqa: BLE001 - closed meanwhile, or a malformed answer: unknown
@@ -977,7 +999,9 @@ class Robot:
             for key in alive:
                 parsed = parse_device_key(key)
                 if parsed is not None and parsed[0] == self._namespace:
-                    record = self._record(parsed[1], parsed[2])
+                    record = self._record(parsed[1], parsed[2], peer=True)
+                    if record is None:
+                        continue
                     if token_events.get((record.type_name, record.uid), 0) == record.token_events:
                         self._set_token(record, True)
         for reply in self._session.get(f"{self._prefix}/**", timeout=self._timeout):
@@ -1024,6 +1048,7 @@ class Robot:
                 raise KeyError(key)
         with self._lock:
             record = self._record(type_name, uid)
+            record.wanted = True
         return RemoteDevice(self, record)
 
     def close(self) -> None:
@@ -1078,10 +1103,26 @@ class Robot:
         self._threads.append(thread)
         thread.start()
 
-    def _record(self, type_name: str, uid: int) -> _Record:
-        """The record of a device (made when first heard of); the lock is held."""
+    @typing.overload
+    def _record(self, type_name: str, uid: int) -> _Record: ...
+    @typing.overload
+    def _record(self, type_name: str, uid: int, *, peer: bool) -> _Record | None: ...
+    def _record(self, type_name: str, uid: int, *, peer: bool = False) -> _Record | None:
+        """The record of a device (made when first heard of); the lock is held.
+
+        ``peer``: a peer announces it. Beyond :data:`DEVICES_KEEP` records, those
+        with nothing (no value, no token, no handle, no waiter) are forgotten,
+        and if none is, the announcement is ignored (None; counted in :attr:`ignored`).
+        """
         record = self._records.get((type_name, uid))
         if record is None:
+            if peer and len(self._records) >= DEVICES_KEEP:
+                for key, other in list(self._records.items()):
+                    if not (other.wanted or other.token or other.values is not None or other.async_waiters):
+                        del self._records[key]
+                if len(self._records) >= DEVICES_KEEP:
+                    self.ignored += 1
+                    return None
             record = self._records[type_name, uid] = _Record(
                 type_name, uid, device_key(self._namespace, type_name, uid)
             )
@@ -1127,7 +1168,9 @@ class Robot:
             parsed = parse_device_key(key)
             if parsed is None or parsed[0] != self._namespace:
                 return
-            record = self._record(parsed[1], parsed[2])
+            record = self._record(parsed[1], parsed[2], peer=True)
+            if record is None:
+                return
             record.token_events += 1
             self._set_token(record, alive)
 
@@ -1137,9 +1180,10 @@ class Robot:
             parsed = parse_device_key(key)
             if parsed is not None and parsed[0] == self._namespace:
                 with self._lock:
-                    record = self._record(parsed[1], parsed[2])
-                    record.values, record.seq, record.server = None, -1, None
-                    self._changed_locked(record)
+                    record = self._records.get((parsed[1], parsed[2]))
+                    if record is not None:
+                        record.values, record.seq, record.server = None, -1, None
+                        self._changed_locked(record)
             return
         self._take_values(key, sample.payload.to_bytes())
 
@@ -1148,29 +1192,51 @@ class Robot:
         if parsed is None or parsed[0] != self._namespace or key.count("/") != 3:
             return
         try:
-            data = json.loads(payload)
-            seq = int(data["seq"])
-            server = str(data.get("server", ""))
-            values = data["values"] if data.get("valid") else None
+            data = load_payload(payload, limit=max(MAX_PAYLOAD, 1 << 20))  # a runner's log is long
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            seq, server = data.get("seq"), data.get("server", "")
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < SEQ_LIMIT:
+                raise ValueError(f"seq is not an integer from 0 to 2**63: {quote(seq)}")
+            if not isinstance(server, str):
+                raise TypeError("server is not a string")
+            values = data.get("values") if data.get("valid") is True else None
             if values is not None and not isinstance(values, dict):
                 raise TypeError("values is not an object")
+            last_update = data.get("last_update")
+            if not isinstance(last_update, int | float) or isinstance(last_update, bool):
+                last_update = None
+            elif not math.isfinite(last_update):
+                raise ValueError("last_update is not finite")
         except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring a malformed sample on %s: %s", key, exc)
+            with self._lock:
+                self.malformed += 1
+                first = self.malformed == 1
+            # Quietly: a peer sending them by the thousand must not fill the log.
+            (logger.warning if first else logger.debug)(
+                "ignoring a malformed sample on %s: %s (counted in Robot.malformed)", quote(key), exc
+            )
             return
         if values is not None:
             for param in self._singles(parsed[1]) & values.keys():
                 if isinstance(values[param], float):  # JSON has the shortest decimal: the very float32 again
                     values[param] = ctypes.c_float(values[param]).value
+        now = time.monotonic()
         with self._lock:
-            record = self._record(parsed[1], parsed[2])
-            if server == record.server and seq < record.seq:
-                return  # older than what we have (a query's answer overtaken by a publication)
+            record = self._record(parsed[1], parsed[2], peer=True)
+            if record is None:
+                return
             if server == record.server and seq == record.seq and values == record.values:
                 return  # the same publication again (a query's answer)
-            record.server, record.seq = server, seq
+            if (
+                server == record.server
+                and record.seq - REORDER_WINDOW <= seq < record.seq
+                and now - record.seq_time < REORDER_TIME
+            ):
+                return  # older than what we have (a query's answer overtaken by a publication)
+            record.server, record.seq, record.seq_time = server, seq, now
             record.values = values
-            last_update = data.get("last_update")
-            record.last_update = float(last_update) if isinstance(last_update, int | float) else None
+            record.last_update = None if last_update is None else float(last_update)
             if values is not None and (record.type_name, record.uid) == RUNNER_KEY:
                 self._take_log(values)
             self._changed_locked(record)
@@ -1205,11 +1271,19 @@ class Robot:
 
     def _parse_state(self, sample: zenoh.Sample) -> bool | None:
         try:
-            enabled = json.loads(sample.payload.to_bytes())["enabled"]
+            state = load_payload(sample.payload.to_bytes())
+            enabled = state["enabled"] if isinstance(state, dict) else None
             if not isinstance(enabled, bool):
                 raise TypeError("enabled is not a boolean")
         except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring a malformed robot state on %s: %s", sample.key_expr, exc)
+            with self._lock:
+                self.malformed += 1
+                first = self.malformed == 1
+            (logger.warning if first else logger.debug)(
+                "ignoring a malformed robot state on %s: %s (counted in Robot.malformed)",
+                sample.key_expr,
+                exc,
+            )
             return None
         return enabled
 
@@ -1219,9 +1293,13 @@ class Robot:
         if parsed is None or parsed[0] != self._namespace:
             return
         error = _error_object(sample)
-        logger.warning("%s refused a write: %s", key.removesuffix("/error"), error.get("error", error))
+        logger.warning(
+            "%s refused a write: %s", key.removesuffix("/error"), quote(error.get("error", error), 300)
+        )
         with self._lock:
-            self._record(parsed[1], parsed[2]).last_error = error
+            record = self._record(parsed[1], parsed[2], peer=True)
+            if record is not None:
+                record.last_error = error
 
     # -- for the handles --
 
@@ -1279,10 +1357,11 @@ class Robot:
 
 def _error_object(sample: zenoh.Sample) -> dict[str, Any]:
     """A refusal published on an ``.../error`` key, as a JSON object whatever was sent."""
+    raw = sample.payload.to_bytes()
     try:
-        error = json.loads(sample.payload.to_bytes())
+        error = load_payload(raw)
     except ValueError:
-        error = {"error": sample.payload.to_string()}
+        error = {"error": quote(raw.decode("utf-8", "replace"), QUOTE_LIMIT)}
     return error if isinstance(error, dict) else {"error": error}
 
 
