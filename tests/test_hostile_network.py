@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import websockets
-from e2e import make_uid, open_buffer, wait_for
+from e2e import CATALOG, make_uid, open_buffer, wait_for
 from test_foxglove import (  # noqa: F401 - robot and server are fixtures
     STATUS_ERROR,
     SUBPROTOCOL,
@@ -38,15 +38,17 @@ from test_zenoh import (  # noqa: F401 - children, namespace, raw_sessions and s
     Raw,
     children,
     connect,
+    free_port,
     key,
     namespace,
     raw,
     raw_sessions,
     start_robot,
+    start_zenoh,
     store,
 )
 
-from runtime import remote
+from runtime import BufferStore, remote
 from runtime.testing import EmulatedRobot
 from runtime.tools import foxglove as live
 
@@ -382,3 +384,39 @@ def test_remote_survives_a_spoofed_seq_malformed_samples_and_a_flood_of_devices(
         assert robot.ignored > 0
         assert len(robot.discover()) <= remote.DEVICES_KEEP
         assert servo.valid and servo.get("servo0") == -0.5
+
+
+# ---- runtime zenoh: a segment replaced between two looks -------------------------------------------
+
+
+def test_runtime_zenoh_follows_a_segment_unlinked_and_made_again_between_two_looks(
+    children: Any, namespace: str, raw_sessions: list[Raw]
+) -> None:
+    port = free_port()
+    start_zenoh(children, port)
+    plain = raw(raw_sessions, f"tcp/127.0.0.1:{port}")
+    uid = make_uid(SERVO)
+    servo_key = key(namespace, "servo-motor", uid)
+
+    def shown() -> dict[str, Any]:
+        return plain.get(servo_key).get(servo_key, {})
+
+    first = BufferStore(CATALOG)
+    servo = first.get_or_open(uid)
+    servo.serve()  # the test plays the bridge
+    servo.set("servo0", 0.25)
+    wait_for("the first segment served", lambda: (shown().get("values") or {}).get("servo0") == 0.25)
+    # A bridge that restarts: its segment unlinked, and made again at once (well within a look's interval).
+    servo.stop_serving()
+    first.unlink_all()
+    first.close()
+    with BufferStore(CATALOG) as second:
+        again = second.get_or_open(uid)
+        again.serve()
+        again.set("servo0", -0.75)
+        wait_for(
+            "the new segment served",
+            lambda: shown().get("valid") and shown()["values"]["servo0"] == -0.75,
+            timeout=10,
+        )
+        again.stop_serving()

@@ -108,7 +108,7 @@ from typing import Any
 
 import zenoh
 
-from ..buffer import Buffer, DeviceBuffer, DeviceBufferError
+from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
@@ -117,10 +117,10 @@ from ..remote import (
     CLIENT_GRACE,
     INPUT_KINDS,
     KEY_ROOT,
-    check_client_id,
-    check_input,
     QUOTE_LIMIT,
     RefusalLimiter,
+    check_client_id,
+    check_input,
     check_namespace,
     client_key,
     device_key,
@@ -239,6 +239,17 @@ class _Served:
     last_refusal_log: float = -1e9
     safe: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The safe value of each parameter that has one (writing it is a command)."""
+    identity: tuple[int, int] | None = None
+    """The device and inode of the segment file mapped: another one at its name replaced it."""
+
+
+def _identity(name: str) -> tuple[int, int] | None:
+    """The device and inode of a segment's file in ``/dev/shm`` now; None if there is none."""
+    try:
+        status = os.stat(os.path.join(SHM_DIR, name))
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _no_driver(prefix: str, client: str | None, what: str) -> str:
@@ -404,6 +415,13 @@ class ZenohServer:
     async def _discover(self) -> None:
         """Serve the namespace's new buffers; stop serving those that vanished."""
         found = {(type_name, uid): name for type_name, uid, name in self.store.find_segments()}
+        for key, served in list(self.served.items()):
+            # Unlinked and made again between two looks (a bridge restarted, a replay): the handle
+            # maps the old segment, which nobody serves any more: follow the new one.
+            if key in found and _identity(found[key]) != served.identity:
+                logger.info("zenoh: %s %s was replaced: serving the new one", key[0], format_uid(key[1]))
+                await self._forget(self.served.pop(key), gone=False)
+                self._unopenable.discard(found[key])
         for key, name in found.items():
             if key not in self.served and name not in self._unopenable:
                 self._serve(key[0], key[1], name)
@@ -419,11 +437,15 @@ class ZenohServer:
 
     def _serve(self, type_name: str, uid: int, name: str) -> None:
         loop = asyncio.get_running_loop()
+        identity = _identity(name)
         try:
             buffer = self.store.catalog[type_name].attach(name, create=False)
         except DeviceBufferError as exc:
             self._unopenable.add(name)
             logger.warning("zenoh: cannot open %s, not served: %s", name, exc)
+            return
+        if identity is None or _identity(name) != identity:  # replaced while attaching: next look
+            buffer.close()
             return
         key = device_key(self.name, type_name, uid)
         # A Smart Device reports many times a second: a publication Zenoh drops under congestion is
@@ -440,6 +462,7 @@ class ZenohServer:
         )
         served = _Served(type_name, uid, key, zenoh.KeyExpr(key), buffer, publisher)
         served.safe = type(buffer).safe_values()
+        served.identity = identity
         self.served[type_name, uid] = served
         served.task = loop.create_task(self._run(served), name=f"publish {key}")
         logger.info("zenoh: serving %s %s at %s", type_name, format_uid(uid), key)
