@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import websockets
+import zenoh
 from e2e import CATALOG, make_uid, open_buffer, wait_for
 from test_foxglove import (  # noqa: F401 - robot and server are fixtures
     STATUS_ERROR,
@@ -55,6 +56,24 @@ from runtime.tools import foxglove as live
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 EVIL = "http://evil.example"
+
+
+def put(plain: Raw, key_expr: str, payload: str, attachment: str | None = None) -> None:
+    """A put that Zenoh never drops under congestion (a flood must arrive whole to be counted)."""
+    plain.session.put(
+        key_expr, payload, attachment=attachment, congestion_control=zenoh.CongestionControl.BLOCK
+    )
+
+
+@pytest.fixture(autouse=True)
+def zenoh_namespace(request: pytest.FixtureRequest, namespace: str) -> Any:
+    """The Zenoh tests' namespace (test_zenoh's) while they run: the Foxglove tests' module-scoped
+    robot keeps its own namespace current until the module ends."""
+    if "robot" in request.fixturenames:
+        yield
+        return
+    with BufferStore.use_namespace(namespace):
+        yield
 
 
 # ---- Foxglove: origins ------------------------------------------------------------------------------
@@ -297,12 +316,12 @@ def test_hostile_zenoh_puts_are_refused_short_without_traceback_and_rate_limited
         (remote.input_key(namespace, "gamepad"), deep, "at most 65536 bytes"),
     ]
     for where, payload, _ in puts:
-        plain.put(where, payload)
-    answers = wait_for(
-        "six refusals", lambda: (lambda got: got if len(got) >= 6 else None)(plain.received("data PUT"))
-    )
-    for (_, _, reason), answer in zip(puts, answers, strict=False):
-        assert reason in answer["error"], answer
+        put(plain, where, payload)
+    wait_for("six refusals", lambda: len(plain.received("data PUT")) >= 6)
+    for where, _, reason in puts:  # (the order of answers on different keys is not the puts')
+        answers = plain.received("data PUT", f"{where.removesuffix('/write')}/error")
+        assert any(reason in answer["error"] for answer in answers), (reason, answers)
+    for answer in plain.received("data PUT"):
         assert len(json.dumps(answer)) < 1000  # the 2 MB put is not echoed
     assert servo.pending_writes() == {}
 
@@ -310,8 +329,8 @@ def test_hostile_zenoh_puts_are_refused_short_without_traceback_and_rate_limited
     # still answered at once.
     started = time.monotonic()
     for _ in range(200):
-        plain.put(f"{servo_key}/write", json.dumps({"servo9": "flood"}), attachment="flood")
-    plain.put(f"{servo_key}/write", json.dumps({"servo9": "other"}), attachment="other")
+        put(plain, f"{servo_key}/write", json.dumps({"servo9": "flood"}), attachment="flood")
+    put(plain, f"{servo_key}/write", json.dumps({"servo9": "other"}), attachment="other")
     wait_for(
         "the other sender's answer",
         lambda: any(a.get("write") == {"servo9": "other"} for a in plain.received("data PUT")),
@@ -348,7 +367,7 @@ def test_remote_survives_a_spoofed_seq_malformed_samples_and_a_flood_of_devices(
         # REORDER_TIME at most), never dropped for ever as older.
         for seq in (2**62, genuine["seq"] + 200):
             spoof = {**genuine, "values": {**genuine["values"], "servo0": 0.125}, "seq": seq}
-            plain.put(servo_key, json.dumps(spoof))
+            put(plain, servo_key, json.dumps(spoof))
         servo.write("servo0", 0.5)
         wait_for("the genuine value again", lambda: servo.get("servo0") == 0.5)
         servo.write("servo0", -0.5)
@@ -369,7 +388,7 @@ def test_remote_survives_a_spoofed_seq_malformed_samples_and_a_flood_of_devices(
         ]
         for _ in range(10):
             for payload in bad:
-                plain.put(servo_key, payload)
+                put(plain, servo_key, payload)
         wait_for("every malformed sample counted", lambda: robot.malformed >= 10 * len(bad))
         assert robot.malformed == 10 * len(bad)
         warned = [r for r in caplog.records if r.name == "runtime.remote" and r.levelname == "WARNING"]
@@ -378,8 +397,8 @@ def test_remote_survives_a_spoofed_seq_malformed_samples_and_a_flood_of_devices(
 
         # A peer announcing devices by the thousand: the records stay bounded.
         for uid in range(1, 3 * remote.DEVICES_KEEP):
-            plain.put(key(namespace, "servo-motor", uid), json.dumps({**genuine, "uid": hex(uid)}))
-        plain.put(servo_key, "not json")  # the last of them: counted once everything before is taken
+            put(plain, key(namespace, "servo-motor", uid), json.dumps({**genuine, "uid": hex(uid)}))
+        put(plain, servo_key, "not json")  # the last of them: counted once everything before is taken
         wait_for("the flood taken", lambda: robot.malformed == 10 * len(bad) + 1, timeout=30)
         assert robot.ignored > 0
         assert len(robot.discover()) <= remote.DEVICES_KEEP
@@ -420,3 +439,20 @@ def test_runtime_zenoh_follows_a_segment_unlinked_and_made_again_between_two_loo
             timeout=10,
         )
         again.stop_serving()
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_runtime_zenoh_on_every_address_with_writes_warns_once_and_says_how_to_restrict(
+    children: Any, namespace: str, read_only: bool
+) -> None:
+    endpoint = f"tcp/0.0.0.0:{free_port()}"
+    server = children.start(
+        "runtime.tools.zenoh", "--listen", endpoint, *(["--read-only"] if read_only else [])
+    )
+    wait_for("runtime zenoh serving", lambda: "serving namespace" in children.log(server))
+    warnings = [line for line in children.log(server).splitlines() if "can drive the robot" in line]
+    if read_only:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and endpoint in warnings[0]
+        assert "--read-only" in warnings[0] and "access_control" in warnings[0]

@@ -1210,6 +1210,14 @@ def main(args: argparse.Namespace) -> int:
             session = zenoh.open(config)
         except zenoh.ZError as exc:
             raise CommandError(f"cannot open the Zenoh session: {exc}") from None
+        exposed = _exposed(args.listen)
+        if exposed and not args.read_only and not _access_control(config):
+            logger.warning(
+                "zenoh: listening on %s with writes enabled and no access control: anyone who reaches it "
+                "can drive the robot (restrict it: --read-only, or --config FILE with TLS and "
+                "access_control, or listen on 127.0.0.1 only)",
+                ", ".join(exposed),
+            )
         try:
             with BufferStore(catalog) as store:
                 server = ZenohServer(session, store, name, max_rate=args.max_rate, read_only=args.read_only)
@@ -1218,6 +1226,37 @@ def main(args: argparse.Namespace) -> int:
             return 130
         finally:
             _undeclare(session, "close")  # and with it everything it declared
+
+
+def _exposed(endpoints: list[str]) -> list[str]:
+    """The endpoints that listen on more than this machine (not a loopback address).
+
+    >>> _exposed(["tcp/127.0.0.1:7447", "tcp/0.0.0.0:7447", "tcp/[::1]:7448", "tcp/[::]:7449"])
+    ['tcp/0.0.0.0:7447', 'tcp/[::]:7449']
+    """
+    import ipaddress
+
+    exposed = []
+    for endpoint in endpoints:
+        address = endpoint.partition("/")[2].partition("#")[0].partition("?")[0]
+        host = address.rpartition(":")[0].strip("[]") if ":" in address else address
+        if host == "localhost":
+            continue
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        exposed.append(endpoint)
+    return exposed
+
+
+def _access_control(config: zenoh.Config) -> bool:
+    """Whether a Zenoh configuration turns access control on."""
+    try:
+        return bool(json.loads(config.get_json("access_control/enabled")))
+    except (zenoh.ZError, ValueError):
+        return False
 
 
 if __name__ == "__main__":  # python -m runtime.tools.zenoh ...: the same as runtime zenoh ...
