@@ -23,7 +23,7 @@ import pytest
 import websockets
 import zenoh
 from e2e import CATALOG, make_uid, open_buffer, wait_for
-from test_foxglove import (  # noqa: F401 - robot and server are fixtures
+from test_foxglove import (
     STATUS_ERROR,
     SUBPROTOCOL,
     Client,
@@ -34,7 +34,7 @@ from test_foxglove import (  # noqa: F401 - robot and server are fixtures
     topic,
     until,
 )
-from test_zenoh import (  # noqa: F401 - children, namespace, raw_sessions and store are fixtures
+from test_zenoh import (
     SERVO,
     Raw,
     children,
@@ -52,6 +52,8 @@ from test_zenoh import (  # noqa: F401 - children, namespace, raw_sessions and s
 from runtime import BufferStore, remote
 from runtime.testing import EmulatedRobot
 from runtime.tools import foxglove as live
+
+__all__ = ["children", "namespace", "raw_sessions", "robot", "server", "store"]  # fixtures, used here
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 

@@ -461,8 +461,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=8765,
         type=bounded(int, 0, 65535, unit="port"),
         metavar="PORT",
-        help="also serve the buffers to Foxglove (runtime foxglove --allow-write: the emulated devices can be "
-        "driven from the Foxglove app, not from other web pages) on 127.0.0.1:PORT (default 8765; "
+        help="also serve the buffers to Foxglove (runtime foxglove --allow-write: the emulated devices "
+        "can be driven from the Foxglove app, not from other web pages) on 127.0.0.1:PORT (default 8765; "
         "0: a free port) and print the URL to open",
     )
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON (no live table)")

@@ -375,7 +375,7 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 
 def _tcp_rows() -> list[tuple[int, int, int]] | None:
-    """This process's established TCP connections: (local port, remote port, socket inode); None if unknown."""
+    """This process's established TCP connections (local port, remote port, socket inode); None: unknown."""
     try:
         sockets = set()
         for fd in os.listdir("/proc/self/fd"):
@@ -1446,9 +1446,9 @@ def main(args: argparse.Namespace) -> int:
                 print(f"  browsers accepted from: {origins}", flush=True)
                 if args.allow_write and not _loopback(args.host):
                     logger.warning(
-                        "listening on %s with --allow-write and no access control: anyone who reaches port %d "
-                        "can drive the robot (restrict it: drop --allow-write for read-only, or listen on "
-                        "127.0.0.1 and connect through 'ssh -L', or firewall the port)",
+                        "listening on %s with --allow-write and no access control: anyone who reaches "
+                        "port %d can drive the robot (restrict it: drop --allow-write for read-only, "
+                        "or listen on 127.0.0.1 and connect through 'ssh -L', or firewall the port)",
                         args.host,
                         view.port,
                     )
