@@ -682,6 +682,11 @@ class Robot:
         owns_session: Whether :meth:`close` closes ``session``.
     """
 
+    malformed: int = 0
+    """Samples ignored as malformed (not JSON, a bad ``seq``, ``values`` not an object...)."""
+    ignored: int = 0
+    """Announcements of devices ignored because :data:`DEVICES_KEEP` records are kept already."""
+
     def __init__(
         self,
         session: zenoh.Session,
@@ -712,9 +717,7 @@ class Robot:
         self._changed = threading.Condition(self._lock)
         self._records: dict[tuple[str, int], _Record] = {}
         self.malformed = 0
-        """Samples ignored as malformed (not JSON, a bad ``seq``, ``values`` not an object...)."""
         self.ignored = 0
-        """Announcements of devices ignored because :data:`DEVICES_KEEP` records are kept already."""
         self._online = False
         self._online_events = 0
         self._enabled: bool | None = None

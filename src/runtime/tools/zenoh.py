@@ -60,7 +60,9 @@ How it works (one asyncio loop, and Zenoh's own threads):
 * Every :data:`DISCOVER_INTERVAL` seconds the namespace's segments are listed
   (:meth:`~runtime.store.BufferStore.find_segments`: a directory listing, no
   buffer opened). A new one is attached (never created) and gets a publisher
-  and a task; one that vanished loses them (its key gets a Zenoh DELETE).
+  and a task; one that vanished loses them (its key gets a Zenoh DELETE); one
+  unlinked and made again meanwhile (its file's device and inode are not the
+  mapped one's) is dropped and served anew.
   The same pass compares each buffer's validity with the one last published:
   a safety net for a producer death the notifier missed (one can fall between
   two of its waits), so that no liveliness token outlives its device by more
@@ -85,6 +87,15 @@ How it works (one asyncio loop, and Zenoh's own threads):
   every look for buffers, whenever a served buffer's disabled flag disagrees
   with it (a disable wakes the buffers' tasks), after a write refused because
   the robot is disabled, and for a ``get``; a change is published at once.
+
+Hostile puts cost a short refusal: a payload is at most
+:data:`~runtime.remote.MAX_PAYLOAD` bytes of JSON nested at most
+:data:`~runtime.remote.MAX_DEPTH` deep (checked before parsing), an
+``.../error`` answer echoes at most :data:`ECHO_LIMIT` bytes of what it
+refused, and each sender (its attachment) is answered and logged at most
+:data:`~runtime.remote.REFUSAL_RATE` times a second (the rest are counted).
+Listening beyond this machine with writes and no access control logs a
+warning at start.
 
 Run it as ``runtime zenoh`` (see :mod:`runtime.tools.cli`) or
 ``python -m runtime.tools.zenoh``. ``import zenoh`` below is the absolute
