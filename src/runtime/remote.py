@@ -718,6 +718,8 @@ class Robot:
         self._records: dict[tuple[str, int], _Record] = {}
         self.malformed = 0
         self.ignored = 0
+        self._error_logs = RefusalLimiter()
+        """How many refusals of the robot are logged (the rest are kept in ``last_error`` only)."""
         self._online = False
         self._online_events = 0
         self._enabled: bool | None = None
@@ -1296,9 +1298,10 @@ class Robot:
         if parsed is None or parsed[0] != self._namespace:
             return
         error = _error_object(sample)
-        logger.warning(
-            "%s refused a write: %s", key.removesuffix("/error"), quote(error.get("error", error), 300)
-        )
+        if self._error_logs.allow(None):  # a peer flooding .../error must not fill the log
+            logger.warning(
+                "%s refused a write: %s", key.removesuffix("/error"), quote(error.get("error", error), 300)
+            )
         with self._lock:
             record = self._record(parsed[1], parsed[2], peer=True)
             if record is not None:
