@@ -51,10 +51,13 @@ def robot() -> Iterator[EmulatedRobot]:
 
 @pytest.fixture
 def server(robot: EmulatedRobot, tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start ``runtime foxglove --port 0 ARGS`` on the robot; its URL. Stopped (SIGINT) after the test."""
+    """Start ``runtime foxglove --port 0 --allow-write ARGS`` on the robot (``write=False``: without
+    ``--allow-write``); its URL. Stopped (SIGINT) after the test."""
     processes: list[subprocess.Popen[str]] = []
 
-    def start(*args: str) -> str:
+    def start(*args: str, write: bool = True) -> str:
+        if write:
+            args = ("--allow-write", *args)
         log = open(tmp_path / f"foxglove-{len(processes)}.log", "w")  # noqa: SIM115 - closed with the test
         process = subprocess.Popen(
             [sys.executable, "-m", "runtime.tools.foxglove", "--port", "0", *args],
@@ -472,9 +475,12 @@ def test_check_value_refuses_rather_than_clamps(value: Any, problem: str) -> Non
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Client]:
-    """A client connected to ``url`` (its server info received), for a scenario of several clients."""
-    async with websockets.connect(url, subprotocols=[SUBPROTOCOL], max_size=None) as ws:
+async def connected(url: str, **options: Any) -> AsyncIterator[Client]:
+    """A client connected to ``url`` (its server info received), for a scenario of several clients.
+
+    ``options`` go to :func:`websockets.connect` (``origin="https://..."``: as a browser's page).
+    """
+    async with websockets.connect(url, subprotocols=[SUBPROTOCOL], max_size=None, **options) as ws:
         client = Client(ws)
         await client.receive(lambda m: isinstance(m, dict) and m["op"] == "serverInfo")
         yield client
@@ -573,7 +579,13 @@ def test_a_server_that_stops_ends_its_clients_commands(robot: EmulatedRobot) -> 
     thread = threading.Thread(
         target=live.serve_foxglove,
         args=(robot.store,),
-        kwargs={"port": 0, "stop_event": stop, "namespace": robot.namespace, "on_ready": ready.append},
+        kwargs={
+            "port": 0,
+            "stop_event": stop,
+            "namespace": robot.namespace,
+            "on_ready": ready.append,
+            "allow_write": True,
+        },
     )
     yogi = robot.buffer("yogi-bear")
     thread.start()

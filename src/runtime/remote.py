@@ -123,11 +123,13 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import threading
 import time
+import typing
 import warnings
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -194,6 +196,17 @@ LOG_KEEP = 10000
 """Print lines of the runner a :class:`Robot` keeps for :meth:`Robot.log_lines`, at most (older are lost)."""
 ERRORS_KEEP = 1000
 """Refusals of modes and inputs a :class:`Robot` keeps for :meth:`Robot.refusals`, at most."""
+DEVICES_KEEP = 1024
+"""Devices a :class:`Robot` keeps a record of, at most: keys a peer announces beyond it (after
+forgetting those with no value, no token and no handle) are ignored, counted in :attr:`Robot.ignored`."""
+SEQ_LIMIT = 2**63
+"""A publication's ``seq`` is an integer from 0 to below this; any other sample is malformed."""
+REORDER_WINDOW = 64
+"""A publication at most this many ``seq`` behind the last one taken, within :data:`REORDER_TIME`,
+is an older one overtaken (a query's answer): dropped. Any other is taken, so that a peer putting a
+``seq`` far ahead under the server's id holds the values for :data:`REORDER_TIME` at most."""
+REORDER_TIME = 1.0
+"""Seconds after a publication is taken during which an older one (within the window) is dropped."""
 _CLIENT_ID_LIMIT = 128
 """Characters in a client ID, at most."""
 _CHANNEL_SIZE = 4096
@@ -390,6 +403,122 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+MAX_PAYLOAD = 65536
+"""The most bytes of JSON a peer's put (a write, a mode, an input) or a Foxglove command may have:
+a longer one is refused unread."""
+MAX_DEPTH = 32
+"""The deepest nesting of arrays and objects in such JSON: a deeper one is refused unparsed."""
+QUOTE_LIMIT = 60
+"""The most characters of a refused payload that a refusal quotes (an error message, a log line)."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def load_payload(data: bytes | str, *, limit: int = MAX_PAYLOAD, depth: int = MAX_DEPTH) -> Any:
+    """JSON from a peer, parsed only if it is at most ``limit`` bytes and ``depth`` levels deep.
+
+    Why: a put of megabytes or one nested 100 000 deep (``RecursionError`` in
+    :func:`json.loads`) must cost the server nothing but a refusal.
+
+    >>> load_payload(b'{"duty_cycle": 0.5}')
+    {'duty_cycle': 0.5}
+    >>> load_payload(b"[" * 1000 + b"]" * 1000)
+    Traceback (most recent call last):
+    ...
+    ValueError: JSON nested deeper than 32 levels
+    >>> load_payload(b'"[[[["')
+    '[[[['
+
+    Raises:
+        ValueError: Too long, too deep, or not JSON (the message quotes at most
+            :data:`QUOTE_LIMIT` characters of it).
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if len(raw) > limit:
+        raise ValueError(f"JSON of at most {limit} bytes, not {len(raw)}")
+    level = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", raw)):
+        level += 1 if bracket in b"[{" else -1
+        if level > depth:
+            raise ValueError(f"JSON nested deeper than {depth} levels")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError(f"not JSON: {quote(raw)}") from None
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a refusal quotes what it refused, not megabytes.
+
+    >>> quote(b"x" * 1000, 12)
+    "b'xxxxxxx..."
+    """
+    if isinstance(value, bytes | bytearray) and len(value) > limit:
+        value = bytes(value[:limit])
+    elif isinstance(value, str) and len(value) > limit:
+        value = value[:limit]
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+REFUSAL_RATE = 5.0
+"""Refusals a server answers (publishes, shows, logs) per second to one sender, after a burst of
+:data:`REFUSAL_BURST`; more are only counted."""
+REFUSAL_BURST = 20
+REFUSAL_SENDERS = 1024
+"""The senders a :class:`RefusalLimiter` follows at once (the least recently refused is forgotten)."""
+
+
+class RefusalLimiter:
+    """Rate-limits the refusals a server answers, per sender and in all (a flood costs a count).
+
+    Each sender may have :data:`REFUSAL_RATE` refusals a second answered
+    (after a burst of :data:`REFUSAL_BURST`), and all senders together ten
+    times that: a peer that changes its name for every put gains nothing.
+    :meth:`allow` says whether to answer; :attr:`suppressed` counts the others.
+
+    >>> limiter = RefusalLimiter(rate=1.0, burst=2)
+    >>> [limiter.allow("peer", now=0.0) for _ in range(3)], limiter.suppressed
+    ([True, True, False], 1)
+    >>> limiter.allow("peer", now=1.0), limiter.allow("other", now=1.0)
+    (True, True)
+    """
+
+    def __init__(
+        self, rate: float = REFUSAL_RATE, burst: int = REFUSAL_BURST, senders: int = REFUSAL_SENDERS
+    ) -> None:
+        self.rate, self.burst, self.senders = rate, float(burst), senders
+        self._buckets: OrderedDict[object, list[float]] = OrderedDict()
+        self._total = [self.burst * 10, -math.inf]
+        self.suppressed = 0
+        """Refusals not answered since this limiter was made."""
+        self.lock = threading.Lock()
+
+    def _take(self, bucket: list[float], rate: float, burst: float, now: float) -> bool:
+        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate) if bucket[1] > -math.inf else bucket[0]
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    def allow(self, sender: object, now: float | None = None) -> bool:
+        """Whether to answer a refusal of ``sender``'s (None: an unknown one; they share one budget)."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            bucket = self._buckets.pop(sender, None) or [self.burst, -math.inf]
+            self._buckets[sender] = bucket
+            while len(self._buckets) > self.senders:
+                self._buckets.popitem(last=False)
+            if self._take(bucket, self.rate, self.burst, now) and self._take(
+                self._total, self.rate * 10, self.burst * 10, now
+            ):
+                return True
+            self.suppressed += 1
+            return False
+
+
 def check_client_id(client_id: str) -> str:
     """``client_id`` if it can be the ``<id>`` chunk of a client's token, else ``ValueError``.
 
@@ -495,12 +624,14 @@ class _Record:
         "last_error",
         "last_update",
         "seq",
+        "seq_time",
         "server",
         "token",
         "token_events",
         "type_name",
         "uid",
         "values",
+        "wanted",
     )
 
     def __init__(self, type_name: str, uid: int, key: str) -> None:
@@ -510,7 +641,11 @@ class _Record:
         self.values: dict[str, Any] | None = None
         self.last_update: float | None = None
         self.seq = -1
+        self.seq_time = -math.inf
+        """:func:`time.monotonic` when :attr:`seq` was taken."""
         self.server: str | None = None
+        self.wanted = False
+        """Whether a handle asked for it (:meth:`Robot.device`): never forgotten."""
         self.token = False
         self.token_events = 0
         self.changes = 0
@@ -547,6 +682,11 @@ class Robot:
         owns_session: Whether :meth:`close` closes ``session``.
     """
 
+    malformed: int = 0
+    """Samples ignored as malformed (not JSON, a bad ``seq``, ``values`` not an object...)."""
+    ignored: int = 0
+    """Announcements of devices ignored because :data:`DEVICES_KEEP` records are kept already."""
+
     def __init__(
         self,
         session: zenoh.Session,
@@ -576,6 +716,10 @@ class Robot:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[tuple[str, int], _Record] = {}
+        self.malformed = 0
+        self.ignored = 0
+        self._error_logs = RefusalLimiter()
+        """How many refusals of the robot are logged (the rest are kept in ``last_error`` only)."""
         self._online = False
         self._online_events = 0
         self._enabled: bool | None = None
@@ -798,7 +942,7 @@ class Robot:
         try:
             for reply in self._session.get(mode_key(self._namespace), timeout=self._timeout):
                 if reply.ok is not None:
-                    answer = json.loads(reply.ok.payload.to_bytes())
+                    answer = load_payload(reply.ok.payload.to_bytes())
                     if isinstance(answer, dict) and answer.get("mode") in MODES:
                         mode = answer["mode"]
         except Exception:  # noqa: BLE001 - closed meanwhile, or a malformed answer: unknown
@@ -860,7 +1004,9 @@ class Robot:
             for key in alive:
                 parsed = parse_device_key(key)
                 if parsed is not None and parsed[0] == self._namespace:
-                    record = self._record(parsed[1], parsed[2])
+                    record = self._record(parsed[1], parsed[2], peer=True)
+                    if record is None:
+                        continue
                     if token_events.get((record.type_name, record.uid), 0) == record.token_events:
                         self._set_token(record, True)
         for reply in self._session.get(f"{self._prefix}/**", timeout=self._timeout):
@@ -907,6 +1053,7 @@ class Robot:
                 raise KeyError(key)
         with self._lock:
             record = self._record(type_name, uid)
+            record.wanted = True
         return RemoteDevice(self, record)
 
     def close(self) -> None:
@@ -961,10 +1108,26 @@ class Robot:
         self._threads.append(thread)
         thread.start()
 
-    def _record(self, type_name: str, uid: int) -> _Record:
-        """The record of a device (made when first heard of); the lock is held."""
+    @typing.overload
+    def _record(self, type_name: str, uid: int) -> _Record: ...
+    @typing.overload
+    def _record(self, type_name: str, uid: int, *, peer: bool) -> _Record | None: ...
+    def _record(self, type_name: str, uid: int, *, peer: bool = False) -> _Record | None:
+        """The record of a device (made when first heard of); the lock is held.
+
+        ``peer``: a peer announces it. Beyond :data:`DEVICES_KEEP` records, those
+        with nothing (no value, no token, no handle, no waiter) are forgotten,
+        and if none is, the announcement is ignored (None; counted in :attr:`ignored`).
+        """
         record = self._records.get((type_name, uid))
         if record is None:
+            if peer and len(self._records) >= DEVICES_KEEP:
+                for key, other in list(self._records.items()):
+                    if not (other.wanted or other.token or other.values is not None or other.async_waiters):
+                        del self._records[key]
+                if len(self._records) >= DEVICES_KEEP:
+                    self.ignored += 1
+                    return None
             record = self._records[type_name, uid] = _Record(
                 type_name, uid, device_key(self._namespace, type_name, uid)
             )
@@ -1010,7 +1173,9 @@ class Robot:
             parsed = parse_device_key(key)
             if parsed is None or parsed[0] != self._namespace:
                 return
-            record = self._record(parsed[1], parsed[2])
+            record = self._record(parsed[1], parsed[2], peer=True)
+            if record is None:
+                return
             record.token_events += 1
             self._set_token(record, alive)
 
@@ -1020,9 +1185,10 @@ class Robot:
             parsed = parse_device_key(key)
             if parsed is not None and parsed[0] == self._namespace:
                 with self._lock:
-                    record = self._record(parsed[1], parsed[2])
-                    record.values, record.seq, record.server = None, -1, None
-                    self._changed_locked(record)
+                    record = self._records.get((parsed[1], parsed[2]))
+                    if record is not None:
+                        record.values, record.seq, record.server = None, -1, None
+                        self._changed_locked(record)
             return
         self._take_values(key, sample.payload.to_bytes())
 
@@ -1031,29 +1197,51 @@ class Robot:
         if parsed is None or parsed[0] != self._namespace or key.count("/") != 3:
             return
         try:
-            data = json.loads(payload)
-            seq = int(data["seq"])
-            server = str(data.get("server", ""))
-            values = data["values"] if data.get("valid") else None
+            data = load_payload(payload, limit=max(MAX_PAYLOAD, 1 << 20))  # a runner's log is long
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            seq, server = data.get("seq"), data.get("server", "")
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < SEQ_LIMIT:
+                raise ValueError(f"seq is not an integer from 0 to 2**63: {quote(seq)}")
+            if not isinstance(server, str):
+                raise TypeError("server is not a string")
+            values = data.get("values") if data.get("valid") is True else None
             if values is not None and not isinstance(values, dict):
                 raise TypeError("values is not an object")
+            last_update = data.get("last_update")
+            if not isinstance(last_update, int | float) or isinstance(last_update, bool):
+                last_update = None
+            elif not math.isfinite(last_update):
+                raise ValueError("last_update is not finite")
         except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring a malformed sample on %s: %s", key, exc)
+            with self._lock:
+                self.malformed += 1
+                first = self.malformed == 1
+            # Quietly: a peer sending them by the thousand must not fill the log.
+            (logger.warning if first else logger.debug)(
+                "ignoring a malformed sample on %s: %s (counted in Robot.malformed)", quote(key), exc
+            )
             return
         if values is not None:
             for param in self._singles(parsed[1]) & values.keys():
                 if isinstance(values[param], float):  # JSON has the shortest decimal: the very float32 again
                     values[param] = ctypes.c_float(values[param]).value
+        now = time.monotonic()
         with self._lock:
-            record = self._record(parsed[1], parsed[2])
-            if server == record.server and seq < record.seq:
-                return  # older than what we have (a query's answer overtaken by a publication)
+            record = self._record(parsed[1], parsed[2], peer=True)
+            if record is None:
+                return
             if server == record.server and seq == record.seq and values == record.values:
                 return  # the same publication again (a query's answer)
-            record.server, record.seq = server, seq
+            if (
+                server == record.server
+                and record.seq - REORDER_WINDOW <= seq < record.seq
+                and now - record.seq_time < REORDER_TIME
+            ):
+                return  # older than what we have (a query's answer overtaken by a publication)
+            record.server, record.seq, record.seq_time = server, seq, now
             record.values = values
-            last_update = data.get("last_update")
-            record.last_update = float(last_update) if isinstance(last_update, int | float) else None
+            record.last_update = None if last_update is None else float(last_update)
             if values is not None and (record.type_name, record.uid) == RUNNER_KEY:
                 self._take_log(values)
             self._changed_locked(record)
@@ -1088,11 +1276,19 @@ class Robot:
 
     def _parse_state(self, sample: zenoh.Sample) -> bool | None:
         try:
-            enabled = json.loads(sample.payload.to_bytes())["enabled"]
+            state = load_payload(sample.payload.to_bytes())
+            enabled = state["enabled"] if isinstance(state, dict) else None
             if not isinstance(enabled, bool):
                 raise TypeError("enabled is not a boolean")
         except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring a malformed robot state on %s: %s", sample.key_expr, exc)
+            with self._lock:
+                self.malformed += 1
+                first = self.malformed == 1
+            (logger.warning if first else logger.debug)(
+                "ignoring a malformed robot state on %s: %s (counted in Robot.malformed)",
+                sample.key_expr,
+                exc,
+            )
             return None
         return enabled
 
@@ -1102,9 +1298,14 @@ class Robot:
         if parsed is None or parsed[0] != self._namespace:
             return
         error = _error_object(sample)
-        logger.warning("%s refused a write: %s", key.removesuffix("/error"), error.get("error", error))
+        if self._error_logs.allow(None):  # a peer flooding .../error must not fill the log
+            logger.warning(
+                "%s refused a write: %s", key.removesuffix("/error"), quote(error.get("error", error), 300)
+            )
         with self._lock:
-            self._record(parsed[1], parsed[2]).last_error = error
+            record = self._record(parsed[1], parsed[2], peer=True)
+            if record is not None:
+                record.last_error = error
 
     # -- for the handles --
 
@@ -1162,10 +1363,11 @@ class Robot:
 
 def _error_object(sample: zenoh.Sample) -> dict[str, Any]:
     """A refusal published on an ``.../error`` key, as a JSON object whatever was sent."""
+    raw = sample.payload.to_bytes()
     try:
-        error = json.loads(sample.payload.to_bytes())
+        error = load_payload(raw)
     except ValueError:
-        error = {"error": sample.payload.to_string()}
+        error = {"error": quote(raw.decode("utf-8", "replace"), QUOTE_LIMIT)}
     return error if isinstance(error, dict) else {"error": error}
 
 

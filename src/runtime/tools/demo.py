@@ -461,7 +461,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=8765,
         type=bounded(int, 0, 65535, unit="port"),
         metavar="PORT",
-        help="also serve the buffers to Foxglove (runtime foxglove) on 127.0.0.1:PORT (default 8765; "
+        help="also serve the buffers to Foxglove (runtime foxglove --allow-write: the emulated devices "
+        "can be driven from the Foxglove app, not from other web pages) on 127.0.0.1:PORT (default 8765; "
         "0: a free port) and print the URL to open",
     )
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON (no live table)")
@@ -589,13 +590,25 @@ def _foxglove(catalog: dict[str, type[Buffer]], namespace: str, port: int) -> It
     failure: list[BaseException] = []
 
     def announce(view: Any) -> None:
-        print(f"runtime demo: live in Foxglove: open {view.url} (Foxglove WebSocket)", file=sys.stderr)
+        print(
+            f"runtime demo: live in Foxglove: open {view.url} (Foxglove WebSocket; writes allowed, "
+            "browsers from the Foxglove app only)",
+            file=sys.stderr,
+        )
         ready.set()
 
     def serve() -> None:
         try:
+            # Writes allowed: the demo's devices are emulated, its server listens on 127.0.0.1, and
+            # browsers connect only from Foxglove's origins (a web page cannot drive them).
             serve_foxglove(
-                catalog, "127.0.0.1", port, stop_event=stop, namespace=namespace, on_ready=announce
+                catalog,
+                "127.0.0.1",
+                port,
+                stop_event=stop,
+                namespace=namespace,
+                on_ready=announce,
+                allow_write=True,
             )
         except Exception as exc:  # noqa: BLE001 - a port in use, say: said once, the demo goes on
             failure.append(exc)

@@ -42,6 +42,30 @@ of the namespace:
   warning status says so (and writes of actuators are refused, with an error
   status saying why).
 
+Who may connect, and who may write (a web page must not drive a motor):
+
+* **read-only unless asked**: ``--allow-write`` (``allow_write=True``) lets
+  clients write; without it every parameter set and command is refused with
+  :data:`READ_ONLY`, and the server does not offer client publishing. A
+  viewer is the common use; a write moves an actuator.
+* **browsers from Foxglove only**: the SDK's server cannot see a
+  connection's HTTP headers, so it listens on a free port of 127.0.0.1 behind
+  a gate on the address asked for (``--host``/``--port``), which reads each
+  WebSocket handshake and refuses (``403``) an ``Origin`` other than the
+  Foxglove app's (:data:`FOXGLOVE_ORIGINS`; the desktop app's ``file://`` or
+  ``foxglove://``), those of ``--allow-origin``, or none (programs). Binding to
+  127.0.0.1 alone would not do: a page open in a browser of this machine
+  reaches it. A local program that finds the inner port and connects around
+  the gate is shut out (twice a second, and before any write; writes are
+  refused while it is there).
+* **bounded refusals**: a command is at most
+  :data:`~runtime.remote.MAX_PAYLOAD` bytes of JSON nested at most
+  :data:`~runtime.remote.MAX_DEPTH` deep (refused unparsed otherwise); a
+  refusal quotes at most :data:`MESSAGE_LIMIT` characters, and each client
+  is shown (and logged) at most :data:`~runtime.remote.REFUSAL_RATE` a second.
+* ``--allow-write`` with ``--host`` other than a loopback address logs a
+  warning at start: anyone reaching the port drives the robot.
+
 How a client's leaving is known: the SDK tells the server nothing about a
 connection as such, only about a client's subscriptions and advertised
 channels, and it withdraws those of a client that disconnects. So a client
@@ -62,6 +86,7 @@ nobody subscribes to.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -69,9 +94,10 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from foxglove.websocket import ServerListener
@@ -80,6 +106,7 @@ from ..buffer import Buffer, DeviceBufferError, Parameter
 from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
+from ..remote import RefusalLimiter, load_payload, quote
 from ..store import BufferStore, robot_enabled
 from ..student import RUNNER_KEY
 from ._common import (
@@ -106,6 +133,7 @@ if TYPE_CHECKING:
     from foxglove.websocket import ChannelView, Client, ClientChannel, WebSocketServer
 
 __all__ = [
+    "FOXGLOVE_ORIGINS",
     "DEFAULT_HOST",
     "DEFAULT_MAX_RATE",
     "DEFAULT_PORT",
@@ -118,6 +146,7 @@ __all__ = [
     "add_arguments",
     "check_value",
     "main",
+    "origin_allowed",
     "serve_foxglove",
 ]
 
@@ -137,12 +166,254 @@ ROBOT_STATUS = "robot:disabled"
 ROBOT_DISABLED = "robot disabled: actuators stopped (runtime enable)"
 """Its message."""
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+READ_ONLY = (
+    "read-only server: nothing is written (start runtime foxglove with --allow-write to drive the robot)"
+)
+"""The refusal of every write while writes are not allowed."""
+FOXGLOVE_ORIGINS = ("https://app.foxglove.dev",)
+"""The browser origins always accepted: the Foxglove web app. Its desktop app (Electron) sends
+``file://`` or a ``foxglove://`` origin, and programs send none: accepted too (a web page cannot)."""
+HANDSHAKE_LIMIT = 16384
+"""The most bytes of a WebSocket handshake (request line and headers): a longer one is refused."""
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a connection has to send its handshake."""
+CONNECTIONS_LIMIT = 64
+"""Connections served at once; more are refused (503)."""
+MESSAGE_LIMIT = 300
+"""The most characters of a refusal (error status, log line): it quotes what it refused, cut short."""
 _RUNNER_TOPIC = topic_of(*RUNNER_KEY)
 _PARAM_NAME = re.compile(r"(?P<topic>/runtime/[^/]+/0x[0-9a-f]+)/(?P<param>[^/]+)")
 
 
 class WriteRefused(Exception):
     """A value from a client that is not written: the message says why."""
+
+
+def origin_allowed(origin: str | None, allowed: Collection[str] = ()) -> bool:
+    """Whether a WebSocket client with this ``Origin`` header may connect.
+
+    No header: not a browser (a program; Foxglove's desktop app may send
+    none), accepted. Otherwise the Foxglove web app (:data:`FOXGLOVE_ORIGINS`),
+    the desktop app's ``file://`` or ``foxglove://...`` (no web page has
+    those), or one of ``allowed`` (``--allow-origin``). Every other page, on any
+    site or on this machine (``http://localhost:3000``), is refused: it would
+    read the robot and, with ``--allow-write``, drive it.
+
+    >>> origin_allowed(None), origin_allowed("https://app.foxglove.dev"), origin_allowed("file://")
+    (True, True, True)
+    >>> origin_allowed("http://evil.example"), origin_allowed("null")
+    (False, False)
+    >>> origin_allowed("http://localhost:3000", ["http://localhost:3000"])
+    True
+    """
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    return (
+        origin in FOXGLOVE_ORIGINS
+        or origin in {o.strip().rstrip("/").lower() for o in allowed}
+        or origin == "file:"  # file://, its trailing slashes stripped
+        or origin.startswith("foxglove://")
+    )
+
+
+class _OriginGate:
+    """The address clients connect to: checks each WebSocket handshake's ``Origin``, then relays it.
+
+    The Foxglove SDK's server does not tell its listener anything of a
+    connection's handshake, so it listens on a free port of 127.0.0.1 and this
+    gate, on the address asked for, lets through only the handshakes of
+    allowed origins (:func:`origin_allowed`; a refused one gets ``403
+    Forbidden`` and is closed). One asyncio loop in a thread of its own relays
+    the bytes both ways. :meth:`foreign` finds connections to the inner port
+    that bypassed the gate (a local program that found it): :class:`LiveView`
+    closes them and refuses writes meanwhile.
+    """
+
+    def __init__(self, host: str, port: int, inner_port: int, allowed: Collection[str]) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=128)
+        self.port: int = self.sock.getsockname()[1]
+        self.inner_port = inner_port
+        self.allowed = tuple(allowed)
+        self.relayed = 0
+        """Connections let through."""
+        self.refused = 0
+        """Connections refused (origin, malformed or too long handshake, too many)."""
+        self._ours: set[int] = set()
+        """The local ports of this gate's connections to the inner port."""
+        self._active = 0
+        self._origins_said: set[str] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="foxglove-origin-gate", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self._handle, sock=self.sock, limit=HANDSHAKE_LIMIT)
+
+        server = self._loop.run_until_complete(start())
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.close()
+
+    def close(self) -> None:
+        """Stop listening and drop every connection."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self.sock.close()
+
+    def ours(self) -> set[int]:
+        """The local ports of the gate's connections to the inner port (a copy)."""
+        return set(self._ours)
+
+    def _say_refused(self, origin: str, why: str) -> None:
+        """Log a refused connection: once per origin (the first 100), then only count."""
+        self.refused += 1
+        key = quote(origin)
+        if key in self._origins_said or len(self._origins_said) >= 100:
+            return
+        self._origins_said.add(key)
+        logger.warning(
+            "refused a connection: %s (runtime foxglove --allow-origin ORIGIN accepts a page's)", why
+        )
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= CONNECTIONS_LIMIT:
+            self._say_refused("<too many>", f"more than {CONNECTIONS_LIMIT} connections at once")
+            await _answer(writer, 503, "too many connections")
+            return
+        self._active += 1
+        try:
+            await self._relay(reader, writer)
+        finally:
+            self._active -= 1
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANDSHAKE_TIMEOUT)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            self._say_refused("<handshake>", "no WebSocket handshake (too long, too slow, or none)")
+            await _answer(writer, 400, "bad request")
+            return
+        origins = [
+            value.strip()
+            for name, _, value in (line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:])
+            if name.strip().lower() == "origin"
+        ]
+        origin = origins[0] if len(origins) == 1 else None
+        if len(origins) > 1 or not origin_allowed(origin, self.allowed):
+            shown = quote(origins[0] if len(origins) == 1 else origins)
+            self._say_refused(shown, f"origin {shown} is not allowed")
+            await _answer(writer, 403, f"origin {shown} is not allowed (runtime foxglove --allow-origin)")
+            return
+        inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            inner.bind(("127.0.0.1", 0))
+            local = inner.getsockname()[1]
+            self._ours.add(local)  # before the connection exists: never taken for a foreign one
+            inner.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(inner, ("127.0.0.1", self.inner_port))
+            inner_reader, inner_writer = await asyncio.open_connection(sock=inner)
+        except OSError as exc:
+            logger.error("cannot reach the Foxglove server: %s", exc)
+            inner.close()
+            self._ours.discard(local)
+            await _answer(writer, 502, "the Foxglove server is not reachable")
+            return
+        self.relayed += 1
+        try:
+            inner_writer.write(head)
+            await asyncio.gather(_pipe(reader, inner_writer), _pipe(inner_reader, writer))
+        finally:
+            self._ours.discard(local)
+            for end in (inner_writer, writer):
+                end.close()
+
+    def foreign(self) -> list[int] | None:
+        """The socket inodes of connections to the inner port that are not the gate's; None if unknown."""
+        rows = _tcp_rows()
+        if rows is None:
+            return None
+        ours = self.ours()
+        return [inode for local, remote, inode in rows if local == self.inner_port and remote not in ours]
+
+
+async def _answer(writer: asyncio.StreamWriter, code: int, text: str) -> None:
+    """An HTTP error answer to a refused handshake, then close."""
+    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}[code]
+    body = (text + "\n").encode("utf-8", "replace")
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write(
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await asyncio.wait_for(writer.drain(), 5)
+    writer.close()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy bytes until the source ends; then end the sink (the other direction ends with it)."""
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    sink.close()
+
+
+def _tcp_rows() -> list[tuple[int, int, int]] | None:
+    """This process's established TCP connections (local port, remote port, socket inode); None: unknown."""
+    try:
+        sockets = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:["):
+                    sockets.add(target[8:-1])
+        rows = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as lines:  # no IPv6: no tcp6
+                next(lines, None)  # the header
+                for line in lines:
+                    # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "01" and fields[9] in sockets:  # ESTABLISHED
+                        rows.append(
+                            (
+                                int(fields[1].rpartition(":")[2], 16),
+                                int(fields[2].rpartition(":")[2], 16),
+                                int(fields[9]),
+                            )
+                        )
+        return rows
+    except (OSError, ValueError):
+        return None
+
+
+def _shut(inodes: Collection[int]) -> int:
+    """Shut down this process's sockets of these inodes (their owner then sees them closed); how many."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    done = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError, ValueError):
+            if os.readlink(f"/proc/self/fd/{fd}") in wanted:
+                with socket.socket(fileno=os.dup(int(fd))) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+                done += 1
+    return done
 
 
 def check_value(param: Parameter, value: Any) -> Any:
@@ -216,6 +487,9 @@ class LiveView:
         max_rate: The most messages per second per buffer.
         namespace: The buffers' namespace (default: the current one).
         select: Which ``(type, uid)`` to serve (default: all).
+        allow_write: Whether clients may write (parameters, command topics);
+            else every write is refused with :data:`READ_ONLY`.
+        allow_origins: Browser origins accepted besides Foxglove's (:func:`origin_allowed`).
     """
 
     def __init__(
@@ -227,8 +501,16 @@ class LiveView:
         max_rate: float = DEFAULT_MAX_RATE,
         namespace: str | None = None,
         select: Callable[[str, int], bool] | None = None,
+        allow_write: bool = False,
+        allow_origins: Collection[str] = (),
     ) -> None:
         self.catalog = catalog
+        self.allow_write = allow_write
+        self.allow_origins = tuple(allow_origins)
+        self.gate: _OriginGate | None = None
+        self.limiter = RefusalLimiter()
+        """How many refusals each client is shown (and logged) a second."""
+        self._bypassed = False
         self.host = host
         self.requested_port = port
         self.namespace = namespace or BufferStore.namespace()
@@ -287,7 +569,7 @@ class LiveView:
     @property
     def port(self) -> int:
         """The port listened on (the one chosen by the system for port 0)."""
-        return self.server.port if self.server is not None else self.requested_port
+        return self.gate.port if self.gate is not None else self.requested_port
 
     @property
     def url(self) -> str:
@@ -305,18 +587,33 @@ class LiveView:
         from foxglove.websocket import Capability
 
         self.context = foxglove.Context()
+        capabilities = [Capability.Parameters]  # read (and, if allowed, set)
+        if self.allow_write:
+            capabilities.append(Capability.ClientPublish)
         try:
-            self.server = foxglove.start_server(
+            self.server = foxglove.start_server(  # reached through the gate only (see _OriginGate)
                 name=f"runtime ({self.namespace})",
-                host=self.host,
-                port=self.requested_port,
-                capabilities=[Capability.Parameters, Capability.ClientPublish],
+                host="127.0.0.1",
+                port=0,
+                capabilities=capabilities,
                 server_listener=_Listener(self),
                 supported_encodings=["json"],
                 context=self.context,
             )
         except RuntimeError as exc:
-            reason = str(exc).removeprefix("FoxgloveError: ").removeprefix("Failed to bind port: ")
+            reason = str(exc).removeprefix("FoxgloveError: ")
+            raise CommandError(f"cannot start the Foxglove server: {reason}") from None
+        try:
+            self.gate = _OriginGate(self.host, self.requested_port, self.server.port, self.allow_origins)
+        except (OSError, OverflowError) as exc:
+            self.server.stop()
+            self.server = None
+            if not isinstance(exc, OSError):
+                reason = str(exc)
+            elif exc.errno is None or exc.errno < 0:  # a name that does not resolve
+                reason = "no such address"
+            else:
+                reason = f"{os.strerror(exc.errno)} (os error {exc.errno})"
             hint = " (another 'runtime foxglove'? choose another --port)" if "in use" in reason else ""
             raise CommandError(
                 f"cannot listen on {self.host}:{self.requested_port}: {reason}{hint}"
@@ -331,6 +628,8 @@ class LiveView:
     def close(self) -> None:
         """Stop the server; end its clients' commands; close the channels and the buffers."""
         self._stopping = True  # the clients it disconnects do not go away of themselves
+        if self.gate is not None:
+            self.gate.close()
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -526,23 +825,32 @@ class LiveView:
         """
         from foxglove import Parameter as FoxgloveParameter
 
+        refused = self._writes_refused()
+        if refused is not None:
+            names = [parameter.name for parameter in parameters]
+            self._refuse("write:read-only", f"cannot set {quote(names)}: {refused}", client)
+            return list(self.get_parameters(names))
         result = []
         for parameter in parameters:
             name = parameter.name
             found = self._lookup_param(name, writeable=False)
             value = parameter.get_value()
             status = f"write:{name}"
-            if found is None:
-                self._refuse(status, f"cannot set {name}: no such parameter of a buffer served here")
+            if found is None:  # one status for all unknown names: a client cannot make them pile up
+                self._refuse(
+                    "write:unknown",
+                    f"cannot set {quote(name)}: no such parameter of a buffer served here",
+                    client,
+                )
                 continue
             watched, param = found
             if not param.writeable:
-                self._refuse(status, f"cannot set {name}: {param.name} is read-only")
+                self._refuse(status, f"cannot set {name}: {param.name} is read-only", client)
                 continue
             try:
                 self.write(watched.topic, {param.name: value}, client=client)
             except WriteRefused as exc:
-                self._refuse(status, f"cannot set {name}: {exc}")
+                self._refuse(status, f"cannot set {name}: {exc}", client)
                 current = self.get_parameters([name])
                 result.extend(current)
                 continue
@@ -625,23 +933,33 @@ class LiveView:
         """A client's message on a command topic: ``{param: value, ...}`` to write (``client``'s commands)."""
         status = f"command:{topic}"
         try:
-            values = json.loads(data)
+            refused = self._writes_refused()
+            if refused is not None:
+                raise WriteRefused(refused)
+            try:
+                values = load_payload(data)  # at most MAX_PAYLOAD bytes, MAX_DEPTH deep
+            except ValueError as exc:
+                raise WriteRefused(f"a command is a JSON object {{param: value, ...}}; {exc}") from None
             if not isinstance(values, dict) or not values:
                 raise WriteRefused("a command is a JSON object {param: value, ...}")
             self.write(topic.removesuffix(COMMAND_SUFFIX), values, client=client)
-        except ValueError:
-            self._refuse(status, f"{topic}: not JSON")
         except WriteRefused as exc:
-            self._refuse(status, f"{topic}: {exc}")
+            self._refuse(status, f"{topic}: {exc}", client)
         else:
             self._clear_status(status)
 
     # -- statuses --
 
-    def _refuse(self, status: str, message: str) -> None:
+    def _refuse(self, status: str, message: str, client: int | None = None) -> None:
+        """Count a refusal; show it (an error status) and log it, at most
+        :data:`~runtime.remote.REFUSAL_RATE` a second per client (the rest are only counted)."""
         from foxglove import StatusLevel
 
         self.refused += 1
+        if not self.limiter.allow(client):
+            return
+        if len(message) > MESSAGE_LIMIT:
+            message = f"{message[: MESSAGE_LIMIT - 3]}..."
         logger.warning("%s", message)
         self._set_status(status, message, StatusLevel.Error)
 
@@ -651,7 +969,10 @@ class LiveView:
             return
         with self.lock:
             self._statuses[status] = message, level
-        server.publish_status(message, level, status)
+        try:
+            server.publish_status(message, level, status)
+        except RuntimeError as exc:  # the SDK busy with a client being dropped: shown to the next
+            logger.debug("cannot show status %s now: %s", status, exc)
 
     def _clear_status(self, status: str) -> None:
         server = self.server
@@ -659,7 +980,10 @@ class LiveView:
             if self._statuses.pop(status, None) is None:
                 return
         if server is not None:
-            server.remove_status([status])
+            try:
+                server.remove_status([status])
+            except RuntimeError as exc:  # as in _set_status
+                logger.debug("cannot remove status %s now: %s", status, exc)
 
     def hello(self, client: int) -> None:
         """A client heard from: the first time, the warnings that stand (the SDK keeps no status for it)."""
@@ -738,7 +1062,7 @@ class LiveView:
             followed = len(self._presence)
         if not unfollowed:
             return
-        connections = _connections(self.port)
+        connections = _connections(self.server.port) if self.server is not None else None
         if connections is None:
             if not self._uncounted:
                 self._uncounted = True
@@ -757,9 +1081,45 @@ class LiveView:
         """After each look for buffers (twice a second): the robot's state; the clients not followed."""
         try:
             self._robot_status()
+            self._close_bypasses()
             self._end_unfollowed()
         except Exception:  # the watcher goes on
             logger.exception("the periodic checks failed")
+
+    def _close_bypasses(self) -> bool:
+        """Close the connections that reached the SDK's server without the gate; whether all is well.
+
+        A program on this machine may find the inner port (127.0.0.1) and skip
+        the origin check: its connection is shut (twice a second, and before
+        each write); writes are refused while one is there, or while that
+        cannot be known (no ``/proc``).
+        """
+        gate = self.gate
+        if gate is None:
+            return False
+        foreign = gate.foreign()
+        if foreign is None:
+            if not self._bypassed:
+                self._bypassed = True
+                logger.warning("cannot list the connections (no /proc): writes are refused")
+            return False
+        if foreign:
+            shut = _shut(foreign)
+            logger.warning(
+                "closed %d connection(s) to the inner port %d that bypassed the origin check",
+                shut,
+                gate.inner_port,
+            )
+            return False
+        return True
+
+    def _writes_refused(self) -> str | None:
+        """Why no client may write now, or None."""
+        if not self.allow_write:
+            return READ_ONLY
+        if not self._close_bypasses():
+            return "a connection bypassed the origin check (closed): nothing is written meanwhile"
+        return None
 
     def _robot_status(self) -> None:
         """A warning status while the robot is disabled."""
@@ -784,30 +1144,20 @@ class LiveView:
 
 def _connections(port: int) -> int | None:
     """The established TCP connections of this process on its local port ``port``; None if unknown."""
+    rows = _tcp_rows()
+    return None if rows is None else sum(1 for local, _, _ in rows if local == port)
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is an address of this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
     try:
-        sockets = set()
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):  # closed meanwhile
-                target = os.readlink(f"/proc/self/fd/{fd}")
-                if target.startswith("socket:["):
-                    sockets.add(target[8:-1])
-        count = 0
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(FileNotFoundError), open(table) as rows:  # no IPv6: no tcp6
-                next(rows, None)  # the header
-                for row in rows:
-                    # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
-                    fields = row.split()
-                    if (
-                        len(fields) > 9
-                        and fields[3] == "01"  # ESTABLISHED
-                        and int(fields[1].rpartition(":")[2], 16) == port
-                        and fields[9] in sockets
-                    ):
-                        count += 1
-        return count
-    except (OSError, ValueError):
-        return None
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _source_topic(topic: str) -> str:
@@ -862,9 +1212,10 @@ class _Listener(ServerListener):
         self.view.client_present(client.id, ("advertised", channel.id))
         if not channel.topic.endswith(COMMAND_SUFFIX) or channel.encoding != "json":
             self.view._refuse(
-                f"advertise:{channel.topic}",
-                f"{channel.topic} ({channel.encoding}): clients publish JSON on "
+                "advertise",
+                f"{quote(channel.topic)} ({quote(channel.encoding)}): clients publish JSON on "
                 f"/runtime/<type>/<uid>{COMMAND_SUFFIX} only",
+                client.id,
             )
             return
         with self.view.lock:
@@ -930,6 +1281,8 @@ def serve_foxglove(
     *,
     namespace: str | None = None,
     on_ready: Callable[[LiveView], None] | None = None,
+    allow_write: bool = False,
+    allow_origins: Collection[str] = (),
 ) -> None:
     """Serve the buffers of a namespace to Foxglove until ``stop_event`` is set (from another thread).
 
@@ -943,12 +1296,22 @@ def serve_foxglove(
         stop_event: Set it to stop (None: serve until the process ends).
         namespace: The buffers' namespace (default: the current one, at the call).
         on_ready: Called with the :class:`LiveView` once it listens (``.url``, ``.port``).
+        allow_write: Whether clients may write (default: read-only).
+        allow_origins: Browser origins accepted besides Foxglove's.
 
     Raises:
         CommandError: The address cannot be listened on (the message says why).
     """
     catalog = dict(store.catalog if isinstance(store, BufferStore) else store)
-    view = LiveView(catalog, host=host, port=port, max_rate=max_rate, namespace=namespace)
+    view = LiveView(
+        catalog,
+        host=host,
+        port=port,
+        max_rate=max_rate,
+        namespace=namespace,
+        allow_write=allow_write,
+        allow_origins=allow_origins,
+    )
     view.start()
     try:
         if on_ready is not None:
@@ -1000,13 +1363,24 @@ lost) or the server stops, it goes back to its safe value, unless someone
 wrote it since. While the robot is disabled (runtime disable), Foxglove
 shows a warning, and such values are refused.
 
+Read-only unless --allow-write: without it every write is refused (the
+robot is only shown). Browsers connect only from the Foxglove app
+(https://app.foxglove.dev, or the desktop app) and from the origins given
+with --allow-origin: any other web page is refused (403), whatever address
+the server listens on, so that no page you visit reads or drives the robot.
+Programs that send no Origin header are accepted. With --allow-write on an
+address other than 127.0.0.1 anyone on the network who reaches the port may
+drive the robot: a warning says so at start.
+
 In Foxglove: Open connection > Foxglove WebSocket > the URL printed.
 """
 
 EPILOG = f"""\
 examples:
   $ runtime foxglove                              # ws://127.0.0.1:{DEFAULT_PORT}, until Ctrl-C
-  $ runtime foxglove --host 0.0.0.0 --port 9000   # reachable from other machines
+  $ runtime foxglove --allow-write                # also drive the robot from Foxglove
+  $ runtime foxglove --host 0.0.0.0 --port 9000   # reachable from other machines (read-only)
+  $ runtime foxglove --allow-origin http://localhost:3000   # a dashboard page of yours too
   $ runtime foxglove --namespace rt-demo-4242 --max-rate 20
 """
 
@@ -1031,22 +1405,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HZ",
         help=f"the most messages per second per buffer (default {DEFAULT_MAX_RATE:g})",
     )
+    parser.add_argument(
+        "--allow-write",
+        action="store_true",
+        help="let clients write parameters and publish commands (default: read-only, every write refused)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept browser connections from this origin, e.g. http://localhost:3000 (repeatable; "
+        "always accepted: https://app.foxglove.dev, the desktop app, and programs sending no Origin)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``runtime foxglove``."""
     catalog = load_catalog(args.catalog)
     with BufferStore.use_namespace(args.namespace) as namespace:
-        view = LiveView(catalog, host=args.host, port=args.port, max_rate=args.max_rate, namespace=namespace)
+        view = LiveView(
+            catalog,
+            host=args.host,
+            port=args.port,
+            max_rate=args.max_rate,
+            namespace=namespace,
+            allow_write=args.allow_write,
+            allow_origins=args.allow_origin,
+        )
         view.start()
         try:
-            print(f"serving the buffers of namespace {namespace!r} to Foxglove at {view.url}", flush=True)
-            print(
-                "  in Foxglove: Open connection > Foxglove WebSocket > that URL; Ctrl-C to stop", flush=True
-            )
-            say_if_empty(catalog, namespace, "foxglove", "serving those that appear")
             stop = threading.Event()
             with stop_on_signals(stop, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+                access = "read-write" if args.allow_write else "read-only: --allow-write to drive the robot"
+                print(
+                    f"serving the buffers of namespace {namespace!r} to Foxglove at {view.url} ({access})",
+                    flush=True,
+                )
+                origins = ", ".join([*FOXGLOVE_ORIGINS, "the desktop app", *args.allow_origin])
+                print(f"  browsers accepted from: {origins}", flush=True)
+                if args.allow_write and not _loopback(args.host):
+                    logger.warning(
+                        "listening on %s with --allow-write and no access control: anyone who reaches "
+                        "port %d can drive the robot (restrict it: drop --allow-write for read-only, "
+                        "or listen on 127.0.0.1 and connect through 'ssh -L', or firewall the port)",
+                        args.host,
+                        view.port,
+                    )
+                print(
+                    "  in Foxglove: Open connection > Foxglove WebSocket > that URL; Ctrl-C to stop",
+                    flush=True,
+                )
+                say_if_empty(catalog, namespace, "foxglove", "serving those that appear")
                 view.run(stop)
         finally:
             view.close()

@@ -60,7 +60,9 @@ How it works (one asyncio loop, and Zenoh's own threads):
 * Every :data:`DISCOVER_INTERVAL` seconds the namespace's segments are listed
   (:meth:`~runtime.store.BufferStore.find_segments`: a directory listing, no
   buffer opened). A new one is attached (never created) and gets a publisher
-  and a task; one that vanished loses them (its key gets a Zenoh DELETE).
+  and a task; one that vanished loses them (its key gets a Zenoh DELETE); one
+  unlinked and made again meanwhile (its file's device and inode are not the
+  mapped one's) is dropped and served anew.
   The same pass compares each buffer's validity with the one last published:
   a safety net for a producer death the notifier missed (one can fall between
   two of its waits), so that no liveliness token outlives its device by more
@@ -86,6 +88,15 @@ How it works (one asyncio loop, and Zenoh's own threads):
   with it (a disable wakes the buffers' tasks), after a write refused because
   the robot is disabled, and for a ``get``; a change is published at once.
 
+Hostile puts cost a short refusal: a payload is at most
+:data:`~runtime.remote.MAX_PAYLOAD` bytes of JSON nested at most
+:data:`~runtime.remote.MAX_DEPTH` deep (checked before parsing), an
+``.../error`` answer echoes at most :data:`ECHO_LIMIT` bytes of what it
+refused, and each sender (its attachment) is answered and logged at most
+:data:`~runtime.remote.REFUSAL_RATE` times a second (the rest are counted).
+Listening beyond this machine with writes and no access control logs a
+warning at start.
+
 Run it as ``runtime zenoh`` (see :mod:`runtime.tools.cli`) or
 ``python -m runtime.tools.zenoh``. ``import zenoh`` below is the absolute
 import of the ``eclipse-zenoh`` package, not this module.
@@ -108,7 +119,7 @@ from typing import Any
 
 import zenoh
 
-from ..buffer import Buffer, DeviceBuffer, DeviceBufferError
+from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
@@ -117,6 +128,8 @@ from ..remote import (
     CLIENT_GRACE,
     INPUT_KINDS,
     KEY_ROOT,
+    QUOTE_LIMIT,
+    RefusalLimiter,
     check_client_id,
     check_input,
     check_namespace,
@@ -124,9 +137,11 @@ from ..remote import (
     device_key,
     format_uid,
     input_key,
+    load_payload,
     make_config,
     mode_key,
     parse_device_key,
+    quote,
     state_key,
 )
 from ..store import BufferStore
@@ -166,6 +181,26 @@ HELD_WRITES_LIMIT = 256
 END_RETRY_DELAY = 0.1
 """Seconds before ending a gone client's commands is tried again when a buffer's lock was busy."""
 _WRITE_ERRORS = (DeviceBufferError, TypeError, ValueError, OverflowError)
+ECHO_LIMIT = 256
+"""The most bytes (as JSON) of a refused value or put that an ``.../error`` answer echoes as it came;
+a longer one is echoed as a string of its first :data:`~runtime.remote.QUOTE_LIMIT` characters."""
+MESSAGE_LIMIT = 300
+"""The most characters of a refusal's reason (it may quote what was refused)."""
+
+
+def _echo(value: Any) -> Any:
+    """A refused value as an ``.../error`` answer echoes it: itself if short, else a short quote."""
+    value = jsonable(value)
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return quote(value, QUOTE_LIMIT)
+    return value if len(text) <= ECHO_LIMIT else quote(text, QUOTE_LIMIT)
+
+
+def _cut(message: str) -> str:
+    """A refusal's reason, at most :data:`MESSAGE_LIMIT` characters."""
+    return message if len(message) <= MESSAGE_LIMIT else f"{message[: MESSAGE_LIMIT - 3]}..."
 
 
 def _undeclare(entity: Any, method: str = "undeclare") -> None:
@@ -215,6 +250,17 @@ class _Served:
     last_refusal_log: float = -1e9
     safe: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The safe value of each parameter that has one (writing it is a command)."""
+    identity: tuple[int, int] | None = None
+    """The device and inode of the segment file mapped: another one at its name replaced it."""
+
+
+def _identity(name: str) -> tuple[int, int] | None:
+    """The device and inode of a segment's file in ``/dev/shm`` now; None if there is none."""
+    try:
+        status = os.stat(os.path.join(SHM_DIR, name))
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _no_driver(prefix: str, client: str | None, what: str) -> str:
@@ -291,7 +337,9 @@ class ZenohServer:
         self.writes = 0
         """Writes applied so far."""
         self.refusals = 0
-        """Writes refused so far."""
+        """Writes refused so far (those answered, and those only counted: see :attr:`limiter`)."""
+        self.limiter = RefusalLimiter()
+        """How many refusals each sender is answered (:data:`~runtime.remote.REFUSAL_RATE` a second)."""
         self.ended = 0
         """Commands ended so far because their client went away."""
         self.commands: ClientCommands[tuple[str, int], str] = ClientCommands()
@@ -378,6 +426,13 @@ class ZenohServer:
     async def _discover(self) -> None:
         """Serve the namespace's new buffers; stop serving those that vanished."""
         found = {(type_name, uid): name for type_name, uid, name in self.store.find_segments()}
+        for key, served in list(self.served.items()):
+            # Unlinked and made again between two looks (a bridge restarted, a replay): the handle
+            # maps the old segment, which nobody serves any more: follow the new one.
+            if key in found and _identity(found[key]) != served.identity:
+                logger.info("zenoh: %s %s was replaced: serving the new one", key[0], format_uid(key[1]))
+                await self._forget(self.served.pop(key), gone=False)
+                self._unopenable.discard(found[key])
         for key, name in found.items():
             if key not in self.served and name not in self._unopenable:
                 self._serve(key[0], key[1], name)
@@ -393,11 +448,15 @@ class ZenohServer:
 
     def _serve(self, type_name: str, uid: int, name: str) -> None:
         loop = asyncio.get_running_loop()
+        identity = _identity(name)
         try:
             buffer = self.store.catalog[type_name].attach(name, create=False)
         except DeviceBufferError as exc:
             self._unopenable.add(name)
             logger.warning("zenoh: cannot open %s, not served: %s", name, exc)
+            return
+        if identity is None or _identity(name) != identity:  # replaced while attaching: next look
+            buffer.close()
             return
         key = device_key(self.name, type_name, uid)
         # A Smart Device reports many times a second: a publication Zenoh drops under congestion is
@@ -414,6 +473,7 @@ class ZenohServer:
         )
         served = _Served(type_name, uid, key, zenoh.KeyExpr(key), buffer, publisher)
         served.safe = type(buffer).safe_values()
+        served.identity = identity
         self.served[type_name, uid] = served
         served.task = loop.create_task(self._run(served), name=f"publish {key}")
         logger.info("zenoh: serving %s %s at %s", type_name, format_uid(uid), key)
@@ -509,14 +569,15 @@ class ZenohServer:
         _, type_name, uid = parsed
         served = self.served.get((type_name, uid))
         try:
-            data = json.loads(payload)
-        except ValueError:
-            data = None
+            data, problem = load_payload(payload), ""
+        except ValueError as exc:
+            data, problem = None, f": {exc}"
         if served is None:
-            self._refuse(type_name, uid, data, "no such device on this robot")
+            self._refuse(type_name, uid, data, "no such device on this robot", client=client)
             return
         if not isinstance(data, dict) or not data:
-            self._refuse(type_name, uid, data, "a write is a JSON object {param: value, ...}", served=served)
+            error = f"a write is a JSON object {{param: value, ...}}{problem}"
+            self._refuse(type_name, uid, data, error, served=served, client=client)
             return
         scratch = self._scratch.get(type_name)
         if scratch is None:
@@ -529,7 +590,9 @@ class ZenohServer:
                 try:
                     scratch.write(param, value)  # the checks of a real write, on a copy nobody reads
                 except _WRITE_ERRORS as exc:
-                    self._refuse(type_name, uid, data, exc, param=param, value=value, served=served)
+                    self._refuse(
+                        type_name, uid, data, exc, param=param, value=value, served=served, client=client
+                    )
                     return
         commands = [param for param in data if param in served.safe]
         if self._must_wait(client, held, bool(commands)):
@@ -539,14 +602,16 @@ class ZenohServer:
                 error = (
                     f"too many writes wait for their clients' tokens; {_no_commander(self.prefix, client)}"
                 )
-                self._refuse(type_name, uid, data, error, served=served)
+                self._refuse(type_name, uid, data, error, served=served, client=client)
 
             self._hold(client, key, payload, refuse)  # its token may be on its way
             return
         if commands and client not in self.clients:
             param = commands[0]
             error = _no_commander(self.prefix, client)
-            self._refuse(type_name, uid, data, error, param=param, value=data[param], served=served)
+            self._refuse(
+                type_name, uid, data, error, param=param, value=data[param], served=served, client=client
+            )
             return
         try:
             with warnings.catch_warnings():
@@ -555,7 +620,7 @@ class ZenohServer:
                     for param, value in data.items():
                         served.buffer.write(param, value)
         except _WRITE_ERRORS as exc:
-            self._refuse(type_name, uid, data, exc, served=served)
+            self._refuse(type_name, uid, data, exc, served=served, client=client)
             self._check_state()  # refused because the robot is disabled? then say so at once
             return
         self.writes += 1
@@ -670,23 +735,31 @@ class ZenohServer:
         param: str | None = None,
         value: Any = None,
         served: _Served | None = None,
+        client: str | None = None,
     ) -> None:
-        """Publish why a write was refused on the device's ``.../error`` key, and log it."""
+        """Publish why a write was refused on the device's ``.../error`` key, and log it.
+
+        At most :data:`~runtime.remote.REFUSAL_RATE` a second per sender (``client``;
+        more are counted in :attr:`refusals` only); what was refused is echoed short (:func:`_echo`).
+        """
         self.refusals += 1
+        if not self.limiter.allow(client):
+            return
         key = device_key(self.name, type_name, uid)
         if isinstance(error, DeviceBufferError):
             message = error.message
             param = error.context.get("param", param)
         else:
             message = str(error)
+        message = _cut(message)
         answer = {
             "type": type_name,
             "uid": format_uid(uid),
             "error": message,
             "kind": type(error).__name__ if isinstance(error, Exception) else "RefusedWrite",
-            "param": param,
-            "value": jsonable(value),
-            "write": jsonable(data),
+            "param": _echo(param),
+            "value": _echo(value),
+            "write": _echo(data),
             "time": time.time(),
         }
         self._publish_error(key, answer)
@@ -699,7 +772,7 @@ class ZenohServer:
             served.refused, served.last_refusal_log = 0, now
         else:
             more = ""
-        detail = f" {param}={jsonable(value)!r}" if param is not None else ""
+        detail = f" {quote(param)}={quote(jsonable(value))}" if param is not None else ""
         logger.warning("zenoh: refused a write to %s%s: %s%s", key, detail, message, more)
 
     # -- the driver station: the field mode and the inputs --
@@ -748,13 +821,16 @@ class ZenohServer:
     def _set_mode(self, payload: bytes, client: str | None, *, held: bool = False) -> None:
         """The loop: a put on ``@mode``. Idle at once from anyone; another mode from a live client only."""
         try:
-            data = json.loads(payload)
-        except ValueError:
-            data = None
-        mode = data.get("mode") if isinstance(data, dict) else data
+            data = load_payload(payload)
+        except ValueError as exc:
+            data, mode, unread = None, None, str(exc)
+        else:
+            mode, unread = (data.get("mode") if isinstance(data, dict) else data), ""
         try:
+            if unread:
+                raise ValueError(unread)
             if isinstance(mode, bool) or not isinstance(mode, str | int):
-                raise ValueError(f"not {mode!r}")
+                raise ValueError(f"not {quote(mode)}")
             number = mode_number(mode)
         except ValueError as exc:
             error = f'a mode request is {{"mode": "idle" | "auto" | "teleop"}}: {exc}'
@@ -811,9 +887,10 @@ class ZenohServer:
         """The loop: a put on ``@input/<kind>``: checked, then set all or none in the input buffer."""
         key = input_key(self.name, kind)
         try:
-            data = json.loads(payload)
-        except ValueError:
-            data = None
+            data = load_payload(payload)
+        except ValueError as exc:
+            self._refuse_request(key, None, f"an input is a JSON object {{name: value, ...}}: {exc}", client)
+            return
         buffer_type = self.store.catalog.get(kind) if kind in INPUT_KINDS else None
         if buffer_type is None:
             error = f"no such input: the inputs are {', '.join(INPUT_KINDS)}"
@@ -908,19 +985,27 @@ class ZenohServer:
         param: Any = None,
         mode: Any = None,
     ) -> None:
-        """Publish why a put on ``@mode`` or ``@input/<kind>`` was refused on ``<key>/error``; log it."""
+        """Publish why a put on ``@mode`` or ``@input/<kind>`` was refused on ``<key>/error``; log it.
+
+        Rate-limited per sender, what was refused echoed short: as :meth:`_refuse`.
+        """
         self.refusals += 1
+        if not self.limiter.allow(client):
+            return
+        error = _cut(error)
         answer = {
             "error": error,
             "kind": kind,
-            "param": jsonable(param),
-            "mode": jsonable(mode),
-            "request": jsonable(data),
+            "param": _echo(param),
+            "mode": _echo(mode),
+            "request": _echo(data),
             "client": client,
             "time": time.time(),
         }
         self._publish_error(key, answer)
         now = time.monotonic()
+        if key not in self._refusal_logs and len(self._refusal_logs) >= 64:
+            self._refusal_logs.clear()  # keys a peer made up (@input/<anything>): forget them
         last = self._refusal_logs.setdefault(key, [-1e9, 0.0])
         if now - last[0] < REFUSAL_LOG_INTERVAL:
             last[1] += 1
@@ -1136,6 +1221,14 @@ def main(args: argparse.Namespace) -> int:
             session = zenoh.open(config)
         except zenoh.ZError as exc:
             raise CommandError(f"cannot open the Zenoh session: {exc}") from None
+        exposed = _exposed(args.listen)
+        if exposed and not args.read_only and not _access_control(config):
+            logger.warning(
+                "zenoh: listening on %s with writes enabled and no access control: anyone who reaches it "
+                "can drive the robot (restrict it: --read-only, or --config FILE with TLS and "
+                "access_control, or listen on 127.0.0.1 only)",
+                ", ".join(exposed),
+            )
         try:
             with BufferStore(catalog) as store:
                 server = ZenohServer(session, store, name, max_rate=args.max_rate, read_only=args.read_only)
@@ -1144,6 +1237,37 @@ def main(args: argparse.Namespace) -> int:
             return 130
         finally:
             _undeclare(session, "close")  # and with it everything it declared
+
+
+def _exposed(endpoints: list[str]) -> list[str]:
+    """The endpoints that listen on more than this machine (not a loopback address).
+
+    >>> _exposed(["tcp/127.0.0.1:7447", "tcp/0.0.0.0:7447", "tcp/[::1]:7448", "tcp/[::]:7449"])
+    ['tcp/0.0.0.0:7447', 'tcp/[::]:7449']
+    """
+    import ipaddress
+
+    exposed = []
+    for endpoint in endpoints:
+        address = endpoint.partition("/")[2].partition("#")[0].partition("?")[0]
+        host = address.rpartition(":")[0].strip("[]") if ":" in address else address
+        if host == "localhost":
+            continue
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        exposed.append(endpoint)
+    return exposed
+
+
+def _access_control(config: zenoh.Config) -> bool:
+    """Whether a Zenoh configuration turns access control on."""
+    try:
+        return bool(json.loads(config.get_json("access_control/enabled")))
+    except (zenoh.ZError, ValueError):
+        return False
 
 
 if __name__ == "__main__":  # python -m runtime.tools.zenoh ...: the same as runtime zenoh ...
