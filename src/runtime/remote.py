@@ -993,14 +993,13 @@ class Robot:
         self._check_open()
         with self._lock:
             token_events = {key: record.token_events for key, record in self._records.items()}
-            online_events = self._online_events
         alive: set[str] = set()
         for reply in self._session.liveliness().get(f"{self._prefix}/**", timeout=self._timeout):
             if reply.ok is not None:
                 alive.add(str(reply.ok.key_expr))
         with self._lock:
-            if online_events == self._online_events:  # the subscriber has said nothing newer
-                self._online = self._prefix in alive
+            if self._prefix in alive:  # a token missing from an answer is no proof: the subscriber says gone
+                self._online = True
             for key in alive:
                 parsed = parse_device_key(key)
                 if parsed is not None and parsed[0] == self._namespace:
