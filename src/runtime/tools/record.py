@@ -31,6 +31,11 @@ Files are written by the Foxglove SDK's MCAP writer (compiled: a message costs
 a couple of microseconds), zstd-compressed, without message index (a chunk
 holds half a second: readers find messages by chunk).
 
+Only a regular file is opened (:func:`open_regular`: never through a
+symbolic link, never blocking on a FIFO, never a device). A write that fails
+(a full disk) ends the recording with one line, the file cut back to its last
+flush: what it held then, readable (:class:`McapOutput`).
+
 A killed recorder leaves a readable file: every :data:`FLUSH_INTERVAL` the
 chunk in progress is closed and written out followed by a provisional end of
 file (a footer without index), which the next write replaces. Readers that
@@ -1178,6 +1183,11 @@ Buffers that appear later are recorded from then on.
 The file is written out every half second and stays readable if the
 recorder is killed (then without index: Foxglove and the mcap package read it
 from the start). Stop with Ctrl-C or SIGTERM, or give --duration.
+
+Only a regular file is written: a symbolic link, a FIFO, a device or a
+directory is refused at once, never opened. A full disk (or a file size
+limit) ends the recording with one line saying what the file keeps: what
+was written out before (up to the last half second), a readable file.
 """
 
 EPILOG = """\

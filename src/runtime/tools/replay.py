@@ -1,8 +1,9 @@
 """``runtime replay``: play a recording of ``runtime record`` back into buffers, with its timing.
 
 Student code runs against recorded sensor data with no hardware: the replay
-creates the recorded buffers (in a namespace of its own by default, printed)
-and becomes their producer, as the bridge would (``serve()``), then stores
+creates the recorded buffers (in a namespace of its own by default, printed;
+never in one a live process serves, never over an existing buffer:
+:meth:`Replayer.prepare`) and becomes their producer, as the bridge would (``serve()``), then stores
 each recorded state at its recorded time (scaled by ``--speed``). A Smart
 Device's values go in as the bridge puts them (a DEV_DATA message applied with
 ``update()``: its ``last_update`` is the time of replay, one change per
@@ -610,7 +611,8 @@ class Replayer:
             pids = ", ".join(str(pid) for pid in sorted(producers))
             count = sum(len(names) for names in producers.values())
             raise CommandError(
-                f"namespace {self.namespace!r} is live: process {pids} serves {count} of its buffers "
+                f"namespace {self.namespace!r} is live: {'processes' if len(producers) > 1 else 'process'} "
+                f"{pids} {'serve' if len(producers) > 1 else 'serves'} {count} of its buffers "
                 "(a robot's bridge? another replay?); a replay serves only buffers of its own: "
                 "leave out --namespace (a fresh rt-replay-<pid>) or give a new one"
             )
@@ -782,17 +784,21 @@ timing, so that robot code runs against recorded sensor data with no
 hardware.
 
 The recorded buffers are created in a namespace of the replay's own
-(rt-replay-<pid>, printed; --namespace chooses one) and served by the replay
-as the bridge would serve them: valid while the recorded device was
-connected, holding each recorded state at its time (times --speed). Point your
-code at them with RUNTIME_BUFFER_NAMESPACE. Several files (a recording split
+(rt-replay-<pid>, printed; --namespace chooses one, where no live process may
+serve any buffer and the recorded buffers may not exist yet: a robot's
+buffers are never taken) and served by the replay as the bridge would serve
+them: valid while the recorded device was connected, holding each recorded
+state at its time (times --speed). Point your code at them with
+RUNTIME_BUFFER_NAMESPACE. Several files (a recording split
 with --split-size or --split-time) play one after the other. Recorded writes
 are not replayed. At the end (or Ctrl-C) the buffers turn invalid and the
 segments the replay made are removed.
 
 A file whose recorder was killed plays up to where it ends. A recording made
 with another catalog is refused: the device types it uses must be described
-the same way (parameters, types, bounds) in the catalog in use.
+the same way (parameters, types, bounds) in the catalog in use. A damaged
+recorded catalog, or states stamped more than a year apart, are refused with
+one line; a recorded value that cannot be stored is skipped (counted).
 """
 
 EPILOG = """\
@@ -814,7 +820,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace",
         metavar="NS",
-        help="the namespace of the buffers to create (default: rt-replay-<pid>)",
+        help="the namespace of the buffers to create (default: rt-replay-<pid>); refused when a live "
+        "process serves a buffer there or a recorded buffer exists there already",
     )
     low, high = SPEEDS
     parser.add_argument(
