@@ -31,6 +31,11 @@ Files are written by the Foxglove SDK's MCAP writer (compiled: a message costs
 a couple of microseconds), zstd-compressed, without message index (a chunk
 holds half a second: readers find messages by chunk).
 
+Only a regular file is opened (:func:`open_regular`: never through a
+symbolic link, never blocking on a FIFO, never a device). A write that fails
+(a full disk) ends the recording with one line, the file cut back to its last
+flush: what it held then, readable (:class:`McapOutput`).
+
 A killed recorder leaves a readable file: every :data:`FLUSH_INTERVAL` the
 chunk in progress is closed and written out followed by a provisional end of
 file (a footer without index), which the next write replaces. Readers that
@@ -43,12 +48,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
 import re
 import signal
+import stat
 import struct
 import sys
 import threading
@@ -85,6 +92,7 @@ __all__ = [
     "BufferState",
     "BufferWatcher",
     "McapOutput",
+    "NotRegularFileError",
     "Recorder",
     "StudentLog",
     "Watched",
@@ -93,6 +101,8 @@ __all__ = [
     "log_schema",
     "main",
     "make_filter",
+    "not_a_regular_file",
+    "open_regular",
     "parse_topic",
     "read_state",
     "say_if_empty",
@@ -653,6 +663,88 @@ def _inode(name: str) -> int | None:
 # ---- the MCAP file ----------------------------------------------------------------------------------
 
 
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def not_a_regular_file(path: str) -> str | None:
+    """Why ``path`` is no file for a recording (what it is, in words), or None: missing or a regular file.
+
+    Looked at with ``lstat``: a symbolic link is a link, whatever it points to.
+
+    >>> not_a_regular_file("/dev/null"), not_a_regular_file("/no/such/file")
+    ('it is a character device', None)
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    if stat.S_ISLNK(mode):  # where it points, for the user to give that file itself
+        try:
+            kind += f" (to {os.readlink(path)})"
+        except OSError:
+            pass
+    return f"it is {kind}"
+
+
+def open_regular(path: str, *, overwrite: bool = False) -> int:
+    """Open ``path`` for writing, only if it is (or becomes) a regular file: its descriptor.
+
+    Never follows a symbolic link (``O_NOFOLLOW``), never blocks (a FIFO
+    without reader is not waited for: ``O_NONBLOCK``), never truncates what
+    it has not checked: the file is truncated (``overwrite``) only after
+    ``fstat`` said it is a regular file. Without ``overwrite`` an existing
+    file is refused (``O_EXCL``).
+
+    Raises:
+        FileExistsError: The file exists and ``overwrite`` is False.
+        OSError: It cannot be opened; ``NotRegularFileError`` when it is not a
+            regular file (a symlink, a FIFO, a device, a directory, a socket).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    if not overwrite:
+        flags |= os.O_EXCL
+    else:
+        problem = not_a_regular_file(path)  # most are refused without even being opened
+        if problem is not None:
+            raise NotRegularFileError(path, problem)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        problem = not_a_regular_file(path)  # ELOOP (a link), ENXIO (a FIFO), EISDIR...: say what it is
+        if problem is not None and not isinstance(exc, FileExistsError):
+            raise NotRegularFileError(path, problem) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # replaced between the look and the open
+            raise NotRegularFileError(path, f"it is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}")
+        os.set_blocking(fd, True)
+        if overwrite:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class NotRegularFileError(OSError):
+    """The path of a recording is not a regular file (a symlink, a FIFO, a device...): never written."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(errno.EINVAL, f"{problem}; a recording is written only to a regular file", path)
+        self.problem = problem
+
+
 class McapOutput:
     """The file an MCAP writer writes (the SDK's), so that it is readable at every flush.
 
@@ -661,16 +753,30 @@ class McapOutput:
     end: a DataEnd and a Footer without summary, and the magic. The next flush
     writes over that end. So the file is a complete MCAP file (without index)
     between flushes, and a recorder killed at any time leaves one.
+
+    Only a regular file is opened (:func:`open_regular`). A write that fails
+    (a full disk: ``ENOSPC``, a file size limit: ``EFBIG``, ``EIO``) never
+    raises here: the file is put back as it was after the last good flush (cut
+    there, the provisional end written again: a readable MCAP file without
+    index), :attr:`error` says what failed, and whatever comes after is
+    dropped. The recorder checks :attr:`error` after each flush.
     """
 
     def __init__(self, path: str, *, overwrite: bool = False) -> None:
         self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if overwrite else os.O_EXCL)
-        self.fd = os.open(path, flags, 0o666)
+        self.fd = open_regular(path, overwrite=overwrite)
         self.pending = bytearray()
         self.durable = 0
         """Bytes of the file that stay (the provisional end comes after them)."""
+        self.durable_at = time.monotonic()
+        """:func:`time.monotonic` of the last flush that wrote out everything."""
         self.closed = False
+        self.error: OSError | None = None
+        """The write that failed (then nothing more is written), else None."""
+        self.restored = False
+        """After a failure: whether the file was put back as it was after the last good flush."""
+        self.kept = 0
+        """After a failure put right: the size of the file (its last good flush, the provisional end)."""
         self._end = self.provisional_end()
 
     @staticmethod
@@ -686,7 +792,8 @@ class McapOutput:
         return bytes(builder.end()) + MCAP0_MAGIC  # type: ignore[no-untyped-call]
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.pending += data
+        if self.error is None:
+            self.pending += data
         return len(data)
 
     def tell(self) -> int:
@@ -700,11 +807,16 @@ class McapOutput:
         raise OSError(f"{self.path}: written front to back, no seeking")
 
     def flush(self) -> None:
-        """Write out what the writer wrote, and the provisional end after it."""
-        if self.closed:
+        """Write out what the writer wrote, and the provisional end after it (a failure: :attr:`error`)."""
+        if self.closed or self.error is not None:
             return
-        self._write_at(bytes(self.pending) + self._end, self.durable)
+        try:
+            self._write_at(bytes(self.pending) + self._end, self.durable)
+        except OSError as exc:
+            self._fail(exc)
+            return
         self.durable += len(self.pending)
+        self.durable_at = time.monotonic()
         self.pending.clear()
 
     def size(self) -> int:
@@ -712,18 +824,34 @@ class McapOutput:
         return self.durable
 
     def close(self) -> None:
-        """Write out the rest (the writer finished the file) and close."""
+        """Write out the rest (the writer finished the file) and close (a failure: :attr:`error`)."""
         if self.closed:
             return
         try:
-            self._write_at(bytes(self.pending), self.durable)
-            self.durable += len(self.pending)
-            self.pending.clear()
-            os.ftruncate(self.fd, self.durable)
-            os.fsync(self.fd)
+            if self.error is None:
+                self._write_at(bytes(self.pending), self.durable)
+                self.durable += len(self.pending)
+                self.pending.clear()
+                os.ftruncate(self.fd, self.durable)
+                os.fsync(self.fd)
+        except OSError as exc:
+            self._fail(exc)
         finally:
             self.closed = True
             os.close(self.fd)
+
+    def _fail(self, exc: OSError) -> None:
+        """Note the failure; cut the file back to its last good flush, with the provisional end after."""
+        self.error = exc
+        self.pending.clear()
+        try:
+            os.ftruncate(self.fd, self.durable)  # frees what the failed write took: room for the end
+            if self.durable:
+                self._write_at(self._end, self.durable)
+                self.kept = self.durable + len(self._end)
+            self.restored = True
+        except OSError:
+            logger.debug("%s: cannot put the file back after a failed write", self.path, exc_info=True)
 
     def _write_at(self, data: bytes, offset: int) -> None:
         view = memoryview(data)
@@ -870,12 +998,44 @@ class Recorder:
             writer.close()
         finally:
             output.close()
+        if output.error is not None:
+            raise self._write_failed(output)
 
     def flush(self) -> None:
-        """Close the chunk in progress and write it out (the file stays readable)."""
+        """Close the chunk in progress and write it out (the file stays readable).
+
+        Raises:
+            CommandError: The file could not be written (a full disk, say): the
+                message says what the file keeps.
+        """
         with self.lock:
-            if self._writer is not None:
+            if self._writer is not None and self._output is not None:
                 self._writer.flush()
+                if self._output.error is not None:
+                    raise self._write_failed(self._output)
+
+    def _write_failed(self, output: McapOutput) -> CommandError:
+        """The one-line error of a failed write, saying precisely what the file keeps."""
+        error = output.error
+        assert error is not None
+        reason = error.strerror or str(error)
+        code = errno.errorcode.get(error.errno or 0)
+        if code:
+            reason += f" ({code})"
+        if output.durable == 0:
+            kept = "nothing was written: it is empty"
+        elif output.restored:
+            lost = max(0.0, time.monotonic() - output.durable_at)
+            kept = (
+                f"it keeps what was recorded up to {lost:.1f} s before the error: {output.kept} bytes, "
+                "a readable MCAP file without index (as a killed recorder's)"
+            )
+        else:
+            kept = (
+                f"its first {output.durable} bytes hold what was recorded until then, "
+                "followed by an unfinished write (readers stop there)"
+            )
+        return CommandError(f"cannot write {output.path}: {reason}; {kept}")
 
     def tick(self) -> None:
         """Flush; start the next file when the current one is big or old enough."""
@@ -1023,6 +1183,11 @@ Buffers that appear later are recorded from then on.
 The file is written out every half second and stays readable if the
 recorder is killed (then without index: Foxglove and the mcap package read it
 from the start). Stop with Ctrl-C or SIGTERM, or give --duration.
+
+Only a regular file is written: a symbolic link, a FIFO, a device or a
+directory is refused at once, never opened. A full disk (or a file size
+limit) ends the recording with one line saying what the file keeps: what
+was written out before (up to the last half second), a readable file.
 """
 
 EPILOG = """\
@@ -1125,13 +1290,14 @@ def say_if_empty(catalog: dict[str, type[Buffer]], namespace: str, command: str,
 def _check_output(path: str, force: bool, *, split: bool = False) -> None:
     """Refuse at once an output that cannot be written (one line), rather than after setting up."""
     directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) and not split:
-        raise CommandError(f"cannot write {path}: it is a directory")
+    problem = None if split else not_a_regular_file(path)
+    if problem is not None:  # a FIFO would block the open, a device take the recording: never opened
+        raise CommandError(f"cannot write {path}: {problem}; a recording is written only to a regular file")
     if not os.path.isdir(directory):
         raise CommandError(f"cannot write {path}: no directory {directory}")
     if not os.access(directory, os.W_OK):
         raise CommandError(f"cannot write {path}: the directory {directory} is not writable")
-    if os.path.exists(path) and not force and not split:
+    if os.path.lexists(path) and not force and not split:
         raise CommandError(f"{path} exists; give --force to overwrite it")
 
 

@@ -1,8 +1,9 @@
 """``runtime replay``: play a recording of ``runtime record`` back into buffers, with its timing.
 
 Student code runs against recorded sensor data with no hardware: the replay
-creates the recorded buffers (in a namespace of its own by default, printed)
-and becomes their producer, as the bridge would (``serve()``), then stores
+creates the recorded buffers (in a namespace of its own by default, printed;
+never in one a live process serves, never over an existing buffer:
+:meth:`Replayer.prepare`) and becomes their producer, as the bridge would (``serve()``), then stores
 each recorded state at its recorded time (scaled by ``--speed``). A Smart
 Device's values go in as the bridge puts them (a DEV_DATA message applied with
 ``update()``: its ``last_update`` is the time of replay, one change per
@@ -31,16 +32,17 @@ import math
 import os
 import re
 import signal
+import stat
 import struct
 import sys
 import threading
 import time
 import warnings
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
+from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter, _read_header
 from ..jsonio import jsonable
 from ..messaging import MAX_PAYLOAD, Message
 from ..store import BufferStore
@@ -54,7 +56,9 @@ __all__ = [
     "RecordedState",
     "Replayer",
     "add_arguments",
+    "catalog_damage",
     "iter_states",
+    "live_producers",
     "main",
     "open_recording",
     "percentile",
@@ -84,6 +88,11 @@ SPARE_TIME = 0.004
 """Seconds before the next state's time that are enough to read on (a chunk takes a few milliseconds)."""
 END_HOLD = 0.25
 """Seconds the last states stay valid after the end of a replay, so that readers see them."""
+MAX_SPAN = 366 * 86400
+"""The most seconds of recorded time a replay covers (a year): states stamped further apart are damage
+(a state stamped 2^64-1 ns would have the replay wait 500 years)."""
+LONGEST_WAIT = 60.0
+"""The longest single wait for a state (a longer one is waited in parts: any delay is a valid timeout)."""
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
@@ -203,7 +212,11 @@ def open_recording(path: str, catalog: Mapping[str, type[Buffer]]) -> Recording:
     if os.path.isdir(path):
         raise CommandError(f"cannot read {path}: it is a directory")
     try:
-        with open(path, "rb") as file:
+        # Never blocks on a FIFO, never reads a device: a recording is a regular file (a link to one is).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CommandError(f"cannot read {path}: it is not a regular file (a FIFO, a device...)")
             empty = not file.read(1)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror}") from None
@@ -218,11 +231,65 @@ def open_recording(path: str, catalog: Mapping[str, type[Buffer]]) -> Recording:
     from ..schema import catalog_differences
 
     types = {type_name for type_name, _ in recording.keys}
-    problems = catalog_differences(recording.catalog, catalog, types)
+    damaged = catalog_damage(recording.catalog, types)
+    if damaged is None:
+        try:
+            problems = catalog_differences(recording.catalog, catalog, types)
+        except (TypeError, ValueError, AttributeError, KeyError, RecursionError) as exc:
+            damaged = f"{type(exc).__name__}: {exc}"  # a shape catalog_damage does not know of
+    if damaged is not None:
+        raise CommandError(f"{path}: the recorded catalog is damaged ({damaged})")
+    _check_span(recording)
     if problems:
         more = f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else ""
         raise CommandError(f"{path} was recorded with another catalog: {problems[0]}{more}")
     return recording
+
+
+def _brief(value: Any) -> str:
+    """A recorded JSON value in a few words (for an error line; never the whole of a big one)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def catalog_damage(catalog: Mapping[str, Any], types: Iterable[str]) -> str | None:
+    """What is wrong with the shape of a recorded catalog's descriptions of ``types``, or None.
+
+    Each one must be what :func:`runtime.schema.describe_type` writes: a
+    mapping whose ``params`` is a list of mappings, each with a string
+    ``name``. A type the catalog does not describe at all is not damage here
+    (:func:`runtime.schema.catalog_differences` says so).
+
+    >>> catalog_damage({"servo-motor": {"params": 5}}, ["servo-motor"])
+    "servo-motor: 'params' is 5, not a list"
+    """
+    for name in sorted(types):
+        entry = catalog.get(name)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            return f"{name}: its description is {_brief(entry)}, not a mapping"
+        params = entry.get("params")
+        if not isinstance(params, list):
+            return f"{name}: 'params' is {_brief(params)}, not a list"
+        for index, param in enumerate(params):
+            if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+                return f"{name}: parameter {index} is {_brief(param)}, not a mapping with a name"
+    return None
+
+
+def _check_span(recording: Recording) -> None:
+    """Refuse a recording whose first and last states are more than :data:`MAX_SPAN` apart."""
+    if recording.start is not None and recording.end is not None and recording.seconds > MAX_SPAN:
+        raise CommandError(
+            f"{recording.path}: its states are stamped {recording.start} to {recording.end} ns "
+            f"({recording.seconds / 86400:.0f} days apart, a replay covers at most {MAX_SPAN // 86400}): "
+            "its times are damaged"
+        )
 
 
 def _not_ours(path: str) -> CommandError:
@@ -300,6 +367,8 @@ def _describe(path: str, metadata: Mapping[str, str]) -> Recording:
         catalog = json.loads(metadata.get("catalog", ""))
         if not isinstance(catalog, dict):
             raise ValueError("not a mapping")
+    except RecursionError:
+        raise CommandError(f"{path}: the recorded catalog is damaged (nested too deep)") from None
     except ValueError as exc:
         raise CommandError(f"{path}: the recorded catalog is damaged ({exc})") from None
     return Recording(path, dict(metadata), catalog)
@@ -331,7 +400,7 @@ def iter_states(path: str, recording: Recording | None = None) -> Iterator[Recor
                 values = data.get("values")
                 if not isinstance(valid, bool) or not (values is None or isinstance(values, dict)):
                     raise ValueError("not a state message")
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 bad += 1
                 if bad == 1:
                     logger.warning("%s: skipping a message of %s that is not a state", path, key)
@@ -451,6 +520,52 @@ def percentile(values: Any, fraction: float) -> float | None:
     return float(ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))])
 
 
+def live_producers(catalog: Mapping[str, type[Buffer]], namespace: str) -> dict[int, list[str]]:
+    """The live processes that serve a buffer of ``namespace`` (exactly it): pid -> segment names.
+
+    A buffer of the catalog is asked (its producer lock tells a live producer
+    from a dead one); a segment of another catalog (or one that does not
+    open) counts when the producer pid in its header is a running process.
+    """
+    store = BufferStore(dict(catalog))
+    known = {name: type_name for type_name, _, name in store.find_segments(namespace)}
+    found: dict[int, list[str]] = {}
+    try:
+        entries = sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        if not entry.startswith(namespace + "-"):
+            continue
+        header = _read_header(os.path.join(SHM_DIR, entry))
+        if header is None or header.namespace_length != len(namespace):
+            continue  # not a segment of this library, or of a longer namespace ("rt" is not "rt-demo")
+        pid: int | None = None
+        try:
+            if entry not in known:
+                raise DeviceBufferError("not a buffer of this catalog")
+            with catalog[known[entry]].attach(entry, create=False) as buffer:
+                pid = buffer.producer_pid
+        except DeviceBufferError:
+            pid = header.producer_pid if _running(header.producer_pid) else None
+        if pid:
+            found.setdefault(pid, []).append(entry)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of this pid runs (0: none)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: running
+    return True
+
+
 class Replayer:
     """Play recordings into the buffers of the current namespace (see the module's docstring).
 
@@ -480,30 +595,44 @@ class Replayer:
         self.namespace = BufferStore.namespace()
 
     def prepare(self, recordings: list[Recording]) -> None:
-        """Open (create) every recorded buffer; refuse any that a live process already serves.
+        """Create every recorded buffer, in a namespace where no live process serves any buffer.
+
+        The replay serves only buffers it creates: never a robot's (a device
+        unplugged for a moment would find its buffer taken, its bridge locked
+        out for as long as the replay runs), never one left by someone else.
 
         Raises:
-            CommandError: A buffer is served by another process (a bridge, another replay).
+            CommandError: A live process serves a buffer of the namespace (a
+                robot's bridge, another replay: the pids are named), or a
+                recorded buffer exists already.
         """
+        producers = live_producers(self.catalog, self.namespace)
+        if producers:
+            pids = ", ".join(str(pid) for pid in sorted(producers))
+            count = sum(len(names) for names in producers.values())
+            raise CommandError(
+                f"namespace {self.namespace!r} is live: {'processes' if len(producers) > 1 else 'process'} "
+                f"{pids} {'serve' if len(producers) > 1 else 'serves'} {count} of its buffers "
+                "(a robot's bridge? another replay?); a replay serves only buffers of its own: "
+                "leave out --namespace (a fresh rt-replay-<pid>) or give a new one"
+            )
         keys = sorted({key for recording in recordings for key in recording.keys})
         for key in keys:
-            name = BufferStore.segment_name(*key)
-            existed = os.path.exists(os.path.join(SHM_DIR, name))
             try:
                 buffer = self.store.get_or_open(key)
             except DeviceBufferError as exc:
                 raise CommandError(f"cannot open the buffer {key[0]}:{key[1]:#x}: {exc.message}") from None
-            if not existed:
-                self.created.append(name)
             self.buffers[key] = buffer
+            if not buffer._created:
+                raise CommandError(
+                    f"the buffer {key[0]}:{key[1]:#x} exists already in namespace {self.namespace!r} "
+                    "(a robot's, or left by a replay that was killed?); a replay serves only buffers it "
+                    "creates: leave out --namespace (a fresh rt-replay-<pid>), give a new one, or remove "
+                    f"what nobody serves with 'runtime buffers clean --namespace {self.namespace}'"
+                )
+            self.created.append(buffer.name)
             if isinstance(buffer, DeviceBuffer) and buffer.type_name not in self.feeders:
                 self.feeders[buffer.type_name] = _DeviceFeeder(type(buffer))
-            producer = buffer.producer_pid
-            if producer is not None:
-                raise CommandError(
-                    f"the buffer {key[0]}:{key[1]:#x} of namespace {BufferStore.namespace()!r} is served by "
-                    f"process {producer} (a bridge? another replay?); replay into another --namespace"
-                )
 
     def play(self, recordings: list[Recording], stop: threading.Event, *, loop: bool = False) -> None:
         """Store every recorded state at its time (relative to the first), once or until ``stop``.
@@ -521,7 +650,7 @@ class Replayer:
                 self.passes += 1
                 origin = time.monotonic() + START_DELAY
                 source = in_time_order(
-                    state for recording in recordings for state in iter_states(recording.path, recording)
+                    state for recording in recordings for state in self._in_span(recording)
                 )
                 ahead: collections.deque[RecordedState] = collections.deque()
                 exhausted = False
@@ -541,14 +670,33 @@ class Replayer:
                     ):
                         exhausted = not _pull(source, ahead)
                         continue  # time has passed: look again
-                    if delay > 0 and stop.wait(delay):
-                        return
+                    if delay > 0:
+                        if stop.wait(min(delay, LONGEST_WAIT)):
+                            return
+                        if delay > LONGEST_WAIT:
+                            continue  # waited a part: look again
                     ahead.popleft()
                     self.apply(state)
                     if len(self.errors) < MAX_ERRORS_KEPT:
                         self.errors.append(time.monotonic() - due)
                 if not loop:
                     return
+
+    def _in_span(self, recording: Recording) -> Iterator[RecordedState]:
+        """The states of a recording stamped within its span (an index may say otherwise: then skipped)."""
+        start, end = recording.start, recording.end
+        for state in iter_states(recording.path, recording):
+            if start is not None and end is not None and not start <= state.time <= end:
+                self.skipped += 1
+                if self.skipped == 1:
+                    logger.warning(
+                        "%s: a state of %s:%#x stamped %d ns, outside the recording's span, skipped",
+                        recording.path,
+                        *state.key,
+                        state.time,
+                    )
+                continue
+            yield state
 
     def apply(self, state: RecordedState) -> None:
         """Store one recorded state (or invalidity) into its buffer, as its producer."""
@@ -570,7 +718,7 @@ class Replayer:
             self.serving.add(state.key)
         try:
             self._store(buffer, state.values or {})
-        except (TypeError, ValueError, KeyError, OverflowError, DeviceBufferError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a hostile value makes ctypes raise: skip the state
             self.skipped += 1
             if self.skipped == 1:
                 logger.warning("%s:%#x: a recorded state could not be stored: %s", *state.key, exc)
@@ -636,17 +784,21 @@ timing, so that robot code runs against recorded sensor data with no
 hardware.
 
 The recorded buffers are created in a namespace of the replay's own
-(rt-replay-<pid>, printed; --namespace chooses one) and served by the replay
-as the bridge would serve them: valid while the recorded device was
-connected, holding each recorded state at its time (times --speed). Point your
-code at them with RUNTIME_BUFFER_NAMESPACE. Several files (a recording split
+(rt-replay-<pid>, printed; --namespace chooses one, where no live process may
+serve any buffer and the recorded buffers may not exist yet: a robot's
+buffers are never taken) and served by the replay as the bridge would serve
+them: valid while the recorded device was connected, holding each recorded
+state at its time (times --speed). Point your code at them with
+RUNTIME_BUFFER_NAMESPACE. Several files (a recording split
 with --split-size or --split-time) play one after the other. Recorded writes
 are not replayed. At the end (or Ctrl-C) the buffers turn invalid and the
 segments the replay made are removed.
 
 A file whose recorder was killed plays up to where it ends. A recording made
 with another catalog is refused: the device types it uses must be described
-the same way (parameters, types, bounds) in the catalog in use.
+the same way (parameters, types, bounds) in the catalog in use. A damaged
+recorded catalog, or states stamped more than a year apart, are refused with
+one line; a recorded value that cannot be stored is skipped (counted).
 """
 
 EPILOG = """\
@@ -668,7 +820,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace",
         metavar="NS",
-        help="the namespace of the buffers to create (default: rt-replay-<pid>)",
+        help="the namespace of the buffers to create (default: rt-replay-<pid>); refused when a live "
+        "process serves a buffer there or a recorded buffer exists there already",
     )
     low, high = SPEEDS
     parser.add_argument(
@@ -701,6 +854,12 @@ def main(args: argparse.Namespace) -> int:
     for recording in recordings:
         if recording.messages == 0:
             raise CommandError(f"{recording.path} holds no recorded buffer states")
+    stamps = [t for recording in recordings for t in (recording.start, recording.end) if t is not None]
+    if stamps and (max(stamps) - min(stamps)) / 1e9 > MAX_SPAN:
+        raise CommandError(
+            f"the recordings span {(max(stamps) - min(stamps)) / 1e9 / 86400:.0f} days: "
+            f"a replay covers at most {MAX_SPAN // 86400} (play them one at a time)"
+        )
     keys = {key for recording in recordings for key in recording.keys}
     seconds = sum(recording.seconds for recording in recordings)
     files = ", ".join(args.inputs)
