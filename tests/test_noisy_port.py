@@ -22,6 +22,7 @@ import gc
 import multiprocessing
 import os
 import select
+import subprocess
 import time
 import tty
 from collections.abc import Iterator
@@ -234,26 +235,30 @@ def _name_itself(device: FakeDevice, uid: int) -> tuple[str, int]:
     return name, inode
 
 
+def _start_bridge(children: Children, device: FakeDevice, grace: float, cap: int) -> subprocess.Popen[bytes]:
+    return children.start(
+        "runtime.tools.bridge",
+        "--port",
+        device.path,
+        "--unplugged-grace",
+        str(grace),
+        "--unplugged-cap",
+        str(cap),
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_uids_that_never_come_back_are_released_after_the_grace_and_capped(children: Children) -> None:
+def test_uids_that_never_come_back_are_capped(children: Children) -> None:
     """A device reconnecting under fresh UIDs: the bridge maps at most the cap of unplugged ones, the
-    namespace's segments stay as few; a UID back within the grace, or whose segment another process
-    maps, gets the same segment; once the grace is over, nothing of the unplugged ones stays."""
-    cap, grace = 3, 2.0
+    namespace's segments stay as few; a UID back (within the grace, here longer than the test), or whose
+    segment another process maps, gets the same segment."""
+    cap = 3
     base = namespace_segments()
     device = FakeDevice()
     held: DeviceBuffer | None = None
     try:
-        process = children.start(
-            "runtime.tools.bridge",
-            "--port",
-            device.path,
-            "--unplugged-grace",
-            str(grace),
-            "--unplugged-cap",
-            str(cap),
-        )
+        process = _start_bridge(children, device, grace=3600, cap=cap)  # only the cap releases here
         kept_name, kept_inode = _name_itself(device, make_uid(SERVO))
         held = SERVO.attach(kept_name, create=False)  # another process maps this one
         seen: list[tuple[str, int]] = []
@@ -265,11 +270,37 @@ def test_uids_that_never_come_back_are_released_after_the_grace_and_capped(child
             assert len(namespace_segments() - base) <= cap + 3, sorted(namespace_segments() - base)
         assert _inode(kept_name) == kept_inode, "a segment another process maps was removed"
         assert kept_name not in _mapped_segments(process.pid)  # released by the bridge all the same
-        # Back within the grace: the same segment; back after it, but still mapped elsewhere: the same too.
+        # Back within the grace: the same segment; back after its release, but still mapped elsewhere: too.
         for name, inode in (seen[-2], (kept_name, kept_inode)):
             assert _name_itself(device, int(name.rsplit("-", 1)[1], 16)) == (name, inode)
-        # Once the test lets go of its mapping and the grace is over, only what is connected stays.
+        assert "unplugged buffer released (more than 3 devices unplugged)" in children.log(process)
+        assert "gone for more than" not in children.log(process)
+        assert process.poll() is None
+    finally:
+        if held is not None:
+            held.close()
+        device.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_an_unplugged_uid_is_released_after_the_grace(children: Children) -> None:
+    """Gone for longer than the grace: unmapped at once; its segment unlinked once nobody maps it."""
+    grace = 1.0
+    base = namespace_segments()
+    device = FakeDevice()
+    held: DeviceBuffer | None = None
+    try:
+        process = _start_bridge(children, device, grace=grace, cap=128)
+        gone_name, _ = _name_itself(device, make_uid(SERVO))
+        held = SERVO.attach(gone_name, create=False)  # another process maps it
         current, _ = _name_itself(device, make_uid(SERVO))
+        wait_for(
+            "the bridge to unmap the unplugged one",
+            lambda: gone_name not in _mapped_segments(process.pid),
+            timeout=10 * grace + 10,
+        )
+        assert _inode(gone_name) is not None, "a segment another process maps was removed"
         held.close()
         held = None
         gc.collect()
@@ -277,16 +308,8 @@ def test_uids_that_never_come_back_are_released_after_the_grace_and_capped(child
         def devices_left() -> set[str]:
             return {name for name in namespace_segments() - base if SERVO.type_name in name}
 
-        wait_for(
-            "the unplugged devices' segments to go", lambda: devices_left() == {current}, timeout=3 * grace
-        )
-        wait_for(
-            "the bridge to unmap them",
-            lambda: {name for name in _mapped_segments(process.pid) if SERVO.type_name in name} == {current},
-            timeout=5,
-        )
-        assert "unplugged buffer released (more than 3 devices unplugged)" in children.log(process)
-        assert "unplugged buffer released (gone for more than 2 s)" in children.log(process)
+        wait_for("its segment to go", lambda: devices_left() == {current}, timeout=10 * grace + 10)
+        assert "unplugged buffer released (gone for more than 1 s)" in children.log(process)
         assert process.poll() is None
     finally:
         if held is not None:

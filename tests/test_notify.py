@@ -231,6 +231,7 @@ def test_thousands_of_tasks_on_hundreds_of_buffers(shm_name: Callable[[str], str
                 if await buffers[index % 100].wait_update_async(LONG):
                     woken.append(index)
 
+            threads_before = set(threading.enumerate())  # (earlier tests' may linger: not counted)
             tasks = [asyncio.create_task(waiter(index)) for index in range(2000)]
             await asyncio.sleep(0.3)  # all asleep: nothing changed
             assert woken == []
@@ -238,7 +239,8 @@ def test_thousands_of_tasks_on_hundreds_of_buffers(shm_name: Callable[[str], str
             await asyncio.sleep(0.5)
             after = resource.getrusage(resource.RUSAGE_SELF)
             assert (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime) < 0.1
-            assert threading.active_count() <= 1 + (100 + WATCHED_PER_THREAD - 1) // WATCHED_PER_THREAD
+            started = set(threading.enumerate()) - threads_before
+            assert len(started) <= (100 + WATCHED_PER_THREAD - 1) // WATCHED_PER_THREAD, started
             other = Sensor.attach(names[42], create=False)
             other.set("value", 1)  # from another handle, as another process would
             await asyncio.wait_for(_until(lambda: len(woken) == 20), LONG)
