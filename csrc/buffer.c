@@ -47,6 +47,12 @@
 #define RT_VALID 1u
 #define RT_SERVED 2u
 #define RT_SERVE_WAIT 0.05  /* seconds serve() waits for the producer lock before calling it taken */
+/* Producer locks one thread may hold. The kernel releases at most 2048 robust
+ * locks (ROBUST_LIST_LIMIT) of a dying thread, newest first; the rest would
+ * keep a dead owner's thread ID for ever (the buffer valid, with a dead
+ * producer). Half of it is left for the thread's other robust locks (buffer
+ * locks held in transactions, runtime.sync mutexes). */
+#define RT_MAX_SERVED_PER_THREAD 1024
 #define RT_MIN_INTERVAL_MS 40
 #define RT_MAX_INTERVAL_MS 250
 
@@ -90,7 +96,8 @@ typedef struct {
     uint32_t seq[2];      /* RT_UPDATE_BLOCK, RT_WRITE_BLOCK */
     uint32_t waiters[2];  /* threads sleeping on each word (a hint for writers) */
     uint32_t seqlock;     /* odd while the lock's owner may be changing the structure */
-    uint32_t reserved[11];
+    uint32_t txn_changed; /* blocks changed inside the open transaction: bumped when it commits */
+    uint32_t reserved[10];
 } rt_notify;
 
 #define RT_UPDATE_BLOCK 0
@@ -201,13 +208,18 @@ static PyTypeObject rt_BufferAccessType;
 static PyObject *BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused);
 static uint64_t end_commands_locked(rt_BufferAccess *self, int all, uint64_t who, uint64_t within);
 static int commands_any(rt_BufferAccess *self);
+static uint32_t current_tid(void);
+static int unserve(rt_BufferAccess *self);
 
+/* time.time() now: the precise realtime clock (the vDSO's, about 20 ns),
+ * converted as time.time() converts it (nanoseconds, then one division), so
+ * that a stamp taken after a time.time() is never smaller than it. */
 static double
 wall_clock(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
 }
 
 /* ---- commanders ---------------------------------------------------------- */
@@ -281,6 +293,49 @@ my_commander(void)
     return find_my_commander();
 }
 
+/* This process's pid (the low half of its commander word: no system call). */
+static inline uint32_t
+my_pid(void)
+{
+    return (uint32_t)my_commander();
+}
+
+/* Producer locks held by this thread (see RT_MAX_SERVED_PER_THREAD); counts
+ * made before fork() are the parent's thread's. */
+static __thread long served_by_thread;
+static __thread unsigned long served_generation;
+
+static long *
+served_count(void)
+{
+    if (served_generation != rt_fork_generation) {
+        served_generation = rt_fork_generation;
+        served_by_thread = 0;
+    }
+    return &served_by_thread;
+}
+
+/* Whether thread `tid` is gone: no such thread, or one that has exited (a zombie). */
+static int
+thread_gone(uint32_t tid)
+{
+    char path[48], text[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", (unsigned)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno == ENOENT || errno == ESRCH;
+    }
+    ssize_t n = read(fd, text, sizeof text - 1);
+    int saved = errno;
+    close(fd);
+    if (n <= 0) {
+        return n == 0 || saved == ESRCH;
+    }
+    text[n] = '\0';
+    const char *at = strrchr(text, ')');
+    return at != NULL && at[1] == ' ' && (at[2] == 'Z' || at[2] == 'X');
+}
+
 /* ---- errors ------------------------------------------------------------- */
 
 static PyObject *
@@ -295,9 +350,14 @@ buffer_error(rt_BufferAccess *acc, const char *message, PyObject *param)
 /* ---- locking ------------------------------------------------------------ */
 
 /* The previous owner died holding the lock (we hold it now). Undo its
- * unfinished transaction, if any, then tell the Python layer so it can log. */
+ * unfinished transaction, if any, then tell the Python layer so it can log.
+ * A rolled-back transaction changed nothing: its changes were never announced
+ * to waiters (see changed()), and are not now. An owner that died outside a
+ * transaction, or after its commit and before announcing it, may have changed
+ * either block, and that stays: both sequence words are bumped (the caller
+ * wakes their waiters, `*bumped`). */
 static int
-recover_memory(rt_BufferAccess *acc)
+recover_memory(rt_BufferAccess *acc, int *bumped)
 {
     rt_header *header = acc->header;
     int rolled_back = 0;
@@ -306,6 +366,14 @@ recover_memory(rt_BufferAccess *acc)
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         header->undo_active = 0;
         rolled_back = 1;
+    }
+    acc->notify->txn_changed = 0;
+    *bumped = 0;
+    if (!rolled_back) {
+        for (int block = 0; block < 2; block++) {
+            __atomic_fetch_add(&acc->notify->seq[block], 1, __ATOMIC_RELEASE);
+        }
+        *bumped = (1 << RT_UPDATE_BLOCK) | (1 << RT_WRITE_BLOCK);
     }
     header->txn_depth = 0;
     uint32_t seqlock = __atomic_load_n(&acc->notify->seqlock, __ATOMIC_RELAXED);
@@ -331,7 +399,9 @@ report_recovery(rt_BufferAccess *acc, int rolled_back)
 static void
 recover(rt_BufferAccess *acc)
 {
-    report_recovery(acc, recover_memory(acc));
+    int bumped;
+    report_recovery(acc, recover_memory(acc, &bumped));
+    acc->wake_pending |= bumped;
 }
 
 static int
@@ -388,6 +458,36 @@ disabled_error(rt_BufferAccess *acc, PyObject *param)
 {
     return buffer_error(acc, "the robot is disabled: actuators keep their safe values until "
                              "'runtime enable' (BufferStore.enable())", param);
+}
+
+/* What the device reports (the update block, a DEV_DATA or SUB_RES digested)
+ * of a buffer that a live producer serves belongs to that producer's process
+ * (the bridge, whose frame pump applies DEV_DATA): anyone else would pass
+ * their own values for the device's. Consumers write() (a request for the
+ * device) instead. A buffer nobody serves is anyone's. One load more while the
+ * lock is held; the pid is this process's, looked up once. */
+static inline __attribute__((always_inline)) int
+foreign_producer(rt_BufferAccess *acc)
+{
+    return __atomic_load_n(&acc->header->valid, __ATOMIC_RELAXED) == RT_SERVED
+           && __atomic_load_n(&acc->header->producer_pid, __ATOMIC_RELAXED) != my_pid();
+}
+
+/* Raise for foreign_producer() (the lock is released first by the caller). */
+static __attribute__((noinline)) PyObject *
+foreign_producer_error(rt_BufferAccess *acc, PyObject *param)
+{
+    PyObject *pid = PyLong_FromUnsignedLong(acc->header->producer_pid);
+    const char *message = "buffer is served by another process (its producer): only it changes what the "
+                          "device reports; write() asks the device instead";
+    if (param != NULL) {
+        rt_raise(rt_DeviceBufferError, message, "buffer", acc->name, "param", param, "producer_pid", pid, NULL);
+    }
+    else {
+        rt_raise(rt_DeviceBufferError, message, "buffer", acc->name, "producer_pid", pid, NULL);
+    }
+    Py_XDECREF(pid);
+    return NULL;
 }
 
 static __attribute__((noinline)) int
@@ -495,10 +595,17 @@ bump_sequence(rt_BufferAccess *acc, int block)
     __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
 }
 
-/* ...and remember to wake its waiters once the lock is released. */
+/* ...and remember to wake its waiters once the lock is released. Inside a
+ * transaction the change is only noted: the outermost end announces it when
+ * it commits (end_transaction), so that a waiter never reports a change that
+ * is then rolled back (its process killed before the end). */
 static inline void
 changed(rt_BufferAccess *acc, int block)
 {
+    if (acc->header->txn_depth != 0) {
+        acc->notify->txn_changed |= 1u << block;
+        return;
+    }
     bump_sequence(acc, block);
     acc->wake_pending |= 1 << block;
 }
@@ -1132,9 +1239,13 @@ BufferAccess_dealloc(rt_BufferAccess *self)
     PyObject_GC_UnTrack(self);
     if (self->has_view) {
         if (serving(self)) {  /* dropped without close(): still stop serving */
-            __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
-            validity_changed(self);
-            rt_mutex_unlock(self->producer);
+            if (self->serve_tid == current_tid()) {
+                unserve(self);
+            }
+            else {  /* another thread's lock: invalid now, the role ends with that thread */
+                __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
+                validity_changed(self);
+            }
         }
         PyBuffer_Release(&self->view);
     }
@@ -1192,10 +1303,8 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
         return NULL;
     }
     double requested_at = 0.0;
-    if (to_write_block) {  /* last_write: when a write was last requested (coarse clock: a few ns) */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-        requested_at = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    if (to_write_block) {  /* last_write: time.time() of the request (the vDSO's CLOCK_REALTIME, ~20 ns) */
+        requested_at = wall_clock();
     }
     if (acquire(self, 1) < 0) {
         Py_XDECREF(raw);
@@ -1218,6 +1327,11 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
         changed(self, RT_WRITE_BLOCK);
     }
     else {
+        if (foreign_producer(self)) {
+            release(self);
+            Py_XDECREF(raw);
+            return foreign_producer_error(self, args[0]);
+        }
         memcpy(self->update + p->offset, src, (size_t)p->size);
         self->meta->updated |= 1ULL << p->id;
         changed(self, RT_UPDATE_BLOCK);
@@ -1281,6 +1395,16 @@ end_transaction(rt_BufferAccess *self)
     if (header->txn_depth > 0 && --header->txn_depth == 0) {
         __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* every change is in place before the commit */
         header->undo_active = 0;
+        uint32_t blocks = self->notify->txn_changed;  /* committed: announce its changes now */
+        if (blocks) {
+            self->notify->txn_changed = 0;
+            for (int block = 0; block < 2; block++) {
+                if (blocks & (1u << block)) {
+                    bump_sequence(self, block);
+                }
+            }
+            self->wake_pending |= (int)blocks;
+        }
     }
     self->held--;
     release(self);
@@ -1788,6 +1912,10 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
         return NULL;
     }
     rt_meta *meta = self->meta;
+    if ((msg->type == RT_DEV_DATA || msg->type == RT_SUB_RES) && foreign_producer(self)) {
+        release(self);
+        return foreign_producer_error(self, NULL);
+    }
     switch (msg->type) {
     case RT_DEV_DATA:
         rt_copy_values(msg, layout, self->update);
@@ -2616,9 +2744,54 @@ BufferAccess_get_valid(rt_BufferAccess *self, void *closure)
     return PyBool_FromLong(is_live(self));
 }
 
+/* The producer lock names a thread that is gone, yet the kernel did not
+ * release it: a thread that died holding more robust locks than the kernel
+ * walks (2048; see RT_MAX_SERVED_PER_THREAD). Release it as the kernel would
+ * (owner died), so that every reader sees the buffer invalid and a new
+ * producer takes it over. Returns 1 when it did. A few microseconds (one look
+ * in /proc): called where the producer is looked up, never on the hot path. */
+static int
+reap_dead_producer(rt_BufferAccess *acc)
+{
+    if (!rt_lockword_has_owner) {
+        return 0;
+    }
+    uint32_t *word = (uint32_t *)(void *)&acc->producer->m.mutex;
+    uint32_t old = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    uint32_t tid = old & RT_FUTEX_TID_MASK;
+    if (tid == 0 || (old & FUTEX_OWNER_DIED) || !thread_gone(tid)) {
+        return 0;
+    }
+    uint32_t died = (old & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
+    if (!__atomic_compare_exchange_n(word, &old, died, 0, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE)) {
+        return 0;  /* it changed meanwhile: whoever changed it knows better */
+    }
+    futex_wake_all(word);  /* a producer waiting to take over, and waiters watching the producer */
+    validity_changed(acc);
+    return 1;
+}
+
+/* Whether a live thread holds the producer lock, a dead one's hold released first. */
+static int
+producer_alive(rt_BufferAccess *acc)
+{
+    if (!rt_mutex_held(acc->producer)) {
+        return 0;
+    }
+    return !reap_dead_producer(acc);
+}
+
+static uint32_t
+current_tid(void)
+{
+    return (uint32_t)syscall(SYS_gettid);
+}
+
 /* Setting validity needs no lock (one word, written atomically), so an
  * invalidation always happens at once, even while a stopped process holds
- * the buffer's lock. Only the producer changes a served buffer's validity. */
+ * the buffer's lock. Only the live producer changes a buffer's validity,
+ * from the thread that serves it: a consumer cannot make a dead producer's
+ * last values pass for live ones, nor end a live producer's validity. */
 static int
 BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
 {
@@ -2630,18 +2803,32 @@ BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
         buffer_error(self, "buffer is closed", NULL);
         return -1;
     }
-    uint32_t state = truth ? RT_VALID : RT_INVALID;
-    if (serving(self)) {
-        state = truth ? RT_SERVED : RT_INVALID;
-    }
-    else if (__atomic_load_n(&self->header->valid, __ATOMIC_ACQUIRE) == RT_SERVED && rt_mutex_held(self->producer)) {
-        PyObject *pid = PyLong_FromUnsignedLong(self->header->producer_pid);
-        rt_raise(rt_DeviceBufferError, "buffer is served by a producer; only it changes its validity", "buffer",
-                 self->name, "producer_pid", pid, NULL);
-        Py_XDECREF(pid);
+    if (!serving(self) || self->serve_tid != current_tid()) {
+        PyObject *pid = NULL;
+        const char *message;
+        if (serving(self)) {
+            message = "set validity from the thread that serves the buffer (the producer role is a thread's)";
+        }
+        else if (producer_alive(self)) {
+            pid = PyLong_FromUnsignedLong(self->header->producer_pid);
+            message = "buffer is served by a producer; only it changes its validity";
+        }
+        else {
+            message = "only a buffer's live producer changes its validity: serve() it first";
+            if (self->header->producer_pid != 0) {
+                pid = PyLong_FromUnsignedLong(self->header->producer_pid);
+            }
+        }
+        if (pid != NULL) {
+            rt_raise(rt_DeviceBufferError, message, "buffer", self->name, "producer_pid", pid, NULL);
+            Py_DECREF(pid);
+        }
+        else {
+            buffer_error(self, message, NULL);
+        }
         return -1;
     }
-    __atomic_store_n(&self->header->valid, state, __ATOMIC_RELEASE);
+    __atomic_store_n(&self->header->valid, truth ? RT_SERVED : RT_INVALID, __ATOMIC_RELEASE);
     validity_changed(self);
     return 0;
 }
@@ -2654,10 +2841,23 @@ BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
     if (self->closed) {
         return buffer_error(self, "buffer is closed", NULL);
     }
-    uint32_t caller = (uint32_t)syscall(SYS_gettid);
+    uint32_t caller = current_tid();
     if (!serving(self) || self->serve_tid != caller) {  /* a role held by another thread is not ours */
+        long *count = served_count();
+        if (*count >= RT_MAX_SERVED_PER_THREAD) {
+            PyObject *limit = PyLong_FromLong(RT_MAX_SERVED_PER_THREAD);
+            rt_raise(rt_DeviceBufferError,
+                     "this thread already serves as many buffers as a thread may (the kernel releases at most "
+                     "2048 robust locks of a dying thread): serve more from another thread",
+                     "buffer", self->name, "limit", limit, NULL);
+            Py_XDECREF(limit);
+            return NULL;
+        }
         int recovered;
         int rc = rt_mutex_lock(self->producer, RT_SERVE_WAIT, &recovered);
+        if ((rc == ETIMEDOUT || rc == EBUSY) && reap_dead_producer(self)) {
+            rc = rt_mutex_lock(self->producer, RT_SERVE_WAIT, &recovered);  /* its owner was gone */
+        }
         if (rc == ETIMEDOUT || rc == EBUSY || rc == EDEADLK) {
             PyObject *pid = PyLong_FromUnsignedLong(self->header->producer_pid);
             rt_raise(rt_DeviceBufferError,
@@ -2670,8 +2870,9 @@ BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
         if (rc != 0) {
             return rt_raise_sync_error(rc, "cannot take the buffer's producer lock");
         }
+        (*count)++;
         uint32_t previous = self->header->producer_pid;
-        self->header->producer_pid = (uint32_t)getpid();
+        self->header->producer_pid = my_pid();
         self->serving = 1;
         self->serve_generation = rt_fork_generation;
         self->serve_tid = caller;
@@ -2683,11 +2884,28 @@ BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     __atomic_store_n(&self->header->valid, RT_SERVED, __ATOMIC_RELEASE);
+    validity_changed(self);
     Py_RETURN_NONE;
 }
 
+/* Give up the producer lock, the buffer marked invalid first (by its serving thread). */
+static int
+unserve(rt_BufferAccess *self)
+{
+    self->serving = 0;
+    __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
+    validity_changed(self);
+    int rc = rt_mutex_unlock(self->producer);
+    if (rc == 0) {
+        (*served_count())--;
+    }
+    return rc;
+}
+
 /* stop_serving(): mark the buffer invalid and give up the producer lock.
- * In a child of fork() it only forgets the parent's role. */
+ * Only from the thread that serves it: from another one it is refused and
+ * nothing changes (that thread can still stop, serve again, close). In a
+ * child of fork() it only forgets the parent's role. */
 static PyObject *
 BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused)
 {
@@ -2695,17 +2913,18 @@ BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused)
         self->serving = 0;
         Py_RETURN_NONE;
     }
-    self->serving = 0;
-    if (self->has_view) {
-        __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
-        validity_changed(self);
-        int rc = rt_mutex_unlock(self->producer);
-        if (rc != 0) {
-            rt_raise(rt_DeviceBufferError, "stop serving from the thread that started serving (the buffer is "
-                     "invalid now, but that thread still holds the producer role)", "buffer", self->name, NULL);
-            return NULL;
-        }
+    if (self->serve_tid != current_tid()) {
+        PyObject *tid = PyLong_FromUnsignedLong(self->serve_tid);
+        rt_raise(rt_DeviceBufferError,
+                 "stop serving from the thread that serves the buffer (nothing changed: it still serves it)",
+                 "buffer", self->name, "serving_thread", tid, NULL);
+        Py_XDECREF(tid);
+        return NULL;
     }
+    if (self->has_view && unserve(self) != 0) {
+        return buffer_error(self, "cannot give up the producer lock", NULL);
+    }
+    self->serving = 0;
     Py_RETURN_NONE;
 }
 
@@ -2718,7 +2937,7 @@ BufferAccess_get_serving(rt_BufferAccess *self, void *closure)
 static PyObject *
 BufferAccess_get_producer_pid(rt_BufferAccess *self, void *closure)
 {
-    if (self->closed || !rt_mutex_held(self->producer)) {
+    if (self->closed || !producer_alive(self)) {
         Py_RETURN_NONE;
     }
     return PyLong_FromUnsignedLong(self->header->producer_pid);
@@ -3027,11 +3246,15 @@ rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin
     if (rc != 0) {
         return rc;
     }
+    int bumped = 0;
     if (*recovered) {
-        *rolled_back = recover_memory(acc);
+        *rolled_back = recover_memory(acc, &bumped);
     }
     if (!is_live(acc)) {
         rt_mutex_unlock(acc->mutex);
+        if (bumped) {
+            wake_waiters(acc, bumped);
+        }
         return RT_COMMIT_REFUSED;
     }
     seqlock_begin(acc);  /* we hold the lock outside any transaction: txn_depth is 0 */
@@ -3049,7 +3272,7 @@ rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin
 #if !defined(__x86_64__) && !defined(__i386__)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 #endif
-    wake_waiters(acc, 1 << RT_UPDATE_BLOCK);
+    wake_waiters(acc, (1 << RT_UPDATE_BLOCK) | bumped);
     return 0;
 }
 
@@ -3101,6 +3324,7 @@ rt_buffer_module_init(PyObject *module)
     if (PyType_Ready(&rt_BufferSpecType) < 0 || PyType_Ready(&rt_BufferAccessType) < 0
         || PyType_Ready(&rt_WakeWordType) < 0 || PyModule_AddObjectRef(module, "WakeWord", (PyObject *)&rt_WakeWordType) < 0
         || PyModule_AddIntConstant(module, "MAX_WATCHED", RT_MAX_WATCHED) < 0
+        || PyModule_AddIntConstant(module, "MAX_SERVED_PER_THREAD", RT_MAX_SERVED_PER_THREAD) < 0
         || PyModule_AddIntConstant(module, "NOTIFY_OFFSET", RT_NOTIFY_OFFSET) < 0) {
         return -1;
     }

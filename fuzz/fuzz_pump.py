@@ -991,6 +991,7 @@ def TestOneInput(data: bytes) -> None:
         buffer_type.open("fuzz-pump-model", shared=False) as model,
         buffer_type.open("fuzz-pump-device", shared=False) as emitter,
     ):
+        buf.serve()  # its producer, as the bridge is: only it changes validity
         run = Run(inp, buffer_type, (buf, model, emitter), forward_all)
         try:
             if attach_now:

@@ -769,6 +769,7 @@ def TestOneInput(data: bytes) -> None:
         return
     shape = Shape(buffer_type)
     with buffer_type.open("fuzz-update", shared=False) as buf:
+        buf.serve()  # its producer: only it changes validity (op 16)
         for _ in range(64):
             if inp.exhausted:
                 break

@@ -390,6 +390,7 @@ def test_every_operation_on_an_invalid_buffer_raises(gadget: Any, operation: str
     run(gadget)  # works while valid
     if operation == "transaction":
         gadget.transaction().__exit__(None, None, None)
+    gadget.serve()  # only a buffer's producer changes its validity
     gadget.valid = False
     assert gadget.valid is False
     with pytest.raises(DeviceBufferError):
@@ -403,6 +404,7 @@ def test_every_operation_on_an_invalid_buffer_raises(gadget: Any, operation: str
 def test_invalid_buffer_is_left_unchanged(gadget: Any) -> None:
     gadget.set("level", 10)
     gadget.get_update()
+    gadget.serve()  # only a buffer's producer changes its validity
     gadget.valid = False
     for operation in ("set", "write", "update_dev_data", "update_sub_req", "uid_setter"):
         with pytest.raises(DeviceBufferError):
@@ -451,6 +453,7 @@ def test_transaction_excludes_other_threads_until_it_ends(shm_name: Callable[[st
 
 
 def test_transaction_reports_an_invalid_buffer(gadget: Any) -> None:
+    gadget.serve()  # only a buffer's producer changes its validity
     gadget.valid = False
     with pytest.raises(DeviceBufferError):
         with gadget.transaction():

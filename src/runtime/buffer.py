@@ -22,11 +22,13 @@ Validity belongs to the *producer*: the process that feeds a buffer (the
 bridge, for Smart Devices) calls :meth:`Buffer.serve`, and the buffer is valid
 for as long as that process lives and serves it. When it stops serving, closes
 the buffer or dies (SIGKILL included), every reader sees the buffer invalid at
-its next operation. Consumers never change validity by opening or closing. A
-buffer that nobody serves is valid from its creation (for code that uses a
-buffer on its own), except a Smart Device buffer created through a
-:class:`BufferStore`: that one stays invalid until the bridge serves it, so
-that no default value passes for a reading.
+its next operation. Consumers never change validity: only the live producer
+sets :attr:`Buffer.valid`, and only its process changes the update block of
+a buffer it serves (consumers ``write()``). A buffer that nobody serves is
+valid from its creation (for code that uses a buffer on its own), except a
+Smart Device buffer created through a :class:`BufferStore`: that one stays
+invalid until the bridge serves it, so that no default value passes for a
+reading.
 
 Consumers need not poll: :meth:`Buffer.wait_update` and :meth:`Buffer.wait_write`
 sleep until a block changes, in any process, and have asyncio forms (see
@@ -757,14 +759,20 @@ class Buffer(BaseStructure):
         :meth:`stop_serving`, :meth:`close`, or the death of the calling thread
         (SIGKILL included), whichever comes first. Call it again to mark the
         buffer valid after setting :attr:`valid` to False. Serve and stop from
-        the same thread (the role is a lock held by that thread).
+        the same thread (the role is a lock held by that thread). A thread
+        serves at most ``runtime._core.MAX_SERVED_PER_THREAD`` buffers at once:
+        the kernel releases at most 2048 robust locks of a dying thread.
+
+        A producer whose thread is gone is taken over, even when the kernel
+        left its lock held (a thread that died holding too many robust locks).
 
         Returns:
             The pid of a producer that died serving this buffer and was taken
             over (for a log line), else None.
 
         Raises:
-            DeviceBufferError: Another live producer serves it.
+            DeviceBufferError: Another live producer serves it, or this thread
+                already serves as many buffers as a thread may.
         """
         previous: int | None = self._access.serve()
         return previous
@@ -774,6 +782,10 @@ class Buffer(BaseStructure):
 
         Needs no lock: it takes effect at once, even while another process
         holds the buffer's lock.
+
+        Raises:
+            DeviceBufferError: Called from another thread than the serving one;
+                nothing changes (that thread still serves, and may stop).
         """
         self._access.stop_serving()
 
@@ -792,7 +804,11 @@ class Buffer(BaseStructure):
 
     @property
     def producer_pid(self) -> int | None:
-        """The pid of the live process serving this buffer, or None when nobody does."""
+        """The pid of the live process serving this buffer, or None when nobody does.
+
+        A producer whose thread is gone counts as gone, whatever its lock says
+        (its lock is then released: the buffer turns invalid for everyone).
+        """
         pid: int | None = self._access.producer_pid
         return pid
 
@@ -821,8 +837,10 @@ class Buffer(BaseStructure):
         """Whether the data is live: operations on an invalid buffer raise.
 
         A served buffer is valid while its producer lives and says so. Setting
-        it needs no lock; on a buffer that a live producer serves, only that
-        producer may set it (others get :class:`DeviceBufferError`).
+        it needs no lock, and only the live producer may, from the thread that
+        serves (anyone else gets :class:`DeviceBufferError`, even on a buffer
+        nobody serves: :meth:`serve` it first). So no consumer makes a dead or
+        stopped producer's last values pass for live ones.
         """
         return bool(self._access.valid)
 
@@ -853,9 +871,13 @@ class Buffer(BaseStructure):
         """Set a parameter value in the update block.
 
         Numeric values outside the parameter's bounds are clamped, with a warning.
+        The update block holds what the device reports: on a buffer that a live
+        producer serves, only the producer's process sets it (consumers
+        :meth:`write`, a request for the device).
 
         Raises:
-            DeviceBufferError: If the parameter does not exist.
+            DeviceBufferError: If the parameter does not exist, or another
+                process serves the buffer (``context['producer_pid']`` names it).
             TypeError: If the value is not the correct type.
         """
         self._access.set(param, value)
@@ -919,7 +941,10 @@ class Buffer(BaseStructure):
 
         Returns True when it changed since this handle last returned from
         ``wait_update`` (the first time: since the handle was opened), False
-        when ``timeout`` seconds passed (None: no limit). The thread sleeps in
+        when ``timeout`` seconds passed (None: no limit; a negative number or
+        NaN raises ``ValueError``). Only committed changes count: a change made
+        inside a transaction counts when the transaction ends, and never if it
+        is rolled back (its process died inside). The thread sleeps in
         the kernel: waiting costs no CPU, and a change wakes it at once, from
         any process. Raises :class:`DeviceBufferError` at once if the buffer
         is, or turns, invalid while waiting (its producer stopped or died).
@@ -1229,9 +1254,9 @@ class DeviceBuffer(Buffer):
     def last_write(self) -> float:
         """The timestamp given by :func:`time.time` of the last write; 0 if none.
 
-        On the robot side, when a ``write()`` was last requested (to within a
-        few milliseconds: a coarse clock keeps ``write`` fast); on the device
-        side (an emulator), when a DEV_WRITE was last digested.
+        On the robot side, when a ``write()`` was last requested (the precise
+        realtime clock, never earlier than a ``time.time()`` taken before the
+        call); on the device side (an emulator), when a DEV_WRITE was last digested.
         """
         return self._access.last_write
 

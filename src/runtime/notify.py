@@ -56,6 +56,27 @@ def _block(block: str) -> int:
         raise ValueError(f"block must be 'update' or 'write', not {block!r}") from None
 
 
+_NO_LIMIT = 1e9
+"""Seconds beyond which a timeout means no limit (as in the compiled core's waits)."""
+
+
+def _timeout(timeout: float | None) -> float | None:
+    """``timeout`` checked by the blocking waits' rule, for their asyncio forms; None: no limit.
+
+    None or a nonnegative number of seconds; a negative number or NaN raises
+    ``ValueError``, anything but a number ``TypeError`` (as the compiled core
+    does); more than :data:`_NO_LIMIT` seconds (infinity included) is no limit.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, (str, bytes, bytearray)):
+        raise TypeError(f"timeout must be None or a number of seconds, not {type(timeout).__name__}")
+    value = float(timeout)
+    if not value >= 0:
+        raise ValueError("timeout must be None or a nonnegative number of seconds")
+    return None if value > _NO_LIMIT else value
+
+
 def wait_any(
     buffers: Iterable[Buffer], timeout: float | None = None, *, block: Block = "update"
 ) -> list[Buffer]:
@@ -64,12 +85,17 @@ def wait_any(
     A buffer counts as changed when its ``block`` changed since this handle
     last saw it (by this call or its own wait), or its validity changed (it
     turned invalid, its producer died, it was served again): look at
-    ``valid`` before reading. An empty list means the timeout passed.
+    ``valid`` before reading. An empty list means the timeout passed. Given
+    no buffers, it returns ``[]`` at once (nothing could ever change), as
+    :func:`wait_any_async` does.
 
     At most :data:`WATCHED_PER_THREAD` buffers at once (``ValueError`` beyond).
     """
     handles = list(buffers)
     which = _block(block)
+    if not handles:
+        _timeout(timeout)  # refused as it would be with buffers
+        return []
     accesses = [buffer._access for buffer in handles]
     ready = _core.wait_any([(access, which) for access in accesses], timeout)
     changed = []
@@ -85,10 +111,12 @@ async def wait_async(buffer: Buffer, timeout: float | None = None, *, block: Blo
     True when the block changed since this handle last returned from a wait,
     False when ``timeout`` passed; raises :class:`~runtime.buffer.DeviceBufferError`
     at once when the buffer is or turns invalid. Cancelling the task leaves
-    nothing behind.
+    nothing behind. ``timeout`` follows the blocking form's rule (a negative
+    number or NaN raises ``ValueError``).
     """
     access = buffer._access
     which = _block(block)
+    timeout = _timeout(timeout)
     if access.take_change(which):  # raises for an invalid or closed buffer
         await asyncio.sleep(0)  # an await that always lets the loop run: no busy loop around it
         return True
@@ -110,9 +138,16 @@ async def wait_async(buffer: Buffer, timeout: float | None = None, *, block: Blo
 async def wait_any_async(
     buffers: Iterable[Buffer], timeout: float | None = None, *, block: Block = "update"
 ) -> list[Buffer]:
-    """The asyncio form of :func:`wait_any`: the buffers that changed, [] when the timeout passed."""
+    """The asyncio form of :func:`wait_any`: the buffers that changed, [] when the timeout passed.
+
+    Same rules as :func:`wait_any`: the same timeouts refused, ``[]`` at once for no buffers.
+    """
     handles = list(buffers)
     which = _block(block)
+    timeout = _timeout(timeout)
+    if not handles:
+        await asyncio.sleep(0)  # always let the loop run
+        return []
     ready = [buffer for buffer in handles if buffer._access.see_now(which)]
     if ready or (timeout is not None and timeout <= 0):
         await asyncio.sleep(0)  # always let the loop run

@@ -270,6 +270,9 @@ def parse_device_key(key: str) -> tuple[str, str, int] | None:
 def check_namespace(namespace: str) -> str:
     """``namespace`` if it can be the ``<namespace>`` chunk of the key expressions, else ``ValueError``.
 
+    The one check of every namespace (:func:`runtime.store.check_namespace`),
+    then Zenoh's own look at the key expression.
+
     >>> check_namespace("rt-demo-4242")
     'rt-demo-4242'
     >>> check_namespace("robots/*")
@@ -277,16 +280,9 @@ def check_namespace(namespace: str) -> str:
     ...
     ValueError: a namespace is one key chunk without / * $ ? # (nor a leading @), not 'robots/*'
     """
-    if (
-        not isinstance(namespace, str)
-        or not namespace
-        or "/" in namespace
-        or namespace.startswith("@")
-        or set(namespace) & _WILDCARD_CHARACTERS
-    ):
-        raise ValueError(
-            f"a namespace is one key chunk without / * $ ? # (nor a leading @), not {namespace!r}"
-        )
+    from .store import check_namespace as check_store_namespace
+
+    check_store_namespace(namespace)
     try:
         zenoh.KeyExpr(f"{KEY_ROOT}/{namespace}")
     except zenoh.ZError as exc:

@@ -47,10 +47,12 @@ from .exception import closest, did_you_mean
 
 __all__ = [
     "CATALOG_KEYS",
+    "NAMESPACE_MAX",
     "ROBOT_STATE",
     "BufferInfo",
     "BufferKey",
     "BufferStore",
+    "check_namespace",
     "namespaces",
     "robot_enabled",
 ]
@@ -59,6 +61,41 @@ if TYPE_CHECKING:
     from .device import Device
 
 _HEX_UID = re.compile(r"[0-9a-f]+")
+_NAMESPACE_FORBIDDEN = frozenset("/*$?#\0")
+NAMESPACE_MAX = 128
+"""Characters of a namespace at most (it prefixes segment names, which the OS limits to 255)."""
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` if it can name a robot's buffers everywhere, else ``ValueError``.
+
+    The one check of every namespace (the buffer store, the command-line
+    tools, ``runtime.remote`` and its key expressions): a nonempty string of
+    at most :data:`NAMESPACE_MAX` characters, without ``/ * $ ? #`` or NUL,
+    not starting with ``@``. It prefixes segment names (``<namespace>-...``
+    in /dev/shm) and is one chunk of Zenoh key expressions
+    (``runtime/<namespace>/...``), so what either would refuse or misread is
+    refused here.
+
+    >>> check_namespace("rt-demo-4242")
+    'rt-demo-4242'
+    >>> check_namespace("a/b")
+    Traceback (most recent call last):
+    ...
+    ValueError: a namespace is one key chunk without / * $ ? # (nor a leading @), not 'a/b'
+    """
+    if (
+        not isinstance(namespace, str)
+        or not namespace
+        or namespace.startswith("@")
+        or set(namespace) & _NAMESPACE_FORBIDDEN
+    ):
+        raise ValueError(
+            f"a namespace is one key chunk without / * $ ? # (nor a leading @), not {namespace!r}"
+        )
+    if len(namespace) > NAMESPACE_MAX:
+        raise ValueError(f"a namespace has at most {NAMESPACE_MAX} characters, not {len(namespace)}")
+    return namespace
 
 
 BufferKey = int | tuple[str, int]
@@ -248,7 +285,16 @@ class BufferStore(Mapping[BufferKey, Buffer]):
 
         Sets ``$RUNTIME_BUFFER_NAMESPACE`` and restores it on exit; None keeps the
         current namespace. Yields the namespace in effect.
+
+        Raises:
+            DeviceBufferError: The namespace in effect (given, or from the
+                environment) is not one :func:`check_namespace` accepts.
         """
+        effective = namespace or BufferStore.namespace()
+        try:
+            check_namespace(effective)
+        except ValueError as exc:
+            raise DeviceBufferError(str(exc), namespace=effective) from None
         previous = os.environ.get(NAMESPACE_ENV)
         if namespace:
             os.environ[NAMESPACE_ENV] = namespace

@@ -126,8 +126,22 @@ def add_namespace_option(
         "--namespace",
         metavar="NS",
         default=default,
+        type=namespace_argument,
         help=f"the buffers' namespace (default: ${NAMESPACE_ENV}, or 'rt')",
     )
+
+
+def namespace_argument(text: str) -> str:
+    """``--namespace``'s value, checked as every namespace is (:func:`runtime.store.check_namespace`).
+
+    A refused one is a usage error (status 2), before the command does anything.
+    """
+    from ..store import check_namespace
+
+    try:
+        return check_namespace(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def load_catalog(path: str | os.PathLike[str] | None = None) -> dict[str, type[Buffer]]:
