@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <limits.h>
+#include <signal.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <fcntl.h>
@@ -97,7 +98,9 @@ typedef struct {
     uint32_t waiters[2];  /* threads sleeping on each word (a hint for writers) */
     uint32_t seqlock;     /* odd while the lock's owner may be changing the structure */
     uint32_t txn_changed; /* blocks changed inside the open transaction: bumped when it commits */
-    uint32_t reserved[10];
+    uint32_t claimant;    /* pid of a process that asked the producer to give the buffer up (0: none);
+                           * a producer that honours claims stops serving; serve() by it clears it */
+    uint32_t reserved[9];
 } rt_notify;
 
 #define RT_UPDATE_BLOCK 0
@@ -2873,6 +2876,8 @@ BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
         (*count)++;
         uint32_t previous = self->header->producer_pid;
         self->header->producer_pid = my_pid();
+        uint32_t mine = my_pid();  /* our own claim is granted */
+        __atomic_compare_exchange_n(&self->notify->claimant, &mine, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
         self->serving = 1;
         self->serve_generation = rt_fork_generation;
         self->serve_tid = caller;
@@ -2926,6 +2931,41 @@ BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused)
     }
     self->serving = 0;
     Py_RETURN_NONE;
+}
+
+/* claim(): ask the live producer to give the buffer up (for a bridge that
+ * sees the buffer's device connected). One word, no lock: anyone with the
+ * buffer open may claim; a producer that honours claims (runtime replay)
+ * stops serving, one that ignores them keeps the buffer. */
+static PyObject *
+BufferAccess_claim(rt_BufferAccess *self, PyObject *unused)
+{
+    if (self->closed) {
+        return buffer_error(self, "buffer is closed", NULL);
+    }
+    __atomic_store_n(&self->notify->claimant, my_pid(), __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+/* The pid of a live process, other than the live producer, that claimed the
+ * buffer, else None. One load while nobody claims it (the common case). */
+static PyObject *
+BufferAccess_get_claimed(rt_BufferAccess *self, void *closure)
+{
+    if (self->closed) {
+        Py_RETURN_NONE;
+    }
+    uint32_t pid = __atomic_load_n(&self->notify->claimant, __ATOMIC_ACQUIRE);
+    if (pid == 0 || pid > (uint32_t)INT_MAX) {
+        Py_RETURN_NONE;
+    }
+    if (kill((pid_t)pid, 0) != 0 && errno != EPERM) {  /* the claimant is gone: its claim with it */
+        Py_RETURN_NONE;
+    }
+    if (pid == __atomic_load_n(&self->header->producer_pid, __ATOMIC_ACQUIRE) && producer_alive(self)) {
+        Py_RETURN_NONE;  /* granted: the claimant serves it */
+    }
+    return PyLong_FromUnsignedLong(pid);
 }
 
 static PyObject *
@@ -3017,6 +3057,8 @@ static PyMethodDef BufferAccess_methods[] = {
      "Become the producer and mark the buffer valid; returns the pid of a dead producer taken over, or None."},
     {"stop_serving", (PyCFunction)BufferAccess_stop_serving, METH_NOARGS,
      "Mark the buffer invalid and give up the producer role."},
+    {"claim", (PyCFunction)BufferAccess_claim, METH_NOARGS,
+     "Ask the live producer to give the buffer up (a producer that honours claims stops serving)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -3035,6 +3077,8 @@ static PyGetSetDef BufferAccess_getset[] = {
     {"uid", (getter)BufferAccess_get_meta_field, NULL, "The 88-bit device UID.", (void *)(intptr_t)META_UID},
     {"producer_pid", (getter)BufferAccess_get_producer_pid, NULL,
      "The pid of the live producer serving the buffer, or None.", NULL},
+    {"claimed", (getter)BufferAccess_get_claimed, NULL,
+     "The pid of a live process that claimed the buffer and does not serve it, or None.", NULL},
     {"timeout", (getter)BufferAccess_get_timeout, (setter)BufferAccess_set_timeout, "Lock timeout in seconds.",
      NULL},
     {"disabled", (getter)BufferAccess_get_disabled, NULL, "Whether writes of safe-valued parameters are refused.",

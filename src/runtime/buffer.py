@@ -789,6 +789,27 @@ class Buffer(BaseStructure):
         """
         self._access.stop_serving()
 
+    def claim(self) -> None:
+        """Ask the buffer's live producer to give it up (a bridge that sees the device connected).
+
+        One word in the segment, no lock: anyone with the buffer open may
+        claim it. A producer that honours claims (``runtime replay``) sees
+        :attr:`claimed`, stops serving and leaves the buffer alone; the
+        claimant then :meth:`serve` s it, which clears its claim. A producer
+        that ignores claims keeps the buffer: a claim asks, it never takes.
+        """
+        self._access.claim()
+
+    @property
+    def claimed(self) -> int | None:
+        """The pid of a live process that claimed this buffer (:meth:`claim`) and does not serve it, or None.
+
+        A producer that yields to claims checks it on its pass (one memory load
+        while nobody claims) and, when set, calls :meth:`stop_serving`.
+        """
+        pid: int | None = self._access.claimed
+        return pid
+
     def set_lock_timeout(self, seconds: float) -> None:
         """How long this handle's operations wait for the lock (default :attr:`lock_timeout`).
 

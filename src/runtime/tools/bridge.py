@@ -142,6 +142,10 @@ STATS_INTERVAL = 1.0
 """Seconds between two writes of the ``--stats`` file."""
 RETRY_DELAY = 2.0
 """Seconds before a port that could not be opened (or whose task failed) is tried again."""
+CLAIM_RETRY_DELAY = 0.5
+"""Seconds after a first claim (see PortConnection._claim) before serving is tried again."""
+MAX_CLAIMS_LOGGED = 1024
+"""The most devices whose claim is remembered (so logged once)."""
 STALL_RETRY_INTERVAL = 0.005
 """Seconds between two attempts to apply values held back by a buffer lock another process holds."""
 STALL_LOG_INTERVAL = 1.0
@@ -522,13 +526,15 @@ class PortConnection:
         buffer.set_lock_timeout(0)  # never wait for a lock: see _apply
         try:
             dead_producer = buffer.serve()
-        except RuntimeBaseException as exc:  # another bridge serves it
-            logger.error(
-                "%s %#x on %s: %s; trying again in %g s", type_name, uid, self.path, exc, RETRY_DELAY
-            )
+        except RuntimeBaseException as exc:  # another process serves it: claim it (see _claim)
             self.retry_delay = RETRY_DELAY
+            if not self._claim(buffer, type_name, uid, exc):
+                logger.error(
+                    "%s %#x on %s: %s; trying again in %g s", type_name, uid, self.path, exc, RETRY_DELAY
+                )
             self.bridge.release_unserved(uid)
             return True
+        self.bridge.claims.pop(uid, None)
         if dead_producer is not None:
             logger.info(
                 "%s %#x: taking over from a producer that died (pid %d)", type_name, uid, dead_producer
@@ -554,6 +560,42 @@ class PortConnection:
         self._sub_request = request.read_sub_req()
         self.send(request)
         logger.info("%s: connected", self.describe())
+        return True
+
+    def _claim(self, buffer: DeviceBuffer, type_name: str, uid: int, exc: RuntimeBaseException) -> bool:
+        """Claim a buffer another live process serves, the device being connected here: True if claimed.
+
+        The device connected to this bridge wins over a producer that is not a
+        bridge (a ``runtime replay``, a program that called ``serve()``): one
+        that honours claims gives the buffer up within a fraction of a second
+        and the next attempt serves it. One that ignores claims (another
+        bridge) keeps it; the claim is logged once per device and producer,
+        and the bridge keeps trying quietly every RETRY_DELAY seconds.
+        """
+        producer = exc.context.get("producer_pid")
+        if not isinstance(producer, int) or producer in (0, os.getpid()) or buffer.producer_pid != producer:
+            return False  # not served by another live process (refused for another reason)
+        try:
+            buffer.claim()
+        except RuntimeBaseException:
+            return False
+        claims = self.bridge.claims
+        if claims.get(uid) == producer:
+            logger.debug("%s %#x on %s: still served by process %d", type_name, uid, self.path, producer)
+            return True
+        claims.pop(uid, None)
+        while len(claims) >= MAX_CLAIMS_LOGGED:  # a bound for devices that come under new UIDs
+            del claims[next(iter(claims))]
+        claims[uid] = producer
+        logger.warning(
+            "%s %#x on %s: connected here but served by process %d; claiming its buffer (a replay gives it "
+            "up; a producer that ignores claims keeps it, and this bridge keeps trying)",
+            type_name,
+            uid,
+            self.path,
+            producer,
+        )
+        self.retry_delay = CLAIM_RETRY_DELAY  # a replay yields within its CLAIM_CHECK
         return True
 
     def _sync_disabled(self, buffer: DeviceBuffer) -> None:
@@ -1092,6 +1134,8 @@ class Bridge:
         """Segments of released devices that another process mapped (name: inode): unlinked once unmapped."""
         self._release_handle: asyncio.TimerHandle | None = None
         self.owners: dict[int, PortConnection] = {}
+        self.claims: dict[int, int] = {}
+        """UID -> the pid of the producer this bridge claimed that device's buffer from (logged once)."""
         """The connection serving each connected UID."""
         self.connections: dict[Identity, PortConnection] = {}
         """The connection of each port being served, by the device its path names."""

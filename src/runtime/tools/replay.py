@@ -93,6 +93,9 @@ MAX_SPAN = 366 * 86400
 (a state stamped 2^64-1 ns would have the replay wait 500 years)."""
 LONGEST_WAIT = 60.0
 """The longest single wait for a state (a longer one is waited in parts: any delay is a valid timeout)."""
+CLAIM_CHECK = 0.25
+"""Seconds between two looks for claims (a bridge that sees a replayed buffer's device connected)
+while waiting for the next state."""
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 
@@ -592,6 +595,8 @@ class Replayer:
         self.repeated = 0
         """States skipped because they repeat the one before (the first of each file of a split recording)."""
         self.last: dict[tuple[str, int], RecordedState] = {}
+        self.yielded = 0
+        """Buffers given up to a claim (a bridge with the device connected)."""
         self.namespace = BufferStore.namespace()
 
     def prepare(self, recordings: list[Recording]) -> None:
@@ -671,9 +676,10 @@ class Replayer:
                         exhausted = not _pull(source, ahead)
                         continue  # time has passed: look again
                     if delay > 0:
-                        if stop.wait(min(delay, LONGEST_WAIT)):
+                        if stop.wait(min(delay, LONGEST_WAIT, CLAIM_CHECK)):
                             return
-                        if delay > LONGEST_WAIT:
+                        self.yield_claimed()
+                        if delay > CLAIM_CHECK:
                             continue  # waited a part: look again
                     ahead.popleft()
                     self.apply(state)
@@ -713,6 +719,8 @@ class Replayer:
                 buffer.stop_serving()
             self.applied += 1
             return
+        if state.key in self.serving and self._yield(state.key, buffer):
+            return
         if state.key not in self.serving:
             buffer.serve()
             self.serving.add(state.key)
@@ -724,6 +732,36 @@ class Replayer:
                 logger.warning("%s:%#x: a recorded state could not be stored: %s", *state.key, exc)
             return
         self.applied += 1
+
+    def yield_claimed(self) -> None:
+        """Give up every served buffer that someone claimed (see :meth:`_yield`)."""
+        for key in list(self.serving):
+            self._yield(key, self.buffers[key])
+
+    def _yield(self, key: tuple[str, int], buffer: Buffer) -> bool:
+        """Give a claimed buffer up for good, logged: True if it was claimed.
+
+        A bridge that sees the buffer's device connected claims it
+        (:meth:`Buffer.claim`): the real device wins over the recording. The
+        replay stops serving it, plays nothing more into it and leaves the
+        segment in place at the end (the bridge serves it now).
+        """
+        claimant = buffer.claimed
+        if claimant is None:
+            return False
+        with contextlib.suppress(DeviceBufferError):
+            buffer.stop_serving()
+        self.serving.discard(key)
+        del self.buffers[key]
+        if buffer.name in self.created:
+            self.created.remove(buffer.name)
+        self.yielded += 1
+        logger.warning(
+            "%s:%#x: claimed by process %d (a bridge with the device connected?): no longer replayed",
+            *key,
+            claimant,
+        )
+        return True
 
     def _store(self, buffer: Buffer, values: Mapping[str, Any]) -> None:
         if isinstance(buffer, DeviceBuffer):
@@ -767,7 +805,8 @@ class Replayer:
             "skipped": self.skipped,
             "repeated": self.repeated,
             "passes": self.passes,
-            "buffers": len(self.buffers),
+            "buffers": len(self.buffers) + self.yielded,
+            "yielded": self.yielded,
             "timing_error_ms": {
                 "p50": ms(percentile(self.errors, 0.5)),
                 "p99": ms(percentile(self.errors, 0.99)),
@@ -793,6 +832,10 @@ RUNTIME_BUFFER_NAMESPACE. Several files (a recording split
 with --split-size or --split-time) play one after the other. Recorded writes
 are not replayed. At the end (or Ctrl-C) the buffers turn invalid and the
 segments the replay made are removed.
+
+A bridge started in the replay's namespace that sees a replayed device
+connected claims its buffer: the replay gives that buffer up (one line), the
+bridge serves it with the live device, and it is left in place at the end.
 
 A file whose recorder was killed plays up to where it ends. A recording made
 with another catalog is refused: the device types it uses must be described
