@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import e2e
 import pytest
-from e2e import SERVO, Children, children_fixture, make_uid, open_buffer, wait_for
+from e2e import SERVO, Children, children_fixture, make_uid, open_buffer, sub_res, wait_for
 from test_hostile_records import T0, hostile_recording
 
 from runtime.buffer import BufferStore, DeviceBufferError
+from runtime.messaging import MessageType
 from runtime.testing import FakeDevice, dev_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -39,6 +42,23 @@ def _served_by(store: BufferStore, uid: int, pid: int) -> bool:
     return buffer.producer_pid == pid and buffer.valid
 
 
+def _answer_pings_until(device: FakeDevice, done: Callable[[], bool], timeout: float = 20.0) -> int:
+    """Answer each of the bridge's PINGs with the device's SUB_RES (its other messages kept) until
+    ``done()``; how many were answered. The bridge drops the port after each refused attempt and opens
+    it again, so a late PING of one attempt may be answered in vain: the next one is answered too."""
+    assert device.uid is not None
+    deadline = time.monotonic() + timeout
+    answered = 0
+    while not done():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s ({answered} PINGs answered)"
+        device.receive(0.05)
+        if any(message.type == MessageType.PING for message in device.inbox):
+            device.inbox[:] = [message for message in device.inbox if message.type != MessageType.PING]
+            device.send(sub_res(device.uid))
+            answered += 1
+    return answered
+
+
 def test_a_bridge_claims_a_replayed_buffer_of_its_connected_device(
     children: Children, store: BufferStore, namespace: str, tmp_path: Path
 ) -> None:
@@ -52,10 +72,8 @@ def test_a_bridge_claims_a_replayed_buffer_of_its_connected_device(
     device = FakeDevice(uid)
     try:
         bridge = children.start("runtime.tools.bridge", "--port", device.path)
-        device.introduce(timeout=10)  # refused: the replay serves it; the bridge claims it
-        wait_for("the replay to give the buffer up", lambda: "no longer replayed" in children.log(replay))
-        device.introduce(timeout=10)  # the bridge tries again and serves it
-        wait_for("the bridge to serve it", lambda: servo.producer_pid == bridge.pid and servo.valid)
+        # Refused at first (the replay serves it): the bridge claims it, tries again and serves it.
+        _answer_pings_until(device, lambda: servo.producer_pid == bridge.pid and servo.valid)
         device.accept_subscription(timeout=5)
         device.send(dev_data(SERVO, servo0=-0.75))
         wait_for("the device's live value", lambda: servo.get("servo0") == -0.75, every=0.005)
@@ -88,7 +106,7 @@ with BufferStore(load()) as store:
 
 
 def test_a_producer_that_ignores_claims_keeps_the_buffer_and_the_claim_is_logged_once(
-    children: Children, store: BufferStore, tmp_path: Path
+    children: Children, store: BufferStore
 ) -> None:
     uid = make_uid(SERVO)
     producer = subprocess.Popen(
@@ -99,9 +117,12 @@ def test_a_producer_that_ignores_claims_keeps_the_buffer_and_the_claim_is_logged
         assert producer.stdout is not None and producer.stdout.readline() == b"serving\n"
         servo = open_buffer(store, uid)
         bridge = children.start("runtime.tools.bridge", "--port", device.path)
-        for _ in range(3):  # the first attempt, and two more (after the short and a full retry delay)
-            device.introduce(timeout=10)
-        wait_for("the claim", lambda: servo.claimed == bridge.pid)
+
+        def tried_thrice() -> bool:  # refused and claimed twice (the second after the short delay)
+            return children.log(bridge).count("opened; waiting for a Smart Device") >= 3
+
+        _answer_pings_until(device, tried_thrice)
+        assert servo.claimed == bridge.pid
         assert servo.producer_pid == producer.pid and servo.valid
         log = children.log(bridge)
         assert sum("claiming its buffer" in line for line in log.splitlines()) == 1, log
@@ -112,7 +133,8 @@ def test_a_producer_that_ignores_claims_keeps_the_buffer_and_the_claim_is_logged
         assert producer.stdin is not None
         producer.stdin.close()
         producer.wait(10)
-        producer.stdout.close() if producer.stdout else None
+        if producer.stdout is not None:
+            producer.stdout.close()
 
 
 def test_claimed_names_a_live_claimant_that_does_not_serve(store: BufferStore) -> None:
