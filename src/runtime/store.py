@@ -53,6 +53,7 @@ __all__ = [
     "BufferKey",
     "BufferStore",
     "check_namespace",
+    "mapped_elsewhere",
     "namespaces",
     "robot_enabled",
 ]
@@ -512,21 +513,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
                 candidates.append((type_name, uid, name, header.producer_pid, os.stat(path).st_ino))
         if not candidates:
             return []
-        mapped: set[int] = set()  # inodes of /dev/shm files that another process maps
-        prefix = SHM_DIR.rstrip("/") + "/"
-        own = str(os.getpid())
-        with contextlib.suppress(OSError):
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit() or entry == own:
-                    continue
-                try:
-                    with open(f"/proc/{entry}/maps", encoding="utf-8", errors="replace") as file:
-                        for line in file:
-                            fields = line.split(None, 5)
-                            if len(fields) == 6 and fields[5].startswith(prefix):
-                                mapped.add(int(fields[4]))
-                except (OSError, ValueError):  # gone meanwhile, or not ours to read
-                    continue
+        mapped = mapped_elsewhere({inode for *_, inode in candidates})
         return [
             (type_name, uid, name, pid)
             for type_name, uid, name, pid, inode in candidates
@@ -600,6 +587,31 @@ def robot_enabled(namespace: str | None = None) -> bool:
         raise
     with state:
         return not state.get("disabled")
+
+
+def mapped_elsewhere(inodes: set[int]) -> set[int]:
+    """Which of these ``/dev/shm`` inodes another process of this user maps (its ``/proc/PID/maps``).
+
+    What tells a segment nobody uses from one a process still reads: ``buffers
+    clean`` and the bridge's release of an unplugged device ask it before they
+    unlink. Processes of other users are not readable, so not counted.
+    """
+    found: set[int] = set()
+    prefix = SHM_DIR.rstrip("/") + "/"
+    own = str(os.getpid())
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or entry == own:
+                continue
+            try:
+                with open(f"/proc/{entry}/maps", encoding="utf-8", errors="replace") as file:
+                    for line in file:
+                        fields = line.split(None, 5)
+                        if len(fields) == 6 and fields[5].startswith(prefix) and int(fields[4]) in inodes:
+                            found.add(int(fields[4]))
+            except (OSError, ValueError):  # gone meanwhile, or not ours to read
+                continue
+    return found
 
 
 def _known(word: str, names: Iterable[str]) -> str:

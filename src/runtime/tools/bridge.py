@@ -105,6 +105,7 @@ from ..exception import RuntimeBaseException
 from ..jsonio import jsonable, write_json_atomically
 from ..link import FramePump, PumpCounters, PumpEvent
 from ..messaging import DELIM, ErrorCode, Message, MessageError, MessageType
+from ..store import mapped_elsewhere
 from ._common import add_catalog_option, configure_logging, stop_on_signals
 
 __all__ = [
@@ -316,26 +317,6 @@ Identity = tuple[int, int]
 def _lock_busy(exc: DeviceBufferError) -> bool:
     """Whether a buffer operation failed only because another process holds the lock."""
     return exc.context.get("errno") in (errno.EBUSY, errno.ETIMEDOUT)
-
-
-def _mapped_elsewhere(inodes: set[int]) -> set[int]:
-    """Which of these /dev/shm inodes another process of this user maps (as its /proc/PID/maps says)."""
-    found: set[int] = set()
-    prefix = SHM_DIR.rstrip("/") + "/"
-    own = str(os.getpid())
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or entry == own:
-                continue
-            try:
-                with open(f"/proc/{entry}/maps", encoding="utf-8", errors="replace") as file:
-                    for line in file:
-                        fields = line.split(None, 5)
-                        if len(fields) == 6 and fields[5].startswith(prefix) and int(fields[4]) in inodes:
-                            found.add(int(fields[4]))
-            except (OSError, ValueError):  # gone meanwhile, or not ours to read
-                continue
-    return found
 
 
 def _identity(path: str) -> Identity | None:
@@ -1278,7 +1259,7 @@ class Bridge:
         self._left_behind = {}
         if not candidates:
             return
-        mapped = _mapped_elsewhere(set(candidates.values()))
+        mapped = mapped_elsewhere(set(candidates.values()))
         for name, inode in candidates.items():
             try:
                 if os.stat(os.path.join(SHM_DIR, name)).st_ino != inode:
