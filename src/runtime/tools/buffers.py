@@ -32,6 +32,7 @@ Ctrl-C. The listings say whether the robot of the namespace is enabled
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -925,7 +926,11 @@ def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
 
 
 def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
-    with BufferStore(catalog) as store:
+    stop = threading.Event()
+    signals = contextlib.ExitStack()
+    if args.hold:  # from before the write: a signal then ends the command cleanly, never kills it
+        signals.enter_context(stop_on_signals(stop))
+    with signals, BufferStore(catalog) as store:
         type_name, uid = parse_key(args.key, store)
         texts = parse_assignments(args.assignments)
         buffer_type = store.catalog[type_name]
@@ -999,7 +1004,7 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
                 file=sys.stderr if args.json else sys.stdout,
                 flush=True,
             )
-            return _hold(store, buffer, key, commands, back, json_output=args.json)
+            return _hold(buffer, key, commands, back, stop, json_output=args.json)
         if args.hold:
             print(
                 f"{PROG} buffers: note: --hold: nothing to hold (no parameter written is a command)",
@@ -1032,42 +1037,41 @@ def _back_to(names: Sequence[str], safe: Mapping[str, Any]) -> str:
 
 
 def _hold(
-    store: BufferStore,
     buffer: Buffer,
     key: str,
     commands: Sequence[str],
     back: str,
+    stop: threading.Event,
     *,
     json_output: bool = False,
 ) -> int:
-    """Keep this process, and so its commands, alive until SIGINT/SIGTERM; then end them.
+    """Keep this process, and so its commands, alive until ``stop`` (SIGINT/SIGTERM); then end them.
 
     Returns 0 when stopped by a signal. Raises :class:`CommandError` (status 1)
     when the commands end otherwise: the device's buffer turns invalid, the
     robot is disabled, or other processes take every command over.
     """
-    stop = threading.Event()
     me = os.getpid()
     names = ", ".join(commands)
-    with stop_on_signals(stop):
-        while not stop.wait(HOLD_CHECK_INTERVAL):
-            if not buffer.valid:
-                raise CommandError(
-                    f"{key} is not connected any more (its buffer turned invalid): {names} no longer held"
-                )
-            if buffer.disabled:
-                raise CommandError(
-                    f"the robot was disabled (namespace {BufferStore.namespace()!r}): {names} ended "
-                    f"({back}); 'runtime enable' enables it again"
-                )
-            try:
-                commanders = buffer.commanders()
-            except DeviceBufferError:  # the lock busy a long time, or invalid meanwhile: look again
-                continue
-            if not any(commanders.get(name) == me for name in commands):
-                others = sorted({f"pid {commanders[name]}" for name in commands if name in commanders})
-                how = f"taken over by {', '.join(others)}" if others else "ended by the bridge"
-                raise CommandError(f"{names} on {key}: no longer this command's ({how})")
+    # (the signals are taken since before the write: see _write_main)
+    while not stop.wait(HOLD_CHECK_INTERVAL):
+        if not buffer.valid:
+            raise CommandError(
+                f"{key} is not connected any more (its buffer turned invalid): {names} no longer held"
+            )
+        if buffer.disabled:
+            raise CommandError(
+                f"the robot was disabled (namespace {BufferStore.namespace()!r}): {names} ended "
+                f"({back}); 'runtime enable' enables it again"
+            )
+        try:
+            commanders = buffer.commanders()
+        except DeviceBufferError:  # the lock busy a long time, or invalid meanwhile: look again
+            continue
+        if not any(commanders.get(name) == me for name in commands):
+            others = sorted({f"pid {commanders[name]}" for name in commands if name in commanders})
+            how = f"taken over by {', '.join(others)}" if others else "ended by the bridge"
+            raise CommandError(f"{names} on {key}: no longer this command's ({how})")
     try:
         ended = buffer.end_commands(commands)
     except DeviceBufferError as exc:
