@@ -272,6 +272,8 @@ def _how(argv: list[str]) -> str:
         return "interrupt"
     if args.command == "run":
         return "interrupt"
+    if args.command == "mode" and args.namespace:
+        return "parse: it would leave a field buffer in another namespace than the test's"
     if args.command == "drive":
         return "parse: it needs a robot's runtime zenoh (tests/test_drive.py runs it)"
     return "run"
