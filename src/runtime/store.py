@@ -54,6 +54,7 @@ __all__ = [
     "BufferStore",
     "check_namespace",
     "mapped_elsewhere",
+    "namespace_segments",
     "namespaces",
     "robot_enabled",
 ]
@@ -420,18 +421,8 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         devices and symlinks are never opened. A segment that cannot be
         removed is skipped with a warning on the ``runtime.buffer`` logger.
         """
-        namespace = self.namespace()
         removed: list[str] = []
-        try:
-            entries = sorted(os.listdir(SHM_DIR))
-        except FileNotFoundError:
-            return removed
-        for entry in entries:
-            if not entry.startswith(namespace + "-"):
-                continue
-            header = _read_header(os.path.join(SHM_DIR, entry))
-            if header is None or header.namespace_length != len(namespace):
-                continue
+        for entry, _ in namespace_segments(self.namespace()):
             try:
                 _core.shm_unlink("/" + entry)
             except FileNotFoundError:
@@ -647,6 +638,28 @@ class BufferInfo:
         if self.last_update is None:
             return None
         return (time.time() if now is None else now) - self.last_update
+
+
+def namespace_segments(namespace: str) -> list[tuple[str, int]]:
+    """The segments of this library made in exactly ``namespace``: ``(name, last producer pid)``, sorted.
+
+    Whatever their catalog: a segment counts when its header carries this
+    library's magic and records this namespace (``rt`` is not ``rt-demo-1``).
+    The pid is 0 for a segment never served. FIFOs, devices and symlinks are
+    never opened.
+    """
+    found: list[tuple[str, int]] = []
+    try:
+        entries = sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        if not entry.startswith(namespace + "-"):
+            continue
+        header = _read_header(os.path.join(SHM_DIR, entry))
+        if header is not None and header.namespace_length == len(namespace):
+            found.append((entry, header.producer_pid))
+    return found
 
 
 def namespaces() -> list[str]:

@@ -42,10 +42,10 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter, _read_header
+from ..buffer import Buffer, DeviceBuffer, DeviceBufferError, Parameter
 from ..jsonio import jsonable
 from ..messaging import MAX_PAYLOAD, Message
-from ..store import BufferStore
+from ..store import BufferStore, namespace_segments
 from ._common import CommandError, add_catalog_option, bounded, load_catalog, print_json, stop_on_signals
 from .record import METADATA_NAME, RECORDING_FORMAT, parse_topic
 
@@ -533,16 +533,7 @@ def live_producers(catalog: Mapping[str, type[Buffer]], namespace: str) -> dict[
     store = BufferStore(dict(catalog))
     known = {name: type_name for type_name, _, name in store.find_segments(namespace)}
     found: dict[int, list[str]] = {}
-    try:
-        entries = sorted(os.listdir(SHM_DIR))
-    except FileNotFoundError:
-        return found
-    for entry in entries:
-        if not entry.startswith(namespace + "-"):
-            continue
-        header = _read_header(os.path.join(SHM_DIR, entry))
-        if header is None or header.namespace_length != len(namespace):
-            continue  # not a segment of this library, or of a longer namespace ("rt" is not "rt-demo")
+    for entry, last_producer in namespace_segments(namespace):
         pid: int | None = None
         try:
             if entry not in known:
@@ -550,7 +541,7 @@ def live_producers(catalog: Mapping[str, type[Buffer]], namespace: str) -> dict[
             with catalog[known[entry]].attach(entry, create=False) as buffer:
                 pid = buffer.producer_pid
         except DeviceBufferError:
-            pid = header.producer_pid if _running(header.producer_pid) else None
+            pid = last_producer if _running(last_producer) else None
         if pid:
             found.setdefault(pid, []).append(entry)
     return found
