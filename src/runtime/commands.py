@@ -33,17 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
 import os
 import select
+import signal
 from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from . import _core
 from .buffer import Buffer, DeviceBufferError
 
-__all__ = ["ClientCommands", "Commander", "CommanderWatch", "my_commander", "start_time"]
+__all__ = ["ClientCommands", "Commander", "CommanderWatch", "die_with_parent", "my_commander", "start_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,25 @@ Commander = tuple[int, int]
 
 FALLBACK_INTERVAL = 0.05
 """Seconds between looks at each commander where the kernel has no pidfd (before Linux 5.3)."""
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: a child after fork must not load
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """In a child, before it runs: get ``signum`` when its parent dies, even by SIGKILL (Linux).
+
+    So that a child a supervisor started (a demo's bridge, a runner's student
+    code) never outlives it, and never keeps commanding. ``parent`` is the
+    supervisor's pid, taken before the fork: if it died before this call, the
+    signal comes at once. Safe in ``preexec_fn``. The signal comes when the
+    *thread* that started the child ends: start children from a thread that
+    outlives them.
+    """
+    _prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the line above: nobody would signal us
+        os.kill(os.getpid(), signum)
 
 
 def my_commander() -> Commander:

@@ -53,6 +53,7 @@ from types import CodeType
 from typing import Any, NoReturn, TextIO
 
 from .buffer import Buffer, DeviceBufferError
+from .commands import die_with_parent
 from .exception import RuntimeBaseException
 from .notify import wait_any
 from .store import BufferStore
@@ -91,7 +92,6 @@ RUNNING_LOOK_INTERVAL = 0.02
 STUDENT_ERROR_EXIT = 3
 """The child's exit status when student code raised (its traceback is printed)."""
 _STATUS = struct.Struct("=dQQ")  # call started (monotonic, 0: not in a call), main calls, overruns
-_PR_SET_PDEATHSIG = 1
 _PR_SET_TIMERSLACK = 29
 
 
@@ -474,27 +474,22 @@ def _mtime(path: str) -> float | None:
         return None
 
 
-def _die_with(parent: int) -> None:
-    """SIGKILL this process when the runner dies (even by SIGKILL), so no student code outlives it.
+def _student_process(parent: int) -> None:
+    """Set up the student's process: SIGKILL when the runner dies, so no student code outlives it.
 
     And sleep to the microsecond: the main loop's sleeps end on time, not up
     to the kernel's default 50 µs of timer slack later.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        libc.prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
+    die_with_parent(parent, signal.SIGKILL)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)
 
 
 def _run_mode(runner: Runner, mode: str, status: _Status, output: int, parent: int) -> NoReturn:
     """The child: run the student file in ``mode`` until killed; exit on an error in it."""
     exit_status = 1
     try:
-        _die_with(parent)
+        _student_process(parent)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         os.dup2(output, 1)

@@ -28,7 +28,6 @@ for one test.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import json
@@ -48,6 +47,7 @@ from typing import IO, Any, TypeVar
 
 from .. import catalog as catalog_module
 from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..commands import die_with_parent
 from .device import random_uid
 from .faults import FaultRates
 
@@ -84,23 +84,6 @@ class EmulatedDevice:
     def spec(self) -> str:
         """``TYPE:UID``, as ``runtime emulate`` takes it."""
         return f"{self.type_name}:{self.uid:#x}"
-
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the child, before it runs: get SIGTERM when the parent dies, even by SIGKILL (Linux).
-
-    So a test runner killed outright leaves no emulator or bridge running on
-    (their segments stay, for lack of anyone to unlink them). The signal comes
-    when the thread that started the child ends: start robots from a thread
-    that outlives them (pytest's main thread does).
-    """
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # it died before the line above: nobody would stop us
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _kill(process: subprocess.Popen[bytes], signum: int, timeout: float) -> int:
@@ -278,7 +261,7 @@ class EmulatedRobot:
                 stderr=log,
                 env=self.env,
                 cwd=self.directory,
-                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),  # no robot outlives its test
             )
 
     def _check_alive(self) -> None:

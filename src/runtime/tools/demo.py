@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import json
@@ -54,6 +53,7 @@ from types import FrameType
 from typing import IO, Any
 
 from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..commands import die_with_parent
 from ..jsonio import jsonable
 from ._common import (
     LONGEST_SECONDS,
@@ -165,21 +165,6 @@ def robot_names(devices: list[DemoDevice]) -> dict[str, int]:
 # ---- the demo -----------------------------------------------------------------------------------
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _stop_with_parent(parent: int, prctl: Any) -> None:
-    """In a child, before it runs: SIGTERM when the demo dies, even by SIGKILL (Linux).
-
-    The demo stops its children in order whenever it can; this covers the one
-    death it cannot act on, so that no emulator or bridge outlives it (their
-    segments stay then, with nobody left to unlink them).
-    """
-    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # the demo died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 class Demo:
     """Start the children, show them working, stop them and clean up after them."""
 
@@ -204,7 +189,6 @@ class Demo:
         self.logs: dict[str, IO[str]] = {}
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.env = dict(os.environ, **{NAMESPACE_ENV: namespace, "PYTHONUNBUFFERED": "1"})
-        self._prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
         self.started = time.monotonic()
 
     # -- children --
@@ -220,7 +204,7 @@ class Demo:
                 stderr=log,
                 env=self.env,
                 text=True,
-                preexec_fn=functools.partial(_stop_with_parent, os.getpid(), self._prctl),
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),  # see the module's docstring
             )
             self.processes[name] = process
         return process
