@@ -27,10 +27,9 @@ import pytest
 from e2e import CATALOG, Children, children_fixture, wait_for
 from test_zenoh import Raw, connect, free_port, raw, raw_sessions, start_robot, start_zenoh
 
-from runtime import remote
+from runtime import driver, remote
 from runtime.buffer import Buffer, BufferStore, DeviceBufferError
 from runtime.student import FIELD_KEY, GAMEPAD_KEY, KEYBOARD_KEY, RUNNER_KEY
-from runtime.tools import drive as drive_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -437,7 +436,7 @@ def test_runtime_drive_on_a_terminal_sends_keys_and_restores_the_terminal(
         wait_for("left pressed", lambda: value(store, KEYBOARD_KEY, "left_arrow") is True, timeout=DEADLINE)
         # A terminal sees no release: the key counts as held a moment after its press only.
         wait_for("w released", lambda: value(store, KEYBOARD_KEY, "w") is False, timeout=DEADLINE)
-        assert time.monotonic() - pressed >= drive_tool.HOLD_FIRST / 2
+        assert time.monotonic() - pressed >= driver.HOLD_FIRST / 2
         os.write(master, b" ")  # space: idle
         wait_for("idle", lambda: value(store, FIELD_KEY, "mode") == 0, timeout=DEADLINE)
         os.write(master, b"\x14")
