@@ -39,11 +39,11 @@ from mcap.writer import Writer
 from test_record import one_error_line, read, tool
 
 import runtime
-from runtime import BufferStore
+from runtime import BufferStore, mcap
 from runtime.buffer import DeviceBuffer, DeviceBufferError
 from runtime.schema import buffer_schema, describe_catalog
 from runtime.testing import EmulatedRobot, emulated_robot
-from runtime.tools import record, replay
+from runtime.tools import replay
 from runtime.tools._common import CommandError
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,7 +75,7 @@ def hostile_recording(
         writer.add_metadata(
             "runtime",
             {
-                "format": record.RECORDING_FORMAT,
+                "format": mcap.RECORDING_FORMAT,
                 "namespace": "rt-elsewhere",
                 "started": "0",
                 "file_index": "1",
@@ -85,7 +85,7 @@ def hostile_recording(
         schema = writer.register_schema(
             f"runtime.{type_name}", "jsonschema", json.dumps(buffer_schema(CATALOG[type_name])).encode()
         )
-        channel = writer.register_channel(record.topic_of(type_name, uid), "json", schema)
+        channel = writer.register_channel(mcap.topic_of(type_name, uid), "json", schema)
         for stamp, message in [(T0, GOOD)] if states is None else states:
             data = message if isinstance(message, bytes) else json.dumps(message).encode()
             writer.add_message(channel, log_time=stamp, data=data, publish_time=stamp)
@@ -279,7 +279,7 @@ def test_open_regular_refuses_what_replaced_the_file_after_the_look(
 ) -> None:
     # Between the look (lstat) and the open, the path became a FIFO or a symlink: the open itself
     # neither blocks nor follows, and fstat refuses before anything is truncated.
-    monkeypatch.setattr(record, "not_a_regular_file", lambda path: None)
+    monkeypatch.setattr(mcap, "not_a_regular_file", lambda path: None)
     fifo = tmp_path / "fifo.mcap"
     os.mkfifo(fifo)
     link = tmp_path / "link.mcap"
@@ -288,22 +288,22 @@ def test_open_regular_refuses_what_replaced_the_file_after_the_look(
     link.symlink_to(target)
     for path in (fifo, link):
         with pytest.raises(OSError) as caught:
-            record.open_regular(str(path), overwrite=True)
+            mcap.open_regular(str(path), overwrite=True)
         assert not isinstance(caught.value, FileExistsError)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:  # with a reader, a FIFO opens: fstat refuses it
-        with pytest.raises(record.NotRegularFileError, match="FIFO"):
-            record.open_regular(str(fifo), overwrite=True)
+        with pytest.raises(mcap.NotRegularFileError, match="FIFO"):
+            mcap.open_regular(str(fifo), overwrite=True)
     finally:
         os.close(reader)
     assert target.read_text() == "keep me"
     regular = tmp_path / "old.mcap"
     regular.write_text("old")
-    fd = record.open_regular(str(regular), overwrite=True)
+    fd = mcap.open_regular(str(regular), overwrite=True)
     os.close(fd)
     assert regular.read_text() == ""  # truncated once known to be a regular file
     with pytest.raises(FileExistsError):
-        record.open_regular(str(regular))
+        mcap.open_regular(str(regular))
 
 
 # ---- replay: damaged recordings ---------------------------------------------------------------------

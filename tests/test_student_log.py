@@ -30,8 +30,8 @@ from mcap.reader import make_reader
 
 from runtime import BufferStore, load_catalog
 from runtime.buffer import Buffer
+from runtime.mcap import LOG_TOPIC, log_schema
 from runtime.student import RUNNER_KEY
-from runtime.tools.record import LOG_TOPIC, log_schema
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]  # real processes, a second or more each
 

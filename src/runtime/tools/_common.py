@@ -57,15 +57,19 @@ __all__ = [
     "configure_logging",
     "ctype_name",
     "devices_text",
+    "elsewhere",
+    "empty_namespace_line",
     "format_bounds",
     "format_value",
     "load_catalog",
     "log_level",
     "log_level_arguments",
     "make_console",
+    "other_namespaces",
     "param_table",
     "parse_uid",
     "print_json",
+    "say_if_empty",
     "suggest",
     "switch_robot",
 ]
@@ -509,3 +513,49 @@ def print_json(data: Any) -> None:
     import json
 
     print(json.dumps(data, indent=2, allow_nan=False))
+
+
+# ---- where the buffers are ------------------------------------------------------------------------
+
+
+def other_namespaces() -> list[str]:
+    """The namespaces other than the current one that have segments of this library in /dev/shm."""
+    from ..buffer import SHM_DIR
+    from ..store import ROBOT_STATE, BufferStore, namespaces
+
+    current = BufferStore.namespace()
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        entries = []
+
+    def has_buffers(namespace: str) -> bool:  # not only the robot's state ('runtime disable' made it)
+        state = f"{namespace}-{ROBOT_STATE}"
+        return any(entry.startswith(namespace + "-") and entry != state for entry in entries)
+
+    return [namespace for namespace in namespaces() if namespace != current and has_buffers(namespace)]
+
+
+def elsewhere() -> str:
+    """Where the buffers are, for a message that found none in the current namespace."""
+    from ..buffer import SHM_DIR
+
+    others = other_namespaces()
+    if not others:
+        return f"no other namespace has buffers in {SHM_DIR}"
+    return f"namespaces with buffers: {', '.join(others)} (choose one with --namespace NS)"
+
+
+def empty_namespace_line() -> str:
+    """The line that says that the current namespace has no buffers, and which namespaces do."""
+    from ..store import BufferStore
+
+    return f"no buffers in namespace {BufferStore.namespace()!r}; {elsewhere()}"
+
+
+def say_if_empty(catalog: dict[str, type[Buffer]], namespace: str, command: str, then: str) -> None:
+    """A line on stderr when the namespace has no buffers yet (and which namespaces have some)."""
+    from ..store import BufferStore
+
+    if not BufferStore(catalog).find_segments(namespace):
+        print(f"{PROG} {command}: {empty_namespace_line()}; {then}", file=sys.stderr, flush=True)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
-from ..store import ROBOT_STATE, BufferStore, namespaces
+from ..store import BufferStore
 from ._common import (
     PROG,
     UID_FORMS,
@@ -57,6 +57,8 @@ from ._common import (
     add_namespace_option,
     bounded,
     ctype_name,
+    elsewhere,
+    empty_namespace_line,
     format_value,
     load_catalog,
     make_console,
@@ -76,13 +78,10 @@ __all__ = [
     "EPILOG",
     "BufferReport",
     "add_arguments",
-    "elsewhere",
-    "empty_namespace_line",
     "inspect_buffer",
     "list_table",
     "main",
     "namespace_view",
-    "other_namespaces",
     "parse_assignments",
     "parse_key",
     "parse_value",
@@ -289,34 +288,6 @@ def scan(store: BufferStore, *, details: bool = False) -> list[BufferReport]:
     return [
         inspect_buffer(store, type_name, uid, details=details) for type_name, uid, _ in store.find_segments()
     ]
-
-
-def other_namespaces() -> list[str]:
-    """The namespaces other than the current one that have segments of this library in /dev/shm."""
-    current = BufferStore.namespace()
-    try:
-        entries = os.listdir(SHM_DIR)
-    except FileNotFoundError:
-        entries = []
-
-    def has_buffers(namespace: str) -> bool:  # not only the robot's state ('runtime disable' made it)
-        state = f"{namespace}-{ROBOT_STATE}"
-        return any(entry.startswith(namespace + "-") and entry != state for entry in entries)
-
-    return [namespace for namespace in namespaces() if namespace != current and has_buffers(namespace)]
-
-
-def elsewhere() -> str:
-    """Where the buffers are, for a message that found none in the current namespace."""
-    others = other_namespaces()
-    if not others:
-        return f"no other namespace has buffers in {SHM_DIR}"
-    return f"namespaces with buffers: {', '.join(others)} (choose one with --namespace NS)"
-
-
-def empty_namespace_line() -> str:
-    """The line that says that the current namespace has no buffers, and which namespaces do."""
-    return f"no buffers in namespace {BufferStore.namespace()!r}; {elsewhere()}"
 
 
 def robot_enabled_or_unknown(store: BufferStore) -> bool | None:

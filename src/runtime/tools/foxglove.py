@@ -32,7 +32,7 @@ of the namespace:
 * **what student code prints**: while ``runtime run`` serves its buffer
   (type ``runner``), topic ``/log`` has one ``foxglove.Log`` message per line
   printed (JSON; Foxglove's Log panel shows them; see
-  :class:`runtime.tools.record.StudentLog`). The lines are read only while
+  :class:`runtime.mcap.StudentLog`). The lines are read only while
   someone subscribes: the first subscriber (none before it) gets first the
   lines the buffer still holds, then each line as it is printed (as do
   those who join it). Lines printed faster than read
@@ -73,9 +73,9 @@ with any is followed: when its last one goes, it went away. A client with
 none (the Parameters panel alone) cannot be followed by itself: its commands
 end as soon as no connection to the server is left unaccounted for (each
 followed client has one; the connections are counted in ``/proc``, at most
-:data:`~runtime.tools.record.DISCOVER_INTERVAL` later).
+:data:`~runtime.watch.DISCOVER_INTERVAL` later).
 
-Changes are watched by :class:`runtime.tools.record.BufferWatcher` (a thread
+Changes are watched by :class:`runtime.watch.BufferWatcher` (a thread
 per 63 buffers asleep in :func:`runtime.notify.wait_any`; ``/dev/shm`` listed
 twice a second for buffers that come and go). Nothing is read for a topic
 nobody subscribes to.
@@ -106,26 +106,20 @@ from ..buffer import Buffer, DeviceBufferError, Parameter
 from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
+from ..mcap import LOG_TOPIC, StudentLog, log_schema, topic_of
 from ..remote import RefusalLimiter, load_payload, quote
 from ..store import BufferStore, robot_enabled
 from ..student import RUNNER_KEY
+from ..values import encode_json, read_state
+from ..watch import BufferWatcher, Watched
 from ._common import (
     CommandError,
     add_catalog_option,
     add_namespace_option,
     bounded,
     load_catalog,
-    stop_on_signals,
-)
-from .record import (
-    LOG_TOPIC,
-    BufferWatcher,
-    StudentLog,
-    Watched,
-    log_schema,
-    read_state,
     say_if_empty,
-    topic_of,
+    stop_on_signals,
 )
 
 if TYPE_CHECKING:
@@ -552,7 +546,7 @@ class LiveView:
         """A client's subscriptions and advertised channels: while it has any, it is connected."""
         self._clients_seen: set[int] = set()
         self._log: foxglove.Channel | None = None
-        """The channel of what student code prints (:data:`~runtime.tools.record.LOG_TOPIC`), while the
+        """The channel of what student code prints (:data:`~runtime.mcap.LOG_TOPIC`), while the
         runner's buffer is served."""
         self._log_reader = StudentLog()
         """Its lines read so far (a new one for a first subscriber)."""
@@ -696,7 +690,7 @@ class LiveView:
 
     def _wanted(self, watched: Watched) -> bool:
         """Whether anyone looks at a buffer: a subscriber to its topic, or to one of its parameters
-        (or, the runner's, to :data:`~runtime.tools.record.LOG_TOPIC`)."""
+        (or, the runner's, to :data:`~runtime.mcap.LOG_TOPIC`)."""
         return watched.data is not None and (
             watched.data.has_sinks()
             or bool(self._subscribed_params(watched.topic))
@@ -723,7 +717,7 @@ class LiveView:
         state = read_state(watched.buffer, watched.stamp)
         watched.stamp = state.time
         if sinks:
-            channel.log(_ENCODE(state.message()).encode(), log_time=int(state.time * 1e9))
+            channel.log(encode_json(state.message()), log_time=int(state.time * 1e9))
             self.published += 1
         if subscribed and state.values is not None:
             self._publish_params(watched, state.values, subscribed)
@@ -731,7 +725,7 @@ class LiveView:
             self._publish_log(state.values, state.time)
 
     def log_subscribed(self, client: int, channel: int, subscribed: bool) -> None:
-        """A client subscribed to :data:`~runtime.tools.record.LOG_TOPIC` (``subscribed`` False: it ended).
+        """A client subscribed to :data:`~runtime.mcap.LOG_TOPIC` (``subscribed`` False: it ended).
 
         A first subscriber (none before on that channel) starts afresh: with the
         lines the runner's buffer holds, not with those printed since the last
@@ -751,7 +745,7 @@ class LiveView:
         if log is None:
             return
         for message in self._log_reader.messages(values, stamp):
-            log.log(_ENCODE(message).encode(), log_time=max(0, int(stamp * 1e9)))
+            log.log(encode_json(message), log_time=max(0, int(stamp * 1e9)))
             self.published += 1
 
     def _validity_status(self, watched: Watched, valid: bool) -> None:

@@ -44,10 +44,10 @@ from typing import Any
 
 from ..buffer import Buffer, DeviceBuffer, DeviceBufferError, Parameter
 from ..jsonio import jsonable
+from ..mcap import METADATA_NAME, RECORDING_FORMAT, parse_topic
 from ..messaging import MAX_PAYLOAD, Message
 from ..store import BufferStore, namespace_segments
 from ._common import CommandError, add_catalog_option, bounded, load_catalog, print_json, stop_on_signals
-from .record import METADATA_NAME, RECORDING_FORMAT, parse_topic
 
 __all__ = [
     "DESCRIPTION",
