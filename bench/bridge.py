@@ -67,8 +67,9 @@ import notify  # bench/notify.py: its write-to-device measurement and latency pe
 from notify import percentiles
 
 from runtime import catalog as catalog_module
-from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
+from runtime.buffer import DeviceBuffer, DeviceBufferError, DeviceUID
 from runtime.messaging import DELIM, FrameSplitter, Message, MessageError, MessageType
+from runtime.store import BufferStore
 from runtime.testing.pty import dev_data, sub_res
 
 TYPE_NAME = "bench-bridge-sensor"

@@ -27,8 +27,9 @@ import tty
 from typing import Any
 
 from runtime import catalog
-from runtime.buffer import Buffer, BufferStore, DeviceUID, Parameter
+from runtime.buffer import Buffer, DeviceUID, Parameter
 from runtime.messaging import FrameSplitter, Message, MessageType
+from runtime.store import BufferStore
 
 Ping = Buffer.make_type("bench-ping", [Parameter("n", ctypes.c_int64, 0)])
 

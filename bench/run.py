@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
-from runtime.buffer import Buffer, BufferStore, DeviceBuffer, Parameter
+from runtime.buffer import Buffer, DeviceBuffer, Parameter
 from runtime.messaging import Message, ParamLayout, make_dev_data
+from runtime.store import BufferStore
 from runtime.sync import Mutex
 
 Runner = Callable[[int], None]

@@ -30,8 +30,9 @@ from typing import Any
 from notify import percentiles
 
 from runtime import catalog
-from runtime.buffer import BufferStore, DeviceBuffer, DeviceUID
+from runtime.buffer import DeviceBuffer, DeviceUID
 from runtime.messaging import FrameSplitter, Message, MessageType
+from runtime.store import BufferStore
 
 DISABLE_DEVICES = 5
 """Servo motors on their own ptys in the disable benchmark."""

@@ -19,7 +19,7 @@ import sys
 import time
 
 from runtime import catalog
-from runtime.buffer import BufferStore
+from runtime.store import BufferStore
 
 
 def main() -> int:

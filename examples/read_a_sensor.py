@@ -13,7 +13,8 @@ import sys
 import time
 
 from runtime import catalog
-from runtime.buffer import BufferStore, DeviceBufferError
+from runtime.buffer import DeviceBufferError
+from runtime.store import BufferStore
 
 
 def main() -> int:

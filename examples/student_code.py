@@ -24,7 +24,8 @@ import math
 import time
 
 from runtime import catalog
-from runtime.buffer import Buffer, BufferStore, DeviceBufferError
+from runtime.buffer import Buffer, DeviceBufferError
+from runtime.store import BufferStore
 
 SPEED = 0.5
 """Duty cycle of the motors while no switch is pressed (-1.0 to 1.0)."""

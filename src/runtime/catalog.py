@@ -3,7 +3,7 @@
 The buffer library has no hardcoded knowledge of devices (see
 :mod:`runtime.buffer`): a catalog file maps each kebab-case type name to its
 Smart Device ``device_id`` (if any), optional timing intervals and its
-parameters, and :meth:`runtime.buffer.BufferStore.make_catalog` turns that into
+parameters, and :func:`make_catalog` turns that into
 buffer types. The default catalog ships inside the package
 (``runtime/catalog.yaml``).
 
@@ -38,17 +38,16 @@ import re
 import reprlib
 import stat
 from collections.abc import Hashable, Mapping
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import Any, TypeGuard
 
 import yaml
 
+from .buffer import Buffer, CatalogError, DeviceBuffer, Parameter, _integer_range
 from .exception import did_you_mean
-
-if TYPE_CHECKING:
-    from .buffer import Buffer, CatalogError
 
 __all__ = [
     "BASE_TYPES",
+    "CATALOG_KEYS",
     "DEVICE_KEYS",
     "MAX_CATALOG_NODES",
     "MAX_CATALOG_SIZE",
@@ -57,6 +56,7 @@ __all__ = [
     "PARAM_KEYS",
     "load",
     "load_raw",
+    "make_catalog",
     "validate",
 ]
 
@@ -141,9 +141,6 @@ class _Where:
 
     def error(self, problem: str, **extra: Any) -> CatalogError:
         """An error saying ``<source>, device type ..., parameter ...: <problem>``."""
-        # Imported lazily, so that runtime.buffer may use this module without an import cycle.
-        from .buffer import CatalogError
-
         context: dict[str, Any] = {"source": self.source}
         if self.device is not None:
             context["device"] = self.device
@@ -224,8 +221,6 @@ def _check_safe(where: _Where, entry: Mapping[Any, Any], smart: bool, bounds: tu
         raise where.error(f"safe must be a number for a {base} parameter, not {_show(value)}")
     if not math.isfinite(value):
         raise where.error(f"safe must be a finite number, not {_show(value)}")
-    from .buffer import _integer_range  # the one reading of a ctype's range
-
     lower, upper = bounds
     ctype: Any = getattr(ctypes, f"c_{base}")
     integers = None if ctype._type_ in "fdg" else _integer_range(ctype)
@@ -556,12 +551,95 @@ def load(path: str | os.PathLike[str] | None = None) -> dict[str, type[Buffer]]:
 
     Smart Devices become :class:`~runtime.buffer.DeviceBuffer` subclasses, the
     others plain :class:`~runtime.buffer.Buffer` subclasses, as
-    :meth:`~runtime.buffer.BufferStore.make_catalog` makes them.
+    :func:`make_catalog` makes them.
 
     Raises:
         DeviceBufferError: As :func:`load_raw`.
         ValueError: See :func:`validate`.
     """
-    from .buffer import BufferStore
+    return make_catalog(load_raw(path))
 
-    return BufferStore.make_catalog(load_raw(path))
+
+# ---- buffer types ------------------------------------------------------------------------------------
+
+CATALOG_KEYS = (
+    "device_id",
+    "sub_interval",
+    "write_interval",
+    "heartbeat_interval",
+    "command_timeout",
+    "params",
+)
+"""The keys a device type of :func:`make_catalog` may have."""
+
+
+def make_catalog(catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buffer]]:
+    """Generate buffer types from a raw catalog (as :func:`validate` returns it), keyed by type name.
+
+    The raw catalog maps each type name to::
+
+        {
+            "device_id": <int>,            # For Smart Devices only
+            "sub_interval": <float>,       # Optional
+            "write_interval": <float>,     # Optional
+            "heartbeat_interval": <float>, # Optional
+            "params": [                    # Keyword arguments of ``Parameter``
+                {"name": <str>, "type": <str>}
+            ]
+        }
+
+    Smart Devices (with a ``device_id``) become :class:`~runtime.buffer.DeviceBuffer`
+    subclasses, the others :class:`~runtime.buffer.Buffer` subclasses. The input
+    is not modified.
+
+    Raises:
+        CatalogError: A type or parameter is malformed (names them), has a key
+            not in :data:`CATALOG_KEYS`, or two types share a ``device_id``.
+        ValueError: A Smart Device has more than 16 parameters.
+    """
+    result: dict[str, type[Buffer]] = {}
+    device_ids: dict[int, str] = {}
+    for type_name, spec in catalog.items():
+        if not isinstance(spec, Mapping):
+            raise CatalogError("device type must be a mapping", device=type_name)
+        unknown = sorted(str(key) for key in spec if key not in CATALOG_KEYS)
+        if unknown:
+            raise CatalogError(
+                f"unknown key {unknown[0]!r}; a device type takes {', '.join(CATALOG_KEYS)}",
+                device=type_name,
+                key=unknown[0],
+            )
+        attrs = {key: value for key, value in spec.items() if key != "params"}
+        params = [_make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])]
+        base = DeviceBuffer if "device_id" in attrs else Buffer
+        buffer_type = base.make_type(type_name, params, **attrs)
+        if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id"):
+            other = device_ids.setdefault(buffer_type.device_id, type_name)
+            if other != type_name:
+                raise CatalogError(
+                    "two device types share a device_id",
+                    device_id=buffer_type.device_id,
+                    types=(other, type_name),
+                )
+        result[type_name] = buffer_type
+    return result
+
+
+def _make_param(type_name: str, index: int, raw: Any) -> Parameter:
+    if not isinstance(raw, Mapping):
+        raise CatalogError("parameter must be a mapping", device=type_name, index=index)
+    options = dict(raw)
+    name = options.pop("name", None)
+    if name is None:
+        raise CatalogError("parameter has no name", device=type_name, index=index)
+    if "type" not in options:
+        raise CatalogError("parameter has no type", device=type_name, param=name)
+    try:
+        ctype = Parameter.parse_ctype(options.pop("type"))
+    except CatalogError as exc:
+        raise CatalogError(exc.message, device=type_name, param=name, **exc.context) from None
+    param_id = options.pop("id", index)
+    try:
+        return Parameter(name, ctype, param_id, **options)
+    except TypeError as exc:
+        raise CatalogError(f"bad parameter options: {exc}", device=type_name, param=name) from None

@@ -27,7 +27,7 @@ import re
 import time
 import types
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 from . import _core
 from .buffer import (
@@ -43,6 +43,8 @@ from .buffer import (
     current_namespace,
     logger,
 )
+from .catalog import CATALOG_KEYS, make_catalog
+from .device import Device
 from .exception import closest, did_you_mean
 
 __all__ = [
@@ -58,9 +60,6 @@ __all__ = [
     "namespaces",
     "robot_enabled",
 ]
-
-if TYPE_CHECKING:
-    from .device import Device
 
 _HEX_UID = re.compile(r"[0-9a-f]+")
 _NAMESPACE_FORBIDDEN = frozenset("/*$?#\0")
@@ -101,15 +100,6 @@ def check_namespace(namespace: str) -> str:
 
 
 BufferKey = int | tuple[str, int]
-CATALOG_KEYS = (
-    "device_id",
-    "sub_interval",
-    "write_interval",
-    "heartbeat_interval",
-    "command_timeout",
-    "params",
-)
-"""The keys a device type of :meth:`BufferStore.make_catalog` may have."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -407,8 +397,6 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         Opens the buffer like :meth:`get_or_open` (creating it if needed: a
         Smart Device's stays invalid until the bridge serves it).
         """
-        from .device import Device
-
         buffer = self.get_or_open(key)
         return Device(buffer, self.normalize_key(key)[1])
 
@@ -513,47 +501,11 @@ class BufferStore(Mapping[BufferKey, Buffer]):
 
     @classmethod
     def make_catalog(cls, catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buffer]]:
-        """Generate buffer types from the raw peripheral specification.
+        """Generate buffer types from the raw peripheral specification: :func:`runtime.catalog.make_catalog`.
 
-        The raw peripheral specification maps each type name to::
-
-            {
-                "device_id": <int>,            # For Smart Devices only
-                "sub_interval": <float>,       # Optional
-                "write_interval": <float>,     # Optional
-                "heartbeat_interval": <float>, # Optional
-                "params": [                    # Keyword arguments of ``Parameter``
-                    {"name": <str>, "type": <str>}
-                ]
-            }
-
-        The input is not modified.
-
-        Raises:
-            DeviceBufferError: A type or parameter is malformed (names them),
-                or has a key not in :data:`CATALOG_KEYS`.
-            ValueError: A Smart Device has more than 16 parameters.
+        Kept here because the API contract names it ``BufferStore.make_catalog``.
         """
-        result: dict[str, type[Buffer]] = {}
-        for type_name, spec in catalog.items():
-            if not isinstance(spec, Mapping):
-                raise CatalogError("device type must be a mapping", device=type_name)
-            unknown = sorted(str(key) for key in spec if key not in CATALOG_KEYS)
-            if unknown:
-                raise CatalogError(
-                    f"unknown key {unknown[0]!r}; a device type takes {', '.join(CATALOG_KEYS)}",
-                    device=type_name,
-                    key=unknown[0],
-                )
-            attrs = {key: value for key, value in spec.items() if key != "params"}
-            params = [
-                _make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])
-            ]
-            base = DeviceBuffer if "device_id" in attrs else Buffer
-            result[type_name] = base.make_type(type_name, params, **attrs)
-        store = cls(result)
-        store.device_types  # noqa: B018 - refuse duplicate device ids now
-        return result
+        return make_catalog(catalog)
 
 
 ROBOT_STATE = "robot-state"
@@ -674,23 +626,3 @@ def namespaces() -> list[str]:
         if header is not None and 0 < header.namespace_length < len(entry):
             found.add(entry[: header.namespace_length])
     return sorted(found)
-
-
-def _make_param(type_name: str, index: int, raw: Any) -> Parameter:
-    if not isinstance(raw, Mapping):
-        raise CatalogError("parameter must be a mapping", device=type_name, index=index)
-    options = dict(raw)
-    name = options.pop("name", None)
-    if name is None:
-        raise CatalogError("parameter has no name", device=type_name, index=index)
-    if "type" not in options:
-        raise CatalogError("parameter has no type", device=type_name, param=name)
-    try:
-        ctype = Parameter.parse_ctype(options.pop("type"))
-    except CatalogError as exc:
-        raise CatalogError(exc.message, device=type_name, param=name, **exc.context) from None
-    param_id = options.pop("id", index)
-    try:
-        return Parameter(name, ctype, param_id, **options)
-    except TypeError as exc:
-        raise CatalogError(f"bad parameter options: {exc}", device=type_name, param=name) from None

@@ -125,9 +125,7 @@ def main(args: argparse.Namespace) -> int:
     source = path or "the packaged catalog"
     try:
         raw = catalog.load_raw(path)
-        from ..buffer import BufferStore
-
-        types = BufferStore.make_catalog(raw)
+        types = catalog.make_catalog(raw)
     except (RuntimeBaseException, ValueError) as exc:
         message = exc.message if isinstance(exc, RuntimeBaseException) else str(exc)
         if args.check and args.json:
