@@ -4,8 +4,6 @@ Tools that publish or record buffers (``runtime foxglove``, ``runtime record``)
 describe each buffer type from its catalog entry, so that a viewer knows every
 field, its type and its bounds without knowing the robot:
 
-* :func:`type_name_of` spells a parameter's ctypes type as the catalog does
-  (``float``, ``uint8``, ``char[16]``, ``int16[3]``);
 * :func:`value_schema` is the JSON Schema of one parameter's value;
 * :func:`buffer_schema` is the JSON Schema of a message carrying a buffer's
   state: ``{"valid": bool, "values": {param: value, ...}}`` (``values`` are the
@@ -45,7 +43,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .buffer import Buffer, DeviceBuffer, Parameter
+from .buffer import Buffer, DeviceBuffer, Parameter, _integer_range
+from .values import ARRAY, BOOL, CHAR, INTEGER, TEXT, kind_of, type_name
 
 __all__ = [
     "SCHEMA_PREFIX",
@@ -53,7 +52,6 @@ __all__ = [
     "catalog_differences",
     "describe_catalog",
     "describe_type",
-    "type_name_of",
     "value_schema",
     "write_schema",
 ]
@@ -61,30 +59,8 @@ __all__ = [
 SCHEMA_PREFIX = "runtime."
 """The start of every schema title (``runtime.yogi-bear``, ``runtime.yogi-bear.write``)."""
 
-_FLOAT_CODES = {"f": "float", "d": "double", "g": "longdouble", "?": "bool", "c": "char", "u": "wchar"}
-_INTEGER_CODES = "bBhHiIlLqQ"
 _NOT_COMPARED = frozenset({"safe"})
 """Parameter description keys that :func:`catalog_differences` ignores (safety policy, not data)."""
-
-
-def type_name_of(ctype: Any) -> str:
-    """The catalog spelling of a ctypes type.
-
-    >>> type_name_of(ctypes.c_uint8), type_name_of(ctypes.c_char * 4), type_name_of(ctypes.c_int16 * 2 * 3)
-    ('uint8', 'char[4]', 'int16[2][3]')
-    """
-    if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
-        lengths = []
-        while isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
-            lengths.append(ctype._length_)
-            ctype = ctype._type_
-        return type_name_of(ctype) + "".join(f"[{length}]" for length in reversed(lengths))
-    code = getattr(ctype, "_type_", "")
-    if code in _FLOAT_CODES:
-        return _FLOAT_CODES[code]
-    if isinstance(code, str) and code and code in _INTEGER_CODES:
-        return f"{'' if code.islower() else 'u'}int{ctypes.sizeof(ctype) * 8}"
-    return str(getattr(ctype, "__name__", ctype)).removeprefix("c_")
 
 
 def _bound(value: float) -> float | None:
@@ -92,14 +68,13 @@ def _bound(value: float) -> float | None:
 
 
 def _scalar_schema(ctype: Any, lower: float = -math.inf, upper: float = math.inf) -> dict[str, Any]:
-    code = getattr(ctype, "_type_", "")
-    if code == "?":
+    kind = kind_of(ctype)
+    if kind == BOOL:
         return {"type": "boolean"}
-    if code in ("c", "u"):
+    if kind == CHAR:
         return {"type": "string", "maxLength": 1}
-    if isinstance(code, str) and code and code in _INTEGER_CODES:
-        bits = ctypes.sizeof(ctype) * 8
-        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+    if kind == INTEGER:
+        low, high = _integer_range(ctype)
         if math.isfinite(lower):
             low = max(low, math.ceil(lower))
         if math.isfinite(upper):
@@ -116,10 +91,10 @@ def _scalar_schema(ctype: Any, lower: float = -math.inf, upper: float = math.inf
 
 
 def _array_schema(ctype: Any) -> dict[str, Any]:
-    element = ctype._type_
-    if getattr(element, "_type_", "") in ("c", "u") and not issubclass(element, ctypes.Array):
+    if kind_of(ctype) == TEXT:
         return {"type": "string", "maxLength": ctype._length_}  # character data is text
-    items = _array_schema(element) if issubclass(element, ctypes.Array) else _scalar_schema(element)
+    element = ctype._type_
+    items = _array_schema(element) if kind_of(element) in (TEXT, ARRAY) else _scalar_schema(element)
     return {"type": "array", "items": items, "minItems": ctype._length_, "maxItems": ctype._length_}
 
 
@@ -132,8 +107,7 @@ def _safe_value(param: Parameter) -> bool | int | float | None:
     safe = param.safe
     if safe is None or isinstance(safe, bool):
         return safe
-    code = getattr(param.platform_type, "_type_", "")
-    if isinstance(code, str) and code and code in _INTEGER_CODES:
+    if kind_of(param.platform_type) == INTEGER:
         return int(safe)
     return float(safe)
 
@@ -157,7 +131,7 @@ def value_schema(param: Parameter) -> dict[str, Any]:
         schema = _scalar_schema(ctype, param.lower, param.upper)
     access = "writeable" if param.writeable and param.readable else "write-only" if param.writeable else ""
     access = access or "read-only"
-    schema["description"] = f"{type_name_of(param.ctype)}, {access}"
+    schema["description"] = f"{type_name(param.ctype)}, {access}"
     safe = _safe_value(param)
     if safe is not None:
         schema["x-safe"] = safe
@@ -225,7 +199,7 @@ def _describe_param(param: Parameter) -> dict[str, Any]:
     described: dict[str, Any] = {
         "name": param.name,
         "id": param.id,
-        "type": type_name_of(param.ctype),
+        "type": type_name(param.ctype),
         "readable": bool(param.readable),
         "writeable": bool(param.writeable),
         "subscribed": bool(param.subscribed),

@@ -17,7 +17,6 @@ from ..jsonio import jsonable
 from ._common import (
     CommandError,
     add_catalog_option,
-    ctype_name,
     make_console,
     param_table,
     print_json,
@@ -86,6 +85,7 @@ def describe(raw: Mapping[str, Any], types: Mapping[str, type[Buffer]]) -> dict[
     (seconds), a parameter with a safe value ``safe``; the others have neither.
     """
     from ..buffer import DeviceBuffer
+    from ..values import type_name
 
     result: dict[str, Any] = {}
     for name, buffer_type in types.items():
@@ -102,7 +102,7 @@ def describe(raw: Mapping[str, Any], types: Mapping[str, type[Buffer]]) -> dict[
             described = {
                 "name": param.name,
                 "id": param.id,
-                "type": str(raw_types.get(param.name, ctype_name(param.ctype))).replace(" ", ""),
+                "type": str(raw_types.get(param.name, type_name(param.ctype))).replace(" ", ""),
                 "readable": param.readable,
                 "writeable": param.writeable,
                 "subscribed": param.subscribed,
