@@ -33,9 +33,10 @@ from typing import Any
 import pytest
 
 from runtime import catalog
+from runtime.bridge import manager as bridge
 from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceUID
 from runtime.messaging import DELIM, Message
-from runtime.tools import bridge, cli
+from runtime.tools import cli
 
 pytestmark = pytest.mark.timeout(60)
 

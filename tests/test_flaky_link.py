@@ -44,10 +44,10 @@ from e2e import (
     wait_for,
 )
 
+from runtime import bridge
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.messaging import DELIM, Message, MessageError, MessageType
 from runtime.testing import FaultInjector, FaultRates
-from runtime.tools import bridge
 
 pytestmark = pytest.mark.timeout(90)
 
