@@ -656,7 +656,7 @@ def test_the_real_bridge_reports_after_5_seconds(namespace: str, tmp_path: Path)
     lines = [line for line in err.splitlines() if REPORT in line]
     assert len(lines) == 1, err
     assert lines[0].endswith(
-        f"WARNING runtime.tools.bridge: bridge: no Smart Device connected for 5 s; "
+        f"WARNING runtime.bridge: bridge: no Smart Device connected for 5 s; "
         f"watching {pattern}: nothing matches {pattern}"
     )
 

@@ -51,9 +51,8 @@ __all__ = [
     "logger",
 ]
 
-logger = logging.getLogger("runtime.tools.bridge")
-"""The bridge's one logger, under the name its log lines have always carried (``runtime bridge --verbose``
-shows its DEBUG lines: every frame)."""
+logger = logging.getLogger("runtime.bridge")
+"""The bridge's one logger (``runtime bridge --verbose`` shows its DEBUG lines: every frame)."""
 
 T = TypeVar("T")
 
