@@ -55,6 +55,7 @@ from typing import IO, Any
 from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
 from ..commands import die_with_parent
 from ..jsonio import jsonable
+from ..report import inspect_buffer
 from ._common import (
     LONGEST_SECONDS,
     CommandError,
@@ -67,6 +68,7 @@ from ._common import (
     make_console,
     print_json,
 )
+from ._views import list_table
 
 __all__ = [
     "DEFAULT_DEVICES",
@@ -340,8 +342,6 @@ class Demo:
 
     def live_table(self) -> Any:
         """The table shown on a terminal: the buffers command's table, plus the bridge's counters."""
-        from .buffers import inspect_buffer, list_table
-
         stats = self._stats_by_uid(self.read_stats())
         elapsed = time.monotonic() - self.started
         limit = f" of {self.args.duration:g}" if self.args.duration else ""
