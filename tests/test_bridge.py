@@ -3,7 +3,7 @@
 End to end: the bridge and the emulator run as real processes on real
 pseudo-terminals, and the test watches the shared-memory buffers the bridge
 keeps (or plays the device itself on a pty it drives). Unit level: the
-emulator's protocol logic (:class:`runtime.tools.emulate.DeviceModel`) and the
+emulator's protocol logic (:class:`runtime.testing.DeviceModel`) and the
 bridge's helpers, without processes.
 
 Every wait is a poll loop with a deadline; every child is killed in a finally.
@@ -43,7 +43,7 @@ from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceU
 from runtime.jsonio import jsonable
 from runtime.link import FrameWriter
 from runtime.messaging import DELIM, ErrorCode, Message, MessageType
-from runtime.testing import dev_data
+from runtime.testing import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, dev_data
 from runtime.tools import emulate as emulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -356,15 +356,15 @@ def test_emulator_rejects_a_uid_of_another_type(children: Children) -> None:
 
 
 @pytest.fixture
-def servo_model() -> Iterator[emulator.DeviceModel]:
-    model = emulator.DeviceModel(SERVO, make_uid(SERVO), seed=1)
+def servo_model() -> Iterator[DeviceModel]:
+    model = DeviceModel(SERVO, make_uid(SERVO), seed=1)
     try:
         yield model
     finally:
         model.close()
 
 
-def test_model_answers_ping_and_subscribes(servo_model: emulator.DeviceModel) -> None:
+def test_model_answers_ping_and_subscribes(servo_model: DeviceModel) -> None:
     parts = DeviceUID.from_int(servo_model.uid)
     (answer,) = servo_model.handle(Message.make_ping(), now=0.0)
     assert answer.type == MessageType.SUB_RES
@@ -386,7 +386,7 @@ def test_model_answers_ping_and_subscribes(servo_model: emulator.DeviceModel) ->
 
 
 def test_model_reads_writes_heartbeats_and_disables() -> None:
-    model = emulator.DeviceModel(YOGI, make_uid(YOGI), seed=2)
+    model = DeviceModel(YOGI, make_uid(YOGI), seed=2)
     try:
         with YOGI.open("test-host", shared=False) as host:
             host.write("duty_cycle", 0.75)
@@ -405,15 +405,11 @@ def test_model_reads_writes_heartbeats_and_disables() -> None:
         model.poll(0.0)
         before = model.buffer.get("enc_pos")
         model.poll(0.5)
-        assert model.buffer.get("enc_pos") == pytest.approx(
-            before + 0.75 * emulator.MOTOR_TICKS_PER_SECOND * 0.5
-        )
+        assert model.buffer.get("enc_pos") == pytest.approx(before + 0.75 * MOTOR_TICKS_PER_SECOND * 0.5)
 
         (answer,) = model.handle(Message.make_hb_req(9), now=1.0)
         assert answer.type == MessageType.HB_RES and answer.read_hb_res() == 9
-        beats = [
-            m for m in model.poll(0.5 + emulator.HEARTBEAT_INTERVAL + 0.01) if m.type == MessageType.HB_REQ
-        ]
+        beats = [m for m in model.poll(0.5 + HEARTBEAT_INTERVAL + 0.01) if m.type == MessageType.HB_REQ]
         assert len(beats) == 1
 
         assert model.handle(Message.make_dev_disable(), now=2.0) == []
@@ -422,7 +418,7 @@ def test_model_reads_writes_heartbeats_and_disables() -> None:
         model.close()
 
 
-def test_model_answers_bad_input_with_errors(servo_model: emulator.DeviceModel) -> None:
+def test_model_answers_bad_input_with_errors(servo_model: DeviceModel) -> None:
     (answer,) = servo_model.receive(b"\x05\x01\x02", now=0.0)
     assert answer.read_error() == ErrorCode.UNEXPECTED_DELIMITER
     (answer,) = servo_model.handle(Message(MessageType.DEV_WRITE, b"\x01\x00\x00"), now=0.0)
@@ -438,7 +434,7 @@ def test_model_answers_bad_input_with_errors(servo_model: emulator.DeviceModel) 
 )
 def test_simulated_sensors_move(type_name: str) -> None:
     buffer_type: type[DeviceBuffer] = CATALOG[type_name]  # type: ignore[assignment]
-    model = emulator.DeviceModel(buffer_type, make_uid(buffer_type), seed=3)
+    model = DeviceModel(buffer_type, make_uid(buffer_type), seed=3)
     try:
         seen = [model.buffer.snapshot()]
         for step in range(1, 201):  # ten simulated seconds

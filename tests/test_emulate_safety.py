@@ -2,7 +2,7 @@
 
 The device model (:class:`runtime.testing.DeviceModel`) is driven directly with
 made-up ``now`` values: deterministic and fast, no sleeps. One test puts a model
-on a real pseudo-terminal (:class:`runtime.tools.emulate.PtyDevice`) and waits,
+on a real pseudo-terminal (:class:`runtime.testing.PtyDevice`) and waits,
 frame by frame, for the stop a quiet host causes.
 """
 
@@ -21,7 +21,7 @@ from runtime import catalog
 from runtime.buffer import DeviceBuffer, DeviceUID, Parameter
 from runtime.messaging import DELIM, FrameSplitter, Message, MessageType
 from runtime.testing.device import HOST_SILENCE_HEARTBEATS, DeviceModel
-from runtime.tools.emulate import PtyDevice
+from runtime.testing.emulator import PtyDevice
 
 pytestmark = pytest.mark.timeout(30)
 

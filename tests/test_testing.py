@@ -36,7 +36,7 @@ from runtime.testing import (
     random_uid,
     sub_res,
 )
-from runtime.tools import emulate
+from runtime.testing import emulator as emulate
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,9 +26,10 @@ import pytest
 
 from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, BufferStore
+from runtime.report import BufferReport
 from runtime.tools import _common, cli
 from runtime.tools import emulate as emulator
-from runtime.tools.buffers import BufferReport, list_table
+from runtime.tools._views import list_table
 
 YOGI_UID = 0xA0A0000000000C0FFEE
 

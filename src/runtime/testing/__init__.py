@@ -16,6 +16,9 @@ Three levels, from the whole robot down to single frames:
   emulated robot, its output lines at hand (:class:`StudentRun`).
 * :class:`DeviceModel`: the device side of the protocol without I/O (what
   ``runtime emulate`` runs), and :class:`FaultInjector` for a flaky link.
+* :class:`Emulator`: emulated devices on pseudo-terminals in this process (one
+  :class:`PtyDevice` each), the engine of ``runtime emulate``
+  (:mod:`runtime.testing.emulator`).
 
 >>> from runtime.testing import emulated_robot
 >>> with emulated_robot("limit-switch") as robot:
@@ -29,6 +32,7 @@ library never imports it.
 """
 
 from .device import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, Simulator, random_uid
+from .emulator import Emulator, EmulatorError, PtyDevice
 from .faults import FAULT_KINDS, FaultCounts, FaultInjector, FaultRates
 from .pty import FakeDevice, FakeSerialPort, dev_data, sub_res
 from .robot import EmulatedDevice, EmulatedRobot, EmulationError, emulated_robot
@@ -42,11 +46,14 @@ __all__ = [
     "EmulatedDevice",
     "EmulatedRobot",
     "EmulationError",
+    "Emulator",
+    "EmulatorError",
     "FakeDevice",
     "FakeSerialPort",
     "FaultCounts",
     "FaultInjector",
     "FaultRates",
+    "PtyDevice",
     "Simulator",
     "StudentRun",
     "dev_data",

@@ -4,17 +4,14 @@ When something on the robot misbehaves, the first question is what the
 buffers hold: is the device's buffer there, is it valid (connected), how old
 are its values? This command answers from outside every other process.
 
-Live buffers are found by the store (:meth:`~runtime.store.BufferStore.find_segments`:
-the names it gives them in ``/dev/shm``, ``<namespace>-<type>-<uid hex>``, for
-the device types of the catalog). Each is attached with ``create=False``: an
-attacher never marks a buffer valid or invalid and never destroys it, so
-inspecting cannot disturb the robot. A buffer that cannot be opened (made by a
-different catalog, half-initialized) shows as an error row instead of stopping
-the listing. When a namespace has no buffers, the listing says which
+Its help, its arguments and its actions' short mains. What a buffer holds is
+read by the library, :mod:`runtime.report` (:func:`~runtime.report.scan`,
+:func:`~runtime.report.inspect_buffer`: every buffer is attached with
+``create=False``, so inspecting cannot disturb the robot, and a buffer that
+cannot be opened shows as an error row instead of stopping the listing); the
+tables and views are the commands' shared ``_views`` (``runtime demo`` shows
+the same table). When a namespace has no buffers, the listing says which
 namespaces do.
-
-:func:`list_table` is the one table of buffers of the tools (``runtime demo``
-shows it too).
 
 Two actions change things, for bring-up on a robot: ``write KEY PARAM=VALUE...``
 queues parameter writes for a connected device (to spin a motor without
@@ -34,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import dataclasses
 import json
 import os
 import sys
@@ -42,11 +38,11 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
-from ..exception import RuntimeBaseException
 from ..jsonio import jsonable
+from ..report import NoSuchBuffer, inspect_buffer, robot_enabled_or_unknown, robot_line, scan
 from ..store import BufferStore
 from ._common import (
     PROG,
@@ -62,33 +58,24 @@ from ._common import (
     format_value,
     load_catalog,
     make_console,
-    param_table,
     parse_uid,
     print_json,
     stop_on_signals,
     suggest,
 )
+from ._views import namespace_view, show_renderable
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
-    from rich.table import Table
 
 __all__ = [
     "DESCRIPTION",
     "EPILOG",
-    "BufferReport",
     "add_arguments",
-    "inspect_buffer",
-    "list_table",
     "main",
-    "namespace_view",
     "parse_assignments",
     "parse_key",
     "parse_value",
-    "robot_enabled_or_unknown",
-    "robot_line",
-    "scan",
-    "show_renderable",
 ]
 
 DESCRIPTION = f"""\
@@ -129,184 +116,9 @@ MAX_COUNT = 1_000_000_000
 """The most refreshes ``watch --count`` takes."""
 HOLD_CHECK_INTERVAL = 0.05
 """Seconds between looks at the device's buffer while ``write --hold`` holds its commands."""
-ROBOT_DISABLED = "robot: DISABLED (runtime enable to enable)"
-ROBOT_ENABLED = "robot: enabled"
 
 
-# ---- finding and reading buffers ------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class BufferReport:
-    """What one live buffer holds, as read at one moment (or why it could not be read)."""
-
-    type_name: str
-    uid: int
-    segment: str
-    smart: bool
-    valid: bool | None = None
-    """None when the buffer could not be opened at all (see :attr:`error`), or does not exist (yet)."""
-    last_update: float | None = None
-    last_write: float | None = None
-    subscription: list[str] | None = None
-    interval: float | None = None
-    values: dict[str, Any] | None = None
-    """Readable parameters' values; None when unavailable (invalid buffer, error)."""
-    error: str | None = None
-    params: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    """Every parameter's descriptor (filled by :func:`inspect_buffer` with ``details=True``)."""
-    commanders: dict[str, int] | None = None
-    """The pid of the process whose command is in force, by actuator (None: the type has no actuators,
-    or the buffer could not be read)."""
-    disabled: bool | None = None
-    """Whether the robot is disabled for this buffer (None: the type has no actuators, or unknown)."""
-
-    @property
-    def key(self) -> str:
-        """``TYPE:0xUID``, accepted back by ``show`` and ``watch``."""
-        return f"{self.type_name}:{self.uid:#x}"
-
-    def age(self, now: float | None = None) -> float | None:
-        """Seconds since the last update; None when never updated or unknown."""
-        if not self.last_update:
-            return None
-        return max(0.0, (time.time() if now is None else now) - self.last_update)
-
-    def state(self) -> str:
-        """``valid``, ``invalid``, ``error``, or ``waiting`` (the buffer does not exist yet)."""
-        if self.error is not None:
-            return "error"
-        if self.valid is None:
-            return "waiting"
-        return "valid" if self.valid else "invalid"
-
-    def to_json(self, now: float | None = None) -> dict[str, Any]:
-        """Plain JSON data (values included, parameters when collected)."""
-        data: dict[str, Any] = {
-            "type": self.type_name,
-            "uid": self.uid,
-            "uid_hex": f"{self.uid:#x}",
-            "segment": self.segment,
-            "smart_device": self.smart,
-            "valid": self.valid,
-            "last_update": self.last_update or None,
-            "age": self.age(now),
-            "last_write": self.last_write or None,
-            "values": jsonable(self.values),
-            "error": self.error,
-        }
-        if self.smart:
-            data["subscription"] = self.subscription
-            data["interval"] = self.interval
-            data["commanders"] = self.commanders
-            data["disabled"] = self.disabled
-        if self.params:
-            data["params"] = jsonable(self.params)
-        return data
-
-
-def _param_rows(buffer_type: type[Buffer], values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    rows = []
-    for param in buffer_type.params.values():
-        rows.append(
-            {
-                "name": param.name,
-                "id": param.id,
-                "type": ctype_name(param.ctype),
-                "value": values.get(param.name) if values is not None and param.readable else None,
-                "readable": param.readable,
-                "writeable": param.writeable,
-                "subscribed": param.subscribed,
-                "lower": float(param.lower),
-                "upper": float(param.upper),
-            }
-        )
-    return rows
-
-
-def inspect_buffer(
-    store: BufferStore, type_name: str, uid: int, *, details: bool = False, must_exist: bool = False
-) -> BufferReport:
-    """Attach one buffer (``create=False``) and read it into a report; never raises for a bad buffer.
-
-    A buffer that does not exist gives a report in the ``waiting`` state.
-
-    Args:
-        details: Also list every parameter's descriptor.
-        must_exist: Raise :class:`CommandError` when there is no such buffer.
-    """
-    buffer_type = store.catalog[type_name]
-    smart = issubclass(buffer_type, DeviceBuffer)
-    report = BufferReport(type_name, uid, BufferStore.segment_name(type_name, uid), smart)
-    try:
-        buffer = store.get_or_open((type_name, uid), create=False)
-    except DeviceBufferError as exc:
-        if not os.path.exists(os.path.join(SHM_DIR, report.segment)):
-            if must_exist:
-                raise CommandError(
-                    f"no buffer {report.key} in namespace {BufferStore.namespace()!r} "
-                    f"(no {report.segment} in {SHM_DIR}); {elsewhere()}"
-                ) from None
-        else:
-            report.error = exc.message
-    else:
-        _read_buffer(buffer, report)
-    if details:
-        report.params = _param_rows(buffer_type, report.values)
-    return report
-
-
-def _read_buffer(buffer: Buffer, report: BufferReport) -> None:
-    """Fill a report from an open buffer, under one lock so that the values are consistent."""
-    try:
-        report.valid = buffer.valid
-        if not report.valid:
-            return
-        with buffer.transaction():
-            report.values = buffer.snapshot()
-            if isinstance(buffer, DeviceBuffer):
-                report.last_update = buffer.last_update
-                report.last_write = buffer.last_write
-                report.subscription = sorted(buffer.subscription, key=lambda name: buffer.params[name].id)
-                report.interval = buffer.interval
-                if type(buffer).safe_values():
-                    report.commanders = buffer.commanders()
-                    report.disabled = buffer.disabled
-    except DeviceBufferError as exc:
-        # The owner marked it invalid between our two looks: the values are unavailable.
-        if not buffer.valid:
-            report.valid = False
-            report.values = None
-        else:
-            report.error = exc.message
-    except RuntimeBaseException as exc:  # a lock held too long by a stuck process, say
-        report.error = exc.message
-
-
-def scan(store: BufferStore, *, details: bool = False) -> list[BufferReport]:
-    """Reports for every live buffer of the store's catalog types in the current namespace."""
-    return [
-        inspect_buffer(store, type_name, uid, details=details) for type_name, uid, _ in store.find_segments()
-    ]
-
-
-def robot_enabled_or_unknown(store: BufferStore) -> bool | None:
-    """Whether the robot of the current namespace is enabled (:attr:`BufferStore.enabled`); None if unknown.
-
-    Unknown when its state cannot be read (a foreign file where the state
-    segment belongs): the listing then says so instead of failing.
-    """
-    try:
-        return store.enabled
-    except RuntimeBaseException:
-        return None
-
-
-def robot_line(enabled: bool | None) -> str:
-    """``robot: enabled``, ``robot: DISABLED (runtime enable to enable)``, or that it is unknown."""
-    if enabled is None:
-        return "robot: unknown (its state in shared memory cannot be read)"
-    return ROBOT_ENABLED if enabled else ROBOT_DISABLED
+# ---- keys typed on the command line---------------------------------------------------------------------
 
 
 def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
@@ -523,159 +335,6 @@ def _check_writes(
     return stored, [str(warning.message) for warning in caught]
 
 
-# ---- rendering ----------------------------------------------------------------------------------
-
-
-def _age_text(report: BufferReport, now: float) -> str:
-    age = report.age(now)
-    if age is None:
-        return "never" if report.smart and report.valid else "-"
-    return f"{age:.1f} s" if age < 100 else f"{age:.0f} s"
-
-
-def _state_text(report: BufferReport) -> Any:
-    from rich.text import Text
-
-    state = report.state()
-    style = {"valid": "green", "invalid": "yellow", "error": "red", "waiting": "dim"}[state]
-    return Text(state if report.error is None else f"error: {report.error}", style=style)
-
-
-def _values_text(report: BufferReport, limit: int = 6) -> str:
-    if report.values is None:
-        return "-"
-    items = [f"{name}={format_value(value)}" for name, value in report.values.items()]
-    return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
-
-
-def _key_text(report: BufferReport, column: str) -> str:
-    """The text of a key column (``type`` or ``uid``) of a report's row."""
-    return report.type_name if column == "type" else f"{report.uid:#x}"
-
-
-def list_table(
-    reports: Sequence[BufferReport],
-    *,
-    values: bool = False,
-    title: str | None = None,
-    extra: Mapping[str, Sequence[str]] | None = None,
-) -> Table:
-    """The table of buffers: one row per buffer with type, uid, state, last update (age).
-
-    Args:
-        values: Add a column with a short summary of the values.
-        title: A line above the table.
-        extra: More columns (name: one cell per report), after the last update
-            (``runtime demo`` adds the bridge's message counters).
-    """
-    from rich import box
-    from rich.table import Table
-
-    now = time.time()
-    extra = extra or {}
-    table = Table(title=title, title_justify="left", box=box.SIMPLE, pad_edge=False)
-    # Keys must stay whole (they are copied into 'show'): only the values column may fold.
-    widths = {name: max([len(name), *(len(_key_text(r, name)) for r in reports)]) for name in ("type", "uid")}
-    table.add_column("type", no_wrap=True, min_width=widths["type"])
-    table.add_column("uid", no_wrap=True, min_width=widths["uid"])
-    table.add_column("state")
-    table.add_column("last update", justify="right", no_wrap=True)
-    for name in extra:
-        table.add_column(name, justify="right", no_wrap=True)
-    if values:
-        table.add_column("values", overflow="fold")
-    for index, report in enumerate(reports):
-        row: list[Any] = [report.type_name, f"{report.uid:#x}", _state_text(report), _age_text(report, now)]
-        row += [cells[index] for cells in extra.values()]
-        if values:
-            row.append(_values_text(report))
-        table.add_row(*row)
-    if not reports:
-        table.add_row("(none)", *[""] * (len(table.columns) - 1))
-    return table
-
-
-def namespace_view(
-    reports: Sequence[BufferReport],
-    *,
-    values: bool = False,
-    wrap: bool = True,
-    robot: bool | None | Literal["omit"] = "omit",
-) -> RenderableType:
-    """The table of the namespace's buffers; when it has none, and a line saying which namespaces do.
-
-    Args:
-        wrap: Fold that line to the console's width (on a terminal); else it
-            stays one line (print it with ``crop=False``).
-        robot: Whether the namespace's robot is enabled (None: unknown), for
-            a ``robot: ...`` line under the table; ``"omit"``: no such line.
-    """
-    from rich.console import Group
-    from rich.text import Text
-
-    title = f"buffers in namespace {BufferStore.namespace()!r}"
-    if values:  # a live view: when it was taken
-        title += f" ({time.strftime('%H:%M:%S')})"
-    table = list_table(reports, values=values, title=title)
-    parts: list[RenderableType] = [table]
-    if not reports:
-        parts.append(Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
-    if robot != "omit":
-        parts.append(_robot_text(robot))
-    return parts[0] if len(parts) == 1 else Group(*parts)
-
-
-def _robot_text(enabled: bool | None) -> Any:
-    from rich.text import Text
-
-    return Text(robot_line(enabled), style="green" if enabled else "bold red")
-
-
-def _commands_text(report: BufferReport) -> str | None:
-    """``duty_cycle by pid 1234, ...``: who commands the buffer's actuators (None: it has none)."""
-    if report.commanders is None:
-        return None
-    if not report.commanders:
-        return "none (every actuator at its safe value)"
-    return ", ".join(f"{name} by pid {pid}" for name, pid in report.commanders.items())
-
-
-def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"] = "omit") -> RenderableType:
-    """The ``show`` view: a summary of the buffer and a table of its parameters.
-
-    Args:
-        robot: As for :func:`namespace_view`: a ``robot: ...`` line, unless ``"omit"``.
-    """
-    from rich.console import Group
-    from rich.text import Text
-
-    now = time.time()
-    lines = [
-        Text(f"{report.key}  (segment {report.segment})"),
-        Text.assemble("state: ", _state_text(report)),
-    ]
-    if robot != "omit":
-        lines.append(_robot_text(robot))
-    commands = _commands_text(report)
-    if commands is not None:
-        lines.append(Text(f"commands: {commands}"))
-    if report.smart:
-        ago = " ago" if report.age(now) is not None else ""
-        lines.append(Text(f"last update: {_age_text(report, now)}{ago}"))
-        if report.subscription and report.interval:
-            subscribed = ", ".join(report.subscription)
-            lines.append(Text(f"subscription: {subscribed} every {round(report.interval * 1000)} ms"))
-        elif report.subscription is not None:
-            lines.append(Text("subscription: none"))
-
-    def value(param: Mapping[str, Any]) -> str:
-        if not param["readable"]:
-            return "(write-only)"
-        return "(unavailable)" if report.values is None else format_value(param["value"])
-
-    return Group(*lines, param_table(report.params, [value(param) for param in report.params]))
-
-
 # ---- the command --------------------------------------------------------------------------------
 
 
@@ -831,7 +490,10 @@ def _list_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> in
 def _show_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
     with BufferStore(catalog) as store:
         type_name, uid = parse_key(args.key, store)
-        report = inspect_buffer(store, type_name, uid, details=True, must_exist=True)
+        try:
+            report = inspect_buffer(store, type_name, uid, details=True, must_exist=True)
+        except NoSuchBuffer as exc:
+            raise CommandError(f"{exc.message}; {elsewhere()}") from None
         enabled = robot_enabled_or_unknown(store)
     if args.json:
         print_json(report.to_json())

@@ -55,6 +55,7 @@ from typing import IO, Any
 from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
 from ..commands import die_with_parent
 from ..jsonio import jsonable
+from ..report import inspect_buffer
 from ._common import (
     LONGEST_SECONDS,
     CommandError,
@@ -67,6 +68,7 @@ from ._common import (
     make_console,
     print_json,
 )
+from ._views import list_table
 
 __all__ = [
     "DEFAULT_DEVICES",
@@ -340,8 +342,6 @@ class Demo:
 
     def live_table(self) -> Any:
         """The table shown on a terminal: the buffers command's table, plus the bridge's counters."""
-        from .buffers import inspect_buffer, list_table
-
         stats = self._stats_by_uid(self.read_stats())
         elapsed = time.monotonic() - self.started
         limit = f" of {self.args.duration:g}" if self.args.duration else ""
@@ -615,45 +615,17 @@ def main(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     devices = _choose_devices(args, catalog)
     namespace = args.namespace or f"rt-demo-{os.getpid()}"
-    if args.student and not os.path.isfile(args.student):
-        raise CommandError(f"no student file {args.student!r}", code=2)
-    if _namespace_in_use(namespace):
-        raise CommandError(
-            f"namespace {namespace!r} already has segments in {SHM_DIR}; the demo unlinks all of its "
-            "namespace at exit, so it needs one of its own"
-        )
-    console = make_console()
-    live_view = console.is_terminal and not args.json
+    _check_start(args, namespace)
     status = 0
     interrupted = False
     with BufferStore.use_namespace(namespace), SignalGuard() as guard, contextlib.ExitStack() as stack:
         demo = Demo(args, catalog, devices, namespace, guard)
         try:
-            print(
-                f"runtime demo: emulating {', '.join(device.type_name for device in devices)}; "
-                f"buffers in namespace {namespace}\n"
-                f"runtime demo: watch them from another terminal: {watch_command(namespace, args.catalog)}",
-                file=sys.stderr,
-            )
-            if not args.no_student:
-                switch = f"{runtime_program()} mode teleop --namespace {shlex.quote(namespace)}"
-                print(f"runtime demo: the student code runs in auto; teleop: {switch}", file=sys.stderr)
+            _print_banner(args, devices, namespace)
             demo.start()
             if args.foxglove is not None:
                 stack.enter_context(_foxglove(catalog, namespace, args.foxglove))
-            deadline = demo.started + args.duration if args.duration else math.inf
-            if live_view:
-                from rich.live import Live
-
-                with Live(demo.live_table(), console=console, auto_refresh=False) as live:
-                    while time.monotonic() < deadline:
-                        demo.check_children()
-                        time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
-                        live.update(demo.live_table(), refresh=True)
-            else:
-                while time.monotonic() < deadline:
-                    demo.check_children()
-                    time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
+            _run_until_done(demo, args)
         except (KeyboardInterrupt, _Interrupted):
             print("runtime demo: stopping", file=sys.stderr)
             interrupted = True
@@ -677,3 +649,49 @@ def main(args: argparse.Namespace) -> int:
         print("runtime demo: error: the bridge served no device", file=sys.stderr)
         status = 1
     return status
+
+
+def _check_start(args: argparse.Namespace, namespace: str) -> None:
+    """Refuse a missing student file, and a namespace that has segments (the demo unlinks all of its own)."""
+    if args.student and not os.path.isfile(args.student):
+        raise CommandError(f"no student file {args.student!r}", code=2)
+    if _namespace_in_use(namespace):
+        raise CommandError(
+            f"namespace {namespace!r} already has segments in {SHM_DIR}; the demo unlinks all of its "
+            "namespace at exit, so it needs one of its own"
+        )
+
+
+def _print_banner(args: argparse.Namespace, devices: list[DemoDevice], namespace: str) -> None:
+    """What the demo emulates, where its buffers are, and how to watch them and drive from elsewhere."""
+    print(
+        f"runtime demo: emulating {', '.join(device.type_name for device in devices)}; "
+        f"buffers in namespace {namespace}\n"
+        f"runtime demo: watch them from another terminal: {watch_command(namespace, args.catalog)}",
+        file=sys.stderr,
+    )
+    if not args.no_student:
+        switch = f"{runtime_program()} mode teleop --namespace {shlex.quote(namespace)}"
+        print(f"runtime demo: the student code runs in auto; teleop: {switch}", file=sys.stderr)
+
+
+def _run_until_done(demo: Demo, args: argparse.Namespace) -> None:
+    """Watch the children until ``--duration`` is over (or forever), with the live table on a terminal.
+
+    Raises:
+        DemoError: A child exited.
+    """
+    console = make_console()
+    deadline = demo.started + args.duration if args.duration else math.inf
+    if console.is_terminal and not args.json:
+        from rich.live import Live
+
+        with Live(demo.live_table(), console=console, auto_refresh=False) as live:
+            while time.monotonic() < deadline:
+                demo.check_children()
+                time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
+                live.update(demo.live_table(), refresh=True)
+    else:
+        while time.monotonic() < deadline:
+            demo.check_children()
+            time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))

@@ -1,0 +1,175 @@
+"""How the commands show reports of buffers (:mod:`runtime.report`) with ``rich``.
+
+:func:`list_table` is the one table of buffers of the tools (``runtime
+buffers list`` and ``watch``, and ``runtime demo``'s live view);
+:func:`namespace_view` puts it in a namespace's context (which namespaces have
+buffers when this one has none, whether its robot is enabled) and
+:func:`show_renderable` is the detailed view of one buffer (``runtime buffers
+show``). rich is imported when a view is made, not with this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..report import BufferReport, robot_line
+from ..store import BufferStore
+from ._common import empty_namespace_line, format_value, param_table
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
+
+__all__ = ["list_table", "namespace_view", "show_renderable"]
+
+
+def _age_text(report: BufferReport, now: float) -> str:
+    age = report.age(now)
+    if age is None:
+        return "never" if report.smart and report.valid else "-"
+    return f"{age:.1f} s" if age < 100 else f"{age:.0f} s"
+
+
+def _state_text(report: BufferReport) -> Any:
+    from rich.text import Text
+
+    state = report.state()
+    style = {"valid": "green", "invalid": "yellow", "error": "red", "waiting": "dim"}[state]
+    return Text(state if report.error is None else f"error: {report.error}", style=style)
+
+
+def _values_text(report: BufferReport, limit: int = 6) -> str:
+    if report.values is None:
+        return "-"
+    items = [f"{name}={format_value(value)}" for name, value in report.values.items()]
+    return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
+
+
+def _key_text(report: BufferReport, column: str) -> str:
+    """The text of a key column (``type`` or ``uid``) of a report's row."""
+    return report.type_name if column == "type" else f"{report.uid:#x}"
+
+
+def list_table(
+    reports: Sequence[BufferReport],
+    *,
+    values: bool = False,
+    title: str | None = None,
+    extra: Mapping[str, Sequence[str]] | None = None,
+) -> Table:
+    """The table of buffers: one row per buffer with type, uid, state, last update (age).
+
+    Args:
+        values: Add a column with a short summary of the values.
+        title: A line above the table.
+        extra: More columns (name: one cell per report), after the last update
+            (``runtime demo`` adds the bridge's message counters).
+    """
+    from rich import box
+    from rich.table import Table
+
+    now = time.time()
+    extra = extra or {}
+    table = Table(title=title, title_justify="left", box=box.SIMPLE, pad_edge=False)
+    # Keys must stay whole (they are copied into 'show'): only the values column may fold.
+    widths = {name: max([len(name), *(len(_key_text(r, name)) for r in reports)]) for name in ("type", "uid")}
+    table.add_column("type", no_wrap=True, min_width=widths["type"])
+    table.add_column("uid", no_wrap=True, min_width=widths["uid"])
+    table.add_column("state")
+    table.add_column("last update", justify="right", no_wrap=True)
+    for name in extra:
+        table.add_column(name, justify="right", no_wrap=True)
+    if values:
+        table.add_column("values", overflow="fold")
+    for index, report in enumerate(reports):
+        row: list[Any] = [report.type_name, f"{report.uid:#x}", _state_text(report), _age_text(report, now)]
+        row += [cells[index] for cells in extra.values()]
+        if values:
+            row.append(_values_text(report))
+        table.add_row(*row)
+    if not reports:
+        table.add_row("(none)", *[""] * (len(table.columns) - 1))
+    return table
+
+
+def namespace_view(
+    reports: Sequence[BufferReport],
+    *,
+    values: bool = False,
+    wrap: bool = True,
+    robot: bool | None | Literal["omit"] = "omit",
+) -> RenderableType:
+    """The table of the namespace's buffers; when it has none, and a line saying which namespaces do.
+
+    Args:
+        wrap: Fold that line to the console's width (on a terminal); else it
+            stays one line (print it with ``crop=False``).
+        robot: Whether the namespace's robot is enabled (None: unknown), for
+            a ``robot: ...`` line under the table; ``"omit"``: no such line.
+    """
+    from rich.console import Group
+    from rich.text import Text
+
+    title = f"buffers in namespace {BufferStore.namespace()!r}"
+    if values:  # a live view: when it was taken
+        title += f" ({time.strftime('%H:%M:%S')})"
+    table = list_table(reports, values=values, title=title)
+    parts: list[RenderableType] = [table]
+    if not reports:
+        parts.append(Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
+    if robot != "omit":
+        parts.append(_robot_text(robot))
+    return parts[0] if len(parts) == 1 else Group(*parts)
+
+
+def _robot_text(enabled: bool | None) -> Any:
+    from rich.text import Text
+
+    return Text(robot_line(enabled), style="green" if enabled else "bold red")
+
+
+def _commands_text(report: BufferReport) -> str | None:
+    """``duty_cycle by pid 1234, ...``: who commands the buffer's actuators (None: it has none)."""
+    if report.commanders is None:
+        return None
+    if not report.commanders:
+        return "none (every actuator at its safe value)"
+    return ", ".join(f"{name} by pid {pid}" for name, pid in report.commanders.items())
+
+
+def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"] = "omit") -> RenderableType:
+    """The ``show`` view: a summary of the buffer and a table of its parameters.
+
+    Args:
+        robot: As for :func:`namespace_view`: a ``robot: ...`` line, unless ``"omit"``.
+    """
+    from rich.console import Group
+    from rich.text import Text
+
+    now = time.time()
+    lines = [
+        Text(f"{report.key}  (segment {report.segment})"),
+        Text.assemble("state: ", _state_text(report)),
+    ]
+    if robot != "omit":
+        lines.append(_robot_text(robot))
+    commands = _commands_text(report)
+    if commands is not None:
+        lines.append(Text(f"commands: {commands}"))
+    if report.smart:
+        ago = " ago" if report.age(now) is not None else ""
+        lines.append(Text(f"last update: {_age_text(report, now)}{ago}"))
+        if report.subscription and report.interval:
+            subscribed = ", ".join(report.subscription)
+            lines.append(Text(f"subscription: {subscribed} every {round(report.interval * 1000)} ms"))
+        elif report.subscription is not None:
+            lines.append(Text("subscription: none"))
+
+    def value(param: Mapping[str, Any]) -> str:
+        if not param["readable"]:
+            return "(write-only)"
+        return "(unavailable)" if report.values is None else format_value(param["value"])
+
+    return Group(*lines, param_table(report.params, [value(param) for param in report.params]))
