@@ -4,8 +4,9 @@ The Foxglove SDK's server cannot see a connection's HTTP headers, so it
 listens on a free port of 127.0.0.1 and :class:`OriginGate`, on the address
 asked for, reads each WebSocket handshake and relays only those of an allowed
 ``Origin`` (:func:`origin_allowed`), at most :data:`CONNECTIONS_LIMIT` at once.
-:func:`count_connections` and :func:`shut_sockets` find and close, in ``/proc``, the
-connections of this process (those that bypassed the gate, say).
+From ``/proc``, :func:`count_connections` counts this process's connections on
+a port and :func:`shut_sockets` shuts some down (those that bypassed the gate);
+:func:`loopback` says whether an address is this machine's only.
 """
 
 from __future__ import annotations

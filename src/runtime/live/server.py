@@ -143,7 +143,7 @@ def check_value(param: Parameter, value: Any) -> Any:
 
 
 class LiveView:
-    """The Foxglove server of the buffers of one namespace (see the module's docstring).
+    """The Foxglove server of the buffers of one namespace (see :mod:`runtime.live`).
 
     Use :meth:`start`, then :meth:`run` until a stop event, then :meth:`close`
     (or :func:`serve_foxglove`, which does all three).
