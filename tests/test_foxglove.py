@@ -29,12 +29,11 @@ from typing import Any
 import pytest
 import websockets
 
-from runtime import BufferStore
+from runtime import BufferStore, live
 from runtime.buffer import Buffer
 from runtime.jsonio import jsonable
 from runtime.schema import buffer_schema
 from runtime.testing import EmulatedRobot, emulated_robot
-from runtime.tools import foxglove as live
 
 pytestmark = pytest.mark.timeout(120)
 

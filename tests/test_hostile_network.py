@@ -49,9 +49,8 @@ from test_zenoh import (
     store,
 )
 
-from runtime import BufferStore, remote
+from runtime import BufferStore, live, remote
 from runtime.testing import EmulatedRobot
-from runtime.tools import foxglove as live
 
 __all__ = ["children", "namespace", "raw_sessions", "robot", "server", "store"]  # fixtures, used here
 

@@ -55,6 +55,7 @@ from typing import IO, Any
 from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
 from ..commands import die_with_parent
 from ..jsonio import jsonable
+from ..live import serve_foxglove
 from ..report import inspect_buffer
 from ._common import (
     LONGEST_SECONDS,
@@ -567,8 +568,6 @@ def _namespace_in_use(namespace: str) -> bool:
 @contextlib.contextmanager
 def _foxglove(catalog: dict[str, type[Buffer]], namespace: str, port: int) -> Iterator[None]:
     """Serve the demo's buffers to Foxglove from a thread while inside; print the URL once it listens."""
-    from .foxglove import serve_foxglove
-
     stop = threading.Event()
     ready = threading.Event()
     failure: list[BaseException] = []

@@ -1,0 +1,291 @@
+"""The origin gate: who may connect to the live view (:mod:`runtime.live`).
+
+The Foxglove SDK's server cannot see a connection's HTTP headers, so it
+listens on a free port of 127.0.0.1 and :class:`OriginGate`, on the address
+asked for, reads each WebSocket handshake and relays only those of an allowed
+``Origin`` (:func:`origin_allowed`), at most :data:`CONNECTIONS_LIMIT` at once.
+From ``/proc``, :func:`count_connections` counts this process's connections on
+a port and :func:`shut_sockets` shuts some down (those that bypassed the gate);
+:func:`loopback` says whether an address is this machine's only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Collection
+
+from ..remote import quote
+
+__all__ = [
+    "CONNECTIONS_LIMIT",
+    "FOXGLOVE_ORIGINS",
+    "HANDSHAKE_LIMIT",
+    "HANDSHAKE_TIMEOUT",
+    "OriginGate",
+    "count_connections",
+    "loopback",
+    "origin_allowed",
+    "shut_sockets",
+]
+
+logger = logging.getLogger(__name__)
+
+FOXGLOVE_ORIGINS = ("https://app.foxglove.dev",)
+"""The browser origins always accepted: the Foxglove web app. Its desktop app (Electron) sends
+``file://`` or a ``foxglove://`` origin, and programs send none: accepted too (a web page cannot)."""
+HANDSHAKE_LIMIT = 16384
+"""The most bytes of a WebSocket handshake (request line and headers): a longer one is refused."""
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a connection has to send its handshake."""
+CONNECTIONS_LIMIT = 64
+"""Connections served at once; more are refused (503)."""
+
+
+def origin_allowed(origin: str | None, allowed: Collection[str] = ()) -> bool:
+    """Whether a WebSocket client with this ``Origin`` header may connect.
+
+    No header: not a browser (a program; Foxglove's desktop app may send
+    none), accepted. Otherwise the Foxglove web app (:data:`FOXGLOVE_ORIGINS`),
+    the desktop app's ``file://`` or ``foxglove://...`` (no web page has
+    those), or one of ``allowed`` (``--allow-origin``). Every other page, on any
+    site or on this machine (``http://localhost:3000``), is refused: it would
+    read the robot and, with ``--allow-write``, drive it.
+
+    >>> origin_allowed(None), origin_allowed("https://app.foxglove.dev"), origin_allowed("file://")
+    (True, True, True)
+    >>> origin_allowed("http://evil.example"), origin_allowed("null")
+    (False, False)
+    >>> origin_allowed("http://localhost:3000", ["http://localhost:3000"])
+    True
+    """
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    return (
+        origin in FOXGLOVE_ORIGINS
+        or origin in {o.strip().rstrip("/").lower() for o in allowed}
+        or origin == "file:"  # file://, its trailing slashes stripped
+        or origin.startswith("foxglove://")
+    )
+
+
+class OriginGate:
+    """The address clients connect to: checks each WebSocket handshake's ``Origin``, then relays it.
+
+    The Foxglove SDK's server does not tell its listener anything of a
+    connection's handshake, so it listens on a free port of 127.0.0.1 and this
+    gate, on the address asked for, lets through only the handshakes of
+    allowed origins (:func:`origin_allowed`; a refused one gets ``403
+    Forbidden`` and is closed). One asyncio loop in a thread of its own relays
+    the bytes both ways. :meth:`foreign` finds connections to the inner port
+    that bypassed the gate (a local program that found it): :class:`~runtime.live.LiveView`
+    closes them and refuses writes meanwhile.
+    """
+
+    def __init__(self, host: str, port: int, inner_port: int, allowed: Collection[str]) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=128)
+        self.port: int = self.sock.getsockname()[1]
+        self.inner_port = inner_port
+        self.allowed = tuple(allowed)
+        self.relayed = 0
+        """Connections let through."""
+        self.refused = 0
+        """Connections refused (origin, malformed or too long handshake, too many)."""
+        self._ours: set[int] = set()
+        """The local ports of this gate's connections to the inner port."""
+        self._active = 0
+        self._origins_said: set[str] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="foxglove-origin-gate", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self._handle, sock=self.sock, limit=HANDSHAKE_LIMIT)
+
+        server = self._loop.run_until_complete(start())
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.close()
+
+    def close(self) -> None:
+        """Stop listening and drop every connection."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self.sock.close()
+
+    def ours(self) -> set[int]:
+        """The local ports of the gate's connections to the inner port (a copy)."""
+        return set(self._ours)
+
+    def _say_refused(self, origin: str, why: str) -> None:
+        """Log a refused connection: once per origin (the first 100), then only count."""
+        self.refused += 1
+        key = quote(origin)
+        if key in self._origins_said or len(self._origins_said) >= 100:
+            return
+        self._origins_said.add(key)
+        logger.warning(
+            "refused a connection: %s (runtime foxglove --allow-origin ORIGIN accepts a page's)", why
+        )
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= CONNECTIONS_LIMIT:
+            self._say_refused("<too many>", f"more than {CONNECTIONS_LIMIT} connections at once")
+            await _answer(writer, 503, "too many connections")
+            return
+        self._active += 1
+        try:
+            await self._relay(reader, writer)
+        finally:
+            self._active -= 1
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANDSHAKE_TIMEOUT)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            self._say_refused("<handshake>", "no WebSocket handshake (too long, too slow, or none)")
+            await _answer(writer, 400, "bad request")
+            return
+        origins = [
+            value.strip()
+            for name, _, value in (line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:])
+            if name.strip().lower() == "origin"
+        ]
+        origin = origins[0] if len(origins) == 1 else None
+        if len(origins) > 1 or not origin_allowed(origin, self.allowed):
+            shown = quote(origins[0] if len(origins) == 1 else origins)
+            self._say_refused(shown, f"origin {shown} is not allowed")
+            await _answer(writer, 403, f"origin {shown} is not allowed (runtime foxglove --allow-origin)")
+            return
+        inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            inner.bind(("127.0.0.1", 0))
+            local = inner.getsockname()[1]
+            self._ours.add(local)  # before the connection exists: never taken for a foreign one
+            inner.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(inner, ("127.0.0.1", self.inner_port))
+            inner_reader, inner_writer = await asyncio.open_connection(sock=inner)
+        except OSError as exc:
+            logger.error("cannot reach the Foxglove server: %s", exc)
+            inner.close()
+            self._ours.discard(local)
+            await _answer(writer, 502, "the Foxglove server is not reachable")
+            return
+        self.relayed += 1
+        try:
+            inner_writer.write(head)
+            await asyncio.gather(_pipe(reader, inner_writer), _pipe(inner_reader, writer))
+        finally:
+            self._ours.discard(local)
+            for end in (inner_writer, writer):
+                end.close()
+
+    def foreign(self) -> list[int] | None:
+        """The socket inodes of connections to the inner port that are not the gate's; None if unknown."""
+        rows = _tcp_rows()
+        if rows is None:
+            return None
+        ours = self.ours()
+        return [inode for local, remote, inode in rows if local == self.inner_port and remote not in ours]
+
+
+async def _answer(writer: asyncio.StreamWriter, code: int, text: str) -> None:
+    """An HTTP error answer to a refused handshake, then close."""
+    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}[code]
+    body = (text + "\n").encode("utf-8", "replace")
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write(
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await asyncio.wait_for(writer.drain(), 5)
+    writer.close()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy bytes until the source ends; then end the sink (the other direction ends with it)."""
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    sink.close()
+
+
+def _tcp_rows() -> list[tuple[int, int, int]] | None:
+    """This process's established TCP connections (local port, remote port, socket inode); None: unknown."""
+    try:
+        sockets = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:["):
+                    sockets.add(target[8:-1])
+        rows = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as lines:  # no IPv6: no tcp6
+                next(lines, None)  # the header
+                for line in lines:
+                    # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "01" and fields[9] in sockets:  # ESTABLISHED
+                        rows.append(
+                            (
+                                int(fields[1].rpartition(":")[2], 16),
+                                int(fields[2].rpartition(":")[2], 16),
+                                int(fields[9]),
+                            )
+                        )
+        return rows
+    except (OSError, ValueError):
+        return None
+
+
+def shut_sockets(inodes: Collection[int]) -> int:
+    """Shut down this process's sockets of these inodes (their owner then sees them closed); how many."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    done = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError, ValueError):
+            if os.readlink(f"/proc/self/fd/{fd}") in wanted:
+                with socket.socket(fileno=os.dup(int(fd))) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+                done += 1
+    return done
+
+
+def count_connections(port: int) -> int | None:
+    """The established TCP connections of this process on its local port ``port``; None if unknown."""
+    rows = _tcp_rows()
+    return None if rows is None else sum(1 for local, _, _ in rows if local == port)
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` is an address of this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
