@@ -23,7 +23,7 @@ import ctypes
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from ..messaging import (
     MAX_PAYLOAD,
@@ -31,8 +31,7 @@ from ..messaging import (
     Message,
     MessageError,
     MessageType,
-    ParamLayout,
-    iter_params,
+    TypeLayout,
 )
 from ._common import (
     UID_FORMS,
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DESCRIPTION",
     "EPILOG",
-    "TypeLayout",
     "add_arguments",
     "decode_frame",
     "encode_messages",
@@ -142,65 +140,6 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 # ---- device types and their layouts ---------------------------------------------------------------
-
-
-class TypeLayout(NamedTuple):
-    """Where each parameter of a device type lives in a scratch block of memory."""
-
-    buffer_type: type[DeviceBuffer]
-    layout: ParamLayout
-    by_id: dict[int, Parameter]
-    offsets: dict[int, int]
-
-    @classmethod
-    def of(cls, buffer_type: type[DeviceBuffer]) -> TypeLayout:
-        """Pack the type's parameters one after another, in ID order."""
-        by_id = {param.id: param for param in buffer_type.params.values()}
-        entries: list[tuple[int, int]] = []
-        offsets: dict[int, int] = {}
-        offset = 0
-        for param_id in range(max(by_id, default=-1) + 1):
-            param = by_id.get(param_id)
-            if param is None:
-                entries.append((0, 0))  # not a parameter of this type: the core refuses its bit
-                continue
-            width = ctypes.sizeof(param.platform_type)
-            entries.append((offset, width))
-            offsets[param_id] = offset
-            offset += width
-        return cls(buffer_type, ParamLayout(entries), by_id, offsets)
-
-    def scratch(self) -> bytearray:
-        """Zeroed memory the size of this layout."""
-        return bytearray(max(1, self.layout.span))
-
-    def names(self, bitmap: int) -> list[str]:
-        """The parameter names of a bitmap, in ID order (``#N`` for IDs the type does not have)."""
-        return [
-            self.by_id[index].name if index in self.by_id else f"#{index}" for index in iter_params(bitmap)
-        ]
-
-    def values(self, bitmap: int, memory: bytearray) -> dict[str, Any]:
-        """Read the flagged parameters' values out of the scratch memory."""
-        result: dict[str, Any] = {}
-        for index in iter_params(bitmap):
-            param = self.by_id[index]
-            width = ctypes.sizeof(param.platform_type)
-            offset = self.offsets[index]
-            result[param.name] = _from_bytes(param, bytes(memory[offset : offset + width]))
-        return result
-
-
-def _from_bytes(param: Parameter, raw: bytes) -> Any:
-    ctype: Any = param.platform_type
-    value = ctype.from_buffer_copy(raw)
-    if isinstance(value, ctypes.Array):
-        return value.value if value._type_ is ctypes.c_char else _array_list(value)
-    return value.value
-
-
-def _array_list(array: Any) -> list[Any]:
-    return [_array_list(item) if isinstance(item, ctypes.Array) else item for item in array]
 
 
 def _device_type(catalog: dict[str, type[Buffer]], name: str) -> type[DeviceBuffer]:
