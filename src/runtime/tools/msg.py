@@ -12,6 +12,11 @@ parameters (``--type``, from the catalog): a :class:`~runtime.messaging.ParamLay
 over a scratch ``bytearray`` places each parameter's bytes, and the compiled
 core copies them between the message and that memory, as it does for buffers.
 
+The engine is the library's: decoding a frame and building the messages of
+values are :mod:`runtime.frames`, the layout of a device type's values
+:class:`runtime.messaging.TypeLayout`. This module holds the command: its
+help, its arguments, what it prints, and the parsing of what users type.
+
 Only the codec is imported up front: buffer types (and the catalog) come in
 when a command needs them, so that ``runtime msg encode ping`` starts fast.
 """
@@ -21,26 +26,16 @@ from __future__ import annotations
 import argparse
 import ctypes
 import math
-import re
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..messaging import (
-    MAX_PAYLOAD,
-    ErrorCode,
-    Message,
-    MessageError,
-    MessageType,
-    TypeLayout,
-)
+from ..frames import decode_frame, parse_hex, raw_bytes, value_messages
+from ..messaging import UID_FORMS, ErrorCode, Message, MessageError, MessageType, TypeLayout, parse_uid
 from ._common import (
-    UID_FORMS,
     CommandError,
     add_catalog_option,
     ctype_name,
     format_value,
     load_catalog,
-    parse_uid,
     print_json,
     suggest,
 )
@@ -52,11 +47,8 @@ __all__ = [
     "DESCRIPTION",
     "EPILOG",
     "add_arguments",
-    "decode_frame",
     "encode_messages",
     "main",
-    "parse_hex",
-    "raw_bytes",
 ]
 
 DESCRIPTION = """\
@@ -133,8 +125,6 @@ KINDS: dict[str, MessageType] = {
 }
 """The ``encode`` kinds: message types spelled as on the command line."""
 
-_MAX_VALUES = MAX_PAYLOAD - 2
-"""Value bytes one DEV_DATA/DEV_WRITE payload holds after its bitmap."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -154,122 +144,6 @@ def _device_type(catalog: dict[str, type[Buffer]], name: str) -> type[DeviceBuff
 
 
 # ---- decoding -----------------------------------------------------------------------------------
-
-
-def parse_hex(words: Sequence[str]) -> list[bytes]:
-    """Turn hex words into frames: spaces, ``:`` and ``0x`` prefixes are ignored, ``00`` separates.
-
-    >>> parse_hex(['04 13 02', '0602', '17', '00'])
-    [b'\\x04\\x13\\x02\\x06\\x02\\x17']
-    >>> parse_hex(['0x02100210', '00', '021002', '10'])
-    [b'\\x02\\x10\\x02\\x10', b'\\x02\\x10\\x02\\x10']
-
-    Raises:
-        CommandError: (status 2) Not hexadecimal, an odd number of digits, or no frame at all.
-    """
-    digits = "".join(re.sub(r"^0[xX]", "", part) for word in words for part in re.split(r"[\s:,]+", word))
-    if not re.fullmatch(r"[0-9a-fA-F]*", digits):
-        bad = re.search(r"[^0-9a-fA-F]", digits)
-        raise CommandError(
-            f"not hexadecimal: {bad.group() if bad else digits!r} in {' '.join(words)!r}", code=2
-        )
-    if len(digits) % 2:
-        raise CommandError(f"odd number of hex digits ({len(digits)}): a byte is two digits", code=2)
-    frames = [frame for frame in bytes.fromhex(digits).split(b"\0") if frame]
-    if not frames:
-        raise CommandError("no frame to decode (only 00 delimiters)", code=2)
-    return frames
-
-
-def raw_bytes(message: Message) -> bytes:
-    """The message before framing: type, length, payload, checksum (XOR of the rest)."""
-    head = bytes([int(message.type), len(message.payload)]) + message.payload
-    checksum = 0
-    for byte in head:
-        checksum ^= byte
-    return head + bytes([checksum])
-
-
-def decode_frame(
-    frame: bytes,
-    layout: TypeLayout | None,
-    lookup: Callable[[int], TypeLayout | None] | None = None,
-) -> dict[str, Any]:
-    """Decode one COBS frame into plain data: type, fields, names and values where known.
-
-    Args:
-        frame: The encoded bytes, without the delimiter.
-        layout: The device type's layout (``--type``), or None.
-        lookup: Finds a type's layout by ``device_id`` (for SUB_RES, which
-            carries the device's UID) when no ``layout`` is given.
-
-    Raises:
-        MessageError: The frame does not decode, or its payload does not fit
-            its type (or the device type's parameters).
-    """
-    message = Message.decode(frame)
-    kind = MessageType(message.type)
-    result: dict[str, Any] = {
-        "frame": frame.hex(" "),
-        "type": kind.name,
-        "type_code": int(kind),
-        "payload": message.payload.hex(" "),
-    }
-    if layout is not None:
-        result["device_type"] = layout.buffer_type.type_name
-
-    def bitmap(params: int, where: TypeLayout | None) -> None:
-        result["params"] = params
-        if where is not None:
-            result["param_names"] = where.names(params)
-
-    if kind is MessageType.SUB_REQ:
-        params, interval = message.read_sub_req()
-        bitmap(params, layout)
-        result["interval_ms"] = interval
-    elif kind is MessageType.SUB_RES:
-        from ..buffer import DeviceUID
-
-        params, interval, (device_id, year, random) = message.read_sub_res()
-        uid = int(DeviceUID(device_id, year, random))
-        if layout is None and lookup is not None:
-            layout = lookup(device_id)
-            if layout is not None:
-                result["device_type"] = layout.buffer_type.type_name
-        bitmap(params, layout)
-        result["interval_ms"] = interval
-        result["uid"] = {
-            "device_id": device_id,
-            "year": year,
-            "random": random,
-            "uid": uid,
-            "hex": f"{uid:#x}",
-        }
-    elif kind is MessageType.DEV_READ:
-        bitmap(message.read_dev_read(), layout)
-    elif kind in (MessageType.DEV_DATA, MessageType.DEV_WRITE):
-        if layout is None:
-            if len(message.payload) < 2:
-                raise MessageError(
-                    "payload too short for a parameter bitmap", error_code=ErrorCode.GENERIC_ERROR
-                )
-            bitmap(int.from_bytes(message.payload[:2], "little"), None)
-            result["value_bytes"] = message.payload[2:].hex(" ")
-        else:
-            memory = layout.scratch()
-            read = message.read_dev_data if kind is MessageType.DEV_DATA else message.read_dev_write
-            params = read(layout.layout, memory)
-            bitmap(params, layout)
-            result["values"] = layout.values(params, memory)
-    elif kind is MessageType.HB_REQ:
-        result["heartbeat_id"] = message.read_hb_req()
-    elif kind is MessageType.HB_RES:
-        result["heartbeat_id"] = message.read_hb_res()
-    elif kind is MessageType.ERROR:
-        code = ErrorCode(message.read_error())
-        result["error_code"] = code.name
-        result["error_code_value"] = int(code)
-    return result
 
 
 def _print_decoded(data: dict[str, Any]) -> None:
@@ -310,7 +184,10 @@ def _decode_main(args: argparse.Namespace) -> int:
     from ..jsonio import jsonable
     from ..store import BufferStore
 
-    frames = parse_hex(args.hex)
+    try:
+        frames = parse_hex(args.hex)
+    except ValueError as exc:
+        raise CommandError(str(exc), code=2) from None
     catalog = load_catalog(args.catalog) if args.type or args.catalog else None
     layout = TypeLayout.of(_device_type(catalog, args.type)) if catalog is not None and args.type else None
     cache: dict[int, TypeLayout | None] = {}
@@ -487,19 +364,7 @@ def _values_messages(args: argparse.Namespace, layout: TypeLayout | None, kind: 
         offset = layout.offsets[param.id]
         memory[offset : offset + len(data)] = data
         chosen.add(param.id)
-    # Every value travels once; split where one payload would overflow (as the runtime does).
-    messages: list[Message] = []
-    make = Message.make_dev_data if kind is MessageType.DEV_DATA else Message.make_dev_write
-    bitmap, size = 0, 0
-    for param_id in sorted(chosen):
-        width = ctypes.sizeof(layout.by_id[param_id].platform_type)
-        if bitmap and size + width > _MAX_VALUES:
-            messages.append(make(bitmap, layout.layout, memory))
-            bitmap, size = 0, 0
-        bitmap |= 1 << param_id
-        size += width
-    messages.append(make(bitmap, layout.layout, memory))
-    return messages
+    return value_messages(kind, layout, memory, chosen)
 
 
 def _example(layout: TypeLayout) -> str:
