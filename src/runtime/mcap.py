@@ -363,11 +363,13 @@ class McapOutput:
         return bytes(builder.end()) + MCAP0_MAGIC  # type: ignore[no-untyped-call]
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Keep what the writer wrote, for the next :meth:`flush` (nothing after a failure)."""
         if self.error is None:
             self.pending += data
         return len(data)
 
     def tell(self) -> int:
+        """Where the writer is: the bytes written out and those kept for the next flush."""
         return self.durable + len(self.pending)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
