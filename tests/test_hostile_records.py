@@ -39,12 +39,11 @@ from mcap.writer import Writer
 from test_record import one_error_line, read, tool
 
 import runtime
-from runtime import BufferStore, mcap
+from runtime import BufferStore, mcap, recorder
 from runtime.buffer import DeviceBuffer, DeviceBufferError
+from runtime.mcap import RecordingError
 from runtime.schema import buffer_schema, describe_catalog
 from runtime.testing import EmulatedRobot, emulated_robot
-from runtime.tools import replay
-from runtime.tools._common import CommandError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -454,9 +453,9 @@ def test_fuzzed_recorded_catalogs_are_accepted_or_one_command_error(tmp_path: Pa
         catalog = mutate(rng, true)
         path = hostile_recording(tmp_path / f"fuzz-{index % 4}.mcap", catalog=catalog)
         try:
-            replay.open_recording(str(path), CATALOG)
+            mcap.open_recording(str(path), CATALOG)
             outcome = "accepted"
-        except CommandError as exc:
+        except RecordingError as exc:
             assert "\n" not in exc.message
             outcome = "damaged" if "damaged" in exc.message else "another catalog"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -467,9 +466,9 @@ def test_fuzzed_states_are_stored_or_skipped_never_raised(tmp_path: Path, buffer
     rng = random.Random(2022)
     keys = [("servo-motor", 0x1234), ("yogi-bear", 0x5678), ("gamepad", 0)]
     with BufferStore.use_namespace(f"{buffer_namespace}-fuzz"):
-        replayer = replay.Replayer(CATALOG)
+        replayer = recorder.Replayer(CATALOG)
         try:
-            recording = replay.Recording("fuzz.mcap", {}, {}, keys=set(keys))
+            recording = mcap.Recording("fuzz.mcap", {}, {}, keys=set(keys))
             replayer.prepare([recording])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # values out of bounds: clamped, as in play()
@@ -477,14 +476,14 @@ def test_fuzzed_states_are_stored_or_skipped_never_raised(tmp_path: Path, buffer
                     key = rng.choice(keys)
                     params = list(CATALOG[key[0]].params)
                     values = {rng.choice([*params, "x"]): random_json(rng) for _ in range(rng.randrange(4))}
-                    replayer.apply(replay.RecordedState(T0 + stamp, key, rng.random() > 0.05, values))
+                    replayer.apply(mcap.RecordedState(T0 + stamp, key, rng.random() > 0.05, values))
             assert replayer.applied > 100 and replayer.skipped > 100, (replayer.applied, replayer.skipped)
         finally:
             replayer.close()
     # And states of any shape in a file: iter_states skips what is not a state.
     states = [(T0 + i, random_json(rng) if i % 2 else mutate(rng, GOOD)) for i in range(300)]
     path = hostile_recording(tmp_path / "states.mcap", states=states)
-    read_back = list(replay.iter_states(str(path)))
+    read_back = list(mcap.iter_states(str(path)))
     assert 0 < len(read_back) < 300
 
 
@@ -611,14 +610,14 @@ def test_live_producers_names_the_process_serving_a_buffer(buffer_namespace: str
     namespace = f"{buffer_namespace}-live"
     with BufferStore.use_namespace(namespace), BufferStore(CATALOG) as store:
         try:
-            assert replay.live_producers(CATALOG, namespace) == {}
+            assert recorder.live_producers(CATALOG, namespace) == {}
             buffer = store.get_or_open(("servo-motor", 1))
-            assert replay.live_producers(CATALOG, namespace) == {}  # made, nobody serves it
+            assert recorder.live_producers(CATALOG, namespace) == {}  # made, nobody serves it
             buffer.serve()
-            assert replay.live_producers(CATALOG, namespace) == {os.getpid(): [buffer.name]}
-            assert replay.live_producers(CATALOG, namespace + "-x") == {}
+            assert recorder.live_producers(CATALOG, namespace) == {os.getpid(): [buffer.name]}
+            assert recorder.live_producers(CATALOG, namespace + "-x") == {}
             buffer.stop_serving()
-            assert replay.live_producers(CATALOG, namespace) == {}
+            assert recorder.live_producers(CATALOG, namespace) == {}
         finally:
             store.close()
             with contextlib.suppress(DeviceBufferError):

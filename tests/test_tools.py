@@ -121,7 +121,8 @@ def test_a_uid_is_read_the_same_way_everywhere(text: str) -> None:
     assert _common.parse_uid(text) == YOGI_UID
     assert emulator.parse_device(f"yogi-bear:{text}", types).uid == YOGI_UID
     args = cli.build_parser().parse_args(["msg", "encode", "sub-res", "--type", "yogi-bear", "--uid", text])
-    from runtime.tools.msg import TypeLayout, encode_messages
+    from runtime.messaging import TypeLayout
+    from runtime.tools.msg import encode_messages
 
     [message] = encode_messages(args, TypeLayout.of(types["yogi-bear"]))  # type: ignore[arg-type]
     assert message.read_sub_res()[2] == (10, 0x0A, 0xC0FFEE)

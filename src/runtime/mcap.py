@@ -14,33 +14,57 @@ The recording format (``runtime record`` writes it, ``runtime replay`` and
 :class:`McapOutput` is the file an MCAP writer writes: a complete MCAP file
 (without index) after every flush, written only to a regular file
 (:func:`open_regular`), cut back to its last good flush when a write fails.
+
+Reading a recording (``runtime replay``): :func:`open_recording` checks a
+file (MCAP, made by ``runtime record``, its recorded catalog the same as the
+one in use) and describes it (:class:`Recording`); :func:`iter_states` reads
+its states (:class:`RecordedState`) as a stream, so that a long recording
+costs little memory and a file whose recorder was killed reads up to where it
+ends. What cannot be read or recorded raises :class:`RecordingError`, one
+line that says why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import logging
 import os
 import re
 import stat
+import struct
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
+from .exception import RuntimeBaseException
 from .student import log_lines_since
+
+if TYPE_CHECKING:
+    from .buffer import Buffer
 
 __all__ = [
     "CHUNK_SIZE",
     "LOG_TOPIC",
+    "MAX_SPAN",
+    "MCAP_MAGIC",
     "METADATA_NAME",
     "PROFILE",
     "RECORDING_FORMAT",
+    "RECORD_SIZE_LIMIT",
     "TOPIC_PREFIX",
     "McapOutput",
     "NotRegularFileError",
+    "RecordedState",
+    "Recording",
+    "RecordingError",
     "StudentLog",
+    "catalog_damage",
+    "iter_states",
     "log_schema",
     "not_a_regular_file",
+    "open_recording",
     "open_regular",
     "parse_topic",
     "topic_of",
@@ -58,6 +82,26 @@ PROFILE = ""
 """The MCAP profile (none: JSON messages with JSON Schemas are understood without one)."""
 CHUNK_SIZE = 4 * 1024 * 1024
 """The largest chunk (uncompressed); a chunk is closed at every flush anyway."""
+RECORD_SIZE_LIMIT = 256 * 1024 * 1024
+"""The largest MCAP record read (a chunk of ``runtime record`` holds half a second): larger is damage."""
+MAX_SPAN = 366 * 86400
+"""The most seconds of recorded time a replay covers (a year): states stamped further apart are damage
+(a state stamped 2^64-1 ns would have the replay wait 500 years)."""
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+"""The first bytes of every MCAP file."""
+
+
+class RecordingError(RuntimeBaseException):
+    """A recording cannot be written or read: the message says why, in one line.
+
+    Raised by :func:`open_recording` (not an MCAP file, not made by ``runtime
+    record``, made with another catalog, damaged), by the recorder
+    (:class:`runtime.recorder.Recorder`: a file that exists or cannot be
+    written, a full disk) and by the replayer
+    (:class:`runtime.recorder.Replayer`: a namespace where live processes
+    serve buffers). ``runtime record`` and ``runtime replay`` print
+    :attr:`message` as their one-line error.
+    """
 
 
 # ---- topics ---------------------------------------------------------------------------------------
@@ -319,11 +363,13 @@ class McapOutput:
         return bytes(builder.end()) + MCAP0_MAGIC  # type: ignore[no-untyped-call]
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Keep what the writer wrote, for the next :meth:`flush` (nothing after a failure)."""
         if self.error is None:
             self.pending += data
         return len(data)
 
     def tell(self) -> int:
+        """Where the writer is: the bytes written out and those kept for the next flush."""
         return self.durable + len(self.pending)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
@@ -386,3 +432,312 @@ class McapOutput:
             written = os.pwrite(self.fd, view, offset)
             view = view[written:]
             offset += written
+
+
+# ---- reading a recording ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedState:
+    """One recorded state of one buffer."""
+
+    time: int
+    """The log time: nanoseconds since the epoch when the buffer held it."""
+    key: tuple[str, int]
+    valid: bool
+    values: dict[str, Any] | None
+
+
+@dataclasses.dataclass
+class Recording:
+    """What :func:`open_recording` learned of a file before playing it."""
+
+    path: str
+    metadata: dict[str, str]
+    """The ``runtime`` metadata record."""
+    catalog: dict[str, Any]
+    """The recorded description of the device types (:func:`runtime.schema.describe_catalog`)."""
+    keys: set[tuple[str, int]] = dataclasses.field(default_factory=set)
+    """The buffers recorded."""
+    messages: int = 0
+    """Recorded states (writes excluded)."""
+    writes: int = 0
+    """Recorded writes (not replayed)."""
+    start: int | None = None
+    end: int | None = None
+    """The first and last log time (ns)."""
+    indexed: bool = False
+    """Whether the file ends with its index (False: the recorder was killed, or the file is cut)."""
+    damaged: str | None = None
+    """Why reading stopped before the end of the file, if it did."""
+
+    @property
+    def seconds(self) -> float:
+        """The time the recording spans."""
+        if self.start is None or self.end is None:
+            return 0.0
+        return (self.end - self.start) / 1e9
+
+
+def _records(path: str, damage: list[str] | None = None) -> Iterator[Any]:
+    """Every record of an MCAP file in order, chunks opened; a damaged tail ends it (said in ``damage``).
+
+    Raises:
+        RecordingError: Not even the first record reads (not an MCAP file).
+    """
+    from mcap.exceptions import InvalidMagic
+    from mcap.stream_reader import StreamReader
+
+    with open(path, "rb") as file:
+        records = StreamReader(file, record_size_limit=RECORD_SIZE_LIMIT).records
+        try:
+            yield next(records)
+        except InvalidMagic:
+            raise RecordingError(
+                f"{path} is not an MCAP file (it does not start with the MCAP magic)"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - whatever the reader says: not a file we can read
+            raise RecordingError(f"{path} is not an MCAP file: {_reason(exc)}") from None
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - a truncated or damaged tail: stop there
+                if damage is not None:
+                    damage.append(_reason(exc))
+                return
+            yield record
+
+
+def _reason(exc: BaseException) -> str:
+    from mcap.exceptions import EndOfFile
+
+    if isinstance(exc, EndOfFile | struct.error | EOFError):
+        return "the file ends in the middle of a record (its recorder was killed?)"
+    return str(exc) or type(exc).__name__
+
+
+def _summary(path: str) -> tuple[dict[str, str] | None, Any] | None:
+    """The ``runtime`` metadata and the summary of a file that ends with its index, else None."""
+    from mcap.reader import SeekingReader
+
+    try:
+        with open(path, "rb") as file:
+            reader = SeekingReader(file, record_size_limit=RECORD_SIZE_LIMIT)
+            summary = reader.get_summary()
+            if summary is None or summary.statistics is None:
+                return None
+            metadata = next((m.metadata for m in reader.iter_metadata() if m.name == METADATA_NAME), None)
+            return metadata, summary
+    except Exception:  # noqa: BLE001 - no usable index: the file is read from the start instead
+        return None
+
+
+def open_recording(path: str, catalog: Mapping[str, type[Buffer]]) -> Recording:
+    """Read a recording's description, from its index (or all of it, when it has none); check its catalog.
+
+    Raises:
+        RecordingError: The file cannot be read, is not MCAP, was not made by
+            ``runtime record``, or its device types differ from ``catalog``
+            (the message says how).
+    """
+    if os.path.isdir(path):
+        raise RecordingError(f"cannot read {path}: it is a directory")
+    try:
+        # Never blocks on a FIFO, never reads a device: a recording is a regular file (a link to one is).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RecordingError(f"cannot read {path}: it is not a regular file (a FIFO, a device...)")
+            empty = not file.read(1)
+    except OSError as exc:
+        raise RecordingError(f"cannot read {path}: {exc.strerror}") from None
+    if empty:
+        raise RecordingError(f"{path} is empty: not an MCAP file")
+    with open(path, "rb") as file:
+        if file.read(8) != MCAP_MAGIC:
+            raise RecordingError(f"{path} is not an MCAP file (it does not start with the MCAP magic)")
+    next(_records(path))  # an MCAP file at all?
+    indexed = _summary(path)
+    recording = _from_index(path, *indexed) if indexed is not None else _from_scan(path)
+    from .schema import catalog_differences
+
+    types = {type_name for type_name, _ in recording.keys}
+    damaged = catalog_damage(recording.catalog, types)
+    if damaged is None:
+        try:
+            problems = catalog_differences(recording.catalog, catalog, types)
+        except (TypeError, ValueError, AttributeError, KeyError, RecursionError) as exc:
+            damaged = f"{type(exc).__name__}: {exc}"  # a shape catalog_damage does not know of
+    if damaged is not None:
+        raise RecordingError(f"{path}: the recorded catalog is damaged ({damaged})")
+    _check_span(recording)
+    if problems:
+        more = f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else ""
+        raise RecordingError(f"{path} was recorded with another catalog: {problems[0]}{more}")
+    return recording
+
+
+def _brief(value: Any) -> str:
+    """A recorded JSON value in a few words (for an error line; never the whole of a big one)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def catalog_damage(catalog: Mapping[str, Any], types: Iterable[str]) -> str | None:
+    """What is wrong with the shape of a recorded catalog's descriptions of ``types``, or None.
+
+    Each one must be what :func:`runtime.schema.describe_type` writes: a
+    mapping whose ``params`` is a list of mappings, each with a string
+    ``name``. A type the catalog does not describe at all is not damage here
+    (:func:`runtime.schema.catalog_differences` says so).
+
+    >>> catalog_damage({"servo-motor": {"params": 5}}, ["servo-motor"])
+    "servo-motor: 'params' is 5, not a list"
+    """
+    for name in sorted(types):
+        entry = catalog.get(name)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            return f"{name}: its description is {_brief(entry)}, not a mapping"
+        params = entry.get("params")
+        if not isinstance(params, list):
+            return f"{name}: 'params' is {_brief(params)}, not a list"
+        for index, param in enumerate(params):
+            if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+                return f"{name}: parameter {index} is {_brief(param)}, not a mapping with a name"
+    return None
+
+
+def _check_span(recording: Recording) -> None:
+    """Refuse a recording whose first and last states are more than :data:`MAX_SPAN` apart."""
+    if recording.start is not None and recording.end is not None and recording.seconds > MAX_SPAN:
+        raise RecordingError(
+            f"{recording.path}: its states are stamped {recording.start} to {recording.end} ns "
+            f"({recording.seconds / 86400:.0f} days apart, a replay covers at most {MAX_SPAN // 86400}): "
+            "its times are damaged"
+        )
+
+
+def _not_ours(path: str) -> RecordingError:
+    return RecordingError(
+        f"{path} was not made by 'runtime record': "
+        f"it has no {METADATA_NAME!r} metadata describing the buffers"
+    )
+
+
+def _from_index(path: str, metadata: dict[str, str] | None, summary: Any) -> Recording:
+    if metadata is None:
+        raise _not_ours(path)
+    recording = _describe(path, metadata)
+    recording.indexed = True
+    statistics = summary.statistics
+    for channel_id, channel in summary.channels.items():
+        parsed = parse_topic(channel.topic)
+        if parsed is None or channel.message_encoding != "json":
+            continue
+        type_name, uid, write = parsed
+        count = statistics.channel_message_counts.get(channel_id, 0)
+        if write:
+            recording.writes += count
+        else:
+            recording.keys.add((type_name, uid))
+            recording.messages += count
+    if statistics.message_count:
+        recording.start, recording.end = statistics.message_start_time, statistics.message_end_time
+    return recording
+
+
+def _from_scan(path: str) -> Recording:
+    from mcap.records import Channel, Message, Metadata
+
+    damage: list[str] = []
+    recording: Recording | None = None
+    channels: dict[int, bool] = {}
+    for record in _records(path, damage):
+        if isinstance(record, Metadata) and record.name == METADATA_NAME and recording is None:
+            recording = _describe(path, record.metadata)
+        elif recording is None:
+            if isinstance(record, Channel | Message):
+                break  # data before any description: not a file of ours
+        elif isinstance(record, Channel):
+            parsed = parse_topic(record.topic)
+            if parsed is not None and record.message_encoding == "json":
+                type_name, uid, write = parsed
+                channels[record.id] = write
+                if not write:
+                    recording.keys.add((type_name, uid))
+        elif isinstance(record, Message) and record.channel_id in channels:
+            if channels[record.channel_id]:
+                recording.writes += 1
+                continue
+            recording.messages += 1
+            if recording.start is None or record.log_time < recording.start:
+                recording.start = record.log_time
+            if recording.end is None or record.log_time > recording.end:
+                recording.end = record.log_time
+    if recording is None:
+        if damage:
+            raise RecordingError(f"{path} is damaged before the description of its buffers: {damage[0]}")
+        raise _not_ours(path)
+    recording.damaged = damage[0] if damage else None
+    return recording
+
+
+def _describe(path: str, metadata: Mapping[str, str]) -> Recording:
+    version = metadata.get("format")
+    if version != RECORDING_FORMAT:
+        raise RecordingError(
+            f"{path}: recording format {version!r}, but this version reads {RECORDING_FORMAT!r}"
+        )
+    try:
+        catalog = json.loads(metadata.get("catalog", ""))
+        if not isinstance(catalog, dict):
+            raise ValueError("not a mapping")
+    except RecursionError:
+        raise RecordingError(f"{path}: the recorded catalog is damaged (nested too deep)") from None
+    except ValueError as exc:
+        raise RecordingError(f"{path}: the recorded catalog is damaged ({exc})") from None
+    return Recording(path, dict(metadata), catalog)
+
+
+def iter_states(path: str, recording: Recording | None = None) -> Iterator[RecordedState]:
+    """The recorded states of a file in the order written (writes and other topics skipped).
+
+    A message that does not parse is skipped with a warning; a damaged tail
+    ends the iteration (noted in ``recording.damaged``).
+    """
+    from mcap.records import Channel, Message
+
+    channels: dict[int, tuple[str, int]] = {}
+    bad = 0
+    damage: list[str] = []
+    for record in _records(path, damage):
+        if isinstance(record, Channel):
+            parsed = parse_topic(record.topic)
+            if parsed is not None and not parsed[2] and record.message_encoding == "json":
+                channels[record.id] = parsed[0], parsed[1]
+        elif isinstance(record, Message):
+            key = channels.get(record.channel_id)
+            if key is None:
+                continue
+            try:
+                data = json.loads(record.data)
+                valid = data["valid"]
+                values = data.get("values")
+                if not isinstance(valid, bool) or not (values is None or isinstance(values, dict)):
+                    raise ValueError("not a state message")
+            except (ValueError, KeyError, TypeError, RecursionError):
+                bad += 1
+                if bad == 1:
+                    logger.warning("%s: skipping a message of %s that is not a state", path, key)
+                continue
+            yield RecordedState(record.log_time, key, valid, values if valid else None)
+    if damage and recording is not None:
+        recording.damaged = damage[0]

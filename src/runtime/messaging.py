@@ -18,11 +18,17 @@ that memory in one call.
 6
 """
 
+import ctypes
 import enum
+import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _core
 from .exception import RuntimeBaseException
+
+if TYPE_CHECKING:
+    from .buffer import DeviceBuffer, Parameter
 
 __all__ = [
     "ALL_PARAMS",
@@ -31,12 +37,14 @@ __all__ = [
     "MAX_PARAMS",
     "MAX_PAYLOAD",
     "NO_PARAMS",
+    "UID_FORMS",
     "ErrorCode",
     "FrameSplitter",
     "Message",
     "MessageError",
     "MessageType",
     "ParamLayout",
+    "TypeLayout",
     "make_dev_data",
     "make_dev_disable",
     "make_dev_read",
@@ -48,6 +56,7 @@ __all__ = [
     "make_sub_req",
     "make_sub_res",
     "make_unsubscribe",
+    "parse_uid",
 ]
 
 MAX_PARAMS: int = _core.MAX_PARAMS
@@ -189,3 +198,111 @@ def iter_params(params: int) -> Iterator[int]:
     for index in range(MAX_PARAMS):
         if params & (1 << index):
             yield index
+
+
+# ---- a device type's parameters in a block of memory ----------------------------------------------
+
+
+class TypeLayout(NamedTuple):
+    """Where each parameter of a device type lives in a scratch block of memory.
+
+    The parameters are packed one after another in ID order
+    (:meth:`of`): the memory a DEV_DATA or DEV_WRITE message of this type is
+    built from or read into (``runtime msg``, ``runtime replay``).
+    """
+
+    buffer_type: "type[DeviceBuffer]"
+    layout: ParamLayout
+    by_id: "dict[int, Parameter]"
+    offsets: dict[int, int]
+
+    @classmethod
+    def of(cls, buffer_type: "type[DeviceBuffer]") -> "TypeLayout":
+        """Pack the type's parameters one after another, in ID order."""
+        by_id = {param.id: param for param in buffer_type.params.values()}
+        entries: list[tuple[int, int]] = []
+        offsets: dict[int, int] = {}
+        offset = 0
+        for param_id in range(max(by_id, default=-1) + 1):
+            param = by_id.get(param_id)
+            if param is None:
+                entries.append((0, 0))  # not a parameter of this type: the core refuses its bit
+                continue
+            width = ctypes.sizeof(param.platform_type)
+            entries.append((offset, width))
+            offsets[param_id] = offset
+            offset += width
+        return cls(buffer_type, ParamLayout(entries), by_id, offsets)
+
+    def scratch(self) -> bytearray:
+        """Zeroed memory the size of this layout."""
+        return bytearray(max(1, self.layout.span))
+
+    def names(self, bitmap: int) -> list[str]:
+        """The parameter names of a bitmap, in ID order (``#N`` for IDs the type does not have)."""
+        return [
+            self.by_id[index].name if index in self.by_id else f"#{index}" for index in iter_params(bitmap)
+        ]
+
+    def values(self, bitmap: int, memory: bytearray) -> dict[str, Any]:
+        """Read the flagged parameters' values out of the scratch memory."""
+        result: dict[str, Any] = {}
+        for index in iter_params(bitmap):
+            param = self.by_id[index]
+            width = ctypes.sizeof(param.platform_type)
+            offset = self.offsets[index]
+            result[param.name] = _from_bytes(param, bytes(memory[offset : offset + width]))
+        return result
+
+
+def _from_bytes(param: "Parameter", raw: bytes) -> Any:
+    ctype: Any = param.platform_type
+    value = ctype.from_buffer_copy(raw)
+    if isinstance(value, ctypes.Array):
+        return value.value if value._type_ is ctypes.c_char else _array_list(value)
+    return value.value
+
+
+def _array_list(array: Any) -> list[Any]:
+    return [_array_list(item) if isinstance(item, ctypes.Array) else item for item in array]
+
+
+# ---- a device's UID, as users type it ---------------------------------------------------------------
+
+UID_FORMS = "hex with 0x (as printed everywhere), decimal, or hex digits with a letter a-f"
+"""The UIDs :func:`parse_uid` accepts, in words (for help texts)."""
+_UID = re.compile(
+    r"0[xX](?P<hex>[0-9a-fA-F]+)|(?P<decimal>[0-9]+)|(?P<bare>[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*)"
+)
+
+
+def parse_uid(text: str, where: str | None = None) -> int:
+    """A UID typed by a user: hex with ``0x``, decimal, or bare hex when it contains a letter a-f.
+
+    The one parser of the UIDs users type (a Smart Device's 88 bits:
+    ``device_id``, year, random part, as SUB_RES carries them), for every
+    command (``runtime buffers``, ``record``, ``emulate``, ``msg``).
+
+    >>> parse_uid("0xa0a0000000000c0ffee") == parse_uid("a0a0000000000c0ffee") == 0xA0A0000000000C0FFEE
+    True
+    >>> parse_uid("42"), parse_uid(" 0X2a "), parse_uid("2a")
+    (42, 42, 42)
+    >>> parse_uid("-5")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: bad UID '-5': it must be an integer, hex with 0x (as printed everywhere), decimal, or ...
+
+    Args:
+        where: The argument the UID is part of (``TYPE:UID``), named in the error.
+
+    Raises:
+        ValueError: Anything else (a sign, other letters, nothing): one
+            message, the same for every command.
+    """
+    match = _UID.fullmatch(text.strip())
+    if match is None:
+        within = f" in {where!r}" if where is not None and where != text else ""
+        raise ValueError(f"bad UID {text!r}{within}: it must be an integer, {UID_FORMS}")
+    if match["decimal"] is not None:
+        return int(match["decimal"])
+    return int(match["hex"] or match["bare"], 16)

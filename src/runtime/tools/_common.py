@@ -3,7 +3,9 @@
 * :class:`CommandError`: an expected failure, printed as one line (no traceback);
 * :func:`add_catalog_option` and :func:`load_catalog`: the ``--catalog FILE``
   option of every command that reads a device catalog, and the loading of it;
-* :func:`parse_uid`: a UID typed by a user, accepted the same way everywhere;
+* :func:`parse_uid` (the library's :func:`runtime.messaging.parse_uid`, given
+  here to the commands): a UID typed by a user, accepted the same way
+  everywhere; :func:`parse_key`: ``TYPE:UID`` or a Smart Device UID;
 * :func:`bounded`: the argparse type of every number option, with a finite
   range (so ``1e308``, ``inf`` and ``nan`` are usage errors everywhere);
 * :func:`suggest`: the ``(did you mean ...?)`` hint for a misspelled name;
@@ -23,7 +25,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from ..buffer import Buffer
+    from ..messaging import UID_FORMS, parse_uid
+    from ..store import BufferStore
 
     Number = TypeVar("Number", int, float)  # only for the checker: a TypeVar costs milliseconds at startup
 
@@ -67,6 +70,7 @@ __all__ = [
     "make_console",
     "other_namespaces",
     "param_table",
+    "parse_key",
     "parse_uid",
     "print_json",
     "say_if_empty",
@@ -196,39 +200,36 @@ def devices_text(count: int) -> str:
 
 # ---- what users type ------------------------------------------------------------------------------
 
-UID_FORMS = "hex with 0x (as printed everywhere), decimal, or hex digits with a letter a-f"
-"""The UIDs :func:`parse_uid` accepts, in words (for help texts)."""
-_UID = re.compile(
-    r"0[xX](?P<hex>[0-9a-fA-F]+)|(?P<decimal>[0-9]+)|(?P<bare>[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*)"
-)
 
+def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
+    """Turn ``TYPE:UID`` or a Smart Device UID into a ``(type, uid)`` key (``runtime buffers``, ``record``).
 
-def parse_uid(text: str, where: str | None = None) -> int:
-    """A UID typed by a user: hex with ``0x``, decimal, or bare hex when it contains a letter a-f.
-
-    >>> parse_uid("0xa0a0000000000c0ffee") == parse_uid("a0a0000000000c0ffee") == 0xA0A0000000000C0FFEE
-    True
-    >>> parse_uid("42"), parse_uid(" 0X2a "), parse_uid("2a")
-    (42, 42, 42)
-    >>> parse_uid("-5")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: bad UID '-5': it must be an integer, hex with 0x (as printed everywhere), decimal, or ...
-
-    Args:
-        where: The argument the UID is part of (``TYPE:UID``), named in the error.
+    UIDs are read by :func:`parse_uid`, as by every command.
 
     Raises:
-        ValueError: Anything else (a sign, other letters, nothing): one
-            message, the same for every command.
+        CommandError: (status 2) The key is malformed, or names no catalog type.
     """
-    match = _UID.fullmatch(text.strip())
-    if match is None:
-        within = f" in {where!r}" if where is not None and where != text else ""
-        raise ValueError(f"bad UID {text!r}{within}: it must be an integer, {UID_FORMS}")
-    if match["decimal"] is not None:
-        return int(match["decimal"])
-    return int(match["hex"] or match["bare"], 16)
+    from ..messaging import parse_uid
+
+    type_name, sep, uid_text = text.rpartition(":")
+    try:
+        uid = parse_uid(uid_text, where=text)
+    except ValueError as exc:
+        raise CommandError(str(exc), code=2) from None
+    if sep:
+        if type_name not in store.catalog:
+            raise CommandError(
+                f"no device type {type_name!r} in the catalog{suggest(type_name, store.catalog)}", code=2
+            )
+        return type_name, uid
+    try:
+        return store.normalize_key(uid)
+    except KeyError:
+        raise CommandError(
+            f"UID {uid:#x} has device_id {uid >> 72}, which is no Smart Device type of the catalog; "
+            "for other buffers give TYPE:UID",
+            code=2,
+        ) from None
 
 
 def bounded(
@@ -285,6 +286,19 @@ def add_interval_option(parser: argparse.ArgumentParser, *, default: float, what
         metavar="S",
         help=f"seconds between refreshes of {what}, {low:g} to {high:g} (default {default:g})",
     )
+
+
+def __getattr__(name: str) -> Any:
+    """``UID_FORMS`` and ``parse_uid``, the library's (:mod:`runtime.messaging`), imported when first used.
+
+    ``runtime --help`` imports this module and not the protocol's codec (the
+    compiled core): so these two come in only for a command that reads UIDs.
+    """
+    if name in ("UID_FORMS", "parse_uid"):
+        from .. import messaging
+
+        return getattr(messaging, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 suggest = did_you_mean

@@ -58,7 +58,7 @@ from ._common import (
     format_value,
     load_catalog,
     make_console,
-    parse_uid,
+    parse_key,
     print_json,
     stop_on_signals,
     suggest,
@@ -74,7 +74,6 @@ __all__ = [
     "add_arguments",
     "main",
     "parse_assignments",
-    "parse_key",
     "parse_value",
 ]
 
@@ -119,35 +118,6 @@ HOLD_CHECK_INTERVAL = 0.05
 
 
 # ---- keys typed on the command line---------------------------------------------------------------------
-
-
-def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
-    """Turn ``TYPE:UID`` or a Smart Device UID into a ``(type, uid)`` key.
-
-    UIDs are read by :func:`~runtime.tools._common.parse_uid`, as by every command.
-
-    Raises:
-        CommandError: (status 2) The key is malformed, or names no catalog type.
-    """
-    type_name, sep, uid_text = text.rpartition(":")
-    try:
-        uid = parse_uid(uid_text, where=text)
-    except ValueError as exc:
-        raise CommandError(str(exc), code=2) from None
-    if sep:
-        if type_name not in store.catalog:
-            raise CommandError(
-                f"no device type {type_name!r} in the catalog{suggest(type_name, store.catalog)}", code=2
-            )
-        return type_name, uid
-    try:
-        return store.normalize_key(uid)
-    except KeyError:
-        raise CommandError(
-            f"UID {uid:#x} has device_id {uid >> 72}, which is no Smart Device type of the catalog; "
-            "for other buffers give TYPE:UID",
-            code=2,
-        ) from None
 
 
 # ---- writing: values typed on the command line ---------------------------------------------------

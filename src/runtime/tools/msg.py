@@ -12,6 +12,11 @@ parameters (``--type``, from the catalog): a :class:`~runtime.messaging.ParamLay
 over a scratch ``bytearray`` places each parameter's bytes, and the compiled
 core copies them between the message and that memory, as it does for buffers.
 
+The engine is the library's: decoding a frame and building the messages of
+values are :mod:`runtime.frames`, the layout of a device type's values
+:class:`runtime.messaging.TypeLayout`. This module holds the command: its
+help, its arguments, what it prints, and the parsing of what users type.
+
 Only the codec is imported up front: buffer types (and the catalog) come in
 when a command needs them, so that ``runtime msg encode ping`` starts fast.
 """
@@ -21,27 +26,16 @@ from __future__ import annotations
 import argparse
 import ctypes
 import math
-import re
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from ..messaging import (
-    MAX_PAYLOAD,
-    ErrorCode,
-    Message,
-    MessageError,
-    MessageType,
-    ParamLayout,
-    iter_params,
-)
+from ..frames import decode_frame, parse_hex, raw_bytes, value_messages
+from ..messaging import UID_FORMS, ErrorCode, Message, MessageError, MessageType, TypeLayout, parse_uid
 from ._common import (
-    UID_FORMS,
     CommandError,
     add_catalog_option,
     ctype_name,
     format_value,
     load_catalog,
-    parse_uid,
     print_json,
     suggest,
 )
@@ -52,13 +46,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DESCRIPTION",
     "EPILOG",
-    "TypeLayout",
     "add_arguments",
-    "decode_frame",
     "encode_messages",
     "main",
-    "parse_hex",
-    "raw_bytes",
 ]
 
 DESCRIPTION = """\
@@ -135,72 +125,11 @@ KINDS: dict[str, MessageType] = {
 }
 """The ``encode`` kinds: message types spelled as on the command line."""
 
-_MAX_VALUES = MAX_PAYLOAD - 2
-"""Value bytes one DEV_DATA/DEV_WRITE payload holds after its bitmap."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
 # ---- device types and their layouts ---------------------------------------------------------------
-
-
-class TypeLayout(NamedTuple):
-    """Where each parameter of a device type lives in a scratch block of memory."""
-
-    buffer_type: type[DeviceBuffer]
-    layout: ParamLayout
-    by_id: dict[int, Parameter]
-    offsets: dict[int, int]
-
-    @classmethod
-    def of(cls, buffer_type: type[DeviceBuffer]) -> TypeLayout:
-        """Pack the type's parameters one after another, in ID order."""
-        by_id = {param.id: param for param in buffer_type.params.values()}
-        entries: list[tuple[int, int]] = []
-        offsets: dict[int, int] = {}
-        offset = 0
-        for param_id in range(max(by_id, default=-1) + 1):
-            param = by_id.get(param_id)
-            if param is None:
-                entries.append((0, 0))  # not a parameter of this type: the core refuses its bit
-                continue
-            width = ctypes.sizeof(param.platform_type)
-            entries.append((offset, width))
-            offsets[param_id] = offset
-            offset += width
-        return cls(buffer_type, ParamLayout(entries), by_id, offsets)
-
-    def scratch(self) -> bytearray:
-        """Zeroed memory the size of this layout."""
-        return bytearray(max(1, self.layout.span))
-
-    def names(self, bitmap: int) -> list[str]:
-        """The parameter names of a bitmap, in ID order (``#N`` for IDs the type does not have)."""
-        return [
-            self.by_id[index].name if index in self.by_id else f"#{index}" for index in iter_params(bitmap)
-        ]
-
-    def values(self, bitmap: int, memory: bytearray) -> dict[str, Any]:
-        """Read the flagged parameters' values out of the scratch memory."""
-        result: dict[str, Any] = {}
-        for index in iter_params(bitmap):
-            param = self.by_id[index]
-            width = ctypes.sizeof(param.platform_type)
-            offset = self.offsets[index]
-            result[param.name] = _from_bytes(param, bytes(memory[offset : offset + width]))
-        return result
-
-
-def _from_bytes(param: Parameter, raw: bytes) -> Any:
-    ctype: Any = param.platform_type
-    value = ctype.from_buffer_copy(raw)
-    if isinstance(value, ctypes.Array):
-        return value.value if value._type_ is ctypes.c_char else _array_list(value)
-    return value.value
-
-
-def _array_list(array: Any) -> list[Any]:
-    return [_array_list(item) if isinstance(item, ctypes.Array) else item for item in array]
 
 
 def _device_type(catalog: dict[str, type[Buffer]], name: str) -> type[DeviceBuffer]:
@@ -215,122 +144,6 @@ def _device_type(catalog: dict[str, type[Buffer]], name: str) -> type[DeviceBuff
 
 
 # ---- decoding -----------------------------------------------------------------------------------
-
-
-def parse_hex(words: Sequence[str]) -> list[bytes]:
-    """Turn hex words into frames: spaces, ``:`` and ``0x`` prefixes are ignored, ``00`` separates.
-
-    >>> parse_hex(['04 13 02', '0602', '17', '00'])
-    [b'\\x04\\x13\\x02\\x06\\x02\\x17']
-    >>> parse_hex(['0x02100210', '00', '021002', '10'])
-    [b'\\x02\\x10\\x02\\x10', b'\\x02\\x10\\x02\\x10']
-
-    Raises:
-        CommandError: (status 2) Not hexadecimal, an odd number of digits, or no frame at all.
-    """
-    digits = "".join(re.sub(r"^0[xX]", "", part) for word in words for part in re.split(r"[\s:,]+", word))
-    if not re.fullmatch(r"[0-9a-fA-F]*", digits):
-        bad = re.search(r"[^0-9a-fA-F]", digits)
-        raise CommandError(
-            f"not hexadecimal: {bad.group() if bad else digits!r} in {' '.join(words)!r}", code=2
-        )
-    if len(digits) % 2:
-        raise CommandError(f"odd number of hex digits ({len(digits)}): a byte is two digits", code=2)
-    frames = [frame for frame in bytes.fromhex(digits).split(b"\0") if frame]
-    if not frames:
-        raise CommandError("no frame to decode (only 00 delimiters)", code=2)
-    return frames
-
-
-def raw_bytes(message: Message) -> bytes:
-    """The message before framing: type, length, payload, checksum (XOR of the rest)."""
-    head = bytes([int(message.type), len(message.payload)]) + message.payload
-    checksum = 0
-    for byte in head:
-        checksum ^= byte
-    return head + bytes([checksum])
-
-
-def decode_frame(
-    frame: bytes,
-    layout: TypeLayout | None,
-    lookup: Callable[[int], TypeLayout | None] | None = None,
-) -> dict[str, Any]:
-    """Decode one COBS frame into plain data: type, fields, names and values where known.
-
-    Args:
-        frame: The encoded bytes, without the delimiter.
-        layout: The device type's layout (``--type``), or None.
-        lookup: Finds a type's layout by ``device_id`` (for SUB_RES, which
-            carries the device's UID) when no ``layout`` is given.
-
-    Raises:
-        MessageError: The frame does not decode, or its payload does not fit
-            its type (or the device type's parameters).
-    """
-    message = Message.decode(frame)
-    kind = MessageType(message.type)
-    result: dict[str, Any] = {
-        "frame": frame.hex(" "),
-        "type": kind.name,
-        "type_code": int(kind),
-        "payload": message.payload.hex(" "),
-    }
-    if layout is not None:
-        result["device_type"] = layout.buffer_type.type_name
-
-    def bitmap(params: int, where: TypeLayout | None) -> None:
-        result["params"] = params
-        if where is not None:
-            result["param_names"] = where.names(params)
-
-    if kind is MessageType.SUB_REQ:
-        params, interval = message.read_sub_req()
-        bitmap(params, layout)
-        result["interval_ms"] = interval
-    elif kind is MessageType.SUB_RES:
-        from ..buffer import DeviceUID
-
-        params, interval, (device_id, year, random) = message.read_sub_res()
-        uid = int(DeviceUID(device_id, year, random))
-        if layout is None and lookup is not None:
-            layout = lookup(device_id)
-            if layout is not None:
-                result["device_type"] = layout.buffer_type.type_name
-        bitmap(params, layout)
-        result["interval_ms"] = interval
-        result["uid"] = {
-            "device_id": device_id,
-            "year": year,
-            "random": random,
-            "uid": uid,
-            "hex": f"{uid:#x}",
-        }
-    elif kind is MessageType.DEV_READ:
-        bitmap(message.read_dev_read(), layout)
-    elif kind in (MessageType.DEV_DATA, MessageType.DEV_WRITE):
-        if layout is None:
-            if len(message.payload) < 2:
-                raise MessageError(
-                    "payload too short for a parameter bitmap", error_code=ErrorCode.GENERIC_ERROR
-                )
-            bitmap(int.from_bytes(message.payload[:2], "little"), None)
-            result["value_bytes"] = message.payload[2:].hex(" ")
-        else:
-            memory = layout.scratch()
-            read = message.read_dev_data if kind is MessageType.DEV_DATA else message.read_dev_write
-            params = read(layout.layout, memory)
-            bitmap(params, layout)
-            result["values"] = layout.values(params, memory)
-    elif kind is MessageType.HB_REQ:
-        result["heartbeat_id"] = message.read_hb_req()
-    elif kind is MessageType.HB_RES:
-        result["heartbeat_id"] = message.read_hb_res()
-    elif kind is MessageType.ERROR:
-        code = ErrorCode(message.read_error())
-        result["error_code"] = code.name
-        result["error_code_value"] = int(code)
-    return result
 
 
 def _print_decoded(data: dict[str, Any]) -> None:
@@ -371,7 +184,10 @@ def _decode_main(args: argparse.Namespace) -> int:
     from ..jsonio import jsonable
     from ..store import BufferStore
 
-    frames = parse_hex(args.hex)
+    try:
+        frames = parse_hex(args.hex)
+    except ValueError as exc:
+        raise CommandError(str(exc), code=2) from None
     catalog = load_catalog(args.catalog) if args.type or args.catalog else None
     layout = TypeLayout.of(_device_type(catalog, args.type)) if catalog is not None and args.type else None
     cache: dict[int, TypeLayout | None] = {}
@@ -548,19 +364,7 @@ def _values_messages(args: argparse.Namespace, layout: TypeLayout | None, kind: 
         offset = layout.offsets[param.id]
         memory[offset : offset + len(data)] = data
         chosen.add(param.id)
-    # Every value travels once; split where one payload would overflow (as the runtime does).
-    messages: list[Message] = []
-    make = Message.make_dev_data if kind is MessageType.DEV_DATA else Message.make_dev_write
-    bitmap, size = 0, 0
-    for param_id in sorted(chosen):
-        width = ctypes.sizeof(layout.by_id[param_id].platform_type)
-        if bitmap and size + width > _MAX_VALUES:
-            messages.append(make(bitmap, layout.layout, memory))
-            bitmap, size = 0, 0
-        bitmap |= 1 << param_id
-        size += width
-    messages.append(make(bitmap, layout.layout, memory))
-    return messages
+    return value_messages(kind, layout, memory, chosen)
 
 
 def _example(layout: TypeLayout) -> str:
