@@ -378,12 +378,18 @@ class BufferWatcher:
         for segment in gone:
             watched = self._known.pop(segment.name)
             self._group_of(watched, remove=True)
-        for segment in appeared:
+        for index, segment in enumerate(appeared):
             attached = Watched(segment.type_name, segment.uid, segment.name, segment.buffer, segment.inode)
             self._known[segment.name] = attached
-            with self.callback_lock:
-                if self.on_appear is not None:
-                    self.on_appear(attached)
+            try:
+                with self.callback_lock:
+                    if self.on_appear is not None:
+                        self.on_appear(attached)
+            except BaseException:
+                for rest in appeared[index + 1 :]:  # not watched yet: found again at the next look
+                    self._segments.forget(rest.name)
+                    rest.buffer.close()
+                raise
             self._group_of(attached)
 
     # -- inside --

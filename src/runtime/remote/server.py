@@ -57,12 +57,13 @@ wait in order meanwhile). This process ending ends all its commands at once.
 
 How it works (one asyncio loop, and Zenoh's own threads):
 
-* Every :data:`DISCOVER_INTERVAL` seconds the namespace's segments are listed
-  (:meth:`~runtime.store.BufferStore.find_segments`: a directory listing, no
-  buffer opened). A new one is attached (never created) and gets a publisher
-  and a task; one that vanished loses them (its key gets a Zenoh DELETE); one
-  unlinked and made again meanwhile (its file's device and inode are not the
-  mapped one's) is dropped and served anew.
+* Every :data:`DISCOVER_INTERVAL` seconds the namespace's segments are looked
+  for (:class:`runtime.watch.SegmentDiscovery`, as ``runtime record`` and
+  ``runtime foxglove`` do: a directory listing, then the new ones attached,
+  never created). A new one gets a publisher and a task; one that vanished
+  loses them (its key gets a Zenoh DELETE); one unlinked and made again
+  meanwhile (its file's inode is not the mapped one's) is dropped and served
+  anew; one that cannot be opened is logged once and tried again at every look.
   The same pass compares each buffer's validity with the one last published:
   a safety net for a producer death the notifier missed (one can fall between
   two of its waits), so that no liveliness token outlives its device by more
@@ -94,8 +95,10 @@ Hostile puts cost a short refusal: a payload is at most
 ``.../error`` answer echoes at most :data:`ECHO_LIMIT` bytes of what it
 refused, and each sender (its attachment) is answered and logged at most
 :data:`~runtime.remote.REFUSAL_RATE` times a second (the rest are counted).
-Listening beyond this machine with writes and no access control logs a
-warning at start.
+``runtime zenoh`` listening beyond this machine with writes and no access
+control logs a warning at start (:func:`~runtime.remote.session.exposed_endpoints`,
+:func:`~runtime.remote.session.access_control_enabled`).
+
 :class:`ZenohServer` is the engine; ``runtime zenoh`` (:mod:`runtime.tools.zenoh`)
 opens the session (:func:`runtime.remote.session.open_session`) and runs it.
 """
