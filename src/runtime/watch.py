@@ -1,11 +1,17 @@
 """Watching the buffers of a namespace: which appear, change and disappear, without polling.
 
+:class:`SegmentDiscovery` is the one look for a namespace's segments: each
+:meth:`~SegmentDiscovery.discover` lists them, attaches those that appeared
+and says which are gone. A segment that is replaced (same name, another
+file) is gone and appears anew; one that cannot be opened is tried again at
+the next look and reported once. ``runtime zenoh``
+(:class:`runtime.remote.server.ZenohServer`) looks through it from its
+asyncio loop, and :class:`BufferWatcher` from its thread.
+
 :class:`BufferWatcher` lists the namespace's segments every
 :data:`DISCOVER_INTERVAL` seconds and sleeps in :func:`runtime.notify.wait_any`
 on the buffers it found (one thread per
-:data:`~runtime.notify.WATCHED_PER_THREAD` of them) until one changes. A
-segment that is replaced (same name, another file) is watched anew; one that
-cannot be opened is tried again at the next look and reported once.
+:data:`~runtime.notify.WATCHED_PER_THREAD` of them) until one changes.
 ``runtime record`` and ``runtime foxglove`` are built on it.
 """
 
@@ -17,7 +23,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .buffer import SHM_DIR, Buffer, DeviceBufferError
@@ -26,7 +32,15 @@ from .mcap import topic_of
 from .notify import WATCHED_PER_THREAD, Block, wait_any
 from .store import BufferStore
 
-__all__ = ["DISCOVER_INTERVAL", "WAIT_SLICE", "BufferWatcher", "Watched", "find_segments"]
+__all__ = [
+    "DISCOVER_INTERVAL",
+    "WAIT_SLICE",
+    "BufferWatcher",
+    "Segment",
+    "SegmentDiscovery",
+    "Watched",
+    "find_segments",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +83,117 @@ class Watched:
     def topic(self) -> str:
         """The buffer's topic (:func:`topic_of`)."""
         return topic_of(self.type_name, self.uid)
+
+
+@dataclasses.dataclass(eq=False)
+class Segment:
+    """One segment a :class:`SegmentDiscovery` found and attached: its buffer is the caller's."""
+
+    type_name: str
+    uid: int
+    name: str
+    """The segment's name."""
+    buffer: Buffer
+    """A handle attached to it (never created): the caller closes it once the segment is gone."""
+    inode: int
+    """The inode of the file attached: another one at its name replaced it."""
+    replaced: bool = False
+    """Set when it is reported gone because another file took its name (not unlinked for good)."""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The store key ``(type, uid)``."""
+        return self.type_name, self.uid
+
+
+class SegmentDiscovery:
+    """The segments of a namespace, looked for again at each :meth:`discover`: which appeared, which went.
+
+    A segment appears once it is attached (with ``create=False``: nothing is
+    made here); it is gone when its name is no longer listed, or when the
+    file at its name is another one (replaced: unlinked and made again, a
+    bridge restarted; the new file appears in the same look when it can be
+    attached). One that cannot be attached (a foreign file, a layout of
+    another version) is tried again at every look; ``on_refused`` hears of it
+    once, until it is attached. Plain and synchronous: one directory listing
+    (:meth:`runtime.store.BufferStore.find_segments`) and the attaches, quick
+    enough for an asyncio loop.
+
+    Args:
+        catalog: The device types (segments of other types are ignored).
+        namespace: The namespace to look in (default: the current one, when made).
+        select: Which ``(type, uid)`` to take (default: all).
+        on_refused: Called with the segment's name and the error the first
+            time it cannot be attached (default: a warning in the log).
+    """
+
+    def __init__(
+        self,
+        catalog: Mapping[str, type[Buffer]],
+        namespace: str | None = None,
+        *,
+        select: Callable[[str, int], bool] | None = None,
+        on_refused: Callable[[str, DeviceBufferError], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.namespace = namespace or BufferStore.namespace()
+        self.select = select
+        self.on_refused = on_refused
+        self._known: dict[str, Segment] = {}
+        self._refused: set[str] = set()
+
+    def discover(self) -> tuple[list[Segment], list[Segment]]:
+        """Look now: ``(appeared, gone)``, each sorted by name.
+
+        ``appeared``: the segments attached in this look (their buffers are
+        the caller's). ``gone``: those of earlier looks whose segment vanished
+        or was replaced (:attr:`Segment.replaced`); their buffers are not
+        closed here (the caller may still be using them).
+        """
+        present: dict[str, tuple[str, int]] = {}
+        for type_name, uid, name in find_segments(self.catalog, self.namespace):
+            if self.select is None or self.select(type_name, uid):
+                present[name] = (type_name, uid)
+        gone = []
+        for name, segment in list(self._known.items()):
+            if name not in present or _inode(name) != segment.inode:
+                segment.replaced = name in present
+                gone.append(self._known.pop(name))
+        appeared = []
+        for name, (type_name, uid) in present.items():
+            if name in self._known:
+                continue
+            attached = self._attach(type_name, uid, name)
+            if attached is not None:
+                self._known[name] = attached
+                appeared.append(attached)
+        return appeared, gone
+
+    def segments(self) -> list[Segment]:
+        """The segments attached and not gone, as of the last look."""
+        return list(self._known.values())
+
+    def forget(self, name: str) -> Segment | None:
+        """Stop following a segment (the caller closes its buffer): the next look attaches it anew."""
+        return self._known.pop(name, None)
+
+    def _attach(self, type_name: str, uid: int, name: str) -> Segment | None:
+        inode = _inode(name)
+        try:
+            buffer = self.catalog[type_name].attach(name, create=False)
+        except DeviceBufferError as exc:
+            if name not in self._refused:  # say it once
+                self._refused.add(name)
+                if self.on_refused is not None:
+                    self.on_refused(name, exc)
+                else:
+                    logger.warning("cannot open %s: %s", name, exc.message)
+            return None
+        if inode is None or _inode(name) != inode:  # replaced meanwhile: next time
+            buffer.close()
+            return None
+        self._refused.discard(name)
+        return Segment(type_name, uid, name, buffer, inode)
 
 
 class _Group:
@@ -216,7 +341,12 @@ class BufferWatcher:
         self.callback_lock = threading.RLock()
         self._known: dict[str, Watched] = {}
         self._groups: list[_Group] = []
-        self._refused: set[str] = set()
+        self._segments = SegmentDiscovery(
+            catalog,
+            self.namespace,
+            select=lambda type_name, uid: self.select is None or self.select(type_name, uid),
+            on_refused=lambda name, exc: logger.warning("cannot watch %s: %s", name, exc.message),
+        )
 
     # -- what the user calls --
 
@@ -244,42 +374,25 @@ class BufferWatcher:
 
     def discover(self) -> None:
         """Start watching the buffers that appeared; stop watching those that disappeared."""
-        present: dict[str, tuple[str, int]] = {}
-        for type_name, uid, name in find_segments(self.catalog, self.namespace):
-            if self.select is None or self.select(type_name, uid):
-                present[name] = (type_name, uid)
-        for name, watched in list(self._known.items()):
-            if name not in present or _inode(name) != watched.inode:
-                del self._known[name]
-                self._group_of(watched, remove=True)
-        for name, (type_name, uid) in present.items():
-            if name in self._known:
-                continue
-            attached = self._attach(type_name, uid, name)
-            if attached is None:
-                continue
-            self._known[name] = attached
-            with self.callback_lock:
-                if self.on_appear is not None:
-                    self.on_appear(attached)
+        appeared, gone = self._segments.discover()
+        for segment in gone:
+            watched = self._known.pop(segment.name)
+            self._group_of(watched, remove=True)
+        for index, segment in enumerate(appeared):
+            attached = Watched(segment.type_name, segment.uid, segment.name, segment.buffer, segment.inode)
+            self._known[segment.name] = attached
+            try:
+                with self.callback_lock:
+                    if self.on_appear is not None:
+                        self.on_appear(attached)
+            except BaseException:
+                for rest in appeared[index + 1 :]:  # not watched yet: found again at the next look
+                    self._segments.forget(rest.name)
+                    rest.buffer.close()
+                raise
             self._group_of(attached)
 
     # -- inside --
-
-    def _attach(self, type_name: str, uid: int, name: str) -> Watched | None:
-        inode = _inode(name)
-        try:
-            buffer = self.catalog[type_name].attach(name, create=False)
-        except DeviceBufferError as exc:
-            if name not in self._refused:  # say it once
-                self._refused.add(name)
-                logger.warning("cannot watch %s: %s", name, exc.message)
-            return None
-        if inode is None or _inode(name) != inode:  # replaced meanwhile: next time
-            buffer.close()
-            return None
-        self._refused.discard(name)
-        return Watched(type_name, uid, name, buffer, inode)
 
     def _group_of(self, watched: Watched, *, remove: bool = False) -> None:
         if remove:
@@ -320,7 +433,7 @@ class BufferWatcher:
                 self.on_disappear(watched)
 
 
-def find_segments(catalog: dict[str, type[Buffer]], namespace: str) -> list[tuple[str, int, str]]:
+def find_segments(catalog: Mapping[str, type[Buffer]], namespace: str) -> list[tuple[str, int, str]]:
     """The catalog's segments in ``namespace``: the library's :meth:`BufferStore.find_segments
     <runtime.store.BufferStore.find_segments>`, for a watcher that keeps to its own namespace."""
     return BufferStore(catalog).find_segments(namespace)

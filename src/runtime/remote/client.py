@@ -1,116 +1,7 @@
-"""The robot's buffers from another machine, over Zenoh: a client of ``runtime zenoh``.
+"""The client of ``runtime zenoh``: :func:`connect` to a robot, its :class:`Robot`, a :class:`RemoteDevice`.
 
-On the robot, ``runtime zenoh --listen tcp/0.0.0.0:7447`` serves the buffers of
-a namespace on a `Zenoh <https://zenoh.io>`_ session. This module is the client
-for a laptop, a dashboard or a test bench: :func:`connect` to the robot, list
-its devices with :meth:`Robot.discover`, take a :class:`RemoteDevice` with
-:meth:`Robot.device` and use it like the local student handle
-(:class:`runtime.device.Device`): ``get``, ``snapshot``, ``write``, ``valid``,
-``wait_update`` and ``wait_update_async``.
-
-Any Zenoh client, in any language, can do the same with these key expressions
-(``<namespace>`` is the robot's name on the network, by default its buffer
-namespace, ``rt``):
-
-* ``runtime/<namespace>/<type>/<uid>``: one JSON object per change of the
-  device's values, ``{"type": "servo-motor", "uid": "0x7...", "valid": true,
-  "values": {"servo0": 0.5, ...}, "last_update": 1700000000.5, "time":
-  1700000000.51, "seq": 42}``. The UID is hex with ``0x`` (lower case, no
-  padding), as ``runtime buffers`` prints it; ``values`` is null while the
-  device is not connected; ``seq`` counts the publications of one server.
-  A ``get`` on ``runtime/<namespace>/**`` (or on one device's key) answers the
-  same objects, fresh, one per matching buffer.
-* A liveliness token at the same key while the device is valid, and one at
-  ``runtime/<namespace>`` while ``runtime zenoh`` runs: a liveliness
-  subscriber sees devices come and go, and all of them go when the robot's
-  process or machine dies.
-* ``runtime/<namespace>/<type>/<uid>/write``: put a JSON object
-  ``{"param": value, ...}`` to write; the robot applies all of it or nothing.
-  A refused write (unknown or read-only parameter, wrong type, device not
-  connected, robot disabled, a command without a commander: below) changes
-  nothing and is answered with a JSON object on
-  ``runtime/<namespace>/<type>/<uid>/error``: ``error`` (the reason),
-  ``kind``, ``param``, ``value``, ``write`` (what was asked) and ``time``.
-* Commands: a write of a parameter that has a safe value in the catalog (an
-  actuator: a motor's ``duty_cycle``, a servo's ``servo0``) is a *command*,
-  and belongs to the client that sent it, as a local write belongs to its
-  process (:mod:`runtime.commands`). A client makes itself known with a
-  liveliness token at ``runtime/<namespace>/@client/<id>`` (``<id>``: one key
-  chunk of its choice, unique on the network, at most 128 characters, without
-  ``/ * $ ? #`` nor a leading ``@``) and sends ``<id>`` (UTF-8) as the *attachment* of each put
-  on ``.../write``. When its token goes (the client closes, its process dies,
-  or its network is lost: then within the Zenoh lease, 10 s by default,
-  ``transport/link/tx/lease`` in the client's configuration), the robot puts
-  back the safe value of every parameter whose last command through
-  ``runtime zenoh`` was this client's (one commanded since by another client,
-  or by a program on the robot, stays theirs). A command without a live
-  token (no attachment, or an ``<id>`` whose token the robot has not seen
-  within :data:`CLIENT_GRACE` seconds) is refused: safe by default. Writes of
-  other parameters need neither. :class:`Robot` does all of this: its
-  :attr:`Robot.client_id` is its session's Zenoh ID and a random suffix, and
-  its token lives until :meth:`Robot.close`.
-* ``runtime/<namespace>/@robot``: the robot's state, ``{"enabled": true,
-  "time": 1700000000.5, "server": "<zid>"}``, published when it changes and
-  answered to a ``get``; a DELETE when ``runtime zenoh`` stops. While the
-  robot is disabled (``runtime disable``, :meth:`runtime.store.BufferStore.disable`)
-  every command is refused (``"the robot is disabled..."``); nothing moves
-  until it is enabled and a new command arrives. :attr:`Robot.enabled` reads it.
-
-* ``runtime/<namespace>/@mode``: the field's mode, the driver station's
-  switch. A put of ``{"mode": "teleop"}`` (``"idle"``, ``"auto"``,
-  ``"teleop"``; a bare JSON string too) sets the ``mode`` of the field buffer,
-  which ``runtime run`` follows. Idle is accepted from anyone, at once; any
-  other mode only from a client with a live token (as a command), which
-  becomes the *driver*: when its token goes, the robot goes idle. A ``get``
-  answers ``{"mode": "teleop", "running": "teleop", "driver": "<id>", "time":
-  ..., "server": ...}`` (``running``: the mode the runner's student code runs
-  in, null without a runner). The field buffer itself is served like any
-  buffer, at ``runtime/<namespace>/field/0x0``: its publications say every
-  change of the mode. :meth:`Robot.set_mode` and :attr:`Robot.mode`.
-* ``runtime/<namespace>/@input/gamepad`` and ``.../@input/keyboard``: a put of
-  ``{name: value, ...}`` from a client with a live token sets the driver
-  station's inputs, all or none: a gamepad's ``button_a`` ... (true or false)
-  and ``joystick_left_x`` ... (a number from -1 to 1: out of bounds is refused,
-  not clamped), a keyboard's keys (``"a"``, ``"0"``, ``","``, ``"left_arrow"``
-  or the parameter names ``"digit_0"``, ``"comma"``...) as :func:`check_input`
-  checks them. ``runtime zenoh`` serves the input's buffer (``gamepad`` 0,
-  ``keyboard`` 0) for that client; when its token goes, every value returns
-  to neutral and the buffer turns invalid. :meth:`Robot.send_gamepad` and
-  :meth:`Robot.send_keyboard`.
-* ``runtime/<namespace>/@mode/error`` and ``.../@input/<kind>/error``: why a
-  mode or an input was refused, a JSON object: ``error``, ``kind``,
-  ``param``, ``mode``, ``request`` (what was asked), ``client`` (its
-  attachment) and ``time``. :meth:`Robot.refusals`.
-* The student code's print lines: ``runtime run`` serves a ``runner`` buffer,
-  published at ``runtime/<namespace>/runner/0x0`` like any buffer: ``lines``
-  counts every line printed, ``log`` holds the newest ones.
-  :meth:`Robot.log_lines` gives those not seen yet.
-
-The ``@client``, ``@robot``, ``@mode`` and ``@input`` chunks are verbatim
-chunks: the wildcards of ``runtime/<namespace>/**`` or
-``runtime/<namespace>/*/*`` never match them, so a subscriber to the devices
-sees none of them.
-
-Example (it needs a robot, so it is not run as a doctest)::
-
-    from runtime import remote
-
-    with remote.connect("tcp/192.168.0.42:7447") as robot:
-        for info in robot.discover():
-            print(info.type_name, hex(info.uid), info.valid)
-        servo = robot.device(0x7_09_0000000000000042)
-        if servo.wait_update(timeout=2.0):
-            print(servo.get("servo0"), servo.snapshot())
-        servo.write("servo0", 0.5)  # a command: 0.0 again when this client goes
-
-        robot.set_mode("teleop")  # this client drives: the robot goes idle when it goes
-        robot.send_keyboard({"w": True})  # released again when this client goes
-        print(robot.mode, robot.log_lines())
-
-The client keeps the latest values of every device it has heard of, so
-``get`` and ``snapshot`` cost no network round trip; ``wait_update`` sleeps
-until the next publication. A client in Zenoh's ``client`` mode reconnects by
-itself when the robot comes back.
+What :mod:`runtime.remote` is for users (it re-exports every name here): the
+protocol it speaks is described there.
 """
 
 from __future__ import annotations
@@ -123,75 +14,53 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import threading
 import time
 import typing
 import warnings
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zenoh
 
-from .buffer import Buffer, DeviceBuffer, DeviceBufferError, Parameter, current_namespace
-from .exception import RuntimeBaseException, did_you_mean
-from .jsonio import jsonable
-from .student import (
-    FIELD_KEY,
-    KEY_NAMES,
-    MODES,
-    RUNNER_KEY,
-    key_param,
-    log_lines_since,
-    mode_name,
-    mode_number,
+from ..buffer import Buffer, DeviceBuffer, DeviceBufferError, current_namespace
+from ..exception import did_you_mean
+from ..jsonio import jsonable
+from ..student import FIELD_KEY, MODES, RUNNER_KEY, log_lines_since, mode_name, mode_number
+from .keys import (
+    INPUT_KINDS,
+    KEY_ROOT,
+    check_client_id,
+    check_namespace,
+    client_key,
+    device_key,
+    input_key,
+    mode_key,
+    parse_device_key,
+    state_key,
 )
+from .payload import MAX_PAYLOAD, QUOTE_LIMIT, RefusalLimiter, check_input, load_payload, quote
+from .session import RemoteError, make_config
 
 __all__ = [
-    "CLIENT_GRACE",
     "DEFAULT_TIMEOUT",
-    "INPUT_KINDS",
-    "KEY_ROOT",
+    "DEVICES_KEEP",
+    "ERRORS_KEEP",
+    "LOG_KEEP",
+    "REORDER_TIME",
+    "REORDER_WINDOW",
+    "SEQ_LIMIT",
     "RemoteDevice",
-    "RemoteError",
     "RemoteInfo",
     "Robot",
-    "check_client_id",
-    "check_input",
-    "check_namespace",
-    "client_key",
     "connect",
-    "device_key",
-    "format_uid",
-    "input_key",
-    "make_config",
-    "mode_key",
-    "parse_device_key",
-    "state_key",
 ]
 
 logger = logging.getLogger("runtime.remote")
-
-KEY_ROOT = "runtime"
-"""The first chunk of every key expression: ``runtime/<namespace>/<type>/<uid>``."""
 DEFAULT_TIMEOUT = 5.0
 """Seconds a query to the robot (connecting, :meth:`Robot.discover`) waits for its answers."""
-CLIENT_GRACE = 2.0
-"""Seconds ``runtime zenoh`` holds a command from a client whose liveliness token it has not seen
-yet (the token may still be on its way), before it refuses it."""
-CLIENT_CHUNK = "@client"
-"""The chunk of the clients' liveliness tokens, ``runtime/<namespace>/@client/<id>`` (verbatim: no
-wildcard matches it)."""
-STATE_CHUNK = "@robot"
-"""The chunk of the robot's state: ``runtime/<namespace>/@robot`` (verbatim: no wildcard matches it)."""
-MODE_CHUNK = "@mode"
-"""The chunk of the field mode: ``runtime/<namespace>/@mode`` (verbatim: no wildcard matches it)."""
-INPUT_CHUNK = "@input"
-"""The chunk of the driver station's inputs: ``runtime/<namespace>/@input/<kind>`` (verbatim)."""
-INPUT_KINDS = ("gamepad", "keyboard")
-"""The driver station's inputs: each one a buffer of that type, uid 0, that ``runtime zenoh`` serves."""
 LOG_KEEP = 10000
 """Print lines of the runner a :class:`Robot` keeps for :meth:`Robot.log_lines`, at most (older are lost)."""
 ERRORS_KEEP = 1000
@@ -207,388 +76,8 @@ is an older one overtaken (a query's answer): dropped. Any other is taken, so th
 ``seq`` far ahead under the server's id holds the values for :data:`REORDER_TIME` at most."""
 REORDER_TIME = 1.0
 """Seconds after a publication is taken during which an older one (within the window) is dropped."""
-_CLIENT_ID_LIMIT = 128
-"""Characters in a client ID, at most."""
 _CHANNEL_SIZE = 4096
 """Samples a subscriber's channel holds before the network thread waits for the reader."""
-_WILDCARD_CHARACTERS = frozenset("*$?#")
-
-
-class RemoteError(RuntimeBaseException):
-    """The robot cannot be reached (no session could be opened), or the client is closed."""
-
-
-# ---- key expressions ------------------------------------------------------------------------------
-
-
-def format_uid(uid: int) -> str:
-    """A UID as it appears in key expressions and JSON: hex with ``0x``, lower case, no padding.
-
-    >>> format_uid(0x7_09_00000000000000AB)
-    '0x70900000000000000ab'
-    >>> int(format_uid(42), 16)
-    42
-    """
-    return f"{uid:#x}"
-
-
-def device_key(namespace: str, type_name: str, uid: int) -> str:
-    """The key expression of a device's values: ``runtime/<namespace>/<type>/<uid>``.
-
-    >>> device_key("rt", "servo-motor", 0x7_09_0000000000000042)
-    'runtime/rt/servo-motor/0x7090000000000000042'
-    """
-    return f"{KEY_ROOT}/{namespace}/{type_name}/{format_uid(uid)}"
-
-
-def parse_device_key(key: str) -> tuple[str, str, int] | None:
-    """``(namespace, type, uid)`` of a device's key expression (a trailing chunk such as
-    ``/write`` is ignored), or None when ``key`` is not one.
-
-    >>> namespace, type_name, uid = parse_device_key("runtime/rt/servo-motor/0x7090000000000000042/write")
-    >>> namespace, type_name, hex(uid)
-    ('rt', 'servo-motor', '0x7090000000000000042')
-    >>> parse_device_key("runtime/rt"), parse_device_key("runtime/rt/servo-motor/*")
-    (None, None)
-    >>> parse_device_key("runtime/rt/@client/0x1")  # a client's token, not a device
-    """
-    chunks = key.split("/")
-    if len(chunks) < 4 or chunks[0] != KEY_ROOT:
-        return None
-    namespace, type_name, uid_text = chunks[1:4]
-    if not uid_text.startswith("0x") or any(
-        set(chunk) & _WILDCARD_CHARACTERS or chunk.startswith("@") for chunk in chunks[1:4]
-    ):
-        return None
-    try:
-        uid = int(uid_text, 16)
-    except ValueError:
-        return None
-    return namespace, type_name, uid
-
-
-def check_namespace(namespace: str) -> str:
-    """``namespace`` if it can be the ``<namespace>`` chunk of the key expressions, else ``ValueError``.
-
-    The one check of every namespace (:func:`runtime.store.check_namespace`),
-    then Zenoh's own look at the key expression.
-
-    >>> check_namespace("rt-demo-4242")
-    'rt-demo-4242'
-    >>> check_namespace("robots/*")
-    Traceback (most recent call last):
-    ...
-    ValueError: a namespace is one key chunk without / * $ ? # (nor a leading @), not 'robots/*'
-    """
-    from .store import check_namespace as check_store_namespace
-
-    check_store_namespace(namespace)
-    try:
-        zenoh.KeyExpr(f"{KEY_ROOT}/{namespace}")
-    except zenoh.ZError as exc:
-        raise ValueError(f"namespace {namespace!r} is not usable in a key expression: {exc}") from None
-    return namespace
-
-
-def client_key(namespace: str, client_id: str) -> str:
-    """The key expression of a client's liveliness token: ``runtime/<namespace>/@client/<id>``.
-
-    >>> client_key("rt", "5f3a9c-0b1d2e3f")
-    'runtime/rt/@client/5f3a9c-0b1d2e3f'
-    """
-    return f"{KEY_ROOT}/{namespace}/{CLIENT_CHUNK}/{client_id}"
-
-
-def state_key(namespace: str) -> str:
-    """The key expression of the robot's state (``{"enabled": ...}``): ``runtime/<namespace>/@robot``.
-
-    >>> state_key("rt")
-    'runtime/rt/@robot'
-    """
-    return f"{KEY_ROOT}/{namespace}/{STATE_CHUNK}"
-
-
-def mode_key(namespace: str) -> str:
-    """The key expression of the field mode: a put of ``{"mode": "teleop"}`` sets it, a ``get`` reads it.
-
-    >>> mode_key("rt")
-    'runtime/rt/@mode'
-    """
-    return f"{KEY_ROOT}/{namespace}/{MODE_CHUNK}"
-
-
-def input_key(namespace: str, kind: str) -> str:
-    """The key expression of a driver-station input (``gamepad`` or ``keyboard``): a put of its values.
-
-    >>> input_key("rt", "gamepad")
-    'runtime/rt/@input/gamepad'
-    """
-    return f"{KEY_ROOT}/{namespace}/{INPUT_CHUNK}/{kind}"
-
-
-def check_input(kind: str, params: Mapping[str, Parameter], values: object) -> dict[str, bool | float]:
-    """The values of an input put (``{name: value, ...}``) as the input buffer's parameters take them.
-
-    What ``runtime zenoh`` checks before it sets any of them (all or none),
-    and :meth:`Robot.send_input` before it sends them: every name is a
-    parameter of the buffer type (for the keyboard also a key as
-    :class:`runtime.student.Keyboard` names it: ``"0"`` is ``digit_0``,
-    ``","`` is ``comma``), a button takes true or false, a joystick a finite
-    number within its bounds (out of them it is refused, not clamped: a
-    driver station that sends 1.5 has a bug worth seeing).
-
-    >>> from runtime.catalog import load
-    >>> params = load()["keyboard"].params
-    >>> check_input("keyboard", params, {"a": True, ",": False, "digit_1": True})
-    {'a': True, 'comma': False, 'digit_1': True}
-    >>> check_input("gamepad", load()["gamepad"].params, {"joystick_left_x": 1.5})
-    Traceback (most recent call last):
-    ...
-    ValueError: gamepad joystick_left_x: 1.5 is out of bounds [-1, 1] (refused, not clamped)
-
-    Raises:
-        DeviceBufferError: An unknown name (with the closest known one).
-        TypeError: Not an object, or a value of the wrong type.
-        ValueError: A number out of bounds.
-    """
-    if not isinstance(values, Mapping) or not values:
-        raise TypeError(f"an input of the {kind} is a JSON object {{name: value, ...}}, not {_short(values)}")
-    keyboard = kind == "keyboard"
-    checked: dict[str, bool | float] = {}
-    for name, value in values.items():
-        param = key_param(name) if keyboard and isinstance(name, str) else name
-        spec = params.get(param) if isinstance(param, str) else None
-        if spec is None:
-            if keyboard:
-                choices = [key for key in [*params, *KEY_NAMES] if key not in KEY_NAMES.values()]
-                hint = did_you_mean(name, choices)
-                if isinstance(name, str) and name.lower() != name and name.lower() in params:
-                    hint = f" (keys are lower case: {name.lower()!r})"
-                problem = f"the keyboard has no key {_short(name)}{hint}"
-            else:
-                problem = f"the {kind} has no input {_short(name)}{did_you_mean(name, params)}"
-            raise DeviceBufferError(problem, param=name)
-        code = getattr(spec.platform_type, "_type_", "")
-        if code == "?":
-            if not isinstance(value, bool):
-                raise TypeError(f"{kind} {param}: a button is true or false, not {_short(value)}")
-            checked[param] = value
-        elif spec.numeric:
-            bounds = f"[{spec.lower:g}, {spec.upper:g}]"
-            try:
-                number = (
-                    float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-                )
-            except OverflowError:
-                number = math.inf
-            if number is None or not math.isfinite(number):
-                raise TypeError(f"{kind} {param}: takes a finite number within {bounds}, not {_short(value)}")
-            if not spec.lower <= number <= spec.upper:
-                raise ValueError(
-                    f"{kind} {param}: {_short(value)} is out of bounds {bounds} (refused, not clamped)"
-                )
-            checked[param] = number if code in ("f", "d") else int(value)
-        else:
-            raise TypeError(f"{kind} {param} is not an input (neither a button nor a number)")
-    return checked
-
-
-def _short(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a refusal quotes what it refused, not megabytes)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-MAX_PAYLOAD = 65536
-"""The most bytes of JSON a peer's put (a write, a mode, an input) or a Foxglove command may have:
-a longer one is refused unread."""
-MAX_DEPTH = 32
-"""The deepest nesting of arrays and objects in such JSON: a deeper one is refused unparsed."""
-QUOTE_LIMIT = 60
-"""The most characters of a refused payload that a refusal quotes (an error message, a log line)."""
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(rb"[\[\]{}]")
-
-
-def load_payload(data: bytes | str, *, limit: int = MAX_PAYLOAD, depth: int = MAX_DEPTH) -> Any:
-    """JSON from a peer, parsed only if it is at most ``limit`` bytes and ``depth`` levels deep.
-
-    Why: a put of megabytes or one nested 100 000 deep (``RecursionError`` in
-    :func:`json.loads`) must cost the server nothing but a refusal.
-
-    >>> load_payload(b'{"duty_cycle": 0.5}')
-    {'duty_cycle': 0.5}
-    >>> load_payload(b"[" * 1000 + b"]" * 1000)
-    Traceback (most recent call last):
-    ...
-    ValueError: JSON nested deeper than 32 levels
-    >>> load_payload(b'"[[[["')
-    '[[[['
-
-    Raises:
-        ValueError: Too long, too deep, or not JSON (the message quotes at most
-            :data:`QUOTE_LIMIT` characters of it).
-    """
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    if len(raw) > limit:
-        raise ValueError(f"JSON of at most {limit} bytes, not {len(raw)}")
-    level = 0
-    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", raw)):
-        level += 1 if bracket in b"[{" else -1
-        if level > depth:
-            raise ValueError(f"JSON nested deeper than {depth} levels")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ValueError(f"not JSON: {quote(raw)}") from None
-
-
-def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a refusal quotes what it refused, not megabytes.
-
-    >>> quote(b"x" * 1000, 12)
-    "b'xxxxxxx..."
-    """
-    if isinstance(value, bytes | bytearray) and len(value) > limit:
-        value = bytes(value[:limit])
-    elif isinstance(value, str) and len(value) > limit:
-        value = value[:limit]
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-REFUSAL_RATE = 5.0
-"""Refusals a server answers (publishes, shows, logs) per second to one sender, after a burst of
-:data:`REFUSAL_BURST`; more are only counted."""
-REFUSAL_BURST = 20
-REFUSAL_SENDERS = 1024
-"""The senders a :class:`RefusalLimiter` follows at once (the least recently refused is forgotten)."""
-
-
-class RefusalLimiter:
-    """Rate-limits the refusals a server answers, per sender and in all (a flood costs a count).
-
-    Each sender may have :data:`REFUSAL_RATE` refusals a second answered
-    (after a burst of :data:`REFUSAL_BURST`), and all senders together ten
-    times that: a peer that changes its name for every put gains nothing.
-    :meth:`allow` says whether to answer; :attr:`suppressed` counts the others.
-
-    >>> limiter = RefusalLimiter(rate=1.0, burst=2)
-    >>> [limiter.allow("peer", now=0.0) for _ in range(3)], limiter.suppressed
-    ([True, True, False], 1)
-    >>> limiter.allow("peer", now=1.0), limiter.allow("other", now=1.0)
-    (True, True)
-    """
-
-    def __init__(
-        self, rate: float = REFUSAL_RATE, burst: int = REFUSAL_BURST, senders: int = REFUSAL_SENDERS
-    ) -> None:
-        self.rate, self.burst, self.senders = rate, float(burst), senders
-        self._buckets: OrderedDict[object, list[float]] = OrderedDict()
-        self._total = [self.burst * 10, -math.inf]
-        self.suppressed = 0
-        """Refusals not answered since this limiter was made."""
-        self.lock = threading.Lock()
-
-    def _take(self, bucket: list[float], rate: float, burst: float, now: float) -> bool:
-        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate) if bucket[1] > -math.inf else bucket[0]
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1.0
-        return True
-
-    def allow(self, sender: object, now: float | None = None) -> bool:
-        """Whether to answer a refusal of ``sender``'s (None: an unknown one; they share one budget)."""
-        now = time.monotonic() if now is None else now
-        with self.lock:
-            bucket = self._buckets.pop(sender, None) or [self.burst, -math.inf]
-            self._buckets[sender] = bucket
-            while len(self._buckets) > self.senders:
-                self._buckets.popitem(last=False)
-            if self._take(bucket, self.rate, self.burst, now) and self._take(
-                self._total, self.rate * 10, self.burst * 10, now
-            ):
-                return True
-            self.suppressed += 1
-            return False
-
-
-def check_client_id(client_id: str) -> str:
-    """``client_id`` if it can be the ``<id>`` chunk of a client's token, else ``ValueError``.
-
-    One key chunk of at most 128 characters, without ``/ * $ ? #`` nor a leading ``@``.
-
-    >>> check_client_id("5f3a9c-0b1d2e3f")
-    '5f3a9c-0b1d2e3f'
-    >>> check_client_id("**")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: a client ID is one key chunk ... not '**'
-    """
-    if (
-        not isinstance(client_id, str)
-        or not client_id
-        or len(client_id) > _CLIENT_ID_LIMIT
-        or "/" in client_id
-        or client_id.startswith("@")
-        or set(client_id) & _WILDCARD_CHARACTERS
-    ):
-        raise ValueError(
-            f"a client ID is one key chunk of at most {_CLIENT_ID_LIMIT} characters "
-            f"without / * $ ? # (nor a leading @), not {client_id!r}"
-        )
-    try:
-        zenoh.KeyExpr(client_key("rt", client_id))
-    except zenoh.ZError as exc:
-        raise ValueError(f"client ID {client_id!r} is not usable in a key expression: {exc}") from None
-    return client_id
-
-
-# ---- configuration --------------------------------------------------------------------------------
-
-
-def make_config(
-    *,
-    mode: str | None = None,
-    listen: Sequence[str] = (),
-    connect: Sequence[str] = (),
-    scout: bool | None = False,
-    config_file: str | os.PathLike[str] | None = None,
-) -> zenoh.Config:
-    """A Zenoh configuration: ``config_file`` (if any) with these settings on top.
-
-    Args:
-        mode: ``"client"``, ``"peer"`` or ``"router"``; None keeps the file's
-            (or Zenoh's default, ``peer``).
-        listen: Endpoints to listen on, such as ``tcp/0.0.0.0:7447`` (replace the file's when given).
-        connect: Endpoints to connect to (replace the file's when given).
-        scout: Whether to find peers by multicast scouting (off unless asked:
-            robots on one network should not find each other by chance);
-            None keeps the file's (or Zenoh's default, on).
-        config_file: A Zenoh configuration file (JSON5), for TLS, access
-            control, leases and everything else.
-
-    Raises:
-        ValueError: The file cannot be read, or a setting is refused.
-    """
-    try:
-        config = zenoh.Config.from_file(os.fspath(config_file)) if config_file is not None else zenoh.Config()
-        if mode is not None:
-            config.insert_json5("mode", json.dumps(mode))
-        if listen:
-            config.insert_json5("listen/endpoints", json.dumps(list(listen)))
-        if connect:
-            config.insert_json5("connect/endpoints", json.dumps(list(connect)))
-        if scout is not None:
-            config.insert_json5("scouting/multicast/enabled", json.dumps(bool(scout)))
-    except zenoh.ZError as exc:
-        raise ValueError(f"bad Zenoh configuration: {exc}") from None
-    return config
-
-
-# ---- the client -----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -698,7 +187,7 @@ class Robot:
         self._timeout = timeout
         self._owns_session = owns_session
         if catalog is None:
-            from .catalog import load
+            from ..catalog import load
 
             catalog = load()
         self._catalog = catalog
