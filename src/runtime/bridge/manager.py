@@ -91,13 +91,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..buffer import SHM_DIR, Buffer, BufferStore, DeviceBuffer
+from ..buffer import SHM_DIR, Buffer, DeviceBuffer
 from ..commands import Commander, CommanderWatch
 from ..exception import RuntimeBaseException
 from ..jsonio import write_json_atomically
 from ..link import FramePump
 from ..messaging import Message
-from ..store import mapped_elsewhere
+from ..store import BufferStore, mapped_elsewhere
 from .connection import DeviceRecord, PortConnection, logger
 from .watch import Identity, _DirectoryWatch, _identity, _watchable_directory
 

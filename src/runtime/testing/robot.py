@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from .. import catalog as catalog_module
-from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from ..commands import die_with_parent
+from ..store import BufferStore
 from .device import random_uid
 from .faults import FaultRates
 

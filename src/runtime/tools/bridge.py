@@ -23,8 +23,9 @@ from typing import TypeVar
 
 from .. import catalog as catalog_module
 from ..bridge import DEFAULT_GLOB, UNPLUGGED_CAP, UNPLUGGED_GRACE, Bridge, logger
-from ..buffer import Buffer, BufferStore
+from ..buffer import Buffer
 from ..exception import RuntimeBaseException
+from ..store import BufferStore
 from ._common import add_catalog_option, configure_logging, stop_on_signals
 
 __all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "main"]

@@ -52,11 +52,12 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import IO, Any
 
-from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, BufferStore, DeviceBuffer, DeviceBufferError
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from ..commands import die_with_parent
 from ..jsonio import jsonable
 from ..live import serve_foxglove
 from ..report import inspect_buffer
+from ..store import BufferStore
 from ._common import (
     LONGEST_SECONDS,
     CommandError,
