@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,25 +20,35 @@ import pytest
 
 import runtime
 
-LIBRARY_MODULES = [
-    "runtime.buffer",
-    "runtime.store",
-    "runtime.device",
-    "runtime.catalog",
-    "runtime.messaging",
-    "runtime.sync",
-    "runtime.exception",
-    "runtime.jsonio",
-    "runtime.link",
-    "runtime.notify",
-    "runtime.remote",
-    "runtime.commands",
-]
+
+def _library_modules() -> list[str]:
+    """Every public module of the library: walked, not listed, so a new one is checked from the start.
+
+    Left out: the commands (``runtime.tools``: use the commands, not the
+    modules), the compiled core and private modules (a ``_`` name), and
+    ``runtime.__main__``.
+    """
+    found = []
+    for info in pkgutil.walk_packages(runtime.__path__, "runtime."):
+        parts = info.name.split(".")
+        if parts[1] == "tools" or any(part.startswith("_") for part in parts[1:]):
+            continue
+        found.append(info.name)
+    return sorted(found)
+
+
+LIBRARY_MODULES = _library_modules()
 ALLOWLIST = Path(__file__).resolve().parent / "stubtest-allowlist.txt"
 
 
 def public_names(module: Any) -> list[str]:
     return list(getattr(module, "__all__", []))
+
+
+def test_the_walk_finds_the_library_and_not_the_commands() -> None:
+    expected = {"runtime.buffer", "runtime.values", "runtime.remote.client", "runtime.testing"}
+    assert expected <= set(LIBRARY_MODULES)
+    assert not [name for name in LIBRARY_MODULES if name.startswith("runtime.tools") or "._" in name]
 
 
 def test_every_reexported_name_resolves_once_to_its_home() -> None:
