@@ -40,7 +40,7 @@ from e2e import (
 )
 
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
-from runtime.jsonio import jsonable
+from runtime.values import jsonable
 from runtime.link import FrameWriter
 from runtime.messaging import DELIM, ErrorCode, Message, MessageType
 from runtime.testing import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, dev_data

@@ -31,7 +31,7 @@ import websockets
 
 from runtime import BufferStore, live
 from runtime.buffer import Buffer
-from runtime.jsonio import jsonable
+from runtime.values import jsonable
 from runtime.schema import buffer_schema
 from runtime.testing import EmulatedRobot, emulated_robot
 

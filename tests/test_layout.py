@@ -185,6 +185,6 @@ def test_imports_point_one_way(found: Import) -> None:
         assert target != "tool", f"{where}: the testing kit uses the library, not the commands"
     else:
         tool = found.target.rsplit(".", 1)[-1]
-        assert (
-            target != "tool" or tool.startswith("_") or found.target in ("runtime.tools", DISPATCHER)
-        ), f"{where}: a command never imports another command (share a tools/_*.py module)"
+        assert target != "tool" or tool.startswith("_") or found.target in ("runtime.tools", DISPATCHER), (
+            f"{where}: a command never imports another command (share a tools/_*.py module)"
+        )

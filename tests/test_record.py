@@ -30,7 +30,7 @@ from mcap.writer import Writer
 import runtime.catalog
 from runtime import BufferStore
 from runtime.buffer import DeviceBuffer, DeviceBufferError
-from runtime.jsonio import jsonable
+from runtime.values import jsonable
 from runtime.notify import wait_any
 from runtime.schema import buffer_schema, describe_catalog, write_schema
 from runtime.testing import EmulatedRobot, emulated_robot

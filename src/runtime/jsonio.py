@@ -1,68 +1,20 @@
-"""Plain JSON out of parameter values, and JSON files written atomically.
+"""JSON files written atomically.
 
-The bridge and emulator write ``--stats`` files that other programs (the demo,
-tests, scripts) read while they are being rewritten; the CLI prints ``--json``.
-Both need device values as plain JSON: float32 values in their shortest exact
-form, no NaN or infinity, arrays as lists and character data as text.
+The bridge, the emulator and the runner write ``--stats`` files that other
+programs (the demo, tests, scripts) read while they are being rewritten: a
+reader sees the old file or the new one, never half of one. Values in them are
+plain JSON by :func:`runtime.values.jsonable`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import math
 import os
 import tempfile
-from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["jsonable", "short_float", "write_json_atomically"]
-
-
-def short_float(value: float) -> float:
-    """The shortest decimal that reads back as the same single-precision float.
-
-    Device values are 4-byte floats; shown as doubles they look like
-    ``-0.12300000339746475``. This gives ``-0.123``, which converts back to the
-    exact same float32, so nothing is lost. Values that are not float32 are
-    returned as they are.
-
-    >>> short_float(ctypes.c_float(-0.123).value)
-    -0.123
-    >>> short_float(0.1)
-    0.1
-    """
-    if not math.isfinite(value):
-        return value
-    single = ctypes.c_float(value).value
-    if single != value:
-        return value
-    for digits in range(1, 10):
-        candidate = float(f"{value:.{digits}g}")
-        if ctypes.c_float(candidate).value == value:
-            return candidate
-    return value
-
-
-def jsonable(value: Any) -> Any:
-    """Convert a parameter value (or a structure of them) into plain JSON data.
-
-    Floats are shortened (:func:`short_float`), non-finite floats become
-    ``None`` (JSON has no infinity), ctypes arrays become lists and bytes become
-    text (character arrays hold text).
-    """
-    if isinstance(value, bool) or value is None or isinstance(value, int | str):
-        return value
-    if isinstance(value, float):
-        return short_float(value) if math.isfinite(value) else None
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, ctypes.Array | list | tuple | set | frozenset):
-        return [jsonable(item) for item in value]
-    return str(value)
+__all__ = ["write_json_atomically"]
 
 
 def write_json_atomically(path: str | os.PathLike[str], data: Any) -> None:

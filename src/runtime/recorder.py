@@ -52,7 +52,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .buffer import Buffer, DeviceBuffer, DeviceBufferError, Parameter
-from .jsonio import jsonable
 from .mcap import (
     CHUNK_SIZE,
     LOG_TOPIC,
@@ -71,7 +70,7 @@ from .mcap import (
 from .messaging import MAX_PAYLOAD, Message, TypeLayout
 from .store import BufferStore, namespace_segments
 from .student import RUNNER_KEY
-from .values import BufferState, encode_json, read_state
+from .values import BufferState, encode_json, jsonable, read_state
 from .watch import BufferWatcher, Watched
 
 __all__ = [

@@ -29,9 +29,8 @@ from typing import Any
 
 from .buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from .exception import RuntimeBaseException
-from .jsonio import jsonable
 from .store import BufferStore
-from .values import type_name
+from .values import jsonable, type_name
 
 __all__ = [
     "ROBOT_DISABLED",

@@ -20,7 +20,7 @@ schema, ``"safe"`` in its description; a Smart Device type with a
 ``command_timeout`` has ``"x-command-timeout"`` in its write schema and
 ``"command_timeout"`` in its description. Both are absent otherwise.
 
-Values in these messages are plain JSON (:func:`runtime.jsonio.jsonable`):
+Values in these messages are plain JSON (:func:`runtime.values.jsonable`):
 floats shortest-exact, NaN and infinities as ``null``, arrays as lists,
 character arrays as text.
 

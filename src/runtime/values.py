@@ -52,7 +52,6 @@ from typing import Any, NamedTuple
 
 from .buffer import Buffer, DeviceBuffer, DeviceBufferError, Parameter, _integer_range
 from .exception import did_you_mean
-from .jsonio import jsonable
 
 __all__ = [
     "ARRAY",
@@ -73,9 +72,11 @@ __all__ = [
     "encode_json",
     "format_bounds",
     "json_values",
+    "jsonable",
     "kind_of",
     "parse_text",
     "read_state",
+    "short_float",
     "to_wire",
     "type_name",
 ]
@@ -465,12 +466,57 @@ def _array_item(ctype: Any, item: Any) -> Any:
 # ---- reading values -------------------------------------------------------------------------------------
 
 
+def short_float(value: float) -> float:
+    """The shortest decimal that reads back as the same single-precision float.
+
+    Device values are 4-byte floats; shown as doubles they look like
+    ``-0.12300000339746475``. This gives ``-0.123``, which converts back to the
+    exact same float32, so nothing is lost. Values that are not float32 are
+    returned as they are.
+
+    >>> short_float(ctypes.c_float(-0.123).value)
+    -0.123
+    >>> short_float(0.1)
+    0.1
+    """
+    if not math.isfinite(value):
+        return value
+    single = ctypes.c_float(value).value
+    if single != value:
+        return value
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if ctypes.c_float(candidate).value == value:
+            return candidate
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    """Convert a parameter value (or a structure of them) into plain JSON data.
+
+    Floats are shortened (:func:`short_float`), non-finite floats become
+    ``None`` (JSON has no infinity), ctypes arrays become lists and bytes become
+    text (character arrays hold text).
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, int | str):
+        return value
+    if isinstance(value, float):
+        return short_float(value) if math.isfinite(value) else None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, ctypes.Array | list | tuple | set | frozenset):
+        return [jsonable(item) for item in value]
+    return str(value)
+
+
 class BufferState(NamedTuple):
     """What a buffer held at one moment."""
 
     valid: bool
     values: dict[str, Any] | None
-    """Every readable value as plain JSON data (:func:`runtime.jsonio.jsonable`); None when invalid."""
+    """Every readable value as plain JSON data (:func:`jsonable`); None when invalid."""
     time: float
     """:func:`time.time` of the values: the device's last update (Smart Devices), else when read."""
 
@@ -519,14 +565,14 @@ def json_values(buffer_type: type[Buffer], values: dict[str, Any]) -> dict[str, 
 
     Floats become the shortest decimal that reads back as the same float32
     (None for NaN and infinities), arrays lists, text ``str``: what
-    :func:`runtime.jsonio.jsonable` gives, faster (the conversion of each
+    :func:`jsonable` gives, faster (the conversion of each
     type is worked out once).
     """
     return _converter(buffer_type)(values)
 
 
 def _converter(buffer_type: type[Buffer]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A fast :func:`~runtime.jsonio.jsonable` for a snapshot of this type (it changes it in place)."""
+    """A fast :func:`jsonable` for a snapshot of this type (it changes it in place)."""
     convert = _CONVERTERS.get(buffer_type)
     if convert is not None:
         return convert
@@ -552,7 +598,7 @@ def _converter(buffer_type: type[Buffer]) -> Callable[[dict[str, Any]], dict[str
 
 
 def _short_float(value: float) -> float | None:
-    """:func:`runtime.jsonio.short_float` of a float32 value (None for NaN and infinities), memoized."""
+    """:func:`short_float` of a float32 value (None for NaN and infinities), memoized."""
     short = _SHORT.get(value)
     if short is not None:
         return short

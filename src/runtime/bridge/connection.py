@@ -30,9 +30,9 @@ import serial
 from ..buffer import DeviceBuffer, DeviceBufferError, DeviceUID
 from ..commands import Commander
 from ..exception import RuntimeBaseException
-from ..jsonio import jsonable
 from ..link import PumpCounters, PumpEvent
 from ..messaging import DELIM, ErrorCode, Message, MessageError, MessageType
+from ..values import jsonable
 from .watch import Identity
 
 if TYPE_CHECKING:

@@ -20,12 +20,11 @@ from foxglove.websocket import ServerListener
 from ..buffer import Buffer, DeviceBufferError, Parameter
 from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
-from ..jsonio import jsonable
 from ..mcap import LOG_TOPIC, StudentLog, log_schema, topic_of
 from ..remote import RefusalLimiter, load_payload, quote
 from ..store import BufferStore, robot_enabled
 from ..student import RUNNER_KEY
-from ..values import encode_json, read_state
+from ..values import encode_json, jsonable, read_state
 from ..watch import BufferWatcher, Watched
 from .gate import OriginGate, count_connections, shut_sockets
 

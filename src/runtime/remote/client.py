@@ -27,8 +27,8 @@ import zenoh
 
 from ..buffer import Buffer, DeviceBuffer, DeviceBufferError, current_namespace
 from ..exception import did_you_mean
-from ..jsonio import jsonable
 from ..student import FIELD_KEY, MODES, RUNNER_KEY, log_lines_since, mode_name, mode_number
+from ..values import jsonable
 from .keys import (
     INPUT_KINDS,
     KEY_ROOT,

@@ -122,10 +122,10 @@ import zenoh
 from ..buffer import Buffer, DeviceBuffer, DeviceBufferError
 from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
-from ..jsonio import jsonable
 from ..notify import wait_any_async
 from ..store import BufferStore
 from ..student import FIELD_KEY, RUNNER_KEY, mode_name, mode_number
+from ..values import jsonable
 from ..watch import Segment, SegmentDiscovery
 from .keys import (
     CLIENT_GRACE,

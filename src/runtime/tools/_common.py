@@ -429,7 +429,7 @@ def format_value(value: Any) -> str:
     """
     import ctypes
 
-    from ..jsonio import short_float
+    from ..values import short_float
 
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -41,9 +41,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
-from ..jsonio import jsonable
 from ..report import NoSuchBuffer, inspect_buffer, robot_enabled_or_unknown, robot_line, scan
 from ..store import BufferStore
+from ..values import jsonable
 from ._common import (
     PROG,
     UID_FORMS,

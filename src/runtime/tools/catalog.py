@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..exception import RuntimeBaseException
-from ..jsonio import jsonable
+from ..values import jsonable
 from ._common import (
     CommandError,
     add_catalog_option,

@@ -54,10 +54,10 @@ from typing import IO, Any
 
 from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from ..commands import die_with_parent
-from ..jsonio import jsonable
 from ..live import serve_foxglove
 from ..report import inspect_buffer
 from ..store import BufferStore
+from ..values import jsonable
 from ._common import (
     LONGEST_SECONDS,
     CommandError,

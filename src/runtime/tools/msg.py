@@ -181,8 +181,8 @@ def _print_decoded(data: dict[str, Any]) -> None:
 
 def _decode_main(args: argparse.Namespace) -> int:
     from ..buffer import DeviceBuffer
-    from ..jsonio import jsonable
     from ..store import BufferStore
+    from ..values import jsonable
 
     try:
         frames = parse_hex(args.hex)

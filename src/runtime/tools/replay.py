@@ -35,10 +35,10 @@ import signal
 import sys
 import threading
 
-from ..jsonio import jsonable
 from ..mcap import MAX_SPAN, RecordingError, open_recording
 from ..recorder import Replayer
 from ..store import BufferStore
+from ..values import jsonable
 from ._common import CommandError, add_catalog_option, bounded, load_catalog, print_json, stop_on_signals
 
 __all__ = [
