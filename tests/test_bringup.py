@@ -37,7 +37,8 @@ from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceUID
 from runtime.messaging import DELIM, Message
 from runtime.tools import bridge, cli
 
-pytestmark = pytest.mark.timeout(60)
+# slow: producers in child processes, the bridge on ptys, systemd-analyze
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "docs" / "systemd" / "runtime-bridge.service"

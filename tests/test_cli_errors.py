@@ -96,6 +96,7 @@ def _with_file(argv: list[str], path: Path) -> list[str]:
     return [*argv, str(path)]
 
 
+@pytest.mark.slow  # a subprocess per case
 @pytest.mark.parametrize("argv", CATALOG_COMMANDS, ids=" ".join)
 def test_a_catalog_nested_1000_deep_is_one_error_line(tmp_path: Path, argv: list[str]) -> None:
     path = tmp_path / "deep.yaml"
@@ -107,6 +108,7 @@ def test_a_catalog_nested_1000_deep_is_one_error_line(tmp_path: Path, argv: list
     assert f"nested more than {catalog.MAX_NESTING} levels deep" in line
 
 
+@pytest.mark.slow  # a subprocess per case
 @pytest.mark.parametrize("argv", CATALOG_COMMANDS, ids=" ".join)
 def test_a_catalog_larger_than_the_cap_is_refused_unread(tmp_path: Path, argv: list[str]) -> None:
     path = tmp_path / "huge.yaml"
@@ -313,6 +315,7 @@ def _first_output_then_ctrl_c(argv: list[str], env: dict[str, str]) -> subproces
     return subprocess.CompletedProcess(process.args, process.returncode, first + out, err)
 
 
+@pytest.mark.slow  # a subprocess per case
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_every_help_example_runs(
     capsys: pytest.CaptureFixture[str], example_setup: Path, example: str

@@ -27,7 +27,7 @@ from runtime.buffer import BufferStore
 from runtime.student import FIELD_KEY, GAMEPAD_KEY
 from runtime.testing import EmulatedRobot, emulated_robot, run_student_code
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # slow: the examples, against an emulated robot
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SWITCH_LINE = re.compile(r"^switch0=(pressed|free)  switch1=(pressed|free)  switch2=(pressed|free)$")

@@ -36,7 +36,8 @@ from runtime.schema import buffer_schema
 from runtime.testing import EmulatedRobot, emulated_robot
 from runtime.tools import foxglove as live
 
-pytestmark = pytest.mark.timeout(120)
+# slow: runtime foxglove and a WebSocket client, against an emulated robot
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 SUBPROTOCOL = "foxglove.sdk.v1"
 STATUS_ERROR, STATUS_WARNING = 2, 1

@@ -642,12 +642,14 @@ def decode_or_message_error(data: bytes) -> Message | None:
     return msg
 
 
+@pytest.mark.slow  # hypothesis searches over many thousands of frames
 @settings(max_examples=5000)
 @given(st.binary(max_size=MAX_ENCODING_SIZE + 8))
 def test_decode_arbitrary_bytes(data: bytes) -> None:
     decode_or_message_error(data)
 
 
+@pytest.mark.slow  # hypothesis searches over many thousands of frames
 @settings(max_examples=2000)
 @given(st.binary(min_size=1, max_size=MAX_ENCODING_SIZE + 8).map(lambda b: b.replace(b"\x00", b"\x01")))
 def test_decode_arbitrary_frames_without_zero(data: bytes) -> None:
@@ -666,6 +668,7 @@ def structured_frames(draw: st.DrawFn) -> bytes:
     return cobs_encode(raw)
 
 
+@pytest.mark.slow  # hypothesis searches over many thousands of frames
 @settings(max_examples=3000)
 @given(structured_frames())
 def test_decode_structured_frames(data: bytes) -> None:
@@ -690,6 +693,7 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow  # hypothesis searches over many thousands of frames
 @settings(max_examples=5000)
 @given(mutated_frames())
 def test_decode_mutated_frames(data: bytes) -> None:

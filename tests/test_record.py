@@ -35,7 +35,8 @@ from runtime.notify import wait_any
 from runtime.schema import buffer_schema, describe_catalog, write_schema
 from runtime.testing import EmulatedRobot, emulated_robot
 
-pytestmark = pytest.mark.timeout(120)
+# slow: runtime record and replay, against an emulated robot
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 DEVICES = ("servo-motor", "yogi-bear", "limit-switch")
 

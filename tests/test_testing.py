@@ -38,7 +38,8 @@ from runtime.testing import (
 )
 from runtime.tools import emulate
 
-pytestmark = pytest.mark.timeout(60)
+# slow: the testing kit's emulated robots, as processes
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 YOGI: type[DeviceBuffer] = CATALOG["yogi-bear"]  # type: ignore[assignment]
 SWITCH: type[DeviceBuffer] = CATALOG["limit-switch"]  # type: ignore[assignment]

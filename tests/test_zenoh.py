@@ -45,7 +45,8 @@ from runtime import remote
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.tools import zenoh as zenoh_tool
 
-pytestmark = pytest.mark.timeout(120)
+# slow: runtime zenoh, the bridge and emulated devices; remote Zenoh sessions
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 namespace = namespace_fixture("rt-test-zenoh")
 children = children_fixture()
