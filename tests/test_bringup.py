@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e import run, segment_exists
 
 from runtime import catalog
 from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceUID
@@ -60,13 +61,6 @@ bench-board:
     - {name: speed, type: double, writeable: true}
 """
 BENCH = 70 << 72 | 0x0A << 64 | 0xBE7C
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``runtime ARGV...`` in-process; return (status, stdout, stderr)."""
-    status = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def one_line(text: str) -> str:
@@ -103,10 +97,6 @@ def motor(store: BufferStore) -> DeviceBuffer:
 def own_segments(namespace: str) -> list[str]:
     """The segments of the test's namespace, sorted."""
     return sorted(name for name in os.listdir(SHM_DIR) if name.startswith(namespace + "-"))
-
-
-def segment_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(SHM_DIR, name))
 
 
 # ---- buffers write --------------------------------------------------------------------------------

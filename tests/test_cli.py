@@ -13,20 +13,18 @@ import json
 import logging
 import os
 import random
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e import run, runtime_process
 
 from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, Buffer, BufferStore, DeviceBuffer, Parameter
 from runtime.messaging import ErrorCode, Message, MessageType
 from runtime.tools import cli
 from runtime.tools._common import log_level
-from runtime.tools.cli import main
 
 SPEC_CATALOG = """\
 # The device type of the protocol spec's worked examples.
@@ -72,13 +70,6 @@ def spec_catalog(tmp_path: Path) -> str:
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC_CATALOG)
     return str(path)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``runtime ARGV...`` in-process; return (status, stdout, stderr)."""
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str, status: int = 0) -> Any:
@@ -794,12 +785,6 @@ def test_buffers_watch_one_buffer(capsys: pytest.CaptureFixture[str], live: Live
 
 
 # ---- end to end -----------------------------------------------------------------------------------
-
-
-def runtime_process(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *argv], capture_output=True, text=True, timeout=60, env=env
-    )
 
 
 def test_python_m_runtime_end_to_end(spec_catalog: str) -> None:

@@ -191,11 +191,10 @@ def test_student_code_waits_while_a_device_is_gone(robot: EmulatedRobot) -> None
         lines = Lines(student)
         assert lines.next() == "found 1 limit switch(es) and 1 motor(s)"
         assert lines.next() in STATES
-        robot.stop_bridge()
-        while (line := lines.next()) in STATES:  # the switch may toggle before the buffers turn invalid
-            pass
-        assert line == "waiting: a device is gone"
-        robot.start_bridge()
+        with robot.bridge_stopped():
+            while (line := lines.next()) in STATES:  # the switch may toggle before the buffers turn invalid
+                pass
+            assert line == "waiting: a device is gone"
         assert lines.next() in STATES
         student.send_signal(signal.SIGINT)  # Ctrl-C
         out, err = student.communicate(timeout=15)

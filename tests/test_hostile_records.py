@@ -586,8 +586,7 @@ def test_replay_never_serves_a_buffer_it_did_not_create(robot: EmulatedRobot, tm
     recorded = tool(robot, "record", str(path), "--duration", "0.5", "--no-writes")
     assert recorded.returncode == 0, recorded.stderr
     servo = robot.buffer("servo-motor")
-    robot.stop_bridge()
-    try:
+    with robot.bridge_stopped():
         assert servo.producer_pid is None
         done = tool(robot, "replay", str(path), "--namespace", robot.namespace, "--loop", timeout=30)
         line = one_error_line(done)
@@ -595,8 +594,6 @@ def test_replay_never_serves_a_buffer_it_did_not_create(robot: EmulatedRobot, tm
         assert f"exists already in namespace {robot.namespace!r}" in line
         assert line.endswith(f"'runtime buffers clean --namespace {robot.namespace}'")
         assert servo.producer_pid is None
-    finally:
-        robot.start_bridge()
     assert servo.valid and servo.producer_pid == robot.pids["bridge"]
     # The same recording plays into a namespace of its own, and leaves nothing behind there.
     namespace = fresh_namespace("own")

@@ -12,11 +12,11 @@ import select
 import signal
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
-from e2e import SERVO
+from e2e import SERVO, wait_for
 
 from runtime.buffer import DeviceBuffer
 from runtime.link import PORT_EVENT_LIMIT, FramePump, PumpEvent
@@ -24,14 +24,6 @@ from runtime.messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageT
 from runtime.testing import dev_data as make_dev_data
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, predicate: Callable[[], T | None], timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-    return result
 
 
 class Link:
