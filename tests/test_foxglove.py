@@ -348,7 +348,7 @@ def test_a_client_publishing_on_a_command_topic_writes_all_or_nothing(
         assert status["level"] == STATUS_ERROR and command in status["message"]
         await publish(b"not json")
         await client.status(lambda s: "not JSON" in s["message"])
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the scenario: time for a write that must not happen
         assert servo.get("servo0") == 0.75  # servo0 of the refused command was not written either
 
     run_client(url, scenario)

@@ -166,7 +166,7 @@ def test_close_from_another_thread_ends_a_wait(name: str) -> None:
 
     thread = threading.Thread(target=wait)
     thread.start()
-    time.sleep(0.1)
+    time.sleep(0.1)  # the scenario: the thread is (most likely) waiting; either way it must raise
     buffer.close()
     buffer.set  # noqa: B018 - the object is still there
     other = Sensor.attach(name, create=False)

@@ -111,7 +111,7 @@ def test_frames_split_across_reads_and_many_per_read(
     pump.attach(port, servo)
     frame = dev_data(servo0=0.125).encode() + DELIM
     os.write(link.device, frame[:3])
-    time.sleep(0.05)
+    time.sleep(0.05)  # the scenario: the pump reads the first part of the frame alone
     os.write(link.device, frame[3:] + b"".join(dev_data(servo0=k / 64).encode() + DELIM for k in range(10)))
     wait_for("all 11 frames", lambda: pump.counters(port).messages_in == 11)
     assert servo.get("servo0") == 9 / 64
