@@ -1409,6 +1409,7 @@ print(set(outcome))
 """
 
 
+@pytest.mark.slow  # waits out a lock timeout (near a second on a busy machine)
 def test_close_while_another_thread_waits_for_the_lock_raises_in_the_waiter(
     shm_name: Callable[[str], str],
 ) -> None:

@@ -246,6 +246,7 @@ def test_record_never_opens_anything_but_a_regular_file(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere.mcap").exists()
 
 
+@pytest.mark.slow  # record/replay processes (near a second; over it on a busy machine)
 @pytest.mark.timeout(60)
 def test_a_split_recording_meeting_a_fifo_ends_with_one_line_and_keeps_its_files(tmp_path: Path) -> None:
     # The names of a split recording are checked when each file starts: OUT-002.mcap is a FIFO.
@@ -356,6 +357,7 @@ def test_replay_of_a_damaged_recorded_catalog_is_one_error_line(
     assert expected in line, line
 
 
+@pytest.mark.slow  # record/replay processes (near a second; over it on a busy machine)
 def test_replay_of_states_stamped_too_far_apart_is_one_error_line(tmp_path: Path) -> None:
     cases = {
         "end-of-time.mcap": [(T0, GOOD), (2**64 - 1, GOOD)],  # was an OverflowError
@@ -378,6 +380,7 @@ def test_replay_of_states_stamped_too_far_apart_is_one_error_line(tmp_path: Path
     )
 
 
+@pytest.mark.slow  # record/replay processes (near a second; over it on a busy machine)
 def test_a_lone_state_at_the_end_of_time_replays(tmp_path: Path) -> None:
     path = hostile_recording(tmp_path / "lone.mcap", states=[(2**64 - 1, GOOD)])
     done = tool(None, "replay", str(path), "--json", "--namespace", fresh_namespace("lone"))
@@ -385,6 +388,7 @@ def test_a_lone_state_at_the_end_of_time_replays(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["states"] == 1
 
 
+@pytest.mark.slow  # record/replay processes (near a second; over it on a busy machine)
 def test_replay_skips_messages_it_cannot_store_and_says_so(tmp_path: Path) -> None:
     states: list[tuple[int, Any]] = [
         (T0, GOOD),

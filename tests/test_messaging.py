@@ -240,6 +240,7 @@ def check_frame(msg: Message) -> bytes:
     return encoded
 
 
+@pytest.mark.slow  # hypothesis: many examples (near a second; over it on a busy machine)
 @settings(max_examples=1000)
 @given(any_message)
 def test_round_trip_any_message(msg: Message) -> None:
@@ -306,6 +307,7 @@ def test_round_trip_error(code: ErrorCode) -> None:
     ],
     ids=["dev_data", "dev_write"],
 )
+@pytest.mark.slow  # hypothesis: many examples (near a second; over it on a busy machine)
 @settings(max_examples=300)
 @given(case=layouts())
 def test_round_trip_values(
