@@ -50,16 +50,16 @@ POT: type[DeviceBuffer] = CATALOG["potentiometer"]  # type: ignore[assignment]
 # ---- segments -----------------------------------------------------------------------------------
 
 
-def namespace_fixture(prefix: str) -> Any:
-    """A module-scoped autouse ``namespace`` fixture: a namespace of the module's own (its children's
-    too) named ``PREFIX-PID-RANDOM``, whose segments are unlinked at the end of the module.
+def namespace_fixture(prefix: str, scope: str = "module", autouse: bool = True) -> Any:
+    """A ``namespace`` fixture: a namespace of the module's (or, with ``scope="function"``, the
+    test's) own, its children's too, named ``PREFIX-PID-RANDOM``, whose segments are unlinked at the end.
 
     Use: ``namespace = namespace_fixture("rt-test-bridge")`` at the top of a test module.
     """
 
-    @pytest.fixture(scope="module", autouse=True, name="namespace")
+    @pytest.fixture(scope=scope, autouse=autouse, name="namespace")  # type: ignore[call-overload, misc]
     def namespace() -> Iterator[str]:
-        """Give this module's segments (and its children's) a namespace of their own; unlink them after."""
+        """Give these tests' segments (and their children's) a namespace of their own; unlink them after."""
         with BufferStore.use_namespace(f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}") as name:
             try:
                 yield name

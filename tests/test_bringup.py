@@ -17,7 +17,6 @@ import fnmatch
 import json
 import logging
 import os
-import random
 import re
 import select
 import shlex
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import run, segment_exists
+from e2e import namespace_fixture, run, segment_exists
 
 from runtime import catalog
 from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceUID
@@ -69,15 +68,7 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    """A namespace of the test's own (its children inherit it); emptied afterwards."""
-    name = f"rt-test-bringup-{os.getpid()}-{random.getrandbits(32):x}"
-    with BufferStore.use_namespace(name):
-        try:
-            yield name
-        finally:
-            BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-bringup", scope="function", autouse=False)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import run, runtime_process
+from e2e import namespace_fixture, run, runtime_process
 
 from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, Buffer, BufferStore, DeviceBuffer, Parameter
@@ -566,15 +566,7 @@ def test_commands_report_a_broken_catalog(capsys: pytest.CaptureFixture[str], tm
 # ---- buffers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A namespace of this test's own, so listings hold only its buffers; emptied afterwards."""
-    name = f"rt-test-cli-{os.getpid()}-{random.getrandbits(32):x}"
-    monkeypatch.setenv(NAMESPACE_ENV, name)
-    try:
-        yield name
-    finally:
-        BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-cli", scope="function", autouse=False)
 
 
 class LiveBuffers:

@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from e2e import run, runtime_process
+from e2e import namespace_fixture, run, runtime_process
 
 from runtime import catalog
-from runtime.buffer import NAMESPACE_ENV, BufferStore, DeviceBuffer, DeviceBufferError
+from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.testing import emulated_robot, wait_for
 
 T = TypeVar("T")
@@ -74,15 +74,7 @@ def one_error_line(stderr: str) -> str:
 # ---- a motor this test serves, as the bridge would ---------------------------------------------------
 
 
-@pytest.fixture
-def namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A namespace of this test's own (in the environment, so child processes get it); emptied afterwards."""
-    name = f"rt-test-safety-{os.getpid()}-{random.getrandbits(32):x}"
-    monkeypatch.setenv(NAMESPACE_ENV, name)
-    try:
-        yield name
-    finally:
-        BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-safety", scope="function", autouse=False)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import serial
-from e2e import CATALOG, SERVO, make_uid, wait_for
+from e2e import CATALOG, SERVO, make_uid, namespace_fixture, wait_for
 
 from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.messaging import DELIM, Message, MessageError, MessageType
@@ -58,14 +58,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    """A namespace of the test's own, whose segments are unlinked after it."""
-    with BufferStore.use_namespace(f"rt-test-testing-{os.getpid()}-{uuid.uuid4().hex[:8]}") as name:
-        try:
-            yield name
-        finally:
-            BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-testing", scope="function", autouse=False)
 
 
 @pytest.fixture
