@@ -31,9 +31,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The edit loop: skips the end-to-end, multi-process and build tests (marked slow in tests/conftest.py).
+# The edit loop: skips the tests marked @pytest.mark.slow (end to end, multi-process, builds), and
+# fails an unmarked test that takes over 1 s (--slow-check, tests/conftest.py; make test leaves it off).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" --slow-check $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -35,6 +35,7 @@ import runtime.catalog
 from runtime.buffer import NAMESPACE_ENV, SHM_DIR, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
 from runtime.testing import FakeSerialPort
 from runtime.testing import sub_res as sub_res  # re-exported: tests take it from here
+from runtime.testing import wait_for as testing_wait_for
 
 T = TypeVar("T")
 
@@ -49,16 +50,16 @@ POT: type[DeviceBuffer] = CATALOG["potentiometer"]  # type: ignore[assignment]
 # ---- segments -----------------------------------------------------------------------------------
 
 
-def namespace_fixture(prefix: str) -> Any:
-    """A module-scoped autouse ``namespace`` fixture: a namespace of the module's own (its children's
-    too) named ``PREFIX-PID-RANDOM``, whose segments are unlinked at the end of the module.
+def namespace_fixture(prefix: str, scope: str = "module", autouse: bool = True) -> Any:
+    """A ``namespace`` fixture: a namespace of the module's (or, with ``scope="function"``, the
+    test's) own, its children's too, named ``PREFIX-PID-RANDOM``, whose segments are unlinked at the end.
 
     Use: ``namespace = namespace_fixture("rt-test-bridge")`` at the top of a test module.
     """
 
-    @pytest.fixture(scope="module", autouse=True, name="namespace")
+    @pytest.fixture(scope=scope, autouse=autouse, name="namespace")  # type: ignore[call-overload, misc]
     def namespace() -> Iterator[str]:
-        """Give this module's segments (and its children's) a namespace of their own; unlink them after."""
+        """Give these tests' segments (and their children's) a namespace of their own; unlink them after."""
         with BufferStore.use_namespace(f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}") as name:
             try:
                 yield name
@@ -66,6 +67,42 @@ def namespace_fixture(prefix: str) -> Any:
                 BufferStore({}).unlink_all()
 
     return namespace
+
+
+def namespace_segments_of(namespace: str) -> list[str]:
+    """The segments (any file) of exactly ``namespace`` in /dev/shm, sorted: never another namespace's."""
+    return sorted(entry for entry in os.listdir(SHM_DIR) if entry.startswith(namespace + "-"))
+
+
+def segment_exists(name: str) -> bool:
+    return os.path.exists(os.path.join(SHM_DIR, name))
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``runtime ARGV...`` in-process; return (status, stdout, stderr)."""
+    from runtime.tools import cli  # the command line's entry point, imported when a test runs it
+
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def runtime_process(
+    *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m runtime ARGV...`` to its end (in this environment unless ``env``); what it did."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def namespace_prefix() -> str:
@@ -88,15 +125,11 @@ def make_uid(buffer_type: type[DeviceBuffer], rng: random.Random | None = None) 
 
 
 def wait_for(what: str, predicate: Callable[[], T | None], timeout: float = 10.0, every: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``.
+
+    The kit's :func:`runtime.testing.wait_for`, with what is awaited first (the tests read so).
+    """
+    return testing_wait_for(predicate, timeout, what, every=every)
 
 
 def must(item: T | None) -> T:

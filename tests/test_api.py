@@ -152,6 +152,7 @@ def test_every_public_name_of_the_library_is_documented_and_typed(module_name: s
     assert problems == []
 
 
+@pytest.mark.slow  # runs mypy's stubtest on the compiled core
 def test_the_core_stub_matches_the_compiled_core() -> None:
     if importlib.util.find_spec("mypy") is None:
         pytest.skip("mypy is not installed (pip install -e '.[dev]')")

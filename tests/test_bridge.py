@@ -46,7 +46,8 @@ from runtime.messaging import DELIM, ErrorCode, Message, MessageType
 from runtime.testing import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, dev_data
 from runtime.tools import emulate as emulator
 
-pytestmark = pytest.mark.timeout(60)
+# slow: end to end: a real bridge and emulator processes on pseudo-terminals
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 YOGI: type[DeviceBuffer] = CATALOG["yogi-bear"]  # type: ignore[assignment]
 SWITCH: type[DeviceBuffer] = CATALOG["limit-switch"]  # type: ignore[assignment]

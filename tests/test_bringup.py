@@ -17,7 +17,6 @@ import fnmatch
 import json
 import logging
 import os
-import random
 import re
 import select
 import shlex
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e import namespace_fixture, run, segment_exists
 
 from runtime import catalog
 from runtime.bridge import manager as bridge
@@ -38,7 +38,8 @@ from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceUID
 from runtime.messaging import DELIM, Message
 from runtime.tools import cli
 
-pytestmark = pytest.mark.timeout(60)
+# slow: producers in child processes, the bridge on ptys, systemd-analyze
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "docs" / "systemd" / "runtime-bridge.service"
@@ -62,28 +63,13 @@ bench-board:
 BENCH = 70 << 72 | 0x0A << 64 | 0xBE7C
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``runtime ARGV...`` in-process; return (status, stdout, stderr)."""
-    status = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def one_line(text: str) -> str:
     lines = text.splitlines()
     assert len(lines) == 1, text
     return lines[0]
 
 
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    """A namespace of the test's own (its children inherit it); emptied afterwards."""
-    name = f"rt-test-bringup-{os.getpid()}-{random.getrandbits(32):x}"
-    with BufferStore.use_namespace(name):
-        try:
-            yield name
-        finally:
-            BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-bringup", scope="function", autouse=False)
 
 
 @pytest.fixture
@@ -103,10 +89,6 @@ def motor(store: BufferStore) -> DeviceBuffer:
 def own_segments(namespace: str) -> list[str]:
     """The segments of the test's namespace, sorted."""
     return sorted(name for name in os.listdir(SHM_DIR) if name.startswith(namespace + "-"))
-
-
-def segment_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(SHM_DIR, name))
 
 
 # ---- buffers write --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from e2e import segment_exists
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,10 +95,6 @@ def gadget(shm_name: Callable[[str], str]) -> Iterator[Any]:
 def example(shm_name: Callable[[str], str]) -> Iterator[Any]:
     with Example.open(shm_name("example")) as buffer:
         yield buffer
-
-
-def segment_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(SHM_DIR, name))
 
 
 def namespace_segments(namespace: str) -> set[str]:
@@ -1412,6 +1409,7 @@ print(set(outcome))
 """
 
 
+@pytest.mark.slow  # waits out a lock timeout (near a second on a busy machine)
 def test_close_while_another_thread_waits_for_the_lock_raises_in_the_waiter(
     shm_name: Callable[[str], str],
 ) -> None:

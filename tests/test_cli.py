@@ -13,20 +13,18 @@ import json
 import logging
 import os
 import random
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e import namespace_fixture, run, runtime_process
 
 from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, Buffer, BufferStore, DeviceBuffer, Parameter
 from runtime.messaging import ErrorCode, Message, MessageType
 from runtime.tools import cli
 from runtime.tools._common import log_level
-from runtime.tools.cli import main
 
 SPEC_CATALOG = """\
 # The device type of the protocol spec's worked examples.
@@ -72,13 +70,6 @@ def spec_catalog(tmp_path: Path) -> str:
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC_CATALOG)
     return str(path)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``runtime ARGV...`` in-process; return (status, stdout, stderr)."""
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str, status: int = 0) -> Any:
@@ -575,15 +566,7 @@ def test_commands_report_a_broken_catalog(capsys: pytest.CaptureFixture[str], tm
 # ---- buffers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A namespace of this test's own, so listings hold only its buffers; emptied afterwards."""
-    name = f"rt-test-cli-{os.getpid()}-{random.getrandbits(32):x}"
-    monkeypatch.setenv(NAMESPACE_ENV, name)
-    try:
-        yield name
-    finally:
-        BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-cli", scope="function", autouse=False)
 
 
 class LiveBuffers:
@@ -794,12 +777,6 @@ def test_buffers_watch_one_buffer(capsys: pytest.CaptureFixture[str], live: Live
 
 
 # ---- end to end -----------------------------------------------------------------------------------
-
-
-def runtime_process(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *argv], capture_output=True, text=True, timeout=60, env=env
-    )
 
 
 def test_python_m_runtime_end_to_end(spec_catalog: str) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e import run, runtime_process
 
 from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, BufferStore
@@ -37,21 +38,6 @@ from runtime.tools._common import load_catalog
 
 DEEP_CATALOG = "[" * 1000 + "]" * 1000 + "\n"
 """A YAML catalog of 1000 nested lists: deeper than Python's recursion limit lets PyYAML go."""
-
-
-def runtime_process(
-    *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m runtime ARGV...``; return what it did."""
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def error_line(stderr: str) -> str:
@@ -65,13 +51,6 @@ def error_line(stderr: str) -> str:
         return lines[-1]
     assert len(lines) == 1, stderr
     return lines[0]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``runtime ARGV...`` in-process; return (status, stdout, stderr)."""
-    status = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 # ---- catalogs that used to crash or run away ----------------------------------------------------
@@ -96,6 +75,7 @@ def _with_file(argv: list[str], path: Path) -> list[str]:
     return [*argv, str(path)]
 
 
+@pytest.mark.slow  # a subprocess per case
 @pytest.mark.parametrize("argv", CATALOG_COMMANDS, ids=" ".join)
 def test_a_catalog_nested_1000_deep_is_one_error_line(tmp_path: Path, argv: list[str]) -> None:
     path = tmp_path / "deep.yaml"
@@ -107,6 +87,7 @@ def test_a_catalog_nested_1000_deep_is_one_error_line(tmp_path: Path, argv: list
     assert f"nested more than {catalog.MAX_NESTING} levels deep" in line
 
 
+@pytest.mark.slow  # a subprocess per case
 @pytest.mark.parametrize("argv", CATALOG_COMMANDS, ids=" ".join)
 def test_a_catalog_larger_than_the_cap_is_refused_unread(tmp_path: Path, argv: list[str]) -> None:
     path = tmp_path / "huge.yaml"
@@ -313,6 +294,7 @@ def _first_output_then_ctrl_c(argv: list[str], env: dict[str, str]) -> subproces
     return subprocess.CompletedProcess(process.args, process.returncode, first + out, err)
 
 
+@pytest.mark.slow  # a subprocess per case
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_every_help_example_runs(
     capsys: pytest.CaptureFixture[str], example_setup: Path, example: str

@@ -225,14 +225,13 @@ def test_a_restarted_bridge_never_sends_a_dead_commanders_write(
 
 def test_the_device_stops_by_itself_when_the_bridge_dies(robot: EmulatedRobot, motor: DeviceBuffer) -> None:
     student(robot, motor, "duty_cycle=0.5")
-    robot.stop_bridge(signal.SIGKILL)  # no DEV_DISABLE, no safe values from the host
     log = Path(robot.directory, "emulator.log")
-    robot.wait_for(
-        lambda: "heard nothing from the host" in log.read_text(),
-        timeout=30,
-        what="the device stopping itself",
-    )
-    robot.start_bridge()
+    with robot.bridge_stopped(signal.SIGKILL):  # no DEV_DISABLE, no safe values from the host
+        robot.wait_for(
+            lambda: "heard nothing from the host" in log.read_text(),
+            timeout=30,
+            what="the device stopping itself",
+        )
     robot.wait_for(lambda: reported(motor) == 0.0, what="the stopped motor served again")
 
 

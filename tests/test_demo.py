@@ -28,6 +28,8 @@ import pytest
 from runtime.buffer import NAMESPACE_ENV, SHM_DIR, BufferStore
 from runtime.tools.demo import DEFAULT_DEVICES, runtime_program, watch_command
 
+pytestmark = pytest.mark.slow  # the demo's processes, end to end
+
 SUMMARY_LINE = re.compile(
     r"^(?P<type>[a-z][a-z0-9-]*) (?P<uid>0x[0-9a-f]+): "
     r"messages in (?P<in>\d+), out (?P<out>\d+), errors (?P<errors>\d+)$",

@@ -18,13 +18,12 @@ import subprocess
 import sys
 import termios
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import CATALOG, Children, children_fixture, wait_for
+from e2e import CATALOG, Children, children_fixture, namespace_fixture, wait_for
 from test_zenoh import Raw, connect, free_port, raw, raw_sessions, start_robot, start_zenoh
 
 from runtime import driver, remote
@@ -42,14 +41,7 @@ LEASE_MS = 1000
 """The Zenoh lease of the killed driver station's session (a lost network is noticed after it)."""
 
 
-@pytest.fixture(autouse=True)
-def namespace() -> Iterator[str]:
-    """A namespace of the test's own (its children's too); its segments are unlinked after it."""
-    with BufferStore.use_namespace(f"rt-test-drive-{os.getpid()}-{uuid.uuid4().hex[:8]}") as name:
-        try:
-            yield name
-        finally:
-            BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-drive", scope="function")
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from runtime.buffer import BufferStore
 from runtime.student import FIELD_KEY, GAMEPAD_KEY
 from runtime.testing import EmulatedRobot, emulated_robot, run_student_code
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # slow: the examples, against an emulated robot
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SWITCH_LINE = re.compile(r"^switch0=(pressed|free)  switch1=(pressed|free)  switch2=(pressed|free)$")
@@ -191,11 +191,10 @@ def test_student_code_waits_while_a_device_is_gone(robot: EmulatedRobot) -> None
         lines = Lines(student)
         assert lines.next() == "found 1 limit switch(es) and 1 motor(s)"
         assert lines.next() in STATES
-        robot.stop_bridge()
-        while (line := lines.next()) in STATES:  # the switch may toggle before the buffers turn invalid
-            pass
-        assert line == "waiting: a device is gone"
-        robot.start_bridge()
+        with robot.bridge_stopped():
+            while (line := lines.next()) in STATES:  # the switch may toggle before the buffers turn invalid
+                pass
+            assert line == "waiting: a device is gone"
         assert lines.next() in STATES
         student.send_signal(signal.SIGINT)  # Ctrl-C
         out, err = student.communicate(timeout=15)

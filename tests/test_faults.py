@@ -43,7 +43,8 @@ SPAWN = multiprocessing.get_context("spawn")  # the final check: a process that 
 
 EXIT_OK, EXIT_ERROR, EXIT_VIOLATION = 0, 2, 3
 
-pytestmark = pytest.mark.timeout(90 + 2 * STRESS_SECONDS)
+# slow: many processes, kill storms, thousands of cycles
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90 + 2 * STRESS_SECONDS)]
 
 
 class Patient(Buffer):

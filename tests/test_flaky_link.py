@@ -49,7 +49,7 @@ from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.messaging import DELIM, Message, MessageError, MessageType
 from runtime.testing import FaultInjector, FaultRates
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # slow: a real bridge over a lossy emulated link
 
 RATES = "drop=0.1,duplicate=0.1,corrupt=0.1,truncate=0.1"
 """Every fault at 10 %, both ways: about one frame in three arrives damaged, twice, or not at all."""

@@ -35,7 +35,8 @@ from runtime.values import jsonable
 from runtime.schema import buffer_schema
 from runtime.testing import EmulatedRobot, emulated_robot
 
-pytestmark = pytest.mark.timeout(120)
+# slow: runtime foxglove and a WebSocket client, against an emulated robot
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 SUBPROTOCOL = "foxglove.sdk.v1"
 STATUS_ERROR, STATUS_WARNING = 2, 1
@@ -346,7 +347,7 @@ def test_a_client_publishing_on_a_command_topic_writes_all_or_nothing(
         assert status["level"] == STATUS_ERROR and command in status["message"]
         await publish(b"not json")
         await client.status(lambda s: "not JSON" in s["message"])
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the scenario: time for a write that must not happen
         assert servo.get("servo0") == 0.75  # servo0 of the refused command was not written either
 
     run_client(url, scenario)
@@ -360,15 +361,17 @@ def test_invalid_buffers_and_buffers_coming_and_going_are_visible(robot: Emulate
         subscription = await client.subscribe(yogi_topic)
         _, message = await client.data(subscription)
         assert message["valid"] is True
-        robot.stop_bridge()  # the devices are gone: their buffers turn invalid
-        while (message := (await client.data(subscription))[1])["valid"]:
-            pass  # sent before the bridge stopped
-        assert message == {"valid": False}
-        status = await client.status(
-            lambda s: "not connected" in s["message"] and f"{robot.uid('yogi-bear'):#x}" in s["message"]
-        )
-        assert status["level"] == STATUS_WARNING
-        robot.start_bridge()  # from the main thread: the kit ties the bridge's life to its starting thread
+        # The devices are gone: their buffers turn invalid. The bridge comes back at the end of the
+        # block, whatever happens in it (the robot is the module's); from the main thread: the kit
+        # ties the bridge's life to its starting thread.
+        with robot.bridge_stopped():
+            while (message := (await client.data(subscription))[1])["valid"]:
+                pass  # sent before the bridge stopped
+            assert message == {"valid": False}
+            status = await client.status(
+                lambda s: "not connected" in s["message"] and f"{robot.uid('yogi-bear'):#x}" in s["message"]
+            )
+            assert status["level"] == STATUS_WARNING
         while not (await client.data(subscription))[1]["valid"]:
             pass
         await client.status_removed(f"invalid:{yogi_topic}")

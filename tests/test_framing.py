@@ -68,6 +68,7 @@ def test_accepts_buffers() -> None:
 @given(
     st.lists(frames_without_zero, max_size=12), st.lists(st.integers(0, 10_000), max_size=40), st.booleans()
 )
+@pytest.mark.slow  # hypothesis: many examples (near a second; over it on a busy machine)
 def test_arbitrary_chunking_gives_back_the_frames(frames: list[bytes], cuts: list[int], lead: bool) -> None:
     stream = (DELIM if lead else b"") + b"".join(frame + DELIM for frame in frames)
     splitter = FrameSplitter()
@@ -96,6 +97,7 @@ def test_unfinished_frame_stays_pending(frames: list[bytes], tail: bytes, cuts: 
     st.lists(st.binary(min_size=1, max_size=80).map(lambda b: b.replace(b"\x00", b"\x55")), max_size=12),
     st.lists(st.integers(0, 10_000), max_size=40),
 )
+@pytest.mark.slow  # hypothesis: many examples (near a second; over it on a busy machine)
 def test_oversize_frames_dropped_and_counted(max_frame: int, frames: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(frame + DELIM for frame in frames)
     splitter = FrameSplitter(max_frame)

@@ -245,6 +245,7 @@ def test_record_never_opens_anything_but_a_regular_file(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere.mcap").exists()
 
 
+@pytest.mark.slow  # record/replay processes (near a second; over it on a busy machine)
 @pytest.mark.timeout(60)
 def test_a_split_recording_meeting_a_fifo_ends_with_one_line_and_keeps_its_files(tmp_path: Path) -> None:
     # The names of a split recording are checked when each file starts: OUT-002.mcap is a FIFO.
@@ -355,6 +356,7 @@ def test_replay_of_a_damaged_recorded_catalog_is_one_error_line(
     assert expected in line, line
 
 
+@pytest.mark.slow  # record/replay processes (near a second; over it on a busy machine)
 def test_replay_of_states_stamped_too_far_apart_is_one_error_line(tmp_path: Path) -> None:
     cases = {
         "end-of-time.mcap": [(T0, GOOD), (2**64 - 1, GOOD)],  # was an OverflowError
@@ -377,6 +379,7 @@ def test_replay_of_states_stamped_too_far_apart_is_one_error_line(tmp_path: Path
     )
 
 
+@pytest.mark.slow  # record/replay processes (near a second; over it on a busy machine)
 def test_a_lone_state_at_the_end_of_time_replays(tmp_path: Path) -> None:
     path = hostile_recording(tmp_path / "lone.mcap", states=[(2**64 - 1, GOOD)])
     done = tool(None, "replay", str(path), "--json", "--namespace", fresh_namespace("lone"))
@@ -384,6 +387,7 @@ def test_a_lone_state_at_the_end_of_time_replays(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["states"] == 1
 
 
+@pytest.mark.slow  # record/replay processes (near a second; over it on a busy machine)
 def test_replay_skips_messages_it_cannot_store_and_says_so(tmp_path: Path) -> None:
     states: list[tuple[int, Any]] = [
         (T0, GOOD),
@@ -585,8 +589,7 @@ def test_replay_never_serves_a_buffer_it_did_not_create(robot: EmulatedRobot, tm
     recorded = tool(robot, "record", str(path), "--duration", "0.5", "--no-writes")
     assert recorded.returncode == 0, recorded.stderr
     servo = robot.buffer("servo-motor")
-    robot.stop_bridge()
-    try:
+    with robot.bridge_stopped():
         assert servo.producer_pid is None
         done = tool(robot, "replay", str(path), "--namespace", robot.namespace, "--loop", timeout=30)
         line = one_error_line(done)
@@ -594,8 +597,6 @@ def test_replay_never_serves_a_buffer_it_did_not_create(robot: EmulatedRobot, tm
         assert f"exists already in namespace {robot.namespace!r}" in line
         assert line.endswith(f"'runtime buffers clean --namespace {robot.namespace}'")
         assert servo.producer_pid is None
-    finally:
-        robot.start_bridge()
     assert servo.valid and servo.producer_pid == robot.pids["bridge"]
     # The same recording plays into a namespace of its own, and leaves nothing behind there.
     namespace = fresh_namespace("own")

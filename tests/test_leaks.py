@@ -72,7 +72,8 @@ BRIDGE_WARMUP_ROUNDS = 2
 BRIDGE_ROUNDS = max(10, round(2 * STRESS_SECONDS))
 WAIT = 10.0
 
-pytestmark = pytest.mark.timeout(90 + 4 * STRESS_SECONDS)
+# slow: thousands of cycles of every resource
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90 + 4 * STRESS_SECONDS)]
 
 Probe = Buffer.make_type(
     "leak-probe",

@@ -30,7 +30,8 @@ from e2e import (
 
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
 
-pytestmark = pytest.mark.timeout(90)
+# slow: bridges started, killed and restarted as processes
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 YOGI: type[DeviceBuffer] = CATALOG["yogi-bear"]  # type: ignore[assignment]
 FORK = multiprocessing.get_context("fork")

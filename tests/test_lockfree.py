@@ -61,6 +61,7 @@ def read_pairs(name: str, seconds: float, go: Any, results: Any) -> None:
         results.put((reads, torn))
 
 
+@pytest.mark.slow  # 1.5 s of writing and reading, by design
 def test_readers_in_other_processes_never_see_half_a_transaction(shm_name: Callable[[str], str]) -> None:
     name = shm_name()
     go = FORK.Event()

@@ -240,6 +240,7 @@ def check_frame(msg: Message) -> bytes:
     return encoded
 
 
+@pytest.mark.slow  # hypothesis: many examples (near a second; over it on a busy machine)
 @settings(max_examples=1000)
 @given(any_message)
 def test_round_trip_any_message(msg: Message) -> None:
@@ -306,6 +307,7 @@ def test_round_trip_error(code: ErrorCode) -> None:
     ],
     ids=["dev_data", "dev_write"],
 )
+@pytest.mark.slow  # hypothesis: many examples (near a second; over it on a busy machine)
 @settings(max_examples=300)
 @given(case=layouts())
 def test_round_trip_values(
@@ -642,12 +644,14 @@ def decode_or_message_error(data: bytes) -> Message | None:
     return msg
 
 
+@pytest.mark.slow  # hypothesis searches over many thousands of frames
 @settings(max_examples=5000)
 @given(st.binary(max_size=MAX_ENCODING_SIZE + 8))
 def test_decode_arbitrary_bytes(data: bytes) -> None:
     decode_or_message_error(data)
 
 
+@pytest.mark.slow  # hypothesis searches over many thousands of frames
 @settings(max_examples=2000)
 @given(st.binary(min_size=1, max_size=MAX_ENCODING_SIZE + 8).map(lambda b: b.replace(b"\x00", b"\x01")))
 def test_decode_arbitrary_frames_without_zero(data: bytes) -> None:
@@ -666,6 +670,7 @@ def structured_frames(draw: st.DrawFn) -> bytes:
     return cobs_encode(raw)
 
 
+@pytest.mark.slow  # hypothesis searches over many thousands of frames
 @settings(max_examples=3000)
 @given(structured_frames())
 def test_decode_structured_frames(data: bytes) -> None:
@@ -690,6 +695,7 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow  # hypothesis searches over many thousands of frames
 @settings(max_examples=5000)
 @given(mutated_frames())
 def test_decode_mutated_frames(data: bytes) -> None:

@@ -144,6 +144,7 @@ def test_a_waiter_killed_while_waiting_affects_nobody(name: str) -> None:
         assert results.get(timeout=LONG) == ("changed", True, 4)
 
 
+@pytest.mark.slow  # a second or more of waiting
 def test_waiting_costs_no_cpu(name: str) -> None:
     with Sensor.open(name) as buffer:
         before = resource.getrusage(resource.RUSAGE_SELF)
@@ -165,7 +166,7 @@ def test_close_from_another_thread_ends_a_wait(name: str) -> None:
 
     thread = threading.Thread(target=wait)
     thread.start()
-    time.sleep(0.1)
+    time.sleep(0.1)  # the scenario: the thread is (most likely) waiting; either way it must raise
     buffer.close()
     buffer.set  # noqa: B018 - the object is still there
     other = Sensor.attach(name, create=False)
@@ -219,6 +220,7 @@ def test_async_waits_wake_on_changes_from_another_process(name: str) -> None:
     assert changed is True and again is False and took < LONG / 2
 
 
+@pytest.mark.slow  # a second or more of waiting
 def test_thousands_of_tasks_on_hundreds_of_buffers(shm_name: Callable[[str], str]) -> None:
     names = [shm_name(f"m{index}") for index in range(100)]
 

@@ -12,11 +12,11 @@ import select
 import signal
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
-from e2e import SERVO
+from e2e import SERVO, wait_for
 
 from runtime.buffer import DeviceBuffer
 from runtime.link import PORT_EVENT_LIMIT, FramePump, PumpEvent
@@ -24,14 +24,6 @@ from runtime.messaging import DELIM, ErrorCode, FrameSplitter, Message, MessageT
 from runtime.testing import dev_data as make_dev_data
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, predicate: Callable[[], T | None], timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-    return result
 
 
 class Link:
@@ -119,7 +111,7 @@ def test_frames_split_across_reads_and_many_per_read(
     pump.attach(port, servo)
     frame = dev_data(servo0=0.125).encode() + DELIM
     os.write(link.device, frame[:3])
-    time.sleep(0.05)
+    time.sleep(0.05)  # the scenario: the pump reads the first part of the frame alone
     os.write(link.device, frame[3:] + b"".join(dev_data(servo0=k / 64).encode() + DELIM for k in range(10)))
     wait_for("all 11 frames", lambda: pump.counters(port).messages_in == 11)
     assert servo.get("servo0") == 9 / 64

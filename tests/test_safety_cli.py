@@ -19,16 +19,15 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from e2e import namespace_fixture, run, runtime_process
 
 from runtime import catalog
-from runtime.buffer import NAMESPACE_ENV, BufferStore, DeviceBuffer, DeviceBufferError
-from runtime.testing import emulated_robot
-from runtime.tools.cli import main
+from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
+from runtime.testing import emulated_robot, wait_for
 
 T = TypeVar("T")
 
@@ -37,25 +36,6 @@ TIMEOUT = 20.0
 
 
 # ---- helpers --------------------------------------------------------------------------------------
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``runtime ARGV...`` in-process; return (status, stdout, stderr)."""
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def runtime_process(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m runtime ARGV...`` to its end; return what it did."""
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env if env is not None else dict(os.environ),
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def start_runtime(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -77,22 +57,6 @@ def stop(process: subprocess.Popen[str]) -> None:
     process.communicate(timeout=TIMEOUT)
 
 
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
-    """Call ``predicate`` every 10 ms until it returns something true; return that (errors count as false)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = predicate()
-        except DeviceBufferError:  # an invalid buffer, a busy lock: not yet
-            pass
-        else:
-            if result:
-                return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
-
-
 def holding(motor: DeviceBuffer, process: subprocess.Popen[str]) -> bool:
     """Whether ``process`` commands the motor's duty_cycle (its ``--hold`` is under way)."""
     if process.poll() is not None:
@@ -110,15 +74,7 @@ def one_error_line(stderr: str) -> str:
 # ---- a motor this test serves, as the bridge would ---------------------------------------------------
 
 
-@pytest.fixture
-def namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A namespace of this test's own (in the environment, so child processes get it); emptied afterwards."""
-    name = f"rt-test-safety-{os.getpid()}-{random.getrandbits(32):x}"
-    monkeypatch.setenv(NAMESPACE_ENV, name)
-    try:
-        yield name
-    finally:
-        BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-safety", scope="function", autouse=False)
 
 
 @pytest.fixture
@@ -326,7 +282,7 @@ def test_the_namespace_option_chooses_the_robot(namespace: str) -> None:
 def test_hold_keeps_the_command_until_a_signal(motor: DeviceBuffer, signum: signal.Signals) -> None:
     process = start_runtime("buffers", "write", key(motor), "duty_cycle=0.5", "--hold")
     try:
-        wait_for(lambda: holding(motor, process), "the command to be held")
+        wait_for(lambda: holding(motor, process), TIMEOUT, "the command to be held")
         assert motor.get("duty_cycle") == 0.0  # only the device's data changes it: no bridge here
         process.send_signal(signum)
         out, err = process.communicate(timeout=TIMEOUT)
@@ -347,7 +303,7 @@ def test_hold_stops_when_the_command_cannot_stand(motor: DeviceBuffer, how: str)
     where = key(motor)
     process = start_runtime("buffers", "write", where, "duty_cycle=0.5", "--hold")
     try:
-        wait_for(lambda: holding(motor, process), "the command to be held")
+        wait_for(lambda: holding(motor, process), TIMEOUT, "the command to be held")
         if how == "invalid":
             motor.stop_serving()  # the device is unplugged, or the bridge stopped
         elif how == "disabled":

@@ -30,7 +30,8 @@ import pytest
 
 from runtime.buffer import SHM_DIR, Buffer, BufferStore, DeviceBufferError, Parameter
 
-pytestmark = pytest.mark.timeout(60)
+# slow: other users' processes, a private mount namespace
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 Plain = Buffer.make_type("safety", [Parameter("x", ctypes.c_int32, 0, writeable=True)])
 PLAIN_SOURCE = """

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from e2e import segment_exists
 
 from runtime.buffer import Buffer, BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID, Parameter
 
@@ -58,10 +59,6 @@ def remove_new_segments(buffer_namespace: str) -> Iterator[None]:
 def store() -> Iterator[BufferStore]:
     with BufferStore(CATALOG) as store:
         yield store
-
-
-def segment_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(SHM_DIR, name))
 
 
 # ---- make_catalog -------------------------------------------------------------------------------

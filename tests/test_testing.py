@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import serial
-from e2e import CATALOG, SERVO, make_uid, wait_for
+from e2e import CATALOG, SERVO, make_uid, namespace_fixture, wait_for
 
 from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.messaging import DELIM, Message, MessageError, MessageType
@@ -38,7 +38,8 @@ from runtime.testing import (
 )
 from runtime.testing import emulator as emulate
 
-pytestmark = pytest.mark.timeout(60)
+# slow: the testing kit's emulated robots, as processes
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 YOGI: type[DeviceBuffer] = CATALOG["yogi-bear"]  # type: ignore[assignment]
 SWITCH: type[DeviceBuffer] = CATALOG["limit-switch"]  # type: ignore[assignment]
@@ -57,14 +58,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    """A namespace of the test's own, whose segments are unlinked after it."""
-    with BufferStore.use_namespace(f"rt-test-testing-{os.getpid()}-{uuid.uuid4().hex[:8]}") as name:
-        try:
-            yield name
-        finally:
-            BufferStore({}).unlink_all()
+namespace = namespace_fixture("rt-test-testing", scope="function", autouse=False)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from e2e import run
 
 from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, BufferStore
@@ -32,13 +33,6 @@ from runtime.tools import emulate as emulator
 from runtime.tools._views import list_table
 
 YOGI_UID = 0xA0A0000000000C0FFEE
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``runtime ARGV...`` in-process; return (status, stdout, stderr)."""
-    status = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 # ---- starting: only the chosen command is imported ------------------------------------------------

@@ -45,7 +45,8 @@ from runtime import remote
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.tools import zenoh as zenoh_tool
 
-pytestmark = pytest.mark.timeout(120)
+# slow: runtime zenoh, the bridge and emulated devices; remote Zenoh sessions
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 namespace = namespace_fixture("rt-test-zenoh")
 children = children_fixture()
@@ -385,7 +386,7 @@ def test_read_only_accepts_no_write(
     servo_key = key(namespace, "servo-motor", servo_uid)
     wait_for("the servo served", lambda: served(plain, servo_key))
     plain.put(f"{servo_key}/write", json.dumps({"servo0": 0.5}))
-    time.sleep(0.3)
+    time.sleep(0.3)  # the scenario: time for a write that must not happen
     assert local.pending_writes() == {} and local.get("servo0") == 0.0
 
 
@@ -484,9 +485,9 @@ def test_publications_follow_changes_at_most_max_rate_newest_values_last(
         assert plain.get(pad_key)[pad_key]["values"]["button_a"] is False
 
         # Nothing changes: nothing is published.
-        time.sleep(0.3)
+        time.sleep(0.3)  # the scenario: let the publishing settle, then count
         quiet = len(plain.received("data PUT", servo_key))
-        time.sleep(0.5)
+        time.sleep(0.5)  # the scenario: a quiet half second publishes nothing
         assert len(plain.received("data PUT", servo_key)) == quiet
 
         # 200 changes a second for one second: about 10 publications, the last one with the last value.

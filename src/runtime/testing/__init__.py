@@ -14,6 +14,9 @@ Three levels, from the whole robot down to single frames:
   ``loop://``, but a real port the code under test opens by path).
 * :func:`run_student_code`: ``runtime run`` on your student file against an
   emulated robot, its output lines at hand (:class:`StudentRun`).
+* :func:`wait_for`: wait for a condition with a deadline (never a fixed sleep);
+  :meth:`EmulatedRobot.bridge_stopped` stops a shared robot's bridge for a
+  block and brings it back however the block ends.
 * :class:`DeviceModel`: the device side of the protocol without I/O (what
   ``runtime emulate`` runs), and :class:`FaultInjector` for a flaky link.
 * :class:`Emulator`: emulated devices on pseudo-terminals in this process (one
@@ -37,6 +40,7 @@ from .faults import FAULT_KINDS, FaultCounts, FaultInjector, FaultRates
 from .pty import FakeDevice, FakeSerialPort, dev_data, sub_res
 from .robot import EmulatedDevice, EmulatedRobot, EmulationError, emulated_robot
 from .student import StudentRun, run_student_code
+from .waiting import wait_for
 
 __all__ = [
     "FAULT_KINDS",
@@ -61,4 +65,5 @@ __all__ = [
     "random_uid",
     "run_student_code",
     "sub_res",
+    "wait_for",
 ]

@@ -51,6 +51,7 @@ from ..commands import die_with_parent
 from ..store import BufferStore
 from .device import random_uid
 from .faults import FaultRates
+from .waiting import wait_for
 
 __all__ = ["EmulatedDevice", "EmulatedRobot", "EmulationError", "emulated_robot"]
 
@@ -165,16 +166,7 @@ class EmulatedRobot:
         Raises:
             TimeoutError: Still false after ``timeout`` seconds (or a process of the robot died).
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(DeviceBufferError):
-                result = predicate()
-                if result:
-                    return result
-            self._check_alive()
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what or repr(predicate)}")
-            time.sleep(0.01)
+        return wait_for(predicate, timeout, what, check=self._check_alive)
 
     def wait_valid(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until every device's buffer is valid and holds data from its device.
@@ -233,6 +225,33 @@ class EmulatedRobot:
         self._bridge = self._spawn("bridge", self._bridge_command)
         if wait:
             self.wait_valid(timeout)
+
+    @contextlib.contextmanager
+    def bridge_stopped(self, signum: int = signal.SIGTERM, timeout: float = START_TIMEOUT) -> Iterator[int]:
+        """Stop the bridge for the block (:meth:`stop_bridge` with ``signum``; yields its exit status);
+        at the end, however the block ends, start it again and wait until every device is served.
+
+        For a robot shared by several tests (a module-scoped fixture): a test
+        that fails with the bridge stopped leaves the robot whole for the next
+        one. The block may start the bridge itself (:meth:`start_bridge`); it
+        is then only waited for.
+
+        >>> with emulated_robot("limit-switch") as robot:
+        ...     switch = robot.buffer("limit-switch")
+        ...     with robot.bridge_stopped():
+        ...         print(switch.valid)        # no bridge: an invalid buffer
+        ...     print(switch.valid)            # served again
+        False
+        True
+        """
+        status = self.stop_bridge(signum)
+        try:
+            yield status
+        finally:
+            if self.bridge_running:
+                self.wait_valid(timeout)
+            else:
+                self.start_bridge(timeout=timeout)
 
     def bridge_stats(self) -> dict[str, Any] | None:
         """The bridge's latest ``--stats`` (per-device counters and last values), or None before any."""
