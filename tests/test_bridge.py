@@ -40,11 +40,11 @@ from e2e import (
 )
 
 from runtime.buffer import BufferStore, DeviceBuffer, DeviceBufferError, DeviceUID
-from runtime.values import jsonable
 from runtime.link import FrameWriter
 from runtime.messaging import DELIM, ErrorCode, Message, MessageType
 from runtime.testing import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, dev_data
 from runtime.tools import emulate as emulator
+from runtime.values import jsonable
 
 # slow: end to end: a real bridge and emulator processes on pseudo-terminals
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]

@@ -31,9 +31,9 @@ import websockets
 
 from runtime import BufferStore, live
 from runtime.buffer import Buffer
-from runtime.values import jsonable
 from runtime.schema import buffer_schema
 from runtime.testing import EmulatedRobot, emulated_robot
+from runtime.values import jsonable
 
 # slow: runtime foxglove and a WebSocket client, against an emulated robot
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

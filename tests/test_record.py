@@ -31,10 +31,10 @@ from mcap.writer import Writer
 import runtime.catalog
 from runtime import BufferStore
 from runtime.buffer import DeviceBuffer, DeviceBufferError
-from runtime.values import jsonable
 from runtime.notify import wait_any
 from runtime.schema import buffer_schema, describe_catalog, write_schema
 from runtime.testing import EmulatedRobot, emulated_robot
+from runtime.values import jsonable
 
 # slow: runtime record and replay, against an emulated robot
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
