@@ -124,36 +124,37 @@ def test_write_json(capsys: pytest.CaptureFixture[str], motor: DeviceBuffer, nam
         "key": f"yogi-bear:{YOGI:#x}",
         "segment": f"{namespace}-yogi-bear-{YOGI:x}",
         "written": {"duty_cycle": 0.1},
-        "warnings": [],
         "commands": ["duty_cycle"],
         "held": False,
     }
 
 
-def test_write_out_of_bounds_is_clamped_with_one_warning_line(
+def test_write_out_of_bounds_is_refused_with_the_bounds_never_clamped(
     capsys: pytest.CaptureFixture[str], motor: DeviceBuffer
 ) -> None:
-    status, out, err = run(capsys, "buffers", "write", hex(YOGI), "current_thresh=30")
-    assert status == 0
-    assert "current_thresh=10.0" in one_line(out)
-    warning = one_line(err)
-    assert warning.startswith("runtime buffers: warning: ")
-    assert "current_thresh" in warning and "clamped" in warning
-    assert motor.pending_writes() == {"current_thresh": 10.0}
+    status, out, err = run(capsys, "buffers", "write", hex(YOGI), "duty_cycle=0.5", "current_thresh=30")
+    assert (status, out) == (1, "")
+    assert (
+        one_line(err) == "runtime buffers: error: cannot write current_thresh=30: 30 is out of bounds [2, 10]"
+    )
+    assert motor.pending_writes() == {}  # the good value before it is not written either
 
 
 @pytest.mark.parametrize(
     ("assignments", "complaint"),
     [
-        (["duty_cycle=0.5", "enc_vel=1"], "cannot write enc_vel=1: parameter is not writeable"),
-        (["duty_cycle=nan"], "cannot write duty_cycle=nan: parameter has finite bounds"),
-        (["pid_pos_kp=-inf"], "cannot write pid_pos_kp=-inf: parameter has finite bounds"),
+        (
+            ["duty_cycle=0.5", "enc_vel=1"],
+            "cannot write enc_vel=1: read-only: nothing writes it but its device",
+        ),
+        (["duty_cycle=nan"], "cannot write duty_cycle=nan: nan is not a finite number"),
+        (["pid_pos_kp=-inf"], "cannot write pid_pos_kp=-inf: -inf is not a finite number"),
         (
             ["duty_cycle=0.5", "duty_cyle=1"],
-            "yogi-bear has no parameter 'duty_cyle' (did you mean 'duty_cycle'?)",
+            "cannot write duty_cyle=1: no such parameter of yogi-bear (did you mean 'duty_cycle'?)",
         ),
-        (["duty_cycle=fast"], "cannot write duty_cycle=fast: duty_cycle takes a number (float), not 'fast'"),
-        (["duty_cycle="], "duty_cycle takes a number (float), not ''"),
+        (["duty_cycle=fast"], "cannot write duty_cycle=fast: 'fast' is not a number (float) in [-1, 1]"),
+        (["duty_cycle="], "cannot write duty_cycle=: '' is not a number (float) in [-1, 1]"),
     ],
     ids=["read-only", "nan", "infinity", "typo", "wrong type", "empty"],
 )
@@ -266,13 +267,16 @@ def test_write_parses_values_by_type(
 @pytest.mark.parametrize(
     ("assignment", "complaint"),
     [
-        ("enabled=maybe", "enabled takes true or false (or 1 or 0), not 'maybe'"),
-        ("mode=1.5", "mode takes an integer (uint8), not '1.5'"),
-        ("gains=1,2", "gains takes 3 numbers (float), as a comma list"),
-        ("gains=[1, true, 3]", "gains takes 3 numbers (float)"),
-        ("steps=1,2,3,4", "steps takes a 2x2 JSON list of lists of integers (int16)"),
-        ("steps=[[1, 2], [3]]", "steps takes a 2x2 JSON list"),
-        ("label=much too long", "cannot write label=much too long: "),
+        ("enabled=maybe", "cannot write enabled=maybe: 'maybe' is not true or false"),
+        ("mode=1.5", "cannot write mode=1.5: '1.5' is not an integer (uint8) in [0, 255]"),
+        ("gains=1,2", "cannot write gains=1,2: [1.0, 2.0] is not 3 numbers (float), as a comma list"),
+        ("gains=[1, true, 3]", "cannot write gains=[1, true, 3]: gains[1]: True is not a number"),
+        (
+            "steps=1,2,3,4",
+            "cannot write steps=1,2,3,4: '1,2,3,4' is not a 2x2 JSON list of lists of integers",
+        ),
+        ("steps=[[1, 2], [3]]", "cannot write steps=[[1, 2], [3]]: steps[1]: [3] is not 2 integers (int16)"),
+        ("label=much too long", "cannot write label=much too long: 13 bytes of text do not fit 8"),
     ],
 )
 def test_write_refuses_values_of_the_wrong_type(
@@ -285,17 +289,24 @@ def test_write_refuses_values_of_the_wrong_type(
     assert buffer.pending_writes() == {}
 
 
-def test_write_clamps_integers_with_a_warning(
-    capsys: pytest.CaptureFixture[str], bench: tuple[str, DeviceBuffer]
+@pytest.mark.parametrize(
+    ("assignment", "complaint"),
+    [
+        ("offset=500", "cannot write offset=500: 500 is out of bounds [-100, 100]"),
+        ("mode=300", "cannot write mode=300: 300 is out of bounds [0, 255]"),  # the type's range
+        ("steps=[[1, 2], [3, 40000]]", "cannot write steps=[[1, 2], [3, 40000]]: steps[1][1]: 40000 is out"),
+    ],
+)
+def test_write_refuses_integers_out_of_bounds_or_range(
+    capsys: pytest.CaptureFixture[str], bench: tuple[str, DeviceBuffer], assignment: str, complaint: str
 ) -> None:
     path, buffer = bench
     status, out, err = run(
-        capsys, "buffers", "write", "--catalog", path, hex(BENCH), "offset=500", "mode=300"
+        capsys, "buffers", "write", "--catalog", path, hex(BENCH), "enabled=true", assignment
     )
-    assert status == 0
-    assert len(err.splitlines()) == 2 and err.count("clamped") == 2
-    assert buffer.pending_writes() == {"offset": 100, "mode": 255}
-    assert "offset=100 mode=255" in out
+    assert (status, out) == (1, "")
+    assert one_line(err).startswith(f"runtime buffers: error: {complaint}")
+    assert buffer.pending_writes() == {}
 
 
 # ---- buffers clean --------------------------------------------------------------------------------

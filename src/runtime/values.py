@@ -263,7 +263,7 @@ FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 """The words (any case) a person types for false."""
 
 
-def parse_text(param: Parameter, text: str) -> Any:
+def parse_text(param: Parameter, text: str, *, only_writeable: bool = True) -> Any:
     """The value a person typed for ``param``, checked as :func:`check_value` checks it.
 
     A bool takes :data:`TRUE_WORDS` and :data:`FALSE_WORDS`; an integer decimal,
@@ -278,6 +278,9 @@ def parse_text(param: Parameter, text: str) -> Any:
     >>> pair = Parameter("pair", ctypes.c_int16 * 2, 0, writeable=True)
     >>> parse_text(pair, "1, 2"), parse_text(pair, "[4, 5]")
     ([1, 2], [4, 5])
+
+    ``only_writeable=False`` takes a value of a read-only parameter too (a
+    device's report of it, as ``runtime msg encode DEV_DATA`` builds).
 
     Raises:
         WriteRefused: The text is no value the parameter takes (the message
@@ -300,7 +303,7 @@ def parse_text(param: Parameter, text: str) -> Any:
             value = _scalar_from_text(ctype, text)
     except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
         raise WriteRefused(param.name, f"{text!r} is not {describe(param)}", value=text) from None
-    return check_value(param, value)
+    return check_value(param, value, only_writeable=only_writeable)
 
 
 def _scalar_from_text(ctype: Any, text: str) -> Any:
@@ -324,7 +327,7 @@ def _scalar_from_text(ctype: Any, text: str) -> Any:
     raise ValueError(text)
 
 
-def check_value(param: Parameter, value: Any) -> Any:
+def check_value(param: Parameter, value: Any, *, only_writeable: bool = True) -> Any:
     """A value a program sent for ``param`` (decoded JSON, or Python values), as ``write()`` takes it.
 
     Refused rather than clamped (see the module's docstring): a bool takes
@@ -334,10 +337,12 @@ def check_value(param: Parameter, value: Any) -> Any:
     (``str``, UTF-8, or ``bytes``) of at most its length; one character one
     byte; another array a list of exactly its length, each item checked so.
 
+    ``only_writeable=False`` checks a value of a read-only parameter too.
+
     Raises:
         WriteRefused: The parameter is read-only, or the value does not fit it.
     """
-    if not param.writeable:
+    if only_writeable and not param.writeable:
         raise WriteRefused(param.name, "read-only: nothing writes it but its device", value=_shown(value))
     ctype: Any = param.platform_type
     lower, upper = (param.lower, param.upper) if param.numeric else (-math.inf, math.inf)
@@ -437,13 +442,18 @@ def check_writes(
 def apply_writes(buffer: Buffer, checked: Mapping[str, Any]) -> None:
     """Write a batch :func:`check_writes` checked, all or none: under one lock, one change for readers.
 
+    Commands (parameters with a safe value) are written first: on a disabled
+    robot the first of them is refused before anything else is written.
+
     Raises:
         DeviceBufferError: The buffer refused (invalid, or the robot disabled
             and a command among the writes): nothing was written.
     """
+    params = buffer.params
+    order = sorted(checked, key=lambda name: params[name].safe is None)
     with buffer.transaction():
-        for name, value in checked.items():
-            buffer.write(name, value)
+        for name in order:
+            buffer.write(name, checked[name])
 
 
 def to_wire(param: Parameter, value: Any) -> bytes:

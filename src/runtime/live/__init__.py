@@ -98,7 +98,6 @@ from .server import (
     LiveError,
     LiveView,
     WriteRefused,
-    check_value,
     serve_foxglove,
 )
 
@@ -117,7 +116,6 @@ __all__ = [
     "LiveView",
     "OriginGate",
     "WriteRefused",
-    "check_value",
     "origin_allowed",
     "serve_foxglove",
 ]

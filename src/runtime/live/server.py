@@ -24,7 +24,8 @@ from ..mcap import LOG_TOPIC, StudentLog, log_schema, topic_of
 from ..remote import RefusalLimiter, load_payload, quote
 from ..store import BufferStore, robot_enabled
 from ..student import RUNNER_KEY
-from ..values import encode_json, jsonable, read_state
+from ..values import WriteRefused as ValueRefused
+from ..values import apply_writes, check_writes, encode_json, jsonable, read_state
 from ..watch import BufferWatcher, Watched
 from .gate import OriginGate, count_connections, shut_sockets
 
@@ -45,7 +46,6 @@ __all__ = [
     "LiveError",
     "LiveView",
     "WriteRefused",
-    "check_value",
     "serve_foxglove",
 ]
 
@@ -75,70 +75,15 @@ _PARAM_NAME = re.compile(r"(?P<topic>/runtime/[^/]+/0x[0-9a-f]+)/(?P<param>[^/]+
 
 
 class WriteRefused(Exception):
-    """A value from a client that is not written: the message says why."""
+    """A write from a client that is not done: the message says why.
+
+    Values are checked by the library's one codec (:func:`runtime.values.check_writes`):
+    a value out of bounds is refused with the bounds, never clamped.
+    """
 
 
 class LiveError(RuntimeBaseException):
     """The live view cannot serve: its address cannot be listened on, or watching the buffers failed."""
-
-
-def check_value(param: Parameter, value: Any) -> Any:
-    """A value from a client, checked and converted as ``write()`` takes it; refused rather than clamped.
-
-    Booleans only for ``bool`` parameters; integers (or whole floats) for
-    integer ones, within the type's range and the bounds; finite numbers
-    within the bounds for float ones; text for character arrays; lists of the
-    right length for arrays.
-
-    >>> from runtime import load_catalog
-    >>> servo0 = load_catalog()["servo-motor"].params["servo0"]
-    >>> check_value(servo0, 1), check_value(servo0, -0.5)
-    (1.0, -0.5)
-    >>> check_value(servo0, 1.5)
-    Traceback (most recent call last):
-    ...
-    runtime.live.server.WriteRefused: servo0: 1.5 is out of bounds [-1.0, 1.0]
-
-    Raises:
-        WriteRefused: The parameter is not writeable, or the value does not fit it.
-    """
-    from ..schema import value_schema
-
-    if not param.writeable:
-        raise WriteRefused(f"{param.name} is read-only")
-    schema = value_schema(param)
-    kind = schema["type"]
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise WriteRefused(f"{param.name} takes true or false, not {value!r}")
-        return value
-    if kind == "string":
-        if not isinstance(value, str):
-            raise WriteRefused(f"{param.name} takes text, not {value!r}")
-        data = value.encode("utf-8")
-        if len(data) > schema["maxLength"]:
-            raise WriteRefused(f"{param.name} takes at most {schema['maxLength']} bytes of text")
-        return data
-    if kind == "array":
-        if not isinstance(value, list) or len(value) != schema["minItems"]:
-            raise WriteRefused(f"{param.name} takes a list of {schema['minItems']} items")
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise WriteRefused(f"{param.name} takes a number, not {value!r}")
-    if kind == "integer":
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise WriteRefused(f"{param.name} takes an integer, not {value!r}")
-            value = int(value)
-    else:
-        value = float(value)
-        if not math.isfinite(value):
-            raise WriteRefused(f"{param.name} takes a finite number, not {value!r}")
-    low, high = schema.get("minimum"), schema.get("maximum")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise WriteRefused(f"{param.name}: {value!r} is out of bounds {bounds}")
-    return value
 
 
 class LiveView:
@@ -549,7 +494,7 @@ class LiveView:
 
         Raises:
             WriteRefused: No such buffer, an unknown or read-only parameter, a
-                value that does not fit (see :func:`check_value`), the device
+                value that does not fit (see :func:`runtime.values.check_value`), the device
                 is not connected, or the robot is disabled (for a command).
         """
         with self.lock:
@@ -565,31 +510,19 @@ class LiveView:
                 except DeviceBufferError as exc:
                     raise WriteRefused(f"{topic}: {exc.message}") from None
                 self._handles[topic] = handle
-        params = handle.params
-        checked = {}
-        for name, value in values.items():
-            param = params.get(name)
-            if param is None:
-                raise WriteRefused(f"{watched.type_name} has no parameter {name!r}")
-            checked[name] = check_value(param, value)
-        # Commands first: refused because the robot is disabled, they are refused before anything is written.
-        order = sorted(checked, key=lambda name: params[name].safe is None)
+        try:
+            checked = check_writes(type(handle), values)
+        except ValueRefused as exc:
+            raise WriteRefused(exc.message) from None
         with self._write_lock:
-            written: list[str] = []
             try:
-                with handle.transaction():
-                    for name in order:
-                        handle.write(name, checked[name])
-                        written.append(name)
+                apply_writes(handle, checked)  # commands first: a disabled robot refuses before any write
             except DeviceBufferError as exc:
                 if not handle.valid:
                     raise WriteRefused(f"{watched.type_name} {watched.uid:#x} is not connected") from None
                 raise WriteRefused(f"{topic}: {exc.message}") from None
-            except (TypeError, ValueError) as exc:
-                raise WriteRefused(str(exc)) from None
-            finally:
-                if client is not None:
-                    self._commands.wrote(topic, handle, written, client)
+            if client is not None:
+                self._commands.wrote(topic, handle, list(checked), client)
         self.written += len(checked)
         logger.info("%s: wrote %s", topic, ", ".join(f"{k}={v!r}" for k, v in values.items()))
 

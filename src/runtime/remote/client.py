@@ -18,7 +18,6 @@ import secrets
 import threading
 import time
 import typing
-import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ import zenoh
 from ..buffer import Buffer, DeviceBuffer, DeviceBufferError, current_namespace
 from ..exception import did_you_mean
 from ..student import FIELD_KEY, MODES, RUNNER_KEY, log_lines_since, mode_name, mode_number
-from ..values import jsonable
+from ..values import WriteRefused, check_writes, jsonable
 from .keys import (
     INPUT_KINDS,
     KEY_ROOT,
@@ -196,7 +195,6 @@ class Robot:
             for name, buffer_type in catalog.items()
             if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id")
         }
-        self._scratch: dict[str, Buffer] = {}
         self._float32: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -559,8 +557,6 @@ class Robot:
                 _close(self._session)
         for thread in self._threads:
             thread.join(1.0)
-        for buffer in self._scratch.values():
-            buffer.close()
 
     def __enter__(self) -> Robot:
         return self
@@ -814,24 +810,20 @@ class Robot:
         return singles
 
     def _check_write(self, record: _Record, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Check a write the way the robot will (when the catalog knows the type); the values to send."""
+        """Check a write as the robot will (when the catalog knows the type): the values to send.
+
+        The one write policy (:func:`runtime.values.check_writes`): a value out
+        of bounds is refused with the bounds, never clamped.
+        """
         buffer_type = self._catalog.get(record.type_name)
         if buffer_type is None:
             return {param: jsonable(value) for param, value in values.items()}
-        with self._lock:
-            scratch = self._scratch.get(record.type_name)
-            if scratch is None:
-                scratch = self._scratch[record.type_name] = buffer_type.attach(
-                    f"remote-check-{record.type_name}", shared=False
-                )
-        for param, value in values.items():
-            try:
-                scratch.write(param, value)  # raises as a local write would; warns when it clamps
-            except DeviceBufferError as exc:  # said of the device, not of the scratch buffer
-                context = {key: item for key, item in exc.context.items() if key != "buffer"}
-                raise DeviceBufferError(exc.message, device=record.key, **context) from None
-        pending = scratch.pending_writes()
-        return {param: jsonable(pending.get(param, value)) for param, value in values.items()}
+        try:
+            checked = check_writes(buffer_type, values)
+        except WriteRefused as exc:  # said of the device
+            context = {key: item for key, item in exc.context.items() if key != "param"}
+            raise WriteRefused(exc.param, exc.problem, device=record.key, **context) from None
+        return {param: jsonable(value) for param, value in checked.items()}
 
     def _put(self, key: str, payload: str) -> None:
         """Send a write, signed with this client's ID (the attachment): its commands are this client's."""
@@ -926,11 +918,12 @@ class RemoteDevice:
     def write(self, param: str, value: Any, /) -> None:
         """Ask the device to take this value: sent to the robot, which hands it to the bridge.
 
-        Checked here first as a local write is (when the catalog knows the
-        type): an unknown or unwriteable parameter raises
-        :class:`~runtime.buffer.DeviceBufferError`, a value of the wrong type
-        ``TypeError``, a number out of bounds is clamped with a
-        ``RuntimeWarning``. What the robot refuses all the same (a command
+        Checked here first as the robot checks it (when the catalog knows the
+        type), by :func:`runtime.values.check_value`: an unknown or
+        unwriteable parameter, a value of the wrong type or a number out of
+        bounds raises :class:`~runtime.values.WriteRefused` (a
+        :class:`~runtime.buffer.DeviceBufferError` and a ``ValueError``), and
+        nothing is sent. What the robot refuses all the same (a command
         while the robot is disabled, see :attr:`Robot.enabled`) is logged and
         kept in :attr:`last_error`.
 
@@ -942,11 +935,7 @@ class RemoteDevice:
         robot, record = self._robot, self._record
         with robot._lock:
             self._check()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)
-            values = robot._check_write(record, {param: value})
-        for warning in caught:  # said again from here, so that it names the caller's line
-            warnings.warn(warning.message, warning.category, stacklevel=2)
+        values = robot._check_write(record, {param: value})
         robot._put(f"{record.key}/write", json.dumps(values, allow_nan=False))
 
     def wait_update(self, timeout: float | None = None) -> bool:

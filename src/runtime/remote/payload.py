@@ -23,6 +23,7 @@ from typing import Any
 from ..buffer import DeviceBufferError, Parameter
 from ..exception import did_you_mean
 from ..student import KEY_NAMES, key_param
+from ..values import BOOL, FLOAT, INTEGER, check_value, kind_of
 
 __all__ = [
     "MAX_DEPTH",
@@ -56,12 +57,13 @@ def check_input(kind: str, params: Mapping[str, Parameter], values: object) -> d
     >>> check_input("gamepad", load()["gamepad"].params, {"joystick_left_x": 1.5})
     Traceback (most recent call last):
     ...
-    ValueError: gamepad joystick_left_x: 1.5 is out of bounds [-1, 1] (refused, not clamped)
+    runtime.values.WriteRefused: joystick_left_x: 1.5 is out of bounds [-1, 1]
 
     Raises:
         DeviceBufferError: An unknown name (with the closest known one).
-        TypeError: Not an object, or a value of the wrong type.
-        ValueError: A number out of bounds.
+        TypeError: Not an object, or not an input (neither a button nor a number).
+        WriteRefused: A value of the wrong type, or a number out of bounds
+            (:func:`runtime.values.check_value`: the same answer as a write's).
     """
     if not isinstance(values, Mapping) or not values:
         raise TypeError(f"an input of the {kind} is a JSON object {{name: value, ...}}, not {_short(values)}")
@@ -80,28 +82,9 @@ def check_input(kind: str, params: Mapping[str, Parameter], values: object) -> d
             else:
                 problem = f"the {kind} has no input {_short(name)}{did_you_mean(name, params)}"
             raise DeviceBufferError(problem, param=name)
-        code = getattr(spec.platform_type, "_type_", "")
-        if code == "?":
-            if not isinstance(value, bool):
-                raise TypeError(f"{kind} {param}: a button is true or false, not {_short(value)}")
-            checked[param] = value
-        elif spec.numeric:
-            bounds = f"[{spec.lower:g}, {spec.upper:g}]"
-            try:
-                number = (
-                    float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-                )
-            except OverflowError:
-                number = math.inf
-            if number is None or not math.isfinite(number):
-                raise TypeError(f"{kind} {param}: takes a finite number within {bounds}, not {_short(value)}")
-            if not spec.lower <= number <= spec.upper:
-                raise ValueError(
-                    f"{kind} {param}: {_short(value)} is out of bounds {bounds} (refused, not clamped)"
-                )
-            checked[param] = number if code in ("f", "d") else int(value)
-        else:
+        if kind_of(spec.platform_type) not in (BOOL, INTEGER, FLOAT):
             raise TypeError(f"{kind} {param} is not an input (neither a button nor a number)")
+        checked[param] = check_value(spec, value, only_writeable=False)  # refused, never clamped
     return checked
 
 

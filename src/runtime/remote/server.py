@@ -113,7 +113,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -125,7 +124,7 @@ from ..exception import RuntimeBaseException
 from ..notify import wait_any_async
 from ..store import BufferStore
 from ..student import FIELD_KEY, RUNNER_KEY, mode_name, mode_number
-from ..values import jsonable
+from ..values import WriteRefused, apply_writes, check_writes, json_values, jsonable
 from ..watch import Segment, SegmentDiscovery
 from .keys import (
     CLIENT_GRACE,
@@ -307,7 +306,6 @@ class ZenohServer:
         """The robot's state as last published."""
         self._state_publisher: zenoh.Publisher | None = None
         self._segments = self._discovery()
-        self._scratch: dict[str, Buffer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.publications = 0
         """Values published so far (every buffer)."""
@@ -343,7 +341,7 @@ class ZenohServer:
         valid = buffer.valid
         if valid:
             try:
-                values = jsonable(buffer.snapshot())
+                values = json_values(type(buffer), buffer.snapshot())
                 if isinstance(buffer, DeviceBuffer):
                     last_update = buffer.last_update or None
             except DeviceBufferError:  # turned invalid meanwhile
@@ -566,21 +564,12 @@ class ZenohServer:
             error = f"a write is a JSON object {{param: value, ...}}{problem}"
             self._refuse(type_name, uid, data, error, served=served, client=client)
             return
-        scratch = self._scratch.get(type_name)
-        if scratch is None:
-            scratch = self._scratch[type_name] = type(served.buffer).attach(
-                f"zenoh-check-{type_name}", shared=False
-            )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)
-            for param, value in data.items():
-                try:
-                    scratch.write(param, value)  # the checks of a real write, on a copy nobody reads
-                except _WRITE_ERRORS as exc:
-                    self._refuse(
-                        type_name, uid, data, exc, param=param, value=value, served=served, client=client
-                    )
-                    return
+        try:  # the one write policy: refused with the bounds, never clamped (runtime.values)
+            checked = check_writes(type(served.buffer), data)
+        except WriteRefused as exc:
+            param, value = exc.param, data.get(exc.param)
+            self._refuse(type_name, uid, data, exc, param=param, value=value, served=served, client=client)
+            return
         commands = [param for param in data if param in served.safe]
         if self._must_wait(client, held, bool(commands)):
             assert client is not None
@@ -601,11 +590,7 @@ class ZenohServer:
             )
             return
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # said once, below
-                with served.buffer.transaction():
-                    for param, value in data.items():
-                        served.buffer.write(param, value)
+            apply_writes(served.buffer, checked)  # commands first: a disabled robot refuses before any write
         except _WRITE_ERRORS as exc:
             self._refuse(type_name, uid, data, exc, served=served, client=client)
             self._check_state()  # refused because the robot is disabled? then say so at once
@@ -613,8 +598,6 @@ class ZenohServer:
         self.writes += 1
         if commands and client is not None:  # (never None here: checked above)
             self.commands.wrote((type_name, uid), served.buffer, commands, client)  # this client's now
-        for warning in caught:
-            logger.info("zenoh: write to %s: %s", served.key, warning.message)
         logger.debug("zenoh: wrote %s to %s for %s", data, served.key, client)
 
     def _hold(self, client: str, key: str, payload: bytes, refuse: Callable[[], None]) -> None:
@@ -1070,8 +1053,6 @@ class ZenohServer:
             while self.served:
                 _, served = self.served.popitem()
                 await self._forget(served, gone=False)
-            for scratch in self._scratch.values():
-                scratch.close()
             self._segments = (
                 self._discovery()
             )  # the buffers it found are closed: a next serve() finds them anew

@@ -30,20 +30,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import json
 import os
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError, Parameter
+from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from ..report import NoSuchBuffer, inspect_buffer, robot_enabled_or_unknown, robot_line, scan
 from ..store import BufferStore
-from ..values import jsonable
+from ..values import WriteRefused, apply_writes, check_writes, jsonable
 from ._common import (
     PROG,
     UID_FORMS,
@@ -52,7 +49,6 @@ from ._common import (
     add_interval_option,
     add_namespace_option,
     bounded,
-    ctype_name,
     elsewhere,
     empty_namespace_line,
     format_value,
@@ -61,7 +57,6 @@ from ._common import (
     parse_key,
     print_json,
     stop_on_signals,
-    suggest,
 )
 from ._views import namespace_view, show_renderable
 
@@ -74,7 +69,6 @@ __all__ = [
     "add_arguments",
     "main",
     "parse_assignments",
-    "parse_value",
 ]
 
 DESCRIPTION = f"""\
@@ -122,11 +116,6 @@ HOLD_CHECK_INTERVAL = 0.05
 
 # ---- writing: values typed on the command line ---------------------------------------------------
 
-_TRUE_WORDS = ("true", "1")
-_FALSE_WORDS = ("false", "0")
-_INTEGER_CODES = "bBhHiIlLqQ"
-_FLOAT_CODES = "fdg"
-
 
 def parse_assignments(words: Sequence[str]) -> dict[str, str]:
     """``PARAM=VALUE`` words into ``{param: value text}``, in order.
@@ -144,165 +133,6 @@ def parse_assignments(words: Sequence[str]) -> dict[str, str]:
             raise CommandError(f"parameter {name!r} is given twice", code=2)
         result[name] = text
     return result
-
-
-def _expected(ctype: Any) -> str:
-    """What a value of ``ctype`` looks like on the command line, in words."""
-    if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
-        element: Any = ctype._type_
-        if element is ctypes.c_char:
-            return f"text of at most {ctype._length_} bytes"
-        dims = [ctype._length_]
-        while issubclass(element, ctypes.Array):
-            dims.append(element._length_)
-            element = element._type_
-        items = _expected_items(element)
-        if len(dims) == 1:
-            return f"{dims[0]} {items}, as a comma list (1,2,3) or a JSON list ([1, 2, 3])"
-        return f"a {'x'.join(map(str, dims))} JSON list of lists of {items}"
-    code = getattr(ctype, "_type_", "")
-    if code == "?":
-        return "true or false (or 1 or 0)"
-    if code in _FLOAT_CODES:
-        return f"a number ({ctype_name(ctype)})"
-    if code in _INTEGER_CODES:
-        return f"an integer ({ctype_name(ctype)})"
-    if code in ("c", "u"):
-        return "one character"
-    return f"a {ctype_name(ctype)}"
-
-
-def _expected_items(ctype: Any) -> str:
-    """What the items of an array of ``ctype`` are, in words (plural)."""
-    code = getattr(ctype, "_type_", "")
-    if code == "?":
-        return "bools (true or false)"
-    if code in _FLOAT_CODES:
-        return f"numbers ({ctype_name(ctype)})"
-    if code in _INTEGER_CODES:
-        return f"integers ({ctype_name(ctype)})"
-    return f"values ({ctype_name(ctype)})"
-
-
-def _scalar_from_text(ctype: Any, text: str) -> Any:
-    """A scalar of ``ctype`` from its text; ValueError when the text is not one."""
-    code = getattr(ctype, "_type_", "")
-    word = text.strip()
-    if code == "?":
-        if word.lower() in _TRUE_WORDS:
-            return True
-        if word.lower() in _FALSE_WORDS:
-            return False
-        raise ValueError(word)
-    if code in _FLOAT_CODES:
-        return float(word)
-    if code in _INTEGER_CODES:
-        try:
-            return int(word, 10)
-        except ValueError:
-            return int(word, 0)  # 0x10, 0b101
-    if code == "c":
-        data = text.encode()
-        if len(data) != 1:
-            raise ValueError(text)
-        return data
-    if code == "u" and len(text) == 1:
-        return text
-    raise ValueError(text)
-
-
-def _is_array(ctype: Any) -> bool:
-    return isinstance(ctype, type) and issubclass(ctype, ctypes.Array)
-
-
-def _from_json(ctype: Any, item: Any) -> Any:
-    """A value of ``ctype`` from decoded JSON (a list for an array); ValueError when it is not one."""
-    if _is_array(ctype):
-        if not isinstance(item, list) or len(item) != ctype._length_:
-            raise ValueError(item)
-        return [_from_json(ctype._type_, element) for element in item]
-    if isinstance(item, str):
-        return _scalar_from_text(ctype, item)
-    code = getattr(ctype, "_type_", "")
-    if code == "?" and (isinstance(item, bool) or item in (0, 1)):
-        return bool(item)
-    if code in _FLOAT_CODES and isinstance(item, int | float) and not isinstance(item, bool):
-        return float(item)
-    if code in _INTEGER_CODES and isinstance(item, int) and not isinstance(item, bool):
-        return item
-    raise ValueError(item)
-
-
-def parse_value(param: Parameter, text: str) -> Any:
-    """The value a user typed for ``param``, converted by the parameter's type.
-
-    Only the text is read here: whether the parameter takes the value (bounds,
-    writeability) is the library's to say when it is written.
-
-    >>> import ctypes
-    >>> parse_value(Parameter("duty_cycle", ctypes.c_float, 0), "-0.5")
-    -0.5
-    >>> parse_value(Parameter("on", ctypes.c_bool, 0), "TRUE")
-    True
-    >>> parse_value(Parameter("n", ctypes.c_uint8, 0), "0x10")
-    16
-    >>> pair = Parameter("pair", ctypes.c_int16 * 2, 0)
-    >>> parse_value(pair, "1, 2"), parse_value(pair, "[4, 5]")
-    ([1, 2], [4, 5])
-
-    Raises:
-        CommandError: (status 1) The text is not a value of the parameter's
-            type; the message names the parameter and what it takes.
-    """
-    ctype: Any = param.platform_type
-    try:
-        if issubclass(ctype, ctypes.Array):
-            if ctype._type_ is ctypes.c_char:
-                return text.encode()
-            stripped = text.strip()
-            if stripped.startswith("["):
-                return _from_json(ctype, json.loads(stripped))
-            if issubclass(ctype._type_, ctypes.Array):
-                raise ValueError(text)  # nested arrays only as JSON
-            items = stripped.split(",")
-            if len(items) != ctype._length_:
-                raise ValueError(text)
-            return [_scalar_from_text(ctype._type_, item) for item in items]
-        return _scalar_from_text(ctype, text)
-    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
-        raise CommandError(
-            f"cannot write {param.name}={text}: {param.name} takes {_expected(ctype)}, not {text!r}"
-        ) from None
-
-
-def _check_writes(
-    buffer_type: type[Buffer], values: Mapping[str, Any], texts: Mapping[str, str]
-) -> tuple[dict[str, Any], list[str]]:
-    """Write ``values`` to a process-local buffer of the type, to learn what the library refuses.
-
-    Returns:
-        The values as stored (clamped, in the parameter's width) and the clamp
-        warnings, one line each.
-
-    Raises:
-        CommandError: (status 1) The library refused a value: the message names
-            the parameter and says why.
-    """
-    scratch = buffer_type.attach("buffers-write-check", shared=False)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for name, value in values.items():
-                try:
-                    scratch.write(name, value)
-                except DeviceBufferError as exc:
-                    raise CommandError(f"cannot write {name}={texts[name]}: {exc.message}") from None
-                except (TypeError, ValueError, OverflowError) as exc:
-                    raise CommandError(f"cannot write {name}={texts[name]}: {exc}") from None
-        stored = scratch.pending_writes()
-    finally:
-        scratch.close()
-    return stored, [str(warning.message) for warning in caught]
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -366,9 +196,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Write parameters of a live buffer, as student code would with write(): the\n"
         "bridge sends them to the device. Every value is checked first (the parameter exists\n"
         "and is writeable, the value fits its type, a number its bounds), then all are written\n"
-        "together, or none. Values: numbers (1.5, -2, 1e3, 0x10 for integers), true/false or\n"
-        "1/0 for bools, text for char arrays, and for arrays a comma list (1,2,3) or JSON\n"
-        "([1, 2, 3]). A number outside the parameter's bounds is clamped, with a warning.\n"
+        "together, or none. Values: numbers (1.5, -2, 1e3, 0x10 for integers), true/false\n"
+        "(1/0, yes/no, on/off) for bools, text for char arrays, and for arrays a comma list\n"
+        "(1,2,3) or JSON ([1, 2, 3]). A number outside the parameter's bounds is refused with\n"
+        "the bounds, never clamped: the same answer as Foxglove, Zenoh and runtime msg give.\n"
         "KEY is TYPE:UID, or a Smart Device UID alone; the device must be connected (its\n"
         "buffer valid: the bridge serves it).\n"
         "A parameter with a safe value (an actuator: a motor's duty_cycle, a servo) takes a\n"
@@ -538,15 +369,12 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
         texts = parse_assignments(args.assignments)
         buffer_type = store.catalog[type_name]
         key = f"{type_name}:{uid:#x}"
-        values: dict[str, Any] = {}
-        for name, text in texts.items():
-            param = buffer_type.params.get(name)
-            if param is None:
-                raise CommandError(
-                    f"{type_name} has no parameter {name!r}{suggest(name, buffer_type.params)}"
-                )
-            values[name] = parse_value(param, text)
-        stored, clamped = _check_writes(buffer_type, values, texts)
+        try:  # the one write policy: refused (the bounds said), never clamped
+            values = check_writes(buffer_type, texts, texts=True)
+        except WriteRefused as exc:
+            name = exc.param.partition("[")[0]  # gains[1]: an item of the array gains
+            why = exc.problem if name == exc.param else exc.message
+            raise CommandError(f"cannot write {name}={texts.get(name, '')}: {why}") from None
         segment = BufferStore.segment_name(type_name, uid)
         try:
             buffer = store.get_or_open((type_name, uid), create=False)
@@ -565,22 +393,17 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
         safe = buffer_type.safe_values()
         commands = [name for name in texts if name in safe]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # said once, by the check
-                with buffer.transaction():
-                    if commands and buffer.disabled:  # the flag write() checks, under this lock
-                        raise CommandError(_disabled_refusal(key, commands))  # before any write: all or none
-                    for name, value in values.items():
-                        buffer.write(name, value)
+            with buffer.transaction():
+                if commands and buffer.disabled:  # the flag write() checks, under this lock
+                    raise CommandError(_disabled_refusal(key, commands))  # before any write: all or none
+                apply_writes(buffer, values)
         except DeviceBufferError as exc:
             if not buffer.valid:
                 raise CommandError(not_connected) from None
             if exc.message.startswith("the robot is disabled"):
                 raise CommandError(_disabled_refusal(key, commands)) from None
             raise CommandError(f"cannot write to {key}: {exc.message}") from None
-        for line in clamped:
-            print(f"{PROG} buffers: warning: {line}", file=sys.stderr)
-        written = {name: stored[name] for name in texts}
+        written = {name: values[name] for name in texts}
         hold = bool(args.hold and commands)
         if args.json:
             print_json(
@@ -588,7 +411,6 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
                     "key": key,
                     "segment": segment,
                     "written": jsonable(written),
-                    "warnings": clamped,
                     "commands": commands,
                     "held": hold,
                 }

@@ -24,8 +24,6 @@ when a command needs them, so that ``runtime msg encode ping`` starts fast.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import math
 from typing import TYPE_CHECKING, Any
 
 from ..frames import decode_frame, parse_hex, raw_bytes, value_messages
@@ -33,7 +31,6 @@ from ..messaging import UID_FORMS, ErrorCode, Message, MessageError, MessageType
 from ._common import (
     CommandError,
     add_catalog_option,
-    ctype_name,
     format_value,
     load_catalog,
     print_json,
@@ -41,7 +38,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from ..buffer import Buffer, DeviceBuffer, Parameter
+    from ..buffer import Buffer, DeviceBuffer
 
 __all__ = [
     "DESCRIPTION",
@@ -124,9 +121,6 @@ KINDS: dict[str, MessageType] = {
     "error": MessageType.ERROR,
 }
 """The ``encode`` kinds: message types spelled as on the command line."""
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 # ---- device types and their layouts ---------------------------------------------------------------
@@ -247,71 +241,6 @@ def _int(text: str, what: str, limit: int) -> int:
     return value
 
 
-def _scalar(param: Parameter, ctype: Any, text: str) -> Any:
-    """Parse one scalar of ``ctype`` from text, refusing what would not survive the conversion."""
-    code = ctype._type_
-    if code == "?":
-        lowered = text.strip().lower()
-        if lowered in _TRUE | _FALSE:
-            return lowered in _TRUE
-        raise CommandError(f"{param.name}: {text!r} is not a boolean (true/false, 1/0, on/off)", code=2)
-    if code in "fdg":
-        try:
-            value = float(text)
-        except ValueError:
-            raise CommandError(f"{param.name}: {text!r} is not a number", code=2) from None
-        if math.isnan(value) or not param.lower <= value <= param.upper:
-            raise CommandError(
-                f"{param.name}: {text} is outside its bounds [{param.lower:g}, {param.upper:g}]", code=2
-            )
-        if math.isfinite(value) and code == "f" and math.isinf(ctypes.c_float(value).value):
-            raise CommandError(f"{param.name}: {text} does not fit a 4-byte float", code=2)
-        return value
-    if code in "bBhHiIlLqQ":
-        bits = ctypes.sizeof(ctype) * 8
-        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
-        try:
-            number = int(text, 0)
-        except ValueError:
-            raise CommandError(f"{param.name}: {text!r} is not an integer", code=2) from None
-        if not max(low, param.lower) <= number <= min(high, param.upper):
-            raise CommandError(f"{param.name}: {text} is out of range for {ctype_name(ctype)}", code=2)
-        return number
-    if code in "cu":
-        data: Any = text.encode() if code == "c" else text
-        if len(data) != 1:
-            raise CommandError(f"{param.name}: give exactly one character, not {text!r}", code=2)
-        return data
-    raise CommandError(f"{param.name}: values of this type cannot be given on the command line", code=2)
-
-
-def parse_value(param: Parameter, text: str) -> bytes:
-    """The wire bytes of ``text`` as a value of ``param`` (its platform type, little-endian).
-
-    Char arrays take text (UTF-8, zero-padded); other arrays take
-    comma-separated items, exactly as many as the array has.
-
-    Raises:
-        CommandError: (status 2) The text is no such value, or is out of bounds.
-    """
-    ctype: Any = param.platform_type
-    if not issubclass(ctype, ctypes.Array):
-        return bytes(ctype(_scalar(param, ctype, text)))
-    if ctype._type_ is ctypes.c_char:
-        data = text.encode()
-        if len(data) > ctype._length_:
-            raise CommandError(f"{param.name}: {len(data)} bytes do not fit {ctype._length_}", code=2)
-        return data.ljust(ctype._length_, b"\0")
-    if issubclass(ctype._type_, ctypes.Array):
-        raise CommandError(f"{param.name}: nested arrays cannot be given on the command line", code=2)
-    items = [item for item in text.split(",") if item.strip()]
-    if len(items) != ctype._length_:
-        raise CommandError(
-            f"{param.name}: give {ctype._length_} comma-separated items, not {len(items)}", code=2
-        )
-    return bytes(ctype(*(_scalar(param, ctype._type_, item) for item in items)))
-
-
 def _bitmap(args: argparse.Namespace, layout: TypeLayout | None, need: str | None) -> int:
     """The parameter bitmap from ``--params`` and/or parameter names (which need ``--type``)."""
     bitmap = _int(args.params, "--params", 0xFFFF) if args.params is not None else 0
@@ -339,6 +268,8 @@ def _bitmap(args: argparse.Namespace, layout: TypeLayout | None, need: str | Non
 
 
 def _values_messages(args: argparse.Namespace, layout: TypeLayout | None, kind: MessageType) -> list[Message]:
+    from ..values import WriteRefused, parse_text, to_wire  # with the buffer types: not for `encode ping`
+
     if layout is None:
         raise CommandError(f"{args.kind} needs --type TYPE to lay out the values", code=2)
     if args.params is not None:
@@ -358,9 +289,10 @@ def _values_messages(args: argparse.Namespace, layout: TypeLayout | None, kind: 
                 code=2,
             )
         param = params[name]
-        if kind is MessageType.DEV_WRITE and not param.writeable:
-            raise CommandError(f"parameter {name!r} is not writeable", code=2)
-        data = parse_value(param, text)
+        try:  # the one write policy: refused (the bounds said), never clamped
+            data = to_wire(param, parse_text(param, text, only_writeable=kind is MessageType.DEV_WRITE))
+        except WriteRefused as exc:
+            raise CommandError(exc.message, code=2) from None
         offset = layout.offsets[param.id]
         memory[offset : offset + len(data)] = data
         chosen.add(param.id)
