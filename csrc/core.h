@@ -183,5 +183,6 @@ int rt_pump_module_init(PyObject *module);
 int rt_message_module_init(PyObject *module);
 int rt_mutex_module_init(PyObject *module);
 int rt_buffer_module_init(PyObject *module);
+int rt_segment_module_init(PyObject *module);
 
 #endif
