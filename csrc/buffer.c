@@ -1669,12 +1669,8 @@ BufferAccess_get_timeout(rt_BufferAccess *self, void *closure)
 static int
 BufferAccess_set_timeout(rt_BufferAccess *self, PyObject *value, void *closure)
 {
-    double timeout = value ? PyFloat_AsDouble(value) : -1.0;
-    if (timeout == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!(timeout >= 0)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be a nonnegative number of seconds");
+    double timeout;
+    if (rt_parse_timeout(value, 0, NAN, &timeout) < 0) {  /* deleting it (value NULL) is refused too */
         return -1;
     }
     self->timeout = timeout;

@@ -12,6 +12,8 @@
 #include <math.h>
 #include <string.h>
 
+#pragma GCC visibility push(hidden)  /* internal to the shared object (core.h) */
+
 /* The kind named `name` ("bool", "int8", ..., "raw"), or -1. */
 int rt_kind_from_name(const char *name);
 /* RuntimeWarning: `value` for `p` is out of [lo, hi], clamped to `bound`. Returns 0, or -1 when raised. */
@@ -228,5 +230,7 @@ rt_from_python(rt_BufferAccess *acc, const rt_param *p, PyObject *value, uint8_t
     }
     return 0;
 }
+
+#pragma GCC visibility pop
 
 #endif

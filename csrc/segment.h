@@ -21,6 +21,8 @@
 
 #include <stddef.h>
 
+#pragma GCC visibility push(hidden)  /* internal to the shared object (core.h) */
+
 #define RT_MAX_BUFFER_PARAMS 64
 #define RT_HEADER_SIZE 64
 #define RT_VALID_OFFSET 24
@@ -205,7 +207,6 @@ PyObject *rt_BufferAccess_wait(rt_BufferAccess *self, PyObject *const *args, Py_
 PyObject *rt_BufferAccess_take_change(rt_BufferAccess *self, PyObject *arg);
 PyObject *rt_BufferAccess_see_now(rt_BufferAccess *self, PyObject *arg);
 
-int rt_spec_module_init(PyObject *module);
-int rt_wait_module_init(PyObject *module);
+#pragma GCC visibility pop
 
 #endif

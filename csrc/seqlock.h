@@ -17,6 +17,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#pragma GCC visibility push(hidden)  /* internal to the shared object (core.h) */
+
 /* ---- cold paths (seqlock.c, wait.c) -------------------------------------- */
 
 /* The previous owner died holding the lock (we hold it now): undo its
@@ -189,5 +191,7 @@ read_stable(rt_BufferAccess *acc, void *dst, const void *src, size_t n)
     release(acc);
     return 0;
 }
+
+#pragma GCC visibility pop
 
 #endif

@@ -222,25 +222,6 @@ wait_entries(rt_watch *watched, int n, uint32_t *control, uint32_t control_value
 }
 
 static int
-parse_wait_timeout(PyObject *obj, double *timeout)
-{
-    if (obj == NULL || obj == Py_None) {
-        *timeout = -1.0;
-        return 0;
-    }
-    double value = PyFloat_AsDouble(obj);
-    if (value == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!(value >= 0)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be None or a nonnegative number of seconds");
-        return -1;
-    }
-    *timeout = value > 1e9 ? -1.0 : value;
-    return 0;
-}
-
-static int
 parse_block(PyObject *obj, int *block)
 {
     long value = PyLong_AsLong(obj);
@@ -283,7 +264,8 @@ rt_BufferAccess_wait(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "wait(block, timeout=None)");
         return NULL;
     }
-    if (parse_block(args[0], &block) < 0 || parse_wait_timeout(nargs > 1 ? args[1] : NULL, &timeout) < 0) {
+    if (parse_block(args[0], &block) < 0
+        || rt_parse_timeout(nargs > 1 ? args[1] : NULL, RT_TIMEOUT_NONE | RT_TIMEOUT_CLAMP, -1.0, &timeout) < 0) {
         return NULL;
     }
     if (self->closed) {
@@ -409,7 +391,7 @@ core_wait_any(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     double timeout;
-    if (parse_wait_timeout(timeout_obj, &timeout) < 0) {
+    if (rt_parse_timeout(timeout_obj, RT_TIMEOUT_NONE | RT_TIMEOUT_CLAMP, -1.0, &timeout) < 0) {
         return NULL;
     }
     if (control != Py_None && !PyObject_TypeCheck(control, &rt_WakeWordType)) {
