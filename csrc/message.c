@@ -886,7 +886,8 @@ rt_message_module_init(PyObject *module)
     if (PyModule_AddIntConstant(module, "MAX_PARAMS", RT_MAX_PARAMS) < 0
         || PyModule_AddIntConstant(module, "MAX_PAYLOAD", RT_MAX_PAYLOAD) < 0
         || PyModule_AddIntConstant(module, "MAX_MESSAGE", RT_MAX_MESSAGE) < 0
-        || PyModule_AddIntConstant(module, "MAX_ENCODING_SIZE", RT_MAX_ENCODING) < 0) {
+        || PyModule_AddIntConstant(module, "MAX_ENCODING_SIZE", RT_MAX_ENCODING) < 0
+        || PyModule_AddIntConstant(module, "ALL_PARAMS", RT_ALL_PARAMS) < 0) {
         return -1;
     }
     return 0;

@@ -59,7 +59,7 @@ DELIM = b"\x00"
 """The frame delimiter on the serial stream."""
 NO_PARAMS = 0
 """The empty parameter bitmap."""
-ALL_PARAMS = 0xFFFF
+ALL_PARAMS: int = _core.ALL_PARAMS
 """The bitmap with every parameter ID set."""
 
 
