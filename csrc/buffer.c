@@ -1,12 +1,8 @@
 /*
  * The buffer accessor: every runtime.buffer operation that touches shared
- * memory, as one C call per operation.
- *
- * A segment holds, in order: a 64-byte header (runtime/buffer.py describes it
- * with ctypes), the robust mutex that guards the data, the producer lock, and
- * the buffer's ctypes structure: an update block and a write block with one
- * field per parameter (same layout in both), then the metadata block
- * `rt_meta`, and last the undo copy of the structure.
+ * memory, as one C call per operation (BufferAccess; the segment layout and
+ * the structures are in segment.h, the lock in seqlock.h, value conversion in
+ * convert.h, waits in wait.c).
  *
  * Validity. The header's `valid` word is RT_INVALID, RT_VALID (valid, served
  * by nobody in particular: a buffer used on its own) or RT_SERVED (valid for
@@ -14,200 +10,19 @@
  * holds the producer lock, a robust mutex, for as long as it serves the
  * buffer; when it dies, however it dies, the kernel clears the owner from the
  * lock word, and every reader sees the buffer invalid at its next operation.
- *
- * BufferSpec is computed once per buffer type: where each parameter lives,
- * how to convert it, and the bitmaps of readable/writeable/subscribed IDs.
- * BufferAccess binds a spec to one segment's memory and is what the Buffer
- * methods call.
  */
-#include "core.h"
+#include "convert.h"
+#include "seqlock.h"
 
 #include <errno.h>
-#include <math.h>
-#include <stddef.h>
-#include <string.h>
-#include <limits.h>
-#include <signal.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#define RT_MAX_BUFFER_PARAMS 64
-#define RT_HEADER_SIZE 64
-#define RT_VALID_OFFSET 24
-#define RT_MUTEX_OFFSET RT_HEADER_SIZE
-#define RT_PRODUCER_OFFSET (RT_MUTEX_OFFSET + 64)
-#define RT_NOTIFY_OFFSET (RT_PRODUCER_OFFSET + 64)
-#define RT_COMMAND_OFFSET (RT_NOTIFY_OFFSET + 64)
-#define RT_DATA_OFFSET (RT_COMMAND_OFFSET + 192)
-#define RT_INVALID 0u
-#define RT_VALID 1u
-#define RT_SERVED 2u
-#define RT_SERVE_WAIT 0.05  /* seconds serve() waits for the producer lock before calling it taken */
-/* Producer locks one thread may hold. The kernel releases at most 2048 robust
- * locks (ROBUST_LIST_LIMIT) of a dying thread, newest first; the rest would
- * keep a dead owner's thread ID for ever (the buffer valid, with a dead
- * producer). Half of it is left for the thread's other robust locks (buffer
- * locks held in transactions, runtime.sync mutexes). */
-#define RT_MAX_SERVED_PER_THREAD 1024
-#define RT_MIN_INTERVAL_MS 40
-#define RT_MAX_INTERVAL_MS 250
-
-/* Mirrors runtime.buffer's ctypes `_Meta` (checked at import time). */
-typedef struct {
-    double last_update;
-    double last_write;
-    uint64_t updated;       /* IDs changed in the update block since get_update/emit_dev_data */
-    uint64_t read;          /* IDs requested with read(), pending emit_dev_rw/get_read */
-    uint64_t written;       /* IDs written, pending emit_dev_rw/get_write */
-    uint16_t subscription;  /* subscribed IDs */
-    uint16_t interval_ms;   /* subscription interval */
-    uint32_t reserved;
-    uint16_t device_id;     /* DeviceUID */
-    uint8_t year;
-    uint8_t uid_pad[5];
-    uint64_t random;
-} rt_meta;
-
-/* Mirrors runtime.buffer's ctypes `_SegmentHeader` (checked at import time). */
-typedef struct {
-    char magic[8];
-    uint32_t version;
-    uint32_t state;        /* RT_SEGMENT_READY once initialized */
-    uint64_t size;         /* of the buffer structure */
-    uint32_t valid;        /* RT_INVALID, RT_VALID or RT_SERVED */
-    uint32_t creator_pid;
-    uint8_t fingerprint[16];
-    uint32_t txn_depth;    /* nesting of transaction() by the lock's owner */
-    uint32_t undo_active;  /* the undo area holds the state before an unfinished transaction */
-    uint32_t producer_pid; /* the process that last served the buffer */
-    uint32_t namespace_length;  /* the name starts with a namespace this long, then '-' (0: none) */
-} rt_header;
-
-/* Change notification (the segment's fourth cache line). A writer bumps the
- * sequence word of the block it changed while it holds the lock; after
- * releasing the lock it makes the futex wake call only when someone sleeps
- * on that word (waiters != 0), so nobody pays a system call while nobody
- * waits. Validity changes bump both words. */
-typedef struct {
-    uint32_t seq[2];      /* RT_UPDATE_BLOCK, RT_WRITE_BLOCK */
-    uint32_t waiters[2];  /* threads sleeping on each word (a hint for writers) */
-    uint32_t seqlock;     /* odd while the lock's owner may be changing the structure */
-    uint32_t txn_changed; /* blocks changed inside the open transaction: bumped when it commits */
-    uint32_t claimant;    /* pid of a process that asked the producer to give the buffer up (0: none);
-                           * a producer that honours claims stops serving; serve() by it clears it */
-    uint32_t reserved[9];
-} rt_notify;
-
-#define RT_UPDATE_BLOCK 0
-#define RT_WRITE_BLOCK 1
-#define RT_BOTH_BLOCKS 3
-_Static_assert(sizeof(rt_notify) == 64, "notify line size");
-
-/* Commands (the segment's fifth to seventh cache lines). A *command* is the
- * value in force of a parameter that has a safe value (an actuator); its
- * *commander* is the process that wrote it, recorded as one 64-bit word per
- * parameter ID: its pid in the low half and its start time (clock ticks since
- * boot, low 32 bits, against pid reuse) in the high half; 0 means nobody
- * commands it (its safe value is in force, or it was never written). Every
- * write of such a parameter records the writer, under the lock. When the
- * commander ends, the bridge (or the commander itself, closing its handle)
- * puts the safe value back as a pending write by nobody: see end_commands.
- * While `disabled` is set, writes of those parameters are refused. */
-typedef struct {
-    uint32_t disabled;       /* nonzero: the robot is disabled */
-    uint32_t reserved0;
-    double last_command;     /* time.time() of the last write of a safe-valued parameter */
-    uint32_t reserved[12];
-    uint64_t commander[RT_MAX_PARAMS];
-} rt_command;
-_Static_assert(sizeof(rt_command) == 192, "command lines size");
-
-#define RT_SEGMENT_READY 1u
-#define RT_FINGERPRINT_SIZE 16
-
-_Static_assert(offsetof(rt_header, valid) == RT_VALID_OFFSET, "valid word offset");
-_Static_assert(sizeof(rt_header) == RT_HEADER_SIZE, "header size");
-
-/* The undo area follows the structure, at the next 64-byte boundary. */
-static inline Py_ssize_t
-undo_offset(Py_ssize_t struct_size)
-{
-    return RT_DATA_OFFSET + (struct_size + 63) / 64 * 64;
-}
-
-enum rt_kind { K_BOOL, K_I8, K_U8, K_I16, K_U16, K_I32, K_U32, K_I64, K_U64, K_F32, K_F64, K_RAW };
-
-static const char *const kind_names[] = {"bool", "int8", "uint8", "int16", "uint16", "int32",
-                                         "uint32", "int64", "uint64", "float32", "float64", "raw"};
-
-typedef struct {
-    PyObject *name;
-    PyObject *to_python;    /* K_RAW: bytes -> value */
-    PyObject *from_python;  /* K_RAW: value -> bytes of exactly `size` */
-    int id;
-    int kind;
-    Py_ssize_t offset;
-    Py_ssize_t size;
-    double lower;
-    double upper;
-} rt_param;
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *index;        /* dict: name -> position in params */
-    int count;
-    int is_device;
-    int by_id[RT_MAX_BUFFER_PARAMS];
-    rt_param params[RT_MAX_BUFFER_PARAMS];
-    rt_layout layout;       /* by ID, for messages (device types) */
-    uint64_t readable;
-    uint64_t writeable;
-    uint64_t subscribed;
-    uint64_t safe_mask;      /* IDs with a safe value (device types only) */
-    uint8_t safe[RT_MAX_PARAMS][8];  /* each one's safe value, as stored */
-    Py_ssize_t update_offset, write_offset, meta_offset, block_size, struct_size;
-    uint16_t packed_params;  /* the last bitmap packed exactly (0: none), and its messages */
-    int packed_count;
-    uint16_t packed_bins[RT_MAX_PARAMS];
-} rt_BufferSpec;
-
-typedef struct {
-    PyObject_HEAD
-    rt_BufferSpec *spec;
-    Py_buffer view;
-    int has_view;
-    int closed;
-    rt_mutex_t *mutex;
-    rt_mutex_t *producer;   /* held by the serving producer */
-    rt_notify *notify;
-    rt_command *command;
-    rt_header *header;
-    uint8_t *data;          /* the structure */
-    uint8_t *undo;          /* its copy from the start of the outermost transaction */
-    uint8_t *update;
-    uint8_t *write;
-    rt_meta *meta;
-    PyObject *name;
-    PyObject *on_recover;
-    double timeout;
-    long held;              /* transactions entered through this object and not yet exited */
-    long users;             /* calls waiting for the lock (the GIL released): close() keeps the memory */
-    unsigned long txn_generation;    /* rt_fork_generation when `held` was counted */
-    int serving;                     /* this object holds the producer lock */
-    unsigned long serve_generation;  /* rt_fork_generation when it took it */
-    uint32_t serve_tid;              /* the thread that took it */
-    uint32_t seen[2];                /* the sequence words when wait_* last returned (or at open) */
-    int seen_live;                   /* whether the buffer was live when this handle last looked */
-    int wake_pending;                /* blocks changed under the lock: wake their waiters after release */
-} rt_BufferAccess;
-
-static PyTypeObject rt_BufferSpecType;
-static PyTypeObject rt_BufferAccessType;
 static PyObject *BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused);
 static uint64_t end_commands_locked(rt_BufferAccess *self, int all, uint64_t who, uint64_t within);
 static int commands_any(rt_BufferAccess *self);
@@ -339,98 +154,6 @@ thread_gone(uint32_t tid)
     return at != NULL && at[1] == ' ' && (at[2] == 'Z' || at[2] == 'X');
 }
 
-/* ---- errors ------------------------------------------------------------- */
-
-static PyObject *
-buffer_error(rt_BufferAccess *acc, const char *message, PyObject *param)
-{
-    if (param != NULL) {
-        return rt_raise(rt_DeviceBufferError, message, "buffer", acc->name, "param", param, NULL);
-    }
-    return rt_raise(rt_DeviceBufferError, message, "buffer", acc->name, NULL);
-}
-
-/* ---- locking ------------------------------------------------------------ */
-
-/* The previous owner died holding the lock (we hold it now). Undo its
- * unfinished transaction, if any, then tell the Python layer so it can log.
- * A rolled-back transaction changed nothing: its changes were never announced
- * to waiters (see changed()), and are not now. An owner that died outside a
- * transaction, or after its commit and before announcing it, may have changed
- * either block, and that stays: both sequence words are bumped (the caller
- * wakes their waiters, `*bumped`). */
-static int
-recover_memory(rt_BufferAccess *acc, int *bumped)
-{
-    rt_header *header = acc->header;
-    int rolled_back = 0;
-    if (header->undo_active) {
-        memcpy(acc->data, acc->undo, (size_t)acc->spec->struct_size);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        header->undo_active = 0;
-        rolled_back = 1;
-    }
-    acc->notify->txn_changed = 0;
-    *bumped = 0;
-    if (!rolled_back) {
-        for (int block = 0; block < 2; block++) {
-            __atomic_fetch_add(&acc->notify->seq[block], 1, __ATOMIC_RELEASE);
-        }
-        *bumped = (1 << RT_UPDATE_BLOCK) | (1 << RT_WRITE_BLOCK);
-    }
-    header->txn_depth = 0;
-    uint32_t seqlock = __atomic_load_n(&acc->notify->seqlock, __ATOMIC_RELAXED);
-    if (seqlock & 1) {  /* it died between its two bumps: readers may look again */
-        __atomic_store_n(&acc->notify->seqlock, seqlock + 1, __ATOMIC_RELEASE);
-    }
-    return rolled_back;
-}
-
-static void
-report_recovery(rt_BufferAccess *acc, int rolled_back)
-{
-    if (acc->on_recover != NULL && acc->on_recover != Py_None) {
-        PyObject *result =
-            PyObject_CallFunctionObjArgs(acc->on_recover, acc->name, rolled_back ? Py_True : Py_False, NULL);
-        if (result == NULL) {
-            PyErr_WriteUnraisable(acc->on_recover);
-        }
-        Py_XDECREF(result);
-    }
-}
-
-static void
-recover(rt_BufferAccess *acc)
-{
-    int bumped;
-    report_recovery(acc, recover_memory(acc, &bumped));
-    acc->wake_pending |= bumped;
-}
-
-static int
-lock_error(rt_BufferAccess *acc, int rc)
-{
-    if (rc == ETIMEDOUT || rc == EBUSY) {
-        PyObject *timeout = PyFloat_FromDouble(acc->timeout);
-        PyObject *err = PyLong_FromLong(rc);
-        rt_raise(rt_DeviceBufferError, "timed out waiting for the buffer's lock", "buffer", acc->name, "timeout",
-                 timeout, "errno", err, NULL);
-        Py_XDECREF(timeout);
-        Py_XDECREF(err);
-        return -1;
-    }
-    rt_raise_sync_error(rc, "cannot lock buffer");
-    return -1;
-}
-
-/* Whether the buffer is valid now: one load, and one more for a served buffer. */
-static inline __attribute__((always_inline)) int
-is_live(rt_BufferAccess *acc)
-{
-    uint32_t valid = __atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE);
-    return valid == RT_VALID || (valid == RT_SERVED && rt_mutex_held(acc->producer));
-}
-
 /* Whether this object serves the buffer: it took the producer lock, in this
  * process (a child of fork() does not serve), and the thread that took it
  * still holds it (the role ends with that thread). */
@@ -447,19 +170,10 @@ serving(rt_BufferAccess *acc)
     return 1;
 }
 
-static void
-release_view_if_unused(rt_BufferAccess *acc)
-{
-    if (acc->closed && acc->held == 0 && acc->users == 0 && acc->has_view) {
-        PyBuffer_Release(&acc->view);
-        acc->has_view = 0;
-    }
-}
-
 static __attribute__((noinline)) PyObject *
 disabled_error(rt_BufferAccess *acc, PyObject *param)
 {
-    return buffer_error(acc, "the robot is disabled: actuators keep their safe values until "
+    return rt_buffer_error(acc, "the robot is disabled: actuators keep their safe values until "
                              "'runtime enable' (BufferStore.enable())", param);
 }
 
@@ -493,211 +207,6 @@ foreign_producer_error(rt_BufferAccess *acc, PyObject *param)
     return NULL;
 }
 
-static __attribute__((noinline)) int
-invalid_error(rt_BufferAccess *acc)
-{
-    if (__atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE) == RT_SERVED) {
-        PyObject *pid = PyLong_FromUnsignedLong(acc->header->producer_pid);
-        rt_raise(rt_DeviceBufferError, "buffer is not valid: its producer died", "buffer", acc->name,
-                 "producer_pid", pid, NULL);
-        Py_XDECREF(pid);
-    }
-    else {
-        buffer_error(acc, "buffer is not valid (its device is not connected)", NULL);
-    }
-    return -1;
-}
-
-/* The lock was busy: wait for it (letting other threads run). Returns the
- * lock's result, or -1 with an exception set when the buffer was closed by
- * another thread meanwhile (its memory may go once we leave). */
-static __attribute__((noinline)) int
-wait_for_lock(rt_BufferAccess *acc, double timeout, int *recovered)
-{
-    acc->users++;
-    int rc = rt_mutex_lock(acc->mutex, timeout, recovered);
-    acc->users--;
-    if (acc->closed) {
-        if (rc == 0) {
-            rt_mutex_unlock(acc->mutex);
-        }
-        release_view_if_unused(acc);
-        buffer_error(acc, "buffer was closed while waiting for its lock", NULL);
-        return -1;
-    }
-    return rc;
-}
-
-/* The seqlock around a change by the lock's owner: odd while it may change
- * the structure, so that lock-free readers retry (see read_stable). */
-static inline void
-seqlock_begin(rt_BufferAccess *acc)
-{
-    uint32_t *seqlock = &acc->notify->seqlock;
-    __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-}
-
-static inline void
-seqlock_end(rt_BufferAccess *acc)
-{
-    uint32_t *seqlock = &acc->notify->seqlock;
-    __atomic_store_n(seqlock, __atomic_load_n(seqlock, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
-}
-
-/* Lock the buffer within `timeout` seconds, recover it if its last owner
- * died, and check it is open and valid. On failure the lock is not held and
- * an exception is set. */
-static inline __attribute__((always_inline)) int
-acquire_within(rt_BufferAccess *acc, int need_valid, double timeout)
-{
-    if (acc->closed) {
-        buffer_error(acc, "buffer is closed", NULL);
-        return -1;
-    }
-    int recovered;
-    int rc = rt_mutex_lock(acc->mutex, 0, &recovered);  /* one try: the GIL stays held */
-    if (rc == EBUSY && timeout != 0 && (rc = wait_for_lock(acc, timeout, &recovered)) < 0) {
-        return -1;
-    }
-    if (rc != 0) {
-        return lock_error(acc, rc);
-    }
-    if (recovered) {
-        recover(acc);
-    }
-    if (need_valid && !is_live(acc)) {
-        rt_mutex_unlock(acc->mutex);
-        return invalid_error(acc);
-    }
-    if (acc->header->txn_depth == 0) {  /* a transaction keeps it odd from its start to its end */
-        seqlock_begin(acc);
-    }
-    return 0;
-}
-
-static inline __attribute__((always_inline)) int
-acquire(rt_BufferAccess *acc, int need_valid)
-{
-    return acquire_within(acc, need_valid, acc->timeout);
-}
-
-/* ---- change notification ------------------------------------------------ */
-
-static long
-futex_wake_all(uint32_t *word)
-{
-    return syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
-
-/* A block changed (the lock is held): bump its sequence word. */
-static inline void
-bump_sequence(rt_BufferAccess *acc, int block)
-{
-    uint32_t *word = &acc->notify->seq[block];
-    __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
-}
-
-/* ...and remember to wake its waiters once the lock is released. Inside a
- * transaction the change is only noted: the outermost end announces it when
- * it commits (end_transaction), so that a waiter never reports a change that
- * is then rolled back (its process killed before the end). */
-static inline void
-changed(rt_BufferAccess *acc, int block)
-{
-    if (acc->header->txn_depth != 0) {
-        acc->notify->txn_changed |= 1u << block;
-        return;
-    }
-    bump_sequence(acc, block);
-    acc->wake_pending |= 1 << block;
-}
-
-/* After the lock is released: wake whoever sleeps on the words bumped. The
- * unlock was a full barrier on x86 (a locked exchange): the bump is visible
- * before `waiters` is read, so a waiter that registered too late for this
- * check sees the new sequence value instead of sleeping (see wait_changes). */
-static __attribute__((noinline)) void
-wake_waiters(rt_BufferAccess *acc, int pending)
-{
-    for (int block = 0; block < 2; block++) {
-        if ((pending & (1 << block)) && __atomic_load_n(&acc->notify->waiters[block], __ATOMIC_RELAXED)) {
-            futex_wake_all(&acc->notify->seq[block]);
-        }
-    }
-}
-
-/* Validity changed (no lock needed): wake every waiter of both blocks. */
-static void
-validity_changed(rt_BufferAccess *acc)
-{
-    for (int block = 0; block < 2; block++) {
-        __atomic_fetch_add(&acc->notify->seq[block], 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&acc->notify->waiters[block], __ATOMIC_SEQ_CST)) {
-            futex_wake_all(&acc->notify->seq[block]);
-        }
-    }
-}
-
-static inline void
-release(rt_BufferAccess *acc)
-{
-    if (acc->header->txn_depth == 0) {
-        seqlock_end(acc);
-    }
-    rt_mutex_unlock(acc->mutex);
-    int pending = acc->wake_pending;
-    if (pending && acc->held == 0) {
-        acc->wake_pending = 0;
-#if !defined(__x86_64__) && !defined(__i386__)
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-#endif
-        const uint32_t *waiters = acc->notify->waiters;
-        if (__atomic_load_n(&waiters[0], __ATOMIC_RELAXED) | __atomic_load_n(&waiters[1], __ATOMIC_RELAXED)) {
-            wake_waiters(acc, pending);
-        }
-    }
-}
-
-/* Copy `n` bytes of the structure at `src` to `dst` without the lock: a
- * seqlock read, retried while a writer is at work; after RT_READ_ATTEMPTS
- * (a writer holding the lock long, or one that died mid-write, or our own
- * transaction) it takes the lock instead, which also recovers a dead owner's
- * state. Checks that the buffer is open and valid. */
-#define RT_READ_ATTEMPTS 64
-
-static inline __attribute__((always_inline)) int
-read_stable(rt_BufferAccess *acc, void *dst, const void *src, size_t n)
-{
-    if (acc->closed) {
-        buffer_error(acc, "buffer is closed", NULL);
-        return -1;
-    }
-    if (acc->held == 0) {
-        const uint32_t *seqlock = &acc->notify->seqlock;
-        for (int attempt = 0; attempt < RT_READ_ATTEMPTS; attempt++) {
-            uint32_t before = __atomic_load_n(seqlock, __ATOMIC_ACQUIRE);
-            if (!(before & 1)) {
-                if (!is_live(acc)) {
-                    return invalid_error(acc);
-                }
-                memcpy(dst, src, n);
-                __atomic_thread_fence(__ATOMIC_ACQUIRE);
-                if (__atomic_load_n(seqlock, __ATOMIC_RELAXED) == before) {
-                    return 0;
-                }
-            }
-            rt_cpu_relax();
-        }
-    }
-    if (acquire(acc, 1) < 0) {
-        return -1;
-    }
-    memcpy(dst, src, n);
-    release(acc);
-    return 0;
-}
-
 /* ---- parameter lookup and conversion ------------------------------------ */
 
 /* "no such parameter", with the closest names the library's did_you_mean
@@ -713,7 +222,7 @@ unknown_parameter(rt_BufferAccess *acc, PyObject *name)
     char message[200];
     snprintf(message, sizeof(message), "no such parameter%s", text ? text : "");
     PyErr_Clear();
-    buffer_error(acc, message, name);
+    rt_buffer_error(acc, message, name);
     Py_XDECREF(hint);
 }
 
@@ -729,417 +238,6 @@ lookup(rt_BufferAccess *acc, PyObject *name)
     }
     return &acc->spec->params[PyLong_AsLong(position)];
 }
-
-static PyObject *
-to_python(const rt_param *p, const uint8_t *src)
-{
-    switch (p->kind) {
-    case K_BOOL:
-        return PyBool_FromLong(*src != 0);
-    case K_I8:
-        return PyLong_FromLong(*(const int8_t *)src);
-    case K_U8:
-        return PyLong_FromLong(*src);
-    case K_I16: {
-        int16_t v;
-        memcpy(&v, src, 2);
-        return PyLong_FromLong(v);
-    }
-    case K_U16: {
-        uint16_t v;
-        memcpy(&v, src, 2);
-        return PyLong_FromLong(v);
-    }
-    case K_I32: {
-        int32_t v;
-        memcpy(&v, src, 4);
-        return PyLong_FromLong(v);
-    }
-    case K_U32: {
-        uint32_t v;
-        memcpy(&v, src, 4);
-        return PyLong_FromUnsignedLong(v);
-    }
-    case K_I64: {
-        int64_t v;
-        memcpy(&v, src, 8);
-        return PyLong_FromLongLong(v);
-    }
-    case K_U64: {
-        uint64_t v;
-        memcpy(&v, src, 8);
-        return PyLong_FromUnsignedLongLong(v);
-    }
-    case K_F32: {
-        float v;
-        memcpy(&v, src, 4);
-        return PyFloat_FromDouble(v);
-    }
-    case K_F64: {
-        double v;
-        memcpy(&v, src, 8);
-        return PyFloat_FromDouble(v);
-    }
-    default: {
-        PyObject *raw = PyBytes_FromStringAndSize((const char *)src, p->size);
-        if (raw == NULL) {
-            return NULL;
-        }
-        PyObject *value = PyObject_CallOneArg(p->to_python, raw);
-        Py_DECREF(raw);
-        return value;
-    }
-    }
-}
-
-static int
-warn_clamped(const rt_param *p, PyObject *value, double lo, double hi, double bound)
-{
-    PyObject *lower = PyFloat_FromDouble(lo);
-    PyObject *upper = PyFloat_FromDouble(hi);
-    PyObject *clamped = PyFloat_FromDouble(bound);
-    int rc = -1;
-    if (lower && upper && clamped) {
-        rc = PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "parameter %U: %R is out of bounds [%R, %R]; clamped to %R",
-                              p->name, value, lower, upper, clamped);
-    }
-    Py_XDECREF(lower);
-    Py_XDECREF(upper);
-    Py_XDECREF(clamped);
-    return rc;
-}
-
-static const struct {
-    double lo, hi;
-} int_ranges[] = {
-    [K_I8] = {-128.0, 127.0},
-    [K_U8] = {0.0, 255.0},
-    [K_I16] = {-32768.0, 32767.0},
-    [K_U16] = {0.0, 65535.0},
-    [K_I32] = {-2147483648.0, 2147483647.0},
-    [K_U32] = {0.0, 4294967295.0},
-};
-
-/* Convert `value` for parameter `p` of buffer `acc` into `out` (p->size
- * bytes), clamping to the bounds with a warning; a NaN or an infinity for a
- * parameter with a finite bound is refused (no clamp makes it a safe value).
- * Runs before the lock is taken. */
-static int
-from_python(rt_BufferAccess *acc, const rt_param *p, PyObject *value, uint8_t *out, PyObject **raw_holder)
-{
-    if (p->kind == K_F32 || p->kind == K_F64) {
-        if (!PyFloat_Check(value) && !PyLong_Check(value)) {
-            if (PyUnicode_Check(value) || PyBytes_Check(value) || !Py_TYPE(value)->tp_as_number
-                || !Py_TYPE(value)->tp_as_number->nb_float) {
-                PyErr_Format(PyExc_TypeError, "parameter %U takes a real number, not %.100s", p->name,
-                             Py_TYPE(value)->tp_name);
-                return -1;
-            }
-        }
-        double v = PyFloat_AsDouble(value);
-        if (v == -1.0 && PyErr_Occurred()) {
-            if (!PyLong_Check(value) || !PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                return -1;
-            }
-            PyErr_Clear();  /* an int beyond any double: infinitely far, so clamped below */
-            int overflow;
-            PyLong_AsLongLongAndOverflow(value, &overflow);
-            v = overflow < 0 ? -HUGE_VAL : HUGE_VAL;
-        }
-        if (!isfinite(v) && (isfinite(p->lower) || isfinite(p->upper)) && !PyLong_Check(value)) {
-            rt_raise(rt_DeviceBufferError, "parameter has finite bounds and takes only finite numbers", "buffer",
-                     acc->name, "param", p->name, "value", value, NULL);
-            return -1;
-        }
-        if (v < p->lower || v > p->upper) {
-            double bound = v < p->lower ? p->lower : p->upper;
-            if (warn_clamped(p, value, p->lower, p->upper, bound) < 0) {
-                return -1;
-            }
-            v = bound;
-        }
-        if (p->kind == K_F32) {
-            float f = (float)v;
-            memcpy(out, &f, 4);
-        }
-        else {
-            memcpy(out, &v, 8);
-        }
-        return 0;
-    }
-    if (p->kind == K_BOOL) {
-        if (!PyBool_Check(value) && !PyLong_Check(value)) {
-            PyErr_Format(PyExc_TypeError, "parameter %U takes a bool, not %.100s", p->name, Py_TYPE(value)->tp_name);
-            return -1;
-        }
-        int truth = PyObject_IsTrue(value);
-        if (truth < 0) {
-            return -1;
-        }
-        *out = (uint8_t)truth;
-        return 0;
-    }
-    if (p->kind == K_RAW) {
-        PyObject *raw = PyObject_CallOneArg(p->from_python, value);
-        if (raw == NULL) {
-            return -1;
-        }
-        if (!PyBytes_Check(raw) || PyBytes_GET_SIZE(raw) != p->size) {
-            Py_DECREF(raw);
-            PyErr_Format(PyExc_TypeError, "parameter %U: converter returned the wrong size", p->name);
-            return -1;
-        }
-        *raw_holder = raw;  /* copied from the bytes object under the lock */
-        return 0;
-    }
-    /* integers */
-    if (!PyLong_Check(value)) {
-        if (PyFloat_Check(value) || !Py_TYPE(value)->tp_as_number || !Py_TYPE(value)->tp_as_number->nb_index) {
-            PyErr_Format(PyExc_TypeError, "parameter %U takes an integer, not %.100s", p->name,
-                         Py_TYPE(value)->tp_name);
-            return -1;
-        }
-    }
-    PyObject *index = PyNumber_Index(value);
-    if (index == NULL) {
-        return -1;
-    }
-    int overflow;
-    long long v = PyLong_AsLongLongAndOverflow(index, &overflow);
-    if (v == -1 && PyErr_Occurred()) {
-        Py_DECREF(index);
-        return -1;
-    }
-    if (p->kind == K_U64 && overflow > 0) {
-        unsigned long long u = PyLong_AsUnsignedLongLong(index);
-        Py_DECREF(index);
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            u = UINT64_MAX;
-            if (warn_clamped(p, value, 0.0, (double)u, (double)u) < 0) {
-                return -1;
-            }
-        }
-        memcpy(out, &u, 8);
-        return 0;
-    }
-    Py_DECREF(index);
-    double lo = p->lower, hi = p->upper;
-    if (p->kind <= K_U32) {
-        lo = fmax(lo, int_ranges[p->kind].lo);
-        hi = fmin(hi, int_ranges[p->kind].hi);
-    }
-    else if (p->kind == K_U64) {
-        lo = fmax(lo, 0.0);
-    }
-    if (overflow != 0 || (double)v < lo || (double)v > hi) {
-        double bound = (overflow < 0 || (overflow == 0 && (double)v < lo)) ? lo : hi;
-        if (warn_clamped(p, value, lo, hi, bound) < 0) {
-            return -1;
-        }
-        v = (bound >= 9.2233720368547758e18) ? INT64_MAX : (bound <= -9.2233720368547758e18) ? INT64_MIN : (long long)bound;
-    }
-    switch (p->kind) {
-    case K_I8:
-    case K_U8:
-        *out = (uint8_t)v;
-        break;
-    case K_I16:
-    case K_U16: {
-        uint16_t x = (uint16_t)v;
-        memcpy(out, &x, 2);
-        break;
-    }
-    case K_I32:
-    case K_U32: {
-        uint32_t x = (uint32_t)v;
-        memcpy(out, &x, 4);
-        break;
-    }
-    default: {
-        int64_t x = (int64_t)v;
-        memcpy(out, &x, 8);
-    }
-    }
-    return 0;
-}
-
-/* ---- BufferSpec ---------------------------------------------------------- */
-
-static int
-kind_from_name(const char *name)
-{
-    for (int k = 0; k <= K_RAW; k++) {
-        if (strcmp(kind_names[k], name) == 0) {
-            return k;
-        }
-    }
-    return -1;
-}
-
-static int
-BufferSpec_init(rt_BufferSpec *self, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"params", "update_offset", "write_offset", "meta_offset", "block_size",
-                             "struct_size", "is_device", "safe", NULL};
-    PyObject *params, *safe = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onnnnnp|O!:BufferSpec", kwlist, &params, &self->update_offset,
-                                     &self->write_offset, &self->meta_offset, &self->block_size,
-                                     &self->struct_size, &self->is_device, &PyDict_Type, &safe)) {
-        return -1;
-    }
-    PyObject *seq = PySequence_Fast(params, "params must be a sequence");
-    if (seq == NULL) {
-        return -1;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    int max_id = self->is_device ? RT_MAX_PARAMS : RT_MAX_BUFFER_PARAMS;
-    if (n > max_id) {
-        Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "too many parameters: %zd (at most %d)", n, max_id);
-        return -1;
-    }
-    Py_XSETREF(self->index, PyDict_New());
-    if (self->index == NULL) {
-        Py_DECREF(seq);
-        return -1;
-    }
-    for (int i = 0; i < RT_MAX_BUFFER_PARAMS; i++) {
-        self->by_id[i] = -1;
-    }
-    memset(&self->layout, 0, sizeof(self->layout));
-    self->readable = self->writeable = self->subscribed = 0;
-    self->packed_params = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        rt_param *p = &self->params[i];
-        const char *kind;
-        int readable, writeable, subscribed;
-        PyObject *name, *to_py = NULL, *from_py = NULL;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Uisnnddppp|OO:BufferSpec param", &name, &p->id,
-                              &kind, &p->offset, &p->size, &p->lower, &p->upper, &readable, &writeable,
-                              &subscribed, &to_py, &from_py)) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        p->kind = kind_from_name(kind);
-        if (p->kind < 0 || p->id < 0 || p->id >= max_id || self->by_id[p->id] >= 0 || p->offset < 0
-            || p->size <= 0 || p->offset + p->size > self->block_size) {
-            Py_DECREF(seq);
-            PyErr_Format(PyExc_ValueError, "bad parameter description for %R", name);
-            return -1;
-        }
-        if (p->kind == K_RAW && (to_py == NULL || from_py == NULL)) {
-            Py_DECREF(seq);
-            PyErr_Format(PyExc_ValueError, "raw parameter %R needs converters", name);
-            return -1;
-        }
-        Py_INCREF(name);
-        p->name = name;
-        p->to_python = p->kind == K_RAW ? (Py_INCREF(to_py), to_py) : NULL;
-        p->from_python = p->kind == K_RAW ? (Py_INCREF(from_py), from_py) : NULL;
-        self->count = (int)i + 1;
-        self->by_id[p->id] = (int)i;
-        uint64_t bit = 1ULL << p->id;
-        self->readable |= readable ? bit : 0;
-        self->writeable |= writeable ? bit : 0;
-        self->subscribed |= subscribed ? bit : 0;
-        if (self->is_device) {
-            self->layout.offsets[p->id] = p->offset;
-            self->layout.widths[p->id] = p->size;
-            if (p->id + 1 > self->layout.count) {
-                self->layout.count = p->id + 1;
-            }
-            if (p->offset + p->size > self->layout.span) {
-                self->layout.span = p->offset + p->size;
-            }
-        }
-        PyObject *position = PyLong_FromSsize_t(i);
-        if (position == NULL || PyDict_SetItem(self->index, name, position) < 0) {
-            Py_XDECREF(position);
-            Py_DECREF(seq);
-            return -1;
-        }
-        Py_DECREF(position);
-    }
-    Py_DECREF(seq);
-    self->safe_mask = 0;
-    memset(self->safe, 0, sizeof(self->safe));
-    if (safe != NULL) {  /* {id: bytes of the safe value as stored} */
-        PyObject *key, *value;
-        Py_ssize_t pos = 0;
-        while (PyDict_Next(safe, &pos, &key, &value)) {
-            long id = PyLong_Check(key) ? PyLong_AsLong(key) : -1;
-            int at = (id >= 0 && id < RT_MAX_PARAMS && self->is_device) ? self->by_id[id] : -1;
-            if (at < 0 || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) != self->params[at].size
-                || self->params[at].size > 8 || !(self->writeable & (1ULL << id))) {
-                PyErr_Clear();
-                PyErr_Format(PyExc_ValueError, "bad safe value for parameter id %R", key);
-                return -1;
-            }
-            memcpy(self->safe[id], PyBytes_AS_STRING(value), (size_t)self->params[at].size);
-            self->safe_mask |= 1ULL << id;
-        }
-    }
-    return 0;
-}
-
-static int
-BufferSpec_traverse(rt_BufferSpec *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->index);
-    for (int i = 0; i < self->count; i++) {
-        Py_VISIT(self->params[i].to_python);
-        Py_VISIT(self->params[i].from_python);
-    }
-    return 0;
-}
-
-static int
-BufferSpec_clear(rt_BufferSpec *self)
-{
-    Py_CLEAR(self->index);
-    for (int i = 0; i < self->count; i++) {
-        Py_CLEAR(self->params[i].name);
-        Py_CLEAR(self->params[i].to_python);
-        Py_CLEAR(self->params[i].from_python);
-    }
-    self->count = 0;
-    return 0;
-}
-
-static void
-BufferSpec_dealloc(rt_BufferSpec *self)
-{
-    PyObject_GC_UnTrack(self);
-    BufferSpec_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *
-BufferSpec_get_masks(rt_BufferSpec *self, void *closure)
-{
-    return Py_BuildValue("(KKK)", (unsigned long long)self->readable, (unsigned long long)self->writeable,
-                         (unsigned long long)self->subscribed);
-}
-
-static PyGetSetDef BufferSpec_getset[] = {
-    {"masks", (getter)BufferSpec_get_masks, NULL, "(readable, writeable, subscribed) ID bitmaps.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject rt_BufferSpecType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "runtime._core.BufferSpec",
-    .tp_basicsize = sizeof(rt_BufferSpec),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "How one buffer type's parameters are laid out and converted (computed once per type).",
-    .tp_traverse = (traverseproc)BufferSpec_traverse,
-    .tp_clear = (inquiry)BufferSpec_clear,
-    .tp_dealloc = (destructor)BufferSpec_dealloc,
-    .tp_getset = BufferSpec_getset,
-    .tp_init = (initproc)BufferSpec_init,
-    .tp_new = PyType_GenericNew,
-};
 
 /* ---- BufferAccess: life cycle -------------------------------------------- */
 
@@ -1216,7 +314,7 @@ BufferAccess_close(rt_BufferAccess *self, PyObject *unused)
         }
     }
     self->closed = 1;
-    release_view_if_unused(self);
+    rt_release_view_if_unused(self);
     Py_RETURN_NONE;
 }
 
@@ -1247,7 +345,7 @@ BufferAccess_dealloc(rt_BufferAccess *self)
             }
             else {  /* another thread's lock: invalid now, the role ends with that thread */
                 __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
-                validity_changed(self);
+                rt_validity_changed(self);
             }
         }
         PyBuffer_Release(&self->view);
@@ -1267,7 +365,7 @@ BufferAccess_get(rt_BufferAccess *self, PyObject *name)
         return NULL;
     }
     if (!(self->spec->readable & (1ULL << p->id))) {
-        return buffer_error(self, "parameter is not readable", name);
+        return rt_buffer_error(self, "parameter is not readable", name);
     }
     if (p->kind == K_RAW) {
         PyObject *raw = PyBytes_FromStringAndSize(NULL, p->size);
@@ -1283,7 +381,7 @@ BufferAccess_get(rt_BufferAccess *self, PyObject *name)
     if (read_stable(self, value, self->update + p->offset, (size_t)p->size) < 0) {
         return NULL;
     }
-    return to_python(p, value);
+    return rt_to_python(p, value);
 }
 
 static PyObject *
@@ -1298,11 +396,11 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
         return NULL;
     }
     if (to_write_block && !(self->spec->writeable & (1ULL << p->id))) {
-        return buffer_error(self, "parameter is not writeable", args[0]);
+        return rt_buffer_error(self, "parameter is not writeable", args[0]);
     }
     uint8_t value[8];
     PyObject *raw = NULL;
-    if (from_python(self, p, args[1], value, &raw) < 0) {
+    if (rt_from_python(self, p, args[1], value, &raw) < 0) {
         return NULL;
     }
     double requested_at = 0.0;
@@ -1419,7 +517,7 @@ BufferAccess_exit(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs
     forget_inherited_transactions(self);
     if (self->held > 0) {
         end_transaction(self);
-        release_view_if_unused(self);  /* closed meanwhile: let go now */
+        rt_release_view_if_unused(self);  /* closed meanwhile: let go now */
     }
     Py_RETURN_FALSE;
 }
@@ -1447,7 +545,7 @@ values_from_copy(rt_BufferAccess *self, const uint8_t *copy, uint64_t mask)
         if (!(mask & (1ULL << p->id))) {
             continue;
         }
-        PyObject *value = to_python(p, copy + p->offset);
+        PyObject *value = rt_to_python(p, copy + p->offset);
         if (value == NULL || PyDict_SetItem(result, p->name, value) < 0) {
             Py_XDECREF(value);
             Py_DECREF(result);
@@ -1597,7 +695,7 @@ mask_of(rt_BufferAccess *self, PyObject *names, int required, uint64_t *mask)
             return -1;
         }
         if (!(allowed & (1ULL << p->id))) {
-            buffer_error(self, (required & 1) ? "parameter is not readable" : "parameter is not writeable", name);
+            rt_buffer_error(self, (required & 1) ? "parameter is not readable" : "parameter is not writeable", name);
             Py_DECREF(name);
             Py_DECREF(iter);
             return -1;
@@ -1679,7 +777,7 @@ static PyObject *
 BufferAccess_commanders(rt_BufferAccess *self, PyObject *unused)
 {
     if (self->closed) {
-        return buffer_error(self, "buffer is closed", NULL);
+        return rt_buffer_error(self, "buffer is closed", NULL);
     }
     PyObject *result = PyDict_New();
     uint64_t mask = self->spec->safe_mask;
@@ -1810,11 +908,11 @@ BufferAccess_set_disabled(rt_BufferAccess *self, PyObject *arg)
         return NULL;
     }
     if (self->closed) {
-        return buffer_error(self, "buffer is closed", NULL);
+        return rt_buffer_error(self, "buffer is closed", NULL);
     }
     uint32_t before = __atomic_exchange_n(&self->command->disabled, (uint32_t)flag, __ATOMIC_SEQ_CST);
     if ((uint32_t)flag != before) {
-        validity_changed(self);  /* wakes the producer, which waits on the write block */
+        rt_validity_changed(self);  /* wakes the producer, which waits on the write block */
     }
     if (!flag || self->spec->safe_mask == 0) {
         return PySet_New(NULL);
@@ -1860,7 +958,7 @@ static int
 require_device(rt_BufferAccess *self)
 {
     if (!self->spec->is_device) {
-        buffer_error(self, "not a Smart Device buffer", NULL);
+        rt_buffer_error(self, "not a Smart Device buffer", NULL);
         return -1;
     }
     return 0;
@@ -2233,433 +1331,6 @@ BufferAccess_make_sub_res(rt_BufferAccess *self, PyObject *unused)
     return (PyObject *)msg;
 }
 
-/* ---- BufferAccess: waiting for changes ---------------------------------- */
-
-/* futex_waitv (Linux 5.16+) sleeps on several words at once: the sequence
- * words of the buffers watched, their producer locks (the kernel wakes a
- * waiter of a robust lock whose owner dies), and a process-local control word. */
-#ifndef SYS_futex_waitv
-#define SYS_futex_waitv 449
-#endif
-#define RT_FUTEX2_SIZE_U32 0x02
-#define RT_FUTEX2_PRIVATE 128
-#define RT_MAX_WATCHED 63  /* two words each, plus the control word: futex_waitv takes 128 */
-#define RT_FALLBACK_SLICE 0.05  /* seconds between looks where futex_waitv is missing */
-
-struct rt_futex_waitv {
-    uint64_t val;
-    uint64_t uaddr;
-    uint32_t flags;
-    uint32_t reserved;
-};
-
-typedef struct {
-    rt_BufferAccess *acc;
-    int block;
-} rt_watch;
-
-static int rt_have_waitv = 1;  /* cleared at the first ENOSYS */
-
-/* Arrange to be woken if the producer of a served buffer dies: set the
- * waiters bit of its robust lock (the kernel then wakes a sleeper when the
- * owner dies; glibc wakes one when it unlocks). Returns 1 with the value to
- * sleep on, 0 when there is nothing to watch (not served, no producer alive,
- * or a C library whose lock word cannot be read). */
-static int
-watch_producer(rt_BufferAccess *acc, uint32_t *value)
-{
-    if (!rt_lockword_has_owner || __atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE) != RT_SERVED) {
-        return 0;
-    }
-    uint32_t *word = (uint32_t *)(void *)&acc->producer->m.mutex;
-    uint32_t old = __atomic_load_n(word, __ATOMIC_ACQUIRE);
-    for (int attempt = 0; attempt < 16; attempt++) {
-        if ((old & RT_FUTEX_TID_MASK) == 0) {
-            return 0;
-        }
-        if (old & FUTEX_WAITERS) {
-            *value = old;
-            return 1;
-        }
-        if (__atomic_compare_exchange_n(word, &old, old | FUTEX_WAITERS, 0, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE)) {
-            *value = old | FUTEX_WAITERS;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* Whether a watched entry is ready: closed, changed since seen (validity
- * changes count), or invalid while it was live when the wait began (a dead
- * producer changes no sequence word). */
-static inline int
-entry_ready(const rt_watch *w)
-{
-    rt_BufferAccess *acc = w->acc;
-    return acc->closed || __atomic_load_n(&acc->notify->seq[w->block], __ATOMIC_ACQUIRE) != acc->seen[w->block]
-           || (acc->seen_live && !is_live(acc));
-}
-
-static void
-deadline_after(double timeout, struct timespec *deadline)
-{
-    clock_gettime(CLOCK_MONOTONIC, deadline);
-    double whole = (double)(time_t)timeout;
-    deadline->tv_sec += (time_t)timeout;
-    deadline->tv_nsec += (long)((timeout - whole) * 1e9);
-    if (deadline->tv_nsec >= 1000000000L) {
-        deadline->tv_sec += 1;
-        deadline->tv_nsec -= 1000000000L;
-    }
-}
-
-static int
-past(const struct timespec *deadline)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
-}
-
-/* Sleep until an entry is ready, the control word differs from
- * `control_value`, or `timeout` seconds pass (< 0: no limit). Returns 1 when
- * an entry is ready, 0 otherwise, -1 with an exception (a signal handler
- * raised). The GIL is released while sleeping; the memory of every entry
- * stays mapped meanwhile (counted in `users`, which close() respects). */
-static int
-wait_entries(rt_watch *watched, int n, uint32_t *control, uint32_t control_value, double timeout)
-{
-    struct timespec deadline;
-    if (timeout >= 0) {
-        deadline_after(timeout, &deadline);
-    }
-    for (int i = 0; i < n; i++) {
-        watched[i].acc->users++;
-    }
-    int result = 0;
-    for (;;) {
-        int ready = 0;
-        for (int i = 0; i < n && !ready; i++) {
-            ready = entry_ready(&watched[i]);
-        }
-        if (ready) {
-            result = 1;
-            break;
-        }
-        if (control != NULL && __atomic_load_n(control, __ATOMIC_ACQUIRE) != control_value) {
-            break;
-        }
-        if (timeout >= 0 && past(&deadline)) {
-            break;
-        }
-        /* Register, then look again: a writer that bumped the word before
-         * seeing us registered is caught by this second look. */
-        struct rt_futex_waitv waits[2 * RT_MAX_WATCHED + 1];
-        int count = 0, producers_from = 0;
-        for (int i = 0; i < n; i++) {
-            rt_BufferAccess *acc = watched[i].acc;
-            __atomic_fetch_add(&acc->notify->waiters[watched[i].block], 1, __ATOMIC_SEQ_CST);
-            ready = ready || entry_ready(&watched[i]);
-            waits[count++] = (struct rt_futex_waitv){acc->seen[watched[i].block],
-                                                     (uint64_t)(uintptr_t)&acc->notify->seq[watched[i].block],
-                                                     RT_FUTEX2_SIZE_U32, 0};
-        }
-        producers_from = count;
-        for (int i = 0; i < n; i++) {
-            uint32_t value;
-            if (watch_producer(watched[i].acc, &value)) {
-                waits[count++] = (struct rt_futex_waitv){
-                    value, (uint64_t)(uintptr_t)&watched[i].acc->producer->m.mutex, RT_FUTEX2_SIZE_U32, 0};
-            }
-        }
-        if (control != NULL) {
-            waits[count++] = (struct rt_futex_waitv){control_value, (uint64_t)(uintptr_t)control,
-                                                     RT_FUTEX2_SIZE_U32 | RT_FUTEX2_PRIVATE, 0};
-        }
-        long rc = 0;
-        int err = 0;
-        if (!ready) {
-            Py_BEGIN_ALLOW_THREADS
-            if (rt_have_waitv) {
-                rc = syscall(SYS_futex_waitv, waits, count, 0, timeout >= 0 ? &deadline : NULL, CLOCK_MONOTONIC);
-                err = rc < 0 ? errno : 0;
-                if (err == ENOSYS) {
-                    rt_have_waitv = 0;
-                }
-            }
-            if (!rt_have_waitv) {  /* an old kernel: sleep on the first word in short slices */
-                struct timespec slice = {0, (long)(RT_FALLBACK_SLICE * 1e9)};
-                rc = syscall(SYS_futex, (uint32_t *)(uintptr_t)waits[0].uaddr, FUTEX_WAIT, (uint32_t)waits[0].val,
-                             &slice, NULL, 0);
-                err = rc < 0 ? errno : 0;
-                rc = -1;
-            }
-            Py_END_ALLOW_THREADS
-        }
-        for (int i = 0; i < n; i++) {
-            __atomic_fetch_sub(&watched[i].acc->notify->waiters[watched[i].block], 1, __ATOMIC_SEQ_CST);
-        }
-        int producers_to = control != NULL ? count - 1 : count;
-        if (rc >= producers_from && rc < producers_to) {
-            /* Woken on a producer lock (its owner died or let go): the kernel or
-             * glibc woke one sleeper; pass it on to the others. */
-            futex_wake_all((uint32_t *)(uintptr_t)waits[rc].uaddr);
-        }
-        if (err == EINTR && PyErr_CheckSignals() < 0) {
-            result = -1;
-            break;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        rt_BufferAccess *acc = watched[i].acc;
-        acc->users--;
-        release_view_if_unused(acc);
-    }
-    return result;
-}
-
-static int
-parse_wait_timeout(PyObject *obj, double *timeout)
-{
-    if (obj == NULL || obj == Py_None) {
-        *timeout = -1.0;
-        return 0;
-    }
-    double value = PyFloat_AsDouble(obj);
-    if (value == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!(value >= 0)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be None or a nonnegative number of seconds");
-        return -1;
-    }
-    *timeout = value > 1e9 ? -1.0 : value;
-    return 0;
-}
-
-static int
-parse_block(PyObject *obj, int *block)
-{
-    long value = PyLong_AsLong(obj);
-    if (value == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (value != RT_UPDATE_BLOCK && value != RT_WRITE_BLOCK) {
-        PyErr_SetString(PyExc_ValueError, "block must be 0 (update) or 1 (write)");
-        return -1;
-    }
-    *block = (int)value;
-    return 0;
-}
-
-/* The outcome for one entry found ready: 1 changed (now seen), or -1 with
- * DeviceBufferError (closed or invalid). */
-static int
-take_change(rt_BufferAccess *acc, int block)
-{
-    if (acc->closed) {
-        buffer_error(acc, "buffer is closed", NULL);
-        return -1;
-    }
-    if (!is_live(acc)) {
-        acc->seen_live = 0;  /* this handle has now seen it invalid */
-        return invalid_error(acc);
-    }
-    acc->seen_live = 1;
-    acc->seen[block] = __atomic_load_n(&acc->notify->seq[block], __ATOMIC_ACQUIRE);
-    return 1;
-}
-
-/* wait(block, timeout=None) -> bool */
-static PyObject *
-BufferAccess_wait(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    int block;
-    double timeout;
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "wait(block, timeout=None)");
-        return NULL;
-    }
-    if (parse_block(args[0], &block) < 0 || parse_wait_timeout(nargs > 1 ? args[1] : NULL, &timeout) < 0) {
-        return NULL;
-    }
-    if (self->closed) {
-        return buffer_error(self, "buffer is closed", NULL);
-    }
-    if (!is_live(self)) {
-        self->seen_live = 0;
-        invalid_error(self);
-        return NULL;
-    }
-    self->seen_live = 1;
-    Py_INCREF(self);  /* kept alive across the sleep */
-    rt_watch watched = {self, block};
-    int rc = wait_entries(&watched, 1, NULL, 0, timeout);
-    PyObject *result = NULL;
-    if (rc == 1) {
-        result = take_change(self, block) < 0 ? NULL : Py_NewRef(Py_True);
-    }
-    else if (rc == 0) {
-        /* timed out: still refuse a buffer that turned invalid meanwhile */
-        if (self->closed || !is_live(self)) {
-            take_change(self, block);  /* raises */
-        }
-        else {
-            result = Py_NewRef(Py_False);
-        }
-    }
-    Py_DECREF(self);
-    return result;
-}
-
-/* take_change(block) -> bool: whether the block changed since last seen (then seen now);
- * raises for a closed or invalid buffer. Never blocks. */
-static PyObject *
-BufferAccess_take_change(rt_BufferAccess *self, PyObject *arg)
-{
-    int block;
-    if (parse_block(arg, &block) < 0) {
-        return NULL;
-    }
-    rt_watch watched = {self, block};
-    if (!entry_ready(&watched)) {
-        Py_RETURN_FALSE;
-    }
-    return take_change(self, block) < 0 ? NULL : Py_NewRef(Py_True);
-}
-
-/* see_now(block) -> bool: mark the block's current state seen; whether it had
- * changed. Never raises for validity (wait_any's callers look at valid). */
-static PyObject *
-BufferAccess_see_now(rt_BufferAccess *self, PyObject *arg)
-{
-    int block;
-    if (parse_block(arg, &block) < 0) {
-        return NULL;
-    }
-    if (self->closed) {
-        Py_RETURN_FALSE;
-    }
-    uint32_t now = __atomic_load_n(&self->notify->seq[block], __ATOMIC_ACQUIRE);
-    int live = is_live(self);
-    int differed = now != self->seen[block] || live != self->seen_live;
-    self->seen[block] = now;
-    self->seen_live = live;
-    return PyBool_FromLong(differed);
-}
-
-/* ---- WakeWord: a process-local word to interrupt a wait_any ---------------- */
-
-typedef struct {
-    PyObject_HEAD
-    uint32_t word;
-} rt_WakeWord;
-
-static PyObject *
-WakeWord_wake(rt_WakeWord *self, PyObject *unused)
-{
-    __atomic_fetch_add(&self->word, 1, __ATOMIC_SEQ_CST);
-    syscall(SYS_futex, &self->word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-WakeWord_get_value(rt_WakeWord *self, void *closure)
-{
-    return PyLong_FromUnsignedLong(__atomic_load_n(&self->word, __ATOMIC_ACQUIRE));
-}
-
-static PyMethodDef WakeWord_methods[] = {
-    {"wake", (PyCFunction)WakeWord_wake, METH_NOARGS, "Interrupt the wait_any calls watching this word."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef WakeWord_getset[] = {
-    {"value", (getter)WakeWord_get_value, NULL, "The word's current value.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject rt_WakeWordType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "runtime._core.WakeWord",
-    .tp_basicsize = sizeof(rt_WakeWord),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "WakeWord()\n\nA process-local word: wake() interrupts the wait_any calls given it as control.",
-    .tp_methods = WakeWord_methods,
-    .tp_getset = WakeWord_getset,
-    .tp_new = PyType_GenericNew,
-};
-
-/* wait_any(entries, timeout=None, control=None, control_value=0) -> list[int]:
- * sleep until one of the (BufferAccess, block) entries changed or turned
- * invalid or closed, `control` (a WakeWord) no longer holds `control_value`,
- * or the timeout passes; return the indices of the ready entries ([] when
- * none). Changes are not taken: see take_change(). */
-static PyObject *
-core_wait_any(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"entries", "timeout", "control", "control_value", NULL};
-    PyObject *entries, *timeout_obj = Py_None, *control = Py_None;
-    unsigned int control_value = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOI:wait_any", kwlist, &entries, &timeout_obj, &control,
-                                     &control_value)) {
-        return NULL;
-    }
-    double timeout;
-    if (parse_wait_timeout(timeout_obj, &timeout) < 0) {
-        return NULL;
-    }
-    if (control != Py_None && !PyObject_TypeCheck(control, &rt_WakeWordType)) {
-        PyErr_SetString(PyExc_TypeError, "control must be a WakeWord or None");
-        return NULL;
-    }
-    PyObject *seq = PySequence_Fast(entries, "entries must be a sequence of (BufferAccess, block)");
-    if (seq == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > RT_MAX_WATCHED) {
-        Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "wait_any watches at most %d entries at once, not %zd", RT_MAX_WATCHED, n);
-        return NULL;
-    }
-    rt_watch watched[RT_MAX_WATCHED];
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *entry = PySequence_Fast_GET_ITEM(seq, i);
-        PyObject *acc;
-        PyObject *block_obj;
-        if (!PyArg_ParseTuple(entry, "O!O:wait_any entry", &rt_BufferAccessType, &acc, &block_obj)
-            || parse_block(block_obj, &watched[i].block) < 0) {
-            Py_DECREF(seq);
-            return NULL;
-        }
-        watched[i].acc = (rt_BufferAccess *)acc;
-        if (watched[i].acc->closed) {
-            Py_DECREF(seq);
-            return buffer_error(watched[i].acc, "buffer is closed", NULL);
-        }
-    }
-    Py_INCREF(control);
-    int rc = wait_entries(watched, (int)n, control == Py_None ? NULL : &((rt_WakeWord *)control)->word,
-                          control_value, timeout);
-    Py_DECREF(control);
-    PyObject *result = NULL;
-    if (rc >= 0) {
-        result = PyList_New(0);
-        for (Py_ssize_t i = 0; result != NULL && rc == 1 && i < n; i++) {
-            if (entry_ready(&watched[i])) {
-                PyObject *index = PyLong_FromSsize_t(i);
-                if (index == NULL || PyList_Append(result, index) < 0) {
-                    Py_CLEAR(result);
-                }
-                Py_XDECREF(index);
-            }
-        }
-    }
-    Py_DECREF(seq);  /* the entries (and their BufferAccess objects) were alive throughout */
-    return result;
-}
-
 /* ---- BufferAccess: metadata --------------------------------------------- */
 
 enum { META_LAST_UPDATE, META_LAST_WRITE, META_SUBSCRIPTION, META_INTERVAL_MS, META_UID };
@@ -2770,7 +1441,7 @@ reap_dead_producer(rt_BufferAccess *acc)
         return 0;  /* it changed meanwhile: whoever changed it knows better */
     }
     futex_wake_all(word);  /* a producer waiting to take over, and waiters watching the producer */
-    validity_changed(acc);
+    rt_validity_changed(acc);
     return 1;
 }
 
@@ -2803,7 +1474,7 @@ BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
         return -1;
     }
     if (self->closed) {
-        buffer_error(self, "buffer is closed", NULL);
+        rt_buffer_error(self, "buffer is closed", NULL);
         return -1;
     }
     if (!serving(self) || self->serve_tid != current_tid()) {
@@ -2827,12 +1498,12 @@ BufferAccess_set_valid(rt_BufferAccess *self, PyObject *value, void *closure)
             Py_DECREF(pid);
         }
         else {
-            buffer_error(self, message, NULL);
+            rt_buffer_error(self, message, NULL);
         }
         return -1;
     }
     __atomic_store_n(&self->header->valid, truth ? RT_SERVED : RT_INVALID, __ATOMIC_RELEASE);
-    validity_changed(self);
+    rt_validity_changed(self);
     return 0;
 }
 
@@ -2842,7 +1513,7 @@ static PyObject *
 BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
 {
     if (self->closed) {
-        return buffer_error(self, "buffer is closed", NULL);
+        return rt_buffer_error(self, "buffer is closed", NULL);
     }
     uint32_t caller = current_tid();
     if (!serving(self) || self->serve_tid != caller) {  /* a role held by another thread is not ours */
@@ -2882,14 +1553,14 @@ BufferAccess_serve(rt_BufferAccess *self, PyObject *unused)
         self->serve_generation = rt_fork_generation;
         self->serve_tid = caller;
         __atomic_store_n(&self->header->valid, RT_SERVED, __ATOMIC_RELEASE);
-        validity_changed(self);
+        rt_validity_changed(self);
         if (recovered) {
             return PyLong_FromUnsignedLong(previous);
         }
         Py_RETURN_NONE;
     }
     __atomic_store_n(&self->header->valid, RT_SERVED, __ATOMIC_RELEASE);
-    validity_changed(self);
+    rt_validity_changed(self);
     Py_RETURN_NONE;
 }
 
@@ -2899,7 +1570,7 @@ unserve(rt_BufferAccess *self)
 {
     self->serving = 0;
     __atomic_store_n(&self->header->valid, RT_INVALID, __ATOMIC_RELEASE);
-    validity_changed(self);
+    rt_validity_changed(self);
     int rc = rt_mutex_unlock(self->producer);
     if (rc == 0) {
         (*served_count())--;
@@ -2927,7 +1598,7 @@ BufferAccess_stop_serving(rt_BufferAccess *self, PyObject *unused)
         return NULL;
     }
     if (self->has_view && unserve(self) != 0) {
-        return buffer_error(self, "cannot give up the producer lock", NULL);
+        return rt_buffer_error(self, "cannot give up the producer lock", NULL);
     }
     self->serving = 0;
     Py_RETURN_NONE;
@@ -2941,7 +1612,7 @@ static PyObject *
 BufferAccess_claim(rt_BufferAccess *self, PyObject *unused)
 {
     if (self->closed) {
-        return buffer_error(self, "buffer is closed", NULL);
+        return rt_buffer_error(self, "buffer is closed", NULL);
     }
     __atomic_store_n(&self->notify->claimant, my_pid(), __ATOMIC_SEQ_CST);
     Py_RETURN_NONE;
@@ -2998,12 +1669,8 @@ BufferAccess_get_timeout(rt_BufferAccess *self, void *closure)
 static int
 BufferAccess_set_timeout(rt_BufferAccess *self, PyObject *value, void *closure)
 {
-    double timeout = value ? PyFloat_AsDouble(value) : -1.0;
-    if (timeout == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!(timeout >= 0)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be a nonnegative number of seconds");
+    double timeout;
+    if (rt_parse_timeout(value, 0, NAN, &timeout) < 0) {  /* deleting it (value NULL) is refused too */
         return -1;
     }
     self->timeout = timeout;
@@ -3038,11 +1705,11 @@ static PyMethodDef BufferAccess_methods[] = {
      "mask(names, required) -> bitmap of the named parameters (required: 1 readable, 2 writeable)."},
     {"names", (PyCFunction)BufferAccess_names, METH_O, "names(bitmap) -> set of parameter names."},
     {"close", (PyCFunction)BufferAccess_close, METH_NOARGS, "Stop using the memory; later calls raise."},
-    {"wait", (PyCFunction)(void (*)(void))BufferAccess_wait, METH_FASTCALL,
+    {"wait", (PyCFunction)(void (*)(void))rt_BufferAccess_wait, METH_FASTCALL,
      "wait(block, timeout=None) -> bool: sleep until the block (0 update, 1 write) changes."},
-    {"take_change", (PyCFunction)BufferAccess_take_change, METH_O,
+    {"take_change", (PyCFunction)rt_BufferAccess_take_change, METH_O,
      "take_change(block) -> bool: whether the block changed since last seen (then seen now)."},
-    {"see_now", (PyCFunction)BufferAccess_see_now, METH_O,
+    {"see_now", (PyCFunction)rt_BufferAccess_see_now, METH_O,
      "see_now(block) -> bool: mark the block seen as it is now; whether it had changed."},
     {"commanders", (PyCFunction)BufferAccess_commanders, METH_NOARGS,
      "commanders() -> {name: (pid, start)} of the safe-valued parameters someone commands."},
@@ -3088,7 +1755,7 @@ static PyGetSetDef BufferAccess_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject rt_BufferAccessType = {
+PyTypeObject rt_BufferAccessType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "runtime._core.BufferAccess",
     .tp_basicsize = sizeof(rt_BufferAccess),
@@ -3105,122 +1772,6 @@ static PyTypeObject rt_BufferAccessType = {
     .tp_new = PyType_GenericNew,
 };
 
-/* ---- module-level helpers for the segment header ------------------------ */
-
-/* segment_init(memory, magic, version, fingerprint, size, shared, pid, valid,
- *              namespace_length, initial=None, offsets=()):
- * write the header of a new segment, copy `initial` (a values block) to each
- * of `offsets` in the structure, initialize the mutex, and publish the
- * segment (state READY, with release ordering) so attachers can use it. */
-static PyObject *
-core_segment_init(PyObject *self, PyObject *args)
-{
-    Py_buffer view, magic, fingerprint, initial = {0};
-    unsigned int version, pid, namespace_length;
-    unsigned long long size;
-    int shared, valid;
-    PyObject *offsets = NULL;
-    if (!PyArg_ParseTuple(args, "w*y*Iy*KpIpI|z*O!:segment_init", &view, &magic, &version, &fingerprint, &size,
-                          &shared, &pid, &valid, &namespace_length, &initial, &PyTuple_Type, &offsets)) {
-        return NULL;
-    }
-    PyObject *result = NULL;
-    int bad = view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != RT_FINGERPRINT_SIZE
-              || ((uintptr_t)view.buf) % 64;
-    for (Py_ssize_t i = 0; !bad && initial.buf != NULL && offsets != NULL && i < PyTuple_GET_SIZE(offsets); i++) {
-        Py_ssize_t offset = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, i));
-        if (offset < 0 || RT_DATA_OFFSET + offset + initial.len > view.len) {
-            bad = 1;
-            break;
-        }
-        memcpy((uint8_t *)view.buf + RT_DATA_OFFSET + offset, initial.buf, (size_t)initial.len);
-    }
-    if (bad) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "bad segment_init arguments");
-        }
-    }
-    else {
-        rt_header *header = (rt_header *)view.buf;
-        memcpy(header->magic, magic.buf, 8);
-        header->version = version;
-        header->size = size;
-        header->creator_pid = pid;
-        memcpy(header->fingerprint, fingerprint.buf, RT_FINGERPRINT_SIZE);
-        header->valid = valid ? RT_VALID : RT_INVALID;
-        header->namespace_length = namespace_length;
-        int rc = rt_mutex_init((rt_mutex_t *)((uint8_t *)view.buf + RT_MUTEX_OFFSET), shared, 1);
-        if (rc == 0) {
-            rc = rt_mutex_init((rt_mutex_t *)((uint8_t *)view.buf + RT_PRODUCER_OFFSET), shared, 0);
-        }
-        if (rc != 0) {
-            rt_raise_sync_error(rc, "cannot initialize the buffer's mutex");
-        }
-        else {
-            __atomic_store_n(&header->state, RT_SEGMENT_READY, __ATOMIC_RELEASE);
-            result = Py_NewRef(Py_None);
-        }
-    }
-    PyBuffer_Release(&view);
-    PyBuffer_Release(&magic);
-    PyBuffer_Release(&fingerprint);
-    if (initial.obj != NULL) {
-        PyBuffer_Release(&initial);
-    }
-    return result;
-}
-
-/* segment_check(memory, magic, version, fingerprint, size) -> str | None:
- * None when the segment is ready and matches; otherwise why not
- * ("not ready", "format", "layout"). */
-static PyObject *
-core_segment_check(PyObject *self, PyObject *args)
-{
-    Py_buffer view, magic, fingerprint;
-    unsigned int version;
-    unsigned long long size;
-    if (!PyArg_ParseTuple(args, "y*y*Iy*K:segment_check", &view, &magic, &version, &fingerprint, &size)) {
-        return NULL;
-    }
-    const char *problem = NULL;
-    if (view.len < RT_DATA_OFFSET || magic.len != 8 || fingerprint.len != RT_FINGERPRINT_SIZE) {
-        problem = "format";
-    }
-    else {
-        rt_header *header = (rt_header *)view.buf;
-        if (__atomic_load_n(&header->state, __ATOMIC_ACQUIRE) != RT_SEGMENT_READY) {
-            problem = "not ready";
-        }
-        else if (memcmp(header->magic, magic.buf, 8) != 0 || header->version != version) {
-            problem = "format";
-        }
-        else if (header->size != size || memcmp(header->fingerprint, fingerprint.buf, RT_FINGERPRINT_SIZE) != 0) {
-            problem = "layout";
-        }
-    }
-    PyBuffer_Release(&view);
-    PyBuffer_Release(&magic);
-    PyBuffer_Release(&fingerprint);
-    if (problem == NULL) {
-        Py_RETURN_NONE;
-    }
-    return PyUnicode_FromString(problem);
-}
-
-static PyObject *
-core_segment_size(PyObject *self, PyObject *arg)
-{
-    Py_ssize_t struct_size = PyLong_AsSsize_t(arg);
-    if (struct_size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (struct_size < 0) {
-        PyErr_SetString(PyExc_ValueError, "structure size must be nonnegative");
-        return NULL;
-    }
-    return PyLong_FromSsize_t(undo_offset(struct_size) + struct_size);
-}
-
 /* ---- the frame pump's path into a buffer (pump.c) ----------------------- */
 
 int
@@ -3235,7 +1786,7 @@ rt_access_pin(PyObject *obj, const rt_layout **layout, const uint8_t **update)
         return -1;
     }
     if (acc->closed || !acc->has_view) {
-        buffer_error(acc, "buffer is closed", NULL);
+        rt_buffer_error(acc, "buffer is closed", NULL);
         return -1;
     }
     acc->users++;  /* close() keeps the memory until rt_access_unpin */
@@ -3249,13 +1800,13 @@ rt_access_unpin(PyObject *obj)
 {
     rt_BufferAccess *acc = (rt_BufferAccess *)obj;
     acc->users--;
-    release_view_if_unused(acc);
+    rt_release_view_if_unused(acc);
 }
 
 void
 rt_access_report_recovery(PyObject *obj, int rolled_back)
 {
-    report_recovery((rt_BufferAccess *)obj, rolled_back);
+    rt_report_recovery((rt_BufferAccess *)obj, rolled_back);
 }
 
 /* Copy the parameters of `mask` from `stage` (laid out like the update
@@ -3292,12 +1843,12 @@ rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin
     }
     int bumped = 0;
     if (*recovered) {
-        *rolled_back = recover_memory(acc, &bumped);
+        *rolled_back = rt_recover_memory(acc, &bumped);
     }
     if (!is_live(acc)) {
         rt_mutex_unlock(acc->mutex);
         if (bumped) {
-            wake_waiters(acc, bumped);
+            rt_wake_waiters(acc, bumped);
         }
         return RT_COMMIT_REFUSED;
     }
@@ -3316,7 +1867,7 @@ rt_access_commit(PyObject *obj, const uint8_t *stage, uint64_t mask, double spin
 #if !defined(__x86_64__) && !defined(__i386__)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 #endif
-    wake_waiters(acc, (1 << RT_UPDATE_BLOCK) | bumped);
+    rt_wake_waiters(acc, (1 << RT_UPDATE_BLOCK) | bumped);
     return 0;
 }
 
@@ -3348,61 +1899,22 @@ static PyMethodDef buffer_functions[] = {
     {"my_commander", core_my_commander, METH_NOARGS, "This process as a commander: (pid, start)."},
     {"start_time", core_start_time, METH_O,
      "start_time(pid) -> the process's start time (clock ticks since boot, low 32 bits), or None if none."},
-    {"wait_any", (PyCFunction)(void (*)(void))core_wait_any, METH_VARARGS | METH_KEYWORDS,
-     "wait_any(entries, timeout=None, control=None, control_value=0) -> list[int]: sleep until one of the "
-     "(BufferAccess, block) entries changes, turns invalid or is closed; the indices of those ready."},
-    {"segment_size", core_segment_size, METH_O,
-     "segment_size(struct_size) -> bytes of a segment: header, mutex, structure and its undo copy."},
-    {"segment_init", core_segment_init, METH_VARARGS,
-     "segment_init(memory, magic, version, fingerprint, size, shared, pid, valid, namespace_length, "
-     "initial=None, offsets=()): "
-     "set up a new segment."},
-    {"segment_check", core_segment_check, METH_VARARGS,
-     "segment_check(memory, magic, version, fingerprint, size) -> None or the reason it cannot be used."},
     {NULL, NULL, 0, NULL},
 };
 
 int
 rt_buffer_module_init(PyObject *module)
 {
-    if (PyType_Ready(&rt_BufferSpecType) < 0 || PyType_Ready(&rt_BufferAccessType) < 0
-        || PyType_Ready(&rt_WakeWordType) < 0 || PyModule_AddObjectRef(module, "WakeWord", (PyObject *)&rt_WakeWordType) < 0
-        || PyModule_AddIntConstant(module, "MAX_WATCHED", RT_MAX_WATCHED) < 0
+    if (PyType_Ready(&rt_BufferAccessType) < 0
         || PyModule_AddIntConstant(module, "MAX_SERVED_PER_THREAD", RT_MAX_SERVED_PER_THREAD) < 0
-        || PyModule_AddIntConstant(module, "NOTIFY_OFFSET", RT_NOTIFY_OFFSET) < 0) {
-        return -1;
-    }
-    Py_INCREF(&rt_BufferSpecType);
-    if (PyModule_AddObject(module, "BufferSpec", (PyObject *)&rt_BufferSpecType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&rt_BufferAccessType);
-    if (PyModule_AddObject(module, "BufferAccess", (PyObject *)&rt_BufferAccessType) < 0) {
-        return -1;
-    }
-    if (PyModule_AddFunctions(module, buffer_functions) < 0) {
-        return -1;
-    }
-    PyObject *meta = Py_BuildValue(
-        "{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "last_update", (Py_ssize_t)offsetof(rt_meta, last_update),
-        "last_write", (Py_ssize_t)offsetof(rt_meta, last_write), "updated", (Py_ssize_t)offsetof(rt_meta, updated),
-        "read", (Py_ssize_t)offsetof(rt_meta, read), "written", (Py_ssize_t)offsetof(rt_meta, written),
-        "subscription", (Py_ssize_t)offsetof(rt_meta, subscription), "interval_ms",
-        (Py_ssize_t)offsetof(rt_meta, interval_ms), "uid", (Py_ssize_t)offsetof(rt_meta, device_id), "size",
-        (Py_ssize_t)sizeof(rt_meta));
-    if (meta == NULL || PyModule_AddObject(module, "META_LAYOUT", meta) < 0) {
-        Py_XDECREF(meta);
-        return -1;
-    }
-    if (PyModule_AddIntConstant(module, "HEADER_SIZE", RT_HEADER_SIZE) < 0
-        || PyModule_AddIntConstant(module, "VALID_OFFSET", RT_VALID_OFFSET) < 0
-        || PyModule_AddIntConstant(module, "STATE_OFFSET", (long)offsetof(rt_header, state)) < 0
-        || PyModule_AddIntConstant(module, "MUTEX_OFFSET", RT_MUTEX_OFFSET) < 0
-        || PyModule_AddIntConstant(module, "PRODUCER_OFFSET", RT_PRODUCER_OFFSET) < 0
-        || PyModule_AddIntConstant(module, "DATA_OFFSET", RT_DATA_OFFSET) < 0
         || PyModule_AddIntConstant(module, "MIN_INTERVAL_MS", RT_MIN_INTERVAL_MS) < 0
         || PyModule_AddIntConstant(module, "MAX_INTERVAL_MS", RT_MAX_INTERVAL_MS) < 0) {
         return -1;
     }
-    return 0;
+    Py_INCREF(&rt_BufferAccessType);
+    if (PyModule_AddObject(module, "BufferAccess", (PyObject *)&rt_BufferAccessType) < 0) {
+        Py_DECREF(&rt_BufferAccessType);
+        return -1;
+    }
+    return PyModule_AddFunctions(module, buffer_functions);
 }

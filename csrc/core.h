@@ -12,8 +12,15 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
+
+/* Everything declared from here on is internal to the shared object (only
+ * PyInit__core, marked by PyMODINIT_FUNC, is exported): calls between units
+ * are direct, not through the PLT. */
+#pragma GCC visibility push(hidden)
 
 /* ---- protocol constants (smart-device-protocol.md) ---------------------- */
 #define RT_MAX_PARAMS 16
@@ -45,21 +52,37 @@ enum rt_error_code {
     RT_GENERIC_ERROR = 0xFF,
 };
 
-/* ---- errors registered by the Python layer ------------------------------ */
-/* Each Python module registers its exception class at import time (see
- * module.c: _register); until then the core falls back to RuntimeError. */
+/* ---- errors (module.c) ---------------------------------------------------- */
+/* The exception classes the core raises, created at import (module.c) on
+ * runtime.exception.RuntimeBaseException and re-exported by runtime.sync,
+ * runtime.messaging and runtime.buffer. */
 extern PyObject *rt_SyncError;
 extern PyObject *rt_MessageError;
 extern PyObject *rt_DeviceBufferError;
-extern PyObject *rt_did_you_mean;        /* did_you_mean(word, choices) -> str, for error messages */
-extern PyObject *rt_message_types[256];  /* MessageType members by value */
-extern PyObject *rt_error_codes[256];    /* ErrorCode members by value */
+extern PyObject *rt_did_you_mean;  /* runtime.exception.did_you_mean(word, choices) -> str, for error messages */
+/* The runtime.messaging.MessageType / ErrorCode member of `value` (borrowed),
+ * or NULL: none of that value, or (with an exception set) the enums could not
+ * be loaded. The enums are imported the first time a member is needed. */
+PyObject *rt_message_type(int value);
+PyObject *rt_error_code(int value);
 
 /* Raise `cls(message, **context)`; `context` is a NULL-terminated list of
  * (const char *key, PyObject *value) pairs; values are borrowed. */
 PyObject *rt_raise(PyObject *cls, const char *message, ...);
 /* MessageError with context error_code=<ErrorCode member> plus extras. */
 PyObject *rt_raise_message_error(int error_code, const char *message, ...);
+
+/* ---- timeouts (module.c) ------------------------------------------------ */
+/* Every timeout argument, in seconds: a real number >= 0 (negative or NaN:
+ * ValueError); with RT_TIMEOUT_NONE, None means no limit (-1) and the error
+ * message says None is allowed; with RT_TIMEOUT_CLAMP, more than
+ * RT_MAX_TIMEOUT means no limit too. `obj` NULL (not given) yields `missing`,
+ * unless `missing` is NaN (required: a ValueError). Returns 0, or -1 with an
+ * exception set. */
+#define RT_TIMEOUT_NONE 1
+#define RT_TIMEOUT_CLAMP 2
+#define RT_MAX_TIMEOUT 1e9  /* seconds (about 31 years) */
+int rt_parse_timeout(PyObject *obj, int flags, double missing, double *timeout);
 
 /* ---- COBS (cobs.c) ----------------------------------------------------- */
 /* Encode `n` bytes; `out` must hold n + n / 254 + 1 bytes. Returns length. */
@@ -183,5 +206,10 @@ int rt_pump_module_init(PyObject *module);
 int rt_message_module_init(PyObject *module);
 int rt_mutex_module_init(PyObject *module);
 int rt_buffer_module_init(PyObject *module);
+int rt_segment_module_init(PyObject *module);
+int rt_spec_module_init(PyObject *module);
+int rt_wait_module_init(PyObject *module);
+
+#pragma GCC visibility pop
 
 #endif

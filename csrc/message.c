@@ -584,8 +584,13 @@ static int
 expect(const rt_Message *msg, uint8_t type, int length)
 {
     if (msg->type != type) {
-        PyObject *expected = rt_message_types[type] ? rt_message_types[type] : Py_None;
-        PyObject *actual = rt_message_types[msg->type] ? rt_message_types[msg->type] : Py_None;
+        PyObject *expected = rt_message_type(type);
+        PyObject *actual = expected || !PyErr_Occurred() ? rt_message_type(msg->type) : NULL;
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        expected = expected ? expected : Py_None;
+        actual = actual ? actual : Py_None;
         rt_raise(rt_MessageError, "wrong message type for this reader", "expected", expected, "actual", actual,
                  NULL);
         return -1;
@@ -593,8 +598,11 @@ expect(const rt_Message *msg, uint8_t type, int length)
     if (length >= 0 && msg->length != length) {
         PyObject *exp = PyLong_FromLong(length);
         PyObject *act = PyLong_FromLong(msg->length);
-        rt_raise_message_error(RT_GENERIC_ERROR, "payload has the wrong length for its type", "type",
-                               rt_message_types[type], "expected", exp, "actual", act, NULL);
+        PyObject *member = rt_message_type(type);
+        if (member != NULL || !PyErr_Occurred()) {
+            rt_raise_message_error(RT_GENERIC_ERROR, "payload has the wrong length for its type", "type", member,
+                                   "expected", exp, "actual", act, NULL);
+        }
         Py_XDECREF(exp);
         Py_XDECREF(act);
         return -1;
@@ -659,14 +667,17 @@ Message_read_error(rt_Message *self, PyObject *unused)
         return NULL;
     }
     uint8_t code = self->payload[0];
-    if (!is_known_error(code) || rt_error_codes[code] == NULL) {
+    PyObject *member = is_known_error(code) ? rt_error_code(code) : NULL;
+    if (member == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
         PyObject *code_obj = PyLong_FromLong(code);
         rt_raise(rt_MessageError, "unknown error code", "code", code_obj, NULL);
         Py_XDECREF(code_obj);
         return NULL;
     }
-    Py_INCREF(rt_error_codes[code]);
-    return rt_error_codes[code];
+    return Py_NewRef(member);
 }
 
 static PyObject *
@@ -753,9 +764,9 @@ Message_len(rt_Message *self)
 static PyObject *
 Message_get_type(rt_Message *self, void *closure)
 {
-    PyObject *member = rt_message_types[self->type];
+    PyObject *member = rt_message_type(self->type);
     if (member == NULL) {
-        return PyLong_FromLong(self->type);
+        return PyErr_Occurred() ? NULL : PyLong_FromLong(self->type);
     }
     Py_INCREF(member);
     return member;
@@ -875,7 +886,8 @@ rt_message_module_init(PyObject *module)
     if (PyModule_AddIntConstant(module, "MAX_PARAMS", RT_MAX_PARAMS) < 0
         || PyModule_AddIntConstant(module, "MAX_PAYLOAD", RT_MAX_PAYLOAD) < 0
         || PyModule_AddIntConstant(module, "MAX_MESSAGE", RT_MAX_MESSAGE) < 0
-        || PyModule_AddIntConstant(module, "MAX_ENCODING_SIZE", RT_MAX_ENCODING) < 0) {
+        || PyModule_AddIntConstant(module, "MAX_ENCODING_SIZE", RT_MAX_ENCODING) < 0
+        || PyModule_AddIntConstant(module, "ALL_PARAMS", RT_ALL_PARAMS) < 0) {
         return -1;
     }
     return 0;

@@ -1,23 +1,303 @@
 /*
- * runtime._core: module definition, error helpers, and POSIX shared memory.
+ * runtime._core: module definition, the exceptions the core raises, and the
+ * helpers that raise them.
  */
 #include "core.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
-#include <stdio.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+/* ---- the exceptions ------------------------------------------------------ */
+/* Created at import on runtime.exception.RuntimeBaseException (the pure-Python
+ * root of the library's exceptions, at the bottom of the module graph);
+ * runtime.buffer, runtime.messaging and runtime.sync re-export them under the
+ * names their __module__ gives. */
 PyObject *rt_SyncError = NULL;
 PyObject *rt_MessageError = NULL;
 PyObject *rt_DeviceBufferError = NULL;
 PyObject *rt_did_you_mean = NULL;
-PyObject *rt_message_types[256];
-PyObject *rt_error_codes[256];
+
+/* ---- MessageType and ErrorCode members ----------------------------------- */
+/* The IntEnums live in runtime.messaging, which imports this module: they are
+ * looked up the first time a member is needed, and their members cached by value. */
+static PyObject *message_types[256];
+static PyObject *error_codes[256];
+static PyObject *error_code_class;
+static int enums_loaded;
+
+static int
+cache_members(PyObject *messaging, const char *name, PyObject **table, PyObject **cls_out)
+{
+    PyObject *cls = PyObject_GetAttrString(messaging, name);
+    if (cls == NULL) {
+        return -1;
+    }
+    PyObject *iter = PyObject_GetIter(cls);
+    if (iter == NULL) {
+        Py_DECREF(cls);
+        return -1;
+    }
+    PyObject *member;
+    while ((member = PyIter_Next(iter)) != NULL) {
+        long value = PyLong_AsLong(member);
+        if (value < 0 || value > 255) {
+            Py_DECREF(member);
+            Py_DECREF(iter);
+            Py_DECREF(cls);
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_ValueError, "%s value out of byte range", name);
+            }
+            return -1;
+        }
+        Py_XSETREF(table[value], member);
+    }
+    Py_DECREF(iter);
+    if (PyErr_Occurred()) {
+        Py_DECREF(cls);
+        return -1;
+    }
+    if (cls_out != NULL) {
+        Py_XSETREF(*cls_out, cls);
+    }
+    else {
+        Py_DECREF(cls);
+    }
+    return 0;
+}
+
+static __attribute__((noinline)) int
+load_enums(void)
+{
+    PyObject *messaging = PyImport_ImportModule("runtime.messaging");
+    if (messaging == NULL) {
+        return -1;
+    }
+    int rc = 0;
+    if (cache_members(messaging, "MessageType", message_types, NULL) < 0
+        || cache_members(messaging, "ErrorCode", error_codes, &error_code_class) < 0) {
+        rc = -1;
+    }
+    Py_DECREF(messaging);
+    enums_loaded = rc == 0;
+    return rc;
+}
+
+PyObject *
+rt_message_type(int value)
+{
+    if (__builtin_expect(!enums_loaded, 0) && load_enums() < 0) {
+        return NULL;
+    }
+    return message_types[value & 0xFF];
+}
+
+PyObject *
+rt_error_code(int value)
+{
+    if (__builtin_expect(!enums_loaded, 0) && load_enums() < 0) {
+        return NULL;
+    }
+    return error_codes[value & 0xFF];
+}
+
+/* ---- Python-level behaviour of the exception classes --------------------- */
+
+static PyObject *
+context_of(PyObject *exc)
+{
+    return PyObject_GetAttrString(exc, "context");
+}
+
+/* MessageError.error_code: ErrorCode(self.context.get("error_code", ErrorCode.GENERIC_ERROR)) */
+static PyObject *
+MessageError_get_error_code(PyObject *self, void *closure)
+{
+    PyObject *generic = rt_error_code(RT_GENERIC_ERROR);
+    if (generic == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "runtime.messaging.ErrorCode has no GENERIC_ERROR");
+        }
+        return NULL;
+    }
+    PyObject *context = context_of(self);
+    if (context == NULL) {
+        return NULL;
+    }
+    PyObject *code = PyObject_CallMethod(context, "get", "sO", "error_code", generic);
+    Py_DECREF(context);
+    if (code == NULL) {
+        return NULL;
+    }
+    PyObject *member = PyObject_CallOneArg(error_code_class, code);
+    Py_DECREF(code);
+    return member;
+}
+
+static PyGetSetDef MessageError_getset[] = {
+    {"error_code", MessageError_get_error_code, NULL,
+     "The protocol error code of this failure (GENERIC_ERROR when none).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* SyncError(message, errno, /, **context): RuntimeBaseException.__init__(self, message, errno=errno, **context) */
+static PyObject *
+SyncError_init(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *message, *err;
+    if (!PyArg_ParseTuple(args, "OO:SyncError", &message, &err)) {
+        return NULL;
+    }
+    if (kwargs != NULL && PyDict_GetItemString(kwargs, "errno") != NULL) {
+        PyErr_SetString(PyExc_TypeError, "SyncError() got multiple values for keyword argument 'errno'");
+        return NULL;
+    }
+    PyObject *context = PyDict_New();
+    if (context == NULL || PyDict_SetItemString(context, "errno", err) < 0
+        || (kwargs != NULL && PyDict_Update(context, kwargs) < 0)) {
+        Py_XDECREF(context);
+        return NULL;
+    }
+    PyObject *base = PyTuple_GET_ITEM(((PyTypeObject *)rt_SyncError)->tp_bases, 0);
+    PyObject *init = PyObject_GetAttrString(base, "__init__");
+    PyObject *call_args = init ? PyTuple_Pack(2, self, message) : NULL;
+    PyObject *result = call_args ? PyObject_Call(init, call_args, context) : NULL;
+    Py_XDECREF(call_args);
+    Py_XDECREF(init);
+    Py_DECREF(context);
+    if (result == NULL) {
+        return NULL;
+    }
+    Py_DECREF(result);
+    Py_RETURN_NONE;
+}
+
+/* int(self.context["errno"]) */
+static PyObject *
+SyncError_get_errno(PyObject *self, void *closure)
+{
+    PyObject *context = context_of(self);
+    if (context == NULL) {
+        return NULL;
+    }
+    PyObject *key = PyUnicode_FromString("errno");
+    PyObject *value = key ? PyObject_GetItem(context, key) : NULL;
+    Py_XDECREF(key);
+    Py_DECREF(context);
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject *number = PyNumber_Long(value);
+    Py_DECREF(value);
+    return number;
+}
+
+/* errno.errorcode.get(self.errno, str(self.errno)) */
+static PyObject *
+SyncError_get_errno_name(PyObject *self, void *closure)
+{
+    PyObject *number = SyncError_get_errno(self, NULL);
+    if (number == NULL) {
+        return NULL;
+    }
+    PyObject *fallback = PyObject_Str(number);
+    PyObject *errno_module = fallback ? PyImport_ImportModule("errno") : NULL;
+    PyObject *table = errno_module ? PyObject_GetAttrString(errno_module, "errorcode") : NULL;
+    PyObject *name = table ? PyObject_CallMethod(table, "get", "OO", number, fallback) : NULL;
+    Py_XDECREF(table);
+    Py_XDECREF(errno_module);
+    Py_XDECREF(fallback);
+    Py_DECREF(number);
+    return name;
+}
+
+static PyMethodDef SyncError_init_def = {
+    "__init__", (PyCFunction)(void (*)(void))SyncError_init, METH_VARARGS | METH_KEYWORDS,
+    "__init__(message, errno, /, **context)"};
+
+static PyGetSetDef SyncError_getset[] = {
+    {"errno", SyncError_get_errno, NULL, "The ``errno`` value that explains the failure.", NULL},
+    {"errno_name", SyncError_get_errno_name, NULL, "The symbolic name of :attr:`errno`, such as ``'ETIMEDOUT'``.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* Make the class `name` (dotted: its public module) on `base`, with
+ * `getset` properties and an optional `init`. */
+static PyObject *
+new_exception(const char *name, const char *doc, PyObject *base, PyGetSetDef *getset, PyMethodDef *init)
+{
+    PyObject *cls = PyErr_NewExceptionWithDoc(name, doc, base, NULL);
+    if (cls == NULL) {
+        return NULL;
+    }
+    for (PyGetSetDef *def = getset; def != NULL && def->name != NULL; def++) {
+        PyObject *descr = PyDescr_NewGetSet((PyTypeObject *)cls, def);
+        if (descr == NULL || PyObject_SetAttrString(cls, def->name, descr) < 0) {
+            Py_XDECREF(descr);
+            Py_DECREF(cls);
+            return NULL;
+        }
+        Py_DECREF(descr);
+    }
+    if (init != NULL) {
+        PyObject *descr = PyDescr_NewMethod((PyTypeObject *)cls, init);
+        if (descr == NULL || PyObject_SetAttrString(cls, init->ml_name, descr) < 0) {
+            Py_XDECREF(descr);
+            Py_DECREF(cls);
+            return NULL;
+        }
+        Py_DECREF(descr);
+    }
+    return cls;
+}
+
+static int
+add_exception(PyObject *module, PyObject **slot, const char *name, const char *doc, PyObject *base,
+              PyGetSetDef *getset, PyMethodDef *init)
+{
+    PyObject *cls = new_exception(name, doc, base, getset, init);
+    if (cls == NULL) {
+        return -1;
+    }
+    Py_XSETREF(*slot, cls);
+    return PyModule_AddObjectRef(module, strrchr(name, '.') + 1, cls);
+}
+
+static int
+exceptions_init(PyObject *module)
+{
+    PyObject *exception = PyImport_ImportModule("runtime.exception");
+    if (exception == NULL) {
+        return -1;
+    }
+    PyObject *base = PyObject_GetAttrString(exception, "RuntimeBaseException");
+    PyObject *did_you_mean = PyObject_GetAttrString(exception, "did_you_mean");
+    Py_DECREF(exception);
+    int rc = -1;
+    if (base != NULL && did_you_mean != NULL) {
+        Py_XSETREF(rt_did_you_mean, Py_NewRef(did_you_mean));
+        if (add_exception(module, &rt_DeviceBufferError, "runtime.buffer.DeviceBufferError",
+                          "Error when interfacing with a buffer (``context`` names the buffer and parameter).", base,
+                          NULL, NULL) == 0
+            && add_exception(module, &rt_MessageError, "runtime.messaging.MessageError",
+                             "A message could not be decoded, built or read.\n\n"
+                             "``context['error_code']`` holds the :class:`ErrorCode` to answer the peer\n"
+                             "with, where the failure has one (a bad checksum, an undecodable frame).",
+                             base, MessageError_getset, NULL) == 0
+            && add_exception(module, &rt_SyncError, "runtime.sync.SyncError",
+                             "A synchronization primitive failed; ``context['errno']`` says why.\n\n"
+                             "Typical values: ``ETIMEDOUT`` (the wait expired), ``EBUSY`` (a try-lock\n"
+                             "found it held), ``EDEADLK`` (a non-recursive mutex re-acquired by its\n"
+                             "owner), ``EPERM`` (released by a non-owner), ``EINVAL`` (never initialized).",
+                             base, SyncError_getset, &SyncError_init_def) == 0) {
+            rc = 0;
+        }
+    }
+    Py_XDECREF(base);
+    Py_XDECREF(did_you_mean);
+    return rc;
+}
+
+/* ---- raising ------------------------------------------------------------- */
 
 /* Raise `cls(message, **context)`: `context` starts as `first_key`=`first`
  * (when given) and goes on with the (key, value) pairs in `args`. */
@@ -40,15 +320,12 @@ raise_with_context(PyObject *cls, const char *message, const char *first_key, Py
             return NULL;
         }
     }
-    if (cls == NULL) {  /* the Python layer has not registered its class yet */
-        cls = PyExc_RuntimeError;
-    }
     PyObject *args_tuple = Py_BuildValue("(s)", message);
     if (args_tuple == NULL) {
         Py_DECREF(context);
         return NULL;
     }
-    PyObject *exc = PyObject_Call(cls, args_tuple, cls == PyExc_RuntimeError ? NULL : context);
+    PyObject *exc = PyObject_Call(cls, args_tuple, context);
     Py_DECREF(args_tuple);
     Py_DECREF(context);
     if (exc != NULL) {
@@ -71,7 +348,10 @@ rt_raise(PyObject *cls, const char *message, ...)
 PyObject *
 rt_raise_message_error(int error_code, const char *message, ...)
 {
-    PyObject *member = rt_error_codes[error_code & 0xFF];
+    PyObject *member = rt_error_code(error_code);
+    if (member == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
     PyObject *code = member ? Py_NewRef(member) : PyLong_FromLong(error_code);
     if (code == NULL) {
         return NULL;
@@ -84,294 +364,42 @@ rt_raise_message_error(int error_code, const char *message, ...)
     return NULL;
 }
 
-/* _register(kind, obj): called by the Python modules at import time. */
-static PyObject *
-core_register(PyObject *self, PyObject *args)
+/* ---- timeouts ------------------------------------------------------------ */
+
+int
+rt_parse_timeout(PyObject *obj, int flags, double missing, double *timeout)
 {
-    const char *kind;
-    PyObject *obj;
-    if (!PyArg_ParseTuple(args, "sO:_register", &kind, &obj)) {
-        return NULL;
+    if (obj == NULL && !isnan(missing)) {
+        *timeout = missing;
+        return 0;
     }
-    PyObject **slot = NULL;
-    if (strcmp(kind, "SyncError") == 0) {
-        slot = &rt_SyncError;
+    if (obj == Py_None && (flags & RT_TIMEOUT_NONE)) {
+        *timeout = -1.0;
+        return 0;
     }
-    else if (strcmp(kind, "MessageError") == 0) {
-        slot = &rt_MessageError;
+    double value = obj != NULL ? PyFloat_AsDouble(obj) : missing;
+    if (value == -1.0 && PyErr_Occurred()) {
+        return -1;
     }
-    else if (strcmp(kind, "DeviceBufferError") == 0) {
-        slot = &rt_DeviceBufferError;
+    if (!(value >= 0)) {  /* negative, or NaN */
+        PyErr_SetString(PyExc_ValueError, (flags & RT_TIMEOUT_NONE)
+                                              ? "timeout must be None or a nonnegative number of seconds"
+                                              : "timeout must be a nonnegative number of seconds");
+        return -1;
     }
-    else if (strcmp(kind, "did_you_mean") == 0) {
-        slot = &rt_did_you_mean;
-    }
-    else if (strcmp(kind, "MessageType") == 0 || strcmp(kind, "ErrorCode") == 0) {
-        /* An IntEnum class: cache its members by value. */
-        PyObject **table = kind[0] == 'M' ? rt_message_types : rt_error_codes;
-        PyObject *iter = PyObject_GetIter(obj);
-        if (iter == NULL) {
-            return NULL;
-        }
-        PyObject *member;
-        while ((member = PyIter_Next(iter)) != NULL) {
-            long value = PyLong_AsLong(member);
-            if (value < 0 || value > 255) {
-                Py_DECREF(member);
-                Py_DECREF(iter);
-                if (!PyErr_Occurred()) {
-                    PyErr_SetString(PyExc_ValueError, "enum value out of byte range");
-                }
-                return NULL;
-            }
-            Py_XSETREF(table[value], member);
-        }
-        Py_DECREF(iter);
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
-    }
-    else {
-        PyErr_Format(PyExc_ValueError, "unknown registration %s", kind);
-        return NULL;
-    }
-    Py_INCREF(obj);
-    Py_XSETREF(*slot, obj);
-    Py_RETURN_NONE;
+    /* An infinite (or absurdly long) wait would overflow a deadline's time_t
+     * (pthread_mutex_timedlock would fail with EINVAL): no limit instead. */
+    *timeout = (flags & RT_TIMEOUT_CLAMP) && value > RT_MAX_TIMEOUT ? -1.0 : value;
+    return 0;
 }
 
-static PyObject *
-core_shm_unlink(PyObject *self, PyObject *args)
-{
-    const char *name;
-    if (!PyArg_ParseTuple(args, "s:shm_unlink", &name)) {
-        return NULL;
-    }
-    if (shm_unlink(name) < 0) {
-        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
-    }
-    Py_RETURN_NONE;
-}
-
-/* ---- SharedMapping: a mapped segment that unmaps itself when released ---- */
-
-typedef struct {
-    PyObject_HEAD
-    void *address;
-    Py_ssize_t size;
-} SharedMapping;
-
-static void
-SharedMapping_dealloc(SharedMapping *self)
-{
-    if (self->address != NULL) {
-        munmap(self->address, (size_t)self->size);
-    }
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int
-SharedMapping_getbuffer(SharedMapping *self, Py_buffer *view, int flags)
-{
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->address, self->size, 0, flags);
-}
-
-static Py_ssize_t
-SharedMapping_len(SharedMapping *self)
-{
-    return self->size;
-}
-
-static PyBufferProcs SharedMapping_as_buffer = {
-    .bf_getbuffer = (getbufferproc)SharedMapping_getbuffer,
-};
-
-static PySequenceMethods SharedMapping_as_sequence = {
-    .sq_length = (lenfunc)SharedMapping_len,
-};
-
-static PyTypeObject SharedMappingType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "runtime._core.SharedMapping",
-    .tp_basicsize = sizeof(SharedMapping),
-    .tp_dealloc = (destructor)SharedMapping_dealloc,
-    .tp_as_buffer = &SharedMapping_as_buffer,
-    .tp_as_sequence = &SharedMapping_as_sequence,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Writeable memory mapped from a segment (or anonymous); unmapped when the last reference goes.",
-};
-
-#define RT_SHM_DIR "/dev/shm"
-
-/* Refuse to use a file as a segment unless it is a regular file owned by
- * this effective user and closed to everyone else: another user's planted
- * file would otherwise pass for live data and receive our writes. */
-static PyObject *
-refuse_foreign(const char *name, const struct stat *info)
-{
-    const char *kind = S_ISREG(info->st_mode) ? "regular file" : S_ISFIFO(info->st_mode) ? "FIFO"
-                       : S_ISCHR(info->st_mode) ? "character device" : S_ISBLK(info->st_mode) ? "block device"
-                       : S_ISSOCK(info->st_mode) ? "socket" : S_ISLNK(info->st_mode) ? "symlink" : S_ISDIR(info->st_mode) ? "directory" : "special file";
-    char mode[8];
-    snprintf(mode, sizeof(mode), "%04o", (unsigned)(info->st_mode & 07777));
-    PyObject *name_obj = PyUnicode_FromString(name[0] == '/' ? name + 1 : name);
-    PyObject *owner = PyLong_FromUnsignedLong((unsigned long)info->st_uid);
-    PyObject *me = PyLong_FromUnsignedLong((unsigned long)geteuid());
-    PyObject *mode_obj = PyUnicode_FromString(mode);
-    PyObject *kind_obj = PyUnicode_FromString(kind);
-    if (name_obj && owner && me && mode_obj && kind_obj) {
-        rt_raise(rt_DeviceBufferError,
-                 "refusing a segment that is not a regular file owned by this user with owner-only permissions",
-                 "name", name_obj, "kind", kind_obj, "owner_uid", owner, "mode", mode_obj, "euid", me, NULL);
-    }
-    Py_XDECREF(name_obj);
-    Py_XDECREF(owner);
-    Py_XDECREF(me);
-    Py_XDECREF(mode_obj);
-    Py_XDECREF(kind_obj);
-    return NULL;
-}
-
-static int
-acceptable(const struct stat *info)
-{
-    return S_ISREG(info->st_mode) && info->st_uid == geteuid() && (info->st_mode & 077) == 0;
-}
-
-/* map_segment(name, size, create) -> (mapping | None, created, actual_size)
- *
- * name None: process-local anonymous memory. Otherwise open the shared memory
- * object /dev/shm/<name> (creating it exclusively when `create` and missing),
- * map `size` bytes and close the descriptor: one call, no resource tracker.
- * A new object gets its pages reserved (posix_fallocate), so a full /dev/shm
- * is an OSError (ENOSPC) here rather than SIGBUS later; a new object that
- * cannot be completed is removed. Symlinks are not followed, FIFOs and
- * devices never block, and an existing object is used only when it is a
- * regular file of this user with owner-only permissions (else
- * DeviceBufferError). When its size differs from `size`, the mapping is None
- * and actual_size says what was found (0: its creator has not sized it yet).
- * Raises FileNotFoundError when missing and not `create`. */
-static PyObject *
-core_map_segment(PyObject *self, PyObject *args)
-{
-    PyObject *name_obj;
-    Py_ssize_t size;
-    int create;
-    if (!PyArg_ParseTuple(args, "Onp:map_segment", &name_obj, &size, &create)) {
-        return NULL;
-    }
-    if (size <= 0) {
-        PyErr_SetString(PyExc_ValueError, "size must be positive");
-        return NULL;
-    }
-    const char *name = NULL;
-    char path[sizeof(RT_SHM_DIR) + 256];
-    if (name_obj != Py_None) {
-        if ((name = PyUnicode_AsUTF8(name_obj)) == NULL) {
-            return NULL;
-        }
-        if (name[0] != '/' || strchr(name + 1, '/') != NULL || strlen(name) > 255) {
-            PyErr_Format(PyExc_ValueError, "bad segment name %R", name_obj);
-            return NULL;
-        }
-        snprintf(path, sizeof(path), "%s%s", RT_SHM_DIR, name);
-    }
-    int created = 0, err = 0, foreign = 0;
-    struct stat info;
-    Py_ssize_t actual = size;
-    void *address = MAP_FAILED;
-    Py_BEGIN_ALLOW_THREADS
-    if (name == NULL) {
-        created = 1;
-        address = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        err = address == MAP_FAILED ? errno : 0;
-    }
-    else {
-        const int flags = O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
-        int fd = -1;
-        if (create) {
-            fd = open(path, flags | O_CREAT | O_EXCL, 0600);
-            if (fd >= 0) {
-                created = 1;
-                if (fchmod(fd, 0600) < 0 || ftruncate(fd, (off_t)size) < 0) {
-                    err = errno;
-                }
-                else {
-                    err = posix_fallocate(fd, 0, (off_t)size);
-                }
-            }
-            else if (errno != EEXIST) {
-                err = errno;
-            }
-        }
-        if (fd < 0 && err == 0) {
-            fd = open(path, flags);
-            if (fd < 0) {
-                err = errno;
-                /* A symlink (ELOOP) or a file we may not open: say whose it is. */
-                if ((err == ELOOP || err == EACCES || err == EPERM) && lstat(path, &info) == 0 && !acceptable(&info)) {
-                    foreign = 1;
-                    err = 0;
-                }
-            }
-            else if (fstat(fd, &info) < 0) {
-                err = errno;
-            }
-            else if (!acceptable(&info)) {
-                foreign = 1;
-            }
-            else {
-                actual = (Py_ssize_t)info.st_size;
-            }
-        }
-        if (fd >= 0) {
-            if (err == 0 && !foreign && actual == size) {
-                address = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-                err = address == MAP_FAILED ? errno : 0;
-            }
-            close(fd);
-        }
-        if (created && err != 0) {  /* never leave a half-made segment behind */
-            unlink(path);
-        }
-    }
-    Py_END_ALLOW_THREADS
-    if (foreign) {
-        return refuse_foreign(name, &info);
-    }
-    if (err != 0) {
-        errno = err;
-        return name ? PyErr_SetFromErrnoWithFilename(PyExc_OSError, name) : PyErr_SetFromErrno(PyExc_OSError);
-    }
-    if (address == MAP_FAILED) {
-        return Py_BuildValue("(OOn)", Py_None, created ? Py_True : Py_False, actual);
-    }
-    SharedMapping *mapping = PyObject_New(SharedMapping, &SharedMappingType);
-    if (mapping == NULL) {
-        munmap(address, (size_t)size);
-        return NULL;
-    }
-    mapping->address = address;
-    mapping->size = size;
-    PyObject *result = Py_BuildValue("(NOn)", mapping, created ? Py_True : Py_False, actual);
-    return result;
-}
-
-static PyMethodDef core_methods[] = {
-    {"map_segment", core_map_segment, METH_VARARGS,
-     "map_segment(name, size, create) -> (mapping | None, created, actual_size): map a shared memory object."},
-    {"_register", core_register, METH_VARARGS, "Register a Python-level class with the core."},
-    {"shm_unlink", core_shm_unlink, METH_VARARGS, "shm_unlink(name): remove a POSIX shared memory object."},
-    {NULL, NULL, 0, NULL},
-};
+/* ---- the module ---------------------------------------------------------- */
 
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "runtime._core",
     .m_doc = "Compiled hot paths of the runtime library (mutex, messages, buffers).",
     .m_size = -1,
-    .m_methods = core_methods,
 };
 
 PyMODINIT_FUNC
@@ -381,13 +409,9 @@ PyInit__core(void)
     if (module == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&SharedMappingType) < 0
-        || PyModule_AddObjectRef(module, "SharedMapping", (PyObject *)&SharedMappingType) < 0) {
-        Py_DECREF(module);
-        return NULL;
-    }
-    if (rt_mutex_module_init(module) < 0 || rt_message_module_init(module) < 0
-        || rt_buffer_module_init(module) < 0 || rt_pump_module_init(module) < 0) {
+    if (exceptions_init(module) < 0 || rt_segment_module_init(module) < 0 || rt_mutex_module_init(module) < 0
+        || rt_message_module_init(module) < 0 || rt_spec_module_init(module) < 0
+        || rt_buffer_module_init(module) < 0 || rt_wait_module_init(module) < 0 || rt_pump_module_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -197,15 +197,10 @@ rt_raise_sync_error(int err, const char *action)
     if (errno_obj == NULL) {
         return NULL;
     }
-    if (rt_SyncError != NULL) {
-        PyObject *exc = PyObject_CallFunction(rt_SyncError, "sO", message, errno_obj);
-        if (exc != NULL) {
-            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-            Py_DECREF(exc);
-        }
-    }
-    else {
-        PyErr_SetString(PyExc_RuntimeError, message);
+    PyObject *exc = PyObject_CallFunction(rt_SyncError, "sO", message, errno_obj);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
     }
     Py_DECREF(errno_obj);
     return NULL;
@@ -225,7 +220,6 @@ typedef struct {
 } MutexObject;
 
 #define DEFAULT_TIMEOUT 1.0
-#define MAX_TIMEOUT 1e9  /* seconds (about 31 years); longer waits block */
 
 static int
 Mutex_init(MutexObject *self, PyObject *args, PyObject *kwargs)
@@ -293,31 +287,6 @@ Mutex_destroy(MutexObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static int
-parse_timeout(PyObject *obj, double *timeout)
-{
-    if (obj == NULL) {
-        *timeout = DEFAULT_TIMEOUT;
-        return 0;
-    }
-    if (obj == Py_None) {
-        *timeout = -1.0;
-        return 0;
-    }
-    double value = PyFloat_AsDouble(obj);
-    if (value == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (value < 0 || value != value) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be None or a nonnegative number of seconds");
-        return -1;
-    }
-    /* An infinite (or absurdly long) wait would overflow the deadline's
-     * time_t, and pthread_mutex_timedlock would fail with EINVAL: block. */
-    *timeout = value > MAX_TIMEOUT ? -1.0 : value;
-    return 0;
-}
-
 static PyObject *
 Mutex_acquire(MutexObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -338,7 +307,7 @@ Mutex_acquire(MutexObject *self, PyObject *const *args, Py_ssize_t nargs, PyObje
         }
     }
     double timeout;
-    if (parse_timeout(timeout_obj, &timeout) < 0) {
+    if (rt_parse_timeout(timeout_obj, RT_TIMEOUT_NONE | RT_TIMEOUT_CLAMP, DEFAULT_TIMEOUT, &timeout) < 0) {
         return NULL;
     }
     int recovered;

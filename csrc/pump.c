@@ -1203,7 +1203,8 @@ rt_pump_module_init(PyObject *module)
         || PyModule_AddIntConstant(module, "PUMP_UNSTALL", PUMP_UNSTALL) < 0
         || PyModule_AddIntConstant(module, "PUMP_SEEN", PUMP_SEEN) < 0
         || PyModule_AddIntConstant(module, "PUMP_SENT", PUMP_SENT) < 0
-        || PyModule_AddIntConstant(module, "PUMP_PORT_EVENT_LIMIT", PUMP_PORT_EVENT_LIMIT) < 0) {
+        || PyModule_AddIntConstant(module, "PUMP_PORT_EVENT_LIMIT", PUMP_PORT_EVENT_LIMIT) < 0
+        || PyModule_AddIntConstant(module, "PUMP_OUTBOX_LIMIT", PUMP_OUTBOX_LIMIT) < 0) {
         return -1;
     }
     return 0;

@@ -6,10 +6,14 @@ from typing import Any, ClassVar, Literal, Self, final
 
 from typing_extensions import Buffer as _Buffer
 
+from .exception import RuntimeBaseException
+from .messaging import ErrorCode
+
 MAX_PARAMS: int
 MAX_PAYLOAD: int
 MAX_MESSAGE: int
 MAX_ENCODING_SIZE: int
+ALL_PARAMS: int
 HEADER_SIZE: int
 VALID_OFFSET: int
 STATE_OFFSET: int
@@ -24,7 +28,20 @@ MIN_INTERVAL_MS: int
 MAX_INTERVAL_MS: int
 META_LAYOUT: dict[str, int]
 
-def _register(kind: str, obj: object, /) -> None: ...
+# The exceptions the core raises, made at import (their __module__ is the public module that
+# re-exports them: runtime.buffer, runtime.messaging, runtime.sync).
+class DeviceBufferError(RuntimeBaseException): ...
+
+class MessageError(RuntimeBaseException):
+    @property
+    def error_code(self) -> ErrorCode: ...
+
+class SyncError(RuntimeBaseException):
+    def __init__(self, message: str, errno: int, /, **context: Any) -> None: ...
+    @property
+    def errno(self) -> int: ...
+    @property
+    def errno_name(self) -> str: ...
 
 @final
 class SharedMapping:
@@ -245,6 +262,7 @@ PUMP_UNSTALL: int
 PUMP_SEEN: int
 PUMP_SENT: int
 PUMP_PORT_EVENT_LIMIT: int
+PUMP_OUTBOX_LIMIT: int
 
 @final
 class FramePump:

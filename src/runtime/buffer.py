@@ -71,7 +71,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from . import _core
-from .exception import RuntimeBaseException, did_you_mean
 from .messaging import Message
 
 __all__ = [
@@ -103,8 +102,9 @@ _NAME_MAX = 255
 BufferT = TypeVar("BufferT", bound="Buffer")
 
 
-class DeviceBufferError(RuntimeBaseException):
-    """Error when interfacing with a buffer (``context`` names the buffer and parameter)."""
+DeviceBufferError = _core.DeviceBufferError
+"""Error when interfacing with a buffer (``context`` names the buffer and parameter); a
+:class:`~runtime.exception.RuntimeBaseException` made by the compiled core, which raises it."""
 
 
 class CatalogError(DeviceBufferError):
@@ -113,10 +113,6 @@ class CatalogError(DeviceBufferError):
     A subclass of :class:`DeviceBufferError`, so that code catching that still
     catches it; catch this one first to tell a broken catalog from a buffer problem.
     """
-
-
-_core._register("DeviceBufferError", DeviceBufferError)
-_core._register("did_you_mean", did_you_mean)
 
 
 class BaseStructure(ctypes.Structure):

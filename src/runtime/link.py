@@ -23,7 +23,7 @@ from .messaging import Message
 
 __all__ = ["OUTBOX_LIMIT", "PORT_EVENT_LIMIT", "FramePump", "FrameWriter", "PumpCounters", "PumpEvent"]
 
-OUTBOX_LIMIT = 64 * 1024
+OUTBOX_LIMIT: int = _core.PUMP_OUTBOX_LIMIT
 """Bytes a port's writer queues before it drops new frames (the peer stopped reading)."""
 
 PORT_EVENT_LIMIT: int = _core.PUMP_PORT_EVENT_LIMIT

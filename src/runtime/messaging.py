@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _core
-from .exception import RuntimeBaseException
 
 if TYPE_CHECKING:
     from .buffer import DeviceBuffer, Parameter
@@ -69,7 +68,7 @@ DELIM = b"\x00"
 """The frame delimiter on the serial stream."""
 NO_PARAMS = 0
 """The empty parameter bitmap."""
-ALL_PARAMS = 0xFFFF
+ALL_PARAMS: int = _core.ALL_PARAMS
 """The bitmap with every parameter ID set."""
 
 
@@ -100,23 +99,13 @@ class ErrorCode(enum.IntEnum):
     GENERIC_ERROR = 0xFF
 
 
-class MessageError(RuntimeBaseException):
-    """A message could not be decoded, built or read.
+MessageError = _core.MessageError
+"""A message could not be decoded, built or read (made by the compiled core, which raises it).
 
-    ``context['error_code']`` holds the :class:`ErrorCode` to answer the peer
-    with, where the failure has one (a bad checksum, an undecodable frame).
-    """
-
-    @property
-    def error_code(self) -> ErrorCode:
-        """The protocol error code of this failure (GENERIC_ERROR when none)."""
-        code = self.context.get("error_code", ErrorCode.GENERIC_ERROR)
-        return ErrorCode(code)
-
-
-_core._register("MessageError", MessageError)
-_core._register("MessageType", MessageType)
-_core._register("ErrorCode", ErrorCode)
+``context['error_code']`` holds the :class:`ErrorCode` to answer the peer with, where the
+failure has one; the ``error_code`` property gives it as an :class:`ErrorCode`
+(GENERIC_ERROR when none).
+"""
 
 Message = _core.Message
 ParamLayout = _core.ParamLayout

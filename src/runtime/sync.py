@@ -14,37 +14,13 @@ False
 >>> mutex.release()
 """
 
-import errno as _errno
-from typing import Any
-
 from . import _core
-from .exception import RuntimeBaseException
 
 __all__ = ["Mutex", "SyncError"]
 
 
-class SyncError(RuntimeBaseException):
-    """A synchronization primitive failed; ``context['errno']`` says why.
-
-    Typical values: ``ETIMEDOUT`` (the wait expired), ``EBUSY`` (a try-lock
-    found it held), ``EDEADLK`` (a non-recursive mutex re-acquired by its
-    owner), ``EPERM`` (released by a non-owner), ``EINVAL`` (never initialized).
-    """
-
-    def __init__(self, message: str, errno: int, /, **context: Any) -> None:
-        super().__init__(message, errno=errno, **context)
-
-    @property
-    def errno(self) -> int:
-        """The ``errno`` value that explains the failure."""
-        return int(self.context["errno"])
-
-    @property
-    def errno_name(self) -> str:
-        """The symbolic name of :attr:`errno`, such as ``'ETIMEDOUT'``."""
-        return _errno.errorcode.get(self.errno, str(self.errno))
-
-
-_core._register("SyncError", SyncError)
+SyncError = _core.SyncError
+"""A synchronization primitive failed: ``SyncError(message, errno, **context)``, with the
+``errno`` and ``errno_name`` properties (made by the compiled core, which raises it)."""
 
 Mutex = _core.Mutex

@@ -1,0 +1,66 @@
+"""One buffer operation N times, for instruction counts under callgrind.
+
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.set .venv/bin/python bench/callgrind.py set 100000
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.0 .venv/bin/python bench/callgrind.py set 0
+
+The difference of the two totals ("summary:" in the output files, or what
+callgrind prints as "Collected"), divided by N, is the instructions of one
+operation: ``get``, ``set``, ``write`` or ``update`` (a DEV_DATA message) on a
+``servo-motor`` buffer of the packaged catalog. The buffer lives in a private
+namespace and is unlinked at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+OPERATIONS = ("get", "set", "write", "update")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[1] not in OPERATIONS or not argv[2].isdigit():
+        print(f"usage: {argv[0]} {{{','.join(OPERATIONS)}}} ITERATIONS", file=sys.stderr)
+        return 2
+    operation, iterations = argv[1], int(argv[2])
+    os.environ["RUNTIME_BUFFER_NAMESPACE"] = f"rt-callgrind-{os.getpid()}"
+
+    from runtime import catalog
+    from runtime.buffer import BufferStore
+    from runtime.messaging import Message, MessageType
+
+    servo = catalog.load()["servo-motor"]
+    name = f"{BufferStore.namespace()}-servo"
+    buffer = servo.attach(name)
+    try:
+        message = Message(MessageType.DEV_DATA, struct.pack("<Hf", 0b01, 0.25))
+        # The same work before the loop in every run, so that 0 iterations leaves only the loop out.
+        buffer.get("servo0")
+        buffer.set("servo0", 0.5)
+        buffer.write("servo0", 0.5)
+        buffer.update(message)
+        if operation == "get":
+            get = buffer.get
+            for _ in range(iterations):
+                get("servo0")
+        elif operation == "set":
+            set_ = buffer.set
+            for _ in range(iterations):
+                set_("servo0", 0.5)
+        elif operation == "write":
+            write = buffer.write
+            for _ in range(iterations):
+                write("servo0", 0.5)
+        else:
+            update = buffer.update
+            for _ in range(iterations):
+                update(message)
+    finally:
+        buffer.close()
+        servo.unlink(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
