@@ -44,6 +44,7 @@ import yaml
 
 from .buffer import Buffer, CatalogError, DeviceBuffer, Parameter, _integer_range
 from .exception import did_you_mean
+from .values import FLOAT, kind_of
 
 __all__ = [
     "BASE_TYPES",
@@ -223,7 +224,7 @@ def _check_safe(where: _Where, entry: Mapping[Any, Any], smart: bool, bounds: tu
         raise where.error(f"safe must be a finite number, not {_show(value)}")
     lower, upper = bounds
     ctype: Any = getattr(ctypes, f"c_{base}")
-    integers = None if ctype._type_ in "fdg" else _integer_range(ctype)
+    integers = None if kind_of(ctype) == FLOAT else _integer_range(ctype)
     if integers is not None:
         if not float(value).is_integer():
             raise where.error(f"safe must be a whole number for a {base} parameter, not {_show(value)}")

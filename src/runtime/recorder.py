@@ -70,7 +70,7 @@ from .mcap import (
 from .messaging import MAX_PAYLOAD, Message, TypeLayout
 from .store import BufferStore, namespace_segments
 from .student import RUNNER_KEY
-from .values import BufferState, encode_json, jsonable, read_state
+from .values import CHAR, FLOAT, BufferState, encode_json, jsonable, kind_of, read_state
 from .watch import BufferWatcher, Watched
 
 __all__ = [
@@ -468,10 +468,10 @@ def _element(ctype: Any, value: Any) -> Any:
         if isinstance(value, str):
             return value.encode("utf-8")
         return [_element(ctype._type_, item) for item in value]
-    code = getattr(ctype, "_type_", "")
-    if code in ("f", "d", "g"):
+    kind = kind_of(ctype)
+    if kind == FLOAT:
         return math.nan if value is None else float(value)
-    if code == "c":
+    if kind == CHAR:
         return value.encode("utf-8")[:1] if isinstance(value, str) else value
     return value
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from ..buffer import DeviceBuffer, DeviceUID, Parameter
 from ..messaging import ErrorCode, Message, MessageError, MessageType
+from ..values import BOOL, FLOAT, INTEGER, kind_of
 
 __all__ = [
     "FIRST_SEASON",
@@ -212,12 +213,12 @@ class Simulator:
         ctype: Any = param.platform_type
         if issubclass(ctype, ctypes.Array):
             return  # arrays (text, blobs) keep their value
-        code = getattr(ctype, "_type_", "")
-        if code == "?":
+        kind = kind_of(ctype)
+        if kind == BOOL:
             self._add_toggle(param.name)
-        elif code in ("f", "d"):
+        elif kind == FLOAT:
             self._add_wander(param)
-        elif code in "bBhHiIlLqQ":
+        elif kind == INTEGER:
             self._add_counter(param, ctype)
 
     def _add_toggle(self, name: str) -> None:

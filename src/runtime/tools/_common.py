@@ -11,7 +11,7 @@
 * :func:`suggest`: the ``(did you mean ...?)`` hint for a misspelled name;
 * :func:`configure_logging` and :func:`log_level`: how every command logs;
 * :func:`make_console`, :func:`param_table`, :func:`format_value`,
-  :func:`format_bounds`, :func:`ctype_name`, :func:`print_json`: tables and JSON
+  :func:`print_json`: tables and JSON
   for people and scripts (the table of buffers is ``runtime.tools.buffers.list_table``).
 
 This module is imported by ``runtime --help``: it imports nothing heavy at the
@@ -58,11 +58,9 @@ __all__ = [
     "add_log_options",
     "bounded",
     "configure_logging",
-    "ctype_name",
     "devices_text",
     "elsewhere",
     "empty_namespace_line",
-    "format_bounds",
     "format_value",
     "load_catalog",
     "log_level",
@@ -447,45 +445,6 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def format_bounds(lower: float, upper: float) -> str:
-    """``[lower, upper]`` for bounded parameters, empty when unbounded.
-
-    >>> format_bounds(-1.0, 1.0), format_bounds(0.0, math.inf), format_bounds(-math.inf, math.inf)
-    ('[-1, 1]', '[0, inf]', '')
-    """
-    if lower == -math.inf and upper == math.inf:
-        return ""
-
-    def number(bound: float) -> str:
-        if math.isinf(bound):
-            return "inf" if bound > 0 else "-inf"
-        return str(int(bound)) if bound == int(bound) else repr(bound)
-
-    return f"[{number(lower)}, {number(upper)}]"
-
-
-_FLOAT_CODES = {"f": "float", "d": "double", "g": "longdouble", "?": "bool", "c": "char", "u": "wchar"}
-
-
-def ctype_name(ctype: Any) -> str:
-    """The catalog spelling of a ctypes type (``float``, ``uint8``, ``char[253]``).
-
-    >>> import ctypes
-    >>> ctype_name(ctypes.c_uint8), ctype_name(ctypes.c_char * 4), ctype_name(ctypes.c_double)
-    ('uint8', 'char[4]', 'double')
-    """
-    import ctypes
-
-    if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
-        return f"{ctype_name(ctype._type_)}[{ctype._length_}]"
-    code = getattr(ctype, "_type_", "")
-    if code in _FLOAT_CODES:
-        return _FLOAT_CODES[code]
-    if isinstance(code, str) and code in "bBhHiIlLqQ":
-        return f"{'' if code.islower() else 'u'}int{ctypes.sizeof(ctype) * 8}"
-    return str(getattr(ctype, "__name__", ctype)).removeprefix("c_")
-
-
 def param_table(params: Iterable[Mapping[str, Any]], values: Sequence[str] | None = None) -> Table:
     """The table of a device type's parameters: id, name, type, (value,) flags, bounds.
 
@@ -500,6 +459,8 @@ def param_table(params: Iterable[Mapping[str, Any]], values: Sequence[str] | Non
     """
     from rich import box
     from rich.table import Table
+
+    from ..values import format_bounds
 
     table = Table(box=box.SIMPLE, pad_edge=False)
     columns = ["id", "parameter", "type", "flags", "bounds"]
