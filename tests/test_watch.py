@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from e2e import CATALOG, SERVO, make_uid, namespace_fixture, wait_for
+from test_zenoh import connect
 
 from runtime import remote
 from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceBufferError
@@ -141,16 +142,6 @@ def serving(namespace: str) -> Iterator[str]:
     finally:
         loop.close()
         session.close()
-
-
-def connect(endpoint: str, namespace: str) -> remote.Robot:
-    def attempt() -> remote.Robot | None:
-        try:
-            return remote.connect(endpoint, namespace=namespace, timeout=2.0)
-        except remote.RemoteError:
-            return None
-
-    return wait_for(f"the server on {endpoint}", attempt, timeout=15, every=0.1)
 
 
 def shows(device: remote.RemoteDevice, value: float) -> bool:

@@ -56,6 +56,7 @@ __all__ = [
     "MAX_SMART_PARAMS",
     "PARAM_KEYS",
     "load",
+    "device_types",
     "load_raw",
     "make_catalog",
     "validate",
@@ -599,7 +600,6 @@ def make_catalog(catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buf
         ValueError: A Smart Device has more than 16 parameters.
     """
     result: dict[str, type[Buffer]] = {}
-    device_ids: dict[int, str] = {}
     for type_name, spec in catalog.items():
         if not isinstance(spec, Mapping):
             raise CatalogError("device type must be a mapping", device=type_name)
@@ -613,16 +613,27 @@ def make_catalog(catalog: Mapping[str, Mapping[str, Any]]) -> dict[str, type[Buf
         attrs = {key: value for key, value in spec.items() if key != "params"}
         params = [_make_param(type_name, index, raw) for index, raw in enumerate(spec.get("params") or [])]
         base = DeviceBuffer if "device_id" in attrs else Buffer
-        buffer_type = base.make_type(type_name, params, **attrs)
+        result[type_name] = base.make_type(type_name, params, **attrs)
+    device_types(result)  # two types with one device_id: refused now
+    return result
+
+
+def device_types(types: Mapping[str, type[Buffer]]) -> dict[int, str]:
+    """Each Smart Device ``device_id`` of a catalog's buffer types, mapped to its type name.
+
+    Raises:
+        CatalogError: Two types share a ``device_id`` (the message names both).
+    """
+    result: dict[int, str] = {}
+    for type_name, buffer_type in types.items():
         if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id"):
-            other = device_ids.setdefault(buffer_type.device_id, type_name)
+            other = result.setdefault(buffer_type.device_id, type_name)
             if other != type_name:
                 raise CatalogError(
                     "two device types share a device_id",
                     device_id=buffer_type.device_id,
                     types=(other, type_name),
                 )
-        result[type_name] = buffer_type
     return result
 
 

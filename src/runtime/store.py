@@ -34,7 +34,6 @@ from .buffer import (
     NAMESPACE_ENV,
     SHM_DIR,
     Buffer,
-    CatalogError,
     DeviceBuffer,
     DeviceBufferError,
     DeviceUID,
@@ -43,7 +42,7 @@ from .buffer import (
     current_namespace,
     logger,
 )
-from .catalog import CATALOG_KEYS, make_catalog
+from .catalog import CATALOG_KEYS, device_types, make_catalog
 from .device import Device
 from .exception import closest, did_you_mean
 
@@ -126,18 +125,8 @@ class BufferStore(Mapping[BufferKey, Buffer]):
 
     @functools.cached_property
     def device_types(self) -> Mapping[int, str]:
-        """Maps each Smart Device ``device_id`` to its type name."""
-        result: dict[int, str] = {}
-        for type_name, buffer_type in self.catalog.items():
-            if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id"):
-                other = result.setdefault(buffer_type.device_id, type_name)
-                if other != type_name:
-                    raise CatalogError(
-                        "two device types share a device_id",
-                        device_id=buffer_type.device_id,
-                        types=(other, type_name),
-                    )
-        return types.MappingProxyType(result)
+        """Maps each Smart Device ``device_id`` to its type name (:func:`runtime.catalog.device_types`)."""
+        return types.MappingProxyType(device_types(self.catalog))
 
     def normalize_key(self, key: BufferKey, /) -> tuple[str, int]:
         """The ``(type name, UID)`` pair for a key.
