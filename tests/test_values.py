@@ -26,6 +26,7 @@ from runtime.values import (
     check_value,
     check_writes,
     describe,
+    from_json_values,
     json_values,
     kind_of,
     parse_text,
@@ -227,3 +228,10 @@ def test_json_values_shortens_float32_and_converts_arrays() -> None:
         ],
     )
     assert json_values(readable, snapshot) == {"duty_cycle": 0.1, "sensor": None, "pair": [1, 2]}
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_a_float32_through_json_comes_back_as_the_very_float32(value: float) -> None:
+    buffer_type = Buffer.make_type("values-json32", [Parameter("v", ctypes.c_float, 0)])
+    sent = json_values(buffer_type, {"v": value})  # the shortest decimal that reads back the same
+    assert from_json_values(buffer_type, {"v": float(str(sent["v"]))}) == {"v": value}

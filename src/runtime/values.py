@@ -71,6 +71,7 @@ __all__ = [
     "describe",
     "encode_json",
     "format_bounds",
+    "from_json_values",
     "json_values",
     "jsonable",
     "kind_of",
@@ -630,6 +631,31 @@ def _short_float(value: float) -> float | None:
 
 _FLOAT32 = struct.Struct("<f")
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def from_json_values(buffer_type: type[Buffer], values: dict[str, Any]) -> dict[str, Any]:
+    """Values read as JSON (from another machine) as a local ``get`` gives them (changed in place).
+
+    JSON carries a float32 as its shortest decimal (:func:`json_values`);
+    this gives the very float32 back, so that a remote value compares equal
+    to the local one.
+    """
+    for name in _float32_params(buffer_type) & values.keys():
+        if isinstance(values[name], float):
+            values[name] = _FLOAT32.unpack(_FLOAT32.pack(values[name]))[0]
+    return values
+
+
+_FLOAT32_PARAMS: dict[type[Buffer], frozenset[str]] = {}
+
+
+def _float32_params(buffer_type: type[Buffer]) -> frozenset[str]:
+    names = _FLOAT32_PARAMS.get(buffer_type)
+    if names is None:
+        params = buffer_type.params.values()
+        names = frozenset(param.name for param in params if param.platform_type is ctypes.c_float)
+        _FLOAT32_PARAMS[buffer_type] = names
+    return names
 
 
 def encode_json(data: Any) -> bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -27,7 +26,7 @@ import zenoh
 from ..buffer import Buffer, DeviceBuffer, DeviceBufferError, current_namespace
 from ..exception import did_you_mean
 from ..student import FIELD_KEY, MODES, RUNNER_KEY, log_lines_since, mode_name, mode_number
-from ..values import WriteRefused, check_writes, jsonable
+from ..values import WriteRefused, check_writes, from_json_values, jsonable
 from .keys import (
     INPUT_KINDS,
     KEY_ROOT,
@@ -195,7 +194,6 @@ class Robot:
             for name, buffer_type in catalog.items()
             if issubclass(buffer_type, DeviceBuffer) and hasattr(buffer_type, "device_id")
         }
-        self._float32: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[tuple[str, int], _Record] = {}
@@ -702,10 +700,9 @@ class Robot:
                 "ignoring a malformed sample on %s: %s (counted in Robot.malformed)", quote(key), exc
             )
             return
-        if values is not None:
-            for param in self._singles(parsed[1]) & values.keys():
-                if isinstance(values[param], float):  # JSON has the shortest decimal: the very float32 again
-                    values[param] = ctypes.c_float(values[param]).value
+        buffer_type = self._catalog.get(parsed[1])
+        if values is not None and buffer_type is not None:
+            from_json_values(buffer_type, values)  # JSON has the shortest decimal: the very float32 again
         now = time.monotonic()
         with self._lock:
             record = self._record(parsed[1], parsed[2], peer=True)
@@ -798,16 +795,6 @@ class Robot:
         for reply in self._session.get(record.key, timeout=self._timeout):
             if reply.ok is not None:
                 self._take_values(str(reply.ok.key_expr), reply.ok.payload.to_bytes())
-
-    def _singles(self, type_name: str) -> frozenset[str]:
-        """The parameters of a type that hold a float32 (as the catalog says; none for an unknown type)."""
-        singles = self._float32.get(type_name)
-        if singles is None:
-            buffer_type = self._catalog.get(type_name)
-            params = buffer_type.params.values() if buffer_type is not None else ()
-            singles = frozenset(param.name for param in params if param.platform_type is ctypes.c_float)
-            self._float32[type_name] = singles
-        return singles
 
     def _check_write(self, record: _Record, values: Mapping[str, Any]) -> dict[str, Any]:
         """Check a write as the robot will (when the catalog knows the type): the values to send.
