@@ -517,7 +517,9 @@ def run_bridge(
         helper = asyncio.create_task(during()) if during is not None else None
         await asyncio.sleep(seconds)
         stop.set()
-        await serving
+        done, _ = await asyncio.wait({serving}, timeout=10.0)  # it needs milliseconds
+        assert serving in done, "the bridge did not finish within 10 s of stop"
+        serving.result()
         if helper is not None:
             helper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

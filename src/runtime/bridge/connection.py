@@ -70,6 +70,8 @@ CLAIM_RETRY_DELAY = 0.5
 """Seconds after a first claim (see PortConnection._claim) before serving is tried again."""
 MAX_CLAIMS_LOGGED = 1024
 """The most devices whose claim is remembered (so logged once)."""
+CANCEL_AGAIN_INTERVAL = 0.5
+"""Seconds a connection waits for its cancelled work to end before it cancels it again."""
 STALL_RETRY_INTERVAL = 0.005
 """Seconds between two attempts to apply values held back by a buffer lock another process holds."""
 STALL_LOG_INTERVAL = 1.0
@@ -174,6 +176,22 @@ def _lock_busy(exc: DeviceBufferError) -> bool:
     return exc.context.get("errno") in (errno.EBUSY, errno.ETIMEDOUT)
 
 
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it ended; raise what it raised (other than its cancellation).
+
+    A task still running after :data:`CANCEL_AGAIN_INTERVAL` is cancelled again: an
+    ``asyncio.wait_for`` of Python 3.11 (:func:`runtime.notify.wait_async`'s) drops a cancellation
+    that comes as its wait ends, and the task would go on.
+    """
+    while not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task}, timeout=CANCEL_AGAIN_INTERVAL)
+    failure = None if task.cancelled() else task.exception()
+    if failure is not None:
+        raise failure
+
+
 # ---- one port -----------------------------------------------------------------------------------
 
 
@@ -248,7 +266,7 @@ class PortConnection:
         """Open the port and serve it until it is lost; never raises (failures are logged)."""
         reason = "closed"
         try:
-            if not self._open():
+            if self.bridge.stopping or not self._open():  # never a port opened once the bridge stops
                 return
             sub_res = await self._until_closed(self._handshake())
             if sub_res is None:
@@ -294,9 +312,7 @@ class PortConnection:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
         if task.cancelled() or self._closed.done():
             return None
         return task.result()

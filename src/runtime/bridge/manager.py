@@ -68,7 +68,8 @@ How it is organised (one asyncio loop, and the frame pump's reader thread):
   DEV_DISABLE and its safe values; the state lives in shared memory, so a
   device that connects later, or a restarted bridge, finds it.
 * When it stops (``stop`` set; ``runtime bridge`` sets it on SIGINT/SIGTERM)
-  every connected device gets a DEV_DISABLE (nothing keeps
+  it opens no port again and ends every port's task (cancelled again should
+  one drop its cancellation); every connected device gets a DEV_DISABLE (nothing keeps
   actuating unattended), every buffer is marked invalid, the store is closed
   (segments stay) and the stats file is written one last time.
 
@@ -131,6 +132,8 @@ LEFT_BEHIND_CHECK_MIN = 1.0
 maps (they are looked at every grace period)."""
 LEFT_BEHIND_LIMIT = 1024
 """Most such segments the bridge keeps looking at (the rest are ``runtime buffers clean``'s)."""
+CANCEL_AGAIN_INTERVAL = 0.5
+"""Seconds the shutdown waits for its tasks to end before it cancels those still running again."""
 
 
 class Bridge:
@@ -196,10 +199,19 @@ class Bridge:
         """What the last report of no connected devices said (None: none since a device was connected)."""
         self._rescan: asyncio.Event | None = None
         """Set to make the watcher scan now (while it runs)."""
+        self._stop: asyncio.Event | None = None
+        """The ``stop`` event of :meth:`serve` (while it runs)."""
+        self._shutting_down = False
+        """Whether :meth:`serve` has begun to shut down."""
         self._opened_at: dict[Identity, float] = {}
         """When each connection started (``time.monotonic()``): a port gets time to answer PING."""
         self.commanders = CommanderWatch(self._commander_ended)
         """The processes whose commands are in force on the devices served (a pidfd each)."""
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the bridge is stopping (``stop`` is set, or the shutdown began): it opens no port again."""
+        return self._shutting_down or (self._stop is not None and self._stop.is_set())
 
     def _commander_ended(self, who: Commander) -> None:
         for connection in list(self.owners.values()):
@@ -444,14 +456,18 @@ class Bridge:
 
         Connections are keyed by the device a path names, not by the path, so a
         link that is renamed or replaced by another link to the same device does
-        not interrupt the connection.
+        not interrupt the connection. Once the bridge is :attr:`stopping`, nothing is done.
         """
+        if self.stopping:
+            return
         present = self.discover()
         for identity, connection in list(self.connections.items()):
             if identity not in present:
                 connection.lose("port vanished")
         now = time.monotonic()
         for identity, path in present.items():
+            if self.stopping:  # ``stop`` set meanwhile (discover may run anything: a test's hook)
+                break
             if identity in self.connections or self._retry_at.get(identity, 0.0) > now:
                 continue
             self._retry_at.pop(identity, None)
@@ -464,7 +480,7 @@ class Bridge:
         self._report_idle(present)
 
     def _finished(self, connection: PortConnection, _task: asyncio.Task[None]) -> None:
-        if self._rescan is not None:  # look at the port again soon: the device may answer again
+        if self._rescan is not None and not self.stopping:  # look again soon: the device may answer again
             asyncio.get_running_loop().call_later(RESCAN_DELAY, self._rescan.set)
         if self.connections.get(connection.identity) is connection:
             del self.connections[connection.identity]
@@ -516,7 +532,7 @@ class Bridge:
 
             loop.add_reader(watch.fd, changed)
         try:
-            while True:
+            while not self.stopping:
                 rescan.clear()
                 try:
                     self.scan()
@@ -524,11 +540,14 @@ class Bridge:
                     logger.exception("scanning for ports failed")
                 directories, complete = self._directories()
                 told = watch is not None and watch.watch(directories) and complete
+                # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that comes as the wait
+                # ends (a rescan and ``stop`` in one step), and the watcher would scan on after shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        rescan.wait(), self._next_scan(SAFETY_SCAN_INTERVAL if told else POLL_INTERVAL)
-                    )
-                if rescan.is_set():
+                    async with asyncio.timeout(
+                        self._next_scan(SAFETY_SCAN_INTERVAL if told else POLL_INTERVAL)
+                    ):
+                        await rescan.wait()
+                if rescan.is_set() and not self.stopping:
                     await asyncio.sleep(0.01)  # a device node and its links come in a burst: one scan
         finally:
             self._rescan = None
@@ -574,6 +593,7 @@ class Bridge:
         watched = ", ".join([*self.ports, *self.globs]) or "nothing"
         logger.info("bridge: watching %s", watched)
         self._idle_since = time.monotonic()
+        self._stop, self._shutting_down = stop, False
         loop.add_reader(self.pump.fileno(), self._on_pump_events)
         background = [loop.create_task(self._watch(), name="port watcher")]
         if self.stats_path is not None:
@@ -582,12 +602,10 @@ class Bridge:
             await stop.wait()
             logger.info("bridge: shutting down")
         finally:
+            self._shutting_down = True  # from here on no port is opened (see scan, PortConnection.run)
             for connection in self.owners.values():  # safety: nothing keeps actuating unattended
                 connection.send(Message.make_dev_disable())
-            tasks = background + list(self._tasks.values())
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._end_tasks(background)
             for record in self.records.values():
                 if record.connected:  # a task that never got to clean up
                     record.connected = False
@@ -603,6 +621,26 @@ class Bridge:
             self.commanders.close()
             self.write_stats()
             self.pump.close()
+
+    async def _end_tasks(self, background: list[asyncio.Task[Any]]) -> None:
+        """Cancel the background tasks and every port's task, and wait until all of them ended.
+
+        A task still running after :data:`CANCEL_AGAIN_INTERVAL` (one that dropped its cancellation:
+        an ``asyncio.wait_for`` of Python 3.11 does when it ends in the same step) is cancelled again;
+        a port's task started meanwhile is cancelled too (there should be none: the bridge is stopping).
+        """
+        ended: set[asyncio.Task[Any]] = set()
+        while True:
+            pending = {task for task in [*background, *self._tasks.values()] if task not in ended}
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            done, _ = await asyncio.wait(pending, timeout=CANCEL_AGAIN_INTERVAL)
+            ended |= done
+        for task in ended:  # retrieved, as gather(return_exceptions=True) would
+            if not task.cancelled():
+                task.exception()
 
     async def serve(self, stop: asyncio.Event | None = None) -> int:
         """Serve ports until ``stop`` is set (or the task is cancelled); then shut down cleanly; 0.
