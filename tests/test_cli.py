@@ -451,6 +451,30 @@ def test_encode_mistakes_are_usage_errors(
     assert complaint in err
 
 
+def test_the_encode_engine_is_the_library_s() -> None:
+    from runtime.frames import KINDS, FrameError, encode
+    from runtime.messaging import TypeLayout
+
+    layout = TypeLayout.of(catalog.load()["yogi-bear"])
+    [typed] = encode("sub-req", ["duty_cycle"], layout=layout, params="0x400", interval="0x28")
+    [given] = encode(MessageType.SUB_REQ, ["duty_cycle"], layout=layout, params=1 << 10, interval=40)
+    assert typed.encode() == given.encode() and given.read_sub_req() == (1 | 1 << 10, 40)
+    [sub_res] = encode("sub-res", layout=layout, uid=0xA0A0000000000C0FFEE)
+    assert sub_res.read_sub_res()[2] == (10, 0x0A, 0xC0FFEE)
+    [error] = encode("error", ["bad-checksum"])
+    assert error.read_error() == ErrorCode.BAD_CHECKSUM
+    assert set(KINDS.values()) == set(MessageType)
+    with pytest.raises(FrameError, match=r"^servo0: 1.5 is out of bounds \[-1, 1\]$") as caught:
+        encode("dev-write", ["servo0=1.5"], layout=TypeLayout.of(catalog.load()["servo-motor"]))
+    assert isinstance(caught.value, ValueError) and caught.value.context == {"param": "servo0"}
+    with pytest.raises(FrameError, match="--interval applies to sub-req and sub-res only"):
+        encode("ping", interval=40)
+    with pytest.raises(FrameError, match="the heartbeat id must be in 0..255"):
+        encode("hb-req", ["256"])
+    with pytest.raises(FrameError, match="unknown kind 'pong' \\(did you mean 'ping'\\?\\)"):
+        encode("pong")
+
+
 # ---- catalog --------------------------------------------------------------------------------------
 
 

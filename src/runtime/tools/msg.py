@@ -12,10 +12,12 @@ parameters (``--type``, from the catalog): a :class:`~runtime.messaging.ParamLay
 over a scratch ``bytearray`` places each parameter's bytes, and the compiled
 core copies them between the message and that memory, as it does for buffers.
 
-The engine is the library's: decoding a frame and building the messages of
-values are :mod:`runtime.frames`, the layout of a device type's values
+The engine is the library's: decoding a frame and building messages from
+what users type (:func:`runtime.frames.encode`, which raises
+:class:`runtime.frames.FrameError` for what is not a message) are
+:mod:`runtime.frames`, the layout of a device type's values
 :class:`runtime.messaging.TypeLayout`. This module holds the command: its
-help, its arguments, what it prints, and the parsing of what users type.
+help, its arguments, what it prints, and the exit status of each failure.
 
 Only the codec is imported up front: buffer types (and the catalog) come in
 when a command needs them, so that ``runtime msg encode ping`` starts fast.
@@ -26,8 +28,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..frames import decode_frame, parse_hex, raw_bytes, value_messages
-from ..messaging import UID_FORMS, ErrorCode, Message, MessageError, MessageType, TypeLayout, parse_uid
+from ..frames import KINDS, FrameError, decode_frame, encode, parse_hex, raw_bytes
+from ..messaging import UID_FORMS, Message, MessageError, MessageType, TypeLayout
 from ._common import (
     CommandError,
     add_catalog_option,
@@ -108,20 +110,6 @@ examples:
   $ runtime msg encode error bad-checksum --json
 """
 
-KINDS: dict[str, MessageType] = {
-    "ping": MessageType.PING,
-    "sub-req": MessageType.SUB_REQ,
-    "sub-res": MessageType.SUB_RES,
-    "dev-read": MessageType.DEV_READ,
-    "dev-write": MessageType.DEV_WRITE,
-    "dev-data": MessageType.DEV_DATA,
-    "dev-disable": MessageType.DEV_DISABLE,
-    "hb-req": MessageType.HB_REQ,
-    "hb-res": MessageType.HB_RES,
-    "error": MessageType.ERROR,
-}
-"""The ``encode`` kinds: message types spelled as on the command line."""
-
 
 # ---- device types and their layouts ---------------------------------------------------------------
 
@@ -180,8 +168,8 @@ def _decode_main(args: argparse.Namespace) -> int:
 
     try:
         frames = parse_hex(args.hex)
-    except ValueError as exc:
-        raise CommandError(str(exc), code=2) from None
+    except FrameError as exc:
+        raise CommandError(exc.message, code=2) from None
     catalog = load_catalog(args.catalog) if args.type or args.catalog else None
     layout = TypeLayout.of(_device_type(catalog, args.type)) if catalog is not None and args.type else None
     cache: dict[int, TypeLayout | None] = {}
@@ -231,149 +219,19 @@ def _decode_main(args: argparse.Namespace) -> int:
 # ---- encoding -----------------------------------------------------------------------------------
 
 
-def _int(text: str, what: str, limit: int) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise CommandError(f"{what} must be an integer (decimal or 0x hex), not {text!r}", code=2) from None
-    if not 0 <= value <= limit:
-        raise CommandError(f"{what} must be in 0..{limit} ({limit:#x}), not {text}", code=2)
-    return value
-
-
-def _bitmap(args: argparse.Namespace, layout: TypeLayout | None, need: str | None) -> int:
-    """The parameter bitmap from ``--params`` and/or parameter names (which need ``--type``)."""
-    bitmap = _int(args.params, "--params", 0xFFFF) if args.params is not None else 0
-    if args.fields and layout is None:
-        raise CommandError("parameter names need --type TYPE (or give --params BITMAP)", code=2)
-    if layout is not None:
-        params = layout.buffer_type.params
-        for name in args.fields:
-            if name not in params:
-                hint = suggest(name, params)
-                raise CommandError(f"{layout.buffer_type.type_name} has no parameter {name!r}{hint}", code=2)
-            param = params[name]
-            if need is not None and not getattr(param, need):
-                raise CommandError(f"parameter {name!r} is not {need}", code=2)
-            bitmap |= 1 << param.id
-    if args.params is None and not args.fields:
-        if layout is None:
-            raise CommandError("give --params BITMAP, or --type TYPE and parameter names", code=2)
-        bitmap = sum(
-            1 << param.id
-            for param in layout.buffer_type.params.values()
-            if need is None or getattr(param, need)
-        )
-    return bitmap
-
-
-def _values_messages(args: argparse.Namespace, layout: TypeLayout | None, kind: MessageType) -> list[Message]:
-    from ..values import WriteRefused, parse_text, to_wire  # with the buffer types: not for `encode ping`
-
-    if layout is None:
-        raise CommandError(f"{args.kind} needs --type TYPE to lay out the values", code=2)
-    if args.params is not None:
-        raise CommandError(f"{args.kind} takes NAME=VALUE fields, not --params", code=2)
-    if not args.fields:
-        raise CommandError(f"give the values to send as NAME=VALUE (e.g. {_example(layout)})", code=2)
-    params = layout.buffer_type.params
-    memory = layout.scratch()
-    chosen: set[int] = set()
-    for field in args.fields:
-        name, sep, text = field.partition("=")
-        if not sep:
-            raise CommandError(f"give values as NAME=VALUE, not {field!r}", code=2)
-        if name not in params:
-            raise CommandError(
-                f"{layout.buffer_type.type_name} has no parameter {name!r}{suggest(name, params)}",
-                code=2,
-            )
-        param = params[name]
-        try:  # the one write policy: refused (the bounds said), never clamped
-            data = to_wire(param, parse_text(param, text, only_writeable=kind is MessageType.DEV_WRITE))
-        except WriteRefused as exc:
-            raise CommandError(exc.message, code=2) from None
-        offset = layout.offsets[param.id]
-        memory[offset : offset + len(data)] = data
-        chosen.add(param.id)
-    return value_messages(kind, layout, memory, chosen)
-
-
-def _example(layout: TypeLayout) -> str:
-    param = next(iter(layout.buffer_type.params.values()), None)
-    return f"{param.name}=1" if param is not None else "NAME=VALUE"
-
-
-def _error_code(text: str) -> ErrorCode:
-    name = text.strip().upper().replace("-", "_")
-    if name in ErrorCode.__members__:
-        return ErrorCode[name]
-    try:
-        return ErrorCode(int(text, 0))
-    except ValueError:
-        names = ", ".join(code.name for code in ErrorCode)
-        raise CommandError(f"unknown error code {text!r}; known codes: {names}", code=2) from None
-
-
-def _interval(args: argparse.Namespace, layout: TypeLayout | None) -> int:
-    if args.interval is not None:
-        return _int(args.interval, "--interval", 0xFFFF)
-    if layout is not None:
-        return round(layout.buffer_type.sub_interval * 1000)
-    return 40
-
-
 def encode_messages(args: argparse.Namespace, layout: TypeLayout | None) -> list[Message]:
-    """Build the message(s) ``runtime msg encode`` was asked for.
+    """Build the message(s) ``runtime msg encode`` was asked for (the engine: :func:`runtime.frames.encode`).
 
     Raises:
         CommandError: (status 2) Missing or malformed fields for this kind.
         MessageError: The core refused the message.
     """
-    kind = KINDS[args.kind]
-    if kind in (MessageType.DEV_WRITE, MessageType.DEV_DATA):
-        return _values_messages(args, layout, kind)
-    if kind in (MessageType.PING, MessageType.DEV_DISABLE):
-        if args.fields:
-            raise CommandError(f"{args.kind} takes no fields, got {' '.join(args.fields)!r}", code=2)
-        return [Message.make_ping() if kind is MessageType.PING else Message.make_dev_disable()]
-    if kind in (MessageType.HB_REQ, MessageType.HB_RES, MessageType.ERROR):
-        if len(args.fields) != 1:
-            what = "an error code" if kind is MessageType.ERROR else "a heartbeat id (0..255)"
-            raise CommandError(f"{args.kind} takes one field, {what}", code=2)
-        if kind is MessageType.ERROR:
-            return [Message.make_error(int(_error_code(args.fields[0])))]
-        heartbeat = _int(args.fields[0], "the heartbeat id", 0xFF)
-        return [
-            Message.make_hb_req(heartbeat) if kind is MessageType.HB_REQ else Message.make_hb_res(heartbeat)
-        ]
-    if kind is MessageType.DEV_READ:
-        return [Message.make_dev_read(_bitmap(args, layout, "readable"))]
-    if kind is MessageType.SUB_REQ:
-        return [Message.make_sub_req(_bitmap(args, layout, "readable"), _interval(args, layout))]
-    # SUB_RES
-    bitmap = _bitmap(args, layout, "readable")
-    if args.uid is not None:
-        try:
-            uid = parse_uid(args.uid)
-        except ValueError as exc:
-            raise CommandError(f"--uid: {exc}", code=2) from None
-        if uid >= 1 << 88:
-            raise CommandError(f"--uid: a UID has 88 bits, {args.uid} has {uid.bit_length()}", code=2)
-    elif layout is not None:
-        uid = layout.buffer_type.device_id << 72
-    else:
-        raise CommandError("sub-res needs --uid UID, or --type TYPE", code=2)
-    if layout is not None and uid >> 72 != layout.buffer_type.device_id:
-        raise CommandError(
-            f"UID {uid:#x} has device_id {uid >> 72}, but {layout.buffer_type.type_name} has "
-            f"{layout.buffer_type.device_id}",
-            code=2,
+    try:
+        return encode(
+            args.kind, args.fields, layout=layout, params=args.params, interval=args.interval, uid=args.uid
         )
-    from ..buffer import DeviceUID
-
-    parts = DeviceUID.from_int(uid)
-    return [Message.make_sub_res(bitmap, _interval(args, layout), parts.device_id, parts.year, parts.random)]
+    except FrameError as exc:
+        raise CommandError(exc.message, code=2) from None
 
 
 def _encode_main(args: argparse.Namespace) -> int:
@@ -382,13 +240,6 @@ def _encode_main(args: argparse.Namespace) -> int:
         layout = TypeLayout.of(_device_type(load_catalog(args.catalog), args.type))
     elif args.catalog:
         load_catalog(args.catalog)  # report a broken file even when it is not needed
-    for option in ("uid",):
-        if getattr(args, option) is not None and args.kind != "sub-res":
-            raise CommandError(f"--{option} applies to sub-res only", code=2)
-    if args.interval is not None and args.kind not in ("sub-req", "sub-res"):
-        raise CommandError("--interval applies to sub-req and sub-res only", code=2)
-    if args.params is not None and args.kind not in ("sub-req", "sub-res", "dev-read"):
-        raise CommandError("--params applies to sub-req, sub-res and dev-read only", code=2)
     try:
         messages = encode_messages(args, layout)
     except MessageError as exc:
@@ -417,7 +268,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``runtime msg decode`` and ``runtime msg encode``."""
     actions = parser.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True)
     formatter = argparse.RawDescriptionHelpFormatter
-    decode = actions.add_parser(
+    decoder = actions.add_parser(
         "decode",
         help="what COBS-encoded frames say",
         description="Decode COBS-encoded Smart Device frames (hex) and print their type and fields.\n"
@@ -427,8 +278,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         epilog=DECODE_EPILOG,
         formatter_class=formatter,
     )
-    decode.add_argument("hex", nargs="+", metavar="HEX", help="frame bytes in hex")
-    encode = actions.add_parser(
+    decoder.add_argument("hex", nargs="+", metavar="HEX", help="frame bytes in hex")
+    encoder = actions.add_parser(
         "encode",
         help="the COBS hex of a message",
         description="Build a Smart Device message and print its COBS encoding in hex (without the\n"
@@ -436,22 +287,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         epilog=ENCODE_EPILOG,
         formatter_class=formatter,
     )
-    encode.add_argument("kind", choices=list(KINDS), metavar="KIND", help="the message type")
-    encode.add_argument(
+    encoder.add_argument("kind", choices=list(KINDS), metavar="KIND", help="the message type")
+    encoder.add_argument(
         "fields", nargs="*", metavar="FIELD", help="parameter names, NAME=VALUE, an id or a code"
     )
-    encode.add_argument(
+    encoder.add_argument(
         "--params", metavar="BITMAP", help="parameter bitmap, e.g. 0x3 (sub-req, sub-res, dev-read)"
     )
-    encode.add_argument("--interval", metavar="MS", help="subscription interval in ms (sub-req, sub-res)")
-    encode.add_argument("--uid", metavar="UID", help=f"the device's UID (sub-res): {UID_FORMS}")
-    for sub, words in ((decode, "hex"), (encode, "fields")):
+    encoder.add_argument("--interval", metavar="MS", help="subscription interval in ms (sub-req, sub-res)")
+    encoder.add_argument("--uid", metavar="UID", help=f"the device's UID (sub-res): {UID_FORMS}")
+    for sub, words in ((decoder, "hex"), (encoder, "fields")):
         sub.add_argument("--type", "-t", metavar="TYPE", help="device type of the catalog, e.g. yogi-bear")
         add_catalog_option(sub)
         sub.add_argument("--json", action="store_true", help="print JSON for scripts")
         sub.set_defaults(extra_words=words)
-    decode.set_defaults(msg_main=_decode_main)
-    encode.set_defaults(msg_main=_encode_main)
+    decoder.set_defaults(msg_main=_decode_main)
+    encoder.set_defaults(msg_main=_encode_main)
 
 
 def main(args: argparse.Namespace) -> int:
