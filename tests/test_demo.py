@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from runtime.buffer import NAMESPACE_ENV, SHM_DIR, BufferStore
-from runtime.tools.demo import DEFAULT_DEVICES, runtime_program, watch_command
+from runtime.testing.demo import DEFAULT_DEVICES, runtime_program
+from runtime.tools.demo import watch_command
 
 pytestmark = pytest.mark.slow  # the demo's processes, end to end
 

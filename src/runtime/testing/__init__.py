@@ -22,6 +22,9 @@ Three levels, from the whole robot down to single frames:
 * :class:`Emulator`: emulated devices on pseudo-terminals in this process (one
   :class:`PtyDevice` each), the engine of ``runtime emulate``
   (:mod:`runtime.testing.emulator`).
+* :class:`Demo`: an emulated robot for people to look at, the engine of
+  ``runtime demo`` (:mod:`runtime.testing.demo`): the emulator, the bridge and
+  student code as processes, stopped in order and cleaned up however it ends.
 
 >>> from runtime.testing import emulated_robot
 >>> with emulated_robot("limit-switch") as robot:
@@ -34,6 +37,7 @@ The kit uses the library and runs the command-line tools as processes
 library never imports it.
 """
 
+from .demo import Demo, DemoDevice, DemoError, SignalGuard, robot_names
 from .device import HEARTBEAT_INTERVAL, MOTOR_TICKS_PER_SECOND, DeviceModel, Simulator, random_uid
 from .emulator import Emulator, EmulatorError, PtyDevice
 from .faults import FAULT_KINDS, FaultCounts, FaultInjector, FaultRates
@@ -46,6 +50,9 @@ __all__ = [
     "FAULT_KINDS",
     "HEARTBEAT_INTERVAL",
     "MOTOR_TICKS_PER_SECOND",
+    "Demo",
+    "DemoDevice",
+    "DemoError",
     "DeviceModel",
     "EmulatedDevice",
     "EmulatedRobot",
@@ -58,11 +65,13 @@ __all__ = [
     "FaultInjector",
     "FaultRates",
     "PtyDevice",
+    "SignalGuard",
     "Simulator",
     "StudentRun",
     "dev_data",
     "emulated_robot",
     "random_uid",
+    "robot_names",
     "run_student_code",
     "sub_res",
     "wait_for",

@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from .. import catalog as catalog_module
 from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
@@ -88,17 +88,65 @@ class EmulatedDevice:
         return f"{self.type_name}:{self.uid:#x}"
 
 
-def _kill(process: subprocess.Popen[bytes], signum: int, timeout: float) -> int:
-    """Send ``signum`` (if it still runs), wait up to ``timeout`` s, then kill; its exit status."""
+def stop_process(
+    process: subprocess.Popen[Any],
+    signum: int = signal.SIGTERM,
+    timeout: float = STOP_TIMEOUT,
+    on_kill: Callable[[], None] | None = None,
+) -> int:
+    """Send ``signum`` (if it still runs), wait up to ``timeout`` s, then kill; its exit status.
+
+    ``on_kill``, if given, is called just before a process that did not stop in time is killed.
+    """
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signum)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
+            if on_kill is not None:
+                on_kill()
             process.kill()
             process.wait()
     return process.returncode
+
+
+def spawn(
+    command: Sequence[str],
+    log: str | os.PathLike[str],
+    env: Mapping[str, str],
+    *,
+    stdout: Literal["devnull", "pipe", "log"] = "devnull",
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` as a child that gets SIGTERM when this process dies (even by SIGKILL).
+
+    Its stderr (and, with ``stdout="log"``, its stdout) is appended to the file
+    ``log``; ``stdout="pipe"`` gives its output to read (see :func:`read_lines`).
+    """
+    with open(log, "ab") as file:  # appended to across restarts
+        output: int | IO[bytes] = {"devnull": subprocess.DEVNULL, "pipe": subprocess.PIPE}.get(stdout, file)
+        return subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=file,
+            env=dict(env),
+            cwd=cwd,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),  # no child outlives its parent
+        )
+
+
+def served(store: BufferStore, uid: int) -> bool:
+    """Whether the bridge serves the buffer, with the device's data in it (if it sends any)."""
+    try:
+        buffer = store.get_or_open(uid, create=False)  # never before the bridge made it
+    except DeviceBufferError:
+        return False
+    if not buffer.valid:
+        return False
+    streams = any(param.readable and param.subscribed for param in buffer.params.values())
+    return not streams or buffer.last_update > 0
 
 
 class EmulatedRobot:
@@ -178,20 +226,11 @@ class EmulatedRobot:
         for device in self.devices:
             what = f"the {device.type_name} {device.uid:#x} to be served, with data"
             try:
-                self.wait_for(functools.partial(self._served, device.uid), deadline - time.monotonic(), what)
+                self.wait_for(
+                    functools.partial(served, self.store, device.uid), deadline - time.monotonic(), what
+                )
             except TimeoutError as exc:
                 raise EmulationError(f"{exc}\n{self.logs()}") from None
-
-    def _served(self, uid: int) -> bool:
-        """Whether the bridge serves the buffer, with the device's data in it (if it sends any)."""
-        try:
-            buffer = self.store.get_or_open(uid, create=False)  # never before the bridge made it
-        except DeviceBufferError:
-            return False
-        if not buffer.valid:
-            return False
-        streams = any(param.readable and param.subscribed for param in buffer.params.values())
-        return not streams or buffer.last_update > 0
 
     @property
     def pids(self) -> dict[str, int]:
@@ -216,7 +255,7 @@ class EmulatedRobot:
         if self._bridge is None:
             raise RuntimeError("the bridge is not running")
         bridge, self._bridge = self._bridge, None
-        return _kill(bridge, signum, timeout)
+        return stop_process(bridge, signum, timeout)
 
     def start_bridge(self, wait: bool = True, timeout: float = START_TIMEOUT) -> None:
         """Start the bridge again after :meth:`stop_bridge`; with ``wait``, until every buffer is valid."""
@@ -273,16 +312,8 @@ class EmulatedRobot:
     # -- processes --
 
     def _spawn(self, name: str, command: Sequence[str], stdout: bool = False) -> subprocess.Popen[bytes]:
-        with open(self.directory / f"{name}.log", "ab") as log:  # appended to across restarts
-            return subprocess.Popen(
-                list(command),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-                stderr=log,
-                env=self.env,
-                cwd=self.directory,
-                preexec_fn=functools.partial(die_with_parent, os.getpid()),  # no robot outlives its test
-            )
+        log = self.directory / f"{name}.log"
+        return spawn(command, log, self.env, stdout="pipe" if stdout else "devnull", cwd=self.directory)
 
     def _check_alive(self) -> None:
         for name, process in (("emulator", self._emulator), ("bridge", self._bridge)):
@@ -295,7 +326,7 @@ class EmulatedRobot:
         deadline = time.monotonic() + timeout
         self._emulator = emulator = self._spawn("emulator", emulator_command, stdout=True)
         assert emulator.stdout is not None
-        lines = _read_lines(emulator.stdout, len(specs), deadline)
+        lines = read_lines(emulator.stdout, len(specs), deadline)
         if len(lines) < len(specs):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 emulator.wait(1.0)  # it may be exiting: say so rather than "did not announce"
@@ -319,12 +350,12 @@ class EmulatedRobot:
         if self._bridge is not None:
             self.stop_bridge()
         if self._emulator is not None:
-            _kill(self._emulator, signal.SIGTERM, STOP_TIMEOUT)
+            stop_process(self._emulator, signal.SIGTERM, STOP_TIMEOUT)
             if self._emulator.stdout is not None:
                 self._emulator.stdout.close()
 
 
-def _read_lines(stream: IO[bytes], count: int, deadline: float) -> list[str]:
+def read_lines(stream: IO[bytes], count: int, deadline: float) -> list[str]:
     """Up to ``count`` lines from a child's stdout, until ``deadline`` or its end."""
     data = b""
     fd = stream.fileno()
@@ -371,7 +402,8 @@ def _resolve(
     return specs
 
 
-def _namespace_in_use(namespace: str) -> bool:
+def namespace_in_use(namespace: str) -> bool:
+    """Whether ``namespace`` has segments in /dev/shm (a new robot needs one of its own)."""
     with contextlib.suppress(FileNotFoundError):
         return any(entry.startswith(namespace + "-") for entry in os.listdir(SHM_DIR))
     return False
@@ -429,7 +461,7 @@ def emulated_robot(
     if not specs:
         raise ValueError("no devices to emulate")
     namespace = namespace or f"rt-testing-{os.getpid()}-{secrets.token_hex(4)}"
-    if _namespace_in_use(namespace):
+    if namespace_in_use(namespace):
         raise ValueError(f"namespace {namespace!r} already has segments in {SHM_DIR}: it must be a new one")
     catalog_args = ["--catalog", os.path.abspath(catalog)] if catalog is not None else []
     emulator_command = [sys.executable, "-m", "runtime.tools.emulate", *(f"{t}:{u:#x}" for t, u in specs)]

@@ -5,7 +5,9 @@ buffers list`` and ``watch``, and ``runtime demo``'s live view);
 :func:`namespace_view` puts it in a namespace's context (which namespaces have
 buffers when this one has none, whether its robot is enabled) and
 :func:`show_renderable` is the detailed view of one buffer (``runtime buffers
-show``). rich is imported when a view is made, not with this module.
+show``); :func:`demo_table` and :func:`print_demo_summary` show a running
+demo (:class:`runtime.testing.demo.Demo`) and its summary. rich is imported
+when a view is made, not with this module.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..report import BufferReport, robot_line
+from ..report import BufferReport, inspect_buffer, robot_line
 from ..store import BufferStore
 from ._common import empty_namespace_line, format_value, param_table
 
@@ -22,7 +24,9 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
 
-__all__ = ["list_table", "namespace_view", "show_renderable"]
+    from ..testing.demo import Demo
+
+__all__ = ["demo_table", "list_table", "namespace_view", "print_demo_summary", "show_renderable"]
 
 
 def _age_text(report: BufferReport, now: float) -> str:
@@ -173,3 +177,47 @@ def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"
         return "(unavailable)" if report.values is None else format_value(param["value"])
 
     return Group(*lines, param_table(report.params, [value(param) for param in report.params]))
+
+
+def demo_table(demo: Demo, duration: float | None = None) -> Table:
+    """``runtime demo``'s live table: the buffers command's table, plus the bridge's counters."""
+    stats = demo.stats_by_uid()
+    elapsed = time.monotonic() - demo.started
+    limit = f" of {duration:g}" if duration else ""
+    with BufferStore(demo.catalog) as store:
+        reports = [inspect_buffer(store, device.type_name, device.uid) for device in demo.devices]
+    names = ("messages_in", "messages_out", "errors")
+    counters = []
+    for device in demo.devices:
+        entry = stats.get(device.uid, {})
+        counters.append("/".join(str(entry.get(name, "-")) for name in names))
+    return list_table(
+        reports,
+        values=True,
+        extra={"in/out/err": counters},  # the bridge's message counters
+        title=f"runtime demo: namespace {demo.namespace}, {elapsed:.0f}{limit} s (Ctrl-C to stop)",
+    )
+
+
+def print_demo_summary(summary: Mapping[str, Any]) -> None:
+    """Print a :meth:`~runtime.testing.demo.Demo.summary` as lines: per device, then the student code."""
+    print(
+        f"runtime demo summary ({summary['seconds']:g} s, namespace {summary['namespace']}), from the bridge:"
+    )
+    for device in summary["devices"]:
+        if not device["seen"]:
+            print(f"{device['type']} {device['uid']}: never seen by the bridge")
+            continue
+        print(
+            f"{device['type']} {device['uid']}: messages in {device['messages_in']}, "
+            f"out {device['messages_out']}, errors {device['errors']}"
+        )
+        values = ", ".join(f"{name}={format_value(value)}" for name, value in device["last_values"].items())
+        print(f"    last values: {values or '-'}")
+    student = summary["student_code"]
+    if isinstance(student, dict):
+        print(
+            f"student code: {student.get('modes', 0)} modes, {student.get('cycles', 0)} main calls, "
+            f"{student.get('overruns', 0)} overruns, {student.get('errors', 0)} errors, "
+            f"{student.get('hung', 0)} hung"
+        )
