@@ -13,9 +13,18 @@ set-up does not count). ``make test`` (what CI runs) leaves the check off, so a 
 cannot turn it red.
 
 Helpers the test modules share (processes, waiting, namespaces) are in ``tests/e2e.py``.
+
+A suite started in the background of a script (``make test &`` without job
+control) inherits SIGINT ignored, and so would every command it starts: the
+tests that press Ctrl-C on a command would wait for it in vain. The session
+hears SIGINT again, so its children start with the default.
 """
 
 import os
+import signal
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from hypothesis import settings
 
