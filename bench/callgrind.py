@@ -27,8 +27,8 @@ def main(argv: list[str]) -> int:
     os.environ["RUNTIME_BUFFER_NAMESPACE"] = f"rt-callgrind-{os.getpid()}"
 
     from runtime import catalog
-    from runtime.buffer import BufferStore
     from runtime.messaging import Message, MessageType
+    from runtime.store import BufferStore
 
     servo = catalog.load()["servo-motor"]
     name = f"{BufferStore.namespace()}-servo"
