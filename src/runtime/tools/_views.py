@@ -1,7 +1,9 @@
 """How the commands show reports of buffers (:mod:`runtime.report`) with ``rich``.
 
 :func:`list_table` is the one table of buffers of the tools (``runtime
-buffers list`` and ``watch``, and ``runtime demo``'s live view);
+buffers list`` and ``watch``, and ``runtime demo``'s live view), and
+:func:`buffers_view` lays it out with the values for the terminal's width (an
+80-column one gets the values under the table, whole ``name=value`` pairs);
 :func:`namespace_view` puts it in a namespace's context (which namespaces have
 buffers when this one has none, whether its robot is enabled) and
 :func:`show_renderable` is the detailed view of one buffer (``runtime buffers
@@ -26,7 +28,15 @@ if TYPE_CHECKING:
 
     from ..testing.demo import Demo
 
-__all__ = ["demo_table", "list_table", "namespace_view", "print_demo_summary", "show_renderable"]
+__all__ = [
+    "buffers_view",
+    "demo_table",
+    "list_table",
+    "namespace_view",
+    "pack_pairs",
+    "print_demo_summary",
+    "show_renderable",
+]
 
 
 def _age_text(report: BufferReport, now: float) -> str:
@@ -36,19 +46,68 @@ def _age_text(report: BufferReport, now: float) -> str:
     return f"{age:.1f} s" if age < 100 else f"{age:.0f} s"
 
 
+def _state_string(report: BufferReport) -> str:
+    return report.state() if report.error is None else f"error: {report.error}"
+
+
 def _state_text(report: BufferReport) -> Any:
     from rich.text import Text
 
     state = report.state()
     style = {"valid": "green", "invalid": "yellow", "error": "red", "waiting": "dim"}[state]
-    return Text(state if report.error is None else f"error: {report.error}", style=style)
+    return Text(_state_string(report), style=style)
 
 
-def _values_text(report: BufferReport, limit: int = 6) -> str:
+def _value_pairs(report: BufferReport, limit: int = 6) -> list[str]:
+    """The ``name=value`` pairs of a report's values (at most ``limit``, then ``... (+N)``); ``-``: none."""
     if report.values is None:
-        return "-"
+        return ["-"]
     items = [f"{name}={format_value(value)}" for name, value in report.values.items()]
-    return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
+    return items[:limit] + ([f"... (+{len(items) - limit})"] if len(items) > limit else [])
+
+
+def pack_pairs(pairs: Sequence[str], width: int, *, label: str = "", indent: int = 0) -> list[str]:
+    """Lines of at most ``width`` characters holding ``pairs`` separated by ``, ``, never split inside one.
+
+    The first line starts with ``label``, the next ones with ``indent`` spaces.
+    A pair longer than a line has a line of its own (and is cut only there).
+
+    >>> pack_pairs(["a=1", "bb=2.5", "c=true"], 12)
+    ['a=1, bb=2.5,', 'c=true']
+    """
+    lines: list[str] = []
+    line = label
+    for index, pair in enumerate(pairs):
+        text = pair + ("," if index < len(pairs) - 1 else "")
+        gap = " " if index and line.strip() else ""
+        if line.strip() and len(line) + len(gap) + len(text) > width:  # on the next line
+            lines.append(line.rstrip())
+            line, gap = " " * indent, ""
+        line += gap + text
+    lines.append(line)
+    return lines
+
+
+class _Pairs:
+    """``name=value`` pairs folded to the width they are given, whole pairs to a line (a rich renderable)."""
+
+    def __init__(self, pairs: Sequence[str], *, label: str = "", indent: int = 0) -> None:
+        self.pairs = list(pairs)
+        self.label = label
+        self.indent = indent
+
+    def __rich_measure__(self, console: Any, options: Any) -> Any:
+        from rich.measure import Measurement
+
+        widest = max([len(self.label), *(self.indent + len(pair) + 1 for pair in self.pairs)])
+        whole = len(self.label) + sum(len(pair) + 2 for pair in self.pairs)
+        return Measurement(min(widest, options.max_width), min(max(whole, widest), options.max_width))
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.text import Text
+
+        for line in pack_pairs(self.pairs, options.max_width, label=self.label, indent=self.indent):
+            yield Text(line, no_wrap=True, overflow="fold")
 
 
 def _key_text(report: BufferReport, column: str) -> str:
@@ -81,21 +140,74 @@ def list_table(
     widths = {name: max([len(name), *(len(_key_text(r, name)) for r in reports)]) for name in ("type", "uid")}
     table.add_column("type", no_wrap=True, min_width=widths["type"])
     table.add_column("uid", no_wrap=True, min_width=widths["uid"])
-    table.add_column("state")
+    # A state is never cut: its column is at least as wide as its longest word.
+    state_width = max([5, *(len(word) for report in reports for word in _state_string(report).split())])
+    table.add_column("state", min_width=state_width, overflow="fold")
     table.add_column("last update", justify="right", no_wrap=True)
     for name in extra:
         table.add_column(name, justify="right", no_wrap=True)
     if values:
-        table.add_column("values", overflow="fold")
+        table.add_column("values")
     for index, report in enumerate(reports):
         row: list[Any] = [report.type_name, f"{report.uid:#x}", _state_text(report), _age_text(report, now)]
         row += [cells[index] for cells in extra.values()]
         if values:
-            row.append(_values_text(report))
+            row.append(_Pairs(_value_pairs(report)))
         table.add_row(*row)
     if not reports:
         table.add_row("(none)", *[""] * (len(table.columns) - 1))
     return table
+
+
+VALUES_MIN_WIDTH = 40
+"""The narrowest values column of the wide layout; on a narrower terminal values go under the table."""
+
+
+class _BuffersView:
+    """The table of buffers with their values, laid out for the width it is given (a rich renderable).
+
+    Wide (the values column gets :data:`VALUES_MIN_WIDTH` or more): :func:`list_table`
+    with values. Narrow (an 80-column terminal): the table without values, then
+    each buffer's values under it, whole ``name=value`` pairs to a line.
+    """
+
+    def __init__(
+        self, reports: Sequence[BufferReport], *, title: str | None, extra: Mapping[str, Sequence[str]] | None
+    ) -> None:
+        self.reports = list(reports)
+        self.title = title
+        self.extra = extra
+
+    def wide(self, console: Any, options: Any) -> bool:
+        """Whether the values fit in a column of the table."""
+        from rich.measure import Measurement
+
+        keys = list_table(self.reports, title=self.title, extra=self.extra)
+        widest = Measurement.get(console, options, keys).maximum
+        return bool(widest + 2 + VALUES_MIN_WIDTH <= options.max_width)
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        if self.wide(console, options) or not self.reports:
+            yield list_table(self.reports, values=True, title=self.title, extra=self.extra)
+            return
+        yield list_table(self.reports, title=self.title, extra=self.extra)
+        names = [report.type_name for report in self.reports]
+        for report in self.reports:
+            label = report.type_name
+            if names.count(label) > 1:  # which one: the end of its uid
+                label += f" ..{report.uid & 0xFFFF:04x}"
+            yield _Pairs(_value_pairs(report), label=f"{label}: ", indent=4)
+
+
+def buffers_view(
+    reports: Sequence[BufferReport],
+    *,
+    title: str | None = None,
+    extra: Mapping[str, Sequence[str]] | None = None,
+) -> RenderableType:
+    """The table of buffers with their values, for a live view: :func:`list_table` on a wide terminal;
+    on a narrow one (80 columns) the values under the table, never split inside a ``name=value`` pair."""
+    return _BuffersView(reports, title=title, extra=extra)
 
 
 def namespace_view(
@@ -119,7 +231,7 @@ def namespace_view(
     title = f"buffers in namespace {BufferStore.namespace()!r}"
     if values:  # a live view: when it was taken
         title += f" ({time.strftime('%H:%M:%S')})"
-    table = list_table(reports, values=values, title=title)
+    table = buffers_view(reports, title=title) if values else list_table(reports, title=title)
     parts: list[RenderableType] = [table]
     if not reports:
         parts.append(Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
@@ -179,7 +291,7 @@ def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"
     return Group(*lines, param_table(report.params, [value(param) for param in report.params]))
 
 
-def demo_table(demo: Demo, duration: float | None = None) -> Table:
+def demo_table(demo: Demo, duration: float | None = None) -> RenderableType:
     """``runtime demo``'s live table: the buffers command's table, plus the bridge's counters."""
     stats = demo.stats_by_uid()
     elapsed = time.monotonic() - demo.started
@@ -191,9 +303,8 @@ def demo_table(demo: Demo, duration: float | None = None) -> Table:
     for device in demo.devices:
         entry = stats.get(device.uid, {})
         counters.append("/".join(str(entry.get(name, "-")) for name in names))
-    return list_table(
+    return buffers_view(
         reports,
-        values=True,
         extra={"in/out/err": counters},  # the bridge's message counters
         title=f"runtime demo: namespace {demo.namespace}, {elapsed:.0f}{limit} s (Ctrl-C to stop)",
     )
