@@ -27,7 +27,8 @@ import pytest
 
 from runtime.buffer import NAMESPACE_ENV, SHM_DIR, BufferStore
 from runtime.testing.demo import DEFAULT_DEVICES, runtime_program
-from runtime.tools.demo import watch_command
+from runtime.tools import cli
+from runtime.tools.demo import _print_banner, watch_command
 
 pytestmark = pytest.mark.slow  # the demo's processes, end to end
 
@@ -238,6 +239,16 @@ def test_the_watch_command_names_the_catalog_and_quotes_words(tmp_path: Path) ->
     assert shlex.split(command)[-2:] == ["--catalog", str(catalog)]
     script = os.path.join(os.path.dirname(sys.executable), "runtime")
     assert runtime_program() in ("runtime", shlex.quote(script), f"{shlex.quote(sys.executable)} -m runtime")
+
+
+def test_the_banner_says_how_programs_find_the_demo_s_buffers(capsys: pytest.CaptureFixture[str]) -> None:
+    """Next to the watch command: the environment variable that points the examples at the demo."""
+    args = cli.build_parser().parse_args(["demo"])
+    _print_banner(args, [], "rt-demo-42")
+    err = capsys.readouterr().err
+    assert "watch them from another terminal: " in err
+    line = next(line for line in err.splitlines() if "examples/read_a_sensor.py" in line)
+    assert line.endswith(f": {NAMESPACE_ENV}=rt-demo-42 python examples/read_a_sensor.py"), line
 
 
 def test_demo_foxglove_serves_the_buffers_and_prints_the_url(tmp_path: Path) -> None:

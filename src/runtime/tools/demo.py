@@ -24,7 +24,7 @@ import random
 import shlex
 import sys
 
-from ..buffer import SHM_DIR, Buffer, DeviceBuffer
+from ..buffer import NAMESPACE_ENV, SHM_DIR, Buffer, DeviceBuffer
 from ..store import BufferStore
 from ..testing.demo import (
     DEFAULT_DEVICES,
@@ -52,7 +52,7 @@ from ._common import (
 )
 from ._views import demo_table, print_demo_summary
 
-__all__ = ["add_arguments", "main", "watch_command"]
+__all__ = ["add_arguments", "examples_command", "main", "watch_command"]
 
 DESCRIPTION = """\
 Run the whole machine with no hardware: emulated Smart Devices, the bridge
@@ -160,6 +160,11 @@ def watch_command(namespace: str, catalog: str | None = None) -> str:
     return " ".join(words)
 
 
+def examples_command(namespace: str, program: str = "examples/read_a_sensor.py") -> str:
+    """How a program finds the demo's buffers: ``RUNTIME_BUFFER_NAMESPACE=NS python PROGRAM``."""
+    return f"{NAMESPACE_ENV}={shlex.quote(namespace)} python {program}"
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``runtime demo``; 0 when it ran and stopped cleanly."""
     catalog = load_catalog(args.catalog)
@@ -238,7 +243,8 @@ def _print_banner(args: argparse.Namespace, devices: list[DemoDevice], namespace
     print(
         f"runtime demo: emulating {', '.join(device.type_name for device in devices)}; "
         f"buffers in namespace {namespace}\n"
-        f"runtime demo: watch them from another terminal: {watch_command(namespace, args.catalog)}",
+        f"runtime demo: watch them from another terminal: {watch_command(namespace, args.catalog)}\n"
+        f"runtime demo: your programs find them in its namespace: {examples_command(namespace)}",
         file=sys.stderr,
     )
     if not args.no_student:
