@@ -280,6 +280,28 @@ def test_demo_foxglove_serves_the_buffers_and_prints_the_url(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(90)
+def test_a_foxglove_port_taken_stops_the_demo_with_one_line() -> None:
+    """--foxglove on a port in use: status 1, one error line, and nothing of the demo left."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # No --duration: only the error ends it.
+        demo = start_demo("yogi-bear", "--foxglove", str(port), "--json")
+        try:
+            out, err = demo.communicate(timeout=60)
+        finally:
+            stop(demo)
+    assert demo.returncode == 1, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"Foxglove cannot serve on 127.0.0.1:{port}" in errors[0], err
+    assert "Traceback" not in err
+    assert_nothing_left(demo.pid)
+
+
+@pytest.mark.timeout(90)
 def test_the_demo_runs_your_student_file_or_none(tmp_path: Path) -> None:
     """--student runs a file of the student API with the demo's device names; --no-student runs none."""
     student = tmp_path / "mine.py"

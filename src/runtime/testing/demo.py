@@ -430,7 +430,7 @@ def foxglove_server(
 
     ``on_ready`` gets the URL to open once the server listens (port 0: a free
     one), from the server's thread. Yields None, or the error that kept the
-    server from starting (a port in use, say: the demo goes on without it).
+    server from starting (a port in use, say: ``runtime demo`` then stops with it).
     """
     from ..live import serve_foxglove  # the server's dependencies, only when asked for
 
@@ -456,7 +456,7 @@ def foxglove_server(
                 on_ready=announce,
                 allow_write=True,
             )
-        except Exception as exc:  # noqa: BLE001 - a port in use, say: said once, the demo goes on
+        except Exception as exc:  # noqa: BLE001 - a port in use, say: yielded to the caller
             failure.append(exc)
             ready.set()
 

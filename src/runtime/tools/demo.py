@@ -216,7 +216,11 @@ def _say(message: str) -> None:
 def _serve_foxglove(
     stack: contextlib.ExitStack, catalog: dict[str, type[Buffer]], namespace: str, port: int
 ) -> None:
-    """Serve the demo's buffers to Foxglove until the stack closes; say where, or why not."""
+    """Serve the demo's buffers to Foxglove until the stack closes, and say where.
+
+    Raises:
+        DemoError: The server cannot start (the port is taken, say): the demo stops.
+    """
 
     def announce(url: str) -> None:
         what = "Foxglove WebSocket; writes allowed, browsers from the Foxglove app only"
@@ -224,7 +228,10 @@ def _serve_foxglove(
 
     failure = stack.enter_context(foxglove_server(catalog, namespace, port, on_ready=announce))
     if failure is not None:
-        _say(f"foxglove: {failure}")
+        where = f"127.0.0.1:{port}"
+        raise DemoError(
+            f"Foxglove cannot serve on {where}: {' '.join(str(failure).split())}", child="foxglove"
+        )
 
 
 def _check_start(args: argparse.Namespace, namespace: str) -> None:
