@@ -208,7 +208,8 @@ def stop(demo: subprocess.Popen[str]) -> tuple[str, str]:
 
 @pytest.mark.timeout(90)
 def test_a_demo_killed_outright_leaves_no_process() -> None:
-    """SIGKILL gives the demo no chance to stop its children: they stop on their own."""
+    """SIGKILL gives the demo no chance to stop its children: they stop on their own, and its cleaner
+    removes its segments and temporary directory once they are gone."""
     demo = start_demo("limit-switch")
     try:
         read_stderr_until(demo, WATCH_LINE, 30)
@@ -222,6 +223,12 @@ def test_a_demo_killed_outright_leaves_no_process() -> None:
         deadline = time.monotonic() + 30  # the children's own shutdown, timed from the kill
         while demo_processes(demo.pid):
             assert time.monotonic() < deadline, f"still running: {demo_processes(demo.pid)} of {children}"
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30  # the cleaner acts once the children are gone
+        while demo_segments(demo.pid) or demo_directories(demo.pid):
+            assert time.monotonic() < deadline, (
+                f"left behind: {demo_segments(demo.pid)}, {demo_directories(demo.pid)}"
+            )
             time.sleep(0.1)
     finally:
         stop(demo)

@@ -22,8 +22,11 @@ bridge, emulator: killing those that do not stop in time), unlinks every
 segment of the namespace and removes the directory; :class:`SignalGuard` turns
 Ctrl-C, SIGTERM and SIGHUP into that orderly stop. Killed outright (SIGKILL),
 the demo cannot clean up: its children then stop by themselves (they get
-SIGTERM when it dies, see :func:`runtime.commands.die_with_parent`), leaving
-only the segments.
+SIGTERM when it dies, see :func:`runtime.commands.die_with_parent`), and its
+cleaner (:func:`clean_after_demo`, a small process started first, that reads
+a pipe only the demo holds) sees the pipe close, waits until no process of the
+namespace is left, then unlinks the namespace's segments and removes the
+directory.
 
 The children are started with the testing kit's helpers (those of
 :func:`~runtime.testing.emulated_robot`): :func:`~runtime.testing.robot.spawn`,
@@ -65,6 +68,7 @@ __all__ = [
     "DemoError",
     "Interrupted",
     "SignalGuard",
+    "clean_after_demo",
     "foxglove_server",
     "robot_names",
     "runtime_program",
@@ -78,6 +82,8 @@ START_TIMEOUT = 20.0
 """Seconds the emulator has to announce its devices, and the bridge to serve them."""
 STOP_TIMEOUTS = {"runner": 3.0, "bridge": 6.0, "emulator": 3.0}
 """Seconds each child has to exit after SIGTERM before it is killed."""
+CLEANER_WAIT = 30.0
+"""Seconds the cleaner waits for the processes of a killed demo's namespace to end before unlinking."""
 LOG_TAIL = 15
 """Lines of a failed child's log shown."""
 DEMO_STUDENT_FILE = os.path.join(os.path.dirname(__file__), "_demo_robot.py")
@@ -216,8 +222,44 @@ class Demo:
         self.student_path = os.path.join(self.directory, "runner.json")
         self.robot_path = os.path.join(self.directory, "robot.yaml")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.cleaner: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ, **{NAMESPACE_ENV: namespace, "PYTHONUNBUFFERED": "1"})
         self.started = time.monotonic()
+
+    def _start_cleaner(self) -> None:
+        """Start the process that cleans up after a demo killed outright (:func:`clean_after_demo`).
+
+        It reads its stdin, a pipe whose other end only this process holds
+        (the other children do not inherit it): the pipe closes when the demo
+        ends, however it ends. It runs in a session of its own (Ctrl-C on the
+        terminal does not reach it) and outside the namespace's environment.
+        """
+        code = (
+            "import sys; from runtime.testing.demo import clean_after_demo; clean_after_demo(*sys.argv[1:])"
+        )
+        env = {key: value for key, value in os.environ.items() if key != NAMESPACE_ENV}
+        with self.guard.deferred():
+            self.cleaner = subprocess.Popen(
+                [sys.executable, "-c", code, self.namespace, self.directory],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+
+    def _release_cleaner(self) -> None:
+        """Tell the cleaner the demo cleaned up after itself, and wait for it to exit."""
+        cleaner, self.cleaner = self.cleaner, None
+        if cleaner is None or cleaner.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            cleaner.stdin.write(b"done")
+        with contextlib.suppress(OSError):
+            cleaner.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            cleaner.wait(5.0)  # it exits on reading "done"
+        stop_process(cleaner, timeout=1.0)
 
     # -- children --
 
@@ -253,6 +295,7 @@ class Demo:
         Raises:
             DemoError: A child failed or did not start in time.
         """
+        self._start_cleaner()
         links = os.path.join(self.directory, "devices")
         emulator = self._spawn(
             "emulator",
@@ -340,6 +383,7 @@ class Demo:
         with BufferStore.use_namespace(self.namespace):
             removed = BufferStore({}).unlink_all()
         shutil.rmtree(self.directory, ignore_errors=True)
+        self._release_cleaner()
         return removed
 
     def finish(self) -> tuple[dict[str, Any], list[str]]:
@@ -401,6 +445,41 @@ class Demo:
             "student_code": student,
             "exit_status": statuses,
         }
+
+
+def namespace_processes(namespace: str) -> list[int]:
+    """The processes whose environment puts them in ``namespace`` (Linux's ``/proc``; elsewhere none)."""
+    marker = f"{NAMESPACE_ENV}={namespace}\0".encode()
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/environ", "rb") as file:
+                if marker in file.read() + b"\0":
+                    found.append(int(entry))
+    return found
+
+
+def clean_after_demo(namespace: str, directory: str) -> None:
+    """The demo's cleaner: when its stdin closes without ``done``, remove what the demo left.
+
+    The demo (:class:`Demo`) holds the other end of the pipe and writes
+    ``done`` once it cleaned up. A demo killed outright cannot: the pipe then
+    closes with nothing written, and the cleaner waits (at most
+    :data:`CLEANER_WAIT` s) until no process is left in the namespace (the
+    children stop on the demo's death), unlinks its segments and removes its
+    temporary directory.
+    """
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    if sys.stdin.buffer.read() == b"done":
+        return
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not namespace_processes(namespace), CLEANER_WAIT, every=0.1)
+    with BufferStore.use_namespace(namespace):
+        BufferStore({}).unlink_all()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def runtime_program() -> str:
