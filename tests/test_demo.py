@@ -258,6 +258,21 @@ def test_the_banner_says_how_programs_find_the_demo_s_buffers(capsys: pytest.Cap
     assert line.endswith(f": {NAMESPACE_ENV}=rt-demo-42 python examples/read_a_sensor.py"), line
 
 
+def test_the_readme_says_how_make_demo_takes_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """``make demo DEMO_ARGS="..."``: shown in the README, passed on by the Makefile, options of the demo."""
+    root = Path(__file__).resolve().parent.parent
+    shown = re.findall(r'make demo DEMO_ARGS="([^"]*)"', (root / "README.md").read_text())
+    assert shown, "the README does not show DEMO_ARGS"
+    assert "runtime demo $(DEMO_ARGS)" in (root / "Makefile").read_text()
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["demo", "--help"])
+    help_text = capsys.readouterr().out
+    for arguments in shown:
+        cli.build_parser().parse_args(["demo", *shlex.split(arguments)])  # options the demo takes
+        for option in (word for word in shlex.split(arguments) if word.startswith("--")):
+            assert option in help_text, f"{option} not in runtime demo --help"
+
+
 def test_demo_foxglove_serves_the_buffers_and_prints_the_url(tmp_path: Path) -> None:
     import socket
 

@@ -81,7 +81,8 @@ examples:
   $ runtime buffers watch --namespace rt-demo-4242   # from another terminal: the command it prints
 
 default devices: {", ".join(DEFAULT_DEVICES)}
-In the project's directory, 'make demo' runs 'runtime demo'.
+In the project's directory, 'make demo' runs 'runtime demo', and
+'make demo DEMO_ARGS="--foxglove 8765"' runs 'runtime demo --foxglove 8765'.
 """
 
 
