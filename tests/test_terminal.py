@@ -29,7 +29,7 @@ from runtime import catalog
 from runtime.buffer import NAMESPACE_ENV, BufferStore
 from runtime.report import BufferReport
 from runtime.tools._common import format_value
-from runtime.tools._views import buffers_view, namespace_view, pack_pairs
+from runtime.tools._views import buffers_view, namespace_view, pack_pairs, print_demo_summary
 
 NOW = time.time()
 VALUES = {
@@ -113,6 +113,21 @@ def test_pairs_are_packed_whole() -> None:
         lines = pack_pairs(pairs, width, label="yogi-bear: ", indent=4)
         assert all(len(line) <= width for line in lines), (width, lines)
         assert all(any(pair in line for line in lines) for pair in pairs), (width, lines)
+
+
+def test_the_demo_summary_folds_its_values_to_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    values = {f"v_cell{index}": 4.0069876 + index for index in range(8)}
+    device = {"type": "battery", "uid": "0x4", "seen": True, "messages_in": 1, "messages_out": 2, "errors": 0}
+    summary = {"seconds": 3, "namespace": "rt-demo-1", "student_code": None}
+    print_demo_summary({**summary, "devices": [{**device, "last_values": values}]}, width=80)
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    for name, value in values.items():
+        assert any(f"{name}={format_value(value)}" in line for line in lines), lines
+    print_demo_summary({**summary, "devices": [{**device, "last_values": values}]})  # not a terminal
+    assert (
+        sum("v_cell" in line for line in capsys.readouterr().out.splitlines()) == 1
+    )  # one line, for scripts
 
 
 # ---- runtime buffers watch through an 80x24 pseudo-terminal --------------------------------------

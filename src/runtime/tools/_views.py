@@ -14,6 +14,8 @@ when a view is made, not with this module.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -310,8 +312,15 @@ def demo_table(demo: Demo, duration: float | None = None) -> RenderableType:
     )
 
 
-def print_demo_summary(summary: Mapping[str, Any]) -> None:
-    """Print a :meth:`~runtime.testing.demo.Demo.summary` as lines: per device, then the student code."""
+def print_demo_summary(summary: Mapping[str, Any], width: int | None = None) -> None:
+    """Print a :meth:`~runtime.testing.demo.Demo.summary` as lines: per device, then the student code.
+
+    Args:
+        width: Fold the last values to this many columns, whole ``name=value``
+            pairs to a line (None: the terminal's width on a terminal, else one line each).
+    """
+    if width is None and sys.stdout.isatty():
+        width = shutil.get_terminal_size().columns
     print(
         f"runtime demo summary ({summary['seconds']:g} s, namespace {summary['namespace']}), from the bridge:"
     )
@@ -323,8 +332,9 @@ def print_demo_summary(summary: Mapping[str, Any]) -> None:
             f"{device['type']} {device['uid']}: messages in {device['messages_in']}, "
             f"out {device['messages_out']}, errors {device['errors']}"
         )
-        values = ", ".join(f"{name}={format_value(value)}" for name, value in device["last_values"].items())
-        print(f"    last values: {values or '-'}")
+        pairs = [f"{name}={format_value(value)}" for name, value in device["last_values"].items()] or ["-"]
+        lines = pack_pairs(pairs, width or sys.maxsize, label="    last values: ", indent=8)
+        print("\n".join(lines))
     student = summary["student_code"]
     if isinstance(student, dict):
         print(
