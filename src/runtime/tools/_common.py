@@ -494,21 +494,16 @@ def print_json(data: Any) -> None:
 
 
 def other_namespaces() -> list[str]:
-    """The namespaces other than the current one that have segments of this library in /dev/shm."""
-    from ..buffer import SHM_DIR
-    from ..store import ROBOT_STATE, BufferStore, namespaces
+    """The namespaces other than the current one that have buffers (:func:`runtime.store.buffer_namespaces`).
+
+    Those with a live producer come first.
+    """
+    from ..store import BufferStore, buffer_namespaces
 
     current = BufferStore.namespace()
-    try:
-        entries = os.listdir(SHM_DIR)
-    except FileNotFoundError:
-        entries = []
-
-    def has_buffers(namespace: str) -> bool:  # not only the robot's state ('runtime disable' made it)
-        state = f"{namespace}-{ROBOT_STATE}"
-        return any(entry.startswith(namespace + "-") and entry != state for entry in entries)
-
-    return [namespace for namespace in namespaces() if namespace != current and has_buffers(namespace)]
+    live = set(buffer_namespaces(live=True))
+    others = [namespace for namespace in buffer_namespaces() if namespace != current]
+    return sorted(others, key=lambda namespace: namespace not in live)
 
 
 def elsewhere() -> str:
