@@ -19,19 +19,24 @@ import sys
 import time
 
 from runtime import catalog
-from runtime.store import BufferStore
+from runtime.store import BufferStore, namespace_hint
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run a motor for a moment; print how far it turned.")
     parser.add_argument("--speed", type=float, default=0.5, help="duty cycle, -1.0 to 1.0 (default 0.5)")
     parser.add_argument("--seconds", type=float, default=1.0, help="how long to run it (default 1)")
+    parser.add_argument(
+        "--namespace", help="the buffers' namespace (default: $RUNTIME_BUFFER_NAMESPACE, else rt)"
+    )
     args = parser.parse_args()
 
-    with BufferStore(catalog.load()) as store:
+    # the namespace's buffers: those of a bridge (or the demo) run with the same namespace
+    with BufferStore.use_namespace(args.namespace), BufferStore(catalog.load()) as store:
         motors = [info.uid for info in store.discover() if info.type_name == "yogi-bear" and info.valid]
         if not motors:
-            print("no motor found: is the bridge running?", file=sys.stderr)
+            hint = namespace_hint(f"python {sys.argv[0]}")  # where the buffers are, if not here
+            print("no motor found: is the bridge running?" + (f"; {hint}" if hint else ""), file=sys.stderr)
             return 1
         motor = store.get_or_open(motors[0])
         start = motor.get("enc_pos")

@@ -14,7 +14,7 @@ import time
 
 from runtime import catalog
 from runtime.buffer import DeviceBufferError
-from runtime.store import BufferStore
+from runtime.store import BufferStore, namespace_hint
 
 
 def main() -> int:
@@ -22,14 +22,22 @@ def main() -> int:
     parser.add_argument("uid", nargs="?", type=lambda text: int(text, 0), help="the switch's UID (0x...)")
     parser.add_argument("--count", type=int, default=10, help="how many readings (default 10)")
     parser.add_argument("--every", type=float, default=0.2, help="seconds between readings (default 0.2)")
+    parser.add_argument(
+        "--namespace", help="the buffers' namespace (default: $RUNTIME_BUFFER_NAMESPACE, else rt)"
+    )
     args = parser.parse_args()
 
-    with BufferStore(catalog.load()) as store:
+    # the namespace's buffers: those of a bridge (or the demo) run with the same namespace
+    with BufferStore.use_namespace(args.namespace), BufferStore(catalog.load()) as store:
         uid = args.uid
         if uid is None:  # look for one among the buffers the bridge serves
             switches = [info.uid for info in store.discover() if info.type_name == "limit-switch"]
             if not switches:
-                print("no limit switch found: is the bridge running?", file=sys.stderr)
+                hint = namespace_hint(f"python {sys.argv[0]}")  # where the buffers are, if not here
+                print(
+                    "no limit switch found: is the bridge running?" + (f"; {hint}" if hint else ""),
+                    file=sys.stderr,
+                )
                 return 1
             uid = switches[0]
         switch = store.get_or_open(uid)  # a Smart Device's UID says its type: a limit switch

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 from runtime import catalog
 from runtime.buffer import Buffer, DeviceBufferError
-from runtime.store import BufferStore
+from runtime.store import BufferStore, namespace_hint
 
 SPEED = 0.5
 """Duty cycle of the motors while no switch is pressed (-1.0 to 1.0)."""
@@ -44,15 +45,20 @@ def control(switches: list[Buffer], motors: list[Buffer]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Drive the motors; stop while the limit switch is pressed.")
     parser.add_argument("--seconds", type=float, help="stop after this many seconds (default: at Ctrl-C)")
+    parser.add_argument(
+        "--namespace", help="the buffers' namespace (default: $RUNTIME_BUFFER_NAMESPACE, else rt)"
+    )
     args = parser.parse_args()
 
-    with BufferStore(catalog.load()) as store:
+    # the namespace's buffers: those of a bridge (or the demo) run with the same namespace
+    with BufferStore.use_namespace(args.namespace), BufferStore(catalog.load()) as store:
         found = store.discover()  # the device buffers in shared memory
         switches = [store.get_or_open(info.key) for info in found if info.type_name == "limit-switch"]
         motors = [store.get_or_open(info.key) for info in found if info.type_name == "yogi-bear"]
         print(f"found {len(switches)} limit switch(es) and {len(motors)} motor(s)", flush=True)
         if not motors:
-            print("no motor to drive: is the bridge running?")
+            hint = namespace_hint(f"python {sys.argv[0]}")  # where the buffers are, if not here
+            print("no motor to drive: is the bridge running?" + (f"; {hint}" if hint else ""))
             return 1
 
         end = time.monotonic() + args.seconds if args.seconds else math.inf

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import catalog
 from runtime.buffer import BufferStore
 from runtime.student import FIELD_KEY, GAMEPAD_KEY
 from runtime.testing import EmulatedRobot, emulated_robot, run_student_code
@@ -88,6 +89,67 @@ def test_read_a_sensor_says_when_there_is_no_bridge(robot: EmulatedRobot) -> Non
             [sys.executable, str(EXAMPLES / "read_a_sensor.py")], capture_output=True, text=True, timeout=30
         )
     assert nothing.returncode == 1 and "no limit switch found" in nothing.stderr
+
+
+@pytest.fixture
+def served_switch() -> Iterator[tuple[str, int]]:
+    """A limit switch's buffer served by this process in a namespace of its own (the demo's, say)."""
+    namespace = f"rt-test-examples-demo-{uuid.uuid4().hex[:8]}"
+    uid = 0xC0FFEE  # device_id 0: a limit switch
+    with BufferStore.use_namespace(namespace), BufferStore(catalog.load()) as store:
+        try:
+            store.get_or_open(uid).serve()
+            yield namespace, uid
+        finally:
+            store.unlink_all()
+
+
+@pytest.mark.parametrize("name", ["read_a_sensor.py", "student_code.py", "drive_a_motor.py"])
+def test_an_example_in_an_empty_namespace_names_the_one_with_live_buffers(
+    served_switch: tuple[str, int], name: str
+) -> None:
+    namespace, _ = served_switch
+    empty = f"rt-test-examples-empty-{uuid.uuid4().hex[:8]}"
+    path = str(EXAMPLES / name)
+    done = subprocess.run(
+        [sys.executable, path, "--seconds", "0"] if name == "student_code.py" else [sys.executable, path],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, RUNTIME_BUFFER_NAMESPACE=empty),
+    )
+    assert done.returncode == 1
+    (line,) = [line for line in (done.stdout + done.stderr).splitlines() if "is the bridge running?" in line]
+    assert namespace in line
+    if "namespaces with live buffers" not in line:  # another suite's robot may run beside this one
+        assert (
+            f"RUNTIME_BUFFER_NAMESPACE={namespace} python {path}" in line
+            and f"--namespace {namespace}" in line
+        )
+
+
+def test_read_a_sensor_takes_a_namespace(served_switch: tuple[str, int]) -> None:
+    namespace, uid = served_switch
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "read_a_sensor.py"),
+            "--namespace",
+            namespace,
+            "--count",
+            "1",
+            "--every",
+            "0",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, RUNTIME_BUFFER_NAMESPACE="rt-test-examples-none"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"limit switch {uid:#x}", "switch0=free  switch1=free  switch2=free"]
 
 
 # ---- drive_a_motor.py ---------------------------------------------------------------------------

@@ -444,6 +444,46 @@ def test_namespaces_lists_where_buffers_are(buffer_namespace: str) -> None:
     assert f"{buffer_namespace}-elsewhere" not in namespaces()
 
 
+def test_buffer_namespaces_live_counts_only_a_served_segment(buffer_namespace: str) -> None:
+    from runtime.store import buffer_namespaces
+
+    there = f"{buffer_namespace}-live"
+    with BufferStore.use_namespace(there), BufferStore(CATALOG) as store:
+        try:
+            store.disable()  # the robot's state alone is no buffer
+            assert there not in buffer_namespaces()
+            gamepad = store.get_or_open(("gamepad", 1))
+            assert there in buffer_namespaces() and there not in buffer_namespaces(live=True)  # never served
+            gamepad.serve()
+            assert there in buffer_namespaces(live=True)
+        finally:
+            store.unlink_all()
+    assert there not in buffer_namespaces()
+
+
+def test_namespace_hint_names_the_one_namespace_with_live_buffers(
+    buffer_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.store
+    from runtime.store import namespace_hint
+
+    live = [f"{buffer_namespace}-demo"]
+    monkeypatch.setattr(runtime.store, "buffer_namespaces", lambda *, live=False: list(found))
+    found = live
+    assert namespace_hint("python read.py") == (
+        f"the live buffers are in namespace {live[0]!r}, not {buffer_namespace!r}: "
+        f"run RUNTIME_BUFFER_NAMESPACE={live[0]} python read.py (or add --namespace {live[0]})"
+    )
+    found = [*live, buffer_namespace]
+    assert namespace_hint("python read.py") == ""  # this namespace has live buffers: no hint
+    found = [*live, "rt"]
+    assert (
+        namespace_hint("x") == f"namespaces with live buffers: {live[0]}, rt (choose one with --namespace NS)"
+    )
+    found = []
+    assert namespace_hint("x") == f"no namespace has live buffers (this one is {buffer_namespace!r})"
+
+
 def test_a_buffer_repr_is_short_and_reads_nothing_under_the_lock(store: BufferStore) -> None:
     motor = store.get_or_open(MOTOR_UID)
     assert repr(motor) == f"<motor buffer {motor.name!r} invalid>"

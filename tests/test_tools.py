@@ -338,3 +338,69 @@ def test_watching_an_empty_namespace_names_those_with_buffers(
     assert err.count(f"no buffers in namespace {empty!r}") == 1 and full in err
     status, out, _ = run(capsys, "buffers", "--namespace", full, "watch", "--count", "1")
     assert "no buffers" not in out and "gamepad" in out
+
+
+# ---- a mistyped UID names the devices of its type here --------------------------------------------
+
+MOTOR_A, MOTOR_B = 0xA0A0000000000C0FFEE, 0xA0A00000000001234AB  # device_id 10: yogi-bear
+
+
+@pytest.fixture
+def two_motors(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Two yogi-bear buffers in a namespace of their own (another namespace has buffers too)."""
+    suffix = f"{os.getpid()}-{random.getrandbits(32):x}"
+    other, here = f"rt-test-tools-other-{suffix}", f"rt-test-tools-motors-{suffix}"
+    monkeypatch.setenv(NAMESPACE_ENV, other)
+    elsewhere = BufferStore(catalog.load())
+    elsewhere.get_or_open(("gamepad", 1))
+    monkeypatch.setenv(NAMESPACE_ENV, here)
+    store = BufferStore(catalog.load())
+    store.get_or_open(MOTOR_A)
+    store.get_or_open(MOTOR_B)
+    try:
+        yield here
+    finally:
+        store.close()
+        store.unlink_all()
+        elsewhere.close()
+        monkeypatch.setenv(NAMESPACE_ENV, other)
+        BufferStore({}).unlink_all()
+
+
+@pytest.mark.parametrize("action", [["show"], ["write"]], ids=["show", "write"])
+def test_a_uid_one_digit_off_names_the_device_meant(
+    capsys: pytest.CaptureFixture[str], two_motors: str, action: list[str]
+) -> None:
+    typo = MOTOR_A + 1  # ...c0ffef
+    extra = ["duty_cycle=0.5"] if action == ["write"] else []
+    for key in (f"yogi-bear:{typo:#x}", f"{typo:#x}"):
+        status, out, err = run(capsys, "buffers", *action, key, *extra)
+        assert (status, out) == (2, "")
+        assert err.splitlines() == [
+            f"runtime buffers: error: no yogi-bear {typo:#x} in namespace {two_motors!r}: did you mean "
+            f"{MOTOR_A:#x}? (the yogi-bear devices here, closest first: {MOTOR_A:#x}, {MOTOR_B:#x})"
+        ], err
+        assert "rt-test-tools-other" not in err  # not the other namespaces' buffers
+
+
+def test_an_unknown_uid_lists_the_devices_of_its_type_here_closest_first(
+    capsys: pytest.CaptureFixture[str], two_motors: str
+) -> None:
+    far = 0xA0A0000000000FFFFFF  # far from both: no typo, but the same type's devices are listed
+    status, _, err = run(capsys, "buffers", "show", f"yogi-bear:{far:#x}")
+    assert status == 1
+    (line,) = err.splitlines()
+    assert (
+        f"no buffer yogi-bear:{far:#x} in namespace {two_motors!r}; the yogi-bear devices in namespace "
+        f"{two_motors!r}, closest first: {MOTOR_A:#x}, {MOTOR_B:#x}" in line
+    ), line
+
+
+def test_a_uid_of_another_type_names_its_type(capsys: pytest.CaptureFixture[str], two_motors: str) -> None:
+    for action, extra in (("show", []), ("write", ["switch0=1"])):
+        status, _, err = run(capsys, "buffers", action, f"limit-switch:{MOTOR_A:#x}", *extra)
+        assert status == 2
+        assert err.splitlines() == [
+            f"runtime buffers: error: UID {MOTOR_A:#x} is a yogi-bear (device_id 10), not a limit-switch: "
+            f"give yogi-bear:{MOTOR_A:#x}, or the UID alone"
+        ], err

@@ -240,6 +240,87 @@ def test_nobody_listening_is_a_remote_error() -> None:
         remote.connect(f"tcp/127.0.0.1:{free_port()}", namespace="rt-nobody")
 
 
+# ---- connecting without a namespace ----------------------------------------------------------------
+
+
+def serving_line(children: Children, server: subprocess.Popen[bytes]) -> str:
+    """The start-up line of ``runtime zenoh``, once it serves."""
+    lines = wait_for(
+        "runtime zenoh serving",
+        lambda: [line for line in children.log(server).splitlines() if "serving namespace" in line],
+        timeout=30,
+    )
+    return str(lines[0])
+
+
+def test_connect_without_a_namespace_uses_the_one_served_there(
+    children: Children, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    server = start_zenoh(children, port)
+    line = serving_line(children, server)
+    monkeypatch.delenv("RUNTIME_BUFFER_NAMESPACE")  # a laptop's: nothing says which robot
+    robot = wait_for(
+        "a robot found", lambda: _connect_or_none(f"tcp/127.0.0.1:{port}"), timeout=15, every=0.1
+    )
+    with robot:
+        assert robot.namespace == namespace
+        wait_for("the robot online", lambda: robot.online)
+    with remote.connect(f"tcp/127.0.0.1:{port}", namespace="rt-explicit", timeout=1.0) as other:
+        assert other.namespace == "rt-explicit"  # an explicit namespace is used as given
+    assert f"serving namespace {namespace} on tcp/127.0.0.1:{port} " in line  # the start-up line says where
+
+
+def _connect_or_none(endpoint: str) -> remote.Robot | None:
+    try:
+        return remote.connect(endpoint, timeout=2.0)
+    except remote.RemoteError:
+        return None
+
+
+def test_connect_without_a_namespace_where_several_robots_answer_lists_them(
+    children: Children, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = free_port(), free_port()
+    one = start_zenoh(children, first, "--name", f"{namespace}-one", "--read-only")
+    serving_line(children, one)
+    two = start_zenoh(
+        children, second, "--name", f"{namespace}-two", "--read-only", "--connect", f"tcp/127.0.0.1:{first}"
+    )
+    serving_line(children, two)
+    monkeypatch.delenv("RUNTIME_BUFFER_NAMESPACE")
+
+    def several() -> str | None:
+        try:
+            remote.connect(f"tcp/127.0.0.1:{first}", timeout=2.0).close()
+        except remote.RemoteError as exc:
+            return exc.message if "several" in exc.message else None
+        return None
+
+    message = wait_for("both robots answer", several, timeout=15, every=0.1)
+    assert f"namespaces {namespace}-one, {namespace}-two: choose one with namespace=" in message
+
+
+def test_connect_without_a_namespace_where_no_runtime_zenoh_answers_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    config = zenoh.Config()
+    config.insert_json5("mode", '"peer"')
+    config.insert_json5("listen/endpoints", json.dumps([f"tcp/127.0.0.1:{port}"]))
+    config.insert_json5("scouting/multicast/enabled", "false")
+    plain: Any = zenoh.open(config)  # a Zenoh peer, but no runtime zenoh
+    monkeypatch.delenv("RUNTIME_BUFFER_NAMESPACE")
+    try:
+        with pytest.raises(remote.RemoteError) as raised:
+            remote.connect(f"tcp/127.0.0.1:{port}", timeout=0.5)
+    finally:
+        plain.close()
+    assert raised.value.message.startswith(
+        f"no runtime zenoh answered at tcp/127.0.0.1:{port} (within 0.5 s)"
+    )
+
+
 # ---- values, writes, refusals ---------------------------------------------------------------------
 
 

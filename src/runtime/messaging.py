@@ -21,7 +21,7 @@ that memory in one call.
 import ctypes
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _core
@@ -44,6 +44,7 @@ __all__ = [
     "MessageType",
     "ParamLayout",
     "TypeLayout",
+    "closest_uids",
     "make_dev_data",
     "make_dev_disable",
     "make_dev_read",
@@ -56,6 +57,8 @@ __all__ = [
     "make_sub_res",
     "make_unsubscribe",
     "parse_uid",
+    "uid_device_id",
+    "uid_digits_apart",
 ]
 
 MAX_PARAMS: int = _core.MAX_PARAMS
@@ -295,3 +298,33 @@ def parse_uid(text: str, where: str | None = None) -> int:
     if match["decimal"] is not None:
         return int(match["decimal"])
     return int(match["hex"] or match["bare"], 16)
+
+
+def uid_device_id(uid: int) -> int:
+    """The ``device_id`` a Smart Device's UID carries: its top 16 of 88 bits.
+
+    >>> uid_device_id(0xA0A0000000000C0FFEE)
+    10
+    """
+    return uid >> 72
+
+
+def closest_uids(uid: int, uids: Iterable[int]) -> list[int]:
+    """``uids``, closest to ``uid`` first (a mistyped UID's): fewest hex digits differing, then nearest.
+
+    >>> near = closest_uids(0xA0A0000000000C0FFEE, [0x5, 0xA0A0000000000D0FFEE, 0xA0A0000000000C0FFEF])
+    >>> [hex(other) for other in near]
+    ['0xa0a0000000000c0ffef', '0xa0a0000000000d0ffee', '0x5']
+    """
+
+    return sorted(set(uids), key=lambda other: (uid_digits_apart(uid, other), abs(other - uid)))
+
+
+def uid_digits_apart(first: int, second: int) -> int:
+    """In how many hex digits two UIDs differ (written as wide as the wider one, 22 digits at least).
+
+    >>> uid_digits_apart(0xA0A0000000000C0FFEE, 0xA0A0000000000D0FFEF)
+    2
+    """
+    width = max(22, len(f"{first:x}"), len(f"{second:x}"))  # 88 bits: 22 hex digits
+    return sum(a != b for a, b in zip(f"{first:0{width}x}", f"{second:0{width}x}", strict=True))

@@ -37,6 +37,7 @@ __all__ = [
     "ROBOT_ENABLED",
     "BufferReport",
     "NoSuchBuffer",
+    "devices_of_type",
     "inspect_buffer",
     "robot_enabled_or_unknown",
     "robot_line",
@@ -53,7 +54,9 @@ class NoSuchBuffer(DeviceBufferError):
     """There is no buffer of that key in the namespace (no segment in ``/dev/shm``).
 
     A :class:`~runtime.buffer.DeviceBufferError`; ``context`` gives the ``key``
-    (``TYPE:0xUID``), the ``segment`` and the ``namespace``.
+    (``TYPE:0xUID``), the ``segment``, the ``namespace`` and the ``devices``
+    of that type the namespace has (their UIDs, closest first: a mistyped
+    UID's device first; the message lists them).
     """
 
 
@@ -145,6 +148,22 @@ def _param_rows(buffer_type: type[Buffer], values: Mapping[str, Any] | None) -> 
     return rows
 
 
+_DEVICES_LISTED = 5
+"""Devices a :class:`NoSuchBuffer` message lists, at most (its ``devices`` has them all)."""
+
+
+def devices_of_type(store: BufferStore, type_name: str, *, near: int | None = None) -> list[int]:
+    """The UIDs of the ``type_name`` buffers of the current namespace (its segments in /dev/shm).
+
+    Sorted; with ``near``, closest to that UID first (:func:`runtime.messaging.closest_uids`:
+    the device a mistyped UID meant comes first).
+    """
+    from .messaging import closest_uids
+
+    uids = sorted(uid for found, uid, _ in store.find_segments() if found == type_name)
+    return uids if near is None else closest_uids(near, uids)
+
+
 def inspect_buffer(
     store: BufferStore, type_name: str, uid: int, *, details: bool = False, must_exist: bool = False
 ) -> BufferReport:
@@ -165,11 +184,25 @@ def inspect_buffer(
         if not os.path.exists(os.path.join(SHM_DIR, report.segment)):
             if must_exist:
                 namespace = BufferStore.namespace()
+                devices = devices_of_type(store, type_name, near=uid)
+                if devices:
+                    listed = ", ".join(f"{other:#x}" for other in devices[:_DEVICES_LISTED])
+                    more = (
+                        f" and {len(devices) - _DEVICES_LISTED} more"
+                        if len(devices) > _DEVICES_LISTED
+                        else ""
+                    )
+                    there = (
+                        f"; the {type_name} devices in namespace {namespace!r}, closest first: {listed}{more}"
+                    )
+                else:
+                    there = f" (no {report.segment} in {SHM_DIR})"
                 raise NoSuchBuffer(
-                    f"no buffer {report.key} in namespace {namespace!r} (no {report.segment} in {SHM_DIR})",
+                    f"no buffer {report.key} in namespace {namespace!r}{there}",
                     key=report.key,
                     segment=report.segment,
                     namespace=namespace,
+                    devices=devices,
                 ) from None
         else:
             report.error = exc.message

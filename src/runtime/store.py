@@ -53,8 +53,10 @@ __all__ = [
     "BufferInfo",
     "BufferKey",
     "BufferStore",
+    "buffer_namespaces",
     "check_namespace",
     "mapped_elsewhere",
+    "namespace_hint",
     "namespace_segments",
     "namespaces",
     "robot_enabled",
@@ -615,3 +617,69 @@ def namespaces() -> list[str]:
         if header is not None and 0 < header.namespace_length < len(entry):
             found.add(entry[: header.namespace_length])
     return sorted(found)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process has this pid (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def buffer_namespaces(*, live: bool = False) -> list[str]:
+    """The namespaces that have buffers of this library in /dev/shm, sorted.
+
+    The robot's state alone (what ``runtime disable`` makes) is no buffer.
+    With ``live=True``, only the namespaces where a segment has a live
+    producer: its header records the pid of a process that still runs (the
+    bridge, the demo, ``runtime emulate``'s bridge), so a namespace of
+    leftovers or of buffers never served does not count. The one answer to
+    "where are the buffers" for the examples and the commands' messages.
+    """
+    found: set[str] = set()
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    alive: dict[int, bool] = {}
+    for entry in entries:
+        header = _read_header(os.path.join(SHM_DIR, entry))
+        if header is None or not 0 < header.namespace_length < len(entry):
+            continue
+        namespace = entry[: header.namespace_length]
+        if namespace in found or entry == f"{namespace}-{ROBOT_STATE}":
+            continue
+        if live:
+            pid = header.producer_pid
+            if pid == 0 or not alive.setdefault(pid, _pid_alive(pid)):
+                continue
+        found.add(namespace)
+    return sorted(found)
+
+
+def namespace_hint(command: str) -> str:
+    """Where the live buffers are, when the current namespace has none: ``""`` when it has some.
+
+    ``command`` is what the user ran (``python examples/read_a_sensor.py``).
+    When exactly one other namespace has live buffers (see
+    :func:`buffer_namespaces`), the hint names it and the exact command to
+    run there; when several do, it lists them.
+    """
+    live = buffer_namespaces(live=True)
+    current = current_namespace()
+    if current in live:
+        return ""
+    others = [namespace for namespace in live if namespace != current]
+    if not others:
+        return f"no namespace has live buffers (this one is {current!r})"
+    if len(others) == 1:
+        other = others[0]
+        return (
+            f"the live buffers are in namespace {other!r}, not {current!r}: run "
+            f"{NAMESPACE_ENV}={other} {command} (or add --namespace {other})"
+        )
+    return f"namespaces with live buffers: {', '.join(others)} (choose one with --namespace NS)"

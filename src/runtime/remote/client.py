@@ -23,13 +23,14 @@ from typing import Any
 
 import zenoh
 
-from ..buffer import Buffer, DeviceBuffer, DeviceBufferError, current_namespace
+from ..buffer import NAMESPACE_ENV, Buffer, DeviceBuffer, DeviceBufferError, current_namespace
 from ..exception import did_you_mean
 from ..student import FIELD_KEY, MODES, RUNNER_KEY, log_lines_since, mode_name, mode_number
 from ..values import WriteRefused, check_writes, from_json_values, jsonable
 from .keys import (
     INPUT_KINDS,
     KEY_ROOT,
+    STATE_CHUNK,
     check_client_id,
     check_namespace,
     client_key,
@@ -1040,8 +1041,10 @@ def connect(
         endpoint: Where the robot listens (``runtime zenoh --listen``), such
             as ``tcp/192.168.0.42:7447``, or several; None: whatever ``config``
             says, else find it by multicast scouting (``runtime zenoh --scout``).
-        namespace: The robot's name on the network (default: this machine's
-            buffer namespace, ``$RUNTIME_BUFFER_NAMESPACE`` or ``rt``).
+        namespace: The robot's name on the network (``runtime zenoh --name``,
+            by default its buffer namespace). None: ``$RUNTIME_BUFFER_NAMESPACE``
+            when set, else the one namespace that the ``runtime zenoh`` reached
+            there serves (asked at ``runtime/*/@robot``).
         config: A Zenoh configuration file (JSON5): TLS, credentials...
         mode: The Zenoh mode of this end: ``client`` (default: connects to
             the robot, and again whenever the robot comes back) or ``peer``.
@@ -1049,17 +1052,58 @@ def connect(
         timeout: Seconds the first queries to the robot wait for its answers.
 
     Raises:
-        RemoteError: No Zenoh session could be opened (nobody listens there).
+        RemoteError: No Zenoh session could be opened (nobody listens there);
+            or, with no namespace to use, no ``runtime zenoh`` answered there,
+            or several did (the message lists their namespaces).
         ValueError: A bad namespace or configuration.
     """
     endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint or ())
     if not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    namespace = check_namespace(namespace or current_namespace())
+    if namespace or os.environ.get(NAMESPACE_ENV):
+        namespace = check_namespace(namespace or current_namespace())
     scout = None if config is not None and not endpoints else not endpoints
     zenoh_config = make_config(mode=mode, connect=endpoints, scout=scout, config_file=config)
     try:
         session = zenoh.open(zenoh_config)
     except zenoh.ZError as exc:
         raise RemoteError(f"cannot reach the robot: {exc}", endpoint=endpoints or None) from None
+    if not namespace:
+        try:
+            namespace = _served_namespace(session, endpoints, timeout)
+        except BaseException:
+            _close(session)
+            raise
     return Robot(session, namespace, catalog=catalog, timeout=timeout, owns_session=True)
+
+
+def _served_namespaces(session: zenoh.Session, timeout: float) -> list[str]:
+    """The namespaces whose ``runtime zenoh`` answers at ``runtime/*/@robot`` through ``session``, sorted."""
+    found: set[str] = set()
+    for reply in session.get(f"{KEY_ROOT}/*/{STATE_CHUNK}", timeout=timeout):
+        if reply.ok is None:
+            continue
+        chunks = str(reply.ok.key_expr).split("/")
+        if len(chunks) == 3 and chunks[0] == KEY_ROOT and chunks[2] == STATE_CHUNK:
+            with contextlib.suppress(ValueError):  # not a namespace of runtime's: not a robot
+                found.add(check_namespace(chunks[1]))
+    return sorted(found)
+
+
+def _served_namespace(session: zenoh.Session, endpoints: Sequence[str], timeout: float) -> str:
+    """The one namespace served there; else a :class:`RemoteError` that says what answered."""
+    where = ", ".join(endpoints) if endpoints else "any endpoint found by scouting"
+    found = _served_namespaces(session, timeout)
+    if not found:
+        raise RemoteError(
+            f"no runtime zenoh answered at {where} (within {timeout:g} s): nothing serves "
+            f"{KEY_ROOT}/*/{STATE_CHUNK} there; start runtime zenoh on the robot, or give namespace=",
+            endpoint=list(endpoints) or None,
+        )
+    if len(found) > 1:
+        raise RemoteError(
+            f"several robots answered at {where}, namespaces {', '.join(found)}: choose one with namespace=",
+            endpoint=list(endpoints) or None,
+            namespaces=found,
+        )
+    return found[0]

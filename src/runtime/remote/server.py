@@ -279,6 +279,9 @@ class ZenohServer:
         read_only: Refuse every write (no subscriber on ``.../write`` at all).
     """
 
+    listening: tuple[str, ...] = ()
+    """The endpoints its session listens on, for the start-up line (``runtime zenoh`` sets them)."""
+
     def __init__(
         self,
         session: zenoh.Session,
@@ -1013,8 +1016,9 @@ class ZenohServer:
             declared.append(self.session.declare_subscriber(self.mode_key, self._on_write))
             declared.append(self.session.declare_subscriber(input_key(self.name, "*"), self._on_write))
         logger.info(
-            "zenoh: serving namespace %r as %s/**%s",
+            "zenoh: serving namespace %s on %s (keys %s/**)%s",
             self.store.namespace(),
+            ", ".join(self.listening) or "no --listen endpoint (it connects, or scouts)",
             self.prefix,
             " (read-only)" if self.read_only else "",
         )

@@ -205,9 +205,14 @@ def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
     UIDs are read by :func:`parse_uid`, as by every command.
 
     Raises:
-        CommandError: (status 2) The key is malformed, or names no catalog type.
+        CommandError: (status 2) The key is malformed, or names no catalog
+            type; a Smart Device type with the UID of another type (``UID
+            0x... is a yogi-bear (device_id 10), not a limit-switch``); or a
+            UID that names no buffer here but differs in a hex digit or two
+            from a device of that type in this namespace (a typo: the
+            devices listed, closest first).
     """
-    from ..messaging import parse_uid
+    from ..messaging import parse_uid, uid_device_id
 
     type_name, sep, uid_text = text.rpartition(":")
     try:
@@ -219,15 +224,54 @@ def parse_key(text: str, store: BufferStore) -> tuple[str, int]:
             raise CommandError(
                 f"no device type {type_name!r} in the catalog{suggest(type_name, store.catalog)}", code=2
             )
-        return type_name, uid
-    try:
-        return store.normalize_key(uid)
-    except KeyError:
-        raise CommandError(
-            f"UID {uid:#x} has device_id {uid >> 72}, which is no Smart Device type of the catalog; "
-            "for other buffers give TYPE:UID",
-            code=2,
-        ) from None
+        device_id = uid_device_id(uid)
+        owner = store.device_types.get(device_id)
+        if (
+            device_id
+            and owner is not None
+            and owner != type_name
+            and type_name in store.device_types.values()
+        ):
+            raise CommandError(
+                f"UID {uid:#x} is a {owner} (device_id {device_id}), not a {type_name}: "
+                f"give {owner}:{uid:#x}, or the UID alone",
+                code=2,
+            )
+        key = type_name, uid
+    else:
+        try:
+            key = store.normalize_key(uid)
+        except KeyError:
+            raise CommandError(
+                f"UID {uid:#x} has device_id {uid_device_id(uid)}, which is no Smart Device type of the "
+                "catalog; for other buffers give TYPE:UID",
+                code=2,
+            ) from None
+    _check_typo(store, *key)
+    return key
+
+
+_TYPO_DIGITS = 2
+"""Hex digits a typed UID may differ by from a device's for :func:`parse_key` to call it a typo."""
+
+
+def _check_typo(store: BufferStore, type_name: str, uid: int) -> None:
+    """A :class:`CommandError` when ``uid`` names no buffer here but is a digit or two off a device's."""
+    from ..buffer import SHM_DIR
+    from ..messaging import uid_digits_apart
+    from ..report import devices_of_type
+
+    if os.path.exists(os.path.join(SHM_DIR, store.segment_name(type_name, uid))):
+        return
+    devices = devices_of_type(store, type_name, near=uid)
+    if not devices or uid_digits_apart(uid, devices[0]) > _TYPO_DIGITS:
+        return
+    listed = ", ".join(f"{other:#x}" for other in devices[:5]) + (" ..." if len(devices) > 5 else "")
+    raise CommandError(
+        f"no {type_name} {uid:#x} in namespace {store.namespace()!r}: did you mean {devices[0]:#x}? "
+        f"(the {type_name} devices here, closest first: {listed})",
+        code=2,
+    )
 
 
 def bounded(
@@ -494,21 +538,16 @@ def print_json(data: Any) -> None:
 
 
 def other_namespaces() -> list[str]:
-    """The namespaces other than the current one that have segments of this library in /dev/shm."""
-    from ..buffer import SHM_DIR
-    from ..store import ROBOT_STATE, BufferStore, namespaces
+    """The namespaces other than the current one that have buffers (:func:`runtime.store.buffer_namespaces`).
+
+    Those with a live producer come first.
+    """
+    from ..store import BufferStore, buffer_namespaces
 
     current = BufferStore.namespace()
-    try:
-        entries = os.listdir(SHM_DIR)
-    except FileNotFoundError:
-        entries = []
-
-    def has_buffers(namespace: str) -> bool:  # not only the robot's state ('runtime disable' made it)
-        state = f"{namespace}-{ROBOT_STATE}"
-        return any(entry.startswith(namespace + "-") and entry != state for entry in entries)
-
-    return [namespace for namespace in namespaces() if namespace != current and has_buffers(namespace)]
+    live = set(buffer_namespaces(live=True))
+    others = [namespace for namespace in buffer_namespaces() if namespace != current]
+    return sorted(others, key=lambda namespace: namespace not in live)
 
 
 def elsewhere() -> str:

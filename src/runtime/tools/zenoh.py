@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import zenoh
@@ -187,11 +189,23 @@ def main(args: argparse.Namespace) -> int:
         try:
             with BufferStore(catalog) as store:
                 server = ZenohServer(session, store, name, max_rate=args.max_rate, read_only=args.read_only)
+                server.listening = _listening(args.listen, config)
                 return asyncio.run(_serve(server))
         except KeyboardInterrupt:  # a second Ctrl-C during shutdown
             return 130
         finally:
             _close(session)  # and with it everything it declared
+
+
+def _listening(listen: Sequence[str] | None, config: zenoh.Config) -> tuple[str, ...]:
+    """The endpoints the session listens on: ``--listen``, else the configuration file's list."""
+    if listen:
+        return tuple(listen)
+    try:
+        endpoints = json.loads(config.get_json("listen/endpoints"))
+    except Exception:  # noqa: BLE001 - only for the start-up line
+        return ()
+    return tuple(str(endpoint) for endpoint in endpoints) if isinstance(endpoints, list) else ()
 
 
 async def _serve(server: ZenohServer) -> int:
