@@ -90,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--namespace",
         metavar="NS",
         default=None,
-        help="the robot's name on the network (runtime zenoh --name; default: its buffer namespace, "
-        "$RUNTIME_BUFFER_NAMESPACE or 'rt')",
+        help="the robot's name on the network (runtime zenoh --name; default: $RUNTIME_BUFFER_NAMESPACE "
+        "when set, else the one namespace the runtime zenoh at ENDPOINT serves)",
     )
     parser.add_argument(
         "--config", metavar="FILE", default=None, help="a Zenoh configuration file (JSON5): TLS, leases..."
