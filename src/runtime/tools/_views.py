@@ -104,6 +104,7 @@ def namespace_view(
     values: bool = False,
     wrap: bool = True,
     robot: bool | None | Literal["omit"] = "omit",
+    who: bool = False,
 ) -> RenderableType:
     """The table of the namespace's buffers; when it has none, and a line saying which namespaces do.
 
@@ -112,6 +113,7 @@ def namespace_view(
             stays one line (print it with ``crop=False``).
         robot: Whether the namespace's robot is enabled (None: unknown), for
             a ``robot: ...`` line under the table; ``"omit"``: no such line.
+        who: Add who serves each buffer and who commands its actuators (``runtime buffers list``).
     """
     from rich.console import Group
     from rich.text import Text
@@ -119,13 +121,23 @@ def namespace_view(
     title = f"buffers in namespace {BufferStore.namespace()!r}"
     if values:  # a live view: when it was taken
         title += f" ({time.strftime('%H:%M:%S')})"
-    table = list_table(reports, values=values, title=title)
+    table = list_table(reports, values=values, title=title, extra=_who_columns(reports) if who else None)
     parts: list[RenderableType] = [table]
     if not reports:
         parts.append(Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
     if robot != "omit":
         parts.append(_robot_text(robot))
     return parts[0] if len(parts) == 1 else Group(*parts)
+
+
+def _who_columns(reports: Sequence[BufferReport]) -> dict[str, list[str]]:
+    """``served by`` (``pid 1234 (runtime bridge)``) and, when someone commands, ``commands``."""
+    columns = {"served by": [r.program(r.producer_pid) if r.valid is not None else "-" for r in reports]}
+    if any(report.commanders for report in reports):
+        columns["commands"] = [
+            (_commands_text(report) if report.commanders else None) or "-" for report in reports
+        ]
+    return columns
 
 
 def _robot_text(enabled: bool | None) -> Any:
@@ -140,7 +152,7 @@ def _commands_text(report: BufferReport) -> str | None:
         return None
     if not report.commanders:
         return "none (every actuator at its safe value)"
-    return ", ".join(f"{name} by pid {pid}" for name, pid in report.commanders.items())
+    return ", ".join(f"{name} by {report.program(pid)}" for name, pid in report.commanders.items())
 
 
 def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"] = "omit") -> RenderableType:
@@ -159,6 +171,8 @@ def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"
     ]
     if robot != "omit":
         lines.append(_robot_text(robot))
+    if report.valid is not None:
+        lines.append(Text(f"served by: {report.program(report.producer_pid)}"))
     commands = _commands_text(report)
     if commands is not None:
         lines.append(Text(f"commands: {commands}"))

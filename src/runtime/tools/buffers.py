@@ -155,10 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "list",
         parents=[common],
         help="every live buffer: type, UID, valid, last update age",
-        description="List the live buffers: type, UID, state (valid/invalid/error) and age of the last\n"
-        "update, and whether the robot of the namespace is enabled. With --json, every readable\n"
-        "value too, and the pid commanding each actuator (the robot's state goes to stderr,\n"
-        "only when it is disabled: stdout stays the list of buffers).",
+        description="List the live buffers: type, UID, state (valid/invalid/error), age of the last\n"
+        "update, who serves each (pid and program) and who commands its actuators, and whether\n"
+        "the robot of the namespace is enabled. With --json, every readable value too (the\n"
+        "robot's state goes to stderr, only when it is disabled: stdout stays the list of buffers).",
         epilog="examples:\n  $ runtime buffers list\n  $ runtime buffers list --json | jq '.[].uid_hex'\n",
         formatter_class=formatter,
     )
@@ -167,8 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "show",
         parents=[common],
         help="every parameter of one buffer, with value, flags and bounds",
-        description="Show one buffer: its state, whether the robot is enabled, the process commanding\n"
-        "each actuator, the subscription, and every parameter with its value, flags (r = readable,\n"
+        description="Show one buffer: its state, whether the robot is enabled, the process serving it\n"
+        "and the one commanding each actuator, the subscription, and every parameter with its value, flags (r = readable,\n"
         "no-r = write-only, w = writeable, no-sub = not subscribed) and bounds.\n"
         "KEY is TYPE:UID, or a Smart Device UID alone.",
         epilog="examples:\n  $ runtime buffers show 0xa0a0000000000c0ffee\n"
@@ -332,7 +332,7 @@ def _list_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> in
             print(robot_line(enabled), file=sys.stderr)
     else:
         console = make_console()
-        view = namespace_view(reports, wrap=console.is_terminal, robot=enabled)
+        view = namespace_view(reports, wrap=console.is_terminal, robot=enabled, who=True)
         console.print(view, crop=console.is_terminal)
     return 0
 
