@@ -168,8 +168,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parents=[common],
         help="every parameter of one buffer, with value, flags and bounds",
         description="Show one buffer: its state, whether the robot is enabled, the process serving it\n"
-        "and the one commanding each actuator, the subscription, and every parameter with its value, flags (r = readable,\n"
-        "no-r = write-only, w = writeable, no-sub = not subscribed) and bounds.\n"
+        "and the one commanding each actuator, the subscription, and every parameter with its\n"
+        "value, flags (r = readable, no-r = write-only, w = writeable, no-sub = not subscribed),\n"
+        "bounds, unit and description.\n"
         "KEY is TYPE:UID, or a Smart Device UID alone.",
         epilog="examples:\n  $ runtime buffers show 0xa0a0000000000c0ffee\n"
         "  $ runtime buffers show yogi-bear:0xa0a0000000000c0ffee --json\n",
