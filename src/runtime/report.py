@@ -157,6 +157,8 @@ def _param_rows(buffer_type: type[Buffer], values: Mapping[str, Any] | None) -> 
                 "subscribed": param.subscribed,
                 "lower": float(param.lower),
                 "upper": float(param.upper),
+                "unit": param.unit,
+                "description": param.description,
             }
         )
     return rows

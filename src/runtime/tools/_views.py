@@ -26,7 +26,14 @@ if TYPE_CHECKING:
 
     from ..testing.demo import Demo
 
-__all__ = ["demo_table", "list_table", "namespace_view", "print_demo_summary", "show_renderable"]
+__all__ = [
+    "demo_table",
+    "list_table",
+    "namespace_view",
+    "param_notes",
+    "print_demo_summary",
+    "show_renderable",
+]
 
 
 def _age_text(report: BufferReport, now: float) -> str:
@@ -188,9 +195,25 @@ def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"
     def value(param: Mapping[str, Any]) -> str:
         if not param["readable"]:
             return "(write-only)"
-        return "(unavailable)" if report.values is None else format_value(param["value"])
+        if report.values is None:
+            return "(unavailable)"
+        return format_value(param["value"]) + (f" {param['unit']}" if param.get("unit") else "")
 
-    return Group(*lines, param_table(report.params, [value(param) for param in report.params]))
+    table = param_table(report.params, [value(param) for param in report.params])
+    return Group(*lines, table, *param_notes(report.params))
+
+
+def param_notes(params: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """``  v_batt (V): voltage of the whole battery``: a line per parameter with a unit or description."""
+    from rich.text import Text
+
+    notes = []
+    for param in params:
+        unit, description = param.get("unit"), param.get("description")
+        if unit or description:
+            name = f"{param['name']} ({unit})" if unit else param["name"]
+            notes.append(Text(f"  {name}: {description or ''}".rstrip(": "), overflow="fold"))
+    return notes
 
 
 def demo_table(demo: Demo, duration: float | None = None) -> Table:
