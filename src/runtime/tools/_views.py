@@ -195,9 +195,7 @@ def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"
     def value(param: Mapping[str, Any]) -> str:
         if not param["readable"]:
             return "(write-only)"
-        if report.values is None:
-            return "(unavailable)"
-        return format_value(param["value"]) + (f" {param['unit']}" if param.get("unit") else "")
+        return "(unavailable)" if report.values is None else format_value(param["value"])
 
     table = param_table(report.params, [value(param) for param in report.params])
     return Group(*lines, table, *param_notes(report.params))
