@@ -373,7 +373,7 @@ def test_list_and_show_name_who_serves_and_who_commands_each_buffer(
     assert status == 0 and report["producer_pid"] == me and report["producer_program"] == name
     assert report["commander_programs"] == {"duty_cycle": name}
     status, out, _ = run(capsys, "buffers", "list")
-    assert status == 0 and "served by" in out and f"pid {me} ({name})" in out
+    assert status == 0 and "served by" in out and f"{me} {name}" in out
     motor.write("duty_cycle", 0.25)  # type: ignore[attr-defined]  # (the command's closed handle ended it)
     status, out, _ = run(capsys, "buffers", "show", f"yogi-bear:{YOGI_UID:#x}")
     assert status == 0

@@ -129,6 +129,8 @@ def namespace_view(
     if values:  # a live view: when it was taken
         title += f" ({time.strftime('%H:%M:%S')})"
     table = list_table(reports, values=values, title=title, extra=_who_columns(reports) if who else None)
+    for column in table.columns[4:] if who else ():  # who may fold: the keys stay whole
+        column.no_wrap, column.overflow, column.justify = False, "fold", "left"
     parts: list[RenderableType] = [table]
     if not reports:
         parts.append(Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
@@ -138,12 +140,27 @@ def namespace_view(
 
 
 def _who_columns(reports: Sequence[BufferReport]) -> dict[str, list[str]]:
-    """``served by`` (``pid 1234 (runtime bridge)``) and, when someone commands, ``commands``."""
-    columns = {"served by": [r.program(r.producer_pid) if r.valid is not None else "-" for r in reports]}
+    """``served by`` (``1234 runtime bridge``) and, when someone commands, ``commands`` (``pid: params``)."""
+
+    def served(report: BufferReport) -> str:
+        pid = report.producer_pid
+        return (
+            "-"
+            if report.valid is None
+            else "nobody"
+            if pid is None
+            else f"{pid} {report.programs.get(pid, '')}"
+        )
+
+    def commands(report: BufferReport) -> str:
+        by_pid: dict[int, list[str]] = {}
+        for name, pid in (report.commanders or {}).items():
+            by_pid.setdefault(pid, []).append(name)
+        return "; ".join(f"{pid}: {', '.join(names)}" for pid, names in by_pid.items()) or "-"
+
+    columns = {"served by": [served(report).strip() for report in reports]}
     if any(report.commanders for report in reports):
-        columns["commands"] = [
-            (_commands_text(report) if report.commanders else None) or "-" for report in reports
-        ]
+        columns["commands"] = [commands(report) for report in reports]
     return columns
 
 
