@@ -122,8 +122,12 @@ def expected_param(fact: str) -> dict[str, Any]:
     }
 
 
+METADATA = ("unit", "description")
+"""Words for people the spec's table does not give (checked apart: every parameter has a description)."""
+
+
 def with_defaults(param: dict[str, Any]) -> dict[str, Any]:
-    return {**DEFAULTS, **param}
+    return {**DEFAULTS, **{key: value for key, value in param.items() if key not in METADATA}}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +164,7 @@ def test_packaged_catalog_matches_the_spec(raw: dict[str, dict[str, Any]], type_
 def test_spot_checks(raw: dict[str, dict[str, Any]]) -> None:
     yogi = raw["yogi-bear"]["params"]
     assert len(yogi) == 14
-    assert yogi[0] == {
+    assert {key: value for key, value in yogi[0].items() if key not in METADATA} == {
         "name": "duty_cycle", "type": "float", "writeable": True, "lower": -1.0, "upper": 1.0, "safe": 0.0,
     }  # fmt: skip
     assert with_defaults(yogi[2]) == with_defaults(
@@ -174,13 +178,18 @@ def test_spot_checks(raw: dict[str, dict[str, Any]]) -> None:
     assert raw["polar-bear"]["params"] == yogi
     assert raw["polar-bear"]["params"] is not yogi  # The YAML alias is not shared after validation.
     assert len(raw["koala-bear"]["params"]) == 16
-    assert raw["koala-bear"]["params"][7] == {"name": "drive_mode_a", "type": "uint8", "writeable": True}
+    assert {key: value for key, value in raw["koala-bear"]["params"][7].items() if key not in METADATA} == {
+        "name": "drive_mode_a", "type": "uint8", "writeable": True,
+    }  # fmt: skip
     assert raw["koala-bear"]["params"][8]["name"] == "duty_cycle_b"
     assert raw["rfid"]["sub_interval"] == 0.1
     assert all(
         key not in entry for name, entry in raw.items() if name != "rfid" for key in catalog.INTERVAL_KEYS
     )
-    assert raw["field"]["params"][2] == {"name": "send_buf", "type": "uint8[4096]"}
+    send_buf = raw["field"]["params"][2]
+    assert {key: value for key, value in send_buf.items() if key not in METADATA} == {
+        "name": "send_buf", "type": "uint8[4096]",
+    }  # fmt: skip
     assert len(raw["gamepad"]["params"]) == 21
     assert "device_id" not in raw["gamepad"] and "device_id" not in raw["field"]
     smart = [name for name, entry in raw.items() if "device_id" in entry]
@@ -381,6 +390,22 @@ MISTAKES: list[tuple[str, Mutation, str | None, str | int | None, str]] = [
         "motor",
         "x",
         "scalar types only",
+    ),
+    ("unit-not-text", add_param({"name": "x", "type": "float", "unit": 5}), "motor", "x", "one line"),
+    ("unit-empty", add_param({"name": "x", "type": "float", "unit": " "}), "motor", "x", "one line"),
+    (
+        "description-two-lines",
+        add_param({"name": "x", "type": "float", "description": "one\ntwo"}),
+        "motor",
+        "x",
+        "one line",
+    ),
+    (
+        "description-too-long",
+        add_param({"name": "x", "type": "float", "description": "x" * 121}),
+        "motor",
+        "x",
+        "at most 120",
     ),
     (
         "safe-on-char",
@@ -947,3 +972,86 @@ def test_catalog_command_shows_a_command_timeout(capsys: pytest.CaptureFixture[s
     assert [param.get("safe", "absent") for param in arm["params"]] == [True, -3, 0.25, "absent"]
     check = run_catalog_command(capsys, "--check", str(path))
     assert check == f"ok: {path}: 1 device type\n"
+
+
+# -- units and descriptions: words for people, no part of a layout -------------------------------------
+
+
+def test_every_packaged_parameter_of_the_spec_has_a_description_and_the_voltages_a_unit(
+    raw: dict[str, dict[str, Any]],
+) -> None:
+    for name in FACTS:
+        for param in raw[name]["params"]:
+            assert param.get("description"), (name, param["name"])
+    assert {p["name"]: p.get("unit") for p in raw["battery"]["params"] if p.get("unit")} == {
+        "v_cell1": "V", "v_cell2": "V", "v_cell3": "V", "v_batt": "V", "dv_cell2": "V", "dv_cell3": "V",
+    }  # fmt: skip
+    motor = {p["name"]: p for p in raw["yogi-bear"]["params"]}
+    assert (
+        motor["motor_current"]["unit"] == "A" and "duty_cycle" in motor and "unit" not in motor["duty_cycle"]
+    )
+
+
+def test_units_and_descriptions_reach_the_types_and_schemas_but_not_the_layout() -> None:
+    from runtime import schema
+
+    raw = {
+        "motor": {
+            "device_id": 90,
+            "params": [{"name": "speed", "type": "float", "writeable": True, "lower": -1, "upper": 1}],
+        }
+    }
+    plain = catalog.make_catalog(catalog.validate(copy.deepcopy(raw)))["motor"]
+    raw["motor"]["params"][0].update(unit="m/s", description="how fast it goes")
+    worded = catalog.make_catalog(catalog.validate(raw))["motor"]
+    speed = worded.params["speed"]
+    assert (speed.unit, speed.description) == ("m/s", "how fast it goes")
+    assert plain.params["speed"].unit is None and plain.params["speed"].description is None
+    assert worded._fingerprint == plain._fingerprint  # words never change the segments' layout
+    value = schema.buffer_schema(worded)["properties"]["values"]["properties"]["speed"]
+    assert value["x-unit"] == "m/s" and value["description"] == "float, writeable, in m/s: how fast it goes"
+    described = schema.describe_type(worded)["params"][0]
+    assert (described["unit"], described["description"]) == ("m/s", "how fast it goes")
+    # A recording made before (or with other words) still matches: words are not data.
+    assert schema.catalog_differences({"motor": schema.describe_type(plain)}, {"motor": worded}) == []
+    assert (
+        schema.catalog_differences({"motor": described and schema.describe_type(worded)}, {"motor": plain})
+        == []
+    )
+
+
+def test_catalog_command_shows_units_and_descriptions(capsys: pytest.CaptureFixture[str]) -> None:
+    text = run_catalog_command(capsys, "battery")
+    assert "  v_batt (V): voltage of the whole battery" in text.splitlines()
+    data = json.loads(run_catalog_command(capsys, "--json", "battery"))
+    v_batt = data["types"]["battery"]["params"][5]
+    assert (v_batt["name"], v_batt["unit"], v_batt["description"]) == (
+        "v_batt",
+        "V",
+        "voltage of the whole battery",
+    )
+
+
+def test_buffers_show_gives_units_and_descriptions(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.buffer import NAMESPACE_ENV, BufferStore, DeviceUID
+    from runtime.tools.cli import main
+
+    types = catalog.load()
+    monkeypatch.setenv(NAMESPACE_ENV, f"rt-test-catalog-units-{os.getpid()}-{time.monotonic_ns():x}")
+    key = f"battery:{int(DeviceUID(types['battery'].device_id, 9, 1)):#x}"
+    with BufferStore(types) as store:
+        try:
+            battery: Any = store.get_or_open(("battery", int(key.partition(":")[2], 16)))
+            battery.serve()  # the test plays the bridge
+            battery.set("v_batt", 11.5)
+            assert main(["buffers", "show", key]) == 0
+            out = capsys.readouterr().out
+            assert "11.5" in out and "  v_batt (V): voltage of the whole battery" in out.splitlines()
+            assert main(["buffers", "show", key, "--json"]) == 0
+            params = {p["name"]: p for p in json.loads(capsys.readouterr().out)["params"]}
+            assert params["v_batt"]["unit"] == "V"
+            assert params["v_batt"]["description"] == "voltage of the whole battery"
+        finally:
+            store.unlink_all()

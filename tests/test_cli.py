@@ -502,6 +502,7 @@ def test_catalog_json(capsys: pytest.CaptureFixture[str]) -> None:
         "lower": -1.0,
         "upper": 1.0,
         "safe": 0.0,
+        "description": "motor power: -1 full reverse, 0 stopped, 1 full forward",
     }
     assert "device_id" not in data["types"]["field"]
     assert data["types"]["field"]["params"][2]["type"] == "uint8[4096]"
@@ -716,6 +717,8 @@ def test_buffers_show_json(capsys: pytest.CaptureFixture[str], live: LiveBuffers
         "subscribed": True,
         "lower": 2.0,
         "upper": 10.0,
+        "unit": "A",
+        "description": "current above which the controller limits the motor",
     }
     assert params["enc_pos"]["value"] == 1200.5
     assert params["deadband"]["lower"] is None  # unbounded: JSON has no infinity
@@ -738,9 +741,12 @@ def test_buffers_show_plain_buffer(capsys: pytest.CaptureFixture[str], live: Liv
 
 
 def test_buffers_show_missing_buffer(capsys: pytest.CaptureFixture[str], live: LiveBuffers) -> None:
-    status, _, err = run(capsys, "buffers", "show", hex(live.motor_uid + 1))
+    status, _, err = run(capsys, "buffers", "show", hex(live.motor_uid ^ 0xFFFF))  # no typo: 4 digits off
     assert status == 1
     assert "no buffer yogi-bear:" in err
+    status, _, err = run(capsys, "buffers", "show", hex(live.motor_uid ^ 1))  # a typo: one digit off
+    assert status == 2
+    assert f"did you mean {live.motor_uid:#x}?" in err
 
 
 @pytest.mark.parametrize(

@@ -243,8 +243,10 @@ def _how(argv: list[str]) -> str:
         return "parse: it serves the buffers on the network until stopped"
     if args.command == "emulate":
         return "parse: it writes --link outside the test's directory" if args.link else "interrupt"
-    if args.command == "buffers" and args.action == "watch" and args.count is None:
+    if args.command == "buffers" and args.action in ("watch", "hz") and args.count is None:
         return "interrupt"
+    if args.command == "buffers" and args.action == "echo":
+        return "parse: it waits for changes of a buffer (tests/test_rates.py runs it)"
     if args.command == "foxglove":
         return "parse: it listens on a TCP port (tests/test_foxglove.py runs it)"
     if args.command == "replay":

@@ -368,7 +368,7 @@ def test_replay_refuses_a_recording_of_another_catalog_and_says_what_differs(
     recording: tuple[Path, float, float, float], tmp_path: Path
 ) -> None:
     packaged = Path(runtime.catalog.__file__).with_name("catalog.yaml").read_text()
-    servo = "- {name: servo0, type: float, writeable: true, lower: -1, upper: 1, safe: 0}"
+    servo = "- {name: servo0, type: float, writeable: true, lower: -1, upper: 1, safe: 0"  # then its words
     assert servo in packaged
     changed = tmp_path / "changed.yaml"
     changed.write_text(packaged.replace(servo, servo.replace("upper: 1", "upper: 2")))

@@ -404,3 +404,44 @@ def test_a_uid_of_another_type_names_its_type(capsys: pytest.CaptureFixture[str]
             f"runtime buffers: error: UID {MOTOR_A:#x} is a yogi-bear (device_id 10), not a limit-switch: "
             f"give yogi-bear:{MOTOR_A:#x}, or the UID alone"
         ], err
+
+
+# ---- who serves and who commands each buffer ------------------------------------------------------
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A yogi-bear buffer this process serves (as the bridge would), in a namespace of its own."""
+    monkeypatch.setenv(NAMESPACE_ENV, f"rt-test-tools-who-{os.getpid()}-{random.getrandbits(32):x}")
+    store = BufferStore(catalog.load())
+    try:
+        motor = store.get_or_open(YOGI_UID)
+        motor.serve()
+        yield motor
+    finally:
+        store.close()
+        BufferStore({}).unlink_all()
+
+
+def test_list_and_show_name_who_serves_and_who_commands_each_buffer(
+    capsys: pytest.CaptureFixture[str], served: object
+) -> None:
+    from runtime.report import program_name
+
+    me = os.getpid()
+    name = program_name(me)
+    assert name and "/" not in name  # this test runner: pytest, or the script that started it
+    assert program_name(2**22 + 1) is None  # no such process (beyond pid_max's largest)
+    motor = served
+    motor.write("duty_cycle", 0.25)  # type: ignore[attr-defined]  # this process commands it
+    status, out, _ = run(capsys, "buffers", "list", "--json")
+    [report] = json.loads(out)
+    assert status == 0 and report["producer_pid"] == me and report["producer_program"] == name
+    assert report["commander_programs"] == {"duty_cycle": name}
+    status, out, _ = run(capsys, "buffers", "list")
+    assert status == 0 and "served by" in out and f"{me} {name}" in out
+    motor.write("duty_cycle", 0.25)  # type: ignore[attr-defined]  # (the command's closed handle ended it)
+    status, out, _ = run(capsys, "buffers", "show", f"yogi-bear:{YOGI_UID:#x}")
+    assert status == 0
+    assert f"served by: pid {me} ({name})" in out
+    assert f"commands: duty_cycle by pid {me} ({name})" in out

@@ -273,6 +273,9 @@ class Parameter(NamedTuple):
             scalar of a Smart Device only, inside the bounds. When the process
             that wrote the value in force ends, the bridge writes this value
             back (see ``docs/guarantees.md``, "a command never outlives its commander").
+        unit: The unit of its values, for people (``V``, ``A``), or None. Metadata:
+            no part of the layout or its fingerprint.
+        description: One line saying what it is, for people, or None. Metadata too.
     """
 
     name: str
@@ -284,6 +287,8 @@ class Parameter(NamedTuple):
     writeable: bool = False
     subscribed: bool = True
     safe: Any = None
+    unit: str | None = None
+    description: str | None = None
 
     def clamp(self, value: float, /) -> float:
         """Ensure a real value is between this parameter's lower and upper limits.

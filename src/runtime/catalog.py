@@ -55,6 +55,7 @@ __all__ = [
     "MAX_NESTING",
     "MAX_SMART_PARAMS",
     "PARAM_KEYS",
+    "TEXT_LIMITS",
     "load",
     "device_types",
     "load_raw",
@@ -66,7 +67,21 @@ DEVICE_KEYS = (
     "device_id", "sub_interval", "write_interval", "heartbeat_interval", "command_timeout", "params",
 )  # fmt: skip
 """Keys a device type may have (``params`` is required; ``command_timeout`` on a Smart Device only)."""
-PARAM_KEYS = ("name", "type", "id", "lower", "upper", "readable", "writeable", "subscribed", "safe")
+PARAM_KEYS = (
+    "name",
+    "type",
+    "id",
+    "lower",
+    "upper",
+    "readable",
+    "writeable",
+    "subscribed",
+    "safe",
+    "unit",
+    "description",
+)
+TEXT_LIMITS = {"unit": 16, "description": 120}
+"""The longest ``unit`` and ``description`` of a parameter (characters): metadata for people, one line."""
 """Keys a parameter may have (``name`` and ``type`` are required).
 
 ``safe`` is the value a Smart Device's writeable parameter must hold when
@@ -271,6 +286,14 @@ def _check_param(where: _Where, entry: object, names: set[str], smart: bool = Fa
     result.update(bounds)
     if "safe" in entry:
         result["safe"] = _check_safe(where, entry, smart, (lower, upper))
+    for key, limit in TEXT_LIMITS.items():
+        if key not in entry:
+            continue
+        text = entry[key]
+        if not isinstance(text, str) or not text.strip() or not text.isprintable():
+            raise where.error(f"{key} must be one line of text, not {_show(text)}")
+        if len(text) > limit:
+            raise where.error(f"{key} must be at most {limit} characters, not {len(text)}")
     return result
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "NoSuchBuffer",
     "devices_of_type",
     "inspect_buffer",
+    "program_name",
     "robot_enabled_or_unknown",
     "robot_line",
     "scan",
@@ -84,6 +85,17 @@ class BufferReport:
     or the buffer could not be read)."""
     disabled: bool | None = None
     """Whether the robot is disabled for this buffer (None: the type has no actuators, or unknown)."""
+    producer_pid: int | None = None
+    """The pid of the live process serving the buffer (the bridge, say); None: nobody serves it."""
+    programs: dict[int, str] = dataclasses.field(default_factory=dict)
+    """The program name (:func:`program_name`) of the producer and of each commander, by pid."""
+
+    def program(self, pid: int | None) -> str:
+        """``pid 1234 (runtime bridge)``: a process of this report, named (``nobody`` for None)."""
+        if pid is None:
+            return "nobody"
+        name = self.programs.get(pid)
+        return f"pid {pid} ({name})" if name else f"pid {pid}"
 
     @property
     def key(self) -> str:
@@ -116,6 +128,8 @@ class BufferReport:
             "last_update": self.last_update or None,
             "age": self.age(now),
             "last_write": self.last_write or None,
+            "producer_pid": self.producer_pid,
+            "producer_program": self.programs.get(self.producer_pid) if self.producer_pid else None,
             "values": jsonable(self.values),
             "error": self.error,
         }
@@ -123,6 +137,9 @@ class BufferReport:
             data["subscription"] = self.subscription
             data["interval"] = self.interval
             data["commanders"] = self.commanders
+            if self.commanders:
+                programs = {name: self.programs.get(pid) for name, pid in self.commanders.items()}
+                data["commander_programs"] = programs
             data["disabled"] = self.disabled
         if self.params:
             data["params"] = jsonable(self.params)
@@ -143,6 +160,8 @@ def _param_rows(buffer_type: type[Buffer], values: Mapping[str, Any] | None) -> 
                 "subscribed": param.subscribed,
                 "lower": float(param.lower),
                 "upper": float(param.upper),
+                "unit": param.unit,
+                "description": param.description,
             }
         )
     return rows
@@ -216,8 +235,10 @@ def inspect_buffer(
 def _read_buffer(buffer: Buffer, report: BufferReport) -> None:
     """Fill a report from an open buffer, under one lock so that the values are consistent."""
     try:
+        report.producer_pid = buffer.producer_pid
         report.valid = buffer.valid
         if not report.valid:
+            _name_programs(report)
             return
         with buffer.transaction():
             report.values = buffer.snapshot()
@@ -238,6 +259,46 @@ def _read_buffer(buffer: Buffer, report: BufferReport) -> None:
             report.error = exc.message
     except RuntimeBaseException as exc:  # a lock held too long by a stuck process, say
         report.error = exc.message
+    _name_programs(report)
+
+
+def _name_programs(report: BufferReport) -> None:
+    pids = set((report.commanders or {}).values())
+    if report.producer_pid is not None:
+        pids.add(report.producer_pid)
+    for pid in pids:
+        name = program_name(pid)
+        if name:
+            report.programs[pid] = name
+
+
+def program_name(pid: int) -> str | None:
+    """What a process runs, for people: ``runtime bridge``, ``my_robot.py``, ``python3``; None if unknown.
+
+    From ``/proc/PID/cmdline``: the program (for Python, the script or the
+    ``-m`` module) and its first word when it is a plain one (a subcommand);
+    else ``/proc/PID/comm``.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            argv = [word.decode(errors="replace") for word in file.read().split(b"\0") if word]
+    except OSError:
+        argv = []
+    if argv and os.path.basename(argv[0]).startswith("python") and len(argv) > 1:
+        argv = argv[2:] if argv[1] == "-m" else argv[1:]
+        if argv and argv[0].startswith("-"):  # python -c ...: the interpreter is all there is to say
+            argv = []
+    if argv:
+        words = [os.path.basename(argv[0])]
+        word = argv[1] if len(argv) > 1 else ""
+        if word[:1].isalpha() and word.replace("-", "").replace("_", "").isalnum():
+            words.append(argv[1])
+        return " ".join(words)
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
 
 
 def scan(store: BufferStore, *, details: bool = False) -> list[BufferReport]:

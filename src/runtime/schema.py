@@ -28,8 +28,13 @@ character arrays as text.
 >>> schema = buffer_schema(load_catalog()["servo-motor"])
 >>> schema["title"]
 'runtime.servo-motor'
->>> schema["properties"]["values"]["properties"]["servo0"]
-{'type': 'number', 'minimum': -1.0, 'maximum': 1.0, 'description': 'float, writeable', 'x-safe': 0.0}
+>>> servo0 = schema["properties"]["values"]["properties"]["servo0"]
+>>> {key: value for key, value in servo0.items() if key != "description"}
+{'type': 'number', 'minimum': -1.0, 'maximum': 1.0, 'x-safe': 0.0}
+>>> servo0["description"]
+'float, writeable: position of servo 0: -1 one end of its travel, 1 the other'
+>>> buffer_schema(load_catalog()["battery"])["properties"]["values"]["properties"]["v_batt"]["x-unit"]
+'V'
 >>> describe_type(load_catalog()["battery"])["params"][0]["type"]
 'bool'
 >>> describe_type(load_catalog()["servo-motor"])["params"][0]["safe"]
@@ -59,8 +64,9 @@ __all__ = [
 SCHEMA_PREFIX = "runtime."
 """The start of every schema title (``runtime.yogi-bear``, ``runtime.yogi-bear.write``)."""
 
-_NOT_COMPARED = frozenset({"safe"})
-"""Parameter description keys that :func:`catalog_differences` ignores (safety policy, not data)."""
+_NOT_COMPARED = frozenset({"safe", "unit", "description"})
+"""Parameter description keys that :func:`catalog_differences` ignores (safety policy and words for
+people, not data)."""
 
 
 def _bound(value: float) -> float | None:
@@ -121,7 +127,8 @@ def value_schema(param: Parameter) -> dict[str, Any]:
     """The JSON Schema of one parameter's value: its JSON type and, for numbers, its bounds.
 
     The ``description`` gives the catalog type and the access (``read-only``,
-    ``writeable``, ``write-only``); ``x-safe``, the safe value of a parameter
+    ``writeable``, ``write-only``), then the catalog's unit and description
+    of the parameter when it has them (``x-unit``: the unit alone); ``x-safe``, the safe value of a parameter
     that has one (:attr:`Parameter.safe <runtime.buffer.Parameter.safe>`).
     """
     ctype: Any = param.platform_type
@@ -132,6 +139,11 @@ def value_schema(param: Parameter) -> dict[str, Any]:
     access = "writeable" if param.writeable and param.readable else "write-only" if param.writeable else ""
     access = access or "read-only"
     schema["description"] = f"{type_name(param.ctype)}, {access}"
+    if param.unit:
+        schema["description"] += f", in {param.unit}"
+        schema["x-unit"] = param.unit
+    if param.description:
+        schema["description"] += f": {param.description}"
     safe = _safe_value(param)
     if safe is not None:
         schema["x-safe"] = safe
@@ -183,7 +195,8 @@ def describe_type(buffer_type: type[Buffer]) -> dict[str, Any]:
     Two types with the same description have the same values and the same
     layout; infinite bounds are ``None``. A parameter with a safe value has a
     ``safe`` key, a Smart Device type with a command timeout a
-    ``command_timeout`` key (seconds); the others have neither.
+    ``command_timeout`` key (seconds); the others have neither. A parameter
+    with a unit or a description has ``unit`` or ``description``.
     """
     description: dict[str, Any] = {"smart_device": issubclass(buffer_type, DeviceBuffer)}
     if issubclass(buffer_type, DeviceBuffer):
@@ -209,6 +222,9 @@ def _describe_param(param: Parameter) -> dict[str, Any]:
     safe = _safe_value(param)
     if safe is not None:
         described["safe"] = safe
+    for key in ("unit", "description"):
+        if getattr(param, key):
+            described[key] = getattr(param, key)
     return described
 
 
@@ -229,7 +245,8 @@ def catalog_differences(
     ``recorded``). An empty list means that they match. Safe values and
     command timeouts are not compared: they say what the bridge does when
     nobody commands a device, not what a recording holds (and recordings made
-    before catalogs had them do not mention them).
+    before catalogs had them do not mention them); nor are units and
+    descriptions, words for people.
 
     >>> from runtime import load_catalog
     >>> catalog = load_catalog()

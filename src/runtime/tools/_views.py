@@ -36,6 +36,7 @@ __all__ = [
     "list_table",
     "namespace_view",
     "pack_pairs",
+    "param_notes",
     "print_demo_summary",
     "show_renderable",
 ]
@@ -218,6 +219,7 @@ def namespace_view(
     values: bool = False,
     wrap: bool = True,
     robot: bool | None | Literal["omit"] = "omit",
+    who: bool = False,
 ) -> RenderableType:
     """The table of the namespace's buffers; when it has none, and a line saying which namespaces do.
 
@@ -226,6 +228,7 @@ def namespace_view(
             stays one line (print it with ``crop=False``).
         robot: Whether the namespace's robot is enabled (None: unknown), for
             a ``robot: ...`` line under the table; ``"omit"``: no such line.
+        who: Add who serves each buffer and who commands its actuators (``runtime buffers list``).
     """
     from rich.console import Group
     from rich.text import Text
@@ -233,13 +236,45 @@ def namespace_view(
     title = f"buffers in namespace {BufferStore.namespace()!r}"
     if values:  # a live view: when it was taken
         title += f" ({time.strftime('%H:%M:%S')})"
-    table = buffers_view(reports, title=title) if values else list_table(reports, title=title)
+    extra = _who_columns(reports) if who else None
+    table: RenderableType
+    if values:  # a live view, laid out for the terminal's width
+        table = buffers_view(reports, title=title, extra=extra)
+    else:
+        table = listed = list_table(reports, title=title, extra=extra)
+        for column in listed.columns[4:] if who else ():  # who may fold: the keys stay whole
+            column.no_wrap, column.overflow, column.justify = False, "fold", "left"
     parts: list[RenderableType] = [table]
     if not reports:
         parts.append(Text(empty_namespace_line(), no_wrap=not wrap, overflow="fold" if wrap else "ignore"))
     if robot != "omit":
         parts.append(_robot_text(robot))
     return parts[0] if len(parts) == 1 else Group(*parts)
+
+
+def _who_columns(reports: Sequence[BufferReport]) -> dict[str, list[str]]:
+    """``served by`` (``1234 runtime bridge``) and, when someone commands, ``commands`` (``pid: params``)."""
+
+    def served(report: BufferReport) -> str:
+        pid = report.producer_pid
+        return (
+            "-"
+            if report.valid is None
+            else "nobody"
+            if pid is None
+            else f"{pid} {report.programs.get(pid, '')}"
+        )
+
+    def commands(report: BufferReport) -> str:
+        by_pid: dict[int, list[str]] = {}
+        for name, pid in (report.commanders or {}).items():
+            by_pid.setdefault(pid, []).append(name)
+        return "; ".join(f"{pid}: {', '.join(names)}" for pid, names in by_pid.items()) or "-"
+
+    columns = {"served by": [served(report).strip() for report in reports]}
+    if any(report.commanders for report in reports):
+        columns["commands"] = [commands(report) for report in reports]
+    return columns
 
 
 def _robot_text(enabled: bool | None) -> Any:
@@ -254,7 +289,7 @@ def _commands_text(report: BufferReport) -> str | None:
         return None
     if not report.commanders:
         return "none (every actuator at its safe value)"
-    return ", ".join(f"{name} by pid {pid}" for name, pid in report.commanders.items())
+    return ", ".join(f"{name} by {report.program(pid)}" for name, pid in report.commanders.items())
 
 
 def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"] = "omit") -> RenderableType:
@@ -273,6 +308,8 @@ def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"
     ]
     if robot != "omit":
         lines.append(_robot_text(robot))
+    if report.valid is not None:
+        lines.append(Text(f"served by: {report.program(report.producer_pid)}"))
     commands = _commands_text(report)
     if commands is not None:
         lines.append(Text(f"commands: {commands}"))
@@ -290,7 +327,21 @@ def show_renderable(report: BufferReport, *, robot: bool | None | Literal["omit"
             return "(write-only)"
         return "(unavailable)" if report.values is None else format_value(param["value"])
 
-    return Group(*lines, param_table(report.params, [value(param) for param in report.params]))
+    table = param_table(report.params, [value(param) for param in report.params])
+    return Group(*lines, table, *param_notes(report.params))
+
+
+def param_notes(params: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """``  v_batt (V): voltage of the whole battery``: a line per parameter with a unit or description."""
+    from rich.text import Text
+
+    notes = []
+    for param in params:
+        unit, description = param.get("unit"), param.get("description")
+        if unit or description:
+            name = f"{param['name']} ({unit})" if unit else param["name"]
+            notes.append(Text(f"  {name}: {description or ''}".rstrip(": "), overflow="fold"))
+    return notes
 
 
 def demo_table(demo: Demo, duration: float | None = None) -> RenderableType:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -38,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
+from ..rates import RateMeter, changes, measure
 from ..report import NoSuchBuffer, inspect_buffer, robot_enabled_or_unknown, robot_line, scan
 from ..store import BufferStore
 from ..values import WriteRefused, apply_writes, check_writes, jsonable
@@ -84,6 +86,8 @@ the device types of the catalog and read them without disturbing anyone:
                 queue parameter writes for a connected device (bring-up);
                 a motor's command ends as it exits, unless --hold
   clean         remove the segments no producer serves any more
+  hz [KEY]      update rates: average, min/max/std of the interval, every second
+  echo KEY      every change of one buffer with its time, as it happens
 KEY is TYPE:UID (for any buffer) or a Smart Device UID alone; a UID is
 {UID_FORMS}.
 The listings also say whether the robot is enabled ('runtime disable' stops
@@ -99,6 +103,8 @@ examples:
   $ runtime buffers watch --interval 0.2
   $ runtime buffers write 0xa0a0000000000c0ffee pid_pos_kp=1.5
   $ runtime buffers clean --dry-run
+  $ runtime buffers hz --count 5
+  $ runtime buffers echo 0xa0a0000000000c0ffee --json --count 10
   $ runtime buffers --namespace rt-demo-4242 watch yogi-bear:0xa0a0000000000c0ffee
 
 The namespace is $RUNTIME_BUFFER_NAMESPACE (default "rt") unless --namespace
@@ -149,10 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "list",
         parents=[common],
         help="every live buffer: type, UID, valid, last update age",
-        description="List the live buffers: type, UID, state (valid/invalid/error) and age of the last\n"
-        "update, and whether the robot of the namespace is enabled. With --json, every readable\n"
-        "value too, and the pid commanding each actuator (the robot's state goes to stderr,\n"
-        "only when it is disabled: stdout stays the list of buffers).",
+        description="List the live buffers: type, UID, state (valid/invalid/error), age of the last\n"
+        "update, who serves each (pid and program) and who commands its actuators, and whether\n"
+        "the robot of the namespace is enabled. With --json, every readable value too (the\n"
+        "robot's state goes to stderr, only when it is disabled: stdout stays the list of buffers).",
         epilog="examples:\n  $ runtime buffers list\n  $ runtime buffers list --json | jq '.[].uid_hex'\n",
         formatter_class=formatter,
     )
@@ -161,9 +167,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "show",
         parents=[common],
         help="every parameter of one buffer, with value, flags and bounds",
-        description="Show one buffer: its state, whether the robot is enabled, the process commanding\n"
-        "each actuator, the subscription, and every parameter with its value, flags (r = readable,\n"
-        "no-r = write-only, w = writeable, no-sub = not subscribed) and bounds.\n"
+        description="Show one buffer: its state, whether the robot is enabled, the process serving it\n"
+        "and the one commanding each actuator, the subscription, and every parameter with its\n"
+        "value, flags (r = readable, no-r = write-only, w = writeable, no-sub = not subscribed),\n"
+        "bounds, unit and description.\n"
         "KEY is TYPE:UID, or a Smart Device UID alone.",
         epilog="examples:\n  $ runtime buffers show 0xa0a0000000000c0ffee\n"
         "  $ runtime buffers show yogi-bear:0xa0a0000000000c0ffee --json\n",
@@ -245,6 +252,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     clean.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     clean.set_defaults(buffers_main=_clean_main)
+    _add_rates_actions(actions, common, formatter)
+
+
+def _add_rates_actions(actions: Any, common: argparse.ArgumentParser, formatter: Any) -> None:
+    """``hz`` and ``echo`` (:mod:`runtime.rates`)."""
+    hz = actions.add_parser(
+        "hz",
+        parents=[common],
+        help="update rates per buffer (average, min/max/std of the interval), every second",
+        description="Measure how often buffers change, as 'ros2 topic hz' does: per buffer, the\n"
+        "average rate and the min/max/std dev of the interval over the last --window changes,\n"
+        "printed every second until Ctrl-C, --count reports or --duration seconds. Woken by\n"
+        "the changes (not polling); a Smart Device's change is timed by its last_update.\n"
+        "KEY (TYPE:UID, or a Smart Device UID) measures one buffer; default: all.",
+        epilog="examples:\n  $ runtime buffers hz\n"
+        "  $ runtime buffers hz 0xa0a0000000000c0ffee --count 5 --json\n",
+        formatter_class=formatter,
+    )
+    hz.add_argument("key", metavar="KEY", nargs="?", help="TYPE:UID, or a Smart Device UID (default: all)")
+    hz.add_argument(
+        "--window",
+        type=bounded(int, 2, MAX_COUNT),
+        default=100,
+        metavar="N",
+        help="the last N changes make the statistics (default: 100)",
+    )
+    hz.add_argument("--count", type=bounded(int, 1, MAX_COUNT), metavar="N", help="stop after N reports")
+    hz.add_argument("--duration", type=bounded(float, 0.0, 1e9), metavar="S", help="stop after S seconds")
+    hz.set_defaults(buffers_main=_hz_main)
+    echo = actions.add_parser(
+        "echo",
+        parents=[common],
+        help="every change of one buffer, with its time",
+        description="Print every change of one buffer as it happens (not sampled): its time (a Smart\n"
+        "Device's last_update) and its values, one line each (--json: a JSON object per line),\n"
+        "until Ctrl-C or --count changes. KEY is TYPE:UID, or a Smart Device UID alone.",
+        epilog="examples:\n  $ runtime buffers echo 0xa0a0000000000c0ffee\n"
+        "  $ runtime buffers echo gamepad:0 --json --count 100 > gamepad.jsonl\n",
+        formatter_class=formatter,
+    )
+    echo.add_argument("key", metavar="KEY", help="TYPE:UID, or a Smart Device UID")
+    echo.add_argument("--count", type=bounded(int, 1, MAX_COUNT), metavar="N", help="stop after N changes")
+    echo.set_defaults(buffers_main=_echo_main)
 
 
 def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -283,7 +333,7 @@ def _list_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> in
             print(robot_line(enabled), file=sys.stderr)
     else:
         console = make_console()
-        view = namespace_view(reports, wrap=console.is_terminal, robot=enabled)
+        view = namespace_view(reports, wrap=console.is_terminal, robot=enabled, who=True)
         console.print(view, crop=console.is_terminal)
     return 0
 
@@ -348,14 +398,59 @@ def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
                 time.sleep(args.interval)
             data, renderable = snapshot()
             if args.json:
-                import json
-
                 print(json.dumps(data), flush=True)
             else:
                 console.print(renderable, crop=False)  # not a terminal: long lines stay whole
             refreshes += 1
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _hz_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
+    key = parse_key(args.key, BufferStore(catalog)) if args.key is not None else None
+    meter, stop = RateMeter(args.window), threading.Event()
+    with stop_on_signals(stop):
+        watcher = measure(catalog, meter, stop, select=None if key is None else lambda *k: k == key)
+        end = None if args.duration is None else time.monotonic() + args.duration
+        reports = 0
+        try:
+            while not stop.wait(1.0 if end is None else max(0.0, min(1.0, end - time.monotonic()))):
+                rates = meter.rates()
+                if args.json:
+                    print(json.dumps([rate.to_json() for rate in rates]), flush=True)
+                else:
+                    print("\n".join(rate.line() for rate in rates) or "(no buffers yet)", flush=True)
+                reports += 1
+                if (args.count and reports >= args.count) or (end is not None and time.monotonic() >= end):
+                    break
+        finally:
+            stop.set()
+    return 1 if watcher.failed else 0
+
+
+def _echo_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
+    stop = threading.Event()
+    with stop_on_signals(stop), BufferStore(catalog) as store:
+        type_name, uid = parse_key(args.key, store)
+        if not os.path.exists(os.path.join(SHM_DIR, BufferStore.segment_name(type_name, uid))):
+            raise CommandError(
+                f"no buffer {type_name}:{uid:#x} in namespace {BufferStore.namespace()!r}; {elsewhere()}"
+            )
+        try:
+            buffer = store.get_or_open((type_name, uid), create=False)
+        except DeviceBufferError as exc:
+            raise CommandError(f"cannot open {type_name}:{uid:#x}: {exc.message}") from None
+        print(f"echoing {type_name}:{uid:#x} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        for seen, change in enumerate(changes(buffer, stop), 1):
+            if args.json:
+                print(json.dumps({"time": change.time, "values": jsonable(dict(change.values))}), flush=True)
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(change.time)) + f"{change.time % 1:.6f}"[1:]
+                values = " ".join(f"{name}={format_value(value)}" for name, value in change.values.items())
+                print(f"{stamp} {values}", flush=True)
+            if args.count and seen >= args.count:
+                break
     return 0
 
 

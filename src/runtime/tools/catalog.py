@@ -82,7 +82,8 @@ def describe(raw: Mapping[str, Any], types: Mapping[str, type[Buffer]]) -> dict[
     """The catalog as JSON data: raw type strings, with every default applied.
 
     A Smart Device type with a command timeout has ``command_timeout``
-    (seconds), a parameter with a safe value ``safe``; the others have neither.
+    (seconds), a parameter with a safe value ``safe``; the others have neither. A parameter's
+    ``unit`` and ``description`` are there when the catalog gives them.
     """
     from ..buffer import DeviceBuffer
     from ..values import type_name
@@ -111,6 +112,9 @@ def describe(raw: Mapping[str, Any], types: Mapping[str, type[Buffer]]) -> dict[
             }
             if param.safe is not None:
                 described["safe"] = jsonable(param.safe)
+            for key in ("unit", "description"):
+                if getattr(param, key):
+                    described[key] = getattr(param, key)
             params.append(described)
         entry["params"] = params
         result[name] = entry
@@ -152,6 +156,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print_catalog(described: Mapping[str, Any]) -> None:
+    from ._views import param_notes
+
     console = make_console()
     for name, entry in described.items():
         if "device_id" in entry:
@@ -170,6 +176,8 @@ def _print_catalog(described: Mapping[str, Any]) -> None:
         if safe:
             console.print(f"safe values (held when nobody commands them): {', '.join(safe)}", soft_wrap=True)
         console.print(param_table(entry["params"]))
+        for note in param_notes(entry["params"]):
+            console.print(note, soft_wrap=True)
 
 
 def _show_safe(value: object) -> str:
