@@ -477,3 +477,16 @@ def test_record_info_summarizes_a_recording_with_or_without_its_index(tmp_path: 
     assert "not an MCAP file" in one_error_line(tool(None, "record", "info", __file__))
     assert "runtime record info" in tool(None, "record", "--help").stdout
     assert "mcap info" not in tool(None, "record", "--help").stdout
+
+
+def test_ctrl_c_during_the_delay_says_nothing_was_played(
+    robot: EmulatedRobot, recording: tuple[Path, float, float, float]
+) -> None:
+    process = start(robot, "replay", str(recording[0]), "--delay", "600")
+    assert process.stdout is not None
+    assert "RUNTIME_BUFFER_NAMESPACE" in process.stdout.readline()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.strip() == "nothing played: stopped before the first state", out
+    assert "timing" not in out and "None" not in out

@@ -188,12 +188,17 @@ def main(args: argparse.Namespace) -> int:
         print_json(jsonable(summary))
     else:
         timing = summary["timing_error_ms"]
-        print(
-            f"replayed {summary['states']} states of {summary['buffers']} buffers "
-            f"({summary['writes_not_replayed']} recorded writes not replayed); "
-            f"timing error p50 {timing['p50']} ms, p99 {timing['p99']} ms",
-            flush=True,
-        )
+        if summary["states"] == 0:
+            print("nothing played: stopped before the first state", flush=True)
+        else:
+            late = ""
+            if timing["p50"] is not None:
+                late = f"; timing error p50 {timing['p50']} ms, p99 {timing['p99']} ms"
+            print(
+                f"replayed {summary['states']} states of {summary['buffers']} buffers "
+                f"({summary['writes_not_replayed']} recorded writes not replayed){late}",
+                flush=True,
+            )
     return 0
 
 
