@@ -490,3 +490,29 @@ def test_ctrl_c_during_the_delay_says_nothing_was_played(
     assert process.returncode == 0, err
     assert out.strip() == "nothing played: stopped before the first state", out
     assert "timing" not in out and "None" not in out
+
+
+def test_a_write_into_a_replay_says_the_value_stays_pending(
+    robot: EmulatedRobot, recording: tuple[Path, float, float, float]
+) -> None:
+    from runtime.testing import wait_for
+
+    process = start(robot, "replay", str(recording[0]), "--loop")
+    try:
+        assert process.stdout is not None
+        namespace = process.stdout.readline().strip().partition("RUNTIME_BUFFER_NAMESPACE=")[2]
+        assert namespace.startswith("rt-replay-"), namespace
+        servo = f"servo-motor:{robot.uid('servo-motor'):#x}"
+        with BufferStore.use_namespace(namespace), BufferStore(robot.catalog) as store:
+            buffer = store.get_or_open(("servo-motor", robot.uid("servo-motor")), create=False)
+            wait_for(lambda: buffer.valid, 10, "the replay serves the servo")
+        done = tool(None, "buffers", "write", "--namespace", namespace, servo, "servo0=0.5")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == (
+            f"wrote {servo}: servo0=0.5 (pending: the buffer's producer is runtime replay, "
+            f"pid {process.pid}, which sends nothing to a device: there is no bridge here)"
+        ), done.stdout
+        assert "the bridge sends it" not in done.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)

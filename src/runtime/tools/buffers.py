@@ -359,6 +359,19 @@ def _watch_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
     return 0
 
 
+def _whither(buffer: Buffer) -> str:
+    """Where a value written to a device's buffer goes: its producer's doing (a bridge, or a replay)."""
+    from ..recorder import is_replay
+
+    pid = buffer.producer_pid
+    if pid is not None and is_replay(pid):
+        return (
+            f"pending: the buffer's producer is runtime replay, pid {pid}, "
+            "which sends nothing to a device: there is no bridge here"
+        )
+    return "the bridge sends it to the device"
+
+
 def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
     stop = threading.Event()
     signals = contextlib.ExitStack()
@@ -417,9 +430,7 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
             )
         else:
             assignments = " ".join(f"{name}={format_value(value)}" for name, value in written.items())
-            whither = (
-                "the bridge sends it to the device" if issubclass(buffer_type, DeviceBuffer) else "pending"
-            )
+            whither = _whither(buffer) if issubclass(buffer_type, DeviceBuffer) else "pending"
             print(f"wrote {key}: {assignments} ({whither})")
         back = _back_to(commands, safe) if commands else ""
         if hold:
