@@ -640,3 +640,14 @@ def test_a_disabled_robot_is_shown_and_its_actuators_refused(robot: EmulatedRobo
         asyncio.run(scenario())
     finally:
         robot.store.enable()
+
+
+def test_an_invalid_buffer_s_status_says_not_connected_not_no_producer() -> None:
+    from runtime.live.server import _not_connected
+
+    for pid in (None, 4242):
+        message = _not_connected("limit-switch", 0x10, pid)
+        assert message.startswith("limit-switch 0x10 is not connected ("), message
+        assert "producer" not in message and "invalid" not in message, message
+    assert "unplugged" in _not_connected("limit-switch", 0x10, None)
+    assert "pid 4242" in _not_connected("limit-switch", 0x10, 4242)

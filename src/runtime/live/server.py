@@ -370,8 +370,7 @@ class LiveView:
         if valid:
             self._clear_status(status)
         else:
-            producer = "no producer" if watched.buffer.producer_pid is None else "its producer says so"
-            message = f"{watched.type_name} {watched.uid:#x} is not connected (invalid: {producer})"
+            message = _not_connected(watched.type_name, watched.uid, watched.buffer.producer_pid)
             self._set_status(status, message, StatusLevel.Warning)
 
     # -- parameters --
@@ -737,6 +736,22 @@ class LiveView:
             if was is not None:
                 logger.warning("the robot is enabled again")
             self._clear_status(ROBOT_STATUS)
+
+
+def _not_connected(type_name: str, uid: int, producer_pid: int | None) -> str:
+    """The status of an invalid buffer, in the words of its user.
+
+    A bridge stops serving the buffer of a device that is unplugged: nobody
+    serving it is the usual "not connected", not a fault to name.
+
+    >>> _not_connected("limit-switch", 0x10, None)
+    'limit-switch 0x10 is not connected (unplugged, or no bridge serves it)'
+    >>> _not_connected("limit-switch", 0x10, 42)
+    'limit-switch 0x10 is not connected (its bridge, pid 42, has no data from it)'
+    """
+    if producer_pid is None:
+        return f"{type_name} {uid:#x} is not connected (unplugged, or no bridge serves it)"
+    return f"{type_name} {uid:#x} is not connected (its bridge, pid {producer_pid}, has no data from it)"
 
 
 def _source_topic(topic: str) -> str:
