@@ -300,6 +300,10 @@ def test_writeable_parameters_are_read_and_set_and_refusals_are_error_statuses(
             f"{yogi}/enc_vel": (1.0, "enc_vel is read-only"),
             f"{prefix}/servo1": ("fast", "servo1: 'fast' is not a number"),
             f"{prefix}/servo9": (0.0, "no such parameter"),
+            f"{prefix}/srvo0": (
+                0.0,
+                f"no such parameter of a buffer served here (did you mean '{prefix}/servo0'?)",
+            ),
         }
         for name, (value, reason) in refusals.items():
             answer = await client.request("setParameters", parameters=[{"name": name, "value": value}])

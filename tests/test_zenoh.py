@@ -268,6 +268,10 @@ def test_values_arrive_and_a_remote_write_reaches_the_emulated_device(
         assert set(servo.snapshot()) == {"servo0", "servo1"}
         assert set(robot.device(pot_uid).snapshot()) == {"pot0", "pot1", "pot2"}
         assert servo.type_name == "servo-motor" and servo.uid == servo_uid
+        with pytest.raises(
+            DeviceBufferError, match=r"no such readable parameter \(did you mean 'servo0'\?\)"
+        ):
+            servo.get("srvo0")
 
         # A remote write goes to the device, which reports it back in its values.
         servo.write("servo0", 0.5)

@@ -19,7 +19,7 @@ from foxglove.websocket import ServerListener
 
 from ..buffer import Buffer, DeviceBufferError, Parameter
 from ..commands import ClientCommands
-from ..exception import RuntimeBaseException
+from ..exception import RuntimeBaseException, did_you_mean
 from ..mcap import LOG_TOPIC, StudentLog, log_schema, topic_of
 from ..remote import RefusalLimiter, load_payload, quote
 from ..store import BufferStore, robot_enabled
@@ -58,6 +58,8 @@ MAX_RATE = 1000.0
 """The highest ``--max-rate``."""
 SUBSCRIBE_DELAY = 0.05
 """Seconds after a subscription that the buffer's state is sent (it takes effect after its callback)."""
+NAME_HINT_LIMIT = 256
+"""The longest unknown parameter name a "did you mean" is looked for (a client's name costs no more)."""
 COMMAND_SUFFIX = "/command"
 """A buffer's command topic is its topic and this."""
 ROBOT_STATUS = "robot:disabled"
@@ -445,9 +447,10 @@ class LiveView:
             value = parameter.get_value()
             status = f"write:{name}"
             if found is None:  # one status for all unknown names: a client cannot make them pile up
+                hint = did_you_mean(name, self.parameter_names()) if len(name) <= NAME_HINT_LIMIT else ""
                 self._refuse(
                     "write:unknown",
-                    f"cannot set {quote(name)}: no such parameter of a buffer served here",
+                    f"cannot set {quote(name)}: no such parameter of a buffer served here{hint}",
                     client,
                 )
                 continue
