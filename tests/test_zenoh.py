@@ -817,3 +817,25 @@ def test_zenoh_reasons_lose_their_rust_source_places() -> None:
         "at /root/.cargo/git/checkouts/zenoh/src/api/config.rs:9."
     )
     assert zenoh_reason(raw) == "Endpoints must be of the form <protocol>/<address>: 1:2 (line 1, column 1)"
+
+
+def test_a_device_segment_never_served_is_no_device_until_a_producer_serves_it(
+    children: Children, namespace: str
+) -> None:
+    port = free_port()
+    with BufferStore(CATALOG) as producer:
+        servo_uid, typo_uid = make_uid(SERVO), make_uid(POT)
+        servo: DeviceBuffer = producer.get_or_open(servo_uid)
+        servo.serve()  # the test plays the bridge
+        typo: DeviceBuffer = producer.get_or_open(typo_uid)  # a mistyped UID: no bridge serves it
+        start_zenoh(children, port)
+        with connect(f"tcp/127.0.0.1:{port}", namespace) as robot:
+
+            def found() -> set[tuple[str, int]]:
+                return {info.key for info in robot.discover()}
+
+            # Both were there before the server's first look: the servo found means the typo was passed over.
+            wait_for("the servo found", lambda: ("servo-motor", servo_uid) in found())
+            assert ("potentiometer", typo_uid) not in found()
+            typo.serve()  # served after all: a device now
+            wait_for("the served one found", lambda: ("potentiometer", typo_uid) in found())
