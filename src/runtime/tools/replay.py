@@ -153,23 +153,25 @@ def main(args: argparse.Namespace) -> int:
     files = ", ".join(args.inputs)
     with BufferStore.use_namespace(namespace):
         replayer = Replayer(catalog, speed=args.speed)
+        stop = threading.Event()
         try:
             replayer.prepare(recordings)
-            out = sys.stderr if args.json else sys.stdout
-            print(
-                f"replaying {files}: {len(keys)} buffers, {seconds:.1f} s, into namespace {namespace!r} "
-                f"at speed {args.speed:g}{' in a loop' if args.loop else ''}",
-                file=out,
-                flush=True,
-            )
-            print(f"  run your code with RUNTIME_BUFFER_NAMESPACE={namespace}", file=out, flush=True)
-            for recording in recordings:
-                if not recording.indexed:
-                    logger.info(
-                        "%s has no index (its recorder was killed?): read from the start", recording.path
-                    )
-            stop = threading.Event()
+            # Ctrl-C is heard from before the namespace is announced: pressed as soon as the lines
+            # appear, it stops the replay cleanly.
             with stop_on_signals(stop, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+                out = sys.stderr if args.json else sys.stdout
+                print(
+                    f"replaying {files}: {len(keys)} buffers, {seconds:.1f} s, into namespace {namespace!r} "
+                    f"at speed {args.speed:g}{' in a loop' if args.loop else ''}",
+                    file=out,
+                    flush=True,
+                )
+                print(f"  run your code with RUNTIME_BUFFER_NAMESPACE={namespace}", file=out, flush=True)
+                for recording in recordings:
+                    if not recording.indexed:
+                        logger.info(
+                            "%s has no index (its recorder was killed?): read from the start", recording.path
+                        )
                 if not stop.wait(args.delay):
                     replayer.play(recordings, stop, loop=args.loop)
                     stop.wait(END_HOLD)  # the last states are seen before the buffers turn invalid
