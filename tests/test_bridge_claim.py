@@ -164,3 +164,35 @@ def test_claimed_names_a_live_claimant_that_does_not_serve(store: BufferStore) -
         assert servo.claimed is None  # its claimant is gone
     finally:
         servo.stop_serving()
+
+
+def test_a_second_bridge_on_a_served_port_says_once_which_bridge_serves_it_and_takes_it_over_later(
+    children: Children, store: BufferStore
+) -> None:
+    uid = make_uid(SERVO)
+    device = FakeDevice(uid)
+    try:
+        first = children.start("runtime.tools.bridge", "--port", device.path)
+        _answer_pings_until(device, lambda: _served_by(store, uid, first.pid))
+        device.accept_subscription(timeout=5)
+        servo = open_buffer(store, uid)
+        second = children.start("runtime.tools.bridge", "--port", device.path, "--verbose")
+        # It tries the port every RETRY_DELAY, quietly after the first time (debug lines with --verbose).
+
+        def tried_thrice() -> bool:  # the device talks on meanwhile: the first bridge keeps it
+            device.send(dev_data(SERVO, servo0=0.25))
+            device.receive(0)
+            device.inbox.clear()
+            return children.log(second).count(f"port {device.path}: still served by") >= 2
+
+        wait_for("the second bridge to try the port thrice", tried_thrice, timeout=20, every=0.1)
+        log = children.log(second)
+        said = [line for line in log.splitlines() if f"port {device.path}: served by" in line]
+        assert said == [said[0]] and f"served by another runtime bridge (pid {first.pid})" in said[0], log
+        assert "ERROR" not in log and "opened; waiting" not in log, log
+        assert servo.producer_pid == first.pid and servo.valid and second.poll() is None, children.log(first)
+        # The first one ends: the second takes the port.
+        assert children.stop(first) == 0, children.log(first)
+        _answer_pings_until(device, lambda: servo.producer_pid == second.pid and servo.valid)
+    finally:
+        device.close()

@@ -300,6 +300,10 @@ def test_writeable_parameters_are_read_and_set_and_refusals_are_error_statuses(
             f"{yogi}/enc_vel": (1.0, "enc_vel is read-only"),
             f"{prefix}/servo1": ("fast", "servo1: 'fast' is not a number"),
             f"{prefix}/servo9": (0.0, "no such parameter"),
+            f"{prefix}/srvo0": (
+                0.0,
+                f"no such parameter of a buffer served here (did you mean '{prefix}/servo0'?)",
+            ),
         }
         for name, (value, reason) in refusals.items():
             answer = await client.request("setParameters", parameters=[{"name": name, "value": value}])
@@ -640,3 +644,14 @@ def test_a_disabled_robot_is_shown_and_its_actuators_refused(robot: EmulatedRobo
         asyncio.run(scenario())
     finally:
         robot.store.enable()
+
+
+def test_an_invalid_buffer_s_status_says_not_connected_not_no_producer() -> None:
+    from runtime.live.server import _not_connected
+
+    for pid in (None, 4242):
+        message = _not_connected("limit-switch", 0x10, pid)
+        assert message.startswith("limit-switch 0x10 is not connected ("), message
+        assert "producer" not in message and "invalid" not in message, message
+    assert "unplugged" in _not_connected("limit-switch", 0x10, None)
+    assert "pid 4242" in _not_connected("limit-switch", 0x10, 4242)

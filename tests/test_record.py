@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -414,3 +415,104 @@ def test_bad_files_and_paths_are_one_error_line(
         tool(None, "record", "x.mcap", "--type", "servo-moter"), 2
     )
     assert "--speed" in tool(None, "replay", str(recording[0]), "--speed", "0").stderr
+
+
+# ---- runtime record info ------------------------------------------------------------------------------
+
+
+def write_small_recording(path: Path, *, finish: bool = True) -> None:
+    """One servo (11 states over 1 s, one write) and two log lines, as runtime record writes them."""
+    with open(path, "wb") as file:
+        writer = Writer(file, use_chunking=finish)  # unfinished: the messages are out, no index
+        writer.start()
+        writer.add_metadata(
+            "runtime", {"format": "runtime-recording/1", "namespace": "rt-info", "catalog": "{}"}
+        )
+        state = writer.register_schema("servo-motor", "jsonschema", b"{}")
+        states = writer.register_channel("/runtime/servo-motor/0x1234", "json", state)
+        write = writer.register_schema("servo-motor/write", "jsonschema", b"{}")
+        writes = writer.register_channel("/runtime/servo-motor/0x1234/write", "json", write)
+        log = writer.register_schema("foxglove.Log", "jsonschema", b"{}")
+        logs = writer.register_channel("/log", "json", log)
+        for i in range(11):
+            stamp = 10**18 + i * 10**8
+            writer.add_message(
+                states, log_time=stamp, data=b'{"valid": true, "values": {}}', publish_time=stamp
+            )
+        writer.add_message(writes, log_time=10**18 + 5, data=b'{"servo0": 0.5}', publish_time=10**18 + 5)
+        for i in range(2):
+            writer.add_message(logs, log_time=10**18 + i, data=b"{}", publish_time=10**18 + i)
+        if finish:
+            writer.finish()
+
+
+def test_record_info_summarizes_a_recording_with_or_without_its_index(tmp_path: Path) -> None:
+    path = tmp_path / "small.mcap"
+    write_small_recording(path)
+    done = tool(None, "record", "info", str(path))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"{path.stat().st_size} bytes, with its index" in out
+    assert "namespace:  rt-info" in out and "duration:   1.000 s" in out and "messages:   14" in out
+    assert "servo-motor          0x1234" in out
+    assert re.search(r"/runtime/servo-motor/0x1234 +11 msgs +11\.0/s +state", out), out
+    assert re.search(r"/log +2 msgs +2\.0/s +log", out), out
+    data = json.loads(tool(None, "record", "info", str(path), "--json").stdout)
+    assert data["indexed"] is True and data["messages"] == 14 and data["duration"] == 1.0
+    assert data["devices"] == [{"type": "servo-motor", "uid": "0x1234"}]
+    counts = {topic["topic"]: (topic["messages"], topic["kind"]) for topic in data["topics"]}
+    assert counts == {
+        "/log": (2, "log"),
+        "/runtime/servo-motor/0x1234": (11, "state"),
+        "/runtime/servo-motor/0x1234/write": (1, "write"),
+    }
+    killed = tmp_path / "killed.mcap"
+    write_small_recording(killed, finish=False)
+    data = json.loads(tool(None, "record", "info", str(killed), "--json").stdout)
+    assert data["indexed"] is False and data["messages"] == 14
+    assert data["devices"] == [{"type": "servo-motor", "uid": "0x1234"}]
+    assert "without index" in tool(None, "record", "info", str(killed)).stdout
+    # errors: one line; a file named info is still recorded into as ./info
+    assert "runtime record info FILE" in one_error_line(tool(None, "record", "info"), 2)
+    assert "not an MCAP file" in one_error_line(tool(None, "record", "info", __file__))
+    assert "runtime record info" in tool(None, "record", "--help").stdout
+    assert "mcap info" not in tool(None, "record", "--help").stdout
+
+
+def test_ctrl_c_during_the_delay_says_nothing_was_played(
+    robot: EmulatedRobot, recording: tuple[Path, float, float, float]
+) -> None:
+    process = start(robot, "replay", str(recording[0]), "--delay", "600")
+    assert process.stdout is not None
+    assert "RUNTIME_BUFFER_NAMESPACE" in process.stdout.readline()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.strip() == "nothing played: stopped before the first state", out
+    assert "timing" not in out and "None" not in out
+
+
+def test_a_write_into_a_replay_says_the_value_stays_pending(
+    robot: EmulatedRobot, recording: tuple[Path, float, float, float]
+) -> None:
+    from runtime.testing import wait_for
+
+    process = start(robot, "replay", str(recording[0]), "--loop")
+    try:
+        assert process.stdout is not None
+        namespace = process.stdout.readline().strip().partition("RUNTIME_BUFFER_NAMESPACE=")[2]
+        assert namespace.startswith("rt-replay-"), namespace
+        servo = f"servo-motor:{robot.uid('servo-motor'):#x}"
+        with BufferStore.use_namespace(namespace), BufferStore(robot.catalog) as store:
+            buffer = store.get_or_open(("servo-motor", robot.uid("servo-motor")), create=False)
+            wait_for(lambda: buffer.valid, 10, "the replay serves the servo")
+        done = tool(None, "buffers", "write", "--namespace", namespace, servo, "servo0=0.5")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == (
+            f"wrote {servo}: servo0=0.5 (pending: the buffer's producer is runtime replay, "
+            f"pid {process.pid}, which sends nothing to a device: there is no bridge here)"
+        ), done.stdout
+        assert "the bridge sends it" not in done.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)

@@ -445,3 +445,47 @@ def test_list_and_show_name_who_serves_and_who_commands_each_buffer(
     assert status == 0
     assert f"served by: pid {me} ({name})" in out
     assert f"commands: duty_cycle by pid {me} ({name})" in out
+
+
+# ---- buffers clean: a device buffer never served, whose maker is long gone ----------------------------
+
+
+MAKE_BUFFERS = """
+import sys
+from runtime import catalog
+from runtime.buffer import BufferStore
+store = BufferStore(catalog.load())
+for uid in sys.argv[1:]:
+    store.get_or_open(int(uid))  # a mistyped UID: no bridge will ever serve it
+"""
+
+
+def test_clean_removes_a_device_buffer_never_served_whose_maker_is_long_gone(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from runtime.buffer import SHM_DIR, DeviceUID
+
+    namespace = f"rt-test-never-served-{os.getpid()}"
+    monkeypatch.setenv(NAMESPACE_ENV, namespace)
+    types = catalog.load()
+    old, fresh = (int(DeviceUID(types["limit-switch"].device_id, 0x0A, n)) for n in (77, 78))
+    paths = [os.path.join(SHM_DIR, f"{namespace}-limit-switch-{uid:x}") for uid in (old, fresh)]
+    try:
+        subprocess.run([sys.executable, "-c", MAKE_BUFFERS, str(old), str(fresh)], check=True, timeout=60)
+        assert all(os.path.exists(path) for path in paths)
+        aged = time.time() - 3600  # made, then left alone, an hour ago (longer than NEVER_SERVED_GRACE)
+        os.utime(paths[0], (aged, aged))
+        status, out, _ = run(capsys, "buffers", "clean")
+        assert status == 0
+        assert out.splitlines() == [
+            f"removed limit-switch:{old:#x} (segment {os.path.basename(paths[0])}, "
+            "never served, its maker gone)",
+            f"removed 1 stale segment in namespace {namespace!r}; "
+            "1 kept (served, never served, or still open)",
+        ]
+        assert not os.path.exists(paths[0]) and os.path.exists(paths[1])  # the fresh one: a bridge may come
+    finally:
+        with BufferStore(types) as store:
+            store.unlink_all()

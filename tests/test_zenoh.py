@@ -349,6 +349,10 @@ def test_values_arrive_and_a_remote_write_reaches_the_emulated_device(
         assert set(servo.snapshot()) == {"servo0", "servo1"}
         assert set(robot.device(pot_uid).snapshot()) == {"pot0", "pot1", "pot2"}
         assert servo.type_name == "servo-motor" and servo.uid == servo_uid
+        with pytest.raises(
+            DeviceBufferError, match=r"no such readable parameter \(did you mean 'servo0'\?\)"
+        ):
+            servo.get("srvo0")
 
         # A remote write goes to the device, which reports it back in its values.
         servo.write("servo0", 0.5)
@@ -845,3 +849,74 @@ def test_a_disabled_robot_refuses_commands_on_error_and_its_state_is_seen_remote
             wait_for("duty_cycle back to 0.0 (runtime zenoh ended)", lambda: local.get("duty_cycle") == 0.0)
     finally:
         store.enable()
+
+
+def test_a_bad_endpoint_or_a_missing_config_file_is_one_line_naming_it_and_the_fix(tmp_path: Path) -> None:
+    def zenoh_error(*args: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime", "zenoh", "--namespace", "rt-test-zenoh-bad", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+        )
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("runtime zenoh: error: "), done.stderr
+        assert ".rs:" not in done.stderr and "Json5Err" not in done.stderr, done.stderr
+        return done.returncode, lines[0]
+
+    assert zenoh_error("--listen", "127.0.0.1:7447") == (
+        2,
+        "runtime zenoh: error: bad listen endpoint '127.0.0.1:7447' names no protocol: "
+        "write tcp/127.0.0.1:7447",
+    )
+    status, line = zenoh_error("--listen", "tcp/127.0.0.1:99999")
+    assert status == 2 and "'tcp/127.0.0.1:99999'" in line and "HOST:PORT" in line
+    status, line = zenoh_error("--connect", "tpc/127.0.0.1:7447")
+    assert status == 2 and "no Zenoh protocol 'tpc'" in line
+    missing = tmp_path / "zenoh.json5"
+    assert zenoh_error("--config", str(missing)) == (
+        2,
+        f"runtime zenoh: error: cannot read the Zenoh configuration file {missing}: "
+        "No such file or directory",
+    )
+    missing.write_text('{mode: "peer", listen: {endpoints: 5}}')
+    status, line = zenoh_error("--config", str(missing))
+    assert status == 2 and f"bad Zenoh configuration in {missing}: invalid type" in line
+    status, line = zenoh_error("--listen", "tcp/192.0.2.1:7447")  # TEST-NET-1: no interface has it
+    assert status == 1 and "tcp/192.0.2.1:7447" in line and "listen on 0.0.0.0" in line, line
+
+
+def test_zenoh_reasons_lose_their_rust_source_places() -> None:
+    from runtime.remote.session import zenoh_reason
+
+    raw = (
+        'Json5Err(Message { msg: "Endpoints must be of the form <protocol>/<address>: 1:2 at '
+        '/root/.cargo/git/checkouts/zenoh-9c599d5ef3e0480e/commons/zenoh-protocol/src/endpoint.rs:615.", '
+        "location: Some(Location { line: 1, column: 1 }) }) "
+        "at /root/.cargo/git/checkouts/zenoh/src/api/config.rs:9."
+    )
+    assert zenoh_reason(raw) == "Endpoints must be of the form <protocol>/<address>: 1:2 (line 1, column 1)"
+
+
+def test_a_device_segment_never_served_is_no_device_until_a_producer_serves_it(
+    children: Children, namespace: str
+) -> None:
+    port = free_port()
+    with BufferStore(CATALOG) as producer:
+        servo_uid, typo_uid = make_uid(SERVO), make_uid(POT)
+        servo: DeviceBuffer = producer.get_or_open(servo_uid)
+        servo.serve()  # the test plays the bridge
+        typo: DeviceBuffer = producer.get_or_open(typo_uid)  # a mistyped UID: no bridge serves it
+        start_zenoh(children, port)
+        with connect(f"tcp/127.0.0.1:{port}", namespace) as robot:
+
+            def found() -> set[tuple[str, int]]:
+                return {info.key for info in robot.discover()}
+
+            # Both were there before the server's first look: the servo found means the typo was passed over.
+            wait_for("the servo found", lambda: ("servo-motor", servo_uid) in found())
+            assert ("potentiometer", typo_uid) not in found()
+            typo.serve()  # served after all: a device now
+            wait_for("the served one found", lambda: ("potentiometer", typo_uid) in found())

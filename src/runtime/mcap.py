@@ -21,7 +21,9 @@ one in use) and describes it (:class:`Recording`); :func:`iter_states` reads
 its states (:class:`RecordedState`) as a stream, so that a long recording
 costs little memory and a file whose recorder was killed reads up to where it
 ends. What cannot be read or recorded raises :class:`RecordingError`, one
-line that says why.
+line that says why. :func:`recording_info` summarizes any MCAP file
+(``runtime record info``): its topics, counts, rates, devices, duration, size
+and whether it has an index.
 """
 
 from __future__ import annotations
@@ -64,8 +66,11 @@ __all__ = [
     "iter_states",
     "log_schema",
     "not_a_regular_file",
+    "RecordingInfo",
+    "TopicInfo",
     "open_recording",
     "open_regular",
+    "recording_info",
     "parse_topic",
     "topic_of",
 ]
@@ -741,3 +746,161 @@ def iter_states(path: str, recording: Recording | None = None) -> Iterator[Recor
             yield RecordedState(record.log_time, key, valid, values if valid else None)
     if damage and recording is not None:
         recording.damaged = damage[0]
+
+
+# ---- a recording's summary (runtime record info) ------------------------------------------------
+
+
+@dataclasses.dataclass
+class TopicInfo:
+    """One topic (channel) of a recording, as :func:`recording_info` counts it."""
+
+    topic: str
+    messages: int = 0
+    encoding: str = ""
+    schema: str = ""
+    """The schema's name ("" if none)."""
+    kind: str = "other"
+    """``state`` (a buffer's states), ``write`` (writes to a device), ``log`` (student output), ``other``."""
+    type: str | None = None
+    uid: int | None = None
+    """The buffer's device type and UID (``state`` and ``write`` topics)."""
+    rate: float | None = None
+    """Messages per second over the recording's duration (None: it lasts no time)."""
+
+
+@dataclasses.dataclass
+class RecordingInfo:
+    """What :func:`recording_info` says of a file: a plain summary, :meth:`as_dict` for JSON."""
+
+    path: str
+    size: int
+    """Bytes."""
+    indexed: bool
+    """Whether the file ends with its index (False: its recorder was killed, or it is cut)."""
+    topics: list[TopicInfo]
+    messages: int = 0
+    start: int | None = None
+    end: int | None = None
+    """The first and last log time (ns since the epoch)."""
+    metadata: dict[str, str] | None = None
+    """The ``runtime`` metadata record without its catalog (None: not made by ``runtime record``)."""
+    damaged: str | None = None
+    """Why reading stopped before the end of the file, if it did."""
+
+    @property
+    def duration(self) -> float:
+        """Seconds between the first and the last message."""
+        if self.start is None or self.end is None:
+            return 0.0
+        return (self.end - self.start) / 1e9
+
+    @property
+    def devices(self) -> list[tuple[str, int]]:
+        """The buffers recorded: (type, UID), sorted."""
+        return sorted(
+            {(t.type, t.uid) for t in self.topics if t.kind == "state" and t.type and t.uid is not None}
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as JSON-able data."""
+        return {
+            "path": self.path,
+            "size": self.size,
+            "indexed": self.indexed,
+            "damaged": self.damaged,
+            "messages": self.messages,
+            "start_ns": self.start,
+            "end_ns": self.end,
+            "duration": self.duration,
+            "metadata": self.metadata,
+            "devices": [{"type": type_name, "uid": f"{uid:#x}"} for type_name, uid in self.devices],
+            "topics": [
+                {**dataclasses.asdict(t), "uid": None if t.uid is None else f"{t.uid:#x}"}
+                for t in self.topics
+            ],
+        }
+
+
+def _topic_info(topic: str, encoding: str, schema: str) -> TopicInfo:
+    info = TopicInfo(topic, encoding=encoding, schema=schema)
+    parsed = parse_topic(topic)
+    if parsed is not None:
+        info.type, info.uid, write = parsed
+        info.kind = "write" if write else "state"
+    elif topic == LOG_TOPIC:
+        info.kind = "log"
+    return info
+
+
+def recording_info(path: str) -> RecordingInfo:
+    """Summarize an MCAP file: topics with message counts and rates, devices, duration, size, index.
+
+    From the file's index when it ends with one, else by reading it through
+    (a file whose recorder was killed: up to where it ends). Any MCAP file is
+    summarized; ``metadata`` says whether ``runtime record`` made it.
+
+    Raises:
+        RecordingError: The file cannot be read or is not MCAP.
+    """
+    from mcap.records import Channel, Message, Metadata, Schema
+
+    if os.path.isdir(path):
+        raise RecordingError(f"cannot read {path}: it is a directory")
+    try:
+        # As open_recording: never blocks on a FIFO, never reads a device.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb") as file:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise RecordingError(f"cannot read {path}: it is not a regular file (a FIFO, a device...)")
+            size = status.st_size
+            magic = file.read(8)
+    except OSError as exc:
+        raise RecordingError(f"cannot read {path}: {exc.strerror}") from None
+    if magic != MCAP_MAGIC:
+        raise RecordingError(f"{path} is not an MCAP file (it does not start with the MCAP magic)")
+    next(_records(path))
+    indexed = _summary(path)
+    metadata: dict[str, str] | None = None
+    topics: dict[int, TopicInfo] = {}
+    info = RecordingInfo(path, size, indexed is not None, [])
+    if indexed is not None:
+        metadata, summary = indexed
+        statistics = summary.statistics
+        for channel_id, channel in sorted(summary.channels.items()):
+            schema = summary.schemas.get(channel.schema_id)
+            topic = _topic_info(channel.topic, channel.message_encoding, schema.name if schema else "")
+            topic.messages = statistics.channel_message_counts.get(channel_id, 0)
+            topics[channel_id] = topic
+        info.messages = statistics.message_count
+        if statistics.message_count:
+            info.start, info.end = statistics.message_start_time, statistics.message_end_time
+    else:
+        damage: list[str] = []
+        schemas: dict[int, str] = {}
+        for record in _records(path, damage):
+            if isinstance(record, Schema):
+                schemas[record.id] = record.name
+            elif isinstance(record, Channel) and record.id not in topics:
+                topics[record.id] = _topic_info(
+                    record.topic, record.message_encoding, schemas.get(record.schema_id, "")
+                )
+            elif isinstance(record, Message):
+                info.messages += 1
+                if record.channel_id in topics:
+                    topics[record.channel_id].messages += 1
+                if info.start is None or record.log_time < info.start:
+                    info.start = record.log_time
+                if info.end is None or record.log_time > info.end:
+                    info.end = record.log_time
+            elif isinstance(record, Metadata) and record.name == METADATA_NAME and metadata is None:
+                metadata = dict(record.metadata)
+        info.damaged = damage[0] if damage else None
+    if metadata is not None:
+        info.metadata = {name: value for name, value in metadata.items() if name != "catalog"}
+    duration = info.duration
+    for topic in topics.values():
+        topic.rate = topic.messages / duration if duration > 0 else None
+    info.topics = sorted(topics.values(), key=lambda t: t.topic)
+    return info

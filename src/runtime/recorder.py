@@ -86,6 +86,7 @@ __all__ = [
     "Recorder",
     "Replayer",
     "in_time_order",
+    "is_replay",
     "live_producers",
     "percentile",
 ]
@@ -553,6 +554,26 @@ def live_producers(catalog: Mapping[str, type[Buffer]], namespace: str) -> dict[
         if pid:
             found.setdefault(pid, []).append(entry)
     return found
+
+
+def is_replay(pid: int) -> bool:
+    """Whether process ``pid`` runs ``runtime replay`` (its command line says so; False if unknown).
+
+    A buffer a replay serves has no device behind it: a value written there
+    stays pending, nobody sends it anywhere (``runtime buffers write`` says so).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            argv = file.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    if "runtime.tools.replay" in argv:  # python -m runtime.tools.replay
+        return True
+    for index, arg in enumerate(argv):
+        if os.path.basename(arg) == "runtime":  # runtime replay, python -m runtime replay
+            words = [word for word in argv[index + 1 :] if word and not word.startswith("-")]
+            return "replay" in words[:2]  # after a global option's value (--log-level LEVEL), if any
+    return False
 
 
 def _running(pid: int) -> bool:

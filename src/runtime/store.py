@@ -415,6 +415,8 @@ class BufferStore(Mapping[BufferKey, Buffer]):
     def stale_segments(self) -> list[tuple[str, int, str, int]]:
         """The segments no producer serves any more: ``(type, uid, name, last producer pid)``, sorted.
 
+        The pid is 0 for a Smart Device buffer never served whose creator is gone.
+
         Leftovers of a bridge (or of another producer) that stopped or died,
         which nobody can bring back to life: ``runtime buffers clean`` removes
         them. A segment is stale when all of this holds:
@@ -423,7 +425,12 @@ class BufferStore(Mapping[BufferKey, Buffer]):
           namespace (as :meth:`find_segments` names it and :meth:`unlink_all`
           reads its header), this user's, and opens with its type;
         * it was served at some time: its header records a producer
-          (``producer_pid`` is not 0);
+          (``producer_pid`` is not 0); or it is a Smart Device buffer never
+          served whose creator is gone and that nobody changed for
+          :data:`NEVER_SERVED_GRACE` seconds (a mistyped UID,
+          ``store.device(uid)`` with no bridge, from a program that ended;
+          the grace leaves a bridge that is starting the time to serve it):
+          then the pid returned is 0;
         * nobody serves it now: once attached, :attr:`Buffer.producer_pid` is
           None (the producer lock is free, or its owner died);
         * that last producer is gone: no process has its pid (a zombie counts
@@ -434,9 +441,10 @@ class BufferStore(Mapping[BufferKey, Buffer]):
           device to come back, would otherwise wait on a segment that no new
           bridge would find.
 
-        Never stale: a buffer a live producer serves; a buffer never served
-        (a plain buffer a program uses on its own, or a Smart Device buffer
-        that student code opened before the bridge came); a segment that
+        Never stale: a buffer a live producer serves; a plain buffer never
+        served (a program uses it on its own); a Smart Device buffer never
+        served whose creator runs (student code that opened it before the
+        bridge came) or that a process maps; a segment that
         cannot be opened to look (another catalog's or user's); anything
         outside the namespace. When the last producer's pid was reused by an
         unrelated process, the segment is kept too (a safe mistake). Processes
@@ -469,15 +477,22 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         for type_name, uid, name in self.find_segments():
             path = os.path.join(SHM_DIR, name)
             header = _read_header(path)
-            if header is None or header.namespace_length != len(namespace) or header.producer_pid == 0:
+            if header is None or header.namespace_length != len(namespace):
                 continue
+            if header.producer_pid == 0 and not (
+                issubclass(self.catalog[type_name], DeviceBuffer)
+                and header.creator_pid != 0
+                and gone(header.creator_pid)
+                and _unchanged_for(path, NEVER_SERVED_GRACE)
+            ):
+                continue  # never served: stale only as a device buffer whose creator is long gone
             try:
                 buffer = self.catalog[type_name].attach(name, create=False, shared=True)
             except DeviceBufferError:
                 continue
             with buffer:
                 serving_pid = buffer.producer_pid
-            if serving_pid is not None or not gone(header.producer_pid):
+            if serving_pid is not None or (header.producer_pid != 0 and not gone(header.producer_pid)):
                 continue
             with contextlib.suppress(OSError):
                 candidates.append((type_name, uid, name, header.producer_pid, os.stat(path).st_ino))
@@ -521,6 +536,19 @@ def robot_enabled(namespace: str | None = None) -> bool:
         raise
     with state:
         return not state.get("disabled")
+
+
+NEVER_SERVED_GRACE = 60.0
+"""Seconds a Smart Device segment never served, whose creator is gone, is left unchanged before
+:meth:`BufferStore.stale_segments` counts it stale (a bridge starting meanwhile serves it)."""
+
+
+def _unchanged_for(path: str, seconds: float) -> bool:
+    """Whether a file was last changed at least ``seconds`` ago."""
+    try:
+        return time.time() - os.stat(path).st_mtime >= seconds
+    except OSError:
+        return False
 
 
 def mapped_elsewhere(inodes: set[int]) -> set[int]:

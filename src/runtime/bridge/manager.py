@@ -355,6 +355,19 @@ class Bridge:
         else:
             logger.debug("port %s: still cannot open: %s", path, text)
 
+    def report_port_taken(self, path: str, pid: int | None) -> None:
+        """Say once that another process (another bridge) holds a port; it is tried again quietly.
+
+        The bridge does not fight over the port: it takes it when the other lets go.
+        """
+        who = "another process" if pid is None else f"{_process_name(pid)} (pid {pid})"
+        text = f"served by {who}: it holds the port's lock"
+        if self._open_errors.get(path) != text:
+            logger.warning("port %s: %s; leaving it to it, this bridge takes it when it lets go", path, text)
+            self._open_errors[path] = text
+        else:
+            logger.debug("port %s: still %s", path, text)
+
     def clear_open_error(self, path: str) -> None:
         """Forget the open error of a port that opened."""
         self._open_errors.pop(path, None)
@@ -386,7 +399,9 @@ class Bridge:
             elif connection is not None and path not in self._open_errors:
                 outcomes.append(f"{path}: no answer to PING")
             elif path in self._open_errors:
-                outcomes.append(f"{path}: cannot open: {self._open_errors[path]}")
+                text = self._open_errors[path]
+                taken = text.startswith("served by")
+                outcomes.append(f"{path}: {text}" if taken else f"{path}: cannot open: {text}")
             else:
                 outcomes.append(f"{path}: closed, to be tried again")
         return outcomes
@@ -651,3 +666,18 @@ class Bridge:
         stop = stop or asyncio.Event()
         await self._serve_until(stop, loop)
         return 0
+
+
+def _process_name(pid: int) -> str:
+    """``another runtime bridge`` when process ``pid`` runs one (its command line says so)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            argv = file.read().decode(errors="replace").split("\0")
+    except OSError:
+        return "another process"
+    if "runtime.tools.bridge" in argv or any(
+        os.path.basename(arg) == "runtime" and "bridge" in argv[index + 1 : index + 4]
+        for index, arg in enumerate(argv)
+    ):
+        return "another runtime bridge"
+    return "another process"

@@ -19,7 +19,7 @@ from foxglove.websocket import ServerListener
 
 from ..buffer import Buffer, DeviceBufferError, Parameter
 from ..commands import ClientCommands
-from ..exception import RuntimeBaseException
+from ..exception import RuntimeBaseException, did_you_mean
 from ..mcap import LOG_TOPIC, StudentLog, log_schema, topic_of
 from ..remote import RefusalLimiter, load_payload, quote
 from ..store import BufferStore, robot_enabled
@@ -58,6 +58,8 @@ MAX_RATE = 1000.0
 """The highest ``--max-rate``."""
 SUBSCRIBE_DELAY = 0.05
 """Seconds after a subscription that the buffer's state is sent (it takes effect after its callback)."""
+NAME_HINT_LIMIT = 256
+"""The longest unknown parameter name a "did you mean" is looked for (a client's name costs no more)."""
 COMMAND_SUFFIX = "/command"
 """A buffer's command topic is its topic and this."""
 ROBOT_STATUS = "robot:disabled"
@@ -370,8 +372,7 @@ class LiveView:
         if valid:
             self._clear_status(status)
         else:
-            producer = "no producer" if watched.buffer.producer_pid is None else "its producer says so"
-            message = f"{watched.type_name} {watched.uid:#x} is not connected (invalid: {producer})"
+            message = _not_connected(watched.type_name, watched.uid, watched.buffer.producer_pid)
             self._set_status(status, message, StatusLevel.Warning)
 
     # -- parameters --
@@ -446,9 +447,10 @@ class LiveView:
             value = parameter.get_value()
             status = f"write:{name}"
             if found is None:  # one status for all unknown names: a client cannot make them pile up
+                hint = did_you_mean(name, self.parameter_names()) if len(name) <= NAME_HINT_LIMIT else ""
                 self._refuse(
                     "write:unknown",
-                    f"cannot set {quote(name)}: no such parameter of a buffer served here",
+                    f"cannot set {quote(name)}: no such parameter of a buffer served here{hint}",
                     client,
                 )
                 continue
@@ -737,6 +739,22 @@ class LiveView:
             if was is not None:
                 logger.warning("the robot is enabled again")
             self._clear_status(ROBOT_STATUS)
+
+
+def _not_connected(type_name: str, uid: int, producer_pid: int | None) -> str:
+    """The status of an invalid buffer, in the words of its user.
+
+    A bridge stops serving the buffer of a device that is unplugged: nobody
+    serving it is the usual "not connected", not a fault to name.
+
+    >>> _not_connected("limit-switch", 0x10, None)
+    'limit-switch 0x10 is not connected (unplugged, or no bridge serves it)'
+    >>> _not_connected("limit-switch", 0x10, 42)
+    'limit-switch 0x10 is not connected (its bridge, pid 42, has no data from it)'
+    """
+    if producer_pid is None:
+        return f"{type_name} {uid:#x} is not connected (unplugged, or no bridge serves it)"
+    return f"{type_name} {uid:#x} is not connected (its bridge, pid {producer_pid}, has no data from it)"
 
 
 def _source_topic(topic: str) -> str:

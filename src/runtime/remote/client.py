@@ -896,7 +896,9 @@ class RemoteDevice:
             return values[param]
         except KeyError:
             raise DeviceBufferError(
-                "no such readable parameter", device=self._record.key, param=param
+                f"no such readable parameter{did_you_mean(param, values)}",
+                device=self._record.key,
+                param=param,
             ) from None
 
     def snapshot(self) -> dict[str, Any]:

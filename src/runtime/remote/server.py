@@ -122,7 +122,7 @@ from ..buffer import Buffer, DeviceBuffer, DeviceBufferError
 from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
 from ..notify import wait_any_async
-from ..store import BufferStore
+from ..store import BufferStore, namespace_segments
 from ..student import FIELD_KEY, RUNNER_KEY, mode_name, mode_number
 from ..values import WriteRefused, apply_writes, check_writes, json_values, jsonable
 from ..watch import Segment, SegmentDiscovery
@@ -427,7 +427,12 @@ class ZenohServer:
                     format_uid(segment.uid),
                 )
             await self._forget(served, gone=not segment.replaced)
+        never_served = self._never_served([s for s in appeared if isinstance(s.buffer, DeviceBuffer)])
         for segment in appeared:
+            if segment.name in never_served:  # no device behind it yet: looked at again at the next look
+                self._segments.forget(segment.name)
+                segment.buffer.close()
+                continue
             try:
                 self._serve(segment)
             except Exception:  # noqa: BLE001 - tried again at the next look
@@ -441,6 +446,19 @@ class ZenohServer:
             if served.published_valid is not None and served.buffer.valid != served.published_valid:
                 logger.debug("zenoh: %s: a validity change the notification missed", served.key)
                 self._publish(served)
+
+    def _never_served(self, segments: list[Segment]) -> set[str]:
+        """The names of these Smart Device segments that no producer ever served (none serves them now).
+
+        Such a segment (a mistyped UID opened by a program, student code
+        before the bridge came) is no device of the robot: it is not served,
+        so no remote finds it, until a bridge serves it.
+        """
+        unserved = [segment for segment in segments if segment.buffer.producer_pid is None]
+        if not unserved:
+            return set()
+        last = dict(namespace_segments(self.store.namespace()))  # name -> last producer pid, 0: none ever
+        return {segment.name for segment in unserved if last.get(segment.name, 0) == 0}
 
     def _serve(self, segment: Segment) -> None:
         """Serve a segment found: a publisher, and a task that publishes its changes."""

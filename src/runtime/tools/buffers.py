@@ -239,9 +239,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="remove the segments no producer serves any more (leftovers of a stopped bridge)",
         description="Remove this user's stale segments of the namespace: those that a producer (the\n"
         "bridge) served once and that nobody serves now, whose last producer is gone (stopped\n"
-        "or died) and that no other process has open. Kept: buffers a live producer serves,\n"
-        "buffers never served (plain buffers a program uses on its own, a device buffer that\n"
-        "student code opened before the bridge came), segments of a bridge still running\n"
+        "or died) and that no other process has open; and device buffers never served whose\n"
+        "maker is gone, that nobody has open, untouched for a minute (a mistyped UID).\n"
+        "Kept: buffers a live producer serves,\n"
+        "plain buffers never served (a program uses them on its own), a device buffer never\n"
+        "served while the program that made it runs (student code that opened it before the\n"
+        "bridge came), segments of a bridge still running\n"
         "(its unplugged devices come back into them) or still open in a program.\n"
         "Lists what it removed (with --dry-run: what it would remove).",
         epilog="examples:\n"
@@ -454,6 +457,19 @@ def _echo_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> in
     return 0
 
 
+def _whither(buffer: Buffer) -> str:
+    """Where a value written to a device's buffer goes: its producer's doing (a bridge, or a replay)."""
+    from ..recorder import is_replay
+
+    pid = buffer.producer_pid
+    if pid is not None and is_replay(pid):
+        return (
+            f"pending: the buffer's producer is runtime replay, pid {pid}, "
+            "which sends nothing to a device: there is no bridge here"
+        )
+    return "the bridge sends it to the device"
+
+
 def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
     stop = threading.Event()
     signals = contextlib.ExitStack()
@@ -512,9 +528,7 @@ def _write_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
             )
         else:
             assignments = " ".join(f"{name}={format_value(value)}" for name, value in written.items())
-            whither = (
-                "the bridge sends it to the device" if issubclass(buffer_type, DeviceBuffer) else "pending"
-            )
+            whither = _whither(buffer) if issubclass(buffer_type, DeviceBuffer) else "pending"
             print(f"wrote {key}: {assignments} ({whither})")
         back = _back_to(commands, safe) if commands else ""
         if hold:
@@ -637,10 +651,9 @@ def _clean_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> i
         return 1 if failed else 0
     verb = "would remove" if args.dry_run else "removed"
     for entry in done:
-        print(
-            f"{verb} {entry['type']}:{entry['uid_hex']} (segment {entry['segment']}, "
-            f"last served by pid {entry['last_producer_pid']}, gone)"
-        )
+        served = entry["last_producer_pid"]
+        how = f"last served by pid {served}, gone" if served else "never served, its maker gone"
+        print(f"{verb} {entry['type']}:{entry['uid_hex']} (segment {entry['segment']}, {how})")
     kept = total - len(stale)
     kept_text = f"; {kept} kept (served, never served, or still open)" if kept else ""
     if done:

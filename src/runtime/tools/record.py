@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable
 
 from ..buffer import Buffer
-from ..mcap import RecordingError, not_a_regular_file
+from ..mcap import RecordingError, RecordingInfo, not_a_regular_file, recording_info
 from ..recorder import Recorder
 from ..store import BufferStore
 from ._common import (
@@ -70,6 +70,7 @@ from ._common import (
     bounded,
     load_catalog,
     parse_key,
+    print_json,
     say_if_empty,
     stop_on_signals,
     suggest,
@@ -111,6 +112,11 @@ Only a regular file is written: a symbolic link, a FIFO, a device or a
 directory is refused at once, never opened. A full disk (or a file size
 limit) ends the recording with one line saying what the file keeps: what
 was written out before (up to the last half second), a readable file.
+
+'runtime record info FILE' summarizes a recording instead (any MCAP file):
+its topics with message counts and rates, the devices (type and UID), the
+duration, the size and whether it ends with its index (--json: as JSON). To
+record into a file named 'info', write ./info.
 """
 
 EPILOG = """\
@@ -122,14 +128,20 @@ examples:
   $ runtime record day.mcap --split-time 600         # day-001.mcap, day-002.mcap, ...: 10 min each
   $ runtime record --namespace rt-demo-4242 demo.mcap   # the buffers of a 'runtime demo'
 
+
 Then: 'runtime replay robot.mcap' plays it back into buffers; Foxglove opens
-it (File > Open); 'mcap info robot.mcap' summarizes it.
+it (File > Open); 'runtime record info robot.mcap' summarizes it (topics,
+counts, rates, devices, duration; --json for a program).
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``runtime record``."""
-    parser.add_argument("output", metavar="OUT.mcap", help="the file to write")
+    parser.add_argument(
+        "output", metavar="OUT.mcap", help="the file to write (or 'info FILE': summarize FILE)"
+    )
+    parser.add_argument("info_file", nargs="?", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="with 'info FILE': print the summary as JSON")
     add_catalog_option(parser)
     add_namespace_option(parser)
     parser.add_argument(
@@ -214,8 +226,68 @@ def _check_output(path: str, force: bool, *, split: bool = False) -> None:
         raise CommandError(f"{path} exists; give --force to overwrite it")
 
 
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) + f".{ns // 1_000_000 % 1000:03d}"
+
+
+def print_info(info: RecordingInfo) -> None:
+    """Print a recording's summary (``runtime record info``), like ``ros2 bag info``."""
+    index = "with its index" if info.indexed else "without index (its recorder was killed, or it is cut)"
+    print(f"file:       {info.path}")
+    print(f"size:       {info.size} bytes, {index}")
+    if info.damaged:
+        print(f"damaged:    {info.damaged}")
+    if info.metadata is None:
+        print("made by:    not 'runtime record' (no 'runtime' metadata)")
+    else:
+        print(f"namespace:  {info.metadata.get('namespace', '?')}")
+    if info.start is not None and info.end is not None:
+        print(f"duration:   {info.duration:.3f} s ({_when(info.start)} to {_when(info.end)})")
+    else:
+        print("duration:   0 s (no messages)")
+    print(f"messages:   {info.messages}")
+    print(f"devices:    {len(info.devices)}")
+    for type_name, uid in info.devices:
+        print(f"  {type_name:<20} {uid:#x}")
+    print(f"topics:     {len(info.topics)}")
+    width = max((len(t.topic) for t in info.topics), default=0)
+    for t in info.topics:
+        rate = f"{t.rate:8.1f}/s" if t.rate is not None else " " * 10
+        print(
+            f"  {t.topic:<{width}} {t.messages:8d} msgs {rate}  {t.kind:<5}  {t.encoding} {t.schema}".rstrip()
+        )
+
+
+def _info_main(args: argparse.Namespace) -> int:
+    if args.info_file is None:
+        raise CommandError(
+            "give the recording to summarize: runtime record info FILE "
+            "(to record into a file named info, write ./info)",
+            code=2,
+        )
+    try:
+        info = recording_info(args.info_file)
+    except RecordingError as exc:
+        raise CommandError(exc.message) from None
+    if args.json:
+        print_json(info.as_dict())
+    else:
+        print_info(info)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run ``runtime record``."""
+    """Run ``runtime record`` (or ``runtime record info FILE``)."""
+    if args.output == "info":
+        return _info_main(args)
+    if args.info_file is not None:
+        raise CommandError(
+            f"one file to record into, not also {args.info_file!r} "
+            "('runtime record info FILE' summarizes a recording)",
+            code=2,
+        )
+    if args.json:
+        raise CommandError("--json goes with 'runtime record info FILE'", code=2)
     catalog = load_catalog(args.catalog)
     select = make_filter(args, catalog)
     _check_output(args.output, args.force, split=args.split_size is not None or args.split_time is not None)

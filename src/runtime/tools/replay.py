@@ -153,23 +153,25 @@ def main(args: argparse.Namespace) -> int:
     files = ", ".join(args.inputs)
     with BufferStore.use_namespace(namespace):
         replayer = Replayer(catalog, speed=args.speed)
+        stop = threading.Event()
         try:
             replayer.prepare(recordings)
-            out = sys.stderr if args.json else sys.stdout
-            print(
-                f"replaying {files}: {len(keys)} buffers, {seconds:.1f} s, into namespace {namespace!r} "
-                f"at speed {args.speed:g}{' in a loop' if args.loop else ''}",
-                file=out,
-                flush=True,
-            )
-            print(f"  run your code with RUNTIME_BUFFER_NAMESPACE={namespace}", file=out, flush=True)
-            for recording in recordings:
-                if not recording.indexed:
-                    logger.info(
-                        "%s has no index (its recorder was killed?): read from the start", recording.path
-                    )
-            stop = threading.Event()
+            # Ctrl-C is heard from before the namespace is announced: pressed as soon as the lines
+            # appear, it stops the replay cleanly.
             with stop_on_signals(stop, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+                out = sys.stderr if args.json else sys.stdout
+                print(
+                    f"replaying {files}: {len(keys)} buffers, {seconds:.1f} s, into namespace {namespace!r} "
+                    f"at speed {args.speed:g}{' in a loop' if args.loop else ''}",
+                    file=out,
+                    flush=True,
+                )
+                print(f"  run your code with RUNTIME_BUFFER_NAMESPACE={namespace}", file=out, flush=True)
+                for recording in recordings:
+                    if not recording.indexed:
+                        logger.info(
+                            "%s has no index (its recorder was killed?): read from the start", recording.path
+                        )
                 if not stop.wait(args.delay):
                     replayer.play(recordings, stop, loop=args.loop)
                     stop.wait(END_HOLD)  # the last states are seen before the buffers turn invalid
@@ -188,12 +190,17 @@ def main(args: argparse.Namespace) -> int:
         print_json(jsonable(summary))
     else:
         timing = summary["timing_error_ms"]
-        print(
-            f"replayed {summary['states']} states of {summary['buffers']} buffers "
-            f"({summary['writes_not_replayed']} recorded writes not replayed); "
-            f"timing error p50 {timing['p50']} ms, p99 {timing['p99']} ms",
-            flush=True,
-        )
+        if summary["states"] == 0:
+            print("nothing played: stopped before the first state", flush=True)
+        else:
+            late = ""
+            if timing["p50"] is not None:
+                late = f"; timing error p50 {timing['p50']} ms, p99 {timing['p99']} ms"
+            print(
+                f"replayed {summary['states']} states of {summary['buffers']} buffers "
+                f"({summary['writes_not_replayed']} recorded writes not replayed){late}",
+                flush=True,
+            )
     return 0
 
 
