@@ -236,8 +236,14 @@ def test_nowhere_to_serve_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_nobody_listening_is_a_remote_error() -> None:
-    with pytest.raises(remote.RemoteError, match="cannot reach the robot"):
-        remote.connect(f"tcp/127.0.0.1:{free_port()}", namespace="rt-nobody")
+    endpoint = f"tcp/127.0.0.1:{free_port()}"
+    with pytest.raises(remote.RemoteError, match=f"cannot reach the robot at {endpoint}: ") as caught:
+        remote.connect(endpoint, namespace="rt-nobody")
+    assert ".rs:" not in str(caught.value) and "\n" not in str(
+        caught.value
+    )  # one line, no Rust source places
+    with pytest.raises(ValueError, match="write tcp/127.0.0.1:7447"):
+        remote.connect("127.0.0.1:7447", namespace="rt-nobody")
 
 
 # ---- connecting without a namespace ----------------------------------------------------------------

@@ -41,7 +41,7 @@ from .keys import (
     state_key,
 )
 from .payload import MAX_PAYLOAD, QUOTE_LIMIT, RefusalLimiter, check_input, load_payload, quote
-from .session import RemoteError, make_config
+from .session import RemoteError, make_config, zenoh_reason
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -1069,7 +1069,10 @@ def connect(
     try:
         session = zenoh.open(zenoh_config)
     except zenoh.ZError as exc:
-        raise RemoteError(f"cannot reach the robot: {exc}", endpoint=endpoints or None) from None
+        where = f" at {', '.join(endpoints)}" if endpoints else ""
+        raise RemoteError(
+            f"cannot reach the robot{where}: {zenoh_reason(exc)}", endpoint=endpoints or None
+        ) from None
     if not namespace:
         try:
             namespace = _served_namespace(session, endpoints, timeout)
