@@ -43,7 +43,6 @@ import heapq
 import json
 import logging
 import math
-import os
 import threading
 import time
 import warnings
@@ -68,6 +67,7 @@ from .mcap import (
     topic_of,
 )
 from .messaging import MAX_PAYLOAD, Message, TypeLayout
+from .processes import pid_alive
 from .store import BufferStore, namespace_segments
 from .student import RUNNER_KEY
 from .values import CHAR, FLOAT, BufferState, encode_json, jsonable, kind_of, read_state
@@ -86,7 +86,6 @@ __all__ = [
     "Recorder",
     "Replayer",
     "in_time_order",
-    "is_replay",
     "live_producers",
     "percentile",
 ]
@@ -550,43 +549,10 @@ def live_producers(catalog: Mapping[str, type[Buffer]], namespace: str) -> dict[
             with catalog[known[entry]].attach(entry, create=False) as buffer:
                 pid = buffer.producer_pid
         except DeviceBufferError:
-            pid = last_producer if _running(last_producer) else None
+            pid = last_producer if pid_alive(last_producer) else None
         if pid:
             found.setdefault(pid, []).append(entry)
     return found
-
-
-def is_replay(pid: int) -> bool:
-    """Whether process ``pid`` runs ``runtime replay`` (its command line says so; False if unknown).
-
-    A buffer a replay serves has no device behind it: a value written there
-    stays pending, nobody sends it anywhere (``runtime buffers write`` says so).
-    """
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            argv = file.read().decode(errors="replace").split("\0")
-    except OSError:
-        return False
-    if "runtime.tools.replay" in argv:  # python -m runtime.tools.replay
-        return True
-    for index, arg in enumerate(argv):
-        if os.path.basename(arg) == "runtime":  # runtime replay, python -m runtime replay
-            words = [word for word in argv[index + 1 :] if word and not word.startswith("-")]
-            return "replay" in words[:2]  # after a global option's value (--log-level LEVEL), if any
-    return False
-
-
-def _running(pid: int) -> bool:
-    """Whether a process of this pid runs (0: none)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's: running
-    return True
 
 
 class Replayer:

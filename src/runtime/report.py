@@ -29,6 +29,7 @@ from typing import Any
 
 from .buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
 from .exception import RuntimeBaseException
+from .processes import program_name
 from .store import BufferStore
 from .values import jsonable, type_name
 
@@ -270,35 +271,6 @@ def _name_programs(report: BufferReport) -> None:
         name = program_name(pid)
         if name:
             report.programs[pid] = name
-
-
-def program_name(pid: int) -> str | None:
-    """What a process runs, for people: ``runtime bridge``, ``my_robot.py``, ``python3``; None if unknown.
-
-    From ``/proc/PID/cmdline``: the program (for Python, the script or the
-    ``-m`` module) and its first word when it is a plain one (a subcommand);
-    else ``/proc/PID/comm``.
-    """
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            argv = [word.decode(errors="replace") for word in file.read().split(b"\0") if word]
-    except OSError:
-        argv = []
-    if argv and os.path.basename(argv[0]).startswith("python") and len(argv) > 1:
-        argv = argv[2:] if argv[1] == "-m" else argv[1:]
-        if argv and argv[0].startswith("-"):  # python -c ...: the interpreter is all there is to say
-            argv = []
-    if argv:
-        words = [os.path.basename(argv[0])]
-        word = argv[1] if len(argv) > 1 else ""
-        if word[:1].isalpha() and word.replace("-", "").replace("_", "").isalnum():
-            words.append(argv[1])
-        return " ".join(words)
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as file:
-            return file.read().strip() or None
-    except OSError:
-        return None
 
 
 def scan(store: BufferStore, *, details: bool = False) -> list[BufferReport]:

@@ -45,6 +45,7 @@ from .buffer import (
 from .catalog import CATALOG_KEYS, device_types, make_catalog
 from .device import Device
 from .exception import closest, did_you_mean
+from .processes import pid_alive, zombie
 
 __all__ = [
     "CATALOG_KEYS",
@@ -461,17 +462,7 @@ class BufferStore(Mapping[BufferKey, Buffer]):
         namespace = self.namespace()
 
         def gone(pid: int) -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:  # another user's process: alive
-                return False
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as file:
-                    return file.read().rpartition(b")")[2].split()[:1] == [b"Z"]  # a zombie
-            except OSError:
-                return False
+            return not pid_alive(pid) or zombie(pid)
 
         candidates: list[tuple[str, int, str, int, int]] = []
         for type_name, uid, name in self.find_segments():
@@ -647,17 +638,6 @@ def namespaces() -> list[str]:
     return sorted(found)
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process has this pid (another user's counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def buffer_namespaces(*, live: bool = False) -> list[str]:
     """The namespaces that have buffers of this library in /dev/shm, sorted.
 
@@ -683,7 +663,7 @@ def buffer_namespaces(*, live: bool = False) -> list[str]:
             continue
         if live:
             pid = header.producer_pid
-            if pid == 0 or not alive.setdefault(pid, _pid_alive(pid)):
+            if pid == 0 or not alive.setdefault(pid, pid_alive(pid)):
                 continue
         found.add(namespace)
     return sorted(found)

@@ -98,6 +98,7 @@ from ..exception import RuntimeBaseException
 from ..jsonio import write_json_atomically
 from ..link import FramePump
 from ..messaging import Message
+from ..processes import runs_command
 from ..store import BufferStore, mapped_elsewhere
 from .connection import DeviceRecord, PortConnection, logger
 from .watch import Identity, _DirectoryWatch, _identity, _watchable_directory
@@ -360,7 +361,7 @@ class Bridge:
 
         The bridge does not fight over the port: it takes it when the other lets go.
         """
-        who = "another process" if pid is None else f"{_process_name(pid)} (pid {pid})"
+        who = "another process" if pid is None else f"{_holder(pid)} (pid {pid})"
         text = f"served by {who}: it holds the port's lock"
         if self._open_errors.get(path) != text:
             logger.warning("port %s: %s; leaving it to it, this bridge takes it when it lets go", path, text)
@@ -668,16 +669,6 @@ class Bridge:
         return 0
 
 
-def _process_name(pid: int) -> str:
-    """``another runtime bridge`` when process ``pid`` runs one (its command line says so)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            argv = file.read().decode(errors="replace").split("\0")
-    except OSError:
-        return "another process"
-    if "runtime.tools.bridge" in argv or any(
-        os.path.basename(arg) == "runtime" and "bridge" in argv[index + 1 : index + 4]
-        for index, arg in enumerate(argv)
-    ):
-        return "another runtime bridge"
-    return "another process"
+def _holder(pid: int) -> str:
+    """``another runtime bridge`` when process ``pid`` runs one, else ``another process``."""
+    return "another runtime bridge" if runs_command(pid, "bridge") else "another process"

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
+from ..processes import runs_command
 from ..rates import RateMeter, changes, measure
 from ..report import NoSuchBuffer, inspect_buffer, robot_enabled_or_unknown, robot_line, scan
 from ..store import BufferStore
@@ -459,10 +460,8 @@ def _echo_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> in
 
 def _whither(buffer: Buffer) -> str:
     """Where a value written to a device's buffer goes: its producer's doing (a bridge, or a replay)."""
-    from ..recorder import is_replay
-
     pid = buffer.producer_pid
-    if pid is not None and is_replay(pid):
+    if pid is not None and runs_command(pid, "replay"):
         return (
             f"pending: the buffer's producer is runtime replay, pid {pid}, "
             "which sends nothing to a device: there is no bridge here"
