@@ -34,18 +34,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import logging
 import os
 import select
 import signal
-from collections.abc import Callable, Hashable, Iterable
+import threading
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from . import _core
 from .buffer import Buffer, DeviceBufferError
 
-__all__ = ["ClientCommands", "Commander", "CommanderWatch", "die_with_parent", "my_commander", "start_time"]
+__all__ = [
+    "HOLD_CHECK_INTERVAL",
+    "ClientCommands",
+    "Commander",
+    "CommanderWatch",
+    "HoldEnd",
+    "die_with_parent",
+    "hold",
+    "my_commander",
+    "start_time",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -263,3 +275,54 @@ class ClientCommands(Generic[KeyT, ClientT]):
             if names:
                 ended[key] = names
         return ended, failed
+
+
+# ---- holding commands ----------------------------------------------------------------------------
+
+HOLD_CHECK_INTERVAL = 0.05
+"""Seconds between two looks of :func:`hold` at the buffer (its validity, the robot, the commanders)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HoldEnd:
+    """Why :func:`hold` returned.
+
+    ``reason`` is ``"stopped"`` (asked to: the commands were ended, ``ended``
+    names those that were still this process's), ``"invalid"`` (the buffer
+    turned invalid: the device is gone), ``"disabled"`` (the robot was
+    disabled: the bridge put the safe values back) or ``"taken"`` (other
+    processes command every one of them now, ``others`` their pids; none: the
+    bridge ended them).
+    """
+
+    reason: str
+    ended: tuple[str, ...] = ()
+    others: tuple[int, ...] = ()
+
+
+def hold(
+    buffer: Buffer, commands: Sequence[str], stop: threading.Event, *, interval: float = HOLD_CHECK_INTERVAL
+) -> HoldEnd:
+    """Keep this process's commands on ``buffer`` in force until ``stop``; then end them.
+
+    Returns early when they end otherwise (see :class:`HoldEnd`).
+
+    Raises:
+        DeviceBufferError: Ending them at ``stop`` failed.
+    """
+    me = os.getpid()
+    while not stop.wait(interval):
+        if not buffer.valid:
+            return HoldEnd("invalid")
+        if buffer.disabled:
+            return HoldEnd("disabled")
+        try:
+            commanders = buffer.commanders()
+        except DeviceBufferError:  # the lock busy a long time, or invalid meanwhile: look again
+            continue
+        if not any(commanders.get(name) == me for name in commands):
+            return HoldEnd(
+                "taken", others=tuple(sorted({commanders[n] for n in commands if n in commanders}))
+            )
+    ended = buffer.end_commands(commands)
+    return HoldEnd("stopped", ended=tuple(name for name in commands if name in ended))

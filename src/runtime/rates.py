@@ -34,7 +34,7 @@ from typing import Any
 from .buffer import Buffer, DeviceBuffer, DeviceBufferError
 from .watch import BufferWatcher, Watched
 
-__all__ = ["WAIT_SLICE", "Change", "Rate", "RateMeter", "changes", "measure"]
+__all__ = ["WAIT_SLICE", "Change", "Rate", "RateMeter", "changes", "measure", "rate_reports"]
 
 WAIT_SLICE = 0.2
 """The longest :func:`changes` sleeps before looking whether it is to stop."""
@@ -161,6 +161,30 @@ def measure(
     watcher = BufferWatcher(catalog, on_change=on_change, on_appear=on_appear, select=select)
     threading.Thread(target=watcher.run, args=(stop,), name="runtime-rates", daemon=True).start()
     return watcher
+
+
+def rate_reports(
+    meter: RateMeter,
+    stop: threading.Event,
+    *,
+    every: float = 1.0,
+    count: int | None = None,
+    duration: float | None = None,
+) -> Iterator[list[Rate]]:
+    """The meter's rates every ``every`` s until ``stop``, ``count`` reports or ``duration`` s.
+
+    ``stop`` is set when it ends, so that a :func:`measure` watching with it stops.
+    """
+    end = None if duration is None else time.monotonic() + duration
+    reports = 0
+    try:
+        while not stop.wait(every if end is None else max(0.0, min(every, end - time.monotonic()))):
+            yield meter.rates()
+            reports += 1
+            if (count and reports >= count) or (end is not None and time.monotonic() >= end):
+                break
+    finally:
+        stop.set()
 
 
 @dataclasses.dataclass(frozen=True)

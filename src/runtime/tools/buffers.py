@@ -39,8 +39,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..buffer import SHM_DIR, Buffer, DeviceBuffer, DeviceBufferError
+from ..commands import hold
 from ..processes import runs_command
-from ..rates import RateMeter, changes, measure
+from ..rates import RateMeter, changes, measure, rate_reports
 from ..report import NoSuchBuffer, inspect_buffer, robot_enabled_or_unknown, robot_line, scan
 from ..store import BufferStore
 from ..values import WriteRefused, apply_writes, check_writes, jsonable
@@ -114,8 +115,6 @@ is given; 'runtime demo' prints the one it uses.
 
 MAX_COUNT = 1_000_000_000
 """The most refreshes ``watch --count`` takes."""
-HOLD_CHECK_INTERVAL = 0.05
-"""Seconds between looks at the device's buffer while ``write --hold`` holds its commands."""
 
 
 # ---- keys typed on the command line---------------------------------------------------------------------
@@ -416,20 +415,11 @@ def _hz_main(args: argparse.Namespace, catalog: dict[str, type[Buffer]]) -> int:
     meter, stop = RateMeter(args.window), threading.Event()
     with stop_on_signals(stop):
         watcher = measure(catalog, meter, stop, select=None if key is None else lambda *k: k == key)
-        end = None if args.duration is None else time.monotonic() + args.duration
-        reports = 0
-        try:
-            while not stop.wait(1.0 if end is None else max(0.0, min(1.0, end - time.monotonic()))):
-                rates = meter.rates()
-                if args.json:
-                    print(json.dumps([rate.to_json() for rate in rates]), flush=True)
-                else:
-                    print("\n".join(rate.line() for rate in rates) or "(no buffers yet)", flush=True)
-                reports += 1
-                if (args.count and reports >= args.count) or (end is not None and time.monotonic() >= end):
-                    break
-        finally:
-            stop.set()
+        for rates in rate_reports(meter, stop, count=args.count, duration=args.duration):
+            if args.json:
+                print(json.dumps([rate.to_json() for rate in rates]), flush=True)
+            else:
+                print("\n".join(rate.line() for rate in rates) or "(no buffers yet)", flush=True)
     return 1 if watcher.failed else 0
 
 
@@ -578,40 +568,30 @@ def _hold(
     *,
     json_output: bool = False,
 ) -> int:
-    """Keep this process, and so its commands, alive until ``stop`` (SIGINT/SIGTERM); then end them.
-
-    Returns 0 when stopped by a signal. Raises :class:`CommandError` (status 1)
-    when the commands end otherwise: the device's buffer turns invalid, the
-    robot is disabled, or other processes take every command over.
-    """
-    me = os.getpid()
+    """Hold the commands until ``stop`` (:func:`runtime.commands.hold`); 0, or a :class:`CommandError`
+    (status 1) when they end otherwise: the buffer invalid, the robot disabled, or taken over."""
     names = ", ".join(commands)
     # (the signals are taken since before the write: see _write_main)
-    while not stop.wait(HOLD_CHECK_INTERVAL):
-        if not buffer.valid:
-            raise CommandError(
-                f"{key} is not connected any more (its buffer turned invalid): {names} no longer held"
-            )
-        if buffer.disabled:
-            raise CommandError(
-                f"the robot was disabled (namespace {BufferStore.namespace()!r}): {names} ended "
-                f"({back}); 'runtime enable' enables it again"
-            )
-        try:
-            commanders = buffer.commanders()
-        except DeviceBufferError:  # the lock busy a long time, or invalid meanwhile: look again
-            continue
-        if not any(commanders.get(name) == me for name in commands):
-            others = sorted({f"pid {commanders[name]}" for name in commands if name in commanders})
-            how = f"taken over by {', '.join(others)}" if others else "ended by the bridge"
-            raise CommandError(f"{names} on {key}: no longer this command's ({how})")
     try:
-        ended = buffer.end_commands(commands)
+        end = hold(buffer, commands, stop)
     except DeviceBufferError as exc:
         raise CommandError(f"cannot end the commands on {key}: {exc.message}") from None
+    if end.reason == "invalid":
+        raise CommandError(
+            f"{key} is not connected any more (its buffer turned invalid): {names} no longer held"
+        )
+    if end.reason == "disabled":
+        raise CommandError(
+            f"the robot was disabled (namespace {BufferStore.namespace()!r}): {names} ended "
+            f"({back}); 'runtime enable' enables it again"
+        )
+    if end.reason == "taken":
+        others = ", ".join(f"pid {pid}" for pid in end.others)
+        how = f"taken over by {others}" if others else "ended by the bridge"
+        raise CommandError(f"{names} on {key}: no longer this command's ({how})")
     out = sys.stderr if json_output else sys.stdout  # stdout is for JSON alone
-    if ended:
-        print(f"ended {', '.join(n for n in commands if n in ended)} on {key} ({back})", file=out, flush=True)
+    if end.ended:
+        print(f"ended {', '.join(end.ended)} on {key} ({back})", file=out, flush=True)
     else:
         print(f"{names} on {key}: taken over meanwhile; left alone", file=out, flush=True)
     return 0
