@@ -3,14 +3,14 @@
 One reading for everything that names or checks a process by pid: who
 serves or commands a buffer (``runtime buffers``), whether a buffer's producer
 is ``runtime replay`` (a write there reaches no device), whether a port's
-holder is another ``runtime bridge``, whether a segment's last producer is gone.
+holder is another ``runtime bridge`` (:func:`flock_holder`), whether a segment's last producer is gone.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["command_line", "pid_alive", "program_name", "runs_command", "zombie"]
+__all__ = ["command_line", "flock_holder", "pid_alive", "program_name", "runs_command", "zombie"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -87,3 +87,24 @@ def program_name(pid: int) -> str | None:
             return file.read().strip() or None
     except OSError:
         return None
+
+
+def flock_holder(path: str) -> int | None:
+    """The pid holding an ``flock`` on ``path`` (a bridge serving a port), from ``/proc/locks``.
+
+    None when it cannot be told (no such lock, no ``/proc``).
+    """
+    try:
+        status = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter's line: not the holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4].isdigit():
+            return int(fields[4])
+    return None

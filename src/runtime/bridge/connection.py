@@ -32,6 +32,7 @@ from ..commands import Commander
 from ..exception import RuntimeBaseException
 from ..link import PumpCounters, PumpEvent
 from ..messaging import DELIM, ErrorCode, Message, MessageError, MessageType
+from ..processes import flock_holder
 from ..values import jsonable
 from .watch import Identity
 
@@ -176,27 +177,6 @@ def _lock_taken(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK) and "lock" in str(exc)
 
 
-def port_holder(path: str) -> int | None:
-    """The pid of the process holding the flock of a port (a bridge serving it), from ``/proc/locks``.
-
-    None when it cannot be told (no such lock, no ``/proc``).
-    """
-    try:
-        status = os.stat(path)
-        with open("/proc/locks", encoding="ascii", errors="replace") as file:
-            lines = file.read().splitlines()
-    except OSError:
-        return None
-    wanted = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
-    for line in lines:
-        fields = line.split()
-        if "->" in fields:  # a waiter's line: not the holder
-            continue
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4].isdigit():
-            return int(fields[4])
-    return None
-
-
 def _lock_busy(exc: DeviceBufferError) -> bool:
     """Whether a buffer operation failed only because another process holds the lock."""
     return exc.context.get("errno") in (errno.EBUSY, errno.ETIMEDOUT)
@@ -316,11 +296,11 @@ class PortConnection:
             self._teardown(reason)
 
     def _open(self) -> bool:
-        try:  # exclusive: an flock on the port, which a second bridge finds taken (see port_holder)
+        try:  # exclusive: an flock on the port, which a second bridge finds taken (processes.flock_holder)
             self._serial = serial.Serial(self.path, BAUD_RATE, timeout=0, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
             if _lock_taken(exc):
-                self.bridge.report_port_taken(self.path, port_holder(self.path))
+                self.bridge.report_port_taken(self.path, flock_holder(self.path))
             else:
                 self.bridge.report_open_error(self.path, exc)
             self.retry_delay = RETRY_DELAY
