@@ -1079,20 +1079,19 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
  * RT_MAX_PAYLOAD - 2 value bytes: dynamic programming over subsets, keeping
  * for each subset the fewest messages and, among those, the least-filled
  * last one. Stores each value's message index in `bin_of`; returns the
- * number of messages, or -1 with MemoryError set. */
+ * number of messages, or -1 when memory ran out. No GIL needed. */
 static int
 pack_exactly(const Py_ssize_t *w, int n, int *bin_of)
 {
     const Py_ssize_t room = RT_MAX_PAYLOAD - 2;
     size_t states = (size_t)1 << n;
-    uint8_t *count = PyMem_Malloc(states);
-    uint16_t *fill = PyMem_Malloc(states * sizeof(uint16_t));
-    int8_t *last = PyMem_Malloc(states);
+    uint8_t *count = malloc(states);
+    uint16_t *fill = malloc(states * sizeof(uint16_t));
+    int8_t *last = malloc(states);
     if (count == NULL || fill == NULL || last == NULL) {
-        PyMem_Free(count);
-        PyMem_Free(fill);
-        PyMem_Free(last);
-        PyErr_NoMemory();
+        free(count);
+        free(fill);
+        free(last);
         return -1;
     }
     memset(count, 0xFF, states);
@@ -1134,89 +1133,116 @@ pack_exactly(const Py_ssize_t *w, int n, int *bin_of)
         bin_of[i] = b;
     }
     int result = count[states - 1];
-    PyMem_Free(count);
-    PyMem_Free(fill);
-    PyMem_Free(last);
+    free(count);
+    free(fill);
+    free(last);
     return result;
 }
 
-/* Split `params` into as few DEV_DATA/DEV_WRITE messages as possible and
- * append them to `out`. First-fit decreasing by width usually reaches the
- * lower bound; when it does not, pack exactly. The lock is held. */
-static int
-append_values(rt_BufferAccess *self, PyObject *out, uint8_t type, uint16_t params, const uint8_t *block)
+/* Split `params` into as few DEV_DATA/DEV_WRITE messages as possible: the
+ * params bitmap of each in `bins`. First-fit decreasing by width usually
+ * reaches the lower bound; when it does not, pack exactly (remembered in
+ * `cache`: a subscription packs the same set every time). No GIL needed, so
+ * that the pump's writer thread packs DEV_WRITE as emit_dev_rw does. */
+int
+rt_pack_bins(const rt_layout *layout, uint16_t params, uint16_t bins[RT_MAX_PARAMS], rt_pack_cache *cache)
 {
-    const rt_layout *layout = &self->spec->layout;
     if (params == 0) {
         return 0;
     }
     Py_ssize_t total = 2;
-    for (int id = 0; id < layout->count; id++) {
+    for (int id = 0; id < RT_MAX_PARAMS; id++) {
         if (params & (1u << id)) {
+            if (id >= layout->count || layout->widths[id] == 0 || layout->widths[id] > RT_MAX_PAYLOAD - 2) {
+                return RT_PACK_UNFIT;
+            }
             total += layout->widths[id];
         }
     }
-    uint16_t bins[RT_MAX_PARAMS];
     Py_ssize_t room[RT_MAX_PARAMS];
     int nbins = 0;
     if (total <= RT_MAX_PAYLOAD) {
         bins[nbins++] = params;
+        return nbins;
     }
-    else {
-        int order[RT_MAX_PARAMS], n = 0;
-        for (int id = 0; id < layout->count; id++) {
-            if (params & (1u << id)) {
-                int j = n++;
-                while (j > 0 && layout->widths[order[j - 1]] < layout->widths[id]) {
-                    order[j] = order[j - 1];
-                    j--;
-                }
-                order[j] = id;
+    int order[RT_MAX_PARAMS], n = 0;
+    for (int id = 0; id < layout->count; id++) {
+        if (params & (1u << id)) {
+            int j = n++;
+            while (j > 0 && layout->widths[order[j - 1]] < layout->widths[id]) {
+                order[j] = order[j - 1];
+                j--;
             }
+            order[j] = id;
         }
-        for (int k = 0; k < n; k++) {
-            int id = order[k], b = 0;
-            while (b < nbins && room[b] < layout->widths[id]) {
-                b++;
+    }
+    for (int k = 0; k < n; k++) {
+        int id = order[k], b = 0;
+        while (b < nbins && room[b] < layout->widths[id]) {
+            b++;
+        }
+        if (b == nbins) {
+            bins[nbins] = 0;
+            room[nbins++] = RT_MAX_PAYLOAD - 2;
+        }
+        bins[b] |= (uint16_t)(1u << id);
+        room[b] -= layout->widths[id];
+    }
+    /* Lower bound: the bytes to send, and the values wider than half a message. */
+    Py_ssize_t capacity = RT_MAX_PAYLOAD - 2;
+    int bound = (int)((total - 2 + capacity - 1) / capacity), wide = 0;
+    for (int k = 0; k < n; k++) {
+        wide += 2 * layout->widths[order[k]] > capacity;
+    }
+    if (wide > bound) {
+        bound = wide;
+    }
+    if (nbins > bound) {
+        if (cache->params != params) {
+            Py_ssize_t w[RT_MAX_PARAMS];
+            int bin_of[RT_MAX_PARAMS];
+            for (int k = 0; k < n; k++) {
+                w[k] = layout->widths[order[k]];
             }
-            if (b == nbins) {
-                bins[nbins] = 0;
-                room[nbins++] = RT_MAX_PAYLOAD - 2;
+            int exact = pack_exactly(w, n, bin_of);
+            if (exact < 0) {
+                return RT_PACK_NOMEM;
             }
-            bins[b] |= (uint16_t)(1u << id);
-            room[b] -= layout->widths[id];
-        }
-        /* Lower bound: the bytes to send, and the values wider than half a message. */
-        Py_ssize_t capacity = RT_MAX_PAYLOAD - 2;
-        int bound = (int)((total - 2 + capacity - 1) / capacity), wide = 0;
-        for (int k = 0; k < n; k++) {
-            wide += 2 * layout->widths[order[k]] > capacity;
-        }
-        if (wide > bound) {
-            bound = wide;
-        }
-        if (nbins > bound) {
-            rt_BufferSpec *spec = self->spec;  /* cached: a subscription packs the same set every time */
-            if (spec->packed_params != params) {
-                Py_ssize_t w[RT_MAX_PARAMS];
-                int bin_of[RT_MAX_PARAMS];
-                for (int k = 0; k < n; k++) {
-                    w[k] = layout->widths[order[k]];
-                }
-                int exact = pack_exactly(w, n, bin_of);
-                if (exact < 0) {
-                    return -1;
-                }
-                memset(spec->packed_bins, 0, sizeof(spec->packed_bins));
-                for (int k = 0; k < n; k++) {
-                    spec->packed_bins[bin_of[k]] |= (uint16_t)(1u << order[k]);
-                }
-                spec->packed_count = exact;
-                spec->packed_params = params;
+            memset(cache->bins, 0, sizeof(cache->bins));
+            for (int k = 0; k < n; k++) {
+                cache->bins[bin_of[k]] |= (uint16_t)(1u << order[k]);
             }
-            nbins = spec->packed_count;
-            memcpy(bins, spec->packed_bins, sizeof(bins));
+            cache->count = exact;
+            cache->params = params;
         }
+        nbins = cache->count;
+        memcpy(bins, cache->bins, sizeof(cache->bins));
+    }
+    return nbins;
+}
+
+/* Append the messages of rt_pack_bins to `out`. The lock is held. */
+static int
+append_values(rt_BufferAccess *self, PyObject *out, uint8_t type, uint16_t params, const uint8_t *block)
+{
+    const rt_layout *layout = &self->spec->layout;
+    rt_BufferSpec *spec = self->spec;
+    rt_pack_cache cache = {spec->packed_params, spec->packed_count, {0}};
+    memcpy(cache.bins, spec->packed_bins, sizeof(cache.bins));
+    uint16_t bins[RT_MAX_PARAMS];
+    int nbins = rt_pack_bins(layout, params, bins, &cache);
+    if (nbins == RT_PACK_NOMEM) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (nbins == RT_PACK_UNFIT) {  /* rt_make_values raises the exact MessageError */
+        nbins = 1;
+        bins[0] = params;
+    }
+    if (cache.params != spec->packed_params) {
+        spec->packed_params = cache.params;
+        spec->packed_count = cache.count;
+        memcpy(spec->packed_bins, cache.bins, sizeof(cache.bins));
     }
     for (int b = 0; b < nbins; b++) {
         rt_Message *msg = rt_make_values(type, bins[b], layout, block);
@@ -1271,6 +1297,50 @@ BufferAccess_emit_dev_rw(rt_BufferAccess *self, PyObject *unused)
     }
     release(self);
     return iterate(out, rc);
+}
+
+/* Take the pending reads and writes as emit_dev_rw does, without the GIL:
+ * from the pump's writer thread. The lock is only tried, with a spin of
+ * `spin` seconds (rt_mutex_trylock_spin); the caller looks again later when
+ * this returns EBUSY. Copies the write block into `block` (the layout's
+ * span), the IDs into `*read` and `*written`, and clears them: a change of
+ * bits only, so nobody is woken. Returns 0, an errno value, or
+ * RT_COMMIT_REFUSED (closed, or not live: nothing is taken). */
+int
+rt_access_take_rw(PyObject *obj, double spin, uint16_t *read, uint16_t *written, uint8_t *block, int *recovered,
+                  int *rolled_back)
+{
+    rt_BufferAccess *acc = (rt_BufferAccess *)obj;
+    *recovered = 0;
+    *read = *written = 0;
+    if (__atomic_load_n(&acc->closed, __ATOMIC_ACQUIRE)) {
+        return RT_COMMIT_REFUSED;
+    }
+    int rc = rt_mutex_trylock_spin(acc->mutex, spin, recovered);
+    if (rc != 0) {
+        return rc;
+    }
+    int bumped = 0;
+    if (*recovered) {
+        *rolled_back = rt_recover_memory(acc, &bumped);
+    }
+    int refused = !is_live(acc);
+    if (!refused) {
+        *read = (uint16_t)acc->meta->read;
+        *written = (uint16_t)acc->meta->written;
+        if (*read | *written) {
+            seqlock_begin(acc);  /* we hold the lock outside any transaction: txn_depth is 0 */
+            memcpy(block, acc->write, (size_t)acc->spec->layout.span);
+            acc->meta->read = 0;
+            acc->meta->written = 0;
+            seqlock_end(acc);
+        }
+    }
+    rt_mutex_unlock(acc->mutex);
+    if (bumped) {
+        rt_wake_waiters(acc, bumped);
+    }
+    return refused ? RT_COMMIT_REFUSED : 0;
 }
 
 static PyObject *

@@ -12,10 +12,12 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* Everything declared from here on is internal to the shared object (only
  * PyInit__core, marked by PyMODINIT_FUNC, is exported): calls between units
@@ -145,6 +147,30 @@ rt_mutex_held(rt_mutex_t *m)
 /* Incremented in every child right after fork(): state recorded under an
  * older value belongs to the parent (its locks, transactions, producer role). */
 extern unsigned long rt_fork_generation;
+/* Try the lock, spinning up to `spin` seconds while it is taken (another
+ * thread or process holds it for microseconds at a time): for threads that
+ * must never wait for it (the frame pump's). 0, EBUSY, or another errno. */
+static inline int
+rt_mutex_trylock_spin(rt_mutex_t *m, double spin, int *recovered)
+{
+    int rc = rt_mutex_lock(m, 0, recovered);
+    if (rc != EBUSY || spin <= 0) {
+        return rc;
+    }
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (unsigned tries = 1; rc == EBUSY; tries++) {
+        rt_cpu_relax();
+        if (tries % 64 == 0) {
+            rc = rt_mutex_lock(m, 0, recovered);
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((double)(now.tv_sec - start.tv_sec) + (double)(now.tv_nsec - start.tv_nsec) * 1e-9 > spin) {
+                break;
+            }
+        }
+    }
+    return rc;
+}
 /* Raise SyncError for an errno returned by the functions above. */
 PyObject *rt_raise_sync_error(int err, const char *action);
 
@@ -201,6 +227,25 @@ void rt_access_report_recovery(PyObject *access, int rolled_back);
 #define RT_COMMIT_REFUSED (-1)
 int rt_access_commit(PyObject *access, const uint8_t *stage, uint64_t mask, double spin, int *recovered,
                      int *rolled_back);
+/* Without the GIL: take the pending reads and writes (IDs, and the write
+ * block into `block`) as emit_dev_rw does, and clear them. Returns 0, an
+ * errno value (EBUSY: the lock stayed taken for `spin` seconds), or
+ * RT_COMMIT_REFUSED (closed, or not live). */
+int rt_access_take_rw(PyObject *access, double spin, uint16_t *read, uint16_t *written, uint8_t *block,
+                      int *recovered, int *rolled_back);
+
+/* ---- packing values into messages (buffer.c) ---------------------------- */
+typedef struct {
+    uint16_t params;  /* the last bitmap packed exactly (0: none), and its messages */
+    int count;
+    uint16_t bins[RT_MAX_PARAMS];
+} rt_pack_cache;
+#define RT_PACK_NOMEM (-1)  /* memory ran out */
+#define RT_PACK_UNFIT (-2)  /* an ID is not in the layout (or wider than a message) */
+/* Without the GIL: split `params` into as few DEV_DATA/DEV_WRITE messages as
+ * possible; the params bitmap of each in `bins`. Returns their number, or
+ * RT_PACK_NOMEM / RT_PACK_UNFIT. */
+int rt_pack_bins(const rt_layout *layout, uint16_t params, uint16_t bins[RT_MAX_PARAMS], rt_pack_cache *cache);
 int rt_pump_module_init(PyObject *module);
 
 int rt_message_module_init(PyObject *module);

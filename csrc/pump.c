@@ -41,13 +41,14 @@
  * One mutex guards the pump's state; Python's calls take it briefly, with the
  * GIL held. The thread never needs the GIL, so the two never deadlock.
  */
-#include "core.h"
+#include "seqlock.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +67,9 @@
 #define PUMP_STALL_REPORT 1.0         /* seconds between two reports of one stall */
 #define PUMP_LOCK_SPIN 20e-6          /* seconds the thread spins on a taken buffer lock before staging */
 #define PUMP_CONTROL_ID UINT64_MAX    /* epoll tag of the control eventfd */
+#define PUMP_WRITE_POLL 0.002         /* seconds between looks at write blocks futex_waitv cannot watch
+                                         (more ports than it takes, or a kernel without it) */
+#define PUMP_RETRIES_MAX 255          /* the most resends of one write one may ask for */
 
 enum pump_event_kind {
     PUMP_FRAME = 1,    /* a frame for Python (bytes) */
@@ -75,7 +79,12 @@ enum pump_event_kind {
     PUMP_UNSTALL = 5,  /* the staged values were applied (float: seconds the stall lasted) */
     PUMP_RECOVERED = 6, /* internal: the lock's owner had died (reported through the buffer, not returned) */
     PUMP_SEEN = 7,      /* forward_all: a copy of a frame handled here (bytes) */
-    PUMP_SENT = 8       /* forward_all: a copy of a frame sent from here (bytes) */
+    PUMP_SENT = 8,      /* forward_all: a copy of a frame sent from here (bytes) */
+    PUMP_COMMANDER = 9, /* the buffer has a commander Python has not checked: writes wait (None) */
+    PUMP_DISABLED = 10, /* the buffer's disabled flag changed (float: the flag) */
+    PUMP_GAVE_UP = 11,  /* writes no DEV_DATA confirmed after the last resend (bytes: a DEV_WRITE frame
+                           of their values; float: the resends) */
+    PUMP_PACK_ERROR = 12 /* pending writes could not be packed into DEV_WRITE (str) */
 };
 
 #define PUMP_STALE_VALUES 4  /* values remembered per watched write that do not confirm it */
@@ -118,8 +127,33 @@ typedef struct {
     /* this port's events queued for Python (see PUMP_PORT_EVENT_LIMIT) */
     uint32_t queued_frames, queued_copies, queued_reports;
     /* counters */
-    uint64_t messages_in, messages_out, lock_stalls, events_dropped;
+    uint64_t messages_in, messages_out, lock_stalls, events_dropped, writes_resent;
     double last_rx;          /* monotonic time of the last message handled here */
+    /* the writer thread's side (serve_writes; the rest of this block is 0 until then) */
+    int serving_writes;
+    int registered;          /* counted in the buffer's waiters[RT_WRITE_BLOCK] */
+    rt_BufferAccess *acc;    /* the attached access, for its words */
+    double write_interval;   /* seconds between two batches */
+    uint32_t write_seen;     /* the write block's sequence word when last looked at */
+    int write_due;           /* a change of the write block not taken yet */
+    int urgent;              /* send_writes_now: the next batch goes regardless of write_interval */
+    int recheck;             /* look at the command words again (commanders_checked) */
+    int write_busy;          /* the buffer's lock was taken at the last attempt (counted once a streak) */
+    double next_batch;       /* monotonic: no batch before (write_interval) */
+    double retry_at;         /* monotonic: when to try a taken lock again */
+    uint8_t *wblock;         /* the write block as last taken (layout span) */
+    uint8_t *rblock;         /* the values being confirmed, at the layout's offsets (resends) */
+    rt_pack_cache packing;
+    uint32_t confirm;        /* IDs whose writes a DEV_DATA confirms */
+    int sub_confirmed;       /* resends count only while the subscription is confirmed */
+    int retries;
+    double confirm_timeout;
+    double deadline[RT_MAX_PARAMS];
+    uint8_t resends[RT_MAX_PARAMS];
+    uint32_t disabled_seen;  /* the disabled flag as last reported */
+    int commander_waiting;   /* a new commander was reported: no batch until commanders_checked */
+    uint64_t known[RT_MAX_PARAMS];  /* commanders Python checked (commanders_checked) */
+    int known_count;
 } pump_port;
 
 typedef struct {
@@ -127,6 +161,9 @@ typedef struct {
     pthread_mutex_t lock;
     pthread_t thread;
     int thread_started;
+    pthread_t writer;
+    int writer_started;
+    uint32_t writer_word;    /* process-private futex word: bumped to wake the writer thread */
     int stopping;
     int epoll_fd, control_fd, event_fd;
     int forward_all;
@@ -386,6 +423,34 @@ settle(pump_port *port, int id, const uint8_t *value, size_t width)
     port->settled |= 1u << id;
 }
 
+/* Watch the write of `value` to parameter `id` just sent: a DEV_DATA settles
+ * it (settle). The lock is held. */
+static void
+watch_value(pump_port *port, int id, const uint8_t *value)
+{
+    size_t width = (size_t)port->layout->widths[id];
+    if (width > PUMP_VALUE_SIZE) {
+        return;
+    }
+    /* What the device may still report without having seen this write: the write it replaces (if
+     * that one is still unsettled, with its own stale values), or else the value reported last. */
+    uint8_t (*stale)[PUMP_VALUE_SIZE] = port->stale[id];
+    uint8_t *count = &port->stale_count[id];
+    if (!(port->watching & (1u << id))) {
+        *count = 0;
+    }
+    const uint8_t *previous = (port->watching & (1u << id)) ? port->written[id] : port->stage + port->layout->offsets[id];
+    if (*count == PUMP_STALE_VALUES) {
+        memmove(stale[0], stale[1], (PUMP_STALE_VALUES - 1) * PUMP_VALUE_SIZE);
+        (*count)--;
+    }
+    memcpy(stale[*count], previous, width);
+    (*count)++;
+    memcpy(port->written[id], value, width);
+    port->watching |= 1u << id;
+    port->settled &= ~(1u << id);
+}
+
 /* Apply the staged values if the lock can be had; report stalls. */
 static void
 commit(FramePump *pump, Py_ssize_t index, double now)
@@ -613,6 +678,323 @@ pump_thread(void *arg)
     return NULL;
 }
 
+/* ---- the writer thread ---------------------------------------------------- */
+/*
+ * A write() reaches the device without Python: the writer thread sleeps with
+ * futex_waitv on the write-block sequence word of every port that serves
+ * writes (serve_writes) and on the process-private `writer_word`, which the
+ * pump bumps to wake it (attach, remove, close, send_writes_now, a change of
+ * what to confirm). It registers in each buffer's waiters[RT_WRITE_BLOCK] for
+ * as long as the port serves writes, so that writers make the wake call.
+ * Ports beyond what one futex_waitv takes, or every port on a kernel without
+ * futex_waitv (ENOSYS), are looked at every PUMP_WRITE_POLL seconds instead.
+ *
+ * When a port's word changed it looks at the command words (a commander
+ * Python has not checked, a change of the disabled flag: an event for
+ * Python; a new commander holds the port's writes until commanders_checked,
+ * so that a write of a commander that is gone is never sent), then takes the
+ * pending reads and writes (rt_access_take_rw: the lock only tried) and sends
+ * DEV_READ/DEV_WRITE as emit_dev_rw packs them, at most one batch per
+ * write_interval unless send_writes_now asked (the pending bits stay in the
+ * buffer meanwhile, so a newer write replaces a pending one). It watches the
+ * confirmable writes it sent (the reader thread settles them on DEV_DATA),
+ * resends an unconfirmed one at its deadline while the subscription is
+ * confirmed, and after the last resend reports it to Python (PUMP_GAVE_UP).
+ */
+
+static void
+wake_writer(FramePump *pump)
+{
+    __atomic_fetch_add(&pump->writer_word, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &pump->writer_word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Frame and send one message from the writer thread (the lock is held); 1 sent or queued. */
+static int
+send_message(FramePump *pump, Py_ssize_t index, uint8_t *raw, int payload_length)
+{
+    pump_port *port = &pump->ports[index];
+    raw[1] = (uint8_t)payload_length;
+    uint8_t checksum = 0;
+    for (int i = 0; i < payload_length + 2; i++) {
+        checksum ^= raw[i];
+    }
+    raw[payload_length + 2] = checksum;
+    uint8_t frame[RT_MAX_ENCODING + 1];
+    Py_ssize_t size = rt_cobs_encode(raw, payload_length + 3, frame);
+    frame[size++] = 0;
+    int rc = send_bytes(pump, index, frame, (size_t)size);
+    if (rc > 0) {
+        port->messages_out++;
+        if (pump->forward_all) {
+            post(pump, index, PUMP_SENT, frame, size - 1, 0.0);
+        }
+    }
+    else if (rc < 0) {
+        lose_errno(pump, index, "write error", -rc);
+    }
+    return rc > 0;
+}
+
+/* The raw message (type, length, payload) of the values of `params` in `block`; its payload length. */
+static int
+values_message(const rt_layout *layout, uint8_t type, uint16_t params, const uint8_t *block, uint8_t *raw)
+{
+    raw[0] = type;
+    raw[2] = (uint8_t)params;
+    raw[3] = (uint8_t)(params >> 8);
+    int length = 2;
+    for (int i = 0; i < layout->count; i++) {
+        if (params & (1u << i)) {
+            memcpy(raw + 2 + length, block + layout->offsets[i], (size_t)layout->widths[i]);
+            length += (int)layout->widths[i];
+        }
+    }
+    return length;
+}
+
+/* Send the values of `params` in `block` as DEV_WRITE, packed as emit_dev_rw packs them; the IDs
+ * sent in `*sent`. Returns 0, or -1 when they could not be packed (reported to Python). */
+static int
+send_values(FramePump *pump, Py_ssize_t index, uint16_t params, const uint8_t *block, uint16_t *sent)
+{
+    pump_port *port = &pump->ports[index];
+    uint16_t bins[RT_MAX_PARAMS];
+    *sent = 0;
+    int count = rt_pack_bins(port->layout, params, bins, &port->packing);
+    if (count < 0) {
+        post_text(pump, index, PUMP_PACK_ERROR,
+                  count == RT_PACK_NOMEM ? "out of memory packing DEV_WRITE"
+                                         : "a written parameter does not fit DEV_WRITE");
+        return -1;
+    }
+    for (int b = 0; b < count && !port->failed; b++) {
+        uint8_t raw[RT_MAX_MESSAGE];
+        int length = values_message(port->layout, RT_DEV_WRITE, bins[b], block, raw);
+        if (send_message(pump, index, raw, length)) {
+            *sent |= bins[b];
+        }
+    }
+    return 0;
+}
+
+/* Look at the command words (the lock is held): report a change of the disabled flag, and a
+ * commander Python has not checked (the port's writes then wait for commanders_checked). */
+static void
+look_at_commands(FramePump *pump, Py_ssize_t index)
+{
+    pump_port *port = &pump->ports[index];
+    rt_BufferAccess *acc = port->acc;
+    uint32_t disabled = __atomic_load_n(&acc->command->disabled, __ATOMIC_ACQUIRE) != 0;
+    if (disabled != port->disabled_seen) {
+        port->disabled_seen = disabled;
+        post(pump, index, PUMP_DISABLED, NULL, 0, (double)disabled);
+    }
+    uint64_t mask = acc->spec->safe_mask;
+    if (mask == 0 || port->commander_waiting) {
+        return;
+    }
+    for (int id = 0; id < RT_MAX_PARAMS; id++) {
+        if (!(mask & (1ull << id))) {
+            continue;
+        }
+        uint64_t who = __atomic_load_n(&acc->command->commander[id], __ATOMIC_ACQUIRE);
+        int known = who == 0;
+        for (int k = 0; k < port->known_count && !known; k++) {
+            known = port->known[k] == who;
+        }
+        if (!known) {
+            port->commander_waiting = 1;
+            post(pump, index, PUMP_COMMANDER, NULL, 0, 0.0);
+            return;
+        }
+    }
+}
+
+/* Resend the confirmable writes whose deadline passed, give up on those resent `retries` times;
+ * returns when to look again (INFINITY: nothing to wait for). The lock is held. */
+static double
+resend_overdue(FramePump *pump, Py_ssize_t index, double now)
+{
+    pump_port *port = &pump->ports[index];
+    uint32_t pending = port->watching & port->confirm;
+    if (pending == 0 || !port->sub_confirmed) {
+        return INFINITY;  /* before the subscription is confirmed no DEV_DATA could confirm them */
+    }
+    uint16_t resend = 0, gave_up = 0;
+    double next = INFINITY;
+    for (int id = 0; id < port->layout->count; id++) {
+        if (!(pending & (1u << id))) {
+            continue;
+        }
+        if (now >= port->deadline[id]) {
+            if (port->resends[id] >= port->retries) {
+                gave_up |= (uint16_t)(1u << id);
+                continue;
+            }
+            port->resends[id]++;
+            port->deadline[id] = now + port->confirm_timeout;
+            resend |= (uint16_t)(1u << id);
+        }
+        if (port->deadline[id] < next) {
+            next = port->deadline[id];
+        }
+    }
+    if (gave_up) {
+        port->watching &= ~(uint32_t)gave_up;
+        uint8_t raw[RT_MAX_MESSAGE], frame[RT_MAX_ENCODING];
+        uint16_t bins[RT_MAX_PARAMS];
+        int count = rt_pack_bins(port->layout, gave_up, bins, &port->packing);
+        for (int b = 0; b < count; b++) {  /* one event per DEV_WRITE-sized group of values */
+            int length = values_message(port->layout, RT_DEV_WRITE, bins[b], port->rblock, raw);
+            raw[1] = (uint8_t)length;
+            uint8_t checksum = 0;
+            for (int i = 0; i < length + 2; i++) {
+                checksum ^= raw[i];
+            }
+            raw[length + 2] = checksum;
+            Py_ssize_t size = rt_cobs_encode(raw, length + 3, frame);
+            post(pump, index, PUMP_GAVE_UP, frame, size, (double)port->retries);
+        }
+    }
+    if (resend) {
+        uint16_t sent;
+        send_values(pump, index, resend, port->rblock, &sent);
+        port->writes_resent += (uint64_t)__builtin_popcount(resend);
+    }
+    return next;
+}
+
+/* Watch the confirmable writes just sent (the lock is held). */
+static void
+watch_sent(pump_port *port, uint16_t sent, double now)
+{
+    uint32_t ids = sent & port->confirm;
+    for (int id = 0; ids && id < port->layout->count; id++) {
+        if (ids & (1u << id)) {
+            watch_value(port, id, port->wblock + port->layout->offsets[id]);
+            memcpy(port->rblock + port->layout->offsets[id], port->wblock + port->layout->offsets[id],
+                   (size_t)port->layout->widths[id]);
+            port->deadline[id] = now + port->confirm_timeout;
+            port->resends[id] = 0;
+        }
+    }
+}
+
+/* The writer's work on one port (the lock is held); returns when to look again. */
+static double
+serve_port(FramePump *pump, Py_ssize_t index, double now)
+{
+    pump_port *port = &pump->ports[index];
+    uint32_t seq = __atomic_load_n(&port->acc->notify->seq[RT_WRITE_BLOCK], __ATOMIC_ACQUIRE);
+    if (seq != port->write_seen || port->recheck) {
+        port->write_seen = seq;
+        port->write_due = 1;
+        port->recheck = 0;
+        look_at_commands(pump, index);
+    }
+    double next = resend_overdue(pump, index, now);
+    if (!port->write_due || port->commander_waiting || port->failed) {
+        return next;
+    }
+    double at = port->urgent ? port->retry_at : fmax(port->next_batch, port->retry_at);
+    if (now < at) {
+        return fmin(next, at);
+    }
+    uint16_t read, written;
+    int recovered = 0, rolled_back = 0;
+    int rc = rt_access_take_rw(port->access, PUMP_LOCK_SPIN, &read, &written, port->wblock, &recovered, &rolled_back);
+    if (recovered) {
+        post(pump, index, PUMP_RECOVERED, NULL, 0, rolled_back);
+    }
+    if (rc == EBUSY || rc == ETIMEDOUT) {  /* never wait for the lock: the bits stay, try again soon */
+        if (!port->write_busy) {
+            port->write_busy = 1;
+            port->lock_stalls++;
+        }
+        port->retry_at = now + PUMP_STALL_RETRY;
+        return fmin(next, port->retry_at);
+    }
+    port->write_busy = 0;
+    port->retry_at = 0;
+    port->write_due = 0;
+    if (rc != 0 || (read | written) == 0) {
+        return next;  /* not live, or nothing pending: the next change looks again */
+    }
+    if (read) {
+        uint8_t raw[RT_MAX_MESSAGE] = {RT_DEV_READ, 2, (uint8_t)read, (uint8_t)(read >> 8)};
+        send_message(pump, index, raw, 2);
+    }
+    uint16_t sent = 0;
+    if (written) {
+        send_values(pump, index, written, port->wblock, &sent);
+    }
+    watch_sent(port, sent, now);
+    port->urgent = 0;
+    port->next_batch = now + port->write_interval;
+    if (port->watching & port->confirm) {
+        next = fmin(next, resend_overdue(pump, index, now));
+    }
+    return next;
+}
+
+static void *
+writer_thread(void *arg)
+{
+    FramePump *pump = arg;
+    struct rt_futex_waitv waits[RT_FUTEX_WAITV_MAX];
+    int have_waitv = 1;
+    for (;;) {
+        pthread_mutex_lock(&pump->lock);
+        if (pump->stopping) {
+            pthread_mutex_unlock(&pump->lock);
+            break;
+        }
+        uint32_t control = __atomic_load_n(&pump->writer_word, __ATOMIC_ACQUIRE);
+        waits[0] = (struct rt_futex_waitv){control, (uint64_t)(uintptr_t)&pump->writer_word,
+                                           RT_FUTEX2_SIZE_U32 | RT_FUTEX2_PRIVATE, 0};
+        int count = 1, polled = 0;
+        double now = monotonic(), wake = INFINITY;
+        for (Py_ssize_t index = 0; index < pump->port_count; index++) {
+            pump_port *port = &pump->ports[index];
+            if (!port->serving_writes || port->fd < 0 || port->failed) {
+                continue;
+            }
+            wake = fmin(wake, serve_port(pump, index, now));
+            if (count < RT_FUTEX_WAITV_MAX) {
+                waits[count++] = (struct rt_futex_waitv){
+                    port->write_seen, (uint64_t)(uintptr_t)&port->acc->notify->seq[RT_WRITE_BLOCK],
+                    RT_FUTEX2_SIZE_U32, 0};
+            }
+            else {
+                polled = 1;
+            }
+        }
+        pthread_mutex_unlock(&pump->lock);
+        if (polled || !have_waitv) {
+            wake = fmin(wake, now + PUMP_WRITE_POLL);
+        }
+        struct timespec deadline;
+        if (isfinite(wake)) {
+            double whole = floor(wake);
+            deadline.tv_sec = (time_t)whole;
+            deadline.tv_nsec = (long)((wake - whole) * 1e9);
+        }
+        if (have_waitv) {
+            long rc = syscall(SYS_futex_waitv, waits, count, 0, isfinite(wake) ? &deadline : NULL, CLOCK_MONOTONIC);
+            if (rc < 0 && errno == ENOSYS) {
+                have_waitv = 0;
+            }
+        }
+        else {  /* a kernel without futex_waitv: sleep on the control word, look at the ports in slices */
+            double rest = fmax(0.0, wake - monotonic());
+            struct timespec slice = {(time_t)rest, (long)((rest - floor(rest)) * 1e9)};
+            syscall(SYS_futex, &pump->writer_word, FUTEX_WAIT_PRIVATE, control, &slice, NULL, 0);
+        }
+    }
+    return NULL;
+}
+
 /* ---- FramePump: life cycle ----------------------------------------------- */
 
 static void
@@ -633,6 +1015,12 @@ release_port(FramePump *pump, Py_ssize_t index)
     }
     free(port->outbox);
     free(port->stage);
+    free(port->wblock);
+    free(port->rblock);
+    if (port->registered) {
+        __atomic_fetch_sub(&port->acc->notify->waiters[RT_WRITE_BLOCK], 1, __ATOMIC_SEQ_CST);
+    }
+    int woke_writer = port->serving_writes;
     Py_ssize_t kept = 0;  /* its events not taken yet must not reach whoever gets the slot next */
     for (Py_ssize_t i = 0; i < pump->event_count; i++) {
         if (pump->events[i].port != (uint32_t)index) {
@@ -652,6 +1040,9 @@ release_port(FramePump *pump, Py_ssize_t index)
         rt_access_unpin(access);
         Py_DECREF(access);
     }
+    if (woke_writer) {
+        wake_writer(pump);  /* it must stop sleeping on the word of this buffer */
+    }
 }
 
 static void
@@ -666,6 +1057,16 @@ stop_thread(FramePump *pump)
         pthread_join(pump->thread, NULL);
         Py_END_ALLOW_THREADS
         pump->thread_started = 0;
+    }
+    if (pump->writer_started) {
+        pthread_mutex_lock(&pump->lock);
+        pump->stopping = 1;
+        pthread_mutex_unlock(&pump->lock);
+        wake_writer(pump);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(pump->writer, NULL);
+        Py_END_ALLOW_THREADS
+        pump->writer_started = 0;
     }
 }
 
@@ -728,13 +1129,17 @@ FramePump_init(FramePump *self, PyObject *args, PyObject *kwargs)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &previous);
     int rc = pthread_create(&self->thread, NULL, pump_thread, self);
+    if (rc == 0) {
+        self->thread_started = 1;
+        rc = pthread_create(&self->writer, NULL, writer_thread, self);
+        self->writer_started = rc == 0;
+    }
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
     if (rc != 0) {
         errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    self->thread_started = 1;
     return 0;
 }
 
@@ -884,6 +1289,7 @@ FramePump_attach(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
     port->access = args[1];
     port->layout = layout;
     port->stage = stage;
+    port->acc = (rt_BufferAccess *)args[1];
     pthread_mutex_unlock(&self->lock);
     Py_RETURN_NONE;
 }
@@ -975,13 +1381,16 @@ FramePump_take_events(FramePump *self, PyObject *unused)
         case PUMP_FRAME:
         case PUMP_SEEN:
         case PUMP_SENT:
+        case PUMP_GAVE_UP:
             data = PyBytes_FromStringAndSize((const char *)event->data, event->length);
             break;
         case PUMP_LOST:
+        case PUMP_PACK_ERROR:
             data = PyUnicode_DecodeUTF8((const char *)event->data, event->length, "replace");
             break;
         case PUMP_STALL:
         case PUMP_UNSTALL:
+        case PUMP_DISABLED:
             data = PyFloat_FromDouble(event->value);
             break;
         case PUMP_RECOVERED:
@@ -1032,26 +1441,8 @@ FramePump_watch_writes(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
                 continue;
             }
             size_t width = (size_t)port->layout->widths[i];
-            if ((ids & (1ul << i)) && width <= PUMP_VALUE_SIZE) {
-                /* What the device may still report without having seen this write: the write it
-                 * replaces (if that one is still unsettled, with its own stale values), or else
-                 * the value reported last. */
-                uint8_t (*stale)[PUMP_VALUE_SIZE] = port->stale[i];
-                uint8_t *count = &port->stale_count[i];
-                if (!(port->watching & (1u << i))) {
-                    *count = 0;
-                }
-                const uint8_t *previous = (port->watching & (1u << i)) ? port->written[i]
-                                                                       : port->stage + port->layout->offsets[i];
-                if (*count == PUMP_STALE_VALUES) {
-                    memmove(stale[0], stale[1], (PUMP_STALE_VALUES - 1) * PUMP_VALUE_SIZE);
-                    (*count)--;
-                }
-                memcpy(stale[*count], previous, width);
-                (*count)++;
-                memcpy(port->written[i], in, width);
-                port->watching |= 1u << i;
-                port->settled &= ~(1u << i);
+            if (ids & (1ul << i)) {
+                watch_value(port, i, in);
             }
             in += width;
         }
@@ -1092,6 +1483,169 @@ FramePump_settled(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
+FramePump_serve_writes(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "serve_writes(port, write_interval) takes 2 arguments");
+        return NULL;
+    }
+    double interval = PyFloat_AsDouble(args[1]);
+    if (interval == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(interval >= 0 && interval <= 3600)) {
+        PyErr_Format(PyExc_ValueError, "write_interval must be 0 to 3600 seconds, not %g", interval);
+        return NULL;
+    }
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, args[0], &index);
+    const char *problem = NULL;
+    if (port != NULL && port->access == NULL) {
+        problem = "attach a buffer to the port before serve_writes()";
+    }
+    else if (port != NULL && port->serving_writes) {
+        problem = "the port already serves writes";
+    }
+    else if (port != NULL) {
+        size_t span = (size_t)(port->layout->span > 0 ? port->layout->span : 1);
+        port->wblock = calloc(1, span);
+        port->rblock = calloc(1, span);
+        if (port->wblock == NULL || port->rblock == NULL) {
+            free(port->wblock);
+            free(port->rblock);
+            port->wblock = port->rblock = NULL;
+            problem = "";
+        }
+        else {
+            port->write_interval = interval;
+            port->serving_writes = 1;
+            port->write_due = 1;  /* a write may be waiting from before the device came */
+            port->recheck = 1;    /* and so may a commander, or the disabled flag */
+            port->write_seen = __atomic_load_n(&port->acc->notify->seq[RT_WRITE_BLOCK], __ATOMIC_ACQUIRE);
+            __atomic_fetch_add(&port->acc->notify->waiters[RT_WRITE_BLOCK], 1, __ATOMIC_SEQ_CST);
+            port->registered = 1;
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (port == NULL) {
+        return NULL;
+    }
+    if (problem != NULL) {
+        return *problem ? (PyErr_SetString(PyExc_ValueError, problem), NULL) : PyErr_NoMemory();
+    }
+    wake_writer(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+FramePump_confirm_writes(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "confirm_writes(port, ids, timeout, retries, subscribed) takes 5 arguments");
+        return NULL;
+    }
+    unsigned long ids = PyLong_AsUnsignedLongMask(args[1]);
+    if (ids == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[2]);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    long retries = PyLong_AsLong(args[3]);
+    if (retries == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int subscribed = PyObject_IsTrue(args[4]);
+    if (subscribed < 0) {
+        return NULL;
+    }
+    if (!(timeout > 0 && timeout <= 3600) || retries < 0 || retries > PUMP_RETRIES_MAX) {
+        PyErr_Format(PyExc_ValueError, "timeout must be in (0, 3600] seconds and retries 0 to %d", PUMP_RETRIES_MAX);
+        return NULL;
+    }
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, args[0], &index);
+    if (port != NULL) {
+        uint32_t confirm = (uint32_t)ids & ((1u << RT_MAX_PARAMS) - 1);
+        port->watching &= confirm | ~port->confirm;  /* writes no longer confirmed are no longer watched */
+        port->confirm = confirm;
+        port->confirm_timeout = timeout;
+        port->retries = (int)retries;
+        port->sub_confirmed = subscribed;
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (port == NULL) {
+        return NULL;
+    }
+    wake_writer(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+FramePump_send_writes_now(FramePump *self, PyObject *arg)
+{
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, arg, &index);
+    if (port != NULL) {
+        port->urgent = 1;
+        port->write_due = 1;
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (port == NULL) {
+        return NULL;
+    }
+    wake_writer(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+FramePump_commanders_checked(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "commanders_checked(port, commanders) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[1], "commanders_checked() takes a sequence of commander words");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > RT_MAX_PARAMS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d commanders, not %zd", RT_MAX_PARAMS, n);
+        return NULL;
+    }
+    uint64_t words[RT_MAX_PARAMS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        words[i] = PyLong_AsUnsignedLongLongMask(PySequence_Fast_GET_ITEM(seq, i));
+        if (words[i] == (uint64_t)-1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    pthread_mutex_lock(&self->lock);
+    Py_ssize_t index;
+    pump_port *port = lookup(self, args[0], &index);
+    if (port != NULL) {
+        memcpy(port->known, words, (size_t)n * sizeof(uint64_t));
+        port->known_count = (int)n;
+        port->commander_waiting = 0;
+        port->recheck = 1;
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (port == NULL) {
+        return NULL;
+    }
+    wake_writer(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 FramePump_counters(FramePump *self, PyObject *arg)
 {
     pthread_mutex_lock(&self->lock);
@@ -1099,8 +1653,9 @@ FramePump_counters(FramePump *self, PyObject *arg)
     pump_port *port = lookup(self, arg, &index);
     PyObject *result = NULL;
     if (port != NULL) {
-        result = Py_BuildValue("(KKKK)", (unsigned long long)port->messages_in, (unsigned long long)port->messages_out,
-                               (unsigned long long)port->lock_stalls, (unsigned long long)port->events_dropped);
+        result = Py_BuildValue("(KKKKK)", (unsigned long long)port->messages_in, (unsigned long long)port->messages_out,
+                               (unsigned long long)port->lock_stalls, (unsigned long long)port->events_dropped,
+                               (unsigned long long)port->writes_resent);
     }
     pthread_mutex_unlock(&self->lock);
     return result;
@@ -1160,8 +1715,20 @@ static PyMethodDef FramePump_methods[] = {
     {"settled", (PyCFunction)(void (*)(void))FramePump_settled, METH_FASTCALL,
      "settled(port, forget=0) -> int: the IDs whose watched write a DEV_DATA settled since the last call "
      "(no longer watched); stop watching the IDs in `forget`."},
+    {"serve_writes", (PyCFunction)(void (*)(void))FramePump_serve_writes, METH_FASTCALL,
+     "serve_writes(port, write_interval): send the attached buffer's pending reads and writes from the "
+     "writer thread, at most one batch per write_interval seconds."},
+    {"confirm_writes", (PyCFunction)(void (*)(void))FramePump_confirm_writes, METH_FASTCALL,
+     "confirm_writes(port, ids, timeout, retries, subscribed): writes of these IDs are resent every timeout "
+     "seconds until a DEV_DATA confirms them (only while subscribed), at most retries times, then reported."},
+    {"send_writes_now", (PyCFunction)FramePump_send_writes_now, METH_O,
+     "send_writes_now(port): send the pending batch at once, regardless of write_interval."},
+    {"commanders_checked", (PyCFunction)(void (*)(void))FramePump_commanders_checked, METH_FASTCALL,
+     "commanders_checked(port, commanders): Python checked these commander words (pid | start << 32); "
+     "the port's writes go on."},
     {"counters", (PyCFunction)FramePump_counters, METH_O,
-     "counters(port) -> (messages_in, messages_out, lock_stalls, events_dropped) handled by the pump."},
+     "counters(port) -> (messages_in, messages_out, lock_stalls, events_dropped, writes_resent) handled by "
+     "the pump."},
     {"last_rx", (PyCFunction)FramePump_last_rx, METH_O,
      "last_rx(port) -> float: time.monotonic() of the last message the pump handled (0.0: none)."},
     {"pending", (PyCFunction)FramePump_pending, METH_O, "pending(port) -> int: bytes queued for the port."},
@@ -1203,6 +1770,10 @@ rt_pump_module_init(PyObject *module)
         || PyModule_AddIntConstant(module, "PUMP_UNSTALL", PUMP_UNSTALL) < 0
         || PyModule_AddIntConstant(module, "PUMP_SEEN", PUMP_SEEN) < 0
         || PyModule_AddIntConstant(module, "PUMP_SENT", PUMP_SENT) < 0
+        || PyModule_AddIntConstant(module, "PUMP_COMMANDER", PUMP_COMMANDER) < 0
+        || PyModule_AddIntConstant(module, "PUMP_DISABLED", PUMP_DISABLED) < 0
+        || PyModule_AddIntConstant(module, "PUMP_GAVE_UP", PUMP_GAVE_UP) < 0
+        || PyModule_AddIntConstant(module, "PUMP_PACK_ERROR", PUMP_PACK_ERROR) < 0
         || PyModule_AddIntConstant(module, "PUMP_PORT_EVENT_LIMIT", PUMP_PORT_EVENT_LIMIT) < 0
         || PyModule_AddIntConstant(module, "PUMP_OUTBOX_LIMIT", PUMP_OUTBOX_LIMIT) < 0) {
         return -1;

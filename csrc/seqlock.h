@@ -104,6 +104,22 @@ acquire(rt_BufferAccess *acc, int need_valid)
 
 /* ---- change notification ------------------------------------------------ */
 
+/* futex_waitv (Linux 5.16+): one sleep on several words (wait.c's waits, the
+ * pump's writer thread). */
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+#define RT_FUTEX2_SIZE_U32 0x02
+#define RT_FUTEX2_PRIVATE 128
+#define RT_FUTEX_WAITV_MAX 128  /* the most words one futex_waitv takes */
+
+struct rt_futex_waitv {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
 static inline long
 futex_wake_all(uint32_t *word)
 {

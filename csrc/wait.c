@@ -41,20 +41,8 @@ rt_validity_changed(rt_BufferAccess *acc)
 /* futex_waitv (Linux 5.16+) sleeps on several words at once: the sequence
  * words of the buffers watched, their producer locks (the kernel wakes a
  * waiter of a robust lock whose owner dies), and a process-local control word. */
-#ifndef SYS_futex_waitv
-#define SYS_futex_waitv 449
-#endif
-#define RT_FUTEX2_SIZE_U32 0x02
-#define RT_FUTEX2_PRIVATE 128
 #define RT_MAX_WATCHED 63  /* two words each, plus the control word: futex_waitv takes 128 */
 #define RT_FALLBACK_SLICE 0.05  /* seconds between looks where futex_waitv is missing */
-
-struct rt_futex_waitv {
-    uint64_t val;
-    uint64_t uaddr;
-    uint32_t flags;
-    uint32_t reserved;
-};
 
 typedef struct {
     rt_BufferAccess *acc;

@@ -3,7 +3,8 @@
 :class:`FramePump` is the host side's frame path (the bridge's): one reader
 thread in the compiled core serves every port, without the GIL, and applies
 the frames that make up nearly all the traffic (DEV_DATA, heartbeats) to the
-buffers itself; Python gets only the rare rest. :class:`FrameWriter` is for
+buffers itself, and a writer thread sends what the buffers' writers ask
+(DEV_WRITE, DEV_READ) and confirms it; Python gets only the rare rest. :class:`FrameWriter` is for
 code that reads and writes a port from an asyncio loop itself (the
 emulator's device side): ordered, non-blocking writes.
 """
@@ -14,7 +15,7 @@ import asyncio
 import contextlib
 import enum
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, Self
 
 from . import _core
@@ -146,6 +147,16 @@ class PumpEvent(enum.IntEnum):
     """With ``forward_all``: a copy of a frame the pump handled (``bytes``)."""
     SENT = _core.PUMP_SENT
     """With ``forward_all``: a copy of a frame the pump sent (``bytes``, without the delimiter)."""
+    COMMANDER = _core.PUMP_COMMANDER
+    """A port serving writes: its buffer has a commander :meth:`FramePump.commanders_checked` did not
+    name; the port's writes wait until it is called (``None``)."""
+    DISABLED = _core.PUMP_DISABLED
+    """A port serving writes: its buffer's disabled flag changed (``float``: 1.0 disabled, 0.0 enabled)."""
+    GAVE_UP = _core.PUMP_GAVE_UP
+    """Confirmable writes no DEV_DATA confirmed after the last resend (``bytes``: a DEV_WRITE frame of
+    their values, without the delimiter)."""
+    PACK_ERROR = _core.PUMP_PACK_ERROR
+    """Pending writes could not be packed into DEV_WRITE; they were dropped (``str``)."""
 
 
 class PumpCounters(NamedTuple):
@@ -159,6 +170,8 @@ class PumpCounters(NamedTuple):
     """Times the buffer's lock was found held by another process (values held back, not lost)."""
     events_dropped: int
     """Events of this port Python did not take in time (beyond the port's share of the queue), dropped."""
+    writes_resent: int = 0
+    """Parameter writes the writer thread sent again because no DEV_DATA confirmed them in time."""
 
 
 class FramePump:
@@ -237,6 +250,41 @@ class FramePump:
     def settled(self, port: int, forget: int = 0) -> int:
         """The IDs whose watched writes were settled since the last call; stop watching ``forget``."""
         return self._core.settled(port, forget)
+
+    def serve_writes(self, port: int, write_interval: float) -> None:
+        """Send the attached buffer's pending reads and writes from the pump's writer thread from now on.
+
+        The thread sleeps on the buffer's write block (futex_waitv) and sends
+        DEV_READ/DEV_WRITE as :meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw`
+        packs them, at most one batch per ``write_interval`` seconds (a newer
+        write replaces a pending one), without the GIL. A commander the
+        buffer names that :meth:`commanders_checked` did not name holds the
+        port's writes and is reported (:attr:`PumpEvent.COMMANDER`); so is a
+        change of the disabled flag (:attr:`PumpEvent.DISABLED`).
+
+        Raises:
+            ValueError: no buffer attached, already serving writes, or
+                ``write_interval`` outside 0 to 3600 seconds.
+        """
+        self._core.serve_writes(port, write_interval)
+
+    def confirm_writes(self, port: int, ids: int, timeout: float, retries: int, *, subscribed: bool) -> None:
+        """Confirm the writes of ``ids`` the writer thread sends: resend one every ``timeout`` seconds
+        until a DEV_DATA settles it (as :meth:`watch_writes`), counting only while ``subscribed``, at most
+        ``retries`` times; then report it (:attr:`PumpEvent.GAVE_UP`). Callable again at any time."""
+        self._core.confirm_writes(port, ids, timeout, retries, subscribed)
+
+    def send_writes_now(self, port: int) -> None:
+        """Send the port's pending batch at once, regardless of ``write_interval`` (safe values)."""
+        self._core.send_writes_now(port)
+
+    def commanders_checked(self, port: int, commanders: Iterable[tuple[int, int]]) -> None:
+        """Python checked these commanders (``(pid, start)``, watched from now on): the port's writes go on.
+
+        The list replaces the one given before: a commander left out is
+        reported again when it commands again.
+        """
+        self._core.commanders_checked(port, [pid | (start << 32) for pid, start in commanders])
 
     def counters(self, port: int) -> PumpCounters:
         """What the pump counted on ``port``."""

@@ -2,11 +2,16 @@
 
 A :class:`PortConnection` identifies the Smart Device on its port (PING until
 a SUB_RES names it), serves the device's buffer through the bridge's frame
-pump, sends what other processes request through the buffer, heartbeats, and
-confirms what must arrive (the subscription, the writes of parameters the
-device reports: resent up to :data:`WRITE_RETRIES` times). It never waits for
-a buffer's lock, and puts actuators back to their safe values when their
-commander ends, their ``command_timeout`` passes, or the robot is disabled.
+pump, heartbeats, and confirms the subscription (SUB_REQ until a SUB_RES
+answers it). What other processes request through the buffer (``write()``,
+``read()``) the pump's writer thread sends and confirms without Python
+(:meth:`~runtime.link.FramePump.serve_writes`: at most one batch per
+``write_interval``; writes of parameters the device reports are resent up to
+:data:`WRITE_RETRIES` times): the connection hears only of a new commander, a
+change of the disabled flag, and writes given up. It never waits for a
+buffer's lock, and puts actuators back to their safe values when their
+commander ends, their ``command_timeout`` passes, or the robot is disabled
+(then asks the pump to send them at once).
 :class:`DeviceRecord` and :class:`Counters` are what the bridge keeps of each
 device, connected or not (its ``--stats``). How the parts fit together:
 :mod:`runtime.bridge.manager`.
@@ -153,19 +158,6 @@ class DeviceRecord:
         }
 
 
-@dataclasses.dataclass
-class _UnconfirmedWrite:
-    """A parameter write sent to the device that no DEV_DATA has confirmed yet (the pump watches)."""
-
-    value: Any
-    """The value written."""
-    bit: int
-    """The parameter's bit in ID bitmaps."""
-    deadline: float
-    """When to send the write again (``time.monotonic()``)."""
-    resends: int = 0
-
-
 def _next_tick(now: float, interval: float) -> float:
     """The first multiple of ``interval`` after ``now``: every device's periodic work falls on one grid,
     so the bridge wakes once per tick for all of them."""
@@ -238,10 +230,9 @@ class PortConnection:
         self._device_errors = 0
         self._device_errors_logged_at = -math.inf
         self._scratch: DeviceBuffer | None = None
-        """A process-local buffer of the device's type that builds resends and reads DEV_DATA values."""
+        """A process-local buffer of the device's type that reads the values of frames for Python."""
         self._confirmable: frozenset[str] = frozenset()
         """Writeable parameters the device reports in its subscribed DEV_DATA: their writes are confirmed."""
-        self._unconfirmed: dict[str, _UnconfirmedWrite] = {}
         self._held_back: dict[int, Message] = {}
         """Messages for the buffer (SUB_RES: the pump holds DEV_DATA back itself) that found its lock
         taken: the newest per type."""
@@ -251,7 +242,11 @@ class PortConnection:
         self._disabled = False
         """Whether this device was told DEV_DISABLE for the robot's disabled state."""
         self._safety_due = False
-        """Safe values are pending: send them now, not after write_interval."""
+        """Safe values are pending: the pump sends them now, not after write_interval."""
+        self._enforce_handle: asyncio.TimerHandle | None = None
+        """A retry of :meth:`_enforce` after the buffer's lock was busy."""
+        self._wakeup: asyncio.Future[None] | None = None
+        """What :meth:`_service` sleeps on besides its timer (:meth:`_poke` wakes it)."""
 
     # -- naming for logs --
 
@@ -408,11 +403,26 @@ class PortConnection:
                 for name, param in buffer.params.items()
                 if param.readable and param.writeable and param.subscribed
             )
+        # From now on the pump's writer thread sends the buffer's pending reads and writes.
+        self._pump.serve_writes(self._port, float(type(buffer).write_interval))
+        self._configure_confirmation()
         request = buffer.make_sub_req()
         self._sub_request = request.read_sub_req()
         self.send(request)
         logger.info("%s: connected", self.describe())
         return True
+
+    def _configure_confirmation(self) -> None:
+        """Tell the pump which writes to confirm, how long to wait for each, and whether DEV_DATA flows."""
+        buffer = self.buffer
+        if buffer is None or self._port is None:
+            return
+        ids = 0
+        for name in self._confirmable:
+            ids |= 1 << buffer.params[name].id
+        self._pump.confirm_writes(
+            self._port, ids, self._confirm_timeout(), WRITE_RETRIES, subscribed=self._sub_confirmed
+        )
 
     def _claim(self, buffer: DeviceBuffer, type_name: str, uid: int, exc: RuntimeBaseException) -> bool:
         """Claim a buffer another live process serves, the device being connected here: True if claimed.
@@ -521,13 +531,13 @@ class PortConnection:
     def commander_ended(self, who: Commander) -> None:
         """A watched commander's process ended: end its commands on this device now.
 
-        Ending them is a write: it wakes the service loop, which sends the safe values at once.
+        The safe values are pending writes: the pump sends them at once (not after write_interval).
         """
-        if self.buffer is None or self._closed.done():
+        if self.buffer is None or self._closed.done() or self._port is None:
             return
         try:
             if self._end_commands(who):
-                self._safety_due = True
+                self._pump.send_writes_now(self._port)
         except DeviceBufferError:  # the lock is busy: try again shortly (never wait for it)
             self._loop.call_later(LOCK_RETRY_DELAY, self.commander_ended, who)
 
@@ -538,27 +548,67 @@ class PortConnection:
             return None
         return now + max(0.0, buffer._access.last_command + timeout - time.time())
 
-    async def _service(self) -> None:
-        """The periodic work of a connected device: writes, heartbeats, silence, subscription.
+    def _enforce(self) -> bool:
+        """End the commands that must end, have the pump send their safe values at once, and tell it
+        which commanders were checked (its writes wait while the buffer names one it was not told of).
 
-        It sleeps until there is something to do: a ``write()`` or ``read()``
-        by anyone wakes it at once (:meth:`~runtime.buffer.Buffer.wait_write_async`),
-        and the pending requests go out right away, except that one device gets
-        at most one batch per ``write_interval`` (a newer write replaces a
-        pending one, as the contract says). Otherwise it wakes for the next
-        heartbeat, subscription retry, resend or silence check.
+        Returns False when it must be tried again soon (the buffer's lock was busy).
+        """
+        buffer = self.buffer
+        if buffer is None or self._port is None or self._closed.done():
+            return True
+        try:
+            self._enforce_commands(buffer)
+            checked = {
+                who for who in buffer._access.commanders().values() if self.bridge.commanders.alive(who)
+            }
+        except DeviceBufferError as exc:
+            if _lock_busy(exc):
+                self._stalled(time.monotonic())
+            else:
+                self.counters.errors += 1
+                logger.warning("%s: cannot end commands: %s", self.describe(), exc)
+            return False
+        except RuntimeBaseException as exc:
+            self.counters.errors += 1
+            logger.warning("%s: cannot end commands: %s", self.describe(), exc)
+            return False
+        if self._safety_due:
+            self._safety_due = False
+            self._pump.send_writes_now(self._port)
+        self._pump.commanders_checked(self._port, checked)
+        return True
+
+    def _enforce_soon(self) -> None:
+        """Run :meth:`_enforce` now (a pump event asked), and again shortly while the lock is busy."""
+        self._enforce_handle = None
+        if not self._enforce() and self._enforce_handle is None and not self._closed.done():
+            self._enforce_handle = self._loop.call_later(LOCK_RETRY_DELAY, self._enforce_soon)
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake :meth:`_service` to look at its deadlines again (a command may have started)."""
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _service(self) -> None:
+        """The periodic work of a connected device: heartbeats, silence, subscription, command timeout.
+
+        Writes and reads do not pass here: the pump's writer thread sends them
+        (:meth:`~runtime.link.FramePump.serve_writes`), at most one batch per
+        ``write_interval``, and confirms them. This loop sleeps until the next
+        heartbeat, subscription retry, silence check or command timeout (it
+        wakes at ``last_command + command_timeout`` and reads it again then),
+        or until a pump event pokes it (a new commander).
         """
         assert self.buffer is not None
         buffer = self.buffer
         buffer_type = type(buffer)
-        write_interval = float(buffer_type.write_interval)
         heartbeat_interval = float(buffer_type.heartbeat_interval)
         silence_limit = SILENCE_HEARTBEATS * heartbeat_interval
         now = time.monotonic()
         next_heartbeat = _next_tick(now, heartbeat_interval)
         next_sub_req = now + SUB_RETRY_INTERVAL
-        last_batch = -math.inf
-        requested = True  # look once at start: a write may be waiting from before the device came
         while True:
             now = time.monotonic()
             last_rx = self.last_rx()
@@ -566,32 +616,14 @@ class PortConnection:
                 logger.warning("%s: silent for %.1f s", self.describe(), now - last_rx)
                 self.lose(f"silent for {silence_limit:g} s")
                 return
-            try:
-                if self._enforce_commands(buffer):
-                    requested = True
-                if requested and (self._safety_due or now - last_batch >= write_interval):
-                    requested = False
-                    self._safety_due = False
-                    for message in buffer.emit_dev_rw():
-                        self.send(message)
-                        last_batch = now
-                        if message.type == MessageType.DEV_WRITE:
-                            self._track_writes(message, now)
-                if self._unconfirmed and self._sub_confirmed:  # no DEV_DATA to confirm them before
-                    self._resend_writes(now)
-                if not self._sub_confirmed and now >= next_sub_req:
+            enforced = self._enforce()
+            if not self._sub_confirmed and now >= next_sub_req:
+                try:
                     self.send(buffer.make_sub_req())
-                    next_sub_req = now + SUB_RETRY_INTERVAL
-            except DeviceBufferError as exc:
-                requested = True  # try again soon
-                if _lock_busy(exc):
-                    self._stalled(now)
-                else:
+                except RuntimeBaseException as exc:
                     self.counters.errors += 1
-                    logger.warning("%s: cannot emit pending reads/writes: %s", self.describe(), exc)
-            except RuntimeBaseException as exc:
-                self.counters.errors += 1
-                logger.warning("%s: cannot emit pending reads/writes: %s", self.describe(), exc)
+                    logger.warning("%s: cannot make SUB_REQ: %s", self.describe(), exc)
+                next_sub_req = now + SUB_RETRY_INTERVAL
             if now >= next_heartbeat:
                 self.send(Message.make_hb_req(self._hb_id))
                 self._hb_id = (self._hb_id + 1) & 0xFF
@@ -599,23 +631,18 @@ class PortConnection:
             due = [next_heartbeat, last_rx + silence_limit + 0.001]
             if not self._sub_confirmed:
                 due.append(next_sub_req)
-            if self._unconfirmed and self._sub_confirmed:  # resent only once DEV_DATA can confirm them
-                due.append(min(pending.deadline for pending in self._unconfirmed.values()))
-            if requested:
-                due.append(last_batch + write_interval)
+            if not enforced:
+                due.append(now + LOCK_RETRY_DELAY)
             with contextlib.suppress(DeviceBufferError):
                 expiry = self._command_deadline(buffer, now)
                 if expiry is not None:
                     due.append(expiry)
             sleep = max(0.001, min(due) - time.monotonic())  # never a busy loop that starves the readers
-            if requested:
-                await asyncio.sleep(sleep)
-                continue
+            self._wakeup = self._loop.create_future()
             try:
-                requested = await buffer.wait_write_async(sleep)
-            except DeviceBufferError:  # invalid (being torn down) or lock trouble: look again later
-                requested = True
-                await asyncio.sleep(min(sleep, write_interval))
+                await asyncio.wait({self._wakeup}, timeout=sleep)
+            finally:
+                self._wakeup = None
 
     # -- writes the device has not confirmed --
     #
@@ -625,71 +652,37 @@ class PortConnection:
     # may still report without having seen the write (the one before, or a write this one replaced)
     # does not; any other value means the device changes the parameter itself (an encoder position
     # while the motor turns), so the write arrived or cannot be confirmed: resending it would only
-    # disturb it. The pump, which sees every DEV_DATA, judges each report (FramePump.watch_writes);
-    # the writes it settled are collected here. An unconfirmed write is sent again every confirm
-    # timeout, at most WRITE_RETRIES times, counting only while the subscription is confirmed (before,
-    # no DEV_DATA could confirm anything). Writes of parameters the device does not report (write-only
-    # ones) go out once, as before.
+    # disturb it. The pump's writer thread watches each write it sends (its reader thread judges each
+    # DEV_DATA), sends an unconfirmed one again every confirm timeout, at most WRITE_RETRIES times,
+    # counting only while the subscription is confirmed (before, no DEV_DATA could confirm anything),
+    # then reports it here (PumpEvent.GAVE_UP) to be logged and counted. Writes of parameters the
+    # device does not report (write-only ones) go out once, as before.
 
     def _confirm_timeout(self) -> float:
         assert self.buffer is not None
         return max(WRITE_CONFIRM_TIMEOUT, 3 * self.buffer.interval)
 
-    def _track_writes(self, message: Message, now: float) -> None:
-        """Remember the confirmable writes of a DEV_WRITE just sent (a newer write replaces an older)."""
-        scratch, buffer = self._scratch, self.buffer
-        if scratch is None or buffer is None or not self._confirmable or self._port is None:
+    def _gave_up(self, frame: bytes) -> None:
+        """Log and count the writes the pump gave up on (a DEV_WRITE frame of their values)."""
+        try:
+            message = Message.decode(frame)
+        except MessageError:  # cannot happen: the pump built it
+            self.counters.errors += 1
             return
-        scratch.update(message)
-        watched = 0
-        for name, value in scratch.get_write().items():
-            if name in self._confirmable:
-                bit = 1 << buffer.params[name].id
-                self._unconfirmed[name] = _UnconfirmedWrite(value, bit, now + self._confirm_timeout())
-                watched |= bit
-        if watched:
-            self._pump.watch_writes(self._port, message, watched)
-
-    def _resend_writes(self, now: float) -> None:
-        """Send again the writes whose confirmation is overdue; give up on those resent too often."""
-        scratch = self._scratch
-        assert scratch is not None and self._port is not None
-        settled = self._pump.settled(self._port)
-        resent = 0
-        given_up = 0
-        for name, pending in list(self._unconfirmed.items()):
-            if settled & pending.bit:
-                del self._unconfirmed[name]
-                continue
-            if now < pending.deadline:
-                continue
-            if pending.resends >= WRITE_RETRIES:
-                del self._unconfirmed[name]
-                given_up |= pending.bit
-                self.counters.writes_unconfirmed += 1
-                logger.warning(
-                    "%s: no DEV_DATA confirmed %s = %r after %d resends; giving up",
-                    self.describe(),
-                    name,
-                    pending.value,
-                    pending.resends,
-                )
-                continue
-            try:
-                scratch.write(name, pending.value)
-            except (RuntimeBaseException, TypeError, ValueError):  # cannot happen: it was written before
-                del self._unconfirmed[name]
-                continue
-            pending.resends += 1
-            pending.deadline = now + self._confirm_timeout()
-            resent += 1
-        if given_up:
-            self._pump.settled(self._port, given_up)
-        if resent:
-            for message in scratch.emit_dev_rw():
-                self.send(message)
-            self.counters.writes_resent += resent
-            logger.debug("%s: resent %d unconfirmed write(s)", self.describe(), resent)
+        values: dict[str, Any] = {}
+        if self._scratch is not None:
+            with contextlib.suppress(RuntimeBaseException, MessageError):
+                self._scratch.update(message)
+                values = self._scratch.get_write()
+        for name, value in sorted(values.items()):
+            self.counters.writes_unconfirmed += 1
+            logger.warning(
+                "%s: no DEV_DATA confirmed %s = %r after %d resends; giving up",
+                self.describe(),
+                name,
+                value,
+                WRITE_RETRIES,
+            )
 
     def _teardown(self, reason: str) -> None:
         if self._port is not None:
@@ -704,8 +697,10 @@ class PortConnection:
         if self._scratch is not None:
             self._scratch.close()
             self._scratch = None
-        self._unconfirmed.clear()
         self._held_back.clear()
+        if self._enforce_handle is not None:
+            self._enforce_handle.cancel()
+            self._enforce_handle = None
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
@@ -733,6 +728,7 @@ class PortConnection:
         self.counters.messages_in += now.messages_in - before.messages_in
         self.counters.messages_out += now.messages_out - before.messages_out
         self.counters.lock_stalls += now.lock_stalls - before.lock_stalls
+        self.counters.writes_resent += now.writes_resent - before.writes_resent
         dropped = now.events_dropped - before.events_dropped
         if dropped:
             self.counters.errors += dropped
@@ -767,7 +763,27 @@ class PortConnection:
             logger.debug("%s: <- %s", self.describe(), data.hex(" "))
         elif event == PumpEvent.SENT:
             assert isinstance(data, bytes)
-            logger.debug("%s: -> %s (answered by the pump)", self.describe(), data.hex(" "))
+            self._log_sent(data)
+        elif event in (PumpEvent.COMMANDER, PumpEvent.DISABLED):
+            self._enforce_soon()
+        elif event == PumpEvent.GAVE_UP:
+            assert isinstance(data, bytes)
+            self._gave_up(data)
+        elif event == PumpEvent.PACK_ERROR:
+            self.counters.errors += 1
+            logger.warning("%s: cannot send pending writes: %s", self.describe(), data)
+
+    def _log_sent(self, frame: bytes) -> None:
+        """Log a frame the pump sent (``--verbose``): a heartbeat answer, or what a writer asked."""
+        try:
+            kind = MessageType(Message.decode(frame).type)
+        except (MessageError, ValueError):
+            kind = None
+        if kind == MessageType.HB_RES:
+            logger.debug("%s: -> %s (answered by the pump)", self.describe(), frame.hex(" "))
+        else:
+            name = kind.name if kind is not None else "?"
+            logger.debug("%s: -> %s (%s, sent by the pump)", self.describe(), frame.hex(" "), name)
 
     def _on_frame(self, frame: bytes) -> None:
         if self.bridge.verbose:
@@ -850,10 +866,14 @@ class PortConnection:
             # must not confirm the subscription (the SUB_REQ may have been lost, and the device would
             # never stream) nor overwrite the one recorded; if one was confirmed, ask again.
             logger.debug("%s: SUB_RES without a subscription; asking again", self.describe())
-            self._sub_confirmed = False
+            if self._sub_confirmed:
+                self._sub_confirmed = False
+                self._configure_confirmation()
             return
         self._apply(message)
-        self._sub_confirmed = True
+        if not self._sub_confirmed:
+            self._sub_confirmed = True
+            self._configure_confirmation()
 
     # -- a buffer whose lock another process holds --
 
