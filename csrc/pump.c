@@ -961,6 +961,10 @@ writer_thread(void *arg)
                 continue;
             }
             wake = fmin(wake, serve_port(pump, index, now));
+            if (port->write_due && !port->urgent && now < port->next_batch && !port->commander_waiting) {
+                continue;  /* a batch held back by write_interval: its timer looks again (as the bridge
+                              did before), and newer writes of the interval do not wake the thread */
+            }
             if (count < RT_FUTEX_WAITV_MAX) {
                 waits[count++] = (struct rt_futex_waitv){
                     port->write_seen, (uint64_t)(uintptr_t)&port->acc->notify->seq[RT_WRITE_BLOCK],
@@ -1631,17 +1635,23 @@ FramePump_commanders_checked(FramePump *self, PyObject *const *args, Py_ssize_t 
     pthread_mutex_lock(&self->lock);
     Py_ssize_t index;
     pump_port *port = lookup(self, args[0], &index);
+    int changed = 0;
     if (port != NULL) {
+        /* The bridge confirms its list every heartbeat: wake the writer only when there is news. */
+        changed = port->commander_waiting || port->known_count != (int)n
+                  || memcmp(port->known, words, (size_t)n * sizeof(uint64_t)) != 0;
         memcpy(port->known, words, (size_t)n * sizeof(uint64_t));
         port->known_count = (int)n;
         port->commander_waiting = 0;
-        port->recheck = 1;
+        port->recheck |= changed;
     }
     pthread_mutex_unlock(&self->lock);
     if (port == NULL) {
         return NULL;
     }
-    wake_writer(self);
+    if (changed) {
+        wake_writer(self);
+    }
     Py_RETURN_NONE;
 }
 
