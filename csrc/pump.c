@@ -1,6 +1,6 @@
 /*
- * The frame pump: the bridge's per-frame path, in one reader thread that
- * never takes the GIL.
+ * The frame pump: the bridge's per-frame path, in a reader thread and a
+ * writer thread that never take the GIL.
  *
  * The bridge adds each serial port's descriptor to a FramePump. The pump's
  * thread waits for all of them with epoll, reads what arrives, cuts it into
@@ -26,10 +26,18 @@
  * so that no other port's frame is dropped, or waits behind more than the
  * other ports' shares (a few milliseconds of Python).
  *
- * Writes the bridge wants confirmed are watched here too (watch_writes): a
- * DEV_DATA reporting the value written settles a write, and so does one
- * reporting a value the device could not have reported without seeing it;
- * Python collects the settled ones (settled) and resends the others.
+ * A second thread, the writer, sends what the buffers' writers ask without
+ * Python either (serve_writes): it sleeps with futex_waitv on the write-block
+ * sequence words, takes the pending reads and writes with the lock only
+ * tried, and sends DEV_READ/DEV_WRITE as emit_dev_rw packs them, at most one
+ * batch per write_interval (see "the writer thread" below).
+ *
+ * Writes the bridge wants confirmed are watched here too (the writer's own,
+ * or watch_writes for frames Python sent): a DEV_DATA reporting the value
+ * written settles a write, and so does one reporting a value the device
+ * could not have reported without seeing it. The writer resends the others
+ * at their deadline and reports those it gave up on; Python may also collect
+ * the settled ones itself (settled).
  *
  * The bridge never waits for a buffer's lock: values that find it taken
  * (after a spin of a few microseconds) are staged, the newest per parameter,
@@ -39,7 +47,7 @@
  * does not take is queued and flushed when epoll says it is writable.
  *
  * One mutex guards the pump's state; Python's calls take it briefly, with the
- * GIL held. The thread never needs the GIL, so the two never deadlock.
+ * GIL held. The threads never need the GIL, so none of them deadlock.
  */
 #include "seqlock.h"
 

@@ -5,7 +5,7 @@ each device, keeps its shared-memory buffer (:mod:`runtime.buffer`) in step with
 it, and forwards what other processes request through the buffer. It is the one
 process that talks to the serial ports; everything else only sees buffers.
 
-How it is organised (one asyncio loop, and the frame pump's reader thread):
+How it is organised (one asyncio loop, and the frame pump's reader and writer threads):
 
 * A *watcher* looks for the ports asked for (exact ``--port`` paths and
   ``--glob`` patterns, default ``/dev/ttyACM*``) whenever their directories
@@ -27,17 +27,21 @@ How it is organised (one asyncio loop, and the frame pump's reader thread):
   device's buffer through the bridge's single :class:`~runtime.buffer.BufferStore`,
   serves it (:meth:`~runtime.buffer.Buffer.serve`: valid for as long as this
   process lives and the device is connected), attaches it to the pump, and
-  subscribes. A ``write()`` or ``read()`` by anyone wakes it: the pending
-  reads and writes go out (:meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw`),
-  at most one batch per ``write_interval``;
+  subscribes. A ``write()`` or ``read()`` by anyone wakes the pump's writer
+  thread, not the interpreter: it sends the pending reads and writes as
+  :meth:`~runtime.buffer.DeviceBuffer.emit_dev_rw` packs them, at most one
+  batch per ``write_interval`` (:meth:`~runtime.link.FramePump.serve_writes`),
+  and tells Python only of what needs it (a new commander, whose writes wait
+  until the connection checked it; the disabled flag; writes given up);
   a heartbeat goes out every ``heartbeat_interval`` (every device's on one
   grid of time, so that the bridge wakes once for all), and a device silent for
   :data:`~runtime.bridge.connection.SILENCE_HEARTBEATS` heartbeat intervals is treated as gone.
 * The link may lose frames, so what must arrive is confirmed: a subscription
   counts only once a SUB_RES with a nonzero interval answers it (SUB_REQ is
   repeated until then), and a write of a parameter the device reports in its
-  DEV_DATA is sent again until a report shows it arrived (at most
-  :data:`~runtime.bridge.connection.WRITE_RETRIES` times; see ``_resend_writes``).
+  DEV_DATA is sent again by the pump's writer thread until a report shows it
+  arrived (at most :data:`~runtime.bridge.connection.WRITE_RETRIES` times; then
+  the connection logs and counts it).
 * Writes never block: the pump queues what a full port cannot take and
   flushes it when the port is writable again (a stalled device cannot freeze
   the others).
