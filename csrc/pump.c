@@ -78,6 +78,7 @@
 #define PUMP_WRITE_POLL 0.002         /* seconds between looks at write blocks futex_waitv cannot watch
                                          (more ports than it takes, or a kernel without it) */
 #define PUMP_RETRIES_MAX 255          /* the most resends of one write one may ask for */
+#define PUMP_KNOWN_COMMANDERS 64      /* commanders Python may name as checked, per port */
 
 enum pump_event_kind {
     PUMP_FRAME = 1,    /* a frame for Python (bytes) */
@@ -160,7 +161,7 @@ typedef struct {
     uint8_t resends[RT_MAX_PARAMS];
     uint32_t disabled_seen;  /* the disabled flag as last reported */
     int commander_waiting;   /* a new commander was reported: no batch until commanders_checked */
-    uint64_t known[RT_MAX_PARAMS];  /* commanders Python checked (commanders_checked) */
+    uint64_t known[PUMP_KNOWN_COMMANDERS];  /* commanders Python checked (commanders_checked) */
     int known_count;
 } pump_port;
 
@@ -1626,12 +1627,12 @@ FramePump_commanders_checked(FramePump *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > RT_MAX_PARAMS) {
+    if (n > PUMP_KNOWN_COMMANDERS) {
         Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "at most %d commanders, not %zd", RT_MAX_PARAMS, n);
+        PyErr_Format(PyExc_ValueError, "at most %d commanders, not %zd", PUMP_KNOWN_COMMANDERS, n);
         return NULL;
     }
-    uint64_t words[RT_MAX_PARAMS];
+    uint64_t words[PUMP_KNOWN_COMMANDERS];
     for (Py_ssize_t i = 0; i < n; i++) {
         words[i] = PyLong_AsUnsignedLongLongMask(PySequence_Fast_GET_ITEM(seq, i));
         if (words[i] == (uint64_t)-1 && PyErr_Occurred()) {
@@ -1793,6 +1794,7 @@ rt_pump_module_init(PyObject *module)
         || PyModule_AddIntConstant(module, "PUMP_GAVE_UP", PUMP_GAVE_UP) < 0
         || PyModule_AddIntConstant(module, "PUMP_PACK_ERROR", PUMP_PACK_ERROR) < 0
         || PyModule_AddIntConstant(module, "PUMP_PORT_EVENT_LIMIT", PUMP_PORT_EVENT_LIMIT) < 0
+        || PyModule_AddIntConstant(module, "PUMP_KNOWN_COMMANDERS", PUMP_KNOWN_COMMANDERS) < 0
         || PyModule_AddIntConstant(module, "PUMP_OUTBOX_LIMIT", PUMP_OUTBOX_LIMIT) < 0) {
         return -1;
     }

@@ -22,11 +22,21 @@ from . import _core
 from .buffer import DeviceBuffer
 from .messaging import Message
 
-__all__ = ["OUTBOX_LIMIT", "PORT_EVENT_LIMIT", "FramePump", "FrameWriter", "PumpCounters", "PumpEvent"]
+__all__ = [
+    "KNOWN_COMMANDERS",
+    "OUTBOX_LIMIT",
+    "PORT_EVENT_LIMIT",
+    "FramePump",
+    "FrameWriter",
+    "PumpCounters",
+    "PumpEvent",
+]
 
 OUTBOX_LIMIT: int = _core.PUMP_OUTBOX_LIMIT
 """Bytes a port's writer queues before it drops new frames (the peer stopped reading)."""
 
+KNOWN_COMMANDERS: int = _core.PUMP_KNOWN_COMMANDERS
+"""The most commanders :meth:`FramePump.commanders_checked` takes for one port."""
 PORT_EVENT_LIMIT: int = _core.PUMP_PORT_EVENT_LIMIT
 """Frames (:attr:`PumpEvent.FRAME`, :attr:`PumpEvent.OVERFLOW`) one port of a :class:`FramePump` may
 have waiting for Python by default (64): its share of the queue. Beyond it, that port's new ones are
@@ -281,8 +291,8 @@ class FramePump:
     def commanders_checked(self, port: int, commanders: Iterable[tuple[int, int]]) -> None:
         """Python checked these commanders (``(pid, start)``, watched from now on): the port's writes go on.
 
-        The list replaces the one given before: a commander left out is
-        reported again when it commands again.
+        The list (at most :data:`KNOWN_COMMANDERS`) replaces the one given
+        before: a commander left out is reported again when it commands again.
         """
         self._core.commanders_checked(port, [pid | (start << 32) for pid, start in commanders])
 

@@ -35,7 +35,7 @@ import serial
 from ..buffer import DeviceBuffer, DeviceBufferError, DeviceUID
 from ..commands import Commander
 from ..exception import RuntimeBaseException
-from ..link import PumpCounters, PumpEvent
+from ..link import KNOWN_COMMANDERS, PumpCounters, PumpEvent
 from ..messaging import DELIM, ErrorCode, Message, MessageError, MessageType
 from ..processes import flock_holder
 from ..values import jsonable
@@ -559,9 +559,12 @@ class PortConnection:
             return True
         try:
             self._enforce_commands(buffer)
-            checked = {
-                who for who in buffer._access.commanders().values() if self.bridge.commanders.alive(who)
-            }
+            commanders = set(buffer._access.commanders().values())
+            live = sorted(who for who in commanders if self.bridge.commanders.alive(who))
+            # Every commander the bridge watches (alive) is checked for this device too: a process that
+            # commanded another device, or this one before its commands ended, writes without waiting.
+            others = sorted(self.bridge.commanders.watched - set(live))
+            checked = (live + others)[:KNOWN_COMMANDERS]
         except DeviceBufferError as exc:
             if _lock_busy(exc):
                 self._stalled(time.monotonic())
