@@ -56,6 +56,9 @@ model built from FrameSplitter, Message.decode and a model buffer updated with
 - ``settled`` returns the IDs a model of the settling rule (csrc/pump.c:
   settle, watch_writes) predicts.
 
+The writer thread's calls (serve_writes and the rest) appear only as misuses
+here: tests/test_pump_writes.py covers the writer on real ptys and buffers.
+
 Only the documented exceptions may escape (ValueError for a bad port, a
 DEV_WRITE that does not fit or a second attach; TypeError for wrongly typed
 arguments; DeviceBufferError for a closed or plain buffer; OSError for a
@@ -856,6 +859,16 @@ class Run:
                 ValueError,
                 lambda: self.pump.watch_writes(port + 1, Message(MessageType.DEV_WRITE, b"\0\0"), 1),
             ),
+            # the writer thread's calls (serve_writes is never called here: the model has no writer)
+            (TypeError, lambda: core.serve_writes(port)),
+            (TypeError, lambda: core.confirm_writes(port, 1, 0.25, 8)),
+            (TypeError, lambda: core.commanders_checked(port, 7)),
+            (ValueError, lambda: self.pump.serve_writes(port + 1, 0.04)),
+            (ValueError, lambda: self.pump.serve_writes(port, -1.0)),
+            (ValueError, lambda: self.pump.confirm_writes(port, 1, 0.0, 8, subscribed=True)),
+            (ValueError, lambda: self.pump.confirm_writes(port, 1, 0.25, 1000, subscribed=True)),
+            (ValueError, lambda: self.pump.send_writes_now(port + 1)),
+            (ValueError, lambda: self.pump.commanders_checked(port, [(k, 0) for k in range(1, 100)])),
         ]
         for _ in range(self.inp.int_in(1, 4)):
             error, call = self.inp.pick(calls)
