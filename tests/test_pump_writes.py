@@ -247,3 +247,14 @@ def test_a_lock_another_process_holds_delays_the_write_and_loses_nothing(
             pump.remove(port)
     finally:
         SERVO.unlink(name)
+
+
+def test_with_forward_all_python_gets_a_copy_of_each_write_sent(link: Link) -> None:
+    with (
+        FramePump(forward_all=True) as pump,
+        SERVO.open("test-pump-writes-verbose", shared=False) as servo,
+    ):
+        port = serving(pump, link, servo)
+        servo.write("servo0", 0.75)
+        (sent,) = link.receive()
+        assert [(p, e, Message.decode(data)) for p, e, data in events(pump)] == [(port, PumpEvent.SENT, sent)]
