@@ -258,3 +258,20 @@ def test_with_forward_all_python_gets_a_copy_of_each_write_sent(link: Link) -> N
         servo.write("servo0", 0.75)
         (sent,) = link.receive()
         assert [(p, e, Message.decode(data)) for p, e, data in events(pump)] == [(port, PumpEvent.SENT, sent)]
+
+
+def test_ports_beyond_what_one_futex_waitv_takes_are_polled(scratch: DeviceBuffer) -> None:
+    count = 129  # futex_waitv takes 128 words, one of them the pump's own: the last two are polled
+    links = [Link() for _ in range(count)]
+    buffers = [SERVO.attach(f"test-pump-writes-many-{n}", shared=False) for n in range(count)]
+    try:
+        with FramePump() as pump:
+            for link, buffer in zip(links, buffers, strict=True):
+                serving(pump, link, buffer)
+            for n in (0, count - 2, count - 1):
+                buffers[n].write("servo1", n / 256)
+                assert written(scratch, links[n].receive()) == [{"servo1": n / 256}]
+    finally:
+        for link, buffer in zip(links, buffers, strict=True):
+            buffer.close()
+            link.close()
