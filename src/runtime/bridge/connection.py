@@ -563,8 +563,11 @@ class PortConnection:
             live = sorted(who for who in commanders if self.bridge.commanders.alive(who))
             # Every commander the bridge watches (alive) is checked for this device too: a process that
             # commanded another device, or this one before its commands ended, writes without waiting.
-            others = sorted(self.bridge.commanders.watched - set(live))
-            checked = (live + others)[:KNOWN_COMMANDERS]
+            # Not with a command timeout: a command that starts must be reported, to wake _service
+            # at its deadline.
+            timed = type(buffer).command_timeout is not None
+            others = [] if timed else sorted(self.bridge.commanders.watched)
+            checked = (live + [who for who in others if who not in live])[:KNOWN_COMMANDERS]
         except DeviceBufferError as exc:
             if _lock_busy(exc):
                 self._stalled(time.monotonic())
