@@ -17,16 +17,18 @@ Once every piece is up and the clients receive data, the measuring window
 (``--seconds``) runs from one rewrite of the bridge's ``--stats`` file (every
 second) to the first one ``--seconds`` later, so that the changes counted and
 the CPU read cover the same time. For each process: its CPU (utime + stime of
-``/proc/PID/stat``: all its threads, plus its descendants, such as the
-runner's student process) as a percentage of one core; the changes are the
+``/proc/PID/stat``: all its threads, plus any helper processes below it; the
+runner's student process is a row of its own) as a percentage of one core,
+read from ``/proc`` at the window's two ends (10 ms ticks); the changes are the
 messages the bridge received from the devices in the window (its ``--stats``
 ``messages_in``, summed over the devices), and each process's CPU per change.
 The deliveries are a sanity column: Zenoh samples the subscriber got,
 messages with data the WebSocket client got, and messages ``runtime record``
 wrote (counted in its MCAP file, which it writes out every half second).
 
-"All together" is the stack a robot runs: bridge, student code, ``runtime
-zenoh``, ``runtime foxglove`` and ``runtime record``. Not in it, and shown
+"All together" is the stack a robot runs: bridge, ``runtime zenoh``,
+``runtime foxglove``, ``runtime record``, the runner and its student code
+(its µs per change: the sum's CPU per change). Not in it, and shown
 apart: ``runtime emulate`` (it stands in for the hardware), the ``runtime demo``
 process that started the pieces (and its cleaner), and this process (the
 clients).
@@ -67,7 +69,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.processes import command_line, runs_command
+from runtime.processes import command_line, pid_alive, runs_command
 from runtime.testing.demo import Interrupted, SignalGuard, namespace_processes
 from runtime.testing.robot import read_lines, spawn, stop_process
 from runtime.testing.waiting import wait_for
@@ -86,13 +88,14 @@ SUBSCRIBE_DELAY = 0.1
 """Seconds between an advertisement and the subscription (the server may not accept it at once)."""
 TICK = os.sysconf("SC_CLK_TCK")
 
-STACK = ("bridge", "zenoh", "foxglove", "record", "runner")
+STACK = ("bridge", "zenoh", "foxglove", "record", "runner", "student")
 """The processes of the robot stack: their sum is "all together"."""
 APART = ("emulator", "demo", "bench")
 """Processes measured but not in the sum."""
 LABELS = {
     "bridge": "runtime bridge",
-    "runner": "runtime run (demo's student code, with its student process)",
+    "runner": "runtime run (the runner itself)",
+    "student": "the demo's student code (the runner's student process)",
     "zenoh": "runtime zenoh, a raw subscriber on runtime/**",
     "foxglove": "runtime foxglove, a client on every channel",
     "record": "runtime record",
@@ -305,7 +308,8 @@ def checkout(python: str) -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise StackError(f"cannot run {python}: {exc}") from None
     if done.returncode != 0:
-        raise StackError(f"{python} cannot import runtime: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StackError(f"{python} cannot import runtime: {last}")
     package = done.stdout.strip()
     found["package"] = package
     git = ["git", "-C", package]
@@ -445,6 +449,8 @@ class Snapshot:
 def snapshot(stack: Stack, after: float, zenoh: ZenohClient, fox: FoxgloveClient, record: str) -> Snapshot:
     when, bridge = next_stats(stack, after)
     ticks = {role: cpu_ticks(pid) for role, pid in stack.pids.items() if role not in ("cleaner", "demo")}
+    ticks["student"] = ticks["runner"] - cpu_ticks(stack.pids["runner"], with_children=False)
+    ticks["runner"] -= ticks["student"]
     ticks["demo"] = cpu_ticks(stack.pids["demo"], with_children=False)
     if "cleaner" in stack.pids:
         ticks["demo"] += cpu_ticks(stack.pids["cleaner"])
@@ -516,6 +522,15 @@ def run_stack(python: str, seconds: float, index: int, guard: SignalGuard) -> di
         result["left_over"] = clean_namespace(namespace)
         shutil.rmtree(directory, ignore_errors=True)
     return result
+
+
+def remove_stale_directories() -> None:
+    """Remove the temporary directories of benches killed outright (SIGKILL: they could not)."""
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(tempfile.gettempdir()):
+            found = re.fullmatch(r"rt-stack-(\d+)-\w+", entry)
+            if found and not pid_alive(int(found[1])):
+                shutil.rmtree(os.path.join(tempfile.gettempdir(), entry), ignore_errors=True)
 
 
 def clean_namespace(namespace: str) -> dict[str, list[Any]]:
@@ -593,6 +608,7 @@ def run_all(
     """
     python = python or sys.executable
     rounds = rounds or (2 if compare else 1)
+    remove_stale_directories()
     order = [("before", compare), ("after", python)] if compare else [("this", python)]
     sets: list[dict[str, Any]] = [
         {"label": label, "checkout": checkout(path), "rounds": []} for label, path in order
