@@ -179,6 +179,10 @@ class ZenohClient:
         self.samples += 1  # callbacks come one at a time, under the GIL
         self.keys.add(str(sample.key_expr))
 
+    def device_keys(self) -> int:
+        """How many device keys (``runtime/<namespace>/<type>/<uid>``) sent samples so far."""
+        return sum(1 for key in list(self.keys) if re.fullmatch(r"runtime/[^/]+/[^/@]+/0x[0-9a-f]+", key))
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.subscriber.undeclare()
@@ -238,7 +242,11 @@ class FoxgloveClient:
             for channel_id in message["channelIds"]:
                 self.channels.pop(channel_id, None)
         elif op == "status" and message.get("level", 0) >= 2:
-            self.errors.append(str(message.get("message")))
+            text = str(message.get("message"))
+            self.errors.append(text)
+            unknown = re.search(r"unknown channel(?: ID)?: (\d+)", text, re.IGNORECASE)
+            if unknown and int(unknown[1]) in self.channels:  # subscribed too early: again, a moment later
+                self._pending.append((time.monotonic() + SUBSCRIBE_DELAY, int(unknown[1])))
 
     def _subscribe_due(self) -> None:
         now = time.monotonic()
@@ -495,7 +503,7 @@ def run_stack(python: str, seconds: float, index: int, guard: SignalGuard) -> di
             stack.check()
             assert zenoh is not None and fox is not None
             return (
-                len(zenoh.keys) >= DEMO_DEVICES
+                zenoh.device_keys() >= DEMO_DEVICES
                 and fox.device_topics_with_data() >= DEMO_DEVICES
                 and bool(mcap_messages(record_path))
             )
