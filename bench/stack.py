@@ -676,7 +676,8 @@ def describe(results: dict[str, Any]) -> str:
     ]
     for entry in sets:
         rate = _figure(entry["median"]["changes_per_s"], "", 1)
-        lines.append(f"  {entry['label']}: {_name(entry['checkout'])}: {rate} changes/s")
+        load = ", ".join(f"{run['load_average']:.1f}" for run in entry["rounds"])
+        lines.append(f"  {entry['label']}: {_name(entry['checkout'])}: {rate} changes/s; load average {load}")
     lines.append(
         "  changes: messages the bridge received (its --stats messages_in); deliveries (last round): "
         "Zenoh samples, Foxglove messages, records written"
