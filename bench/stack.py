@@ -727,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         results = run_all(args.seconds, args.python, args.compare, args.rounds, progress)
-    except StackError as exc:
+    except (StackError, TimeoutError) as exc:  # a piece that failed, or did not come up in time
         print(f"bench/stack.py: error: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Interrupted):
