@@ -553,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         import notify  # bench/notify.py: change notification (processes, a pty and the bridge)
         import runner  # bench/runner.py: runtime run's period, mode change to safe motors, its CPU
         import safety  # bench/safety.py: commander death and disable to the device, through the bridge
+        import stack  # bench/stack.py: the whole robot stack at the demo's load, CPU per process
 
         scenarios = {
             "contention": contention(),
@@ -561,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             "bridge": bridge.run_all(),
             "safety": safety.run_all(),
             "runner": runner.run_all(),
+            "stack": stack.run_all(),
         }
 
     if args.json:
@@ -604,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
         import runner
 
         print("\n" + runner.describe(scenarios["runner"]))
+        import stack
+
+        print("\n" + stack.describe(scenarios["stack"]))
     return 0
 
 
