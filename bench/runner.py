@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -72,13 +74,43 @@ def _runner(path: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]
     )
 
 
-def _student_pid(runner: subprocess.Popen[str]) -> int:
-    assert runner.stdout is not None
-    for line in runner.stdout:
+LINE_TIMEOUT = 10.0
+"""Seconds the bench waits for a line of the runner it expects (never for ever: a lost line is an error)."""
+
+
+class _Lines:
+    """The runner's output lines, read by a thread, so that waiting for one has a timeout."""
+
+    def __init__(self, runner: subprocess.Popen[str]) -> None:
+        assert runner.stdout is not None
+        self._stdout = runner.stdout
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, name="bench-runner-lines", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def next(self, timeout: float = LINE_TIMEOUT) -> str:
+        """The next line; RuntimeError when none comes within ``timeout`` or the runner ended."""
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"the runner printed nothing for {timeout:g} s") from None
+        if line is None:
+            raise RuntimeError("the runner ended")
+        return line
+
+
+def _student_pid(lines: _Lines, timeout: float = LINE_TIMEOUT) -> int:
+    """The student process of the mode the runner just started (from its 'started' line)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = lines.next(max(0.0, deadline - time.monotonic()))
         found = re.search(r"started \(student code pid (\d+)\)", line)
         if found:
             return int(found[1])
-    raise RuntimeError("the runner ended before it started a mode")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -117,11 +149,11 @@ def period_and_cpu(calls: int = PERIOD_CALLS) -> dict[str, Any]:
         }
         runner = _runner(path, env)
         try:
-            assert runner.stdout is not None
-            runner.stdout.readline()  # running ...: the runner is idle
+            lines = _Lines(runner)
+            lines.next()  # running ...: the runner is idle
             idle = _cpu_share([runner.pid], CPU_SECONDS)
             subprocess.run([sys.executable, "-m", "runtime", "mode", "teleop"], env=env, capture_output=True)
-            student = _student_pid(runner)
+            student = _student_pid(lines)
             deadline = time.monotonic() + calls * PERIOD * 3 + 30
             while not os.path.exists(times_path):
                 if time.monotonic() > deadline:
@@ -166,14 +198,16 @@ def mode_to_safe(samples: int = SAFE_SAMPLES) -> dict[str, Any]:
             file.write(HUNG_FILE.format(uid=hex(rig.devices[0].uid)))
         runner = _runner(path, rig.env, "--timeout", "3600")
         try:
-            assert runner.stdout is not None
-            runner.stdout.readline()
+            lines = _Lines(runner)
+            lines.next()
             for _ in range(samples):
                 field.set("mode", MODES["teleop"])
-                _student_pid(runner)
+                _student_pid(lines)
                 taken = rig.wait_for_servo0(0.5, time.perf_counter_ns() + int(TIMEOUT * 1e9))
-                if taken is None:
+                if taken is None:  # back to idle, so that the next teleop starts a mode (and prints it)
                     lost += 1
+                    field.set("mode", MODES["idle"])
+                    rig.drain(0.05)
                     continue
                 rig.drain(0.05)  # the student process spins now
                 started = time.perf_counter_ns()
