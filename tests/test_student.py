@@ -71,6 +71,25 @@ def test_a_wrong_device_or_parameter_says_what_exists(store: BufferStore) -> Non
         Robot(store).set_value(hex(YOGI), "duty_cycel", 0.5)
 
 
+def test_an_unknown_name_says_the_same_every_call_and_a_searched_device_is_found_once_it_comes(
+    store: BufferStore,
+) -> None:
+    robot = Robot(store, {"left": YOGI})
+    errors = []
+    for _ in range(3):  # the robot file's answer is remembered: said again, word for word
+        with pytest.raises(DeviceBufferError, match=r"unknown device 'lfet'.*did you mean 'left'") as raised:
+            robot.set_value("lfet", "duty_cycle", 0.5)
+        errors.append(str(raised.value))
+    assert len(set(errors)) == 1
+    with pytest.raises(DeviceBufferError, match="not connected"):  # a robot file name: looked for again
+        robot.get_value("left", "duty_cycle")
+    with pytest.raises(DeviceBufferError, match="no yogi-bear device '10_12648430'"):
+        robot.get_value("10_12648430", "duty_cycle")
+    store.get_or_open(YOGI).serve()
+    assert robot.get_value("left", "duty_cycle") == 0.0
+    assert robot.get_value("10_12648430", "duty_cycle") == 0.0
+
+
 def test_inputs_read_neutral_without_a_driver_station_and_refuse_in_autonomous(store: BufferStore) -> None:
     mode = "teleop"
     gamepad, keyboard = Gamepad(store, lambda: mode), Keyboard(store, lambda: mode)

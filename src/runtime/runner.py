@@ -87,8 +87,10 @@ OVERRUN_WARNING_INTERVAL = 5.0
 """Seconds between two warnings about main functions that overran their period."""
 IDLE_LOOK_INTERVAL = 0.5
 """Seconds between two looks at a changed student file (``reload``) while idle."""
-RUNNING_LOOK_INTERVAL = 0.02
-"""Seconds between two looks at the child (its calls' durations, its counters) while a mode runs."""
+RUNNING_LOOK_INTERVAL = 0.1
+"""Seconds between two looks at the child (its calls' durations, its counters) while a mode runs: a
+mode change or a disabled robot wakes the runner at once, this is for a hung call (DEFAULT_CALL_LIMIT
+is ten times longer) and the counters."""
 STUDENT_ERROR_EXIT = 3
 """The child's exit status when student code raised (its traceback is printed)."""
 _STATUS = struct.Struct("=dQQ")  # call started (monotonic, 0: not in a call), main calls, overruns

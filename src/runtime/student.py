@@ -186,6 +186,12 @@ def resolve_device(store: BufferStore, device: object, names: Mapping[str, int |
     )
 
 
+def _searched(device: str) -> bool:
+    """Whether ``device`` is a ``'<device_id>_<random>'`` string, found among the buffers present."""
+    id_text, underscore, random_text = device.strip().partition("_")
+    return bool(underscore) and id_text.isdigit() and random_text.isdigit()
+
+
 def _find_by_random(store: BufferStore, device_id: int, random: int, device: str) -> int:
     type_name = store.device_types.get(device_id)
     if type_name is None:
@@ -225,6 +231,9 @@ class Robot:
         self._store = store
         self._names = dict(names or {})
         self._buffers: dict[object, DeviceBuffer] = {}
+        self._unknown: dict[object, str] = {}
+        """Devices no robot could have (a name the robot file lacks): the error, said again without a
+        search, so that code calling an absent name 50 times a second costs no more than one that works."""
         self._running: dict[Callable[..., Any], threading.Thread] = {}
         self._told: set[Callable[..., Any]] = set()
         self._on_error = on_error
@@ -234,7 +243,16 @@ class Robot:
             return self._buffers[device]
         except (KeyError, TypeError):
             pass
-        uid = resolve_device(self._store, device, self._names)
+        known_error = self._unknown.get(device) if isinstance(device, str) else None
+        if known_error is not None:
+            raise DeviceBufferError(known_error, device=device)
+        try:
+            uid = resolve_device(self._store, device, self._names)
+        except DeviceBufferError as exc:
+            if isinstance(device, str) and device not in self._names and not _searched(device):
+                # a name the robot file lacks: that answer holds for good
+                self._unknown[device] = exc.message
+            raise
         try:
             buffer = self._store.get_or_open(uid, create=False)
         except DeviceBufferError as exc:
