@@ -226,17 +226,69 @@ unknown_parameter(rt_BufferAccess *acc, PyObject *name)
     Py_XDECREF(hint);
 }
 
-static rt_param *
-lookup(rt_BufferAccess *acc, PyObject *name)
+/* The names last looked up, by the identity of the name object: a program
+ * passes the same (interned) string constants to get/set/write over and
+ * over, and comparing two pointers is cheaper than a dict lookup (which also
+ * compares the characters when the spec's name is another object). An entry
+ * keeps its name object and the spec's alive (a reference each), so that
+ * neither address can mean another object while the entry holds it; it is
+ * used only if the spec at that address still has that very name object at
+ * that position, which holds for the spec it was found in and for any other
+ * spec whose index gives the same answer. The GIL guards it. */
+#define RT_LOOKUP_CACHE 256
+
+static struct {
+    PyObject *name;       /* the key as passed (an exact str) */
+    PyObject *spec_name;  /* spec->params[position].name when it was found */
+    rt_BufferSpec *spec;  /* not a reference: checked through spec_name */
+    int position;
+} lookup_cache[RT_LOOKUP_CACHE];
+
+static inline size_t
+lookup_slot(const rt_BufferSpec *spec, const PyObject *name)
 {
-    PyObject *position = PyDict_GetItemWithError(acc->spec->index, name);
+    return (((uintptr_t)name >> 4) ^ ((uintptr_t)spec >> 6)) & (RT_LOOKUP_CACHE - 1);
+}
+
+static __attribute__((noinline)) rt_param *
+lookup_slow(rt_BufferAccess *acc, PyObject *name)
+{
+    rt_BufferSpec *spec = acc->spec;
+    PyObject *position = PyDict_GetItemWithError(spec->index, name);
     if (position == NULL) {
         if (!PyErr_Occurred()) {
             unknown_parameter(acc, name);
         }
         return NULL;
     }
-    return &acc->spec->params[PyLong_AsLong(position)];
+    long at = PyLong_AsLong(position);
+    if (PyUnicode_CheckExact(name) && at >= 0 && at < spec->count) {
+        size_t slot = lookup_slot(spec, name);
+        PyObject *old_name = lookup_cache[slot].name, *old_spec_name = lookup_cache[slot].spec_name;
+        Py_INCREF(name);
+        Py_INCREF(spec->params[at].name);
+        lookup_cache[slot].name = name;
+        lookup_cache[slot].spec_name = spec->params[at].name;
+        lookup_cache[slot].spec = spec;
+        lookup_cache[slot].position = (int)at;
+        Py_XDECREF(old_name);  /* after the entry is whole: a deallocation may run other code */
+        Py_XDECREF(old_spec_name);
+    }
+    return &spec->params[at];
+}
+
+static inline __attribute__((always_inline)) rt_param *
+lookup(rt_BufferAccess *acc, PyObject *name)
+{
+    rt_BufferSpec *spec = acc->spec;
+    size_t slot = lookup_slot(spec, name);
+    if (__builtin_expect(lookup_cache[slot].name == name && lookup_cache[slot].spec == spec, 1)) {
+        int at = lookup_cache[slot].position;
+        if (__builtin_expect(at < spec->count && spec->params[at].name == lookup_cache[slot].spec_name, 1)) {
+            return &spec->params[at];
+        }
+    }
+    return lookup_slow(acc, name);
 }
 
 /* ---- BufferAccess: life cycle -------------------------------------------- */
