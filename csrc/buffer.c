@@ -32,12 +32,24 @@ static int unserve(rt_BufferAccess *self);
 /* time.time() now: the precise realtime clock (the vDSO's, about 20 ns),
  * converted as time.time() converts it (nanoseconds, then one division), so
  * that a stamp taken after a time.time() is never smaller than it. */
-static double
-wall_clock(void)
+static inline int64_t
+wall_clock_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline double
+wall_seconds(int64_t ns)
+{
+    return (double)ns / 1e9;
+}
+
+static double
+wall_clock(void)
+{
+    return wall_seconds(wall_clock_ns());
 }
 
 /* ---- commanders ---------------------------------------------------------- */
@@ -443,6 +455,7 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
         PyErr_SetString(PyExc_TypeError, "expected (param, value)");
         return NULL;
     }
+    int64_t requested_ns = to_write_block ? wall_clock_ns() : 0;
     rt_param *p = lookup(self, args[0]);
     if (p == NULL) {
         return NULL;
@@ -455,14 +468,14 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
     if (rt_from_python(self, p, args[1], value, &raw) < 0) {
         return NULL;
     }
-    double requested_at = 0.0;
-    if (to_write_block) {  /* last_write: time.time() of the request (the vDSO's CLOCK_REALTIME, ~20 ns) */
-        requested_at = wall_clock();
-    }
+    /* last_write: time.time() of the request (the vDSO's CLOCK_REALTIME, ~20 ns). Kept in
+     * nanoseconds (a register) across the lock, and divided once the lock is held, so that
+     * the division is not waited for by the lock's atomic instruction. */
     if (acquire(self, 1) < 0) {
         Py_XDECREF(raw);
         return NULL;
     }
+    double requested_at = wall_seconds(requested_ns);
     const uint8_t *src = raw ? (const uint8_t *)PyBytes_AS_STRING(raw) : value;
     if (to_write_block) {
         if (self->spec->safe_mask & (1ULL << p->id)) {  /* a command: refused while disabled, else ours */

@@ -12,6 +12,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -125,8 +126,25 @@ int rt_mutex_destroy(rt_mutex_t *m);
  * `*recovered` is set to 1 when the previous owner died holding the lock
  * (the mutex is made consistent again and is held by the caller).
  * The uncontended path neither reads the clock nor releases the GIL. */
-int rt_mutex_lock(rt_mutex_t *m, double timeout, int *recovered);
-int rt_mutex_unlock(rt_mutex_t *m);
+int rt_mutex_lock_slow(rt_mutex_t *m, double timeout, int *recovered, int rc);
+static inline __attribute__((always_inline)) int
+rt_mutex_lock(rt_mutex_t *m, double timeout, int *recovered)
+{
+    *recovered = 0;
+    if (__atomic_load_n(&m->m.magic, __ATOMIC_ACQUIRE) != RT_MUTEX_MAGIC) {
+        return EINVAL;
+    }
+    int rc = pthread_mutex_trylock(&m->m.mutex);  /* inline: the free lock costs one call into libc */
+    return __builtin_expect(rc == 0, 1) ? 0 : rt_mutex_lock_slow(m, timeout, recovered, rc);
+}
+static inline __attribute__((always_inline)) int
+rt_mutex_unlock(rt_mutex_t *m)
+{
+    if (__atomic_load_n(&m->m.magic, __ATOMIC_ACQUIRE) != RT_MUTEX_MAGIC) {
+        return EINVAL;
+    }
+    return pthread_mutex_unlock(&m->m.mutex);
+}
 /* Whether a live thread holds the mutex. One relaxed load of the lock word
  * where the C library keeps the owner's thread ID there (glibc; checked once
  * at import): the kernel clears those bits when the owner dies, whatever
