@@ -1,35 +1,99 @@
 /*
  * Consistent Overhead Byte Stuffing: the encoded bytes contain no zero, so a
  * single 0x00 can delimit frames on the serial stream.
+ *
+ * Most frames are shorter than one full block (254 data bytes), and then
+ * the encoding is the bytes shifted by one with each zero (and the first
+ * byte) replaced by the distance to the next: both directions copy the bytes
+ * in one piece and then touch only the zeros (the code bytes), eight bytes
+ * at a time where the machine is little-endian. A DEV_DATA frame's values
+ * hold many zero bytes, in blocks of a byte or two, where a branch per byte
+ * or per block costs more than the bytes. Longer frames go block by block.
  */
 #include "core.h"
+
+#define LOWS7 0x7F7F7F7F7F7F7F7FULL
+
+/* 0x80 in each byte of `word` that is zero, 0 elsewhere (exact, per byte). */
+static inline uint64_t
+zero_bytes(uint64_t word)
+{
+    return ~(((word & LOWS7) + LOWS7) | word | LOWS7);
+}
+
+Py_ssize_t
+rt_cobs_link(uint8_t *buf, Py_ssize_t n)
+{
+    /* Positions fit in 32 bits (n < 254), which keeps the loop short. */
+    uint32_t code = 0, i = 1, end = (uint32_t)n + 1;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (; end - i >= 8; i += 8) {
+        uint64_t word;
+        memcpy(&word, buf + i, 8);
+        for (uint64_t zeros = zero_bytes(word); zeros != 0; zeros &= zeros - 1) {
+            uint32_t zero = i + ((uint32_t)__builtin_ctzll(zeros) >> 3);
+            buf[code] = (uint8_t)(zero - code);
+            code = zero;
+        }
+    }
+#endif
+    for (; i < end; i++) {
+        if (buf[i] == 0) {
+            buf[code] = (uint8_t)(i - code);
+            code = i;
+        }
+    }
+    buf[code] = (uint8_t)(end - code);
+    return end;
+}
 
 Py_ssize_t
 rt_cobs_encode(const uint8_t *in, Py_ssize_t n, uint8_t *out)
 {
-    Py_ssize_t code_at = 0, o = 1;
-    uint8_t code = 1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (in[i] == 0) {
-            out[code_at] = code;
-            code_at = o++;
-            code = 1;
-            continue;
-        }
-        out[o++] = in[i];
-        if (++code == 0xFF) {
-            out[code_at] = code;
-            code_at = o++;
-            code = 1;
-        }
+    if (n < 254) {
+        memcpy(out + 1, in, (size_t)n);
+        return rt_cobs_link(out, n);
     }
-    out[code_at] = code;
-    return o;
+    rt_cobs_writer w;
+    rt_cobs_writer_init(&w, out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        rt_cobs_put(&w, in[i]);
+    }
+    return rt_cobs_finish(&w);
 }
 
 Py_ssize_t
 rt_cobs_decode(const uint8_t *in, Py_ssize_t n, uint8_t *out, Py_ssize_t cap)
 {
+    if (n > 0 && n - 1 <= cap && in[0] != 0xFF) {
+        /* Short enough that the output fits whatever the frame says (it is
+         * shorter than the frame): the bytes after the first, with each
+         * code byte that follows a block made a zero. A frame with a zero
+         * byte, or whose blocks run past its end, is malformed. */
+        if (memchr(in, 0, (size_t)n) != NULL) {
+            return -1;
+        }
+        memcpy(out, in + 1, (size_t)(n - 1));
+        /* Every byte is visited in order, rather than each code byte found from
+         * the one before (a chain of dependent loads): the next position is
+         * compared, and the branch is predicted. */
+        Py_ssize_t next = in[0], at = 1;
+        for (; at < n; at++) {
+            if (at == next) {
+                if (in[at] == 0xFF) {
+                    break;
+                }
+                out[at - 1] = 0;
+                next = at + in[at];
+            }
+        }
+        if (at == n) {
+            return next == n ? n - 1 : -1;
+        }
+        /* A full block (code 0xFF, no zero after it): block by block below. */
+    }
+    /* Possibly too long for `out`, or with a full block: block by block, each
+     * error found where it lies (which comes first matters when both do). */
     Py_ssize_t i = 0, o = 0;
     while (i < n) {
         uint8_t code = in[i++];
