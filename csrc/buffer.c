@@ -1073,10 +1073,11 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
         release(self);
         Py_RETURN_NONE;
     }
-    double now = (msg->type == RT_DEV_DATA || msg->type == RT_DEV_WRITE) ? wall_clock() : 0.0;
+    int64_t now_ns = (msg->type == RT_DEV_DATA || msg->type == RT_DEV_WRITE) ? wall_clock_ns() : 0;
     if (acquire(self, 1) < 0) {
         return NULL;
     }
+    double now = wall_seconds(now_ns);  /* divided with the lock held, as in store() */
     rt_meta *meta = self->meta;
     if ((msg->type == RT_DEV_DATA || msg->type == RT_SUB_RES) && foreign_producer(self)) {
         release(self);

@@ -256,10 +256,8 @@ Py_ssize_t
 rt_values_size(const rt_layout *layout, uint16_t params)
 {
     Py_ssize_t size = 2;
-    for (int i = 0; i < RT_MAX_PARAMS; i++) {
-        if (!(params & (1u << i))) {
-            continue;
-        }
+    for (unsigned bits = params; bits != 0; bits &= bits - 1) {  /* the flagged IDs, lowest first */
+        int i = __builtin_ctz(bits);
         if (i >= layout->count || layout->widths[i] == 0) {
             PyObject *param = PyLong_FromLong(i);
             rt_raise_message_error(RT_GENERIC_ERROR, "parameter not in this layout", "param", param, NULL);
@@ -329,13 +327,22 @@ rt_check_values(const rt_Message *msg, const rt_layout *layout)
 void
 rt_copy_values(const rt_Message *msg, const rt_layout *layout, uint8_t *base)
 {
-    uint16_t params = load_u16(msg->payload);
+    unsigned params = load_u16(msg->payload);
+    if (layout->count < RT_MAX_PARAMS) {
+        params &= (1u << layout->count) - 1;
+    }
     const uint8_t *in = msg->payload + 2;
-    for (int i = 0; i < layout->count; i++) {
-        if (params & (1u << i)) {
-            memcpy(base + layout->offsets[i], in, (size_t)layout->widths[i]);
-            in += layout->widths[i];
+    for (; params != 0; params &= params - 1) {
+        int i = __builtin_ctz(params);
+        Py_ssize_t width = layout->widths[i];
+        uint8_t *to = base + layout->offsets[i];
+        if (width == 4) {  /* the usual float or int32: one load and one store */
+            memcpy(to, in, 4);
         }
+        else {
+            memcpy(to, in, (size_t)width);
+        }
+        in += width;
     }
 }
 
