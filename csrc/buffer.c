@@ -487,7 +487,7 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
             __atomic_store_n(&self->command->commander[p->id], my_commander(), __ATOMIC_RELAXED);
             self->command->last_command = requested_at;
         }
-        memcpy(self->write + p->offset, src, (size_t)p->size);
+        copy_value(self->write + p->offset, src, (size_t)p->size);
         self->meta->written |= 1ULL << p->id;
         self->meta->last_write = requested_at;
         changed(self, RT_WRITE_BLOCK);
@@ -498,7 +498,7 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
             Py_XDECREF(raw);
             return foreign_producer_error(self, args[0]);
         }
-        memcpy(self->update + p->offset, src, (size_t)p->size);
+        copy_value(self->update + p->offset, src, (size_t)p->size);
         self->meta->updated |= 1ULL << p->id;
         changed(self, RT_UPDATE_BLOCK);
     }
