@@ -21,20 +21,56 @@ zero_bytes(uint64_t word)
     return ~(((word & LOWS7) + LOWS7) | word | LOWS7);
 }
 
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* For each pattern of zero bytes in a word (bit k: byte k is zero): what the
+ * zeros become, but the last (each one the distance to the next zero), and
+ * where the first and last zeros are. Filled once when the library loads. */
+static uint64_t zero_codes[256];
+static uint8_t first_zero[256], last_zero[256];
+
+static void __attribute__((constructor))
+fill_zero_tables(void)
+{
+    for (int mask = 1; mask < 256; mask++) {
+        int previous = -1;
+        for (int k = 0; k < 8; k++) {
+            if (!(mask & (1 << k))) {
+                continue;
+            }
+            if (previous < 0) {
+                first_zero[mask] = (uint8_t)k;
+            }
+            else {
+                zero_codes[mask] |= (uint64_t)(k - previous) << (8 * previous);
+            }
+            previous = k;
+        }
+        last_zero[mask] = (uint8_t)previous;
+    }
+}
+#endif
+
 Py_ssize_t
 rt_cobs_link(uint8_t *buf, Py_ssize_t n)
 {
-    /* Positions fit in 32 bits (n < 254), which keeps the loop short. */
+    /* Positions fit in 32 bits (n < 254). `code`: the code byte waiting for
+     * the distance to the next zero. */
     uint32_t code = 0, i = 1, end = (uint32_t)n + 1;
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    /* A word at a time, whatever its zeros: they are filled in from a table,
+     * and the code byte before them is set once. */
     for (; end - i >= 8; i += 8) {
         uint64_t word;
         memcpy(&word, buf + i, 8);
-        for (uint64_t zeros = zero_bytes(word); zeros != 0; zeros &= zeros - 1) {
-            uint32_t zero = i + ((uint32_t)__builtin_ctzll(zeros) >> 3);
-            buf[code] = (uint8_t)(zero - code);
-            code = zero;
+        uint64_t zeros = zero_bytes(word);
+        if (zeros == 0) {
+            continue;
         }
+        unsigned mask = (unsigned)((zeros * 0x02040810204081ULL) >> 56);  /* the 0x80 bits, gathered */
+        buf[code] = (uint8_t)(i + first_zero[mask] - code);
+        word |= zero_codes[mask];
+        memcpy(buf + i, &word, 8);
+        code = i + last_zero[mask];
     }
 #endif
     for (; i < end; i++) {
