@@ -455,6 +455,10 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
         PyErr_SetString(PyExc_TypeError, "expected (param, value)");
         return NULL;
     }
+    /* last_write: time.time() of the request (the vDSO's CLOCK_REALTIME, about 20 ns, most of
+     * a write). Read first, so that the lookup and the conversion run while it completes; kept
+     * in nanoseconds (a register) across the lock and divided once the lock is held, so that
+     * the lock's atomic instruction does not wait for the division. */
     int64_t requested_ns = to_write_block ? wall_clock_ns() : 0;
     rt_param *p = lookup(self, args[0]);
     if (p == NULL) {
@@ -468,9 +472,6 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
     if (rt_from_python(self, p, args[1], value, &raw) < 0) {
         return NULL;
     }
-    /* last_write: time.time() of the request (the vDSO's CLOCK_REALTIME, ~20 ns). Kept in
-     * nanoseconds (a register) across the lock, and divided once the lock is held, so that
-     * the division is not waited for by the lock's atomic instruction. */
     if (acquire(self, 1) < 0) {
         Py_XDECREF(raw);
         return NULL;
