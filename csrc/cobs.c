@@ -2,13 +2,16 @@
  * Consistent Overhead Byte Stuffing: the encoded bytes contain no zero, so a
  * single 0x00 can delimit frames on the serial stream.
  *
- * Most frames are shorter than one full block (254 data bytes), and then
- * the encoding is the bytes shifted by one with each zero (and the first
- * byte) replaced by the distance to the next: both directions copy the bytes
- * in one piece and then touch only the zeros (the code bytes), eight bytes
- * at a time where the machine is little-endian. A DEV_DATA frame's values
- * hold many zero bytes, in blocks of a byte or two, where a branch per byte
- * or per block costs more than the bytes. Longer frames go block by block.
+ * Without a full block (254 data bytes without a zero, which only the
+ * longest messages can hold), the encoding is the bytes shifted by one with
+ * each zero (and a first byte) replaced by the distance to the next. So both
+ * directions copy the bytes in one piece and then deal with the zeros alone:
+ * the encoder a word at a time whatever its zeros (a table gives each zero
+ * pattern's codes, where the machine is little-endian), the decoder visiting
+ * the code bytes. A DEV_DATA frame's values hold many zero bytes, in blocks
+ * of a byte or two, where a branch per byte or per block costs more than the
+ * bytes. Frames with a full block go block by block, as does a decoding that
+ * might not fit its output (its errors come in the order they lie).
  */
 #include "core.h"
 
