@@ -19,6 +19,7 @@ To add a workload, write a setup function and append a :class:`Workload` to
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import gc
 import json
@@ -325,6 +326,7 @@ def buffer_open_close() -> Runner:
     name = _segment("openclose2")
     keeper = BenchDevice.attach(name)
     _OPEN.append(keeper)
+    atexit.register(BenchDevice.unlink, name)  # opened by name in the loop: unlinked only at exit
     open_ = BenchDevice.open
 
     def run(loops: int) -> None:
