@@ -3,9 +3,11 @@
 Each workload is a named setup function that returns ``run(loops)``: a
 function performing the operation ``loops`` times in a tight loop. The
 harness times ``run`` with :func:`time.perf_counter_ns` (garbage collector
-off), takes the median over several repeats and reports nanoseconds per
-operation, and the ratio to the interpreter's floor: a ``dict.get`` call in
-the same kind of loop.
+off) and reports nanoseconds per operation and the ratio to the interpreter's
+floor: a ``dict.get`` call in the same kind of loop. Each round times the
+floor, the workload and the floor again back to back; the round's ratio is the
+workload over the mean of its two floors, and the median over rounds is
+reported, which keeps the ratios steady on a shared, noisy machine.
 
 To add a workload, write a setup function and append a :class:`Workload` to
 :data:`WORKLOADS`.
@@ -17,6 +19,7 @@ To add a workload, write a setup function and append a :class:`Workload` to
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import gc
 import json
@@ -323,6 +326,7 @@ def buffer_open_close() -> Runner:
     name = _segment("openclose2")
     keeper = BenchDevice.attach(name)
     _OPEN.append(keeper)
+    atexit.register(BenchDevice.unlink, name)  # opened by name in the loop: unlinked only at exit
     open_ = BenchDevice.open
 
     def run(loops: int) -> None:
@@ -508,17 +512,38 @@ def calibrate(run: Runner, target_ns: int) -> int:
         loops *= 4
 
 
-def measure(workload: Workload, repeats: int, loops: int | None, target_ns: int) -> dict[str, object]:
+def measure(
+    workload: Workload, floor: Runner, floor_loops: int, repeats: int, loops: int | None, target_ns: int
+) -> dict[str, object]:
+    """Time ``workload`` between two floor timings in each of ``repeats`` rounds.
+
+    The ratio of a round is the workload's time per operation over the mean of the floor's
+    just before and just after it, so that a slow spell of a shared machine (another process,
+    a frequency change) weighs on both sides of the ratio; the median over rounds is reported.
+    """
     run = workload.setup()
     run(1000)  # warm up
     if loops is None:
         loops = calibrate(run, target_ns)
-    samples = [time_once(run, loops) / loops for _ in range(repeats)]
+    samples: list[float] = []
+    ratios: list[float] = []
+    floors: list[float] = []
+    for _ in range(repeats):
+        before = time_once(floor, floor_loops) / floor_loops
+        sample = time_once(run, loops) / loops
+        after = time_once(floor, floor_loops) / floor_loops
+        samples.append(sample)
+        floors += (before, after)
+        ratios.append(sample / ((before + after) / 2))
     return {
         "name": workload.name,
         "ns_per_op": statistics.median(samples),
         "min_ns": min(samples),
         "max_ns": max(samples),
+        "ratio": statistics.median(ratios),
+        "min_ratio": min(ratios),
+        "max_ratio": max(ratios),
+        "floor_ns": statistics.median(floors),
         "loops": loops,
         "repeats": repeats,
     }
@@ -527,7 +552,7 @@ def measure(workload: Workload, repeats: int, loops: int | None, target_ns: int)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per workload (median reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per workload (median reported)")
     parser.add_argument("--loops", type=int, default=None, help="operations per repeat (default: calibrated)")
     parser.add_argument("--target-ms", type=float, default=50.0, help="calibrated duration of one repeat")
     parser.add_argument("-k", dest="match", default="", help="only workloads whose name contains this")
@@ -542,10 +567,10 @@ def main(argv: list[str] | None = None) -> int:
 
     selected = [w for w in WORKLOADS if w is FLOOR or args.match.lower() in w.name.lower()]
     target_ns = int(args.target_ms * 1e6)
-    results = [measure(w, args.repeats, args.loops, target_ns) for w in selected]
-    floor = float(results[0]["ns_per_op"])  # type: ignore[arg-type]
-    for result in results:
-        result["ratio"] = float(result["ns_per_op"]) / floor  # type: ignore[arg-type]
+    floor = FLOOR.setup()
+    floor(1000)
+    floor_loops = args.loops if args.loops is not None else calibrate(floor, target_ns)
+    results = [measure(w, floor, floor_loops, args.repeats, args.loops, target_ns) for w in selected]
 
     scenarios = {}
     if run_scenarios:
@@ -578,11 +603,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     width = max(len(str(r["name"])) for r in results)
-    print(f"{'workload':<{width}}  {'ns/op':>9}  {'x floor':>8}")
-    print(f"{'-' * width}  {'-' * 9}  {'-' * 8}")
+    print(f"{'workload':<{width}}  {'ns/op':>9}  {'x floor':>8}  {'range':>11}")
+    print(f"{'-' * width}  {'-' * 9}  {'-' * 8}  {'-' * 11}")
     for r in results:
-        print(f"{r['name']:<{width}}  {r['ns_per_op']:>9.1f}  {r['ratio']:>8.2f}")
-    print(f"\nmedian of {args.repeats} repeats; Python {sys.version.split()[0]} on {platform.machine()}")
+        spread = f"{r['min_ratio']:.2f}-{r['max_ratio']:.2f}"
+        print(f"{r['name']:<{width}}  {r['ns_per_op']:>9.1f}  {r['ratio']:>8.2f}  {spread:>11}")
+    print(
+        f"\nmedian of {args.repeats} rounds, each the workload between two floor timings "
+        f"(x floor: its time over their mean; range: the rounds' lowest and highest); "
+        f"Python {sys.version.split()[0]} on {platform.machine()}"
+    )
     if scenarios:
         rates = scenarios["contention"]["rates"]
         print("\ntwo processes on one buffer for 1 s:")

@@ -32,12 +32,24 @@ static int unserve(rt_BufferAccess *self);
 /* time.time() now: the precise realtime clock (the vDSO's, about 20 ns),
  * converted as time.time() converts it (nanoseconds, then one division), so
  * that a stamp taken after a time.time() is never smaller than it. */
-static double
-wall_clock(void)
+static inline int64_t
+wall_clock_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline double
+wall_seconds(int64_t ns)
+{
+    return (double)ns / 1e9;
+}
+
+static double
+wall_clock(void)
+{
+    return wall_seconds(wall_clock_ns());
 }
 
 /* ---- commanders ---------------------------------------------------------- */
@@ -226,17 +238,69 @@ unknown_parameter(rt_BufferAccess *acc, PyObject *name)
     Py_XDECREF(hint);
 }
 
-static rt_param *
-lookup(rt_BufferAccess *acc, PyObject *name)
+/* The names last looked up, by the identity of the name object: a program
+ * passes the same (interned) string constants to get/set/write over and
+ * over, and comparing two pointers is cheaper than a dict lookup (which also
+ * compares the characters when the spec's name is another object). An entry
+ * keeps its name object and the spec's alive (a reference each), so that
+ * neither address can mean another object while the entry holds it; it is
+ * used only if the spec at that address still has that very name object at
+ * that position, which holds for the spec it was found in and for any other
+ * spec whose index gives the same answer. The GIL guards it. */
+#define RT_LOOKUP_CACHE 256
+
+static struct {
+    PyObject *name;       /* the key as passed (an exact str) */
+    PyObject *spec_name;  /* spec->params[position].name when it was found */
+    rt_BufferSpec *spec;  /* not a reference: checked through spec_name */
+    int position;
+} lookup_cache[RT_LOOKUP_CACHE];
+
+static inline size_t
+lookup_slot(const rt_BufferSpec *spec, const PyObject *name)
 {
-    PyObject *position = PyDict_GetItemWithError(acc->spec->index, name);
+    return (((uintptr_t)name >> 4) ^ ((uintptr_t)spec >> 6)) & (RT_LOOKUP_CACHE - 1);
+}
+
+static __attribute__((noinline)) rt_param *
+lookup_slow(rt_BufferAccess *acc, PyObject *name)
+{
+    rt_BufferSpec *spec = acc->spec;
+    PyObject *position = PyDict_GetItemWithError(spec->index, name);
     if (position == NULL) {
         if (!PyErr_Occurred()) {
             unknown_parameter(acc, name);
         }
         return NULL;
     }
-    return &acc->spec->params[PyLong_AsLong(position)];
+    long at = PyLong_AsLong(position);
+    if (PyUnicode_CheckExact(name) && at >= 0 && at < spec->count) {
+        size_t slot = lookup_slot(spec, name);
+        PyObject *old_name = lookup_cache[slot].name, *old_spec_name = lookup_cache[slot].spec_name;
+        Py_INCREF(name);
+        Py_INCREF(spec->params[at].name);
+        lookup_cache[slot].name = name;
+        lookup_cache[slot].spec_name = spec->params[at].name;
+        lookup_cache[slot].spec = spec;
+        lookup_cache[slot].position = (int)at;
+        Py_XDECREF(old_name);  /* after the entry is whole: a deallocation may run other code */
+        Py_XDECREF(old_spec_name);
+    }
+    return &spec->params[at];
+}
+
+static inline __attribute__((always_inline)) rt_param *
+lookup(rt_BufferAccess *acc, PyObject *name)
+{
+    rt_BufferSpec *spec = acc->spec;
+    size_t slot = lookup_slot(spec, name);
+    if (__builtin_expect(lookup_cache[slot].name == name && lookup_cache[slot].spec == spec, 1)) {
+        int at = lookup_cache[slot].position;
+        if (__builtin_expect(at < spec->count && spec->params[at].name == lookup_cache[slot].spec_name, 1)) {
+            return &spec->params[at];
+        }
+    }
+    return lookup_slow(acc, name);
 }
 
 /* ---- BufferAccess: life cycle -------------------------------------------- */
@@ -391,6 +455,11 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
         PyErr_SetString(PyExc_TypeError, "expected (param, value)");
         return NULL;
     }
+    /* last_write: time.time() of the request (the vDSO's CLOCK_REALTIME, about 20 ns, most of
+     * a write). Read first, so that the lookup and the conversion run while it completes; kept
+     * in nanoseconds (a register) across the lock and divided once the lock is held, so that
+     * the lock's atomic instruction does not wait for the division. */
+    int64_t requested_ns = to_write_block ? wall_clock_ns() : 0;
     rt_param *p = lookup(self, args[0]);
     if (p == NULL) {
         return NULL;
@@ -403,14 +472,11 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
     if (rt_from_python(self, p, args[1], value, &raw) < 0) {
         return NULL;
     }
-    double requested_at = 0.0;
-    if (to_write_block) {  /* last_write: time.time() of the request (the vDSO's CLOCK_REALTIME, ~20 ns) */
-        requested_at = wall_clock();
-    }
     if (acquire(self, 1) < 0) {
         Py_XDECREF(raw);
         return NULL;
     }
+    double requested_at = wall_seconds(requested_ns);
     const uint8_t *src = raw ? (const uint8_t *)PyBytes_AS_STRING(raw) : value;
     if (to_write_block) {
         if (self->spec->safe_mask & (1ULL << p->id)) {  /* a command: refused while disabled, else ours */
@@ -422,7 +488,7 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
             __atomic_store_n(&self->command->commander[p->id], my_commander(), __ATOMIC_RELAXED);
             self->command->last_command = requested_at;
         }
-        memcpy(self->write + p->offset, src, (size_t)p->size);
+        copy_value(self->write + p->offset, src, (size_t)p->size);
         self->meta->written |= 1ULL << p->id;
         self->meta->last_write = requested_at;
         changed(self, RT_WRITE_BLOCK);
@@ -433,7 +499,7 @@ store(rt_BufferAccess *self, PyObject *const *args, Py_ssize_t nargs, int to_wri
             Py_XDECREF(raw);
             return foreign_producer_error(self, args[0]);
         }
-        memcpy(self->update + p->offset, src, (size_t)p->size);
+        copy_value(self->update + p->offset, src, (size_t)p->size);
         self->meta->updated |= 1ULL << p->id;
         changed(self, RT_UPDATE_BLOCK);
     }
@@ -1008,10 +1074,11 @@ BufferAccess_update(rt_BufferAccess *self, PyObject *arg)
         release(self);
         Py_RETURN_NONE;
     }
-    double now = (msg->type == RT_DEV_DATA || msg->type == RT_DEV_WRITE) ? wall_clock() : 0.0;
+    int64_t now_ns = (msg->type == RT_DEV_DATA || msg->type == RT_DEV_WRITE) ? wall_clock_ns() : 0;
     if (acquire(self, 1) < 0) {
         return NULL;
     }
+    double now = wall_seconds(now_ns);  /* divided with the lock held, as in store() */
     rt_meta *meta = self->meta;
     if ((msg->type == RT_DEV_DATA || msg->type == RT_SUB_RES) && foreign_producer(self)) {
         release(self);

@@ -95,6 +95,11 @@ static inline __attribute__((always_inline)) int
 rt_from_python(rt_BufferAccess *acc, const rt_param *p, PyObject *value, uint8_t *out, PyObject **raw_holder)
 {
     if (p->kind == K_F32 || p->kind == K_F64) {
+        double v;
+        if (PyFloat_CheckExact(value)) {  /* the usual case: no conversion, no error to look for */
+            v = PyFloat_AS_DOUBLE(value);
+            goto real;
+        }
         if (!PyFloat_Check(value) && !PyLong_Check(value)) {
             if (PyUnicode_Check(value) || PyBytes_Check(value) || !Py_TYPE(value)->tp_as_number
                 || !Py_TYPE(value)->tp_as_number->nb_float) {
@@ -103,7 +108,7 @@ rt_from_python(rt_BufferAccess *acc, const rt_param *p, PyObject *value, uint8_t
                 return -1;
             }
         }
-        double v = PyFloat_AsDouble(value);
+        v = PyFloat_AsDouble(value);
         if (v == -1.0 && PyErr_Occurred()) {
             if (!PyLong_Check(value) || !PyErr_ExceptionMatches(PyExc_OverflowError)) {
                 return -1;
@@ -113,6 +118,7 @@ rt_from_python(rt_BufferAccess *acc, const rt_param *p, PyObject *value, uint8_t
             PyLong_AsLongLongAndOverflow(value, &overflow);
             v = overflow < 0 ? -HUGE_VAL : HUGE_VAL;
         }
+    real:
         if (!isfinite(v) && (isfinite(p->lower) || isfinite(p->upper)) && !PyLong_Check(value)) {
             rt_raise(rt_DeviceBufferError, "parameter has finite bounds and takes only finite numbers", "buffer",
                      acc->name, "param", p->name, "value", value, NULL);

@@ -89,6 +89,52 @@ int rt_parse_timeout(PyObject *obj, int flags, double missing, double *timeout);
 /* ---- COBS (cobs.c) ----------------------------------------------------- */
 /* Encode `n` bytes; `out` must hold n + n / 254 + 1 bytes. Returns length. */
 Py_ssize_t rt_cobs_encode(const uint8_t *in, Py_ssize_t n, uint8_t *out);
+/* The same in place, for n < 254 (no block reaches 254 data bytes): the n
+ * bytes are at buf[1..n]; buf[0] becomes the first code byte and each zero
+ * among them the next. Returns n + 1. */
+Py_ssize_t rt_cobs_link(uint8_t *buf, Py_ssize_t n);
+/* Encoding, a byte at a time, for bytes that are not in one piece (a
+ * message's header, payload and checksum): start with rt_cobs_writer_init,
+ * rt_cobs_put each byte, and rt_cobs_finish gives the length. No branch
+ * depends on the data (but the rare 254-byte block limit): the open block's
+ * code byte is rewritten with every byte, and a zero moves it. */
+typedef struct {
+    uint8_t *out;
+    Py_ssize_t o;        /* the next output byte */
+    Py_ssize_t code_at;  /* the open block's code byte; its code is o - code_at */
+} rt_cobs_writer;
+
+static inline void
+rt_cobs_writer_init(rt_cobs_writer *w, uint8_t *out)
+{
+    w->out = out;
+    w->o = 1;
+    w->code_at = 0;
+}
+
+static inline __attribute__((always_inline)) void
+rt_cobs_put(rt_cobs_writer *w, uint8_t byte)
+{
+    uint8_t *out = w->out;
+    Py_ssize_t o = w->o, at = w->code_at;
+    out[o] = byte;                   /* a zero's place becomes the next block's code byte */
+    out[at] = (uint8_t)(o - at);     /* final if `byte` is zero, else rewritten later */
+    at = byte == 0 ? o : at;
+    o++;
+    if (__builtin_expect(o - at == 0xFF, 0)) {  /* 254 data bytes: the block ends without a zero */
+        out[at] = 0xFF;
+        at = o++;
+    }
+    w->o = o;
+    w->code_at = at;
+}
+
+static inline Py_ssize_t
+rt_cobs_finish(rt_cobs_writer *w)
+{
+    w->out[w->code_at] = (uint8_t)(w->o - w->code_at);
+    return w->o;
+}
 /* Decode into `out` (capacity `cap`); returns length or -1 when malformed,
  * -2 when the output would exceed `cap`. Never reads past `n`. */
 Py_ssize_t rt_cobs_decode(const uint8_t *in, Py_ssize_t n, uint8_t *out, Py_ssize_t cap);
@@ -127,8 +173,25 @@ int rt_mutex_destroy(rt_mutex_t *m);
  * `*recovered` is set to 1 when the previous owner died holding the lock
  * (the mutex is made consistent again and is held by the caller).
  * The uncontended path neither reads the clock nor releases the GIL. */
-int rt_mutex_lock(rt_mutex_t *m, double timeout, int *recovered);
-int rt_mutex_unlock(rt_mutex_t *m);
+int rt_mutex_lock_slow(rt_mutex_t *m, double timeout, int *recovered, int rc);
+static inline __attribute__((always_inline)) int
+rt_mutex_lock(rt_mutex_t *m, double timeout, int *recovered)
+{
+    *recovered = 0;
+    if (__atomic_load_n(&m->m.magic, __ATOMIC_ACQUIRE) != RT_MUTEX_MAGIC) {
+        return EINVAL;
+    }
+    int rc = pthread_mutex_trylock(&m->m.mutex);  /* inline: the free lock costs one call into libc */
+    return __builtin_expect(rc == 0, 1) ? 0 : rt_mutex_lock_slow(m, timeout, recovered, rc);
+}
+static inline __attribute__((always_inline)) int
+rt_mutex_unlock(rt_mutex_t *m)
+{
+    if (__atomic_load_n(&m->m.magic, __ATOMIC_ACQUIRE) != RT_MUTEX_MAGIC) {
+        return EINVAL;
+    }
+    return pthread_mutex_unlock(&m->m.mutex);
+}
 /* Whether a live thread holds the mutex. One relaxed load of the lock word
  * where the C library keeps the owner's thread ID there (glibc; checked once
  * at import): the kernel clears those bits when the owner dies, whatever

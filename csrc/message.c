@@ -87,25 +87,84 @@ type_name(uint8_t type)
 
 /* ---- encoding / decoding ------------------------------------------------ */
 
+/* The XOR of `n` bytes: eight at a time, then folded (the message checksum). */
+static inline uint8_t
+xor_bytes(const uint8_t *p, Py_ssize_t n)
+{
+    uint64_t words = 0;
+    Py_ssize_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        uint64_t word;
+        memcpy(&word, p + i, 8);
+        words ^= word;
+    }
+    words ^= words >> 32;
+    words ^= words >> 16;
+    words ^= words >> 8;
+    uint8_t result = (uint8_t)words;
+    for (; i < n; i++) {
+        result ^= p[i];
+    }
+    return result;
+}
+
+/* Copy a payload (n < 256): whole words, then the last word again,
+ * overlapping (GCC would otherwise inline a `rep movs`, slow to start for a
+ * few dozen bytes). */
+static inline void
+copy_payload(uint8_t *dst, const uint8_t *src, Py_ssize_t n)
+{
+    if (n < 8) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            dst[i] = src[i];
+        }
+        return;
+    }
+    uint64_t word;
+    for (Py_ssize_t i = 0; i < n - 8; i += 8) {
+        memcpy(&word, src + i, 8);
+        memcpy(dst + i, &word, 8);
+    }
+    memcpy(&word, src + n - 8, 8);
+    memcpy(dst + n - 8, &word, 8);
+}
+
+/* COBS of type, length, payload and checksum: in place in `out` when the
+ * message is shorter than a full block (all but the longest), else byte by
+ * byte straight from the message. */
 static Py_ssize_t
 message_encode(const rt_Message *msg, uint8_t *out)
 {
-    uint8_t raw[RT_MAX_MESSAGE];
     Py_ssize_t n = msg->length;
-    raw[0] = msg->type;
-    raw[1] = msg->length;
-    memcpy(raw + 2, msg->payload, (size_t)n);
-    uint8_t checksum = raw[0] ^ raw[1];
-    for (Py_ssize_t i = 0; i < n; i++) {
-        checksum ^= msg->payload[i];
+    uint8_t checksum = (uint8_t)(msg->type ^ msg->length ^ xor_bytes(msg->payload, n));
+    if (n + 3 < 254) {
+        out[1] = msg->type;
+        out[2] = msg->length;
+        copy_payload(out + 3, msg->payload, n);
+        out[n + 3] = checksum;
+        return rt_cobs_link(out, n + 3);
     }
-    raw[2 + n] = checksum;
-    return rt_cobs_encode(raw, n + 3, out);
+    rt_cobs_writer w;
+    rt_cobs_writer_init(&w, out);
+    rt_cobs_put(&w, msg->type);
+    rt_cobs_put(&w, msg->length);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        rt_cobs_put(&w, msg->payload[i]);
+    }
+    rt_cobs_put(&w, checksum);
+    return rt_cobs_finish(&w);
 }
 
 static PyObject *
 Message_encode(rt_Message *self, PyObject *unused)
 {
+    if (self->length + 3 < 254) {  /* the encoding is one byte longer: straight into the bytes object */
+        PyObject *bytes = PyBytes_FromStringAndSize(NULL, self->length + 4);
+        if (bytes != NULL) {
+            message_encode(self, (uint8_t *)PyBytes_AS_STRING(bytes));
+        }
+        return bytes;
+    }
     uint8_t out[RT_MAX_ENCODING];
     Py_ssize_t n = message_encode(self, out);
     return PyBytes_FromStringAndSize((const char *)out, n);
@@ -135,17 +194,25 @@ Message_encode_into(rt_Message *self, PyObject *buffer)
 static PyObject *
 Message_decode(PyObject *cls, PyObject *data)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
     uint8_t raw[RT_MAX_MESSAGE];
-    Py_ssize_t n = -2;
-    if (view.len <= RT_MAX_ENCODING) {
-        n = rt_cobs_decode((const uint8_t *)view.buf, view.len, raw, sizeof(raw));
+    Py_ssize_t n = -2, frame_size;
+    if (PyBytes_CheckExact(data)) {  /* what a reader hands over: no buffer protocol needed */
+        frame_size = PyBytes_GET_SIZE(data);
+        if (frame_size <= RT_MAX_ENCODING) {
+            n = rt_cobs_decode((const uint8_t *)PyBytes_AS_STRING(data), frame_size, raw, sizeof(raw));
+        }
     }
-    Py_ssize_t frame_size = view.len;
-    PyBuffer_Release(&view);
+    else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        if (view.len <= RT_MAX_ENCODING) {
+            n = rt_cobs_decode((const uint8_t *)view.buf, view.len, raw, sizeof(raw));
+        }
+        frame_size = view.len;
+        PyBuffer_Release(&view);
+    }
     if (n == -2) {
         PyObject *size = PyLong_FromSsize_t(frame_size);
         rt_raise_message_error(RT_BUFFER_OVERFLOW, "frame is longer than any message", "size", size, NULL);
@@ -167,11 +234,7 @@ Message_decode(PyObject *cls, PyObject *data)
         Py_XDECREF(actual);
         return NULL;
     }
-    uint8_t checksum = 0;
-    for (Py_ssize_t i = 0; i < n - 1; i++) {
-        checksum ^= raw[i];
-    }
-    if (checksum != raw[n - 1]) {
+    if (xor_bytes(raw, n) != 0) {  /* the checksum byte is the XOR of those before it */
         return rt_raise_message_error(RT_BAD_CHECKSUM, "message checksum does not match", NULL);
     }
     if (!is_known_type(raw[0])) {
@@ -193,10 +256,8 @@ Py_ssize_t
 rt_values_size(const rt_layout *layout, uint16_t params)
 {
     Py_ssize_t size = 2;
-    for (int i = 0; i < RT_MAX_PARAMS; i++) {
-        if (!(params & (1u << i))) {
-            continue;
-        }
+    for (unsigned bits = params; bits != 0; bits &= bits - 1) {  /* the flagged IDs, lowest first */
+        int i = __builtin_ctz(bits);
         if (i >= layout->count || layout->widths[i] == 0) {
             PyObject *param = PyLong_FromLong(i);
             rt_raise_message_error(RT_GENERIC_ERROR, "parameter not in this layout", "param", param, NULL);
@@ -266,13 +327,22 @@ rt_check_values(const rt_Message *msg, const rt_layout *layout)
 void
 rt_copy_values(const rt_Message *msg, const rt_layout *layout, uint8_t *base)
 {
-    uint16_t params = load_u16(msg->payload);
+    unsigned params = load_u16(msg->payload);
+    if (layout->count < RT_MAX_PARAMS) {
+        params &= (1u << layout->count) - 1;
+    }
     const uint8_t *in = msg->payload + 2;
-    for (int i = 0; i < layout->count; i++) {
-        if (params & (1u << i)) {
-            memcpy(base + layout->offsets[i], in, (size_t)layout->widths[i]);
-            in += layout->widths[i];
+    for (; params != 0; params &= params - 1) {
+        int i = __builtin_ctz(params);
+        Py_ssize_t width = layout->widths[i];
+        uint8_t *to = base + layout->offsets[i];
+        if (width == 4) {  /* the usual float or int32: one load and one store */
+            memcpy(to, in, 4);
         }
+        else {
+            memcpy(to, in, (size_t)width);
+        }
+        in += width;
     }
 }
 

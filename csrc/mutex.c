@@ -90,14 +90,11 @@ lock_contended(rt_mutex_t *m, double timeout)
     return rc;
 }
 
+/* rt_mutex_lock (core.h) after a try that did not simply take the lock: `rc`
+ * is what the try returned. */
 int
-rt_mutex_lock(rt_mutex_t *m, double timeout, int *recovered)
+rt_mutex_lock_slow(rt_mutex_t *m, double timeout, int *recovered, int rc)
 {
-    *recovered = 0;
-    if (__atomic_load_n(&m->m.magic, __ATOMIC_ACQUIRE) != RT_MUTEX_MAGIC) {
-        return EINVAL;
-    }
-    int rc = pthread_mutex_trylock(&m->m.mutex);
     if (rc == EBUSY && timeout != 0) {
         rc = lock_contended(m, timeout);
     }
@@ -154,15 +151,6 @@ static void
 after_fork_child(void)
 {
     rt_fork_generation++;
-}
-
-int
-rt_mutex_unlock(rt_mutex_t *m)
-{
-    if (__atomic_load_n(&m->m.magic, __ATOMIC_ACQUIRE) != RT_MUTEX_MAGIC) {
-        return EINVAL;
-    }
-    return pthread_mutex_unlock(&m->m.mutex);
 }
 
 PyObject *

@@ -38,6 +38,31 @@ __attribute__((noinline)) int rt_wait_for_lock(rt_BufferAccess *acc, double time
 /* wait.c: after the lock is released, wake whoever sleeps on the blocks in `pending`. */
 __attribute__((noinline)) void rt_wake_waiters(rt_BufferAccess *acc, int pending);
 
+/* ---- values --------------------------------------------------------------- */
+
+/* Copy one parameter's value: a fixed-size move for the sizes of numbers
+ * (inlined), the C library for the rest (raw parameters). */
+static inline __attribute__((always_inline)) void
+copy_value(void *dst, const void *src, size_t n)
+{
+    switch (n) {
+    case 4:
+        memcpy(dst, src, 4);
+        break;
+    case 8:
+        memcpy(dst, src, 8);
+        break;
+    case 1:
+        memcpy(dst, src, 1);
+        break;
+    case 2:
+        memcpy(dst, src, 2);
+        break;
+    default:
+        memcpy(dst, src, n);
+    }
+}
+
 /* ---- the lock ------------------------------------------------------------ */
 
 /* Whether the buffer is valid now: one load, and one more for a served buffer. */
@@ -191,7 +216,7 @@ read_stable(rt_BufferAccess *acc, void *dst, const void *src, size_t n)
                 if (!is_live(acc)) {
                     return rt_invalid_error(acc);
                 }
-                memcpy(dst, src, n);
+                copy_value(dst, src, n);
                 __atomic_thread_fence(__ATOMIC_ACQUIRE);
                 if (__atomic_load_n(seqlock, __ATOMIC_RELAXED) == before) {
                     return 0;
