@@ -1,0 +1,761 @@
+/*
+ * The change feed: one thread, outside the interpreter, sleeps on the
+ * sequence words (and producer locks) of every buffer a consumer follows,
+ * and wakes the consumer once for a batch of changes (an eventfd it can give
+ * to asyncio's add_reader, or wait() from a thread); take() then hands over
+ * each changed buffer's values as plain JSON data, converted here
+ * (read_json), not in Python.
+ *
+ * Also read_json() and short_float32(): a buffer's readable values read
+ * consistently (the seqlock read of seqlock.h, the lock when that fails) and
+ * converted as runtime.values.json_values converts them.
+ */
+#include "convert.h"
+#include "seqlock.h"
+
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <time.h>
+
+/* ---- values as JSON data -------------------------------------------------- */
+
+/* The shortest decimal (6 to 9 significant digits) that reads back as the
+ * same float32, as a Python float; None for NaN and infinities; a value that
+ * is no float32 (a double) is returned as it is. "Reads back" is Python's
+ * way: the decimal parsed as a double, then rounded to a float32. */
+static PyObject *
+short_float32(double value)
+{
+    if (!isfinite(value)) {
+        Py_RETURN_NONE;
+    }
+    char text[40];
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(text, sizeof(text), "%.*g", digits, value);
+        double candidate = strtod(text, NULL);
+        if ((double)(float)candidate == value) {
+            return PyFloat_FromDouble(candidate);
+        }
+    }
+    return PyFloat_FromDouble(value);
+}
+
+static PyObject *jsonable_fallback;  /* runtime.values.jsonable, for arrays and characters */
+
+static PyObject *
+json_value(const rt_param *p, const uint8_t *src)
+{
+    if (p->kind == K_F32) {
+        float v;
+        memcpy(&v, src, 4);
+        return short_float32(v);
+    }
+    if (p->kind == K_F64) {
+        double v;
+        memcpy(&v, src, 8);
+        return short_float32(v);
+    }
+    PyObject *value = rt_to_python(p, src);
+    if (value == NULL || p->kind != K_RAW) {
+        return value;
+    }
+    if (jsonable_fallback == NULL) {
+        PyObject *values = PyImport_ImportModule("runtime.values");
+        if (values != NULL) {
+            jsonable_fallback = PyObject_GetAttrString(values, "jsonable");
+            Py_DECREF(values);
+        }
+        if (jsonable_fallback == NULL) {
+            Py_DECREF(value);
+            return NULL;
+        }
+    }
+    PyObject *converted = PyObject_CallOneArg(jsonable_fallback, value);
+    Py_DECREF(value);
+    return converted;
+}
+
+/* The buffer's state as runtime.values.read_state gives it: (valid, values,
+ * time), values None when it is invalid. One consistent copy of the structure
+ * (values and last_update together). Raises for a closed buffer or a lock
+ * error; an invalid buffer is a state, not an error. */
+static PyObject *
+read_json_state(rt_BufferAccess *acc, double previous)
+{
+    struct timespec clock;
+    clock_gettime(CLOCK_REALTIME, &clock);
+    double now = (double)clock.tv_sec + (double)clock.tv_nsec * 1e-9;
+    double later = now > previous ? now : previous;
+    if (acc->closed) {
+        return rt_buffer_error(acc, "buffer is closed", NULL);
+    }
+    rt_BufferSpec *spec = acc->spec;
+    Py_ssize_t size = spec->struct_size;
+    uint8_t small[1024];
+    uint8_t *copy = size <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)size);
+    if (copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyObject *result = NULL;
+    if (read_stable(acc, copy, acc->data, (size_t)size) < 0) {
+        if (!acc->closed && !is_live(acc) && PyErr_ExceptionMatches(rt_DeviceBufferError)) {
+            PyErr_Clear();
+            result = Py_BuildValue("OOd", Py_False, Py_None, later);
+        }
+        goto done;
+    }
+    PyObject *values = PyDict_New();
+    if (values == NULL) {
+        goto done;
+    }
+    const uint8_t *update = copy + (acc->update - acc->data);
+    for (int i = 0; i < spec->count; i++) {
+        rt_param *p = &spec->params[i];
+        if (!(spec->readable & (1ULL << p->id))) {
+            continue;
+        }
+        PyObject *value = json_value(p, update + p->offset);
+        if (value == NULL || PyDict_SetItem(values, p->name, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(values);
+            goto done;
+        }
+        Py_DECREF(value);
+    }
+    double stamp = now;
+    if (spec->is_device) {
+        rt_meta meta;
+        memcpy(&meta, copy + ((uint8_t *)acc->meta - acc->data), sizeof(meta));
+        stamp = meta.last_update > previous ? meta.last_update : later;
+    }
+    result = Py_BuildValue("ONd", Py_True, values, stamp);
+done:
+    if (copy != small) {
+        PyMem_Free(copy);
+    }
+    return result;
+}
+
+/* read_json(access, previous=0.0) -> (valid, values | None, time) */
+static PyObject *
+core_read_json(PyObject *module, PyObject *args)
+{
+    PyObject *acc;
+    double previous = 0.0;
+    if (!PyArg_ParseTuple(args, "O!|d:read_json", &rt_BufferAccessType, &acc, &previous)) {
+        return NULL;
+    }
+    return read_json_state((rt_BufferAccess *)acc, previous);
+}
+
+/* short_float32(value) -> float | None */
+static PyObject *
+core_short_float32(PyObject *module, PyObject *arg)
+{
+    double value = PyFloat_AsDouble(arg);
+    if (value == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return short_float32(value);
+}
+
+/* ---- ChangeFeed ----------------------------------------------------------- */
+
+typedef struct {
+    PyObject *key;
+    rt_BufferAccess *acc;  /* a reference, and one of its `users`: its memory stays mapped */
+    int blocks;            /* bit 0: the update block, bit 1: the write block */
+    int wanted;            /* whether its value changes are wanted (else validity only) */
+    int force;             /* deliver at the next take() */
+    int seen_live;
+    uint32_t seen[2];
+    double stamp;          /* the time of the state last handed over (read_state's `previous`) */
+} feed_entry;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;  /* entries, armed, stopping; never held across a Python call */
+    feed_entry *entries;
+    int count, capacity;
+    uint32_t control;      /* bumped (and futex-woken) to make the thread look again */
+    int armed;             /* the consumer took the last batch: the next change is signalled */
+    int stopping;
+    int started;
+    int closed;
+    pthread_t thread;
+    int efd;
+    unsigned long wakeups; /* times the consumer was signalled */
+} rt_ChangeFeed;
+
+static void
+poke(rt_ChangeFeed *self)
+{
+    __atomic_fetch_add(&self->control, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &self->control, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Which of its blocks changed since seen (bit mask), and whether it is live. */
+static int
+entry_changes(const feed_entry *e, int *live)
+{
+    rt_BufferAccess *acc = e->acc;
+    int changed = 0;
+    for (int block = 0; block < 2; block++) {
+        if ((e->blocks & (1 << block))
+            && __atomic_load_n(&acc->notify->seq[block], __ATOMIC_ACQUIRE) != e->seen[block]) {
+            changed |= 1 << block;
+        }
+    }
+    *live = !acc->closed && is_live(acc);
+    return changed;
+}
+
+static int
+entry_ready(const feed_entry *e)
+{
+    int live;
+    int changed = entry_changes(e, &live);
+    return e->force || e->acc->closed || live != e->seen_live || (e->wanted && changed);
+}
+
+static void *
+feed_thread(void *arg)
+{
+    rt_ChangeFeed *self = arg;
+    pthread_mutex_lock(&self->lock);
+    while (!self->stopping) {
+        uint32_t control = __atomic_load_n(&self->control, __ATOMIC_ACQUIRE);
+        struct rt_futex_waitv waits[RT_FUTEX_WAITV_MAX];
+        int count = 0, producers_from = 0, left_out = 0;
+        if (self->armed) {
+            int ready = 0;
+            for (int i = 0; i < self->count && !ready; i++) {
+                ready = entry_ready(&self->entries[i]);
+            }
+            if (ready) {
+                self->armed = 0;
+                self->wakeups++;
+                uint64_t one = 1;
+                ssize_t written = write(self->efd, &one, sizeof(one));
+                (void)written;  /* the counter cannot overflow: the consumer reads it at every take */
+                continue;
+            }
+            /* The sequence words: a change differs from the value slept on. An entry
+             * whose changes are not wanted sleeps on the current value: woken, it is
+             * looked at again for a validity change only. */
+            for (int i = 0; i < self->count; i++) {
+                feed_entry *e = &self->entries[i];
+                for (int block = 0; block < 2; block++) {
+                    if (!(e->blocks & (1 << block))) {
+                        continue;
+                    }
+                    if (count >= RT_FUTEX_WAITV_MAX - 1) {
+                        left_out = 1;
+                        continue;
+                    }
+                    uint32_t *word = &e->acc->notify->seq[block];
+                    uint32_t value = e->wanted ? e->seen[block] : __atomic_load_n(word, __ATOMIC_ACQUIRE);
+                    waits[count++] = (struct rt_futex_waitv){value, (uint64_t)(uintptr_t)word, RT_FUTEX2_SIZE_U32, 0};
+                }
+            }
+            producers_from = count;
+            for (int i = 0; i < self->count; i++) {
+                uint32_t value;
+                if (count >= RT_FUTEX_WAITV_MAX - 1) {
+                    left_out = 1;
+                    break;
+                }
+                if (rt_watch_producer(self->entries[i].acc, &value)) {
+                    waits[count++] = (struct rt_futex_waitv){
+                        value, (uint64_t)(uintptr_t)&self->entries[i].acc->producer->m.mutex, RT_FUTEX2_SIZE_U32, 0};
+                }
+            }
+        }
+        int producers_to = count;
+        waits[count++] = (struct rt_futex_waitv){control, (uint64_t)(uintptr_t)&self->control,
+                                                 RT_FUTEX2_SIZE_U32 | RT_FUTEX2_PRIVATE, 0};
+        pthread_mutex_unlock(&self->lock);
+        /* More words than one call takes (or an old kernel): sleep in short slices. */
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_nsec += (long)(RT_FALLBACK_SLICE * 1e9);
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec += 1;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        long rc = -1;
+        if (rt_have_waitv) {
+            rc = syscall(SYS_futex_waitv, waits, count, 0, left_out ? &deadline : NULL, CLOCK_MONOTONIC);
+            if (rc < 0 && errno == ENOSYS) {
+                rt_have_waitv = 0;
+            }
+        }
+        if (!rt_have_waitv) {
+            struct timespec slice = {0, (long)(RT_FALLBACK_SLICE * 1e9)};
+            syscall(SYS_futex, &self->control, FUTEX_WAIT_PRIVATE, control, &slice, NULL, 0);
+        }
+        pthread_mutex_lock(&self->lock);
+        if (rc >= producers_from && rc < producers_to) {
+            /* Woken on a producer lock (its owner died or let go): the kernel or glibc
+             * woke one sleeper; pass it on to the others. The entry is still there:
+             * removing one pokes the control word, and its memory stays mapped. */
+            futex_wake_all((uint32_t *)(uintptr_t)waits[rc].uaddr);
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    return NULL;
+}
+
+static void
+release_entry(feed_entry *e)
+{
+    for (int block = 0; block < 2; block++) {
+        if (e->blocks & (1 << block)) {
+            __atomic_fetch_sub(&e->acc->notify->waiters[block], 1, __ATOMIC_SEQ_CST);
+        }
+    }
+    e->acc->users--;
+    rt_release_view_if_unused(e->acc);
+    Py_DECREF(e->acc);
+    Py_DECREF(e->key);
+}
+
+static int
+feed_find(rt_ChangeFeed *self, PyObject *key)
+{
+    for (int i = 0; i < self->count; i++) {
+        int equal = self->entries[i].key == key ? 1 : PyObject_RichCompareBool(self->entries[i].key, key, Py_EQ);
+        if (equal != 0) {
+            return equal < 0 ? -2 : i;
+        }
+    }
+    return -1;
+}
+
+static int
+check_open(rt_ChangeFeed *self)
+{
+    if (self->closed) {
+        PyErr_SetString(PyExc_ValueError, "the change feed is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* add(key, access, blocks=1, wanted=True) */
+static PyObject *
+ChangeFeed_add(rt_ChangeFeed *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"key", "access", "blocks", "wanted", NULL};
+    PyObject *key, *access;
+    int blocks = 1, wanted = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!|ip:add", kwlist, &key, &rt_BufferAccessType, &access,
+                                     &blocks, &wanted)
+        || check_open(self) < 0) {
+        return NULL;
+    }
+    if (blocks < 1 || blocks > 3) {
+        PyErr_SetString(PyExc_ValueError, "blocks must be 1 (update), 2 (write) or 3 (both)");
+        return NULL;
+    }
+    rt_BufferAccess *acc = (rt_BufferAccess *)access;
+    if (acc->closed || !acc->has_view) {
+        return rt_buffer_error(acc, "buffer is closed", NULL);
+    }
+    int found = feed_find(self, key);
+    if (found == -2) {
+        return NULL;
+    }
+    if (found >= 0) {
+        PyErr_Format(PyExc_KeyError, "%R is in the feed already", key);
+        return NULL;
+    }
+    if (!self->started) {
+        int rc = pthread_create(&self->thread, NULL, feed_thread, self);
+        if (rc != 0) {
+            errno = rc;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        self->started = 1;
+    }
+    pthread_mutex_lock(&self->lock);
+    if (self->count == self->capacity) {
+        int capacity = self->capacity ? self->capacity * 2 : 16;
+        feed_entry *grown = PyMem_RawRealloc(self->entries, sizeof(feed_entry) * (size_t)capacity);
+        if (grown == NULL) {
+            pthread_mutex_unlock(&self->lock);
+            return PyErr_NoMemory();
+        }
+        self->entries = grown;
+        self->capacity = capacity;
+    }
+    feed_entry *e = &self->entries[self->count++];
+    *e = (feed_entry){Py_NewRef(key), (rt_BufferAccess *)Py_NewRef(access), blocks, wanted, 1, 0, {0, 0}, 0.0};
+    acc->users++;
+    for (int block = 0; block < 2; block++) {
+        if (blocks & (1 << block)) {
+            __atomic_fetch_add(&acc->notify->waiters[block], 1, __ATOMIC_SEQ_CST);
+            e->seen[block] = __atomic_load_n(&acc->notify->seq[block], __ATOMIC_ACQUIRE);
+        }
+    }
+    e->seen_live = is_live(acc);
+    pthread_mutex_unlock(&self->lock);
+    poke(self);
+    Py_RETURN_NONE;
+}
+
+/* remove(key) -> bool: whether it was there */
+static PyObject *
+ChangeFeed_remove(rt_ChangeFeed *self, PyObject *key)
+{
+    pthread_mutex_lock(&self->lock);
+    int found = feed_find(self, key);
+    if (found < 0) {
+        pthread_mutex_unlock(&self->lock);
+        if (found == -2) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
+    feed_entry gone = self->entries[found];
+    self->entries[found] = self->entries[--self->count];
+    pthread_mutex_unlock(&self->lock);
+    poke(self);  /* the thread sleeps on its words no more */
+    release_entry(&gone);
+    Py_RETURN_TRUE;
+}
+
+/* want(key, wanted) */
+static PyObject *
+ChangeFeed_want(rt_ChangeFeed *self, PyObject *args)
+{
+    PyObject *key;
+    int wanted;
+    if (!PyArg_ParseTuple(args, "Op:want", &key, &wanted)) {
+        return NULL;
+    }
+    pthread_mutex_lock(&self->lock);
+    int found = feed_find(self, key);
+    if (found >= 0) {
+        feed_entry *e = &self->entries[found];
+        if (wanted && !e->wanted) {
+            e->force = 1;  /* its state now, at the next take */
+        }
+        e->wanted = wanted;
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (found == -2) {
+        return NULL;
+    }
+    if (found == -1) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    poke(self);
+    Py_RETURN_NONE;
+}
+
+/* refresh(key): hand its state over at the next take(), changed or not */
+static PyObject *
+ChangeFeed_refresh(rt_ChangeFeed *self, PyObject *key)
+{
+    pthread_mutex_lock(&self->lock);
+    int found = feed_find(self, key);
+    if (found >= 0) {
+        self->entries[found].force = 1;
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (found == -2) {
+        return NULL;
+    }
+    poke(self);
+    return PyBool_FromLong(found >= 0);
+}
+
+typedef struct {
+    PyObject *key;
+    rt_BufferAccess *acc;
+    int changed;
+    int live;
+    int read;
+    double previous;
+} taken;
+
+/* take() -> list of (key, changed, valid, values, time): every buffer that changed
+ * since the last take (or turned valid or invalid, or was asked for). `changed`:
+ * the blocks that changed (bit 0 update, bit 1 write); `values` (None when invalid
+ * or not wanted) and `time` as read_json gives them. Never blocks on the feed. */
+static PyObject *
+ChangeFeed_take(rt_ChangeFeed *self, PyObject *unused)
+{
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    uint64_t counter;
+    ssize_t drained = read(self->efd, &counter, sizeof(counter));
+    (void)drained;
+    pthread_mutex_lock(&self->lock);
+    taken *batch = self->count ? PyMem_RawMalloc(sizeof(taken) * (size_t)self->count) : NULL;
+    int n = 0;
+    for (int i = 0; batch != NULL && i < self->count; i++) {
+        feed_entry *e = &self->entries[i];
+        int live;
+        int changed = entry_changes(e, &live);
+        int validity = live != e->seen_live || e->acc->closed;
+        if (!(e->force || validity || (e->wanted && changed))) {
+            continue;
+        }
+        for (int block = 0; block < 2; block++) {
+            if (e->blocks & (1 << block)) {
+                e->seen[block] = __atomic_load_n(&e->acc->notify->seq[block], __ATOMIC_ACQUIRE);
+            }
+        }
+        int read = e->wanted || e->force;
+        batch[n++] = (taken){Py_NewRef(e->key), (rt_BufferAccess *)Py_NewRef(e->acc), changed, live, read, e->stamp};
+        e->acc->users++;
+        e->seen_live = live;
+        e->force = 0;
+    }
+    self->armed = 1;
+    pthread_mutex_unlock(&self->lock);
+    poke(self);
+    if (batch == NULL && self->count) {
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyList_New(0);
+    for (int i = 0; i < n; i++) {
+        taken *t = &batch[i];
+        PyObject *state = NULL;
+        if (result != NULL) {
+            if (t->read && t->live && !t->acc->closed) {
+                state = read_json_state(t->acc, t->previous);
+            }
+            else {
+                struct timespec clock;
+                clock_gettime(CLOCK_REALTIME, &clock);
+                double now = (double)clock.tv_sec + (double)clock.tv_nsec * 1e-9;
+                state = Py_BuildValue("OOd", Py_False, Py_None, now > t->previous ? now : t->previous);
+                if (state != NULL && t->live) {  /* not wanted: its validity only */
+                    Py_SETREF(state, Py_BuildValue("OOd", Py_True, Py_None, t->previous));
+                }
+            }
+            if (state == NULL && PyErr_ExceptionMatches(rt_DeviceBufferError)) {
+                PyErr_Clear();  /* closed, or its lock stuck: invalid for now, looked at again */
+                state = Py_BuildValue("OOd", Py_False, Py_None, t->previous);
+            }
+        }
+        if (state != NULL) {
+            double stamp = PyFloat_AsDouble(PyTuple_GET_ITEM(state, 2));
+            pthread_mutex_lock(&self->lock);
+            int found = feed_find(self, t->key);
+            if (found >= 0 && PyTuple_GET_ITEM(state, 1) != Py_None) {
+                self->entries[found].stamp = stamp;
+            }
+            pthread_mutex_unlock(&self->lock);
+            PyObject *item = Py_BuildValue("(OiOOO)", t->key, t->changed, PyTuple_GET_ITEM(state, 0),
+                                           PyTuple_GET_ITEM(state, 1), PyTuple_GET_ITEM(state, 2));
+            Py_DECREF(state);
+            if (item == NULL || PyList_Append(result, item) < 0) {
+                Py_CLEAR(result);
+            }
+            Py_XDECREF(item);
+        }
+        else {
+            Py_CLEAR(result);
+        }
+        t->acc->users--;
+        rt_release_view_if_unused(t->acc);
+        Py_DECREF(t->acc);
+        Py_DECREF(t->key);
+    }
+    PyMem_RawFree(batch);
+    return result;
+}
+
+/* wait(timeout=None) -> bool: sleep (the GIL released) until a batch is ready */
+static PyObject *
+ChangeFeed_wait(rt_ChangeFeed *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    double timeout;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "wait(timeout=None)");
+        return NULL;
+    }
+    if (check_open(self) < 0
+        || rt_parse_timeout(nargs ? args[0] : NULL, RT_TIMEOUT_NONE | RT_TIMEOUT_CLAMP, -1.0, &timeout) < 0) {
+        return NULL;
+    }
+    struct pollfd fd = {self->efd, POLLIN, 0};
+    int rc;
+    for (;;) {
+        int ms = timeout < 0 ? -1 : (int)ceil(timeout * 1000.0);
+        Py_BEGIN_ALLOW_THREADS
+        rc = poll(&fd, 1, ms);
+        Py_END_ALLOW_THREADS
+        if (rc >= 0 || errno != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+    if (rc < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBool_FromLong(rc > 0);
+}
+
+static void
+feed_stop(rt_ChangeFeed *self)
+{
+    if (self->started) {
+        pthread_mutex_lock(&self->lock);
+        self->stopping = 1;
+        pthread_mutex_unlock(&self->lock);
+        poke(self);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(self->thread, NULL);
+        Py_END_ALLOW_THREADS
+        self->started = 0;
+    }
+    while (self->count > 0) {
+        feed_entry gone = self->entries[--self->count];
+        release_entry(&gone);
+    }
+}
+
+static PyObject *
+ChangeFeed_close(rt_ChangeFeed *self, PyObject *unused)
+{
+    if (!self->closed) {
+        self->closed = 1;
+        feed_stop(self);
+        close(self->efd);
+        self->efd = -1;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ChangeFeed_fileno(rt_ChangeFeed *self, PyObject *unused)
+{
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(self->efd);
+}
+
+static PyObject *
+ChangeFeed_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "ChangeFeed() takes no arguments");
+        return NULL;
+    }
+    rt_ChangeFeed *self = (rt_ChangeFeed *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (self->efd < 0) {
+        Py_DECREF(self);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    pthread_mutex_init(&self->lock, NULL);
+    self->armed = 1;
+    return (PyObject *)self;
+}
+
+static void
+ChangeFeed_dealloc(rt_ChangeFeed *self)
+{
+    if (!self->closed) {
+        self->closed = 1;
+        feed_stop(self);
+        if (self->efd >= 0) {
+            close(self->efd);
+        }
+    }
+    PyMem_RawFree(self->entries);
+    pthread_mutex_destroy(&self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+ChangeFeed_len(rt_ChangeFeed *self, void *closure)
+{
+    return PyLong_FromLong(self->count);
+}
+
+static PyObject *
+ChangeFeed_wakeups(rt_ChangeFeed *self, void *closure)
+{
+    pthread_mutex_lock(&self->lock);
+    unsigned long wakeups = self->wakeups;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromUnsignedLong(wakeups);
+}
+
+static PyObject *
+ChangeFeed_running(rt_ChangeFeed *self, void *closure)
+{
+    return PyBool_FromLong(self->started);
+}
+
+static PyMethodDef ChangeFeed_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))ChangeFeed_add, METH_VARARGS | METH_KEYWORDS,
+     "add(key, access, blocks=1, wanted=True): follow a buffer (its state is handed over at the next take)."},
+    {"remove", (PyCFunction)ChangeFeed_remove, METH_O, "remove(key) -> bool: follow it no more."},
+    {"want", (PyCFunction)ChangeFeed_want, METH_VARARGS,
+     "want(key, wanted): whether its value changes are wanted (else only its validity changes)."},
+    {"refresh", (PyCFunction)ChangeFeed_refresh, METH_O, "refresh(key) -> bool: hand its state over at the next take."},
+    {"take", (PyCFunction)ChangeFeed_take, METH_NOARGS,
+     "take() -> list of (key, changed blocks, valid, values, time) of the buffers that changed."},
+    {"wait", (PyCFunction)(void (*)(void))ChangeFeed_wait, METH_FASTCALL,
+     "wait(timeout=None) -> bool: sleep until a batch of changes is ready to take."},
+    {"fileno", (PyCFunction)ChangeFeed_fileno, METH_NOARGS, "The eventfd readable while a batch is ready."},
+    {"close", (PyCFunction)ChangeFeed_close, METH_NOARGS, "Stop the thread and let go of every buffer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ChangeFeed_getset[] = {
+    {"count", (getter)ChangeFeed_len, NULL, "Buffers followed.", NULL},
+    {"wakeups", (getter)ChangeFeed_wakeups, NULL, "Times the consumer was signalled so far.", NULL},
+    {"running", (getter)ChangeFeed_running, NULL, "Whether its thread runs.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject rt_ChangeFeedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._core.ChangeFeed",
+    .tp_basicsize = sizeof(rt_ChangeFeed),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ChangeFeed()\n\nOne thread sleeping on many buffers; the consumer is woken once per batch.",
+    .tp_methods = ChangeFeed_methods,
+    .tp_getset = ChangeFeed_getset,
+    .tp_new = ChangeFeed_new,
+    .tp_dealloc = (destructor)ChangeFeed_dealloc,
+};
+
+static PyMethodDef feed_functions[] = {
+    {"read_json", (PyCFunction)core_read_json, METH_VARARGS,
+     "read_json(access, previous=0.0) -> (valid, values | None, time): the readable values as JSON data."},
+    {"short_float32", (PyCFunction)core_short_float32, METH_O,
+     "short_float32(value) -> float | None: the shortest decimal that reads back as the same float32."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+rt_feed_module_init(PyObject *module)
+{
+    if (PyType_Ready(&rt_ChangeFeedType) < 0
+        || PyModule_AddObjectRef(module, "ChangeFeed", (PyObject *)&rt_ChangeFeedType) < 0
+        || PyModule_AddFunctions(module, feed_functions) < 0) {
+        return -1;
+    }
+    return 0;
+}
