@@ -79,6 +79,14 @@ json_value(const rt_param *p, const uint8_t *src)
     return converted;
 }
 
+static double
+wall_clock(void)
+{
+    struct timespec clock;
+    clock_gettime(CLOCK_REALTIME, &clock);
+    return (double)clock.tv_sec + (double)clock.tv_nsec * 1e-9;
+}
+
 /* The buffer's state as runtime.values.read_state gives it: (valid, values,
  * time), values None when it is invalid. One consistent copy of the structure
  * (values and last_update together). Raises for a closed buffer or a lock
@@ -86,9 +94,7 @@ json_value(const rt_param *p, const uint8_t *src)
 static PyObject *
 read_json_state(rt_BufferAccess *acc, double previous)
 {
-    struct timespec clock;
-    clock_gettime(CLOCK_REALTIME, &clock);
-    double now = (double)clock.tv_sec + (double)clock.tv_nsec * 1e-9;
+    double now = wall_clock();
     double later = now > previous ? now : previous;
     if (acc->closed) {
         return rt_buffer_error(acc, "buffer is closed", NULL);
@@ -173,7 +179,6 @@ typedef struct {
     int force;             /* deliver at the next take() */
     int seen_live;
     uint32_t seen[2];
-    double stamp;          /* the time of the state last handed over (read_state's `previous`) */
 } feed_entry;
 
 typedef struct {
@@ -394,7 +399,7 @@ ChangeFeed_add(rt_ChangeFeed *self, PyObject *args, PyObject *kwargs)
         self->capacity = capacity;
     }
     feed_entry *e = &self->entries[self->count++];
-    *e = (feed_entry){Py_NewRef(key), (rt_BufferAccess *)Py_NewRef(access), blocks, wanted, 1, 0, {0, 0}, 0.0};
+    *e = (feed_entry){Py_NewRef(key), (rt_BufferAccess *)Py_NewRef(access), blocks, wanted, 1, 0, {0, 0}};
     acc->users++;
     for (int block = 0; block < 2; block++) {
         if (blocks & (1 << block)) {
@@ -482,13 +487,15 @@ typedef struct {
     int changed;
     int live;
     int read;
-    double previous;
 } taken;
 
 /* take() -> list of (key, changed, valid, values, time): every buffer that changed
  * since the last take (or turned valid or invalid, or was asked for). `changed`:
- * the blocks that changed (bit 0 update, bit 1 write); `values` (None when invalid
- * or not wanted) and `time` as read_json gives them. Never blocks on the feed. */
+ * the blocks that changed (bit 0 update, bit 1 write); `values` (None when invalid,
+ * or when only the write block is followed) and `time` as read_json(access) gives
+ * them (a device's last_update; now when it has none; the consumer applies
+ * read_state's `previous` rule, as only it knows which states it used). Never
+ * blocks on the feed. */
 static PyObject *
 ChangeFeed_take(rt_ChangeFeed *self, PyObject *unused)
 {
@@ -514,8 +521,8 @@ ChangeFeed_take(rt_ChangeFeed *self, PyObject *unused)
                 e->seen[block] = __atomic_load_n(&e->acc->notify->seq[block], __ATOMIC_ACQUIRE);
             }
         }
-        int read = e->wanted || e->force;
-        batch[n++] = (taken){Py_NewRef(e->key), (rt_BufferAccess *)Py_NewRef(e->acc), changed, live, read, e->stamp};
+        int read = (e->blocks & 1) && ((e->wanted && (changed & 1)) || e->force || validity);
+        batch[n++] = (taken){Py_NewRef(e->key), (rt_BufferAccess *)Py_NewRef(e->acc), changed, live, read};
         e->acc->users++;
         e->seen_live = live;
         e->force = 0;
@@ -532,30 +539,17 @@ ChangeFeed_take(rt_ChangeFeed *self, PyObject *unused)
         PyObject *state = NULL;
         if (result != NULL) {
             if (t->read && t->live && !t->acc->closed) {
-                state = read_json_state(t->acc, t->previous);
-            }
-            else {
-                struct timespec clock;
-                clock_gettime(CLOCK_REALTIME, &clock);
-                double now = (double)clock.tv_sec + (double)clock.tv_nsec * 1e-9;
-                state = Py_BuildValue("OOd", Py_False, Py_None, now > t->previous ? now : t->previous);
-                if (state != NULL && t->live) {  /* not wanted: its validity only */
-                    Py_SETREF(state, Py_BuildValue("OOd", Py_True, Py_None, t->previous));
+                state = read_json_state(t->acc, 0.0);
+                if (state == NULL && PyErr_ExceptionMatches(rt_DeviceBufferError)) {
+                    PyErr_Clear();  /* closed, or its lock stuck: invalid for now, looked at again */
+                    state = Py_BuildValue("OOd", Py_False, Py_None, wall_clock());
                 }
             }
-            if (state == NULL && PyErr_ExceptionMatches(rt_DeviceBufferError)) {
-                PyErr_Clear();  /* closed, or its lock stuck: invalid for now, looked at again */
-                state = Py_BuildValue("OOd", Py_False, Py_None, t->previous);
+            else {  /* invalid, or the write block only: its validity */
+                state = Py_BuildValue("OOd", t->live ? Py_True : Py_False, Py_None, wall_clock());
             }
         }
         if (state != NULL) {
-            double stamp = PyFloat_AsDouble(PyTuple_GET_ITEM(state, 2));
-            pthread_mutex_lock(&self->lock);
-            int found = feed_find(self, t->key);
-            if (found >= 0 && PyTuple_GET_ITEM(state, 1) != Py_None) {
-                self->entries[found].stamp = stamp;
-            }
-            pthread_mutex_unlock(&self->lock);
             PyObject *item = Py_BuildValue("(OiOOO)", t->key, t->changed, PyTuple_GET_ITEM(state, 0),
                                            PyTuple_GET_ITEM(state, 1), PyTuple_GET_ITEM(state, 2));
             Py_DECREF(state);
@@ -640,6 +634,19 @@ ChangeFeed_close(rt_ChangeFeed *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* wake(): make a wait() (or the eventfd) return, batch or not */
+static PyObject *
+ChangeFeed_wake(rt_ChangeFeed *self, PyObject *unused)
+{
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    uint64_t one = 1;
+    ssize_t written = write(self->efd, &one, sizeof(one));
+    (void)written;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 ChangeFeed_fileno(rt_ChangeFeed *self, PyObject *unused)
 {
@@ -717,6 +724,7 @@ static PyMethodDef ChangeFeed_methods[] = {
      "take() -> list of (key, changed blocks, valid, values, time) of the buffers that changed."},
     {"wait", (PyCFunction)(void (*)(void))ChangeFeed_wait, METH_FASTCALL,
      "wait(timeout=None) -> bool: sleep until a batch of changes is ready to take."},
+    {"wake", (PyCFunction)ChangeFeed_wake, METH_NOARGS, "wake(): make wait() return (an empty batch, maybe)."},
     {"fileno", (PyCFunction)ChangeFeed_fileno, METH_NOARGS, "The eventfd readable while a batch is ready."},
     {"close", (PyCFunction)ChangeFeed_close, METH_NOARGS, "Stop the thread and let go of every buffer."},
     {NULL, NULL, 0, NULL},
