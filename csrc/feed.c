@@ -231,6 +231,7 @@ static void *
 feed_thread(void *arg)
 {
     rt_ChangeFeed *self = arg;
+    pthread_setname_np(pthread_self(), "runtime-feed");  /* as top and /proc show it */
     pthread_mutex_lock(&self->lock);
     while (!self->stopping) {
         uint32_t control = __atomic_load_n(&self->control, __ATOMIC_ACQUIRE);
