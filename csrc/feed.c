@@ -13,6 +13,7 @@
 #include "convert.h"
 #include "seqlock.h"
 
+#include <float.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -23,7 +24,7 @@
 
 /* ---- values as JSON data -------------------------------------------------- */
 
-/* The shortest decimal (6 to 9 significant digits) that reads back as the
+/* The shortest decimal (at most 9 significant digits) that reads back as the
  * same float32, as a Python float; None for NaN and infinities; a value that
  * is no float32 (a double) is returned as it is. "Reads back" is Python's
  * way: the decimal parsed as a double, then rounded to a float32. */
@@ -34,7 +35,9 @@ short_float32(double value)
         Py_RETURN_NONE;
     }
     char text[40];
-    for (int digits = 6; digits <= 9; digits++) {
+    /* Six digits (%g drops trailing zeros) give the shortest decimal whenever six or fewer
+     * suffice for a normal float32; a subnormal, with fewer significant bits, may need fewer. */
+    for (int digits = fabs(value) < FLT_MIN ? 1 : 6; digits <= 9; digits++) {
         snprintf(text, sizeof(text), "%.*g", digits, value);
         double candidate = strtod(text, NULL);
         if ((double)(float)candidate == value) {
@@ -601,7 +604,7 @@ ChangeFeed_wait(rt_ChangeFeed *self, PyObject *const *args, Py_ssize_t nargs)
     if (rc < 0) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    return PyBool_FromLong(rc > 0);
+    return PyBool_FromLong(rc > 0 && !self->closed);
 }
 
 static void
@@ -623,14 +626,18 @@ feed_stop(rt_ChangeFeed *self)
     }
 }
 
+/* close(): stop the thread, let go of every buffer, and wake the wait() calls (they
+ * return False). The eventfd stays open until the feed is freed: a thread still in
+ * poll() on it sees it readable, never a number reused by another file. */
 static PyObject *
 ChangeFeed_close(rt_ChangeFeed *self, PyObject *unused)
 {
     if (!self->closed) {
         self->closed = 1;
         feed_stop(self);
-        close(self->efd);
-        self->efd = -1;
+        uint64_t one = 1;
+        ssize_t written = write(self->efd, &one, sizeof(one));
+        (void)written;
     }
     Py_RETURN_NONE;
 }
@@ -684,9 +691,9 @@ ChangeFeed_dealloc(rt_ChangeFeed *self)
     if (!self->closed) {
         self->closed = 1;
         feed_stop(self);
-        if (self->efd >= 0) {
-            close(self->efd);
-        }
+    }
+    if (self->efd >= 0) {
+        close(self->efd);
     }
     PyMem_RawFree(self->entries);
     pthread_mutex_destroy(&self->lock);

@@ -614,9 +614,10 @@ def _short_float(value: float) -> float | None:
     if not math.isfinite(value):
         return None
     # The shortest decimal that reads back as the same float32: six significant digits (trailing zeros
-    # dropped) give it whenever six or fewer suffice; more are tried only when needed.
+    # dropped) give it whenever six or fewer suffice, for a normal float32 (a subnormal, with fewer
+    # significant bits, may need fewer); more are tried only when needed.
     short = value
-    for digits in (6, 7, 8, 9):
+    for digits in _SUBNORMAL_DIGITS if abs(value) < _FLOAT32_MIN else _NORMAL_DIGITS:
         candidate = float(f"{value:.{digits}g}")
         if _FLOAT32.unpack(_FLOAT32.pack(candidate))[0] == value:
             short = candidate
@@ -628,6 +629,10 @@ def _short_float(value: float) -> float | None:
 
 
 _FLOAT32 = struct.Struct("<f")
+_FLOAT32_MIN = 1.1754943508222875e-38
+"""The smallest normal float32."""
+_NORMAL_DIGITS = (6, 7, 8, 9)
+_SUBNORMAL_DIGITS = tuple(range(1, 10))
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
