@@ -196,6 +196,7 @@ typedef struct {
     int closed;
     pthread_t thread;
     int efd;
+    long batch_ns;         /* how long a batch gathers changes before the consumer is woken */
     unsigned long wakeups; /* times the consumer was signalled */
 } rt_ChangeFeed;
 
@@ -244,6 +245,17 @@ feed_thread(void *arg)
             int ready = 0;
             for (int i = 0; i < self->count && !ready; i++) {
                 ready = entry_ready(&self->entries[i]);
+            }
+            if (ready && self->batch_ns > 0) {
+                /* Gather the changes of the next moment into this batch: sleep on the control
+                 * word alone (close and add/remove still wake it), then signal. */
+                struct timespec window = {self->batch_ns / 1000000000L, self->batch_ns % 1000000000L};
+                pthread_mutex_unlock(&self->lock);
+                syscall(SYS_futex, &self->control, FUTEX_WAIT_PRIVATE, control, &window, NULL, 0);
+                pthread_mutex_lock(&self->lock);
+                if (self->stopping) {
+                    break;
+                }
             }
             if (ready) {
                 self->armed = 0;
@@ -664,11 +676,17 @@ ChangeFeed_fileno(rt_ChangeFeed *self, PyObject *unused)
     return PyLong_FromLong(self->efd);
 }
 
+/* ChangeFeed(batch=0.0) */
 static PyObject *
 ChangeFeed_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
-        PyErr_SetString(PyExc_TypeError, "ChangeFeed() takes no arguments");
+    static char *kwlist[] = {"batch", NULL};
+    double batch = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|d:ChangeFeed", kwlist, &batch)) {
+        return NULL;
+    }
+    if (!(batch >= 0.0 && batch <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "batch must be 0 to 1 seconds");
         return NULL;
     }
     rt_ChangeFeed *self = (rt_ChangeFeed *)type->tp_alloc(type, 0);
@@ -682,6 +700,7 @@ ChangeFeed_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     pthread_mutex_init(&self->lock, NULL);
     self->armed = 1;
+    self->batch_ns = (long)(batch * 1e9);
     return (PyObject *)self;
 }
 
@@ -750,7 +769,8 @@ static PyTypeObject rt_ChangeFeedType = {
     .tp_name = "runtime._core.ChangeFeed",
     .tp_basicsize = sizeof(rt_ChangeFeed),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ChangeFeed()\n\nOne thread sleeping on many buffers; the consumer is woken once per batch.",
+    .tp_doc = "ChangeFeed(batch=0.0)\n\nOne thread sleeping on many buffers; the consumer is woken once per batch "
+              "(gathered for `batch` seconds after its first change).",
     .tp_methods = ChangeFeed_methods,
     .tp_getset = ChangeFeed_getset,
     .tp_new = ChangeFeed_new,

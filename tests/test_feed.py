@@ -335,3 +335,21 @@ def test_a_buffer_closed_while_followed_stays_mapped_and_reads_as_invalid(
         assert take_all(feed) == {"servo": (1, False, None)}
         assert feed.remove("servo")
         store.unlink_all()
+
+
+def test_a_feed_that_gathers_a_batch_still_delivers_every_buffer(servos: list[Buffer]) -> None:
+    with pytest.raises(ValueError, match="batch"):
+        _core.ChangeFeed(batch=-1)
+    feed = _core.ChangeFeed(batch=0.01)
+    try:
+        for index, buffer in enumerate(servos):
+            feed.add(index, buffer._access)
+        take_all(feed)
+        for buffer in servos:
+            buffer.set("servo0", -0.5)
+        seen: dict[Any, Any] = {}
+        while len(seen) < len(servos):  # one batch, or more on a busy machine
+            seen.update(take_all(feed))
+        assert all(values is not None and values["servo0"] == -0.5 for _, _, values in seen.values())
+    finally:
+        feed.close()

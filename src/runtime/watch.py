@@ -44,6 +44,7 @@ from .store import BufferStore
 from .values import BufferState
 
 __all__ = [
+    "BATCH_WINDOW",
     "DISCOVER_INTERVAL",
     "WAIT_SLICE",
     "BufferWatcher",
@@ -60,6 +61,11 @@ logger = logging.getLogger(__name__)
 
 DISCOVER_INTERVAL = 0.5
 """Seconds between two looks for buffers that appeared or disappeared."""
+BATCH_WINDOW = 0.01
+"""Seconds ``runtime zenoh`` and ``runtime foxglove`` let their change feed gather changes after the
+first of a batch before it wakes them: at a robot's rates (a hundred changes a second) a few changes
+per wake-up instead of one, for that latency (a change of a buffer within it goes out with the newest
+values, as their rate limits already do). ``runtime record`` takes none: it records every state."""
 WAIT_SLICE = 0.2
 """The longest a watcher's thread sleeps before asking again which buffers are wanted."""
 
@@ -256,6 +262,10 @@ class BufferWatcher:
             asked at every round (within :data:`WAIT_SLICE`). The changes of
             one that is not are not even read: only a change of its validity
             is delivered. One that becomes wanted is delivered its state.
+        batch: Seconds a batch gathers changes before the watcher wakes
+            (:data:`BATCH_WINDOW`, say): fewer wake-ups, but changes of one buffer
+            within it are delivered as one (its newest state). 0 (the default):
+            the watcher wakes at the first change, for a recorder of every state.
         on_stop: Called (under the callback lock) when :meth:`run` ends, before the
             watcher closes its handles (closing a handle ends this process's
             commands on that buffer: a user that ends them itself does it here).
@@ -275,6 +285,7 @@ class BufferWatcher:
         namespace: str | None = None,
         wanted: Callable[[Watched], bool] | None = None,
         on_stop: Callable[[], None] | None = None,
+        batch: float = 0.0,
     ) -> None:
         if block not in _BLOCKS:
             raise ValueError(f"block must be 'update', 'write' or 'both', not {block!r}")
@@ -294,7 +305,7 @@ class BufferWatcher:
         """Whether the watcher's thread died of an unexpected error (logged)."""
         self.callback_lock = threading.RLock()
         self._known: dict[str, Watched] = {}
-        self._feed = ChangeFeed()
+        self._feed = ChangeFeed(batch)
         self._thread: threading.Thread | None = None
         self._segments = SegmentDiscovery(
             catalog,

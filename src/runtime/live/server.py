@@ -26,7 +26,7 @@ from ..store import BufferStore, robot_enabled
 from ..student import RUNNER_KEY
 from ..values import WriteRefused as ValueRefused
 from ..values import apply_writes, check_writes, encode_json, jsonable, read_state
-from ..watch import BufferWatcher, Watched
+from ..watch import BATCH_WINDOW, BufferWatcher, Watched
 from .gate import OriginGate, count_connections, shut_sockets
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ class LiveView:
             namespace=self.namespace,
             wanted=self._wanted,
             on_stop=self._end_all_commands,
+            batch=BATCH_WINDOW,
         )
         self.published = 0
         """Messages sent (to at least one subscriber)."""

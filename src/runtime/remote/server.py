@@ -130,7 +130,7 @@ from ..exception import RuntimeBaseException
 from ..store import BufferStore, namespace_segments
 from ..student import FIELD_KEY, RUNNER_KEY, mode_name, mode_number
 from ..values import WriteRefused, apply_writes, check_writes, jsonable
-from ..watch import Segment, SegmentDiscovery
+from ..watch import BATCH_WINDOW, Segment, SegmentDiscovery
 from .keys import (
     CLIENT_GRACE,
     INPUT_KINDS,
@@ -1055,7 +1055,7 @@ class ZenohServer:
         """
         loop = self._loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
-        feed = self._feed = ChangeFeed()
+        feed = self._feed = ChangeFeed(BATCH_WINDOW)
         loop.add_reader(feed.fileno(), self._on_feed)
         declared: list[Any] = [self.session.liveliness().declare_token(self.prefix)]
         declared.append(self.session.declare_queryable(f"{self.prefix}/**", self._on_query))
