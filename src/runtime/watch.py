@@ -305,6 +305,8 @@ class BufferWatcher:
         """Whether the watcher's thread died of an unexpected error (logged)."""
         self.callback_lock = threading.RLock()
         self._known: dict[str, Watched] = {}
+        self._held: dict[str, Watched] = {}
+        """The buffers with a delivery due (:attr:`Watched.due`), by segment name."""
         self._feed = ChangeFeed(batch)
         self._thread: threading.Thread | None = None
         self._segments = SegmentDiscovery(
@@ -345,6 +347,7 @@ class BufferWatcher:
         for watched in list(self._known.values()):
             if watched.topic == topic:
                 watched.due = time.monotonic() + delay
+                self._held[watched.name] = watched
                 if delay <= 0:
                     self._feed.refresh(watched.name)
 
@@ -353,6 +356,7 @@ class BufferWatcher:
         appeared, gone = self._segments.discover()
         for segment in gone:
             watched = self._known.pop(segment.name)
+            self._held.pop(segment.name, None)
             self._feed.remove(segment.name)
             with self.callback_lock:
                 watched.buffer.close()
@@ -387,37 +391,43 @@ class BufferWatcher:
         asked = -math.inf
         try:
             while not self.stopping.is_set():
-                now = time.monotonic()
-                dues = [w.due for w in list(self._known.values()) if w.due is not None]
-                timeout = min([WAIT_SLICE, *(max(0.0, due - now) for due in dues)])
-                feed.wait(timeout)
+                timeout = WAIT_SLICE
+                if self._held:
+                    now = time.monotonic()
+                    dues = [w.due for w in list(self._held.values()) if w.due is not None]
+                    timeout = min([timeout, *(max(0.0, due - now) for due in dues)])
+                ready = feed.wait(timeout)
                 if self.stopping.is_set():
                     break
-                batch = feed.take()
                 now = time.monotonic()
-                for name, changed, valid, values, stamp in batch:
-                    watched = self._known.get(name)
-                    if watched is not None:
-                        self._changed(watched, now, BufferState(valid, values, stamp), changed)
-                # Held changes that are due: delivered at the next batch, with the newest state. Who is
-                # wanted: asked every WAIT_SLICE (not per batch: a user's answer may cost microseconds).
-                ask = now - asked >= WAIT_SLICE
-                if ask:
-                    asked = now
-                for watched in list(self._known.values()):
-                    due = watched.due is not None and watched.due <= now
-                    if due:
+                if ready:
+                    for name, changed, valid, values, stamp in feed.take():
+                        watched = self._known.get(name)
+                        if watched is not None:
+                            self._changed(watched, now, BufferState(valid, values, stamp), changed)
+                # Held changes that are due: delivered at the next batch, with the newest state.
+                for name, watched in list(self._held.items()):
+                    if watched.due is None or watched.due <= now:
+                        del self._held[name]
                         watched.due = None
-                        feed.refresh(watched.name)
-                    if due or ask:
-                        wants = self._wants(watched)
-                        if wants != watched.wants:
-                            watched.wants = wants
-                            feed.want(watched.name, wants)
+                        if feed.refresh(name):
+                            self._ask(watched)
+                # Who is wanted: asked every WAIT_SLICE (not per batch: an answer may cost microseconds).
+                if now - asked >= WAIT_SLICE:
+                    asked = now
+                    for watched in list(self._known.values()):
+                        self._ask(watched)
         except Exception:
             logger.exception("watching buffers failed")
             self.failed = True
             self.stopping.set()
+
+    def _ask(self, watched: Watched) -> None:
+        """Tell the feed whether the buffer's value changes are to be read now."""
+        wants = self._wants(watched)
+        if wants != watched.wants:
+            watched.wants = wants
+            self._feed.want(watched.name, wants)
 
     def _changed(self, watched: Watched, now: float, state: BufferState, changed: int) -> None:
         if (
@@ -428,6 +438,7 @@ class BufferWatcher:
             self._deliver(watched, now, state, changed)
         elif watched.due is None:
             watched.due = watched.last_delivery + self.min_interval
+            self._held[watched.name] = watched
             watched.wants = False
             self._feed.want(watched.name, False)  # not read until then
 
