@@ -389,6 +389,7 @@ class BufferWatcher:
         """The watcher's thread: wake once per batch of changes, deliver them, and the held ones when due."""
         feed = self._feed
         asked = -math.inf
+        refreshed = False
         try:
             while not self.stopping.is_set():
                 timeout = WAIT_SLICE
@@ -396,7 +397,8 @@ class BufferWatcher:
                     now = time.monotonic()
                     dues = [w.due for w in list(self._held.values()) if w.due is not None]
                     timeout = min([timeout, *(max(0.0, due - now) for due in dues)])
-                ready = feed.wait(timeout)
+                ready = refreshed or feed.wait(timeout)
+                refreshed = False
                 if self.stopping.is_set():
                     break
                 now = time.monotonic()
@@ -412,6 +414,7 @@ class BufferWatcher:
                         watched.due = None
                         if feed.refresh(name):
                             self._ask(watched)
+                            refreshed = True  # taken at once, not at the feed's next wake-up
                 # Who is wanted: asked every WAIT_SLICE (not per batch: an answer may cost microseconds).
                 if now - asked >= WAIT_SLICE:
                     asked = now

@@ -431,10 +431,11 @@ class ZenohServer:
                 logger.exception("zenoh: cannot publish %s", served.key)
 
     def _due(self, served: _Served, name: str) -> None:
-        """A held publication is due: the feed hands the buffer's state over at its next batch."""
+        """A held publication is due: the feed hands the buffer's newest state over, taken now."""
         served.due = None
         if self._feed is not None and self._by_name.get(name) is served:
-            self._feed.want(name, True)
+            self._feed.want(name, True)  # its state at the next take: this one, not a wake-up later
+            self._on_feed()
 
     # -- the buffers that come and go --
 
