@@ -194,6 +194,7 @@ typedef struct {
     int stopping;
     int started;
     int closed;
+    int woken;             /* wake() was called: the next (or current) wait() returns */
     pthread_t thread;
     int efd;
     long batch_ns;         /* how long a batch gathers changes before the consumer is woken */
@@ -231,27 +232,132 @@ entry_ready(const feed_entry *e)
     return e->force || e->acc->closed || live != e->seen_live || (e->wanted && changed);
 }
 
+/* The words to sleep on (the lock held): each followed block's sequence word (a
+ * change differs from the value slept on; an entry whose changes are not wanted
+ * sleeps on the current value: woken, it is looked at again for a validity change
+ * only), the producer locks from `*producers_from` to `*producers_to`, and last
+ * the control word. `*left_out`: more words than one call takes. */
+static int
+build_waits(rt_ChangeFeed *self, struct rt_futex_waitv *waits, uint32_t control, int *producers_from,
+            int *producers_to, int *left_out)
+{
+    int count = 0;
+    *left_out = 0;
+    for (int i = 0; i < self->count; i++) {
+        feed_entry *e = &self->entries[i];
+        for (int block = 0; block < 2; block++) {
+            if (!(e->blocks & (1 << block))) {
+                continue;
+            }
+            if (count >= RT_FUTEX_WAITV_MAX - 1) {
+                *left_out = 1;
+                continue;
+            }
+            uint32_t *word = &e->acc->notify->seq[block];
+            uint32_t value = e->wanted ? e->seen[block] : __atomic_load_n(word, __ATOMIC_ACQUIRE);
+            waits[count++] = (struct rt_futex_waitv){value, (uint64_t)(uintptr_t)word, RT_FUTEX2_SIZE_U32, 0};
+        }
+    }
+    *producers_from = count;
+    for (int i = 0; i < self->count; i++) {
+        uint32_t value;
+        if (count >= RT_FUTEX_WAITV_MAX - 1) {
+            *left_out = 1;
+            break;
+        }
+        if (rt_watch_producer(self->entries[i].acc, &value)) {
+            waits[count++] = (struct rt_futex_waitv){
+                value, (uint64_t)(uintptr_t)&self->entries[i].acc->producer->m.mutex, RT_FUTEX2_SIZE_U32, 0};
+        }
+    }
+    *producers_to = count;
+    waits[count++] = (struct rt_futex_waitv){control, (uint64_t)(uintptr_t)&self->control,
+                                             RT_FUTEX2_SIZE_U32 | RT_FUTEX2_PRIVATE, 0};
+    return count;
+}
+
+/* Sleep on the words (the lock not held) until one differs, `deadline` (NULL: none;
+ * a short slice when words were left out or futex_waitv is missing). Returns
+ * futex_waitv's result: the index of the word that woke it, or -1 (errno set). */
+static long
+sleep_on(rt_ChangeFeed *self, struct rt_futex_waitv *waits, int count, uint32_t control, int left_out,
+         const struct timespec *deadline)
+{
+    struct timespec slice_end;
+    if (left_out || !rt_have_waitv) {
+        clock_gettime(CLOCK_MONOTONIC, &slice_end);
+        slice_end.tv_nsec += (long)(RT_FALLBACK_SLICE * 1e9);
+        if (slice_end.tv_nsec >= 1000000000L) {
+            slice_end.tv_sec += 1;
+            slice_end.tv_nsec -= 1000000000L;
+        }
+        if (deadline == NULL || slice_end.tv_sec < deadline->tv_sec
+            || (slice_end.tv_sec == deadline->tv_sec && slice_end.tv_nsec < deadline->tv_nsec)) {
+            deadline = &slice_end;
+        }
+    }
+    long rc = -1;
+    if (rt_have_waitv) {
+        rc = syscall(SYS_futex_waitv, waits, count, 0, deadline, CLOCK_MONOTONIC);
+        if (rc < 0 && errno == ENOSYS) {
+            rt_have_waitv = 0;
+        }
+    }
+    if (!rt_have_waitv) {  /* an old kernel: the control word alone, in short slices */
+        struct timespec slice = {0, (long)(RT_FALLBACK_SLICE * 1e9)};
+        syscall(SYS_futex, &self->control, FUTEX_WAIT_PRIVATE, control, &slice, NULL, 0);
+        errno = EAGAIN;
+    }
+    return rc;
+}
+
+/* Woken on a producer lock (its owner died or let go): the kernel or glibc woke one
+ * sleeper; pass it on to the others. */
+static void
+pass_on(const struct rt_futex_waitv *waits, long rc, int producers_from, int producers_to)
+{
+    if (rc >= producers_from && rc < producers_to) {
+        futex_wake_all((uint32_t *)(uintptr_t)waits[rc].uaddr);
+    }
+}
+
+static int
+any_ready(rt_ChangeFeed *self)
+{
+    for (int i = 0; i < self->count; i++) {
+        if (entry_ready(&self->entries[i])) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Gather the changes of the next moment into this batch (the lock not held): sleep
+ * on the control word alone (close, wake and add/remove still end it). */
+static void
+gather(rt_ChangeFeed *self, uint32_t control)
+{
+    struct timespec window = {self->batch_ns / 1000000000L, self->batch_ns % 1000000000L};
+    syscall(SYS_futex, &self->control, FUTEX_WAIT_PRIVATE, control, &window, NULL, 0);
+}
+
+/* The thread of a feed whose consumer watches its eventfd (fileno() was asked for):
+ * it signals the eventfd once per batch, and sleeps on the control word alone until
+ * the consumer takes it. */
 static void *
 feed_thread(void *arg)
 {
     rt_ChangeFeed *self = arg;
-    pthread_setname_np(pthread_self(), "runtime-feed");  /* as top and /proc show it */
     pthread_mutex_lock(&self->lock);
     while (!self->stopping) {
         uint32_t control = __atomic_load_n(&self->control, __ATOMIC_ACQUIRE);
         struct rt_futex_waitv waits[RT_FUTEX_WAITV_MAX];
-        int count = 0, producers_from = 0, left_out = 0;
+        int count, producers_from = 0, producers_to = 0, left_out = 0;
         if (self->armed) {
-            int ready = 0;
-            for (int i = 0; i < self->count && !ready; i++) {
-                ready = entry_ready(&self->entries[i]);
-            }
+            int ready = any_ready(self);
             if (ready && self->batch_ns > 0) {
-                /* Gather the changes of the next moment into this batch: sleep on the control
-                 * word alone (close and add/remove still wake it), then signal. */
-                struct timespec window = {self->batch_ns / 1000000000L, self->batch_ns % 1000000000L};
                 pthread_mutex_unlock(&self->lock);
-                syscall(SYS_futex, &self->control, FUTEX_WAIT_PRIVATE, control, &window, NULL, 0);
+                gather(self, control);
                 pthread_mutex_lock(&self->lock);
                 if (self->stopping) {
                     break;
@@ -265,70 +371,91 @@ feed_thread(void *arg)
                 (void)written;  /* the counter cannot overflow: the consumer reads it at every take */
                 continue;
             }
-            /* The sequence words: a change differs from the value slept on. An entry
-             * whose changes are not wanted sleeps on the current value: woken, it is
-             * looked at again for a validity change only. */
-            for (int i = 0; i < self->count; i++) {
-                feed_entry *e = &self->entries[i];
-                for (int block = 0; block < 2; block++) {
-                    if (!(e->blocks & (1 << block))) {
-                        continue;
-                    }
-                    if (count >= RT_FUTEX_WAITV_MAX - 1) {
-                        left_out = 1;
-                        continue;
-                    }
-                    uint32_t *word = &e->acc->notify->seq[block];
-                    uint32_t value = e->wanted ? e->seen[block] : __atomic_load_n(word, __ATOMIC_ACQUIRE);
-                    waits[count++] = (struct rt_futex_waitv){value, (uint64_t)(uintptr_t)word, RT_FUTEX2_SIZE_U32, 0};
-                }
-            }
-            producers_from = count;
-            for (int i = 0; i < self->count; i++) {
-                uint32_t value;
-                if (count >= RT_FUTEX_WAITV_MAX - 1) {
-                    left_out = 1;
-                    break;
-                }
-                if (rt_watch_producer(self->entries[i].acc, &value)) {
-                    waits[count++] = (struct rt_futex_waitv){
-                        value, (uint64_t)(uintptr_t)&self->entries[i].acc->producer->m.mutex, RT_FUTEX2_SIZE_U32, 0};
-                }
-            }
+            count = build_waits(self, waits, control, &producers_from, &producers_to, &left_out);
         }
-        int producers_to = count;
-        waits[count++] = (struct rt_futex_waitv){control, (uint64_t)(uintptr_t)&self->control,
-                                                 RT_FUTEX2_SIZE_U32 | RT_FUTEX2_PRIVATE, 0};
+        else {
+            count = 0;
+            waits[count++] = (struct rt_futex_waitv){control, (uint64_t)(uintptr_t)&self->control,
+                                                     RT_FUTEX2_SIZE_U32 | RT_FUTEX2_PRIVATE, 0};
+        }
         pthread_mutex_unlock(&self->lock);
-        /* More words than one call takes (or an old kernel): sleep in short slices. */
-        struct timespec deadline;
+        long rc = sleep_on(self, waits, count, control, left_out, NULL);
+        pthread_mutex_lock(&self->lock);
+        /* The entry is still there: removing one pokes the control word, and its
+         * memory stays mapped while the feed holds it. */
+        pass_on(waits, rc, producers_from, producers_to);
+    }
+    pthread_mutex_unlock(&self->lock);
+    return NULL;
+}
+
+/* wait() without the thread (nobody asked for the eventfd): the caller's thread
+ * sleeps on the words itself, the GIL released. 1: a batch is ready; 0: the
+ * timeout passed, or wake() or close(); -1 with an exception (a signal handler). */
+static int
+wait_inline(rt_ChangeFeed *self, double timeout)
+{
+    struct timespec deadline;
+    if (timeout >= 0) {
         clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_nsec += (long)(RT_FALLBACK_SLICE * 1e9);
+        double whole = (double)(time_t)timeout;
+        deadline.tv_sec += (time_t)timeout;
+        deadline.tv_nsec += (long)((timeout - whole) * 1e9);
         if (deadline.tv_nsec >= 1000000000L) {
             deadline.tv_sec += 1;
             deadline.tv_nsec -= 1000000000L;
         }
-        long rc = -1;
-        if (rt_have_waitv) {
-            rc = syscall(SYS_futex_waitv, waits, count, 0, left_out ? &deadline : NULL, CLOCK_MONOTONIC);
-            if (rc < 0 && errno == ENOSYS) {
-                rt_have_waitv = 0;
-            }
-        }
-        if (!rt_have_waitv) {
-            struct timespec slice = {0, (long)(RT_FALLBACK_SLICE * 1e9)};
-            syscall(SYS_futex, &self->control, FUTEX_WAIT_PRIVATE, control, &slice, NULL, 0);
-        }
+    }
+    int gathered = 0;
+    for (;;) {
+        struct rt_futex_waitv waits[RT_FUTEX_WAITV_MAX];
+        int producers_from, producers_to, left_out;
         pthread_mutex_lock(&self->lock);
-        if (rc >= producers_from && rc < producers_to) {
-            /* Woken on a producer lock (its owner died or let go): the kernel or glibc
-             * woke one sleeper; pass it on to the others. The entry is still there:
-             * removing one pokes the control word, and its memory stays mapped. */
-            futex_wake_all((uint32_t *)(uintptr_t)waits[rc].uaddr);
+        uint32_t control = __atomic_load_n(&self->control, __ATOMIC_ACQUIRE);
+        if (self->closed || self->woken) {
+            self->woken = 0;
+            pthread_mutex_unlock(&self->lock);
+            return 0;
+        }
+        int ready = any_ready(self);
+        if (ready && (gathered || self->batch_ns == 0)) {
+            self->wakeups++;
+            pthread_mutex_unlock(&self->lock);
+            return 1;
+        }
+        int count = ready ? 0 : build_waits(self, waits, control, &producers_from, &producers_to, &left_out);
+        pthread_mutex_unlock(&self->lock);
+        long rc = -1;
+        int err = 0;
+        if (ready) {
+            Py_BEGIN_ALLOW_THREADS
+            gather(self, control);
+            Py_END_ALLOW_THREADS
+            gathered = 1;
+            continue;
+        }
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (timeout >= 0 && (now.tv_sec > deadline.tv_sec
+                             || (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec))) {
+            return 0;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = sleep_on(self, waits, count, control, left_out, timeout >= 0 ? &deadline : NULL);
+        err = rc < 0 ? errno : 0;
+        Py_END_ALLOW_THREADS
+        if (rc >= 0) {
+            /* The words of entries removed meanwhile may be gone: pass on only under the lock. */
+            pthread_mutex_lock(&self->lock);
+            if (!self->closed && __atomic_load_n(&self->control, __ATOMIC_ACQUIRE) == control) {
+                pass_on(waits, rc, producers_from, producers_to);
+            }
+            pthread_mutex_unlock(&self->lock);
+        }
+        if (err == EINTR && PyErr_CheckSignals() < 0) {
+            return -1;
         }
     }
-    pthread_mutex_unlock(&self->lock);
-    return NULL;
 }
 
 static void
@@ -394,14 +521,6 @@ ChangeFeed_add(rt_ChangeFeed *self, PyObject *args, PyObject *kwargs)
     if (found >= 0) {
         PyErr_Format(PyExc_KeyError, "%R is in the feed already", key);
         return NULL;
-    }
-    if (!self->started) {
-        int rc = pthread_create(&self->thread, NULL, feed_thread, self);
-        if (rc != 0) {
-            errno = rc;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        self->started = 1;
     }
     pthread_mutex_lock(&self->lock);
     if (self->count == self->capacity) {
@@ -544,8 +663,11 @@ ChangeFeed_take(rt_ChangeFeed *self, PyObject *unused)
         e->force = 0;
     }
     self->armed = 1;
+    int started = self->started;
     pthread_mutex_unlock(&self->lock);
-    poke(self);
+    if (started) {
+        poke(self);  /* the thread: watch the words again */
+    }
     if (batch == NULL && self->count) {
         return PyErr_NoMemory();
     }
@@ -599,6 +721,10 @@ ChangeFeed_wait(rt_ChangeFeed *self, PyObject *const *args, Py_ssize_t nargs)
         || rt_parse_timeout(nargs ? args[0] : NULL, RT_TIMEOUT_NONE | RT_TIMEOUT_CLAMP, -1.0, &timeout) < 0) {
         return NULL;
     }
+    if (!self->started) {
+        int ready = wait_inline(self, timeout);
+        return ready < 0 ? NULL : PyBool_FromLong(ready);
+    }
     struct pollfd fd = {self->efd, POLLIN, 0};
     int rc;
     for (;;) {
@@ -647,6 +773,7 @@ ChangeFeed_close(rt_ChangeFeed *self, PyObject *unused)
     if (!self->closed) {
         self->closed = 1;
         feed_stop(self);
+        poke(self);  /* a wait() sleeping on the words itself */
         uint64_t one = 1;
         ssize_t written = write(self->efd, &one, sizeof(one));
         (void)written;
@@ -661,17 +788,32 @@ ChangeFeed_wake(rt_ChangeFeed *self, PyObject *unused)
     if (check_open(self) < 0) {
         return NULL;
     }
+    pthread_mutex_lock(&self->lock);
+    self->woken = 1;
+    pthread_mutex_unlock(&self->lock);
+    poke(self);
     uint64_t one = 1;
     ssize_t written = write(self->efd, &one, sizeof(one));
     (void)written;
     Py_RETURN_NONE;
 }
 
+/* fileno(): the eventfd, readable while a batch is ready. The first call starts the
+ * feed's thread, which sleeps on the buffers from then on (wait() then polls it). */
 static PyObject *
 ChangeFeed_fileno(rt_ChangeFeed *self, PyObject *unused)
 {
     if (check_open(self) < 0) {
         return NULL;
+    }
+    if (!self->started) {
+        int rc = pthread_create(&self->thread, NULL, feed_thread, self);
+        if (rc != 0) {
+            errno = rc;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        pthread_setname_np(self->thread, "runtime-feed");  /* as top and /proc show it, from now on */
+        self->started = 1;
     }
     return PyLong_FromLong(self->efd);
 }
@@ -751,7 +893,8 @@ static PyMethodDef ChangeFeed_methods[] = {
      "take() -> list of (key, changed blocks, valid, values, time) of the buffers that changed."},
     {"wait", (PyCFunction)(void (*)(void))ChangeFeed_wait, METH_FASTCALL,
      "wait(timeout=None) -> bool: sleep until a batch of changes is ready to take."},
-    {"wake", (PyCFunction)ChangeFeed_wake, METH_NOARGS, "wake(): make wait() return (an empty batch, maybe)."},
+    {"wake", (PyCFunction)ChangeFeed_wake, METH_NOARGS,
+     "wake(): make wait() return (False; True with the eventfd, whose take() may be empty)."},
     {"fileno", (PyCFunction)ChangeFeed_fileno, METH_NOARGS, "The eventfd readable while a batch is ready."},
     {"close", (PyCFunction)ChangeFeed_close, METH_NOARGS, "Stop the thread and let go of every buffer."},
     {NULL, NULL, 0, NULL},
@@ -760,7 +903,7 @@ static PyMethodDef ChangeFeed_methods[] = {
 static PyGetSetDef ChangeFeed_getset[] = {
     {"count", (getter)ChangeFeed_len, NULL, "Buffers followed.", NULL},
     {"wakeups", (getter)ChangeFeed_wakeups, NULL, "Times the consumer was signalled so far.", NULL},
-    {"running", (getter)ChangeFeed_running, NULL, "Whether its thread runs.", NULL},
+    {"running", (getter)ChangeFeed_running, NULL, "Whether its thread runs (once fileno() was asked for).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

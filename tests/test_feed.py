@@ -177,9 +177,12 @@ def servos(namespace: str) -> Iterator[list[Buffer]]:
         store.unlink_all()
 
 
-@pytest.fixture
-def feed() -> Iterator[_core.ChangeFeed]:
+@pytest.fixture(params=["wait", "eventfd"])
+def feed(request: pytest.FixtureRequest) -> Iterator[_core.ChangeFeed]:
+    """A feed that wait() sleeps in, or one whose thread signals its eventfd (as asyncio uses it)."""
     feed = _core.ChangeFeed()
+    if request.param == "eventfd":
+        feed.fileno()
     yield feed
     feed.close()
 
@@ -302,13 +305,16 @@ def test_buffers_added_and_removed_while_it_sleeps(servos: list[Buffer], feed: _
         feed.add("second", third._access)
 
 
-def test_closing_the_feed_wakes_its_waiter_and_leaves_no_thread(servos: list[Buffer]) -> None:
+@pytest.mark.parametrize("eventfd", [False, True], ids=["wait", "eventfd"])
+def test_closing_the_feed_wakes_its_waiter_and_leaves_no_thread(servos: list[Buffer], eventfd: bool) -> None:
     before = feed_threads()
     feed = _core.ChangeFeed()
-    assert not feed.running and feed_threads() == before  # no thread until a buffer is followed
     feed.add("servo", servos[0]._access)
     take_all(feed)
-    assert feed.running and feed_threads() == before + 1
+    assert not feed.running and feed_threads() == before  # wait() sleeps on the buffers itself
+    if eventfd:
+        feed.fileno()  # for asyncio: a thread sleeps on the buffers, and signals the eventfd
+        assert feed.running and feed_threads() == before + 1
     woken: list[bool] = []
     thread = threading.Thread(target=lambda: woken.append(feed.wait()))
     thread.start()
@@ -319,6 +325,18 @@ def test_closing_the_feed_wakes_its_waiter_and_leaves_no_thread(servos: list[Buf
         feed.take()
     feed.close()  # again: nothing
     servos[0].set("servo0", 0.25)  # the buffer is the caller's still
+
+
+def test_wake_ends_a_wait_without_a_batch(servos: list[Buffer], feed: _core.ChangeFeed) -> None:
+    feed.add("servo", servos[0]._access)
+    take_all(feed)
+    woken: list[bool] = []
+    thread = threading.Thread(target=lambda: woken.append(feed.wait()))
+    thread.start()
+    feed.wake()
+    thread.join(10)
+    # No batch (wait() sleeping in the words says so; the eventfd is readable all the same).
+    assert woken == [feed.running] and feed.take() == []
 
 
 def test_a_buffer_closed_while_followed_stays_mapped_and_reads_as_invalid(
