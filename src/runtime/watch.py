@@ -26,6 +26,7 @@ foxglove`` are built on it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -430,7 +431,8 @@ class BufferWatcher:
         wants = self._wants(watched)
         if wants != watched.wants:
             watched.wants = wants
-            self._feed.want(watched.name, wants)
+            with contextlib.suppress(KeyError):  # gone meanwhile (discover() removed it)
+                self._feed.want(watched.name, wants)
 
     def _changed(self, watched: Watched, now: float, state: BufferState, changed: int) -> None:
         if (
@@ -443,7 +445,8 @@ class BufferWatcher:
             watched.due = watched.last_delivery + self.min_interval
             self._held[watched.name] = watched
             watched.wants = False
-            self._feed.want(watched.name, False)  # not read until then
+            with contextlib.suppress(KeyError):  # gone meanwhile (discover() removed it)
+                self._feed.want(watched.name, False)  # not read until then
 
     def _deliver(self, watched: Watched, now: float, state: BufferState, changed: int) -> None:
         watched.due = None
