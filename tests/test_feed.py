@@ -12,6 +12,7 @@ All on real shared memory, in a namespace of this module's, unlinked at the end.
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import os
 import signal
@@ -31,7 +32,17 @@ from hypothesis import strategies as st
 
 from runtime import BufferStore, _core
 from runtime.buffer import Buffer, DeviceBuffer
-from runtime.values import BOOL, FLOAT, INTEGER, TEXT, json_values, kind_of, read_state, short_float
+from runtime.values import (
+    BOOL,
+    FLOAT,
+    INTEGER,
+    TEXT,
+    encode_json,
+    json_values,
+    kind_of,
+    read_state,
+    short_float,
+)
 
 namespace = namespace_fixture("rt-test-feed")
 
@@ -371,3 +382,25 @@ def test_a_feed_that_gathers_a_batch_still_delivers_every_buffer(servos: list[Bu
         assert all(values is not None and values["servo0"] == -0.5 for _, _, values in seen.values())
     finally:
         feed.close()
+
+
+# ---- the messages, encoded -----------------------------------------------------------------------
+
+JSON_DATA = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text() | st.integers(), inner, max_size=4),
+    max_leaves=16,
+)
+
+
+@given(JSON_DATA)
+def test_encode_json_is_json_that_parses_as_json_writes_it(data: Any) -> None:
+    """orjson's bytes may differ from json's (UTF-8 text, ``1e-7``), never what they parse to."""
+    encoded = encode_json(data)
+    assert json.loads(encoded) == json.loads(json.dumps(data, separators=(",", ":")))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, {"values": [1.0, -math.inf]}])
+def test_encode_json_refuses_nan_and_infinities(bad: Any) -> None:
+    with pytest.raises(ValueError, match="Out of range float"):
+        encode_json(bad)

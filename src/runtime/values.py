@@ -668,7 +668,9 @@ def encode_json(data: Any) -> bytes:
     text as UTF-8 where :mod:`json` escapes it (``"é"``, not ``"\\u00e9"``), and
     an exponent without padding (``1e-7``, not ``1e-07``): the same JSON once
     parsed. orjson writes NaN and infinities as ``null``: output holding a
-    ``null`` is checked again by :mod:`json`, which refuses them.
+    ``null`` is checked again by :mod:`json`, which refuses them; what orjson
+    refuses and :mod:`json` takes (keys that are not text, integers beyond 64
+    bits) is encoded by :mod:`json`.
 
     Raises:
         ValueError: A float is NaN or infinite.
@@ -676,8 +678,8 @@ def encode_json(data: Any) -> bytes:
     """
     try:
         encoded = orjson.dumps(data)
-    except orjson.JSONEncodeError as exc:
-        raise TypeError(str(exc)) from None
+    except orjson.JSONEncodeError:  # what json takes and orjson not (keys not text, integers past 64 bits)
+        return _ENCODE(data).encode()  # or raises as json does
     if b"null" in encoded:
         _ENCODE(data)  # raises for NaN and infinities (rare: only output with a null is looked at)
     return encoded
