@@ -1,8 +1,9 @@
 /*
- * The change feed: one thread, outside the interpreter, sleeps on the
- * sequence words (and producer locks) of every buffer a consumer follows,
- * and wakes the consumer once for a batch of changes (an eventfd it can give
- * to asyncio's add_reader, or wait() from a thread); take() then hands over
+ * The change feed: it sleeps on the sequence words (and producer locks) of
+ * every buffer a consumer follows, outside the interpreter, and wakes the
+ * consumer once for a batch of changes: wait() sleeps in the caller's thread
+ * (the GIL released), or, once fileno() was asked for, a thread of its own
+ * signals an eventfd (for asyncio's add_reader); take() then hands over
  * each changed buffer's values as plain JSON data, converted here
  * (read_json), not in Python.
  *

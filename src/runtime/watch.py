@@ -9,14 +9,14 @@ the next look and reported once. ``runtime zenoh``
 asyncio loop, and :class:`BufferWatcher` from its thread.
 
 Changes come from a :class:`runtime._core.ChangeFeed`, the one change feed
-of every watcher: a thread of the compiled core sleeps (``futex_waitv``) on
-the sequence words and producer locks of all the buffers it follows, outside
-the interpreter, and wakes its consumer once for a batch of changed buffers
-(an eventfd, for asyncio's ``add_reader``, or :meth:`~runtime._core.ChangeFeed.wait`
-from a thread). :meth:`~runtime._core.ChangeFeed.take` then hands over each
-changed buffer's values already converted to JSON data
-(:func:`runtime._core.read_json`, what :func:`runtime.values.read_state`
-gives). ``runtime zenoh`` reads it from its asyncio loop.
+of every watcher: the compiled core sleeps (``futex_waitv``, the GIL
+released) on the sequence words and producer locks of all the buffers it
+follows, and wakes its consumer once for a batch of changed buffers
+(:meth:`~runtime._core.ChangeFeed.wait` returns, in a thread; or, for
+asyncio's ``add_reader``, a thread of the core signals an eventfd).
+:meth:`~runtime._core.ChangeFeed.take` then hands over each changed
+buffer's values already converted to JSON data (:func:`runtime._core.read_json`,
+what :func:`runtime.values.read_state` gives). ``runtime zenoh`` reads it from its asyncio loop.
 
 :class:`BufferWatcher` lists the namespace's segments every
 :data:`DISCOVER_INTERVAL` seconds and delivers the feed's batches from one
@@ -231,9 +231,9 @@ class BufferWatcher:
 
     Segments are listed every ``discover_interval`` seconds (the buffers that
     appear and disappear, :class:`SegmentDiscovery`); changes come from one
-    :class:`runtime._core.ChangeFeed`: a thread of the compiled core sleeps on
-    every buffer's sequence word and producer lock, outside the interpreter,
-    and wakes the watcher's one thread once for a batch of changes, handing
+    :class:`runtime._core.ChangeFeed`: the watcher's one thread sleeps in the
+    compiled core (the GIL released) on every buffer's sequence word and
+    producer lock, and wakes once for a batch of changes, the feed handing
     over each changed buffer's values already converted to JSON data
     (:func:`runtime.values.read_state`'s state, read by the core). Never a
     poll. Callbacks run one at a time (under one lock), from the watcher's

@@ -76,8 +76,8 @@ followed client has one; the connections are counted in ``/proc``, at most
 :data:`~runtime.watch.DISCOVER_INTERVAL` later).
 
 Changes are watched by :class:`runtime.watch.BufferWatcher` (one change
-feed, :class:`runtime._core.ChangeFeed`: a thread of the compiled core asleep
-on every buffer wakes the watcher once per batch of changes, their values
+feed, :class:`runtime._core.ChangeFeed`: the watcher's thread, asleep in the
+compiled core on every buffer, wakes once per batch of changes, their values
 already converted; ``/dev/shm`` listed twice a second for buffers that come
 and go); messages are encoded by :func:`runtime.values.encode_json`
 (orjson). Nothing is read for a topic nobody subscribes to.

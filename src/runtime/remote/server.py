@@ -69,9 +69,10 @@ How it works (one asyncio loop, and Zenoh's own threads):
   two of its waits), so that no liveliness token outlives its device by more
   than that interval.
 * One change feed (:class:`runtime._core.ChangeFeed`) follows every buffer
-  served: a thread of the compiled core sleeps on their update blocks and
-  validity, outside the interpreter, and wakes the loop once for a batch of
-  changed buffers (its eventfd, in ``add_reader``), handing over their
+  served: a thread of the compiled core (``runtime-feed``) sleeps on their
+  update blocks and validity, outside the interpreter, and wakes the loop
+  once for a batch of changed buffers (its eventfd, in ``add_reader``),
+  handing over their
   values already converted to JSON data; each publication is encoded by
   orjson. Nothing is polled: an idle robot costs no CPU. A change is
   published at once unless the last publication is younger than
