@@ -3,6 +3,7 @@
  * helpers that raise them.
  */
 #include "core.h"
+#include "segment.h"  /* rt_feed_module_init */
 
 #include <stdarg.h>
 
@@ -411,7 +412,8 @@ PyInit__core(void)
     }
     if (exceptions_init(module) < 0 || rt_segment_module_init(module) < 0 || rt_mutex_module_init(module) < 0
         || rt_message_module_init(module) < 0 || rt_spec_module_init(module) < 0
-        || rt_buffer_module_init(module) < 0 || rt_wait_module_init(module) < 0 || rt_pump_module_init(module) < 0) {
+        || rt_buffer_module_init(module) < 0 || rt_wait_module_init(module) < 0 || rt_feed_module_init(module) < 0
+        || rt_pump_module_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -207,6 +207,9 @@ PyObject *rt_BufferAccess_wait(rt_BufferAccess *self, PyObject *const *args, Py_
 PyObject *rt_BufferAccess_take_change(rt_BufferAccess *self, PyObject *arg);
 PyObject *rt_BufferAccess_see_now(rt_BufferAccess *self, PyObject *arg);
 
+/* feed.c: ChangeFeed, read_json, short_float32. */
+int rt_feed_module_init(PyObject *module);
+
 #pragma GCC visibility pop
 
 #endif

@@ -129,22 +129,6 @@ acquire(rt_BufferAccess *acc, int need_valid)
 
 /* ---- change notification ------------------------------------------------ */
 
-/* futex_waitv (Linux 5.16+): one sleep on several words (wait.c's waits, the
- * pump's writer thread). */
-#ifndef SYS_futex_waitv
-#define SYS_futex_waitv 449
-#endif
-#define RT_FUTEX2_SIZE_U32 0x02
-#define RT_FUTEX2_PRIVATE 128
-#define RT_FUTEX_WAITV_MAX 128  /* the most words one futex_waitv takes */
-
-struct rt_futex_waitv {
-    uint64_t val;
-    uint64_t uaddr;
-    uint32_t flags;
-    uint32_t reserved;
-};
-
 static inline long
 futex_wake_all(uint32_t *word)
 {
@@ -232,6 +216,34 @@ read_stable(rt_BufferAccess *acc, void *dst, const void *src, size_t n)
     release(acc);
     return 0;
 }
+
+/* ---- waiting on several words (wait.c's waits, feed.c's change feed, the pump's writer thread) ---- */
+
+/* futex_waitv (Linux 5.16+) sleeps on several words at once: the sequence
+ * words of the buffers watched, their producer locks (the kernel wakes a
+ * waiter of a robust lock whose owner dies), and a process-local control word. */
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+#define RT_FUTEX2_SIZE_U32 0x02
+#define RT_FUTEX2_PRIVATE 128
+#define RT_FUTEX_WAITV_MAX 128  /* words one futex_waitv call takes */
+#define RT_MAX_WATCHED 63  /* two words each, plus the control word: futex_waitv takes 128 */
+#define RT_FALLBACK_SLICE 0.05  /* seconds between looks where futex_waitv is missing */
+
+struct rt_futex_waitv {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
+/* Cleared at the first ENOSYS from futex_waitv (an old kernel: short sleeps instead). */
+extern int rt_have_waitv;
+/* Arrange to be woken if the producer of a served buffer dies (sets the
+ * waiters bit of its robust lock): 1 with the value to sleep on, 0 when
+ * there is nothing to watch. Touches no Python object. */
+int rt_watch_producer(rt_BufferAccess *acc, uint32_t *value);
 
 #pragma GCC visibility pop
 

@@ -38,26 +38,21 @@ rt_validity_changed(rt_BufferAccess *acc)
 
 /* ---- waiting for changes ------------------------------------------------ */
 
-/* futex_waitv (Linux 5.16+) sleeps on several words at once: the sequence
- * words of the buffers watched, their producer locks (the kernel wakes a
- * waiter of a robust lock whose owner dies), and a process-local control word. */
-#define RT_MAX_WATCHED 63  /* two words each, plus the control word: futex_waitv takes 128 */
-#define RT_FALLBACK_SLICE 0.05  /* seconds between looks where futex_waitv is missing */
-
+/* futex_waitv and its constants: seqlock.h. */
 typedef struct {
     rt_BufferAccess *acc;
     int block;
 } rt_watch;
 
-static int rt_have_waitv = 1;  /* cleared at the first ENOSYS */
+int rt_have_waitv = 1;  /* cleared at the first ENOSYS */
 
 /* Arrange to be woken if the producer of a served buffer dies: set the
  * waiters bit of its robust lock (the kernel then wakes a sleeper when the
  * owner dies; glibc wakes one when it unlocks). Returns 1 with the value to
  * sleep on, 0 when there is nothing to watch (not served, no producer alive,
  * or a C library whose lock word cannot be read). */
-static int
-watch_producer(rt_BufferAccess *acc, uint32_t *value)
+int
+rt_watch_producer(rt_BufferAccess *acc, uint32_t *value)
 {
     if (!rt_lockword_has_owner || __atomic_load_n(&acc->header->valid, __ATOMIC_ACQUIRE) != RT_SERVED) {
         return 0;
@@ -158,7 +153,7 @@ wait_entries(rt_watch *watched, int n, uint32_t *control, uint32_t control_value
         producers_from = count;
         for (int i = 0; i < n; i++) {
             uint32_t value;
-            if (watch_producer(watched[i].acc, &value)) {
+            if (rt_watch_producer(watched[i].acc, &value)) {
                 waits[count++] = (struct rt_futex_waitv){
                     value, (uint64_t)(uintptr_t)&watched[i].acc->producer->m.mutex, RT_FUTEX2_SIZE_U32, 0};
             }

@@ -12,9 +12,11 @@
 * metadata ``runtime``: the recording format, the namespace, when it
   started, and the catalog's description of every device type.
 
-Nothing is polled: one thread per 63 buffers sleeps in
-:func:`runtime.notify.wait_any` until a buffer changes
-(:class:`runtime.watch.BufferWatcher`). Every :data:`FLUSH_INTERVAL` the
+Nothing is polled: one change feed (:class:`runtime.watch.BufferWatcher`
+over :class:`runtime._core.ChangeFeed`) wakes the recorder once per batch of
+changed buffers, of both blocks, with their values already converted by the
+compiled core; each message is encoded by :func:`runtime.values.encode_json`
+(orjson). Every :data:`FLUSH_INTERVAL` the
 chunk in progress is written out followed by a provisional end of file
 (:class:`runtime.mcap.McapOutput`): a killed recorder leaves a readable file.
 
@@ -171,21 +173,17 @@ class Recorder:
         self._context: Any = None
         self._writer: Any = None
         self._output: McapOutput | None = None
+        # One watcher for both blocks when writes are recorded: one change feed, one wake-up per batch.
         self.watchers = [
             BufferWatcher(
                 catalog,
-                on_change=self._on_update,
+                on_change=self._on_change,
                 on_disappear=self._on_disappear,
                 select=select,
+                block="both" if writes else "update",
                 namespace=self.namespace,
             )
         ]
-        if writes:
-            self.watchers.append(
-                BufferWatcher(
-                    catalog, on_change=self._on_write, select=select, block="write", namespace=self.namespace
-                )
-            )
 
     # -- files --
 
@@ -357,9 +355,18 @@ class Recorder:
         self._log_channel.log(encode_json(message), log_time=max(0, int(stamp * 1e9)))
         self.messages += 1
 
+    def _on_change(self, watched: Watched) -> None:
+        if watched.changed != 2 or watched.valid != watched.was_valid:  # not the write block alone
+            self._on_update(watched)
+        if watched.changed & 2 or (watched.was_valid is None and self.watchers[0].block == "both"):
+            self._on_write(watched)  # a write, or those pending as it appears
+
     def _on_update(self, watched: Watched) -> None:
         before = self._states.get(watched.key)
-        state = read_state(watched.buffer, before.time if before is not None else 0.0)
+        previous = before.time if before is not None else 0.0
+        state = (
+            read_state(watched.buffer, previous) if watched.state is None else watched.state.since(previous)
+        )
         with self.lock:
             self._states[watched.key] = state
             self._add(watched.key, state.message(), state.time)

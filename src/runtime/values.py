@@ -50,7 +50,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from .buffer import Buffer, DeviceBuffer, DeviceBufferError, Parameter, _integer_range
+import orjson
+
+from ._core import read_json
+from .buffer import Buffer, DeviceBufferError, Parameter, _integer_range
 from .exception import did_you_mean
 
 __all__ = [
@@ -531,6 +534,14 @@ class BufferState(NamedTuple):
     time: float
     """:func:`time.time` of the values: the device's last update (Smart Devices), else when read."""
 
+    def since(self, previous: float) -> BufferState:
+        """This state as :func:`read_state` with ``previous`` gives it: a state read without
+        ``previous`` (by :meth:`runtime._core.ChangeFeed.take`) whose time is not after it is
+        stamped now (nothing new came from the device)."""
+        if self.time > previous:
+            return self
+        return self._replace(time=max(time.time(), previous))
+
     def message(self) -> dict[str, Any]:
         """The message of :func:`runtime.schema.buffer_schema`."""
         if self.values is None:
@@ -541,29 +552,16 @@ class BufferState(NamedTuple):
 def read_state(buffer: Buffer, previous: float = 0.0) -> BufferState:
     """Read a buffer's values and their time consistently, without taking its lock.
 
-    A Smart Device's values are read between two reads of ``last_update``; if
-    an update came in between, they are read again. Their time is
+    One call of the compiled core (:func:`runtime._core.read_json`): the
+    values and ``last_update`` come from one consistent copy of the buffer
+    (the seqlock read; its lock when a writer keeps it busy), converted as
+    :func:`json_values` converts them. Their time is
     ``last_update``, unless that is not after ``previous`` (the time of the
     state read before): then nothing new came from the device (the buffer
     turned valid again, say) and the time is now. An invalid buffer (or one
     that turns invalid while being read) gives ``values`` None.
     """
-    now = time.time()
-    convert = _converter(type(buffer))
-    try:
-        if not isinstance(buffer, DeviceBuffer):
-            return BufferState(True, convert(buffer.snapshot()), now)
-        for _ in range(3):
-            before = buffer.last_update
-            values = buffer.snapshot()
-            after = buffer.last_update
-            if before == after:
-                break
-        return BufferState(True, convert(values), after if after > previous else max(now, previous))
-    except DeviceBufferError:
-        if buffer.closed or buffer.valid:
-            raise
-        return BufferState(False, None, max(now, previous))
+    return BufferState(*read_json(buffer._access, previous))
 
 
 _CONVERTERS: dict[type[Buffer], Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -616,9 +614,10 @@ def _short_float(value: float) -> float | None:
     if not math.isfinite(value):
         return None
     # The shortest decimal that reads back as the same float32: six significant digits (trailing zeros
-    # dropped) give it whenever six or fewer suffice; more are tried only when needed.
+    # dropped) give it whenever six or fewer suffice, for a normal float32 (a subnormal, with fewer
+    # significant bits, may need fewer); more are tried only when needed.
     short = value
-    for digits in (6, 7, 8, 9):
+    for digits in _SUBNORMAL_DIGITS if abs(value) < _FLOAT32_MIN else _NORMAL_DIGITS:
         candidate = float(f"{value:.{digits}g}")
         if _FLOAT32.unpack(_FLOAT32.pack(candidate))[0] == value:
             short = candidate
@@ -630,6 +629,10 @@ def _short_float(value: float) -> float | None:
 
 
 _FLOAT32 = struct.Struct("<f")
+_FLOAT32_MIN = 1.1754943508222875e-38
+"""The smallest normal float32."""
+_NORMAL_DIGITS = (6, 7, 8, 9)
+_SUBNORMAL_DIGITS = tuple(range(1, 10))
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
@@ -659,5 +662,24 @@ def _float32_params(buffer_type: type[Buffer]) -> frozenset[str]:
 
 
 def encode_json(data: Any) -> bytes:
-    """Compact JSON (no spaces; NaN and infinities refused), UTF-8: what goes into a message."""
-    return _ENCODE(data).encode()
+    """Compact JSON (no spaces; NaN and infinities refused), UTF-8: what goes into a message.
+
+    Encoded by orjson (every server encodes one message per change). It writes
+    text as UTF-8 where :mod:`json` escapes it (``"é"``, not ``"\\u00e9"``), and
+    an exponent without padding (``1e-7``, not ``1e-07``): the same JSON once
+    parsed. orjson writes NaN and infinities as ``null``: output holding a
+    ``null`` is checked again by :mod:`json`, which refuses them; what orjson
+    refuses and :mod:`json` takes (keys that are not text, integers beyond 64
+    bits) is encoded by :mod:`json`.
+
+    Raises:
+        ValueError: A float is NaN or infinite.
+        TypeError: Something is no JSON data.
+    """
+    try:
+        encoded = orjson.dumps(data)
+    except orjson.JSONEncodeError:  # what json takes and orjson not (keys not text, integers past 64 bits)
+        return _ENCODE(data).encode()  # or raises as json does
+    if b"null" in encoded:
+        _ENCODE(data)  # raises for NaN and infinities (rare: only output with a null is looked at)
+    return encoded

@@ -8,15 +8,25 @@ the next look and reported once. ``runtime zenoh``
 (:class:`runtime.remote.server.ZenohServer`) looks through it from its
 asyncio loop, and :class:`BufferWatcher` from its thread.
 
+Changes come from a :class:`runtime._core.ChangeFeed`, the one change feed
+of every watcher: the compiled core sleeps (``futex_waitv``, the GIL
+released) on the sequence words and producer locks of all the buffers it
+follows, and wakes its consumer once for a batch of changed buffers
+(:meth:`~runtime._core.ChangeFeed.wait` returns, in a thread; or, for
+asyncio's ``add_reader``, a thread of the core signals an eventfd).
+:meth:`~runtime._core.ChangeFeed.take` then hands over each changed
+buffer's values already converted to JSON data (:func:`runtime._core.read_json`,
+what :func:`runtime.values.read_state` gives). ``runtime zenoh`` reads it from its asyncio loop.
+
 :class:`BufferWatcher` lists the namespace's segments every
-:data:`DISCOVER_INTERVAL` seconds and sleeps in :func:`runtime.notify.wait_any`
-on the buffers it found (one thread per
-:data:`~runtime.notify.WATCHED_PER_THREAD` of them) until one changes.
-``runtime record`` and ``runtime foxglove`` are built on it.
+:data:`DISCOVER_INTERVAL` seconds and delivers the feed's batches from one
+thread, with a rate limit per buffer. ``runtime record`` and ``runtime
+foxglove`` are built on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -24,15 +34,18 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
+from ._core import ChangeFeed
 from .buffer import SHM_DIR, Buffer, DeviceBufferError
 from .exception import RuntimeBaseException
 from .mcap import topic_of
-from .notify import WATCHED_PER_THREAD, Block, wait_any
+from .notify import Block
 from .store import BufferStore
+from .values import BufferState
 
 __all__ = [
+    "BATCH_WINDOW",
     "DISCOVER_INTERVAL",
     "WAIT_SLICE",
     "BufferWatcher",
@@ -42,12 +55,20 @@ __all__ = [
     "find_segments",
 ]
 
+_BLOCKS = {"update": 1, "write": 2, "both": 3}
+"""The blocks of a watcher's ``block``, as :meth:`runtime._core.ChangeFeed.add` takes them."""
+
 logger = logging.getLogger(__name__)
 
 DISCOVER_INTERVAL = 0.5
 """Seconds between two looks for buffers that appeared or disappeared."""
+BATCH_WINDOW = 0.01
+"""Seconds ``runtime zenoh`` and ``runtime foxglove`` let their change feed gather changes after the
+first of a batch before it wakes them: at a robot's rates (a hundred changes a second) a few changes
+per wake-up instead of one, for that latency (a change of a buffer within it goes out with the newest
+values, as their rate limits already do). ``runtime record`` takes none: it records every state."""
 WAIT_SLICE = 0.2
-"""The longest a watcher thread sleeps before looking at its list of buffers again."""
+"""The longest a watcher's thread sleeps before asking again which buffers are wanted."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -72,7 +93,16 @@ class Watched:
     data: Any = None
     """Whatever the watcher's user keeps here (a channel, say)."""
     stamp: float = 0.0
-    """The time of the last state its user read (for :func:`read_state`'s ``previous``)."""
+    """The time of the last state its user used (for :meth:`BufferState.since`'s ``previous``)."""
+    state: BufferState | None = None
+    """The state delivered (read by the core as the change was taken): what ``on_change`` uses,
+    through :meth:`~runtime.values.BufferState.since` (its time is the device's ``last_update``,
+    or when it was read)."""
+    changed: int = 0
+    """The blocks whose change is delivered: bit 0 the update block, bit 1 the write block (0: its
+    first delivery, a validity change or a refresh only)."""
+    wants: bool = True
+    """Whether the change feed reads its value changes now (:meth:`BufferWatcher._wants`)."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -196,119 +226,50 @@ class SegmentDiscovery:
         return Segment(type_name, uid, name, buffer, inode)
 
 
-class _Group:
-    """A thread sleeping in :func:`~runtime.notify.wait_any` on up to WATCHED_PER_THREAD buffers."""
-
-    def __init__(self, watcher: BufferWatcher, index: int) -> None:
-        self.watcher = watcher
-        self.lock = threading.Lock()
-        self.members: list[Watched] = []
-        self.adds: list[Watched] = []
-        self.removes: list[Watched] = []
-        self.thread = threading.Thread(
-            target=self.run, name=f"runtime-watch-{watcher.block}-{index}", daemon=True
-        )
-
-    @property
-    def load(self) -> int:
-        with self.lock:
-            return len(self.members) + len(self.adds) - len(self.removes)
-
-    def run(self) -> None:
-        watcher = self.watcher
-        wanted = watcher.wanted
-        try:
-            while not watcher.stopping.is_set():
-                self._apply_inbox()
-                now = time.monotonic()
-                # Sleep on the buffers somebody wants and no rate limit holds back; the others are
-                # looked at when due, or (validity only) at every round.
-                active, due, idle = [], [], []
-                for watched in self.members:
-                    if watched.due is not None:
-                        due.append(watched)
-                    elif wanted is None or wanted(watched):
-                        active.append(watched)
-                    else:
-                        idle.append(watched)
-                timeout = WAIT_SLICE
-                if due:
-                    timeout = min(timeout, max(0.0, min(w.due or now for w in due) - now))
-                changed: list[Buffer] = []
-                if active:
-                    try:
-                        changed = wait_any([w.buffer for w in active], timeout, block=watcher.block)
-                    except DeviceBufferError:  # a handle closed under us: drop it at the next round
-                        logger.debug("wait failed", exc_info=True)
-                        with self.lock:
-                            self.removes.extend(w for w in self.members if w.buffer.closed)
-                        watcher.stopping.wait(timeout)  # never a busy loop
-                else:
-                    watcher.stopping.wait(timeout)
-                now = time.monotonic()
-                if changed:
-                    by_handle = {id(w.buffer): w for w in active}
-                    for buffer in changed:
-                        watcher._changed(by_handle[id(buffer)], now)
-                for watched in due:
-                    if watched.due is not None and watched.due <= now:
-                        wait_any([watched.buffer], 0, block=watcher.block)  # what it is due for: taken
-                        watcher._deliver(watched, now)
-                for watched in idle:
-                    if watched.buffer.valid != watched.valid:
-                        watcher._deliver(watched, now)
-        except Exception:
-            logger.exception("watching buffers failed")
-            watcher.failed = True
-            watcher.stopping.set()
-        finally:
-            for watched in self.members:
-                watched.buffer.close()
-
-    def _apply_inbox(self) -> None:
-        """Take the buffers added and removed."""
-        with self.lock:
-            if not self.adds and not self.removes:
-                return
-            adds, self.adds = self.adds, []
-            removes, self.removes = self.removes, []
-        for watched in adds:
-            self.members.append(watched)
-            watched.due = time.monotonic()  # its state now: where a recording of it starts
-        for watched in removes:
-            if watched in self.members:
-                self.members.remove(watched)
-                watched.buffer.close()
-                self.watcher._gone(watched)
-
-
 class BufferWatcher:
     """Watch the buffers of the current namespace: call back when one appears, changes or disappears.
 
     Segments are listed every ``discover_interval`` seconds (the buffers that
-    appear and disappear); changes wake a thread sleeping in
-    :func:`~runtime.notify.wait_any` (one thread per
-    :data:`~runtime.notify.WATCHED_PER_THREAD` buffers), never a poll.
-    Callbacks run one at a time (under one lock), from the watcher's threads:
+    appear and disappear, :class:`SegmentDiscovery`); changes come from one
+    :class:`runtime._core.ChangeFeed`: the watcher's one thread sleeps in the
+    compiled core (the GIL released) on every buffer's sequence word and
+    producer lock, and wakes once for a batch of changes, the feed handing
+    over each changed buffer's values already converted to JSON data
+    (:func:`runtime.values.read_state`'s state, read by the core). Never a
+    poll. Callbacks run one at a time (under one lock), from the watcher's
+    threads:
 
     * ``on_appear(watched)`` before anything else about that buffer;
-    * ``on_change(watched)`` with the current state to read: at once when it
-      appears, then when its ``block`` changed or its validity did. With
-      ``min_interval``, changes of one buffer are delivered at most that often
-      (a change within the interval is delivered at its end: the last state
-      is never lost, and the buffer is not even looked at meanwhile).
-      ``watched.valid`` is the validity read just before the call,
+    * ``on_change(watched)`` with :attr:`Watched.state` the state to use: at
+      once when it appears, then when its ``block`` changed or its validity
+      did. With ``min_interval``, changes of one buffer are delivered at most
+      that often (a change within the interval is delivered at its end with the
+      newest state: the last state is never lost, and the buffer's values are
+      not even read meanwhile). A batch gathers the changes of the moment the
+      watcher's thread wakes (a few milliseconds under load).
+      ``watched.valid`` is the validity of that state,
       ``watched.was_valid`` the one of the call before (None the first time);
+      :attr:`Watched.changed` says which blocks changed;
     * ``on_disappear(watched)`` when its segment is gone (or was replaced).
 
     Args:
         catalog: The device types (buffers of other types are ignored).
         select: Which ``(type, uid)`` to watch (default: all).
-        block: ``"update"`` (values from the device) or ``"write"`` (writes to it).
+        block: ``"update"`` (values from the device), ``"write"`` (writes to
+            it) or ``"both"`` (one watcher for both; :attr:`Watched.changed`
+            tells them apart).
         namespace: The namespace to watch (default: the current one, when made).
-        wanted: Whether a buffer's changes are wanted now (default: always). The
-            changes of one that is not are not even waited for: only a change of its
-            validity is delivered (noticed within :data:`WAIT_SLICE`).
+        wanted: Whether a buffer's changes are wanted now (default: always),
+            asked at every round (within :data:`WAIT_SLICE`). The changes of
+            one that is not are not even read: only a change of its validity
+            is delivered. One that becomes wanted is delivered its state.
+        batch: Seconds a batch gathers changes before the watcher wakes
+            (:data:`BATCH_WINDOW`, say): fewer wake-ups, but changes of one buffer
+            within it are delivered as one (its newest state). 0 (the default):
+            the watcher wakes at the first change, for a recorder of every state.
+        on_stop: Called (under the callback lock) when :meth:`run` ends, before the
+            watcher closes its handles (closing a handle ends this process's
+            commands on that buffer: a user that ends them itself does it here).
     """
 
     def __init__(
@@ -319,28 +280,36 @@ class BufferWatcher:
         on_appear: Callable[[Watched], None] | None = None,
         on_disappear: Callable[[Watched], None] | None = None,
         select: Callable[[str, int], bool] | None = None,
-        block: Block = "update",
+        block: Block | Literal["both"] = "update",
         min_interval: float = 0.0,
         discover_interval: float = DISCOVER_INTERVAL,
         namespace: str | None = None,
         wanted: Callable[[Watched], bool] | None = None,
+        on_stop: Callable[[], None] | None = None,
+        batch: float = 0.0,
     ) -> None:
+        if block not in _BLOCKS:
+            raise ValueError(f"block must be 'update', 'write' or 'both', not {block!r}")
         self.catalog = catalog
         self.namespace = namespace or BufferStore.namespace()
         self.on_change = on_change
         self.on_appear = on_appear
         self.on_disappear = on_disappear
         self.select = select
-        self.block: Block = block
+        self.block = block
         self.min_interval = min_interval
         self.wanted = wanted
+        self.on_stop = on_stop
         self.discover_interval = discover_interval
         self.stopping = threading.Event()
         self.failed = False
-        """Whether a watcher thread died of an unexpected error (logged)."""
+        """Whether the watcher's thread died of an unexpected error (logged)."""
         self.callback_lock = threading.RLock()
         self._known: dict[str, Watched] = {}
-        self._groups: list[_Group] = []
+        self._held: dict[str, Watched] = {}
+        """The buffers with a delivery due (:attr:`Watched.due`), by segment name."""
+        self._feed = ChangeFeed(batch)
+        self._thread: threading.Thread | None = None
         self._segments = SegmentDiscovery(
             catalog,
             self.namespace,
@@ -351,16 +320,24 @@ class BufferWatcher:
     # -- what the user calls --
 
     def run(self, stop: threading.Event) -> None:
-        """Watch until ``stop`` is set (or a watcher thread failed); then close everything."""
+        """Watch until ``stop`` is set (or the watcher's thread failed); then close everything."""
+        self._thread = threading.Thread(target=self._deliver_changes, name="runtime-watch", daemon=True)
+        self._thread.start()
         try:
             while not stop.is_set() and not self.stopping.is_set():
                 self.discover()
                 stop.wait(self.discover_interval)
         finally:
             self.stopping.set()
-            for group in self._groups:
-                if group.thread.is_alive():
-                    group.thread.join()
+            self._feed.wake()
+            self._thread.join()
+            self._feed.close()
+            with self.callback_lock:
+                if self.on_stop is not None:
+                    self.on_stop()
+                for watched in self._known.values():
+                    watched.buffer.close()
+                self._known.clear()
 
     def watched(self) -> list[Watched]:
         """The buffers being watched now."""
@@ -371,13 +348,21 @@ class BufferWatcher:
         for watched in list(self._known.values()):
             if watched.topic == topic:
                 watched.due = time.monotonic() + delay
+                self._held[watched.name] = watched
+                if delay <= 0:
+                    self._feed.refresh(watched.name)
 
     def discover(self) -> None:
         """Start watching the buffers that appeared; stop watching those that disappeared."""
         appeared, gone = self._segments.discover()
         for segment in gone:
             watched = self._known.pop(segment.name)
-            self._group_of(watched, remove=True)
+            self._held.pop(segment.name, None)
+            self._feed.remove(segment.name)
+            with self.callback_lock:
+                watched.buffer.close()
+                if self.on_disappear is not None:
+                    self.on_disappear(watched)
         for index, segment in enumerate(appeared):
             attached = Watched(segment.type_name, segment.uid, segment.name, segment.buffer, segment.inode)
             self._known[segment.name] = attached
@@ -386,51 +371,95 @@ class BufferWatcher:
                     if self.on_appear is not None:
                         self.on_appear(attached)
             except BaseException:
-                for rest in appeared[index + 1 :]:  # not watched yet: found again at the next look
+                del self._known[segment.name]
+                for rest in appeared[index:]:  # not watched yet: found again at the next look
                     self._segments.forget(rest.name)
                     rest.buffer.close()
                 raise
-            self._group_of(attached)
+            # Delivered its state at the next batch: where a recording of it starts.
+            attached.wants = self._wants(attached)
+            self._feed.add(segment.name, attached.buffer._access, _BLOCKS[self.block], attached.wants)
 
     # -- inside --
 
-    def _group_of(self, watched: Watched, *, remove: bool = False) -> None:
-        if remove:
-            for group in self._groups:
-                with group.lock:
-                    if watched in group.members or watched in group.adds:
-                        group.removes.append(watched)
-                        return
-            return
-        chosen = next((g for g in self._groups if g.load < WATCHED_PER_THREAD), None)
-        if chosen is None:
-            chosen = _Group(self, len(self._groups))
-            self._groups.append(chosen)
-            chosen.thread.start()
-        with chosen.lock:
-            chosen.adds.append(watched)
+    def _wants(self, watched: Watched) -> bool:
+        """Whether its value changes are to be read now: wanted, and no rate limit holds it back."""
+        return watched.due is None and (self.wanted is None or self.wanted(watched))
 
-    def _changed(self, watched: Watched, now: float) -> None:
-        valid = watched.buffer.valid
-        if valid != watched.valid or now - watched.last_delivery >= self.min_interval:
-            self._deliver(watched, now)
+    def _deliver_changes(self) -> None:
+        """The watcher's thread: wake once per batch of changes, deliver them, and the held ones when due."""
+        feed = self._feed
+        asked = -math.inf
+        refreshed = False
+        try:
+            while not self.stopping.is_set():
+                timeout = WAIT_SLICE
+                if self._held:
+                    now = time.monotonic()
+                    dues = [w.due for w in list(self._held.values()) if w.due is not None]
+                    timeout = min([timeout, *(max(0.0, due - now) for due in dues)])
+                ready = refreshed or feed.wait(timeout)
+                refreshed = False
+                if self.stopping.is_set():
+                    break
+                now = time.monotonic()
+                if ready:
+                    for name, changed, valid, values, stamp in feed.take():
+                        watched = self._known.get(name)
+                        if watched is not None:
+                            self._changed(watched, now, BufferState(valid, values, stamp), changed)
+                # Held changes that are due: delivered at the next batch, with the newest state.
+                for name, watched in list(self._held.items()):
+                    if watched.due is None or watched.due <= now:
+                        del self._held[name]
+                        watched.due = None
+                        if feed.refresh(name):
+                            self._ask(watched)
+                            refreshed = True  # taken at once, not at the feed's next wake-up
+                # Who is wanted: asked every WAIT_SLICE (not per batch: an answer may cost microseconds).
+                if now - asked >= WAIT_SLICE:
+                    asked = now
+                    for watched in list(self._known.values()):
+                        self._ask(watched)
+        except Exception:
+            logger.exception("watching buffers failed")
+            self.failed = True
+            self.stopping.set()
+
+    def _ask(self, watched: Watched) -> None:
+        """Tell the feed whether the buffer's value changes are to be read now."""
+        wants = self._wants(watched)
+        if wants != watched.wants:
+            watched.wants = wants
+            with contextlib.suppress(KeyError):  # gone meanwhile (discover() removed it)
+                self._feed.want(watched.name, wants)
+
+    def _changed(self, watched: Watched, now: float, state: BufferState, changed: int) -> None:
+        if (
+            watched.valid is None
+            or state.valid != watched.valid
+            or now - watched.last_delivery >= self.min_interval
+        ):
+            self._deliver(watched, now, state, changed)
         elif watched.due is None:
             watched.due = watched.last_delivery + self.min_interval
+            self._held[watched.name] = watched
+            watched.wants = False
+            with contextlib.suppress(KeyError):  # gone meanwhile (discover() removed it)
+                self._feed.want(watched.name, False)  # not read until then
 
-    def _deliver(self, watched: Watched, now: float) -> None:
+    def _deliver(self, watched: Watched, now: float, state: BufferState, changed: int) -> None:
         watched.due = None
         watched.last_delivery = now
-        watched.was_valid, watched.valid = watched.valid, watched.buffer.valid
+        watched.state = state
+        watched.changed = changed
+        watched.was_valid, watched.valid = watched.valid, state.valid
         try:
             with self.callback_lock:
-                self.on_change(watched)
+                if watched.name in self._known:
+                    self.on_change(watched)
         except RuntimeBaseException as exc:  # the buffer is stuck (a lock held too long): go on
             logger.warning("%s: %s", watched.name, exc)
-
-    def _gone(self, watched: Watched) -> None:
-        if self.on_disappear is not None:
-            with self.callback_lock:
-                self.on_disappear(watched)
 
 
 def find_segments(catalog: Mapping[str, type[Buffer]], namespace: str) -> list[tuple[str, int, str]]:

@@ -75,10 +75,12 @@ end as soon as no connection to the server is left unaccounted for (each
 followed client has one; the connections are counted in ``/proc``, at most
 :data:`~runtime.watch.DISCOVER_INTERVAL` later).
 
-Changes are watched by :class:`runtime.watch.BufferWatcher` (a thread
-per 63 buffers asleep in :func:`runtime.notify.wait_any`; ``/dev/shm`` listed
-twice a second for buffers that come and go). Nothing is read for a topic
-nobody subscribes to.
+Changes are watched by :class:`runtime.watch.BufferWatcher` (one change
+feed, :class:`runtime._core.ChangeFeed`: the watcher's thread, asleep in the
+compiled core on every buffer, wakes once per batch of changes, their values
+already converted; ``/dev/shm`` listed twice a second for buffers that come
+and go); messages are encoded by :func:`runtime.values.encode_json`
+(orjson). Nothing is read for a topic nobody subscribes to.
 
 :func:`serve_foxglove` runs it all from Python (``runtime demo --foxglove``);
 :class:`LiveView` is the server itself (:mod:`runtime.live.server`), behind the

@@ -177,13 +177,17 @@ class OriginGate:
             await _answer(writer, 403, f"origin {shown} is not allowed (runtime foxglove --allow-origin)")
             return
         inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         try:
             inner.bind(("127.0.0.1", 0))
             local = inner.getsockname()[1]
             self._ours.add(local)  # before the connection exists: never taken for a foreign one
             inner.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(inner, ("127.0.0.1", self.inner_port))
-            inner_reader, inner_writer = await asyncio.open_connection(sock=inner)
+            await loop.sock_connect(inner, ("127.0.0.1", self.inner_port))
+            inner_transport, _ = await loop.create_connection(
+                lambda: _Forward(writer.transport, done), sock=inner
+            )
         except OSError as exc:
             logger.error("cannot reach the Foxglove server: %s", exc)
             inner.close()
@@ -192,12 +196,12 @@ class OriginGate:
             return
         self.relayed += 1
         try:
-            inner_writer.write(head)
-            await asyncio.gather(_pipe(reader, inner_writer), _pipe(inner_reader, writer))
+            inner_transport.write(head)
+            await asyncio.gather(_copy(reader, inner_transport), done)
         finally:
             self._ours.discard(local)
-            for end in (inner_writer, writer):
-                end.close()
+            inner_transport.close()
+            writer.close()
 
     def foreign(self) -> list[int] | None:
         """The socket inodes of connections to the inner port that are not the gate's; None if unknown."""
@@ -222,42 +226,77 @@ async def _answer(writer: asyncio.StreamWriter, code: int, text: str) -> None:
     writer.close()
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy bytes until the source ends; then end the sink (the other direction ends with it)."""
+async def _copy(source: asyncio.StreamReader, sink: asyncio.WriteTransport) -> None:
+    """The client's bytes to the Foxglove server until the client ends; then end that connection."""
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         while data := await source.read(65536):
             sink.write(data)
-            await sink.drain()
     sink.close()
 
 
+RELAY_BUFFER_LIMIT = 64 * 1024 * 1024
+"""The most bytes for a client held unsent (it does not read): then its connection is closed."""
+
+
+class _Forward(asyncio.Protocol):
+    """The Foxglove server's bytes to the client as they come: written on from the callback itself
+    (a message costs no task and no stream), the connection closed if the client stops reading."""
+
+    def __init__(self, sink: asyncio.WriteTransport, done: asyncio.Future[None]) -> None:
+        self.sink = sink
+        self.done = done
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink.is_closing():
+            return
+        self.sink.write(data)
+        if self.sink.get_write_buffer_size() > RELAY_BUFFER_LIMIT:
+            logger.warning(
+                "a Foxglove client reads too slowly (%d MiB unsent): disconnected", RELAY_BUFFER_LIMIT >> 20
+            )
+            self.sink.abort()
+
+    def eof_received(self) -> bool:
+        self.sink.close()  # the server ended: the client's connection too (the other direction ends with it)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sink.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+_TCP_ESTABLISHED = 1
+"""``TCP_ESTABLISHED``, the state in the first byte of ``TCP_INFO``."""
+
+
 def _tcp_rows() -> list[tuple[int, int, int]] | None:
-    """This process's established TCP connections (local port, remote port, socket inode); None: unknown."""
+    """This process's connected TCP sockets (local port, remote port, socket inode); None: unknown.
+
+    Asked of each socket itself (its name and its peer's, on a duplicate of its
+    descriptor): reading ``/proc/net/tcp`` walks the whole kernel's table of
+    connections (a millisecond of CPU on some machines, twice a second).
+    """
     try:
-        sockets = set()
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):  # closed meanwhile
-                target = os.readlink(f"/proc/self/fd/{fd}")
-                if target.startswith("socket:["):
-                    sockets.add(target[8:-1])
-        rows = []
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(FileNotFoundError), open(table) as lines:  # no IPv6: no tcp6
-                next(lines, None)  # the header
-                for line in lines:
-                    # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
-                    fields = line.split()
-                    if len(fields) > 9 and fields[3] == "01" and fields[9] in sockets:  # ESTABLISHED
-                        rows.append(
-                            (
-                                int(fields[1].rpartition(":")[2], 16),
-                                int(fields[2].rpartition(":")[2], 16),
-                                int(fields[9]),
-                            )
-                        )
-        return rows
-    except (OSError, ValueError):
+        names = os.listdir("/proc/self/fd")
+    except OSError:
         return None
+    rows = []
+    for fd in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if not target.startswith("socket:["):
+                continue
+            with socket.socket(fileno=os.dup(int(fd))) as sock:
+                if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                    continue
+                if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != _TCP_ESTABLISHED:
+                    continue  # tcpi_state: only established connections count
+                local, remote = sock.getsockname()[1], sock.getpeername()[1]
+        except (OSError, ValueError):  # closed meanwhile, or not connected
+            continue
+        rows.append((local, remote, int(target[8:-1])))
+    return rows
 
 
 def shut_sockets(inodes: Collection[int]) -> int:

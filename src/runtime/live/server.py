@@ -26,7 +26,7 @@ from ..store import BufferStore, robot_enabled
 from ..student import RUNNER_KEY
 from ..values import WriteRefused as ValueRefused
 from ..values import apply_writes, check_writes, encode_json, jsonable, read_state
-from ..watch import BufferWatcher, Watched
+from ..watch import BATCH_WINDOW, BufferWatcher, Watched
 from .gate import OriginGate, count_connections, shut_sockets
 
 if TYPE_CHECKING:
@@ -140,6 +140,8 @@ class LiveView:
             min_interval=1.0 / max_rate,
             namespace=self.namespace,
             wanted=self._wanted,
+            on_stop=self._end_all_commands,
+            batch=BATCH_WINDOW,
         )
         self.published = 0
         """Messages sent (to at least one subscriber)."""
@@ -236,6 +238,12 @@ class LiveView:
         if self.watcher.failed:
             raise LiveError("watching the buffers failed (see the log above)")
 
+    def _end_all_commands(self) -> None:
+        """End every client's commands (the server stops): before the watcher closes its handles."""
+        self._stopping = True  # the clients it disconnects do not go away of themselves
+        with self._write_lock:  # closing a handle ends them too, but only if it gets the lock at once
+            self._report_ended(*self._commands.end(lambda _: True), "the server stops")
+
     def close(self) -> None:
         """Stop the server; end its clients' commands; close the channels and the buffers."""
         self._stopping = True  # the clients it disconnects do not go away of themselves
@@ -244,8 +252,7 @@ class LiveView:
         if self.server is not None:
             self.server.stop()
             self.server = None
-        with self._write_lock:  # closing a handle ends them too, but only if it gets the lock at once
-            self._report_ended(*self._commands.end(lambda _: True), "the server stops")
+        self._end_all_commands()
         with self.lock:
             handles = dict(self._handles)
             self._handles.clear()
@@ -331,7 +338,11 @@ class LiveView:
                 self._log_fresh, self._log_reader = False, StudentLog()
         if not sinks and not subscribed and not printing:
             return  # nobody looks
-        state = read_state(watched.buffer, watched.stamp)
+        state = (
+            read_state(watched.buffer, watched.stamp)
+            if watched.state is None  # never from the watcher
+            else watched.state.since(watched.stamp)
+        )
         watched.stamp = state.time
         if sinks:
             channel.log(encode_json(state.message()), log_time=int(state.time * 1e9))

@@ -68,14 +68,19 @@ How it works (one asyncio loop, and Zenoh's own threads):
   a safety net for a producer death the notifier missed (one can fall between
   two of its waits), so that no liveliness token outlives its device by more
   than that interval.
-* Each buffer's task sleeps in :func:`runtime.notify.wait_any_async` until the
-  buffer's update block or its validity changes: nothing is polled, an idle
-  robot costs no CPU. A change is published at once unless the last
-  publication is younger than ``1 / --max-rate`` seconds; then it is published
-  when that time is up, with whatever else changed meanwhile (the newest
-  values, never a queue of old ones). While no subscriber matches a buffer's
-  key (Zenoh tells the publisher), nothing is read nor encoded for it; only its
-  liveliness token follows its validity.
+* One change feed (:class:`runtime._core.ChangeFeed`) follows every buffer
+  served: a thread of the compiled core (``runtime-feed``) sleeps on their
+  update blocks and validity, outside the interpreter, and wakes the loop
+  once for a batch of changed buffers (its eventfd, in ``add_reader``),
+  handing over their
+  values already converted to JSON data; each publication is encoded by
+  orjson. Nothing is polled: an idle robot costs no CPU. A change is
+  published at once unless the last publication is younger than
+  ``1 / --max-rate`` seconds; then it is published when that time is up, with
+  whatever else changed meanwhile (the newest values, never a queue of old
+  ones; the feed reads nothing of that buffer meanwhile). While no subscriber
+  matches a buffer's key (Zenoh tells the publisher), nothing is encoded for
+  it; only its liveliness token follows its validity.
 * Queries, writes, modes, inputs and the clients' tokens arrive on Zenoh
   threads and are handed to the loop, which alone touches the buffers (and
   serves the input buffers: the producer role belongs to the loop's thread). A write is first tried
@@ -116,16 +121,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import zenoh
 
+from .._core import ChangeFeed, read_json
 from ..buffer import Buffer, DeviceBuffer, DeviceBufferError
 from ..commands import ClientCommands
 from ..exception import RuntimeBaseException
-from ..notify import wait_any_async
 from ..store import BufferStore, namespace_segments
 from ..student import FIELD_KEY, RUNNER_KEY, mode_name, mode_number
-from ..values import WriteRefused, apply_writes, check_writes, json_values, jsonable
-from ..watch import Segment, SegmentDiscovery
+from ..values import WriteRefused, apply_writes, check_writes, jsonable
+from ..watch import BATCH_WINDOW, Segment, SegmentDiscovery
 from .keys import (
     CLIENT_GRACE,
     INPUT_KINDS,
@@ -217,7 +223,7 @@ def _client_of(sample: zenoh.Sample) -> str | None:
 
 @dataclasses.dataclass(eq=False)
 class _Served:
-    """One buffer on the network: its handle, publisher, liveliness token and task."""
+    """One buffer on the network: its handle, publisher and liveliness token."""
 
     type_name: str
     uid: int
@@ -226,7 +232,8 @@ class _Served:
     buffer: Buffer
     publisher: zenoh.Publisher
     token: zenoh.LivelinessToken | None = None
-    task: asyncio.Task[None] | None = None
+    due: asyncio.TimerHandle | None = None
+    """A publication held back by the rate limit, due when this fires (the feed reads nothing meanwhile)."""
     seq: int = 0
     last_publish: float = -1e9
     published_valid: bool | None = None
@@ -310,6 +317,10 @@ class ZenohServer:
         self._state_publisher: zenoh.Publisher | None = None
         self._segments = self._discovery()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._feed: ChangeFeed | None = None
+        """The change feed of the buffers served (while :meth:`serve` runs)."""
+        self._by_name: dict[str, _Served] = {}
+        """The buffers served, by segment name (the feed's keys)."""
         self.publications = 0
         """Values published so far (every buffer)."""
         self.writes = 0
@@ -336,17 +347,17 @@ class ZenohServer:
 
     # -- publishing --
 
-    def _payload(self, served: _Served) -> tuple[bool, str]:
-        """The buffer's JSON object now, and whether it is valid."""
+    def _payload(
+        self, served: _Served, state: tuple[bool, dict[str, Any] | None] | None = None
+    ) -> tuple[bool, bytes]:
+        """The buffer's JSON object, and whether it is valid: ``state`` (valid, values) as the change
+        feed handed it over, else read now (both by the compiled core, :func:`runtime._core.read_json`)."""
         buffer = served.buffer
-        values: Any = None
+        valid, values = state if state is not None else read_json(buffer._access)[:2]
         last_update = None
-        valid = buffer.valid
-        if valid:
+        if valid and isinstance(buffer, DeviceBuffer):
             try:
-                values = json_values(type(buffer), buffer.snapshot())
-                if isinstance(buffer, DeviceBuffer):
-                    last_update = buffer.last_update or None
+                last_update = buffer.last_update or None
             except DeviceBufferError:  # turned invalid meanwhile
                 valid, values = False, None
         data = {
@@ -359,19 +370,26 @@ class ZenohServer:
             "seq": served.seq,
             "server": self.server_id,
         }
-        return valid, json.dumps(data, separators=(",", ":"), allow_nan=False)
+        # orjson (runtime.values.encode_json's encoder) straight: nothing here is NaN or infinite
+        # (the core gives None for those), so encode_json's check of a null is not needed.
+        return valid, orjson.dumps(data)
 
-    def _publish(self, served: _Served) -> None:
-        """Publish the buffer's values (and its validity once when it turns invalid); token in step."""
+    def _publish(self, served: _Served, state: tuple[bool, dict[str, Any] | None] | None = None) -> None:
+        """Publish the buffer's values (and its validity once when it turns invalid); token in step.
+
+        ``state``: (valid, values) as the change feed handed it over (else read now)."""
         if served.safe:
             with contextlib.suppress(DeviceBufferError):
                 if served.buffer.disabled == bool(self._enabled):  # a disable (or enable) woke us
                     self._check_state()
         served.seq += 1
+        payload: bytes | None = None
         if _matching(served.publisher):
-            valid, payload = self._payload(served)
-        else:  # nobody subscribes: no snapshot, no JSON (a get still answers fresh values)
-            valid, payload = served.buffer.valid, None
+            valid, payload = self._payload(served, state)
+        elif state is not None:  # nobody subscribes: no JSON (a get still answers fresh values)
+            valid = state[0]
+        else:
+            valid = served.buffer.valid
         if valid and served.token is None:  # the token first: a remote sees the device, then its values
             served.token = self.session.liveliness().declare_token(served.key)
             logger.info("zenoh: %s %s valid at %s", served.type_name, format_uid(served.uid), served.key)
@@ -385,19 +403,40 @@ class ZenohServer:
         served.published_valid = valid
         served.last_publish = time.monotonic()
 
-    async def _run(self, served: _Served) -> None:
-        """Publish the buffer now and on every change, at most once per :attr:`period`."""
-        buffer = served.buffer
-        while True:
+    def _on_feed(self) -> None:
+        """The loop, woken once for a batch of changed buffers (the change feed's eventfd): publish
+        each at once, unless its last publication is younger than :attr:`period`: then when that
+        time is up, with its newest values (the feed reads nothing of it meanwhile)."""
+        feed = self._feed
+        if feed is None:
+            return
+        try:
+            batch = feed.take()
+        except Exception:  # noqa: BLE001 - one failed read must not stop the service
+            logger.exception("zenoh: cannot read the changes")
+            return
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        for name, _blocks, valid, values, _stamp in batch:
+            served = self._by_name.get(name)
+            if served is None or served.due is not None:
+                continue
+            delay = served.last_publish + self.period - now
+            if delay > 0:
+                feed.want(name, False)
+                served.due = loop.call_later(delay, self._due, served, name)
+                continue
             try:
-                self._publish(served)
+                self._publish(served, (valid, values))
             except Exception:  # noqa: BLE001 - one failed publication must not end the buffer's service
                 logger.exception("zenoh: cannot publish %s", served.key)
-            await wait_any_async([buffer])
-            delay = served.last_publish + self.period - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-                await wait_any_async([buffer], 0)  # what changed meanwhile goes out in this publication
+
+    def _due(self, served: _Served, name: str) -> None:
+        """A held publication is due: the feed hands the buffer's newest state over, taken now."""
+        served.due = None
+        if self._feed is not None and self._by_name.get(name) is served:
+            self._feed.want(name, True)  # its state at the next take: this one, not a wake-up later
+            self._on_feed()
 
     # -- the buffers that come and go --
 
@@ -461,8 +500,7 @@ class ZenohServer:
         return {segment.name for segment in unserved if last.get(segment.name, 0) == 0}
 
     def _serve(self, segment: Segment) -> None:
-        """Serve a segment found: a publisher, and a task that publishes its changes."""
-        loop = asyncio.get_running_loop()
+        """Serve a segment found: a publisher, and its place in the change feed."""
         type_name, uid, buffer = segment.type_name, segment.uid, segment.buffer
         key = device_key(self.name, type_name, uid)
         # A Smart Device reports many times a second: a publication Zenoh drops under congestion is
@@ -481,15 +519,20 @@ class ZenohServer:
         served.safe = type(buffer).safe_values()
         served.segment = segment
         self.served[type_name, uid] = served
-        served.task = loop.create_task(self._run(served), name=f"publish {key}")
+        if self._feed is not None:
+            self._by_name[segment.name] = served
+            self._feed.add(segment.name, buffer._access)  # its state is handed over (published) at once
         logger.info("zenoh: serving %s %s at %s", type_name, format_uid(uid), key)
 
     async def _forget(self, served: _Served, *, gone: bool) -> None:
         self.commands.forget((served.type_name, served.uid))  # closing the buffer ends them
-        if served.task is not None:
-            served.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await served.task
+        if served.due is not None:
+            served.due.cancel()
+            served.due = None
+        if served.segment is not None and self._by_name.get(served.segment.name) is served:
+            del self._by_name[served.segment.name]
+            if self._feed is not None:
+                self._feed.remove(served.segment.name)
         with contextlib.suppress(Exception):
             if gone:
                 served.publisher.delete()  # the buffer no longer exists: a DELETE on its key
@@ -527,8 +570,8 @@ class ZenohServer:
                 query.reply(self.mode_key, self._mode_payload(), encoding=zenoh.Encoding.APPLICATION_JSON)
             for served in list(self.served.values()):
                 if wanted.intersects(served.key_expr):
-                    _, payload = self._payload(served)
-                    query.reply(served.key, payload, encoding=zenoh.Encoding.APPLICATION_JSON)
+                    _, values = self._payload(served)
+                    query.reply(served.key, values, encoding=zenoh.Encoding.APPLICATION_JSON)
         except Exception:  # noqa: BLE001 - a query that cannot be answered must not stop the server
             logger.exception("zenoh: cannot answer a query on %s", query.key_expr)
         finally:
@@ -1014,6 +1057,8 @@ class ZenohServer:
         """
         loop = self._loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
+        feed = self._feed = ChangeFeed(BATCH_WINDOW)
+        loop.add_reader(feed.fileno(), self._on_feed)
         declared: list[Any] = [self.session.liveliness().declare_token(self.prefix)]
         declared.append(self.session.declare_queryable(f"{self.prefix}/**", self._on_query))
         state_publisher = self._state_publisher = self.session.declare_publisher(
@@ -1075,6 +1120,10 @@ class ZenohServer:
             while self.served:
                 _, served = self.served.popitem()
                 await self._forget(served, gone=False)
+            loop.remove_reader(feed.fileno())
+            feed.close()
+            self._feed = None
+            self._by_name.clear()
             self._segments = (
                 self._discovery()
             )  # the buffers it found are closed: a next serve() finds them anew
