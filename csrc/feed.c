@@ -198,7 +198,8 @@ typedef struct {
     int woken;             /* wake() was called: the next (or current) wait() returns */
     pthread_t thread;
     int efd;
-    long batch_ns;         /* how long a batch gathers changes before the consumer is woken */
+    long batch_ns;         /* pace: at least this long between two batches handed to the consumer */
+    long last_batch_ns;    /* CLOCK_MONOTONIC when the consumer was last handed a batch */
     unsigned long wakeups; /* times the consumer was signalled */
 } rt_ChangeFeed;
 
@@ -333,12 +334,39 @@ any_ready(rt_ChangeFeed *self)
     return 0;
 }
 
-/* Gather the changes of the next moment into this batch (the lock not held): sleep
- * on the control word alone (close, wake and add/remove still end it). */
-static void
-gather(rt_ChangeFeed *self, uint32_t control)
+static long
+monotonic_ns(void)
 {
-    struct timespec window = {self->batch_ns / 1000000000L, self->batch_ns % 1000000000L};
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec * 1000000000L + now.tv_nsec;
+}
+
+/* The pace (the lock held): 0 when a batch that is ready may be handed over now
+ * (and then it counts as handed over), else the nanoseconds until it may. A change
+ * after a quiet moment goes at once; changes that keep coming are handed over at
+ * most once per `batch_ns`, so one wake-up carries all of that moment's changes. */
+static long
+paced(rt_ChangeFeed *self)
+{
+    if (self->batch_ns == 0) {
+        return 0;
+    }
+    long now = monotonic_ns();
+    long wait = self->last_batch_ns + self->batch_ns - now;
+    if (wait > 0) {
+        return wait;
+    }
+    self->last_batch_ns = now;
+    return 0;
+}
+
+/* Let the changes of the next `ns` gather (the lock not held): sleep on the
+ * control word alone (close, wake and add/remove still end it). */
+static void
+gather(rt_ChangeFeed *self, uint32_t control, long ns)
+{
+    struct timespec window = {ns / 1000000000L, ns % 1000000000L};
     syscall(SYS_futex, &self->control, FUTEX_WAIT_PRIVATE, control, &window, NULL, 0);
 }
 
@@ -356,13 +384,12 @@ feed_thread(void *arg)
         int count, producers_from = 0, producers_to = 0, left_out = 0;
         if (self->armed) {
             int ready = any_ready(self);
-            if (ready && self->batch_ns > 0) {
+            long early = ready ? paced(self) : 0;
+            if (early > 0) {
                 pthread_mutex_unlock(&self->lock);
-                gather(self, control);
+                gather(self, control, early);
                 pthread_mutex_lock(&self->lock);
-                if (self->stopping) {
-                    break;
-                }
+                continue;
             }
             if (ready) {
                 self->armed = 0;
@@ -407,7 +434,6 @@ wait_inline(rt_ChangeFeed *self, double timeout)
             deadline.tv_nsec -= 1000000000L;
         }
     }
-    int gathered = 0;
     for (;;) {
         struct rt_futex_waitv waits[RT_FUTEX_WAITV_MAX];
         int producers_from, producers_to, left_out;
@@ -419,7 +445,8 @@ wait_inline(rt_ChangeFeed *self, double timeout)
             return 0;
         }
         int ready = any_ready(self);
-        if (ready && (gathered || self->batch_ns == 0)) {
+        long early = ready ? paced(self) : 0;
+        if (ready && early == 0) {
             self->wakeups++;
             pthread_mutex_unlock(&self->lock);
             return 1;
@@ -428,18 +455,21 @@ wait_inline(rt_ChangeFeed *self, double timeout)
         pthread_mutex_unlock(&self->lock);
         long rc = -1;
         int err = 0;
-        if (ready) {
-            Py_BEGIN_ALLOW_THREADS
-            gather(self, control);
-            Py_END_ALLOW_THREADS
-            gathered = 1;
-            continue;
-        }
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (timeout >= 0 && (now.tv_sec > deadline.tv_sec
                              || (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec))) {
             return 0;
+        }
+        if (ready) {  /* too soon after the last batch: let this one gather until it may go */
+            if (timeout >= 0) {
+                long left = (deadline.tv_sec - now.tv_sec) * 1000000000L + (deadline.tv_nsec - now.tv_nsec);
+                early = early < left ? early : left;
+            }
+            Py_BEGIN_ALLOW_THREADS
+            gather(self, control, early);
+            Py_END_ALLOW_THREADS
+            continue;
         }
         Py_BEGIN_ALLOW_THREADS
         rc = sleep_on(self, waits, count, control, left_out, timeout >= 0 ? &deadline : NULL);
@@ -914,7 +944,7 @@ static PyTypeObject rt_ChangeFeedType = {
     .tp_basicsize = sizeof(rt_ChangeFeed),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "ChangeFeed(batch=0.0)\n\nOne thread sleeping on many buffers; the consumer is woken once per batch "
-              "(gathered for `batch` seconds after its first change).",
+              "(at most one batch per `batch` seconds: a change after a quiet moment at once).",
     .tp_methods = ChangeFeed_methods,
     .tp_getset = ChangeFeed_getset,
     .tp_new = ChangeFeed_new,

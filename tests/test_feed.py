@@ -384,6 +384,31 @@ def test_a_feed_that_gathers_a_batch_still_delivers_every_buffer(servos: list[Bu
         feed.close()
 
 
+@pytest.mark.parametrize("consumer", ["wait", "eventfd"])
+def test_a_paced_feed_hands_a_change_over_at_once_then_at_most_one_batch_per_pace(
+    servos: list[Buffer], consumer: str
+) -> None:
+    feed = _core.ChangeFeed(batch=1.0)  # the longest pace: what is held back is held back long
+    try:
+        if consumer == "eventfd":
+            feed.fileno()
+        feed.add("servo", servos[0]._access)
+        take_all(feed)  # its state as it is added: a batch, now the pace runs
+        servos[0].set("servo0", 0.25)
+        servos[0].set("servo0", 0.5)
+        assert not feed.wait(0.05)  # too soon after the last batch: held back, not lost
+        assert take_all(feed)["servo"][2] == json_values(SERVO, servos[0].snapshot())  # the newest state
+        assert feed.take() == []
+    finally:
+        feed.close()
+    quiet = _core.ChangeFeed(batch=1.0)
+    try:
+        quiet.add("servo", servos[1]._access)
+        assert quiet.wait(10) and quiet.take()  # the first batch goes at once: nothing came before
+    finally:
+        quiet.close()
+
+
 # ---- the messages, encoded -----------------------------------------------------------------------
 
 JSON_DATA = st.recursive(

@@ -14,9 +14,10 @@
 
 Nothing is polled: one change feed (:class:`runtime.watch.BufferWatcher`
 over :class:`runtime._core.ChangeFeed`) wakes the recorder once per batch of
-changed buffers, of both blocks, with their values already converted by the
-compiled core; each message is encoded by :func:`runtime.values.encode_json`
-(orjson). Every :data:`FLUSH_INTERVAL` the
+changed buffers, of both blocks (at most one batch per
+:data:`runtime.watch.RECORD_BATCH`), with their values already converted by
+the compiled core; each message is encoded by
+:func:`runtime.values.encode_json` (orjson). Every :data:`FLUSH_INTERVAL` the
 chunk in progress is written out followed by a provisional end of file
 (:class:`runtime.mcap.McapOutput`): a killed recorder leaves a readable file.
 
@@ -73,7 +74,7 @@ from .processes import pid_alive
 from .store import BufferStore, namespace_segments
 from .student import RUNNER_KEY
 from .values import CHAR, FLOAT, BufferState, encode_json, jsonable, kind_of, read_state
-from .watch import BufferWatcher, Watched
+from .watch import RECORD_BATCH, BufferWatcher, Watched
 
 __all__ = [
     "CLAIM_CHECK",
@@ -182,6 +183,7 @@ class Recorder:
                 select=select,
                 block="both" if writes else "update",
                 namespace=self.namespace,
+                batch=RECORD_BATCH,
             )
         ]
 

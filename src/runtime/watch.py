@@ -46,6 +46,7 @@ from .values import BufferState
 
 __all__ = [
     "BATCH_WINDOW",
+    "RECORD_BATCH",
     "DISCOVER_INTERVAL",
     "WAIT_SLICE",
     "BufferWatcher",
@@ -62,11 +63,15 @@ logger = logging.getLogger(__name__)
 
 DISCOVER_INTERVAL = 0.5
 """Seconds between two looks for buffers that appeared or disappeared."""
-BATCH_WINDOW = 0.01
-"""Seconds ``runtime zenoh`` and ``runtime foxglove`` let their change feed gather changes after the
-first of a batch before it wakes them: at a robot's rates (a hundred changes a second) a few changes
-per wake-up instead of one, for that latency (a change of a buffer within it goes out with the newest
-values, as their rate limits already do). ``runtime record`` takes none: it records every state."""
+BATCH_WINDOW = 0.02
+"""The pace of the change feeds of ``runtime zenoh`` and ``runtime foxglove``: at most one batch per
+this many seconds. A change after a quiet moment goes out at once; changes that keep coming (a robot's
+hundred a second) are handed over together, a few per wake-up instead of one each, at most this late
+(changes of one buffer within it go out as its newest values, as their rate limits already do)."""
+RECORD_BATCH = 0.01
+"""The pace of ``runtime record``'s change feed. Shorter than any Smart Device's subscription interval
+(40 ms at least) and a student loop's period (20 ms), so that no state of theirs is merged with the
+next; a buffer changed twice within it (a gamepad, say) is recorded with its newest state."""
 WAIT_SLICE = 0.2
 """The longest a watcher's thread sleeps before asking again which buffers are wanted."""
 
@@ -245,8 +250,8 @@ class BufferWatcher:
       did. With ``min_interval``, changes of one buffer are delivered at most
       that often (a change within the interval is delivered at its end with the
       newest state: the last state is never lost, and the buffer's values are
-      not even read meanwhile). A batch gathers the changes of the moment the
-      watcher's thread wakes (a few milliseconds under load).
+      not even read meanwhile). A batch holds the changes since the watcher's
+      thread last woke (at most ``batch`` seconds of them).
       ``watched.valid`` is the validity of that state,
       ``watched.was_valid`` the one of the call before (None the first time);
       :attr:`Watched.changed` says which blocks changed;
@@ -263,10 +268,11 @@ class BufferWatcher:
             asked at every round (within :data:`WAIT_SLICE`). The changes of
             one that is not are not even read: only a change of its validity
             is delivered. One that becomes wanted is delivered its state.
-        batch: Seconds a batch gathers changes before the watcher wakes
-            (:data:`BATCH_WINDOW`, say): fewer wake-ups, but changes of one buffer
-            within it are delivered as one (its newest state). 0 (the default):
-            the watcher wakes at the first change, for a recorder of every state.
+        batch: The pace: at least this many seconds between two batches
+            (:data:`BATCH_WINDOW`, say). A change after a quiet moment is
+            delivered at once; changes that keep coming wake the watcher once per
+            ``batch``, and changes of one buffer within it are delivered as one
+            (its newest state). 0 (the default): a wake-up at every change.
         on_stop: Called (under the callback lock) when :meth:`run` ends, before the
             watcher closes its handles (closing a handle ends this process's
             commands on that buffer: a user that ends them itself does it here).
