@@ -29,23 +29,49 @@
  * same float32, as a Python float; None for NaN and infinities; a value that
  * is no float32 (a double) is returned as it is. "Reads back" is Python's
  * way: the decimal parsed as a double, then rounded to a float32. */
+/* The shortest decimals found last, by the float32's bits: a parameter that keeps its
+ * value (a gain, a limit, a sensor at rest) costs a lookup instead of up to four
+ * snprintf/strtod rounds at every read. Used with the GIL held. */
+#define SHORT_CACHE_SIZE 1024
+static struct {
+    uint32_t bits;
+    PyObject *value;  /* NULL: empty */
+} short_cache[SHORT_CACHE_SIZE];
+
 static PyObject *
 short_float32(double value)
 {
     if (!isfinite(value)) {
         Py_RETURN_NONE;
     }
+    float single = (float)value;
+    if ((double)single != value) {  /* no float32: no shorter decimal reads back as it */
+        return PyFloat_FromDouble(value);
+    }
+    uint32_t bits;
+    memcpy(&bits, &single, sizeof(bits));
+    size_t slot = (size_t)((bits * 2654435761u) >> 22) % SHORT_CACHE_SIZE;
+    if (short_cache[slot].value != NULL && short_cache[slot].bits == bits) {
+        return Py_NewRef(short_cache[slot].value);
+    }
     char text[40];
+    double shortest = value;
     /* Six digits (%g drops trailing zeros) give the shortest decimal whenever six or fewer
      * suffice for a normal float32; a subnormal, with fewer significant bits, may need fewer. */
     for (int digits = fabs(value) < FLT_MIN ? 1 : 6; digits <= 9; digits++) {
         snprintf(text, sizeof(text), "%.*g", digits, value);
         double candidate = strtod(text, NULL);
         if ((double)(float)candidate == value) {
-            return PyFloat_FromDouble(candidate);
+            shortest = candidate;
+            break;
         }
     }
-    return PyFloat_FromDouble(value);
+    PyObject *result = PyFloat_FromDouble(shortest);
+    if (result != NULL) {
+        Py_XSETREF(short_cache[slot].value, Py_NewRef(result));
+        short_cache[slot].bits = bits;
+    }
+    return result;
 }
 
 static PyObject *jsonable_fallback;  /* runtime.values.jsonable, for arrays and characters */
@@ -342,23 +368,29 @@ monotonic_ns(void)
     return now.tv_sec * 1000000000L + now.tv_nsec;
 }
 
-/* The pace (the lock held): 0 when a batch that is ready may be handed over now
- * (and then it counts as handed over), else the nanoseconds until it may. A change
- * after a quiet moment goes at once; changes that keep coming are handed over at
- * most once per `batch_ns`, so one wake-up carries all of that moment's changes. */
+/* The pace (the lock held): the nanoseconds until the next batch may be handed
+ * over, 0 when it may be now. Until then the feed does not even sleep on the
+ * buffers' words, but until that moment, then looks once: changes that keep coming
+ * cost one wake-up per `batch_ns` for all of them, and a change after a quiet
+ * moment (the feed asleep on the words) goes at once. */
 static long
 paced(rt_ChangeFeed *self)
 {
     if (self->batch_ns == 0) {
         return 0;
     }
-    long now = monotonic_ns();
-    long wait = self->last_batch_ns + self->batch_ns - now;
-    if (wait > 0) {
-        return wait;
+    long wait = self->last_batch_ns + self->batch_ns - monotonic_ns();
+    return wait > 0 ? wait : 0;
+}
+
+/* A batch is handed over now (the lock held): the pace counts from here. */
+static void
+handed_over(rt_ChangeFeed *self)
+{
+    self->wakeups++;
+    if (self->batch_ns != 0) {
+        self->last_batch_ns = monotonic_ns();
     }
-    self->last_batch_ns = now;
-    return 0;
 }
 
 /* Let the changes of the next `ns` gather (the lock not held): sleep on the
@@ -383,17 +415,16 @@ feed_thread(void *arg)
         struct rt_futex_waitv waits[RT_FUTEX_WAITV_MAX];
         int count, producers_from = 0, producers_to = 0, left_out = 0;
         if (self->armed) {
-            int ready = any_ready(self);
-            long early = ready ? paced(self) : 0;
+            long early = paced(self);
             if (early > 0) {
                 pthread_mutex_unlock(&self->lock);
                 gather(self, control, early);
                 pthread_mutex_lock(&self->lock);
                 continue;
             }
-            if (ready) {
+            if (any_ready(self)) {
                 self->armed = 0;
-                self->wakeups++;
+                handed_over(self);
                 uint64_t one = 1;
                 ssize_t written = write(self->efd, &one, sizeof(one));
                 (void)written;  /* the counter cannot overflow: the consumer reads it at every take */
@@ -444,14 +475,14 @@ wait_inline(rt_ChangeFeed *self, double timeout)
             pthread_mutex_unlock(&self->lock);
             return 0;
         }
-        int ready = any_ready(self);
-        long early = ready ? paced(self) : 0;
-        if (ready && early == 0) {
-            self->wakeups++;
+        long early = paced(self);
+        int ready = early == 0 && any_ready(self);
+        if (ready) {
+            handed_over(self);
             pthread_mutex_unlock(&self->lock);
             return 1;
         }
-        int count = ready ? 0 : build_waits(self, waits, control, &producers_from, &producers_to, &left_out);
+        int count = early > 0 ? 0 : build_waits(self, waits, control, &producers_from, &producers_to, &left_out);
         pthread_mutex_unlock(&self->lock);
         long rc = -1;
         int err = 0;
@@ -461,7 +492,7 @@ wait_inline(rt_ChangeFeed *self, double timeout)
                              || (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec))) {
             return 0;
         }
-        if (ready) {  /* too soon after the last batch: let this one gather until it may go */
+        if (early > 0) {  /* too soon after the last batch: let the next one gather until it may go */
             if (timeout >= 0) {
                 long left = (deadline.tv_sec - now.tv_sec) * 1000000000L + (deadline.tv_nsec - now.tv_nsec);
                 early = early < left ? early : left;
