@@ -244,6 +244,11 @@ class _Served:
     """The safe value of each parameter that has one (writing it is a command)."""
     segment: Segment | None = None
     """The segment found (:class:`~runtime.watch.SegmentDiscovery`) whose buffer this serves."""
+    matching: bool = False
+    """Whether any subscriber matches the publisher's key, as Zenoh last told (its matching listener):
+    nobody subscribes, no JSON is made."""
+    listener: Any = None
+    """The publisher's matching listener."""
 
 
 def _no_driver(prefix: str, client: str | None, what: str) -> str:
@@ -384,7 +389,7 @@ class ZenohServer:
                     self._check_state()
         served.seq += 1
         payload: bytes | None = None
-        if _matching(served.publisher):
+        if served.matching:
             valid, payload = self._payload(served, state)
         elif state is not None:  # nobody subscribes: no JSON (a get still answers fresh values)
             valid = state[0]
@@ -512,10 +517,19 @@ class ZenohServer:
             if isinstance(buffer, DeviceBuffer)
             else zenoh.CongestionControl.BLOCK
         )
+        # Not express: the publications of one batch of the change feed (BATCH_WINDOW) leave in one
+        # frame, one wake-up of Zenoh's sending thread instead of one each (a third less CPU per
+        # publication here), for at most Zenoh's batching delay (a millisecond) beside the feed's pace.
         publisher = self.session.declare_publisher(
-            key, encoding=zenoh.Encoding.APPLICATION_JSON, express=True, congestion_control=congestion
+            key, encoding=zenoh.Encoding.APPLICATION_JSON, express=False, congestion_control=congestion
         )
         served = _Served(type_name, uid, key, zenoh.KeyExpr(key), buffer, publisher)
+
+        def matching(status: Any) -> None:  # Zenoh's thread: one attribute, read by the loop
+            served.matching = bool(status.matching)
+
+        served.listener = publisher.declare_matching_listener(matching)
+        served.matching = _matching(publisher)  # what the listener may have told before it existed
         served.safe = type(buffer).safe_values()
         served.segment = segment
         self.served[type_name, uid] = served
@@ -536,6 +550,8 @@ class ZenohServer:
         with contextlib.suppress(Exception):
             if gone:
                 served.publisher.delete()  # the buffer no longer exists: a DELETE on its key
+            if served.listener is not None:
+                _undeclare(served.listener)
             _undeclare(served.publisher)
         if served.token is not None:
             with contextlib.suppress(Exception):
