@@ -149,6 +149,21 @@ Py_ssize_t rt_cobs_decode(const uint8_t *in, Py_ssize_t n, uint8_t *out, Py_ssiz
 #define rt_cpu_relax() ((void)0)
 #endif
 
+/* `timeout` seconds from now on `clock` (CLOCK_MONOTONIC for futex waits,
+ * CLOCK_REALTIME for pthread_mutex_timedlock), as an absolute time. */
+static inline void
+rt_deadline_after(clockid_t clock, double timeout, struct timespec *deadline)
+{
+    clock_gettime(clock, deadline);
+    double whole = (double)(time_t)timeout;
+    deadline->tv_sec += (time_t)timeout;
+    deadline->tv_nsec += (long)((timeout - whole) * 1e9);
+    if (deadline->tv_nsec >= 1000000000L) {
+        deadline->tv_sec += 1;
+        deadline->tv_nsec -= 1000000000L;
+    }
+}
+
 #define RT_MUTEX_MAGIC 0x52544d58u  /* "RTMX": set once initialized */
 
 typedef struct {

@@ -456,14 +456,7 @@ wait_inline(rt_ChangeFeed *self, double timeout)
 {
     struct timespec deadline;
     if (timeout >= 0) {
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        double whole = (double)(time_t)timeout;
-        deadline.tv_sec += (time_t)timeout;
-        deadline.tv_nsec += (long)((timeout - whole) * 1e9);
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec += 1;
-            deadline.tv_nsec -= 1000000000L;
-        }
+        rt_deadline_after(CLOCK_MONOTONIC, timeout, &deadline);
     }
     for (;;) {
         struct rt_futex_waitv waits[RT_FUTEX_WAITV_MAX];

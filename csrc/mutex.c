@@ -76,14 +76,7 @@ lock_contended(rt_mutex_t *m, double timeout)
     }
     /* Only a contended acquire with a deadline reads the clock. */
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    double whole = (double)(time_t)timeout;
-    deadline.tv_sec += (time_t)timeout;
-    deadline.tv_nsec += (long)((timeout - whole) * 1e9);
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec += 1;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    rt_deadline_after(CLOCK_REALTIME, timeout, &deadline);
     Py_BEGIN_ALLOW_THREADS
     rc = pthread_mutex_timedlock(&m->m.mutex, &deadline);
     Py_END_ALLOW_THREADS

@@ -491,6 +491,8 @@ commit(FramePump *pump, Py_ssize_t index, double now)
     }
 }
 
+static int send_message(FramePump *pump, Py_ssize_t index, uint8_t *raw, int payload_length);
+
 static void
 handle_frame(FramePump *pump, Py_ssize_t index, const uint8_t *frame, Py_ssize_t length, double now)
 {
@@ -546,21 +548,8 @@ handle_frame(FramePump *pump, Py_ssize_t index, const uint8_t *frame, Py_ssize_t
         if (pump->forward_all) {
             post(pump, index, PUMP_SEEN, frame, length, 0.0);
         }
-        uint8_t reply_raw[4] = {RT_HB_RES, 1, payload[0], 0};
-        reply_raw[3] = reply_raw[0] ^ reply_raw[1] ^ reply_raw[2];
-        uint8_t reply[8];
-        Py_ssize_t size = rt_cobs_encode(reply_raw, 4, reply);
-        reply[size++] = 0;
-        int rc = send_bytes(pump, index, reply, (size_t)size);
-        if (rc > 0) {
-            port->messages_out++;
-            if (pump->forward_all) {
-                post(pump, index, PUMP_SENT, reply, size - 1, 0.0);
-            }
-        }
-        else if (rc < 0) {
-            lose_errno(pump, index, "write error", -rc);
-        }
+        uint8_t reply[4] = {RT_HB_RES, 1, payload[0], 0};
+        send_message(pump, index, reply, 1);
         return;
     }
     post(pump, index, PUMP_FRAME, frame, length, 0.0);
@@ -718,7 +707,9 @@ wake_writer(FramePump *pump)
     syscall(SYS_futex, &pump->writer_word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Frame and send one message from the writer thread (the lock is held); 1 sent or queued. */
+/* Frame and send one message (the lock is held): `raw` holds the type and the
+ * payload, with room for the length and checksum it fills in. Counted, copied
+ * for Python with forward_all; a write error loses the port. 1: sent or queued. */
 static int
 send_message(FramePump *pump, Py_ssize_t index, uint8_t *raw, int payload_length)
 {

@@ -86,19 +86,6 @@ entry_ready(const rt_watch *w)
            || (acc->seen_live && !is_live(acc));
 }
 
-static void
-deadline_after(double timeout, struct timespec *deadline)
-{
-    clock_gettime(CLOCK_MONOTONIC, deadline);
-    double whole = (double)(time_t)timeout;
-    deadline->tv_sec += (time_t)timeout;
-    deadline->tv_nsec += (long)((timeout - whole) * 1e9);
-    if (deadline->tv_nsec >= 1000000000L) {
-        deadline->tv_sec += 1;
-        deadline->tv_nsec -= 1000000000L;
-    }
-}
-
 static int
 past(const struct timespec *deadline)
 {
@@ -117,7 +104,7 @@ wait_entries(rt_watch *watched, int n, uint32_t *control, uint32_t control_value
 {
     struct timespec deadline;
     if (timeout >= 0) {
-        deadline_after(timeout, &deadline);
+        rt_deadline_after(CLOCK_MONOTONIC, timeout, &deadline);
     }
     for (int i = 0; i < n; i++) {
         watched[i].acc->users++;
