@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SETUP_LOG := build/setup-venv.log
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h)
-LINT_PATHS := src tests bench $(wildcard examples)
+LINT_PATHS := src tests bench fuzz $(wildcard examples)
 
 .PHONY: demo test test-fast bench lint clean
 

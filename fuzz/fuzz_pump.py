@@ -811,7 +811,7 @@ class Run:
         self.drain()
         kept: list[tuple[PumpEvent, Any]] = []
         frames = 0
-        for event in self.expected:  # the port's share holds EVENT_LIMIT frames; copies have room of their own
+        for event in self.expected:  # EVENT_LIMIT frames in the share; copies have room of their own
             if event[0] in (PumpEvent.FRAME, PumpEvent.OVERFLOW):
                 frames += 1
                 if frames > EVENT_LIMIT:
