@@ -388,7 +388,7 @@ def test_a_feed_that_gathers_a_batch_still_delivers_every_buffer(servos: list[Bu
 def test_a_paced_feed_hands_a_change_over_at_once_then_at_most_one_batch_per_pace(
     servos: list[Buffer], consumer: str
 ) -> None:
-    feed = _core.ChangeFeed(batch=1.0)  # the longest pace: what is held back is held back long
+    feed = _core.ChangeFeed(batch=0.5)  # a long pace: what is held back is held back ten times the look
     try:
         if consumer == "eventfd":
             feed.fileno()
@@ -401,7 +401,7 @@ def test_a_paced_feed_hands_a_change_over_at_once_then_at_most_one_batch_per_pac
         assert feed.take() == []
     finally:
         feed.close()
-    quiet = _core.ChangeFeed(batch=1.0)
+    quiet = _core.ChangeFeed(batch=0.5)
     try:
         quiet.add("servo", servos[1]._access)
         assert quiet.wait(10) and quiet.take()  # the first batch goes at once: nothing came before
