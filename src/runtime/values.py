@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ._core import read_json
+from ._core import read_json, short_float32
 from .buffer import Buffer, DeviceBufferError, Parameter, _integer_range
 from .exception import did_you_mean
 
@@ -485,24 +485,18 @@ def short_float(value: float) -> float:
 
     Device values are 4-byte floats; shown as doubles they look like
     ``-0.12300000339746475``. This gives ``-0.123``, which converts back to the
-    exact same float32, so nothing is lost. Values that are not float32 are
-    returned as they are.
+    exact same float32, so nothing is lost. Values that are not float32 (and
+    NaN and infinities) are returned as they are. The compiled core's
+    :func:`runtime._core.short_float32` does it, as it does for every value it
+    reads (:func:`read_state`).
 
     >>> short_float(ctypes.c_float(-0.123).value)
     -0.123
     >>> short_float(0.1)
     0.1
     """
-    if not math.isfinite(value):
-        return value
-    single = ctypes.c_float(value).value
-    if single != value:
-        return value
-    for digits in range(1, 10):
-        candidate = float(f"{value:.{digits}g}")
-        if ctypes.c_float(candidate).value == value:
-            return candidate
-    return value
+    short = short_float32(value)
+    return value if short is None else short
 
 
 def jsonable(value: Any) -> Any:
@@ -515,7 +509,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, int | str):
         return value
     if isinstance(value, float):
-        return short_float(value) if math.isfinite(value) else None
+        return short_float32(value)
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, Mapping):
@@ -565,8 +559,6 @@ def read_state(buffer: Buffer, previous: float = 0.0) -> BufferState:
 
 
 _CONVERTERS: dict[type[Buffer], Callable[[dict[str, Any]], dict[str, Any]]] = {}
-_SHORT: dict[float, float] = {}
-_SHORT_CACHE_SIZE = 4096
 
 
 def json_values(buffer_type: type[Buffer], values: dict[str, Any]) -> dict[str, Any]:
@@ -597,7 +589,7 @@ def _converter(buffer_type: type[Buffer]) -> Callable[[dict[str, Any]], dict[str
 
     def convert_values(values: dict[str, Any]) -> dict[str, Any]:
         for name in floats:
-            values[name] = _short_float(values[name])
+            values[name] = short_float32(values[name])
         for name in others:
             values[name] = jsonable(values[name])
         return values
@@ -606,33 +598,7 @@ def _converter(buffer_type: type[Buffer]) -> Callable[[dict[str, Any]], dict[str
     return convert_values
 
 
-def _short_float(value: float) -> float | None:
-    """:func:`short_float` of a float32 value (None for NaN and infinities), memoized."""
-    short = _SHORT.get(value)
-    if short is not None:
-        return short
-    if not math.isfinite(value):
-        return None
-    # The shortest decimal that reads back as the same float32: six significant digits (trailing zeros
-    # dropped) give it whenever six or fewer suffice, for a normal float32 (a subnormal, with fewer
-    # significant bits, may need fewer); more are tried only when needed.
-    short = value
-    for digits in _SUBNORMAL_DIGITS if abs(value) < _FLOAT32_MIN else _NORMAL_DIGITS:
-        candidate = float(f"{value:.{digits}g}")
-        if _FLOAT32.unpack(_FLOAT32.pack(candidate))[0] == value:
-            short = candidate
-            break
-    if len(_SHORT) >= _SHORT_CACHE_SIZE:
-        _SHORT.clear()
-    _SHORT[value] = short
-    return short
-
-
 _FLOAT32 = struct.Struct("<f")
-_FLOAT32_MIN = 1.1754943508222875e-38
-"""The smallest normal float32."""
-_NORMAL_DIGITS = (6, 7, 8, 9)
-_SUBNORMAL_DIGITS = tuple(range(1, 10))
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
