@@ -140,7 +140,8 @@ typedef struct {
     double last_rx;          /* monotonic time of the last message handled here */
     /* the writer thread's side (serve_writes; the rest of this block is 0 until then) */
     int serving_writes;
-    int registered;          /* counted in the buffer's waiters[RT_WRITE_BLOCK] */
+    int registered;          /* counted in the buffer's waiters[RT_WRITE_BLOCK]: the writer thread sleeps
+                                on its word (writers then make the wake call; not while held back) */
     rt_BufferAccess *acc;    /* the attached access, for its words */
     double write_interval;   /* seconds between two batches */
     uint32_t write_seen;     /* the write block's sequence word when last looked at */
@@ -682,8 +683,9 @@ pump_thread(void *arg)
  * futex_waitv on the write-block sequence word of every port that serves
  * writes (serve_writes) and on the process-private `writer_word`, which the
  * pump bumps to wake it (attach, remove, close, send_writes_now, a change of
- * what to confirm). It registers in each buffer's waiters[RT_WRITE_BLOCK] for
- * as long as the port serves writes, so that writers make the wake call.
+ * what to confirm). It counts itself in a buffer's waiters[RT_WRITE_BLOCK]
+ * while it sleeps on that word, so that writers make the wake call then (and
+ * only then: not while the port's batch is held back by write_interval).
  * Ports beyond what one futex_waitv takes, or every port on a kernel without
  * futex_waitv (ENOSYS), are looked at every PUMP_WRITE_POLL seconds instead.
  *
@@ -961,17 +963,22 @@ writer_thread(void *arg)
                 continue;
             }
             wake = fmin(wake, serve_port(pump, index, now));
-            if (port->write_due && !port->urgent && now < port->next_batch && !port->commander_waiting) {
-                continue;  /* a batch held back by write_interval: its timer looks again (as the bridge
-                              did before), and newer writes of the interval do not wake the thread */
+            int held = port->write_due && !port->urgent && now < port->next_batch && !port->commander_waiting;
+            /* A batch held back by write_interval: its timer looks again (as the bridge did before), and
+             * newer writes of the interval neither wake the thread nor make the wake call. */
+            int sleeps_on = !held && count < RT_FUTEX_WAITV_MAX;
+            polled |= !held && !sleeps_on;
+            /* Registered before sleeping (a writer bumps, then reads waiters; futex_waitv compares the
+             * word when it sleeps): no write is missed, and no write pays a wake call for nobody. */
+            if (sleeps_on != port->registered) {
+                __atomic_fetch_add(&port->acc->notify->waiters[RT_WRITE_BLOCK], sleeps_on ? 1 : -1,
+                                   __ATOMIC_SEQ_CST);
+                port->registered = sleeps_on;
             }
-            if (count < RT_FUTEX_WAITV_MAX) {
+            if (sleeps_on) {
                 waits[count++] = (struct rt_futex_waitv){
                     port->write_seen, (uint64_t)(uintptr_t)&port->acc->notify->seq[RT_WRITE_BLOCK],
                     RT_FUTEX2_SIZE_U32, 0};
-            }
-            else {
-                polled = 1;
             }
         }
         pthread_mutex_unlock(&pump->lock);
@@ -1527,8 +1534,6 @@ FramePump_serve_writes(FramePump *self, PyObject *const *args, Py_ssize_t nargs)
             port->write_due = 1;  /* a write may be waiting from before the device came */
             port->recheck = 1;    /* and so may a commander, or the disabled flag */
             port->write_seen = __atomic_load_n(&port->acc->notify->seq[RT_WRITE_BLOCK], __ATOMIC_ACQUIRE);
-            __atomic_fetch_add(&port->acc->notify->waiters[RT_WRITE_BLOCK], 1, __ATOMIC_SEQ_CST);
-            port->registered = 1;
         }
     }
     pthread_mutex_unlock(&self->lock);
