@@ -1371,11 +1371,31 @@ BufferAccess_emit_dev_rw(rt_BufferAccess *self, PyObject *unused)
  * `spin` seconds (rt_mutex_trylock_spin); the caller looks again later when
  * this returns EBUSY. Copies the write block into `block` (the layout's
  * span), the IDs into `*read` and `*written`, and clears them: a change of
- * bits only, so nobody is woken. Returns 0, an errno value, or
- * RT_COMMIT_REFUSED (closed, or not live: nothing is taken). */
+ * bits only, so nobody is woken. Nothing is taken while a commander of the
+ * buffer is not among `known` (RT_COMMANDER_UNKNOWN). Returns 0, an errno
+ * value, RT_COMMIT_REFUSED (closed, or not live: nothing is taken) or
+ * RT_COMMANDER_UNKNOWN. */
 int
-rt_access_take_rw(PyObject *obj, double spin, uint16_t *read, uint16_t *written, uint8_t *block, int *recovered,
-                  int *rolled_back)
+rt_commanders_known(PyObject *obj, const uint64_t *known, int count)
+{
+    rt_BufferAccess *acc = (rt_BufferAccess *)obj;
+    uint64_t mask = acc->spec->safe_mask;
+    for (int id = 0; mask != 0; id++, mask >>= 1) {
+        uint64_t who = (mask & 1) ? __atomic_load_n(&acc->command->commander[id], __ATOMIC_ACQUIRE) : 0;
+        int found = who == 0;
+        for (int k = 0; k < count && !found; k++) {
+            found = known[k] == who;
+        }
+        if (!found) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int
+rt_access_take_rw(PyObject *obj, double spin, const uint64_t *known, int known_count, uint16_t *read,
+                  uint16_t *written, uint8_t *block, int *recovered, int *rolled_back)
 {
     rt_BufferAccess *acc = (rt_BufferAccess *)obj;
     *recovered = 0;
@@ -1391,7 +1411,10 @@ rt_access_take_rw(PyObject *obj, double spin, uint16_t *read, uint16_t *written,
     if (*recovered) {
         *rolled_back = rt_recover_memory(acc, &bumped);
     }
-    int refused = !is_live(acc);
+    int refused = !is_live(acc) ? RT_COMMIT_REFUSED : 0;
+    if (!refused && !rt_commanders_known(obj, known, known_count)) {
+        refused = RT_COMMANDER_UNKNOWN;
+    }
     if (!refused) {
         *read = (uint16_t)acc->meta->read;
         *written = (uint16_t)acc->meta->written;
@@ -1407,7 +1430,7 @@ rt_access_take_rw(PyObject *obj, double spin, uint16_t *read, uint16_t *written,
     if (bumped) {
         rt_wake_waiters(acc, bumped);
     }
-    return refused ? RT_COMMIT_REFUSED : 0;
+    return refused;
 }
 
 static PyObject *

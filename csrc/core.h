@@ -306,11 +306,18 @@ void rt_access_report_recovery(PyObject *access, int rolled_back);
 int rt_access_commit(PyObject *access, const uint8_t *stage, uint64_t mask, double spin, int *recovered,
                      int *rolled_back);
 /* Without the GIL: take the pending reads and writes (IDs, and the write
- * block into `block`) as emit_dev_rw does, and clear them. Returns 0, an
- * errno value (EBUSY: the lock stayed taken for `spin` seconds), or
- * RT_COMMIT_REFUSED (closed, or not live). */
-int rt_access_take_rw(PyObject *access, double spin, uint16_t *read, uint16_t *written, uint8_t *block,
-                      int *recovered, int *rolled_back);
+ * block into `block`) as emit_dev_rw does, and clear them, unless a commander
+ * of the buffer is not among the `known_count` words of `known`: then nothing
+ * is taken and RT_COMMANDER_UNKNOWN is returned (checked under the lock, so
+ * that a write is never taken ahead of the check of its commander). Returns
+ * 0, an errno value (EBUSY: the lock stayed taken for `spin` seconds),
+ * RT_COMMIT_REFUSED (closed, or not live) or RT_COMMANDER_UNKNOWN. */
+#define RT_COMMANDER_UNKNOWN (-2)
+int rt_access_take_rw(PyObject *access, double spin, const uint64_t *known, int known_count, uint16_t *read,
+                      uint16_t *written, uint8_t *block, int *recovered, int *rolled_back);
+/* Whether every commander recorded in the buffer (a nonzero word of a
+ * parameter with a safe value) is among the `count` words of `known`. */
+int rt_commanders_known(PyObject *access, const uint64_t *known, int count);
 
 /* ---- packing values into messages (buffer.c) ---------------------------- */
 typedef struct {

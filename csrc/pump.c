@@ -709,21 +709,29 @@ wake_writer(FramePump *pump)
     syscall(SYS_futex, &pump->writer_word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Frame and send one message (the lock is held): `raw` holds the type and the
- * payload, with room for the length and checksum it fills in. Counted, copied
- * for Python with forward_all; a write error loses the port. 1: sent or queued. */
-static int
-send_message(FramePump *pump, Py_ssize_t index, uint8_t *raw, int payload_length)
+/* A message as a COBS frame without its delimiter: `raw` holds the type and the
+ * payload, with room for the length and checksum filled in here. Its size. */
+static Py_ssize_t
+frame_message(uint8_t *raw, int payload_length, uint8_t *frame)
 {
-    pump_port *port = &pump->ports[index];
     raw[1] = (uint8_t)payload_length;
     uint8_t checksum = 0;
     for (int i = 0; i < payload_length + 2; i++) {
         checksum ^= raw[i];
     }
     raw[payload_length + 2] = checksum;
+    return rt_cobs_encode(raw, payload_length + 3, frame);
+}
+
+/* Frame and send one message (the lock is held), as frame_message frames it.
+ * Counted, copied for Python with forward_all; a write error loses the port.
+ * 1: sent or queued. */
+static int
+send_message(FramePump *pump, Py_ssize_t index, uint8_t *raw, int payload_length)
+{
+    pump_port *port = &pump->ports[index];
     uint8_t frame[RT_MAX_ENCODING + 1];
-    Py_ssize_t size = rt_cobs_encode(raw, payload_length + 3, frame);
+    Py_ssize_t size = frame_message(raw, payload_length, frame);
     frame[size++] = 0;
     int rc = send_bytes(pump, index, frame, (size_t)size);
     if (rc > 0) {
@@ -780,6 +788,14 @@ send_values(FramePump *pump, Py_ssize_t index, uint16_t params, const uint8_t *b
     return 0;
 }
 
+/* A commander Python has not checked: the port's writes wait for commanders_checked. */
+static void
+commander_unknown(FramePump *pump, Py_ssize_t index)
+{
+    pump->ports[index].commander_waiting = 1;
+    post(pump, index, PUMP_COMMANDER, NULL, 0, 0.0);
+}
+
 /* Look at the command words (the lock is held): report a change of the disabled flag, and a
  * commander Python has not checked (the port's writes then wait for commanders_checked). */
 static void
@@ -792,24 +808,8 @@ look_at_commands(FramePump *pump, Py_ssize_t index)
         port->disabled_seen = disabled;
         post(pump, index, PUMP_DISABLED, NULL, 0, (double)disabled);
     }
-    uint64_t mask = acc->spec->safe_mask;
-    if (mask == 0 || port->commander_waiting) {
-        return;
-    }
-    for (int id = 0; id < RT_MAX_PARAMS; id++) {
-        if (!(mask & (1ull << id))) {
-            continue;
-        }
-        uint64_t who = __atomic_load_n(&acc->command->commander[id], __ATOMIC_ACQUIRE);
-        int known = who == 0;
-        for (int k = 0; k < port->known_count && !known; k++) {
-            known = port->known[k] == who;
-        }
-        if (!known) {
-            port->commander_waiting = 1;
-            post(pump, index, PUMP_COMMANDER, NULL, 0, 0.0);
-            return;
-        }
+    if (!port->commander_waiting && !rt_commanders_known(port->access, port->known, port->known_count)) {
+        commander_unknown(pump, index);
     }
 }
 
@@ -849,13 +849,7 @@ resend_overdue(FramePump *pump, Py_ssize_t index, double now)
         int count = rt_pack_bins(port->layout, gave_up, bins, &port->packing);
         for (int b = 0; b < count; b++) {  /* one event per DEV_WRITE-sized group of values */
             int length = values_message(port->layout, RT_DEV_WRITE, bins[b], port->rblock, raw);
-            raw[1] = (uint8_t)length;
-            uint8_t checksum = 0;
-            for (int i = 0; i < length + 2; i++) {
-                checksum ^= raw[i];
-            }
-            raw[length + 2] = checksum;
-            Py_ssize_t size = rt_cobs_encode(raw, length + 3, frame);
+            Py_ssize_t size = frame_message(raw, length, frame);
             post(pump, index, PUMP_GAVE_UP, frame, size, (double)port->retries);
         }
     }
@@ -905,9 +899,14 @@ serve_port(FramePump *pump, Py_ssize_t index, double now)
     }
     uint16_t read, written;
     int recovered = 0, rolled_back = 0;
-    int rc = rt_access_take_rw(port->access, PUMP_LOCK_SPIN, &read, &written, port->wblock, &recovered, &rolled_back);
+    int rc = rt_access_take_rw(port->access, PUMP_LOCK_SPIN, port->known, port->known_count, &read, &written,
+                               port->wblock, &recovered, &rolled_back);
     if (recovered) {
         post(pump, index, PUMP_RECOVERED, NULL, 0, rolled_back);
+    }
+    if (rc == RT_COMMANDER_UNKNOWN) {  /* a write came after the look at the commands: its commander first */
+        commander_unknown(pump, index);
+        return next;
     }
     if (rc == EBUSY || rc == ETIMEDOUT) {  /* never wait for the lock: the bits stay, try again soon */
         if (!port->write_busy) {
