@@ -4,7 +4,8 @@
 Everything goes under build/fuzz/ and the normal in-place build is never
 touched:
 
-    build/fuzz/venv/                 a virtualenv with atheris (pinned below)
+    build/fuzz/venv/                 a virtualenv with atheris (pinned below) and
+                                     the dependencies pyproject.toml lists
     build/fuzz/pkg/runtime/          src/runtime/*.py symlinked, plus
     build/fuzz/pkg/runtime/_core<EXT_SUFFIX>
                                      csrc/*.c compiled by clang with
@@ -32,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +41,16 @@ OUT = ROOT / "build" / "fuzz"
 VENV = OUT / "venv"
 PKG = OUT / "pkg"
 ATHERIS = "atheris==3.0.0"
-PACKAGES = [ATHERIS, "PyYAML>=6"]
-"""What the fuzz venv holds: atheris, and what runtime.catalog needs to load the real catalog."""
+
+
+def project_dependencies() -> list[str]:
+    """The package's own dependencies, read from pyproject.toml (so the fuzz venv never lags it)."""
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        return list(tomllib.load(file)["project"]["dependencies"])
+
+
+PACKAGES = [ATHERIS, *project_dependencies()]
+"""What the fuzz venv holds: atheris, and everything the runtime package imports."""
 CC = os.environ.get("FUZZ_CC", "clang")
 CFLAGS = [
     "-fsanitize=address,fuzzer-no-link",
@@ -83,7 +93,7 @@ def venv_python() -> Path:
 
 
 def ensure_venv() -> None:
-    """A virtualenv with atheris (and PyYAML), on the interpreter the extension is built for."""
+    """A virtualenv with atheris and the package's dependencies, on the interpreter the extension is built for."""
     stamp = VENV / ".atheris-stamp"
     if stamp.exists() and stamp.read_text() == f"{' '.join(PACKAGES)} {sys.version}":
         return
