@@ -332,6 +332,7 @@ typedef struct {
  * RT_PACK_NOMEM / RT_PACK_UNFIT. */
 int rt_pack_bins(const rt_layout *layout, uint16_t params, uint16_t bins[RT_MAX_PARAMS], rt_pack_cache *cache);
 int rt_pump_module_init(PyObject *module);
+int rt_relay_module_init(PyObject *module);
 
 int rt_message_module_init(PyObject *module);
 int rt_mutex_module_init(PyObject *module);

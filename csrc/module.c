@@ -413,7 +413,7 @@ PyInit__core(void)
     if (exceptions_init(module) < 0 || rt_segment_module_init(module) < 0 || rt_mutex_module_init(module) < 0
         || rt_message_module_init(module) < 0 || rt_spec_module_init(module) < 0
         || rt_buffer_module_init(module) < 0 || rt_wait_module_init(module) < 0 || rt_feed_module_init(module) < 0
-        || rt_pump_module_init(module) < 0) {
+        || rt_pump_module_init(module) < 0 || rt_relay_module_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -302,6 +302,16 @@ def short_float32(value: float, /) -> float | None:
     """The shortest decimal that reads back as the same float32; None for NaN and infinities."""
 
 @final
+class Relay:
+    """One thread outside the interpreter copying bytes both ways between pairs of connected sockets."""
+
+    def __new__(cls) -> Self: ...
+    @property
+    def count(self) -> int: ...
+    def add(self, a: int, b: int, tag: int, /) -> None: ...
+    def active(self) -> list[int]: ...
+    def close(self) -> None: ...
+
 class ChangeFeed:
     """One thread outside the interpreter sleeping on many buffers; its consumer is woken once per batch."""
 

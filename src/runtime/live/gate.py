@@ -19,6 +19,7 @@ import socket
 import threading
 from collections.abc import Collection
 
+from .._core import Relay
 from ..remote import quote
 
 __all__ = [
@@ -81,15 +82,18 @@ class OriginGate:
     connection's handshake, so it listens on a free port of 127.0.0.1 and this
     gate, on the address asked for, lets through only the handshakes of
     allowed origins (:func:`origin_allowed`; a refused one gets ``403
-    Forbidden`` and is closed). One asyncio loop in a thread of its own relays
-    the bytes both ways. :meth:`foreign` finds connections to the inner port
-    that bypassed the gate (a local program that found it): :class:`~runtime.live.LiveView`
-    closes them and refuses writes meanwhile.
+    Forbidden`` and is closed). An asyncio loop in a thread of its own reads
+    the handshakes; the connections let through are relayed both ways by the
+    compiled core (:class:`runtime._core.Relay`: a thread outside the
+    interpreter, no Python per message). :meth:`foreign` finds connections to
+    the inner port that bypassed the gate (a local program that found it):
+    :class:`~runtime.live.LiveView` closes them and refuses writes meanwhile.
     """
 
     def __init__(self, host: str, port: int, inner_port: int, allowed: Collection[str]) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=128)
+        self.sock.setblocking(False)
         self.port: int = self.sock.getsockname()[1]
         self.inner_port = inner_port
         self.allowed = tuple(allowed)
@@ -97,9 +101,11 @@ class OriginGate:
         """Connections let through."""
         self.refused = 0
         """Connections refused (origin, malformed or too long handshake, too many)."""
-        self._ours: set[int] = set()
-        """The local ports of this gate's connections to the inner port."""
-        self._active = 0
+        self._relay = Relay()
+        self._connecting: set[int] = set()
+        """The local ports of connections to the inner port not handed to the relay yet."""
+        self._handshakes = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._origins_said: set[str] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -109,17 +115,12 @@ class OriginGate:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-
-        async def start() -> asyncio.Server:
-            return await asyncio.start_server(self._handle, sock=self.sock, limit=HANDSHAKE_LIMIT)
-
-        server = self._loop.run_until_complete(start())
-        self._ready.set()
+        accepting = self._loop.create_task(self._accept())
+        self._loop.call_soon(self._ready.set)
         try:
             self._loop.run_forever()
         finally:
-            server.close()
-            tasks = asyncio.all_tasks(self._loop)
+            tasks = [accepting, *self._tasks]
             for task in tasks:
                 task.cancel()
             self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
@@ -130,11 +131,12 @@ class OriginGate:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        self._relay.close()
         self.sock.close()
 
     def ours(self) -> set[int]:
         """The local ports of the gate's connections to the inner port (a copy)."""
-        return set(self._ours)
+        return set(self._connecting) | set(self._relay.active())
 
     def _say_refused(self, origin: str, why: str) -> None:
         """Log a refused connection: once per origin (the first 100), then only count."""
@@ -147,23 +149,39 @@ class OriginGate:
             "refused a connection: %s (runtime foxglove --allow-origin ORIGIN accepts a page's)", why
         )
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._active >= CONNECTIONS_LIMIT:
-            self._say_refused("<too many>", f"more than {CONNECTIONS_LIMIT} connections at once")
-            await _answer(writer, 503, "too many connections")
-            return
-        self._active += 1
-        try:
-            await self._relay(reader, writer)
-        finally:
-            self._active -= 1
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:  # out of descriptors, say: the next one may be accepted
+                logger.warning("cannot accept a connection: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handle(client))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, client: socket.socket) -> None:
+        with client:
+            if self._handshakes + self._relay.count >= CONNECTIONS_LIMIT:
+                self._say_refused("<too many>", f"more than {CONNECTIONS_LIMIT} connections at once")
+                await _answer(client, 503, "too many connections")
+                return
+            self._handshakes += 1
+            try:
+                await self._let_through(client)
+            finally:
+                self._handshakes -= 1
+
+    async def _let_through(self, client: socket.socket) -> None:
+        """Read the handshake; relay the connection if its origin is allowed, else answer why not."""
+        loop = asyncio.get_running_loop()
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANDSHAKE_TIMEOUT)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            head, rest = await asyncio.wait_for(_read_handshake(client), HANDSHAKE_TIMEOUT)
+        except (ValueError, TimeoutError, OSError):
             self._say_refused("<handshake>", "no WebSocket handshake (too long, too slow, or none)")
-            await _answer(writer, 400, "bad request")
+            await _answer(client, 400, "bad request")
             return
         origins = [
             value.strip()
@@ -174,34 +192,29 @@ class OriginGate:
         if len(origins) > 1 or not origin_allowed(origin, self.allowed):
             shown = quote(origins[0] if len(origins) == 1 else origins)
             self._say_refused(shown, f"origin {shown} is not allowed")
-            await _answer(writer, 403, f"origin {shown} is not allowed (runtime foxglove --allow-origin)")
+            await _answer(client, 403, f"origin {shown} is not allowed (runtime foxglove --allow-origin)")
             return
-        inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        try:
-            inner.bind(("127.0.0.1", 0))
-            local = inner.getsockname()[1]
-            self._ours.add(local)  # before the connection exists: never taken for a foreign one
-            inner.setblocking(False)
-            await loop.sock_connect(inner, ("127.0.0.1", self.inner_port))
-            inner_transport, _ = await loop.create_connection(
-                lambda: _Forward(writer.transport, done), sock=inner
-            )
-        except OSError as exc:
-            logger.error("cannot reach the Foxglove server: %s", exc)
-            inner.close()
-            self._ours.discard(local)
-            await _answer(writer, 502, "the Foxglove server is not reachable")
-            return
-        self.relayed += 1
-        try:
-            inner_transport.write(head)
-            await asyncio.gather(_copy(reader, inner_transport), done)
-        finally:
-            self._ours.discard(local)
-            inner_transport.close()
-            writer.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as inner:
+            local = 0
+            try:
+                inner.bind(("127.0.0.1", 0))
+                local = inner.getsockname()[1]
+                self._connecting.add(local)  # before the connection exists: never taken for a foreign one
+                inner.setblocking(False)
+                await loop.sock_connect(inner, ("127.0.0.1", self.inner_port))
+                await loop.sock_sendall(inner, head + rest)
+            except OSError as exc:
+                self._connecting.discard(local)
+                logger.error("cannot reach the Foxglove server: %s", exc)
+                await _answer(client, 502, "the Foxglove server is not reachable")
+                return
+            try:
+                self._relay.add(client.detach(), inner.detach(), local)  # the relay's from now on
+                self.relayed += 1
+            except (OSError, ValueError) as exc:  # closed meanwhile, or out of memory or descriptors
+                logger.error("cannot relay a connection: %s", exc)
+            finally:
+                self._connecting.discard(local)
 
     def foreign(self) -> list[int] | None:
         """The socket inodes of connections to the inner port that are not the gate's; None if unknown."""
@@ -212,58 +225,43 @@ class OriginGate:
         return [inode for local, remote, inode in rows if local == self.inner_port and remote not in ours]
 
 
-async def _answer(writer: asyncio.StreamWriter, code: int, text: str) -> None:
-    """An HTTP error answer to a refused handshake, then close."""
+async def _read_handshake(client: socket.socket) -> tuple[bytes, bytes]:
+    """A WebSocket handshake (request line and headers), and the bytes the client sent after it.
+
+    Raises:
+        ValueError: It is longer than :data:`HANDSHAKE_LIMIT`, or the client ended before its end.
+    """
+    loop = asyncio.get_running_loop()
+    data = b""
+    while (end := data.find(b"\r\n\r\n")) < 0:
+        if len(data) > HANDSHAKE_LIMIT:
+            raise ValueError("handshake too long")
+        chunk = await loop.sock_recv(client, 4096)
+        if not chunk:
+            raise ValueError("the client ended before its handshake did")
+        data += chunk
+    if end + 4 > HANDSHAKE_LIMIT:
+        raise ValueError("handshake too long")
+    return data[: end + 4], data[end + 4 :]
+
+
+async def _answer(client: socket.socket, code: int, text: str) -> None:
+    """An HTTP error answer to a refused handshake (the caller closes the connection)."""
     reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}[code]
     body = (text + "\n").encode("utf-8", "replace")
-    with contextlib.suppress(OSError, RuntimeError):
-        writer.write(
-            f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + body
-        )
-        await asyncio.wait_for(writer.drain(), 5)
-    writer.close()
-
-
-async def _copy(source: asyncio.StreamReader, sink: asyncio.WriteTransport) -> None:
-    """The client's bytes to the Foxglove server until the client ends; then end that connection."""
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await source.read(65536):
-            sink.write(data)
-    sink.close()
-
-
-RELAY_BUFFER_LIMIT = 64 * 1024 * 1024
-"""The most bytes for a client held unsent (it does not read): then its connection is closed."""
-
-
-class _Forward(asyncio.Protocol):
-    """The Foxglove server's bytes to the client as they come: written on from the callback itself
-    (a message costs no task and no stream), the connection closed if the client stops reading."""
-
-    def __init__(self, sink: asyncio.WriteTransport, done: asyncio.Future[None]) -> None:
-        self.sink = sink
-        self.done = done
-
-    def data_received(self, data: bytes) -> None:
-        if self.sink.is_closing():
-            return
-        self.sink.write(data)
-        if self.sink.get_write_buffer_size() > RELAY_BUFFER_LIMIT:
-            logger.warning(
-                "a Foxglove client reads too slowly (%d MiB unsent): disconnected", RELAY_BUFFER_LIMIT >> 20
-            )
-            self.sink.abort()
-
-    def eof_received(self) -> bool:
-        self.sink.close()  # the server ended: the client's connection too (the other direction ends with it)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.sink.close()
-        if not self.done.done():
-            self.done.set_result(None)
+    answer = (
+        f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(client, answer), 5)
+        client.shutdown(socket.SHUT_WR)
+        # What the client sent and nobody read would make the close a reset, which may cost the
+        # client the answer: read it (what has come; none of it is waited for).
+        for _ in range(HANDSHAKE_LIMIT // 4096 + 1):
+            if not client.recv(4096):
+                break
 
 
 _TCP_ESTABLISHED = 1
