@@ -506,7 +506,14 @@ def jsonable(value: Any) -> Any:
     ``None`` (JSON has no infinity), ctypes arrays become lists and bytes become
     text (character arrays hold text).
     """
-    if isinstance(value, bool) or value is None or isinstance(value, int | str):
+    kind = type(value)  # the usual types first, by identity: this runs per value of every change
+    if kind is float:
+        return short_float32(value)
+    if kind is int or kind is bool or kind is str or value is None:
+        return value
+    if kind is dict:
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, bool) or isinstance(value, int | str):
         return value
     if isinstance(value, float):
         return short_float32(value)

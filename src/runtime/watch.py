@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -109,14 +110,14 @@ class Watched:
     wants: bool = True
     """Whether the change feed reads its value changes now (:meth:`BufferWatcher._wants`)."""
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, int]:
         """The store key ``(type, uid)``."""
         return self.type_name, self.uid
 
-    @property
+    @functools.cached_property
     def topic(self) -> str:
-        """The buffer's topic (:func:`topic_of`)."""
+        """The buffer's topic (:func:`topic_of`; made once: it is asked at every change)."""
         return topic_of(self.type_name, self.uid)
 
 
@@ -410,10 +411,17 @@ class BufferWatcher:
                     break
                 now = time.monotonic()
                 if ready:
-                    for name, changed, valid, values, stamp in feed.take():
-                        watched = self._known.get(name)
-                        if watched is not None:
-                            self._changed(watched, now, BufferState(valid, values, stamp), changed)
+                    known = self._known
+                    if self.min_interval > 0:
+                        for name, changed, valid, values, stamp in feed.take():
+                            watched = known.get(name)
+                            if watched is not None:
+                                self._changed(watched, now, BufferState(valid, values, stamp), changed)
+                    else:  # no rate limit: every change is delivered (the recorder's case)
+                        for name, changed, valid, values, stamp in feed.take():
+                            watched = known.get(name)
+                            if watched is not None:
+                                self._deliver(watched, now, BufferState(valid, values, stamp), changed)
                 # Held changes that are due: delivered at the next batch, with the newest state.
                 for name, watched in list(self._held.items()):
                     if watched.due is None or watched.due <= now:
