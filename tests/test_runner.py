@@ -7,6 +7,7 @@ by serving the gamepad buffer itself, and switches modes with ``runtime mode``.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -390,3 +391,31 @@ def test_a_field_that_turns_invalid_means_idle(tmp_path: Path) -> None:
             assert len([line for line in runner.lines if "cannot read the field" in line]) == 1
             field.stop_serving()
         assert runner.process.returncode == 0
+
+
+def test_the_counters_are_written_once_a_second_while_they_count_and_last_as_the_mode_ends(
+    robot: EmulatedRobot, motor: DeviceBuffer, tmp_path: Path
+) -> None:
+    # Each write is a change every watcher of the runner's buffer publishes: not at every look (0.1 s).
+    path = student_file(tmp_path, robot, "def teleop_main():\n    pass\n")
+    stats = tmp_path / "runner.json"
+    arguments = ["--mode", "teleop", "--period", "0.01", "--stats", str(stats)]
+    with run_student_code(robot, path, *arguments) as runner:
+        runner.wait_line(r"running robot\.py")
+        runner_buffer = runner_buffer_of(robot)
+        robot.wait_for(lambda: runner_buffer.get("cycles") > 0, timeout=WAIT, what="the first counts")
+        seen = set()
+        start = time.monotonic()
+
+        def watched_two_seconds() -> bool:
+            seen.add(runner_buffer.get("cycles"))
+            return time.monotonic() - start >= 2.0
+
+        robot.wait_for(watched_two_seconds, timeout=WAIT, what="two seconds of counts")
+        assert 1 <= len(seen) <= 4, sorted(seen)  # about 2 (one write a second); 20 at every look
+        mode(robot, "idle")
+        runner.wait_line("idle")
+        last = runner_buffer.get("cycles")
+    # The last write holds the mode's last count: what the runner's own counters say at its end.
+    total = robot.wait_for(lambda: stats.exists() and json.loads(stats.read_text())["cycles"], timeout=WAIT)
+    assert last == total, (last, total)

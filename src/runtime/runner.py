@@ -91,6 +91,10 @@ RUNNING_LOOK_INTERVAL = 0.1
 """Seconds between two looks at the child (its calls' durations, its counters) while a mode runs: a
 mode change or a disabled robot wakes the runner at once, this is for a hung call (DEFAULT_CALL_LIMIT
 is ten times longer) and the counters."""
+COUNTERS_INTERVAL = 1.0
+"""Seconds between two writes of the student code's counters (``cycles``, ``overruns``) into the
+runner's buffer while they only count up: each write is a change every watcher of the buffer (Zenoh,
+Foxglove, a recording) publishes. A new overrun is written at the next look."""
 STUDENT_ERROR_EXIT = 3
 """The child's exit status when student code raised (its traceback is printed)."""
 _STATUS = struct.Struct("=dQQ")  # call started (monotonic, 0: not in a call), main calls, overruns
@@ -203,6 +207,10 @@ class _Child:
         self.exit_status: int | None = None
         self.warned_overruns = 0
         self.next_warning = 0.0
+        self.counters_written = (0, 0)
+        """The (calls, overruns) last written into the runner's buffer."""
+        self.counters_due = 0.0
+        """When the counters may be written again (:data:`COUNTERS_INTERVAL`)."""
 
     def poll(self) -> int | None:
         """The exit status once the process ended (reaped), else None."""
@@ -358,6 +366,13 @@ class Runner:
             self.counts["overruns"] += overruns - child.warned_overruns
             child.warned_overruns = overruns
             child.next_warning = now + OVERRUN_WARNING_INTERVAL
+        if (calls, overruns) != child.counters_written and (
+            now >= child.counters_due or overruns != child.counters_written[1]
+        ):
+            self._write_counters(calls, overruns)
+            child.counters_written, child.counters_due = (calls, overruns), now + COUNTERS_INTERVAL
+
+    def _write_counters(self, calls: int, overruns: int) -> None:
         assert self._runner is not None
         with self._lock, self._runner.transaction():
             self._runner.set("cycles", calls & 0xFFFF_FFFF)
@@ -399,7 +414,11 @@ class Runner:
     def _stop_child(self) -> None:
         child, self.child = self.child, None
         if child is not None:
-            self.counts["cycles"] += child.status.counters()[0]
+            calls, overruns = child.status.counters()
+            self.counts["cycles"] += calls
+            if self._runner is not None and (calls, overruns) != child.counters_written:  # its last counts
+                with contextlib.suppress(DeviceBufferError):
+                    self._write_counters(calls, overruns)
             child.kill()
 
     def _reload(self) -> None:
