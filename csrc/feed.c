@@ -218,6 +218,7 @@ typedef struct {
     int count, capacity;
     uint32_t control;      /* bumped (and futex-woken) to make the thread look again */
     int armed;             /* the consumer took the last batch: the next change is signalled */
+    int waiting_take;      /* the thread sleeps until the consumer takes the batch signalled */
     int stopping;
     int started;
     int closed;
@@ -433,6 +434,16 @@ feed_thread(void *arg)
             count = build_waits(self, waits, control, &producers_from, &producers_to, &left_out);
         }
         else {
+            long early = paced(self);
+            if (early > 0) {
+                /* The consumer takes the batch meanwhile, and take() need not wake this thread for it:
+                 * until the pace lets the next batch go, there is nothing to do anyway. */
+                pthread_mutex_unlock(&self->lock);
+                gather(self, control, early);
+                pthread_mutex_lock(&self->lock);
+                continue;
+            }
+            self->waiting_take = 1;  /* take() wakes it */
             count = 0;
             waits[count++] = (struct rt_futex_waitv){control, (uint64_t)(uintptr_t)&self->control,
                                                      RT_FUTEX2_SIZE_U32 | RT_FUTEX2_PRIVATE, 0};
@@ -440,6 +451,7 @@ feed_thread(void *arg)
         pthread_mutex_unlock(&self->lock);
         long rc = sleep_on(self, waits, count, control, left_out, NULL);
         pthread_mutex_lock(&self->lock);
+        self->waiting_take = 0;
         /* The entry is still there: removing one pokes the control word, and its
          * memory stays mapped while the feed holds it. */
         pass_on(waits, rc, producers_from, producers_to);
@@ -718,10 +730,10 @@ ChangeFeed_take(rt_ChangeFeed *self, PyObject *unused)
         e->force = 0;
     }
     self->armed = 1;
-    int started = self->started;
+    int waiting = self->started && self->waiting_take;
     pthread_mutex_unlock(&self->lock);
-    if (started) {
-        poke(self);  /* the thread: watch the words again */
+    if (waiting) {
+        poke(self);  /* the thread: watch the words again (a thread sleeping out the pace looks then) */
     }
     if (batch == NULL && self->count) {
         return PyErr_NoMemory();
