@@ -114,6 +114,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -250,6 +251,11 @@ class _Served:
     listener: Any = None
     """The publisher's matching listener."""
 
+    @functools.cached_property
+    def uid_text(self) -> str:
+        """The UID as its publications give it (:func:`format_uid`; made once, not per change)."""
+        return format_uid(self.uid)
+
 
 def _no_driver(prefix: str, client: str | None, what: str) -> str:
     """Why a mode other than idle, or an input, is refused: no live client sent it."""
@@ -367,7 +373,7 @@ class ZenohServer:
                 valid, values = False, None
         data = {
             "type": served.type_name,
-            "uid": format_uid(served.uid),
+            "uid": served.uid_text,
             "valid": valid,
             "values": values,
             "last_update": last_update,
