@@ -3,16 +3,18 @@
 The bridge, the emulator and the runner write ``--stats`` files that other
 programs (the demo, tests, scripts) read while they are being rewritten: a
 reader sees the old file or the new one, never half of one. Values in them are
-plain JSON by :func:`runtime.values.jsonable`.
+plain JSON by :func:`runtime.values.jsonable`, encoded by
+:func:`runtime.values.encode_json` (orjson, indented).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from typing import Any
+
+from .values import encode_json
 
 __all__ = ["write_json_atomically"]
 
@@ -31,13 +33,13 @@ def write_json_atomically(path: str | os.PathLike[str], data: Any) -> None:
     Raises :class:`OSError`, or :class:`ValueError`/:class:`TypeError` (data
     that is not plain JSON); the temporary file is removed then.
     """
+    text = encode_json(data, indent=True) + b"\n"  # before any file: bad data leaves nothing behind
     directory, name = os.path.split(os.fspath(path))
     descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
     try:
-        with open(descriptor, "w", encoding="utf-8") as file:
+        with open(descriptor, "wb") as file:
             os.fchmod(descriptor, 0o666 & ~_umask())
-            json.dump(data, file, indent=2, allow_nan=False)
-            file.write("\n")
+            file.write(text)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
