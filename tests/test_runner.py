@@ -401,7 +401,11 @@ def test_the_counters_are_written_once_a_second_while_they_count_and_last_as_the
     stats = tmp_path / "runner.json"
     arguments = ["--mode", "teleop", "--period", "0.01", "--stats", str(stats)]
     with run_student_code(robot, path, *arguments) as runner:
-        runner.wait_line(r"running robot\.py")
+        robot.wait_for(
+            lambda: any(kind == RUNNER_KEY[0] for kind, _, _ in robot.store.find_segments()),
+            timeout=WAIT,
+            what="the runner's buffer",
+        )
         runner_buffer = runner_buffer_of(robot)
         robot.wait_for(lambda: runner_buffer.get("cycles") > 0, timeout=WAIT, what="the first counts")
         seen = set()

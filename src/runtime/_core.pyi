@@ -312,6 +312,7 @@ class Relay:
     def active(self) -> list[int]: ...
     def close(self) -> None: ...
 
+@final
 class ChangeFeed:
     """One thread outside the interpreter sleeping on many buffers; its consumer is woken once per batch."""
 
