@@ -1,4 +1,5 @@
-"""The origin gate of runtime foxglove, and the compiled relay that carries its connections.
+"""The plumbing of runtime foxglove: its origin gate, the compiled relay that carries the
+connections let through, and the Foxglove SDK's worker threads.
 
 The gate is tested against a plain TCP echo server standing in for the Foxglove
 SDK's (what it relays is bytes); tests/test_hostile_network.py runs it in front
@@ -7,7 +8,10 @@ of the real one.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -206,3 +210,35 @@ def test_connections_over_the_limit_are_refused_and_a_place_frees_when_one_ends(
         wait_for(lambda: len(gate.ours()) == 1, timeout=10, what="the first connection to end")
         with connect(gate, None) as fourth:
             assert receive_exactly(fourth, len(HANDSHAKE) + 2) == HANDSHAKE + b"\r\n"
+
+
+WORKER_COUNT = """
+import os
+from runtime.live import LiveView
+from runtime.tools._common import load_catalog
+view = LiveView(load_catalog(None), port=0, namespace="rt-workers-{pid}")
+view.start()
+try:
+    names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    print(names.count("tokio-rt-worker"))
+finally:
+    view.close()
+"""
+
+
+@pytest.mark.parametrize(("environment", "workers"), [(None, 1), ("2", 2)])
+def test_the_foxglove_server_runs_one_tokio_worker_unless_the_environment_says(
+    environment: str | None, workers: int
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TOKIO_WORKER_THREADS"}
+    if environment is not None:
+        env["TOKIO_WORKER_THREADS"] = environment
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_COUNT.format(pid=os.getpid())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == workers

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_RATE",
     "DEFAULT_PORT",
+    "FOXGLOVE_WORKERS",
     "MAX_RATE",
     "MESSAGE_LIMIT",
     "READ_ONLY",
@@ -72,6 +73,8 @@ READ_ONLY = (
 """The refusal of every write while writes are not allowed."""
 MESSAGE_LIMIT = 300
 """The most characters of a refusal (error status, log line): it quotes what it refused, cut short."""
+FOXGLOVE_WORKERS = 1
+"""The Foxglove SDK's Tokio worker threads, unless ``TOKIO_WORKER_THREADS`` says otherwise."""
 _RUNNER_TOPIC = topic_of(*RUNNER_KEY)
 _PARAM_NAME = re.compile(r"(?P<topic>/runtime/[^/]+/0x[0-9a-f]+)/(?P<param>[^/]+)")
 
@@ -202,6 +205,10 @@ class LiveView:
         from foxglove.websocket import Capability
 
         self.context = foxglove.Context()
+        # The SDK's Tokio runtime (made at the first server) with one worker unless asked otherwise: a
+        # few clients need no more, and a second worker woken to steal each batch's sends costs a
+        # wake-up per batch (TOKIO_WORKER_THREADS; the default is a worker per core).
+        os.environ.setdefault("TOKIO_WORKER_THREADS", str(FOXGLOVE_WORKERS))
         capabilities = [Capability.Parameters]  # read (and, if allowed, set)
         if self.allow_write:
             capabilities.append(Capability.ClientPublish)
