@@ -93,7 +93,7 @@ def venv_python() -> Path:
 
 
 def ensure_venv() -> None:
-    """A virtualenv with atheris and the package's dependencies, on the interpreter the extension is built for."""
+    """A virtualenv with atheris and the package's dependencies, on the extension's interpreter."""
     stamp = VENV / ".atheris-stamp"
     if stamp.exists() and stamp.read_text() == f"{' '.join(PACKAGES)} {sys.version}":
         return
