@@ -404,8 +404,8 @@ gather(rt_ChangeFeed *self, uint32_t control, long ns)
 }
 
 /* The thread of a feed whose consumer watches its eventfd (fileno() was asked for):
- * it signals the eventfd once per batch, and sleeps on the control word alone until
- * the consumer takes it. */
+ * it signals the eventfd once per batch, then sleeps out the pace, or (no pace) on the
+ * control word alone until the consumer takes the batch. */
 static void *
 feed_thread(void *arg)
 {
@@ -415,14 +415,16 @@ feed_thread(void *arg)
         uint32_t control = __atomic_load_n(&self->control, __ATOMIC_ACQUIRE);
         struct rt_futex_waitv waits[RT_FUTEX_WAITV_MAX];
         int count, producers_from = 0, producers_to = 0, left_out = 0;
+        long early = paced(self);
+        if (early > 0) {
+            /* Too soon for the next batch: sleep out the pace. A take() meanwhile need not wake
+             * this thread: until then there is nothing to do anyway. */
+            pthread_mutex_unlock(&self->lock);
+            gather(self, control, early);
+            pthread_mutex_lock(&self->lock);
+            continue;
+        }
         if (self->armed) {
-            long early = paced(self);
-            if (early > 0) {
-                pthread_mutex_unlock(&self->lock);
-                gather(self, control, early);
-                pthread_mutex_lock(&self->lock);
-                continue;
-            }
             if (any_ready(self)) {
                 self->armed = 0;
                 handed_over(self);
@@ -434,15 +436,6 @@ feed_thread(void *arg)
             count = build_waits(self, waits, control, &producers_from, &producers_to, &left_out);
         }
         else {
-            long early = paced(self);
-            if (early > 0) {
-                /* The consumer takes the batch meanwhile, and take() need not wake this thread for it:
-                 * until the pace lets the next batch go, there is nothing to do anyway. */
-                pthread_mutex_unlock(&self->lock);
-                gather(self, control, early);
-                pthread_mutex_lock(&self->lock);
-                continue;
-            }
             self->waiting_take = 1;  /* take() wakes it */
             count = 0;
             waits[count++] = (struct rt_futex_waitv){control, (uint64_t)(uintptr_t)&self->control,
