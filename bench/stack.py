@@ -42,7 +42,13 @@ stopped, and the namespace's segments unlinked, however the bench ends
 (Ctrl-C, SIGTERM, an error); a bench killed outright leaves nothing running
 either (each child gets SIGTERM when this process dies).
 
-    python bench/stack.py [--seconds 10] [--json]
+``--threads`` also shows each thread of the stack's processes: its CPU, how
+often it woke up (voluntary context switches a second) and its CPU per
+wake-up, from ``/proc/PID/task/TID``. On a machine where a wake-up costs tens
+of microseconds, that is where most of the stack's CPU goes (the JSON output
+always has it).
+
+    python bench/stack.py [--seconds 10] [--threads] [--json]
     python bench/stack.py --compare /tmp/before/.venv/bin/python
 
 Run through ``bench/run.py`` (scenarios), or alone.
@@ -148,6 +154,27 @@ def cpu_ticks(pid: int, *, with_children: bool = True) -> int:
         if each == pid and with_children:
             total += int(fields[13]) + int(fields[14])  # cutime, cstime: children it waited for
     return total
+
+
+def thread_times(pid: int) -> dict[int, tuple[str, int, int]]:
+    """Each thread of a process by id: its name, its voluntary context switches (about its wake-ups)
+    and its CPU time in nanoseconds (``/proc/PID/task/TID/schedstat``); empty when it is gone."""
+    found: dict[int, tuple[str, int, int]] = {}
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            base = f"/proc/{pid}/task/{task}"
+            try:
+                with open(f"{base}/comm") as file:
+                    name = file.read().strip()
+                with open(f"{base}/schedstat") as file:
+                    nanoseconds = int(file.read().split()[0])
+                with open(f"{base}/status") as file:
+                    lines = [line for line in file if line.startswith("voluntary_ctxt")]
+                switches = int(lines[0].split()[1])
+            except (OSError, ValueError, IndexError):  # gone meanwhile
+                continue
+            found[int(task)] = (name, switches, nanoseconds)
+    return found
 
 
 # ---- the clients -------------------------------------------------------------------------------
@@ -452,6 +479,8 @@ class Snapshot:
     zenoh: int
     foxglove: int
     record: int | None
+    threads: dict[str, dict[int, tuple[str, int, int]]]
+    """Per process of the stack: :func:`thread_times`."""
 
 
 def snapshot(stack: Stack, after: float, zenoh: ZenohClient, fox: FoxgloveClient, record: str) -> Snapshot:
@@ -463,7 +492,11 @@ def snapshot(stack: Stack, after: float, zenoh: ZenohClient, fox: FoxgloveClient
     if "cleaner" in stack.pids:
         ticks["demo"] += cpu_ticks(stack.pids["cleaner"])
     ticks["bench"] = cpu_ticks(os.getpid(), with_children=False)
-    return Snapshot(when, bridge, ticks, zenoh.samples, fox.messages, mcap_messages(record))
+    pids = {role: pid for role, pid in stack.pids.items() if role in STACK}
+    for child in children(stack.pids["runner"])[:1]:  # the runner's student process
+        pids["student"] = child
+    threads = {role: thread_times(pid) for role, pid in pids.items()}
+    return Snapshot(when, bridge, ticks, zenoh.samples, fox.messages, mcap_messages(record), threads)
 
 
 def run_stack(python: str, seconds: float, index: int, guard: SignalGuard) -> dict[str, Any]:
@@ -569,6 +602,24 @@ def figures(first: Snapshot, last: Snapshot) -> dict[str, Any]:
             "us_per_change": cpu / changes * 1e6 if changes else None,
         }
     total = sum(processes[role]["cpu_percent"] for role in STACK)
+    threads: dict[str, list[dict[str, Any]]] = {}
+    for role, after in last.threads.items():
+        before = first.threads.get(role, {})
+        rows = []
+        for tid, (name, switches, nanoseconds) in after.items():
+            if tid not in before or nanoseconds <= before[tid][2]:
+                continue  # new in the window (not comparable), or idle
+            cpu, wakeups = (nanoseconds - before[tid][2]) * 1e-9, switches - before[tid][1]
+            rows.append(
+                {
+                    "tid": tid,
+                    "name": name,
+                    "cpu_percent": 100 * cpu / window,
+                    "wakeups_per_s": wakeups / window,
+                    "us_per_wakeup": cpu / wakeups * 1e6 if wakeups else None,
+                }
+            )
+        threads[role] = sorted(rows, key=lambda row: -row["cpu_percent"])
     record = None if first.record is None or last.record is None else last.record - first.record
     return {
         "seconds": window,
@@ -590,6 +641,9 @@ def figures(first: Snapshot, last: Snapshot) -> dict[str, Any]:
             "record_messages": record,
         },
         "load_average": os.getloadavg()[0],
+        "threads": threads,
+        "threads_are": "per thread of each process of the stack: CPU, voluntary context switches a second "
+        "(about its wake-ups) and CPU per wake-up, from /proc/PID/task/TID",
     }
 
 
@@ -695,6 +749,31 @@ def describe(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def describe_threads(results: dict[str, Any], smallest: float = 0.01) -> str:
+    """Each thread of the stack's processes (the last round of each set) using at least ``smallest`` %:
+    where the CPU goes, and how often each thread wakes up for it."""
+    lines = []
+    for entry in results["sets"]:
+        run = entry["rounds"][-1]
+        lines += [
+            "",
+            f"threads, {entry['label']} (its last round): CPU as % of one core, wake-ups a second "
+            "(voluntary context switches), µs of CPU per wake-up",
+            "| process | thread | CPU | wake-ups/s | µs/wake-up |",
+            "|---|---|---|---|---|",
+        ]
+        for role in STACK:
+            for row in run.get("threads", {}).get(role, []):
+                if row["cpu_percent"] < smallest:
+                    continue
+                per = "" if row["us_per_wakeup"] is None else f"{row['us_per_wakeup']:.0f}"
+                lines.append(
+                    f"| {role} | {row['name']} ({row['tid']}) | {row['cpu_percent']:.2f} % |"
+                    f" {row['wakeups_per_s']:.0f} | {per} |"
+                )
+    return "\n" + "\n".join(lines)
+
+
 def _deliveries(run: dict[str, Any], role: str) -> str:
     deliveries = run["deliveries"]
     if role == "bridge":
@@ -717,6 +796,11 @@ def main(argv: list[str] | None = None) -> int:
         "--compare", metavar="PATH", help="also run it with this interpreter (before), alternately"
     )
     parser.add_argument("--rounds", type=int, help="rounds of each (default 2 with --compare, else 1)")
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="also each process's threads: CPU, wake-ups a second and CPU per wake-up (always in --json)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or (args.rounds is not None and args.rounds < 1):
@@ -733,7 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted):
         print("bench/stack.py: interrupted; everything stopped and removed", file=sys.stderr)
         return 130
-    print(json.dumps(results, indent=2) if args.json else describe(results))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(describe(results) + (describe_threads(results) if args.threads else ""))
     return 0
 
 

@@ -1141,8 +1141,12 @@ FramePump_init(FramePump *self, PyObject *args, PyObject *kwargs)
     int rc = pthread_create(&self->thread, NULL, pump_thread, self);
     if (rc == 0) {
         self->thread_started = 1;
+        pthread_setname_np(self->thread, "runtime-pump");  /* as top and /proc show them */
         rc = pthread_create(&self->writer, NULL, writer_thread, self);
         self->writer_started = rc == 0;
+        if (rc == 0) {
+            pthread_setname_np(self->writer, "runtime-writer");
+        }
     }
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
     if (rc != 0) {

@@ -244,6 +244,7 @@ Relay_add(rt_Relay *self, PyObject *args)
                 epoll_ctl(self->epfd, EPOLL_CTL_DEL, p->fd[1], NULL);
             } else {
                 self->started = 1;
+                pthread_setname_np(self->thread, "runtime-relay");  /* as top and /proc show it */
             }
         }
     }

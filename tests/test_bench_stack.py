@@ -56,6 +56,13 @@ def test_one_second_of_the_stack_gives_every_figure_and_leaves_nothing() -> None
     assert isinstance(deliveries["record_messages"], int)
     assert run["exit_status"] == {"zenoh": 0, "foxglove": 0, "record": 0, "demo": 0}
     assert set(figures["median"]) >= ROLES | {"total", "changes_per_s"}
+    # Per thread: each process of the stack has one that woke up and used CPU (its main thread at least).
+    assert set(run["threads"]) == set(run["total"]["of"])
+    for role, threads in run["threads"].items():
+        assert threads and all(row["cpu_percent"] > 0 for row in threads), role
+        assert threads == sorted(threads, key=lambda row: -row["cpu_percent"]), role
+    relay = [row for row in run["threads"]["foxglove"] if row["name"] == "runtime-relay"]
+    assert relay and relay[0]["wakeups_per_s"] > 0  # the WebSocket client's bytes go through it
 
     namespace = run["namespace"]
     assert namespace.startswith("rt-stack-")
