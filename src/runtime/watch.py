@@ -16,7 +16,7 @@ follows, and wakes its consumer once for a batch of changed buffers
 asyncio's ``add_reader``, a thread of the core signals an eventfd).
 :meth:`~runtime._core.ChangeFeed.take` then hands over each changed
 buffer's values already converted to JSON data (:func:`runtime._core.read_json`,
-what :func:`runtime.values.read_state` gives). ``runtime zenoh`` reads it from its asyncio loop.
+what :func:`runtime.values.read_state` gives). ``runtime zenoh`` reads it in a thread of its own.
 
 :class:`BufferWatcher` lists the namespace's segments every
 :data:`DISCOVER_INTERVAL` seconds and delivers the feed's batches from one

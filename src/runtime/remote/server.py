@@ -69,12 +69,13 @@ How it works (one asyncio loop, and Zenoh's own threads):
   two of its waits), so that no liveliness token outlives its device by more
   than that interval.
 * One change feed (:class:`runtime._core.ChangeFeed`) follows every buffer
-  served: a thread of the compiled core (``runtime-feed``) sleeps on their
-  update blocks and validity, outside the interpreter, and wakes the loop
-  once for a batch of changed buffers (its eventfd, in ``add_reader``),
-  handing over their
-  values already converted to JSON data; each publication is encoded by
-  orjson. Nothing is polled: an idle robot costs no CPU. A change is
+  served: a thread (``runtime-zenoh-feed``) sleeps in it on their update
+  blocks and validity, outside the interpreter (the GIL released), is woken
+  once for a batch of changed buffers, and publishes them itself (not the
+  loop: one thread woken per batch), their values already converted to JSON
+  data by the core; each publication is encoded by orjson. It holds a lock
+  for the batch that the loop takes to change what is served, answer a query
+  or publish the robot's state. Nothing is polled: an idle robot costs no CPU. A change is
   published at once unless the last publication is younger than
   ``1 / --max-rate`` seconds; then it is published when that time is up, with
   whatever else changed meanwhile (the newest values, never a queue of old
@@ -118,6 +119,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -132,7 +134,7 @@ from ..exception import RuntimeBaseException
 from ..store import BufferStore, namespace_segments
 from ..student import FIELD_KEY, RUNNER_KEY, mode_name, mode_number
 from ..values import WriteRefused, apply_writes, check_writes, jsonable
-from ..watch import BATCH_WINDOW, Segment, SegmentDiscovery
+from ..watch import BATCH_WINDOW, WAIT_SLICE, Segment, SegmentDiscovery
 from .keys import (
     CLIENT_GRACE,
     INPUT_KINDS,
@@ -233,8 +235,9 @@ class _Served:
     buffer: Buffer
     publisher: zenoh.Publisher
     token: zenoh.LivelinessToken | None = None
-    due: asyncio.TimerHandle | None = None
-    """A publication held back by the rate limit, due when this fires (the feed reads nothing meanwhile)."""
+    due: float | None = None
+    """When a publication held back by the rate limit is due (monotonic; the feed reads nothing of the
+    buffer meanwhile)."""
     seq: int = 0
     last_publish: float = -1e9
     published_valid: bool | None = None
@@ -330,6 +333,12 @@ class ZenohServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: ChangeFeed | None = None
         """The change feed of the buffers served (while :meth:`serve` runs)."""
+        self._lock = threading.RLock()
+        """Held by the publishing thread for a batch, and by the loop while it changes what is served,
+        answers a query or publishes the robot's state."""
+        self._due: dict[str, float] = {}
+        """The publications held back by the rate limit: when each is due, by segment name."""
+        self._stopping = False
         self._by_name: dict[str, _Served] = {}
         """The buffers served, by segment name (the feed's keys)."""
         self.publications = 0
@@ -414,40 +423,49 @@ class ZenohServer:
         served.published_valid = valid
         served.last_publish = time.monotonic()
 
-    def _on_feed(self) -> None:
-        """The loop, woken once for a batch of changed buffers (the change feed's eventfd): publish
-        each at once, unless its last publication is younger than :attr:`period`: then when that
-        time is up, with its newest values (the feed reads nothing of it meanwhile)."""
-        feed = self._feed
-        if feed is None:
-            return
-        try:
-            batch = feed.take()
-        except Exception:  # noqa: BLE001 - one failed read must not stop the service
-            logger.exception("zenoh: cannot read the changes")
-            return
-        loop = asyncio.get_running_loop()
+    def _publish_changes(self, feed: ChangeFeed) -> None:
+        """The publishing thread (``runtime-zenoh-feed``): sleep in the change feed (the GIL released)
+        until a batch of changed buffers is ready or a held publication is due, then publish them here,
+        under :attr:`_lock` (no wake-up of the loop: one thread woken per batch)."""
+        while not self._stopping:
+            timeout = WAIT_SLICE
+            if self._due:  # (this thread alone changes it)
+                timeout = min(timeout, max(0.0, min(self._due.values()) - time.monotonic()))
+            try:
+                feed.wait(timeout)
+                if self._stopping:
+                    break
+                with self._lock:
+                    self._publish_batch(feed)
+            except Exception:  # noqa: BLE001 - one failed batch must not stop the service
+                logger.exception("zenoh: cannot publish the changes")
+
+    def _publish_batch(self, feed: ChangeFeed) -> None:
+        """Publish each buffer of the batch at once, unless its last publication is younger than
+        :attr:`period`: then when that time is up, with its newest values (the feed reads nothing of it
+        meanwhile). The lock held."""
         now = time.monotonic()
-        for name, _blocks, valid, values, _stamp in batch:
+        for name, due in list(self._due.items()):  # held ones that are due: their state now
+            served = self._by_name.get(name)
+            if served is None or served.due is None:
+                del self._due[name]
+            elif due <= now:
+                del self._due[name]
+                served.due = None
+                feed.want(name, True)  # its state at this take, changed or not
+        for name, _blocks, valid, values, _stamp in feed.take():
             served = self._by_name.get(name)
             if served is None or served.due is not None:
                 continue
-            delay = served.last_publish + self.period - now
-            if delay > 0:
+            due = served.last_publish + self.period
+            if due > now:
                 feed.want(name, False)
-                served.due = loop.call_later(delay, self._due, served, name)
+                served.due = self._due[name] = due
                 continue
             try:
                 self._publish(served, (valid, values))
             except Exception:  # noqa: BLE001 - one failed publication must not end the buffer's service
                 logger.exception("zenoh: cannot publish %s", served.key)
-
-    def _due(self, served: _Served, name: str) -> None:
-        """A held publication is due: the feed hands the buffer's newest state over, taken now."""
-        served.due = None
-        if self._feed is not None and self._by_name.get(name) is served:
-            self._feed.want(name, True)  # its state at the next take: this one, not a wake-up later
-            self._on_feed()
 
     # -- the buffers that come and go --
 
@@ -462,6 +480,11 @@ class ZenohServer:
     async def _discover(self) -> None:
         """Serve the namespace's new buffers; stop serving those that vanished (or were replaced)."""
         appeared, gone = self._segments.discover()
+        with self._lock:
+            self._follow(appeared, gone)
+
+    def _follow(self, appeared: list[Segment], gone: list[Segment]) -> None:
+        """What :meth:`_discover` found: served, or no more (the lock held)."""
         for segment in gone:
             served = self.served.get(segment.key)
             if served is None or served.segment is not segment:
@@ -476,7 +499,7 @@ class ZenohServer:
                     segment.type_name,
                     format_uid(segment.uid),
                 )
-            await self._forget(served, gone=not segment.replaced)
+            self._forget(served, gone=not segment.replaced)
         never_served = self._never_served([s for s in appeared if isinstance(s.buffer, DeviceBuffer)])
         for segment in appeared:
             if segment.name in never_served:  # no device behind it yet: looked at again at the next look
@@ -544,11 +567,9 @@ class ZenohServer:
             self._feed.add(segment.name, buffer._access)  # its state is handed over (published) at once
         logger.info("zenoh: serving %s %s at %s", type_name, format_uid(uid), key)
 
-    async def _forget(self, served: _Served, *, gone: bool) -> None:
+    def _forget(self, served: _Served, *, gone: bool) -> None:
         self.commands.forget((served.type_name, served.uid))  # closing the buffer ends them
-        if served.due is not None:
-            served.due.cancel()
-            served.due = None
+        served.due = None
         if served.segment is not None and self._by_name.get(served.segment.name) is served:
             del self._by_name[served.segment.name]
             if self._feed is not None:
@@ -584,16 +605,17 @@ class ZenohServer:
         (and the robot's state, to a query of its key)."""
         try:
             wanted = query.key_expr
-            if wanted.intersects(self._state_key_expr):
-                self._check_state()
-                payload = self._state_payload(bool(self._enabled))
-                query.reply(self.state_key, payload, encoding=zenoh.Encoding.APPLICATION_JSON)
-            if wanted.intersects(self._mode_key_expr):
-                query.reply(self.mode_key, self._mode_payload(), encoding=zenoh.Encoding.APPLICATION_JSON)
-            for served in list(self.served.values()):
-                if wanted.intersects(served.key_expr):
-                    _, values = self._payload(served)
-                    query.reply(served.key, values, encoding=zenoh.Encoding.APPLICATION_JSON)
+            with self._lock:
+                if wanted.intersects(self._state_key_expr):
+                    self._check_state()
+                    payload = self._state_payload(bool(self._enabled))
+                    query.reply(self.state_key, payload, encoding=zenoh.Encoding.APPLICATION_JSON)
+                if wanted.intersects(self._mode_key_expr):
+                    query.reply(self.mode_key, self._mode_payload(), encoding=zenoh.Encoding.APPLICATION_JSON)
+                for served in list(self.served.values()):
+                    if wanted.intersects(served.key_expr):
+                        _, values = self._payload(served)
+                        query.reply(served.key, values, encoding=zenoh.Encoding.APPLICATION_JSON)
         except Exception:  # noqa: BLE001 - a query that cannot be answered must not stop the server
             logger.exception("zenoh: cannot answer a query on %s", query.key_expr)
         finally:
@@ -770,6 +792,10 @@ class ZenohServer:
 
     def _check_state(self) -> None:
         """Read the robot's state; publish it when it changed."""
+        with self._lock:  # the loop's looks and writes, and the publishing thread's disabled buffers
+            self._check_state_now()
+
+    def _check_state_now(self) -> None:
         enabled = self._read_enabled()
         if enabled == self._enabled:
             return
@@ -1080,7 +1106,11 @@ class ZenohServer:
         loop = self._loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
         feed = self._feed = ChangeFeed(BATCH_WINDOW)
-        loop.add_reader(feed.fileno(), self._on_feed)
+        self._stopping = False
+        publishing = threading.Thread(
+            target=self._publish_changes, args=(feed,), name="runtime-zenoh-feed", daemon=True
+        )
+        publishing.start()
         declared: list[Any] = [self.session.liveliness().declare_token(self.prefix)]
         declared.append(self.session.declare_queryable(f"{self.prefix}/**", self._on_query))
         state_publisher = self._state_publisher = self.session.declare_publisher(
@@ -1139,12 +1169,15 @@ class ZenohServer:
                     _undeclare(entity)
             self._loop = None
             self._held.clear()
+            self._stopping = True
+            feed.wake()  # the publishing thread's wait returns, and it ends
+            publishing.join()
             while self.served:
                 _, served = self.served.popitem()
-                await self._forget(served, gone=False)
-            loop.remove_reader(feed.fileno())
+                self._forget(served, gone=False)
             feed.close()
             self._feed = None
+            self._due.clear()
             self._by_name.clear()
             self._segments = (
                 self._discovery()
