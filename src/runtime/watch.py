@@ -411,17 +411,12 @@ class BufferWatcher:
                     break
                 now = time.monotonic()
                 if ready:
-                    known = self._known
-                    if self.min_interval > 0:
-                        for name, changed, valid, values, stamp in feed.take():
-                            watched = known.get(name)
-                            if watched is not None:
-                                self._changed(watched, now, BufferState(valid, values, stamp), changed)
-                    else:  # no rate limit: every change is delivered (the recorder's case)
-                        for name, changed, valid, values, stamp in feed.take():
-                            watched = known.get(name)
-                            if watched is not None:
-                                self._deliver(watched, now, BufferState(valid, values, stamp), changed)
+                    # Without a rate limit every change is delivered (the recorder's case): no hold check.
+                    deliver = self._changed if self.min_interval > 0 else self._deliver
+                    for name, changed, valid, values, stamp in feed.take():
+                        watched = self._known.get(name)
+                        if watched is not None:
+                            deliver(watched, now, BufferState(valid, values, stamp), changed)
                 # Held changes that are due: delivered at the next batch, with the newest state.
                 for name, watched in list(self._held.items()):
                     if watched.due is None or watched.due <= now:

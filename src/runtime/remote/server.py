@@ -791,21 +791,19 @@ class ZenohServer:
         return json.dumps(data, separators=(",", ":"))
 
     def _check_state(self) -> None:
-        """Read the robot's state; publish it when it changed."""
-        with self._lock:  # the loop's looks and writes, and the publishing thread's disabled buffers
-            self._check_state_now()
-
-    def _check_state_now(self) -> None:
-        enabled = self._read_enabled()
-        if enabled == self._enabled:
-            return
-        self._enabled = enabled
-        logger.info("zenoh: the robot is %s", "enabled" if enabled else "disabled")
-        if self._state_publisher is not None:
-            try:
-                self._state_publisher.put(self._state_payload(enabled))
-            except Exception:  # noqa: BLE001 - said again at the next change
-                logger.exception("zenoh: cannot publish the robot's state")
+        """Read the robot's state; publish it when it changed (the loop's looks and writes, and the
+        publishing thread's disabled buffers: under the lock)."""
+        with self._lock:
+            enabled = self._read_enabled()
+            if enabled == self._enabled:
+                return
+            self._enabled = enabled
+            logger.info("zenoh: the robot is %s", "enabled" if enabled else "disabled")
+            if self._state_publisher is not None:
+                try:
+                    self._state_publisher.put(self._state_payload(enabled))
+                except Exception:  # noqa: BLE001 - said again at the next change
+                    logger.exception("zenoh: cannot publish the robot's state")
 
     def _refuse(
         self,
