@@ -58,15 +58,17 @@ class Link:
                 pass
 
 
-@pytest.fixture
-def link() -> Iterator[Link]:
+@pytest.fixture(name="link")
+def link_fixture() -> Iterator[Link]:
+    """A fresh pseudo-terminal pair (test_pump_writes.py uses it too)."""
     pty = Link()
     yield pty
     pty.close()
 
 
-@pytest.fixture
-def pump() -> Iterator[FramePump]:
+@pytest.fixture(name="pump")
+def pump_fixture() -> Iterator[FramePump]:
+    """A running frame pump, stopped after the test (test_pump_writes.py uses it too)."""
     with FramePump() as frame_pump:
         yield frame_pump
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from e2e import SERVO, wait_for
-from test_pump import Link, events
+from test_pump import Link, events, link_fixture, pump_fixture  # noqa: F401 (the fixtures link, pump)
 
 from runtime.buffer import DeviceBuffer
 from runtime.commands import my_commander
@@ -30,19 +30,6 @@ from runtime.testing import dev_data as make_dev_data
 
 LONG_INTERVAL = 3600.0
 """A write_interval no test outlasts: a batch held back by it goes only when asked."""
-
-
-@pytest.fixture
-def link() -> Iterator[Link]:
-    pty = Link()
-    yield pty
-    pty.close()
-
-
-@pytest.fixture
-def pump() -> Iterator[FramePump]:
-    with FramePump() as frame_pump:
-        yield frame_pump
 
 
 @pytest.fixture
