@@ -266,6 +266,31 @@ class FakeDevice(FakeDeviceBase):
         raise AssertionError(f"no {kind.name} from the bridge within {timeout} s (got {seen})")
 
 
+def introduce(
+    fake: FakeDevice, uid: int, children: Children, process: subprocess.Popen[bytes], timeout: float = 10.0
+) -> Message:
+    """Answer the bridge's PINGs with a SUB_RES naming ``uid``, as a device does, until its SUB_REQ comes.
+
+    Every PING is answered, not only the first: a bridge that closed and opened
+    the port again meanwhile (which flushes what the port held) still gets its
+    answer. Fails with the bridge's log when no SUB_REQ comes.
+    """
+    deadline = time.monotonic() + timeout
+    seen: list[Message] = []
+    while time.monotonic() < deadline:
+        received = fake.collect(0.02)
+        for index, message in enumerate(received):
+            seen.append(message)
+            if message.type == MessageType.PING:
+                fake.send(sub_res(uid, 0, 0))
+            elif message.type == MessageType.SUB_REQ:
+                fake.inbox = received[index + 1 :]  # what came after it is the test's
+                return message
+    kinds = [MessageType(message.type).name for message in seen]
+    log = children.log(process)
+    raise AssertionError(f"no SUB_REQ from the bridge within {timeout} s (got {kinds}); its log: {log}")
+
+
 def dev_data(**values: float) -> Message:
     with SERVO.open("test-flaky-device", shared=False) as local:
         for name, value in values.items():
@@ -285,11 +310,11 @@ def device(children: Children, store: BufferStore, tmp_path: Path) -> Iterator[t
     """A servo the test plays, served by a bridge, handshake done and subscription confirmed."""
     fake = FakeDevice()
     try:
-        children.start("runtime.tools.bridge", "--port", fake.path, "--stats", str(tmp_path / "bridge.json"))
+        bridge_process = children.start(
+            "runtime.tools.bridge", "--port", fake.path, "--stats", str(tmp_path / "bridge.json")
+        )
         uid = make_uid(SERVO)
-        fake.expect(MessageType.PING)
-        fake.send(sub_res(uid, 0, 0))
-        request, _ = fake.expect(MessageType.SUB_REQ)
+        request = introduce(fake, uid, children, bridge_process)
         assert request.read_sub_req() == (0b11, 40)
         fake.send(sub_res(uid, 0b11, 40), dev_data(servo0=0.0, servo1=0.0))
         wait_for("the servo to be valid", lambda: open_buffer(store, uid).valid)
@@ -357,11 +382,9 @@ def test_a_stale_sub_res_does_not_confirm_the_subscription(
     """A SUB_RES without a subscription (a late answer to a handshake PING) after a lost SUB_REQ."""
     fake = FakeDevice()
     try:
-        children.start("runtime.tools.bridge", "--port", fake.path)
+        bridge_process = children.start("runtime.tools.bridge", "--port", fake.path)
         uid = make_uid(SERVO)
-        fake.expect(MessageType.PING)
-        fake.send(sub_res(uid, 0, 0))
-        fake.expect(MessageType.SUB_REQ)  # lost on the way
+        introduce(fake, uid, children, bridge_process)  # its SUB_REQ: lost on the way
         fake.send(sub_res(uid, 0, 0))  # a PING answered late, or a duplicate: not the subscription
         servo = open_buffer(store, uid)
         request, _ = fake.expect(MessageType.SUB_REQ, timeout=bridge.SUB_RETRY_INTERVAL + 1.0)
