@@ -575,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = {}
     if run_scenarios:
         import bridge  # bench/bridge.py: the bridge under device traffic (ptys, a fleet of fake devices)
+        import floors  # bench/floors.py: the libraries and wake-ups under the stack, alone at its load
         import notify  # bench/notify.py: change notification (processes, a pty and the bridge)
         import runner  # bench/runner.py: runtime run's period, mode change to safe motors, its CPU
         import safety  # bench/safety.py: commander death and disable to the device, through the bridge
@@ -588,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             "safety": safety.run_all(),
             "runner": runner.run_all(),
             "stack": stack.run_all(),
+            "floors": floors.run_rounds(floors.SECONDS, 1, with_stack=False),
         }
 
     if args.json:
@@ -639,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         import stack
 
         print("\n" + stack.describe(scenarios["stack"]))
+        import floors
+
+        print("\n" + floors.describe(scenarios["floors"]))
     return 0
 
 
