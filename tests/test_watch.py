@@ -16,6 +16,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytest
 from e2e import CATALOG, SERVO, make_uid, namespace_fixture, wait_for
 from test_zenoh import connect
 
-from runtime import remote
+from runtime import remote, watch
 from runtime.buffer import SHM_DIR, BufferStore, DeviceBuffer, DeviceBufferError
 from runtime.remote.server import ZenohServer
 from runtime.watch import SegmentDiscovery
@@ -109,6 +110,87 @@ def test_a_segment_that_cannot_be_opened_is_reported_once_and_tried_again(namesp
         remove(path)
         for buffer in held:
             buffer.close()
+        BufferStore(CATALOG).unlink_all()
+
+
+def quiet_look(discovery: SegmentDiscovery, timeout: float = 20.0) -> int:
+    """Look until a listing is trusted for the next look (the directory unchanged for UNCHANGED_AFTER
+    before it: on a busy machine other suites make and unlink segments); the directory's time then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        discovery.discover()
+        listed = discovery._listed
+        if listed is not None:
+            return listed
+        time.sleep(watch.UNCHANGED_AFTER)
+    raise AssertionError(f"{SHM_DIR} never stayed unchanged for {watch.UNCHANGED_AFTER} s in {timeout} s")
+
+
+def test_a_look_at_an_unchanged_directory_lists_nothing_and_a_change_is_seen_at_the_next_look(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = make_uid(SERVO)
+    listings: list[str] = []
+
+    def counted(catalog: Any, namespace: str) -> list[tuple[str, int, str]]:
+        listings.append(namespace)
+        return watch.BufferStore(catalog).find_segments(namespace)
+
+    monkeypatch.setattr(watch, "find_segments", counted)
+    discovery = SegmentDiscovery(CATALOG, select=lambda type_name, found: found == uid)
+    held: list[Any] = []
+    try:
+        with BufferStore(CATALOG) as store:
+            # Nothing changed since a trusted listing: the next look only stats the directory.
+            for _ in range(50):  # another suite may touch the directory in between: then it lists
+                listed = quiet_look(discovery)
+                before = len(listings)
+                assert discovery.discover() == ([], [])
+                if os.stat(SHM_DIR).st_mtime_ns == listed:
+                    assert len(listings) == before  # no listing
+                    break
+            else:
+                raise AssertionError("the directory changed between every two looks")
+            # A segment made since: the directory's time moved, the next look lists and attaches it.
+            servo = store.get_or_open(uid)
+            servo.serve()
+            appeared, gone = discovery.discover()
+            held += [segment.buffer for segment in appeared]
+            assert [segment.uid for segment in appeared] == [uid] and gone == []
+            # Forgotten by its caller: attached again at the next look, changed directory or not.
+            quiet_look(discovery)
+            forgotten = discovery.forget(appeared[0].name)
+            assert forgotten is appeared[0]
+            appeared, gone = discovery.discover()
+            held += [segment.buffer for segment in appeared]
+            assert [segment.uid for segment in appeared] == [uid] and gone == []
+            # Unlinked: gone at the next look.
+            quiet_look(discovery)
+            store.unlink_all()
+            appeared, gone = discovery.discover()
+            assert appeared == [] and [segment.uid for segment in gone] == [uid]
+    finally:
+        for buffer in held:
+            buffer.close()
+        BufferStore(CATALOG).unlink_all()
+
+
+def test_a_listing_right_after_a_change_is_not_trusted(namespace: str) -> None:
+    """A file system may stamp with a coarse clock: a file made in the tick of a listing, after it,
+    would not move the time; a listing that close to the last change is made again at the next look."""
+    uid = make_uid(SERVO)
+    discovery = SegmentDiscovery(CATALOG, select=lambda type_name, found: found == uid)
+    try:
+        with BufferStore(CATALOG) as store:
+            store.get_or_open(uid).serve()
+            changed = os.stat(SHM_DIR).st_mtime_ns
+            appeared, _ = discovery.discover()
+            for segment in appeared:
+                segment.buffer.close()
+            if time.time_ns() - changed < watch.UNCHANGED_AFTER * 1e9 * 0.5:  # (a slow machine: not now)
+                assert discovery._listed is None
+            store.unlink_all()
+    finally:
         BufferStore(CATALOG).unlink_all()
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "BATCH_WINDOW",
     "RECORD_BATCH",
     "DISCOVER_INTERVAL",
+    "UNCHANGED_AFTER",
     "WAIT_SLICE",
     "BufferWatcher",
     "Segment",
@@ -73,6 +74,10 @@ RECORD_BATCH = 0.01
 """The pace of ``runtime record``'s change feed. Shorter than any Smart Device's subscription interval
 (40 ms at least) and a student loop's period (20 ms), so that no state of theirs is merged with the
 next; a buffer changed twice within it (a gamepad, say) is recorded with its newest state."""
+UNCHANGED_AFTER = 0.05
+"""Seconds a directory's modification time must lie before a listing for an unchanged time to mean an
+unchanged directory at the next look: a file system may stamp with a coarse clock (a few milliseconds),
+and a file made in the same tick as the listing, after it, would leave the time as it was."""
 WAIT_SLICE = 0.2
 """The longest a watcher's thread sleeps before asking again which buffers are wanted."""
 
@@ -155,6 +160,10 @@ class SegmentDiscovery:
     (:meth:`runtime.store.BufferStore.find_segments`) and the attaches, quick
     enough for an asyncio loop.
 
+    A look whose directory has not changed since the last listing (the same
+    modification time, which any segment made, unlinked or replaced moves)
+    lists nothing: it costs one ``stat`` (see :data:`UNCHANGED_AFTER`).
+
     Args:
         catalog: The device types (segments of other types are ignored).
         namespace: The namespace to look in (default: the current one, when made).
@@ -177,6 +186,8 @@ class SegmentDiscovery:
         self.on_refused = on_refused
         self._known: dict[str, Segment] = {}
         self._refused: set[str] = set()
+        self._listed: int | None = None
+        """The directory's modification time (ns) at a listing that nothing changed since; None: list."""
 
     def discover(self) -> tuple[list[Segment], list[Segment]]:
         """Look now: ``(appeared, gone)``, each sorted by name.
@@ -186,6 +197,11 @@ class SegmentDiscovery:
         or was replaced (:attr:`Segment.replaced`); their buffers are not
         closed here (the caller may still be using them).
         """
+        modified = _modified(SHM_DIR)
+        if modified is not None and modified == self._listed:
+            return [], []  # nothing made, unlinked or replaced since the last listing
+        self._listed = None
+        looked_at = time.time_ns()
         present: dict[str, tuple[str, int]] = {}
         for type_name, uid, name in find_segments(self.catalog, self.namespace):
             if self.select is None or self.select(type_name, uid):
@@ -203,6 +219,12 @@ class SegmentDiscovery:
             if attached is not None:
                 self._known[name] = attached
                 appeared.append(attached)
+        if (
+            modified is not None
+            and looked_at - modified >= UNCHANGED_AFTER * 1e9
+            and not (self._refused & present.keys())  # one refused is tried again at the next look
+        ):
+            self._listed = modified
         return appeared, gone
 
     def segments(self) -> list[Segment]:
@@ -211,6 +233,7 @@ class SegmentDiscovery:
 
     def forget(self, name: str) -> Segment | None:
         """Stop following a segment (the caller closes its buffer): the next look attaches it anew."""
+        self._listed = None
         return self._known.pop(name, None)
 
     def _attach(self, type_name: str, uid: int, name: str) -> Segment | None:
@@ -475,6 +498,14 @@ def find_segments(catalog: Mapping[str, type[Buffer]], namespace: str) -> list[t
     """The catalog's segments in ``namespace``: the library's :meth:`BufferStore.find_segments
     <runtime.store.BufferStore.find_segments>`, for a watcher that keeps to its own namespace."""
     return BufferStore(catalog).find_segments(namespace)
+
+
+def _modified(directory: str) -> int | None:
+    """A directory's modification time in nanoseconds; None if it cannot be read."""
+    try:
+        return os.stat(directory).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _inode(name: str) -> int | None:
