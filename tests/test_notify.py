@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from e2e import JOIN_TIMEOUT, finish, reaped, start
 
+from runtime import _core
 from runtime.buffer import Buffer, DeviceBufferError, Parameter
 from runtime.notify import WATCHED_PER_THREAD, wait_any, wait_any_async
 
@@ -201,6 +202,28 @@ def test_wait_any_returns_the_buffers_that_changed(shm_name: Callable[[str], str
     finally:
         for buffer in buffers:
             buffer.close()
+
+
+def test_wait_any_ends_when_its_control_word_is_woken(shm_name: Callable[[str], str]) -> None:
+    """Another thread's wake() ends the wait (with nothing changed); one before the wait, after the value
+    was read, is not missed; a wake-up for an older value does not end a wait for the newer one."""
+    word = _core.WakeWord()
+    with Sensor.attach(shm_name("control")) as buffer:
+        value = word.value
+        word.wake()  # between the read and the wait: the wait returns at once
+        started = time.monotonic()
+        assert wait_any([buffer], LONG, control=word, control_value=value) == []
+        value = word.value
+        waker = threading.Timer(0.05, word.wake)
+        waker.start()
+        try:
+            assert wait_any([], LONG, control=word, control_value=value) == []  # no buffers: the word alone
+        finally:
+            waker.join()
+        assert time.monotonic() - started < LONG / 2  # both woken, neither timed out
+        buffer.set("value", 3)  # a change still counts beside the word
+        assert wait_any([buffer], LONG, control=word, control_value=word.value) == [buffer]
+        assert wait_any([buffer], 0.01, control=word, control_value=word.value) == []  # the timeout
 
 
 # ---- asyncio ------------------------------------------------------------------------------------------

@@ -78,7 +78,12 @@ def _timeout(timeout: float | None) -> float | None:
 
 
 def wait_any(
-    buffers: Iterable[Buffer], timeout: float | None = None, *, block: Block = "update"
+    buffers: Iterable[Buffer],
+    timeout: float | None = None,
+    *,
+    block: Block = "update",
+    control: _core.WakeWord | None = None,
+    control_value: int = 0,
 ) -> list[Buffer]:
     """Block until one of ``buffers`` changes; return those that did (each change is taken).
 
@@ -86,18 +91,23 @@ def wait_any(
     last saw it (by this call or its own wait), or its validity changed (it
     turned invalid, its producer died, it was served again): look at
     ``valid`` before reading. An empty list means the timeout passed. Given
-    no buffers, it returns ``[]`` at once (nothing could ever change), as
-    :func:`wait_any_async` does.
+    no buffers (and no ``control``), it returns ``[]`` at once (nothing could
+    ever change), as :func:`wait_any_async` does.
+
+    ``control``: a :class:`runtime._core.WakeWord` of this process; the wait
+    also ends (perhaps with ``[]``) once its value differs from
+    ``control_value``, read before looking at what the wait is for, so that
+    another thread's ``control.wake()`` after that look is never missed.
 
     At most :data:`WATCHED_PER_THREAD` buffers at once (``ValueError`` beyond).
     """
     handles = list(buffers)
     which = _block(block)
-    if not handles:
+    if not handles and control is None:
         _timeout(timeout)  # refused as it would be with buffers
         return []
     accesses = [buffer._access for buffer in handles]
-    ready = _core.wait_any([(access, which) for access in accesses], timeout)
+    ready = _core.wait_any([(access, which) for access in accesses], timeout, control, control_value)
     changed = []
     for index in ready:
         accesses[index].see_now(which)

@@ -52,6 +52,7 @@ from collections.abc import Callable, Mapping
 from types import CodeType
 from typing import Any, NoReturn, TextIO
 
+from ._core import WakeWord
 from .buffer import Buffer, DeviceBufferError
 from .commands import die_with_parent
 from .exception import RuntimeBaseException
@@ -87,10 +88,10 @@ OVERRUN_WARNING_INTERVAL = 5.0
 """Seconds between two warnings about main functions that overran their period."""
 IDLE_LOOK_INTERVAL = 0.5
 """Seconds between two looks at a changed student file (``reload``) while idle."""
-RUNNING_LOOK_INTERVAL = 0.1
-"""Seconds between two looks at the child (its calls' durations, its counters) while a mode runs: a
-mode change or a disabled robot wakes the runner at once, this is for a hung call (DEFAULT_CALL_LIMIT
-is ten times longer) and the counters."""
+RUNNING_LOOK_INTERVAL = 0.5
+"""The longest time between two looks at the child (its counters, a new overrun) while a mode runs. A
+mode change or a disabled robot wakes the runner at once, and so does the end of the child's output
+(it exited); a call in progress is looked at again when it reaches the call limit, not later."""
 COUNTERS_INTERVAL = 1.0
 """Seconds between two writes of the student code's counters (``cycles``, ``overruns``) into the
 runner's buffer while they only count up: each write is a change every watcher of the buffer (Zenoh,
@@ -271,6 +272,8 @@ class Runner:
         self._field_trouble = False
         self._field: Buffer | None = None
         self._runner: Buffer | None = None
+        self._wake = WakeWord()
+        """Woken when the child's output ends (it exited): the runner looks at once."""
         self._log_capacity = ctypes.sizeof(store.catalog[RUNNER_KEY[0]].params["log"].ctype)
 
     # -- the loop --
@@ -299,8 +302,8 @@ class Runner:
                 field.set("mode", MODES[mode])
             self._go_idle(announce=False)
             while not stop.is_set():
-                timeout = RUNNING_LOOK_INTERVAL if self.child is not None else IDLE_LOOK_INTERVAL
-                wait_any([field, state], timeout)
+                woken = self._wake.value  # before the look at the child: a wake-up after it counts
+                wait_any([field, state], self._until_next_look(), control=self._wake, control_value=woken)
                 self._look()
         finally:
             self._stop_child()
@@ -311,6 +314,22 @@ class Runner:
             runner.stop_serving()
             with contextlib.suppress(DeviceBufferError):  # nothing runs here now (the field keeps its mode)
                 Buffer.unlink(runner.name)
+
+    def _until_next_look(self) -> float:
+        """Seconds to sleep before the next look unless woken: idle, :data:`IDLE_LOOK_INTERVAL`; while a
+        mode runs, :data:`RUNNING_LOOK_INTERVAL`, or less: until a call in progress reaches the limit, or
+        the counters are due (a call that starts after this look is looked at before it can reach it)."""
+        child = self.child
+        if child is None:
+            return IDLE_LOOK_INTERVAL
+        now = time.monotonic()
+        due = now + min(RUNNING_LOOK_INTERVAL, self.call_limit)
+        if child.counters_due > now:  # (one past is written at this look, or has nothing new)
+            due = min(due, child.counters_due)
+        started = child.status.call_started()
+        if started:
+            due = min(due, started + self.call_limit)
+        return max(0.0, due - now)
 
     def _look(self) -> None:
         """One pass: the field's mode, the robot's state, the child's health, a changed file."""
@@ -465,6 +484,7 @@ class Runner:
                     self.say(line.decode("utf-8", "replace"), source=mode)
         if pending:
             self.say(pending.decode("utf-8", "replace"), source=mode)
+        self._wake.wake()  # the child's end, most likely: looked at now, not at the next look
 
     def say(self, text: str, *, source: str = "runner") -> None:
         """One line to the runner's output and to its buffer's log: the time, who says it, the text."""
