@@ -235,9 +235,6 @@ class _Served:
     buffer: Buffer
     publisher: zenoh.Publisher
     token: zenoh.LivelinessToken | None = None
-    due: float | None = None
-    """When a publication held back by the rate limit is due (monotonic; the feed reads nothing of the
-    buffer meanwhile)."""
     seq: int = 0
     last_publish: float = -1e9
     published_valid: bool | None = None
@@ -337,7 +334,8 @@ class ZenohServer:
         """Held by the publishing thread for a batch, and by the loop while it changes what is served,
         answers a query or publishes the robot's state."""
         self._due: dict[str, float] = {}
-        """The publications held back by the rate limit: when each is due, by segment name."""
+        """The publications held back by the rate limit: when each is due (monotonic), by segment name;
+        the feed reads nothing of those buffers meanwhile. Under the lock."""
         self._stopping = False
         self._by_name: dict[str, _Served] = {}
         """The buffers served, by segment name (the feed's keys)."""
@@ -429,8 +427,9 @@ class ZenohServer:
         under :attr:`_lock` (no wake-up of the loop: one thread woken per batch)."""
         while not self._stopping:
             timeout = WAIT_SLICE
-            if self._due:  # (this thread alone changes it)
-                timeout = min(timeout, max(0.0, min(self._due.values()) - time.monotonic()))
+            with self._lock:
+                if self._due:
+                    timeout = min(timeout, max(0.0, min(self._due.values()) - time.monotonic()))
             try:
                 feed.wait(timeout)
                 if self._stopping:
@@ -446,21 +445,17 @@ class ZenohServer:
         meanwhile). The lock held."""
         now = time.monotonic()
         for name, due in list(self._due.items()):  # held ones that are due: their state now
-            served = self._by_name.get(name)
-            if served is None or served.due is None:
+            if due <= now:
                 del self._due[name]
-            elif due <= now:
-                del self._due[name]
-                served.due = None
                 feed.want(name, True)  # its state at this take, changed or not
         for name, _blocks, valid, values, _stamp in feed.take():
             served = self._by_name.get(name)
-            if served is None or served.due is not None:
+            if served is None or name in self._due:
                 continue
             due = served.last_publish + self.period
             if due > now:
                 feed.want(name, False)
-                served.due = self._due[name] = due
+                self._due[name] = due
                 continue
             try:
                 self._publish(served, (valid, values))
@@ -569,9 +564,9 @@ class ZenohServer:
 
     def _forget(self, served: _Served, *, gone: bool) -> None:
         self.commands.forget((served.type_name, served.uid))  # closing the buffer ends them
-        served.due = None
         if served.segment is not None and self._by_name.get(served.segment.name) is served:
             del self._by_name[served.segment.name]
+            self._due.pop(served.segment.name, None)
             if self._feed is not None:
                 self._feed.remove(served.segment.name)
         with contextlib.suppress(Exception):
