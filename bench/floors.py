@@ -309,10 +309,6 @@ def run_rounds(seconds: float, rounds: int, with_stack: bool) -> dict[str, Any]:
     return {"seconds": seconds, "rounds": results}
 
 
-def median_of(rounds: list[dict[str, Any]], pick: Callable[[dict[str, Any]], float]) -> float:
-    return statistics.median(pick(each) for each in rounds)
-
-
 def describe(results: dict[str, Any]) -> str:
     """A Markdown table of the medians: each floor's CPU (and the stack's process, and the difference)."""
     rounds = results["rounds"]
@@ -338,20 +334,18 @@ def describe(results: dict[str, Any]) -> str:
             )
             row += f" {mine:.2f} % | {above:+.2f} % |"
         lines.append(row)
-    total = median_of(rounds, lambda each: each["total"]["cpu_percent"])
+    total = statistics.median(each["total"]["cpu_percent"] for each in rounds)
     if not with_stack:
         lines.append(f"| **all floors** | | | **{total:.2f} %** |")
         return "\n".join(lines)
-    unfloored = median_of(
-        rounds, lambda each: each["stack"].get("bridge", 0.0) + each["stack"].get("runner", 0.0)
+    unfloored = statistics.median(
+        each["stack"].get("bridge", 0.0) + each["stack"].get("runner", 0.0) for each in rounds
     )
     lines.append(f"| runtime bridge and runner (no floor: see above) | | | | {unfloored:.2f} % | |")
-    whole = median_of(rounds, lambda each: each["stack_total"])
-    above = median_of(
-        rounds,
-        lambda each: sum(
-            each["stack"].get(role, 0.0) - each["processes"][role]["cpu_percent"] for role in ROLES
-        ),
+    whole = statistics.median(each["stack_total"] for each in rounds)
+    above = statistics.median(
+        sum(each["stack"].get(role, 0.0) - each["processes"][role]["cpu_percent"] for role in ROLES)
+        for each in rounds
     )
     lines.append(f"| **all** | | | **{total:.2f} %** | **{whole:.2f} %** | {above:+.2f} % |")
     return "\n".join(lines)
