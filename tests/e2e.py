@@ -90,6 +90,18 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
+def bench_process(script: str, *argv: str, timeout: float = 55) -> subprocess.CompletedProcess[str]:
+    """Run ``python bench/SCRIPT ARGV...`` of this checkout to its end; what it did."""
+    path = Path(__file__).resolve().parent.parent / "bench" / script
+    return subprocess.run(
+        [sys.executable, str(path), *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def runtime_process(
     *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

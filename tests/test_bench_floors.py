@@ -7,27 +7,18 @@ speed is the bench's business, not a test's.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from e2e import bench_process
 
 # slow: four processes (a Zenoh peer, the Foxglove SDK's server and MCAP writer, a sleep loop) and clients
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "floors.py"
 ROLES = {"zenoh", "foxglove", "record", "student"}
 
 
 def test_one_second_of_the_floors_gives_every_figure_and_stops_every_floor() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--seconds", "1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=55,
-        stdin=subprocess.DEVNULL,
-    )
+    done = bench_process("floors.py", "--seconds", "1", "--json")
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     assert results["seconds"] == 1
@@ -47,13 +38,7 @@ def test_one_second_of_the_floors_gives_every_figure_and_stops_every_floor() -> 
 
 
 def test_the_table_names_every_floor() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--seconds", "0.5"],
-        capture_output=True,
-        text=True,
-        timeout=55,
-        stdin=subprocess.DEVNULL,
-    )
+    done = bench_process("floors.py", "--seconds", "0.5")
     assert done.returncode == 0, done.stderr
     assert "| **all floors** |" in done.stdout
     for label in ("Zenoh puts", "Foxglove SDK server", "MCAP writer", "50 Hz loop"):
@@ -61,7 +46,5 @@ def test_the_table_names_every_floor() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--rounds", "0"], capture_output=True, text=True, timeout=30
-    )
+    done = bench_process("floors.py", "--rounds", "0", timeout=30)
     assert done.returncode == 2 and "--rounds" in done.stderr

@@ -11,29 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from e2e import bench_process
 
 from runtime.testing.demo import namespace_processes
 
 # slow: a demo (emulator, bridge, runner), runtime zenoh, foxglove and record, with real clients
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "stack.py"
 ROLES = {"bridge", "zenoh", "foxglove", "record", "runner", "student", "emulator", "demo", "bench"}
 
 
 def test_one_second_of_the_stack_gives_every_figure_and_leaves_nothing() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--seconds", "1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=55,
-        stdin=subprocess.DEVNULL,
-    )
+    done = bench_process("stack.py", "--seconds", "1", "--json")
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     assert results["seconds"] == 1 and results["rounds"] == 1
